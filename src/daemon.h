@@ -1,0 +1,17 @@
+/*
+ * systemd glue: sd_notify messages (a no-op outside systemd) and the
+ * watchdog. Socket activation lives in listener.c.
+ */
+#ifndef SMARTHOST_DAEMON_H
+#define SMARTHOST_DAEMON_H
+
+#include <event2/event.h>
+
+void daemon_ready(const char *status);
+void daemon_reloading(void);
+void daemon_stopping(void);
+void daemon_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Starts WATCHDOG=1 pings at half WATCHDOG_USEC when systemd asks for them. */
+void daemon_watchdog_start(struct event_base *base);
+
+#endif

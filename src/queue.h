@@ -1,0 +1,97 @@
+/*
+ * The spool: the only code that touches queued files. It knows nothing about
+ * SMTP. A message is written to a temporary file as it streams in, then
+ * committed: the commit thread groups every message waiting for commit,
+ * syncs them all at once (fdatasync per file, or one syncfs), renames them
+ * into the queue and syncs the directory once. Only then does the commit
+ * callback run, on the loop thread, so a 250 is never sent for a message
+ * that a crash could lose. Concurrent sessions share syncs (group commit).
+ *
+ * One file per message: "<id>" in <spool>/queue holds the encoded envelope,
+ * the body, then appended state records (see envelope.h). Files in tmp/ are
+ * never taken for messages; files that cannot be read are moved to
+ * corrupt/ with a log line.
+ */
+#ifndef SMARTHOST_QUEUE_H
+#define SMARTHOST_QUEUE_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "envelope.h"
+
+struct queue;
+struct queue_txn;
+
+/* Creates <spool>/{tmp,queue,corrupt} as needed, opens them and starts the
+ * commit thread. Returns NULL with a message in err on failure. */
+struct queue *queue_open(struct event_base *base, const char *spool,
+    enum spool_sync sync, char *err, size_t errlen);
+/* Waits for pending commits and updates, stops threads, frees. Accepts
+ * NULL. Must be called on the loop thread. */
+void queue_close(struct queue *q);
+
+/*
+ * Reads every committed message at start-up, calling each(env, arg) with a
+ * new envelope the callee owns. Temporary files are removed; unreadable or
+ * truncated ones are moved to corrupt/ with a log line. Returns the number
+ * of messages loaded.
+ */
+size_t queue_load(struct queue *q,
+    void (*each)(struct envelope *env, void *arg), void *arg);
+
+/*
+ * Starts a message: assigns a fresh id (env->id is overwritten in the
+ * txn's own copy; read it with queue_txn_id()), creates the temporary file
+ * and writes the envelope. Returns NULL with errno set (ENOSPC, EIO, ...).
+ */
+struct queue_txn *queue_txn_begin(struct queue *q, const struct envelope *env);
+const char *queue_txn_id(const struct queue_txn *txn);
+/* Appends body bytes. Returns 0, or -1 with errno; after a failure later
+ * writes are ignored and the commit reports the first error. */
+int queue_txn_write(struct queue_txn *txn, const void *buf, size_t len);
+/* Bytes of body written so far. */
+off_t queue_txn_size(const struct queue_txn *txn);
+
+/*
+ * Called on the loop thread when a commit finished: error is 0 and env the
+ * committed envelope (the callee owns it), or error is an errno value, env
+ * is NULL and nothing of the message remains in the spool.
+ */
+typedef void (*queue_commit_cb)(int error, struct envelope *env, void *arg);
+/* Finishes the message durably in the background; consumes txn. */
+void queue_txn_commit(struct queue_txn *txn, queue_commit_cb cb, void *arg);
+/* Drops the message and its temporary file; consumes txn. */
+void queue_txn_abort(struct queue_txn *txn);
+
+/*
+ * Opens the body of a committed message for reading. Returns a file
+ * descriptor positioned nowhere in particular (use pread or lseek from
+ * env->body_offset for env->body_size bytes) that the caller closes, or -1
+ * with errno.
+ */
+int queue_body_open(struct queue *q, const struct envelope *env);
+
+typedef void (*queue_done_cb)(int error, void *arg);
+/*
+ * Persists env's attempts, next_try and recipient states by appending a
+ * state record and syncing it, off the loop thread; cb (may be NULL) runs
+ * on the loop thread afterwards. env must stay alive until then.
+ */
+void queue_update(struct queue *q, const struct envelope *env,
+    queue_done_cb cb, void *arg);
+/* Removes a finished message off the loop thread; cb may be NULL. */
+void queue_remove(struct queue *q, const char *id, queue_done_cb cb,
+    void *arg);
+
+/* Counters for status and benchmarks. */
+struct queue_stats {
+	unsigned long commits;      /* messages committed */
+	unsigned long sync_groups;  /* sync rounds; commits/sync_groups is
+	                               the mean group size */
+};
+void queue_stats(const struct queue *q, struct queue_stats *out);
+
+#endif

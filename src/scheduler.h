@@ -1,0 +1,52 @@
+/*
+ * When to try what. The scheduler holds every queued envelope in memory,
+ * ordered by next try, and starts delivery attempts through relay.c within
+ * each relay's connection limit. After an attempt it persists the outcome
+ * (queue_update) or removes the finished message (queue_remove), computes
+ * the next try with exponential backoff clamped between retry_min and
+ * retry_max, backs a whole relay off after connection failures, and bounces
+ * what outlived the configured lifetime. New mail is tried at once.
+ */
+#ifndef SMARTHOST_SCHEDULER_H
+#define SMARTHOST_SCHEDULER_H
+
+#include <stddef.h>
+#include <time.h>
+#include <event2/event.h>
+#include <event2/dns.h>
+
+#include "config.h"
+#include "envelope.h"
+#include "queue.h"
+#include "worker.h"
+
+struct scheduler;
+
+/* cfg must outlive the scheduler or be replaced with scheduler_set_config.
+ * dns may be NULL when every relay host is numeric. */
+struct scheduler *scheduler_new(struct event_base *base,
+    struct evdns_base *dns, struct queue *q, struct worker *w,
+    const struct config *cfg);
+/* Aborts sessions and frees every envelope. Accepts NULL. */
+void scheduler_free(struct scheduler *s);
+/* Takes ownership of env (new mail or loaded at start) and schedules it:
+ * at once when env->next_try is 0 or past. */
+void scheduler_add(struct scheduler *s, struct envelope *env);
+/* Makes every queued message due now, ignoring backoff (SIGUSR1). */
+void scheduler_flush(struct scheduler *s);
+/* New sessions use cfg from now on; the old one may be freed after. */
+void scheduler_set_config(struct scheduler *s, const struct config *cfg);
+/* Stops starting attempts, lets current transactions finish (QUIT after
+ * them), and calls done(arg) once every session has closed or after
+ * timeout seconds (then aborting the rest; their mail stays queued). */
+void scheduler_shutdown(struct scheduler *s, unsigned timeout,
+    void (*done)(void *arg), void *arg);
+/* Messages in memory (queued, including in flight). */
+size_t scheduler_count(const struct scheduler *s);
+
+/* Pure backoff: delay before attempt number attempts+1, doubling from
+ * retry_min and clamped to retry_max. Exposed for tests. */
+unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,
+    unsigned attempts);
+
+#endif

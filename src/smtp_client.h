@@ -1,0 +1,88 @@
+/*
+ * One outbound SMTP session: connect (every address of the host in turn,
+ * IPv4 and IPv6), TLS (STARTTLS or implicit), EHLO, then any number of
+ * transactions (MAIL, RCPT..., DATA, pipelined when offered), then QUIT.
+ * It speaks SMTP and reports through callbacks; what a reply means for the
+ * queue is relay.c's business. Abort (smtp_client_free: drop now) and
+ * cancel (smtp_client_quit: QUIT politely) differ.
+ *
+ * Authentication slots in between EHLO and the first MAIL, and after a 530
+ * to MAIL (a later issue); the state machine leaves room for it.
+ */
+#ifndef SMARTHOST_SMTP_CLIENT_H
+#define SMARTHOST_SMTP_CLIENT_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <openssl/ssl.h>
+#include <event2/event.h>
+#include <event2/dns.h>
+
+#include "config.h"
+#include "outcome.h"
+#include "smtp_proto.h"
+
+struct smtp_client;
+
+struct smtp_client_params {
+	const char *host;      /* name or numeric address; copied */
+	const char *port;      /* number or service name; copied */
+	enum tls_mode tls;
+	SSL_CTX *ssl_ctx;      /* from tls_client_ctx_new; borrowed */
+	const char *helo;      /* EHLO argument; copied */
+	unsigned timeout_connect;
+	unsigned timeout_command;
+	unsigned timeout_data;
+};
+
+struct smtp_client_msg {
+	const char *sender;           /* "" for <> */
+	const char *const *rcpts;
+	size_t nrcpts;
+	int body_fd;                  /* read with pread; borrowed */
+	off_t body_offset;
+	off_t body_size;
+	int eightbit;                 /* send BODY=8BITMIME */
+	int smtputf8;                 /* send SMTPUTF8 */
+};
+
+struct smtp_client_cb {
+	/* Connected, greeted, TLS up, EHLO done: ready for a transaction.
+	 * Also called again after each transaction (session reuse). */
+	void (*ready)(struct smtp_client *c, void *arg);
+	/* The reply to RCPT number idx of the current message. */
+	void (*rcpt)(struct smtp_client *c, size_t idx,
+	    const struct outcome *o, void *arg);
+	/* The current transaction ended: o is the final DATA reply, or the
+	 * MAIL rejection (then no rcpt callbacks follow), or "no recipient
+	 * accepted". The session stays usable unless failed() follows. */
+	void (*done)(struct smtp_client *c, const struct outcome *o, void *arg);
+	/* The session broke (connect, DNS, TLS, timeout, 421, protocol, drop)
+	 * or, after smtp_client_quit, closed: o->status is OUTCOME_OK for a
+	 * clean close. If a transaction was in progress, its outcome is o
+	 * and done() is not called. Last callback; the owner then calls
+	 * smtp_client_free (it may do so from inside this callback). */
+	void (*closed)(struct smtp_client *c, const struct outcome *o,
+	    void *arg);
+};
+
+/* Creates a session; nothing happens until smtp_client_connect. dns may
+ * be NULL when host is numeric. */
+struct smtp_client *smtp_client_new(struct event_base *base,
+    struct evdns_base *dns, const struct smtp_client_params *params,
+    const struct smtp_client_cb *cb, void *arg);
+void smtp_client_connect(struct smtp_client *c);
+/* Starts a transaction; only valid after ready(). msg's strings and fd
+ * must stay valid until done() or closed(). Returns 0, or -1 if the
+ * session is not ready. */
+int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg);
+/* Sends QUIT (or RSET if needed then QUIT) and closes; closed() follows. */
+void smtp_client_quit(struct smtp_client *c);
+/* Drops the connection at once without callbacks. Accepts NULL. */
+void smtp_client_free(struct smtp_client *c);
+/* "host[address]:port" of the current peer, for logs. */
+const char *smtp_client_peer(const struct smtp_client *c);
+/* The EHLO extensions of the current session. */
+const struct smtp_ehlo *smtp_client_ehlo(const struct smtp_client *c);
+
+#endif

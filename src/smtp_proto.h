@@ -1,0 +1,122 @@
+/*
+ * What both SMTP directions share, with no I/O: command and reply parsing,
+ * path (address) syntax, ESMTP parameters and the body encoder that makes
+ * what we send upstream CRLF-only and dot-stuffed. Everything here is a pure
+ * function over buffers so it can be unit-tested and fuzzed directly.
+ */
+#ifndef SMARTHOST_SMTP_PROTO_H
+#define SMARTHOST_SMTP_PROTO_H
+
+#include <stddef.h>
+
+#define SMTP_PATH_MAX 256     /* RFC 5321 4.5.3.1.3 path length */
+#define SMTP_REPLY_LINE_MAX 512
+
+/* ---- commands (server side) ---- */
+
+/*
+ * Splits a command line (without its CRLF) into verb and argument. The verb
+ * is the first word, matched case-insensitively by the caller; arg points
+ * into line after the single separating space (or at "" when there is
+ * none). Returns 0, or -1 if the line is empty or has a NUL byte.
+ * verb receives at most verbsize-1 bytes, upper-cased.
+ */
+int smtp_cmd_split(const char *line, size_t len, char *verb, size_t verbsize,
+    const char **arg);
+
+/*
+ * Parses "FROM:<path> params" (MAIL) or "TO:<path> params" (RCPT): prefix
+ * is "FROM:" or "TO:", matched case-insensitively, with optional spaces
+ * after the colon for lenient clients. On success writes the mailbox (without
+ * brackets; "" for the null path <>) to addr and points *params at the
+ * parameter list (possibly ""). Source routes (<@a,@b:user@d>) are accepted
+ * and dropped as RFC 5321 requires. Returns 0, or -1 with a short reason in
+ * *why (a static string) when the syntax is wrong.
+ */
+int smtp_path_parse(const char *arg, const char *prefix, char *addr,
+    size_t addrsize, const char **params, const char **why);
+
+/* Whether a mailbox has the local@domain syntax we relay (no spaces or
+ * control characters, one unquoted '@', non-empty parts). Non-ASCII bytes
+ * are allowed only when utf8 is set (SMTPUTF8). */
+int smtp_mailbox_valid(const char *addr, int utf8);
+
+/*
+ * Iterates over ESMTP parameters "KEY=VALUE KEY2": each call stores the
+ * next keyword (upper-cased) and value ("" if none) and advances *cursor.
+ * Returns 1 when a parameter was produced, 0 at the end, -1 on syntax error.
+ */
+int smtp_param_next(const char **cursor, char *key, size_t keysize,
+    char *value, size_t valuesize);
+
+/* ---- replies (client side) ---- */
+
+struct smtp_reply {
+	int code;            /* 200..599 */
+	char enhanced[16];   /* "2.0.0" or "" when the server gave none */
+	char text[2048];     /* lines joined with '\n', code and enhanced
+	                        code stripped, truncated to fit */
+	unsigned nlines;
+};
+
+struct smtp_reply_parser {
+	struct smtp_reply reply;
+	int in_progress;
+};
+
+enum smtp_reply_status {
+	SMTP_REPLY_MORE,   /* a continuation line was consumed */
+	SMTP_REPLY_DONE,   /* parser->reply holds a complete reply */
+	SMTP_REPLY_ERROR,  /* malformed line or code changed mid-reply */
+};
+
+void smtp_reply_parser_init(struct smtp_reply_parser *p);
+/* Feeds one line without its line end. After DONE the parser is ready for
+ * the next reply (the reply stays readable until then). */
+enum smtp_reply_status smtp_reply_feed(struct smtp_reply_parser *p,
+    const char *line, size_t len);
+
+/* ---- EHLO keywords ---- */
+
+enum smtp_ext {
+	SMTP_EXT_PIPELINING = 1 << 0,
+	SMTP_EXT_8BITMIME = 1 << 1,
+	SMTP_EXT_SMTPUTF8 = 1 << 2,
+	SMTP_EXT_SIZE = 1 << 3,
+	SMTP_EXT_STARTTLS = 1 << 4,
+	SMTP_EXT_ENHANCEDSTATUSCODES = 1 << 5,
+	SMTP_EXT_AUTH = 1 << 6,
+	SMTP_EXT_CHUNKING = 1 << 7,
+	SMTP_EXT_DSN = 1 << 8,
+};
+
+struct smtp_ehlo {
+	unsigned exts;        /* enum smtp_ext bits */
+	unsigned long size;   /* SIZE limit, 0 when none given */
+	char auth[256];       /* AUTH mechanisms, space-separated, upper */
+};
+
+/* Parses a complete EHLO reply's text (lines joined with '\n', the first
+ * being the greeting name). */
+void smtp_ehlo_parse(const char *text, struct smtp_ehlo *out);
+
+/* ---- body encoding (client side) ---- */
+
+/*
+ * Streaming encoder for DATA: turns any line ends (CRLF, bare LF, bare CR)
+ * into CRLF and doubles a leading '.' on every line. Feed the body in
+ * pieces of any size; smtp_body_encode_finish() adds a CRLF if the body
+ * did not end with one, then ".\r\n". out must have room for 2 * len + 2
+ * bytes (encode) or 5 bytes (finish). Returns bytes written.
+ */
+struct smtp_body_encoder {
+	int at_bol;   /* next byte starts a line */
+	int saw_cr;   /* previous byte was a CR */
+};
+
+void smtp_body_encoder_init(struct smtp_body_encoder *e);
+size_t smtp_body_encode(struct smtp_body_encoder *e, const char *in,
+    size_t len, char *out);
+size_t smtp_body_encode_finish(struct smtp_body_encoder *e, char *out);
+
+#endif

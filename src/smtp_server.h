@@ -1,0 +1,56 @@
+/*
+ * Inbound SMTP sessions (RFC 5321): a table of commands, one state machine
+ * per session and a transaction object that exists only between MAIL and
+ * the end of DATA/BDAT. Message data streams into the queue as it arrives;
+ * the 250 after DATA is sent only when the queue reports the commit durable
+ * and carries the queue id.
+ */
+#ifndef SMARTHOST_SMTP_SERVER_H
+#define SMARTHOST_SMTP_SERVER_H
+
+#include <sys/socket.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "config.h"
+#include "envelope.h"
+#include "queue.h"
+
+struct smtp_server;
+
+struct smtp_server_params {
+	const struct config *cfg;  /* limits, hostname; see set_config */
+	struct queue *queue;
+	/* Called for each committed message after the 250 is queued for
+	 * sending; the callee owns env (normally scheduler_add). */
+	void (*queued)(struct envelope *env, void *arg);
+	void *arg;
+};
+
+struct smtp_server *smtp_server_new(struct event_base *base,
+    const struct smtp_server_params *params);
+/* Closes every session at once. Accepts NULL. */
+void smtp_server_free(struct smtp_server *srv);
+/*
+ * Starts a session on fd (which the server now owns). sa is the peer
+ * (AF_UNIX for local sockets). Beyond max_sessions the client gets a 421
+ * and the socket is closed.
+ */
+void smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
+    const struct sockaddr *sa, socklen_t salen);
+/* New sessions use cfg from now on. */
+void smtp_server_set_config(struct smtp_server *srv, const struct config *cfg);
+/* Sessions currently open. */
+unsigned smtp_server_sessions(const struct smtp_server *srv);
+/*
+ * Graceful stop: idle sessions get "421 4.3.2 shutting down" and close;
+ * a session inside a transaction may finish it (its message is committed
+ * and answered) and then gets the 421. done(arg) runs once no session is
+ * left, or after timeout seconds, when the rest are dropped (a message
+ * not yet answered 250 is discarded, so nothing is lost that was
+ * acknowledged).
+ */
+void smtp_server_shutdown(struct smtp_server *srv, unsigned timeout,
+    void (*done)(void *arg), void *arg);
+
+#endif
