@@ -1,1 +1,813 @@
-/* placeholder: being written */
+/*
+ * The configuration file, read with libconfig into one struct config.
+ * Every setting is validated here, with the file and line of the offending
+ * setting in the message, so that the rest of the daemon can trust the
+ * struct. Unknown settings are errors: a misspelt option silently ignored
+ * is the kind of mistake that loses mail.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <libconfig.h>
+
+#include "config.h"
+#include "xmalloc.h"
+
+#ifndef LOCALSTATEDIR
+#define LOCALSTATEDIR "/var"
+#endif
+
+struct cfgctx {
+	const char *name; /* file name for messages */
+	char *err;
+	size_t errlen;
+};
+
+static int cfg_fail(struct cfgctx *, const config_setting_t *, const char *,
+    ...) __attribute__((format(printf, 3, 4)));
+
+/* Writes "file:line: message" and returns -1. */
+static int
+cfg_fail(struct cfgctx *ctx, const config_setting_t *s, const char *fmt, ...)
+{
+	va_list ap;
+	int n = 0;
+	unsigned line = s != NULL ? config_setting_source_line(s) : 0;
+
+	if (line > 0)
+		n = snprintf(ctx->err, ctx->errlen, "%s:%u: ", ctx->name,
+		    line);
+	else
+		n = snprintf(ctx->err, ctx->errlen, "%s: ", ctx->name);
+	if (n < 0 || (size_t)n >= ctx->errlen)
+		return -1;
+	va_start(ap, fmt);
+	vsnprintf(ctx->err + n, ctx->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* ---- typed getters: each accepts an absent setting (keeps *out) ---- */
+
+static int
+get_string(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
+    char **out)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+	const char *v;
+
+	if (s == NULL)
+		return 0;
+	if (config_setting_type(s) != CONFIG_TYPE_STRING)
+		return cfg_fail(ctx, s, "%s: expected a string", key);
+	v = config_setting_get_string(s);
+	free(*out);
+	*out = v[0] != '\0' ? xstrdup(v) : NULL;
+	return 0;
+}
+
+static int
+get_bool(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
+    int *out)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+
+	if (s == NULL)
+		return 0;
+	if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+		return cfg_fail(ctx, s, "%s: expected true or false", key);
+	*out = config_setting_get_bool(s);
+	return 0;
+}
+
+/*
+ * A number with an optional unit suffix, given as an integer or a string:
+ * units is a list of (suffix, multiplier) pairs such as {"m", 60}.
+ */
+struct unit {
+	const char *suffix;
+	unsigned long long mult;
+};
+
+static const struct unit duration_units[] = {
+	{ "s", 1 }, { "m", 60 }, { "h", 3600 }, { "d", 86400 },
+	{ "w", 604800 }, { NULL, 0 }
+};
+static const struct unit size_units[] = {
+	{ "k", 1024ULL }, { "m", 1024ULL * 1024 }, { "g", 1024ULL * 1024 * 1024 },
+	{ "kb", 1024ULL }, { "mb", 1024ULL * 1024 },
+	{ "gb", 1024ULL * 1024 * 1024 }, { "b", 1 }, { NULL, 0 }
+};
+
+static int
+get_number(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
+    const struct unit *units, unsigned long long min, unsigned long long max,
+    unsigned long long *out)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+	unsigned long long v, mult = 1;
+	const struct unit *u;
+
+	if (s == NULL)
+		return 0;
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+	case CONFIG_TYPE_INT64: {
+		long long iv = config_setting_get_int64(s);
+
+		if (iv < 0)
+			return cfg_fail(ctx, s, "%s: must not be negative",
+			    key);
+		v = (unsigned long long)iv;
+		break;
+	}
+	case CONFIG_TYPE_STRING: {
+		const char *str = config_setting_get_string(s);
+		char *end;
+
+		errno = 0;
+		if (!isdigit((unsigned char)str[0]))
+			return cfg_fail(ctx, s, "%s: \"%s\" is not a number",
+			    key, str);
+		v = strtoull(str, &end, 10);
+		if (errno != 0)
+			return cfg_fail(ctx, s, "%s: \"%s\" is out of range",
+			    key, str);
+		if (*end != '\0') {
+			for (u = units; u->suffix != NULL; u++)
+				if (strcasecmp(end, u->suffix) == 0)
+					break;
+			if (u->suffix == NULL)
+				return cfg_fail(ctx, s,
+				    "%s: unknown unit in \"%s\"", key, str);
+			mult = u->mult;
+		}
+		if (v > ULLONG_MAX / mult)
+			return cfg_fail(ctx, s, "%s: \"%s\" is out of range",
+			    key, str);
+		v *= mult;
+		break;
+	}
+	default:
+		return cfg_fail(ctx, s, "%s: expected a number", key);
+	}
+	if (v < min || v > max)
+		return cfg_fail(ctx, s, "%s: must be between %llu and %llu",
+		    key, min, max);
+	*out = v;
+	return 0;
+}
+
+static int
+get_uint(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
+    const struct unit *units, unsigned min, unsigned max, unsigned *out)
+{
+	unsigned long long v = *out;
+
+	if (get_number(ctx, grp, key, units, min, max, &v) == -1)
+		return -1;
+	*out = (unsigned)v;
+	return 0;
+}
+
+/* Rejects members of grp not named in known (a NULL-terminated list). */
+static int
+check_known(struct cfgctx *ctx, const config_setting_t *grp,
+    const char *const *known, const char *where)
+{
+	int i, n = config_setting_length(grp);
+
+	for (i = 0; i < n; i++) {
+		const config_setting_t *s = config_setting_get_elem(grp,
+		    (unsigned)i);
+		const char *name = config_setting_name(s);
+		const char *const *k;
+
+		if (name == NULL)
+			continue;
+		for (k = known; *k != NULL; k++)
+			if (strcmp(*k, name) == 0)
+				break;
+		if (*k == NULL)
+			return cfg_fail(ctx, s, "unknown setting \"%s\"%s%s",
+			    name, where[0] != '\0' ? " in " : "", where);
+	}
+	return 0;
+}
+
+static int
+port_valid(const char *port)
+{
+	char *end;
+	unsigned long v;
+
+	if (isdigit((unsigned char)port[0])) {
+		v = strtoul(port, &end, 10);
+		return *end == '\0' && v <= 65535;
+	}
+	for (; *port != '\0'; port++)
+		if (!isalnum((unsigned char)*port) && *port != '-')
+			return 0;
+	return 1;
+}
+
+/* A port given as an integer or a string, stored as a string. */
+static int
+get_port(struct cfgctx *ctx, const config_setting_t *grp, char **out)
+{
+	const config_setting_t *s = config_setting_get_member(grp, "port");
+
+	if (s == NULL)
+		return 0;
+	free(*out);
+	*out = NULL;
+	if (config_setting_type(s) == CONFIG_TYPE_INT)
+		*out = xasprintf("%d", config_setting_get_int(s));
+	else if (config_setting_type(s) == CONFIG_TYPE_STRING)
+		*out = xstrdup(config_setting_get_string(s));
+	else
+		return cfg_fail(ctx, s, "port: expected a number or a name");
+	if (!port_valid(*out))
+		return cfg_fail(ctx, s, "port: \"%s\" is not a valid port",
+		    *out);
+	return 0;
+}
+
+int
+netmask_parse(const char *s, struct netmask *out)
+{
+	char buf[INET6_ADDRSTRLEN + 8], *slash, *end;
+	unsigned long prefix;
+	unsigned maxbits;
+
+	if (strlen(s) >= sizeof(buf))
+		return -1;
+	memset(out, 0, sizeof(*out));
+	strcpy(buf, s);
+	if ((slash = strchr(buf, '/')) != NULL)
+		*slash++ = '\0';
+	if (inet_pton(AF_INET, buf, out->addr) == 1) {
+		out->family = AF_INET;
+		maxbits = 32;
+	} else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+		out->family = AF_INET6;
+		maxbits = 128;
+	} else
+		return -1;
+	prefix = maxbits;
+	if (slash != NULL) {
+		if (!isdigit((unsigned char)*slash))
+			return -1;
+		prefix = strtoul(slash, &end, 10);
+		if (*end != '\0' || prefix > maxbits)
+			return -1;
+	}
+	out->prefix = (unsigned)prefix;
+	return 0;
+}
+
+static int
+prefix_match(const unsigned char *a, const unsigned char *b, unsigned bits)
+{
+	unsigned full = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, full) != 0)
+		return 0;
+	if (rest == 0)
+		return 1;
+	return ((a[full] ^ b[full]) & (0xff << (8 - rest))) == 0;
+}
+
+int
+netmask_match(const struct netmask *m, const struct sockaddr *sa)
+{
+	const unsigned char *addr;
+	unsigned char v4[4];
+
+	if (sa->sa_family == AF_INET) {
+		addr = (const unsigned char *)&(
+		    (const struct sockaddr_in *)(const void *)sa)->sin_addr;
+		if (m->family != AF_INET)
+			return 0;
+		return prefix_match(addr, m->addr, m->prefix);
+	}
+	if (sa->sa_family != AF_INET6)
+		return 0;
+	addr = (const unsigned char *)&(
+	    (const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+	if (m->family == AF_INET6)
+		return prefix_match(addr, m->addr, m->prefix);
+	/* An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d. */
+	if (IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)(const void *)addr)) {
+		memcpy(v4, addr + 12, 4);
+		return prefix_match(v4, m->addr, m->prefix);
+	}
+	return 0;
+}
+
+int
+config_peer_allowed(const struct config *cfg, const struct sockaddr *sa)
+{
+	static const char *const loopback[] = { "127.0.0.0/8", "::1/128" };
+	struct netmask m;
+	size_t i;
+
+	if (sa->sa_family == AF_UNIX)
+		return 1;
+	for (i = 0; i < sizeof(loopback) / sizeof(*loopback); i++) {
+		if (netmask_parse(loopback[i], &m) == 0 &&
+		    netmask_match(&m, sa))
+			return 1;
+	}
+	for (i = 0; i < cfg->nallow; i++)
+		if (netmask_match(&cfg->allow[i], sa))
+			return 1;
+	return 0;
+}
+
+static void
+relay_defaults(struct relay_config *r)
+{
+	r->type = RELAY_TYPE_SMTP;
+	r->tls = TLS_MODE_STARTTLS;
+	r->tls_verify = 1;
+	r->max_connections = 4;
+	r->max_msgs_per_conn = 100;
+	r->timeout_connect = 30;
+	r->timeout_command = 300;
+	r->timeout_data = 600;
+}
+
+static const char *const relay_keys[] = { "type", "host", "port", "tls",
+	"verify", "ca_file", "helo", "user", "max_connections",
+	"max_messages_per_connection", "timeout_connect", "timeout_command",
+	"timeout_data", "path", NULL };
+
+static int
+parse_relay(struct cfgctx *ctx, const config_setting_t *s,
+    struct relay_config *r)
+{
+	char *type = NULL, *tls = NULL;
+	int rc = -1;
+
+	relay_defaults(r);
+	r->name = xstrdup(config_setting_name(s));
+	if (config_setting_type(s) != CONFIG_TYPE_GROUP) {
+		cfg_fail(ctx, s, "relay %s: expected a group { ... }",
+		    r->name);
+		goto out;
+	}
+	if (check_known(ctx, s, relay_keys, r->name) == -1 ||
+	    get_string(ctx, s, "type", &type) == -1 ||
+	    get_string(ctx, s, "host", &r->host) == -1 ||
+	    get_port(ctx, s, &r->port) == -1 ||
+	    get_string(ctx, s, "tls", &tls) == -1 ||
+	    get_bool(ctx, s, "verify", &r->tls_verify) == -1 ||
+	    get_string(ctx, s, "ca_file", &r->ca_file) == -1 ||
+	    get_string(ctx, s, "helo", &r->helo) == -1 ||
+	    get_string(ctx, s, "user", &r->user) == -1 ||
+	    get_string(ctx, s, "path", &r->maildir) == -1 ||
+	    get_uint(ctx, s, "max_connections", NULL, 1, 1000,
+	    &r->max_connections) == -1 ||
+	    get_uint(ctx, s, "max_messages_per_connection", NULL, 1, 1000000,
+	    &r->max_msgs_per_conn) == -1 ||
+	    get_uint(ctx, s, "timeout_connect", duration_units, 1, 3600,
+	    &r->timeout_connect) == -1 ||
+	    get_uint(ctx, s, "timeout_command", duration_units, 1, 3600,
+	    &r->timeout_command) == -1 ||
+	    get_uint(ctx, s, "timeout_data", duration_units, 1, 7200,
+	    &r->timeout_data) == -1)
+		goto out;
+	if (type == NULL || strcmp(type, "smtp") == 0)
+		r->type = RELAY_TYPE_SMTP;
+	else if (strcmp(type, "maildir") == 0)
+		r->type = RELAY_TYPE_MAILDIR;
+	else {
+		cfg_fail(ctx, config_setting_get_member(s, "type"),
+		    "relay %s: type must be \"smtp\" or \"maildir\"", r->name);
+		goto out;
+	}
+	if (tls == NULL || strcmp(tls, "starttls") == 0)
+		r->tls = TLS_MODE_STARTTLS;
+	else if (strcmp(tls, "implicit") == 0)
+		r->tls = TLS_MODE_IMPLICIT;
+	else if (strcmp(tls, "none") == 0)
+		r->tls = TLS_MODE_NONE;
+	else {
+		cfg_fail(ctx, config_setting_get_member(s, "tls"),
+		    "relay %s: tls must be \"starttls\", \"implicit\" or "
+		    "\"none\"", r->name);
+		goto out;
+	}
+	if (r->type == RELAY_TYPE_SMTP && r->host == NULL) {
+		cfg_fail(ctx, s, "relay %s: host is required", r->name);
+		goto out;
+	}
+	if (r->type == RELAY_TYPE_MAILDIR && r->maildir == NULL) {
+		cfg_fail(ctx, s, "relay %s: path is required for a maildir "
+		    "relay", r->name);
+		goto out;
+	}
+	if (r->port == NULL)
+		r->port = xstrdup(r->tls == TLS_MODE_IMPLICIT ? "465" :
+		    r->tls == TLS_MODE_NONE ? "25" : "587");
+	rc = 0;
+out:
+	free(type);
+	free(tls);
+	return rc;
+}
+
+static const char *const listen_keys[] = { "address", "port", "path", "mode",
+	"group", NULL };
+
+static int
+parse_listen(struct cfgctx *ctx, const config_setting_t *s,
+    struct listen_config *l)
+{
+	char *mode = NULL;
+	int rc = -1;
+
+	if (config_setting_type(s) != CONFIG_TYPE_GROUP)
+		return cfg_fail(ctx, s, "listen: each entry must be a group "
+		    "{ address = ...; port = ...; } or { path = ...; }");
+	if (check_known(ctx, s, listen_keys, "listen") == -1 ||
+	    get_string(ctx, s, "address", &l->address) == -1 ||
+	    get_port(ctx, s, &l->port) == -1 ||
+	    get_string(ctx, s, "path", &l->path) == -1 ||
+	    get_string(ctx, s, "mode", &mode) == -1 ||
+	    get_string(ctx, s, "group", &l->group) == -1)
+		goto out;
+	if (l->path != NULL) {
+		char *end;
+		unsigned long m = 0666;
+
+		if (l->address != NULL || l->port != NULL) {
+			cfg_fail(ctx, s, "listen: give either path or "
+			    "address/port, not both");
+			goto out;
+		}
+		if (strlen(l->path) >= sizeof(((struct sockaddr_un *)0)
+		    ->sun_path)) {
+			cfg_fail(ctx, s, "listen: socket path too long");
+			goto out;
+		}
+		if (mode != NULL) {
+			m = strtoul(mode, &end, 8);
+			if (*end != '\0' || mode[0] == '\0' || m > 0777) {
+				cfg_fail(ctx, s, "listen: mode \"%s\" is not "
+				    "an octal permission like \"0660\"", mode);
+				goto out;
+			}
+		}
+		l->kind = LISTEN_UNIX;
+		l->mode = (mode_t)m;
+	} else {
+		struct netmask m;
+
+		l->kind = LISTEN_TCP;
+		if (l->address == NULL)
+			l->address = xstrdup("127.0.0.1");
+		if (netmask_parse(l->address, &m) == -1 ||
+		    strchr(l->address, '/') != NULL) {
+			cfg_fail(ctx, s, "listen: address \"%s\" is not a "
+			    "numeric IPv4 or IPv6 address", l->address);
+			goto out;
+		}
+		if (l->port == NULL)
+			l->port = xstrdup("25");
+		if (mode != NULL || l->group != NULL) {
+			cfg_fail(ctx, s, "listen: mode and group apply to "
+			    "Unix sockets only");
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	free(mode);
+	return rc;
+}
+
+static void
+listen_add_default(struct config *cfg, const char *addr)
+{
+	struct listen_config *l;
+
+	cfg->listen = xreallocarray(cfg->listen, cfg->nlisten + 1,
+	    sizeof(*cfg->listen));
+	l = &cfg->listen[cfg->nlisten++];
+	memset(l, 0, sizeof(*l));
+	l->kind = LISTEN_TCP;
+	l->address = xstrdup(addr);
+	l->port = xstrdup("25");
+}
+
+static const char *const top_keys[] = { "hostname", "user", "spool",
+	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
+	"queue", "default_relay", "relays", NULL };
+static const char *const limit_keys[] = { "max_line", "max_message_size",
+	"max_recipients", "max_sessions", "max_errors", "idle_timeout", NULL };
+static const char *const queue_keys[] = { "retry_min", "retry_max",
+	"lifetime", "workers", NULL };
+
+static int
+config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
+{
+	const config_setting_t *root = config_root_setting(lc), *s, *grp;
+	char *sync = NULL, *defrelay = NULL;
+	unsigned long long size;
+	int rc = -1, i, n;
+	char host[256];
+
+	cfg->max_line = 2048;
+	cfg->max_message_size = 35ULL * 1024 * 1024;
+	cfg->max_recipients = 1000;
+	cfg->max_sessions = 100;
+	cfg->max_errors = 10;
+	cfg->idle_timeout = 300;
+	cfg->retry_min = 300;
+	cfg->retry_max = 4000;
+	cfg->lifetime = 5 * 86400;
+	cfg->delivery_workers = 4;
+	cfg->shutdown_timeout = 30;
+
+	if (check_known(ctx, root, top_keys, "") == -1 ||
+	    get_string(ctx, root, "hostname", &cfg->hostname) == -1 ||
+	    get_string(ctx, root, "user", &cfg->user) == -1 ||
+	    get_string(ctx, root, "spool", &cfg->spool) == -1 ||
+	    get_string(ctx, root, "spool_sync", &sync) == -1 ||
+	    get_uint(ctx, root, "shutdown_timeout", duration_units, 0, 3600,
+	    &cfg->shutdown_timeout) == -1 ||
+	    get_string(ctx, root, "default_relay", &defrelay) == -1)
+		goto out;
+	if (sync == NULL || strcmp(sync, "fsync") == 0)
+		cfg->spool_sync = SPOOL_SYNC_FSYNC;
+	else if (strcmp(sync, "syncfs") == 0)
+		cfg->spool_sync = SPOOL_SYNC_SYNCFS;
+	else {
+		cfg_fail(ctx, config_setting_get_member(root, "spool_sync"),
+		    "spool_sync must be \"fsync\" or \"syncfs\"");
+		goto out;
+	}
+	if (cfg->hostname == NULL) {
+		if (gethostname(host, sizeof(host)) == -1 || host[0] == '\0')
+			strcpy(host, "localhost");
+		host[sizeof(host) - 1] = '\0';
+		cfg->hostname = xstrdup(host);
+	}
+	if (cfg->spool == NULL)
+		cfg->spool = xstrdup(LOCALSTATEDIR "/spool/smarthostd");
+
+	if ((grp = config_setting_get_member(root, "limits")) != NULL) {
+		size = cfg->max_message_size;
+		if (config_setting_type(grp) != CONFIG_TYPE_GROUP) {
+			cfg_fail(ctx, grp, "limits: expected a group");
+			goto out;
+		}
+		if (check_known(ctx, grp, limit_keys, "limits") == -1 ||
+		    get_number(ctx, grp, "max_message_size", size_units, 1024,
+		    1ULL << 40, &size) == -1)
+			goto out;
+		cfg->max_message_size = (size_t)size;
+		size = cfg->max_line;
+		if (get_number(ctx, grp, "max_line", size_units, 512,
+		    1024 * 1024, &size) == -1 ||
+		    get_uint(ctx, grp, "max_recipients", NULL, 1, 100000,
+		    &cfg->max_recipients) == -1 ||
+		    get_uint(ctx, grp, "max_sessions", NULL, 1, 100000,
+		    &cfg->max_sessions) == -1 ||
+		    get_uint(ctx, grp, "max_errors", NULL, 1, 1000,
+		    &cfg->max_errors) == -1 ||
+		    get_uint(ctx, grp, "idle_timeout", duration_units, 1, 86400,
+		    &cfg->idle_timeout) == -1)
+			goto out;
+		cfg->max_line = (size_t)size;
+	}
+	if ((grp = config_setting_get_member(root, "queue")) != NULL) {
+		if (config_setting_type(grp) != CONFIG_TYPE_GROUP) {
+			cfg_fail(ctx, grp, "queue: expected a group");
+			goto out;
+		}
+		if (check_known(ctx, grp, queue_keys, "queue") == -1 ||
+		    get_uint(ctx, grp, "retry_min", duration_units, 1,
+		    30 * 86400, &cfg->retry_min) == -1 ||
+		    get_uint(ctx, grp, "retry_max", duration_units, 1,
+		    30 * 86400, &cfg->retry_max) == -1 ||
+		    get_uint(ctx, grp, "lifetime", duration_units, 1,
+		    365 * 86400, &cfg->lifetime) == -1 ||
+		    get_uint(ctx, grp, "workers", NULL, 1, 64,
+		    &cfg->delivery_workers) == -1)
+			goto out;
+		if (cfg->retry_max < cfg->retry_min) {
+			cfg_fail(ctx, config_setting_get_member(grp,
+			    "retry_max"), "retry_max must not be smaller than "
+			    "retry_min");
+			goto out;
+		}
+	}
+
+	if ((s = config_setting_get_member(root, "listen")) != NULL) {
+		if (config_setting_type(s) != CONFIG_TYPE_LIST) {
+			cfg_fail(ctx, s, "listen: expected a list ( {...}, "
+			    "{...} )");
+			goto out;
+		}
+		n = config_setting_length(s);
+		cfg->listen = xcalloc((size_t)n, sizeof(*cfg->listen));
+		for (i = 0; i < n; i++) {
+			cfg->nlisten++;
+			if (parse_listen(ctx, config_setting_get_elem(s,
+			    (unsigned)i), &cfg->listen[i]) == -1)
+				goto out;
+		}
+	} else {
+		listen_add_default(cfg, "127.0.0.1");
+		listen_add_default(cfg, "::1");
+	}
+
+	if ((s = config_setting_get_member(root, "allow_networks")) != NULL) {
+		if (config_setting_type(s) != CONFIG_TYPE_ARRAY &&
+		    config_setting_type(s) != CONFIG_TYPE_LIST) {
+			cfg_fail(ctx, s, "allow_networks: expected a list of "
+			    "strings [ \"192.0.2.0/24\", ... ]");
+			goto out;
+		}
+		n = config_setting_length(s);
+		cfg->allow = xcalloc((size_t)n, sizeof(*cfg->allow));
+		for (i = 0; i < n; i++) {
+			const config_setting_t *e = config_setting_get_elem(s,
+			    (unsigned)i);
+			const char *v = config_setting_type(e) ==
+			    CONFIG_TYPE_STRING ? config_setting_get_string(e) :
+			    NULL;
+
+			if (v == NULL || netmask_parse(v, &cfg->allow[i]) ==
+			    -1) {
+				cfg_fail(ctx, e, "allow_networks: \"%s\" is not "
+				    "a network like 192.0.2.0/24",
+				    v != NULL ? v : "?");
+				goto out;
+			}
+			cfg->nallow++;
+		}
+	}
+
+	if ((s = config_setting_get_member(root, "relays")) == NULL ||
+	    config_setting_length(s) == 0) {
+		cfg_fail(ctx, s, "no relay configured: add a relays = { name "
+		    "= { host = \"...\"; }; } section");
+		goto out;
+	}
+	if (config_setting_type(s) != CONFIG_TYPE_GROUP) {
+		cfg_fail(ctx, s, "relays: expected a group of named relays");
+		goto out;
+	}
+	n = config_setting_length(s);
+	cfg->relays = xcalloc((size_t)n, sizeof(*cfg->relays));
+	for (i = 0; i < n; i++) {
+		cfg->nrelays++;
+		if (parse_relay(ctx, config_setting_get_elem(s, (unsigned)i),
+		    &cfg->relays[i]) == -1)
+			goto out;
+	}
+	cfg->default_relay = 0;
+	if (defrelay != NULL) {
+		size_t j;
+
+		for (j = 0; j < cfg->nrelays; j++)
+			if (strcmp(cfg->relays[j].name, defrelay) == 0)
+				break;
+		if (j == cfg->nrelays) {
+			cfg_fail(ctx, config_setting_get_member(root,
+			    "default_relay"), "default_relay: no relay named "
+			    "\"%s\"", defrelay);
+			goto out;
+		}
+		cfg->default_relay = j;
+	}
+	rc = 0;
+out:
+	free(sync);
+	free(defrelay);
+	return rc;
+}
+
+static struct config *
+config_finish(struct cfgctx *ctx, config_t *lc, int ok, const char *path)
+{
+	struct config *cfg;
+
+	if (!ok) {
+		if (config_error_line(lc) > 0)
+			snprintf(ctx->err, ctx->errlen, "%s:%d: %s",
+			    config_error_file(lc) != NULL ?
+			    config_error_file(lc) : ctx->name,
+			    config_error_line(lc), config_error_text(lc));
+		else
+			snprintf(ctx->err, ctx->errlen, "%s: %s", ctx->name,
+			    config_error_text(lc));
+		config_destroy(lc);
+		return NULL;
+	}
+	cfg = xcalloc(1, sizeof(*cfg));
+	cfg->file = path != NULL ? xstrdup(path) : NULL;
+	if (config_build(ctx, lc, cfg) == -1) {
+		config_free(cfg);
+		cfg = NULL;
+	}
+	config_destroy(lc);
+	return cfg;
+}
+
+struct config *
+config_load(const char *path, char *err, size_t errlen)
+{
+	struct cfgctx ctx = { path, err, errlen };
+	config_t lc;
+	FILE *fp;
+	int ok;
+
+	/* libconfig reports a missing file as a parse error without a
+	 * reason; open it ourselves to say what is wrong. */
+	if ((fp = fopen(path, "r")) == NULL) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	config_init(&lc);
+	ok = config_read(&lc, fp) == CONFIG_TRUE;
+	fclose(fp);
+	return config_finish(&ctx, &lc, ok, path);
+}
+
+struct config *
+config_parse_string(const char *text, const char *name, char *err,
+    size_t errlen)
+{
+	struct cfgctx ctx = { name, err, errlen };
+	config_t lc;
+
+	config_init(&lc);
+	return config_finish(&ctx, &lc, config_read_string(&lc, text) ==
+	    CONFIG_TRUE, NULL);
+}
+
+void
+config_free(struct config *cfg)
+{
+	size_t i;
+
+	if (cfg == NULL)
+		return;
+	for (i = 0; i < cfg->nlisten; i++) {
+		free(cfg->listen[i].address);
+		free(cfg->listen[i].port);
+		free(cfg->listen[i].path);
+		free(cfg->listen[i].group);
+	}
+	for (i = 0; i < cfg->nrelays; i++) {
+		struct relay_config *r = &cfg->relays[i];
+
+		free(r->name);
+		free(r->host);
+		free(r->port);
+		free(r->ca_file);
+		free(r->helo);
+		free(r->user);
+		free(r->maildir);
+	}
+	free(cfg->listen);
+	free(cfg->allow);
+	free(cfg->relays);
+	free(cfg->file);
+	free(cfg->hostname);
+	free(cfg->user);
+	free(cfg->spool);
+	free(cfg);
+}
+
+const struct relay_config *
+config_relay(const struct config *cfg, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->nrelays; i++)
+		if (strcmp(cfg->relays[i].name, name) == 0)
+			return &cfg->relays[i];
+	return NULL;
+}
+
+const struct relay_config *
+config_default_relay(const struct config *cfg)
+{
+	return &cfg->relays[cfg->default_relay];
+}

@@ -1,1 +1,72 @@
-/* placeholder: being written */
+/*
+ * systemd notification. sd_notify() is a no-op when NOTIFY_SOCKET is unset,
+ * so none of this needs to know whether systemd is there.
+ */
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "daemon.h"
+#include "log.h"
+
+void
+daemon_ready(const char *status)
+{
+	sd_notifyf(0, "READY=1\nSTATUS=%s\nMAINPID=%lu", status,
+	    (unsigned long)getpid());
+}
+
+void
+daemon_reloading(void)
+{
+	sd_notify(0, "RELOADING=1");
+}
+
+void
+daemon_stopping(void)
+{
+	sd_notify(0, "STOPPING=1");
+}
+
+void
+daemon_status(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	sd_notifyf(0, "STATUS=%s", buf);
+}
+
+static void
+watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+	sd_notify(0, "WATCHDOG=1");
+}
+
+void
+daemon_watchdog_start(struct event_base *base)
+{
+	static struct event *ev;
+	struct timeval tv;
+	uint64_t usec;
+
+	if (ev != NULL || sd_watchdog_enabled(0, &usec) <= 0)
+		return;
+	/* Ping at half the interval, as sd_watchdog_enabled(3) advises. */
+	usec /= 2;
+	tv.tv_sec = (time_t)(usec / 1000000);
+	tv.tv_usec = (suseconds_t)(usec % 1000000);
+	ev = event_new(base, -1, EV_PERSIST, watchdog_cb, NULL);
+	if (ev == NULL || event_add(ev, &tv) == -1)
+		log_warnx("cannot start the systemd watchdog timer");
+	else
+		log_debug("watchdog ping every %lld.%06lds",
+		    (long long)tv.tv_sec, (long)tv.tv_usec);
+}

@@ -1,1 +1,338 @@
-int main(void){return 0;}
+/*
+ * smarthostd: options, start-up order, signals and privilege drop. It wires
+ * the modules together and holds no protocol logic.
+ *
+ * Start-up order matters: the config is read and checked first (so -t and a
+ * broken file fail before anything is touched), sockets are bound while we
+ * may still be root, the spool is opened and made ours, privileges are
+ * dropped, the queue is loaded into the scheduler, and only then do we
+ * accept connections and tell systemd we are ready.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "listener.h"
+#include "log.h"
+#include "queue.h"
+#include "scheduler.h"
+#include "smtp_server.h"
+#include "worker.h"
+#include "xmalloc.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define DEFAULT_CONFIG SYSCONFDIR "/smarthostd/smarthostd.conf"
+
+struct daemon_state {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct config *cfg;
+	struct config **retired; /* replaced by reload, freed at exit */
+	size_t nretired;
+	struct listeners *listeners;
+	struct queue *queue;
+	struct worker *worker;
+	struct scheduler *scheduler;
+	struct smtp_server *server;
+	int stopping;
+};
+
+static void
+usage(void)
+{
+	fprintf(stderr, "usage: smarthostd [-dt] [-c file]\n");
+	exit(EX_USAGE);
+}
+
+static void
+queued_cb(struct envelope *env, void *arg)
+{
+	struct daemon_state *d = arg;
+
+	scheduler_add(d->scheduler, env);
+}
+
+static void
+loaded_cb(struct envelope *env, void *arg)
+{
+	struct daemon_state *d = arg;
+
+	scheduler_add(d->scheduler, env);
+}
+
+/* Settings that only take effect at start. */
+static void
+reload_warn_static(const struct config *old, const struct config *cfg)
+{
+	int same = old->nlisten == cfg->nlisten;
+	size_t i;
+
+	for (i = 0; same && i < cfg->nlisten; i++) {
+		const struct listen_config *a = &old->listen[i];
+		const struct listen_config *b = &cfg->listen[i];
+
+		same = a->kind == b->kind &&
+		    (a->address == NULL) == (b->address == NULL) &&
+		    (a->address == NULL || strcmp(a->address, b->address) == 0) &&
+		    (a->port == NULL || strcmp(a->port, b->port) == 0) &&
+		    (a->path == NULL || strcmp(a->path, b->path) == 0);
+	}
+	if (!same)
+		log_warnx("reload: listen changes take effect at restart");
+	if (strcmp(old->spool, cfg->spool) != 0)
+		log_warnx("reload: spool changes take effect at restart");
+}
+
+static void
+reload(struct daemon_state *d)
+{
+	struct config *cfg;
+	char err[1024];
+
+	daemon_reloading();
+	log_info("reloading %s", d->cfg->file);
+	if ((cfg = config_load(d->cfg->file, err, sizeof(err))) == NULL) {
+		log_warnx("reload failed, keeping the running config: %s",
+		    err);
+		daemon_ready("reload failed; running with the old config");
+		return;
+	}
+	reload_warn_static(d->cfg, cfg);
+	/*
+	 * Sessions in progress keep pointers into the old config, so it is
+	 * retired rather than freed: a few kilobytes per reload is cheaper
+	 * than reference counting every relay_config.
+	 */
+	d->retired = xreallocarray(d->retired, d->nretired + 1,
+	    sizeof(*d->retired));
+	d->retired[d->nretired++] = d->cfg;
+	d->cfg = cfg;
+	smtp_server_set_config(d->server, cfg);
+	listeners_set_config(d->listeners, cfg);
+	scheduler_set_config(d->scheduler, cfg);
+	log_info("reloaded");
+	daemon_ready("reloaded");
+}
+
+static void
+scheduler_stopped(void *arg)
+{
+	struct daemon_state *d = arg;
+
+	event_base_loopexit(d->base, NULL);
+}
+
+static void
+server_stopped(void *arg)
+{
+	struct daemon_state *d = arg;
+
+	scheduler_shutdown(d->scheduler, d->cfg->shutdown_timeout,
+	    scheduler_stopped, d);
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon_state *d = arg;
+
+	switch (sig) {
+	case SIGHUP:
+		if (!d->stopping)
+			reload(d);
+		break;
+	case SIGUSR1:
+		log_info("flushing the queue");
+		scheduler_flush(d->scheduler);
+		break;
+	case SIGTERM:
+	case SIGINT:
+		if (d->stopping) {
+			log_warnx("second stop signal: exiting now; "
+			    "unacknowledged messages are discarded");
+			event_base_loopbreak(d->base);
+			break;
+		}
+		d->stopping = 1;
+		log_info("stopping");
+		daemon_stopping();
+		listeners_stop(d->listeners);
+		smtp_server_shutdown(d->server, d->cfg->shutdown_timeout,
+		    server_stopped, d);
+		break;
+	}
+}
+
+/* Creates the spool directory and gives it to the daemon user. */
+static void
+spool_prepare(const char *spool, const struct passwd *pw)
+{
+	if (mkdir(spool, 0700) == -1 && errno != EEXIST)
+		fatal("cannot create spool %s", spool);
+	if (pw != NULL && chown(spool, pw->pw_uid, pw->pw_gid) == -1)
+		fatal("cannot chown spool %s to %s", spool, pw->pw_name);
+}
+
+static void
+drop_privileges(const struct passwd *pw)
+{
+	if (setgroups(1, &pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1)
+		fatal("cannot drop privileges to %s", pw->pw_name);
+	/* Make sure there is no way back. */
+	if (setuid(0) != -1)
+		fatalx("could regain root after dropping privileges");
+	log_info("running as %s (uid %lu)", pw->pw_name,
+	    (unsigned long)pw->pw_uid);
+}
+
+static struct evdns_base *
+dns_open(struct event_base *base)
+{
+	struct evdns_base *dns;
+
+	/*
+	 * Without a resolv.conf (containers) evdns would fail to start;
+	 * /etc/hosts and numeric addresses still work then, so carry on.
+	 */
+	dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+	if (dns == NULL) {
+		dns = evdns_base_new(base, 0);
+		if (dns != NULL)
+			evdns_base_load_hosts(dns, NULL);
+		log_warnx("no usable resolv.conf: relay names resolve from "
+		    "/etc/hosts only");
+	}
+	return dns;
+}
+
+int
+main(int argc, char *argv[])
+{
+	static const int sigs[] = { SIGHUP, SIGUSR1, SIGTERM, SIGINT };
+	struct event *sigev[sizeof(sigs) / sizeof(*sigs)];
+	struct daemon_state d;
+	struct smtp_server_params sp;
+	const char *file = DEFAULT_CONFIG;
+	struct passwd *pw = NULL;
+	char err[1024];
+	int ch, debug = 0, check = 0;
+	size_t i, n;
+
+	memset(&d, 0, sizeof(d));
+	while ((ch = getopt(argc, argv, "c:dt")) != -1) {
+		switch (ch) {
+		case 'c':
+			file = optarg;
+			break;
+		case 'd':
+			debug = 1;
+			break;
+		case 't':
+			check = 1;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	log_init("smarthostd", debug);
+
+	if ((d.cfg = config_load(file, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "smarthostd: %s\n", err);
+		return EX_CONFIG;
+	}
+	if (d.cfg->user != NULL && (pw = getpwnam(d.cfg->user)) == NULL) {
+		fprintf(stderr, "smarthostd: %s: user \"%s\" does not exist\n",
+		    file, d.cfg->user);
+		return EX_CONFIG;
+	}
+	if (check) {
+		printf("%s: configuration OK\n", file);
+		return EX_OK;
+	}
+	if (pw != NULL && getuid() != 0)
+		pw = NULL; /* not root: nothing to drop */
+
+	signal(SIGPIPE, SIG_IGN);
+	if (evthread_use_pthreads() == -1)
+		fatalx("libevent without pthreads support");
+	if ((d.base = event_base_new()) == NULL)
+		fatalx("cannot create the event base");
+
+	if ((d.listeners = listeners_open(d.cfg, err, sizeof(err))) == NULL)
+		fatalx_code(EX_CONFIG, "%s", err);
+	spool_prepare(d.cfg->spool, pw);
+	if (pw != NULL)
+		drop_privileges(pw);
+	if ((d.queue = queue_open(d.base, d.cfg->spool, d.cfg->spool_sync, err,
+	    sizeof(err))) == NULL)
+		fatalx_code(EX_CANTCREAT, "%s", err);
+	d.dns = dns_open(d.base);
+	d.worker = worker_new(d.base, d.cfg->delivery_workers);
+	d.scheduler = scheduler_new(d.base, d.dns, d.queue, d.worker, d.cfg);
+
+	memset(&sp, 0, sizeof(sp));
+	sp.cfg = d.cfg;
+	sp.queue = d.queue;
+	sp.queued = queued_cb;
+	sp.arg = &d;
+	d.server = smtp_server_new(d.base, &sp);
+
+	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++) {
+		sigev[i] = evsignal_new(d.base, sigs[i], signal_cb, &d);
+		if (sigev[i] == NULL || event_add(sigev[i], NULL) == -1)
+			fatalx("cannot install signal handler");
+	}
+
+	n = queue_load(d.queue, loaded_cb, &d);
+	if (n > 0)
+		log_info("loaded %zu queued message%s", n, n == 1 ? "" : "s");
+	if (listeners_start(d.listeners, d.base, d.server) == -1)
+		fatalx("cannot start listeners");
+	for (i = 0; i < listeners_count(d.listeners); i++)
+		log_info("listening on %s", listeners_describe(d.listeners, i));
+	log_info("started, pid=%ld", (long)getpid());
+	daemon_ready("accepting mail");
+	daemon_watchdog_start(d.base);
+
+	event_base_dispatch(d.base);
+
+	/*
+	 * Teardown runs the other way round, and the scheduler goes last:
+	 * pending worker jobs and queue updates call back into it and read
+	 * its envelopes.
+	 */
+	listeners_free(d.listeners);
+	smtp_server_free(d.server);
+	worker_free(d.worker);
+	queue_close(d.queue);
+	scheduler_free(d.scheduler);
+	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++)
+		event_free(sigev[i]);
+	if (d.dns != NULL)
+		evdns_base_free(d.dns, 0);
+	event_base_free(d.base);
+	for (i = 0; i < d.nretired; i++)
+		config_free(d.retired[i]);
+	free(d.retired);
+	config_free(d.cfg);
+	log_info("stopped");
+	return EX_OK;
+}

@@ -1,1 +1,409 @@
-/* placeholder: being written */
+/*
+ * SMTP syntax shared by the server and the client. No I/O, no allocation:
+ * every function works on caller buffers and either succeeds or reports a
+ * syntax error the caller turns into a reply or an outcome.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "smtp_proto.h"
+
+int
+smtp_cmd_split(const char *line, size_t len, char *verb, size_t verbsize,
+    const char **arg)
+{
+	size_t i, n = 0;
+
+	if (len == 0 || memchr(line, '\0', len) != NULL || verbsize == 0)
+		return -1;
+	for (i = 0; i < len && line[i] != ' '; i++)
+		if (n + 1 < verbsize)
+			verb[n++] = (char)toupper((unsigned char)line[i]);
+	verb[n] = '\0';
+	if (i < len)
+		i++; /* the separating space */
+	*arg = line + i;
+	return 0;
+}
+
+/* Copies the angle-bracketed path at *p into addr, dropping a source
+ * route. Returns 0 and advances *p past '>', or -1. */
+static int
+path_copy(const char **p, char *addr, size_t addrsize, const char **why)
+{
+	const char *s = *p, *end;
+	size_t n;
+	int quoted = 0;
+
+	if (*s != '<') {
+		*why = "path must be enclosed in <>";
+		return -1;
+	}
+	s++;
+	/* A source route "@a,@b:" is obsolete; RFC 5321 C says to accept
+	 * and ignore it. */
+	if (*s == '@') {
+		const char *colon = strchr(s, ':');
+
+		if (colon == NULL) {
+			*why = "bad source route";
+			return -1;
+		}
+		s = colon + 1;
+	}
+	for (end = s; *end != '\0'; end++) {
+		if (*end == '\\' && quoted && end[1] != '\0') {
+			end++;
+			continue;
+		}
+		if (*end == '"')
+			quoted = !quoted;
+		else if (*end == '>' && !quoted)
+			break;
+	}
+	if (*end != '>') {
+		*why = "missing closing >";
+		return -1;
+	}
+	n = (size_t)(end - s);
+	if (n >= addrsize || n >= SMTP_PATH_MAX) {
+		*why = "path too long";
+		return -1;
+	}
+	memcpy(addr, s, n);
+	addr[n] = '\0';
+	*p = end + 1;
+	return 0;
+}
+
+int
+smtp_path_parse(const char *arg, const char *prefix, char *addr,
+    size_t addrsize, const char **params, const char **why)
+{
+	size_t plen = strlen(prefix);
+	const char *p = arg;
+
+	*why = "syntax error";
+	if (strncasecmp(p, prefix, plen) != 0) {
+		*why = prefix[0] == 'F' || prefix[0] == 'f' ?
+		    "expected MAIL FROM:<address>" : "expected RCPT TO:<address>";
+		return -1;
+	}
+	p += plen;
+	while (*p == ' ')
+		p++;
+	if (path_copy(&p, addr, addrsize, why) == -1)
+		return -1;
+	if (*p != '\0' && *p != ' ') {
+		*why = "garbage after path";
+		return -1;
+	}
+	while (*p == ' ')
+		p++;
+	*params = p;
+	return 0;
+}
+
+int
+smtp_mailbox_valid(const char *addr, int utf8)
+{
+	const char *at = NULL, *p;
+	int quoted = 0;
+
+	if (*addr == '\0')
+		return 0;
+	for (p = addr; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c < 0x20 || c == 0x7f)
+			return 0;
+		if (c >= 0x80 && !utf8)
+			return 0;
+		if (c == '\\' && quoted && p[1] != '\0') {
+			p++;
+			continue;
+		}
+		if (c == '"') {
+			quoted = !quoted;
+			continue;
+		}
+		if (quoted)
+			continue;
+		if (c == ' ' || c == '<' || c == '>' || c == ',' || c == ';')
+			return 0;
+		if (c == '@') {
+			if (at != NULL)
+				return 0;
+			at = p;
+		}
+	}
+	if (quoted || at == NULL || at == addr || at[1] == '\0')
+		return 0;
+	/* The domain part: a dotted name or an address literal. */
+	if (at[1] == '[')
+		return p[-1] == ']';
+	if (at[1] == '.' || p[-1] == '.' || strstr(at, "..") != NULL)
+		return 0;
+	return 1;
+}
+
+int
+smtp_param_next(const char **cursor, char *key, size_t keysize,
+    char *value, size_t valuesize)
+{
+	const char *p = *cursor;
+	size_t k = 0, v = 0;
+
+	while (*p == ' ')
+		p++;
+	if (*p == '\0') {
+		*cursor = p;
+		return 0;
+	}
+	if (keysize == 0 || valuesize == 0)
+		return -1;
+	while (*p != '\0' && *p != ' ' && *p != '=') {
+		unsigned char c = (unsigned char)*p;
+
+		if (!isalnum(c) && c != '-')
+			return -1;
+		if (k + 1 >= keysize)
+			return -1;
+		key[k++] = (char)toupper(c);
+		p++;
+	}
+	key[k] = '\0';
+	if (k == 0)
+		return -1;
+	if (*p == '=') {
+		p++;
+		while (*p != '\0' && *p != ' ') {
+			unsigned char c = (unsigned char)*p;
+
+			if (c < 0x21 || c == 0x7f || c == '=')
+				return -1;
+			if (v + 1 >= valuesize)
+				return -1;
+			value[v++] = *p++;
+		}
+		if (v == 0)
+			return -1;
+	}
+	value[v] = '\0';
+	*cursor = p;
+	return 1;
+}
+
+void
+smtp_reply_parser_init(struct smtp_reply_parser *p)
+{
+	memset(p, 0, sizeof(*p));
+}
+
+/* Appends s[0..n) to the reply text, truncating silently: the text is for
+ * logs and DSNs, the code is what the protocol acts on. */
+static void
+reply_append(struct smtp_reply *r, const char *s, size_t n)
+{
+	size_t have = strlen(r->text), room;
+
+	if (have + 1 >= sizeof(r->text))
+		return;
+	room = sizeof(r->text) - have - 1;
+	if (n > room)
+		n = room;
+	memcpy(r->text + have, s, n);
+	r->text[have + n] = '\0';
+}
+
+/* Recognises an enhanced status code "c.sss.ddd " matching the reply
+ * class; returns its length including the trailing space, or 0. */
+static size_t
+enhanced_len(const char *s, size_t n, int code)
+{
+	size_t i = 0, digits;
+	int part;
+
+	if (n < 6 || s[0] != '0' + code / 100 || s[1] != '.')
+		return 0;
+	i = 2;
+	for (part = 0; part < 2; part++) {
+		for (digits = 0; i < n && isdigit((unsigned char)s[i]);
+		    digits++, i++)
+			;
+		if (digits == 0 || digits > 3)
+			return 0;
+		if (part == 0) {
+			if (i >= n || s[i] != '.')
+				return 0;
+			i++;
+		}
+	}
+	if (i < n && s[i] != ' ')
+		return 0;
+	return i < n ? i + 1 : i;
+}
+
+enum smtp_reply_status
+smtp_reply_feed(struct smtp_reply_parser *p, const char *line, size_t len)
+{
+	struct smtp_reply *r = &p->reply;
+	int code, last;
+	size_t elen;
+
+	if (len < 3 || !isdigit((unsigned char)line[0]) ||
+	    !isdigit((unsigned char)line[1]) ||
+	    !isdigit((unsigned char)line[2]))
+		return SMTP_REPLY_ERROR;
+	if (len > 3 && line[3] != ' ' && line[3] != '-')
+		return SMTP_REPLY_ERROR;
+	code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+	if (code < 200 || code > 599)
+		return SMTP_REPLY_ERROR;
+	last = len == 3 || line[3] == ' ';
+	if (!p->in_progress) {
+		memset(r, 0, sizeof(*r));
+		r->code = code;
+		p->in_progress = 1;
+	} else if (code != r->code) {
+		p->in_progress = 0;
+		return SMTP_REPLY_ERROR;
+	}
+	line += len > 3 ? 4 : 3;
+	len -= len > 3 ? 4 : 3;
+	elen = enhanced_len(line, len, code);
+	if (elen > 0) {
+		if (r->nlines == 0) {
+			size_t n = line[elen - 1] == ' ' ? elen - 1 : elen;
+
+			if (n < sizeof(r->enhanced)) {
+				memcpy(r->enhanced, line, n);
+				r->enhanced[n] = '\0';
+			}
+		}
+		line += elen;
+		len -= elen;
+	}
+	if (r->nlines > 0)
+		reply_append(r, "\n", 1);
+	reply_append(r, line, len);
+	r->nlines++;
+	if (!last)
+		return SMTP_REPLY_MORE;
+	p->in_progress = 0;
+	return SMTP_REPLY_DONE;
+}
+
+void
+smtp_ehlo_parse(const char *text, struct smtp_ehlo *out)
+{
+	const char *line = text, *nl;
+	char kw[64];
+	size_t n, i;
+
+	memset(out, 0, sizeof(*out));
+	/* The first line is the server's name and greeting. */
+	if ((nl = strchr(line, '\n')) == NULL)
+		return;
+	for (line = nl + 1; *line != '\0'; line = nl + 1) {
+		const char *args;
+
+		nl = strchr(line, '\n');
+		n = nl != NULL ? (size_t)(nl - line) : strlen(line);
+		for (i = 0; i < n && i + 1 < sizeof(kw) && line[i] != ' ' &&
+		    line[i] != '='; i++)
+			kw[i] = (char)toupper((unsigned char)line[i]);
+		kw[i] = '\0';
+		args = line + i + (i < n ? 1 : 0);
+		if (strcmp(kw, "PIPELINING") == 0)
+			out->exts |= SMTP_EXT_PIPELINING;
+		else if (strcmp(kw, "8BITMIME") == 0)
+			out->exts |= SMTP_EXT_8BITMIME;
+		else if (strcmp(kw, "SMTPUTF8") == 0)
+			out->exts |= SMTP_EXT_SMTPUTF8;
+		else if (strcmp(kw, "STARTTLS") == 0)
+			out->exts |= SMTP_EXT_STARTTLS;
+		else if (strcmp(kw, "ENHANCEDSTATUSCODES") == 0)
+			out->exts |= SMTP_EXT_ENHANCEDSTATUSCODES;
+		else if (strcmp(kw, "CHUNKING") == 0)
+			out->exts |= SMTP_EXT_CHUNKING;
+		else if (strcmp(kw, "DSN") == 0)
+			out->exts |= SMTP_EXT_DSN;
+		else if (strcmp(kw, "SIZE") == 0) {
+			out->exts |= SMTP_EXT_SIZE;
+			if (i < n)
+				out->size = strtoul(args, NULL, 10);
+		} else if (strcmp(kw, "AUTH") == 0 && i < n) {
+			size_t alen = n - (size_t)(args - line), have, j;
+
+			out->exts |= SMTP_EXT_AUTH;
+			/* Servers may repeat AUTH (and old ones send
+			 * AUTH=); collect every mechanism once. */
+			have = strlen(out->auth);
+			if (have > 0 && have + 1 < sizeof(out->auth))
+				out->auth[have++] = ' ';
+			for (j = 0; j < alen && have + 1 < sizeof(out->auth);
+			    j++)
+				out->auth[have++] =
+				    (char)toupper((unsigned char)args[j]);
+			out->auth[have] = '\0';
+		}
+		if (nl == NULL)
+			break;
+	}
+}
+
+void
+smtp_body_encoder_init(struct smtp_body_encoder *e)
+{
+	e->at_bol = 1;
+	e->saw_cr = 0;
+}
+
+size_t
+smtp_body_encode(struct smtp_body_encoder *e, const char *in, size_t len,
+    char *out)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < len; i++) {
+		char c = in[i];
+
+		/* A CR was already written out as CRLF: its LF is done. */
+		if (e->saw_cr) {
+			e->saw_cr = 0;
+			if (c == '\n')
+				continue;
+		}
+		if (c == '\r' || c == '\n') {
+			out[n++] = '\r';
+			out[n++] = '\n';
+			e->saw_cr = c == '\r';
+			e->at_bol = 1;
+			continue;
+		}
+		if (e->at_bol && c == '.')
+			out[n++] = '.';
+		e->at_bol = 0;
+		out[n++] = c;
+	}
+	return n;
+}
+
+size_t
+smtp_body_encode_finish(struct smtp_body_encoder *e, char *out)
+{
+	size_t n = 0;
+
+	if (!e->at_bol) {
+		out[n++] = '\r';
+		out[n++] = '\n';
+	}
+	memcpy(out + n, ".\r\n", 3);
+	n += 3;
+	smtp_body_encoder_init(e);
+	return n;
+}

@@ -1,2 +1,190 @@
+/* Unit tests for config parsing and validation. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <criterion/criterion.h>
-Test(placeholder, none) { cr_assert(1); }
+
+#include "config.h"
+
+static char err[1024];
+
+static struct config *
+parse(const char *text)
+{
+	err[0] = '\0';
+	return config_parse_string(text, "test.conf", err, sizeof(err));
+}
+
+#define RELAY "relays = { up = { host = \"192.0.2.1\"; }; };\n"
+
+Test(config, defaults)
+{
+	struct config *c = parse(RELAY);
+	const struct relay_config *r;
+
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->nlisten, 2);
+	cr_assert_str_eq(c->listen[0].address, "127.0.0.1");
+	cr_assert_str_eq(c->listen[1].address, "::1");
+	cr_assert_str_eq(c->listen[0].port, "25");
+	cr_assert_eq(c->max_message_size, 35u * 1024 * 1024);
+	cr_assert_eq(c->retry_min, 300);
+	cr_assert_eq(c->retry_max, 4000);
+	cr_assert_eq(c->lifetime, 5 * 86400);
+	r = config_default_relay(c);
+	cr_assert_str_eq(r->name, "up");
+	cr_assert_eq(r->tls, TLS_MODE_STARTTLS);
+	cr_assert_str_eq(r->port, "587");
+	cr_assert_eq(r->tls_verify, 1);
+	cr_assert_not_null(c->hostname);
+	config_free(c);
+}
+
+Test(config, full)
+{
+	struct config *c = parse(
+	    "hostname = \"relay.example\";\n"
+	    "spool = \"/tmp/sp\";\n"
+	    "spool_sync = \"syncfs\";\n"
+	    "listen = ( { address = \"::1\"; port = 2525; },\n"
+	    "  { path = \"/tmp/s.sock\"; mode = \"0660\"; } );\n"
+	    "allow_networks = [ \"192.0.2.0/24\" ];\n"
+	    "limits = { max_message_size = \"10M\"; idle_timeout = \"2m\";\n"
+	    "  max_recipients = 5; };\n"
+	    "queue = { retry_min = \"1m\"; retry_max = \"1h\"; lifetime = \"2d\"; };\n"
+	    "default_relay = \"cap\";\n"
+	    "relays = { up = { host = \"mx.example\"; tls = \"implicit\";\n"
+	    "  verify = false; };\n"
+	    "  cap = { type = \"maildir\"; path = \"/tmp/md\"; }; };\n");
+
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_str_eq(c->hostname, "relay.example");
+	cr_assert_eq(c->spool_sync, SPOOL_SYNC_SYNCFS);
+	cr_assert_eq(c->listen[0].kind, LISTEN_TCP);
+	cr_assert_str_eq(c->listen[0].port, "2525");
+	cr_assert_eq(c->listen[1].kind, LISTEN_UNIX);
+	cr_assert_eq(c->listen[1].mode, 0660);
+	cr_assert_eq(c->nallow, 1);
+	cr_assert_eq(c->max_message_size, 10u * 1024 * 1024);
+	cr_assert_eq(c->idle_timeout, 120);
+	cr_assert_eq(c->max_recipients, 5);
+	cr_assert_eq(c->retry_min, 60);
+	cr_assert_eq(c->retry_max, 3600);
+	cr_assert_eq(c->lifetime, 2 * 86400);
+	cr_assert_str_eq(config_default_relay(c)->name, "cap");
+	cr_assert_eq(config_default_relay(c)->type, RELAY_TYPE_MAILDIR);
+	cr_assert_str_eq(config_relay(c, "up")->port, "465");
+	cr_assert_eq(config_relay(c, "up")->tls_verify, 0);
+	cr_assert_null(config_relay(c, "nope"));
+	config_free(c);
+}
+
+struct bad {
+	const char *text;
+	const char *expect; /* substring of the error */
+};
+
+Test(config, errors_name_file_and_line)
+{
+	static const struct bad bad[] = {
+		{ RELAY "hostnam = \"x\";\n", "test.conf:2: unknown setting" },
+		{ RELAY "limits = {\n max_message_size = \"10Q\"; };\n",
+		    "test.conf:3: max_message_size: unknown unit" },
+		{ RELAY "queue = { retry_min = 100;\n retry_max = 10; };\n",
+		    "test.conf:3: retry_max must not be smaller" },
+		{ "relays = { up = { port = 25; }; };\n",
+		    "test.conf:1: relay up: host is required" },
+		{ "relays = { up = { host = \"a\"; tls = \"maybe\"; }; };\n",
+		    "tls must be" },
+		{ RELAY "listen = ( { address = \"localhost\"; } );\n",
+		    "test.conf:2: listen: address \"localhost\" is not" },
+		{ RELAY "allow_networks = [ \"10.0.0.0/33\" ];\n",
+		    "test.conf:2: allow_networks" },
+		{ RELAY "default_relay = \"other\";\n",
+		    "test.conf:2: default_relay: no relay named" },
+		{ "hostname = \"x\";\n", "no relay configured" },
+		{ RELAY "spool = = \"a\";\n", "test.conf:2: syntax error" },
+		{ RELAY "listen = ( { port = \"99999\"; } );\n",
+		    "is not a valid port" },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		struct config *c = parse(bad[i].text);
+
+		cr_assert_null(c, "case %zu parsed", i);
+		cr_assert(strstr(err, bad[i].expect) != NULL,
+		    "case %zu: \"%s\" lacks \"%s\"", i, err, bad[i].expect);
+	}
+}
+
+Test(config, load_reports_missing_file)
+{
+	cr_assert_null(config_load("/nonexistent/smarthostd.conf", err,
+	    sizeof(err)));
+	cr_assert(strstr(err, "/nonexistent/smarthostd.conf: No such file")
+	    != NULL, "%s", err);
+}
+
+Test(config, load_from_file_names_it)
+{
+	char path[] = "/tmp/test_config_XXXXXX";
+	int fd = mkstemp(path);
+	const char *text = RELAY "\n\nbogus = 1;\n";
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	cr_assert_null(config_load(path, err, sizeof(err)));
+	unlink(path);
+	cr_assert(strncmp(err, path, strlen(path)) == 0, "%s", err);
+	cr_assert(strstr(err, ":4: unknown setting \"bogus\"") != NULL, "%s",
+	    err);
+}
+
+static struct sockaddr_storage
+addr(const char *s)
+{
+	struct sockaddr_storage ss;
+
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, s, &((struct sockaddr_in *)&ss)->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else {
+		cr_assert_eq(inet_pton(AF_INET6, s,
+		    &((struct sockaddr_in6 *)&ss)->sin6_addr), 1);
+		ss.ss_family = AF_INET6;
+	}
+	return ss;
+}
+
+Test(config, peer_allowed)
+{
+	struct config *c = parse(RELAY
+	    "allow_networks = [ \"192.0.2.0/25\", \"2001:db8::/32\" ];\n");
+	struct sockaddr_storage a;
+	struct sockaddr_un un = { .sun_family = AF_UNIX };
+
+	cr_assert_not_null(c, "%s", err);
+	a = addr("127.0.0.1");
+	cr_assert(config_peer_allowed(c, (struct sockaddr *)&a));
+	a = addr("::1");
+	cr_assert(config_peer_allowed(c, (struct sockaddr *)&a));
+	a = addr("192.0.2.127");
+	cr_assert(config_peer_allowed(c, (struct sockaddr *)&a));
+	a = addr("192.0.2.128");
+	cr_assert_not(config_peer_allowed(c, (struct sockaddr *)&a));
+	a = addr("::ffff:192.0.2.1");
+	cr_assert(config_peer_allowed(c, (struct sockaddr *)&a));
+	a = addr("2001:db8:1::5");
+	cr_assert(config_peer_allowed(c, (struct sockaddr *)&a));
+	a = addr("2001:db9::5");
+	cr_assert_not(config_peer_allowed(c, (struct sockaddr *)&a));
+	cr_assert(config_peer_allowed(c, (struct sockaddr *)&un));
+	config_free(c);
+}

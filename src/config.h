@@ -1,0 +1,122 @@
+/*
+ * Configuration: a libconfig file turned into one immutable struct config.
+ * Every option has a default, so a config with only a relay (or none at all,
+ * for the maildir quick start) is valid. Validation errors name file:line.
+ * Reload builds a new struct and the caller swaps it in; nothing mutates a
+ * loaded config.
+ */
+#ifndef SMARTHOST_CONFIG_H
+#define SMARTHOST_CONFIG_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <netinet/in.h>
+
+enum tls_mode {
+	TLS_MODE_STARTTLS, /* default: refuse to send if not offered */
+	TLS_MODE_IMPLICIT, /* TLS from the first byte (port 465) */
+	TLS_MODE_NONE,     /* clear text, only on explicit request */
+};
+
+enum relay_type {
+	RELAY_TYPE_SMTP,
+	RELAY_TYPE_MAILDIR, /* deliver into a local Maildir (development) */
+};
+
+enum spool_sync {
+	SPOOL_SYNC_FSYNC,  /* fdatasync each file of a commit group */
+	SPOOL_SYNC_SYNCFS, /* one syncfs(2) per group: dedicated spool fs */
+};
+
+struct relay_config {
+	char *name;
+	enum relay_type type;
+	/* smtp */
+	char *host;       /* name or numeric address */
+	char *port;       /* number or service name; default by tls mode */
+	enum tls_mode tls;
+	int tls_verify;   /* verify certificate and host name (default 1) */
+	char *ca_file;    /* NULL: system CAs */
+	char *helo;       /* NULL: config hostname */
+	char *user;       /* login to use (authentication, later issue) */
+	unsigned max_connections;     /* parallel sessions to this relay */
+	unsigned max_msgs_per_conn;   /* messages per session before QUIT */
+	unsigned timeout_connect;     /* seconds */
+	unsigned timeout_command;     /* greeting, EHLO, MAIL, RCPT, ... */
+	unsigned timeout_data;        /* DATA ".": RFC 5321 says 10 min */
+	/* maildir */
+	char *maildir;    /* directory holding cur/ new/ tmp/ */
+};
+
+enum listen_kind {
+	LISTEN_TCP,
+	LISTEN_UNIX,
+};
+
+struct listen_config {
+	enum listen_kind kind;
+	char *address;  /* TCP: numeric IPv4 or IPv6 address */
+	char *port;     /* TCP: number or service name */
+	char *path;     /* Unix: socket path */
+	mode_t mode;    /* Unix: permission bits (default 0666) */
+	char *group;    /* Unix: group owner, NULL to keep */
+};
+
+struct netmask {
+	int family;              /* AF_INET or AF_INET6 */
+	unsigned char addr[16];  /* network byte order */
+	unsigned prefix;
+};
+
+struct config {
+	char *file;        /* path it was read from, NULL for built-in */
+	char *hostname;    /* our name: banner, Received, EHLO */
+	char *user;        /* drop privileges to it after binding; NULL keep */
+	char *spool;       /* spool directory */
+	enum spool_sync spool_sync;
+
+	struct listen_config *listen;
+	size_t nlisten;
+	struct netmask *allow; /* networks allowed to submit besides loopback */
+	size_t nallow;
+
+	size_t max_line;          /* command line length incl. CRLF (512) */
+	size_t max_message_size;  /* bytes; SIZE advertised and enforced */
+	unsigned max_recipients;  /* per message */
+	unsigned max_sessions;    /* concurrent inbound sessions */
+	unsigned max_errors;      /* per session before 421 */
+	unsigned idle_timeout;    /* seconds of client silence */
+
+	unsigned retry_min;       /* seconds, first backoff (300) */
+	unsigned retry_max;       /* seconds, backoff clamp (4000) */
+	unsigned lifetime;        /* seconds before bounce (5 days) */
+	unsigned delivery_workers; /* threads for blocking work */
+	unsigned shutdown_timeout; /* seconds to finish sessions on TERM */
+
+	struct relay_config *relays;
+	size_t nrelays;
+	size_t default_relay;     /* index into relays */
+};
+
+/*
+ * Reads and validates path. On failure returns NULL and writes a message
+ * starting with "path:line: " (or "path: " when no line applies) to err.
+ * The caller owns the result and frees it with config_free().
+ */
+struct config *config_load(const char *path, char *err, size_t errlen);
+/* The same, from a string (tests); name is used in messages. */
+struct config *config_parse_string(const char *text, const char *name,
+    char *err, size_t errlen);
+void config_free(struct config *cfg);
+/* The relay named name, or NULL. */
+const struct relay_config *config_relay(const struct config *cfg,
+    const char *name);
+const struct relay_config *config_default_relay(const struct config *cfg);
+/* 1 if sa (AF_INET/AF_INET6/AF_UNIX) may submit: loopback, Unix sockets
+ * and the allowed networks; 0 otherwise. */
+int config_peer_allowed(const struct config *cfg, const struct sockaddr *sa);
+/* Parses "192.0.2.0/24" or "2001:db8::/32"; 0 on success, -1 if invalid. */
+int netmask_parse(const char *s, struct netmask *out);
+int netmask_match(const struct netmask *m, const struct sockaddr *sa);
+
+#endif
