@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,6 +244,44 @@ get_port(struct cfgctx *ctx, const config_setting_t *grp, char **out)
 	return 0;
 }
 
+/* A list or array of strings; each element is copied into *out. */
+static int
+get_string_list(struct cfgctx *ctx, const config_setting_t *grp,
+    const char *key, char ***out, size_t *nout)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+	int i, n;
+
+	if (s == NULL)
+		return 0;
+	if (config_setting_type(s) != CONFIG_TYPE_ARRAY &&
+	    config_setting_type(s) != CONFIG_TYPE_LIST)
+		return cfg_fail(ctx, s, "%s: expected a list of strings "
+		    "[ \"...\", ... ]", key);
+	n = config_setting_length(s);
+	*out = xcalloc((size_t)n + 1, sizeof(**out));
+	for (i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(s,
+		    (unsigned)i);
+
+		if (config_setting_type(e) != CONFIG_TYPE_STRING)
+			return cfg_fail(ctx, e, "%s: expected a string", key);
+		(*out)[i] = xstrdup(config_setting_get_string(e));
+		(*nout)++;
+	}
+	return 0;
+}
+
+static void
+string_list_free(char **list, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		free(list[i]);
+	free(list);
+}
+
 int
 netmask_parse(const char *s, struct netmask *out)
 {
@@ -351,14 +390,16 @@ relay_defaults(struct relay_config *r)
 static const char *const relay_keys[] = { "type", "host", "port", "tls",
 	"verify", "ca_file", "helo", "user", "max_connections",
 	"max_messages_per_connection", "timeout_connect", "timeout_command",
-	"timeout_data", "path", NULL };
+	"timeout_data", "path", "auth", "allow_plaintext_auth", "mechanisms",
+	"password_command", "oauth_command", NULL };
 
 static int
 parse_relay(struct cfgctx *ctx, const config_setting_t *s,
     struct relay_config *r)
 {
-	char *type = NULL, *tls = NULL;
+	char *type = NULL, *tls = NULL, *auth = NULL;
 	int rc = -1;
+	size_t i;
 
 	relay_defaults(r);
 	r->name = xstrdup(config_setting_name(s));
@@ -377,6 +418,14 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 	    get_string(ctx, s, "helo", &r->helo) == -1 ||
 	    get_string(ctx, s, "user", &r->user) == -1 ||
 	    get_string(ctx, s, "path", &r->maildir) == -1 ||
+	    get_string(ctx, s, "auth", &auth) == -1 ||
+	    get_bool(ctx, s, "allow_plaintext_auth",
+	    &r->allow_plaintext_auth) == -1 ||
+	    get_string_list(ctx, s, "mechanisms", &r->mechanisms,
+	    &r->nmechanisms) == -1 ||
+	    get_string(ctx, s, "password_command", &r->password_command) ==
+	    -1 ||
+	    get_string(ctx, s, "oauth_command", &r->oauth_command) == -1 ||
 	    get_uint(ctx, s, "max_connections", NULL, 1, 1000,
 	    &r->max_connections) == -1 ||
 	    get_uint(ctx, s, "max_messages_per_connection", NULL, 1, 1000000,
@@ -409,6 +458,33 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 		    "\"none\"", r->name);
 		goto out;
 	}
+	if (auth == NULL || strcmp(auth, "auto") == 0)
+		r->auth = AUTH_POLICY_AUTO;
+	else if (strcmp(auth, "always") == 0)
+		r->auth = AUTH_POLICY_ALWAYS;
+	else if (strcmp(auth, "never") == 0)
+		r->auth = AUTH_POLICY_NEVER;
+	else {
+		cfg_fail(ctx, config_setting_get_member(s, "auth"),
+		    "relay %s: auth must be \"auto\", \"always\" or "
+		    "\"never\"", r->name);
+		goto out;
+	}
+	for (i = 0; i < r->nmechanisms; i++) {
+		char *m;
+
+		for (m = r->mechanisms[i]; *m != '\0'; m++) {
+			*m = (char)toupper((unsigned char)*m);
+			if (!isalnum((unsigned char)*m) && *m != '-' &&
+			    *m != '_') {
+				cfg_fail(ctx, config_setting_get_member(s,
+				    "mechanisms"), "relay %s: \"%s\" is not "
+				    "a SASL mechanism name", r->name,
+				    r->mechanisms[i]);
+				goto out;
+			}
+		}
+	}
 	if (r->type == RELAY_TYPE_SMTP && r->host == NULL) {
 		cfg_fail(ctx, s, "relay %s: host is required", r->name);
 		goto out;
@@ -425,6 +501,7 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 out:
 	free(type);
 	free(tls);
+	free(auth);
 	return rc;
 }
 
@@ -514,11 +591,91 @@ listen_add_default(struct config *cfg, const char *addr)
 
 static const char *const top_keys[] = { "hostname", "user", "spool",
 	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
-	"queue", "default_relay", "relays", NULL };
+	"queue", "default_relay", "relays", "auth_first", "authinfo",
+	"state_dir", NULL };
 static const char *const limit_keys[] = { "max_line", "max_message_size",
 	"max_recipients", "max_sessions", "max_errors", "idle_timeout", NULL };
 static const char *const queue_keys[] = { "retry_min", "retry_max",
 	"lifetime", "workers", NULL };
+
+static int
+compile_auth_first(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	char msg[256];
+	size_t i;
+	int r;
+
+	if (cfg->nauth_first == 0)
+		return 0;
+	cfg->auth_first_re = xcalloc(cfg->nauth_first,
+	    sizeof(*cfg->auth_first_re));
+	for (i = 0; i < cfg->nauth_first; i++) {
+		r = regcomp(&cfg->auth_first_re[i], cfg->auth_first[i],
+		    REG_EXTENDED | REG_ICASE | REG_NOSUB);
+		if (r != 0) {
+			regerror(r, &cfg->auth_first_re[i], msg, sizeof(msg));
+			/* Only the compiled ones are freed later. */
+			cfg->nauth_first = i;
+			return cfg_fail(ctx, config_setting_get_member(root,
+			    "auth_first"), "auth_first: \"%s\": %s",
+			    cfg->auth_first[i], msg);
+		}
+	}
+	return 0;
+}
+
+/*
+ * "~/" in credential file names means the daemon user's home: the user
+ * named in the config when there is one (we switch to it), else ours.
+ * With no authinfo setting the list is Emacs's default one.
+ */
+static int
+expand_authinfo(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	static const char *const defaults[] = { "~/.authinfo",
+		"~/.authinfo.gpg", "~/.netrc" };
+	const char *home = NULL;
+	struct passwd *pw;
+	size_t i;
+
+	if (cfg->authinfo == NULL) {
+		cfg->authinfo = xcalloc(4, sizeof(*cfg->authinfo));
+		for (i = 0; i < 3; i++)
+			cfg->authinfo[i] = xstrdup(defaults[i]);
+		cfg->nauthinfo = 3;
+	}
+	if (cfg->user != NULL && (pw = getpwnam(cfg->user)) != NULL)
+		home = pw->pw_dir;
+	else if (cfg->user == NULL && (home = getenv("HOME")) == NULL &&
+	    (pw = getpwuid(getuid())) != NULL)
+		home = pw->pw_dir;
+	for (i = 0; i < cfg->nauthinfo; i++) {
+		char *f = cfg->authinfo[i];
+
+		if (strncmp(f, "~/", 2) != 0)
+			continue;
+		if (home == NULL)
+			return cfg_fail(ctx, config_setting_get_member(root,
+			    "authinfo"), "authinfo: cannot expand \"%s\": "
+			    "no home directory for the daemon user", f);
+		cfg->authinfo[i] = xasprintf("%s/%s", home, f + 2);
+		free(f);
+	}
+	return 0;
+}
+
+int
+config_auth_first(const struct config *cfg, const char *host)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->nauth_first; i++)
+		if (regexec(&cfg->auth_first_re[i], host, 0, NULL, 0) == 0)
+			return 1;
+	return 0;
+}
 
 static int
 config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
@@ -662,6 +819,18 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 		}
 	}
 
+	if (get_string_list(ctx, root, "auth_first", &cfg->auth_first,
+	    &cfg->nauth_first) == -1 ||
+	    get_string_list(ctx, root, "authinfo", &cfg->authinfo,
+	    &cfg->nauthinfo) == -1 ||
+	    get_string(ctx, root, "state_dir", &cfg->state_dir) == -1)
+		goto out;
+	if (compile_auth_first(ctx, root, cfg) == -1 ||
+	    expand_authinfo(ctx, root, cfg) == -1)
+		goto out;
+	if (cfg->state_dir == NULL)
+		cfg->state_dir = xasprintf("%s/state", cfg->spool);
+
 	if ((s = config_setting_get_member(root, "relays")) == NULL ||
 	    config_setting_length(s) == 0) {
 		cfg_fail(ctx, s, "no relay configured: add a relays = { name "
@@ -784,7 +953,16 @@ config_free(struct config *cfg)
 		free(r->helo);
 		free(r->user);
 		free(r->maildir);
+		free(r->password_command);
+		free(r->oauth_command);
+		string_list_free(r->mechanisms, r->nmechanisms);
 	}
+	for (i = 0; i < cfg->nauth_first; i++)
+		regfree(&cfg->auth_first_re[i]);
+	free(cfg->auth_first_re);
+	string_list_free(cfg->auth_first, cfg->nauth_first);
+	string_list_free(cfg->authinfo, cfg->nauthinfo);
+	free(cfg->state_dir);
 	free(cfg->listen);
 	free(cfg->allow);
 	free(cfg->relays);

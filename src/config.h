@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <netinet/in.h>
+#include <regex.h>
 
 enum tls_mode {
 	TLS_MODE_STARTTLS, /* default: refuse to send if not offered */
@@ -21,6 +22,12 @@ enum tls_mode {
 enum relay_type {
 	RELAY_TYPE_SMTP,
 	RELAY_TYPE_MAILDIR, /* deliver into a local Maildir (development) */
+};
+
+enum auth_policy {
+	AUTH_POLICY_AUTO,   /* auth_first match or learned; else on demand */
+	AUTH_POLICY_ALWAYS, /* authenticate right after EHLO */
+	AUTH_POLICY_NEVER,  /* never send credentials */
 };
 
 enum spool_sync {
@@ -38,7 +45,13 @@ struct relay_config {
 	int tls_verify;   /* verify certificate and host name (default 1) */
 	char *ca_file;    /* NULL: system CAs */
 	char *helo;       /* NULL: config hostname */
-	char *user;       /* login to use (authentication, later issue) */
+	char *user;       /* login to use; only authinfo entries for it */
+	enum auth_policy auth;
+	int allow_plaintext_auth; /* credentials without TLS (default 0) */
+	char **mechanisms; /* SASL order, upper case; NULL: built-in order */
+	size_t nmechanisms;
+	char *password_command; /* shell command printing the password */
+	char *oauth_command;    /* shell command printing an OAuth2 token */
 	unsigned max_connections;     /* parallel sessions to this relay */
 	unsigned max_msgs_per_conn;   /* messages per session before QUIT */
 	unsigned timeout_connect;     /* seconds */
@@ -93,6 +106,15 @@ struct config {
 	unsigned delivery_workers; /* threads for blocking work */
 	unsigned shutdown_timeout; /* seconds to finish sessions on TERM */
 
+	/* Authentication: auth_first regexps (POSIX ERE, case-insensitive)
+	 * matched against relay host names; credential files in order. */
+	char **auth_first;
+	regex_t *auth_first_re;
+	size_t nauth_first;
+	char **authinfo;   /* "~/" already expanded against the home dir */
+	size_t nauthinfo;
+	char *state_dir;   /* learned facts (default: spool/state) */
+
 	struct relay_config *relays;
 	size_t nrelays;
 	size_t default_relay;     /* index into relays */
@@ -112,6 +134,8 @@ void config_free(struct config *cfg);
 const struct relay_config *config_relay(const struct config *cfg,
     const char *name);
 const struct relay_config *config_default_relay(const struct config *cfg);
+/* 1 if host matches one of the auth_first regexps, else 0. */
+int config_auth_first(const struct config *cfg, const char *host);
 /* 1 if sa (AF_INET/AF_INET6/AF_UNIX) may submit: loopback, Unix sockets
  * and the allowed networks; 0 otherwise. */
 int config_peer_allowed(const struct config *cfg, const struct sockaddr *sa);

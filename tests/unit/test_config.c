@@ -188,3 +188,56 @@ Test(config, peer_allowed)
 	cr_assert(config_peer_allowed(c, (struct sockaddr *)&un));
 	config_free(c);
 }
+
+Test(config, authentication_settings)
+{
+	struct config *c = parse(
+	    "auth_first = [ \"^smtp\\\\.gmail\\\\.com$\", \"example\\\\.net$\" ];\n"
+	    "authinfo = [ \"/etc/a\", \"~/b\" ];\n"
+	    "relays = { up = { host = \"mx.example\"; auth = \"always\";\n"
+	    "  mechanisms = [ \"plain\", \"cram-md5\" ];\n"
+	    "  allow_plaintext_auth = true; user = \"me\"; }; };\n");
+	const struct relay_config *r;
+
+	cr_assert_not_null(c, "%s", err);
+	cr_assert(config_auth_first(c, "SMTP.Gmail.com"));
+	cr_assert(config_auth_first(c, "mail.example.net"));
+	cr_assert_not(config_auth_first(c, "smtp.gmail.com.evil"));
+	cr_assert_not(config_auth_first(c, "example.org"));
+	cr_assert_eq(c->nauthinfo, 2);
+	cr_assert_str_eq(c->authinfo[0], "/etc/a");
+	cr_assert_neq(c->authinfo[1][0], '~');
+	cr_assert(strstr(c->authinfo[1], "/b") != NULL);
+	r = config_default_relay(c);
+	cr_assert_eq(r->auth, AUTH_POLICY_ALWAYS);
+	cr_assert_eq(r->nmechanisms, 2);
+	cr_assert_str_eq(r->mechanisms[0], "PLAIN");
+	cr_assert_str_eq(r->mechanisms[1], "CRAM-MD5");
+	cr_assert_eq(r->allow_plaintext_auth, 1);
+	cr_assert_str_eq(r->user, "me");
+	config_free(c);
+
+	c = parse(RELAY);
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->nauthinfo, 3);
+	cr_assert(strstr(c->authinfo[0], "/.authinfo") != NULL);
+	cr_assert(strstr(c->authinfo[2], "/.netrc") != NULL);
+	cr_assert_eq(config_default_relay(c)->auth, AUTH_POLICY_AUTO);
+	cr_assert_eq(config_default_relay(c)->allow_plaintext_auth, 0);
+	cr_assert_not(config_auth_first(c, "anything"));
+	config_free(c);
+}
+
+Test(config, authentication_errors)
+{
+	cr_assert_null(parse(RELAY "auth_first = [ \"(unclosed\" ];\n"));
+	cr_assert(strstr(err, "test.conf:2: auth_first: \"(unclosed\"") !=
+	    NULL, "%s", err);
+	cr_assert_null(parse("relays = { up = { host = \"a\";\n"
+	    "auth = \"sometimes\"; }; };\n"));
+	cr_assert(strstr(err, "test.conf:2: relay up: auth must be") != NULL,
+	    "%s", err);
+	cr_assert_null(parse("relays = { up = { host = \"a\";\n"
+	    "mechanisms = [ \"PL AIN\" ]; }; };\n"));
+	cr_assert(strstr(err, "not a SASL mechanism") != NULL, "%s", err);
+}
