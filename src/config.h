@@ -93,7 +93,7 @@ struct config {
 	struct netmask *allow; /* networks allowed to submit besides loopback */
 	size_t nallow;
 
-	size_t max_line;          /* command line length incl. CRLF (512) */
+	size_t max_line;          /* command line length incl. CRLF (2048) */
 	size_t max_message_size;  /* bytes; SIZE advertised and enforced */
 	unsigned max_recipients;  /* per message */
 	unsigned max_sessions;    /* concurrent inbound sessions */

@@ -1,1 +1,510 @@
-/* placeholder: being written */
+/*
+ * Delivery status notifications. The composer is pure: envelope, failed
+ * recipients and header bytes in, an RFC 3464 multipart/report out, with
+ * CRLF line ends throughout and every value we did not write ourselves
+ * (replies, addresses) flattened to one line so that it cannot break the
+ * MIME structure. dsn_send() is the only part with I/O: the header section
+ * is read from the spool on a worker thread, the result is committed like
+ * any other message, and the callback hands the new envelope back to the
+ * scheduler, which keeps this module free of a dependency on it.
+ *
+ * Invariant: a notification always has the null sender and ENVELOPE_BOUNCE,
+ * and dsn_wanted() refuses both, so notifications never loop.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dsn.h"
+#include "log.h"
+#include "xmalloc.h"
+
+struct buf {
+	char *p;
+	size_t len;
+	size_t cap;
+};
+
+static void
+buf_grow(struct buf *b, size_t more)
+{
+	size_t cap;
+
+	if (b->len + more + 1 <= b->cap)
+		return;
+	cap = b->cap == 0 ? 4096 : b->cap;
+	while (cap < b->len + more + 1)
+		cap *= 2;
+	b->p = xreallocarray(b->p, cap, 1);
+	b->cap = cap;
+}
+
+static void
+buf_add(struct buf *b, const char *s, size_t len)
+{
+	buf_grow(b, len);
+	memcpy(b->p + b->len, s, len);
+	b->len += len;
+	b->p[b->len] = '\0';
+}
+
+static void
+buf_str(struct buf *b, const char *s)
+{
+	buf_add(b, s, strlen(s));
+}
+
+static void __attribute__((format(printf, 2, 3)))
+buf_addf(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	size_t room;
+	int n;
+
+	/* Format into the free space; grow and format again if short. */
+	buf_grow(b, 128);
+	room = b->cap - b->len;
+	va_start(ap, fmt);
+	n = vsnprintf(b->p + b->len, room, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		fatalx("%s: vsnprintf", __func__);
+	if ((size_t)n >= room) {
+		buf_grow(b, (size_t)n);
+		va_start(ap, fmt);
+		vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+	}
+	b->len += (size_t)n;
+}
+
+/* Appends s on one line: line ends and other control bytes become spaces,
+ * and the text is cut to keep the line well under 998 bytes. */
+static void
+buf_flat(struct buf *b, const char *s)
+{
+	size_t n;
+
+	for (n = 0; *s != '\0' && n < 900; s++, n++) {
+		unsigned char c = (unsigned char)*s;
+
+		buf_add(b, c < 0x20 || c == 0x7f ? " " : s, 1);
+	}
+}
+
+/* Appends text with every line end (CRLF, LF or CR) made CRLF; a missing
+ * final line end is added. */
+static void
+buf_crlf(struct buf *b, const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		if (s[i] == '\r') {
+			if (i + 1 < len && s[i + 1] == '\n')
+				i++;
+			buf_add(b, "\r\n", 2);
+		} else if (s[i] == '\n')
+			buf_add(b, "\r\n", 2);
+		else
+			buf_add(b, s + i, 1);
+	}
+	if (len > 0 && s[len - 1] != '\n' && s[len - 1] != '\r')
+		buf_add(b, "\r\n", 2);
+}
+
+static void
+rfc5322_date(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	localtime_r(&t, &tm);
+	if (strftime(buf, len, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
+		snprintf(buf, len, "Thu, 01 Jan 1970 00:00:00 +0000");
+}
+
+static int
+has_8bit(const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char)s[i] >= 0x80)
+			return 1;
+	return 0;
+}
+
+int
+dsn_wanted(const struct envelope *env)
+{
+	if (env->sender == NULL || env->sender[0] == '\0')
+		return 0;
+	if (env->flags & ENVELOPE_BOUNCE)
+		return 0;
+	return 1;
+}
+
+int
+dsn_is_server_reply(const char *reply)
+{
+	if (reply == NULL)
+		return 0;
+	return reply[0] >= '2' && reply[0] <= '5' &&
+	    reply[1] >= '0' && reply[1] <= '9' &&
+	    reply[2] >= '0' && reply[2] <= '9' &&
+	    (reply[3] == ' ' || reply[3] == '\0');
+}
+
+size_t
+dsn_header_length(const char *buf, size_t len)
+{
+	size_t i, lastline = 0, limit;
+
+	limit = len < DSN_HEADERS_MAX ? len : DSN_HEADERS_MAX;
+	for (i = 0; i < limit; i++) {
+		if (buf[i] != '\n')
+			continue;
+		/* A line that is empty or holds only a CR ends the section. */
+		if (i == lastline || (i == lastline + 1 &&
+		    buf[lastline] == '\r'))
+			return lastline;
+		lastline = i + 1;
+	}
+	if (len <= DSN_HEADERS_MAX)
+		return len;
+	/* Too long: keep whole lines only (all of them if there is none). */
+	return lastline > 0 ? lastline : limit;
+}
+
+char *
+dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
+    size_t n, const char *headers, size_t hlen, const char *hostname,
+    const char *id, time_t now, size_t *len)
+{
+	struct buf b = { NULL, 0, 0 };
+	char date[64], boundary[256];
+	size_t i;
+	int text8, hdr8;
+
+	text8 = has_8bit(orig->sender, strlen(orig->sender));
+	for (i = 0; i < n; i++)
+		if (has_8bit(rcpts[i].addr, strlen(rcpts[i].addr)))
+			text8 = 1;
+	hdr8 = has_8bit(headers, hlen);
+
+	/* The new queue id and the time: the copied headers were written
+	 * before either existed, so they cannot contain the boundary. */
+	snprintf(boundary, sizeof(boundary), "%s.%lld/%s", id,
+	    (long long)now, hostname);
+	rfc5322_date(now, date, sizeof(date));
+
+	buf_addf(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n",
+	    hostname);
+	buf_str(&b, "To: <");
+	buf_flat(&b, orig->sender);
+	buf_str(&b, ">\r\n");
+	buf_str(&b, "Subject: Undelivered Mail Returned to Sender\r\n");
+	buf_addf(&b, "Date: %s\r\n", date);
+	buf_addf(&b, "Message-ID: <%s.%lld@%s>\r\n", id, (long long)now,
+	    hostname);
+	buf_str(&b, "Auto-Submitted: auto-replied\r\n");
+	buf_str(&b, "MIME-Version: 1.0\r\n");
+	buf_str(&b, "Content-Type: multipart/report; "
+	    "report-type=delivery-status;\r\n");
+	buf_addf(&b, "\tboundary=\"%s\"\r\n", boundary);
+	if (text8 || hdr8)
+		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
+	buf_str(&b, "\r\n");
+	buf_str(&b, "This is a MIME-encapsulated message.\r\n\r\n");
+
+	/* The human-readable part. */
+	buf_addf(&b, "--%s\r\n", boundary);
+	buf_str(&b, "Content-Description: Notification\r\n");
+	buf_addf(&b, "Content-Type: text/plain; charset=%s\r\n",
+	    text8 ? "utf-8" : "us-ascii");
+	if (text8)
+		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
+	buf_str(&b, "\r\n");
+	buf_addf(&b, "This is the mail system at host %s.\r\n\r\n", hostname);
+	buf_str(&b, "I'm sorry to have to inform you that your message "
+	    "could not\r\nbe delivered to one or more recipients. "
+	    "It's attached below.\r\n\r\n");
+	buf_str(&b, "The mail system\r\n\r\n");
+	for (i = 0; i < n; i++) {
+		const char *why = rcpts[i].reason != NULL ? rcpts[i].reason :
+		    rcpts[i].diagnostic;
+
+		buf_str(&b, "<");
+		buf_flat(&b, rcpts[i].addr);
+		buf_str(&b, ">: ");
+		if (rcpts[i].remote_mta != NULL &&
+		    rcpts[i].diagnostic != NULL) {
+			buf_str(&b, "host ");
+			buf_flat(&b, rcpts[i].remote_mta);
+			buf_str(&b, " said: ");
+		}
+		buf_flat(&b, why != NULL ? why : "delivery failed");
+		buf_str(&b, "\r\n\r\n");
+	}
+
+	/* The machine-readable part. */
+	buf_addf(&b, "--%s\r\n", boundary);
+	buf_str(&b, "Content-Description: Delivery report\r\n");
+	buf_str(&b, "Content-Type: message/delivery-status\r\n\r\n");
+	buf_addf(&b, "Reporting-MTA: dns; %s\r\n", hostname);
+	buf_str(&b, "X-Smarthostd-Queue-ID: ");
+	buf_flat(&b, orig->id);
+	buf_str(&b, "\r\n");
+	rfc5322_date(orig->created, date, sizeof(date));
+	buf_addf(&b, "Arrival-Date: %s\r\n", date);
+	for (i = 0; i < n; i++) {
+		buf_str(&b, "\r\nFinal-Recipient: rfc822; ");
+		buf_flat(&b, rcpts[i].addr);
+		buf_str(&b, "\r\nAction: failed\r\nStatus: ");
+		buf_flat(&b, rcpts[i].status != NULL && rcpts[i].status[0] !=
+		    '\0' ? rcpts[i].status : "5.0.0");
+		buf_str(&b, "\r\n");
+		if (rcpts[i].remote_mta != NULL) {
+			buf_str(&b, "Remote-MTA: dns; ");
+			buf_flat(&b, rcpts[i].remote_mta);
+			buf_str(&b, "\r\n");
+		}
+		if (rcpts[i].diagnostic != NULL) {
+			buf_str(&b, "Diagnostic-Code: smtp; ");
+			buf_flat(&b, rcpts[i].diagnostic);
+			buf_str(&b, "\r\n");
+		}
+	}
+	buf_str(&b, "\r\n");
+
+	/* The original message's headers. */
+	buf_addf(&b, "--%s\r\n", boundary);
+	buf_str(&b, "Content-Description: Undelivered Message Headers\r\n");
+	buf_str(&b, "Content-Type: text/rfc822-headers\r\n");
+	if (hdr8)
+		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
+	buf_str(&b, "\r\n");
+	buf_crlf(&b, headers, hlen);
+	buf_addf(&b, "\r\n--%s--\r\n", boundary);
+
+	*len = b.len;
+	return b.p;
+}
+
+struct envelope *
+dsn_envelope(const struct envelope *orig, time_t now)
+{
+	struct envelope *env;
+
+	env = envelope_new();
+	free(env->sender);
+	env->sender = xstrdup("");
+	envelope_add_rcpt(env, orig->sender);
+	env->relay = orig->relay != NULL ? xstrdup(orig->relay) : NULL;
+	env->flags = ENVELOPE_BOUNCE;
+	/* An internationalized sender can only be reached with SMTPUTF8. */
+	if ((orig->flags & ENVELOPE_SMTPUTF8) &&
+	    has_8bit(orig->sender, strlen(orig->sender)))
+		env->flags |= ENVELOPE_SMTPUTF8 | ENVELOPE_8BITMIME;
+	env->created = now;
+	env->next_try = 0;
+	env->attempts = 0;
+	return env;
+}
+
+/*
+ * The job: stage 1 on a worker reads the header section; stage 2 on the
+ * loop composes and starts the commit; stage 3 is the commit callback.
+ * cancelled may be set at any stage; the job then only frees itself.
+ */
+/* A dsn_rcpt that owns its strings. */
+struct dsn_rcpt_copy {
+	char *addr;
+	char *status;
+	char *diagnostic;
+	char *remote_mta;
+	char *reason;
+};
+
+struct dsn_job {
+	struct queue *q;
+	struct envelope *orig;
+	struct dsn_rcpt_copy *rcpts;
+	size_t n;
+	char *hostname;
+	dsn_sent_fn sent;
+	void *arg;
+	int cancelled;
+
+	int fd;          /* body, -1 if it could not be opened */
+	char *headers;
+	size_t hlen;
+};
+
+static void
+dsn_job_free(struct dsn_job *job)
+{
+	size_t i;
+
+	if (job == NULL)
+		return;
+	for (i = 0; i < job->n; i++) {
+		free(job->rcpts[i].addr);
+		free(job->rcpts[i].status);
+		free(job->rcpts[i].diagnostic);
+		free(job->rcpts[i].remote_mta);
+		free(job->rcpts[i].reason);
+	}
+	free(job->rcpts);
+	envelope_free(job->orig);
+	free(job->hostname);
+	free(job->headers);
+	if (job->fd != -1)
+		close(job->fd);
+	free(job);
+}
+
+static char *
+strdup_or_null(const char *s)
+{
+	return s != NULL ? xstrdup(s) : NULL;
+}
+
+/* Worker thread: only the job's own memory and fd are touched. */
+static void
+dsn_read_headers(void *arg)
+{
+	struct dsn_job *job = arg;
+	size_t want, got = 0;
+	ssize_t r;
+
+	if (job->fd == -1)
+		return;
+	want = job->orig->body_size < DSN_HEADERS_MAX + 2 ?
+	    (size_t)job->orig->body_size : DSN_HEADERS_MAX + 2;
+	job->headers = malloc(want + 1);
+	if (job->headers == NULL)
+		return;
+	while (got < want) {
+		r = pread(job->fd, job->headers + got, want - got,
+		    job->orig->body_offset + (off_t)got);
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	job->hlen = dsn_header_length(job->headers, got);
+}
+
+static void
+dsn_committed(int error, struct envelope *env, void *arg)
+{
+	struct dsn_job *job = arg;
+
+	if (job->cancelled) {
+		envelope_free(env);
+		dsn_job_free(job);
+		return;
+	}
+	if (error != 0) {
+		log_warnx("%s: cannot queue non-delivery notification: %s",
+		    job->orig->id, strerror(error));
+		env = NULL;
+	} else
+		log_info("%s: sender non-delivery notification: %s",
+		    job->orig->id, env->id);
+	job->sent(env, job->arg);
+	dsn_job_free(job);
+}
+
+static void
+dsn_compose_commit(void *arg)
+{
+	struct dsn_job *job = arg;
+	struct envelope *env;
+	struct queue_txn *txn;
+	struct dsn_rcpt *view;
+	char *msg;
+	size_t len, i;
+	time_t now = time(NULL);
+
+	if (job->cancelled) {
+		dsn_job_free(job);
+		return;
+	}
+	if (job->fd == -1 || job->headers == NULL)
+		log_warnx("%s: original headers unavailable for the "
+		    "non-delivery notification", job->orig->id);
+	env = dsn_envelope(job->orig, now);
+	if ((txn = queue_txn_begin(job->q, env)) == NULL) {
+		log_warn("%s: cannot queue non-delivery notification",
+		    job->orig->id);
+		envelope_free(env);
+		job->sent(NULL, job->arg);
+		dsn_job_free(job);
+		return;
+	}
+	envelope_free(env);
+	view = xcalloc(job->n, sizeof(*view));
+	for (i = 0; i < job->n; i++) {
+		view[i].addr = job->rcpts[i].addr;
+		view[i].status = job->rcpts[i].status;
+		view[i].diagnostic = job->rcpts[i].diagnostic;
+		view[i].remote_mta = job->rcpts[i].remote_mta;
+		view[i].reason = job->rcpts[i].reason;
+	}
+	msg = dsn_compose(job->orig, view, job->n,
+	    job->headers != NULL ? job->headers : "", job->hlen,
+	    job->hostname, queue_txn_id(txn), now, &len);
+	free(view);
+	/* A write error is reported again by the commit. */
+	(void)queue_txn_write(txn, msg, len);
+	free(msg);
+	queue_txn_commit(txn, dsn_committed, job);
+}
+
+struct dsn_job *
+dsn_send(struct queue *q, struct worker *w, const struct envelope *orig,
+    const struct dsn_rcpt *rcpts, size_t n, const char *hostname,
+    dsn_sent_fn sent, void *arg)
+{
+	struct dsn_job *job;
+	size_t i;
+
+	job = xcalloc(1, sizeof(*job));
+	job->q = q;
+	job->orig = envelope_dup(orig);
+	job->orig->body_offset = orig->body_offset;
+	job->orig->body_size = orig->body_size;
+	job->rcpts = xcalloc(n, sizeof(*job->rcpts));
+	for (i = 0; i < n; i++) {
+		job->rcpts[i].addr = xstrdup(rcpts[i].addr);
+		job->rcpts[i].status = strdup_or_null(rcpts[i].status);
+		job->rcpts[i].diagnostic = strdup_or_null(rcpts[i].diagnostic);
+		job->rcpts[i].remote_mta = strdup_or_null(rcpts[i].remote_mta);
+		job->rcpts[i].reason = strdup_or_null(rcpts[i].reason);
+	}
+	job->n = n;
+	job->hostname = xstrdup(hostname);
+	job->sent = sent;
+	job->arg = arg;
+	/* The open is cheap and queue.c is a loop-thread API; only the
+	 * reads go to the worker. */
+	if ((job->fd = queue_body_open(q, orig)) == -1)
+		log_warn("%s: cannot open queue file for the non-delivery "
+		    "notification", orig->id);
+	worker_run(w, dsn_read_headers, dsn_compose_commit, job);
+	return job;
+}
+
+void
+dsn_cancel(struct dsn_job *job)
+{
+	if (job != NULL)
+		job->cancelled = 1;
+}

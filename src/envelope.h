@@ -65,6 +65,8 @@ void envelope_set_rcpt(struct envelope *env, size_t idx,
 /*
  * Encodes the whole envelope as text ending with an empty line. Returns a
  * malloc'd buffer (caller frees) and its length in *len.
+ * (Clarification: body_size and body_offset are not encoded; queue.c keeps
+ * them. A recipient's reply "" reads back as NULL.)
  */
 char *envelope_encode(const struct envelope *env, size_t *len);
 /*
@@ -78,7 +80,8 @@ struct envelope *envelope_decode(const char *buf, size_t len, size_t *used,
 
 /*
  * A state record: one line that updates attempts, next_try and every
- * recipient's status, appended to the spool file after each attempt.
+ * recipient's status (and flags), appended to the spool file after each
+ * attempt.
  * envelope_apply_record() applies one complete line (with its '\n') and
  * returns 0, or -1 if it is malformed (the caller ignores a torn last line).
  */

@@ -26,7 +26,10 @@ struct queue;
 struct queue_txn;
 
 /* Creates <spool>/{tmp,queue,corrupt} as needed, opens them and starts the
- * commit thread. Returns NULL with a message in err on failure. */
+ * commit thread. Returns NULL with a message in err on failure.
+ * (Clarification: it holds an exclusive flock(2) on the spool directory
+ * until queue_close(), so a second queue on the same spool, in this
+ * process or another, fails with "in use by another process".) */
 struct queue *queue_open(struct event_base *base, const char *spool,
     enum spool_sync sync, char *err, size_t errlen);
 /* Waits for pending commits and updates, stops threads, frees. Accepts
@@ -38,6 +41,10 @@ void queue_close(struct queue *q);
  * new envelope the callee owns. Temporary files are removed; unreadable or
  * truncated ones are moved to corrupt/ with a log line. Returns the number
  * of messages loaded.
+ * (Clarification: call it once, before the first queue_txn_begin(): it
+ * deletes everything in tmp/. It reads synchronously on the caller's
+ * thread, which is acceptable only at start-up. Envelopes come in id
+ * order, which is arrival order.)
  */
 size_t queue_load(struct queue *q,
     void (*each)(struct envelope *env, void *arg), void *arg);
@@ -50,7 +57,9 @@ size_t queue_load(struct queue *q,
 struct queue_txn *queue_txn_begin(struct queue *q, const struct envelope *env);
 const char *queue_txn_id(const struct queue_txn *txn);
 /* Appends body bytes. Returns 0, or -1 with errno; after a failure later
- * writes are ignored and the commit reports the first error. */
+ * writes are ignored and the commit reports the first error.
+ * (Clarification: an ignored write also returns -1, with errno set to that
+ * first error, so a caller may stop reading the body early or not.) */
 int queue_txn_write(struct queue_txn *txn, const void *buf, size_t len);
 /* Bytes of body written so far. */
 off_t queue_txn_size(const struct queue_txn *txn);
@@ -79,6 +88,9 @@ typedef void (*queue_done_cb)(int error, void *arg);
  * Persists env's attempts, next_try and recipient states by appending a
  * state record and syncing it, off the loop thread; cb (may be NULL) runs
  * on the loop thread afterwards. env must stay alive until then.
+ * (Clarification: the record also carries env->flags, so ENVELOPE_HOLD
+ * persists this way. cb gets ENOENT if the message is gone. Updates and
+ * removes run in the order they were called.)
  */
 void queue_update(struct queue *q, const struct envelope *env,
     queue_done_cb cb, void *arg);

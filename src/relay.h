@@ -1,1 +1,108 @@
-/* placeholder: being written */
+/*
+ * Delivery attempts, over sessions that the scheduler drives. A relay
+ * session is one SMTP connection to an upstream (connect, TLS, EHLO, then
+ * one transaction per message, then QUIT) or, for a maildir relay, a
+ * sequence of Maildir deliveries run on the worker pool. The session sends
+ * only a message's pending recipients, maps every reply to a recipient
+ * state (2xx sent, 5xx failed, 4xx and every session failure pending),
+ * writes those states into the envelope, logs one line per recipient, and
+ * reports through callbacks. What happens next to the message (retry,
+ * bounce, removal) is the scheduler's business; this module never touches
+ * the queue except to open bodies.
+ *
+ * Only scheduler.c uses this header.
+ */
+#ifndef SMARTHOST_RELAY_H
+#define SMARTHOST_RELAY_H
+
+#include <stddef.h>
+#include <event2/event.h>
+#include <event2/dns.h>
+
+#include "config.h"
+#include "envelope.h"
+#include "outcome.h"
+#include "queue.h"
+#include "worker.h"
+
+/* What outlives the sessions of one relay: its TLS context, made on first
+ * use from the relay's ca_file and verify settings (and made again when a
+ * reload changes them). */
+struct relay;
+struct relay_session;
+
+struct relay *relay_new(struct event_base *base, struct evdns_base *dns,
+    struct queue *q, struct worker *w);
+/* Accepts NULL. Sessions hold their own reference to the TLS context, so
+ * a relay may be freed before its sessions. */
+void relay_free(struct relay *r);
+
+struct relay_session_cb {
+	/* The session can take a message: the first call comes once the
+	 * session is up (connected, TLS, EHLO; at once for a maildir), then
+	 * one after each delivered(). The callee must call
+	 * relay_session_send() or relay_session_quit() before returning. */
+	void (*ready)(struct relay_session *rs, void *arg);
+	/* The attempt for env ended. Every recipient that was pending when
+	 * it was sent now has its new status, dsn and reply, and was logged.
+	 * o is OUTCOME_OK when the transaction ran to its end (whatever the
+	 * server said about single recipients), else the failure that broke
+	 * the session (then closed() follows with it). */
+	void (*delivered)(struct relay_session *rs, struct envelope *env,
+	    const struct outcome *o, void *arg);
+	/* The session ended: o->status is OUTCOME_OK after a requested
+	 * quit, else the failure (class OC_CONNECT, OC_TLS, ...). A message
+	 * in flight was reported through delivered() first. Last callback;
+	 * the callee frees the session with relay_session_free(), which it
+	 * may do from inside this callback. */
+	void (*closed)(struct relay_session *rs, const struct outcome *o,
+	    void *arg);
+};
+
+/*
+ * Starts a session for relay configuration rc (everything needed from cfg
+ * and rc is copied). Nothing happens before the loop runs again, and no
+ * callback ever runs from inside this function: a failure to start (no
+ * TLS context, say) is reported later through closed().
+ */
+struct relay_session *relay_session_new(struct relay *r,
+    const struct config *cfg, const struct relay_config *rc,
+    const struct relay_session_cb *cb, void *arg);
+/*
+ * Starts the attempt for env's pending recipients; only valid from inside
+ * ready(). env is borrowed until delivered(). Returns 0 (delivered()
+ * follows, never from inside this call), or -1 when the attempt could not
+ * start (the body cannot be opened, ...): then the pending recipients were
+ * already updated and logged as deferred, delivered() does not follow and
+ * the session may take another message at once.
+ */
+int relay_session_send(struct relay_session *rs, struct envelope *env);
+/* Ends the session politely (QUIT); closed() follows. Only valid from
+ * inside ready(). */
+void relay_session_quit(struct relay_session *rs);
+/* Drops the session at once, without callbacks. A message in flight keeps
+ * the recipient states it had when it was sent. Accepts NULL. */
+void relay_session_free(struct relay_session *rs);
+/* The relay= value for logs: "host[address]:port" once connected,
+ * "host:port" before, "maildir:NAME" for a maildir relay. */
+const char *relay_session_peer(const struct relay_session *rs);
+/* The upstream's host name (for Remote-MTA in DSNs), NULL for a maildir
+ * relay. */
+const char *relay_session_host(const struct relay_session *rs);
+
+/*
+ * Logs one recipient line:
+ * "ID: to=<addr>, relay=R, delay=D.D, dsn=X.Y.Z, status=S (text)"
+ * with the delay since env->created; text NULL means the recipient's reply.
+ */
+void relay_log_rcpt(const struct envelope *env, size_t idx,
+    const char *relay, const char *status, const char *text);
+/* Marks every pending recipient of env deferred with o's text and dsn (made
+ * temporary) and logs each, for an attempt that never reached a server. */
+void relay_defer_all(struct envelope *env, const char *relay,
+    const struct outcome *o);
+/* The text a log line and a recipient's reply carry for o: the server's
+ * reply or our reason on one line, "TLS: " first for a TLS failure. */
+void relay_outcome_text(const struct outcome *o, char *buf, size_t len);
+
+#endif

@@ -1,1 +1,944 @@
-/* placeholder: being written */
+/*
+ * The scheduler owns every queued envelope while the daemon runs and decides
+ * when each is tried. A message moves through these states:
+ *
+ *   HELD       ENVELOPE_HOLD: kept in memory, never tried
+ *   WAITING    in a binary heap ordered by next_try; one timer for the top
+ *   READY      due, in its relay's FIFO, waiting for a session
+ *   INFLIGHT   handed to a relay session
+ *   FINISHING  the attempt is over: bounce, then persist or remove
+ *
+ * Per relay, at most max_connections sessions run; a session takes the
+ * relay's due messages one after another (connection reuse) up to
+ * max_messages_per_connection, then QUITs. When a session fails to connect
+ * (DNS, connect, TLS, timeout) the relay itself backs off, with the same
+ * doubling as messages, and everything waiting for it is deferred with the
+ * same reason, as Postfix does for a dead site; a session that comes up
+ * clears the backoff.
+ *
+ * After an attempt the recipients' states are final (sent, failed) or
+ * pending. Failures get a DSN first, which is committed before the state
+ * that says the recipient failed: a crash in between can send a second
+ * notification but never loses one. Then the message is removed (nothing
+ * pending) or its attempts, next_try and states are appended to its queue
+ * file, with next_try doubling from retry_min up to retry_max. A message
+ * older than its lifetime after an attempt fails its pending recipients
+ * ("expired") and is bounced.
+ *
+ * Every asynchronous step (worker job, queue update, DSN) carries the
+ * message; scheduler_free leaves messages with a queue operation in flight
+ * to that operation's callback (m->s == NULL) instead of freeing them under
+ * it, because the queue reads the envelope until then.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "dsn.h"
+#include "log.h"
+#include "relay.h"
+#include "scheduler.h"
+#include "xmalloc.h"
+
+enum msg_state {
+	MSG_HELD,
+	MSG_WAITING,
+	MSG_READY,
+	MSG_INFLIGHT,
+	MSG_FINISHING,
+	MSG__COUNT
+};
+
+static const char *const msg_state_names[] = {
+	[MSG_HELD] = "held",
+	[MSG_WAITING] = "waiting",
+	[MSG_READY] = "ready",
+	[MSG_INFLIGHT] = "inflight",
+	[MSG_FINISHING] = "finishing",
+};
+_Static_assert(sizeof(msg_state_names) / sizeof(*msg_state_names) ==
+    MSG__COUNT, "msg_state_names out of date");
+
+/* Values of sched_msg.tried[i]. */
+enum {
+	TRIED_NO = 0,      /* not pending when the attempt began */
+	TRIED_YES = 1,     /* pending when the attempt began */
+	TRIED_EXPIRED = 2, /* ... and failed because the lifetime ended */
+};
+
+struct sched_msg {
+	struct scheduler *s;     /* NULL: orphaned by scheduler_free */
+	struct envelope *env;
+	enum msg_state state;
+	size_t heap_idx;         /* SIZE_MAX when not in the heap */
+	unsigned long long seq;  /* arrival order: FIFO among equals */
+	int flush;               /* made due while FINISHING */
+	unsigned char *tried;    /* per recipient, for this attempt */
+	struct dsn_job *dsn;     /* bounce in progress */
+	TAILQ_ENTRY(sched_msg) all;
+	TAILQ_ENTRY(sched_msg) ready;
+};
+
+struct sched_session;
+
+struct sched_relay {
+	TAILQ_ENTRY(sched_relay) entry;
+	char *name;
+	struct relay *relay;
+	TAILQ_HEAD(, sched_msg) ready;
+	TAILQ_HEAD(, sched_session) sessions;
+	unsigned nsessions;
+	unsigned failures;       /* consecutive session failures */
+	time_t backoff_until;    /* no new session before */
+};
+
+struct sched_session {
+	TAILQ_ENTRY(sched_session) entry;
+	struct scheduler *s;
+	struct sched_relay *sr;
+	struct relay_session *rs;
+	struct sched_msg *first; /* given at start, sent at the first ready */
+	struct sched_msg *cur;   /* in flight */
+	unsigned sent;
+	unsigned max_msgs;
+};
+
+struct scheduler {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct queue *q;
+	struct worker *w;
+	const struct config *cfg;
+
+	struct event *ev_timer;    /* next due message or relay backoff */
+	struct event *ev_stopped;  /* calls done() outside other callbacks */
+	struct event *ev_deadline; /* shutdown timeout */
+
+	TAILQ_HEAD(, sched_msg) msgs;
+	size_t nmsgs;
+	struct sched_msg **heap;
+	size_t nheap;
+	size_t heapcap;
+	unsigned long long seq;
+
+	TAILQ_HEAD(, sched_relay) relays;
+	unsigned nsessions;
+
+	int stopping;
+	void (*done)(void *);
+	void *done_arg;
+};
+
+static void msg_attempted(struct scheduler *, struct sched_msg *,
+    const char *);
+static void msg_persist(struct scheduler *, struct sched_msg *);
+
+unsigned
+scheduler_backoff(unsigned retry_min, unsigned retry_max, unsigned attempts)
+{
+	unsigned long long d;
+
+	if (attempts == 0 || retry_min == 0)
+		return 0;
+	if (retry_min >= retry_max)
+		return retry_max;
+	/* d stays below 2 * retry_max, so 64 bits never overflow and the
+	 * loop ends after at most 32 rounds whatever attempts is. */
+	d = retry_min;
+	while (--attempts > 0 && d < retry_max)
+		d *= 2;
+	return d > retry_max ? retry_max : (unsigned)d;
+}
+
+/* ---- the heap of waiting messages ---- */
+
+/* Earlier next_try first; among equals (all new mail has 0), arrival
+ * order, so that mail leaves in the order it came. */
+static int
+msg_before(const struct sched_msg *a, const struct sched_msg *b)
+{
+	if (a->env->next_try != b->env->next_try)
+		return a->env->next_try < b->env->next_try;
+	return a->seq < b->seq;
+}
+
+static void
+heap_set(struct scheduler *s, size_t i, struct sched_msg *m)
+{
+	s->heap[i] = m;
+	m->heap_idx = i;
+}
+
+static void
+heap_up(struct scheduler *s, size_t i)
+{
+	struct sched_msg *m = s->heap[i];
+	size_t p;
+
+	while (i > 0) {
+		p = (i - 1) / 2;
+		if (!msg_before(m, s->heap[p]))
+			break;
+		heap_set(s, i, s->heap[p]);
+		i = p;
+	}
+	heap_set(s, i, m);
+}
+
+static void
+heap_down(struct scheduler *s, size_t i)
+{
+	struct sched_msg *m = s->heap[i];
+	size_t c;
+
+	for (;;) {
+		c = 2 * i + 1;
+		if (c >= s->nheap)
+			break;
+		if (c + 1 < s->nheap && msg_before(s->heap[c + 1], s->heap[c]))
+			c++;
+		if (!msg_before(s->heap[c], m))
+			break;
+		heap_set(s, i, s->heap[c]);
+		i = c;
+	}
+	heap_set(s, i, m);
+}
+
+static void
+heap_push(struct scheduler *s, struct sched_msg *m)
+{
+	if (s->nheap == s->heapcap) {
+		s->heapcap = s->heapcap == 0 ? 64 : s->heapcap * 2;
+		s->heap = xreallocarray(s->heap, s->heapcap,
+		    sizeof(*s->heap));
+	}
+	heap_set(s, s->nheap++, m);
+	heap_up(s, s->nheap - 1);
+}
+
+static struct sched_msg *
+heap_pop(struct scheduler *s)
+{
+	struct sched_msg *m = s->heap[0];
+
+	if (--s->nheap > 0) {
+		heap_set(s, 0, s->heap[s->nheap]);
+		heap_down(s, 0);
+	}
+	m->heap_idx = SIZE_MAX;
+	return m;
+}
+
+/* ---- messages ---- */
+
+static void
+msg_set_state(struct sched_msg *m, enum msg_state state)
+{
+	log_debug("%s: scheduler %s -> %s", m->env->id,
+	    msg_state_names[m->state], msg_state_names[state]);
+	m->state = state;
+}
+
+static void
+msg_free(struct sched_msg *m)
+{
+	envelope_free(m->env);
+	free(m->tried);
+	free(m);
+}
+
+/* Unlinks m from the scheduler's list and frees it. */
+static void
+msg_drop(struct scheduler *s, struct sched_msg *m)
+{
+	if (s != NULL) {
+		TAILQ_REMOVE(&s->msgs, m, all);
+		s->nmsgs--;
+	}
+	msg_free(m);
+}
+
+/* Runs the dispatcher on the next loop iteration: callers may be deep in
+ * callbacks, and many events in one iteration share one pass. */
+static void
+sched_kick(struct scheduler *s)
+{
+	const struct timeval now = { 0, 0 };
+
+	if (!s->stopping)
+		evtimer_add(s->ev_timer, &now);
+}
+
+/* Back to the heap without an attempt (shutdown). */
+static void
+msg_requeue(struct scheduler *s, struct sched_msg *m)
+{
+	free(m->tried);
+	m->tried = NULL;
+	msg_set_state(m, MSG_WAITING);
+	heap_push(s, m);
+}
+
+/* Remembers which recipients this attempt is about. */
+static void
+msg_begin_attempt(struct sched_msg *m)
+{
+	size_t i;
+
+	free(m->tried);
+	m->tried = xcalloc(m->env->nrcpts > 0 ? m->env->nrcpts : 1, 1);
+	for (i = 0; i < m->env->nrcpts; i++)
+		if (m->env->rcpts[i].status == RCPT_PENDING)
+			m->tried[i] = TRIED_YES;
+	msg_set_state(m, MSG_INFLIGHT);
+}
+
+/* Defers an attempt that never reached a relay. */
+static void
+msg_defer(struct scheduler *s, struct sched_msg *m, const char *relay,
+    const struct outcome *o)
+{
+	if (m->state != MSG_INFLIGHT)
+		msg_begin_attempt(m);
+	relay_defer_all(m->env, relay, o);
+	msg_attempted(s, m, NULL);
+}
+
+static void
+msg_removed(int error, void *arg)
+{
+	struct sched_msg *m = arg;
+
+	if (error != 0)
+		log_warnx("%s: cannot remove from the queue: %s", m->env->id,
+		    strerror(error));
+	else
+		log_info("%s: removed", m->env->id);
+	msg_drop(m->s, m);
+}
+
+static void
+msg_updated(int error, void *arg)
+{
+	struct sched_msg *m = arg;
+	struct scheduler *s = m->s;
+
+	if (s == NULL) {
+		msg_free(m);
+		return;
+	}
+	if (error != 0)
+		log_warnx("%s: cannot record delivery state: %s", m->env->id,
+		    strerror(error));
+	if (m->flush) {
+		m->flush = 0;
+		m->env->next_try = 0;
+	}
+	msg_set_state(m, MSG_WAITING);
+	heap_push(s, m);
+	sched_kick(s);
+}
+
+/* Writes the outcome of the attempt: removal or the next try. */
+static void
+msg_persist(struct scheduler *s, struct sched_msg *m)
+{
+	struct envelope *env = m->env;
+	unsigned delay;
+
+	free(m->tried);
+	m->tried = NULL;
+	msg_set_state(m, MSG_FINISHING);
+	if (envelope_count(env, RCPT_PENDING) == 0) {
+		queue_remove(s->q, env->id, msg_removed, m);
+		return;
+	}
+	env->attempts++;
+	delay = scheduler_backoff(s->cfg->retry_min, s->cfg->retry_max,
+	    env->attempts);
+	env->next_try = time(NULL) + delay;
+	log_debug("%s: attempt %u failed, next in %us", env->id,
+	    env->attempts, delay);
+	queue_update(s->q, env, msg_updated, m);
+}
+
+static void
+msg_bounced(struct envelope *dsn, void *arg)
+{
+	struct sched_msg *m = arg;
+	struct scheduler *s = m->s;
+
+	m->dsn = NULL;
+	if (dsn != NULL)
+		scheduler_add(s, dsn);
+	msg_persist(s, m);
+}
+
+/* The pending recipients of a message that outlived its lifetime fail. */
+static void
+msg_expire(struct scheduler *s, struct sched_msg *m)
+{
+	struct envelope *env = m->env;
+	char dsn[16], *last, *text;
+	size_t i;
+
+	for (i = 0; i < env->nrcpts; i++) {
+		struct envelope_rcpt *r = &env->rcpts[i];
+
+		if (r->status != RCPT_PENDING)
+			continue;
+		/* Keep the last reply: it is the DSN's Diagnostic-Code. */
+		last = r->reply != NULL ? xstrdup(r->reply) : NULL;
+		snprintf(dsn, sizeof(dsn), "%s", r->dsn[0] == '4' ? r->dsn :
+		    "4.4.7");
+		envelope_set_rcpt(env, i, RCPT_FAILED, dsn, last);
+		text = xasprintf("message lifetime exceeded%s%s",
+		    last != NULL ? "; last error: " : "",
+		    last != NULL ? last : "");
+		relay_log_rcpt(env, i, "none", "expired", text);
+		free(text);
+		free(last);
+		if (m->tried != NULL)
+			m->tried[i] = TRIED_EXPIRED;
+	}
+}
+
+/*
+ * The attempt is over (the relay wrote and logged the recipients' states):
+ * expire, bounce what failed in this attempt, then persist.
+ */
+static void
+msg_attempted(struct scheduler *s, struct sched_msg *m, const char *remote)
+{
+	struct envelope *env = m->env;
+	struct dsn_rcpt *dr;
+	char **reasons;
+	size_t i, n = 0;
+	time_t now = time(NULL);
+
+	msg_set_state(m, MSG_FINISHING);
+	if (envelope_count(env, RCPT_PENDING) > 0 &&
+	    now - env->created >= (time_t)s->cfg->lifetime)
+		msg_expire(s, m);
+
+	for (i = 0; m->tried != NULL && i < env->nrcpts; i++)
+		if (m->tried[i] != TRIED_NO &&
+		    env->rcpts[i].status == RCPT_FAILED)
+			n++;
+	if (n == 0) {
+		msg_persist(s, m);
+		return;
+	}
+	if (!dsn_wanted(env)) {
+		log_info("%s: no non-delivery notification for %s",
+		    env->id, env->sender[0] == '\0' ? "the null sender" :
+		    "a non-delivery notification");
+		msg_persist(s, m);
+		return;
+	}
+
+	dr = xcalloc(n, sizeof(*dr));
+	reasons = xcalloc(n, sizeof(*reasons));
+	for (i = 0, n = 0; i < env->nrcpts; i++) {
+		const struct envelope_rcpt *r = &env->rcpts[i];
+
+		if (m->tried[i] == TRIED_NO || r->status != RCPT_FAILED)
+			continue;
+		dr[n].addr = r->addr;
+		dr[n].status = r->dsn;
+		if (dsn_is_server_reply(r->reply)) {
+			dr[n].diagnostic = r->reply;
+			dr[n].remote_mta = remote;
+		}
+		if (m->tried[i] == TRIED_EXPIRED) {
+			reasons[n] = xasprintf("delivery time expired "
+			    "(last error: %s)", r->reply != NULL ? r->reply :
+			    "none");
+			dr[n].reason = reasons[n];
+		} else
+			dr[n].reason = r->reply;
+		n++;
+	}
+	m->dsn = dsn_send(s->q, s->w, env, dr, n, s->cfg->hostname,
+	    msg_bounced, m);
+	for (i = 0; i < n; i++)
+		free(reasons[i]);
+	free(reasons);
+	free(dr);
+}
+
+/* ---- relays ---- */
+
+static struct sched_relay *
+sched_relay_get(struct scheduler *s, const char *name)
+{
+	struct sched_relay *sr;
+
+	TAILQ_FOREACH(sr, &s->relays, entry)
+		if (strcmp(sr->name, name) == 0)
+			return sr;
+	sr = xcalloc(1, sizeof(*sr));
+	sr->name = xstrdup(name);
+	sr->relay = relay_new(s->base, s->dns, s->q, s->w);
+	TAILQ_INIT(&sr->ready);
+	TAILQ_INIT(&sr->sessions);
+	TAILQ_INSERT_TAIL(&s->relays, sr, entry);
+	return sr;
+}
+
+/* Failures that say the relay, not one message, is the problem. */
+static int
+relay_failure(const struct outcome *o)
+{
+	if (o->status == OUTCOME_OK)
+		return 0;
+	switch (o->class) {
+	case OC_DNS:
+	case OC_CONNECT:
+	case OC_TLS:
+	case OC_TIMEOUT:
+		return 1;
+	case OC_NONE:
+	case OC_PROTOCOL:
+	case OC_REPLY:
+	case OC_AUTH:
+	case OC_NOCRED:
+	case OC_LOCAL:
+	case OC_EXPIRED:
+	case OC__COUNT:
+		break;
+	}
+	return 0;
+}
+
+/* Backs the relay off (once per failure round) and defers what waits. */
+static void
+relay_backoff(struct scheduler *s, struct sched_relay *sr,
+    const struct outcome *o, const char *peer)
+{
+	struct sched_msg *m;
+	char text[OUTCOME_TEXT_MAX + 8];
+	time_t now = time(NULL);
+	unsigned delay;
+
+	if (sr->backoff_until <= now) {
+		sr->failures++;
+		delay = scheduler_backoff(s->cfg->retry_min,
+		    s->cfg->retry_max, sr->failures);
+		sr->backoff_until = now + delay;
+		relay_outcome_text(o, text, sizeof(text));
+		log_info("relay %s: no new session for %us after failure "
+		    "%u: %s", sr->name, delay, sr->failures, text);
+	}
+	while ((m = TAILQ_FIRST(&sr->ready)) != NULL) {
+		TAILQ_REMOVE(&sr->ready, m, ready);
+		msg_defer(s, m, peer, o);
+	}
+}
+
+static void
+relay_ok(struct sched_relay *sr)
+{
+	if (sr->failures > 0)
+		log_info("relay %s: reachable again", sr->name);
+	sr->failures = 0;
+	sr->backoff_until = 0;
+}
+
+/* ---- sessions ---- */
+
+static void
+session_unlink(struct scheduler *s, struct sched_session *ss)
+{
+	TAILQ_REMOVE(&ss->sr->sessions, ss, entry);
+	ss->sr->nsessions--;
+	s->nsessions--;
+}
+
+/* Drops a session now; its messages go back to the heap untouched. */
+static void
+session_abort(struct scheduler *s, struct sched_session *ss)
+{
+	if (ss->first != NULL)
+		msg_requeue(s, ss->first);
+	if (ss->cur != NULL)
+		msg_requeue(s, ss->cur);
+	session_unlink(s, ss);
+	relay_session_free(ss->rs);
+	free(ss);
+}
+
+static void
+shutdown_check(struct scheduler *s)
+{
+	const struct timeval now = { 0, 0 };
+
+	if (s->stopping && s->nsessions == 0 && s->done != NULL)
+		evtimer_add(s->ev_stopped, &now);
+}
+
+static void
+sess_ready(struct relay_session *rs, void *arg)
+{
+	struct sched_session *ss = arg;
+	struct scheduler *s = ss->s;
+	struct sched_relay *sr = ss->sr;
+	struct sched_msg *m;
+
+	relay_ok(sr);
+	for (;;) {
+		if ((m = ss->first) != NULL) {
+			ss->first = NULL;
+			if (s->stopping) {
+				msg_requeue(s, m);
+				relay_session_quit(rs);
+				return;
+			}
+		} else {
+			if (s->stopping || ss->sent >= ss->max_msgs ||
+			    (m = TAILQ_FIRST(&sr->ready)) == NULL) {
+				relay_session_quit(rs);
+				return;
+			}
+			TAILQ_REMOVE(&sr->ready, m, ready);
+			msg_begin_attempt(m);
+		}
+		ss->sent++;
+		ss->cur = m;
+		if (relay_session_send(rs, m->env) == 0)
+			return;
+		/* Not started (body unreadable): already deferred. */
+		ss->cur = NULL;
+		msg_attempted(s, m, NULL);
+	}
+}
+
+static void
+sess_delivered(struct relay_session *rs, struct envelope *env,
+    const struct outcome *o, void *arg)
+{
+	struct sched_session *ss = arg;
+	struct sched_msg *m = ss->cur;
+
+	if (m == NULL || m->env != env)
+		fatalx("%s: delivery report for a message not in flight",
+		    __func__);
+	ss->cur = NULL;
+	msg_attempted(ss->s, m, relay_session_host(rs));
+}
+
+static void
+sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
+{
+	struct sched_session *ss = arg;
+	struct scheduler *s = ss->s;
+	struct sched_msg *m;
+	struct outcome gone;
+
+	if (o->status == OUTCOME_OK && ss->first != NULL) {
+		outcome_set(&gone, OUTCOME_TEMPORARY, OC_PROTOCOL,
+		    "session closed before it was ready");
+		o = &gone;
+	}
+	if ((m = ss->first) != NULL) {
+		ss->first = NULL;
+		msg_defer(s, m, relay_session_peer(rs), o);
+	}
+	if ((m = ss->cur) != NULL) {
+		/* The relay reports delivered() first; be safe anyway. */
+		ss->cur = NULL;
+		msg_requeue(s, m);
+	}
+	if (relay_failure(o))
+		relay_backoff(s, ss->sr, o, relay_session_peer(rs));
+	session_unlink(s, ss);
+	relay_session_free(rs);
+	free(ss);
+	if (s->stopping)
+		shutdown_check(s);
+	else
+		sched_kick(s);
+}
+
+static const struct relay_session_cb sess_cb = {
+	.ready = sess_ready,
+	.delivered = sess_delivered,
+	.closed = sess_closed,
+};
+
+/* ---- dispatch ---- */
+
+static void
+msg_route(struct scheduler *s, struct sched_msg *m)
+{
+	const struct relay_config *rc;
+	struct sched_relay *sr;
+	struct outcome o;
+
+	if (m->env->relay != NULL)
+		rc = config_relay(s->cfg, m->env->relay);
+	else
+		rc = config_default_relay(s->cfg);
+	if (rc == NULL) {
+		outcome_set(&o, OUTCOME_TEMPORARY, OC_LOCAL,
+		    "relay %s is not configured", m->env->relay);
+		msg_defer(s, m, "none", &o);
+		return;
+	}
+	sr = sched_relay_get(s, rc->name);
+	msg_set_state(m, MSG_READY);
+	TAILQ_INSERT_TAIL(&sr->ready, m, ready);
+}
+
+static void
+relay_start(struct scheduler *s, struct sched_relay *sr, time_t now)
+{
+	const struct relay_config *rc;
+	struct sched_session *ss;
+	struct sched_msg *m;
+	struct outcome o;
+	unsigned max;
+
+	if (TAILQ_EMPTY(&sr->ready))
+		return;
+	if ((rc = config_relay(s->cfg, sr->name)) == NULL) {
+		/* Removed by a reload while messages waited for it. */
+		outcome_set(&o, OUTCOME_TEMPORARY, OC_LOCAL,
+		    "relay %s is not configured", sr->name);
+		while ((m = TAILQ_FIRST(&sr->ready)) != NULL) {
+			TAILQ_REMOVE(&sr->ready, m, ready);
+			msg_defer(s, m, "none", &o);
+		}
+		return;
+	}
+	if (sr->backoff_until > now)
+		return;
+	max = rc->max_connections > 0 ? rc->max_connections : 1;
+	while (sr->nsessions < max && (m = TAILQ_FIRST(&sr->ready)) != NULL) {
+		TAILQ_REMOVE(&sr->ready, m, ready);
+		msg_begin_attempt(m);
+		ss = xcalloc(1, sizeof(*ss));
+		ss->s = s;
+		ss->sr = sr;
+		ss->first = m;
+		ss->max_msgs = rc->max_msgs_per_conn > 0 ?
+		    rc->max_msgs_per_conn : 1;
+		TAILQ_INSERT_TAIL(&sr->sessions, ss, entry);
+		sr->nsessions++;
+		s->nsessions++;
+		ss->rs = relay_session_new(sr->relay, s->cfg, rc, &sess_cb,
+		    ss);
+	}
+}
+
+static void
+sched_dispatch(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	struct sched_relay *sr;
+	struct timeval tv;
+	time_t now = time(NULL), wake = 0;
+
+	if (s->stopping)
+		return;
+	while (s->nheap > 0 && s->heap[0]->env->next_try <= now)
+		msg_route(s, heap_pop(s));
+	TAILQ_FOREACH(sr, &s->relays, entry)
+		relay_start(s, sr, now);
+
+	if (s->nheap > 0)
+		wake = s->heap[0]->env->next_try;
+	TAILQ_FOREACH(sr, &s->relays, entry)
+		if (!TAILQ_EMPTY(&sr->ready) && sr->backoff_until > now &&
+		    (wake == 0 || sr->backoff_until < wake))
+			wake = sr->backoff_until;
+	if (wake != 0) {
+		tv.tv_sec = wake > now ? wake - now : 0;
+		tv.tv_usec = 0;
+		evtimer_add(s->ev_timer, &tv);
+	}
+}
+
+/* ---- shutdown ---- */
+
+static void
+sched_stopped(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	void (*done)(void *) = s->done;
+
+	evtimer_del(s->ev_deadline);
+	s->done = NULL;
+	if (done != NULL)
+		done(s->done_arg);
+}
+
+static void
+sched_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	struct sched_relay *sr;
+	struct sched_session *ss;
+
+	if (s->nsessions > 0)
+		log_warnx("shutdown: aborting %u relay session%s; their "
+		    "messages stay queued", s->nsessions,
+		    s->nsessions == 1 ? "" : "s");
+	TAILQ_FOREACH(sr, &s->relays, entry)
+		while ((ss = TAILQ_FIRST(&sr->sessions)) != NULL)
+			session_abort(s, ss);
+	sched_stopped(-1, 0, s);
+}
+
+/* ---- the public face ---- */
+
+struct scheduler *
+scheduler_new(struct event_base *base, struct evdns_base *dns,
+    struct queue *q, struct worker *w, const struct config *cfg)
+{
+	struct scheduler *s;
+
+	s = xcalloc(1, sizeof(*s));
+	s->base = base;
+	s->dns = dns;
+	s->q = q;
+	s->w = w;
+	s->cfg = cfg;
+	TAILQ_INIT(&s->msgs);
+	TAILQ_INIT(&s->relays);
+	if ((s->ev_timer = evtimer_new(base, sched_dispatch, s)) == NULL ||
+	    (s->ev_stopped = evtimer_new(base, sched_stopped, s)) == NULL ||
+	    (s->ev_deadline = evtimer_new(base, sched_deadline, s)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	return s;
+}
+
+void
+scheduler_free(struct scheduler *s)
+{
+	struct sched_relay *sr;
+	struct sched_session *ss;
+	struct sched_msg *m;
+
+	if (s == NULL)
+		return;
+	while ((sr = TAILQ_FIRST(&s->relays)) != NULL) {
+		while ((ss = TAILQ_FIRST(&sr->sessions)) != NULL) {
+			TAILQ_REMOVE(&sr->sessions, ss, entry);
+			relay_session_free(ss->rs);
+			free(ss);
+		}
+		TAILQ_REMOVE(&s->relays, sr, entry);
+		relay_free(sr->relay);
+		free(sr->name);
+		free(sr);
+	}
+	while ((m = TAILQ_FIRST(&s->msgs)) != NULL) {
+		TAILQ_REMOVE(&s->msgs, m, all);
+		if (m->state == MSG_FINISHING && m->dsn != NULL) {
+			dsn_cancel(m->dsn);
+			msg_free(m);
+		} else if (m->state == MSG_FINISHING)
+			m->s = NULL;	/* the queue's callback frees it */
+		else
+			msg_free(m);
+	}
+	event_free(s->ev_timer);
+	event_free(s->ev_stopped);
+	event_free(s->ev_deadline);
+	free(s->heap);
+	free(s);
+}
+
+void
+scheduler_add(struct scheduler *s, struct envelope *env)
+{
+	struct sched_msg *m;
+
+	m = xcalloc(1, sizeof(*m));
+	m->s = s;
+	m->env = env;
+	m->heap_idx = SIZE_MAX;
+	m->seq = s->seq++;
+	m->state = MSG_WAITING;
+	TAILQ_INSERT_TAIL(&s->msgs, m, all);
+	s->nmsgs++;
+	if (env->flags & ENVELOPE_HOLD) {
+		msg_set_state(m, MSG_HELD);
+		return;
+	}
+	if (envelope_count(env, RCPT_PENDING) == 0) {
+		/* Finished before a crash or restart: only removal is left. */
+		msg_persist(s, m);
+		return;
+	}
+	heap_push(s, m);
+	sched_kick(s);
+}
+
+void
+scheduler_flush(struct scheduler *s)
+{
+	struct sched_relay *sr;
+	struct sched_msg *m;
+	size_t i;
+
+	TAILQ_FOREACH(m, &s->msgs, all) {
+		if (m->state == MSG_WAITING)
+			m->env->next_try = 0;
+		else if (m->state == MSG_FINISHING)
+			m->flush = 1;
+	}
+	/* Every key changed: rebuild the heap bottom-up. */
+	for (i = s->nheap / 2; i-- > 0;)
+		heap_down(s, i);
+	TAILQ_FOREACH(sr, &s->relays, entry) {
+		sr->failures = 0;
+		sr->backoff_until = 0;
+	}
+	sched_kick(s);
+}
+
+void
+scheduler_set_config(struct scheduler *s, const struct config *cfg)
+{
+	s->cfg = cfg;
+	sched_kick(s);
+}
+
+void
+scheduler_shutdown(struct scheduler *s, unsigned timeout,
+    void (*done)(void *arg), void *arg)
+{
+	const struct timeval deadline = { (time_t)timeout, 0 };
+	struct sched_relay *sr;
+	struct sched_session *ss, *next;
+
+	s->stopping = 1;
+	s->done = done;
+	s->done_arg = arg;
+	evtimer_del(s->ev_timer);
+	/* Sessions still connecting carry no transaction yet: drop them. */
+	TAILQ_FOREACH(sr, &s->relays, entry) {
+		for (ss = TAILQ_FIRST(&sr->sessions); ss != NULL; ss = next) {
+			next = TAILQ_NEXT(ss, entry);
+			if (ss->first != NULL)
+				session_abort(s, ss);
+		}
+	}
+	if (s->nsessions > 0)
+		evtimer_add(s->ev_deadline, &deadline);
+	shutdown_check(s);
+}
+
+size_t
+scheduler_count(const struct scheduler *s)
+{
+	return s->nmsgs;
+}

@@ -1,1 +1,1488 @@
-/* placeholder: being written */
+/*
+ * Inbound SMTP (RFC 5321) with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+ * ENHANCEDSTATUSCODES and CHUNKING.
+ *
+ * One struct session per connection, driven by an explicit state enum. A
+ * command line is looked up in a table (verb, states it is allowed in,
+ * action, flags); the mail transaction is its own object, present only from
+ * MAIL until the end of DATA/BDAT has been answered (or the transaction was
+ * reset). Message data streams into the queue as it arrives and is never
+ * held whole in memory.
+ *
+ * Invariants:
+ * - Replies are appended to the output buffer in command order, so
+ *   pipelined commands get pipelined replies that flush on their own.
+ * - While the queue commits a message (S_COMMIT) no input is processed:
+ *   the 250 that carries the queue id must precede every later reply.
+ * - A session is freed only from a top-level callback (read, write, event,
+ *   resume, commit), never from inside command processing: code below the
+ *   callbacks enters S_QUIT and the callback closes once output drained.
+ * - A commit outlives its session: the commit record is detached when the
+ *   session (or the server) goes away and the callback then still hands a
+ *   durable message to the scheduler, so nothing on disk is orphaned.
+ */
+#include <sys/types.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "envelope.h"
+#include "log.h"
+#include "queue.h"
+#include "smtp_proto.h"
+#include "smtp_server.h"
+#include "xmalloc.h"
+
+/*
+ * Memory bounds per session. Input stops being read once READ_HIWAT bytes
+ * wait (a slow disk throttles the client through TCP instead of growing
+ * our buffers); commands stop being processed while more than OUT_HIWAT
+ * bytes of replies wait for a client that pipelines but does not read.
+ * DATA is scanned DATA_CHUNK bytes at a time, so a line longer than that
+ * is stored in pieces; body bytes are gathered into BODY_BUFSIZE before a
+ * queue write.
+ */
+#define READ_HIWAT (256 * 1024)
+#define OUT_HIWAT (64 * 1024)
+#define DATA_CHUNK (64 * 1024)
+#define BODY_BUFSIZE (64 * 1024)
+#define HELO_MAX 255
+#define VERB_MAX 16
+#define PEER_MAX 96
+
+enum session_state {
+	S_CONNECTED, /* greeted, no HELO/EHLO yet */
+	S_READY,     /* identified, no transaction */
+	S_MAIL,      /* MAIL accepted, no recipient yet */
+	S_RCPT,      /* at least one recipient accepted */
+	S_DATA,      /* reading DATA lines */
+	S_BDAT,      /* reading the octets of a BDAT chunk */
+	S_CHUNKED,   /* between BDAT chunks of one transaction */
+	S_COMMIT,    /* the queue is committing; input paused */
+	S_QUIT,      /* last reply queued; close once it is sent */
+};
+/* Outside the enum so that -Wswitch checks every real state; S_QUIT
+ * must stay the last one. */
+#define S__COUNT (S_QUIT + 1)
+
+static const char *const session_state_names[] = {
+	"CONNECTED",
+	"READY",
+	"MAIL",
+	"RCPT",
+	"DATA",
+	"BDAT",
+	"CHUNKED",
+	"COMMIT",
+	"QUIT",
+};
+_Static_assert(sizeof(session_state_names) / sizeof(session_state_names[0]) ==
+    S__COUNT, "session_state_names out of step with enum session_state");
+
+#define SB(st) (1u << (st))
+/* States in which input is read as command lines. */
+#define ST_COMMANDS                                                     \
+	(SB(S_CONNECTED) | SB(S_READY) | SB(S_MAIL) | SB(S_RCPT) |      \
+	    SB(S_CHUNKED))
+
+struct session;
+
+/* A queue commit in flight; see the invariants above. */
+struct commit {
+	TAILQ_ENTRY(commit) entry;
+	struct session *s;       /* NULL once the session is gone */
+	struct smtp_server *srv; /* NULL once the server is gone */
+};
+
+struct txn {
+	struct envelope *env;     /* sender, recipients, flags, client */
+	struct queue_txn *qtxn;   /* from DATA/first BDAT until commit */
+	int utf8;                 /* SMTPUTF8 given: UTF-8 addresses */
+	int chunked;              /* BDAT used */
+	uint64_t datalen;         /* message bytes received (normalised) */
+	int too_big;              /* datalen passed max_message_size */
+	int write_error;          /* errno of the first failed queue write */
+	int at_bol;               /* DATA: the next byte starts a line */
+	int prev_crlf;            /* DATA: the last line ended with CRLF */
+	char *buf;                /* body bytes not yet written */
+	size_t buflen;
+};
+
+/* Limits copied from the config at accept: a reload does not change a
+ * running session, and the old config may be freed under it. */
+struct limits {
+	size_t max_line;
+	uint64_t max_message_size;
+	unsigned max_recipients;
+	unsigned max_errors;
+	unsigned idle_timeout;
+};
+
+struct session {
+	TAILQ_ENTRY(session) entry;
+	struct smtp_server *srv;
+	unsigned id;              /* for traces */
+	enum session_state state;
+	struct bufferevent *bev;
+	struct event *resume_ev;  /* processes buffered input later */
+	struct limits lim;
+	char *hostname;
+	char peer_name[32];       /* "localhost" or "unknown": no DNS */
+	char peer_addr[PEER_MAX]; /* "127.0.0.1", "::1", "unix:uid=N" */
+	int peer_family;
+	char *client;             /* "name[addr]" */
+	char helo[HELO_MAX + 1];  /* "" until HELO/EHLO */
+	int esmtp;                /* EHLO rather than HELO */
+	unsigned errors;
+	int discarding;           /* skipping the rest of an overlong line */
+	int out_blocked;          /* paused until the client reads replies */
+	char *line;               /* max_line + 1 bytes */
+	struct txn *txn;
+	struct commit *commit;
+	/* BDAT chunk being read */
+	uint64_t bdat_left;
+	int bdat_last;
+	const char *bdat_reject;  /* reply to give instead, NULL if none */
+	int bdat_reject_counts;   /* that reply counts as a client error */
+	int bdat_reject_reset;    /* ... and ends the transaction */
+	enum session_state bdat_prev;
+};
+
+TAILQ_HEAD(session_list, session);
+TAILQ_HEAD(commit_list, commit);
+
+struct smtp_server {
+	struct event_base *base;
+	struct smtp_server_params params;
+	const struct config *cfg;
+	struct session_list sessions;
+	struct commit_list commits;
+	unsigned nsessions;
+	unsigned next_id;
+	int shutting_down;
+	struct event *shutdown_ev;
+	void (*shutdown_done)(void *);
+	void *shutdown_arg;
+};
+
+enum command_flags {
+	CMD_NOARG = 1 << 0, /* takes no argument: 501 otherwise */
+};
+
+struct command {
+	const char *verb;
+	unsigned states; /* SB() bits of the states it is allowed in */
+	void (*action)(struct session *, const char *arg);
+	unsigned flags;  /* enum command_flags */
+};
+
+static void cmd_helo(struct session *, const char *);
+static void cmd_ehlo(struct session *, const char *);
+static void cmd_mail(struct session *, const char *);
+static void cmd_rcpt(struct session *, const char *);
+static void cmd_data(struct session *, const char *);
+static void cmd_bdat(struct session *, const char *);
+static void cmd_rset(struct session *, const char *);
+static void cmd_noop(struct session *, const char *);
+static void cmd_quit(struct session *, const char *);
+static void cmd_vrfy(struct session *, const char *);
+static void cmd_help(struct session *, const char *);
+static void cmd_starttls(struct session *, const char *);
+
+/*
+ * BDAT is allowed in every command state because its chunk must be read
+ * (and discarded) whatever the state: otherwise the octets would be taken
+ * for commands. cmd_bdat() checks the sequence itself.
+ */
+static const struct command commands[] = {
+	{ "HELO", ST_COMMANDS, cmd_helo, 0 },
+	{ "EHLO", ST_COMMANDS, cmd_ehlo, 0 },
+	{ "MAIL", SB(S_READY), cmd_mail, 0 },
+	{ "RCPT", SB(S_MAIL) | SB(S_RCPT), cmd_rcpt, 0 },
+	{ "DATA", SB(S_RCPT), cmd_data, CMD_NOARG },
+	{ "BDAT", ST_COMMANDS, cmd_bdat, 0 },
+	{ "RSET", ST_COMMANDS, cmd_rset, CMD_NOARG },
+	{ "NOOP", ST_COMMANDS, cmd_noop, 0 },
+	{ "QUIT", ST_COMMANDS, cmd_quit, CMD_NOARG },
+	{ "VRFY", ST_COMMANDS, cmd_vrfy, 0 },
+	{ "HELP", ST_COMMANDS, cmd_help, 0 },
+	{ "STARTTLS", ST_COMMANDS, cmd_starttls, 0 },
+};
+
+static void session_free(struct session *);
+static void session_run(struct session *);
+static void session_update_read(struct session *);
+
+/* ---- replies ---- */
+
+static void
+trace(const struct session *s, const char *dir, const char *line, size_t len)
+{
+	char buf[256];
+
+	if (!log_getdebug())
+		return;
+	log_debug("smtp %u: %s %s", s->id, dir,
+	    log_sanitize(buf, sizeof(buf), line, len));
+}
+
+static void reply(struct session *, const char *, ...)
+    __attribute__((format(printf, 2, 3)));
+static void reply_error(struct session *, const char *, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+vreply(struct session *s, const char *fmt, va_list ap)
+{
+	char buf[SMTP_REPLY_LINE_MAX];
+	int n;
+
+	n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+	if (n < 0)
+		n = 0;
+	else if ((size_t)n > sizeof(buf) - 3)
+		n = (int)sizeof(buf) - 3; /* truncated: still a reply */
+	trace(s, ">", buf, (size_t)n);
+	buf[n++] = '\r';
+	buf[n++] = '\n';
+	evbuffer_add(bufferevent_get_output(s->bev), buf, (size_t)n);
+}
+
+/* One reply line (a multi-line reply is several calls with "NNN-"). */
+static void
+reply(struct session *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreply(s, fmt, ap);
+	va_end(ap);
+}
+
+static void
+session_enter(struct session *s, enum session_state state)
+{
+	if (s->state != state)
+		log_debug("smtp %u: %s -> %s", s->id,
+		    session_state_names[s->state],
+		    session_state_names[state]);
+	s->state = state;
+	if (state == S_QUIT)
+		session_update_read(s);
+}
+
+/* Counts one client error; past max_errors the session ends. */
+static void
+session_error(struct session *s)
+{
+	if (++s->errors > s->lim.max_errors && s->state != S_QUIT) {
+		log_info("smtp: client=%s: too many errors (%u), closing",
+		    s->client, s->errors);
+		reply(s, "421 4.7.0 Too many errors, closing connection");
+		session_enter(s, S_QUIT);
+	}
+}
+
+/* A reply that blames the client. */
+static void
+reply_error(struct session *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreply(s, fmt, ap);
+	va_end(ap);
+	session_error(s);
+}
+
+/* The reply for a failed queue write or commit. */
+static const char *
+storage_reply(int error)
+{
+	if (error == ENOSPC || error == EDQUOT || error == EFBIG)
+		return "452 4.3.1 Insufficient system storage";
+	return "451 4.3.0 Error: queue file write error";
+}
+
+/* ---- the transaction ---- */
+
+static struct txn *
+txn_new(void)
+{
+	struct txn *t;
+
+	t = xcalloc(1, sizeof(*t));
+	t->env = envelope_new();
+	return t;
+}
+
+/* Frees t; a message being written is dropped with its spool file. */
+static void
+txn_free(struct txn *t)
+{
+	if (t == NULL)
+		return;
+	if (t->qtxn != NULL)
+		queue_txn_abort(t->qtxn);
+	envelope_free(t->env);
+	free(t->buf);
+	free(t);
+}
+
+static void
+txn_flush(struct txn *t)
+{
+	if (t->buflen == 0 || t->write_error)
+		return;
+	if (queue_txn_write(t->qtxn, t->buf, t->buflen) == -1)
+		t->write_error = errno != 0 ? errno : EIO;
+	t->buflen = 0;
+}
+
+/* Queues bytes for the spool file, batching small writes. */
+static void
+txn_write(struct txn *t, const void *p, size_t len)
+{
+	if (t->write_error)
+		return;
+	if (t->buflen + len > BODY_BUFSIZE) {
+		txn_flush(t);
+		if (t->write_error)
+			return;
+		if (len >= BODY_BUFSIZE) {
+			if (queue_txn_write(t->qtxn, p, len) == -1)
+				t->write_error = errno != 0 ? errno : EIO;
+			return;
+		}
+	}
+	memcpy(t->buf + t->buflen, p, len);
+	t->buflen += len;
+}
+
+/* Message data from the client: counted against the size limit, then
+ * discarded once the message is too big or the spool failed. */
+static void
+txn_body(struct session *s, const void *p, size_t len)
+{
+	struct txn *t = s->txn;
+
+	t->datalen += len;
+	if (t->datalen > s->lim.max_message_size)
+		t->too_big = 1;
+	if (t->too_big || t->write_error)
+		return;
+	txn_write(t, p, len);
+}
+
+/* Drops the transaction; the session is identified again. */
+static void
+session_reset(struct session *s)
+{
+	txn_free(s->txn);
+	s->txn = NULL;
+	session_enter(s, s->helo[0] != '\0' ? S_READY : S_CONNECTED);
+}
+
+/*
+ * Starts the message in the queue (so it has an id) and writes our
+ * Received: header (RFC 5321 4.4) first. Returns 0, or -1 with errno.
+ */
+static int
+txn_start(struct session *s)
+{
+	struct txn *t = s->txn;
+	const char *id, *proto;
+	char date[64], addr[PEER_MAX + 8], *hdr;
+	struct tm tm;
+	time_t now;
+
+	now = time(NULL);
+	t->env->created = now;
+	if ((t->qtxn = queue_txn_begin(s->srv->params.queue, t->env)) == NULL)
+		return -1;
+	id = queue_txn_id(t->qtxn);
+	t->buf = xmalloc(BODY_BUFSIZE);
+
+	localtime_r(&now, &tm);
+	if (strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
+		date[0] = '\0';
+	/* RFC 3848 / RFC 6531 protocol names; no TLS or AUTH here. */
+	if (t->utf8)
+		proto = "UTF8SMTP"; /* SMTPUTF8 implies EHLO */
+	else
+		proto = s->esmtp ? "ESMTP" : "SMTP";
+	snprintf(addr, sizeof(addr), "%s%s",
+	    s->peer_family == AF_INET6 ? "IPv6:" : "", s->peer_addr);
+	if (t->env->nrcpts == 1)
+		hdr = xasprintf("Received: from %s (%s [%s])\r\n"
+		    "\tby %s (smarthostd) with %s id %s\r\n"
+		    "\tfor <%s>; %s\r\n",
+		    s->helo, s->peer_name, addr, s->hostname, proto, id,
+		    t->env->rcpts[0].addr, date);
+	else
+		hdr = xasprintf("Received: from %s (%s [%s])\r\n"
+		    "\tby %s (smarthostd) with %s id %s;\r\n"
+		    "\t%s\r\n",
+		    s->helo, s->peer_name, addr, s->hostname, proto, id, date);
+	txn_write(t, hdr, strlen(hdr));
+	free(hdr);
+	return 0;
+}
+
+static void commit_done(int error, struct envelope *env, void *arg);
+
+/*
+ * The end of DATA or of the last BDAT chunk: reject what broke a limit or
+ * the spool, otherwise hand the message to the queue and pause input until
+ * it is durable.
+ */
+static void
+txn_finish(struct session *s)
+{
+	struct txn *t = s->txn;
+	struct queue_txn *qtxn;
+	struct commit *c;
+
+	if (!t->too_big)
+		txn_flush(t);
+	if (t->too_big) {
+		log_info("%s: reject: message too large (more than %" PRIu64
+		    " bytes) from client=%s", queue_txn_id(t->qtxn),
+		    s->lim.max_message_size, s->client);
+		reply(s, "552 5.3.4 Message size exceeds fixed maximum "
+		    "message size");
+		session_reset(s);
+		return;
+	}
+	if (t->write_error) {
+		log_warnx("%s: refused, queue write failed: %s, client=%s",
+		    queue_txn_id(t->qtxn), strerror(t->write_error),
+		    s->client);
+		reply(s, "%s", storage_reply(t->write_error));
+		session_reset(s);
+		return;
+	}
+
+	c = xcalloc(1, sizeof(*c));
+	c->s = s;
+	c->srv = s->srv;
+	TAILQ_INSERT_TAIL(&s->srv->commits, c, entry);
+	s->commit = c;
+	qtxn = t->qtxn;
+	t->qtxn = NULL;
+	session_enter(s, S_COMMIT);
+	session_update_read(s);
+	queue_txn_commit(qtxn, commit_done, c);
+}
+
+/* Runs on the loop thread once the queue has the message on disk (or
+ * failed to put it there). */
+static void
+commit_done(int error, struct envelope *env, void *arg)
+{
+	struct commit *c = arg;
+	struct session *s = c->s;
+	struct smtp_server *srv = c->srv;
+
+	if (srv != NULL)
+		TAILQ_REMOVE(&srv->commits, c, entry);
+	free(c);
+	if (s != NULL)
+		s->commit = NULL;
+
+	if (error == 0) {
+		log_info("%s: client=%s", env->id,
+		    env->client != NULL ? env->client : "unknown");
+		log_info("%s: from=<%s>, size=%lld, nrcpt=%zu (queued)",
+		    env->id, env->sender != NULL ? env->sender : "",
+		    (long long)env->body_size, env->nrcpts);
+		if (s != NULL)
+			reply(s, "250 2.0.0 Ok: queued as %s", env->id);
+		else
+			log_info("%s: client went away before the reply; "
+			    "delivering anyway", env->id);
+		/* The message is durable: even without a session to answer
+		 * it must reach the scheduler (a duplicate beats a loss). */
+		if (srv != NULL && srv->params.queued != NULL)
+			srv->params.queued(env, srv->params.arg);
+		else
+			envelope_free(env);
+	} else {
+		log_warnx("queue commit failed for client=%s: %s",
+		    s != NULL ? s->client : "(gone)", strerror(error));
+		if (s != NULL)
+			reply(s, "%s", storage_reply(error));
+	}
+	if (s == NULL)
+		return;
+	session_reset(s);
+	session_update_read(s);
+	/* Pipelined commands may already wait in the input buffer; the
+	 * read callback only fires for new bytes. */
+	event_active(s->resume_ev, EV_TIMEOUT, 1);
+}
+
+/* ---- DATA ---- */
+
+/*
+ * Consumes DATA from buf (len bytes, the start of the input buffer; full
+ * says buf is DATA_CHUNK bytes, the most we look at at once). Returns the
+ * bytes used and sets *eod when the end-of-data line was among them.
+ *
+ * SMTP smuggling: the end of data is ONLY a line that is exactly "."
+ * ended by CRLF, whose preceding line also ended with CRLF (the start of
+ * the data counts as after CRLF). Any other spelling ("\n.\n",
+ * "\r\n.\n", "\n.\r\n") is data, so a client, or a sloppy MUA feeding one,
+ * can never make us see two messages where an upstream server would see
+ * one, or the reverse. Such a lone "." is stored as "."; the upstream
+ * encoder dot-stuffs it again.
+ *
+ * Every line is stored with CRLF, whatever ended it (a bare LF too). A
+ * leading '.' followed by more bytes is removed (dot-unstuffing); doing it
+ * after a bare LF as well is harmless because the encoder re-stuffs every
+ * line that starts with '.'. A bare CR inside a line is stored as is: the
+ * upstream encoder turns it into CRLF and stuffs what follows.
+ */
+static size_t
+data_scan(struct session *s, const char *buf, size_t len, int full, int *eod)
+{
+	struct txn *t = s->txn;
+	size_t pos = 0, n, clen, skip;
+	const char *line, *lf;
+	int crlf;
+
+	*eod = 0;
+	while (pos < len) {
+		line = buf + pos;
+		lf = memchr(line, '\n', len - pos);
+		if (lf == NULL) {
+			if (pos > 0 || !full)
+				break; /* wait for the rest of the line */
+			/*
+			 * A full chunk without a line end: a long line,
+			 * stored in pieces. A final CR stays in the input
+			 * since it may be half of the CRLF.
+			 */
+			n = len;
+			if (line[n - 1] == '\r')
+				n--;
+			skip = t->at_bol && line[0] == '.';
+			txn_body(s, line + skip, n - skip);
+			t->at_bol = 0;
+			pos = n;
+			break;
+		}
+		n = (size_t)(lf - line) + 1;
+		crlf = n >= 2 && lf[-1] == '\r';
+		clen = n - 1 - (size_t)crlf;
+		if (t->at_bol && clen == 1 && line[0] == '.') {
+			if (crlf && t->prev_crlf) {
+				*eod = 1;
+				return pos + n;
+			}
+			txn_body(s, ".\r\n", 3); /* see above: not the end */
+		} else {
+			skip = t->at_bol && clen > 1 && line[0] == '.';
+			txn_body(s, line + skip, clen - skip);
+			txn_body(s, "\r\n", 2);
+		}
+		t->at_bol = 1;
+		t->prev_crlf = crlf;
+		pos += n;
+	}
+	return pos;
+}
+
+/* Returns 1 when the state may have changed, 0 when more input is
+ * needed. */
+static int
+data_process(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	size_t avail, n, used;
+	unsigned char *p;
+	int eod;
+
+	for (;;) {
+		if ((avail = evbuffer_get_length(in)) == 0)
+			return 0;
+		n = avail < DATA_CHUNK ? avail : DATA_CHUNK;
+		if ((p = evbuffer_pullup(in, (ev_ssize_t)n)) == NULL)
+			fatalx("evbuffer_pullup");
+		used = data_scan(s, (const char *)p, n, n == DATA_CHUNK, &eod);
+		evbuffer_drain(in, used);
+		if (eod) {
+			txn_finish(s);
+			return 1;
+		}
+		if (used == 0)
+			return 0;
+	}
+}
+
+/* ---- BDAT ---- */
+
+static void
+bdat_finish(struct session *s)
+{
+	struct txn *t = s->txn;
+
+	if (s->bdat_reject != NULL) {
+		reply(s, "%s", s->bdat_reject);
+		if (s->bdat_reject_reset)
+			session_reset(s);
+		else
+			session_enter(s, s->bdat_prev);
+		if (s->bdat_reject_counts)
+			session_error(s);
+		return;
+	}
+	if (!t->too_big)
+		txn_flush(t);
+	if (t->too_big || t->write_error || s->bdat_last) {
+		/* The same end as DATA: reject or commit. */
+		txn_finish(s);
+		return;
+	}
+	reply(s, "250 2.0.0 Ok: %" PRIu64 " octets received", t->datalen);
+	session_enter(s, S_CHUNKED);
+}
+
+/* Reads chunk octets as they are, with no line or dot processing (RFC
+ * 3030). Returns 1 when the chunk ended, 0 when more input is needed. */
+static int
+bdat_process(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	size_t avail, n;
+	unsigned char *p;
+
+	while (s->bdat_left > 0) {
+		if ((avail = evbuffer_get_length(in)) == 0)
+			return 0;
+		n = avail < DATA_CHUNK ? avail : DATA_CHUNK;
+		if (n > s->bdat_left)
+			n = (size_t)s->bdat_left;
+		if (s->bdat_reject == NULL) {
+			if ((p = evbuffer_pullup(in, (ev_ssize_t)n)) == NULL)
+				fatalx("evbuffer_pullup");
+			txn_body(s, p, n);
+		}
+		evbuffer_drain(in, n);
+		s->bdat_left -= n;
+	}
+	bdat_finish(s);
+	return 1;
+}
+
+/* ---- commands ---- */
+
+/* Checks and copies a HELO/EHLO argument: a domain or address literal. */
+static int
+helo_set(struct session *s, const char *arg)
+{
+	size_t i, n;
+
+	n = strcspn(arg, " ");
+	if (n == 0 || n > HELO_MAX)
+		return -1;
+	/* Only what keeps the Received: header well formed. */
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)arg[i];
+
+		if (!isalnum(c) && strchr("-._:[]", c) == NULL)
+			return -1;
+	}
+	memcpy(s->helo, arg, n);
+	s->helo[n] = '\0';
+	return 0;
+}
+
+static void
+cmd_helo(struct session *s, const char *arg)
+{
+	if (helo_set(s, arg) == -1) {
+		reply_error(s, "501 5.5.4 Syntax: HELO hostname");
+		return;
+	}
+	s->esmtp = 0;
+	txn_free(s->txn);
+	s->txn = NULL;
+	session_enter(s, S_READY);
+	reply(s, "250 %s", s->hostname);
+}
+
+static void
+cmd_ehlo(struct session *s, const char *arg)
+{
+	if (helo_set(s, arg) == -1) {
+		reply_error(s, "501 5.5.4 Syntax: EHLO hostname");
+		return;
+	}
+	s->esmtp = 1;
+	/* RFC 5321 4.1.4: EHLO in a transaction resets it, like RSET. */
+	txn_free(s->txn);
+	s->txn = NULL;
+	session_enter(s, S_READY);
+	reply(s, "250-%s Hello %s [%s]", s->hostname, s->helo, s->peer_addr);
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %" PRIu64, s->lim.max_message_size);
+	reply(s, "250-8BITMIME");
+	reply(s, "250-SMTPUTF8");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	reply(s, "250 CHUNKING");
+}
+
+/* Parses a decimal number made of digits only. */
+static int
+parse_u64(const char *v, uint64_t *out)
+{
+	uint64_t n = 0;
+
+	if (*v == '\0')
+		return -1;
+	for (; *v != '\0'; v++) {
+		if (*v < '0' || *v > '9')
+			return -1;
+		if (n > (UINT64_MAX - 9) / 10)
+			return -1;
+		n = n * 10 + (uint64_t)(*v - '0');
+	}
+	*out = n;
+	return 0;
+}
+
+static void
+cmd_mail(struct session *s, const char *arg)
+{
+	char addr[SMTP_PATH_MAX], key[32], value[64];
+	const char *params, *why, *cur;
+	unsigned flags = 0;
+	uint64_t size;
+	int r, utf8 = 0;
+
+	if (smtp_path_parse(arg, "FROM:", addr, sizeof(addr), &params,
+	    &why) == -1) {
+		reply_error(s, "501 5.5.4 Syntax: MAIL FROM:<address> (%s)",
+		    why);
+		return;
+	}
+	if (*params != '\0' && !s->esmtp) {
+		reply_error(s, "555 5.5.4 MAIL parameters need EHLO");
+		return;
+	}
+	cur = params;
+	while ((r = smtp_param_next(&cur, key, sizeof(key), value,
+	    sizeof(value))) == 1) {
+		if (strcmp(key, "SIZE") == 0) {
+			if (parse_u64(value, &size) == -1) {
+				reply_error(s, "501 5.5.4 Bad SIZE parameter");
+				return;
+			}
+			if (size > s->lim.max_message_size) {
+				reply(s, "552 5.3.4 Message size exceeds "
+				    "fixed maximum message size");
+				return;
+			}
+		} else if (strcmp(key, "BODY") == 0) {
+			if (strcasecmp(value, "8BITMIME") == 0)
+				flags |= ENVELOPE_8BITMIME;
+			else if (strcasecmp(value, "7BIT") != 0) {
+				reply_error(s, "501 5.5.4 Unsupported BODY "
+				    "type");
+				return;
+			}
+		} else if (strcmp(key, "SMTPUTF8") == 0 && value[0] == '\0') {
+			utf8 = 1;
+			flags |= ENVELOPE_SMTPUTF8;
+		} else {
+			reply_error(s, "555 5.5.4 Unsupported parameter %s",
+			    key);
+			return;
+		}
+	}
+	if (r == -1) {
+		reply_error(s, "501 5.5.4 Syntax error in parameters");
+		return;
+	}
+	/* The null sender <> is allowed (bounces). */
+	if (addr[0] != '\0' && !smtp_mailbox_valid(addr, utf8)) {
+		reply_error(s, "501 5.1.7 Bad sender address syntax");
+		return;
+	}
+
+	s->txn = txn_new();
+	s->txn->utf8 = utf8;
+	free(s->txn->env->sender);
+	s->txn->env->sender = xstrdup(addr);
+	free(s->txn->env->client);
+	s->txn->env->client = xstrdup(s->client);
+	s->txn->env->flags |= flags;
+	session_enter(s, S_MAIL);
+	reply(s, "250 2.1.0 Ok");
+}
+
+static void
+cmd_rcpt(struct session *s, const char *arg)
+{
+	char addr[SMTP_PATH_MAX];
+	const char *params, *why;
+	struct envelope *env = s->txn->env;
+
+	if (smtp_path_parse(arg, "TO:", addr, sizeof(addr), &params,
+	    &why) == -1) {
+		reply_error(s, "501 5.5.4 Syntax: RCPT TO:<address> (%s)", why);
+		return;
+	}
+	if (*params != '\0') {
+		reply_error(s, "555 5.5.4 RCPT parameters not supported");
+		return;
+	}
+	if (!smtp_mailbox_valid(addr, s->txn->utf8)) {
+		reply_error(s, "501 5.1.3 Bad recipient address syntax");
+		return;
+	}
+	if (env->nrcpts >= s->lim.max_recipients) {
+		/* Not a client error: RFC 5321 4.5.3.1.10 expects clients
+		 * to send the rest in another transaction. */
+		reply(s, "452 4.5.3 Too many recipients");
+		return;
+	}
+	envelope_add_rcpt(env, addr);
+	session_enter(s, S_RCPT);
+	reply(s, "250 2.1.5 Ok");
+}
+
+static void
+cmd_data(struct session *s, const char *arg)
+{
+	if (txn_start(s) == -1) {
+		int error = errno;
+
+		log_warnx("queue: cannot start a message for client=%s: %s",
+		    s->client, strerror(error));
+		reply(s, "%s", storage_reply(error));
+		session_reset(s);
+		return;
+	}
+	s->txn->at_bol = 1;
+	s->txn->prev_crlf = 1; /* the start of data counts as after CRLF */
+	session_enter(s, S_DATA);
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void
+bdat_reject(struct session *s, const char *text, int counts, int reset)
+{
+	s->bdat_reject = text;
+	s->bdat_reject_counts = counts;
+	s->bdat_reject_reset = reset;
+}
+
+static void
+cmd_bdat(struct session *s, const char *arg)
+{
+	char num[24];
+	const char *rest;
+	uint64_t size;
+	size_t n;
+
+	n = strspn(arg, "0123456789");
+	rest = arg + n;
+	if (n == 0 || n >= sizeof(num) ||
+	    (*rest != '\0' && strcasecmp(rest, " LAST") != 0)) {
+		/*
+		 * Without a size we cannot tell where the chunk ends, and
+		 * its octets must never be read as commands: close.
+		 */
+		reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+		session_enter(s, S_QUIT);
+		return;
+	}
+	memcpy(num, arg, n);
+	num[n] = '\0';
+	if (parse_u64(num, &size) == -1) {
+		reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+		session_enter(s, S_QUIT);
+		return;
+	}
+
+	s->bdat_left = size;
+	s->bdat_last = *rest != '\0';
+	s->bdat_prev = s->state;
+	bdat_reject(s, NULL, 0, 0);
+	switch (s->state) {
+	case S_CONNECTED:
+		bdat_reject(s, "503 5.5.1 Error: send HELO/EHLO first", 1, 0);
+		break;
+	case S_READY:
+		bdat_reject(s, "503 5.5.1 Error: need MAIL command", 1, 0);
+		break;
+	case S_MAIL:
+		bdat_reject(s, "503 5.5.1 Error: need RCPT command", 1, 0);
+		break;
+	case S_RCPT:
+		if (txn_start(s) == -1) {
+			int error = errno;
+
+			log_warnx("queue: cannot start a message for "
+			    "client=%s: %s", s->client, strerror(error));
+			bdat_reject(s, storage_reply(error), 0, 1);
+		}
+		s->txn->chunked = 1;
+		break;
+	case S_CHUNKED:
+		break;
+	case S_DATA:
+	case S_BDAT:
+	case S_COMMIT:
+	case S_QUIT:
+		fatalx("BDAT in state %s", session_state_names[s->state]);
+	}
+	session_enter(s, S_BDAT);
+}
+
+static void
+cmd_rset(struct session *s, const char *arg)
+{
+	session_reset(s);
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void
+cmd_noop(struct session *s, const char *arg)
+{
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void
+cmd_quit(struct session *s, const char *arg)
+{
+	txn_free(s->txn);
+	s->txn = NULL;
+	reply(s, "221 2.0.0 Bye");
+	session_enter(s, S_QUIT);
+}
+
+static void
+cmd_vrfy(struct session *s, const char *arg)
+{
+	/* We relay: we cannot know, and would not tell. */
+	reply(s, "252 2.5.2 Cannot VRFY user, but will accept message "
+	    "and attempt delivery");
+}
+
+static void
+cmd_help(struct session *s, const char *arg)
+{
+	reply(s, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP "
+	    "QUIT VRFY HELP");
+	reply(s, "214 2.0.0 See RFC 5321");
+}
+
+static void
+cmd_starttls(struct session *s, const char *arg)
+{
+	/* Not offered: the listeners are loopback or Unix sockets. */
+	reply(s, "502 5.5.1 STARTTLS not supported");
+}
+
+/* The 503 for a command valid in SMTP but not now. */
+static void
+sequence_error(struct session *s, const struct command *c)
+{
+	const char *why = "Bad sequence of commands";
+
+	if (s->state == S_CONNECTED)
+		why = "Error: send HELO/EHLO first";
+	else if (strcmp(c->verb, "MAIL") == 0)
+		why = "Error: nested MAIL command";
+	else if (s->state == S_CHUNKED)
+		why = "Error: only BDAT may follow BDAT";
+	else if (s->txn == NULL)
+		why = "Error: need MAIL command";
+	else if (strcmp(c->verb, "DATA") == 0)
+		why = "Error: need RCPT command";
+	reply_error(s, "503 5.5.1 %s", why);
+}
+
+static void
+command_dispatch(struct session *s, char *line, size_t len)
+{
+	char verb[VERB_MAX];
+	const struct command *c = NULL;
+	const char *arg;
+	size_t i;
+
+	/* Trailing blanks are a common client sloppiness; drop them. */
+	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+		line[--len] = '\0';
+	trace(s, "<", line, len);
+	if (smtp_cmd_split(line, len, verb, sizeof(verb), &arg) == -1) {
+		reply_error(s, "500 5.5.2 Error: bad syntax");
+		return;
+	}
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(verb, commands[i].verb) == 0) {
+			c = &commands[i];
+			break;
+		}
+	if (c == NULL) {
+		reply_error(s, "500 5.5.1 Error: command not recognized");
+		return;
+	}
+	if ((c->flags & CMD_NOARG) && *arg != '\0') {
+		reply_error(s, "501 5.5.4 Syntax: %s", c->verb);
+		return;
+	}
+	if (!(c->states & SB(s->state))) {
+		sequence_error(s, c);
+		return;
+	}
+	c->action(s, arg);
+}
+
+/*
+ * Takes one command line from the input. Lines may end with a bare LF
+ * (lenient); a line longer than max_line (with its CRLF) is answered 500
+ * and skipped up to its LF. Returns 1 when something was consumed, 0
+ * when more input is needed.
+ */
+static int
+line_process(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer_ptr p;
+	size_t eol_len, n, avail;
+
+	avail = evbuffer_get_length(in);
+	if (avail == 0)
+		return 0;
+	p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+	if (p.pos == -1) {
+		if (s->discarding) {
+			evbuffer_drain(in, avail);
+			return 0;
+		}
+		if (avail < s->lim.max_line)
+			return 0;
+		evbuffer_drain(in, avail);
+		s->discarding = 1;
+		log_info("smtp: client=%s: line too long", s->client);
+		reply_error(s, "500 5.5.2 Line too long");
+		return 1;
+	}
+	n = (size_t)p.pos + 1;
+	if (s->discarding) {
+		evbuffer_drain(in, n);
+		s->discarding = 0;
+		return 1;
+	}
+	if (n > s->lim.max_line) {
+		evbuffer_drain(in, n);
+		log_info("smtp: client=%s: line too long", s->client);
+		reply_error(s, "500 5.5.2 Line too long");
+		return 1;
+	}
+	if (evbuffer_remove(in, s->line, n) != (int)n)
+		fatalx("evbuffer_remove");
+	n--; /* LF */
+	if (n > 0 && s->line[n - 1] == '\r')
+		n--;
+	s->line[n] = '\0';
+	command_dispatch(s, s->line, n);
+	return 1;
+}
+
+/* ---- session plumbing ---- */
+
+/* Reading is on unless the session waits for the queue, for the client
+ * to read its replies, or to close. */
+static void
+session_update_read(struct session *s)
+{
+	if (s->state == S_COMMIT || s->state == S_QUIT || s->out_blocked)
+		bufferevent_disable(s->bev, EV_READ);
+	else
+		bufferevent_enable(s->bev, EV_READ);
+}
+
+static void
+session_process(struct session *s)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+
+	for (;;) {
+		switch (s->state) {
+		case S_COMMIT:
+		case S_QUIT:
+			return;
+		case S_DATA:
+			if (!data_process(s))
+				return;
+			break;
+		case S_BDAT:
+			if (!bdat_process(s))
+				return;
+			break;
+		case S_CONNECTED:
+		case S_READY:
+		case S_MAIL:
+		case S_RCPT:
+		case S_CHUNKED:
+			if (s->srv->shutting_down && s->txn == NULL) {
+				reply(s, "421 4.3.2 %s Service shutting down",
+				    s->hostname);
+				session_enter(s, S_QUIT);
+				return;
+			}
+			if (evbuffer_get_length(out) > OUT_HIWAT) {
+				s->out_blocked = 1;
+				session_update_read(s);
+				return;
+			}
+			if (!line_process(s))
+				return;
+			break;
+		}
+	}
+}
+
+/* Processes input and closes a finished session; s may be freed. */
+static void
+session_run(struct session *s)
+{
+	session_process(s);
+	if (s->state == S_QUIT &&
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		session_free(s);
+}
+
+static void
+session_read_cb(struct bufferevent *bev, void *arg)
+{
+	session_run(arg);
+}
+
+static void
+session_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	session_run(arg);
+}
+
+/* The output buffer drained. */
+static void
+session_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+
+	if (s->state == S_QUIT) {
+		session_free(s);
+		return;
+	}
+	if (s->out_blocked) {
+		s->out_blocked = 0;
+		session_update_read(s);
+		session_run(s);
+	}
+}
+
+static void
+session_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+	    s->state != S_QUIT) {
+		log_info("smtp: client=%s: idle timeout in state %s", s->client,
+		    session_state_names[s->state]);
+		reply(s, "421 4.4.2 Idle timeout, closing connection");
+		txn_free(s->txn);
+		s->txn = NULL;
+		session_enter(s, S_QUIT);
+		return; /* the write callback closes */
+	}
+	if (what & BEV_EVENT_ERROR)
+		log_debug("smtp %u: connection error: %s", s->id,
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	if (s->txn != NULL && s->state != S_COMMIT)
+		log_info("smtp: client=%s: lost connection in state %s",
+		    s->client, session_state_names[s->state]);
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+	    s->state != S_COMMIT && s->state != S_QUIT &&
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) > 0) {
+		/* A client that only shut down its sending side still
+		 * gets the replies to what it sent. */
+		txn_free(s->txn);
+		s->txn = NULL;
+		session_enter(s, S_QUIT);
+		return;
+	}
+	session_free(s);
+}
+
+static void
+session_free(struct session *s)
+{
+	struct smtp_server *srv = s->srv;
+
+	log_debug("smtp %u: disconnect client=%s", s->id, s->client);
+	if (s->commit != NULL)
+		s->commit->s = NULL;
+	txn_free(s->txn);
+	bufferevent_free(s->bev);
+	event_free(s->resume_ev);
+	TAILQ_REMOVE(&srv->sessions, s, entry);
+	srv->nsessions--;
+	free(s->line);
+	free(s->client);
+	free(s->hostname);
+	free(s);
+	if (srv->shutting_down && srv->nsessions == 0 &&
+	    srv->shutdown_ev != NULL) {
+		struct timeval now = { 0, 0 };
+
+		evtimer_add(srv->shutdown_ev, &now);
+	}
+}
+
+/* Fills peer_name, peer_addr and client. */
+static void
+session_peer(struct session *s, evutil_socket_t fd,
+    const struct sockaddr *sa, socklen_t salen)
+{
+	const char *name = "unknown";
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	s->peer_family = sa != NULL ? sa->sa_family : AF_UNSPEC;
+	snprintf(s->peer_addr, sizeof(s->peer_addr), "unknown");
+	switch (s->peer_family) {
+	case AF_INET: {
+		const struct sockaddr_in *sin = (const void *)sa;
+
+		inet_ntop(AF_INET, &sin->sin_addr, s->peer_addr,
+		    sizeof(s->peer_addr));
+		if ((ntohl(sin->sin_addr.s_addr) >> 24) == 127)
+			name = "localhost";
+		break;
+	}
+	case AF_INET6: {
+		const struct sockaddr_in6 *sin6 = (const void *)sa;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, s->peer_addr,
+		    sizeof(s->peer_addr));
+		if (IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr))
+			name = "localhost";
+		break;
+	}
+	case AF_UNIX:
+		name = "localhost";
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+			snprintf(s->peer_addr, sizeof(s->peer_addr),
+			    "unix:uid=%u", (unsigned)cred.uid);
+		else
+			snprintf(s->peer_addr, sizeof(s->peer_addr), "unix");
+		break;
+	default:
+		break;
+	}
+	snprintf(s->peer_name, sizeof(s->peer_name), "%s", name);
+	s->client = xasprintf("%s[%s]", s->peer_name, s->peer_addr);
+}
+
+/* Answers and closes a connection we will not serve. */
+static void
+refuse(evutil_socket_t fd, const char *text)
+{
+	ssize_t r;
+
+	/* Best effort: the socket is fresh, the buffer empty. */
+	r = send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)r;
+	evutil_closesocket(fd);
+}
+
+/* ---- the server ---- */
+
+struct smtp_server *
+smtp_server_new(struct event_base *base,
+    const struct smtp_server_params *params)
+{
+	struct smtp_server *srv;
+
+	srv = xcalloc(1, sizeof(*srv));
+	srv->base = base;
+	srv->params = *params;
+	srv->cfg = params->cfg;
+	TAILQ_INIT(&srv->sessions);
+	TAILQ_INIT(&srv->commits);
+	return srv;
+}
+
+void
+smtp_server_free(struct smtp_server *srv)
+{
+	struct session *s;
+	struct commit *c;
+
+	if (srv == NULL)
+		return;
+	/* Commits in flight finish without us; their messages stay in the
+	 * spool for the next start-up to load. */
+	while ((c = TAILQ_FIRST(&srv->commits)) != NULL) {
+		TAILQ_REMOVE(&srv->commits, c, entry);
+		c->srv = NULL;
+	}
+	srv->shutting_down = 0; /* no done() from here */
+	while ((s = TAILQ_FIRST(&srv->sessions)) != NULL)
+		session_free(s);
+	if (srv->shutdown_ev != NULL)
+		event_free(srv->shutdown_ev);
+	free(srv);
+}
+
+void
+smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
+    const struct sockaddr *sa, socklen_t salen)
+{
+	const struct config *cfg = srv->cfg;
+	struct session *s;
+	struct timeval tv;
+	int one = 1;
+
+	if (srv->shutting_down) {
+		refuse(fd, "421 4.3.2 Service shutting down\r\n");
+		return;
+	}
+	if (srv->nsessions >= cfg->max_sessions) {
+		log_info("smtp: too many sessions (%u), refusing a connection",
+		    srv->nsessions);
+		refuse(fd, "421 4.3.2 Too many connections, try again "
+		    "later\r\n");
+		return;
+	}
+	if (evutil_make_socket_nonblocking(fd) == -1) {
+		log_warn("smtp: nonblocking");
+		evutil_closesocket(fd);
+		return;
+	}
+	if (sa != NULL && (sa->sa_family == AF_INET ||
+	    sa->sa_family == AF_INET6))
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+		    sizeof(one));
+
+	s = xcalloc(1, sizeof(*s));
+	s->srv = srv;
+	s->id = ++srv->next_id;
+	s->state = S_CONNECTED;
+	s->lim.max_line = cfg->max_line < 16 ? 16 : cfg->max_line;
+	s->lim.max_message_size = cfg->max_message_size;
+	s->lim.max_recipients = cfg->max_recipients;
+	s->lim.max_errors = cfg->max_errors;
+	s->lim.idle_timeout = cfg->idle_timeout;
+	s->hostname = xstrdup(cfg->hostname != NULL ? cfg->hostname :
+	    "localhost");
+	s->line = xmalloc(s->lim.max_line + 1);
+	session_peer(s, fd, sa, salen);
+
+	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	s->resume_ev = event_new(srv->base, -1, 0, session_resume_cb, s);
+	if (s->bev == NULL || s->resume_ev == NULL)
+		fatalx("smtp: cannot set up a session");
+	bufferevent_setcb(s->bev, session_read_cb, session_write_cb,
+	    session_event_cb, s);
+	/* The input must hold one whole command line. */
+	bufferevent_setwatermark(s->bev, EV_READ, 0,
+	    s->lim.max_line * 2 > READ_HIWAT ? s->lim.max_line * 2 :
+	    READ_HIWAT);
+	if (s->lim.idle_timeout > 0) {
+		tv.tv_sec = s->lim.idle_timeout;
+		tv.tv_usec = 0;
+		bufferevent_set_timeouts(s->bev, &tv, &tv);
+	}
+	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
+	srv->nsessions++;
+
+	log_debug("smtp %u: connect from %s", s->id, s->client);
+	reply(s, "220 %s ESMTP smarthostd", s->hostname);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+void
+smtp_server_set_config(struct smtp_server *srv, const struct config *cfg)
+{
+	srv->cfg = cfg;
+	srv->params.cfg = cfg;
+}
+
+unsigned
+smtp_server_sessions(const struct smtp_server *srv)
+{
+	return srv->nsessions;
+}
+
+/* Runs when the last session closed or the grace period ended. */
+static void
+shutdown_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtp_server *srv = arg;
+	void (*done)(void *) = srv->shutdown_done;
+	struct session *s;
+
+	srv->shutdown_done = NULL;
+	while ((s = TAILQ_FIRST(&srv->sessions)) != NULL) {
+		log_info("smtp: dropping client=%s in state %s at shutdown",
+		    s->client, session_state_names[s->state]);
+		session_free(s);
+	}
+	if (done != NULL)
+		done(srv->shutdown_arg);
+}
+
+void
+smtp_server_shutdown(struct smtp_server *srv, unsigned timeout,
+    void (*done)(void *arg), void *arg)
+{
+	struct session *s, *next;
+	struct timeval tv = { 0, 0 };
+
+	srv->shutting_down = 1;
+	srv->shutdown_done = done;
+	srv->shutdown_arg = arg;
+	if (srv->shutdown_ev == NULL &&
+	    (srv->shutdown_ev = evtimer_new(srv->base, shutdown_cb, srv)) ==
+	    NULL)
+		fatalx("smtp: evtimer_new");
+	/* Idle sessions go now; the others once their transaction ends
+	 * (session_process checks between commands). */
+	for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
+		next = TAILQ_NEXT(s, entry);
+		if (s->txn != NULL || s->state == S_QUIT)
+			continue;
+		reply(s, "421 4.3.2 %s Service shutting down", s->hostname);
+		session_enter(s, S_QUIT);
+	}
+	if (srv->nsessions > 0)
+		tv.tv_sec = timeout;
+	evtimer_add(srv->shutdown_ev, &tv);
+}

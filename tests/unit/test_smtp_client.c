@@ -1,2 +1,2104 @@
+/*
+ * Protocol tests for smtp_client: the session runs on a real libevent loop
+ * in the test's main thread and talks over real TCP (127.0.0.1, port 0) to a
+ * scripted SMTP server in a second thread. The server is blocking and
+ * simple (one script function per test), records every byte it receives,
+ * and can speak TLS with a certificate made here, signed by a CA made here.
+ * Every wait is bounded: socket timeouts on the server, a loop exit timer
+ * on the client, Criterion's timeout on the test.
+ */
+#include <sys/types.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
 #include <criterion/criterion.h>
-Test(placeholder, none) { cr_assert(1); }
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "log.h"
+#include "outcome.h"
+#include "smtp_client.h"
+#include "tls.h"
+
+#define PEER_TIMEOUT 10   /* seconds any server read or accept may take */
+#define LOOP_TIMEOUT 15   /* seconds the client loop may run */
+
+/* ---- the scripted server ---- */
+
+struct peer;
+typedef void (*peer_script)(struct peer *);
+
+struct peer {
+	int lfd;
+	int fd;
+	unsigned short port;
+	pthread_t thread;
+	int started;
+	peer_script script;
+	SSL_CTX *sctx;       /* for STARTTLS and implicit TLS */
+	SSL *ssl;
+	char in[65536];
+	size_t inlen;
+	unsigned nreads;     /* reads from the socket so far */
+	char *rx;            /* every byte received, in order */
+	size_t rxlen, rxcap;
+	int rx_off;          /* large bodies: do not record */
+	char fail[512];      /* first script failure */
+	char sni[256];
+	int tls_failed;
+	/* per test */
+	size_t body_lines;   /* large body: lines that matched */
+	unsigned data_reads; /* reads it took to get body and "." */
+	char batch[4096];    /* first read after the EHLO reply */
+};
+
+static void
+peer_failf(struct peer *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+peer_failf(struct peer *p, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (p->fail[0] != '\0')
+		return;
+	va_start(ap, fmt);
+	vsnprintf(p->fail, sizeof(p->fail), fmt, ap);
+	va_end(ap);
+}
+
+static void
+rx_append(struct peer *p, const char *s, size_t n)
+{
+	if (p->rx_off)
+		return;
+	if (p->rxlen + n + 1 > p->rxcap) {
+		p->rxcap = (p->rxlen + n + 1) * 2;
+		p->rx = realloc(p->rx, p->rxcap);
+		if (p->rx == NULL)
+			abort();
+	}
+	memcpy(p->rx + p->rxlen, s, n);
+	p->rxlen += n;
+	p->rx[p->rxlen] = '\0';
+}
+
+static ssize_t
+peer_read(struct peer *p)
+{
+	ssize_t n;
+
+	if (p->inlen == sizeof(p->in))
+		return -1;
+	if (p->ssl != NULL) {
+		n = SSL_read(p->ssl, p->in + p->inlen, sizeof(p->in) - p->inlen);
+		if (n <= 0)
+			return -1;
+	} else {
+		n = recv(p->fd, p->in + p->inlen, sizeof(p->in) - p->inlen, 0);
+		if (n <= 0)
+			return -1;
+	}
+	p->inlen += (size_t)n;
+	p->nreads++;
+	return n;
+}
+
+/* Reads one line; returns its length without the line end, or -1. */
+static int
+peer_line(struct peer *p, char *line, size_t size)
+{
+	char *nl;
+	size_t n, l;
+
+	for (;;) {
+		if ((nl = memchr(p->in, '\n', p->inlen)) != NULL) {
+			n = (size_t)(nl - p->in) + 1;
+			rx_append(p, p->in, n);
+			l = n - 1;
+			if (l > 0 && p->in[l - 1] == '\r')
+				l--;
+			if (size > 0) {
+				memcpy(line, p->in, l < size ? l : size - 1);
+				line[l < size ? l : size - 1] = '\0';
+			}
+			memmove(p->in, p->in + n, p->inlen - n);
+			p->inlen -= n;
+			return (int)l;
+		}
+		if (peer_read(p) < 0)
+			return -1;
+	}
+}
+
+static int
+peer_send(struct peer *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int
+peer_send(struct peer *p, const char *fmt, ...)
+{
+	char buf[8192];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		abort();
+	if (p->ssl != NULL) {
+		if (SSL_write(p->ssl, buf, n) != n)
+			return -1;
+	} else if (send(p->fd, buf, (size_t)n, MSG_NOSIGNAL) != n) {
+		return -1;
+	}
+	return 0;
+}
+
+/* Reads a line and checks it starts with want (case-sensitive). */
+static int
+peer_expect(struct peer *p, const char *want)
+{
+	char line[4096];
+
+	if (peer_line(p, line, sizeof(line)) < 0) {
+		peer_failf(p, "expected \"%s\", got EOF or timeout", want);
+		return -1;
+	}
+	if (strncmp(line, want, strlen(want)) != 0) {
+		peer_failf(p, "expected \"%s\", got \"%s\"", want, line);
+		return -1;
+	}
+	return 0;
+}
+
+/* Reads the message up to and including the "." line; the bytes land in
+ * rx. Counts the socket reads it took. */
+static int
+peer_data(struct peer *p)
+{
+	char line[4096];
+	unsigned before = p->nreads;
+	int n;
+
+	for (;;) {
+		if ((n = peer_line(p, line, sizeof(line))) < 0) {
+			peer_failf(p, "EOF inside DATA");
+			return -1;
+		}
+		if (n == 1 && line[0] == '.')
+			break;
+	}
+	p->data_reads = p->nreads - before;
+	return 0;
+}
+
+static int
+peer_starttls(struct peer *p)
+{
+	if (p->inlen != 0) {
+		peer_failf(p, "client sent data before the handshake");
+		return -1;
+	}
+	p->ssl = SSL_new(p->sctx);
+	SSL_set_fd(p->ssl, p->fd);
+	if (SSL_accept(p->ssl) != 1) {
+		p->tls_failed = 1;
+		SSL_free(p->ssl);
+		p->ssl = NULL;
+		return -1;
+	}
+	if (SSL_get_servername(p->ssl, TLSEXT_NAMETYPE_host_name) != NULL)
+		snprintf(p->sni, sizeof(p->sni), "%s",
+		    SSL_get_servername(p->ssl, TLSEXT_NAMETYPE_host_name));
+	return 0;
+}
+
+/* Waits until the client closes (or the timeout). */
+static void
+peer_drain(struct peer *p)
+{
+	char line[4096];
+
+	while (peer_line(p, line, sizeof(line)) >= 0)
+		;
+}
+
+static void *
+peer_main(void *arg)
+{
+	struct peer *p = arg;
+	struct pollfd pfd = { .fd = p->lfd, .events = POLLIN };
+	struct timeval tv = { .tv_sec = PEER_TIMEOUT };
+
+	if (poll(&pfd, 1, PEER_TIMEOUT * 1000) != 1) {
+		peer_failf(p, "no connection");
+		return NULL;
+	}
+	if ((p->fd = accept(p->lfd, NULL, NULL)) == -1) {
+		peer_failf(p, "accept: %s", strerror(errno));
+		return NULL;
+	}
+	setsockopt(p->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(p->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	p->script(p);
+	if (p->ssl != NULL) {
+		SSL_free(p->ssl);
+		p->ssl = NULL;
+	}
+	close(p->fd);
+	p->fd = -1;
+	return NULL;
+}
+
+static void
+peer_start(struct peer *p, peer_script script)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+
+	p->fd = -1;
+	p->script = script;
+	p->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_neq(p->lfd, -1);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(p->lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(p->lfd, 8), 0);
+	cr_assert_eq(getsockname(p->lfd, (struct sockaddr *)&sin, &len), 0);
+	p->port = ntohs(sin.sin_port);
+	cr_assert_eq(pthread_create(&p->thread, NULL, peer_main, p), 0);
+	p->started = 1;
+}
+
+static void
+peer_join(struct peer *p)
+{
+	if (p->started)
+		pthread_join(p->thread, NULL);
+	p->started = 0;
+	close(p->lfd);
+}
+
+/* ---- the client side ---- */
+
+struct run {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct smtp_client *c;
+	struct smtp_client_params params;
+	char portstr[16];
+	/* what to send on each ready() */
+	struct smtp_client_msg msgs[3];
+	int nmsgs;
+	int nsent;
+	int send_rc;
+	int free_in_rcpt;    /* smtp_client_free from the first rcpt() */
+	/* what happened */
+	int nready;
+	int nrcpt;
+	size_t rcpt_idx[8];
+	struct outcome rcpt[8];
+	int ndone;
+	struct outcome done[4];
+	int nclosed;
+	struct outcome closed;
+	char peer_at_close[1200];
+	double elapsed;
+};
+
+static void
+cb_ready(struct smtp_client *c, void *arg)
+{
+	struct run *r = arg;
+
+	r->nready++;
+	if (r->nsent < r->nmsgs) {
+		if (smtp_client_send(c, &r->msgs[r->nsent++]) != 0)
+			r->send_rc = -1;
+	} else {
+		smtp_client_quit(c);
+	}
+}
+
+static void
+cb_rcpt(struct smtp_client *c, size_t idx, const struct outcome *o,
+    void *arg)
+{
+	struct run *r = arg;
+
+	if (r->nrcpt < 8) {
+		r->rcpt_idx[r->nrcpt] = idx;
+		r->rcpt[r->nrcpt] = *o;
+	}
+	r->nrcpt++;
+	if (r->free_in_rcpt) {
+		/* the owner drops the session from inside a callback while
+		 * more pipelined replies are buffered */
+		smtp_client_free(c);
+		r->c = NULL;
+		event_base_loopbreak(r->base);
+	}
+}
+
+static void
+cb_done(struct smtp_client *c, const struct outcome *o, void *arg)
+{
+	struct run *r = arg;
+
+	if (r->ndone < 4)
+		r->done[r->ndone] = *o;
+	r->ndone++;
+}
+
+static void
+cb_closed(struct smtp_client *c, const struct outcome *o, void *arg)
+{
+	struct run *r = arg;
+
+	r->nclosed++;
+	r->closed = *o;
+	snprintf(r->peer_at_close, sizeof(r->peer_at_close), "%s",
+	    smtp_client_peer(c));
+	/* freeing from inside the last callback is allowed */
+	smtp_client_free(c);
+	r->c = NULL;
+	event_base_loopbreak(r->base);
+}
+
+static const struct smtp_client_cb run_cb = {
+	.ready = cb_ready,
+	.rcpt = cb_rcpt,
+	.done = cb_done,
+	.closed = cb_closed,
+};
+
+static void
+run_init(struct run *r, unsigned short port, enum tls_mode tls)
+{
+	memset(r, 0, sizeof(*r));
+	r->base = event_base_new();
+	cr_assert_not_null(r->base);
+	snprintf(r->portstr, sizeof(r->portstr), "%u", port);
+	r->params.host = "127.0.0.1";
+	r->params.port = r->portstr;
+	r->params.tls = tls;
+	r->params.helo = "client.example";
+	r->params.timeout_connect = 5;
+	r->params.timeout_command = 5;
+	r->params.timeout_data = 5;
+}
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void
+run_go(struct run *r)
+{
+	struct timeval tv = { .tv_sec = LOOP_TIMEOUT };
+	double t0 = now();
+
+	r->c = smtp_client_new(r->base, r->dns, &r->params, &run_cb, r);
+	cr_assert_not_null(r->c);
+	smtp_client_connect(r->c);
+	event_base_loopexit(r->base, &tv);
+	event_base_dispatch(r->base);
+	r->elapsed = now() - t0;
+	if (r->c != NULL) {
+		smtp_client_free(r->c);
+		r->c = NULL;
+	}
+	/* libevent closes a freed bufferevent's socket from the loop (its
+	 * finalizer); let it run so the server sees the close now */
+	event_base_loop(r->base, EVLOOP_NONBLOCK);
+	event_base_loop(r->base, EVLOOP_NONBLOCK);
+}
+
+static void
+run_fini(struct run *r)
+{
+	if (r->dns != NULL)
+		evdns_base_free(r->dns, 0);
+	event_base_free(r->base);
+}
+
+/* A body file: unlinked at once, read through the fd. */
+static int
+body_fd(const char *content, size_t len)
+{
+	char path[] = "/tmp/test_smtp_client.XXXXXX";
+	int fd = mkstemp(path);
+
+	cr_assert_neq(fd, -1);
+	unlink(path);
+	cr_assert_eq(write(fd, content, len), (ssize_t)len);
+	return fd;
+}
+
+static void
+msg_init(struct smtp_client_msg *m, const char *sender,
+    const char *const *rcpts, size_t n, int fd, off_t size)
+{
+	memset(m, 0, sizeof(*m));
+	m->sender = sender;
+	m->rcpts = rcpts;
+	m->nrcpts = n;
+	m->body_fd = fd;
+	m->body_size = size;
+}
+
+/* A resolver that knows only the names in hosts (no name servers). */
+static struct evdns_base *
+dns_with_hosts(struct event_base *base, const char *hosts)
+{
+	char path[] = "/tmp/test_smtp_client_hosts.XXXXXX";
+	struct evdns_base *dns;
+	int fd = mkstemp(path);
+
+	cr_assert_neq(fd, -1);
+	cr_assert_eq(write(fd, hosts, strlen(hosts)), (ssize_t)strlen(hosts));
+	close(fd);
+	dns = evdns_base_new(base, 0);
+	cr_assert_not_null(dns);
+	cr_assert_eq(evdns_base_load_hosts(dns, path), 0);
+	unlink(path);
+	return dns;
+}
+
+/* ---- certificates made in the test ---- */
+
+struct pki {
+	EVP_PKEY *cakey;
+	X509 *ca;
+	EVP_PKEY *key;
+	X509 *leaf;
+	char cafile[64];
+	SSL_CTX *sctx;    /* the server's */
+};
+
+static void
+cert_ext(X509 *x, X509V3_CTX *v3, int nid, const char *value)
+{
+	X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, v3, nid, value);
+
+	cr_assert_not_null(ext, "extension %d %s", nid, value);
+	X509_add_ext(x, ext, -1);
+	X509_EXTENSION_free(ext);
+}
+
+static X509 *
+cert_make(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *ikey,
+    const char *san)
+{
+	static long serial = 1;
+	X509 *x = X509_new();
+	X509_NAME *name;
+	X509V3_CTX v3;
+
+	X509_set_version(x, 2);
+	ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+	X509_set_pubkey(x, key);
+	name = X509_get_subject_name(x);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+	    (const unsigned char *)cn, -1, -1, 0);
+	X509_set_issuer_name(x, issuer != NULL ?
+	    X509_get_subject_name(issuer) : name);
+	X509V3_set_ctx_nodb(&v3);
+	X509V3_set_ctx(&v3, issuer != NULL ? issuer : x, x, NULL, NULL, 0);
+	cert_ext(x, &v3, NID_subject_key_identifier, "hash");
+	if (issuer == NULL) {
+		cert_ext(x, &v3, NID_basic_constraints, "critical,CA:TRUE");
+		cert_ext(x, &v3, NID_key_usage, "critical,keyCertSign,cRLSign");
+	} else {
+		cert_ext(x, &v3, NID_authority_key_identifier, "keyid:always");
+		cert_ext(x, &v3, NID_basic_constraints, "CA:FALSE");
+		cert_ext(x, &v3, NID_key_usage, "critical,digitalSignature");
+		cert_ext(x, &v3, NID_ext_key_usage, "serverAuth");
+		cert_ext(x, &v3, NID_subject_alt_name, san);
+	}
+	cr_assert_gt(X509_sign(x, ikey != NULL ? ikey : key, EVP_sha256()), 0);
+	return x;
+}
+
+static void
+pki_init(struct pki *k)
+{
+	FILE *f;
+	int fd;
+
+	memset(k, 0, sizeof(*k));
+	k->cakey = EVP_EC_gen("P-256");
+	k->key = EVP_EC_gen("P-256");
+	cr_assert(k->cakey != NULL && k->key != NULL);
+	k->ca = cert_make(k->cakey, "smarthostd test CA", NULL, NULL, NULL);
+	k->leaf = cert_make(k->key, "mx.test", k->ca, k->cakey,
+	    "DNS:mx.test,IP:127.0.0.1");
+
+	snprintf(k->cafile, sizeof(k->cafile), "/tmp/test_smtp_ca.XXXXXX");
+	fd = mkstemp(k->cafile);
+	cr_assert_neq(fd, -1);
+	f = fdopen(fd, "w");
+	cr_assert_eq(PEM_write_X509(f, k->ca), 1);
+	fclose(f);
+
+	k->sctx = SSL_CTX_new(TLS_server_method());
+	cr_assert_not_null(k->sctx);
+	cr_assert_eq(SSL_CTX_use_certificate(k->sctx, k->leaf), 1);
+	cr_assert_eq(SSL_CTX_use_PrivateKey(k->sctx, k->key), 1);
+}
+
+static void
+pki_fini(struct pki *k)
+{
+	unlink(k->cafile);
+	SSL_CTX_free(k->sctx);
+	X509_free(k->leaf);
+	X509_free(k->ca);
+	EVP_PKEY_free(k->key);
+	EVP_PKEY_free(k->cakey);
+}
+
+static SSL_CTX *
+client_ctx(const char *cafile, int verify)
+{
+	char err[256];
+	SSL_CTX *ctx = tls_client_ctx_new(cafile, verify, err, sizeof(err));
+
+	cr_assert_not_null(ctx, "tls_client_ctx_new: %s", err);
+	return ctx;
+}
+
+/* ---- fixture ---- */
+
+static void
+setup(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	evthread_use_pthreads();
+	log_init("test_smtp_client", getenv("TEST_DEBUG") != NULL);
+}
+
+TestSuite(smtp_client, .init = setup, .timeout = 60);
+
+/* ---- scripts ---- */
+
+static const char simple_body[] =
+    "Subject: t\n\n.leading dot\nline2\r\nbare cr\rend";
+static const char simple_wire[] =
+    "Subject: t\r\n\r\n..leading dot\r\nline2\r\nbare cr\r\nend\r\n.\r\n";
+
+/* No PIPELINING: one command at a time. */
+static void
+script_simple(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 ENHANCEDSTATUSCODES\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 2.1.0 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_send(p, "250 2.1.5 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go ahead\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 2.0.0 Ok: queued as 1234\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 2.0.0 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, simple_delivery)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	char want[1024];
+	int fd;
+
+	peer_start(&p, script_simple);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
+	    (off_t)strlen(simple_body));
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.send_rc, 0);
+	cr_assert_eq(r.nready, 2);
+	cr_assert_eq(r.nrcpt, 1);
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_OK);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_eq(r.done[0].code, 250);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_OK, "closed: %s", r.closed.text);
+	snprintf(want, sizeof(want), "EHLO client.example\r\n"
+	    "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
+	    "DATA\r\n%sQUIT\r\n", simple_wire);
+	cr_assert_str_eq(p.rx, want);
+	/* the last body bytes and the "." arrived together */
+	cr_assert_eq(p.data_reads, 1);
+	snprintf(want, sizeof(want), "127.0.0.1[127.0.0.1]:%u", p.port);
+	cr_assert_str_eq(r.peer_at_close, want);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_pipelined(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n"
+	    "250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"))
+		return;
+	/* Everything up to DATA must be here before we answer anything. */
+	if (peer_read(p) < 0) {
+		peer_failf(p, "EOF after EHLO");
+		return;
+	}
+	memcpy(p->batch, p->in, p->inlen < sizeof(p->batch) - 1 ? p->inlen :
+	    sizeof(p->batch) - 1);
+	if (peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_expect(p, "RCPT TO:<b1@example.net>") ||
+	    peer_expect(p, "RCPT TO:<b2@example.net>") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+	    "550 5.1.1 <b2@example.net>: no such user\r\n354 go ahead\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 2.0.0 Ok: queued\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 2.0.0 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, pipelined_one_batch_and_rcpt_550)
+{
+	static const char *const rcpts[] = { "b1@example.net",
+		"b2@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	char want[512];
+	int fd;
+
+	peer_start(&p, script_pipelined);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 2, fd,
+	    (off_t)strlen(simple_body));
+	r.msgs[0].eightbit = 1;
+	r.msgs[0].smtputf8 = 1;
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	snprintf(want, sizeof(want), "MAIL FROM:<a@example.org> SIZE=%zu "
+	    "BODY=8BITMIME SMTPUTF8\r\nRCPT TO:<b1@example.net>\r\n"
+	    "RCPT TO:<b2@example.net>\r\nDATA\r\n", strlen(simple_body));
+	cr_assert_str_eq(p.batch, want);
+	cr_assert_eq(r.nrcpt, 2);
+	cr_assert_eq(r.rcpt_idx[0], 0);
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_OK);
+	cr_assert_eq(r.rcpt_idx[1], 1);
+	cr_assert_eq(r.rcpt[1].status, OUTCOME_PERMANENT);
+	cr_assert_eq(r.rcpt[1].code, 550);
+	cr_assert_str_eq(r.rcpt[1].enhanced, "5.1.1");
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	cr_assert_not_null(strstr(p.rx, simple_wire));
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_rcpt_550_first(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL FROM:<>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<x@example.net>") ||
+	    peer_send(p, "550 5.1.1 unknown\r\n") ||
+	    peer_expect(p, "RCPT TO:<y@example.net>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, rcpt_550_one_of_two_unpipelined)
+{
+	static const char *const rcpts[] = { "x@example.net",
+		"y@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_rcpt_550_first);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "", rcpts, 2, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nrcpt, 2);
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_PERMANENT);
+	cr_assert_eq(r.rcpt[0].code, 550);
+	cr_assert_eq(r.rcpt[1].status, OUTCOME_OK);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_not_null(strstr(p.rx, "DATA\r\nhi\r\n.\r\n"));
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_mail_451(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "451 4.3.0 try later\r\n") ||
+	    peer_expect(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, mail_451_done_temporary)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_mail_451);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nrcpt, 0);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.done[0].code, 451);
+	cr_assert_str_eq(r.done[0].enhanced, "4.3.0");
+	cr_assert_eq(r.nready, 2);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	cr_assert_null(strstr(p.rx, "RCPT"));
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_mail_451_pipelined(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n"
+	    "503 5.5.1 need RCPT\r\n") ||
+	    peer_expect(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, mail_451_pipelined_no_rcpt_callbacks)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_mail_451_pipelined);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nrcpt, 0);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.done[0].code, 451);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_no_rcpt_pipelined(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "MAIL") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n550 5.1.1 no\r\n553 5.1.3 bad\r\n"
+	    "554 5.5.1 no valid recipients\r\n") ||
+	    peer_expect(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, no_recipient_accepted_pipelined_permanent)
+{
+	static const char *const rcpts[] = { "x@example.net",
+		"y@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_no_rcpt_pipelined);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 2, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nrcpt, 2);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
+	cr_assert_not_null(strstr(r.done[0].text, "no recipient accepted"),
+	    "%s", r.done[0].text);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_no_rcpt_temp(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<x@example.net>") ||
+	    peer_send(p, "450 4.2.0 mailbox busy\r\n") ||
+	    peer_expect(p, "RCPT TO:<y@example.net>") ||
+	    peer_send(p, "550 5.1.1 no\r\n") ||
+	    /* no DATA without a recipient */
+	    peer_expect(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, no_recipient_accepted_temporary_when_any_4xx)
+{
+	static const char *const rcpts[] = { "x@example.net",
+		"y@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_no_rcpt_temp);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 2, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nrcpt, 2);
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.rcpt[1].status, OUTCOME_PERMANENT);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.done[0].code, 450);
+	cr_assert_not_null(strstr(r.done[0].text, "no recipient accepted"));
+	cr_assert_null(strstr(p.rx, "DATA"));
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_greeting_421(struct peer *p)
+{
+	peer_send(p, "421 4.3.2 too busy\r\n");
+}
+
+Test(smtp_client, greeting_421_closed_temporary)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_greeting_421);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.code, 421);
+	cr_assert_str_eq(r.closed.enhanced, "4.3.2");
+	run_fini(&r);
+}
+
+static void
+script_greeting_554(struct peer *p)
+{
+	if (peer_send(p, "554 5.7.1 go away\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, greeting_554_closed_permanent)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_greeting_554);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_PERMANENT);
+	cr_assert_eq(r.closed.code, 554);
+	cr_assert_null(p.rx);   /* not even EHLO */
+	run_fini(&r);
+}
+
+static void
+script_421_mid_transaction(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_send(p, "421 4.4.2 shutting down\r\n"))
+		return;
+}
+
+Test(smtp_client, reply_421_in_transaction_closes_without_done)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_421_mid_transaction);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.nrcpt, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.code, 421);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_close_after_mail(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL"))
+		return;
+	/* hang up without a word */
+}
+
+Test(smtp_client, unexpected_close_is_protocol_error)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_close_after_mail);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_PROTOCOL);
+	cr_assert_str_eq(r.closed.text, "connection closed by server");
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_long_line(struct peer *p)
+{
+	char line[3000];
+
+	memset(line, 'x', sizeof(line) - 1);
+	line[sizeof(line) - 1] = '\0';
+	if (peer_send(p, "220-%s\r\n220 ok\r\n", line))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, reply_line_over_2048_is_protocol_error)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_long_line);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_PROTOCOL);
+	run_fini(&r);
+}
+
+static void
+script_malformed(struct peer *p)
+{
+	if (peer_send(p, "hello there\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, malformed_reply_is_protocol_error)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_malformed);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_PROTOCOL);
+	run_fini(&r);
+}
+
+static void
+script_helo_fallback(struct peer *p)
+{
+	if (peer_send(p, "220 old.test SMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "502 5.5.2 what?\r\n") ||
+	    peer_expect(p, "HELO client.example") ||
+	    peer_send(p, "250 old.test\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, helo_when_ehlo_unknown)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_helo_fallback);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	/* 8BITMIME not offered: no BODY= parameter */
+	r.msgs[0].eightbit = 1;
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_not_null(strstr(p.rx, "MAIL FROM:<a@example.org>\r\n"));
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_two_messages(struct peer *p)
+{
+	int i;
+
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n"))
+		return;
+	for (i = 0; i < 2; i++) {
+		if (peer_expect(p, "MAIL") ||
+		    peer_expect(p, "RCPT") ||
+		    peer_expect(p, "DATA") ||
+		    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
+		    peer_data(p) ||
+		    peer_send(p, "250 2.0.0 Ok: queued as %d\r\n", i + 1))
+			return;
+	}
+	if (peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, two_messages_one_session)
+{
+	static const char *const rcpts1[] = { "one@example.net" };
+	static const char *const rcpts2[] = { "two@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd1, fd2;
+
+	peer_start(&p, script_two_messages);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd1 = body_fd("first\n", 6);
+	fd2 = body_fd("xxsecond\n", 9);
+	msg_init(&r.msgs[0], "a@example.org", rcpts1, 1, fd1, 6);
+	/* a message may start inside its file */
+	msg_init(&r.msgs[1], "a@example.org", rcpts2, 1, fd2, 7);
+	r.msgs[1].body_offset = 2;
+	r.nmsgs = 2;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nready, 3);
+	cr_assert_eq(r.ndone, 2);
+	cr_assert_str_eq(r.done[0].text, "250 2.0.0 Ok: queued as 1");
+	cr_assert_str_eq(r.done[1].text, "250 2.0.0 Ok: queued as 2");
+	cr_assert_not_null(strstr(p.rx, "RCPT TO:<one@example.net>\r\n"
+	    "DATA\r\nfirst\r\n.\r\n"));
+	cr_assert_not_null(strstr(p.rx, "RCPT TO:<two@example.net>\r\n"
+	    "DATA\r\nsecond\r\n.\r\nQUIT\r\n"));
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	close(fd1);
+	close(fd2);
+	run_fini(&r);
+}
+
+static void
+script_ehlo_then_quit(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250-SIZE 100\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, smtputf8_not_offered_done_permanent_without_mail)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_ehlo_then_quit);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.msgs[0].smtputf8 = 1;
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
+	cr_assert_str_eq(r.done[0].enhanced, "5.6.7");
+	cr_assert_eq(r.nready, 2);
+	cr_assert_null(strstr(p.rx, "MAIL"));
+	close(fd);
+	run_fini(&r);
+}
+
+Test(smtp_client, size_over_limit_done_permanent_without_mail)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	static char big[200];
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	memset(big, 'a', sizeof(big));
+	peer_start(&p, script_ehlo_then_quit);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd(big, sizeof(big));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, sizeof(big));
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
+	cr_assert_str_eq(r.done[0].enhanced, "5.3.4");
+	cr_assert_null(strstr(p.rx, "MAIL"));
+	close(fd);
+	run_fini(&r);
+}
+
+Test(smtp_client, address_with_crlf_refused_not_sent)
+{
+	static const char *const rcpts[] = { "b@example.net\r\nRSET" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_ehlo_then_quit);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
+	cr_assert_null(strstr(p.rx, "MAIL"));
+	close(fd);
+	run_fini(&r);
+}
+
+Test(smtp_client, send_only_when_ready)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct smtp_client_msg m;
+	struct run r;
+	struct smtp_client *c;
+
+	run_init(&r, 25, TLS_MODE_NONE);
+	msg_init(&m, "a@example.org", rcpts, 1, -1, 0);
+	c = smtp_client_new(r.base, NULL, &r.params, &run_cb, &r);
+	cr_assert_eq(smtp_client_send(c, &m), -1);
+	smtp_client_free(c);
+	smtp_client_free(NULL);
+	run_fini(&r);
+}
+
+/* ---- connecting ---- */
+
+Test(smtp_client, connection_refused)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	struct run r;
+	int s;
+
+	/* bound but not listening: connect gets RST */
+	s = socket(AF_INET, SOCK_STREAM, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(getsockname(s, (struct sockaddr *)&sin, &len), 0);
+	run_init(&r, ntohs(sin.sin_port), TLS_MODE_NONE);
+	run_go(&r);
+
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_CONNECT);
+	cr_assert_not_null(strstr(r.closed.text, "Connection refused"), "%s",
+	    r.closed.text);
+	cr_assert_not_null(strstr(r.closed.text, "127.0.0.1"));
+	close(s);
+	run_fini(&r);
+}
+
+Test(smtp_client, name_without_resolver_is_dns_failure)
+{
+	struct run r;
+
+	run_init(&r, 25, TLS_MODE_NONE);
+	r.params.host = "mx.invalid";
+	run_go(&r);
+
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_DNS);
+	cr_assert_not_null(strstr(r.closed.text, "mx.invalid"));
+	run_fini(&r);
+}
+
+Test(smtp_client, every_address_is_tried)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	char want[128];
+	int fd;
+
+	peer_start(&p, script_simple);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	/*
+	 * Dead addresses on both sides of the live one, so whichever order
+	 * the resolver returns them in, at least one fails first: ::1 and
+	 * 127.0.0.2/3 have nothing on this port.
+	 */
+	r.dns = dns_with_hosts(r.base, "127.0.0.2 multi.test\n"
+	    "::1 multi.test\n127.0.0.1 multi.test\n127.0.0.3 multi.test\n");
+	r.params.host = "multi.test";
+	fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
+	    (off_t)strlen(simple_body));
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	snprintf(want, sizeof(want), "multi.test[127.0.0.1]:%u", p.port);
+	cr_assert_str_eq(r.peer_at_close, want);
+	close(fd);
+	run_fini(&r);
+}
+
+Test(smtp_client, all_addresses_refused)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	struct run r;
+	int s;
+
+	s = socket(AF_INET, SOCK_STREAM, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(getsockname(s, (struct sockaddr *)&sin, &len), 0);
+	run_init(&r, ntohs(sin.sin_port), TLS_MODE_NONE);
+	r.dns = dns_with_hosts(r.base, "127.0.0.1 dead.test\n"
+	    "127.0.0.2 dead.test\n");
+	r.params.host = "dead.test";
+	run_go(&r);
+
+	cr_assert_eq(r.closed.class, OC_CONNECT);
+	cr_assert_not_null(strstr(r.closed.text, "2 addresses tried"), "%s",
+	    r.closed.text);
+	close(s);
+	run_fini(&r);
+}
+
+static void
+script_silent(struct peer *p)
+{
+	peer_drain(p);
+}
+
+Test(smtp_client, greeting_timeout)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_silent);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	r.params.timeout_command = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_TIMEOUT);
+	cr_assert_gt(r.elapsed, 0.9);
+	cr_assert_lt(r.elapsed, 5.0);
+	run_fini(&r);
+}
+
+static void
+script_stall_at_dot(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "MAIL") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
+	    peer_data(p))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, data_timeout_applies_to_final_dot)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_stall_at_dot);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	r.params.timeout_command = 5;
+	r.params.timeout_data = 1;
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.closed.class, OC_TIMEOUT);
+	cr_assert_lt(r.elapsed, 4.0);
+	close(fd);
+	run_fini(&r);
+}
+
+Test(smtp_client, quit_before_session_closes_ok)
+{
+	struct run r;
+
+	run_init(&r, 9, TLS_MODE_NONE);
+	r.c = smtp_client_new(r.base, NULL, &r.params, &run_cb, &r);
+	smtp_client_connect(r.c);
+	smtp_client_quit(r.c);
+	cr_assert_eq(r.nclosed, 0);   /* not from inside quit() */
+	{
+		struct timeval tv = { .tv_sec = 5 };
+
+		event_base_loopexit(r.base, &tv);
+		event_base_dispatch(r.base);
+	}
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	cr_assert_eq(r.nready, 0);
+	run_fini(&r);
+}
+
+static void
+stop_loop(evutil_socket_t fd, short what, void *arg)
+{
+	event_base_loopbreak(arg);
+}
+
+Test(smtp_client, free_while_resolving)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	struct timeval tv = { 0, 200000 };
+	struct event *ev;
+	struct run r;
+	char ns[64];
+	int s;
+
+	/* a name server that never answers */
+	s = socket(AF_INET, SOCK_DGRAM, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(getsockname(s, (struct sockaddr *)&sin, &len), 0);
+	run_init(&r, 25, TLS_MODE_NONE);
+	r.dns = evdns_base_new(r.base, 0);
+	snprintf(ns, sizeof(ns), "127.0.0.1:%u", ntohs(sin.sin_port));
+	cr_assert_eq(evdns_base_nameserver_ip_add(r.dns, ns), 0);
+	r.params.host = "slow.test";
+	r.c = smtp_client_new(r.base, r.dns, &r.params, &run_cb, &r);
+	smtp_client_connect(r.c);
+	ev = evtimer_new(r.base, stop_loop, r.base);
+	evtimer_add(ev, &tv);
+	event_base_dispatch(r.base);   /* the lookup is pending now */
+	smtp_client_free(r.c);
+	r.c = NULL;
+	evtimer_add(ev, &tv);
+	event_base_dispatch(r.base);   /* the cancelled lookup reports */
+	cr_assert_eq(r.nclosed, 0);
+	event_free(ev);
+	close(s);
+	run_fini(&r);
+}
+
+static void
+script_pipelined_two_rcpts(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "MAIL") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, free_inside_rcpt_callback)
+{
+	static const char *const rcpts[] = { "x@example.net",
+		"y@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_pipelined_two_rcpts);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 2, fd, 3);
+	r.nmsgs = 1;
+	r.free_in_rcpt = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	/* the second RCPT reply was already buffered: no callback for it */
+	cr_assert_eq(r.nrcpt, 1);
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.nclosed, 0);
+	close(fd);
+	run_fini(&r);
+}
+
+/* ---- large bodies stream ---- */
+
+#define BIG_LINE ".0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklm"
+#define BIG_LINES 300000   /* 61 bytes each: about 18 MB, 19 on the wire */
+
+static void
+script_big_body(struct peer *p)
+{
+	char line[256];
+	int n;
+
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n"))
+		return;
+	if (p->sctx != NULL) {
+		if (peer_expect(p, "STARTTLS") ||
+		    peer_send(p, "220 go ahead\r\n") ||
+		    peer_starttls(p) ||
+		    peer_expect(p, "EHLO") ||
+		    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n"))
+			return;
+	}
+	if (peer_expect(p, "MAIL") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n"))
+		return;
+	p->rx_off = 1;
+	for (;;) {
+		if ((n = peer_line(p, line, sizeof(line))) < 0) {
+			peer_failf(p, "EOF in body after %zu lines",
+			    p->body_lines);
+			return;
+		}
+		if (n == 1 && line[0] == '.')
+			break;
+		if (line[0] != '.' || strcmp(line + 1, BIG_LINE) != 0) {
+			peer_failf(p, "body line %zu wrong: %.70s",
+			    p->body_lines, line);
+			return;
+		}
+		p->body_lines++;
+	}
+	p->rx_off = 0;
+	if (peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+static int
+big_body_fd(off_t *size)
+{
+	char path[] = "/tmp/test_smtp_client_big.XXXXXX";
+	static const char line[] = BIG_LINE "\n";
+	const size_t ll = sizeof(line) - 1;
+	static char chunk[(sizeof(line) - 1) * 1000];
+	int fd = mkstemp(path), i, j;
+
+	cr_assert_neq(fd, -1);
+	unlink(path);
+	for (j = 0; j < 1000; j++)
+		memcpy(chunk + j * ll, line, ll);
+	for (i = 0; i < BIG_LINES / 1000; i++)
+		cr_assert_eq(write(fd, chunk, sizeof(chunk)),
+		    (ssize_t)sizeof(chunk));
+	*size = (off_t)BIG_LINES * (off_t)ll;
+	return fd;
+}
+
+static long
+maxrss_kb(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_maxrss;
+}
+
+static void
+big_body_run(int tls)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+	off_t size;
+	long before;
+	int fd;
+
+	if (tls) {
+		pki_init(&k);
+		p.sctx = k.sctx;
+	}
+	fd = big_body_fd(&size);
+	peer_start(&p, script_big_body);
+	run_init(&r, p.port, tls ? TLS_MODE_STARTTLS : TLS_MODE_NONE);
+	if (tls)
+		r.params.ssl_ctx = client_ctx(k.cafile, 1);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, size);
+	r.nmsgs = 1;
+	before = maxrss_kb();
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(p.body_lines, BIG_LINES);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	/* 19 MB went out; had it been buffered, RSS would show it */
+	cr_assert_lt(maxrss_kb() - before, 8 * 1024, "RSS grew by %ld KiB",
+	    maxrss_kb() - before);
+	close(fd);
+	if (tls) {
+		tls_ctx_free(r.params.ssl_ctx);
+		pki_fini(&k);
+	}
+	run_fini(&r);
+}
+
+Test(smtp_client, big_body_streams_plain)
+{
+	big_body_run(0);
+}
+
+Test(smtp_client, big_body_streams_over_starttls)
+{
+	big_body_run(1);
+}
+
+/* ---- TLS ---- */
+
+static void
+script_no_starttls(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, starttls_not_offered_closes_without_mail)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_no_starttls);
+	run_init(&r, p.port, TLS_MODE_STARTTLS);
+	r.params.ssl_ctx = client_ctx(NULL, 1);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_TLS);
+	cr_assert_str_eq(r.closed.text, "TLS: server does not offer STARTTLS");
+	cr_assert_null(strstr(p.rx, "MAIL"));
+	tls_ctx_free(r.params.ssl_ctx);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_starttls(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "STARTTLS") ||
+	    peer_send(p, "220 2.0.0 go ahead\r\n") ||
+	    peer_starttls(p))
+		return;
+	if (peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 2.0.0 Ok: queued over TLS\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+static void
+starttls_run(struct run *r, struct peer *p, struct pki *k, const char *host,
+    const char *hosts, const char *cafile, int verify, int *fd)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+
+	pki_init(k);
+	p->sctx = k->sctx;
+	peer_start(p, script_starttls);
+	run_init(r, p->port, TLS_MODE_STARTTLS);
+	if (hosts != NULL)
+		r->dns = dns_with_hosts(r->base, hosts);
+	r->params.host = host;
+	r->params.ssl_ctx = client_ctx(cafile != NULL ? (strcmp(cafile,
+	    "CA") == 0 ? k->cafile : cafile) : NULL, verify);
+	*fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r->msgs[0], "a@example.org", rcpts, 1, *fd,
+	    (off_t)strlen(simple_body));
+	r->nmsgs = 1;
+	run_go(r);
+	peer_join(p);
+}
+
+static void
+starttls_fini(struct run *r, struct pki *k, int fd)
+{
+	tls_ctx_free(r->params.ssl_ctx);
+	pki_fini(k);
+	close(fd);
+	run_fini(r);
+}
+
+Test(smtp_client, starttls_trusted_ca_delivers)
+{
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+	int fd;
+
+	starttls_run(&r, &p, &k, "127.0.0.1", NULL, "CA", 1, &fd);
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(p.tls_failed, 0);
+	cr_assert_str_empty(p.sni);   /* no SNI for an address */
+	cr_assert_eq(r.ndone, 1, "closed: %s", r.closed.text);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_str_eq(r.done[0].text, "250 2.0.0 Ok: queued over TLS");
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	/* the MAIL went over TLS only (rx holds plaintext of both) */
+	cr_assert_not_null(strstr(p.rx, "STARTTLS\r\nEHLO client.example\r\n"
+	    "MAIL"));
+	starttls_fini(&r, &k, fd);
+}
+
+Test(smtp_client, starttls_by_name_sends_sni_and_checks_name)
+{
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+	int fd;
+
+	starttls_run(&r, &p, &k, "mx.test", "127.0.0.1 mx.test\n", "CA", 1,
+	    &fd);
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_str_eq(p.sni, "mx.test");
+	cr_assert_eq(r.ndone, 1, "closed: %s", r.closed.text);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	starttls_fini(&r, &k, fd);
+}
+
+Test(smtp_client, starttls_untrusted_certificate_closes_tls)
+{
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+	int fd;
+
+	/* verify on, system CAs only: our test CA is unknown */
+	starttls_run(&r, &p, &k, "127.0.0.1", NULL, NULL, 1, &fd);
+	cr_assert_eq(p.tls_failed, 1);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_TLS);
+	cr_assert_str_eq(r.closed.text, "TLS: certificate verify failed: "
+	    "unable to get local issuer certificate");
+	cr_assert_null(strstr(p.rx, "MAIL"));
+	starttls_fini(&r, &k, fd);
+}
+
+Test(smtp_client, starttls_wrong_name_closes_tls)
+{
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+	int fd;
+
+	starttls_run(&r, &p, &k, "other.test", "127.0.0.1 other.test\n", "CA",
+	    1, &fd);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.closed.class, OC_TLS);
+	cr_assert_str_eq(r.closed.text, "TLS: certificate verify failed: "
+	    "hostname mismatch");
+	starttls_fini(&r, &k, fd);
+}
+
+Test(smtp_client, starttls_verify_off_accepts_unknown_ca)
+{
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+	int fd;
+
+	starttls_run(&r, &p, &k, "other.test", "127.0.0.1 other.test\n", NULL,
+	    0, &fd);
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 1, "closed: %s", r.closed.text);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	starttls_fini(&r, &k, fd);
+}
+
+static void
+script_starttls_injection(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO") ||
+	    peer_send(p, "250-mx.test\r\n250 STARTTLS\r\n") ||
+	    peer_expect(p, "STARTTLS") ||
+	    peer_send(p, "220 go ahead\r\n250-injected\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, bytes_after_starttls_220_are_refused)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_starttls_injection);
+	run_init(&r, p.port, TLS_MODE_STARTTLS);
+	r.params.ssl_ctx = client_ctx(NULL, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_PROTOCOL);
+	tls_ctx_free(r.params.ssl_ctx);
+	run_fini(&r);
+}
+
+static void
+script_implicit(struct peer *p)
+{
+	if (peer_starttls(p) ||
+	    peer_send(p, "220 mx.test ESMTP over TLS\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_expect(p, "MAIL") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, implicit_tls_delivers)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+	int fd;
+
+	pki_init(&k);
+	p.sctx = k.sctx;
+	peer_start(&p, script_implicit);
+	run_init(&r, p.port, TLS_MODE_IMPLICIT);
+	r.params.ssl_ctx = client_ctx(k.cafile, 1);
+	fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
+	    (off_t)strlen(simple_body));
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.ndone, 1, "closed: %s", r.closed.text);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	cr_assert_not_null(strstr(p.rx, simple_wire));
+	tls_ctx_free(r.params.ssl_ctx);
+	pki_fini(&k);
+	close(fd);
+	run_fini(&r);
+}
+
+Test(smtp_client, implicit_tls_untrusted)
+{
+	struct peer p = { 0 };
+	struct pki k;
+	struct run r;
+
+	pki_init(&k);
+	p.sctx = k.sctx;
+	peer_start(&p, script_implicit);
+	run_init(&r, p.port, TLS_MODE_IMPLICIT);
+	r.params.ssl_ctx = client_ctx(NULL, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_eq(r.closed.class, OC_TLS);
+	cr_assert_not_null(strstr(r.closed.text, "certificate verify failed"),
+	    "%s", r.closed.text);
+	tls_ctx_free(r.params.ssl_ctx);
+	pki_fini(&k);
+	run_fini(&r);
+}
+
+Test(tls, ctx_missing_ca_file_says_why)
+{
+	char err[256];
+
+	cr_assert_null(tls_client_ctx_new("/nonexistent/ca.pem", 1, err,
+	    sizeof(err)));
+	cr_assert_not_null(strstr(err, "/nonexistent/ca.pem"), "%s", err);
+	cr_assert_not_null(strstr(err, "No such file"), "%s", err);
+}
+
+Test(tls, ctx_minimum_version_and_verify_mode)
+{
+	char err[256];
+	SSL_CTX *ctx = tls_client_ctx_new(NULL, 1, err, sizeof(err));
+	SSL_CTX *nov = tls_client_ctx_new(NULL, 0, err, sizeof(err));
+
+	cr_assert_not_null(ctx);
+	cr_assert_eq(SSL_CTX_get_min_proto_version(ctx), TLS1_2_VERSION);
+	cr_assert_eq(tls_ctx_verifies(ctx), 1);
+	cr_assert_eq(tls_ctx_verifies(nov), 0);
+	tls_ctx_free(ctx);
+	tls_ctx_free(nov);
+	tls_ctx_free(NULL);
+}
+
+Test(tls, ssl_sni_for_names_only)
+{
+	char err[256];
+	SSL_CTX *ctx = tls_client_ctx_new(NULL, 1, err, sizeof(err));
+	SSL *a = tls_client_ssl_new(ctx, "mx.example.org", 1);
+	SSL *b = tls_client_ssl_new(ctx, "192.0.2.1", 1);
+	SSL *c = tls_client_ssl_new(ctx, "2001:db8::1", 1);
+	char *ip;
+
+	cr_assert_str_eq(SSL_get_servername(a, TLSEXT_NAMETYPE_host_name),
+	    "mx.example.org");
+	cr_assert_str_eq(X509_VERIFY_PARAM_get0_host(SSL_get0_param(a), 0),
+	    "mx.example.org");
+	cr_assert_null(SSL_get_servername(b, TLSEXT_NAMETYPE_host_name));
+	ip = X509_VERIFY_PARAM_get1_ip_asc(SSL_get0_param(b));
+	cr_assert_str_eq(ip, "192.0.2.1");
+	OPENSSL_free(ip);
+	cr_assert_null(X509_VERIFY_PARAM_get0_host(SSL_get0_param(b), 0));
+	cr_assert_null(SSL_get_servername(c, TLSEXT_NAMETYPE_host_name));
+	cr_assert_null(tls_verify_error(a));
+	SSL_free(a);
+	SSL_free(b);
+	SSL_free(c);
+	tls_ctx_free(ctx);
+}
