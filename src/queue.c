@@ -26,12 +26,13 @@
  * machine: about 3 ms for one message committed alone, while the writes cost
  * microseconds. So commits are not synced one by one: queue_txn_commit()
  * hands the txn to one commit thread, which takes everything waiting at
- * that moment, syncs the lot (one fdatasync per file, or a single syncfs on
- * a dedicated spool filesystem), renames them all and syncs the queue
- * directory once. While one group syncs, the next accumulates, so the
- * group size adapts to the load by itself: one client sees single-message
- * latency, twenty clients share one directory sync per round. The loop
- * thread never waits on the disk: completions come back through an event.
+ * that moment, syncs the lot (one fdatasync per file, issued several at a
+ * time so the disk's cache flushes merge, or a single syncfs on a dedicated
+ * spool filesystem), renames them all and syncs the queue directory once.
+ * While one group syncs, the next accumulates, so the group size adapts to
+ * the load by itself: one client sees single-message latency, twenty
+ * clients share one directory sync per round. The loop thread never waits
+ * on the disk: completions come back through an event.
  *
  * Updates (state records), removals and aborts go through the same thread
  * and the same FIFO, so the operations on one message apply in the order
