@@ -8,8 +8,9 @@
  *
  * Invariants:
  * - c->state says what the session waits for. client_enter() is the only
- *   place that sends commands and arms the timer; client_reply() the only
- *   place that interprets replies. Neither has a default: case.
+ *   place that sends commands and arms the timer (the body streamer it
+ *   starts re-arms it on progress); client_reply() is the only place that
+ *   interprets replies. Neither has a default: case.
  * - Nothing is sent in clear text after EHLO in STARTTLS mode unless TLS is
  *   up; a missing STARTTLS ends the session before MAIL.
  * - After closed() (state CLOSED) no callback follows and no I/O remains.
@@ -186,6 +187,7 @@ static void client_read_cb(struct bufferevent *, void *);
 static void client_write_cb(struct bufferevent *, void *);
 static void client_event_cb(struct bufferevent *, short, void *);
 static void client_connect_next(struct smtp_client *);
+static void client_read_replies(struct smtp_client *, struct bufferevent *);
 
 /* ---- lifetime ---- */
 
@@ -645,10 +647,15 @@ client_tls_up(struct smtp_client *c)
 	log_debug("%s: TLS established: %s", c->peer,
 	    tls_describe(bufferevent_openssl_get_ssl(c->bev), desc,
 	    sizeof(desc)));
-	if (!c->greeted)
-		client_enter(c, CS_GREETING);
-	else
+	if (c->greeted) {
 		client_enter(c, CS_EHLO);
+		return;
+	}
+	client_enter(c, CS_GREETING);
+	/* a greeting decrypted with the last handshake bytes is already
+	 * in the input; no read callback may follow for it */
+	if (!c->dying && c->state == CS_GREETING)
+		client_read_replies(c, c->bev);
 }
 
 /* ---- transactions ---- */
@@ -886,6 +893,9 @@ client_enter(struct smtp_client *c, enum client_state s)
 		client_body_fill(c);
 		break;
 	case CS_EOM:
+		/* the "." normally left with the last body chunk */
+		if (c->abandon)
+			client_cmd(c, NULL, ".");
 		free(c->rbuf);
 		c->rbuf = NULL;
 		client_timer(c, c->timeout_data);
@@ -1056,7 +1066,6 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 			 * recipient to deliver it to.
 			 */
 			c->abandon = 1;
-			client_cmd(c, NULL, ".");
 			client_enter(c, CS_EOM);
 		} else if (cls == 4 || cls == 5) {
 			if (c->mail_ok && c->rcpt_ok > 0)

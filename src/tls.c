@@ -63,8 +63,13 @@ tls_client_ctx_new(const char *ca_file, int verify, char *err, size_t errlen)
 	 */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
 	    SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-	SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-	    SSL_MODE_ENABLE_PARTIAL_WRITE);
+	/*
+	 * libevent retries a blocked SSL_write from wherever its buffer has
+	 * moved to. Partial writes stay off: libevent's bufferevent moves on
+	 * to the next chunk after any positive return, so a short write
+	 * would silently drop the rest of the chunk.
+	 */
+	SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
 	if (ca_file != NULL) {
 		if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
