@@ -64,6 +64,36 @@ struct smtp_client_cb {
 	 * smtp_client_free (it may do so from inside this callback). */
 	void (*closed)(struct smtp_client *c, const struct outcome *o,
 	    void *arg);
+	/* Optional (may be NULL). The server demanded authentication: a
+	 * 530 or 5.7.0 to MAIL, or a 550..554 with a 5.7.x code to RCPT
+	 * while AUTH is offered and the session has not authenticated.
+	 * Called before the client retries the transaction with AUTH (when
+	 * it has credentials) or ends it with a TEMPORARY OC_NOCRED
+	 * outcome (when it has none), so the owner can remember the relay
+	 * requires authentication. */
+	void (*auth_required)(struct smtp_client *c, void *arg);
+	/* Optional. AUTH succeeded with mechanism mech. */
+	void (*authenticated)(struct smtp_client *c, const char *mech,
+	    void *arg);
+};
+
+/*
+ * Credentials for AUTH. The client tries the mechanisms of the order that
+ * the server offers, each in turn (sasl_choose_order): 535, 534, 538 or
+ * 504 moves on to the next; a 4xx is temporary and ends the session with a
+ * TEMPORARY OC_AUTH outcome, as does the failure of every mechanism (the
+ * text lists each mechanism and its reply). Cleartext mechanisms (PLAIN,
+ * LOGIN, XOAUTH2, OAUTHBEARER) are never used without TLS unless
+ * allow_plaintext. A server that offers no AUTH is used without it.
+ */
+struct smtp_client_auth {
+	const char *user;        /* copied */
+	const char *secret;      /* password or OAuth token; copied into
+	                            memory that is wiped on free */
+	const char *mechanisms;  /* order, space-separated; NULL: default */
+	int allow_plaintext;
+	int first;               /* authenticate right after EHLO, before
+	                            any MAIL; else only when demanded */
 };
 
 /* Creates a session; nothing happens until smtp_client_connect. dns may
@@ -84,5 +114,11 @@ void smtp_client_free(struct smtp_client *c);
 const char *smtp_client_peer(const struct smtp_client *c);
 /* The EHLO extensions of the current session. */
 const struct smtp_ehlo *smtp_client_ehlo(const struct smtp_client *c);
+/* Sets or (auth NULL) clears the credentials. Valid before
+ * smtp_client_connect and between transactions. */
+void smtp_client_set_auth(struct smtp_client *c,
+    const struct smtp_client_auth *auth);
+/* The mechanism this session authenticated with, or NULL. */
+const char *smtp_client_auth_mech(const struct smtp_client *c);
 
 #endif
