@@ -256,12 +256,14 @@ entry_start(struct parser *ps, int is_default)
 static void
 entry_clear(struct authinfo_entry *e)
 {
+	/* Only the password is meant to be secret, but a misplaced token
+	 * can land in any field: wipe them all. */
 	free(e->file);
-	free(e->host);
-	free(e->port);
-	free(e->login);
+	xfree_secret_str(e->host);
+	xfree_secret_str(e->port);
+	xfree_secret_str(e->login);
 	xfree_secret_str(e->password);
-	free(e->smtp_auth);
+	xfree_secret_str(e->smtp_auth);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -368,7 +370,8 @@ parse_line(struct parser *ps, const char *p, const char *end)
 			break;
 		}
 		st = tok_next(&p, end, &v);
-		if (st == TOK_OK && !v.quoted && strcmp(v.text, "machine") == 0) {
+		if (st == TOK_OK && !v.quoted &&
+		    strcmp(v.text, "machine") == 0) {
 			/* Emacs refuses the whole file here; we take it as
 			 * a key whose value is missing. */
 			parse_warn(ps, "%s has no value before \"machine\"",
@@ -636,9 +639,11 @@ shell_word(char *buf, size_t size, const char *s)
 	const char *p;
 	int plain = *s != '\0';
 
+	static const char safe[] = "abcdefghijklmnopqrstuvwxyz"
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@%:,=~";
+
 	for (p = s; *p != '\0'; p++)
-		if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		    "0123456789/._-+@%:,=~", *p) == NULL || (p == s && *p == '~'))
+		if (strchr(safe, *p) == NULL || (p == s && *p == '~'))
 			plain = 0;
 	if (plain) {
 		snprintf(buf + n, size - n, "%s", s);
@@ -730,7 +735,7 @@ file_load(const char *path, struct authinfo **out, struct stat *st,
     authinfo_warn_fn *warn, void *arg, char *err, size_t errlen)
 {
 	char *buf = NULL;
-	size_t cap, len = 0;
+	size_t cap = 0, len = 0;
 	ssize_t r;
 	int fd, ret = -1;
 

@@ -43,11 +43,13 @@
  *     warning. Emacs makes them an entry with no host, which matches every
  *     host (a password sent to any server).
  *  6. Malformed lines (unterminated quote, text glued to a closing quote,
- *     NUL byte, "machine" where a value should be) give a warning with
- *     file:line; what came before the error on that line is kept, the rest
- *     of the line is skipped, and parsing goes on. Emacs signals an error
- *     for some of these and the whole lookup fails; an unterminated quote
- *     there runs on over the following lines.
+ *     a NUL byte) give a warning with file:line; what came before the
+ *     error on that line is kept, the rest of the line is skipped, and
+ *     parsing goes on. A bare "machine" where a value belongs (password
+ *     machine b.example ...) leaves the key without a value, with a
+ *     warning, and starts the next entry. Emacs signals an error for the
+ *     latter, and the whole lookup fails; an unterminated quote there
+ *     runs on to the next quote in the file, lines later.
  *  7. "macdef" macro bodies are skipped as netrc(5) says; Emacs reads
  *     their lines as key/value pairs.
  *  8. Lookup compares host names case-insensitively and ports by number

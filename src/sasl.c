@@ -388,8 +388,10 @@ step_cram_md5(struct sasl *s, const unsigned char *c, size_t len)
 		memcpy(buf, s->user, ul);
 		buf[ul] = ' ';
 		for (i = 0; i < dlen; i++) {
-			buf[ul + 1 + 2 * i] = (unsigned char)hex[digest[i] >> 4];
-			buf[ul + 2 + 2 * i] = (unsigned char)hex[digest[i] & 15];
+			buf[ul + 1 + 2 * i] =
+			    (unsigned char)hex[digest[i] >> 4];
+			buf[ul + 2 + 2 * i] =
+			    (unsigned char)hex[digest[i] & 15];
 		}
 		buf[ul + 1 + 2 * dlen] = '\0';
 		OPENSSL_cleanse(digest, sizeof(digest));
