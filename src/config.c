@@ -592,7 +592,7 @@ listen_add_default(struct config *cfg, const char *addr)
 static const char *const top_keys[] = { "hostname", "user", "spool",
 	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
-	"state_dir", NULL };
+	"state_dir", "control_socket", NULL };
 static const char *const limit_keys[] = { "max_line", "max_message_size",
 	"max_recipients", "max_sessions", "max_errors", "idle_timeout", NULL };
 static const char *const queue_keys[] = { "retry_min", "retry_max",
@@ -646,9 +646,12 @@ expand_authinfo(struct cfgctx *ctx, const config_setting_t *root,
 			cfg->authinfo[i] = xstrdup(defaults[i]);
 		cfg->nauthinfo = 3;
 	}
-	if (cfg->user != NULL && (pw = getpwnam(cfg->user)) != NULL)
+	if (cfg->user != NULL) {
+		if ((pw = getpwnam(cfg->user)) == NULL)
+			return cfg_fail(ctx, config_setting_get_member(root,
+			    "user"), "user \"%s\" does not exist", cfg->user);
 		home = pw->pw_dir;
-	else if (cfg->user == NULL && (home = getenv("HOME")) == NULL &&
+	} else if (cfg->user == NULL && (home = getenv("HOME")) == NULL &&
 	    (pw = getpwuid(getuid())) != NULL)
 		home = pw->pw_dir;
 	for (i = 0; i < cfg->nauthinfo; i++) {
@@ -823,13 +826,26 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	    &cfg->nauth_first) == -1 ||
 	    get_string_list(ctx, root, "authinfo", &cfg->authinfo,
 	    &cfg->nauthinfo) == -1 ||
-	    get_string(ctx, root, "state_dir", &cfg->state_dir) == -1)
+	    get_string(ctx, root, "state_dir", &cfg->state_dir) == -1 ||
+	    get_string(ctx, root, "control_socket", &cfg->control_socket) ==
+	    -1)
 		goto out;
 	if (compile_auth_first(ctx, root, cfg) == -1 ||
 	    expand_authinfo(ctx, root, cfg) == -1)
 		goto out;
 	if (cfg->state_dir == NULL)
 		cfg->state_dir = xasprintf("%s/state", cfg->spool);
+	if (cfg->control_socket == NULL)
+		cfg->control_socket = xasprintf("%s/control.sock", cfg->spool);
+	if (strlen(cfg->control_socket) >= sizeof(((struct sockaddr_un *)0)
+	    ->sun_path)) {
+		cfg_fail(ctx, config_setting_get_member(root,
+		    "control_socket"), "control_socket: \"%s\" is too long "
+		    "for a Unix socket path (at most %zu bytes); set "
+		    "control_socket to a shorter path", cfg->control_socket,
+		    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+		goto out;
+	}
 
 	if ((s = config_setting_get_member(root, "relays")) == NULL ||
 	    config_setting_length(s) == 0) {
@@ -963,6 +979,7 @@ config_free(struct config *cfg)
 	string_list_free(cfg->auth_first, cfg->nauth_first);
 	string_list_free(cfg->authinfo, cfg->nauthinfo);
 	free(cfg->state_dir);
+	free(cfg->control_socket);
 	free(cfg->listen);
 	free(cfg->allow);
 	free(cfg->relays);

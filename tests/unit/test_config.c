@@ -241,3 +241,36 @@ Test(config, authentication_errors)
 	    "mechanisms = [ \"PL AIN\" ]; }; };\n"));
 	cr_assert(strstr(err, "not a SASL mechanism") != NULL, "%s", err);
 }
+
+Test(config, control_socket)
+{
+	struct config *c = parse("spool = \"/tmp/sp\";\n" RELAY);
+	char text[512];
+
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_str_eq(c->control_socket, "/tmp/sp/control.sock");
+	config_free(c);
+
+	c = parse("control_socket = \"/run/smarthostd/ctl\";\n" RELAY);
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_str_eq(c->control_socket, "/run/smarthostd/ctl");
+	config_free(c);
+
+	/* A path that does not fit in sockaddr_un is refused at load, not
+	 * when the daemon is half started. */
+	snprintf(text, sizeof(text), "control_socket = \"/%0200d\";\n" RELAY,
+	    0);
+	cr_assert_null(parse(text));
+	cr_assert(strstr(err, "test.conf:1: control_socket:") != NULL, "%s",
+	    err);
+	cr_assert_null(parse("control_socket = 5;\n" RELAY));
+	cr_assert(strstr(err, "control_socket: expected a string") != NULL,
+	    "%s", err);
+}
+
+Test(config, unknown_user_is_named)
+{
+	cr_assert_null(parse(RELAY "user = \"no-such-user-xyz\";\n"));
+	cr_assert(strstr(err, "test.conf:2: user \"no-such-user-xyz\" does "
+	    "not exist") != NULL, "%s", err);
+}
