@@ -1,0 +1,107 @@
+"""Fixtures of the end-to-end suite: the test PKI, upstreams and daemons.
+
+Each factory fixture stops what it started when the test ends. When a test
+fails, the log of every daemon it ran is attached to the report.
+"""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from harness import (Daemon, Upstream, base_settings, issue_server_cert,
+                     make_ca, merge_settings)
+
+
+@pytest.fixture(scope="session")
+def smarthostd_binary():
+    binary = os.environ.get("SMARTHOSTD")
+    if not binary and os.environ.get("TOP_BUILDDIR"):
+        binary = os.path.join(os.environ["TOP_BUILDDIR"], "src", "smarthostd")
+    if not binary or not os.access(binary, os.X_OK):
+        pytest.fail(f"SMARTHOSTD must name the built daemon (got {binary!r})")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """Server certificates: "good" for localhost, 127.0.0.1 and ::1 from
+    the CA the daemon trusts; "rogue" for the same names from an unrelated
+    CA; "misnamed" from the trusted CA for another host name only."""
+    directory = str(tmp_path_factory.mktemp("pki"))
+    trusted = make_ca(directory, "trusted")
+    unknown = make_ca(directory, "unknown")
+    return SimpleNamespace(
+        good=issue_server_cert(trusted, "good"),
+        rogue=issue_server_cert(unknown, "rogue"),
+        misnamed=issue_server_cert(trusted, "misnamed",
+                                   san="DNS:elsewhere.example"))
+
+
+@pytest.fixture
+def upstream_factory(pki):
+    """upstream_factory(tls="good"|"rogue"|"misnamed"|None, start=True,
+    rcpt_replies=..., data_replies=...) -> Upstream."""
+    made = []
+
+    def make(tls="good", start=True, **handler_args):
+        pair = getattr(pki, tls) if tls else None
+        upstream = Upstream(tls=pair, **handler_args)
+        made.append(upstream)
+        if start:
+            upstream.start(may_move=True)
+        return upstream
+
+    yield make
+    for upstream in made:
+        upstream.stop()
+
+
+@pytest.fixture
+def upstream(upstream_factory):
+    """A recording upstream offering STARTTLS with the trusted CA."""
+    return upstream_factory()
+
+
+@pytest.fixture
+def daemon_factory(request, smarthostd_binary, pki):
+    """daemon_factory(relay_port, start=True, **overrides) -> Daemon.
+
+    overrides are merged into the test config (see base_settings), e.g.
+    limits={"max_message_size": "100K"} or relays={"upstream": {...}}.
+    """
+    made = []
+    request.node.smarthostd_daemons = made
+
+    def make(relay_port, start=True, **overrides):
+        def settings(workdir):
+            return merge_settings(
+                base_settings(workdir, relay_port, pki.good.ca_cert),
+                overrides)
+        daemon = Daemon(smarthostd_binary, settings,
+                        name=f"smarthostd #{len(made) + 1}")
+        made.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.close()
+
+
+@pytest.fixture
+def daemon(daemon_factory, upstream):
+    """The daemon relaying to the default upstream."""
+    return daemon_factory(upstream.port)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for daemon in getattr(item, "smarthostd_daemons", []):
+        report.sections.append(
+            (f"{daemon.name} log ({report.when})", daemon.log()))

@@ -1,0 +1,105 @@
+"""Well-formed mail from real clients reaches the upstream intact."""
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from harness import (CLIENT_HOSTNAME, RawSMTP, assert_relayed,
+                     delivery_line, make_message, queue_id, random_body,
+                     send_message, wait_until)
+
+MIB = 1024 * 1024
+
+
+def test_swaks_over_tcp(daemon, upstream):
+    token = f"swaks-{os.urandom(8).hex()}"
+    result = subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", str(daemon.port),
+         "--helo", CLIENT_HOSTNAME, "--from", "a@example.org",
+         "--to", "b@example.net", "--header", "Subject: swaks",
+         "--body", token, "--timeout", "10"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    qid = queue_id(result.stdout)
+
+    msg, = upstream.wait_messages(1)
+    assert msg.mail_from == "a@example.org"
+    assert msg.rcpt_tos == ["b@example.net"]
+    assert msg.tls, "relayed without STARTTLS"
+    assert token.encode() in msg.content
+    assert msg.content.startswith(b"Received: ")
+    daemon.wait_log(delivery_line(qid, "b@example.net", "sent"))
+    daemon.wait_log(rf"{qid}: removed")
+
+
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+def test_smtplib_submission(daemon, upstream, via):
+    # Lines that start with dots must survive unstuffing on the way in and
+    # stuffing on the way out.
+    message = make_message(f"submitted over {via}",
+                           "Hello.\n.one leading dot\n..two\n.\nend\n")
+    qid = send_message(daemon, message, via=via)
+
+    msg, = upstream.wait_messages(1)
+    assert (msg.mail_from, msg.rcpt_tos) == ("a@example.org",
+                                             ["b@example.net"])
+    assert msg.tls, "relayed without STARTTLS"
+    assert_relayed(msg, message)
+    daemon.wait_log(rf"{qid}: client=")
+    daemon.wait_log(rf"{qid}: from=<a@example\.org>, size=\d+, nrcpt=1 "
+                    r"\(queued\)")
+    daemon.wait_log(delivery_line(qid, "b@example.net", "sent"))
+    daemon.wait_log(rf"{qid}: removed")
+
+
+def test_pipelined_client(daemon, upstream):
+    message = make_message("pipelined", "Commands sent in one write.\n")
+    recipients = ["b@example.net", "c@example.net"]
+    with RawSMTP(daemon.port) as smtp:
+        ehlo = smtp.greet()
+        assert "PIPELINING" in (line.upper() for line in ehlo.lines)
+        smtp.send(b"MAIL FROM:<a@example.org>\r\n"
+                  + b"".join(f"RCPT TO:<{r}>\r\n".encode()
+                             for r in recipients)
+                  + b"DATA\r\n")
+        codes = [smtp.reply().code for _ in range(len(recipients) + 2)]
+        assert codes == [250, 250, 250, 354]
+        smtp.send(message + b".\r\n")
+        done = smtp.reply()
+        assert done.code == 250, done
+        qid = queue_id(done.text)
+        assert smtp.command("QUIT").code == 221
+
+    def all_recipients():
+        msgs = upstream.messages
+        got = sorted(r for m in msgs for r in m.rcpt_tos)
+        return msgs if got == recipients else None
+
+    for msg in wait_until(all_recipients, 15, "both recipients upstream"):
+        assert_relayed(msg, message)
+    for rcpt in recipients:
+        daemon.wait_log(delivery_line(qid, rcpt, "sent"))
+
+
+def test_large_message_is_streamed(daemon, upstream):
+    # Warm up so that one-time allocations (TLS, first session) are in
+    # the baseline.
+    send_message(daemon, make_message("warm-up", "Small one first.\n"))
+    upstream.wait_messages(1)
+    baseline = daemon.vmhwm_kib()
+
+    message = make_message("20 MB", random_body(20 * MIB))
+    qid = send_message(daemon, message, timeout=120)
+    relayed = upstream.wait_messages(2, timeout=120)[1]
+    daemon.wait_log(rf"{qid}: removed", timeout=30)
+
+    tail = relayed.content[-len(message):]
+    assert (hashlib.sha256(tail).hexdigest()
+            == hashlib.sha256(message).hexdigest()), "body changed in transit"
+    assert_relayed(relayed, message)
+    growth = daemon.vmhwm_kib() - baseline
+    assert growth < 8 * 1024, (
+        f"peak RSS grew by {growth} KiB for a {len(message) >> 20} MiB "
+        "message: the body is held in memory")
