@@ -114,6 +114,7 @@ struct config {
 	char **authinfo;   /* "~/" already expanded against the home dir */
 	size_t nauthinfo;
 	char *state_dir;   /* learned facts (default: spool/state) */
+	char *control_socket; /* smarthostctl's socket (spool/control.sock) */
 
 	struct relay_config *relays;
 	size_t nrelays;
