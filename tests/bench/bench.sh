@@ -12,7 +12,8 @@
 # until the spool's queue/ is empty again. Peak RSS is the daemon's VmHWM.
 #
 # Environment: SMARTHOSTD (required), BENCH_MSGS_C1 (2000), BENCH_MSGS_C20
-# (5000), BENCH_SIZE (4096 bytes), BENCH_DRAIN_TIMEOUT (180 s), TMPDIR.
+# (5000), BENCH_SIZE (4096 bytes), BENCH_DRAIN_TIMEOUT (180 s),
+# BENCH_SPOOL_SYNC (fsync or syncfs, the spool_sync setting), TMPDIR.
 set -eu
 
 : "${SMARTHOSTD:?SMARTHOSTD must name the smarthostd binary}"
@@ -20,6 +21,7 @@ msgs_c1=${BENCH_MSGS_C1:-2000}
 msgs_c20=${BENCH_MSGS_C20:-5000}
 size=${BENCH_SIZE:-4096}
 drain_timeout=${BENCH_DRAIN_TIMEOUT:-180}
+spool_sync=${BENCH_SPOOL_SYNC:-fsync}
 smtp_source=/usr/sbin/smtp-source
 smtp_sink=/usr/sbin/smtp-sink
 python=/usr/bin/python3
@@ -130,6 +132,7 @@ start_daemon() {
 	cat >"$work/$1.conf" <<EOF
 hostname = "bench.test";
 spool = "$spool";
+spool_sync = "$spool_sync";
 shutdown_timeout = 5;
 listen = ( { address = "127.0.0.1"; port = "0"; } );
 limits = { max_sessions = 200; };
