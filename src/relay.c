@@ -18,8 +18,21 @@
  * before the attempt.
  *
  * A maildir relay runs the same cycle with one worker job per message.
+ *
+ * Credentials: an SMTP session first looks its credentials up on the
+ * worker pool (files are read and commands run there, never on the loop),
+ * then connects, or refuses to when it must authenticate first and has
+ * nothing to authenticate with. What a missing or rejected credential
+ * means for the queue is always "deferred": an operator fixes it, and the
+ * log line says how. Secrets live in the lookup job (wiped when it is
+ * freed) and in smtp_client's copy (wiped with the client); nothing here
+ * logs one.
  */
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,12 +42,30 @@
 #include <openssl/ssl.h>
 #include <event2/event.h>
 
+#include "authinfo.h"
 #include "log.h"
 #include "maildir.h"
 #include "relay.h"
+#include "sasl.h"
+#include "secretcmd.h"
 #include "smtp_client.h"
 #include "tls.h"
 #include "xmalloc.h"
+
+/* A decrypted "*.gpg" credential file, kept until the file changes. */
+struct gpg_file {
+	char *path;
+	int present;
+	int decrypted;          /* gpg ran for this version of the file */
+	unsigned long flushes;  /* relay's gpg_flushes when last looked */
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	struct timespec ctime;
+	struct authinfo *ai;    /* NULL when gpg failed */
+	char err[512];          /* why, when it failed */
+};
 
 struct relay {
 	struct event_base *base;
@@ -44,6 +75,68 @@ struct relay {
 	SSL_CTX *ssl_ctx;   /* NULL until a TLS session needs it */
 	char *ca_file;      /* what ssl_ctx was made with */
 	int verify;
+
+	struct authstate *as;          /* shared; borrowed */
+	struct authinfo_cache *cache;  /* thread-safe on its own */
+	pthread_mutex_t gpg_mtx;       /* guards gpg, ngpg, gpg_gen */
+	struct gpg_file *gpg;
+	size_t ngpg;
+	unsigned long gpg_gen;         /* grows when a *.gpg file changes */
+	/* relay_credentials_flush runs on the loop and must not wait for a
+	 * gpg holding gpg_mtx: it only counts, the workers act on it */
+	atomic_ulong gpg_flushes;
+	unsigned long cred_gen;        /* both generations at the last look */
+	int refs;                      /* credential jobs in flight */
+	int dead;                      /* relay_free ran; jobs free it */
+};
+
+/* What a credential lookup needs, copied from the config. */
+struct cred_query {
+	char *name;             /* relay name, for messages */
+	char *hostport;
+	char *host;
+	char *port;
+	char *user;             /* NULL: any login */
+	char **files;
+	size_t nfiles;
+	char *password_command;
+	char *oauth_command;
+	char *mechanisms;       /* configured order, joined; NULL: none */
+};
+
+enum cred_status {
+	CRED_OK,         /* login and secret */
+	CRED_NONE,       /* nothing anywhere */
+	CRED_INCOMPLETE, /* an entry without password, or without login */
+	CRED_ERROR,      /* a refused file, a failed command */
+};
+
+struct cred_result {
+	enum cred_status status;
+	char *login;
+	char *secret;           /* password or OAuth token; wiped */
+	char *mechanisms;       /* the order to use; NULL: default */
+	char *file;             /* where the entry was, NULL: none */
+	unsigned line;
+	int from_command;       /* the secret came from password_command */
+	unsigned long gen;      /* the cache generation after the lookup */
+	char reason[OUTCOME_TEXT_MAX]; /* for the recipients' deferral */
+	char fix[1536];         /* the log line: what to do */
+};
+
+struct cred_job {
+	struct relay *r;
+	struct relay_session *rs;  /* NULL once the session was freed */
+	struct cred_query q;
+	struct cred_result res;
+};
+
+struct check_job {
+	struct relay *r;
+	struct cred_query q;
+	unsigned long gen;
+	void (*done)(int, void *);
+	void *arg;
 };
 
 enum rs_state {
@@ -107,6 +200,21 @@ struct relay_session {
 	struct outcome start_error;
 	int start_failed;
 
+	/* authentication */
+	enum auth_policy auth;
+	int auth_first_cfg;      /* the host matches an auth_first regexp */
+	int allow_plaintext;
+	struct cred_query *query; /* for the lookup at start */
+	struct cred_job *cred_job; /* in flight */
+	char *login;             /* what AUTH used, for the log */
+	char *cred_file;         /* the entry's file and line, if any */
+	unsigned cred_line;
+	int cred_from_command;
+	char *cred_fix;          /* log line for missing credentials */
+	int fix_logged;
+	struct outcome fail_after; /* end the session with this when ready */
+	int have_fail_after;
+
 	char hostport[300];      /* relay= before a connection */
 	struct smtp_client *client;
 
@@ -136,16 +244,46 @@ static void rs_set_state(struct relay_session *, enum rs_state);
 
 struct relay *
 relay_new(struct event_base *base, struct evdns_base *dns, struct queue *q,
-    struct worker *w)
+    struct worker *w, struct authstate *as)
 {
 	struct relay *r;
+	int error;
 
 	r = xcalloc(1, sizeof(*r));
 	r->base = base;
 	r->dns = dns;
 	r->q = q;
 	r->w = w;
+	r->as = as;
+	r->cache = authinfo_cache_new();
+	if ((error = pthread_mutex_init(&r->gpg_mtx, NULL)) != 0) {
+		errno = error;
+		fatal("%s: pthread_mutex_init", __func__);
+	}
 	return r;
+}
+
+static void
+gpg_files_clear(struct relay *r)
+{
+	size_t i;
+
+	for (i = 0; i < r->ngpg; i++) {
+		authinfo_free(r->gpg[i].ai);
+		free(r->gpg[i].path);
+	}
+	free(r->gpg);
+	r->gpg = NULL;
+	r->ngpg = 0;
+}
+
+static void
+relay_destroy(struct relay *r)
+{
+	authinfo_cache_free(r->cache);
+	gpg_files_clear(r);
+	pthread_mutex_destroy(&r->gpg_mtx);
+	free(r);
 }
 
 void
@@ -154,8 +292,32 @@ relay_free(struct relay *r)
 	if (r == NULL)
 		return;
 	tls_ctx_free(r->ssl_ctx);
+	r->ssl_ctx = NULL;
 	free(r->ca_file);
-	free(r);
+	r->ca_file = NULL;
+	if (r->refs > 0) {
+		r->dead = 1;	/* the last job's completion frees it */
+		return;
+	}
+	relay_destroy(r);
+}
+
+/* A job on the worker pool holds the relay; returns 1 when the relay was
+ * freed meanwhile (the caller must not call back then). */
+static void
+relay_hold(struct relay *r)
+{
+	r->refs++;
+}
+
+static int
+relay_release(struct relay *r)
+{
+	if (--r->refs == 0 && r->dead) {
+		relay_destroy(r);
+		return 1;
+	}
+	return r->dead;
 }
 
 static int
@@ -189,6 +351,490 @@ relay_ssl_ctx(struct relay *r, const struct relay_config *rc, char *err,
 	r->ca_file = rc->ca_file != NULL ? xstrdup(rc->ca_file) : NULL;
 	r->verify = rc->tls_verify;
 	return ctx;
+}
+
+/* ---- credentials ---- */
+
+static const char *
+rc_port(const struct relay_config *rc)
+{
+	if (rc->port != NULL)
+		return rc->port;
+	return rc->tls == TLS_MODE_IMPLICIT ? "465" :
+	    rc->tls == TLS_MODE_NONE ? "25" : "587";
+}
+
+void
+relay_hostport(const struct relay_config *rc, char *buf, size_t len)
+{
+	const char *host = rc->host != NULL ? rc->host : rc->name;
+
+	if (strchr(host, ':') != NULL)
+		snprintf(buf, len, "[%s]:%s", host, rc_port(rc));
+	else
+		snprintf(buf, len, "%s:%s", host, rc_port(rc));
+}
+
+static int
+ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static void
+cred_query_free(struct cred_query *q)
+{
+	size_t i;
+
+	free(q->name);
+	free(q->hostport);
+	free(q->host);
+	free(q->port);
+	free(q->user);
+	for (i = 0; i < q->nfiles; i++)
+		free(q->files[i]);
+	free(q->files);
+	free(q->password_command);
+	free(q->oauth_command);
+	free(q->mechanisms);
+	memset(q, 0, sizeof(*q));
+}
+
+static char *
+strdup_null(const char *s)
+{
+	return s != NULL ? xstrdup(s) : NULL;
+}
+
+static void
+cred_query_init(struct cred_query *q, const struct config *cfg,
+    const struct relay_config *rc)
+{
+	char hp[600];
+	size_t i, len = 0;
+
+	memset(q, 0, sizeof(*q));
+	relay_hostport(rc, hp, sizeof(hp));
+	q->name = xstrdup(rc->name);
+	q->hostport = xstrdup(hp);
+	q->host = xstrdup(rc->host);
+	q->port = xstrdup(rc_port(rc));
+	q->user = rc->user != NULL && *rc->user != '\0' ? xstrdup(rc->user) :
+	    NULL;
+	q->nfiles = cfg->nauthinfo;
+	q->files = xcalloc(q->nfiles + 1, sizeof(*q->files));
+	for (i = 0; i < q->nfiles; i++)
+		q->files[i] = xstrdup(cfg->authinfo[i]);
+	q->password_command = strdup_null(rc->password_command);
+	q->oauth_command = strdup_null(rc->oauth_command);
+	if (rc->nmechanisms > 0) {
+		for (i = 0; i < rc->nmechanisms; i++)
+			len += strlen(rc->mechanisms[i]) + 1;
+		q->mechanisms = xcalloc(1, len + 1);
+		for (i = 0; i < rc->nmechanisms; i++) {
+			if (i > 0)
+				strcat(q->mechanisms, " ");
+			strcat(q->mechanisms, rc->mechanisms[i]);
+		}
+	}
+}
+
+static void
+cred_result_clear(struct cred_result *res)
+{
+	free(res->login);
+	xfree_secret_str(res->secret);
+	free(res->mechanisms);
+	free(res->file);
+	res->login = res->secret = res->mechanisms = res->file = NULL;
+}
+
+/* Runs on the worker thread with the cache's mutex held (see authinfo.h):
+ * warnings carry file and line only, never a token. */
+static void
+cred_warn(const char *file, unsigned line, const char *msg, void *arg)
+{
+	log_warnx("%s:%u: %s", file, line, msg);
+}
+
+/* With gpg_mtx held: the record of path, made on first use. */
+static struct gpg_file *
+gpg_get(struct relay *r, const char *path)
+{
+	struct gpg_file *g;
+	size_t i;
+
+	for (i = 0; i < r->ngpg; i++)
+		if (strcmp(r->gpg[i].path, path) == 0)
+			return &r->gpg[i];
+	r->gpg = xreallocarray(r->gpg, r->ngpg + 1, sizeof(*r->gpg));
+	g = &r->gpg[r->ngpg++];
+	memset(g, 0, sizeof(*g));
+	g->path = xstrdup(path);
+	g->flushes = atomic_load(&r->gpg_flushes);
+	return g;
+}
+
+/* With gpg_mtx held: notices a change of g's file (then its decrypted
+ * entries are dropped and gpg_gen grows). */
+static void
+gpg_stat(struct relay *r, struct gpg_file *g)
+{
+	struct stat st;
+	int present = stat(g->path, &st) == 0;
+	unsigned long flushes = atomic_load(&r->gpg_flushes);
+
+	if (flushes != g->flushes) {
+		g->flushes = flushes;
+		g->present = -1;	/* whatever it is now, it is news */
+	}
+	if (present == g->present && (!present || (st.st_dev == g->dev &&
+	    st.st_ino == g->ino && st.st_size == g->size &&
+	    st.st_mtim.tv_sec == g->mtime.tv_sec &&
+	    st.st_mtim.tv_nsec == g->mtime.tv_nsec &&
+	    st.st_ctim.tv_sec == g->ctime.tv_sec &&
+	    st.st_ctim.tv_nsec == g->ctime.tv_nsec)))
+		return;
+	r->gpg_gen++;
+	g->present = present;
+	g->decrypted = 0;
+	authinfo_free(g->ai);
+	g->ai = NULL;
+	g->err[0] = '\0';
+	if (present) {
+		g->dev = st.st_dev;
+		g->ino = st.st_ino;
+		g->size = st.st_size;
+		g->mtime = st.st_mtim;
+		g->ctime = st.st_ctim;
+	}
+}
+
+/*
+ * On a worker thread: looks host/port/user up in an encrypted file,
+ * decrypting it with gpg when it is new or changed. A file that gpg cannot
+ * decrypt (no key, no agent) is passed over with a warning, and its reason
+ * goes to note: the later files may still have the answer.
+ */
+static void
+gpg_lookup(struct relay *r, const char *path, const struct cred_query *q,
+    struct authinfo_entry **out, char *note, size_t notelen)
+{
+	const char *argv[] = { "gpg", "--quiet", "--batch", "--no-tty",
+		"--decrypt", path, NULL };
+	const struct authinfo_entry *e;
+	struct gpg_file *g;
+	char *plain, err[256];
+	size_t len;
+
+	*out = NULL;
+	pthread_mutex_lock(&r->gpg_mtx);
+	g = gpg_get(r, path);
+	gpg_stat(r, g);
+	if (g->present && !g->decrypted) {
+		g->decrypted = 1;
+		if (secretcmd_exec(argv, SECRETCMD_TIMEOUT, &plain, &len, err,
+		    sizeof(err)) == 0) {
+			g->ai = authinfo_parse(plain, len, path, cred_warn,
+			    NULL);
+			xfree_secret(plain, len + 1);
+		} else {
+			snprintf(g->err, sizeof(g->err), "%s could not be "
+			    "decrypted (gpg %s)", path, err);
+			log_warnx("%s", g->err);
+		}
+	}
+	if (g->present && g->ai != NULL) {
+		if ((e = authinfo_match(g->ai, q->host, q->port, q->user)) !=
+		    NULL)
+			*out = authinfo_entry_dup(e);
+	} else if (g->present && g->err[0] != '\0' &&
+	    strlen(note) + strlen(g->err) + 3 < notelen) {
+		strcat(note, "; ");
+		strcat(note, g->err);
+	}
+	pthread_mutex_unlock(&r->gpg_mtx);
+}
+
+static unsigned long
+cred_generation(struct relay *r)
+{
+	unsigned long g;
+
+	pthread_mutex_lock(&r->gpg_mtx);
+	g = r->gpg_gen;
+	pthread_mutex_unlock(&r->gpg_mtx);
+	return g + authinfo_cache_generation(r->cache);
+}
+
+/*
+ * On a worker thread: the first entry for q across the files in order.
+ * Returns 0 with *out (or NULL), or -1 with err when a file was refused
+ * before any match (its answer might have been the one).
+ */
+static int
+cred_lookup(struct relay *r, const struct cred_query *q,
+    struct authinfo_entry **out, char *note, size_t notelen, char *err,
+    size_t errlen)
+{
+	const char *file;
+	size_t i;
+
+	*out = NULL;
+	for (i = 0; i < q->nfiles && *out == NULL; i++) {
+		file = q->files[i];
+		if (ends_with(file, ".gpg")) {
+			gpg_lookup(r, file, q, out, note, notelen);
+			continue;
+		}
+		if (authinfo_cache_lookup(r->cache, &file, 1, q->host, q->port,
+		    q->user, out, cred_warn, NULL, err, errlen) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* The files a "no entry" message names: those that exist or could. */
+static void
+cred_files_list(const struct cred_query *q, char *buf, size_t len,
+    const char **add_to)
+{
+	size_t i, n = 0;
+
+	buf[0] = '\0';
+	*add_to = NULL;
+	for (i = 0; i < q->nfiles; i++) {
+		if (ends_with(q->files[i], ".gpg") &&
+		    access(q->files[i], F_OK) == -1)
+			continue;
+		if (*add_to == NULL && !ends_with(q->files[i], ".gpg"))
+			*add_to = q->files[i];
+		if (n < len)
+			n += (size_t)snprintf(buf + n, len - n, "%s%s",
+			    n > 0 ? ", " : "", q->files[i]);
+	}
+	if (buf[0] == '\0')
+		snprintf(buf, len, "(no credential file configured)");
+}
+
+/* The OAuth mechanisms of order, or the default OAuth order. */
+static char *
+oauth_order(const char *order)
+{
+	const char *names[SASL_MECH_MAX];
+	char buf[128] = "";
+	size_t n, i;
+	int flags;
+
+	if (order != NULL) {
+		/* every known mechanism is "offered" here: only the filter
+		 * by flags matters */
+		n = sasl_choose_order(SASL_DEFAULT_ORDER " XOAUTH2 OAUTHBEARER",
+		    order, 1, 1, names, SASL_MECH_MAX);
+		for (i = 0; i < n; i++) {
+			flags = sasl_mech_flags(names[i]);
+			if (flags != -1 && (flags & SASL_MECH_TOKEN)) {
+				if (buf[0] != '\0')
+					strcat(buf, " ");
+				strcat(buf, names[i]);
+			}
+		}
+	}
+	return xstrdup(buf[0] != '\0' ? buf : "OAUTHBEARER XOAUTH2");
+}
+
+/*
+ * On a worker thread: everything the session needs to authenticate, or
+ * the reason it cannot, worded for the log (res->fix) and for the
+ * recipients' deferral (res->reason).
+ */
+static void
+cred_resolve(struct relay *r, const struct cred_query *q,
+    struct cred_result *res)
+{
+	struct authinfo_entry *e = NULL;
+	char err[512], cerr[256], note[1100] = "", files[512], who[300];
+	const char *add_to, *password = NULL, *login;
+	char *cmdout = NULL, *token = NULL;
+	size_t cmdlen = 0, toklen = 0;
+
+	memset(res, 0, sizeof(*res));
+	if (cred_lookup(r, q, &e, note, sizeof(note), err, sizeof(err)) ==
+	    -1) {
+		res->status = CRED_ERROR;
+		snprintf(res->reason, sizeof(res->reason), "%s", err);
+		snprintf(res->fix, sizeof(res->fix), "relay %s needs "
+		    "credentials: %s", q->hostport, err);
+		goto out;
+	}
+	if (e != NULL) {
+		res->file = xstrdup(e->file);
+		res->line = e->line;
+	}
+	if (q->password_command != NULL) {
+		if (secretcmd_shell(q->password_command, SECRETCMD_TIMEOUT,
+		    &cmdout, &cmdlen, cerr, sizeof(cerr)) == -1) {
+			res->status = CRED_ERROR;
+			snprintf(res->reason, sizeof(res->reason),
+			    "password_command of relay %s failed: %s", q->name,
+			    cerr);
+			snprintf(res->fix, sizeof(res->fix), "relay %s needs "
+			    "credentials: password_command of relay %s failed: "
+			    "%s", q->hostport, q->name, cerr);
+			goto out;
+		}
+		password = cmdout;
+		res->from_command = 1;
+	} else if (e != NULL)
+		password = e->password;
+	if (q->oauth_command != NULL) {
+		if (secretcmd_shell(q->oauth_command, SECRETCMD_TIMEOUT,
+		    &token, &toklen, cerr, sizeof(cerr)) == -1) {
+			res->status = CRED_ERROR;
+			snprintf(res->reason, sizeof(res->reason),
+			    "oauth_command of relay %s failed: %s", q->name,
+			    cerr);
+			snprintf(res->fix, sizeof(res->fix), "relay %s needs "
+			    "credentials: oauth_command of relay %s failed: %s",
+			    q->hostport, q->name, cerr);
+			goto out;
+		}
+		/* XXX: with an OAuth token only the OAuth mechanisms are
+		 * tried; a password next to it is not used. */
+		password = token;
+		res->from_command = 1;
+	}
+	login = e != NULL && e->login != NULL ? e->login : q->user;
+	if (login == NULL && q->oauth_command != NULL)
+		login = "";	/* OAUTHBEARER goes without */
+
+	if (password != NULL && login != NULL) {
+		res->status = CRED_OK;
+		res->login = xstrdup(login);
+		res->secret = xstrdup(password);
+		if (q->oauth_command != NULL)
+			res->mechanisms = oauth_order(q->mechanisms);
+		else if (q->mechanisms != NULL)
+			res->mechanisms = xstrdup(q->mechanisms);
+		else if (e != NULL && e->smtp_auth != NULL)
+			res->mechanisms = xstrdup(e->smtp_auth);
+		goto out;
+	}
+	if (e != NULL) {
+		snprintf(who, sizeof(who), "%s entry at %s:%u",
+		    e->is_default ? "the default" : "the", e->file, e->line);
+		res->status = CRED_INCOMPLETE;
+		if (password == NULL) {
+			snprintf(res->reason, sizeof(res->reason),
+			    "no password in the credentials at %s:%u",
+			    e->file, e->line);
+			snprintf(res->fix, sizeof(res->fix), "relay %s needs "
+			    "credentials: %s has no password; add \"password "
+			    "SECRET\" to it, or run: smarthostctl login %s",
+			    q->hostport, who, q->hostport);
+		} else {
+			snprintf(res->reason, sizeof(res->reason), "no login "
+			    "in the credentials at %s:%u", e->file, e->line);
+			snprintf(res->fix, sizeof(res->fix), "relay %s needs "
+			    "credentials: %s has no login and relay %s names "
+			    "no user; add \"login USER\" to it, or user = "
+			    "\"USER\" to the relay", q->hostport, who,
+			    q->name);
+		}
+		goto out;
+	}
+	res->status = CRED_NONE;
+	cred_files_list(q, files, sizeof(files), &add_to);
+	snprintf(res->reason, sizeof(res->reason), "no credentials for "
+	    "machine %s port %s%s%s in %s", q->host, q->port,
+	    q->user != NULL ? " login " : "", q->user != NULL ? q->user : "",
+	    files);
+	snprintf(res->fix, sizeof(res->fix), "relay %s needs credentials: no "
+	    "entry for machine %s port %s%s%s in %s; add a line \"machine %s "
+	    "port %s login %s password SECRET\"%s%s (chmod 600), or run: "
+	    "smarthostctl login %s%s", q->hostport, q->host, q->port,
+	    q->user != NULL ? " login " : "", q->user != NULL ? q->user : "",
+	    files, q->host, q->port, q->user != NULL ? q->user : "USER",
+	    add_to != NULL ? " to " : "", add_to != NULL ? add_to : "",
+	    q->hostport, note);
+out:
+	res->gen = cred_generation(r);
+	authinfo_entry_free(e);
+	if (cmdout != NULL)
+		xfree_secret(cmdout, cmdlen + 1);
+	if (token != NULL)
+		xfree_secret(token, toklen + 1);
+}
+
+void
+relay_credentials_flush(struct relay *r)
+{
+	authinfo_cache_flush(r->cache);
+	atomic_fetch_add(&r->gpg_flushes, 1);
+}
+
+static void
+check_work(void *arg)
+{
+	struct check_job *j = arg;
+	struct authinfo_entry *e = NULL;
+	struct gpg_file *g;
+	const char *file;
+	char err[512];
+	size_t i;
+
+	/* the same walk as a lookup, but *.gpg files are only stat'ed:
+	 * running gpg every few seconds could prompt or hang */
+	for (i = 0; i < j->q.nfiles; i++) {
+		file = j->q.files[i];
+		if (ends_with(file, ".gpg")) {
+			pthread_mutex_lock(&j->r->gpg_mtx);
+			g = gpg_get(j->r, file);
+			gpg_stat(j->r, g);
+			pthread_mutex_unlock(&j->r->gpg_mtx);
+			continue;
+		}
+		if (e == NULL && authinfo_cache_lookup(j->r->cache, &file, 1,
+		    j->q.host, j->q.port, j->q.user, &e, cred_warn, NULL, err,
+		    sizeof(err)) == -1)
+			break;
+	}
+	authinfo_entry_free(e);
+	j->gen = cred_generation(j->r);
+}
+
+static void
+check_done(void *arg)
+{
+	struct check_job *j = arg;
+	struct relay *r = j->r;
+	int changed;
+
+	if (!relay_release(r)) {
+		changed = j->gen != r->cred_gen;
+		r->cred_gen = j->gen;
+		j->done(changed, j->arg);
+	}
+	cred_query_free(&j->q);
+	free(j);
+}
+
+void
+relay_credentials_check(struct relay *r, const struct config *cfg,
+    const struct relay_config *rc, void (*done)(int changed, void *arg),
+    void *arg)
+{
+	struct check_job *j;
+
+	j = xcalloc(1, sizeof(*j));
+	j->r = r;
+	j->done = done;
+	j->arg = arg;
+	cred_query_init(&j->q, cfg, rc);
+	relay_hold(r);
+	worker_run(r->w, check_work, check_done, j);
 }
 
 /* ---- log lines and outcome text ---- */
@@ -412,13 +1058,96 @@ txn_finish(struct relay_session *rs, const struct outcome *final, int broken)
 
 /* ---- smtp_client callbacks ---- */
 
+/* Logs once per session what to do about missing credentials. */
+static void
+rs_log_fix(struct relay_session *rs)
+{
+	if (rs->fix_logged)
+		return;
+	rs->fix_logged = 1;
+	if (rs->auth == AUTH_POLICY_NEVER)
+		log_warnx("relay %s requires authentication, but relay %s "
+		    "has auth = \"never\"", rs->hostport, rs->name);
+	else if (rs->cred_fix != NULL)
+		log_warnx("%s", rs->cred_fix);
+	else
+		log_warnx("relay %s requires authentication and no "
+		    "credentials are configured", rs->hostport);
+}
+
+/*
+ * A transaction met missing (or refused) credentials: its recipients are
+ * deferred as usual, and then the session ends with o instead of taking
+ * the next message, so that the scheduler backs the relay off.
+ */
+static void
+rs_fail_after(struct relay_session *rs, const struct outcome *o)
+{
+	if (o->class == OC_NOCRED)
+		rs_log_fix(rs);
+	if (rs->have_fail_after)
+		return;
+	rs->fail_after = *o;
+	rs->fail_after.status = OUTCOME_TEMPORARY;
+	rs->have_fail_after = 1;
+}
+
 static void
 client_ready(struct smtp_client *c, void *arg)
 {
 	struct relay_session *rs = arg;
 
+	if (rs->have_fail_after) {
+		rs_set_state(rs, RS_QUITTING);
+		smtp_client_quit(c);
+		return;
+	}
 	rs_set_state(rs, RS_READY);
 	rs->cb->ready(rs, rs->arg);
+}
+
+static void
+client_auth_required(struct smtp_client *c, void *arg)
+{
+	struct relay_session *rs = arg;
+
+	if (rs->auth == AUTH_POLICY_NEVER || rs->relay->as == NULL)
+		return;
+	authstate_learn(rs->relay->as, rs->host, rs->port);
+}
+
+static void
+client_authenticated(struct smtp_client *c, const char *mech, void *arg)
+{
+	struct relay_session *rs = arg;
+
+	log_info("relay=%s authenticated as %s with %s",
+	    relay_session_peer(rs), rs->login != NULL ? rs->login : "", mech);
+}
+
+/* Says how to fix rejected credentials (never the secret). */
+static void
+rs_log_auth_failure(struct relay_session *rs, const struct outcome *o)
+{
+	char text[OUTCOME_TEXT_MAX + 8];
+
+	relay_outcome_text(o, text, sizeof(text));
+	if (strncmp(o->text, "authentication failed:", 22) != 0)
+		log_warnx("authentication to %s failed: %s", rs->hostport,
+		    text);
+	else if (rs->cred_from_command)
+		log_warnx("authentication to %s failed: %s; fix the "
+		    "password_command or oauth_command of relay %s",
+		    rs->hostport, text, rs->name);
+	else if (rs->cred_file != NULL)
+		log_warnx("authentication to %s failed: %s; fix the "
+		    "credentials in %s line %u or run smarthostctl login %s",
+		    rs->hostport, text, rs->cred_file, rs->cred_line,
+		    rs->hostport);
+	else
+		log_warnx("authentication to %s failed: %s; fix the "
+		    "credentials or run smarthostctl login %s", rs->hostport,
+		    text, rs->hostport);
 }
 
 static void
@@ -436,6 +1165,8 @@ client_rcpt(struct smtp_client *c, size_t idx, const struct outcome *o,
 		rs->rcpts[idx].state = TR_ACCEPTED;
 	else
 		txn_settle(&rs->rcpts[idx], o, 0);
+	if (o->class == OC_NOCRED)
+		rs_fail_after(rs, o);
 }
 
 static void
@@ -447,6 +1178,8 @@ client_done(struct smtp_client *c, const struct outcome *o, void *arg)
 		log_warnx("relay %s: transaction end out of place", rs->name);
 		return;
 	}
+	if (o->class == OC_NOCRED || o->class == OC_AUTH)
+		rs_fail_after(rs, o);
 	txn_finish(rs, o, 0);
 }
 
@@ -456,6 +1189,10 @@ client_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 	struct relay_session *rs = arg;
 	struct outcome broke, ok;
 
+	if (o->class == OC_AUTH && o->status != OUTCOME_OK)
+		rs_log_auth_failure(rs, o);
+	else if (o->class == OC_NOCRED && o->status != OUTCOME_OK)
+		rs_log_fix(rs);
 	switch (rs->state) {
 	case RS_SENDING:
 		if (o->status == OUTCOME_OK) {
@@ -468,12 +1205,12 @@ client_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 		break;
 	case RS_QUITTING:
 		/* Everything was delivered: a messy QUIT says nothing about
-		 * the relay's health. */
+		 * the relay's health. Missing credentials do. */
 		if (o->status != OUTCOME_OK)
 			log_debug("relay %s: after QUIT: %s", rs->name,
 			    o->text);
 		outcome_set(&ok, OUTCOME_OK, OC_NONE, "closed");
-		o = &ok;
+		o = rs->have_fail_after ? &rs->fail_after : &ok;
 		break;
 	case RS_CONNECTING:
 	case RS_READY:
@@ -491,6 +1228,8 @@ static const struct smtp_client_cb client_cb = {
 	.rcpt = client_rcpt,
 	.done = client_done,
 	.closed = client_closed,
+	.auth_required = client_auth_required,
+	.authenticated = client_authenticated,
 };
 
 /* ---- maildir ---- */
@@ -579,21 +1318,11 @@ rs_set_state(struct relay_session *rs, enum rs_state state)
 }
 
 static void
-rs_start(struct relay_session *rs)
+rs_connect(struct relay_session *rs, const struct smtp_client_auth *auth)
 {
 	struct smtp_client_params p;
 	struct outcome ok;
 
-	if (rs->start_failed) {
-		rs_set_state(rs, RS_CLOSED);
-		rs->cb->closed(rs, &rs->start_error, rs->arg);
-		return;
-	}
-	if (rs->type == RELAY_TYPE_MAILDIR) {
-		rs_set_state(rs, RS_READY);
-		rs->cb->ready(rs, rs->arg);
-		return;
-	}
 	memset(&p, 0, sizeof(p));
 	p.host = rs->host;
 	p.port = rs->port;
@@ -612,8 +1341,124 @@ rs_start(struct relay_session *rs)
 		rs->cb->closed(rs, &ok, rs->arg);
 		return;
 	}
+	if (auth != NULL)
+		smtp_client_set_auth(rs->client, auth);
 	/* Whatever comes next, including failure, comes through callbacks. */
 	smtp_client_connect(rs->client);
+}
+
+static void
+cred_job_free(struct cred_job *j)
+{
+	cred_query_free(&j->q);
+	cred_result_clear(&j->res);
+	OPENSSL_cleanse(&j->res, sizeof(j->res));
+	free(j);
+}
+
+static void
+cred_work(void *arg)
+{
+	struct cred_job *j = arg;
+
+	cred_resolve(j->r, &j->q, &j->res);
+}
+
+/*
+ * On the loop: the lookup is done. Authenticate first, or keep the
+ * credentials for a demand, or (first, but nothing to authenticate with)
+ * end the session before it connects.
+ */
+static void
+cred_done(void *arg)
+{
+	struct cred_job *j = arg;
+	struct relay_session *rs = j->rs;
+	struct cred_result *res = &j->res;
+	struct smtp_client_auth auth;
+	struct outcome o;
+	int first;
+
+	if (relay_release(j->r) || rs == NULL) {
+		cred_job_free(j);
+		return;
+	}
+	rs->cred_job = NULL;
+	j->r->cred_gen = res->gen;
+	first = rs->auth == AUTH_POLICY_ALWAYS || rs->auth_first_cfg ||
+	    authstate_has(rs->relay->as, rs->host, rs->port);
+	if (res->status != CRED_OK) {
+		free(rs->cred_fix);
+		rs->cred_fix = xstrdup(res->fix);
+	}
+	switch (res->status) {
+	case CRED_OK:
+		rs->login = xstrdup(res->login);
+		rs->cred_file = res->file != NULL ? xstrdup(res->file) : NULL;
+		rs->cred_line = res->line;
+		rs->cred_from_command = res->from_command;
+		memset(&auth, 0, sizeof(auth));
+		auth.user = res->login;
+		auth.secret = res->secret;
+		auth.mechanisms = res->mechanisms;
+		auth.allow_plaintext = rs->allow_plaintext;
+		auth.first = first;
+		log_debug("relay %s: credentials for %s from %s%s%u, %s",
+		    rs->name, rs->hostport, res->file != NULL ? res->file :
+		    "a command", res->file != NULL ? " line " : "",
+		    res->file != NULL ? res->line : 0, first ?
+		    "authenticating first" : "authenticating on demand");
+		rs_connect(rs, &auth);
+		break;
+	case CRED_NONE:
+	case CRED_INCOMPLETE:
+	case CRED_ERROR:
+		if (!first) {
+			log_debug("relay %s: no usable credentials for %s; "
+			    "going without AUTH", rs->name, rs->hostport);
+			rs_connect(rs, NULL);
+			break;
+		}
+		/* Trying without would only earn a 530, or worse, a ban:
+		 * the mail waits for the credentials instead. */
+		rs_log_fix(rs);
+		outcome_set(&o, OUTCOME_TEMPORARY, OC_NOCRED, "%s",
+		    res->reason);
+		rs_set_state(rs, RS_CLOSED);
+		rs->cb->closed(rs, &o, rs->arg);
+		break;
+	}
+	cred_job_free(j);
+}
+
+static void
+rs_start(struct relay_session *rs)
+{
+	struct cred_job *j;
+
+	if (rs->start_failed) {
+		rs_set_state(rs, RS_CLOSED);
+		rs->cb->closed(rs, &rs->start_error, rs->arg);
+		return;
+	}
+	if (rs->type == RELAY_TYPE_MAILDIR) {
+		rs_set_state(rs, RS_READY);
+		rs->cb->ready(rs, rs->arg);
+		return;
+	}
+	if (rs->auth == AUTH_POLICY_NEVER || rs->query == NULL) {
+		rs_connect(rs, NULL);
+		return;
+	}
+	j = xcalloc(1, sizeof(*j));
+	j->r = rs->relay;
+	j->rs = rs;
+	j->q = *rs->query;	/* the job owns the copies now */
+	free(rs->query);
+	rs->query = NULL;
+	rs->cred_job = j;
+	relay_hold(j->r);
+	worker_run(j->r->w, cred_work, cred_done, j);
 }
 
 static void
@@ -670,8 +1515,15 @@ relay_session_new(struct relay *r, const struct config *cfg,
 		    rc->tls == TLS_MODE_NONE ? "25" : "587");
 		rs->helo = xstrdup(rc->helo != NULL ? rc->helo :
 		    cfg->hostname);
-		snprintf(rs->hostport, sizeof(rs->hostport), "%s:%s",
-		    rs->host, rs->port);
+		relay_hostport(rc, rs->hostport, sizeof(rs->hostport));
+		rs->auth = rc->auth;
+		rs->allow_plaintext = rc->allow_plaintext_auth;
+		rs->auth_first_cfg = rc->auth == AUTH_POLICY_AUTO &&
+		    config_auth_first(cfg, rc->host);
+		if (rc->auth != AUTH_POLICY_NEVER) {
+			rs->query = xcalloc(1, sizeof(*rs->query));
+			cred_query_init(rs->query, cfg, rc);
+		}
 		if (rc->tls != TLS_MODE_NONE) {
 			SSL_CTX *ctx = relay_ssl_ctx(r, rc, err, sizeof(err));
 
@@ -763,6 +1615,15 @@ relay_session_free(struct relay_session *rs)
 	/* The worker may still be writing: the job frees itself. */
 	if (rs->job != NULL)
 		rs->job->rs = NULL;
+	if (rs->cred_job != NULL)
+		rs->cred_job->rs = NULL;
+	if (rs->query != NULL) {
+		cred_query_free(rs->query);
+		free(rs->query);
+	}
+	free(rs->login);
+	free(rs->cred_file);
+	free(rs->cred_fix);
 	txn_clear(rs);
 	if (rs->ev != NULL)
 		event_free(rs->ev);

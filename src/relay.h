@@ -10,6 +10,19 @@
  * bounce, removal) is the scheduler's business; this module never touches
  * the queue except to open bodies.
  *
+ * Authentication policy lives here too. Before an SMTP session connects
+ * (unless the relay says auth = "never") its credentials are looked up on
+ * the worker pool: the authinfo files in order (a "*.gpg" file that exists
+ * is decrypted with gpg), password_command and oauth_command. The relay
+ * authenticates first when auth = "always", or "auto" and the host
+ * matches auth_first or was learned to require it; then missing
+ * credentials end the session before it connects, with a TEMPORARY
+ * OC_NOCRED outcome and a log line saying what to fix. Otherwise it goes
+ * without AUTH, hands its credentials (if any) to the client for a
+ * demand, and learns the relay when the server demands. A session that
+ * hits missing or rejected credentials ends with a TEMPORARY OC_NOCRED or
+ * OC_AUTH outcome (never a bounce), so the scheduler backs the relay off.
+ *
  * Only scheduler.c uses this header.
  */
 #ifndef SMARTHOST_RELAY_H
@@ -22,20 +35,46 @@
 #include "config.h"
 #include "envelope.h"
 #include "outcome.h"
+#include "authstate.h"
 #include "queue.h"
 #include "worker.h"
 
 /* What outlives the sessions of one relay: its TLS context, made on first
  * use from the relay's ca_file and verify settings (and made again when a
- * reload changes them). */
+ * reload changes them), and its credential cache (parsed authinfo files,
+ * decrypted *.gpg files), which is re-read when a file changes. */
 struct relay;
 struct relay_session;
 
+/* as (borrowed, may be NULL) is the learned "requires authentication"
+ * set that every relay shares; it must outlive the relay. */
 struct relay *relay_new(struct event_base *base, struct evdns_base *dns,
-    struct queue *q, struct worker *w);
+    struct queue *q, struct worker *w, struct authstate *as);
 /* Accepts NULL. Sessions hold their own reference to the TLS context, so
- * a relay may be freed before its sessions. */
+ * a relay may be freed before its sessions; a credential job still on the
+ * worker pool finishes without calling back. */
 void relay_free(struct relay *r);
+
+/* Forgets the parsed credential files (HUP, smarthostctl login): the next
+ * lookup reads them again. */
+void relay_credentials_flush(struct relay *r);
+
+/*
+ * Whether the credentials for rc changed since the relay last looked them
+ * up: on the worker pool, the lookup of rc's credentials runs again through
+ * the cache (which stats every file it reaches and re-reads changed ones;
+ * *.gpg files are only stat'ed, not decrypted). Then done(changed, arg)
+ * runs on the loop thread, changed 1 when a file changed, appeared or
+ * vanished since then; never from inside this call, and never after
+ * relay_free. A password_command's output is not watched.
+ */
+void relay_credentials_check(struct relay *r, const struct config *cfg,
+    const struct relay_config *rc, void (*done)(int changed, void *arg),
+    void *arg);
+
+/* "host:port" of an smtp relay as logs and smarthostctl name it (the
+ * default port filled in, "[v6]:port" for an IPv6 address). */
+void relay_hostport(const struct relay_config *rc, char *buf, size_t len);
 
 struct relay_session_cb {
 	/* The session can take a message: the first call comes once the

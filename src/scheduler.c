@@ -25,6 +25,14 @@
  * older than its lifetime after an attempt fails its pending recipients
  * ("expired") and is bounced.
  *
+ * Missing or rejected credentials (OC_NOCRED, OC_AUTH) back the relay off
+ * like a connection failure, so the same rejected password is not tried
+ * again before the backoff ends. While some relay waits for credentials,
+ * a timer asks its relay every SCHED_CRED_CHECK seconds whether the
+ * credential files changed; when they did, the relay's backoff goes and its
+ * deferred mail is due at once. The scheduler also owns the learned
+ * "requires authentication" set (authstate.h) that every relay shares.
+ *
  * Every asynchronous step (worker job, queue update, DSN) carries the
  * message; scheduler_free leaves messages with a queue operation in flight
  * to that operation's callback (m->s == NULL) instead of freeing them under
@@ -39,11 +47,16 @@
 
 #include <event2/event.h>
 
+#include "authstate.h"
 #include "dsn.h"
 #include "log.h"
 #include "relay.h"
 #include "scheduler.h"
 #include "xmalloc.h"
+
+/* Seconds between looks at the credential files while a relay waits for
+ * credentials: a stat of each file, on the worker pool. */
+#define SCHED_CRED_CHECK 5
 
 enum msg_state {
 	MSG_HELD,
@@ -88,6 +101,7 @@ struct sched_session;
 
 struct sched_relay {
 	TAILQ_ENTRY(sched_relay) entry;
+	struct scheduler *s;
 	char *name;
 	struct relay *relay;
 	TAILQ_HEAD(, sched_msg) ready;
@@ -95,6 +109,9 @@ struct sched_relay {
 	unsigned nsessions;
 	unsigned failures;       /* consecutive session failures */
 	time_t backoff_until;    /* no new session before */
+	int cred_wait;           /* backed off for missing/rejected
+	                            credentials: watch the files */
+	int cred_checking;       /* a relay_credentials_check runs */
 };
 
 struct sched_session {
@@ -118,6 +135,10 @@ struct scheduler {
 	struct event *ev_timer;    /* next due message or relay backoff */
 	struct event *ev_stopped;  /* calls done() outside other callbacks */
 	struct event *ev_deadline; /* shutdown timeout */
+	struct event *ev_cred;     /* credential files check */
+
+	struct authstate *as;      /* learned "requires authentication" */
+	char *state_dir;           /* where as lives */
 
 	TAILQ_HEAD(, sched_msg) msgs;
 	size_t nmsgs;
@@ -484,8 +505,9 @@ sched_relay_get(struct scheduler *s, const char *name)
 		if (strcmp(sr->name, name) == 0)
 			return sr;
 	sr = xcalloc(1, sizeof(*sr));
+	sr->s = s;
 	sr->name = xstrdup(name);
-	sr->relay = relay_new(s->base, s->dns, s->q, s->w);
+	sr->relay = relay_new(s->base, s->dns, s->q, s->w, s->as);
 	TAILQ_INIT(&sr->ready);
 	TAILQ_INIT(&sr->sessions);
 	TAILQ_INSERT_TAIL(&s->relays, sr, entry);
@@ -503,18 +525,27 @@ relay_failure(const struct outcome *o)
 	case OC_CONNECT:
 	case OC_TLS:
 	case OC_TIMEOUT:
+	case OC_AUTH:
+	case OC_NOCRED:
 		return 1;
 	case OC_NONE:
 	case OC_PROTOCOL:
 	case OC_REPLY:
-	case OC_AUTH:
-	case OC_NOCRED:
 	case OC_LOCAL:
 	case OC_EXPIRED:
 	case OC__COUNT:
 		break;
 	}
 	return 0;
+}
+
+static void
+cred_timer_arm(struct scheduler *s)
+{
+	const struct timeval tv = { SCHED_CRED_CHECK, 0 };
+
+	if (!s->stopping && !evtimer_pending(s->ev_cred, NULL))
+		evtimer_add(s->ev_cred, &tv);
 }
 
 /* Backs the relay off (once per failure round) and defers what waits. */
@@ -526,6 +557,11 @@ relay_backoff(struct scheduler *s, struct sched_relay *sr,
 	char text[OUTCOME_TEXT_MAX + 8];
 	time_t now = time(NULL);
 	unsigned delay;
+
+	if (o->class == OC_NOCRED || o->class == OC_AUTH) {
+		sr->cred_wait = 1;
+		cred_timer_arm(s);
+	}
 
 	if (sr->backoff_until <= now) {
 		sr->failures++;
@@ -549,6 +585,111 @@ relay_ok(struct sched_relay *sr)
 		log_info("relay %s: reachable again", sr->name);
 	sr->failures = 0;
 	sr->backoff_until = 0;
+	sr->cred_wait = 0;
+}
+
+/* ---- credentials ---- */
+
+/* The name of the relay m goes to, or NULL. */
+static const char *
+msg_relay_name(const struct scheduler *s, const struct sched_msg *m)
+{
+	const struct relay_config *rc;
+
+	rc = m->env->relay != NULL ? config_relay(s->cfg, m->env->relay) :
+	    config_default_relay(s->cfg);
+	return rc != NULL ? rc->name : NULL;
+}
+
+/* Clears sr's backoff and makes its deferred mail due now. */
+static void
+relay_retry_now(struct scheduler *s, struct sched_relay *sr)
+{
+	struct sched_msg *m;
+	const char *name;
+	size_t i;
+
+	sr->failures = 0;
+	sr->backoff_until = 0;
+	sr->cred_wait = 0;
+	TAILQ_FOREACH(m, &s->msgs, all) {
+		if (m->state != MSG_WAITING && m->state != MSG_FINISHING)
+			continue;
+		if ((name = msg_relay_name(s, m)) == NULL ||
+		    strcmp(name, sr->name) != 0)
+			continue;
+		if (m->state == MSG_WAITING)
+			m->env->next_try = 0;
+		else
+			m->flush = 1;
+	}
+	for (i = s->nheap / 2; i-- > 0;)
+		heap_down(s, i);
+	sched_kick(s);
+}
+
+static int
+cred_waiting(const struct scheduler *s)
+{
+	const struct sched_relay *sr;
+
+	TAILQ_FOREACH(sr, &s->relays, entry)
+		if (sr->cred_wait)
+			return 1;
+	return 0;
+}
+
+static void
+cred_checked(int changed, void *arg)
+{
+	struct sched_relay *sr = arg;
+	struct scheduler *s = sr->s;
+	const struct relay_config *rc;
+	char hp[600];
+
+	sr->cred_checking = 0;
+	if (changed && sr->cred_wait && !s->stopping) {
+		if ((rc = config_relay(s->cfg, sr->name)) != NULL &&
+		    rc->type == RELAY_TYPE_SMTP)
+			relay_hostport(rc, hp, sizeof(hp));
+		else
+			snprintf(hp, sizeof(hp), "%s", sr->name);
+		log_info("credentials for %s changed; retrying deferred mail",
+		    hp);
+		relay_retry_now(s, sr);
+	}
+	if (cred_waiting(s))
+		cred_timer_arm(s);
+}
+
+/* Every SCHED_CRED_CHECK seconds while a relay waits for credentials. */
+static void
+sched_cred_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *s = arg;
+	const struct relay_config *rc;
+	struct sched_relay *sr;
+	int waiting = 0;
+
+	if (s->stopping)
+		return;
+	TAILQ_FOREACH(sr, &s->relays, entry) {
+		if (!sr->cred_wait)
+			continue;
+		rc = config_relay(s->cfg, sr->name);
+		if (rc == NULL || rc->type != RELAY_TYPE_SMTP) {
+			sr->cred_wait = 0;
+			continue;
+		}
+		waiting = 1;
+		if (sr->cred_checking)
+			continue;
+		sr->cred_checking = 1;
+		relay_credentials_check(sr->relay, s->cfg, rc, cred_checked,
+		    sr);
+	}
+	if (waiting)
+		cred_timer_arm(s);
 }
 
 /* ---- sessions ---- */
@@ -798,6 +939,24 @@ sched_deadline(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the public face ---- */
 
+/* Opens the learned set in cfg's state_dir; without a usable directory it
+ * lives in memory only (and says so). */
+static void
+sched_open_authstate(struct scheduler *s)
+{
+	char err[512];
+
+	authstate_free(s->as);
+	free(s->state_dir);
+	s->state_dir = xstrdup(s->cfg->state_dir);
+	if ((s->as = authstate_open(s->w, s->state_dir, err, sizeof(err))) ==
+	    NULL) {
+		log_warnx("%s; relays learned to require authentication are "
+		    "kept in memory only", err);
+		s->as = authstate_new();
+	}
+}
+
 struct scheduler *
 scheduler_new(struct event_base *base, struct evdns_base *dns,
     struct queue *q, struct worker *w, const struct config *cfg)
@@ -814,8 +973,10 @@ scheduler_new(struct event_base *base, struct evdns_base *dns,
 	TAILQ_INIT(&s->relays);
 	if ((s->ev_timer = evtimer_new(base, sched_dispatch, s)) == NULL ||
 	    (s->ev_stopped = evtimer_new(base, sched_stopped, s)) == NULL ||
-	    (s->ev_deadline = evtimer_new(base, sched_deadline, s)) == NULL)
+	    (s->ev_deadline = evtimer_new(base, sched_deadline, s)) == NULL ||
+	    (s->ev_cred = evtimer_new(base, sched_cred_tick, s)) == NULL)
 		fatalx("%s: evtimer_new", __func__);
+	sched_open_authstate(s);
 	return s;
 }
 
@@ -839,6 +1000,8 @@ scheduler_free(struct scheduler *s)
 		free(sr->name);
 		free(sr);
 	}
+	authstate_free(s->as);
+	free(s->state_dir);
 	while ((m = TAILQ_FIRST(&s->msgs)) != NULL) {
 		TAILQ_REMOVE(&s->msgs, m, all);
 		if (m->state == MSG_FINISHING && m->dsn != NULL) {
@@ -852,6 +1015,7 @@ scheduler_free(struct scheduler *s)
 	event_free(s->ev_timer);
 	event_free(s->ev_stopped);
 	event_free(s->ev_deadline);
+	event_free(s->ev_cred);
 	free(s->heap);
 	free(s);
 }
@@ -908,7 +1072,18 @@ scheduler_flush(struct scheduler *s)
 void
 scheduler_set_config(struct scheduler *s, const struct config *cfg)
 {
+	struct sched_relay *sr;
+
 	s->cfg = cfg;
+	/* HUP re-reads the credential files, whatever their mtime says */
+	TAILQ_FOREACH(sr, &s->relays, entry)
+		relay_credentials_flush(sr->relay);
+	/* The relays keep pointing at the old set: it moves with them only
+	 * when a reload names another state directory, which is rare
+	 * enough to cost a restart. */
+	if (strcmp(cfg->state_dir, s->state_dir) != 0)
+		log_warnx("state_dir changed to %s: takes effect after a "
+		    "restart", cfg->state_dir);
 	sched_kick(s);
 }
 
@@ -924,6 +1099,7 @@ scheduler_shutdown(struct scheduler *s, unsigned timeout,
 	s->done = done;
 	s->done_arg = arg;
 	evtimer_del(s->ev_timer);
+	evtimer_del(s->ev_cred);
 	/* Sessions still connecting carry no transaction yet: drop them. */
 	TAILQ_FOREACH(sr, &s->relays, entry) {
 		for (ss = TAILQ_FIRST(&sr->sessions); ss != NULL; ss = next) {
@@ -941,4 +1117,45 @@ size_t
 scheduler_count(const struct scheduler *s)
 {
 	return s->nmsgs;
+}
+
+/* ---- control socket (smarthostctl queue); kept apart for its owner ---- */
+
+void
+scheduler_foreach(struct scheduler *s,
+    void (*each)(const struct envelope *env, void *arg), void *arg)
+{
+	const struct sched_msg *m;
+
+	TAILQ_FOREACH(m, &s->msgs, all)
+		each(m->env, arg);
+}
+
+
+size_t
+scheduler_auth_required_list(struct scheduler *s,
+    void (*each)(const char *host, const char *port, void *arg), void *arg)
+{
+	return authstate_list(s->as, each, arg);
+}
+
+int
+scheduler_auth_forget(struct scheduler *s, const char *host)
+{
+	return authstate_forget(s->as, host);
+}
+
+void
+scheduler_credentials_changed(struct scheduler *s)
+{
+	struct sched_relay *sr;
+
+	TAILQ_FOREACH(sr, &s->relays, entry) {
+		relay_credentials_flush(sr->relay);
+		if (sr->cred_wait) {
+			log_info("relay %s: credentials changed; retrying "
+			    "deferred mail", sr->name);
+			relay_retry_now(s, sr);
+		}
+	}
 }

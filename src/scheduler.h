@@ -43,6 +43,40 @@ void scheduler_shutdown(struct scheduler *s, unsigned timeout,
     void (*done)(void *arg), void *arg);
 /* Messages in memory (queued, including in flight). */
 size_t scheduler_count(const struct scheduler *s);
+/*
+ * Calls each(env, arg) for every message in memory (held, waiting, in
+ * flight or finishing), in arrival order, for the control socket's queue
+ * listing. env is borrowed for the call only; each must not modify it
+ * and must not call back into the scheduler.
+ */
+void scheduler_foreach(struct scheduler *s,
+    void (*each)(const struct envelope *env, void *arg), void *arg);
+
+/*
+ * Authentication state, for the control socket (smarthostctl status,
+ * forget, login).
+ *
+ * scheduler_auth_required_list calls each(host, port, arg) once for every
+ * relay learned to require authentication (the <state_dir>/auth-required
+ * set, see authstate.h), in file order, and returns how many it listed.
+ * host is lower-case; both strings are valid only during the call. each
+ * may be NULL to just count.
+ *
+ * scheduler_auth_forget removes host from that set: "host" forgets every
+ * port of that host, "host:port" (or "[v6]:port") only that one. The
+ * change is saved on disk in the background. Returns 0 when at least one
+ * entry was removed, -1 when nothing matched.
+ *
+ * scheduler_credentials_changed re-reads the credential files now (as the
+ * periodic check does) and, for every relay whose mail is deferred for
+ * missing or rejected credentials, clears the relay's backoff and makes
+ * its deferred messages due now. Call it after writing an authinfo file
+ * (smarthostctl login). Never fails.
+ */
+size_t scheduler_auth_required_list(struct scheduler *s,
+    void (*each)(const char *host, const char *port, void *arg), void *arg);
+int scheduler_auth_forget(struct scheduler *s, const char *host);
+void scheduler_credentials_changed(struct scheduler *s);
 
 /* Pure backoff: delay before attempt number attempts+1, doubling from
  * retry_min and clamped to retry_max. Exposed for tests. */

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/dns.h>
@@ -24,6 +25,7 @@
 #include <event2/thread.h>
 
 #include "config.h"
+#include "control.h"
 #include "daemon.h"
 #include "listener.h"
 #include "log.h"
@@ -49,6 +51,7 @@ struct daemon_state {
 	struct worker *worker;
 	struct scheduler *scheduler;
 	struct smtp_server *server;
+	struct control *control;
 	int stopping;
 };
 
@@ -194,6 +197,11 @@ drop_privileges(const struct passwd *pw)
 	if (setgroups(1, &pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
 	    setuid(pw->pw_uid) == -1)
 		fatal("cannot drop privileges to %s", pw->pw_name);
+	/* Credential helpers (gpg, password_command) look in $HOME. */
+	if (setenv("HOME", pw->pw_dir, 1) == -1 ||
+	    setenv("USER", pw->pw_name, 1) == -1 ||
+	    setenv("LOGNAME", pw->pw_name, 1) == -1)
+		fatal("setenv");
 	/* Make sure there is no way back. */
 	if (setuid(0) != -1)
 		fatalx("could regain root after dropping privileges");
@@ -228,6 +236,7 @@ main(int argc, char *argv[])
 	struct event *sigev[sizeof(sigs) / sizeof(*sigs)];
 	struct daemon_state d;
 	struct smtp_server_params sp;
+	struct control_params cp;
 	const char *file = DEFAULT_CONFIG;
 	struct passwd *pw = NULL;
 	char err[1024];
@@ -295,6 +304,17 @@ main(int argc, char *argv[])
 	sp.arg = &d;
 	d.server = smtp_server_new(d.base, &sp);
 
+	/* The control socket for smarthostctl: made after the privilege
+	 * drop, so it belongs to the daemon user. */
+	memset(&cp, 0, sizeof(cp));
+	cp.path = d.cfg->control_socket;
+	cp.scheduler = d.scheduler;
+	cp.server = d.server;
+	cp.uid = geteuid();
+	cp.started = time(NULL);
+	if ((d.control = control_new(d.base, &cp, err, sizeof(err))) == NULL)
+		fatalx_code(EX_CANTCREAT, "%s", err);
+
 	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++) {
 		sigev[i] = evsignal_new(d.base, sigs[i], signal_cb, &d);
 		if (sigev[i] == NULL || event_add(sigev[i], NULL) == -1)
@@ -319,6 +339,7 @@ main(int argc, char *argv[])
 	 * pending worker jobs and queue updates call back into it and read
 	 * its envelopes.
 	 */
+	control_free(d.control);
 	listeners_free(d.listeners);
 	smtp_server_free(d.server);
 	worker_free(d.worker);

@@ -6,6 +6,20 @@
  * failed transaction, QUIT. It speaks SMTP and reports through the
  * callbacks of smtp_client.h; relay.c decides what the replies mean.
  *
+ * Authentication (RFC 4954) runs right after EHLO when the owner asks for
+ * it first, or on demand: a 530 (or 5.7.0) to MAIL, or a 550..554 with a
+ * 5.7.x code to RCPT while AUTH is offered and the session has not
+ * authenticated. Then the pipelined replies of the first try are read to
+ * their end, RSET, AUTH, and the same transaction goes again from MAIL.
+ * So that a first try never leaves a trace the owner must undo, while a
+ * demand is still possible (credentials set, AUTH offered, not yet
+ * authenticated) the RCPT replies are held back until the last one came,
+ * and DATA is not pipelined: a 354 to a pipelined DATA after a partly
+ * accepted first try could only be ended with a "." that delivers an
+ * empty message. That costs one round trip per message on a server that
+ * offers AUTH and never demands it; once authenticated, or without
+ * credentials, pipelining is whole again.
+ *
  * Invariants:
  * - c->state says what the session waits for. client_enter() is the only
  *   place that sends commands and arms the timer (the body streamer it
@@ -32,6 +46,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +63,7 @@
 
 #include "log.h"
 #include "outcome.h"
+#include "sasl.h"
 #include "smtp_client.h"
 #include "smtp_proto.h"
 #include "tls.h"
@@ -73,11 +89,9 @@ enum client_state {
 	CS_EHLO,
 	CS_HELO,      /* EHLO refused as unknown, and no STARTTLS needed */
 	CS_STARTTLS,
-	/*
-	 * AUTH (a later issue) slots in here: CS_AUTH and CS_AUTH_STEP, entered
-	 * from client_after_ehlo() instead of CS_READY, and from the MAIL
-	 * reply handler on a 530 (then MAIL is sent again after 235).
-	 */
+	CS_AUTH,        /* "AUTH MECH [initial response]" sent */
+	CS_AUTH_STEP,   /* a response to a 334 challenge sent */
+	CS_AUTH_CANCEL, /* "*" sent: this mechanism failed; 501 comes */
 	CS_READY,     /* idle between transactions; ready() was called */
 	CS_MAIL,
 	CS_RCPT,      /* c->rcpt_idx is the RCPT whose reply is next */
@@ -100,6 +114,9 @@ static const char *const client_state_names[] = {
 	[CS_EHLO] = "EHLO",
 	[CS_HELO] = "HELO",
 	[CS_STARTTLS] = "STARTTLS",
+	[CS_AUTH] = "AUTH",
+	[CS_AUTH_STEP] = "AUTH_STEP",
+	[CS_AUTH_CANCEL] = "AUTH_CANCEL",
 	[CS_READY] = "READY",
 	[CS_MAIL] = "MAIL",
 	[CS_RCPT] = "RCPT",
@@ -165,9 +182,30 @@ struct smtp_client {
 	struct smtp_reply_parser parser;
 	struct smtp_ehlo ehlo;
 
+	/* authentication: credentials from smtp_client_set_auth */
+	char *auth_user;
+	char *auth_secret;    /* NULL: no credentials; wiped on free */
+	char *auth_order;     /* NULL: sasl.c's default order */
+	int auth_plaintext;   /* cleartext mechanisms without TLS allowed */
+	int auth_first;       /* AUTH right after EHLO */
+	const char *auth_mechs[SASL_MECH_MAX]; /* this session's order */
+	size_t auth_nmechs;
+	size_t auth_idx;      /* the mechanism being tried */
+	struct sasl *sasl;    /* its exchange, while in CS_AUTH* */
+	const unsigned char *auth_out; /* the response to send (sasl's) */
+	size_t auth_outlen;
+	const char *authed;   /* mechanism that succeeded, static; or NULL */
+	int auth_demanded;    /* the server demanded AUTH in this session */
+	char auth_fail[OUTCOME_TEXT_MAX]; /* "MECH: reply, MECH: reply" */
+
 	/* transaction: valid from smtp_client_send to done() */
 	struct smtp_client_msg msg;
-	int pipelined;        /* MAIL..DATA went out in one write */
+	int pipelined;        /* MAIL and the RCPTs went out in one write */
+	int data_piped;       /* ... and DATA with them */
+	int hold;             /* an AUTH demand is possible: RCPT outcomes
+	                         wait in held[] until the last RCPT reply */
+	struct outcome *held; /* nrcpts entries while hold */
+	int auth_redo;        /* demanded: drain, RSET, AUTH, send again */
 	int mail_ok;
 	size_t rcpt_idx;
 	size_t rcpt_ok;
@@ -188,6 +226,9 @@ static void client_write_cb(struct bufferevent *, void *);
 static void client_event_cb(struct bufferevent *, short, void *);
 static void client_connect_next(struct smtp_client *);
 static void client_read_replies(struct smtp_client *, struct bufferevent *);
+static void client_auth_clear(struct smtp_client *);
+static void client_unexpected(struct smtp_client *, const struct smtp_reply *);
+static void client_txn_end(struct smtp_client *, const struct outcome *, int);
 
 /* ---- lifetime ---- */
 
@@ -204,6 +245,8 @@ client_destroy(struct smtp_client *c)
 		event_free(c->ev_timer);
 	if (c->ev_defer != NULL)
 		event_free(c->ev_defer);
+	client_auth_clear(c);
+	free(c->held);
 	free(c->rbuf);
 	free(c->host);
 	free(c->port);
@@ -361,6 +404,48 @@ client_cmd(struct smtp_client *c, struct evbuffer *out, const char *fmt, ...)
 		fatalx("%s: out of memory", __func__);
 	if (line != buf)
 		free(line);
+}
+
+/* Called by libevent once the bytes of a secret line have left the output
+ * buffer (written, or handed to the TLS layer). */
+static void
+client_secret_sent(const void *data, size_t len, void *arg)
+{
+	xfree_secret((void *)(uintptr_t)data, len);
+}
+
+/*
+ * Sends prefix followed by the base64 of data (len bytes) as one line,
+ * tracing only trace. data NULL sends prefix alone; an empty data sends
+ * "=" when empty_is_eq (an empty initial response, RFC 4954) and nothing
+ * otherwise (an empty response). The line goes to the output by
+ * reference, so the only copy is ours and is wiped once it left.
+ */
+static void
+client_cmd_secret(struct smtp_client *c, const char *trace,
+    const char *prefix, const unsigned char *data, size_t len,
+    int empty_is_eq)
+{
+	char *b64 = NULL, *line;
+	const char *enc = "";
+	size_t plen = strlen(prefix), elen, n;
+
+	if (data != NULL && len > 0)
+		enc = b64 = sasl_b64_encode(data, len);
+	else if (data != NULL && empty_is_eq)
+		enc = "=";
+	elen = strlen(enc);
+	n = plen + elen + 2;
+	line = xmalloc(n);
+	memcpy(line, prefix, plen);
+	memcpy(line + plen, enc, elen);
+	line[plen + elen] = '\r';
+	line[plen + elen + 1] = '\n';
+	xfree_secret_str(b64);
+	log_debug("%s: >>> %s", c->peer, trace);
+	if (evbuffer_add_reference(bufferevent_get_output(c->bev), line, n,
+	    client_secret_sent, NULL) == -1)
+		fatalx("%s: out of memory", __func__);
 }
 
 /* ---- connecting ---- */
@@ -666,6 +751,11 @@ client_txn_clear(struct smtp_client *c)
 	memset(&c->msg, 0, sizeof(c->msg));
 	c->msg.body_fd = -1;
 	c->pipelined = 0;
+	c->data_piped = 0;
+	c->hold = 0;
+	c->auth_redo = 0;
+	free(c->held);
+	c->held = NULL;
 	c->mail_ok = 0;
 	c->rcpt_idx = 0;
 	c->rcpt_ok = 0;
@@ -714,15 +804,19 @@ client_send_mail(struct smtp_client *c)
 	 * With PIPELINING, MAIL, every RCPT and DATA leave in one write
 	 * (RFC 2920): one round trip for the envelope instead of 2 + nrcpts.
 	 * The replies are then read in order by the same states as without.
+	 * While the server may still demand AUTH, DATA waits for the RCPT
+	 * replies (see the top of the file).
 	 */
 	c->pipelined = (c->ehlo.exts & SMTP_EXT_PIPELINING) != 0;
+	c->data_piped = c->pipelined && !c->hold;
 	if ((batch = evbuffer_new()) == NULL)
 		fatalx("%s: evbuffer_new", __func__);
 	client_cmd(c, batch, "MAIL FROM:<%s>%s", m->sender, params);
 	if (c->pipelined) {
 		for (i = 0; i < m->nrcpts; i++)
 			client_cmd(c, batch, "RCPT TO:<%s>", m->rcpts[i]);
-		client_cmd(c, batch, "DATA");
+		if (c->data_piped)
+			client_cmd(c, batch, "DATA");
 	}
 	if (bufferevent_write_buffer(c->bev, batch) == -1)
 		fatalx("%s: bufferevent_write_buffer", __func__);
@@ -739,8 +833,9 @@ client_no_rcpt(struct smtp_client *c)
 {
 	struct outcome rep = c->txn;
 
-	/* rep.text is outcome_from_reply's "550 5.1.1 text" */
-	outcome_set(&c->txn, rep.status, OC_REPLY, "no recipient accepted "
+	/* rep.text is outcome_from_reply's "550 5.1.1 text"; the class
+	 * stays (OC_NOCRED when the server wanted AUTH we cannot give) */
+	outcome_set(&c->txn, rep.status, rep.class, "no recipient accepted "
 	    "(last reply: %s)", rep.text);
 	c->txn.code = rep.code;
 	memcpy(c->txn.enhanced, rep.enhanced, sizeof(c->txn.enhanced));
@@ -825,6 +920,357 @@ client_body_fill(struct smtp_client *c)
 	client_timer(c, c->timeout_command);
 }
 
+/* ---- authentication ---- */
+
+/* Forgets the credentials and any exchange, wiping the secrets. */
+static void
+client_auth_clear(struct smtp_client *c)
+{
+	sasl_free(c->sasl);
+	c->sasl = NULL;
+	c->auth_out = NULL;
+	c->auth_outlen = 0;
+	xfree_secret_str(c->auth_user);
+	xfree_secret_str(c->auth_secret);
+	free(c->auth_order);
+	c->auth_user = c->auth_secret = c->auth_order = NULL;
+	c->auth_plaintext = c->auth_first = 0;
+}
+
+/* Whether the server could still demand AUTH that we can give. */
+static int
+client_auth_possible(const struct smtp_client *c)
+{
+	return c->auth_secret != NULL && c->authed == NULL &&
+	    (c->ehlo.exts & SMTP_EXT_AUTH) != 0;
+}
+
+/* Appends "MECH: what" to the list of failed mechanisms. */
+static void
+client_auth_note(struct smtp_client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+client_auth_note(struct smtp_client *c, const char *fmt, ...)
+{
+	size_t n = strlen(c->auth_fail);
+	va_list ap;
+
+	if (n > 0 && n + 2 < sizeof(c->auth_fail)) {
+		memcpy(c->auth_fail + n, ", ", 3);
+		n += 2;
+	}
+	if (n + 1 >= sizeof(c->auth_fail))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(c->auth_fail + n, sizeof(c->auth_fail) - n, fmt, ap);
+	va_end(ap);
+}
+
+/* Notes the final reply r to the current mechanism, on one line. */
+static void
+client_auth_note_reply(struct smtp_client *c, const struct smtp_reply *r)
+{
+	const char *serr = c->sasl != NULL ? sasl_server_error(c->sasl) :
+	    NULL;
+	int tl = (int)strcspn(r->text, "\n");
+
+	client_auth_note(c, "%s: %d%s%s%s%.*s%s%s%s",
+	    c->auth_mechs[c->auth_idx], r->code, r->enhanced[0] != '\0' ?
+	    " " : "", r->enhanced, tl > 0 ? " " : "", tl, r->text,
+	    serr != NULL ? " (server said: " : "", serr != NULL ? serr : "",
+	    serr != NULL ? ")" : "");
+}
+
+/* Ends the session because AUTH cannot succeed now: closed(o) after
+ * QUIT, with a transaction in progress taking o as its outcome. */
+static void
+client_auth_abort(struct smtp_client *c, const struct smtp_reply *r,
+    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+client_auth_abort(struct smtp_client *c, const struct smtp_reply *r,
+    const char *fmt, ...)
+{
+	struct outcome o;
+	char text[OUTCOME_TEXT_MAX];
+	va_list ap;
+
+	sasl_free(c->sasl);
+	c->sasl = NULL;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	outcome_set(&o, OUTCOME_TEMPORARY, OC_AUTH, "%s", text);
+	if (r != NULL) {
+		o.code = r->code;
+		snprintf(o.enhanced, sizeof(o.enhanced), "%s", r->enhanced);
+	}
+	client_cancel(c, &o);
+}
+
+/*
+ * Starts the current mechanism or, if it cannot start, the next one that
+ * can; when none is left the session ends with every mechanism's reply.
+ */
+static void
+client_auth_try(struct smtp_client *c, const struct smtp_reply *last)
+{
+	const char *mech;
+
+	for (; c->auth_idx < c->auth_nmechs; c->auth_idx++) {
+		mech = c->auth_mechs[c->auth_idx];
+		sasl_free(c->sasl);
+		if ((c->sasl = sasl_new(mech, c->auth_user,
+		    c->auth_secret)) == NULL) {
+			client_auth_note(c, "%s: cannot start", mech);
+			continue;
+		}
+		if (sasl_step(c->sasl, NULL, 0, &c->auth_out,
+		    &c->auth_outlen) == SASL_ERROR) {
+			client_auth_note(c, "%s: cannot start", mech);
+			continue;
+		}
+		client_enter(c, CS_AUTH);
+		return;
+	}
+	client_auth_abort(c, last, "authentication failed: %s", c->auth_fail);
+}
+
+/* The mechanism failed: on to the next. */
+static void
+client_auth_next(struct smtp_client *c, const struct smtp_reply *r)
+{
+	sasl_free(c->sasl);
+	c->sasl = NULL;
+	c->auth_idx++;
+	client_auth_try(c, r);
+}
+
+/*
+ * Picks the mechanisms to try, in order, among those the server offers,
+ * and starts the first. With none usable the session ends, saying why:
+ * most often a server that offers only cleartext mechanisms without TLS.
+ */
+static void
+client_auth_start(struct smtp_client *c)
+{
+	const char *tlsonly[SASL_MECH_MAX];
+	char names[128];
+	size_t n, i, len = 0;
+
+	c->auth_fail[0] = '\0';
+	c->auth_idx = 0;
+	c->auth_nmechs = sasl_choose_order(c->ehlo.auth, c->auth_order,
+	    c->tls_active, c->auth_plaintext, c->auth_mechs, SASL_MECH_MAX);
+	if (c->auth_nmechs > 0) {
+		client_auth_try(c, NULL);
+		return;
+	}
+	n = sasl_choose_order(c->ehlo.auth, c->auth_order, 1, 1, tlsonly,
+	    SASL_MECH_MAX);
+	names[0] = '\0';
+	for (i = 0; i < n && len < sizeof(names); i++)
+		len += (size_t)snprintf(names + len, sizeof(names) - len,
+		    "%s%s", i > 0 ? " " : "", tlsonly[i]);
+	if (n > 0 && !c->tls_active)
+		client_auth_abort(c, NULL, "server offers only %s over an "
+		    "unencrypted connection; refusing to send credentials "
+		    "(set allow_plaintext_auth = true to allow)", names);
+	else
+		client_auth_abort(c, NULL, "no usable authentication "
+		    "mechanism: the server offers %s, the relay allows %s",
+		    c->ehlo.auth[0] != '\0' ? c->ehlo.auth : "none",
+		    c->auth_order != NULL ? c->auth_order : SASL_DEFAULT_ORDER);
+}
+
+static void
+client_auth_ok(struct smtp_client *c)
+{
+	c->authed = c->auth_mechs[c->auth_idx];
+	sasl_free(c->sasl);
+	c->sasl = NULL;
+	log_debug("%s: authenticated with %s", c->peer, c->authed);
+	if (c->cb.authenticated != NULL) {
+		c->cb.authenticated(c, c->authed, c->arg);
+		if (c->dying || c->state == CS_CLOSED)
+			return;
+	}
+	if (!c->auth_redo) {
+		client_enter(c, CS_READY);
+		return;
+	}
+	/* The same transaction again, from MAIL; nothing of the first try
+	 * reached the owner. */
+	c->auth_redo = 0;
+	c->hold = 0;
+	free(c->held);
+	c->held = NULL;
+	c->pipelined = c->data_piped = c->mail_ok = c->abandon = 0;
+	c->rcpt_temp = 0;
+	c->rcpt_idx = c->rcpt_ok = 0;
+	client_enter(c, CS_MAIL);
+}
+
+/* A reply in CS_AUTH or CS_AUTH_STEP. */
+static void
+client_auth_reply(struct smtp_client *c, const struct smtp_reply *r)
+{
+	const char *mech = c->auth_mechs[c->auth_idx];
+	unsigned char *ch = NULL;
+	size_t chlen = 0, tl;
+	enum sasl_status st;
+
+	switch (r->code / 100) {
+	case 3:
+		if (r->code != 334)
+			break;
+		tl = strcspn(r->text, "\n");
+		if (sasl_b64_decode(r->text, tl, &ch, &chlen) == -1) {
+			client_auth_note(c, "%s: challenge is not base64",
+			    mech);
+			client_enter(c, CS_AUTH_CANCEL);
+			return;
+		}
+		st = sasl_step(c->sasl, ch, chlen, &c->auth_out,
+		    &c->auth_outlen);
+		xfree_secret(ch, chlen + 1);
+		if (st == SASL_ERROR) {
+			client_auth_note(c, "%s: unexpected challenge%s%s%s",
+			    mech, sasl_server_error(c->sasl) != NULL ?
+			    " (server said: " : "",
+			    sasl_server_error(c->sasl) != NULL ?
+			    sasl_server_error(c->sasl) : "",
+			    sasl_server_error(c->sasl) != NULL ? ")" : "");
+			client_enter(c, CS_AUTH_CANCEL);
+			return;
+		}
+		client_enter(c, CS_AUTH_STEP);
+		return;
+	case 2:
+		if (r->code != 235)
+			break;
+		/* A SCRAM server must prove it knows the password before
+		 * we take its word; after a 235 no other mechanism can
+		 * follow, so this ends the session. */
+		if ((sasl_mech_flags(mech) & SASL_MECH_MUTUAL) &&
+		    !sasl_is_complete(c->sasl)) {
+			client_auth_abort(c, r, "authentication failed: %s: "
+			    "the server accepted without proving it knows the "
+			    "password", mech);
+			return;
+		}
+		client_auth_ok(c);
+		return;
+	case 4:
+		client_auth_note_reply(c, r);
+		client_auth_abort(c, r, "authentication failed temporarily: "
+		    "%s", c->auth_fail);
+		return;
+	case 5:
+		/* 535, 534, 538, 504 and any other refusal: next one */
+		client_auth_note_reply(c, r);
+		client_auth_next(c, r);
+		return;
+	}
+	client_unexpected(c, r);
+}
+
+/*
+ * The server demanded authentication (r, to MAIL or RCPT). Tells the
+ * owner once per session, then either arranges the retry with AUTH and
+ * returns 1, or returns 0 with o set to what the demand means for the
+ * mail: temporary, never a bounce. The caller checks c->dying and
+ * c->state afterwards (the owner may have dropped the session).
+ */
+static int
+client_auth_demand(struct smtp_client *c, const struct smtp_reply *r,
+    struct outcome *o)
+{
+	int offered = (c->ehlo.exts & SMTP_EXT_AUTH) != 0;
+	int tl = (int)strcspn(r->text, "\n");
+	const char *sp = r->enhanced[0] != '\0' ? " " : "";
+
+	log_debug("%s: the server demands authentication: %d %s", c->peer,
+	    r->code, r->enhanced);
+	if (!c->auth_demanded) {
+		c->auth_demanded = 1;
+		if (c->cb.auth_required != NULL) {
+			c->cb.auth_required(c, c->arg);
+			if (c->dying || c->state == CS_CLOSED)
+				return 0;
+		}
+	}
+	if (offered && c->auth_secret != NULL) {
+		c->auth_redo = 1;
+		return 1;
+	}
+	if (offered || c->auth_secret == NULL)
+		outcome_set(o, OUTCOME_TEMPORARY, OC_NOCRED, "server requires "
+		    "authentication and no credentials are configured "
+		    "(%d%s%s %.*s)", r->code, sp, r->enhanced, tl, r->text);
+	else
+		outcome_set(o, OUTCOME_TEMPORARY, OC_AUTH, "server requires "
+		    "authentication but does not offer AUTH (%d%s%s %.*s)",
+		    r->code, sp, r->enhanced, tl, r->text);
+	o->code = r->code;
+	snprintf(o->enhanced, sizeof(o->enhanced), "%s", r->enhanced);
+	return 0;
+}
+
+/* MAIL rejected for lack of authentication. */
+static int
+client_mail_wants_auth(const struct smtp_client *c, const struct smtp_reply *r)
+{
+	return c->authed == NULL && (r->code == 530 ||
+	    (r->code / 100 == 5 && strcmp(r->enhanced, "5.7.0") == 0));
+}
+
+/* RCPT rejected, most likely because relaying needs authentication. */
+static int
+client_rcpt_wants_auth(const struct smtp_client *c, const struct smtp_reply *r)
+{
+	return c->authed == NULL && (c->ehlo.exts & SMTP_EXT_AUTH) &&
+	    r->code >= 550 && r->code <= 554 &&
+	    strncmp(r->enhanced, "5.7.", 4) == 0;
+}
+
+/*
+ * Every RCPT reply of this try is in. After an AUTH demand: RSET, then
+ * AUTH. Otherwise the held outcomes go to the owner and DATA follows, or
+ * the transaction ends.
+ */
+static void
+client_rcpts_done(struct smtp_client *c)
+{
+	size_t i;
+
+	if (c->auth_redo) {
+		client_enter(c, CS_RSET);
+		return;
+	}
+	if (c->hold) {
+		c->hold = 0;
+		for (i = 0; c->mail_ok && i < c->msg.nrcpts; i++) {
+			c->cb.rcpt(c, i, &c->held[i], c->arg);
+			if (c->dying || c->state != CS_RCPT)
+				return;
+		}
+	}
+	if (c->data_piped) {
+		/* its reply comes in any case */
+		if (c->mail_ok && c->rcpt_ok == 0)
+			client_no_rcpt(c);
+		client_enter(c, CS_DATA);
+	} else if (c->mail_ok && c->rcpt_ok > 0) {
+		client_enter(c, CS_DATA);
+	} else {
+		if (c->mail_ok)
+			client_no_rcpt(c);
+		client_txn_end(c, &c->txn, 1);
+	}
+}
+
 /* ---- the state machine ---- */
 
 static void
@@ -862,6 +1308,31 @@ client_enter(struct smtp_client *c, enum client_state s)
 		client_cmd(c, NULL, "STARTTLS");
 		client_timer(c, c->timeout_command);
 		break;
+	case CS_AUTH: {
+		char prefix[64], trace[80];
+		const char *mech = sasl_name(c->sasl);
+
+		/* the payload never reaches the trace */
+		snprintf(prefix, sizeof(prefix), "AUTH %s ", mech);
+		snprintf(trace, sizeof(trace), "AUTH %s%s", mech,
+		    c->auth_out != NULL ? " <redacted>" : "");
+		if (c->auth_out != NULL)
+			client_cmd_secret(c, trace, prefix, c->auth_out,
+			    c->auth_outlen, 1);
+		else
+			client_cmd(c, NULL, "AUTH %s", mech);
+		client_timer(c, c->timeout_command);
+		break;
+	}
+	case CS_AUTH_STEP:
+		client_cmd_secret(c, "<redacted>", "", c->auth_out,
+		    c->auth_outlen, 0);
+		client_timer(c, c->timeout_command);
+		break;
+	case CS_AUTH_CANCEL:
+		client_cmd(c, NULL, "*");
+		client_timer(c, c->timeout_command);
+		break;
 	case CS_READY:
 		client_timer(c, 0);
 		client_txn_clear(c);
@@ -884,7 +1355,7 @@ client_enter(struct smtp_client *c, enum client_state s)
 		client_timer(c, c->timeout_command);
 		break;
 	case CS_DATA:
-		if (!c->pipelined)
+		if (!c->data_piped)
 			client_cmd(c, NULL, "DATA");
 		client_timer(c, c->timeout_command);
 		break;
@@ -934,8 +1405,15 @@ client_after_ehlo(struct smtp_client *c)
 		client_enter(c, CS_STARTTLS);
 		return;
 	}
-	/* AUTH (a later issue): enter CS_AUTH here when this relay must
-	 * authenticate first. */
+	if (c->auth_first && c->auth_secret != NULL && c->authed == NULL) {
+		if (c->ehlo.exts & SMTP_EXT_AUTH) {
+			client_auth_start(c);
+			return;
+		}
+		/* Nothing to authenticate with: the server decides. */
+		log_debug("%s: the server does not offer AUTH; going on "
+		    "without", c->peer);
+	}
 	client_enter(c, CS_READY);
 }
 
@@ -956,6 +1434,9 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 	 * session; a transaction in progress gets it as its outcome. */
 	if (r->code == 421 && c->state != CS_QUIT) {
 		outcome_from_reply(&o, r->code, r->enhanced, r->text);
+		/* after a demand for AUTH, that is what the mail waits for */
+		if (c->auth_demanded && c->authed == NULL)
+			o.class = c->auth_secret != NULL ? OC_AUTH : OC_NOCRED;
 		client_close(c, &o);
 		return;
 	}
@@ -1006,18 +1487,28 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 		if (cls == 2) {
 			c->mail_ok = 1;
 		} else if (cls == 4 || cls == 5) {
-			/* AUTH (a later issue): on 530, authenticate and
-			 * send MAIL again instead of failing. */
 			outcome_from_reply(&c->txn, r->code, r->enhanced,
 			    r->text);
+			if (client_mail_wants_auth(c, r)) {
+				client_auth_demand(c, r, &c->txn);
+				if (c->dying || c->state != CS_MAIL)
+					return;
+			} else if (r->code == 530) {
+				/* authenticated and still refused: never a
+				 * bounce for want of AUTH */
+				c->txn.status = OUTCOME_TEMPORARY;
+				c->txn.class = OC_AUTH;
+			}
 		} else {
 			client_unexpected(c, r);
 			return;
 		}
 		if (c->mail_ok || c->pipelined) {
-			/* pipelined: the RCPT and DATA replies still come */
+			/* pipelined: the RCPT (and DATA) replies still come */
 			c->rcpt_idx = 0;
 			client_enter(c, CS_RCPT);
+		} else if (c->auth_redo) {
+			client_enter(c, CS_RSET);
 		} else {
 			client_txn_end(c, &c->txn, 1);
 		}
@@ -1027,31 +1518,37 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 			client_unexpected(c, r);
 			return;
 		}
-		if (c->mail_ok) {
+		if (c->mail_ok && !c->auth_redo) {
 			outcome_from_reply(&o, r->code, r->enhanced, r->text);
-			if (cls == 2) {
+			if (client_rcpt_wants_auth(c, r)) {
+				client_auth_demand(c, r, &o);
+				if (c->dying || c->state != CS_RCPT)
+					return;
+			}
+		}
+		if (c->mail_ok && !c->auth_redo) {
+			if (o.status == OUTCOME_OK) {
 				c->rcpt_ok++;
-			} else if (cls == 4 || !c->rcpt_temp) {
+			} else if (o.status == OUTCOME_TEMPORARY ||
+			    !c->rcpt_temp) {
 				c->txn = o;
-				if (cls == 4)
+				if (o.status == OUTCOME_TEMPORARY)
 					c->rcpt_temp = 1;
 			}
-			c->cb.rcpt(c, c->rcpt_idx, &o, c->arg);
-			if (c->dying || c->state != CS_RCPT)
-				return;
+			if (c->hold) {
+				c->held[c->rcpt_idx] = o;
+			} else {
+				c->cb.rcpt(c, c->rcpt_idx, &o, c->arg);
+				if (c->dying || c->state != CS_RCPT)
+					return;
+			}
 		}
-		if (++c->rcpt_idx < c->msg.nrcpts) {
+		/* without pipelining, no more RCPTs once AUTH is due */
+		if (++c->rcpt_idx < c->msg.nrcpts &&
+		    (c->pipelined || !c->auth_redo))
 			client_enter(c, CS_RCPT);
-		} else if (c->pipelined) {
-			if (c->mail_ok && c->rcpt_ok == 0)
-				client_no_rcpt(c);
-			client_enter(c, CS_DATA);
-		} else if (c->rcpt_ok > 0) {
-			client_enter(c, CS_DATA);
-		} else {
-			client_no_rcpt(c);
-			client_txn_end(c, &c->txn, 1);
-		}
+		else
+			client_rcpts_done(c);
 		break;
 	case CS_DATA:
 		if (r->code == 354) {
@@ -1086,8 +1583,19 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 			client_unexpected(c, r);
 		}
 		break;
+	case CS_AUTH:
+	case CS_AUTH_STEP:
+		client_auth_reply(c, r);
+		break;
+	case CS_AUTH_CANCEL:
+		/* 501 as a rule: whatever it is, the mechanism failed,
+		 * and why was noted when "*" was sent */
+		client_auth_next(c, r);
+		break;
 	case CS_RSET:
-		if (cls == 2) {
+		if (cls == 2 && c->auth_redo) {
+			client_auth_start(c);
+		} else if (cls == 2) {
 			client_enter(c, CS_READY);
 		} else {
 			outcome_set(&o, OUTCOME_TEMPORARY, OC_REPLY,
@@ -1150,8 +1658,15 @@ client_read_replies(struct smtp_client *c, struct bufferevent *bev)
 		evbuffer_remove(in, line, len);
 		evbuffer_drain(in, eol_len);
 		line[len] = '\0';
-		log_debug("%s: <<< %s", c->peer, log_sanitize(trace,
-		    sizeof(trace), line, len));
+		/* a challenge is no secret as such, but it is the other
+		 * half of the exchange: redacted like our answers */
+		if ((c->state == CS_AUTH || c->state == CS_AUTH_STEP ||
+		    c->state == CS_AUTH_CANCEL) && len >= 4 &&
+		    strncmp(line, "334", 3) == 0)
+			snprintf(trace, sizeof(trace), "334 <redacted>");
+		else
+			log_sanitize(trace, sizeof(trace), line, len);
+		log_debug("%s: <<< %s", c->peer, trace);
 		switch (smtp_reply_feed(&c->parser, line, len)) {
 		case SMTP_REPLY_MORE:
 			break;
@@ -1223,6 +1738,9 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 	case CS_EHLO:
 	case CS_HELO:
 	case CS_STARTTLS:
+	case CS_AUTH:
+	case CS_AUTH_STEP:
+	case CS_AUTH_CANCEL:
 	case CS_READY:
 	case CS_MAIL:
 	case CS_RCPT:
@@ -1236,6 +1754,17 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 		if (first != 0)
 			client_close_msg(c, OC_TLS, "TLS: %s",
 			    tls_handshake_error(NULL, first, why, sizeof(why)));
+		else if ((what & BEV_EVENT_EOF) && c->auth_demanded &&
+		    c->authed == NULL && c->auth_secret == NULL)
+			client_close_msg(c, OC_NOCRED, "server requires "
+			    "authentication and no credentials are configured "
+			    "(it closed the connection)");
+		else if ((what & BEV_EVENT_EOF) && c->auth_demanded &&
+		    c->authed == NULL)
+			/* the owner learned it: AUTH comes first next time */
+			client_close_msg(c, OC_AUTH, "server requires "
+			    "authentication and closed the connection before "
+			    "AUTH");
 		else if (what & BEV_EVENT_EOF)
 			client_close_msg(c, OC_PROTOCOL,
 			    "connection closed by server");
@@ -1293,6 +1822,12 @@ client_state_waiting(enum client_state s)
 		return "the reply to HELO";
 	case CS_STARTTLS:
 		return "the reply to STARTTLS";
+	case CS_AUTH:
+		return "the reply to AUTH";
+	case CS_AUTH_STEP:
+		return "the reply to an AUTH response";
+	case CS_AUTH_CANCEL:
+		return "the reply to a cancelled AUTH";
 	case CS_MAIL:
 		return "the reply to MAIL";
 	case CS_RCPT:
@@ -1364,6 +1899,9 @@ client_defer_cb(evutil_socket_t fd, short what, void *arg)
 	case CS_EHLO:
 	case CS_HELO:
 	case CS_STARTTLS:
+	case CS_AUTH:
+	case CS_AUTH_STEP:
+	case CS_AUTH_CANCEL:
 	case CS_READY:
 	case CS_MAIL:
 	case CS_RCPT:
@@ -1485,7 +2023,12 @@ smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg)
 	client_hold(c);
 	c->msg = *msg;
 	c->pipelined = c->mail_ok = c->abandon = c->rcpt_temp = 0;
+	c->data_piped = c->auth_redo = 0;
 	c->rcpt_idx = c->rcpt_ok = 0;
+	free(c->held);
+	c->held = NULL;
+	if ((c->hold = client_auth_possible(c)) != 0)
+		c->held = xcalloc(msg->nrcpts, sizeof(*c->held));
 
 	sane = client_addr_sane(msg->sender);
 	for (i = 0; sane && i < msg->nrcpts; i++)
@@ -1533,6 +2076,9 @@ smtp_client_quit(struct smtp_client *c)
 	case CS_EHLO:
 	case CS_HELO:
 	case CS_STARTTLS:
+	case CS_AUTH:
+	case CS_AUTH_STEP:
+	case CS_AUTH_CANCEL:
 	case CS_MAIL:
 	case CS_RCPT:
 	case CS_DATA:
@@ -1557,6 +2103,9 @@ smtp_client_free(struct smtp_client *c)
 	if (c == NULL || c->dying)
 		return;
 	client_teardown(c);
+	/* the secret goes now, even if the memory waits for an entry
+	 * point to return */
+	client_auth_clear(c);
 	c->state = CS_CLOSED;
 	c->close_pending = 0;
 	c->dying = 1;
@@ -1574,4 +2123,27 @@ const struct smtp_ehlo *
 smtp_client_ehlo(const struct smtp_client *c)
 {
 	return &c->ehlo;
+}
+
+void
+smtp_client_set_auth(struct smtp_client *c,
+    const struct smtp_client_auth *auth)
+{
+	if (c == NULL || c->dying)
+		return;
+	client_auth_clear(c);
+	if (auth == NULL || auth->secret == NULL)
+		return;
+	c->auth_user = xstrdup(auth->user != NULL ? auth->user : "");
+	c->auth_secret = xstrdup(auth->secret);
+	c->auth_order = auth->mechanisms != NULL && *auth->mechanisms != '\0' ?
+	    xstrdup(auth->mechanisms) : NULL;
+	c->auth_plaintext = auth->allow_plaintext;
+	c->auth_first = auth->first;
+}
+
+const char *
+smtp_client_auth_mech(const struct smtp_client *c)
+{
+	return c->authed;
 }

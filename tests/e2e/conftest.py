@@ -105,3 +105,13 @@ def pytest_runtest_makereport(item, call):
     for daemon in getattr(item, "smarthostd_daemons", []):
         report.sections.append(
             (f"{daemon.name} log ({report.when})", daemon.log()))
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """A NotifySocket (a stand-in for systemd's NOTIFY_SOCKET) in a
+    temporary directory."""
+    from harness import NotifySocket
+    sock = NotifySocket(str(tmp_path))
+    yield sock
+    sock.close()

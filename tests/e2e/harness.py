@@ -789,3 +789,110 @@ def dsn_recipient_fields(report):
             if "final-recipient" in fields:
                 groups.append(fields)
     return groups
+
+
+# --------------------------------------------------------------------------
+# Other ways to start the daemon, and systemd's notification socket
+# (test_daemon.py)
+
+SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
+
+
+def daemon_spawn(daemon, prefix=(), env=None):
+    """Starts daemon's binary on its config as Daemon.start() does (same
+    log file, directory and arguments), but behind the command prefix
+    (e.g. systemd-socket-activate and its options) and with env as its
+    environment, and without waiting for anything. Sets daemon.proc and
+    daemon.run_start, so daemon.close() stops it like any other run."""
+    assert daemon.proc is None or daemon.proc.poll() is not None
+    daemon.run_start = (os.path.getsize(daemon.log_path)
+                        if os.path.exists(daemon.log_path) else 0)
+    with open(daemon.log_path, "ab") as log:
+        daemon.proc = subprocess.Popen(
+            [*prefix, daemon.binary, "-c", daemon.config_path, "-d"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            cwd=daemon.workdir, env=env)
+    return daemon.proc
+
+
+def daemon_wait_started(daemon, timeout=Daemon.START_TIMEOUT):
+    """Waits for this run's "started, pid=" line (the pid must be the
+    process daemon.proc runs); returns the "listening on" addresses of
+    this run, in log order."""
+    __tracebackhide__ = True
+
+    def started():
+        if daemon.proc.poll() is not None:
+            raise AssertionError(
+                f"smarthostd exited with {daemon.proc.returncode} during "
+                f"start-up:\n{daemon.log(daemon.run_start)}")
+        return re.search(r"started, pid=(\d+)", daemon.log(daemon.run_start))
+
+    match = wait_until(started, timeout, "smarthostd to log 'started, pid='")
+    assert int(match.group(1)) == daemon.proc.pid
+    return re.findall(r"listening on (\S+)", daemon.log(daemon.run_start))
+
+
+def rewrite_config(daemon, text):
+    """Replaces the daemon's config file with text, atomically."""
+    tmp = daemon.config_path + ".new"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, daemon.config_path)
+
+
+def ehlo_size(port):
+    """The SIZE value the daemon announces to a new EHLO on port, or
+    None if it announces no SIZE."""
+    with RawSMTP(port) as smtp:
+        ehlo = smtp.greet()
+        smtp.command("QUIT")
+    for line in ehlo.lines:
+        words = line.split()
+        if words and words[0].upper() == "SIZE":
+            return int(words[1]) if len(words) > 1 else 0
+    return None
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET:
+    records every sd_notify() message it receives, in order."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.received = []   # one dict of fields per datagram
+
+    def close(self):
+        self.sock.close()
+
+    def next(self, timeout):
+        """The next datagram's fields (a dict), or None after timeout s."""
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        fields = {}
+        for line in data.decode("utf-8", errors="replace").split("\n"):
+            if "=" in line:
+                key, value = line.split("=", 1)
+                fields[key] = value
+        self.received.append(fields)
+        return fields
+
+    def wait_for(self, key, value, timeout=10):
+        """Reads datagrams until one carries key=value; returns its
+        fields. Fails after timeout seconds, listing what came."""
+        __tracebackhide__ = True
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            fields = self.next(remaining) if remaining > 0 else None
+            if fields is None:
+                raise AssertionError(
+                    f"no {key}={value} notification within {timeout:g} s; "
+                    f"received {self.received}")
+            if fields.get(key) == value:
+                return fields

@@ -30,6 +30,8 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "config.h"
 #include "envelope.h"
@@ -38,6 +40,7 @@
 #include "outcome.h"
 #include "queue.h"
 #include "relay.h"
+#include "sasl.h"
 #include "scheduler.h"
 #include "worker.h"
 #include "xmalloc.h"
@@ -153,6 +156,7 @@ static struct queue *q;
 static struct worker *w;
 static struct config *cfg;
 static struct scheduler *sched;
+static char cfg_extra[1024];    /* top-level settings for load_config */
 
 static void
 setup(void)
@@ -215,7 +219,7 @@ load_config(const char *relays, const char *queue_opts)
 	    "hostname = \"mx.test.example\";\n"
 	    "spool = \"%s\";\n"
 	    "queue = { %s };\n"
-	    "relays = { %s };\n", spool, queue_opts, relays);
+	    "relays = { %s };\n%s", spool, queue_opts, relays, cfg_extra);
 	cfg = config_parse_string(text, "test.conf", err, sizeof(err));
 	cr_assert_not_null(cfg, "%s", err);
 	sched = scheduler_new(base, NULL, q, w, cfg);
@@ -537,10 +541,24 @@ static struct {
 	int eom_delay_ms;     /* hold the reply to "."; -1: forever */
 	int per_conn[FAKE_MAX];
 	struct fake_msg msgs[FAKE_MAX];
+	/* AUTH CRAM-MD5 (offered and required when auth is set) */
+	int auth;
+	char user[64];
+	char password[64];
+	int nauth_ok;
+	int nauth_bad;
+	int n530;
+	int authed_before_mail[FAKE_MAX]; /* first MAIL came after 235 */
+	int saw_mail[FAKE_MAX];
 } fake;
+
+#define FAKE_CHALLENGE "<4711.1234567890@fake.test>"
+
 
 struct fake_conn {
 	int id;
+	int authed;
+	int auth_step;        /* CRAM-MD5 challenge sent */
 	int in_data;
 	int closing;
 	int nok;
@@ -622,10 +640,58 @@ fake_line(struct bufferevent *bev, struct fake_conn *fc, const char *line)
 		    line[0] == '.' ? line + 1 : line);
 		return;
 	}
+	if (fc->auth_step) {
+		unsigned char *resp = NULL, d[EVP_MAX_MD_SIZE];
+		unsigned int dl = 0, i;
+		char want[256];
+		size_t rl, n;
+
+		fc->auth_step = 0;
+		HMAC(EVP_md5(), fake.password, (int)strlen(fake.password),
+		    (const unsigned char *)FAKE_CHALLENGE,
+		    strlen(FAKE_CHALLENGE), d, &dl);
+		n = (size_t)snprintf(want, sizeof(want), "%s ", fake.user);
+		for (i = 0; i < dl; i++)
+			n += (size_t)snprintf(want + n, sizeof(want) - n,
+			    "%02x", d[i]);
+		if (sasl_b64_decode(line, strlen(line), &resp, &rl) == 0 &&
+		    strcmp((char *)resp, want) == 0) {
+			fc->authed = 1;
+			fake.nauth_ok++;
+			fake_reply(bev, "235 2.7.0 Authentication "
+			    "successful\r\n");
+		} else {
+			fake.nauth_bad++;
+			fake_reply(bev, "535 5.7.8 Error: authentication "
+			    "failed\r\n");
+		}
+		if (resp != NULL)
+			free(resp);
+		return;
+	}
 	if (strncasecmp(line, "EHLO", 4) == 0)
-		fake_reply(bev, "250-fake.test\r\n250-8BITMIME\r\n"
+		fake_reply(bev, fake.auth ? "250-fake.test\r\n250-8BITMIME\r\n"
+		    "250-AUTH PLAIN CRAM-MD5\r\n250 ENHANCEDSTATUSCODES\r\n" :
+		    "250-fake.test\r\n250-8BITMIME\r\n"
 		    "250 ENHANCEDSTATUSCODES\r\n");
-	else if (strncasecmp(line, "MAIL FROM:", 10) == 0) {
+	else if (fake.auth && strcasecmp(line, "AUTH CRAM-MD5") == 0) {
+		char *b64 = sasl_b64_encode(FAKE_CHALLENGE,
+		    strlen(FAKE_CHALLENGE));
+
+		fc->auth_step = 1;
+		fake_reply(bev, "334 ");
+		fake_reply(bev, b64);
+		fake_reply(bev, "\r\n");
+		free(b64);
+	} else if (fake.auth && !fc->authed &&
+	    strncasecmp(line, "MAIL FROM:", 10) == 0) {
+		fake.saw_mail[fc->id] = 1;
+		fake.n530++;
+		fake_reply(bev, "530 5.7.0 Authentication required\r\n");
+	} else if (strncasecmp(line, "MAIL FROM:", 10) == 0) {
+		if (!fake.saw_mail[fc->id] && fc->authed)
+			fake.authed_before_mail[fc->id] = 1;
+		fake.saw_mail[fc->id] = 1;
 		snprintf(fc->from, sizeof(fc->from), "%s", line + 10);
 		fc->rcpts[0] = '\0';
 		fc->nok = 0;
@@ -995,4 +1061,407 @@ Test(deliver, missing_starttls_defers_with_tls_reason)
 	cr_assert_eq(env->rcpts[0].dsn[0], '4');
 	cr_assert_eq(fake.nmsgs, 0, "nothing sent in clear text");
 	evconnlistener_free(fake.l);
+}
+
+/* ---- authentication ---- */
+
+static char authfile[128];
+
+static void
+write_authinfo(const char *text, mode_t mode)
+{
+	char tmp[300];
+	FILE *f;
+
+	/* rename into place, as an editor would: the file appears whole */
+	snprintf(tmp, sizeof(tmp), "%s.tmp", authfile);
+	cr_assert_not_null(f = fopen(tmp, "w"));
+	fputs(text, f);
+	fclose(f);
+	cr_assert_eq(chmod(tmp, mode), 0);
+	cr_assert_eq(rename(tmp, authfile), 0);
+}
+
+/* An smtp relay to the fake server whose host matches auth_first (or
+ * not), with authinfo as its only credential file. */
+static void
+auth_config(int auth_first, const char *relay_opts)
+{
+	char relays[512];
+
+	snprintf(authfile, sizeof(authfile), "%s/authinfo", topdir);
+	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s\" ];\n%s",
+	    authfile, auth_first ?
+	    "auth_first = [ \"^127\\\\.0\\\\.0\\\\.1$\" ];\n" : "");
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; %s };", fake.port, relay_opts);
+	load_config(relays, "retry_min = 60; retry_max = 600;");
+}
+
+/* Debug and info lines go to stderr: catch them in a file. */
+static char cap_path[64];
+static int cap_saved = -1;
+
+static void
+capture_begin(void)
+{
+	int fd;
+
+	snprintf(cap_path, sizeof(cap_path), "/tmp/test_sched_log.XXXXXX");
+	cr_assert_neq(fd = mkstemp(cap_path), -1);
+	cap_saved = dup(STDERR_FILENO);
+	dup2(fd, STDERR_FILENO);
+	close(fd);
+}
+
+static char *
+capture_end(void)
+{
+	size_t len;
+	char *text;
+
+	dup2(cap_saved, STDERR_FILENO);
+	close(cap_saved);
+	cap_saved = -1;
+	text = slurp(cap_path, &len);
+	unlink(cap_path);
+	return text;
+}
+
+Test(deliver, auth_first_without_credentials_defers_without_connecting)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char *log, want[1024];
+
+	fake_start();
+	fake.auth = 1;
+	auth_config(1, "");
+	env = enqueue("alice@example.org", rcpts, "Subject: a\r\n\r\na\r\n",
+	    time(NULL));
+	watched = env;
+	capture_begin();
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempted, 10), "never attempted");
+	/* a connection would have shown up by now */
+	run_until(queue_empty, 0.3);
+	log = capture_end();
+
+	cr_assert_eq(fake.nconn, 0, "connected without credentials");
+	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
+	cr_assert_str_eq(env->rcpts[0].dsn, "4.7.0");
+	snprintf(want, sizeof(want), "no credentials for machine 127.0.0.1 "
+	    "port %d in %s", fake.port, authfile);
+	cr_assert_not_null(strstr(env->rcpts[0].reply, want), "%s",
+	    env->rcpts[0].reply);
+	cr_assert_not_null(strstr(log, "status=deferred (no credentials"),
+	    "%s", log);
+	snprintf(want, sizeof(want), "relay 127.0.0.1:%d needs credentials: "
+	    "no entry for machine 127.0.0.1 port %d in %s; add a line "
+	    "\"machine 127.0.0.1 port %d login USER password SECRET\" to %s "
+	    "(chmod 600), or run: smarthostctl login 127.0.0.1:%d", fake.port,
+	    fake.port, authfile, fake.port, authfile, fake.port);
+	cr_assert_not_null(strstr(log, want), "%s", log);
+	free(log);
+	evconnlistener_free(fake.l);
+}
+
+static int
+queue_empty_and_delivered(void)
+{
+	return queue_empty() && fake.nmsgs >= 1;
+}
+
+Test(deliver, credentials_file_appearing_retries_without_restart)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char line[256];
+
+	fake_start();
+	fake.auth = 1;
+	snprintf(fake.user, sizeof(fake.user), "alice");
+	snprintf(fake.password, sizeof(fake.password), "s3cret pass");
+	auth_config(1, "");
+	env = enqueue("alice@example.org", rcpts, "Subject: b\r\n\r\nb\r\n",
+	    time(NULL));
+	watched = env;
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempted, 10), "never attempted");
+	cr_assert_eq(fake.nconn, 0);
+	cr_assert_geq(env->next_try, time(NULL) + 30, "backed off");
+
+	snprintf(line, sizeof(line), "machine 127.0.0.1 port %d login alice "
+	    "password \"s3cret pass\"\n", fake.port);
+	write_authinfo(line, 0600);
+	/* the message's own retry is a minute away: only noticing the file
+	 * can deliver it this soon */
+	cr_assert(run_until(queue_empty_and_delivered, 20),
+	    "not retried after the credentials appeared (%d connections)",
+	    fake.nconn);
+	cr_assert_eq(fake.nauth_ok, 1);
+	cr_assert_eq(fake.n530, 0, "authenticated first");
+	cr_assert_eq(fake.authed_before_mail[0], 1);
+	cr_assert_eq(fake.nmsgs, 1);
+	free(fake.msgs[0].data);
+	evconnlistener_free(fake.l);
+}
+
+Test(deliver, world_readable_authinfo_is_refused_with_the_fix)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char line[256];
+
+	fake_start();
+	fake.auth = 1;
+	auth_config(1, "");
+	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice password "
+	    "pw\n");
+	write_authinfo(line, 0644);
+	env = enqueue("alice@example.org", rcpts, "Subject: c\r\n\r\nc\r\n",
+	    time(NULL));
+	watched = env;
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempted, 10), "never attempted");
+	cr_assert_eq(fake.nconn, 0);
+	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
+	cr_assert_not_null(strstr(env->rcpts[0].reply, "chmod 600"), "%s",
+	    env->rcpts[0].reply);
+	cr_assert_not_null(strstr(env->rcpts[0].reply, authfile), "%s",
+	    env->rcpts[0].reply);
+	evconnlistener_free(fake.l);
+}
+
+static int
+two_delivered(void)
+{
+	return queue_empty() && fake.nmsgs >= 2;
+}
+
+Test(deliver, demand_authenticates_in_session_and_is_learned)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *e1, *e2;
+	char line[256], path[300], *state;
+	size_t len;
+
+	fake_start();
+	fake.auth = 1;
+	snprintf(fake.user, sizeof(fake.user), "alice");
+	snprintf(fake.password, sizeof(fake.password), "pw");
+	auth_config(0, "max_messages_per_connection = 1;");
+	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice "
+	    "password pw\n");
+	write_authinfo(line, 0600);
+
+	e1 = enqueue("alice@example.org", rcpts, "Subject: 1\r\n\r\n1\r\n",
+	    time(NULL));
+	scheduler_add(sched, e1);
+	cr_assert(run_until(queue_empty_and_delivered, 10), "not delivered");
+	cr_assert_eq(fake.n530, 1, "MAIL went first, once");
+	cr_assert_eq(fake.nauth_ok, 1);
+	cr_assert_eq(fake.nconn, 1, "in the same session");
+	cr_assert_eq(scheduler_auth_required_list(sched, NULL, NULL), 1);
+
+	e2 = enqueue("alice@example.org", rcpts, "Subject: 2\r\n\r\n2\r\n",
+	    time(NULL));
+	scheduler_add(sched, e2);
+	cr_assert(run_until(two_delivered, 10), "second not delivered");
+	cr_assert_eq(fake.nconn, 2);
+	cr_assert_eq(fake.n530, 1, "the learned relay authenticated first");
+	cr_assert_eq(fake.authed_before_mail[1], 1);
+
+	/* kept on disk for the next start and for smarthostctl */
+	snprintf(path, sizeof(path), "%s/state/auth-required", spool);
+	cr_assert(run_until(queue_empty, 0.2));
+	state = slurp(path, &len);
+	snprintf(line, sizeof(line), "\n127.0.0.1 %d\n", fake.port);
+	cr_assert_not_null(strstr(state, line), "%s", state);
+	free(state);
+	cr_assert_eq(scheduler_auth_forget(sched, "127.0.0.1"), 0);
+	cr_assert_eq(scheduler_auth_forget(sched, "127.0.0.1"), -1);
+	cr_assert_eq(scheduler_auth_required_list(sched, NULL, NULL), 0);
+	free(fake.msgs[0].data);
+	free(fake.msgs[1].data);
+	evconnlistener_free(fake.l);
+}
+
+Test(deliver, rejected_password_defers_then_fixed_file_delivers)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char line[256], want[1024], *log;
+
+	fake_start();
+	fake.auth = 1;
+	snprintf(fake.user, sizeof(fake.user), "alice");
+	snprintf(fake.password, sizeof(fake.password), "right-one");
+	auth_config(1, "");
+	snprintf(line, sizeof(line), "# creds\nmachine 127.0.0.1 login alice "
+	    "password wrong-one\n");
+	write_authinfo(line, 0600);
+	env = enqueue("alice@example.org", rcpts, "Subject: d\r\n\r\nd\r\n",
+	    time(NULL));
+	watched = env;
+	capture_begin();
+	scheduler_add(sched, env);
+	if (!run_until(watched_attempted, 10)) {
+		free(capture_end());
+		cr_assert_fail("never attempted");
+	}
+	/* backed off: no second try with the same password */
+	run_until(queue_empty, 1);
+	log = capture_end();
+	cr_assert_eq(fake.nauth_bad, 1, "tried %d times", fake.nauth_bad);
+	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
+	cr_assert_not_null(strstr(env->rcpts[0].reply, "authentication "
+	    "failed: CRAM-MD5: 535 5.7.8"), "%s", env->rcpts[0].reply);
+	cr_assert_str_eq(env->rcpts[0].dsn, "4.7.8");
+	snprintf(want, sizeof(want), "authentication to 127.0.0.1:%d failed: "
+	    "authentication failed: CRAM-MD5: 535 5.7.8 Error: authentication "
+	    "failed; fix the credentials in %s line 2 or run smarthostctl "
+	    "login 127.0.0.1:%d", fake.port, authfile, fake.port);
+	cr_assert_not_null(strstr(log, want), "%s", log);
+	cr_assert_null(strstr(log, "wrong-one"), "a password in the log");
+	free(log);
+
+	snprintf(line, sizeof(line), "# creds\nmachine 127.0.0.1 login alice "
+	    "password right-one\n");
+	write_authinfo(line, 0600);
+	cr_assert(run_until(queue_empty_and_delivered, 20),
+	    "not retried after the fix");
+	cr_assert_eq(fake.nauth_ok, 1);
+	free(fake.msgs[0].data);
+	evconnlistener_free(fake.l);
+}
+
+Test(deliver, credentials_changed_call_retries_at_once)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char line[256];
+
+	fake_start();
+	fake.auth = 1;
+	snprintf(fake.user, sizeof(fake.user), "alice");
+	snprintf(fake.password, sizeof(fake.password), "pw");
+	auth_config(1, "");
+	env = enqueue("alice@example.org", rcpts, "Subject: e\r\n\r\ne\r\n",
+	    time(NULL));
+	watched = env;
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempted, 10), "never attempted");
+	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice "
+	    "password pw\n");
+	write_authinfo(line, 0600);
+	/* what smarthostctl login does after saving: no waiting for the
+	 * periodic check */
+	scheduler_credentials_changed(sched);
+	cr_assert(run_until(queue_empty_and_delivered, 3),
+	    "not retried at once");
+	free(fake.msgs[0].data);
+	evconnlistener_free(fake.l);
+}
+
+Test(deliver, demand_without_credentials_defers_and_learns)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char *log;
+
+	fake_start();
+	fake.auth = 1;
+	auth_config(0, "");
+	env = enqueue("alice@example.org", rcpts, "Subject: f\r\n\r\nf\r\n",
+	    time(NULL));
+	watched = env;
+	capture_begin();
+	scheduler_add(sched, env);
+	if (!run_until(watched_attempted, 10)) {
+		free(capture_end());
+		cr_assert_fail("never attempted");
+	}
+	run_until(queue_empty, 0.3);
+	log = capture_end();
+	cr_assert_eq(fake.n530, 1, "tried once without AUTH");
+	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING, "never a bounce");
+	cr_assert_eq(env->rcpts[0].dsn[0], '4');
+	cr_assert_not_null(strstr(env->rcpts[0].reply, "server requires "
+	    "authentication and no credentials are configured"), "%s",
+	    env->rcpts[0].reply);
+	cr_assert_eq(scheduler_auth_required_list(sched, NULL, NULL), 1,
+	    "learned");
+	cr_assert_not_null(strstr(log, "needs credentials: no entry for "
+	    "machine 127.0.0.1"), "%s", log);
+	free(log);
+	evconnlistener_free(fake.l);
+}
+
+static int gpg_home_made;
+static char gpg_home[160];
+
+static void
+gpg_cleanup(void)
+{
+	char cmd[256];
+
+	if (!gpg_home_made)
+		return;
+	snprintf(cmd, sizeof(cmd), "GNUPGHOME=%s gpgconf --kill gpg-agent "
+	    ">/dev/null 2>&1", gpg_home);
+	if (system(cmd) == -1)
+		return;
+}
+
+Test(deliver, gpg_encrypted_authinfo_is_decrypted)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char cmd[1024], relays[512], plain[300];
+	FILE *f;
+
+	if (access("/usr/bin/gpg", X_OK) == -1)
+		cr_skip_test("gpg is not installed");
+	snprintf(gpg_home, sizeof(gpg_home), "%s/gnupg", topdir);
+	cr_assert_eq(mkdir(gpg_home, 0700), 0);
+	gpg_home_made = 1;
+	cr_assert_eq(setenv("GNUPGHOME", gpg_home, 1), 0);
+	if (system("gpg --batch --quiet --pinentry-mode loopback "
+	    "--passphrase '' --quick-gen-key 'smarthostd test <t@test>' "
+	    "future-default default never >/dev/null 2>&1") != 0) {
+		gpg_cleanup();
+		cr_skip_test("cannot make a gpg key here");
+	}
+	snprintf(plain, sizeof(plain), "%s/plain", topdir);
+	fake_start();
+	fake.auth = 1;
+	snprintf(fake.user, sizeof(fake.user), "alice");
+	snprintf(fake.password, sizeof(fake.password), "from-gpg");
+	cr_assert_not_null(f = fopen(plain, "w"));
+	fprintf(f, "machine 127.0.0.1 port %d login alice password from-gpg\n",
+	    fake.port);
+	fclose(f);
+	snprintf(authfile, sizeof(authfile), "%s/authinfo.gpg", topdir);
+	snprintf(cmd, sizeof(cmd), "gpg --batch --quiet --yes --trust-model "
+	    "always -r t@test -o %s -e %s >/dev/null 2>&1", authfile, plain);
+	cr_assert_eq(system(cmd), 0, "gpg --encrypt failed");
+	unlink(plain);
+
+	/* a missing plain file first, then the encrypted one */
+	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s/none\", "
+	    "\"%s\" ];\nauth_first = [ \".\" ];\n", topdir, authfile);
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; };", fake.port);
+	load_config(relays, "retry_min = 60;");
+	env = enqueue("alice@example.org", rcpts, "Subject: g\r\n\r\ng\r\n",
+	    time(NULL));
+	scheduler_add(sched, env);
+	cr_assert(run_until(queue_empty_and_delivered, 20), "not delivered "
+	    "(%d auth ok, %d bad)", fake.nauth_ok, fake.nauth_bad);
+	cr_assert_eq(fake.nauth_ok, 1);
+	cr_assert_eq(fake.n530, 0);
+	free(fake.msgs[0].data);
+	evconnlistener_free(fake.l);
+	gpg_cleanup();
 }

@@ -29,14 +29,17 @@
 #include <event2/thread.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include "log.h"
 #include "outcome.h"
+#include "sasl.h"
 #include "smtp_client.h"
 #include "tls.h"
+#include "xmalloc.h"
 
 #define PEER_TIMEOUT 10   /* seconds any server read or accept may take */
 #define LOOP_TIMEOUT 15   /* seconds the client loop may run */
@@ -327,14 +330,25 @@ struct run {
 	struct outcome closed;
 	char peer_at_close[1200];
 	double elapsed;
+	/* authentication */
+	struct smtp_client_auth auth;
+	int have_auth;       /* smtp_client_set_auth(&auth) before connect */
+	int nauth_required;
+	int nauthenticated;
+	char authed[32];     /* mechanism reported by authenticated() */
+	char mech_at_ready[32]; /* smtp_client_auth_mech at the last ready */
+	int rcpts_at_auth_required; /* rcpt() calls before the demand */
 };
 
 static void
 cb_ready(struct smtp_client *c, void *arg)
 {
 	struct run *r = arg;
+	const char *mech = smtp_client_auth_mech(c);
 
 	r->nready++;
+	snprintf(r->mech_at_ready, sizeof(r->mech_at_ready), "%s",
+	    mech != NULL ? mech : "");
 	if (r->nsent < r->nmsgs) {
 		if (smtp_client_send(c, &r->msgs[r->nsent++]) != 0)
 			r->send_rc = -1;
@@ -390,11 +404,31 @@ cb_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 	event_base_loopbreak(r->base);
 }
 
+static void
+cb_auth_required(struct smtp_client *c, void *arg)
+{
+	struct run *r = arg;
+
+	if (r->nauth_required++ == 0)
+		r->rcpts_at_auth_required = r->nrcpt;
+}
+
+static void
+cb_authenticated(struct smtp_client *c, const char *mech, void *arg)
+{
+	struct run *r = arg;
+
+	r->nauthenticated++;
+	snprintf(r->authed, sizeof(r->authed), "%s", mech);
+}
+
 static const struct smtp_client_cb run_cb = {
 	.ready = cb_ready,
 	.rcpt = cb_rcpt,
 	.done = cb_done,
 	.closed = cb_closed,
+	.auth_required = cb_auth_required,
+	.authenticated = cb_authenticated,
 };
 
 static void
@@ -430,6 +464,8 @@ run_go(struct run *r)
 
 	r->c = smtp_client_new(r->base, r->dns, &r->params, &run_cb, r);
 	cr_assert_not_null(r->c);
+	if (r->have_auth)
+		smtp_client_set_auth(r->c, &r->auth);
 	smtp_client_connect(r->c);
 	event_base_loopexit(r->base, &tv);
 	event_base_dispatch(r->base);
@@ -2187,4 +2223,884 @@ Test(tls, ssl_sni_for_names_only)
 	SSL_free(b);
 	SSL_free(c);
 	tls_ctx_free(ctx);
+}
+
+/* ---- authentication ---- */
+
+/* RFC 2195's example: user, password, challenge and digest. */
+static const char cram_user[] = "tim";
+static const char cram_pass[] = "tanstaaftanstaaf";
+static const char cram_challenge[] =
+    "<1896.697170952@postoffice.reston.mci.net>";
+static const char cram_digest[] = "b913a602c7eda7a495b4e6e7334d3890";
+
+/* Reads a line that must be exactly want. */
+static int
+peer_expect_eq(struct peer *p, const char *want)
+{
+	char line[4096];
+
+	if (peer_line(p, line, sizeof(line)) < 0) {
+		peer_failf(p, "expected \"%s\", got EOF or timeout", want);
+		return -1;
+	}
+	if (strcmp(line, want) != 0) {
+		peer_failf(p, "expected \"%s\", got \"%s\"", want, line);
+		return -1;
+	}
+	return 0;
+}
+
+/* Reads a line "prefix BASE64" (prefix "" for a bare response) and
+ * decodes it into out, NUL-terminated. */
+static int
+peer_b64_line(struct peer *p, const char *prefix, char *out, size_t outsize,
+    size_t *outlen)
+{
+	char line[4096];
+	unsigned char *dec;
+	size_t pl = strlen(prefix), dl;
+
+	if (peer_line(p, line, sizeof(line)) < 0) {
+		peer_failf(p, "expected \"%s...\", got EOF", prefix);
+		return -1;
+	}
+	if (strncmp(line, prefix, pl) != 0) {
+		peer_failf(p, "expected \"%s...\", got \"%s\"", prefix, line);
+		return -1;
+	}
+	if (sasl_b64_decode(line + pl, strlen(line + pl), &dec, &dl) == -1 ||
+	    dl >= outsize) {
+		peer_failf(p, "bad base64 after \"%s\": \"%s\"", prefix, line);
+		return -1;
+	}
+	memcpy(out, dec, dl);
+	out[dl] = '\0';
+	*outlen = dl;
+	xfree_secret(dec, dl + 1);
+	return 0;
+}
+
+static int
+peer_send_b64(struct peer *p, const char *code, const void *data, size_t len)
+{
+	char *b64 = sasl_b64_encode(data, len);
+	int rc = peer_send(p, "%s %s\r\n", code, b64);
+
+	free(b64);
+	return rc;
+}
+
+/* Serves one CRAM-MD5 exchange and checks the digest as RFC 2195
+ * computes it from our challenge; then sends final. */
+static int
+peer_cram_md5(struct peer *p, const char *final)
+{
+	unsigned char d[EVP_MAX_MD_SIZE];
+	unsigned int dl = 0, i;
+	char resp[512], want[128];
+	size_t rl, n;
+
+	if (peer_expect_eq(p, "AUTH CRAM-MD5") ||
+	    peer_send_b64(p, "334", cram_challenge, strlen(cram_challenge)) ||
+	    peer_b64_line(p, "", resp, sizeof(resp), &rl))
+		return -1;
+	HMAC(EVP_md5(), cram_pass, (int)strlen(cram_pass),
+	    (const unsigned char *)cram_challenge, strlen(cram_challenge), d,
+	    &dl);
+	n = (size_t)snprintf(want, sizeof(want), "%s ", cram_user);
+	for (i = 0; i < dl; i++)
+		n += (size_t)snprintf(want + n, sizeof(want) - n, "%02x", d[i]);
+	if (strcmp(want + strlen(cram_user) + 1, cram_digest) != 0) {
+		peer_failf(p, "HMAC-MD5 does not give RFC 2195's digest");
+		return -1;
+	}
+	if (strcmp(resp, want) != 0) {
+		peer_failf(p, "CRAM-MD5 response \"%s\", want \"%s\"", resp,
+		    want);
+		return -1;
+	}
+	return peer_send(p, "%s", final);
+}
+
+static void
+auth_set(struct run *r, const char *user, const char *secret,
+    const char *mechs, int plaintext, int first)
+{
+	r->have_auth = 1;
+	r->auth.user = user;
+	r->auth.secret = secret;
+	r->auth.mechanisms = mechs;
+	r->auth.allow_plaintext = plaintext;
+	r->auth.first = first;
+}
+
+/* Debug traces go to stderr: catch them in a file for one run. */
+struct capture {
+	char path[64];
+	int saved;
+};
+
+static void
+capture_begin(struct capture *cap)
+{
+	int fd;
+
+	snprintf(cap->path, sizeof(cap->path), "/tmp/test_smtp_log.XXXXXX");
+	fd = mkstemp(cap->path);
+	cr_assert_neq(fd, -1);
+	cap->saved = dup(STDERR_FILENO);
+	cr_assert_neq(cap->saved, -1);
+	cr_assert_eq(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+	close(fd);
+	log_setdebug(1);
+}
+
+/* Returns what was logged; the caller frees it. */
+static char *
+capture_end(struct capture *cap)
+{
+	FILE *f;
+	char *buf = calloc(1, 1 << 20);
+	size_t n;
+
+	log_setdebug(getenv("TEST_DEBUG") != NULL);
+	dup2(cap->saved, STDERR_FILENO);
+	close(cap->saved);
+	cr_assert_not_null(f = fopen(cap->path, "r"));
+	n = fread(buf, 1, (1 << 20) - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	unlink(cap->path);
+	return buf;
+}
+
+static void
+script_auth_first_cram(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250-AUTH PLAIN LOGIN CRAM-MD5\r\n"
+	    "250 PIPELINING\r\n") ||
+	    peer_cram_md5(p, "235 2.7.0 Authentication successful\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 2.0.0 Ok: queued\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, auth_first_cram_md5_before_mail)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct capture cap;
+	struct run r;
+	char want[128], *log, *resp64;
+	int fd;
+
+	peer_start(&p, script_auth_first_cram);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	/* no TLS, no allow_plaintext: of the three, only CRAM-MD5 */
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
+	fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
+	    (off_t)strlen(simple_body));
+	r.nmsgs = 1;
+	capture_begin(&cap);
+	run_go(&r);
+	log = capture_end(&cap);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauthenticated, 1);
+	cr_assert_str_eq(r.authed, "CRAM-MD5");
+	cr_assert_str_eq(r.mech_at_ready, "CRAM-MD5");
+	cr_assert_eq(r.nauth_required, 0);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	cr_assert(strncmp(p.rx, "EHLO client.example\r\nAUTH CRAM-MD5\r\n",
+	    36) == 0, "AUTH right after EHLO: %s", p.rx);
+
+	/* the trace shows the exchange but neither secret nor proof */
+	snprintf(want, sizeof(want), "%s %s", cram_user, cram_digest);
+	resp64 = sasl_b64_encode(want, strlen(want));
+	cr_assert_not_null(strstr(log, ">>> AUTH CRAM-MD5\n"), "%s", log);
+	cr_assert_not_null(strstr(log, "<<< 334 <redacted>\n"), "%s", log);
+	cr_assert_not_null(strstr(log, ">>> <redacted>\n"), "%s", log);
+	cr_assert_null(strstr(log, cram_pass));
+	cr_assert_null(strstr(log, resp64));
+	cr_assert_null(strstr(log, cram_digest));
+	free(resp64);
+	free(log);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_cram_535_then_plain(struct peer *p)
+{
+	char plain[256];
+	size_t len;
+
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5 PLAIN\r\n") ||
+	    peer_cram_md5(p, "535 5.7.8 Error: authentication failed\r\n") ||
+	    peer_b64_line(p, "AUTH PLAIN ", plain, sizeof(plain), &len))
+		return;
+	if (len != 1 + strlen(cram_user) + 1 + strlen(cram_pass) ||
+	    plain[0] != '\0' || strcmp(plain + 1, cram_user) != 0 ||
+	    strcmp(plain + 2 + strlen(cram_user), cram_pass) != 0) {
+		peer_failf(p, "PLAIN response is not \\0user\\0password");
+		return;
+	}
+	if (peer_send(p, "235 2.7.0 Authentication successful\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, auth_cram_535_falls_back_to_plain)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct capture cap;
+	struct run r;
+	char *log;
+	int fd;
+
+	peer_start(&p, script_cram_535_then_plain);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
+	fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
+	    (off_t)strlen(simple_body));
+	r.nmsgs = 1;
+	capture_begin(&cap);
+	run_go(&r);
+	log = capture_end(&cap);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauthenticated, 1);
+	cr_assert_str_eq(r.authed, "PLAIN");
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_not_null(strstr(log, ">>> AUTH PLAIN <redacted>\n"), "%s",
+	    log);
+	cr_assert_null(strstr(log, cram_pass));
+	free(log);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_mail_530(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250-PIPELINING\r\n"
+	    "250-AUTH CRAM-MD5\r\n250 ENHANCEDSTATUSCODES\r\n"))
+		return;
+	if (peer_read(p) < 0) {
+		peer_failf(p, "EOF after EHLO");
+		return;
+	}
+	memcpy(p->batch, p->in, p->inlen < sizeof(p->batch) - 1 ? p->inlen :
+	    sizeof(p->batch) - 1);
+	if (peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_send(p, "530 5.7.0 Authentication required\r\n"
+	    "503 5.5.1 Error: need MAIL command\r\n") ||
+	    peer_expect_eq(p, "RSET") ||
+	    peer_send(p, "250 2.0.0 Ok\r\n") ||
+	    peer_cram_md5(p, "235 2.7.0 Authentication successful\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 2.0.0 Ok: queued\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, mail_530_rset_auth_and_mail_again)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	const char *m;
+	int fd, nmail = 0;
+
+	peer_start(&p, script_mail_530);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	fd = body_fd(simple_body, strlen(simple_body));
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
+	    (off_t)strlen(simple_body));
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	/* the first try did not pipeline DATA: AUTH may still be due */
+	cr_assert_str_eq(p.batch, "MAIL FROM:<a@example.org>\r\n"
+	    "RCPT TO:<b@example.net>\r\n");
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.nauthenticated, 1);
+	cr_assert_eq(r.nrcpt, 1, "only the second try reports recipients");
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_OK);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	cr_assert_not_null(strstr(p.rx, "RSET\r\nAUTH CRAM-MD5\r\n"));
+	for (m = p.rx; (m = strstr(m, "MAIL FROM:")) != NULL; m++)
+		nmail++;
+	cr_assert_eq(nmail, 2, "one connection, MAIL twice");
+	cr_assert_not_null(strstr(p.rx, simple_wire));
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_rcpt_571(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250-AUTH CRAM-MD5\r\n"
+	    "250 ENHANCEDSTATUSCODES\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 2.1.0 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<x@example.net>") ||
+	    peer_send(p, "250 2.1.5 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<y@example.net>") ||
+	    peer_send(p, "554 5.7.1 <y@example.net>: Relay access "
+	    "denied\r\n") ||
+	    /* no third RCPT: the client authenticates first */
+	    peer_expect_eq(p, "RSET") ||
+	    peer_send(p, "250 2.0.0 Ok\r\n") ||
+	    peer_cram_md5(p, "235 2.7.0 Authentication successful\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 2.1.0 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<x@example.net>") ||
+	    peer_send(p, "250 2.1.5 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<y@example.net>") ||
+	    peer_send(p, "250 2.1.5 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<z@example.net>") ||
+	    peer_send(p, "250 2.1.5 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 2.0.0 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, rcpt_554_571_with_auth_offered_reauths_and_redoes)
+{
+	static const char *const rcpts[] = { "x@example.net",
+		"y@example.net", "z@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd, i;
+
+	peer_start(&p, script_rcpt_571);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 3, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.rcpts_at_auth_required, 0,
+	    "the first try's accepted RCPT was held back");
+	cr_assert_eq(r.nrcpt, 3);
+	for (i = 0; i < 3; i++) {
+		cr_assert_eq(r.rcpt_idx[i], (size_t)i);
+		cr_assert_eq(r.rcpt[i].status, OUTCOME_OK);
+	}
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK);
+	cr_assert_str_eq(r.authed, "CRAM-MD5");
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_mail_530_no_cred(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250-AUTH PLAIN CRAM-MD5\r\n"
+	    "250 ENHANCEDSTATUSCODES\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "530 5.7.0 Authentication required\r\n") ||
+	    peer_expect_eq(p, "RSET") ||
+	    peer_send(p, "250 2.0.0 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, mail_530_without_credentials_is_temporary_nocred)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_mail_530_no_cred);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.nrcpt, 0);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.done[0].class, OC_NOCRED);
+	cr_assert_not_null(strstr(r.done[0].text, "server requires "
+	    "authentication and no credentials are configured"), "%s",
+	    r.done[0].text);
+	cr_assert_null(strstr(p.rx, "AUTH"));
+	run_fini(&r);
+	close(fd);
+}
+
+static void
+script_rcpt_571_no_cred(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_send(p, "554 5.7.1 Relay access denied\r\n") ||
+	    peer_expect_eq(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, rcpt_571_without_credentials_never_permanent)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_rcpt_571_no_cred);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.nrcpt, 1);
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.rcpt[0].class, OC_NOCRED);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.done[0].class, OC_NOCRED);
+	run_fini(&r);
+	close(fd);
+}
+
+static void
+script_plain_only(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH PLAIN LOGIN\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, plain_only_without_tls_is_refused_before_auth)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_plain_only);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH);
+	cr_assert_str_eq(r.closed.text, "server offers only PLAIN LOGIN over "
+	    "an unencrypted connection; refusing to send credentials (set "
+	    "allow_plaintext_auth = true to allow)");
+	cr_assert_null(strstr(p.rx, "AUTH"));
+	run_fini(&r);
+}
+
+static void
+script_auth_454(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5 PLAIN\r\n") ||
+	    peer_expect_eq(p, "AUTH CRAM-MD5") ||
+	    peer_send(p, "454 4.7.0 Temporary authentication failure\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, auth_454_is_temporary_and_stops)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_auth_454);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH);
+	cr_assert_eq(r.closed.code, 454);
+	cr_assert_not_null(strstr(r.closed.text, "CRAM-MD5: 454 4.7.0 "
+	    "Temporary authentication failure"), "%s", r.closed.text);
+	cr_assert_null(strstr(p.rx, "AUTH PLAIN"), "no other mechanism");
+	run_fini(&r);
+}
+
+static void
+script_all_fail(struct peer *p)
+{
+	char resp[256];
+	size_t len;
+
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH LOGIN PLAIN CRAM-MD5\r\n") ||
+	    peer_cram_md5(p, "535 5.7.8 Error: CRAM no\r\n") ||
+	    peer_b64_line(p, "AUTH PLAIN ", resp, sizeof(resp), &len) ||
+	    peer_send(p, "535 5.7.8 PLAIN no\r\n") ||
+	    peer_expect_eq(p, "AUTH LOGIN") ||
+	    peer_send(p, "334 VXNlcm5hbWU6\r\n") ||
+	    peer_b64_line(p, "", resp, sizeof(resp), &len))
+		return;
+	if (strcmp(resp, cram_user) != 0) {
+		peer_failf(p, "LOGIN user \"%s\"", resp);
+		return;
+	}
+	if (peer_send(p, "334 UGFzc3dvcmQ6\r\n") ||
+	    peer_b64_line(p, "", resp, sizeof(resp), &len))
+		return;
+	if (strcmp(resp, cram_pass) != 0) {
+		peer_failf(p, "LOGIN password is not the password");
+		return;
+	}
+	if (peer_send(p, "535 5.7.8 LOGIN no\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, every_mechanism_fails_lists_each_reply)
+{
+	struct peer p = { 0 };
+	struct capture cap;
+	struct run r;
+	char *log;
+
+	peer_start(&p, script_all_fail);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
+	capture_begin(&cap);
+	run_go(&r);
+	log = capture_end(&cap);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.nauthenticated, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH);
+	cr_assert_str_eq(r.closed.text, "authentication failed: "
+	    "CRAM-MD5: 535 5.7.8 Error: CRAM no, PLAIN: 535 5.7.8 PLAIN no, "
+	    "LOGIN: 535 5.7.8 LOGIN no");
+	cr_assert_null(strstr(r.closed.text, cram_pass));
+	/* LOGIN's answers are redacted as well */
+	cr_assert_not_null(strstr(log, ">>> AUTH LOGIN\n"), "%s", log);
+	cr_assert_not_null(strstr(log, ">>> AUTH PLAIN <redacted>\n"));
+	cr_assert_null(strstr(log, cram_pass));
+	cr_assert_null(strstr(log, "dGFuc3RhYWZ0YW5zdGFhZg=="), "base64 "
+	    "of the password");
+	cr_assert_null(strstr(log, "VXNlcm5hbWU6"), "challenges redacted");
+	free(log);
+	run_fini(&r);
+}
+
+/* ---- SCRAM-SHA-256 against a server computed here (RFC 5802/7677) ---- */
+
+static const char scram_salt[] = "W22ZaJ0SNY7soEsUEjb6gQ==";
+static const char scram_snonce[] = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+
+/* The client proof and server signature for authmsg, base64. */
+static void
+scram_compute(const char *password, const char *authmsg, char *proof,
+    char *sig)
+{
+	unsigned char *salt, salted[32], ckey[32], stored[32], csig[32],
+	    skey[32], ssig[32], p[32];
+	unsigned int l;
+	size_t saltlen, i;
+	char *b;
+
+	cr_assert_eq(sasl_b64_decode(scram_salt, strlen(scram_salt), &salt,
+	    &saltlen), 0);
+	cr_assert_eq(PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt,
+	    (int)saltlen, 4096, EVP_sha256(), 32, salted), 1);
+	free(salt);
+	HMAC(EVP_sha256(), salted, 32, (const unsigned char *)"Client Key",
+	    10, ckey, &l);
+	SHA256(ckey, 32, stored);
+	HMAC(EVP_sha256(), stored, 32, (const unsigned char *)authmsg,
+	    strlen(authmsg), csig, &l);
+	for (i = 0; i < 32; i++)
+		p[i] = ckey[i] ^ csig[i];
+	HMAC(EVP_sha256(), salted, 32, (const unsigned char *)"Server Key",
+	    10, skey, &l);
+	HMAC(EVP_sha256(), skey, 32, (const unsigned char *)authmsg,
+	    strlen(authmsg), ssig, &l);
+	b = sasl_b64_encode(p, 32);
+	strcpy(proof, b);
+	free(b);
+	b = sasl_b64_encode(ssig, 32);
+	strcpy(sig, b);
+	free(b);
+}
+
+Test(smtp_client, scram_test_server_matches_rfc7677)
+{
+	char proof[64], sig[64];
+
+	/* the RFC's own exchange, to trust the server side below */
+	scram_compute("pencil", "n=user,r=rOprNGfwEbeRWgbNEkqO,"
+	    "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+	    "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,"
+	    "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0", proof, sig);
+	cr_assert_str_eq(proof, "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+	cr_assert_str_eq(sig, "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+}
+
+static int scram_bad_signature;
+
+static void
+script_scram(struct peer *p)
+{
+	char cf[512], sf[1024], cfin[512], authmsg[2048], proof[64], sig[64];
+	char v[128], *pp;
+	const char *nonce;
+	size_t len;
+
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n"
+	    "250 AUTH SCRAM-SHA-256 CRAM-MD5\r\n") ||
+	    peer_b64_line(p, "AUTH SCRAM-SHA-256 ", cf, sizeof(cf), &len))
+		return;
+	if (strncmp(cf, "n,,n=user,r=", 12) != 0) {
+		peer_failf(p, "client-first \"%s\"", cf);
+		return;
+	}
+	nonce = cf + 12;
+	snprintf(sf, sizeof(sf), "r=%s%s,s=%s,i=4096", nonce, scram_snonce,
+	    scram_salt);
+	if (peer_send_b64(p, "334", sf, strlen(sf)) ||
+	    peer_b64_line(p, "", cfin, sizeof(cfin), &len))
+		return;
+	if ((pp = strstr(cfin, ",p=")) == NULL) {
+		peer_failf(p, "client-final \"%s\"", cfin);
+		return;
+	}
+	*pp = '\0';
+	snprintf(authmsg, sizeof(authmsg), "%s,%s,%s", cf + 3, sf, cfin);
+	scram_compute("pencil", authmsg, proof, sig);
+	if (strcmp(pp + 3, proof) != 0) {
+		peer_failf(p, "client proof %s, want %s", pp + 3, proof);
+		return;
+	}
+	if (scram_bad_signature)
+		sig[0] = sig[0] == 'A' ? 'B' : 'A';
+	snprintf(v, sizeof(v), "v=%s", sig);
+	if (peer_send_b64(p, "334", v, strlen(v)))
+		return;
+	if (scram_bad_signature) {
+		/* the client must cancel, not take our word */
+		if (peer_expect_eq(p, "*") ||
+		    peer_send(p, "501 5.7.0 Authentication aborted\r\n") ||
+		    peer_expect(p, "QUIT") ||
+		    peer_send(p, "221 Bye\r\n"))
+			return;
+		peer_drain(p);
+		return;
+	}
+	if (peer_expect_eq(p, "") ||
+	    peer_send(p, "235 2.7.0 Authentication successful\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, scram_sha_256_verifies_the_server)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	scram_bad_signature = 0;
+	peer_start(&p, script_scram);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 0, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauthenticated, 1);
+	cr_assert_str_eq(r.authed, "SCRAM-SHA-256");
+	cr_assert_eq(r.nready, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_OK, "%s", r.closed.text);
+	run_fini(&r);
+}
+
+Test(smtp_client, scram_wrong_server_signature_is_refused)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	scram_bad_signature = 1;
+	peer_start(&p, script_scram);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	/* only SCRAM in the order: no fallback to CRAM-MD5 */
+	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 0, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauthenticated, 0);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH);
+	cr_assert_not_null(strstr(r.closed.text, "SCRAM-SHA-256"), "%s",
+	    r.closed.text);
+	run_fini(&r);
+}
+
+static void
+script_no_auth_offered(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250 mx.test\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, auth_first_without_auth_offered_goes_on)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_no_auth_offered);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nready, 1);
+	cr_assert_str_eq(r.mech_at_ready, "");
+	cr_assert_eq(r.closed.status, OUTCOME_OK);
+	run_fini(&r);
+}
+
+static void
+script_530_then_close(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>"))
+		return;
+	peer_send(p, "530 5.7.0 Authentication required\r\n");
+	/* and hangs up, as some servers do */
+}
+
+Test(smtp_client, close_after_530_reports_auth_not_protocol)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_530_then_close);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH, "%s: %s",
+	    outcome_class_name(r.closed.class), r.closed.text);
+	run_fini(&r);
+	close(fd);
 }

@@ -1,0 +1,881 @@
+/*
+ * The control socket: the daemon's side (a listener and one bufferevent per
+ * client, all on the loop thread) and the blocking client that smarthostctl
+ * uses. control.h describes the protocol.
+ *
+ * Invariants: a client is on c->clients from accept until client_free. A
+ * client marked closing reads nothing more; it is freed as soon as its
+ * output is written, or on a write error or timeout. Every command answers
+ * at once from what is in memory, so a response is complete when it is
+ * queued, and the next request on the connection is read only after it.
+ * A client that leaves its responses unread stops being read once
+ * CONTROL_OUTPUT_PAUSE bytes are waiting, so no client can make the daemon
+ * buffer more than about one queue listing on its behalf.
+ */
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/queue.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "control.h"
+#include "envelope.h"
+#include "log.h"
+#include "xmalloc.h"
+
+/* Stop reading requests while this much output waits for the client. */
+#define CONTROL_OUTPUT_PAUSE (1024 * 1024)
+/* Longest response line the client accepts. */
+#define CONTROL_REPLY_LINE_MAX (64 * 1024)
+/* Longest piece of a bad request echoed back in an error. */
+#define CONTROL_ECHO_MAX 64
+
+struct control_client {
+	TAILQ_ENTRY(control_client) entry;
+	struct control *c;
+	struct bufferevent *bev;
+	unsigned long uid;
+	int closing;  /* answer written, then free */
+	int paused;   /* reading stopped until the output drains */
+};
+
+struct control {
+	struct event_base *base;
+	struct evconnlistener *listener;
+	struct event *ev_resume;  /* re-enables accept after an error */
+	char *path;
+	dev_t dev;                /* of the socket file we created */
+	ino_t ino;
+	struct scheduler *sched;
+	struct smtp_server *server;
+	uid_t uid;
+	time_t started;
+	TAILQ_HEAD(, control_client) clients;
+	unsigned nclients;
+};
+
+/* ---- building responses ---- */
+
+/*
+ * One data line: formatted, control characters (a reply text may carry
+ * anything an upstream sent) replaced with '?', dot-stuffed, LF added.
+ */
+static void reply_line(struct evbuffer *, const char *, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+reply_line(struct evbuffer *out, const char *fmt, ...)
+{
+	va_list ap;
+	char *line;
+	int n;
+	size_t i;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		fatalx("%s: vsnprintf", __func__);
+	line = xmalloc((size_t)n + 1);
+	va_start(ap, fmt);
+	vsnprintf(line, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	for (i = 0; i < (size_t)n; i++)
+		if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+			line[i] = '?';
+	if (line[0] == '.')
+		evbuffer_add(out, ".", 1);
+	evbuffer_add(out, line, (size_t)n);
+	evbuffer_add(out, "\n", 1);
+	free(line);
+}
+
+/* A piece of a request, safe to put in an error message. */
+static void
+echo_copy(char *buf, size_t len, const char *s)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < len && i < CONTROL_ECHO_MAX && s[i] != '\0'; i++)
+		buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' :
+		    s[i];
+	buf[i] = '\0';
+}
+
+static const char *
+iso_time(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	if (gmtime_r(&t, &tm) == NULL ||
+	    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, len, "%lld", (long long)t);
+	return buf;
+}
+
+/* ---- commands ---- */
+
+/* A command appends data lines to out and returns 0, or returns -1 with
+ * the message of the error response in err. */
+typedef int control_cmd_fn(struct control_client *cl, const char *arg,
+    struct evbuffer *out, char *err, size_t errlen);
+
+static void
+status_auth_each(const char *host, const char *port, void *arg)
+{
+	struct evbuffer *out = arg;
+	int v6 = strchr(host, ':') != NULL;
+
+	if (port == NULL || port[0] == '\0')
+		reply_line(out, "auth-required: %s", host);
+	else
+		reply_line(out, "auth-required: %s%s%s:%s", v6 ? "[" : "",
+		    host, v6 ? "]" : "", port);
+}
+
+static int
+cmd_status(struct control_client *cl, const char *arg, struct evbuffer *out,
+    char *err, size_t errlen)
+{
+	struct control *c = cl->c;
+	time_t now = time(NULL);
+	char buf[64];
+
+	reply_line(out, "pid: %ld", (long)getpid());
+	reply_line(out, "started: %s", iso_time(c->started, buf,
+	    sizeof(buf)));
+	reply_line(out, "uptime: %lld", (long long)(now > c->started ?
+	    now - c->started : 0));
+	reply_line(out, "queued: %zu", scheduler_count(c->sched));
+	reply_line(out, "sessions: %u", c->server != NULL ?
+	    smtp_server_sessions(c->server) : 0);
+	scheduler_auth_required_list(c->sched, status_auth_each, out);
+	return 0;
+}
+
+static const char *const rcpt_status_names[] = {
+	[RCPT_PENDING] = "pending",
+	[RCPT_SENT] = "sent",
+	[RCPT_FAILED] = "failed",
+};
+_Static_assert(sizeof(rcpt_status_names) / sizeof(*rcpt_status_names) ==
+    RCPT_FAILED + 1, "rcpt_status_names out of date");
+
+static void
+queue_each(const struct envelope *env, void *arg)
+{
+	struct evbuffer *out = arg;
+	char created[32], next[32];
+	size_t i;
+
+	if (env->next_try == 0 || env->next_try <= time(NULL))
+		snprintf(next, sizeof(next), "now");
+	else
+		iso_time(env->next_try, next, sizeof(next));
+	reply_line(out, "%s size=%lld from=<%s> arrival=%s attempts=%u "
+	    "next_try=%s%s%s%s", env->id, (long long)env->body_size,
+	    env->sender, iso_time(env->created, created, sizeof(created)),
+	    env->attempts, next, env->relay != NULL ? " relay=" : "",
+	    env->relay != NULL ? env->relay : "",
+	    (env->flags & ENVELOPE_HOLD) ? " held" : "");
+	for (i = 0; i < env->nrcpts; i++) {
+		const struct envelope_rcpt *r = &env->rcpts[i];
+		const char *st = (size_t)r->status < sizeof(rcpt_status_names) /
+		    sizeof(*rcpt_status_names) ? rcpt_status_names[r->status] :
+		    "unknown";
+
+		reply_line(out, "  to=<%s> status=%s%s%s%s%s%s", r->addr, st,
+		    r->dsn[0] != '\0' ? " dsn=" : "", r->dsn,
+		    r->reply != NULL ? " (" : "",
+		    r->reply != NULL ? r->reply : "",
+		    r->reply != NULL ? ")" : "");
+	}
+}
+
+static int
+cmd_queue(struct control_client *cl, const char *arg, struct evbuffer *out,
+    char *err, size_t errlen)
+{
+	scheduler_foreach(cl->c->sched, queue_each, out);
+	return 0;
+}
+
+static int
+cmd_flush(struct control_client *cl, const char *arg, struct evbuffer *out,
+    char *err, size_t errlen)
+{
+	size_t n = scheduler_count(cl->c->sched);
+
+	log_info("control: flushing the queue (%zu message%s), requested by "
+	    "uid %lu", n, n == 1 ? "" : "s", cl->uid);
+	scheduler_flush(cl->c->sched);
+	reply_line(out, "flushed: %zu", n);
+	return 0;
+}
+
+static int
+cmd_auth_forget(struct control_client *cl, const char *arg,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	if (scheduler_auth_forget(cl->c->sched, arg) == -1) {
+		snprintf(err, errlen, "%s is not marked as requiring "
+		    "authentication", arg);
+		return -1;
+	}
+	log_info("control: forgot that %s requires authentication", arg);
+	reply_line(out, "forgotten: %s", arg);
+	return 0;
+}
+
+static int
+cmd_credentials_changed(struct control_client *cl, const char *arg,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	log_info("control: credentials changed; retrying mail deferred for "
+	    "credentials");
+	scheduler_credentials_changed(cl->c->sched);
+	return 0;
+}
+
+static const struct control_cmd {
+	const char *name;
+	int takes_arg;       /* exactly one argument, else none */
+	const char *usage;
+	control_cmd_fn *run;
+} control_cmds[] = {
+	{ "status", 0, "status", cmd_status },
+	{ "queue", 0, "queue", cmd_queue },
+	{ "flush", 0, "flush", cmd_flush },
+	{ "auth-forget", 1, "auth-forget HOST[:PORT]", cmd_auth_forget },
+	{ "credentials-changed", 0, "credentials-changed",
+	    cmd_credentials_changed },
+};
+
+/* ---- clients ---- */
+
+static void
+client_free(struct control_client *cl)
+{
+	struct control *c = cl->c;
+
+	TAILQ_REMOVE(&c->clients, cl, entry);
+	c->nclients--;
+	bufferevent_free(cl->bev);
+	free(cl);
+}
+
+/* Ends the connection once what is queued has been written. */
+static void
+client_close(struct control_client *cl)
+{
+	cl->closing = 1;
+	bufferevent_disable(cl->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_output(cl->bev)) == 0)
+		client_free(cl);
+}
+
+static void
+client_error(struct control_client *cl, const char *msg)
+{
+	struct evbuffer *out = bufferevent_get_output(cl->bev);
+
+	evbuffer_add_printf(out, "error %s\n.\n", msg);
+}
+
+/* Runs one request line (NUL-terminated, without its line end). */
+static void
+client_request(struct control_client *cl, char *line, size_t len)
+{
+	struct evbuffer *data, *out = bufferevent_get_output(cl->bev);
+	const struct control_cmd *cmd;
+	char err[512], echo[CONTROL_ECHO_MAX + 1], *arg, *end;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		if ((unsigned char)line[i] < 0x20 && line[i] != '\t') {
+			client_error(cl, "malformed request: control "
+			    "characters");
+			return;
+		}
+	}
+	/* COMMAND, then at most one argument, blanks around both. */
+	while (*line == ' ' || *line == '\t')
+		line++;
+	end = line + strlen(line);
+	while (end > line && (end[-1] == ' ' || end[-1] == '\t'))
+		*--end = '\0';
+	if (*line == '\0') {
+		client_error(cl, "empty request");
+		return;
+	}
+	arg = line + strcspn(line, " \t");
+	if (*arg != '\0') {
+		*arg++ = '\0';
+		arg += strspn(arg, " \t");
+	}
+	for (i = 0; i < sizeof(control_cmds) / sizeof(*control_cmds); i++)
+		if (strcmp(control_cmds[i].name, line) == 0)
+			break;
+	if (i == sizeof(control_cmds) / sizeof(*control_cmds)) {
+		echo_copy(echo, sizeof(echo), line);
+		snprintf(err, sizeof(err), "unknown command \"%s\"", echo);
+		client_error(cl, err);
+		return;
+	}
+	cmd = &control_cmds[i];
+	if ((cmd->takes_arg && (*arg == '\0' || arg[strcspn(arg, " \t")] !=
+	    '\0')) || (!cmd->takes_arg && *arg != '\0')) {
+		snprintf(err, sizeof(err), "usage: %s", cmd->usage);
+		client_error(cl, err);
+		return;
+	}
+	log_debug("control: uid %lu: %s%s%s", cl->uid, cmd->name,
+	    cmd->takes_arg ? " " : "", cmd->takes_arg ? arg : "");
+	if ((data = evbuffer_new()) == NULL)
+		fatalx("%s: evbuffer_new", __func__);
+	err[0] = '\0';
+	if (cmd->run(cl, arg, data, err, sizeof(err)) == 0) {
+		evbuffer_add(out, "ok\n", 3);
+		evbuffer_add_buffer(out, data);
+		evbuffer_add(out, ".\n", 2);
+	} else
+		client_error(cl, err[0] != '\0' ? err : "failed");
+	evbuffer_free(data);
+}
+
+static void
+client_overlong(struct control_client *cl)
+{
+	struct evbuffer *in = bufferevent_get_input(cl->bev);
+
+	log_warnx("control: uid %lu sent a request longer than %d bytes; "
+	    "closing", cl->uid, CONTROL_LINE_MAX);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	client_error(cl, "request too long");
+	client_close(cl);
+}
+
+/* Takes the complete lines out of the input, one response each. */
+static void
+client_read(struct bufferevent *bev, void *arg)
+{
+	struct control_client *cl = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct evbuffer *out = bufferevent_get_output(bev);
+	struct evbuffer_ptr eol;
+	size_t eol_len, len;
+	char *line;
+
+	while (!cl->closing) {
+		if (evbuffer_get_length(out) >= CONTROL_OUTPUT_PAUSE) {
+			/* Resumed by client_write once the client reads. */
+			cl->paused = 1;
+			bufferevent_disable(bev, EV_READ);
+			return;
+		}
+		eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+		if (eol.pos == -1) {
+			if (evbuffer_get_length(in) >= CONTROL_LINE_MAX)
+				client_overlong(cl);
+			return;
+		}
+		len = (size_t)eol.pos;
+		if (len + 1 > CONTROL_LINE_MAX) {
+			client_overlong(cl);
+			return;
+		}
+		line = xmalloc(len + 1);
+		evbuffer_remove(in, line, len);
+		evbuffer_drain(in, 1);
+		line[len] = '\0';
+		if (len > 0 && line[len - 1] == '\r')
+			line[--len] = '\0';
+		client_request(cl, line, len);
+		free(line);
+	}
+}
+
+static void
+client_write(struct bufferevent *bev, void *arg)
+{
+	struct control_client *cl = arg;
+
+	if (cl->closing) {
+		client_free(cl);
+		return;
+	}
+	if (cl->paused) {
+		cl->paused = 0;
+		bufferevent_enable(bev, EV_READ);
+		client_read(bev, cl);
+	}
+}
+
+static void
+client_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct control_client *cl = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t len;
+	char *line;
+
+	if ((what & BEV_EVENT_EOF) && !cl->closing) {
+		/* The client closed its side: a last request without a line
+		 * end still gets its answer ("printf status | socat ..."). */
+		len = evbuffer_get_length(in);
+		if (len >= CONTROL_LINE_MAX) {
+			client_overlong(cl);
+			return;
+		}
+		if (len > 0 && !cl->paused) {
+			line = xmalloc(len + 1);
+			evbuffer_remove(in, line, len);
+			line[len] = '\0';
+			if (line[len - 1] == '\r')
+				line[--len] = '\0';
+			client_request(cl, line, len);
+			free(line);
+		}
+		client_close(cl);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT)
+		log_debug("control: uid %lu timed out", cl->uid);
+	else if ((what & BEV_EVENT_ERROR) && errno != EPIPE &&
+	    errno != ECONNRESET)
+		log_warn("control: uid %lu", cl->uid);
+	client_free(cl);
+}
+
+/* ---- the listener ---- */
+
+int
+control_peer_allowed(uid_t peer, uid_t self)
+{
+	return peer == 0 || peer == self;
+}
+
+int
+control_peer_uid(int fd, uid_t *uid)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1)
+		return -1;
+	if (len != sizeof(cred)) {
+		errno = EINVAL;
+		return -1;
+	}
+	*uid = cred.uid;
+	return 0;
+}
+
+/* Answers a connection we will not serve and closes it. The socket is
+ * fresh, so the short answer fits in its buffer; if not, it is lost. */
+static void
+refuse(evutil_socket_t fd, const char *msg)
+{
+	char buf[256];
+	int n;
+
+	n = snprintf(buf, sizeof(buf), "error %s\n.\n", msg);
+	if (n > 0 && (size_t)n < sizeof(buf) &&
+	    send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) == -1)
+		log_debug("control: refusal not sent: %s", strerror(errno));
+	evutil_closesocket(fd);
+}
+
+static void
+control_accept(struct evconnlistener *lev, evutil_socket_t fd,
+    struct sockaddr *sa, int salen, void *arg)
+{
+	const struct timeval tv = { CONTROL_TIMEOUT, 0 };
+	struct control *c = arg;
+	struct control_client *cl;
+	uid_t uid;
+
+	if (control_peer_uid(fd, &uid) == -1) {
+		log_warn("control: cannot identify the peer");
+		refuse(fd, "permission denied");
+		return;
+	}
+	if (!control_peer_allowed(uid, c->uid)) {
+		log_warnx("control: refused uid %lu: only root and uid %lu "
+		    "may use %s", (unsigned long)uid, (unsigned long)c->uid,
+		    c->path);
+		refuse(fd, "permission denied");
+		return;
+	}
+	if (c->nclients >= CONTROL_CLIENTS_MAX) {
+		log_warnx("control: refused uid %lu: %d connections already",
+		    (unsigned long)uid, CONTROL_CLIENTS_MAX);
+		refuse(fd, "too many control connections");
+		return;
+	}
+	cl = xcalloc(1, sizeof(*cl));
+	cl->c = c;
+	cl->uid = (unsigned long)uid;
+	cl->bev = bufferevent_socket_new(c->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (cl->bev == NULL) {
+		log_warnx("control: bufferevent_socket_new failed");
+		evutil_closesocket(fd);
+		free(cl);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&c->clients, cl, entry);
+	c->nclients++;
+	bufferevent_setcb(cl->bev, client_read, client_write, client_event,
+	    cl);
+	bufferevent_set_timeouts(cl->bev, &tv, &tv);
+	bufferevent_enable(cl->bev, EV_READ | EV_WRITE);
+}
+
+static void
+control_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct control *c = arg;
+
+	evconnlistener_enable(c->listener);
+}
+
+/* accept(2) failed (EMFILE, ...): a level-triggered listener would spin,
+ * so pause for a second. */
+static void
+control_accept_error(struct evconnlistener *lev, void *arg)
+{
+	const struct timeval tv = { 1, 0 };
+	struct control *c = arg;
+
+	log_warn("control: accept on %s", c->path);
+	evconnlistener_disable(lev);
+	evtimer_add(c->ev_resume, &tv);
+}
+
+/* Whether something accepts connections on the Unix socket at sun. */
+static int
+socket_in_use(const struct sockaddr_un *sun)
+{
+	int fd, r;
+
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+		return 0;
+	r = connect(fd, (const struct sockaddr *)sun, sizeof(*sun));
+	close(fd);
+	return r == 0;
+}
+
+static int
+socket_open(const char *path, dev_t *dev, ino_t *ino, char *err,
+    size_t errlen)
+{
+	struct sockaddr_un sun;
+	struct stat st;
+	mode_t old;
+	int fd, saved;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "control socket %s: path too long",
+		    path);
+		return -1;
+	}
+	memcpy(sun.sun_path, path, strlen(path));
+	/* A stale socket from a previous run is removed; a live one means
+	 * another daemon uses this spool; other files are not ours. */
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			snprintf(err, errlen, "control socket %s: exists and "
+			    "is not a socket", path);
+			return -1;
+		}
+		if (socket_in_use(&sun)) {
+			snprintf(err, errlen, "control socket %s: another "
+			    "process is listening there", path);
+			return -1;
+		}
+		if (unlink(path) == -1) {
+			snprintf(err, errlen, "control socket %s: cannot "
+			    "remove the stale socket: %s", path,
+			    strerror(errno));
+			return -1;
+		}
+	}
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0)) == -1) {
+		snprintf(err, errlen, "control socket %s: %s", path,
+		    strerror(errno));
+		return -1;
+	}
+	/* Owner-only from the start: never a moment open to others. */
+	old = umask(0177);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+		umask(old);
+		snprintf(err, errlen, "control socket %s: bind: %s", path,
+		    strerror(errno));
+		close(fd);
+		return -1;
+	}
+	umask(old);
+	if (chmod(path, 0600) == -1 || lstat(path, &st) == -1 ||
+	    listen(fd, CONTROL_CLIENTS_MAX) == -1) {
+		saved = errno;
+		/* sun_path, not path: gcc's UBSan build cannot prove path
+		 * non-null here and -Wformat-truncation would fail. */
+		snprintf(err, errlen, "control socket %s: %s", sun.sun_path,
+		    strerror(saved));
+		unlink(path);
+		close(fd);
+		return -1;
+	}
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return fd;
+}
+
+struct control *
+control_new(struct event_base *base, const struct control_params *params,
+    char *err, size_t errlen)
+{
+	struct control *c;
+	int fd;
+
+	c = xcalloc(1, sizeof(*c));
+	c->base = base;
+	c->path = xstrdup(params->path);
+	c->sched = params->scheduler;
+	c->server = params->server;
+	c->uid = params->uid;
+	c->started = params->started;
+	TAILQ_INIT(&c->clients);
+	if ((fd = socket_open(params->path, &c->dev, &c->ino, err,
+	    errlen)) == -1) {
+		free(c->path);
+		free(c);
+		return NULL;
+	}
+	c->listener = evconnlistener_new(base, control_accept, c,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+	if (c->listener == NULL ||
+	    (c->ev_resume = evtimer_new(base, control_resume, c)) == NULL)
+		fatalx("%s: cannot listen on %s", __func__, c->path);
+	evconnlistener_set_error_cb(c->listener, control_accept_error);
+	log_info("control socket at %s", c->path);
+	return c;
+}
+
+void
+control_free(struct control *c)
+{
+	struct control_client *cl;
+	struct stat st;
+
+	if (c == NULL)
+		return;
+	while ((cl = TAILQ_FIRST(&c->clients)) != NULL)
+		client_free(cl);
+	evconnlistener_free(c->listener);
+	event_free(c->ev_resume);
+	/* Only our own socket: a second daemon may have replaced it. */
+	if (lstat(c->path, &st) == 0 && st.st_dev == c->dev &&
+	    st.st_ino == c->ino && unlink(c->path) == -1)
+		log_warn("unlink %s", c->path);
+	free(c->path);
+	free(c);
+}
+
+/* ---- the client side ---- */
+
+static long
+ms_left(const struct timespec *deadline)
+{
+	struct timespec now;
+	long ms;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ms = (long)(deadline->tv_sec - now.tv_sec) * 1000 +
+	    (deadline->tv_nsec - now.tv_nsec) / 1000000;
+	return ms > 0 ? ms : 0;
+}
+
+/* Waits for events on fd until the deadline: 0 ready, -1 with errno. */
+static int
+wait_fd(int fd, short events, const struct timespec *deadline)
+{
+	struct pollfd pfd = { fd, events, 0 };
+	int r;
+
+	do {
+		r = poll(&pfd, 1, (int)ms_left(deadline));
+	} while (r == -1 && errno == EINTR);
+	if (r == 0) {
+		errno = ETIMEDOUT;
+		return -1;
+	}
+	return r == 1 ? 0 : -1;
+}
+
+struct reply_reader {
+	int state;          /* 0: status line next, 1: data lines */
+	enum control_result result;
+	control_line_fn *each;
+	void *arg;
+	char *err;
+	size_t errlen;
+};
+
+/* One response line; returns 1 at the final ".", 0 to go on, -1 if the
+ * line is malformed. */
+static int
+reply_take(struct reply_reader *rr, char *line)
+{
+	size_t len = strlen(line);
+
+	if (len > 0 && line[len - 1] == '\r')
+		line[--len] = '\0';
+	if (rr->state == 0) {
+		rr->state = 1;
+		if (strcmp(line, "ok") == 0) {
+			rr->result = CONTROL_OK;
+			return 0;
+		}
+		if (strncmp(line, "error ", 6) == 0) {
+			rr->result = CONTROL_ERROR;
+			snprintf(rr->err, rr->errlen, "%s", line + 6);
+			return 0;
+		}
+		return -1;
+	}
+	if (strcmp(line, ".") == 0)
+		return 1;
+	if (rr->each != NULL)
+		rr->each(line[0] == '.' ? line + 1 : line, rr->arg);
+	return 0;
+}
+
+enum control_result
+control_call(const char *path, const char *request, unsigned timeout,
+    control_line_fn *each, void *arg, char *err, size_t errlen)
+{
+	struct reply_reader rr = { 0, CONTROL_FAILED, each, arg, err,
+	    errlen };
+	struct sockaddr_un sun;
+	struct timespec deadline;
+	char *buf = NULL, *req = NULL, *nl;
+	size_t len = 0, cap = 0, off = 0, reqlen;
+	ssize_t n;
+	int fd = -1, saved, r, send_error = 0;
+	enum control_result result = CONTROL_FAILED;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += timeout;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "cannot connect to %s: path too long",
+		    path);
+		errno = ENAMETOOLONG;
+		return CONTROL_UNAVAILABLE;
+	}
+	memcpy(sun.sun_path, path, strlen(path));
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1 ||
+	    connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+		saved = errno;
+		snprintf(err, errlen, "cannot connect to %s: %s", path,
+		    strerror(saved));
+		if (fd != -1)
+			close(fd);
+		errno = saved;
+		return CONTROL_UNAVAILABLE;
+	}
+
+	req = xasprintf("%s\n", request);
+	reqlen = strlen(req);
+	while (off < reqlen) {
+		if (wait_fd(fd, POLLOUT, &deadline) == -1)
+			goto fail_errno;
+		n = send(fd, req + off, reqlen - off, MSG_NOSIGNAL |
+		    MSG_DONTWAIT);
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n == -1 && (errno == EPIPE || errno == ECONNRESET)) {
+			/* Refused at once: the reason may wait unread. */
+			send_error = errno;
+			break;
+		}
+		if (n == -1)
+			goto fail_errno;
+		off += (size_t)n;
+	}
+
+	for (;;) {
+		/* Complete lines first, then read more. */
+		while (len > 0 && (nl = memchr(buf, '\n', len)) != NULL) {
+			*nl = '\0';
+			r = reply_take(&rr, buf);
+			len -= (size_t)(nl + 1 - buf);
+			memmove(buf, nl + 1, len);
+			if (r == -1) {
+				snprintf(err, errlen, "%s: malformed response",
+				    path);
+				goto out;
+			}
+			if (r == 1) {
+				result = rr.result;
+				goto out;
+			}
+		}
+		if (len > CONTROL_REPLY_LINE_MAX) {
+			snprintf(err, errlen, "%s: response line too long",
+			    path);
+			goto out;
+		}
+		if (cap - len < 4096) {
+			cap = cap == 0 ? 8192 : cap * 2;
+			buf = xreallocarray(buf, cap, 1);
+		}
+		if (wait_fd(fd, POLLIN, &deadline) == -1)
+			goto fail_errno;
+		n = recv(fd, buf + len, cap - len, MSG_DONTWAIT);
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n == -1)
+			goto fail_errno;
+		if (n == 0) {
+			/* A refusal may end at the close without its ".". */
+			if (rr.result == CONTROL_ERROR)
+				result = CONTROL_ERROR;
+			else if (send_error != 0 && rr.state == 0)
+				snprintf(err, errlen, "%s: %s", path,
+				    strerror(send_error));
+			else
+				snprintf(err, errlen, "%s: connection closed "
+				    "before the end of the response", path);
+			goto out;
+		}
+		len += (size_t)n;
+	}
+
+fail_errno:
+	snprintf(err, errlen, "%s: %s", path, errno == ETIMEDOUT ?
+	    "no response in time" : strerror(errno));
+out:
+	close(fd);
+	free(req);
+	free(buf);
+	return result;
+}

@@ -1,0 +1,110 @@
+/*
+ * The control socket: how smarthostctl talks to the running daemon.
+ *
+ * The daemon listens on a Unix stream socket (config control_socket,
+ * default <spool>/control.sock), created mode 0600 after privileges are
+ * dropped so that it belongs to the daemon user. Each connection is checked
+ * with SO_PEERCRED: only root and the daemon's own uid may talk to it.
+ *
+ * The protocol is line based, one request at a time:
+ *
+ *	request:  COMMAND [ARG]LF          (CRLF accepted; at most
+ *	                                    CONTROL_LINE_MAX bytes with LF)
+ *	response: "ok" or "error MESSAGE"
+ *	          zero or more data lines
+ *	          "."
+ *
+ * Every response line ends with LF. A data line that starts with "." is
+ * sent with one more "." in front (dot-stuffing, as in SMTP DATA), so the
+ * lone "." always ends the response. A client may send several requests on
+ * one connection; each gets its response in order. An overlong request, a
+ * refused peer or too many connections get one "error" response and the
+ * connection is closed.
+ *
+ * Commands:
+ *	status               pid, uptime, queued messages, inbound sessions,
+ *	                     relays learned to require authentication
+ *	queue                every queued message and its recipients
+ *	flush                make every queued message due now
+ *	auth-forget HOST     forget that HOST[:PORT] requires authentication
+ *	credentials-changed  re-read credentials, retry mail deferred for them
+ *
+ * Everything runs on the loop thread; no command blocks.
+ */
+#ifndef SMARTHOST_CONTROL_H
+#define SMARTHOST_CONTROL_H
+
+#include <stddef.h>
+#include <time.h>
+#include <sys/types.h>
+#include <event2/event.h>
+
+#include "scheduler.h"
+#include "smtp_server.h"
+
+/* Longest request line, LF included. */
+#define CONTROL_LINE_MAX 1024
+/* Connections served at once; more get an error and are closed. */
+#define CONTROL_CLIENTS_MAX 16
+/* Seconds a client may stay silent, or leave a response unread. */
+#define CONTROL_TIMEOUT 60
+
+struct control;
+
+struct control_params {
+	const char *path;             /* socket path; copied */
+	struct scheduler *scheduler;  /* borrowed; must outlive control */
+	struct smtp_server *server;   /* borrowed; NULL: 0 sessions shown */
+	uid_t uid;                    /* may connect, besides root */
+	time_t started;               /* for the uptime in status */
+};
+
+/*
+ * Creates the socket at params->path (removing a stale socket file left by
+ * a previous run; refusing when another process listens there or the path
+ * is not a socket), mode 0600, and starts accepting on base. Returns the
+ * server, or NULL with a message in err naming the path.
+ */
+struct control *control_new(struct event_base *base,
+    const struct control_params *params, char *err, size_t errlen);
+/* Closes every client and the socket, and removes the socket file if it
+ * is still the one we created. Accepts NULL. */
+void control_free(struct control *c);
+
+/* Whether a peer with uid peer may use the socket of a daemon running as
+ * uid self: root and self may. 1 or 0. */
+int control_peer_allowed(uid_t peer, uid_t self);
+/* The uid of the peer of connected Unix socket fd (SO_PEERCRED) in *uid.
+ * Returns 0, or -1 with errno. */
+int control_peer_uid(int fd, uid_t *uid);
+
+/*
+ * The client side, for smarthostctl and tests: a blocking call.
+ */
+enum control_result {
+	CONTROL_OK,          /* "ok": each() got every data line */
+	CONTROL_ERROR,       /* the daemon answered "error MESSAGE" */
+	CONTROL_UNAVAILABLE, /* cannot connect: errno says why (ENOENT,
+	                        ECONNREFUSED: not running; EACCES) */
+	CONTROL_FAILED,      /* the connection broke or timed out, or the
+	                        response was malformed */
+};
+
+/* Receives one data line, unstuffed, without its LF; valid only during
+ * the call. */
+typedef void control_line_fn(const char *line, void *arg);
+
+/*
+ * Connects to the socket at path, sends request (one line, without LF),
+ * and reads the response within timeout seconds in all, passing each data
+ * line to each (which may be NULL). Returns CONTROL_OK; CONTROL_ERROR with
+ * the daemon's MESSAGE in err; CONTROL_UNAVAILABLE with errno set and
+ * "cannot connect to PATH: REASON" in err; or CONTROL_FAILED with the
+ * reason in err. Data lines after an "error" line go to each as well.
+ * A response line longer than 64 KiB makes the response malformed.
+ */
+enum control_result control_call(const char *path, const char *request,
+    unsigned timeout, control_line_fn *each, void *arg, char *err,
+    size_t errlen);
+
+#endif

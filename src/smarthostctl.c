@@ -1,0 +1,1386 @@
+/*
+ * smarthostctl: the operator's tool. It reads the daemon's configuration
+ * file for the control socket, the relays and the credential files, then
+ * either talks to the running daemon over the control socket (status,
+ * queue, flush, auth-forget, credentials-changed) or works alone:
+ * "credentials" answers which authinfo entry the daemon would use for a
+ * host, and "login" tries a user and password against a server and offers
+ * to save them.
+ *
+ * Output is meant for people and for scripts alike: stdout carries only
+ * the result, in stable "key: value" lines where that fits; errors and
+ * prompts go to stderr (or the terminal). Exit codes are sysexits(3) and
+ * are listed in smarthostctl(8). No secret is ever printed unless the user
+ * asked for it with --show-secret, and every buffer that held one is wiped.
+ *
+ * When run as root and the configuration names a daemon user, the
+ * credential commands switch to that user first: the daemon reads its
+ * files as that user, so ownership checks, "~" and gpg's keyring must be
+ * that user's too, and a file that login creates must belong to it.
+ */
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sysexits.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/crypto.h>
+
+#include "authinfo.h"
+#include "config.h"
+#include "control.h"
+#include "log.h"
+#include "outcome.h"
+#include "sasl.h"
+#include "smtp_client.h"
+#include "tls.h"
+#include "xmalloc.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define DEFAULT_CONFIG SYSCONFDIR "/smarthostd/smarthostd.conf"
+
+#define CALL_TIMEOUT 30     /* seconds for one control request */
+#define INPUT_MAX 1024      /* bytes of one answer at a prompt */
+#define LOGIN_TIMEOUT_CONNECT 30
+#define LOGIN_TIMEOUT_COMMAND 60
+
+static struct config *cfg;
+/* The daemon user we switched to (become_daemon_user), for messages. */
+static char switched_to[64];
+
+static void errmsg(const char *, ...) __attribute__((format(printf, 1, 2)));
+
+/* One line on stderr, prefixed with our name. */
+static void
+errmsg(const char *fmt, ...)
+{
+	va_list ap;
+
+	fflush(stdout);
+	fprintf(stderr, "smarthostctl: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\n");
+}
+
+static void
+usage_print(FILE *f)
+{
+	fprintf(f,
+	    "usage: smarthostctl [-d] [-c file] command [argument ...]\n"
+	    "commands:\n"
+	    "  status                  the daemon's state\n"
+	    "  queue | mailq           list queued messages\n"
+	    "  flush                   try every queued message now\n"
+	    "  auth-forget HOST[:PORT] forget that a relay requires "
+	    "authentication\n"
+	    "  credentials-changed     retry mail deferred for credentials\n"
+	    "  credentials HOST PORT [USER] [--show-secret]\n"
+	    "                          which authinfo entry would be used\n"
+	    "  login HOST[:PORT] [--user USER] [--file PATH]\n"
+	    "        [--tls starttls|implicit|none] [--ca-file FILE] "
+	    "[--no-verify]\n"
+	    "                          try a user and password, offer to "
+	    "save them\n");
+}
+
+static void __attribute__((noreturn))
+usage(void)
+{
+	usage_print(stderr);
+	exit(EX_USAGE);
+}
+
+/* ---- talking to the daemon ---- */
+
+/*
+ * Sends request and passes the data lines to each. Returns an exit code;
+ * errors are reported here.
+ */
+static int
+daemon_call(const char *request, control_line_fn *each, void *arg)
+{
+	const char *path = cfg->control_socket;
+	char err[1024];
+	int saved;
+
+	switch (control_call(path, request, CALL_TIMEOUT, each, arg, err,
+	    sizeof(err))) {
+	case CONTROL_OK:
+		return EX_OK;
+	case CONTROL_ERROR:
+		if (strcmp(err, "permission denied") == 0) {
+			errmsg("%s: permission denied: only root and the "
+			    "daemon's user may use it", path);
+			return EX_NOPERM;
+		}
+		if (strcmp(err, "too many control connections") == 0) {
+			errmsg("%s: %s; try again", path, err);
+			return EX_TEMPFAIL;
+		}
+		errmsg("%s", err);
+		return EX_DATAERR;
+	case CONTROL_UNAVAILABLE:
+		saved = errno;
+		if (saved == EACCES || saved == EPERM) {
+			errmsg("cannot connect to %s: %s (only root and the "
+			    "daemon's user may use it)", path,
+			    strerror(saved));
+			return EX_NOPERM;
+		}
+		errmsg("cannot connect to %s: is smarthostd running?", path);
+		return EX_UNAVAILABLE;
+	case CONTROL_FAILED:
+		errmsg("%s", err);
+		return EX_PROTOCOL;
+	}
+	return EX_SOFTWARE;
+}
+
+static void
+print_line(const char *line, void *arg)
+{
+	size_t *n = arg;
+
+	printf("%s\n", line);
+	if (n != NULL)
+		(*n)++;
+}
+
+static void
+status_line(const char *line, void *arg)
+{
+	size_t *nauth = arg;
+
+	if (strncmp(line, "auth-required: ", 15) == 0)
+		(*nauth)++;
+	printf("%s\n", line);
+}
+
+static int
+cmd_status(int argc, char **argv)
+{
+	size_t nauth = 0;
+	int rc;
+
+	if (argc != 1)
+		usage();
+	if ((rc = daemon_call("status", status_line, &nauth)) == EX_OK &&
+	    nauth == 0)
+		printf("auth-required: none\n");
+	return rc;
+}
+
+/* Message lines start with the id; recipient lines with blanks. */
+static void
+queue_line(const char *line, void *arg)
+{
+	size_t *nmsgs = arg;
+
+	if (line[0] != ' ')
+		(*nmsgs)++;
+	printf("%s\n", line);
+}
+
+static int
+cmd_queue(int argc, char **argv)
+{
+	size_t nmsgs = 0;
+	int rc;
+
+	if (argc != 1)
+		usage();
+	if ((rc = daemon_call("queue", queue_line, &nmsgs)) != EX_OK)
+		return rc;
+	if (nmsgs == 0)
+		printf("queue is empty\n");
+	else
+		printf("-- %zu message%s\n", nmsgs, nmsgs == 1 ? "" : "s");
+	return EX_OK;
+}
+
+static int
+cmd_flush(int argc, char **argv)
+{
+	if (argc != 1)
+		usage();
+	return daemon_call("flush", print_line, NULL);
+}
+
+static int
+cmd_credentials_changed(int argc, char **argv)
+{
+	if (argc != 1)
+		usage();
+	return daemon_call("credentials-changed", print_line, NULL);
+}
+
+static int
+cmd_auth_forget(int argc, char **argv)
+{
+	char *req;
+	int rc;
+
+	if (argc != 2)
+		usage();
+	if (argv[1][0] == '\0' || strcspn(argv[1], " \t\r\n") !=
+	    strlen(argv[1])) {
+		errmsg("auth-forget: \"%s\" is not a host name", argv[1]);
+		return EX_USAGE;
+	}
+	req = xasprintf("auth-forget %s", argv[1]);
+	rc = daemon_call(req, print_line, NULL);
+	free(req);
+	return rc;
+}
+
+/* ---- credential files ---- */
+
+/*
+ * The daemon reads credential files as its configured user: do the same
+ * when we are root, so that the owner check, gpg's keyring (HOME) and the
+ * owner of a file we create match what the daemon sees.
+ */
+static int
+become_daemon_user(void)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0 || cfg->user == NULL)
+		return EX_OK;
+	if ((pw = getpwnam(cfg->user)) == NULL) {
+		errmsg("%s: user \"%s\" does not exist", cfg->file,
+		    cfg->user);
+		return EX_CONFIG;
+	}
+	if (pw->pw_uid == 0)
+		return EX_OK;
+	if (setgroups(1, &pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1) {
+		errmsg("cannot switch to the daemon user %s: %s", cfg->user,
+		    strerror(errno));
+		return EX_OSERR;
+	}
+	if (setenv("HOME", pw->pw_dir, 1) == -1) {
+		errmsg("setenv: %s", strerror(errno));
+		return EX_OSERR;
+	}
+	snprintf(switched_to, sizeof(switched_to), "%s", cfg->user);
+	return EX_OK;
+}
+
+static void
+warn_cb(const char *file, unsigned line, const char *msg, void *arg)
+{
+	errmsg("%s:%u: %s", file, line, msg);
+}
+
+static int
+is_gpg(const char *path)
+{
+	size_t n = strlen(path);
+
+	return n > 4 && strcmp(path + n - 4, ".gpg") == 0;
+}
+
+/*
+ * The checks authinfo_read_file makes, for the files we open ourselves
+ * (encrypted files, the file login appends to), with the same wording.
+ */
+static int
+file_check(const char *path, const struct stat *st, char *err, size_t errlen)
+{
+	struct passwd *pw;
+	char who[64];
+	int bad_owner, bad_mode;
+
+	if (!S_ISREG(st->st_mode)) {
+		snprintf(err, errlen, "%s: not a regular file", path);
+		return -1;
+	}
+	bad_owner = st->st_uid != geteuid();
+	bad_mode = (st->st_mode & (S_IRWXG | S_IRWXO)) != 0;
+	if (!bad_owner && !bad_mode)
+		return 0;
+	if ((pw = getpwuid(geteuid())) != NULL)
+		snprintf(who, sizeof(who), "%s", pw->pw_name);
+	else
+		snprintf(who, sizeof(who), "%u", (unsigned)geteuid());
+	if (bad_owner && bad_mode)
+		snprintf(err, errlen, "%s: owned by uid %u, not by %s, and "
+		    "open to group or others (mode %04o); refused, fix it "
+		    "with: chown %s '%s' && chmod 600 '%s'", path,
+		    (unsigned)st->st_uid, who, (unsigned)(st->st_mode & 07777),
+		    who, path, path);
+	else if (bad_owner)
+		snprintf(err, errlen, "%s: owned by uid %u, not by %s; "
+		    "refused, fix it with: chown %s '%s'", path,
+		    (unsigned)st->st_uid, who, who, path);
+	else
+		snprintf(err, errlen, "%s: readable or writable by group or "
+		    "others (mode %04o); refused, fix it with: chmod 600 '%s'",
+		    path, (unsigned)(st->st_mode & 07777), path);
+	return -1;
+}
+
+/*
+ * Decrypts an authinfo.gpg file with "gpg --quiet --batch --decrypt",
+ * which reads the file we opened and checked on its standard input, and
+ * looks host/port/user up in it. Returns 0 with *out (NULL: no match, or
+ * no such file), or -1 with err.
+ */
+static int
+gpg_lookup(const char *path, const char *host, const char *port,
+    const char *user, struct authinfo_entry **out, char *err, size_t errlen)
+{
+	struct authinfo *ai;
+	const struct authinfo_entry *e;
+	struct stat st;
+	char *buf = NULL;
+	size_t cap = 0, len = 0;
+	ssize_t n;
+	pid_t pid;
+	int fd, p[2] = { -1, -1 }, status, rc = -1;
+
+	*out = NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd == -1) {
+		if (errno == ENOENT || errno == ENOTDIR)
+			return 0;
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) == -1) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (file_check(path, &st, err, errlen) == -1)
+		goto out;
+	if (pipe2(p, O_CLOEXEC) == -1 || (pid = fork()) == -1) {
+		snprintf(err, errlen, "%s: cannot run gpg: %s", path,
+		    strerror(errno));
+		goto out;
+	}
+	if (pid == 0) {
+		if (fcntl(fd, F_SETFL, 0) == -1 || dup2(fd, 0) == -1 ||
+		    dup2(p[1], 1) == -1)
+			_exit(127);
+		execlp("gpg", "gpg", "--quiet", "--batch", "--decrypt",
+		    (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	p[1] = -1;
+	/* Grown through fresh buffers so no copy of the plain text is left
+	 * behind unwiped. */
+	for (;;) {
+		if (cap - len < 4096) {
+			char *nbuf = xmalloc(cap + 65536);
+
+			if (len > 0)
+				memcpy(nbuf, buf, len);
+			xfree_secret(buf, cap);
+			buf = nbuf;
+			cap += 65536;
+		}
+		n = read(p[0], buf + len, cap - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (len > AUTHINFO_FILE_MAX)
+			break;
+	}
+	close(p[0]);
+	p[0] = -1;
+	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+		;
+	if (len > AUTHINFO_FILE_MAX) {
+		snprintf(err, errlen, "%s: decrypts to more than %d bytes; "
+		    "refused (not an authinfo file?)", path, AUTHINFO_FILE_MAX);
+		goto out;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 127) {
+		snprintf(err, errlen, "%s: cannot run gpg (is it installed?)",
+		    path);
+		goto out;
+	}
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		snprintf(err, errlen, "%s: gpg --decrypt failed (%s %d)", path,
+		    WIFEXITED(status) ? "exit status" : "signal",
+		    WIFEXITED(status) ? WEXITSTATUS(status) :
+		    WTERMSIG(status));
+		goto out;
+	}
+	ai = authinfo_parse(buf, len, path, warn_cb, NULL);
+	if ((e = authinfo_match(ai, host, port, user)) != NULL)
+		*out = authinfo_entry_dup(e);
+	authinfo_free(ai);
+	rc = 0;
+out:
+	if (p[0] != -1)
+		close(p[0]);
+	if (p[1] != -1)
+		close(p[1]);
+	xfree_secret(buf, cap);
+	close(fd);
+	return rc;
+}
+
+/*
+ * The daemon's lookup: the configured files in order, the first match
+ * wins, and a refused file stops the search. Encrypted files are read
+ * when skip_gpg is 0. Returns 0 with *out (NULL: no match), or -1 with
+ * err.
+ */
+static int
+credentials_lookup(const char *host, const char *port, const char *user,
+    int skip_gpg, struct authinfo_entry **out, char *err, size_t errlen)
+{
+	size_t i;
+	int r;
+
+	*out = NULL;
+	for (i = 0; i < cfg->nauthinfo; i++) {
+		const char *f = cfg->authinfo[i];
+
+		if (is_gpg(f)) {
+			if (skip_gpg)
+				continue;
+			r = gpg_lookup(f, host, port, user, out, err, errlen);
+		} else
+			r = authinfo_lookup(&f, 1, host, port, user, out,
+			    warn_cb, NULL, err, errlen);
+		if (r == -1)
+			return -1;
+		if (*out != NULL)
+			return 0;
+	}
+	return 0;
+}
+
+static int
+cmd_credentials(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "show-secret", no_argument, NULL, 's' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct authinfo_entry *e = NULL;
+	const char *host, *port, *user = NULL;
+	char err[2048];
+	int ch, show = 0, rc;
+	size_t i;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 's':
+			show = 1;
+			break;
+		default:
+			usage();
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 2 || argc > 3)
+		usage();
+	host = argv[0];
+	port = argv[1];
+	if (argc == 3 && argv[2][0] != '\0')
+		user = argv[2];
+	if (host[0] == '\0') {
+		errmsg("credentials: empty host name");
+		return EX_USAGE;
+	}
+	if (authinfo_port_number(port) == -1) {
+		errmsg("credentials: \"%s\" is not a port (a number, or smtp, "
+		    "submission, submissions)", port);
+		return EX_USAGE;
+	}
+	if ((rc = become_daemon_user()) != EX_OK)
+		return rc;
+	if (credentials_lookup(host, port, user, 0, &e, err,
+	    sizeof(err)) == -1) {
+		errmsg("%s%s%s%s", err, switched_to[0] != '\0' ?
+		    " (read as " : "", switched_to, switched_to[0] != '\0' ?
+		    ", the daemon's user, as smarthostd reads it)" : "");
+		return EX_CONFIG;
+	}
+	if (e == NULL) {
+		errmsg("no entry for %s port %s%s%s in:", host, port,
+		    user != NULL ? " user " : "", user != NULL ? user : "");
+		for (i = 0; i < cfg->nauthinfo; i++)
+			fprintf(stderr, "  %s\n", cfg->authinfo[i]);
+		fprintf(stderr, "add one with: smarthostctl login %s:%s\n",
+		    host, port);
+		return EX_NOUSER;
+	}
+	printf("file: %s\n", e->file);
+	printf("line: %u\n", e->line);
+	if (e->is_default)
+		printf("default: yes\n");
+	else if (e->host != NULL)
+		printf("host: %s\n", e->host);
+	if (e->port != NULL)
+		printf("port: %s\n", e->port);
+	if (e->login != NULL) {
+		printf("login: %s\n", e->login);
+		printf("user: %s\n", e->login);
+	}
+	if (e->password == NULL)
+		printf("password: missing\n");
+	else if (show) {
+		printf("password: %s\n", e->password);
+		printf("secret: %s\n", e->password);
+	} else
+		printf("password: present\n");
+	if (e->smtp_auth != NULL)
+		printf("smtp-auth: %s\n", e->smtp_auth);
+	fflush(stdout);
+	authinfo_entry_free(e);
+	return EX_OK;
+}
+
+/* ---- prompts ---- */
+
+static int tty_fd = -1;        /* the terminal whose echo we turned off */
+static struct termios tty_saved;
+
+static void
+tty_restore(void)
+{
+	if (tty_fd != -1) {
+		tcsetattr(tty_fd, TCSAFLUSH, &tty_saved);
+		tty_fd = -1;
+	}
+}
+
+/* A signal while the echo is off: put the terminal back, then die of it. */
+static void
+tty_signal(int sig)
+{
+	if (tty_fd != -1)
+		tcsetattr(tty_fd, TCSAFLUSH, &tty_saved);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+struct input {
+	int interactive;  /* prompts and answers on the terminal */
+	int in;           /* where answers come from */
+	FILE *prompt;     /* where prompts go */
+};
+
+/*
+ * Reads one line into buf (without its line end), one byte at a time, so
+ * that nothing beyond the line is consumed and no stdio buffer keeps a
+ * copy of a password. Returns 0, or -1 at end of input with nothing read
+ * or on an error or an overlong line (errno EMSGSIZE).
+ */
+static int
+read_line(int fd, char *buf, size_t size)
+{
+	size_t len = 0;
+	ssize_t n;
+	char ch;
+
+	for (;;) {
+		n = read(fd, &ch, 1);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -1;
+		if (n == 0) {
+			if (len == 0)
+				return -1;
+			break;
+		}
+		if (ch == '\n')
+			break;
+		if (len + 1 >= size) {
+			OPENSSL_cleanse(buf, size);
+			errno = EMSGSIZE;
+			return -1;
+		}
+		buf[len++] = ch;
+	}
+	if (len > 0 && buf[len - 1] == '\r')
+		len--;
+	buf[len] = '\0';
+	return 0;
+}
+
+/* Asks a question; echo 0 hides the answer on a terminal. */
+static int
+ask(struct input *in, const char *question, int echo, char *buf,
+    size_t size)
+{
+	struct termios t;
+	int r;
+
+	fprintf(in->prompt, "%s", question);
+	fflush(in->prompt);
+	if (in->interactive && !echo && tcgetattr(in->in, &tty_saved) == 0) {
+		t = tty_saved;
+		t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+		t.c_lflag |= ICANON;
+		tty_fd = in->in;
+		if (tcsetattr(in->in, TCSAFLUSH, &t) == -1)
+			tty_fd = -1;
+	}
+	r = read_line(in->in, buf, size);
+	if (tty_fd != -1) {
+		tty_restore();
+		fprintf(in->prompt, "\n");
+	} else if (!in->interactive)
+		fprintf(in->prompt, "\n");
+	fflush(in->prompt);
+	return r;
+}
+
+/* ---- login: the SMTP session ---- */
+
+struct login {
+	struct event_base *base;
+	int ready;                /* ready() came: the session is up */
+	int closed;
+	char mech[64];            /* what AUTH succeeded with */
+	char offered[256];        /* the server's AUTH list */
+	struct outcome failure;   /* closed() before ready() */
+	int timed_out;
+};
+
+static void
+login_ready(struct smtp_client *c, void *arg)
+{
+	struct login *l = arg;
+	const struct smtp_ehlo *ehlo = smtp_client_ehlo(c);
+	const char *mech = smtp_client_auth_mech(c);
+
+	if (l->ready)
+		return;
+	l->ready = 1;
+	if (mech != NULL && l->mech[0] == '\0')
+		snprintf(l->mech, sizeof(l->mech), "%s", mech);
+	if (ehlo != NULL)
+		snprintf(l->offered, sizeof(l->offered), "%s", ehlo->auth);
+	/* Nothing to send: the question was whether AUTH works. */
+	smtp_client_quit(c);
+}
+
+static void
+login_authenticated(struct smtp_client *c, const char *mech, void *arg)
+{
+	struct login *l = arg;
+
+	snprintf(l->mech, sizeof(l->mech), "%s", mech);
+}
+
+static void
+login_closed(struct smtp_client *c, const struct outcome *o, void *arg)
+{
+	struct login *l = arg;
+
+	if (!l->ready)
+		l->failure = *o;
+	l->closed = 1;
+	event_base_loopbreak(l->base);
+}
+
+static void
+login_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct login *l = arg;
+
+	l->timed_out = 1;
+	event_base_loopbreak(l->base);
+}
+
+static const struct smtp_client_cb login_cb = {
+	.ready = login_ready,
+	.closed = login_closed,
+	.authenticated = login_authenticated,
+};
+
+struct login_params {
+	const char *host;
+	const char *port;
+	enum tls_mode tls;
+	const char *ca_file;
+	int verify;
+	const char *helo;
+	const char *mechanisms;   /* NULL: the default order */
+	int allow_plaintext;
+	unsigned timeout_connect;
+	unsigned timeout_command;
+};
+
+static int
+is_numeric_host(const char *host)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	return inet_pton(AF_INET, host, buf) == 1 ||
+	    inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/*
+ * Connects, authenticates right after EHLO with user and password, and
+ * QUITs. Returns EX_OK with the mechanism in mech, or an exit code after
+ * reporting the failure.
+ */
+static int
+login_try(const struct login_params *lp, const char *user,
+    const char *password, char *mech, size_t mechlen)
+{
+	struct smtp_client_params sp;
+	struct smtp_client_auth auth;
+	struct smtp_client *c;
+	struct evdns_base *dns = NULL;
+	struct event *timer;
+	struct timeval tv;
+	struct login l;
+	SSL_CTX *ctx = NULL;
+	const char *usable[SASL_MECH_MAX];
+	char err[512];
+	int rc = EX_SOFTWARE;
+
+	memset(&l, 0, sizeof(l));
+	if (evthread_use_pthreads() == -1 ||
+	    (l.base = event_base_new()) == NULL) {
+		errmsg("cannot create an event loop");
+		return EX_OSERR;
+	}
+	if (lp->tls != TLS_MODE_NONE &&
+	    (ctx = tls_client_ctx_new(lp->ca_file, lp->verify, err,
+	    sizeof(err))) == NULL) {
+		errmsg("TLS: %s", err);
+		event_base_free(l.base);
+		return EX_CONFIG;
+	}
+	if (!is_numeric_host(lp->host)) {
+		dns = evdns_base_new(l.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+		if (dns == NULL && (dns = evdns_base_new(l.base, 0)) != NULL)
+			evdns_base_load_hosts(dns, NULL);
+	}
+
+	memset(&sp, 0, sizeof(sp));
+	sp.host = lp->host;
+	sp.port = lp->port;
+	sp.tls = lp->tls;
+	sp.ssl_ctx = ctx;
+	sp.helo = lp->helo;
+	sp.timeout_connect = lp->timeout_connect;
+	sp.timeout_command = lp->timeout_command;
+	sp.timeout_data = lp->timeout_command;
+	c = smtp_client_new(l.base, dns, &sp, &login_cb, &l);
+	memset(&auth, 0, sizeof(auth));
+	auth.user = user;
+	auth.secret = password;
+	auth.mechanisms = lp->mechanisms;
+	auth.allow_plaintext = lp->allow_plaintext;
+	auth.first = 1;
+	smtp_client_set_auth(c, &auth);
+	smtp_client_connect(c);
+
+	/* The client's own timeouts end every stage; this only bounds the
+	 * whole in case a server trickles. */
+	timer = evtimer_new(l.base, login_timeout, &l);
+	tv.tv_sec = (time_t)(lp->timeout_connect + 6 * lp->timeout_command);
+	tv.tv_usec = 0;
+	evtimer_add(timer, &tv);
+	while (!l.closed && !l.timed_out)
+		if (event_base_dispatch(l.base) == -1)
+			break;
+
+	if (l.mech[0] != '\0') {
+		snprintf(mech, mechlen, "%s", l.mech);
+		rc = EX_OK;
+	} else if (l.timed_out) {
+		errmsg("%s: no answer in time", lp->host);
+		rc = EX_TEMPFAIL;
+	} else if (!l.ready) {
+		errmsg("%s: %s", lp->host, l.failure.text);
+		rc = outcome_sysexit(&l.failure);
+		if (rc == EX_OK)
+			rc = EX_PROTOCOL;
+	} else if (l.offered[0] == '\0') {
+		errmsg("%s does not offer authentication (no AUTH in its "
+		    "EHLO reply)", lp->host);
+		rc = EX_UNAVAILABLE;
+	} else if (sasl_choose_order(l.offered, lp->mechanisms,
+	    lp->tls != TLS_MODE_NONE, lp->allow_plaintext, usable,
+	    SASL_MECH_MAX) == 0) {
+		errmsg("%s offers AUTH %s, and none of it can be used%s",
+		    lp->host, l.offered, lp->tls == TLS_MODE_NONE ? " without "
+		    "TLS (PLAIN and LOGIN need TLS unless the relay sets "
+		    "allow_plaintext_auth)" : "");
+		rc = EX_UNAVAILABLE;
+	} else {
+		errmsg("%s: not authenticated (the server offers AUTH %s)",
+		    lp->host, l.offered);
+		rc = EX_NOPERM;
+	}
+	smtp_client_free(c);
+	event_free(timer);
+	if (dns != NULL)
+		evdns_base_free(dns, 0);
+	event_base_free(l.base);
+	tls_ctx_free(ctx);
+	return rc;
+}
+
+/* ---- login: saving ---- */
+
+/*
+ * Appends "machine HOST port PORT login USER password SECRET" to path,
+ * creating it 0600 when missing; refuses a file that authinfo_read_file
+ * would refuse. Returns EX_OK with the new entry's line in *line.
+ */
+static int
+save_entry(const char *path, const char *host, const char *port,
+    const char *user, const char *secret, unsigned *line)
+{
+	char *qh = NULL, *qp = NULL, *qu = NULL, *qs = NULL, *text = NULL;
+	char buf[4096], err[2048], last;
+	struct stat st;
+	off_t off;
+	ssize_t n;
+	size_t len, done;
+	unsigned lines = 0;
+	int fd = -1, rc = EX_SOFTWARE;
+
+	qh = authinfo_quote(host);
+	qp = authinfo_quote(port);
+	qu = authinfo_quote(user);
+	qs = authinfo_quote(secret);
+	if (qh == NULL || qp == NULL || qu == NULL || qs == NULL) {
+		errmsg("the %s cannot be written in an authinfo file (a line "
+		    "break, or both kinds of quote with a backslash)",
+		    qh == NULL ? "host" : qp == NULL ? "port" : qu == NULL ?
+		    "user" : "password");
+		rc = EX_DATAERR;
+		goto out;
+	}
+	fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY |
+	    O_NONBLOCK, 0600);
+	if (fd == -1) {
+		errmsg("%s: %s", path, strerror(errno));
+		rc = EX_CANTCREAT;
+		goto out;
+	}
+	if (fstat(fd, &st) == -1) {
+		errmsg("%s: %s", path, strerror(errno));
+		rc = EX_IOERR;
+		goto out;
+	}
+	if (file_check(path, &st, err, sizeof(err)) == -1) {
+		errmsg("%s", err);
+		rc = EX_CONFIG;
+		goto out;
+	}
+	/* Count the lines, and make sure ours starts on a fresh one. */
+	last = '\n';
+	for (off = 0;; off += n) {
+		n = pread(fd, buf, sizeof(buf), off);
+		if (n == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n == -1) {
+			errmsg("%s: %s", path, strerror(errno));
+			rc = EX_IOERR;
+			goto out;
+		}
+		if (n == 0)
+			break;
+		for (len = 0; len < (size_t)n; len++)
+			if (buf[len] == '\n')
+				lines++;
+		last = buf[n - 1];
+	}
+	OPENSSL_cleanse(buf, sizeof(buf));
+	if (last != '\n')
+		lines++;
+	text = xasprintf("%smachine %s port %s login %s password %s\n",
+	    last != '\n' ? "\n" : "", qh, qp, qu, qs);
+	len = strlen(text);
+	for (done = 0; done < len; done += (size_t)n) {
+		n = write(fd, text + done, len - done);
+		if (n == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n == -1) {
+			errmsg("%s: %s", path, strerror(errno));
+			rc = EX_IOERR;
+			goto out;
+		}
+	}
+	if (fsync(fd) == -1) {
+		errmsg("%s: fsync: %s", path, strerror(errno));
+		rc = EX_IOERR;
+		goto out;
+	}
+	*line = lines + 1;
+	rc = EX_OK;
+out:
+	if (fd != -1)
+		close(fd);
+	free(qh);
+	free(qp);
+	free(qu);
+	xfree_secret_str(qs);
+	xfree_secret_str(text);
+	return rc;
+}
+
+/*
+ * After saving: would the daemon find the new entry? It reads only the
+ * configured files, the first match wins, and a relay with a configured
+ * user only takes entries for that user. Warnings only.
+ */
+static void
+save_check(const char *path, unsigned line, const char *host,
+    const char *port, const struct relay_config *rc)
+{
+	struct authinfo_entry *e = NULL;
+	const char *want = rc != NULL ? rc->user : NULL;
+	char err[2048];
+	size_t i;
+
+	for (i = 0; i < cfg->nauthinfo; i++)
+		if (strcmp(cfg->authinfo[i], path) == 0)
+			break;
+	if (i == cfg->nauthinfo) {
+		errmsg("warning: %s is not one of the authinfo files of %s, "
+		    "so smarthostd does not read it", path, cfg->file);
+		return;
+	}
+	if (credentials_lookup(host, port, want, 1, &e, err,
+	    sizeof(err)) == -1) {
+		errmsg("warning: %s", err);
+		return;
+	}
+	if (e == NULL)
+		errmsg("warning: smarthostd looks for user %s on %s (relay "
+		    "%s), and the new entry is for another user", want, host,
+		    rc->name);
+	else if (strcmp(e->file, path) != 0 || e->line != line)
+		errmsg("warning: %s:%u matches %s port %s first, so "
+		    "smarthostd keeps using it: remove or edit that entry",
+		    e->file, e->line, host, port);
+	authinfo_entry_free(e);
+}
+
+/*
+ * Whether the entry the daemon would use already holds user and password
+ * (a login repeated to check a server, or after an outage): then saving
+ * would only add a line that is never read. Says so when it does.
+ */
+static int
+already_saved(const char *host, const char *port,
+    const struct relay_config *rc, const char *user, const char *password)
+{
+	struct authinfo_entry *e = NULL;
+	char err[2048];
+	int same;
+
+	if (credentials_lookup(host, port, rc != NULL ? rc->user : NULL, 1, &e,
+	    err, sizeof(err)) == -1 || e == NULL)
+		return 0;
+	same = e->login != NULL && e->password != NULL &&
+	    strcmp(e->login, user) == 0 && strcmp(e->password, password) == 0;
+	if (same)
+		printf("already saved in %s, line %u\n", e->file, e->line);
+	authinfo_entry_free(e);
+	return same;
+}
+
+/* ---- login ---- */
+
+/* The configured relay for host (case-insensitive), preferring the one
+ * on port when several share the host. NULL if none. */
+static const struct relay_config *
+relay_for(const char *host, const char *port)
+{
+	const struct relay_config *found = NULL;
+	size_t i;
+
+	for (i = 0; i < cfg->nrelays; i++) {
+		const struct relay_config *r = &cfg->relays[i];
+
+		if (r->type != RELAY_TYPE_SMTP || r->host == NULL ||
+		    strcasecmp(r->host, host) != 0)
+			continue;
+		if (port == NULL || (r->port != NULL &&
+		    authinfo_port_number(r->port) ==
+		    authinfo_port_number(port)))
+			return r;
+		if (found == NULL)
+			found = r;
+	}
+	return found;
+}
+
+/* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no
+ * port. The results point into buf. */
+static int
+split_hostport(char *buf, char **host, char **port)
+{
+	char *p;
+
+	*port = NULL;
+	if (buf[0] == '[') {
+		if ((p = strchr(buf, ']')) == NULL)
+			return -1;
+		*p++ = '\0';
+		*host = buf + 1;
+		if (*p == ':')
+			*port = p + 1;
+		else if (*p != '\0')
+			return -1;
+	} else {
+		*host = buf;
+		p = strchr(buf, ':');
+		if (p != NULL && strchr(p + 1, ':') == NULL) {
+			*p = '\0';
+			*port = p + 1;
+		}
+	}
+	if (**host == '\0' || (*port != NULL && **port == '\0'))
+		return -1;
+	return 0;
+}
+
+static char *
+join_mechanisms(const struct relay_config *rc)
+{
+	char *s = NULL, *t;
+	size_t i;
+
+	for (i = 0; rc != NULL && i < rc->nmechanisms; i++) {
+		t = xasprintf("%s%s%s", s != NULL ? s : "", s != NULL ? " " :
+		    "", rc->mechanisms[i]);
+		free(s);
+		s = t;
+	}
+	return s;
+}
+
+static int
+cmd_login(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "user", required_argument, NULL, 'u' },
+		{ "file", required_argument, NULL, 'f' },
+		{ "tls", required_argument, NULL, 't' },
+		{ "ca-file", required_argument, NULL, 'C' },
+		{ "no-verify", no_argument, NULL, 'n' },
+		{ NULL, 0, NULL, 0 }
+	};
+	const struct relay_config *rc;
+	struct login_params lp;
+	struct input in;
+	const char *user_opt = NULL, *file = NULL, *tls_opt = NULL;
+	const char *ca_opt = NULL, *tls_name;
+	char *target = NULL, *host, *port_in, *mechs = NULL, *q;
+	const char *port;
+	char user[INPUT_MAX], password[INPUT_MAX], answer[INPUT_MAX];
+	char mech[64], portbuf[16];
+	FILE *tty = NULL;
+	unsigned line;
+	int ch, no_verify = 0, rc_exit, pn;
+	size_t i;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'u':
+			user_opt = optarg;
+			break;
+		case 'f':
+			file = optarg;
+			break;
+		case 't':
+			tls_opt = optarg;
+			break;
+		case 'C':
+			ca_opt = optarg;
+			break;
+		case 'n':
+			no_verify = 1;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (argc - optind != 1)
+		usage();
+	target = xstrdup(argv[optind]);
+	if (split_hostport(target, &host, &port_in) == -1) {
+		errmsg("login: \"%s\" is not HOST, HOST:PORT or [ADDRESS]:PORT",
+		    argv[optind]);
+		free(target);
+		return EX_USAGE;
+	}
+	port = port_in;
+	if (port != NULL && authinfo_port_number(port) == -1) {
+		errmsg("login: \"%s\" is not a port", port);
+		free(target);
+		return EX_USAGE;
+	}
+
+	rc = relay_for(host, port);
+	memset(&lp, 0, sizeof(lp));
+	lp.host = host;
+	lp.tls = rc != NULL ? rc->tls : TLS_MODE_STARTTLS;
+	if (tls_opt != NULL) {
+		if (strcmp(tls_opt, "starttls") == 0)
+			lp.tls = TLS_MODE_STARTTLS;
+		else if (strcmp(tls_opt, "implicit") == 0)
+			lp.tls = TLS_MODE_IMPLICIT;
+		else if (strcmp(tls_opt, "none") == 0)
+			lp.tls = TLS_MODE_NONE;
+		else {
+			errmsg("login: --tls must be starttls, implicit or "
+			    "none");
+			free(target);
+			return EX_USAGE;
+		}
+	}
+	/* The port as the daemon's lookup will see it: a number. */
+	if (port == NULL)
+		port = rc != NULL && tls_opt == NULL ? rc->port :
+		    lp.tls == TLS_MODE_IMPLICIT ? "465" :
+		    lp.tls == TLS_MODE_NONE ? "25" : "587";
+	if ((pn = authinfo_port_number(port)) != -1) {
+		snprintf(portbuf, sizeof(portbuf), "%d", pn);
+		port = portbuf;
+	}
+	lp.port = port;
+	lp.ca_file = ca_opt != NULL ? ca_opt : rc != NULL ? rc->ca_file : NULL;
+	lp.verify = no_verify ? 0 : rc != NULL ? rc->tls_verify : 1;
+	lp.helo = rc != NULL && rc->helo != NULL ? rc->helo : cfg->hostname;
+	mechs = join_mechanisms(rc);
+	lp.mechanisms = mechs;
+	lp.allow_plaintext = rc != NULL ? rc->allow_plaintext_auth : 0;
+	lp.timeout_connect = rc != NULL ? rc->timeout_connect :
+	    LOGIN_TIMEOUT_CONNECT;
+	lp.timeout_command = rc != NULL && rc->timeout_command <
+	    LOGIN_TIMEOUT_COMMAND ? rc->timeout_command :
+	    LOGIN_TIMEOUT_COMMAND;
+	if (user_opt == NULL && rc != NULL)
+		user_opt = rc->user;
+
+	if ((rc_exit = become_daemon_user()) != EX_OK)
+		goto out;
+	if (file == NULL) {
+		for (i = 0; i < cfg->nauthinfo; i++)
+			if (!is_gpg(cfg->authinfo[i]))
+				break;
+		if (i == cfg->nauthinfo) {
+			errmsg("login: no unencrypted authinfo file in %s; "
+			    "name one with --file", cfg->file);
+			rc_exit = EX_CONFIG;
+			goto out;
+		}
+		file = cfg->authinfo[i];
+	}
+
+	/* Answers come from the terminal, or one per line on stdin. */
+	memset(&in, 0, sizeof(in));
+	in.interactive = isatty(STDIN_FILENO);
+	if (in.interactive) {
+		if ((tty = fopen("/dev/tty", "r+e")) == NULL) {
+			errmsg("/dev/tty: %s", strerror(errno));
+			rc_exit = EX_NOINPUT;
+			goto out;
+		}
+		in.in = fileno(tty);
+		in.prompt = tty;
+	} else {
+		in.in = STDIN_FILENO;
+		in.prompt = stderr;
+	}
+	tls_name = lp.tls == TLS_MODE_NONE ? "no TLS" :
+	    lp.tls == TLS_MODE_IMPLICIT ? "TLS" : "STARTTLS";
+	fprintf(in.prompt, "Logging in to %s port %s (%s%s%s)\n", host, port,
+	    tls_name, rc != NULL ? ", relay " : "", rc != NULL ? rc->name :
+	    "");
+
+	if (user_opt != NULL)
+		snprintf(user, sizeof(user), "%s", user_opt);
+	else {
+		q = xasprintf("User for %s: ", host);
+		if (ask(&in, q, 1, user, sizeof(user)) == -1 ||
+		    user[0] == '\0') {
+			free(q);
+			errmsg("login: no user given");
+			rc_exit = EX_DATAERR;
+			goto out;
+		}
+		free(q);
+	}
+	q = xasprintf("Password for %s@%s: ", user, host);
+	if (ask(&in, q, 0, password, sizeof(password)) == -1 ||
+	    password[0] == '\0') {
+		free(q);
+		errmsg("login: no password given");
+		rc_exit = EX_DATAERR;
+		goto out;
+	}
+	free(q);
+
+	if ((rc_exit = login_try(&lp, user, password, mech, sizeof(mech))) !=
+	    EX_OK)
+		goto out;
+	printf("authenticated with %s\n", mech);
+	fflush(stdout);
+
+	if (already_saved(host, port, rc, user, password)) {
+		rc_exit = EX_OK;
+		goto notify;
+	}
+	q = xasprintf("Save to %s? [y/N] ", file);
+	if (ask(&in, q, 1, answer, sizeof(answer)) == -1 ||
+	    (strcasecmp(answer, "y") != 0 && strcasecmp(answer, "yes") != 0)) {
+		free(q);
+		printf("not saved\n");
+		goto out;
+	}
+	free(q);
+	if ((rc_exit = save_entry(file, host, port, user, password, &line)) !=
+	    EX_OK)
+		goto out;
+	printf("saved to %s, line %u\n", file, line);
+	fflush(stdout);
+	save_check(file, line, host, port, rc);
+
+notify:
+	/* The daemon re-reads changed files on its own, but mail already
+	 * deferred for credentials waits for its next try: wake it. */
+	switch (control_call(cfg->control_socket, "credentials-changed",
+	    CALL_TIMEOUT, NULL, NULL, answer, sizeof(answer))) {
+	case CONTROL_OK:
+		printf("smarthostd retries mail deferred for credentials\n");
+		break;
+	case CONTROL_UNAVAILABLE:
+		if (errno == ENOENT || errno == ECONNREFUSED) {
+			printf("smarthostd is not running; it reads %s when "
+			    "it starts\n", file);
+			break;
+		}
+		/* FALLTHROUGH */
+	case CONTROL_ERROR:
+	case CONTROL_FAILED:
+		errmsg("warning: could not tell smarthostd: %s (run "
+		    "\"smarthostctl credentials-changed\" as root)", answer);
+		break;
+	}
+out:
+	OPENSSL_cleanse(password, sizeof(password));
+	tty_restore();
+	if (tty != NULL)
+		fclose(tty);
+	free(mechs);
+	free(target);
+	return rc_exit;
+}
+
+/* ---- main ---- */
+
+static const struct command {
+	const char *name;
+	int (*run)(int argc, char **argv);
+} commands[] = {
+	{ "status", cmd_status },
+	{ "queue", cmd_queue },
+	{ "mailq", cmd_queue },
+	{ "flush", cmd_flush },
+	{ "auth-forget", cmd_auth_forget },
+	{ "credentials-changed", cmd_credentials_changed },
+	{ "credentials", cmd_credentials },
+	{ "login", cmd_login },
+};
+
+int
+main(int argc, char *argv[])
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+	const char *file = DEFAULT_CONFIG;
+	const struct command *cmd = NULL;
+	char err[1024];
+	size_t i;
+	int ch, rc, debug = 0;
+
+	while ((ch = getopt(argc, argv, "+c:dh")) != -1) {
+		switch (ch) {
+		case 'c':
+			file = optarg;
+			break;
+		case 'd':
+			debug = 1;
+			break;
+		case 'h':
+			usage_print(stdout);
+			return EX_OK;
+		default:
+			usage();
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	/* -d: the SMTP trace of login on stderr (AUTH payloads redacted). */
+	log_init("smarthostctl", debug);
+	if (argc < 1)
+		usage();
+	if (strcmp(argv[0], "help") == 0) {
+		usage_print(stdout);
+		return EX_OK;
+	}
+	for (i = 0; i < sizeof(commands) / sizeof(*commands); i++)
+		if (strcmp(commands[i].name, argv[0]) == 0)
+			cmd = &commands[i];
+	if (cmd == NULL) {
+		errmsg("unknown command \"%s\"", argv[0]);
+		usage();
+	}
+	signal(SIGPIPE, SIG_IGN);
+	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++)
+		signal(sigs[i], tty_signal);
+	if ((cfg = config_load(file, err, sizeof(err))) == NULL) {
+		errmsg("%s", err);
+		return EX_CONFIG;
+	}
+	rc = cmd->run(argc, argv);
+	if (fflush(stdout) == EOF && rc == EX_OK) {
+		errmsg("stdout: %s", strerror(errno));
+		rc = EX_IOERR;
+	}
+	config_free(cfg);
+	return rc;
+}
