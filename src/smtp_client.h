@@ -6,8 +6,9 @@
  * queue is relay.c's business. Abort (smtp_client_free: drop now) and
  * cancel (smtp_client_quit: QUIT politely) differ.
  *
- * Authentication slots in between EHLO and the first MAIL, and after a 530
- * to MAIL (a later issue); the state machine leaves room for it.
+ * Authentication (smtp_client_set_auth) runs between EHLO and the first
+ * MAIL when asked to go first, or on demand after a 530 to MAIL (or a 5.7.x
+ * refusal of RCPT while AUTH is offered), in the same session.
  */
 #ifndef SMARTHOST_SMTP_CLIENT_H
 #define SMARTHOST_SMTP_CLIENT_H
