@@ -9,6 +9,7 @@
  * accept connections and tell systemd we are ready.
  */
 #include <errno.h>
+#include <ftw.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -32,6 +33,7 @@
 #include "queue.h"
 #include "scheduler.h"
 #include "smtp_server.h"
+#include "tls.h"
 #include "worker.h"
 #include "xmalloc.h"
 
@@ -181,14 +183,66 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
-/* Creates the spool directory and gives it to the daemon user. */
+static uid_t spool_uid;
+static gid_t spool_gid;
+
+static int
+spool_chown_one(const char *path, const struct stat *st, int type,
+    struct FTW *ftw)
+{
+	if (st->st_uid == spool_uid && st->st_gid == spool_gid)
+		return 0;
+	if (lchown(path, spool_uid, spool_gid) == -1) {
+		log_warn("cannot chown %s", path);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Creates the spool directory and gives it, with everything in it, to the
+ * daemon user: a spool first used by a root-run daemon (or restored from a
+ * backup) must not lock out the unprivileged one, which would then fail
+ * to read mail it already acknowledged. Runs before the drop, at start-up
+ * only, so walking the tree on the main thread is fine.
+ */
 static void
 spool_prepare(const char *spool, const struct passwd *pw)
 {
 	if (mkdir(spool, 0700) == -1 && errno != EEXIST)
 		fatal("cannot create spool %s", spool);
-	if (pw != NULL && chown(spool, pw->pw_uid, pw->pw_gid) == -1)
-		fatal("cannot chown spool %s to %s", spool, pw->pw_name);
+	if (pw == NULL)
+		return;
+	spool_uid = pw->pw_uid;
+	spool_gid = pw->pw_gid;
+	if (nftw(spool, spool_chown_one, 16, FTW_PHYS) != 0)
+		fatalx_code(EX_CANTCREAT, "cannot give spool %s to %s", spool,
+		    pw->pw_name);
+}
+
+/*
+ * Each SMTP relay's TLS settings are tried once after the drop, so that a
+ * CA file the daemon user cannot read stops the start instead of deferring
+ * every message later.
+ */
+static void
+relays_check_tls(const struct config *cfg)
+{
+	char err[512];
+	SSL_CTX *ctx;
+	size_t i;
+
+	for (i = 0; i < cfg->nrelays; i++) {
+		const struct relay_config *r = &cfg->relays[i];
+
+		if (r->type != RELAY_TYPE_SMTP || r->tls == TLS_MODE_NONE)
+			continue;
+		if ((ctx = tls_client_ctx_new(r->ca_file, r->tls_verify, err,
+		    sizeof(err))) == NULL)
+			fatalx_code(EX_CONFIG, "%s: relay %s: %s", cfg->file,
+			    r->name, err);
+		tls_ctx_free(ctx);
+	}
 }
 
 static void
@@ -290,6 +344,7 @@ main(int argc, char *argv[])
 	spool_prepare(d.cfg->spool, pw);
 	if (pw != NULL)
 		drop_privileges(pw);
+	relays_check_tls(d.cfg);
 	if ((d.queue = queue_open(d.base, d.cfg->spool, d.cfg->spool_sync, err,
 	    sizeof(err))) == NULL)
 		fatalx_code(EX_CANTCREAT, "%s", err);

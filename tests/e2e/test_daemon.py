@@ -199,6 +199,43 @@ def test_privilege_drop(upstream, daemon_factory, pki):
     assert daemon.terminate() == 0
 
 
+def test_spool_from_root_run_is_handed_to_user(upstream_factory,
+                                               daemon_factory, pki):
+    """Mail queued by a daemon that ran as root must still be delivered
+    after the config gains a user: the whole spool changes hands."""
+    if os.geteuid() != 0:
+        pytest.skip("privilege drop needs root: smarthostd only changes "
+                    "user when started as root")
+    nobody = pwd.getpwnam("nobody")
+    upstream = upstream_factory(start=False)
+    daemon = daemon_factory(upstream.port, start=False,
+                            relays={"upstream": {"ca_file": "ca.pem"}})
+    os.chmod(daemon.workdir, 0o755)
+    shutil.copyfile(pki.good.ca_cert, os.path.join(daemon.workdir, "ca.pem"))
+    daemon.start()
+    message = make_message("queued as root", "Then delivered as nobody.\n")
+    qid = send_message(daemon, message)
+    daemon.wait_log(rf"{qid}: to=<.*status=deferred")
+    assert daemon.terminate() == 0
+
+    rewrite_config(daemon, render_config(merge_settings(
+        daemon.settings, {"user": "nobody"})))
+    daemon.start()
+    upstream.start()
+    daemon.flush()
+    msg, = upstream.wait_messages(1, timeout=15)
+    assert_relayed(msg, message)
+    daemon.wait_log(rf"{qid}: removed", since=daemon.run_start)
+    spool = daemon.settings["spool"]
+    if not os.path.isabs(spool):
+        spool = os.path.join(daemon.workdir, spool)
+    for top, dirs, files in os.walk(spool):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            assert os.lstat(path).st_uid == nobody.pw_uid, path
+    assert daemon.terminate() == 0
+
+
 # --------------------------------------------------------------------------
 # Loopback only, unless allow_networks says otherwise
 
