@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -69,4 +71,18 @@ daemon_watchdog_start(struct event_base *base)
 	else
 		log_debug("watchdog ping every %lld.%06lds",
 		    (long long)tv.tv_sec, (long)tv.tv_usec);
+}
+
+int
+daemon_disable_core_dumps(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	/*
+	 * Not dumpable also keeps other processes of the same user from
+	 * reading our memory through /proc or ptrace; root still can.
+	 */
+	if (setrlimit(RLIMIT_CORE, &rl) == -1)
+		return -1;
+	return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }

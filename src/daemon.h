@@ -11,6 +11,12 @@ void daemon_ready(const char *status);
 void daemon_reloading(void);
 void daemon_stopping(void);
 void daemon_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * Turns core dumps off for this process (RLIMIT_CORE 0, not dumpable):
+ * passwords and SASL state live in its memory. Called first thing by the
+ * daemon and by smarthostctl. Returns 0, or -1 with errno.
+ */
+int daemon_disable_core_dumps(void);
 /* Starts WATCHDOG=1 pings at half WATCHDOG_USEC when systemd asks for them. */
 void daemon_watchdog_start(struct event_base *base);
 

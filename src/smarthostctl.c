@@ -45,6 +45,7 @@
 
 #include "authinfo.h"
 #include "config.h"
+#include "daemon.h"
 #include "control.h"
 #include "log.h"
 #include "outcome.h"
@@ -1337,6 +1338,9 @@ main(int argc, char *argv[])
 	size_t i;
 	int ch, rc, debug = 0;
 
+	/* login holds a password in memory: no core file may keep it. */
+	if (daemon_disable_core_dumps() == -1)
+		perror("smarthostctl: cannot disable core dumps");
 	while ((ch = getopt(argc, argv, "+c:dh")) != -1) {
 		switch (ch) {
 		case 'c':

@@ -298,6 +298,8 @@ main(int argc, char *argv[])
 	size_t i, n;
 
 	memset(&d, 0, sizeof(d));
+	if (daemon_disable_core_dumps() == -1)
+		perror("smarthostd: cannot disable core dumps");
 	while ((ch = getopt(argc, argv, "c:dt")) != -1) {
 		switch (ch) {
 		case 'c':

@@ -414,3 +414,12 @@ def test_corrupt_spool_files_moved_aside(upstream_factory, daemon_factory):
     upstream.assert_count_stays(1, settle=1)
     assert daemon.running()
     assert daemon.terminate() == 0
+
+
+def test_core_dumps_disabled(daemon):
+    """Credentials live in the daemon's memory: it must not dump core."""
+    with open(f"/proc/{daemon.pid}/limits", encoding="ascii") as f:
+        core = [line for line in f if line.startswith("Max core file size")]
+    assert core, "no core limit line"
+    soft, hard = core[0].split()[4:6]
+    assert (soft, hard) == ("0", "0"), core[0]
