@@ -24,6 +24,7 @@
 
 #include "authinfo.h"
 #include "authstate.h"
+#include "fileio.h"
 #include "log.h"
 #include "xmalloc.h"
 
@@ -334,9 +335,7 @@ as_save_work(void *arg)
 {
 	struct as_save *j = arg;
 	char *tmp = xasprintf("%s.tmp", j->path);
-	size_t off = 0;
-	ssize_t n;
-	int fd = -1, dfd = -1;
+	int fd = -1;
 
 	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC |
 	    O_NOFOLLOW, 0600)) == -1) {
@@ -344,15 +343,9 @@ as_save_work(void *arg)
 		    ".tmp");
 		goto fail;
 	}
-	while (off < j->len) {
-		n = write(fd, j->data + off, j->len - off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1) {
-			snprintf(j->what, sizeof(j->what), "write");
-			goto fail;
-		}
-		off += (size_t)n;
+	if (fileio_write_all(fd, j->data, j->len) == -1) {
+		snprintf(j->what, sizeof(j->what), "write");
+		goto fail;
 	}
 	if (fsync(fd) == -1) {
 		snprintf(j->what, sizeof(j->what), "fsync");
@@ -368,12 +361,10 @@ as_save_work(void *arg)
 		snprintf(j->what, sizeof(j->what), "rename");
 		goto fail;
 	}
-	if ((dfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1 ||
-	    fsync(dfd) == -1) {
+	if (fileio_fsync_dir(j->dir) == -1) {
 		snprintf(j->what, sizeof(j->what), "fsync of the directory");
 		goto fail;
 	}
-	close(dfd);
 	free(tmp);
 	return;
 fail:
@@ -382,8 +373,6 @@ fail:
 		close(fd);
 		unlink(tmp);
 	}
-	if (dfd != -1)
-		close(dfd);
 	free(tmp);
 }
 

@@ -18,6 +18,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "maildir.h"
 
 #define MAILDIR_CHUNK (64 * 1024)
@@ -130,23 +131,6 @@ maildir_host(const char *hostname, char *buf, size_t len)
 	buf[n] = '\0';
 }
 
-static int
-write_all(int fd, const char *buf, size_t len)
-{
-	ssize_t w;
-
-	while (len > 0) {
-		if ((w = write(fd, buf, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		buf += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Copies the body into wfd with LF line ends. */
 static int
 copy_body(int wfd, int rfd, off_t offset, off_t size, const char **what)
@@ -179,14 +163,14 @@ copy_body(int wfd, int rfd, off_t offset, off_t size, const char **what)
 		}
 		done += r;
 		n = maildir_lf_convert(&conv, in, (size_t)r, out);
-		if (write_all(wfd, out, n) == -1) {
+		if (fileio_write_all(wfd, out, n) == -1) {
 			saved = errno;
 			*what = "write";
 			goto out;
 		}
 	}
 	n = maildir_lf_finish(&conv, out);
-	if (write_all(wfd, out, n) == -1) {
+	if (fileio_write_all(wfd, out, n) == -1) {
 		saved = errno;
 		*what = "write";
 		goto out;
@@ -207,7 +191,7 @@ maildir_deliver(const char *path, int fd, off_t offset, off_t size,
 	char host[256], tmppath[4096], newpath[4096];
 	const char *what = NULL;
 	struct timeval tv;
-	int wfd = -1, dfd = -1, saved = 0, rc = -1;
+	int wfd = -1, saved = 0, rc = -1;
 	unsigned n;
 
 	if (maildir_create(path, err, errlen) == -1)
@@ -267,8 +251,7 @@ maildir_deliver(const char *path, int fd, off_t offset, off_t size,
 	 * failure and take the file back, so the retry cannot duplicate it.
 	 */
 	snprintf(tmppath, sizeof(tmppath), "%s/new", path);
-	if ((dfd = open(tmppath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1 ||
-	    fsync(dfd) == -1) {
+	if (fileio_fsync_dir(tmppath) == -1) {
 		saved = errno;
 		snprintf(err, errlen, "%s: fsync: %s", tmppath,
 		    strerror(saved));
@@ -282,8 +265,6 @@ unlink:
 out:
 	if (wfd != -1)
 		close(wfd);
-	if (dfd != -1)
-		close(dfd);
 	if (rc == -1)
 		errno = saved;
 	return rc;

@@ -64,6 +64,7 @@
 #include <event2/event.h>
 
 #include "envelope.h"
+#include "fileio.h"
 #include "log.h"
 #include "queue.h"
 #include "xmalloc.h"
@@ -275,77 +276,6 @@ qop_free(struct qop *op)
 	free(op);
 }
 
-/* write(2) all of it; -1 with errno on error (a short write that cannot
- * continue reports ENOSPC, as the kernel would on the next call). */
-static int
-write_full(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0) {
-			errno = ENOSPC;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int
-pwrite_full(int fd, const void *buf, size_t len, off_t off)
-{
-	const char *p = buf;
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = pwrite(fd, p, len, off)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0) {
-			errno = ENOSPC;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += n;
-	}
-	return 0;
-}
-
-/* pread(2) exactly len bytes; -1 with errno, or EIO on a short file. */
-static int
-pread_full(int fd, void *buf, size_t len, off_t off)
-{
-	char *p = buf;
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = pread(fd, p, len, off)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0) {
-			errno = EIO;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += n;
-	}
-	return 0;
-}
-
 static void
 preamble_format(char *buf, off_t body_offset, off_t body_size)
 {
@@ -430,7 +360,7 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 		if ((op->error = txn->error) != 0)
 			return;
 		preamble_format(pre, txn->body_offset, txn->size);
-		if (pwrite_full(op->fd, pre, sizeof(pre), 0) == -1) {
+		if (fileio_pwrite_all(op->fd, pre, sizeof(pre), 0) == -1) {
 			op->error = errno;
 			log_warn("%s: queue file preamble", op->id);
 			return;
@@ -458,7 +388,7 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 			return;
 		}
 		op->old_size = st.st_size;
-		if (write_full(op->fd, op->record, op->reclen) == -1) {
+		if (fileio_write_all(op->fd, op->record, op->reclen) == -1) {
 			op->error = errno;
 			log_warn("%s: state record", op->id);
 			/*
@@ -1030,7 +960,7 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 		    (intmax_t)st.st_size);
 		goto done;
 	}
-	if (pread_full(fd, pre, sizeof(pre), 0) == -1) {
+	if (fileio_pread_all(fd, pre, sizeof(pre), 0) == -1) {
 		log_warn("%s: read", name);
 		*leave = 1;
 		goto done;
@@ -1055,7 +985,7 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 		goto done;
 	}
 	text = xmalloc(envlen + 1);
-	if (pread_full(fd, text, envlen, PREAMBLE_LEN) == -1) {
+	if (fileio_pread_all(fd, text, envlen, PREAMBLE_LEN) == -1) {
 		log_warn("%s: read", name);
 		*leave = 1;
 		goto done;
@@ -1083,7 +1013,7 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 	}
 	if (reclen > 0) {
 		recs = xmalloc(reclen);
-		if (pread_full(fd, recs, reclen,
+		if (fileio_pread_all(fd, recs, reclen,
 		    (off_t)(body_offset + body_size)) == -1) {
 			log_warn("%s: read", name);
 			*leave = 1;
@@ -1231,8 +1161,8 @@ queue_txn_begin(struct queue *q, const struct envelope *env)
 	text = envelope_encode(txn->env, &len);
 	txn->body_offset = PREAMBLE_LEN + (off_t)len;
 	preamble_format(pre, txn->body_offset, 0);
-	if (write_full(txn->fd, pre, sizeof(pre)) == -1 ||
-	    write_full(txn->fd, text, len) == -1) {
+	if (fileio_write_all(txn->fd, pre, sizeof(pre)) == -1 ||
+	    fileio_write_all(txn->fd, text, len) == -1) {
 		error = errno;
 		free(text);
 		log_warn("%s: write", txn->env->id);
@@ -1259,7 +1189,7 @@ queue_txn_write(struct queue_txn *txn, const void *buf, size_t len)
 		errno = txn->error;
 		return -1;
 	}
-	if (write_full(txn->fd, buf, len) == -1) {
+	if (fileio_write_all(txn->fd, buf, len) == -1) {
 		txn->error = errno;
 		log_warn("%s: write", txn->env->id);
 		errno = txn->error;	/* logging may change it */

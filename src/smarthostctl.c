@@ -45,8 +45,9 @@
 
 #include "authinfo.h"
 #include "config.h"
-#include "daemon.h"
 #include "control.h"
+#include "daemon.h"
+#include "fileio.h"
 #include "log.h"
 #include "outcome.h"
 #include "sasl.h"
@@ -870,7 +871,7 @@ save_entry(const char *path, const char *host, const char *port,
 	struct stat st;
 	off_t off;
 	ssize_t n;
-	size_t len, done;
+	size_t len;
 	unsigned lines = 0;
 	int fd = -1, rc = EX_SOFTWARE;
 
@@ -929,17 +930,10 @@ save_entry(const char *path, const char *host, const char *port,
 	text = xasprintf("%smachine %s port %s login %s password %s\n",
 	    last != '\n' ? "\n" : "", qh, qp, qu, qs);
 	len = strlen(text);
-	for (done = 0; done < len; done += (size_t)n) {
-		n = write(fd, text + done, len - done);
-		if (n == -1 && errno == EINTR) {
-			n = 0;
-			continue;
-		}
-		if (n == -1) {
-			errmsg("%s: %s", path, strerror(errno));
-			rc = EX_IOERR;
-			goto out;
-		}
+	if (fileio_write_all(fd, text, len) == -1) {
+		errmsg("%s: %s", path, strerror(errno));
+		rc = EX_IOERR;
+		goto out;
 	}
 	if (fsync(fd) == -1) {
 		errmsg("%s: fsync: %s", path, strerror(errno));
