@@ -23,10 +23,12 @@ esac
 cd "$(dirname "$0")/.."
 top=$(pwd)
 
+# emacs-nox: Emacs 28's auth-source for the differential test of the
+# authinfo reader (tests/e2e/test_authinfo_emacs.py).
 packages="build-essential autoconf automake autoconf-archive libtool
 	pkg-config libevent-dev libssl-dev libconfig-dev libsystemd-dev
 	libcriterion-dev swaks python3-aiosmtpd python3-pytest openssl
-	ca-certificates"
+	ca-certificates emacs-nox"
 [ "$mode" = bench ] && packages="$packages postfix"
 
 installed() {

@@ -45,11 +45,11 @@ def smarthostctl_binary():
     return binary
 
 
-def run_ctl(binary, config_path, *args, stdin="", timeout=30):
-    """Runs smarthostctl -c config_path args...; stdin is its standard
-    input (a string; "" means an empty pipe, so login never looks for a
-    terminal). Returns the CompletedProcess (text)."""
-    return subprocess.run([binary, "-c", config_path, *args],
+def run_ctl(binary, config_path, *args, stdin="", opts=(), timeout=30):
+    """Runs smarthostctl [opts] -c config_path args...; stdin is its
+    standard input (a string; "" means an empty pipe, so login never looks
+    for a terminal). Returns the CompletedProcess (text)."""
+    return subprocess.run([binary, *opts, "-c", config_path, *args],
                           input=stdin, capture_output=True, text=True,
                           timeout=timeout, start_new_session=True)
 
