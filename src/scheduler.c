@@ -1075,9 +1075,15 @@ scheduler_set_config(struct scheduler *s, const struct config *cfg)
 	struct sched_relay *sr;
 
 	s->cfg = cfg;
-	/* HUP re-reads the credential files, whatever their mtime says */
+	/* HUP re-reads the credential files, whatever their mtime says,
+	 * and mail waiting for credentials is checked now rather than at
+	 * the next tick. */
 	TAILQ_FOREACH(sr, &s->relays, entry)
 		relay_credentials_flush(sr->relay);
+	if (!s->stopping && cred_waiting(s)) {
+		evtimer_del(s->ev_cred);
+		event_active(s->ev_cred, EV_TIMEOUT, 0);
+	}
 	/* The relays keep pointing at the old set: it moves with them only
 	 * when a reload names another state directory, which is rare
 	 * enough to cost a restart. */
