@@ -289,7 +289,9 @@ def test_same_as_emacs(ctl, corpus, emacs_answers, case):
         assert emacs == without_line(expected_ours(case)), \
             f"Emacs 28 answers {emacs_answers[case.key]!r}; cases.tsv " \
             f"expects {expected_ours(case)}"
-        pytest.skip(f"{unaskable(case)}; Emacs agrees with cases.tsv")
+        # Our side of this row is asserted by tests/unit/test_authinfo
+        # (every_case_in_cases_tsv) against the same expected answer.
+        return
     ours = our_answer(ctl, corpus, case)
     assert ours == expected_ours(case), \
         f"smarthostctl answers {ours}, cases.tsv expects " \
@@ -310,7 +312,8 @@ def test_documented_difference(ctl, corpus, emacs_answers, case):
     assert emacs == want_emacs, \
         f"Emacs 28 answers {emacs_text!r}; cases.tsv records {case.emacs!r}"
     if unaskable(case):
-        pytest.skip(f"{unaskable(case)}; Emacs answers as cases.tsv says")
+        # As above: our side is the unit test's, through cases.tsv.
+        return
     ours = our_answer(ctl, corpus, case)
     assert ours == expected_ours(case), \
         f"smarthostctl answers {ours}, cases.tsv expects " \
