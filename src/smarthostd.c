@@ -263,6 +263,26 @@ drop_privileges(const struct passwd *pw)
 	    (unsigned long)pw->pw_uid);
 }
 
+/*
+ * The event loop. With the epoll changelist, libevent applies each loop
+ * iteration's event changes at once and drops the add/delete pairs that
+ * cancel out, which SMTP's request/response rhythm produces on every
+ * command: about half the epoll_ctl calls per message go away.
+ */
+static struct event_base *
+loop_new(void)
+{
+	struct event_config *ec;
+	struct event_base *base;
+
+	if ((ec = event_config_new()) == NULL)
+		return NULL;
+	event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	base = event_base_new_with_config(ec);
+	event_config_free(ec);
+	return base;
+}
+
 static struct evdns_base *
 dns_open(struct event_base *base)
 {
@@ -338,7 +358,7 @@ main(int argc, char *argv[])
 	signal(SIGPIPE, SIG_IGN);
 	if (evthread_use_pthreads() == -1)
 		fatalx("libevent without pthreads support");
-	if ((d.base = event_base_new()) == NULL)
+	if ((d.base = loop_new()) == NULL)
 		fatalx("cannot create the event base");
 
 	if ((d.listeners = listeners_open(d.cfg, err, sizeof(err))) == NULL)
