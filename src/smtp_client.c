@@ -7,8 +7,9 @@
  * callbacks of smtp_client.h; relay.c decides what the replies mean.
  *
  * Authentication (RFC 4954) runs right after EHLO when the owner asks for
- * it first, or on demand: a 530 (or 5.7.0) to MAIL, or a 550..554 with a
- * 5.7.x code to RCPT while AUTH is offered and the session has not
+ * it first, or on demand: a 530 (or 5.7.0) to MAIL, or a 550..554 to
+ * RCPT (5.7.x when we have no credentials) while AUTH is offered and the
+ * session has not
  * authenticated. Then the pipelined replies of the first try are read to
  * their end, RSET, AUTH, and the same transaction goes again from MAIL.
  * So that a first try never leaves a trace the owner must undo, while a
@@ -1226,13 +1227,22 @@ client_mail_wants_auth(const struct smtp_client *c, const struct smtp_reply *r)
 	    (r->code / 100 == 5 && strcmp(r->enhanced, "5.7.0") == 0));
 }
 
-/* RCPT rejected, most likely because relaying needs authentication. */
+/*
+ * RCPT rejected while AUTH is offered and we have not authenticated. As
+ * smtpmail does, any 550..554 is then worth one try with credentials when
+ * we have them (many servers say "550 relaying denied" with no enhanced
+ * code); the cost when it was a real "no such user" is one AUTH, after
+ * which the same reply is final. Without credentials only a 5.7.x refusal
+ * is taken as a demand for AUTH (deferred, never bounced); any other
+ * 550..554 stays a permanent failure of that recipient.
+ */
 static int
 client_rcpt_wants_auth(const struct smtp_client *c, const struct smtp_reply *r)
 {
-	return c->authed == NULL && (c->ehlo.exts & SMTP_EXT_AUTH) &&
-	    r->code >= 550 && r->code <= 554 &&
-	    strncmp(r->enhanced, "5.7.", 4) == 0;
+	if (c->authed != NULL || !(c->ehlo.exts & SMTP_EXT_AUTH) ||
+	    r->code < 550 || r->code > 554)
+		return 0;
+	return c->auth_secret != NULL || strncmp(r->enhanced, "5.7.", 4) == 0;
 }
 
 /*

@@ -66,8 +66,9 @@ struct smtp_client_cb {
 	void (*closed)(struct smtp_client *c, const struct outcome *o,
 	    void *arg);
 	/* Optional (may be NULL). The server demanded authentication: a
-	 * 530 or 5.7.0 to MAIL, or a 550..554 with a 5.7.x code to RCPT
-	 * while AUTH is offered and the session has not authenticated.
+	 * 530 or 5.7.0 to MAIL, or a 550..554 to RCPT (with a 5.7.x code
+	 * when there are no credentials) while AUTH is offered and the
+	 * session has not authenticated.
 	 * Called before the client retries the transaction with AUTH (when
 	 * it has credentials) or ends it with a TEMPORARY OC_NOCRED
 	 * outcome (when it has none), so the owner can remember the relay

@@ -2651,6 +2651,104 @@ Test(smtp_client, rcpt_554_571_with_auth_offered_reauths_and_redoes)
 }
 
 static void
+script_rcpt_550_plain(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    /* no enhanced code at all, as many servers answer */
+	    peer_send(p, "550 relaying denied\r\n") ||
+	    peer_expect_eq(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_cram_md5(p, "235 Authentication successful\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, rcpt_550_without_enhanced_code_reauths_with_credentials)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_rcpt_550_plain);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.nrcpt, 1);
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_OK);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
+	cr_assert_str_eq(r.authed, "CRAM-MD5");
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_rcpt_511_no_cred(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_send(p, "550 5.1.1 no such user\r\n") ||
+	    peer_expect_eq(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, rcpt_511_without_credentials_stays_permanent)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_rcpt_511_no_cred);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 0);
+	cr_assert_eq(r.nrcpt, 1);
+	cr_assert_eq(r.rcpt[0].status, OUTCOME_PERMANENT);
+	cr_assert_str_eq(r.rcpt[0].enhanced, "5.1.1");
+	cr_assert_null(strstr(p.rx, "AUTH"));
+	close(fd);
+	run_fini(&r);
+}
+
+static void
 script_mail_530_no_cred(struct peer *p)
 {
 	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
