@@ -1,0 +1,46 @@
+#!/bin/sh
+# make fuzz: builds each libFuzzer target with clang (AddressSanitizer and
+# UBSan on) and runs it for FUZZ_SECONDS (default 30) from the seeds in
+# tests/fuzz/seeds/NAME (and the corpus it grows in the build tree).
+# Needs Debian's clang (apt-get install clang). Never part of make check.
+set -eu
+
+top=${TOP_SRCDIR:?TOP_SRCDIR must name the source tree}
+out=${FUZZ_DIR:-$PWD/fuzz}
+seconds=${FUZZ_SECONDS:-30}
+cc=${FUZZ_CC:-clang}
+command -v "$cc" >/dev/null || { echo "fuzz: $cc missing: apt-get install clang" >&2; exit 1; }
+flags="-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined
+    -fno-sanitize-recover=undefined -I$top/src"
+libs="$(pkg-config --libs openssl libsystemd) -lpthread"
+
+# target: the sources it needs besides its own file
+targets="smtp_proto:smtp_proto
+envelope:envelope xmalloc log
+authinfo:authinfo xmalloc log
+sasl:sasl xmalloc log"
+
+mkdir -p "$out"
+status=0
+echo "$targets" | while IFS=: read -r name srcs; do
+	files=""
+	for s in $srcs; do
+		files="$files $top/src/$s.c"
+	done
+	# shellcheck disable=SC2086
+	$cc $flags -o "$out/fuzz_$name" "$top/tests/fuzz/fuzz_$name.c" \
+	    $files $libs
+	corpus=$out/corpus-$name
+	mkdir -p "$corpus"
+	echo "fuzz_$name: ${seconds}s"
+	seeds=$top/tests/fuzz/seeds/$name
+	[ -d "$seeds" ] || seeds=
+	# shellcheck disable=SC2086
+	"$out/fuzz_$name" -max_total_time="$seconds" -max_len=8192 \
+	    -print_final_stats=1 "$corpus" $seeds 2>"$out/fuzz_$name.log" ||
+	    { echo "fuzz_$name FAILED: see $out/fuzz_$name.log" >&2;
+	      tail -40 "$out/fuzz_$name.log" >&2; exit 1; }
+	grep -E "stat::number_of_executed_units|stat::average_exec_per_sec" \
+	    "$out/fuzz_$name.log" | sed "s/^/  /"
+done || status=$?
+exit $status
