@@ -24,11 +24,14 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 # emacs-nox: Emacs 28's auth-source for the differential test of the
-# authinfo reader (tests/e2e/test_authinfo_emacs.py).
+# authinfo reader (tests/e2e/test_authinfo_emacs.py). gnupg: .authinfo.gpg
+# decryption (tests/unit/test_scheduler). systemd: systemd-socket-activate
+# (tests/e2e/test_daemon.py); it is only installed, never started. msmtp:
+# a real client of the daemon (tests/e2e/test_delivery.py).
 packages="build-essential autoconf automake autoconf-archive libtool
 	pkg-config libevent-dev libssl-dev libconfig-dev libsystemd-dev
-	libcriterion-dev swaks python3-aiosmtpd python3-pytest openssl
-	ca-certificates emacs-nox"
+	libcriterion-dev swaks msmtp python3-aiosmtpd python3-pytest openssl
+	ca-certificates emacs-nox gnupg systemd"
 [ "$mode" = bench ] && packages="$packages postfix"
 
 installed() {

@@ -34,6 +34,27 @@ def test_swaks_over_tcp(daemon, upstream):
     daemon.wait_log(rf"{qid}: removed")
 
 
+def test_msmtp_over_tcp(daemon, upstream, tmp_path):
+    """msmtp, the program smarthostd replaces on many servers, as a client:
+    it sends a message with bare-LF line ends from a file."""
+    token = f"msmtp-{os.urandom(8).hex()}"
+    text = (f"From: a@example.org\nTo: b@example.net\nSubject: msmtp\n\n"
+            f"{token}\n.leading dot\n")
+    result = subprocess.run(
+        ["msmtp", "--file=/dev/null", "--host=127.0.0.1",
+         f"--port={daemon.port}", "--tls=off", "--auth=off",
+         f"--domain={CLIENT_HOSTNAME}", "--from=a@example.org",
+         "b@example.net"],
+        input=text, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    msg, = upstream.wait_messages(1)
+    assert msg.mail_from == "a@example.org"
+    assert msg.rcpt_tos == ["b@example.net"]
+    assert token.encode() + b"\r\n.leading dot\r\n" in msg.content
+    assert b"\n" not in msg.content.replace(b"\r\n", b"")
+
+
 @pytest.mark.parametrize("via", ["tcp", "unix"])
 def test_smtplib_submission(daemon, upstream, via):
     # Lines that start with dots must survive unstuffing on the way in and
