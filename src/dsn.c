@@ -440,6 +440,12 @@ dsn_compose_commit(void *arg)
 	if (job->fd == -1 || job->headers == NULL)
 		log_warnx("%s: original headers unavailable for the "
 		    "non-delivery notification", job->orig->id);
+	/* Done with the original's file: once it is removed, queue.c may
+	 * reuse it for another message (queue.h). */
+	if (job->fd != -1) {
+		close(job->fd);
+		job->fd = -1;
+	}
 	env = dsn_envelope(job->orig, now);
 	if ((txn = queue_txn_begin(job->q, env)) == NULL) {
 		log_warn("%s: cannot queue non-delivery notification",

@@ -4,6 +4,9 @@
  *	tmp/<id>	a message being received; never taken for a message
  *	queue/<id>	a committed message
  *	corrupt/<id>	files queue_load() could not read, kept for a human
+ *	spare/<name>	a removed message's file kept for reuse, or a
+ *			message being received into such a file; never
+ *			taken for a message
  *
  * A queue file is a fixed 64-byte preamble, the envelope text (envelope.h),
  * the body, then state records appended one line per update:
@@ -38,6 +41,25 @@
  * and the same FIFO, so the operations on one message apply in the order
  * they were asked for (an update and a later remove of the same id never
  * swap), and they share the group's syncs too.
+ *
+ * Spare files. Creating and deleting an inode per message is the largest
+ * cost of the spool after the syncs on ext4 (inode allocation scans for
+ * recently deleted inodes, freeing truncates and frees blocks, and a
+ * delayed-allocation file needs its blocks allocated at write-back). So a
+ * removal renames queue/<id> to spare/<name> instead of unlinking it, and
+ * queue_txn_begin() writes the next message over a spare from offset 0
+ * instead of creating tmp/<id>. The commit then truncates the file to the
+ * new message's length before the data sync (so nothing of the old
+ * message, its state records least of all, can follow the new body), and
+ * renames spare/<name> to queue/<id> exactly as a fresh file moves from
+ * tmp/. A spare enters the pool only after the directory sync that made its
+ * removal from queue/ durable, so a crash can never bring the old name back
+ * pointing at the new content; spare/ is emptied by queue_load(), which
+ * also covers a rename to spare/ that a crash half-applied. At most
+ * QUEUE_SPARES are kept; further removals unlink as before. A reader of a
+ * removed message must have closed its queue_body_open() descriptor before
+ * asking for the removal (the scheduler removes only after the attempt,
+ * and with it the read, finished).
  *
  * The duplicate window: a message whose upstream said 250 is marked sent
  * only when its state record is synced. A crash in between, or a failure to
@@ -81,6 +103,13 @@
  * more threads do not help.
  */
 #define QUEUE_SYNC_THREADS 4
+/*
+ * Spare files kept open for reuse (see "Spare files" above). Each holds a
+ * descriptor; at 20 concurrent clients about 20 to 40 messages are in
+ * flight, so this covers a burst with room to spare.
+ */
+#define QUEUE_SPARES 64
+#define SPARE_NAME_MAX 24
 /* Sanity limits for the loader: far beyond anything we write. */
 #define ENVELOPE_MAX (64 * 1024 * 1024)
 #define RECORDS_MAX (256 * 1024 * 1024)
@@ -99,6 +128,18 @@ struct queue_txn {
 	off_t body_offset;
 	off_t size;		/* body bytes written */
 	int error;		/* first write error, 0 if none */
+	/* A reused spare: its name in spare/ and its length before we
+	 * wrote over it. spare[0] == '\0': a fresh file, tmp/<id>. */
+	char spare[SPARE_NAME_MAX];
+	off_t old_size;
+};
+
+/* An idle spare file, open for writing at offset 0. */
+struct spare {
+	struct spare *next;
+	int fd;
+	off_t size;
+	char name[SPARE_NAME_MAX];
 };
 
 /* One request to the commit thread, and later its completion. */
@@ -131,6 +172,8 @@ struct queue {
 	int tmp_fd;
 	int queue_fd;
 	int corrupt_fd;
+	int spare_fd;
+	unsigned long spare_seq;	/* commit thread only */
 
 	pthread_t thread;
 	int thread_started;
@@ -159,6 +202,8 @@ struct queue {
 	int stopping;
 	unsigned long commits;
 	unsigned long sync_groups;
+	struct spare *spares;	/* idle spares, most recent first */
+	unsigned nspares;
 };
 
 /*
@@ -352,6 +397,7 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 	char pre[PREAMBLE_LEN];
 	struct stat st;
 	struct qop *p;
+	off_t end;
 
 	switch (op->type) {
 	case QOP_COMMIT:
@@ -363,6 +409,19 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 		if (fileio_pwrite_all(op->fd, pre, sizeof(pre), 0) == -1) {
 			op->error = errno;
 			log_warn("%s: queue file preamble", op->id);
+			return;
+		}
+		end = txn->body_offset + txn->size;
+		/*
+		 * A reused spare may be longer than this message: cut the
+		 * old tail off before the sync, so the size the loader sees
+		 * (and fdatasync persists, as it does any size change) is
+		 * this message's, with nothing of the old one (its state
+		 * records least of all) after the new body.
+		 */
+		if (txn->old_size > end && ftruncate(op->fd, end) == -1) {
+			op->error = errno;
+			log_warn("%s: truncate reused spool file", op->id);
 			return;
 		}
 		break;
@@ -509,10 +568,96 @@ rename_noreplace(int fromfd, const char *from, int tofd, const char *to)
 	return -1;
 }
 
+/* Where a txn's file lives until the commit renames it into queue/. */
+static int
+txn_dirfd(const struct queue_txn *txn)
+{
+	return txn->spare[0] != '\0' ? txn->q->spare_fd : txn->q->tmp_fd;
+}
+
+static const char *
+txn_name(const struct queue_txn *txn)
+{
+	return txn->spare[0] != '\0' ? txn->spare : txn->env->id;
+}
+
+static void
+txn_unlink(struct queue_txn *txn)
+{
+	if (unlinkat(txn_dirfd(txn), txn_name(txn), 0) == -1 &&
+	    errno != ENOENT)
+		log_warn("%s: unlink %s/%s", txn->env->id,
+		    txn->spare[0] != '\0' ? "spare" : "tmp", txn_name(txn));
+}
+
+static void
+spare_discard(struct queue *q, struct spare *sp)
+{
+	close(sp->fd);
+	if (unlinkat(q->spare_fd, sp->name, 0) == -1 && errno != ENOENT)
+		log_warn("spare/%s: unlink", sp->name);
+	free(sp);
+}
+
+/*
+ * Removes queue/<id> by moving it to spare/ for reuse. Returns 0 with the
+ * spare in *out, or -1 with errno; *out is NULL when the pool is full or
+ * the move failed for a reason other than ENOENT, and the caller unlinks.
+ */
+static int
+spare_take_removed(struct queue *q, const char *id, unsigned pending,
+    struct spare **out)
+{
+	struct spare *sp;
+	struct stat st;
+	unsigned n;
+	int i;
+
+	*out = NULL;
+	pthread_mutex_lock(&q->mtx);
+	n = q->nspares;
+	pthread_mutex_unlock(&q->mtx);
+	if (n + pending >= QUEUE_SPARES)
+		return 0;
+	sp = xcalloc(1, sizeof(*sp));
+	if ((sp->fd = openat(q->queue_fd, id,
+	    O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) == -1) {
+		i = errno;
+		free(sp);
+		errno = i;
+		return errno == ENOENT ? -1 : 0;
+	}
+	if (fstat(sp->fd, &st) == -1 || !S_ISREG(st.st_mode))
+		goto fail;
+	sp->size = st.st_size;
+	for (i = 0; i < 10; i++) {
+		snprintf(sp->name, sizeof(sp->name), "s%lu", q->spare_seq++);
+		if (rename_noreplace(q->queue_fd, id, q->spare_fd, sp->name) ==
+		    0) {
+			*out = sp;
+			return 0;
+		}
+		if (errno != EEXIST)
+			break;
+	}
+	if (errno == ENOENT) {
+		close(sp->fd);
+		free(sp);
+		errno = ENOENT;
+		return -1;
+	}
+ fail:
+	close(sp->fd);
+	free(sp);
+	return 0;
+}
+
 static void
 group_run(struct queue *q, struct qop *group, int *ncommitted)
 {
 	struct qop *op;
+	struct spare *sp, *newspares = NULL;
+	unsigned nnew = 0;
 	int dirty = 0, error;
 
 	*ncommitted = 0;
@@ -553,8 +698,9 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		switch (op->type) {
 		case QOP_COMMIT:
 			if (op->error == 0) {
-				if (rename_noreplace(q->tmp_fd, op->id,
-				    q->queue_fd, op->id) == 0) {
+				if (rename_noreplace(txn_dirfd(op->txn),
+				    txn_name(op->txn), q->queue_fd,
+				    op->id) == 0) {
 					op->renamed = 1;
 					dirty = 1;
 					break;
@@ -562,16 +708,23 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 				op->error = errno;
 				log_warn("%s: rename into queue", op->id);
 			}
-			if (unlinkat(q->tmp_fd, op->id, 0) == -1 &&
-			    errno != ENOENT)
-				log_warn("%s: unlink tmp", op->id);
+			txn_unlink(op->txn);
 			break;
 		case QOP_ABORT:
-			if (unlinkat(q->tmp_fd, op->id, 0) == -1 &&
-			    errno != ENOENT)
-				log_warn("%s: unlink tmp", op->id);
+			txn_unlink(op->txn);
 			break;
 		case QOP_REMOVE:
+			if (spare_take_removed(q, op->id, nnew, &sp) == -1) {
+				op->error = errno;
+				break;
+			}
+			if (sp != NULL) {
+				sp->next = newspares;
+				newspares = sp;
+				nnew++;
+				dirty = 1;
+				break;
+			}
 			if (unlinkat(q->queue_fd, op->id, 0) == -1) {
 				op->error = errno;
 				if (errno != ENOENT)
@@ -603,6 +756,21 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 			} else if (op->type == QOP_REMOVE && op->error == 0)
 				op->error = error;
 		}
+		/* Their old names might come back: never reuse them. */
+		while ((sp = newspares) != NULL) {
+			newspares = sp->next;
+			spare_discard(q, sp);
+		}
+	}
+	if (newspares != NULL) {
+		pthread_mutex_lock(&q->mtx);
+		while ((sp = newspares) != NULL) {
+			newspares = sp->next;
+			sp->next = q->spares;
+			q->spares = sp;
+			q->nspares++;
+		}
+		pthread_mutex_unlock(&q->mtx);
 	}
 
 	for (op = group; op != NULL; op = op->next)
@@ -705,6 +873,20 @@ queue_submit(struct queue *q, struct qop *op)
 	pthread_mutex_unlock(&q->mtx);
 }
 
+/* Closes the idle spares; their files stay in spare/ for queue_load(). */
+static void
+spares_free(struct queue *q)
+{
+	struct spare *sp;
+
+	while ((sp = q->spares) != NULL) {
+		q->spares = sp->next;
+		close(sp->fd);
+		free(sp);
+	}
+	q->nspares = 0;
+}
+
 static int
 open_subdir(int dirfd, const char *name, const char *spool, char *err,
     size_t errlen)
@@ -737,6 +919,7 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	q->spool = xstrdup(spool);
 	q->sync = sync;
 	q->spool_fd = q->tmp_fd = q->queue_fd = q->corrupt_fd = -1;
+	q->spare_fd = -1;
 	qop_list_init(&q->pending);
 	qop_list_init(&q->done);
 	pthread_mutex_init(&q->mtx, NULL);
@@ -767,8 +950,13 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	    (q->queue_fd = open_subdir(q->spool_fd, "queue", spool, err,
 	    errlen)) == -1 ||
 	    (q->corrupt_fd = open_subdir(q->spool_fd, "corrupt", spool, err,
+	    errlen)) == -1 ||
+	    (q->spare_fd = open_subdir(q->spool_fd, "spare", spool, err,
 	    errlen)) == -1)
 		goto fail;
+	/* Spare names only need to be new within spare/; starting from the
+	 * clock keeps clear of any a previous run left there. */
+	q->spare_seq = (unsigned long)time(NULL) << 16;
 	if ((q->ev_done = event_new(base, -1, 0, queue_done_ev, q)) == NULL) {
 		snprintf(err, errlen, "event_new failed");
 		goto fail;
@@ -832,8 +1020,11 @@ queue_close(struct queue *q)
 		while (q->nhelpers > 0)
 			pthread_join(q->helpers[--q->nhelpers], NULL);
 	}
+	spares_free(q);
 	if (q->ev_done != NULL)
 		event_free(q->ev_done);
+	if (q->spare_fd != -1)
+		close(q->spare_fd);
 	if (q->corrupt_fd != -1)
 		close(q->corrupt_fd);
 	if (q->queue_fd != -1)
@@ -1108,6 +1299,23 @@ queue_load(struct queue *q, void (*each)(struct envelope *env, void *arg),
 	}
 	free(names);
 
+	/*
+	 * Spares are never messages. A crash may even have left one as a
+	 * second name of a queued message (a rename half on disk), so they
+	 * are dropped, never reused across a restart.
+	 */
+	pthread_mutex_lock(&q->mtx);
+	spares_free(q);
+	pthread_mutex_unlock(&q->mtx);
+	names = dir_list(q->spare_fd, "spare", &n);
+	for (i = 0; i < n; i++) {
+		if (unlinkat(q->spare_fd, names[i], 0) == -1)
+			log_warn("spare/%s: unlink",
+			    name_sanitize(why, sizeof(why), names[i]));
+		free(names[i]);
+	}
+	free(names);
+
 	names = dir_list(q->queue_fd, "queue", &n);
 	for (i = 0; i < n; i++) {
 		if (queue_id_valid(names[i]))
@@ -1134,7 +1342,8 @@ struct queue_txn *
 queue_txn_begin(struct queue *q, const struct envelope *env)
 {
 	struct queue_txn *txn;
-	char pre[PREAMBLE_LEN], *text;
+	struct spare *sp;
+	char *text;
 	size_t len;
 	int i, error;
 
@@ -1142,7 +1351,23 @@ queue_txn_begin(struct queue *q, const struct envelope *env)
 	txn->q = q;
 	txn->env = envelope_dup(env);
 	txn->env->body_offset = txn->env->body_size = 0;
-	for (i = 0; i < 10; i++) {
+	txn->fd = -1;
+
+	pthread_mutex_lock(&q->mtx);
+	if ((sp = q->spares) != NULL) {
+		q->spares = sp->next;
+		q->nspares--;
+	}
+	pthread_mutex_unlock(&q->mtx);
+	if (sp != NULL) {
+		/* Opened by the commit thread, at offset 0. */
+		txn->fd = sp->fd;
+		txn->old_size = sp->size;
+		memcpy(txn->spare, sp->name, sizeof(txn->spare));
+		free(sp);
+		queue_id_next(txn->env->id, sizeof(txn->env->id));
+	}
+	for (i = 0; txn->fd == -1 && i < 10; i++) {
 		queue_id_next(txn->env->id, sizeof(txn->env->id));
 		if ((txn->fd = openat(q->tmp_fd, txn->env->id,
 		    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) != -1 ||
@@ -1158,11 +1383,13 @@ queue_txn_begin(struct queue *q, const struct envelope *env)
 		return NULL;
 	}
 
+	/* One write for the preamble and the envelope. */
 	text = envelope_encode(txn->env, &len);
+	text = xreallocarray(text, PREAMBLE_LEN + len + 1, 1);
+	memmove(text + PREAMBLE_LEN, text, len);
 	txn->body_offset = PREAMBLE_LEN + (off_t)len;
-	preamble_format(pre, txn->body_offset, 0);
-	if (fileio_write_all(txn->fd, pre, sizeof(pre)) == -1 ||
-	    fileio_write_all(txn->fd, text, len) == -1) {
+	preamble_format(text, txn->body_offset, 0);
+	if (fileio_write_all(txn->fd, text, PREAMBLE_LEN + len) == -1) {
 		error = errno;
 		free(text);
 		log_warn("%s: write", txn->env->id);

@@ -11,6 +11,9 @@
  * the body, then appended state records (see envelope.h). Files in tmp/ are
  * never taken for messages; files that cannot be read are moved to
  * corrupt/ with a log line.
+ * (Addition: a removed message's file may be kept in spare/ and reused for
+ * a later message instead of being unlinked; spare/ is never taken for
+ * messages either, and queue_load() empties it.)
  */
 #ifndef SMARTHOST_QUEUE_H
 #define SMARTHOST_QUEUE_H
@@ -94,7 +97,9 @@ typedef void (*queue_done_cb)(int error, void *arg);
  */
 void queue_update(struct queue *q, const struct envelope *env,
     queue_done_cb cb, void *arg);
-/* Removes a finished message off the loop thread; cb may be NULL. */
+/* Removes a finished message off the loop thread; cb may be NULL.
+ * (Clarification: close every queue_body_open() descriptor of the message
+ * first; its file may be reused for another message once cb ran.) */
 void queue_remove(struct queue *q, const char *id, queue_done_cb cb,
     void *arg);
 

@@ -1128,3 +1128,184 @@ Test(worker, free_drains_on_caller_thread)
 	cr_assert_eq(done_off_thread, 0);
 	worker_free(NULL);
 }
+
+/*
+ * Spare files: a removed message's file is kept in spare/ and the next
+ * message is written over it.
+ */
+
+/* Like commit_one(), for a txn that may have taken a spare (so it has no
+ * tmp/<id>); reused says whether it did. */
+static struct envelope *
+commit_any(struct queue *q, const struct envelope *env, const char *body,
+    size_t len, int *reused)
+{
+	struct queue_txn *txn;
+	struct result r = { 0, -1, NULL };
+
+	txn = queue_txn_begin(q, env);
+	cr_assert_not_null(txn, "begin: %s", strerror(errno));
+	*reused = !exists("tmp", queue_txn_id(txn));
+	if (len > 0)
+		cr_assert_eq(queue_txn_write(txn, body, len), 0);
+	queue_txn_commit(txn, commit_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0, "commit: %s", strerror(r.error));
+	cr_assert_not_null(r.env);
+	cr_assert(exists("queue", r.env->id));
+	return r.env;
+}
+
+static void
+remove_one(struct queue *q, const char *id)
+{
+	struct result r = { 0, -1, NULL };
+
+	queue_remove(q, id, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0, "remove: %s", strerror(r.error));
+	cr_assert(!exists("queue", id));
+}
+
+static void
+spare_reuse_shorter(enum spool_sync mode)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 2), *old, *c;
+	struct loaded ld = { .n = 0 };
+	struct result r = { 0, -1, NULL };
+	size_t biglen = 50000, len = 300;
+	char *big = make_body(biglen), *body = make_body(len);
+	int reused;
+
+	q = open_queue(mode);
+	/* A long message with a state record that marks rcpt 0 sent. */
+	old = commit_one(q, env, big, biglen);
+	envelope_set_rcpt(old, 0, RCPT_SENT, "2.0.0", "250 OK");
+	old->attempts = 7;
+	queue_update(q, old, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0);
+	remove_one(q, old->id);
+	cr_assert_eq(count_dir("spare"), 1, "removed file not kept");
+
+	/* The next message goes over it and is much shorter. */
+	c = commit_any(q, env, body, len, &reused);
+	cr_assert(reused, "the spare was not reused");
+	cr_assert_eq(count_dir("spare"), 0);
+	cr_assert_eq(count_dir("tmp"), 0);
+	cr_assert_eq(file_size("queue", c->id), c->body_offset + (off_t)len,
+	    "stale tail of the old message left in the file");
+	assert_body(q, c, body, len);
+	queue_close(q);
+
+	q = open_queue(mode);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	cr_assert_str_eq(ld.env[0]->id, c->id);
+	cr_assert_eq(ld.env[0]->body_size, (off_t)len);
+	/* Nothing of the old message's state leaked into the new one. */
+	cr_assert_eq(ld.env[0]->attempts, 0);
+	cr_assert_eq(ld.env[0]->rcpts[0].status, RCPT_PENDING);
+	cr_assert_eq(ld.env[0]->rcpts[1].status, RCPT_PENDING);
+	assert_body(q, ld.env[0], body, len);
+	cr_assert_eq(count_dir("corrupt"), 0);
+	queue_close(q);
+
+	loaded_free(&ld);
+	envelope_free(old);
+	envelope_free(c);
+	envelope_free(env);
+	free(big);
+	free(body);
+}
+
+Test(queue, spare_reused_shorter_loads_exactly_fsync)
+{
+	spare_reuse_shorter(SPOOL_SYNC_FSYNC);
+}
+
+Test(queue, spare_reused_shorter_loads_exactly_syncfs)
+{
+	spare_reuse_shorter(SPOOL_SYNC_SYNCFS);
+}
+
+Test(queue, spare_reused_longer_and_aborted)
+{
+	struct queue *q;
+	struct queue_txn *txn;
+	struct envelope *env = make_env("a@b", 1), *old, *c;
+	struct loaded ld = { .n = 0 };
+	size_t len = 70000;
+	char *body = make_body(len);
+	int reused;
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	old = commit_one(q, env, "short\r\n", 7);
+	remove_one(q, old->id);
+	/* An aborted message in a spare leaves nothing behind. */
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	cr_assert(!exists("tmp", queue_txn_id(txn)));
+	cr_assert_eq(queue_txn_write(txn, body, 100), 0);
+	queue_txn_abort(txn);
+	cr_assert_eq(count_dir("queue"), 0);
+	envelope_free(old);
+	old = commit_one(q, env, "short\r\n", 7);
+	remove_one(q, old->id);
+	c = commit_any(q, env, body, len, &reused);
+	cr_assert(reused);
+	cr_assert_eq(file_size("queue", c->id), c->body_offset + (off_t)len);
+	queue_close(q);
+	cr_assert_eq(count_dir("tmp"), 0);
+	cr_assert_eq(count_dir("spare"), 0);
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	assert_body(q, ld.env[0], body, len);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(old);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, spares_never_loaded_and_pool_capped)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c[80];
+	struct loaded ld = { .n = 0 };
+	struct result r[80];
+	int i, nspare;
+
+	q = open_queue(SPOOL_SYNC_SYNCFS);
+	for (i = 0; i < 80; i++)
+		c[i] = commit_one(q, env, "body\r\n", 6);
+	/* Removed in one burst, as a busy relay does. */
+	for (i = 0; i < 80; i++) {
+		r[i].called = 0;
+		queue_remove(q, c[i]->id, done_cb, &r[i]);
+	}
+	loop_counter = 0;
+	run_loop(80);
+	for (i = 0; i < 80; i++)
+		cr_assert_eq(r[i].error, 0);
+	cr_assert_eq(count_dir("queue"), 0);
+	nspare = count_dir("spare");
+	cr_assert_gt(nspare, 0);
+	cr_assert_leq(nspare, 64, "pool not capped: %d spares", nspare);
+	queue_close(q);
+
+	/* A restart takes none of them for a message, and drops them. */
+	q = open_queue(SPOOL_SYNC_SYNCFS);
+	cr_assert_eq(queue_load(q, load_each, &ld), 0);
+	cr_assert_eq(count_dir("spare"), 0);
+	cr_assert_eq(count_dir("corrupt"), 0);
+	cr_assert_eq(count_dir("queue"), 0);
+	queue_close(q);
+	for (i = 0; i < 80; i++)
+		envelope_free(c[i]);
+	envelope_free(env);
+}
