@@ -63,7 +63,9 @@ if [ -n "$missing" ]; then
 	apt-get update -q
 	status=0
 	# shellcheck disable=SC2086 # a list of package names
-	apt-get install -y -q $missing || status=$?
+	# No recommends: emacs-nox would otherwise pull in an MTA (exim4)
+	# that starts on port 25 at the next boot.
+	apt-get install -y -q --no-install-recommends $missing || status=$?
 	[ -z "$own_policy" ] || rm -f "$policy"
 	[ "$status" -eq 0 ] || exit "$status"
 fi
