@@ -27,6 +27,7 @@ static const char *const outcome_class_names[] = {
 	[OC_REPLY] = "reply",
 	[OC_AUTH] = "auth",
 	[OC_NOCRED] = "nocred",
+	[OC_AUTH_RETRY] = "auth_retry",
 	[OC_LOCAL] = "local",
 	[OC_EXPIRED] = "expired",
 };
@@ -109,6 +110,8 @@ outcome_dsn_code(const struct outcome *o)
 	case OC_AUTH:
 	case OC_NOCRED:
 		return temp ? "4.7.0" : "5.7.0";
+	case OC_AUTH_RETRY:
+		return "4.7.0";
 	case OC_LOCAL:
 		return temp ? "4.3.0" : "5.3.0";
 	case OC_EXPIRED:
@@ -132,6 +135,7 @@ outcome_sysexit(const struct outcome *o)
 	case OC_CONNECT:
 	case OC_TIMEOUT:
 	case OC_EXPIRED:
+	case OC_AUTH_RETRY:
 		return EX_TEMPFAIL;
 	case OC_TLS:
 	case OC_PROTOCOL:

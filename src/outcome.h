@@ -23,6 +23,8 @@ enum outcome_class {
 	OC_REPLY,    /* the server answered with a 4xx/5xx */
 	OC_AUTH,     /* authentication failed or was required */
 	OC_NOCRED,   /* no usable credentials */
+	OC_AUTH_RETRY, /* the server demanded AUTH, then hung up before we
+	                  could give it: try again at once, AUTH first */
 	OC_LOCAL,    /* our side: disk full, I/O error, config */
 	OC_EXPIRED,  /* message lifetime ended */
 	OC__COUNT

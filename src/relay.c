@@ -910,6 +910,7 @@ outcome_rcpt_status(const struct outcome *o)
 		case OC_TIMEOUT:
 		case OC_AUTH:
 		case OC_NOCRED:
+		case OC_AUTH_RETRY:
 		case OC_EXPIRED:
 		case OC__COUNT:
 			break;
@@ -1191,6 +1192,10 @@ client_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 
 	if (o->class == OC_AUTH && o->status != OUTCOME_OK)
 		rs_log_auth_failure(rs, o);
+	else if (o->class == OC_AUTH_RETRY && o->status != OUTCOME_OK)
+		log_info("relay %s demanded authentication and closed the "
+		    "connection; the message is retried at once with AUTH "
+		    "first", rs->hostport);
 	else if (o->class == OC_NOCRED && o->status != OUTCOME_OK)
 		rs_log_fix(rs);
 	switch (rs->state) {

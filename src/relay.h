@@ -22,6 +22,10 @@
  * demand, and learns the relay when the server demands. A session that
  * hits missing or rejected credentials ends with a TEMPORARY OC_NOCRED or
  * OC_AUTH outcome (never a bounce), so the scheduler backs the relay off.
+ * A server that demands AUTH and hangs up before the client could give it,
+ * while credentials exist, ends the session (and the message's attempt)
+ * with a TEMPORARY OC_AUTH_RETRY outcome instead: the relay is learned,
+ * and the scheduler tries the message again at once, without a backoff.
  *
  * Only scheduler.c uses this header.
  */

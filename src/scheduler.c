@@ -32,6 +32,10 @@
  * credential files changed; when they did, the relay's backoff goes and its
  * deferred mail is due at once. The scheduler also owns the learned
  * "requires authentication" set (authstate.h) that every relay shares.
+ * A server that demands AUTH and then hangs up before the client could
+ * give it (OC_AUTH_RETRY) says nothing bad about the relay: the relay has
+ * learned to authenticate first, so the message is tried again at once,
+ * once; a second such end in a row is an ordinary deferral.
  *
  * Every asynchronous step (worker job, queue update, DSN) carries the
  * message; scheduler_free leaves messages with a queue operation in flight
@@ -91,6 +95,10 @@ struct sched_msg {
 	size_t heap_idx;         /* SIZE_MAX when not in the heap */
 	unsigned long long seq;  /* arrival order: FIFO among equals */
 	int flush;               /* made due while FINISHING */
+	int auth_retry;          /* this attempt ended in OC_AUTH_RETRY */
+	int auth_retried;        /* ... and so did the one before, which was
+	                            retried at once: no second time in a
+	                            row */
 	unsigned char *tried;    /* per recipient, for this attempt */
 	struct dsn_job *dsn;     /* bounce in progress */
 	TAILQ_ENTRY(sched_msg) all;
@@ -380,6 +388,20 @@ msg_persist(struct scheduler *s, struct sched_msg *m)
 		queue_remove(s->q, env->id, msg_removed, m);
 		return;
 	}
+	if (m->auth_retry && !m->auth_retried) {
+		/* The server hung up on its demand for AUTH; the relay has
+		 * learned that and the next session authenticates first.
+		 * Not an attempt of its own: once, at once. */
+		m->auth_retry = 0;
+		m->auth_retried = 1;
+		env->next_try = time(NULL);
+		log_info("%s: retrying at once with authentication first",
+		    env->id);
+		queue_update(s->q, env, msg_updated, m);
+		return;
+	}
+	m->auth_retried = m->auth_retry;
+	m->auth_retry = 0;
 	env->attempts++;
 	delay = scheduler_backoff(s->cfg->retry_min, s->cfg->retry_max,
 	    env->attempts);
@@ -528,6 +550,7 @@ relay_failure(const struct outcome *o)
 	case OC_AUTH:
 	case OC_NOCRED:
 		return 1;
+	case OC_AUTH_RETRY:	/* learned: the next session authenticates */
 	case OC_NONE:
 	case OC_PROTOCOL:
 	case OC_REPLY:
@@ -771,6 +794,8 @@ sess_delivered(struct relay_session *rs, struct envelope *env,
 		fatalx("%s: delivery report for a message not in flight",
 		    __func__);
 	ss->cur = NULL;
+	m->auth_retry = o->class == OC_AUTH_RETRY &&
+	    o->status != OUTCOME_OK;
 	msg_attempted(ss->s, m, relay_session_host(rs));
 }
 

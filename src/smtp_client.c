@@ -20,6 +20,10 @@
  * empty message. That costs one round trip per message on a server that
  * offers AUTH and never demands it; once authenticated, or without
  * credentials, pipelining is whole again.
+ * A server that demands AUTH and then hangs up (or resets the connection)
+ * before AUTH, while we have credentials, ends the session with
+ * OC_AUTH_RETRY: the owner learned the demand, so it can try again at once.
+ * Without TLS no AUTH is sent at all unless allow_plaintext.
  *
  * Invariants:
  * - c->state says what the session waits for. client_enter() is the only
@@ -1062,6 +1066,13 @@ client_auth_start(struct smtp_client *c)
 
 	c->auth_fail[0] = '\0';
 	c->auth_idx = 0;
+	if (!c->tls_active && !c->auth_plaintext) {
+		/* no mechanism, hashed or not, without TLS unless allowed */
+		client_auth_abort(c, NULL, "refusing to send credentials over "
+		    "an unencrypted connection (set allow_plaintext_auth = "
+		    "true to allow)");
+		return;
+	}
 	c->auth_nmechs = sasl_choose_order(c->ehlo.auth, c->auth_order,
 	    c->tls_active, c->auth_plaintext, c->auth_mechs, SASL_MECH_MAX);
 	if (c->auth_nmechs > 0) {
@@ -1769,12 +1780,20 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 			client_close_msg(c, OC_NOCRED, "server requires "
 			    "authentication and no credentials are configured "
 			    "(it closed the connection)");
+		else if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) &&
+		    c->auth_demanded && c->authed == NULL &&
+		    c->state != CS_AUTH && c->state != CS_AUTH_STEP &&
+		    c->state != CS_AUTH_CANCEL)
+			/* the owner learned it: AUTH comes first next time,
+			 * and that can be at once */
+			client_close_msg(c, OC_AUTH_RETRY, "server requires "
+			    "authentication and %s the connection before "
+			    "AUTH", (what & BEV_EVENT_EOF) ? "closed" :
+			    "dropped");
 		else if ((what & BEV_EVENT_EOF) && c->auth_demanded &&
 		    c->authed == NULL)
-			/* the owner learned it: AUTH comes first next time */
-			client_close_msg(c, OC_AUTH, "server requires "
-			    "authentication and closed the connection before "
-			    "AUTH");
+			client_close_msg(c, OC_AUTH, "server closed the "
+			    "connection during AUTH");
 		else if (what & BEV_EVENT_EOF)
 			client_close_msg(c, OC_PROTOCOL,
 			    "connection closed by server");

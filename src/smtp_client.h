@@ -61,7 +61,9 @@ struct smtp_client_cb {
 	/* The session broke (connect, DNS, TLS, timeout, 421, protocol, drop)
 	 * or, after smtp_client_quit, closed: o->status is OUTCOME_OK for a
 	 * clean close. If a transaction was in progress, its outcome is o
-	 * and done() is not called. Last callback; the owner then calls
+	 * and done() is not called. A server that demanded AUTH and then
+	 * hung up before we could give it gets OC_AUTH_RETRY (try again at
+	 * once, authenticating first). Last callback; the owner then calls
 	 * smtp_client_free (it may do so from inside this callback). */
 	void (*closed)(struct smtp_client *c, const struct outcome *o,
 	    void *arg);
@@ -84,9 +86,9 @@ struct smtp_client_cb {
  * the server offers, each in turn (sasl_choose_order): 535, 534, 538 or
  * 504 moves on to the next; a 4xx is temporary and ends the session with a
  * TEMPORARY OC_AUTH outcome, as does the failure of every mechanism (the
- * text lists each mechanism and its reply). Cleartext mechanisms (PLAIN,
- * LOGIN, XOAUTH2, OAUTHBEARER) are never used without TLS unless
- * allow_plaintext. A server that offers no AUTH is used without it.
+ * text lists each mechanism and its reply). No mechanism at all is used
+ * without TLS unless allow_plaintext (then the session ends with a
+ * TEMPORARY OC_AUTH). A server that offers no AUTH is used without it.
  */
 struct smtp_client_auth {
 	const char *user;        /* copied */

@@ -215,7 +215,14 @@ class _RecordingSMTP(_NullSenderSMTP):
         text = status.decode("utf-8", "replace") \
             if isinstance(status, bytes) else status
         self._shd_record.reply(text.rstrip("\r\n"))
-        return await super().push(status)
+        result = await super().push(status)
+        commands = self._shd_record.commands
+        if (text.startswith("530") and commands
+                and commands[-1].verb == "MAIL"
+                and self.event_handler.take_hangup_after_530()):
+            # as some servers do: demand AUTH, then hang up
+            self.transport.close()
+        return result
 
     smtp_EHLO = _recorded("EHLO")
     smtp_HELO = _recorded("HELO")
@@ -242,22 +249,33 @@ class AuthHandler(RecordingHandler):
     reject maps a mechanism to the reply its AUTH gets whatever the
     credentials (e.g. {"CRAM-MD5": "535 5.7.8 no"}), after the exchange.
     rcpt_unauthenticated, when set, is the reply RCPT gets in a session
-    that has not authenticated. Tests may change users, reject and
-    rcpt_unauthenticated while the upstream runs.
+    that has not authenticated. hangup_after_530: the upstream closes the
+    connection right after its next so many 530 replies to MAIL. Tests
+    may change users, reject and rcpt_unauthenticated while the upstream
+    runs.
 
     NB: aiosmtpd takes every attribute whose name starts with "auth_" for
     a mechanism: none but auth_CRAM_MD5 may.
     """
 
     def __init__(self, users, reject=None, rcpt_unauthenticated=None,
-                 **kwargs):
+                 hangup_after_530=0, **kwargs):
         super().__init__(**kwargs)
         self.users = dict(users)
         self.reject = dict(reject or {})
         self.rcpt_unauthenticated = rcpt_unauthenticated
+        self.hangup_after_530 = hangup_after_530
         self.attempts = []  # (mechanism, login, success)
         self._sessions = []
         self._slock = threading.Lock()
+
+    def take_hangup_after_530(self):
+        """Whether to hang up after this 530 (counts it down)."""
+        with self._slock:
+            if self.hangup_after_530 > 0:
+                self.hangup_after_530 -= 1
+                return True
+            return False
 
     def new_session(self):
         with self._slock:
@@ -331,12 +349,13 @@ class AuthUpstream(Upstream):
     """
 
     def __init__(self, users, tls=None, mechanisms=MECHANISMS, required=True,
-                 reject=None, rcpt_unauthenticated=None):
+                 reject=None, rcpt_unauthenticated=None, hangup_after_530=0):
         super().__init__(tls=tls)
         unknown = set(mechanisms) - set(MECHANISMS)
         assert not unknown, f"no server side for {unknown}"
         self.handler = AuthHandler(users, reject=reject,
-                                   rcpt_unauthenticated=rcpt_unauthenticated)
+                                   rcpt_unauthenticated=rcpt_unauthenticated,
+                                   hangup_after_530=hangup_after_530)
         self.offered = tuple(mechanisms)
         self.required = required
 
@@ -371,3 +390,69 @@ class AuthUpstream(Upstream):
     def mail_commands_seen(self):
         return [c for s in self.sessions for c in s.commands
                 if c.verb == "MAIL"]
+
+
+# --------------------------------------------------------------------------
+# XOAUTH2 (test_auth_extra.py)
+
+OAUTH_MECHANISMS = MECHANISMS + ("XOAUTH2",)
+
+
+class OAuthHandler(AuthHandler):
+    """An AuthHandler that also implements the server side of XOAUTH2
+    (Google's: base64 of "user=U^Aauth=Bearer TOKEN^A^A"). tokens maps a
+    user to the one token it accepts. Every decoded exchange is kept in
+    oauth_seen as (user, auth) with auth the whole "auth=" value, e.g.
+    "Bearer tok-123"."""
+
+    def __init__(self, users, tokens, **kwargs):
+        super().__init__(users, **kwargs)
+        self.tokens = dict(tokens)
+        self.oauth_seen = []
+
+    async def auth_XOAUTH2(self, server, args):
+        if len(args) > 1:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 bad base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        fields = {}
+        for part in blob.split(b"\x01"):
+            if b"=" in part:
+                key, _, value = part.partition(b"=")
+                fields[key.decode("utf-8", "replace")] = \
+                    value.decode("utf-8", "replace")
+        user, auth = fields.get("user", ""), fields.get("auth", "")
+        with self._slock:
+            self.oauth_seen.append((user, auth))
+        want = self.tokens.get(user)
+        ok = (blob.endswith(b"\x01\x01") and want is not None
+              and auth == f"Bearer {want}")
+        return self._check("XOAUTH2", user, ok)
+
+
+class OAuthUpstream(AuthUpstream):
+    """An AuthUpstream that may also offer XOAUTH2 (mechanisms is a subset
+    of OAUTH_MECHANISMS); tokens: user -> the token XOAUTH2 accepts."""
+
+    def __init__(self, users, tokens, tls=None, mechanisms=("XOAUTH2",),
+                 required=True):
+        super().__init__(users, tls=tls,
+                         mechanisms=[m for m in mechanisms
+                                     if m in MECHANISMS],
+                         required=required)
+        unknown = set(mechanisms) - set(OAUTH_MECHANISMS)
+        assert not unknown, f"no server side for {unknown}"
+        self.handler = OAuthHandler(users, tokens)
+        self.offered = tuple(mechanisms)
+
+    def _make_controller(self):
+        controller = super()._make_controller()
+        controller.SMTP_kwargs["auth_exclude_mechanism"] = [
+            m for m in OAUTH_MECHANISMS if m not in self.offered]
+        return controller

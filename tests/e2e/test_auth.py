@@ -302,6 +302,32 @@ def test_rcpt_refusal_while_auth_offered_triggers_auth(auth_upstream_factory,
     daemon.wait_log(r"requires authentication; will authenticate first")
 
 
+def test_hangup_after_530_retries_at_once_with_auth(auth_upstream_factory,
+                                                    daemon_factory, authinfo,
+                                                    password):
+    """A server that answers MAIL with 530 and hangs up: the relay learns
+    that it requires AUTH and the mail goes again at once, authenticating
+    first, not after retry_min (ten minutes here)."""
+    upstream = auth_upstream_factory({USER: password}, hangup_after_530=1)
+    save_credentials(authinfo, upstream, password)
+    daemon = start_daemon(daemon_factory, upstream, authinfo,
+                          auth_first=[r"^nomatch\.example$"],
+                          settings=LONG_BACKOFF)
+    qid, message = submit(daemon, "hangup")
+    relayed = wait_delivered(daemon, upstream, qid)
+    assert_relayed(relayed[0], message)
+    sessions = [s for s in upstream.sessions if s.index("MAIL") is not None]
+    assert len(sessions) == 2, upstream.describe()
+    first, second = sessions
+    assert [c.code for c in first.commands if c.verb == "MAIL"] == [530], \
+        upstream.describe()
+    assert first.auths() == [], upstream.describe()
+    assert_auth_before_mail(second)
+    daemon.wait_log(rf"{qid}: retrying at once with authentication first")
+    assert not daemon.log_lines(r"no new session for"), \
+        "the relay was backed off"
+
+
 def test_auth_never_sends_no_credentials(ctl, auth_upstream_factory,
                                          daemon_factory, authinfo, password):
     upstream = auth_upstream_factory({USER: password})
@@ -468,19 +494,34 @@ def test_plaintext_auth_allowed_by_config(auth_upstream_factory,
         [("PLAIN", 235, False)], upstream.describe()
 
 
-def test_cram_md5_without_tls_needs_no_permission(auth_upstream_factory,
-                                                  daemon_factory, authinfo,
-                                                  password):
-    """CRAM-MD5 does not reveal the password: fine without TLS."""
+@pytest.mark.parametrize("allow", [False, True],
+                         ids=["refused", "allowed"])
+def test_cram_md5_without_tls_needs_permission(ctl, auth_upstream_factory,
+                                               daemon_factory, authinfo,
+                                               password, allow):
+    """No credentials at all without TLS, even CRAM-MD5's, unless the
+    relay says allow_plaintext_auth = true."""
     upstream = auth_upstream_factory({USER: password}, tls=None,
                                      mechanisms=("CRAM-MD5", "PLAIN"))
     save_credentials(authinfo, upstream, password)
     daemon = start_daemon(daemon_factory, upstream, authinfo, tls="none",
-                          auth_first=[r"^127\.0\.0\.1$"])
+                          auth_first=[r"^127\.0\.0\.1$"],
+                          allow_plaintext_auth=allow)
     qid, _ = submit(daemon)
+    if not allow:
+        deferred = wait_deferred(daemon, qid)
+        assert "refusing to send credentials over an unencrypted " \
+            "connection (set allow_plaintext_auth = true to allow)" in \
+            deferred.group(0), deferred.group(0)
+        assert upstream.auth_commands() == [], \
+            f"credentials sent without TLS: {upstream.describe()}"
+        assert upstream.mail_commands_seen() == [], upstream.describe()
+        assert_still_queued(ctl, daemon, upstream, qid)
+        return
     wait_delivered(daemon, upstream, qid)
-    assert [(c.mechanism, c.code) for c in upstream.auth_commands()] == \
-        [("CRAM-MD5", 235)], upstream.describe()
+    assert [(c.mechanism, c.code, c.tls)
+            for c in upstream.auth_commands()] == \
+        [("CRAM-MD5", 235, False)], upstream.describe()
 
 
 # --------------------------------------------------------------------------

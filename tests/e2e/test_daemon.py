@@ -3,6 +3,7 @@ readiness notification, privilege drop, the loopback-only rule, reload on
 SIGHUP and recovery of a damaged spool at start."""
 
 import errno
+import grp
 import ipaddress
 import os
 import pwd
@@ -11,6 +12,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import stat
 
 import pytest
 
@@ -423,3 +425,60 @@ def test_core_dumps_disabled(daemon):
     assert core, "no core limit line"
     soft, hard = core[0].split()[4:6]
     assert (soft, hard) == ("0", "0"), core[0]
+
+
+# --------------------------------------------------------------------------
+# Journald priority prefixes and the Unix socket's group
+
+def test_log_has_journald_prefixes(daemon, upstream):
+    """stderr is a file here, not a terminal: every line carries an
+    sd-daemon priority prefix, info lines <6>, and -d's debug lines <7>."""
+    qid = send_message(daemon, make_message("prefixes", "Body.\n"))
+    upstream.wait_messages(1)
+    daemon.wait_log(delivery_line(qid, RCPT, "sent"))
+    log = daemon.log()
+    assert re.search(r"^<6>started, pid=\d+$", log, re.M), log[:2000]
+    assert re.search(r"^<6>listening on 127\.0\.0\.1:\d+$", log, re.M)
+    assert re.search(rf"^<6>{qid}: to=<{re.escape(RCPT)}>, .*status=sent",
+                     log, re.M)
+    assert re.search(r"^<7>", log, re.M), "no <7> debug line under -d"
+    unprefixed = [line for line in log.splitlines()
+                  if not re.match(r"<[0-7]>\S", line)]
+    assert unprefixed == [], unprefixed[:10]
+
+
+def socket_group():
+    """A group the daemon may give its socket to that is not the one a
+    new file gets anyway (the primary group): any group when root,
+    else a supplementary group; the primary group only when there is no
+    other choice (then the test shows less)."""
+    primary = os.getgid()
+    if os.geteuid() == 0:
+        for name in ("nogroup", "mail", "daemon", "users"):
+            try:
+                return grp.getgrnam(name)
+            except KeyError:
+                pass
+    for gid in os.getgroups():
+        if gid != primary:
+            return grp.getgrgid(gid)
+    return grp.getgrgid(primary)
+
+
+def test_unix_socket_group_and_mode(upstream, daemon_factory):
+    group = socket_group()
+    daemon = daemon_factory(upstream.port, start=False, listen=[
+        {"address": "127.0.0.1", "port": "0"},
+        {"path": "grouped.sock", "mode": "0660", "group": group.gr_name}])
+    daemon.start()
+    path = os.path.join(daemon.workdir, "grouped.sock")
+    assert daemon.unix_path == "grouped.sock", daemon.unix_path
+    daemon.unix_path = path     # relative to the daemon's directory
+    st = os.stat(path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660, oct(st.st_mode)
+    assert st.st_gid == group.gr_gid, (st.st_gid, group.gr_gid)
+    qid = send_message(daemon, make_message("via group socket", "Body.\n"),
+                       via="unix")
+    upstream.wait_messages(1)
+    daemon.wait_log(delivery_line(qid, RCPT, "sent"))

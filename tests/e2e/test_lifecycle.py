@@ -1,12 +1,15 @@
 """Config checking (-t) and graceful stop."""
 
+import os
+import re
 import signal
+import smtplib
 import subprocess
 
 import pytest
 
-from harness import (EX_CONFIG, RawSMTP, assert_relayed, make_message,
-                     queue_id, render_config)
+from harness import (CLIENT_HOSTNAME, EX_CONFIG, RawSMTP, assert_relayed,
+                     delivery_line, make_message, queue_id, render_config)
 
 BROKEN_CONFIGS = {
     "syntax": """\
@@ -91,6 +94,12 @@ def test_check_accepts_full_config(smarthostd_binary, pki, tmp_path):
                    "max_errors": 10, "idle_timeout": "5m"},
         "queue": {"retry_min": 300, "retry_max": "1h", "lifetime": "5d",
                   "workers": 4},
+        "user": "nobody",
+        "auth_first": [r"^smtp\.example\.com$", "(^|\\.)gmail\\.com$"],
+        "authinfo": ["~/.authinfo", "~/.authinfo.gpg", "~/.netrc",
+                     str(tmp_path / "authinfo")],
+        "state_dir": str(tmp_path / "state"),
+        "control_socket": str(tmp_path / "control.sock"),
         "default_relay": "upstream",
         "relays": {
             "upstream": {
@@ -100,9 +109,20 @@ def test_check_accepts_full_config(smarthostd_binary, pki, tmp_path):
                 "user": "me@example.com", "max_connections": 4,
                 "max_messages_per_connection": 100, "timeout_connect": 30,
                 "timeout_command": 300, "timeout_data": 600,
+                "auth": "auto", "allow_plaintext_auth": False,
+                "mechanisms": ["SCRAM-SHA-256", "CRAM-MD5", "PLAIN",
+                               "LOGIN"],
+                "password_command": "pass show smtp.example.com",
             },
             "submissions": {"type": "smtp", "host": "192.0.2.25",
-                            "tls": "implicit"},
+                            "tls": "implicit", "auth": "always",
+                            "allow_plaintext_auth": True},
+            "oauth": {"type": "smtp", "host": "smtp.gmail.com",
+                      "user": "me@gmail.com", "auth": "always",
+                      "mechanisms": ["OAUTHBEARER", "XOAUTH2"],
+                      "oauth_command": "oauth2-token me@gmail.com"},
+            "plain": {"type": "smtp", "host": "192.0.2.26", "tls": "none",
+                      "auth": "never"},
             "capture": {"type": "maildir",
                         "path": str(tmp_path / "Maildir")},
         },
@@ -148,3 +168,48 @@ def test_stop_finishes_open_transaction(daemon, upstream):
     assert_relayed(msg, message)
     upstream.assert_count_stays(1, settle=2)
     assert qid in daemon.log()
+
+
+def test_check_accepts_shipped_config(smarthostd_binary, tmp_path):
+    """The commented example etc/smarthostd.conf, as installed, passes -t
+    (with user = "nobody" when its user does not exist here)."""
+    top = os.environ.get("TOP_SRCDIR") or os.path.join(
+        os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(top, "etc", "smarthostd.conf"),
+              encoding="utf-8") as f:
+        text = f.read()
+    assert re.search(r"^relays\s*=", text, re.M), "not the shipped config"
+    text, n = re.subn(r'^user = "smarthostd";', 'user = "nobody";', text,
+                      flags=re.M)
+    path = tmp_path / "smarthostd.conf"
+    path.write_text(text)
+    result = check_config(smarthostd_binary, path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_helo_then_sigint(daemon, upstream):
+    """A client that says HELO, not EHLO, submits end to end; SIGINT then
+    stops the daemon as gracefully as SIGTERM does."""
+    message = make_message("sent after HELO", "An RFC 821 client.\n")
+    client = smtplib.SMTP("127.0.0.1", daemon.port,
+                          local_hostname=CLIENT_HOSTNAME, timeout=10)
+    try:
+        code, reply = client.helo()
+        assert code == 250, reply
+        assert not client.does_esmtp
+        refused = client.sendmail("a@example.org", ["b@example.net"],
+                                  message)
+        assert refused == {}
+        client.quit()
+    finally:
+        client.close()
+    msg, = upstream.wait_messages(1)
+    assert_relayed(msg, message)
+    qid = re.search(r"([0-9A-F]{16}): client=", daemon.log()).group(1)
+    daemon.wait_log(delivery_line(qid, "b@example.net", "sent"))
+
+    daemon.signal(signal.SIGINT)
+    assert daemon.proc.wait(15) == 0
+    stopping = daemon.wait_log(r"\bstopping\b")
+    stopped = daemon.wait_log(r"\bstopped\b")
+    assert stopping.start() < stopped.start()

@@ -17,8 +17,9 @@ def test_upstream_down_at_submission(upstream_factory, daemon_factory):
     daemon.wait_log(delivery_line(qid, RCPT, "deferred"))
 
     upstream.start()
-    daemon.flush()
-    msg, = upstream.wait_messages(1, timeout=15)
+    # No flush: the scheduler's own retry (retry_min 1 s, retry_max 4 s in
+    # the test config) must deliver it, relay backoff included.
+    msg, = upstream.wait_messages(1, timeout=20)
     assert_relayed(msg, message)
     daemon.wait_log(delivery_line(qid, RCPT, "sent"))
     daemon.wait_log(rf"{qid}: removed")

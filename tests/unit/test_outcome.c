@@ -39,5 +39,9 @@ Test(outcome, classes_map_to_codes_and_sysexits)
 	outcome_set(&o, OUTCOME_TEMPORARY, OC_NOCRED, "x");
 	cr_assert_eq(outcome_sysexit(&o), EX_NOPERM);
 	cr_assert_str_eq(outcome_class_name(OC_NOCRED), "nocred");
+	outcome_set(&o, OUTCOME_TEMPORARY, OC_AUTH_RETRY, "x");
+	cr_assert_str_eq(outcome_dsn_code(&o), "4.7.0");
+	cr_assert_eq(outcome_sysexit(&o), EX_TEMPFAIL);
+	cr_assert_str_eq(outcome_class_name(OC_AUTH_RETRY), "auth_retry");
 	cr_assert_str_eq(outcome_status_name(OUTCOME_PERMANENT), "permanent");
 }

@@ -2,10 +2,11 @@
  * queue.c and worker.c against a real spool in a temporary directory.
  *
  * Faults are injected with the linker: this test is linked with
- * -Wl,--wrap=write,--wrap=fdatasync,--wrap=syncfs (Makefile.am), so every
- * call queue.c makes to those goes through the __wrap_ functions below,
- * which pass through to the real call unless a test armed a fault. Only
- * descriptors above 2 are affected, so log lines still reach stderr.
+ * -Wl,--wrap=write,--wrap=fdatasync,--wrap=syncfs,--wrap=fsync (Makefile.am),
+ * so every call queue.c makes to those goes through the __wrap_ functions
+ * below, which pass through to the real call unless a test armed a fault.
+ * Only descriptors above 2 are affected, so log lines still reach stderr;
+ * __wrap_fsync counts (and may slow down) fsync()s of directories.
  */
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -37,12 +38,16 @@ int __real_fdatasync(int fd);
 int __wrap_fdatasync(int fd);
 int __real_syncfs(int fd);
 int __wrap_syncfs(int fd);
+int __real_fsync(int fd);
+int __wrap_fsync(int fd);
 
 static long fault_write_budget = -1;	/* bytes until ENOSPC, -1: off */
 static int fault_sync_errno;		/* fdatasync/syncfs fail with it */
 static int fault_sync_delay_ms;		/* a slow disk */
 static int count_fdatasync;
 static int count_syncfs;
+static int count_dir_fsync;		/* fsync()s of directories */
+static int fault_dirsync_delay_ms;	/* a slow directory fsync */
 
 ssize_t
 __wrap_write(int fd, const void *buf, size_t len)
@@ -97,6 +102,26 @@ __wrap_syncfs(int fd)
 	if (fault_sync() == -1)
 		return -1;
 	return __real_syncfs(fd);
+}
+
+/* Counts fsync()s of directories; fault_dirsync_delay_ms slows them. */
+int
+__wrap_fsync(int fd)
+{
+	struct timespec ts;
+	struct stat st;
+	int ms;
+
+	if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+		__atomic_add_fetch(&count_dir_fsync, 1, __ATOMIC_SEQ_CST);
+		ms = __atomic_load_n(&fault_dirsync_delay_ms, __ATOMIC_SEQ_CST);
+		if (ms) {
+			ts.tv_sec = ms / 1000;
+			ts.tv_nsec = (ms % 1000) * 1000000L;
+			nanosleep(&ts, NULL);
+		}
+	}
+	return __real_fsync(fd);
 }
 
 /* Fixture: a spool under a fresh directory in /tmp, an event base. */
@@ -1308,4 +1333,178 @@ Test(queue, spares_never_loaded_and_pool_capped)
 	for (i = 0; i < 80; i++)
 		envelope_free(c[i]);
 	envelope_free(env);
+}
+
+/*
+ * The rename into queue/ is made durable before the 250: at least one
+ * fsync of a directory per sync group, and before the commit's callback.
+ */
+static void
+dir_fsync_per_group(enum spool_sync mode)
+{
+	struct queue *q;
+	struct queue_txn *txn[50];
+	struct envelope *env = make_env("a@b", 1);
+	struct result r[50];
+	struct queue_stats st;
+	char line[64];
+	int i;
+
+	q = open_queue(mode);
+	__atomic_store_n(&count_dir_fsync, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&fault_sync_delay_ms, 20, __ATOMIC_SEQ_CST);
+	for (i = 0; i < 50; i++) {
+		cr_assert_not_null(txn[i] = queue_txn_begin(q, env));
+		snprintf(line, sizeof(line), "message %d\r\n", i);
+		cr_assert_eq(queue_txn_write(txn[i], line, strlen(line)), 0);
+		r[i].called = 0;
+		r[i].error = -1;
+		r[i].env = NULL;
+	}
+	for (i = 0; i < 50; i++)
+		queue_txn_commit(txn[i], commit_cb, &r[i]);
+	loop_counter = 0;
+	run_loop(50);
+	for (i = 0; i < 50; i++) {
+		cr_assert_eq(r[i].called, 1);
+		cr_assert_eq(r[i].error, 0);
+		envelope_free(r[i].env);
+	}
+	queue_stats(q, &st);
+	cr_assert_eq(st.commits, 50);
+	cr_assert_geq(st.sync_groups, 1);
+	cr_assert_geq(count_dir_fsync, (int)st.sync_groups,
+	    "%d directory fsyncs for %lu sync groups", count_dir_fsync,
+	    st.sync_groups);
+	__atomic_store_n(&fault_sync_delay_ms, 0, __ATOMIC_SEQ_CST);
+	queue_close(q);
+	envelope_free(env);
+}
+
+Test(queue, dir_fsync_per_group_fsync)
+{
+	dir_fsync_per_group(SPOOL_SYNC_FSYNC);
+}
+
+Test(queue, dir_fsync_per_group_syncfs)
+{
+	dir_fsync_per_group(SPOOL_SYNC_SYNCFS);
+}
+
+/* A single commit: the directory is synced before its callback runs. */
+static int dir_fsyncs_seen;
+
+static void
+count_at_commit_cb(int error, struct envelope *env, void *arg)
+{
+	dir_fsyncs_seen = __atomic_load_n(&count_dir_fsync, __ATOMIC_SEQ_CST);
+	commit_cb(error, env, arg);
+}
+
+Test(queue, dir_fsync_before_commit_callback)
+{
+	struct queue *q;
+	struct queue_txn *txn;
+	struct envelope *env = make_env("a@b", 1);
+	struct result r = { 0, -1, NULL };
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	__atomic_store_n(&count_dir_fsync, 0, __ATOMIC_SEQ_CST);
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	cr_assert_eq(queue_txn_write(txn, "x\r\n", 3), 0);
+	dir_fsyncs_seen = -1;
+	queue_txn_commit(txn, count_at_commit_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0);
+	cr_assert_geq(dir_fsyncs_seen, 1,
+	    "commit reported before any directory fsync");
+	envelope_free(r.env);
+	queue_close(q);
+	envelope_free(env);
+}
+
+/*
+ * No stall: while a commit's file and directory syncs take 1.5 s each on
+ * a slow disk, the loop keeps running: a timer due 50 ms after the commit
+ * started fires within 200 ms, long before the commit's callback.
+ */
+static struct timespec stall_t0;
+static double timer_at_ms = -1, commit_at_ms = -1;
+
+static double
+ms_since_t0(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - stall_t0.tv_sec) * 1000.0 +
+	    (double)(now.tv_nsec - stall_t0.tv_nsec) / 1e6;
+}
+
+static void
+stall_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	timer_at_ms = ms_since_t0();
+	loop_tick();
+}
+
+static void
+stall_commit_cb(int error, struct envelope *env, void *arg)
+{
+	commit_at_ms = ms_since_t0();
+	commit_cb(error, env, arg);
+}
+
+static void
+no_stall(enum spool_sync mode)
+{
+	struct queue *q;
+	struct queue_txn *txn;
+	struct envelope *env = make_env("a@b", 1);
+	struct result r = { 0, -1, NULL };
+	struct event *timer;
+	struct timeval tv = { 0, 50 * 1000 };
+
+	q = open_queue(mode);
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	cr_assert_eq(queue_txn_write(txn, "slow disk\r\n", 11), 0);
+	__atomic_store_n(&fault_sync_delay_ms, 1500, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&fault_dirsync_delay_ms, 1500, __ATOMIC_SEQ_CST);
+	cr_assert_not_null(timer = evtimer_new(base, stall_timer_cb, NULL));
+	clock_gettime(CLOCK_MONOTONIC, &stall_t0);
+	queue_txn_commit(txn, stall_commit_cb, &r);
+	cr_assert_eq(evtimer_add(timer, &tv), 0);
+	loop_counter = 0;
+	run_loop(2);
+	__atomic_store_n(&fault_sync_delay_ms, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&fault_dirsync_delay_ms, 0, __ATOMIC_SEQ_CST);
+	cr_assert_eq(r.called, 1);
+	cr_assert_eq(r.error, 0, "commit: %s", strerror(r.error));
+	cr_assert_geq(timer_at_ms, 0.0, "the timer never fired");
+	cr_assert_lt(timer_at_ms, 200.0,
+	    "the loop stalled: a 50 ms timer fired after %.0f ms",
+	    timer_at_ms);
+	/* The commit really was slow, and reported after its syncs. */
+	cr_assert_geq(commit_at_ms, 1400.0, "commit after %.0f ms",
+	    commit_at_ms);
+	cr_assert_lt(timer_at_ms, commit_at_ms);
+	cr_assert_geq(count_dir_fsync, 1);
+	event_free(timer);
+	envelope_free(r.env);
+	queue_close(q);
+	envelope_free(env);
+}
+
+Test(queue, slow_sync_does_not_stall_loop_fsync)
+{
+	no_stall(SPOOL_SYNC_FSYNC);
+}
+
+Test(queue, slow_sync_does_not_stall_loop_syncfs)
+{
+	no_stall(SPOOL_SYNC_SYNCFS);
 }

@@ -550,6 +550,9 @@ static struct {
 	int n530;
 	int authed_before_mail[FAKE_MAX]; /* first MAIL came after 235 */
 	int saw_mail[FAKE_MAX];
+	int close_after_530;  /* hang up after this many more 530s */
+	int active;           /* connections open now */
+	int max_active;       /* ... at most, so far */
 } fake;
 
 #define FAKE_CHALLENGE "<4711.1234567890@fake.test>"
@@ -576,6 +579,7 @@ fake_reply(struct bufferevent *bev, const char *s)
 static void
 fake_free(struct bufferevent *bev, struct fake_conn *fc)
 {
+	fake.active--;
 	evbuffer_free(fc->data);
 	free(fc);
 	bufferevent_free(bev);
@@ -688,6 +692,11 @@ fake_line(struct bufferevent *bev, struct fake_conn *fc, const char *line)
 		fake.saw_mail[fc->id] = 1;
 		fake.n530++;
 		fake_reply(bev, "530 5.7.0 Authentication required\r\n");
+		if (fake.close_after_530 > 0) {
+			/* and hangs up once the reply is out */
+			fake.close_after_530--;
+			fc->closing = 1;
+		}
 	} else if (strncasecmp(line, "MAIL FROM:", 10) == 0) {
 		if (!fake.saw_mail[fc->id] && fc->authed)
 			fake.authed_before_mail[fc->id] = 1;
@@ -753,6 +762,8 @@ fake_accept(struct evconnlistener *l, evutil_socket_t fd,
 	fc = xcalloc(1, sizeof(*fc));
 	cr_assert_lt(fake.nconn, FAKE_MAX);
 	fc->id = fake.nconn++;
+	if (++fake.active > fake.max_active)
+		fake.max_active = fake.active;
 	fc->data = evbuffer_new();
 	bufferevent_setcb(bev, fake_read_cb, fake_write_cb, fake_event_cb, fc);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
@@ -825,6 +836,8 @@ Test(deliver, smtp_reuses_sessions_maps_replies_and_bounces)
 	cr_assert_eq(e1->attempts, 1);
 
 	/* At most two messages per session, one session at a time. */
+	cr_assert_eq(fake.max_active, 1, "%d sessions at once",
+	    fake.max_active);
 	cr_assert_geq(fake.nconn, 2);
 	for (i = 0; i < fake.nconn; i++)
 		cr_assert_leq(fake.per_conn[i], 2, "connection %d", i);
@@ -1083,7 +1096,8 @@ write_authinfo(const char *text, mode_t mode)
 }
 
 /* An smtp relay to the fake server whose host matches auth_first (or
- * not), with authinfo as its only credential file. */
+ * not), with authinfo as its only credential file; the fake server has
+ * no TLS, so AUTH needs allow_plaintext_auth. */
 static void
 auth_config(int auth_first, const char *relay_opts)
 {
@@ -1094,7 +1108,8 @@ auth_config(int auth_first, const char *relay_opts)
 	    authfile, auth_first ?
 	    "auth_first = [ \"^127\\\\.0\\\\.0\\\\.1$\" ];\n" : "");
 	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
-	    "port = \"%d\"; tls = \"none\"; %s };", fake.port, relay_opts);
+	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; "
+	    "%s };", fake.port, relay_opts);
 	load_config(relays, "retry_min = 60; retry_max = 600;");
 }
 
@@ -1287,17 +1302,110 @@ Test(deliver, demand_authenticates_in_session_and_is_learned)
 	evconnlistener_free(fake.l);
 }
 
-Test(deliver, rejected_password_defers_then_fixed_file_delivers)
+static int
+learned_and_delivered(void)
+{
+	return queue_empty() && fake.nmsgs >= 1 && fake.nconn >= 2;
+}
+
+Test(deliver, close_after_530_retries_at_once_authenticating_first)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
 	struct envelope *env;
+	char relays[512], line[256], *log;
+	time_t t0;
+
+	fake_start();
+	fake.auth = 1;
+	fake.close_after_530 = 1;
+	snprintf(fake.user, sizeof(fake.user), "alice");
+	snprintf(fake.password, sizeof(fake.password), "pw");
+	snprintf(authfile, sizeof(authfile), "%s/authinfo", topdir);
+	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s\" ];\n",
+	    authfile);
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; "
+	    "mechanisms = [ \"CRAM-MD5\" ]; };", fake.port);
+	/* a normal deferral would wait ten minutes */
+	load_config(relays, "retry_min = 600; retry_max = 3600;");
+	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice "
+	    "password pw\n");
+	write_authinfo(line, 0600);
+
+	env = enqueue("alice@example.org", rcpts, "Subject: r\r\n\r\nr\r\n",
+	    time(NULL));
+	t0 = time(NULL);
+	capture_begin();
+	scheduler_add(sched, env);
+	if (!run_until(learned_and_delivered, 5)) {
+		free(capture_end());
+		cr_assert_fail("not delivered at once (%d connections, %d "
+		    "530s, %d auth ok)", fake.nconn, fake.n530,
+		    fake.nauth_ok);
+	}
+	log = capture_end();
+	cr_assert_leq(time(NULL) - t0, 4);
+	cr_assert_eq(fake.nconn, 2, "%d connections", fake.nconn);
+	cr_assert_eq(fake.n530, 1, "MAIL without AUTH once");
+	cr_assert_eq(fake.saw_mail[0], 1);
+	cr_assert_eq(fake.nauth_ok, 1);
+	cr_assert_eq(fake.authed_before_mail[1], 1,
+	    "the second session authenticated first");
+	cr_assert_eq(scheduler_auth_required_list(sched, NULL, NULL), 1);
+	/* the relay was not backed off for it */
+	cr_assert_null(strstr(log, "no new session for"), "%s", log);
+	free(log);
+	free(fake.msgs[0].data);
+	evconnlistener_free(fake.l);
+}
+
+static int
+six_delivered(void)
+{
+	return queue_empty() && fake.nmsgs >= 6;
+}
+
+Test(deliver, max_connections_bounds_concurrent_sessions)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char relays[512];
+	int i;
+
+	fake_start();
+	/* slow final replies keep sessions open side by side */
+	fake.eom_delay_ms = 200;
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; max_connections = 2; "
+	    "max_messages_per_connection = 1; };", fake.port);
+	load_config(relays, "retry_min = 60; retry_max = 600;");
+	for (i = 0; i < 6; i++) {
+		env = enqueue("alice@example.org", rcpts,
+		    "Subject: c\r\n\r\nc\r\n", time(NULL));
+		scheduler_add(sched, env);
+	}
+	cr_assert(run_until(six_delivered, 15), "server saw %d messages, "
+	    "%zu queued", fake.nmsgs, scheduler_count(sched));
+	cr_assert_eq(fake.nconn, 6, "one message per session");
+	cr_assert_leq(fake.max_active, 2, "%d sessions at once",
+	    fake.max_active);
+	cr_assert_eq(fake.max_active, 2, "the limit was never reached");
+	evconnlistener_free(fake.l);
+}
+
+Test(deliver, rejected_password_defers_then_fixed_file_delivers)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env, *env2;
 	char line[256], want[1024], *log;
 
 	fake_start();
 	fake.auth = 1;
 	snprintf(fake.user, sizeof(fake.user), "alice");
 	snprintf(fake.password, sizeof(fake.password), "right-one");
-	auth_config(1, "");
+	/* CRAM-MD5 only: the one failed AUTH per try is easy to count
+	 * (with plaintext allowed, PLAIN would follow it) */
+	auth_config(1, "mechanisms = [ \"CRAM-MD5\" ];");
 	snprintf(line, sizeof(line), "# creds\nmachine 127.0.0.1 login alice "
 	    "password wrong-one\n");
 	write_authinfo(line, 0600);
@@ -1326,13 +1434,26 @@ Test(deliver, rejected_password_defers_then_fixed_file_delivers)
 	cr_assert_null(strstr(log, "wrong-one"), "a password in the log");
 	free(log);
 
+	/* new mail for the backed-off relay does not try the rejected
+	 * credentials again either: it waits for the backoff or the file */
+	env2 = enqueue("alice@example.org", rcpts, "Subject: d2\r\n\r\nd2\r\n",
+	    time(NULL));
+	scheduler_add(sched, env2);
+	run_until(queue_empty, 1.5);
+	cr_assert_eq(fake.nauth_bad, 1, "the rejected credentials were tried "
+	    "%d times", fake.nauth_bad);
+	cr_assert_eq(fake.nconn, 1, "%d connections", fake.nconn);
+	cr_assert_eq(env2->rcpts[0].status, RCPT_PENDING);
+	cr_assert_eq(scheduler_count(sched), 2);
+
 	snprintf(line, sizeof(line), "# creds\nmachine 127.0.0.1 login alice "
 	    "password right-one\n");
 	write_authinfo(line, 0600);
-	cr_assert(run_until(queue_empty_and_delivered, 20),
-	    "not retried after the fix");
-	cr_assert_eq(fake.nauth_ok, 1);
+	cr_assert(run_until(two_delivered, 20), "not retried after the fix");
+	cr_assert_eq(fake.nauth_bad, 1);
+	cr_assert_geq(fake.nauth_ok, 1);
 	free(fake.msgs[0].data);
+	free(fake.msgs[1].data);
 	evconnlistener_free(fake.l);
 }
 
@@ -1452,7 +1573,8 @@ Test(deliver, gpg_encrypted_authinfo_is_decrypted)
 	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s/none\", "
 	    "\"%s\" ];\nauth_first = [ \".\" ];\n", topdir, authfile);
 	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
-	    "port = \"%d\"; tls = \"none\"; };", fake.port);
+	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; };",
+	    fake.port);
 	load_config(relays, "retry_min = 60;");
 	env = enqueue("alice@example.org", rcpts, "Subject: g\r\n\r\ng\r\n",
 	    time(NULL));

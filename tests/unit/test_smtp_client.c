@@ -2406,8 +2406,8 @@ Test(smtp_client, auth_first_cram_md5_before_mail)
 
 	peer_start(&p, script_auth_first_cram);
 	run_init(&r, p.port, TLS_MODE_NONE);
-	/* no TLS, no allow_plaintext: of the three, only CRAM-MD5 */
-	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
+	/* no TLS, allow_plaintext: CRAM-MD5 comes first of the three */
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
 	fd = body_fd(simple_body, strlen(simple_body));
 	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
 	    (off_t)strlen(simple_body));
@@ -2553,7 +2553,7 @@ Test(smtp_client, mail_530_rset_auth_and_mail_again)
 
 	peer_start(&p, script_mail_530);
 	run_init(&r, p.port, TLS_MODE_NONE);
-	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
 	fd = body_fd(simple_body, strlen(simple_body));
 	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
 	    (off_t)strlen(simple_body));
@@ -2627,7 +2627,7 @@ Test(smtp_client, rcpt_554_571_with_auth_offered_reauths_and_redoes)
 
 	peer_start(&p, script_rcpt_571);
 	run_init(&r, p.port, TLS_MODE_NONE);
-	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
 	fd = body_fd("hi\n", 3);
 	msg_init(&r.msgs[0], "a@example.org", rcpts, 3, fd, 3);
 	r.nmsgs = 1;
@@ -2687,7 +2687,7 @@ Test(smtp_client, rcpt_550_without_enhanced_code_reauths_with_credentials)
 
 	peer_start(&p, script_rcpt_550_plain);
 	run_init(&r, p.port, TLS_MODE_NONE);
-	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
 	fd = body_fd("hi\n", 3);
 	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
 	r.nmsgs = 1;
@@ -2867,9 +2867,9 @@ Test(smtp_client, plain_only_without_tls_is_refused_before_auth)
 	cr_assert_eq(r.nclosed, 1);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
 	cr_assert_eq(r.closed.class, OC_AUTH);
-	cr_assert_str_eq(r.closed.text, "server offers only PLAIN LOGIN over "
-	    "an unencrypted connection; refusing to send credentials (set "
-	    "allow_plaintext_auth = true to allow)");
+	cr_assert_str_eq(r.closed.text, "refusing to send credentials over "
+	    "an unencrypted connection (set allow_plaintext_auth = true to "
+	    "allow)");
 	cr_assert_null(strstr(p.rx, "AUTH"));
 	run_fini(&r);
 }
@@ -3100,7 +3100,7 @@ Test(smtp_client, scram_sha_256_verifies_the_server)
 	scram_bad_signature = 0;
 	peer_start(&p, script_scram);
 	run_init(&r, p.port, TLS_MODE_NONE);
-	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 0, 1);
+	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 1, 1);
 	run_go(&r);
 	peer_join(&p);
 
@@ -3121,7 +3121,7 @@ Test(smtp_client, scram_wrong_server_signature_is_refused)
 	peer_start(&p, script_scram);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	/* only SCRAM in the order: no fallback to CRAM-MD5 */
-	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 0, 1);
+	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 1, 1);
 	run_go(&r);
 	peer_join(&p);
 
@@ -3177,7 +3177,7 @@ script_530_then_close(struct peer *p)
 	/* and hangs up, as some servers do */
 }
 
-Test(smtp_client, close_after_530_reports_auth_not_protocol)
+Test(smtp_client, close_after_530_reports_auth_retry)
 {
 	static const char *const rcpts[] = { "b@example.net" };
 	struct peer p = { 0 };
@@ -3197,8 +3197,161 @@ Test(smtp_client, close_after_530_reports_auth_not_protocol)
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.ndone, 0);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
-	cr_assert_eq(r.closed.class, OC_AUTH, "%s: %s",
+	cr_assert_eq(r.closed.class, OC_AUTH_RETRY, "%s: %s",
 	    outcome_class_name(r.closed.class), r.closed.text);
+	cr_assert_str_eq(outcome_dsn_code(&r.closed), "4.7.0");
+	cr_assert_null(strstr(p.rx, "AUTH"), "%s", p.rx);
+	run_fini(&r);
+	close(fd);
+}
+
+static void
+script_530_then_reset(struct peer *p)
+{
+	const struct linger lg = { 1, 0 };
+
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "530 5.7.0 Authentication required\r\n") ||
+	    peer_expect(p, "RSET"))
+		return;
+	/* the close that ends the thread sends a reset, not a FIN */
+	if (setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == -1)
+		peer_failf(p, "SO_LINGER: %s", strerror(errno));
+}
+
+Test(smtp_client, reset_after_530_reports_auth_retry)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_530_then_reset);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH_RETRY, "%s: %s",
+	    outcome_class_name(r.closed.class), r.closed.text);
+	run_fini(&r);
+	close(fd);
+}
+
+Test(smtp_client, close_after_530_without_credentials_is_nocred)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_530_then_close);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	/* nothing to retry with: never the at-once retry */
+	cr_assert_eq(r.closed.class, OC_NOCRED, "%s: %s",
+	    outcome_class_name(r.closed.class), r.closed.text);
+	run_fini(&r);
+	close(fd);
+}
+
+static void
+script_cram_only_no_tls(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH SCRAM-SHA-256 "
+	    "CRAM-MD5\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, hashed_mechanisms_without_tls_are_refused_too)
+{
+	struct peer p = { 0 };
+	struct run r;
+
+	peer_start(&p, script_cram_only_no_tls);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nready, 0);
+	cr_assert_eq(r.nauthenticated, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH);
+	cr_assert_str_eq(r.closed.text, "refusing to send credentials over "
+	    "an unencrypted connection (set allow_plaintext_auth = true to "
+	    "allow)");
+	cr_assert_null(strstr(p.rx, "AUTH"), "%s", p.rx);
+	run_fini(&r);
+}
+
+static void
+script_530_no_tls(struct peer *p)
+{
+	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, "EHLO client.example") ||
+	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "530 5.7.0 Authentication required\r\n") ||
+	    peer_expect(p, "RSET") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n"))
+		return;
+	peer_drain(p);
+}
+
+Test(smtp_client, on_demand_auth_without_tls_is_refused)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_530_no_tls);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	r.nmsgs = 1;
+	run_go(&r);
+	peer_join(&p);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauth_required, 1);
+	cr_assert_eq(r.nauthenticated, 0);
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_AUTH);
+	cr_assert_str_eq(r.closed.text, "refusing to send credentials over "
+	    "an unencrypted connection (set allow_plaintext_auth = true to "
+	    "allow)");
+	cr_assert_null(strstr(p.rx, "AUTH"), "%s", p.rx);
 	run_fini(&r);
 	close(fd);
 }

@@ -364,7 +364,7 @@ ehlo(void)
 	expect("250-mx.test"); /* the whole multi-line reply */
 }
 
-TestSuite(smtp_server, .init = setup, .fini = teardown);
+TestSuite(smtp_server, .init = setup, .fini = teardown, .timeout = 60);
 
 Test(smtp_server, ehlo_keywords)
 {
@@ -1011,7 +1011,7 @@ desc_port(const char *desc)
 	return (unsigned)strtoul(colon + 1, NULL, 10);
 }
 
-TestSuite(listener, .fini = lteardown);
+TestSuite(listener, .fini = lteardown, .timeout = 60);
 
 Test(listener, tcp_and_unix)
 {
