@@ -1775,8 +1775,11 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 		if (first != 0)
 			client_close_msg(c, OC_TLS, "TLS: %s",
 			    tls_handshake_error(NULL, first, why, sizeof(why)));
-		else if ((what & BEV_EVENT_EOF) && c->auth_demanded &&
-		    c->authed == NULL && c->auth_secret == NULL)
+		else if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) &&
+		    c->auth_demanded && c->authed == NULL &&
+		    c->auth_secret == NULL)
+			/* A reset counts too: our RSET may reach a socket
+			 * the server already closed. */
 			client_close_msg(c, OC_NOCRED, "server requires "
 			    "authentication and no credentials are configured "
 			    "(it closed the connection)");

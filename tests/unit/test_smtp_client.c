@@ -247,6 +247,24 @@ peer_drain(struct peer *p)
 		;
 }
 
+/* The usual opening: the 220 greeting, a line starting with ehlo, then
+ * reply. */
+static int
+peer_greet(struct peer *p, const char *ehlo, const char *reply)
+{
+	return peer_send(p, "220 mx.test ESMTP\r\n") ||
+	    peer_expect(p, ehlo) ||
+	    peer_send(p, "%s", reply);
+}
+
+/* The usual end: QUIT, answered with 221. */
+static int
+peer_quit(struct peer *p)
+{
+	return peer_expect(p, "QUIT") ||
+	    peer_send(p, "221 Bye\r\n");
+}
+
 static void *
 peer_main(void *arg)
 {
@@ -513,6 +531,45 @@ msg_init(struct smtp_client_msg *m, const char *sender,
 	m->body_size = size;
 }
 
+/*
+ * The usual setup: the server runs script and r holds one message of
+ * "hi\n" from a@example.org to rcpts. Returns the body's fd, for the caller
+ * to close. Anything else r needs is set before one_msg_go().
+ */
+static int
+one_msg_init(struct peer *p, struct run *r, peer_script script,
+    enum tls_mode tls, const char *const *rcpts, size_t n)
+{
+	int fd;
+
+	peer_start(p, script);
+	run_init(r, p->port, tls);
+	fd = body_fd("hi\n", 3);
+	msg_init(&r->msgs[0], "a@example.org", rcpts, n, fd, 3);
+	r->nmsgs = 1;
+	return fd;
+}
+
+/* Runs the session, waits for the server and checks it saw no fault. */
+static void
+one_msg_go(struct peer *p, struct run *r)
+{
+	run_go(r);
+	peer_join(p);
+	cr_assert_str_empty(p->fail, "server: %s", p->fail);
+}
+
+/* one_msg_init() and one_msg_go() with nothing in between. */
+static int
+one_message(struct peer *p, struct run *r, peer_script script,
+    enum tls_mode tls, const char *const *rcpts, size_t n)
+{
+	int fd = one_msg_init(p, r, script, tls, rcpts, n);
+
+	one_msg_go(p, r);
+	return fd;
+}
+
 /* A resolver that knows only the names in hosts (no name servers). */
 static struct evdns_base *
 dns_with_hosts(struct event_base *base, const char *hosts)
@@ -659,9 +716,8 @@ static const char simple_wire[] =
 static void
 script_simple(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 ENHANCEDSTATUSCODES\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 ENHANCEDSTATUSCODES\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "250 2.1.0 Ok\r\n") ||
 	    peer_expect(p, "RCPT TO:<b@example.net>") ||
@@ -718,9 +774,8 @@ Test(smtp_client, simple_delivery)
 static void
 script_pipelined(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n"
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n"
 	    "250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"))
 		return;
 	/* Everything up to DATA must be here before we answer anything. */
@@ -787,9 +842,7 @@ Test(smtp_client, pipelined_one_batch_and_rcpt_550)
 static void
 script_rcpt_550_first(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250 mx.test\r\n") ||
+	if (peer_greet(p, "EHLO", "250 mx.test\r\n") ||
 	    peer_expect(p, "MAIL FROM:<>") ||
 	    peer_send(p, "250 Ok\r\n") ||
 	    peer_expect(p, "RCPT TO:<x@example.net>") ||
@@ -800,8 +853,7 @@ script_rcpt_550_first(struct peer *p)
 	    peer_send(p, "354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -837,15 +889,12 @@ Test(smtp_client, rcpt_550_one_of_two_unpipelined)
 static void
 script_mail_451(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250 mx.test\r\n") ||
+	if (peer_greet(p, "EHLO", "250 mx.test\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "451 4.3.0 try later\r\n") ||
 	    peer_expect(p, "RSET") ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -857,15 +906,8 @@ Test(smtp_client, mail_451_done_temporary)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_mail_451);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_mail_451, TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nrcpt, 0);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_TEMPORARY);
@@ -881,9 +923,7 @@ Test(smtp_client, mail_451_done_temporary)
 static void
 script_mail_451_pipelined(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 PIPELINING\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_expect(p, "RCPT TO:<b@example.net>") ||
 	    peer_expect(p, "DATA") ||
@@ -891,8 +931,7 @@ script_mail_451_pipelined(struct peer *p)
 	    "503 5.5.1 need RCPT\r\n") ||
 	    peer_expect(p, "RSET") ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -904,16 +943,10 @@ Test(smtp_client, quit_from_done_sends_rset_then_quit)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_mail_451);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
+	fd = one_msg_init(&p, &r, script_mail_451, TLS_MODE_NONE, rcpts, 1);
 	r.quit_in_done = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.nready, 1);   /* no ready() once quit was asked */
 	cr_assert_eq(r.closed.status, OUTCOME_OK);
@@ -928,15 +961,9 @@ Test(smtp_client, mail_451_pipelined_no_rcpt_callbacks)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_mail_451_pipelined);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_mail_451_pipelined,
+	    TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nrcpt, 0);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_TEMPORARY);
@@ -949,9 +976,7 @@ Test(smtp_client, mail_451_pipelined_no_rcpt_callbacks)
 static void
 script_no_rcpt_pipelined(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 PIPELINING\r\n") ||
 	    peer_expect(p, "MAIL") ||
 	    peer_expect(p, "RCPT") ||
 	    peer_expect(p, "RCPT") ||
@@ -960,8 +985,7 @@ script_no_rcpt_pipelined(struct peer *p)
 	    "554 5.5.1 no valid recipients\r\n") ||
 	    peer_expect(p, "RSET") ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -974,15 +998,9 @@ Test(smtp_client, no_recipient_accepted_pipelined_permanent)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_no_rcpt_pipelined);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 2, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_no_rcpt_pipelined,
+	    TLS_MODE_NONE, rcpts, 2);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nrcpt, 2);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
@@ -996,9 +1014,7 @@ Test(smtp_client, no_recipient_accepted_pipelined_permanent)
 static void
 script_no_rcpt_but_354(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 PIPELINING\r\n") ||
 	    peer_expect(p, "MAIL") ||
 	    peer_expect(p, "RCPT") ||
 	    peer_expect(p, "DATA") ||
@@ -1006,8 +1022,7 @@ script_no_rcpt_but_354(struct peer *p)
 	    peer_send(p, "250 Ok\r\n550 5.1.1 no\r\n354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "554 5.5.1 no valid recipients\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -1042,9 +1057,7 @@ Test(smtp_client, no_recipient_but_354_sends_lone_dot)
 static void
 script_no_rcpt_temp(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250 mx.test\r\n") ||
+	if (peer_greet(p, "EHLO", "250 mx.test\r\n") ||
 	    peer_expect(p, "MAIL") ||
 	    peer_send(p, "250 Ok\r\n") ||
 	    peer_expect(p, "RCPT TO:<x@example.net>") ||
@@ -1054,8 +1067,7 @@ script_no_rcpt_temp(struct peer *p)
 	    /* no DATA without a recipient */
 	    peer_expect(p, "RSET") ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -1068,15 +1080,8 @@ Test(smtp_client, no_recipient_accepted_temporary_when_any_4xx)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_no_rcpt_temp);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 2, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_no_rcpt_temp, TLS_MODE_NONE, rcpts, 2);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nrcpt, 2);
 	cr_assert_eq(r.rcpt[0].status, OUTCOME_TEMPORARY);
 	cr_assert_eq(r.rcpt[1].status, OUTCOME_PERMANENT);
@@ -1141,9 +1146,7 @@ Test(smtp_client, greeting_554_closed_permanent)
 static void
 script_421_mid_transaction(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250 mx.test\r\n") ||
+	if (peer_greet(p, "EHLO", "250 mx.test\r\n") ||
 	    peer_expect(p, "MAIL") ||
 	    peer_send(p, "250 Ok\r\n") ||
 	    peer_expect(p, "RCPT") ||
@@ -1158,15 +1161,9 @@ Test(smtp_client, reply_421_in_transaction_closes_without_done)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_421_mid_transaction);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_421_mid_transaction,
+	    TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 0);
 	cr_assert_eq(r.nrcpt, 0);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
@@ -1178,9 +1175,7 @@ Test(smtp_client, reply_421_in_transaction_closes_without_done)
 static void
 script_close_after_mail(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250 mx.test\r\n") ||
+	if (peer_greet(p, "EHLO", "250 mx.test\r\n") ||
 	    peer_expect(p, "MAIL"))
 		return;
 	/* hang up without a word */
@@ -1276,8 +1271,7 @@ script_helo_fallback(struct peer *p)
 	    peer_send(p, "354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -1289,17 +1283,12 @@ Test(smtp_client, helo_when_ehlo_unknown)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_helo_fallback);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	fd = one_msg_init(&p, &r, script_helo_fallback,
+	    TLS_MODE_NONE, rcpts, 1);
 	/* 8BITMIME not offered: no BODY= parameter */
 	r.msgs[0].eightbit = 1;
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_OK);
 	cr_assert_not_null(strstr(p.rx, "MAIL FROM:<a@example.org>\r\n"));
@@ -1312,9 +1301,7 @@ script_two_messages(struct peer *p)
 {
 	int i;
 
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n"))
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 PIPELINING\r\n"))
 		return;
 	for (i = 0; i < 2; i++) {
 		if (peer_expect(p, "MAIL") ||
@@ -1325,8 +1312,7 @@ script_two_messages(struct peer *p)
 		    peer_send(p, "250 2.0.0 Ok: queued as %d\r\n", i + 1))
 			return;
 	}
-	if (peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	if (peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -1369,11 +1355,9 @@ Test(smtp_client, two_messages_one_session)
 static void
 script_ehlo_then_quit(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250-SIZE 100\r\n250 PIPELINING\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	if (peer_greet(p, "EHLO",
+	    "250-mx.test\r\n250-SIZE 100\r\n250 PIPELINING\r\n") ||
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -1385,16 +1369,11 @@ Test(smtp_client, smtputf8_not_offered_done_permanent_without_mail)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_ehlo_then_quit);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
+	fd = one_msg_init(&p, &r, script_ehlo_then_quit,
+	    TLS_MODE_NONE, rcpts, 1);
 	r.msgs[0].smtputf8 = 1;
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
 	cr_assert_str_eq(r.done[0].enhanced, "5.6.7");
@@ -1437,15 +1416,9 @@ Test(smtp_client, address_with_crlf_refused_not_sent)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_ehlo_then_quit);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_ehlo_then_quit,
+	    TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
 	cr_assert_null(strstr(p.rx, "MAIL"));
@@ -1601,9 +1574,7 @@ Test(smtp_client, greeting_timeout)
 static void
 script_stall_at_dot(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 PIPELINING\r\n") ||
 	    peer_expect(p, "MAIL") ||
 	    peer_expect(p, "RCPT") ||
 	    peer_expect(p, "DATA") ||
@@ -1704,9 +1675,7 @@ Test(smtp_client, free_while_resolving)
 static void
 script_pipelined_two_rcpts(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 PIPELINING\r\n") ||
 	    peer_expect(p, "MAIL") ||
 	    peer_expect(p, "RCPT") ||
 	    peer_expect(p, "RCPT") ||
@@ -1754,9 +1723,8 @@ script_big_body(struct peer *p)
 
 	if (p->implicit && peer_starttls(p))
 		return;
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n"))
+	if (peer_greet(p, "EHLO",
+	    "250-mx.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n"))
 		return;
 	if (p->sctx != NULL && !p->implicit) {
 		if (peer_expect(p, "STARTTLS") ||
@@ -1789,8 +1757,7 @@ script_big_body(struct peer *p)
 	}
 	p->rx_off = 0;
 	if (peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -1891,11 +1858,8 @@ Test(smtp_client, big_body_streams_over_implicit_tls)
 static void
 script_no_starttls(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 PIPELINING\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 PIPELINING\r\n") ||
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -1907,16 +1871,11 @@ Test(smtp_client, starttls_not_offered_closes_without_mail)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_no_starttls);
-	run_init(&r, p.port, TLS_MODE_STARTTLS);
+	fd = one_msg_init(&p, &r, script_no_starttls,
+	    TLS_MODE_STARTTLS, rcpts, 1);
 	r.params.ssl_ctx = client_ctx(NULL, 1);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nready, 0);
 	cr_assert_eq(r.nclosed, 1);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
@@ -1931,9 +1890,8 @@ Test(smtp_client, starttls_not_offered_closes_without_mail)
 static void
 script_starttls(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n") ||
 	    peer_expect(p, "STARTTLS") ||
 	    peer_send(p, "220 2.0.0 go ahead\r\n") ||
 	    peer_starttls(p))
@@ -1946,8 +1904,7 @@ script_starttls(struct peer *p)
 	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 2.0.0 Ok: queued over TLS\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2075,9 +2032,7 @@ Test(smtp_client, starttls_verify_off_accepts_unknown_ca)
 static void
 script_starttls_injection(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO") ||
-	    peer_send(p, "250-mx.test\r\n250 STARTTLS\r\n") ||
+	if (peer_greet(p, "EHLO", "250-mx.test\r\n250 STARTTLS\r\n") ||
 	    peer_expect(p, "STARTTLS") ||
 	    peer_send(p, "220 go ahead\r\n250-injected\r\n"))
 		return;
@@ -2115,8 +2070,7 @@ script_implicit(struct peer *p)
 	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2378,9 +2332,8 @@ capture_end(struct capture *cap)
 static void
 script_auth_first_cram(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250-AUTH PLAIN LOGIN CRAM-MD5\r\n"
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250-AUTH PLAIN LOGIN CRAM-MD5\r\n"
 	    "250 PIPELINING\r\n") ||
 	    peer_cram_md5(p, "235 2.7.0 Authentication successful\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
@@ -2389,8 +2342,7 @@ script_auth_first_cram(struct peer *p)
 	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 2.0.0 Ok: queued\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2449,9 +2401,8 @@ script_cram_535_then_plain(struct peer *p)
 	char plain[256];
 	size_t len;
 
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5 PLAIN\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5 PLAIN\r\n") ||
 	    peer_cram_md5(p, "535 5.7.8 Error: authentication failed\r\n") ||
 	    peer_b64_line(p, "AUTH PLAIN ", plain, sizeof(plain), &len))
 		return;
@@ -2470,8 +2421,7 @@ script_cram_535_then_plain(struct peer *p)
 	    peer_send(p, "354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2513,9 +2463,8 @@ Test(smtp_client, auth_cram_535_falls_back_to_plain)
 static void
 script_mail_530(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250-PIPELINING\r\n"
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250-PIPELINING\r\n"
 	    "250-AUTH CRAM-MD5\r\n250 ENHANCEDSTATUSCODES\r\n"))
 		return;
 	if (peer_read(p) < 0) {
@@ -2537,8 +2486,7 @@ script_mail_530(struct peer *p)
 	    peer_send(p, "250 Ok\r\n250 Ok\r\n354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 2.0.0 Ok: queued\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2584,9 +2532,8 @@ Test(smtp_client, mail_530_rset_auth_and_mail_again)
 static void
 script_rcpt_571(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250-AUTH CRAM-MD5\r\n"
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250-AUTH CRAM-MD5\r\n"
 	    "250 ENHANCEDSTATUSCODES\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "250 2.1.0 Ok\r\n") ||
@@ -2611,8 +2558,7 @@ script_rcpt_571(struct peer *p)
 	    peer_send(p, "354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 2.0.0 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2625,16 +2571,10 @@ Test(smtp_client, rcpt_554_571_with_auth_offered_reauths_and_redoes)
 	struct run r;
 	int fd, i;
 
-	peer_start(&p, script_rcpt_571);
-	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = one_msg_init(&p, &r, script_rcpt_571, TLS_MODE_NONE, rcpts, 3);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 3, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.rcpts_at_auth_required, 0,
 	    "the first try's accepted RCPT was held back");
@@ -2653,9 +2593,8 @@ Test(smtp_client, rcpt_554_571_with_auth_offered_reauths_and_redoes)
 static void
 script_rcpt_550_plain(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "250 Ok\r\n") ||
 	    peer_expect(p, "RCPT TO:<b@example.net>") ||
@@ -2672,8 +2611,7 @@ script_rcpt_550_plain(struct peer *p)
 	    peer_send(p, "354 go\r\n") ||
 	    peer_data(p) ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2685,16 +2623,11 @@ Test(smtp_client, rcpt_550_without_enhanced_code_reauths_with_credentials)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_rcpt_550_plain);
-	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = one_msg_init(&p, &r, script_rcpt_550_plain,
+	    TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.nrcpt, 1);
 	cr_assert_eq(r.rcpt[0].status, OUTCOME_OK);
@@ -2708,17 +2641,15 @@ Test(smtp_client, rcpt_550_without_enhanced_code_reauths_with_credentials)
 static void
 script_rcpt_511_no_cred(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "250 Ok\r\n") ||
 	    peer_expect(p, "RCPT TO:<b@example.net>") ||
 	    peer_send(p, "550 5.1.1 no such user\r\n") ||
 	    peer_expect_eq(p, "RSET") ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2730,15 +2661,9 @@ Test(smtp_client, rcpt_511_without_credentials_stays_permanent)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_rcpt_511_no_cred);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_rcpt_511_no_cred,
+	    TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 0);
 	cr_assert_eq(r.nrcpt, 1);
 	cr_assert_eq(r.rcpt[0].status, OUTCOME_PERMANENT);
@@ -2751,16 +2676,14 @@ Test(smtp_client, rcpt_511_without_credentials_stays_permanent)
 static void
 script_mail_530_no_cred(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250-AUTH PLAIN CRAM-MD5\r\n"
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250-AUTH PLAIN CRAM-MD5\r\n"
 	    "250 ENHANCEDSTATUSCODES\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "530 5.7.0 Authentication required\r\n") ||
 	    peer_expect_eq(p, "RSET") ||
 	    peer_send(p, "250 2.0.0 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2772,15 +2695,9 @@ Test(smtp_client, mail_530_without_credentials_is_temporary_nocred)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_mail_530_no_cred);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_mail_530_no_cred,
+	    TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.nrcpt, 0);
 	cr_assert_eq(r.ndone, 1);
@@ -2797,17 +2714,15 @@ Test(smtp_client, mail_530_without_credentials_is_temporary_nocred)
 static void
 script_rcpt_571_no_cred(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "250 Ok\r\n") ||
 	    peer_expect(p, "RCPT TO:<b@example.net>") ||
 	    peer_send(p, "554 5.7.1 Relay access denied\r\n") ||
 	    peer_expect_eq(p, "RSET") ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2819,15 +2734,9 @@ Test(smtp_client, rcpt_571_without_credentials_never_permanent)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_rcpt_571_no_cred);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_rcpt_571_no_cred,
+	    TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.nrcpt, 1);
 	cr_assert_eq(r.rcpt[0].status, OUTCOME_TEMPORARY);
@@ -2842,11 +2751,9 @@ Test(smtp_client, rcpt_571_without_credentials_never_permanent)
 static void
 script_plain_only(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH PLAIN LOGIN\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH PLAIN LOGIN\r\n") ||
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2877,13 +2784,11 @@ Test(smtp_client, plain_only_without_tls_is_refused_before_auth)
 static void
 script_auth_454(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5 PLAIN\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5 PLAIN\r\n") ||
 	    peer_expect_eq(p, "AUTH CRAM-MD5") ||
 	    peer_send(p, "454 4.7.0 Temporary authentication failure\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -2916,9 +2821,8 @@ script_all_fail(struct peer *p)
 	char resp[256];
 	size_t len;
 
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH LOGIN PLAIN CRAM-MD5\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH LOGIN PLAIN CRAM-MD5\r\n") ||
 	    peer_cram_md5(p, "535 5.7.8 Error: CRAM no\r\n") ||
 	    peer_b64_line(p, "AUTH PLAIN ", resp, sizeof(resp), &len) ||
 	    peer_send(p, "535 5.7.8 PLAIN no\r\n") ||
@@ -2938,8 +2842,7 @@ script_all_fail(struct peer *p)
 		return;
 	}
 	if (peer_send(p, "535 5.7.8 LOGIN no\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -3042,9 +2945,8 @@ script_scram(struct peer *p)
 	const char *nonce;
 	size_t len;
 
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n"
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n"
 	    "250 AUTH SCRAM-SHA-256 CRAM-MD5\r\n") ||
 	    peer_b64_line(p, "AUTH SCRAM-SHA-256 ", cf, sizeof(cf), &len))
 		return;
@@ -3086,8 +2988,7 @@ script_scram(struct peer *p)
 	}
 	if (peer_expect_eq(p, "") ||
 	    peer_send(p, "235 2.7.0 Authentication successful\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -3138,11 +3039,8 @@ Test(smtp_client, scram_wrong_server_signature_is_refused)
 static void
 script_no_auth_offered(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250 mx.test\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	if (peer_greet(p, "EHLO client.example", "250 mx.test\r\n") ||
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -3168,9 +3066,8 @@ Test(smtp_client, auth_first_without_auth_offered_goes_on)
 static void
 script_530_then_close(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>"))
 		return;
 	peer_send(p, "530 5.7.0 Authentication required\r\n");
@@ -3184,16 +3081,11 @@ Test(smtp_client, close_after_530_reports_auth_retry)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_530_then_close);
-	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = one_msg_init(&p, &r, script_530_then_close,
+	    TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.ndone, 0);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
@@ -3210,9 +3102,8 @@ script_530_then_reset(struct peer *p)
 {
 	const struct linger lg = { 1, 0 };
 
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "530 5.7.0 Authentication required\r\n") ||
 	    peer_expect(p, "RSET"))
@@ -3229,16 +3120,11 @@ Test(smtp_client, reset_after_530_reports_auth_retry)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_530_then_reset);
-	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = one_msg_init(&p, &r, script_530_then_reset,
+	    TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.ndone, 0);
 	cr_assert_eq(r.nclosed, 1);
@@ -3256,15 +3142,9 @@ Test(smtp_client, close_after_530_without_credentials_is_nocred)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_530_then_close);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = one_message(&p, &r, script_530_then_close,
+	    TLS_MODE_NONE, rcpts, 1);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nclosed, 1);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
 	/* nothing to retry with: never the at-once retry */
@@ -3277,12 +3157,10 @@ Test(smtp_client, close_after_530_without_credentials_is_nocred)
 static void
 script_cram_only_no_tls(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH SCRAM-SHA-256 "
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH SCRAM-SHA-256 "
 	    "CRAM-MD5\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -3313,15 +3191,13 @@ Test(smtp_client, hashed_mechanisms_without_tls_are_refused_too)
 static void
 script_530_no_tls(struct peer *p)
 {
-	if (peer_send(p, "220 mx.test ESMTP\r\n") ||
-	    peer_expect(p, "EHLO client.example") ||
-	    peer_send(p, "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
+	if (peer_greet(p, "EHLO client.example",
+	    "250-mx.test\r\n250 AUTH CRAM-MD5\r\n") ||
 	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
 	    peer_send(p, "530 5.7.0 Authentication required\r\n") ||
 	    peer_expect(p, "RSET") ||
 	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "QUIT") ||
-	    peer_send(p, "221 Bye\r\n"))
+	    peer_quit(p))
 		return;
 	peer_drain(p);
 }
@@ -3333,16 +3209,10 @@ Test(smtp_client, on_demand_auth_without_tls_is_refused)
 	struct run r;
 	int fd;
 
-	peer_start(&p, script_530_no_tls);
-	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = one_msg_init(&p, &r, script_530_no_tls, TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
-	fd = body_fd("hi\n", 3);
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 3);
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	one_msg_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.nauthenticated, 0);
 	cr_assert_eq(r.ndone, 0);
