@@ -8,14 +8,16 @@
 
 #include "fileio.h"
 
-int
-fileio_write_all(int fd, const void *buf, size_t len)
+/* write(2) at the file offset when off is -1, else pwrite(2) at off. */
+static int
+write_loop(int fd, const void *buf, size_t len, off_t off)
 {
 	const char *p = buf;
 	ssize_t n;
 
 	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1) {
+		n = off == -1 ? write(fd, p, len) : pwrite(fd, p, len, off);
+		if (n == -1) {
 			if (errno == EINTR)
 				continue;
 			return -1;
@@ -26,31 +28,26 @@ fileio_write_all(int fd, const void *buf, size_t len)
 		}
 		p += n;
 		len -= (size_t)n;
+		if (off != -1)
+			off += n;
 	}
 	return 0;
 }
 
 int
+fileio_write_all(int fd, const void *buf, size_t len)
+{
+	return write_loop(fd, buf, len, -1);
+}
+
+int
 fileio_pwrite_all(int fd, const void *buf, size_t len, off_t off)
 {
-	const char *p = buf;
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = pwrite(fd, p, len, off)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0) {
-			errno = ENOSPC;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += n;
+	if (off < 0) {
+		errno = EINVAL;
+		return -1;
 	}
-	return 0;
+	return write_loop(fd, buf, len, off);
 }
 
 int
