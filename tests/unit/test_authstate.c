@@ -9,7 +9,6 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <errno.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +17,8 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+
+#include "fixture.h"
 #include <event2/event.h>
 #include <event2/thread.h>
 
@@ -158,12 +159,6 @@ Test(authstate, forget_host_or_host_port)
 
 static char dir[64];
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 static void
 mkdir_setup(void)
 {
@@ -175,8 +170,7 @@ mkdir_setup(void)
 static void
 mkdir_teardown(void)
 {
-	if (dir[0] != '\0')
-		nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+	fixture_rmtree(dir);
 }
 
 TestSuite(persist, .init = mkdir_setup, .fini = mkdir_teardown,

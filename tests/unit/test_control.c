@@ -4,7 +4,7 @@
  * by control_call() from a thread (it blocks) or by raw sockets (for what
  * control_call never sends); and control_call() against scripted servers.
  */
-#define _GNU_SOURCE 1 /* mkdtemp, nftw */
+#define _GNU_SOURCE 1 /* mkdtemp */
 
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -16,7 +16,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +24,8 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+
+#include "fixture.h"
 #include <event2/event.h>
 #include <event2/thread.h>
 
@@ -151,30 +152,18 @@ setup(void)
 	cr_assert_not_null(ctl, "%s", err);
 }
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 static void
 teardown(void)
 {
 	control_free(ctl);
 	ctl = NULL;
-	worker_free(w);
-	w = NULL;
-	queue_close(q);
-	q = NULL;
-	scheduler_free(sched);
-	sched = NULL;
+	fixture_stop(&w, &q, &sched);
 	config_free(cfg);
 	cfg = NULL;
 	if (base != NULL)
 		event_base_free(base);
 	base = NULL;
-	if (topdir[0] != '\0')
-		nftw(topdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	fixture_rmtree(topdir);
 }
 
 TestSuite(control, .init = setup, .fini = teardown, .timeout = 60);

@@ -14,7 +14,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +22,8 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+
+#include "fixture.h"
 #include <event2/event.h>
 #include <event2/thread.h>
 
@@ -140,20 +141,13 @@ setup(void)
 	cr_assert_not_null(base = event_base_new());
 }
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 static void
 teardown(void)
 {
 	if (base != NULL)
 		event_base_free(base);
 	base = NULL;
-	if (topdir[0] != '\0')
-		nftw(topdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	fixture_rmtree(topdir);
 }
 
 TestSuite(queue, .init = setup, .fini = teardown, .timeout = 60);

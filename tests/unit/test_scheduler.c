@@ -5,7 +5,7 @@
  * closed port and a scripted SMTP server on port 0 that runs on the same
  * event loop.
  */
-#define _GNU_SOURCE 1 /* mkdtemp, nftw */
+#define _GNU_SOURCE 1 /* mkdtemp */
 
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -16,7 +16,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +24,8 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+
+#include "fixture.h"
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -176,23 +177,11 @@ setup(void)
 	w = worker_new(base, 2);
 }
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-/* The daemon's teardown order: worker, queue (both drain into the
- * scheduler), then the scheduler. */
+/* The daemon's teardown order (fixture.h). */
 static void
 stop_all(void)
 {
-	worker_free(w);
-	w = NULL;
-	queue_close(q);
-	q = NULL;
-	scheduler_free(sched);
-	sched = NULL;
+	fixture_stop(&w, &q, &sched);
 }
 
 static void
@@ -204,8 +193,7 @@ teardown(void)
 	if (base != NULL)
 		event_base_free(base);
 	base = NULL;
-	if (topdir[0] != '\0')
-		nftw(topdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	fixture_rmtree(topdir);
 }
 
 TestSuite(deliver, .init = setup, .fini = teardown, .timeout = 60);

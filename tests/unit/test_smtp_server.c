@@ -14,7 +14,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <ifaddrs.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +22,8 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+
+#include "fixture.h"
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -295,13 +296,6 @@ setup(void)
 	setup_with(LIMITS);
 }
 
-static int
-rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	remove(path);
-	return 0;
-}
-
 static void
 teardown(void)
 {
@@ -318,7 +312,7 @@ teardown(void)
 		close(h.cfd);
 	config_free(h.cfg);
 	event_base_free(h.base);
-	nftw(h.spool, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	fixture_rmtree(h.spool);
 }
 
 /* Reads the stored body of a queued envelope (NUL-terminated). */
