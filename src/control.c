@@ -32,6 +32,7 @@
 #include <event2/listener.h>
 
 #include "control.h"
+#include "escape.h"
 #include "envelope.h"
 #include "log.h"
 #include "xmalloc.h"
@@ -80,9 +81,9 @@ static void
 reply_line(struct evbuffer *out, const char *fmt, ...)
 {
 	va_list ap;
-	char *line;
+	char *line, *safe;
 	int n;
-	size_t i;
+	size_t len;
 
 	va_start(ap, fmt);
 	n = vsnprintf(NULL, 0, fmt, ap);
@@ -93,12 +94,15 @@ reply_line(struct evbuffer *out, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, (size_t)n + 1, fmt, ap);
 	va_end(ap);
-	for (i = 0; i < (size_t)n; i++)
-		if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
-			line[i] = '?';
+	/* Addresses and upstream replies reach the line: one line each,
+	 * and nothing a terminal acts on. */
+	safe = xmalloc(4 * (size_t)n + 1);
+	len = escape_printable(safe, 4 * (size_t)n + 1, line, (size_t)n);
+	free(line);
+	line = safe;
 	if (line[0] == '.')
 		evbuffer_add(out, ".", 1);
-	evbuffer_add(out, line, (size_t)n);
+	evbuffer_add(out, line, len);
 	evbuffer_add(out, "\n", 1);
 	free(line);
 }

@@ -20,8 +20,12 @@
 #include <unistd.h>
 
 #include "dsn.h"
+#include "escape.h"
 #include "log.h"
 #include "xmalloc.h"
+
+/* The longest value buf_flat() writes on one header line. */
+#define DSN_FLAT_MAX 900
 
 struct buf {
 	char *p;
@@ -82,18 +86,19 @@ buf_addf(struct buf *b, const char *fmt, ...)
 	b->len += (size_t)n;
 }
 
-/* Appends s on one line: line ends and other control bytes become spaces,
- * and the text is cut to keep the line well under 998 bytes. */
+/* Appends s on one line: line ends (a multi-line reply's) become spaces,
+ * every other control byte is escaped by escape_printable() so it cannot
+ * break the MIME structure or a terminal, and the result is cut to keep
+ * the line well under 998 bytes. */
 static void
 buf_flat(struct buf *b, const char *s)
 {
+	char flat[DSN_FLAT_MAX], out[DSN_FLAT_MAX + 1];
 	size_t n;
 
-	for (n = 0; *s != '\0' && n < 900; s++, n++) {
-		unsigned char c = (unsigned char)*s;
-
-		buf_add(b, c < 0x20 || c == 0x7f ? " " : s, 1);
-	}
+	for (n = 0; s[n] != '\0' && n < sizeof(flat); n++)
+		flat[n] = s[n] == '\r' || s[n] == '\n' ? ' ' : s[n];
+	buf_add(b, out, escape_printable(out, sizeof(out), flat, n));
 }
 
 /* Appends text with every line end (CRLF, LF or CR) made CRLF; a missing

@@ -16,6 +16,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "escape.h"
 #include "log.h"
 
 #define LOG_LINE_MAX 4096
@@ -44,10 +45,16 @@ log_getdebug(void)
 	return log_debug_enabled;
 }
 
+/*
+ * Every line goes through escape_printable(): whatever a client or an
+ * upstream sent (addresses, HELO names, replies) can reach a format
+ * argument, and a CR, an ESC or a newline in it must not rewrite or split
+ * the line on a terminal or in the journal.
+ */
 static void
 log_vwrite(const char *prio, const char *fmt, va_list ap, const char *err)
 {
-	char line[LOG_LINE_MAX];
+	char line[LOG_LINE_MAX], msg[LOG_LINE_MAX];
 	size_t n = 0;
 	int r;
 
@@ -67,9 +74,11 @@ log_vwrite(const char *prio, const char *fmt, va_list ap, const char *err)
 	if (r > 0)
 		n += (size_t)r;
 	if (n < sizeof(line)) {
-		r = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+		r = vsnprintf(msg, sizeof(msg), fmt, ap);
 		if (r > 0)
-			n += (size_t)r;
+			n += escape_printable(line + n, sizeof(line) - n, msg,
+			    (size_t)r < sizeof(msg) ? (size_t)r :
+			    sizeof(msg) - 1);
 	}
 	if (err != NULL && n < sizeof(line)) {
 		r = snprintf(line + n, sizeof(line) - n, ": %s", err);
@@ -169,11 +178,7 @@ log_sanitize(char *buf, size_t bufsize, const char *line, size_t len)
 		if (sp != NULL)
 			keep = (size_t)(sp - line);
 	}
-	for (i = 0; i < keep && n + 1 < bufsize; i++) {
-		unsigned char c = (unsigned char)line[i];
-
-		buf[n++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-	}
+	n = escape_printable(buf, bufsize, line, keep);
 	if (keep < len) {
 		const char *red = " <redacted>";
 

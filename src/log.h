@@ -32,7 +32,8 @@ void fatalx_code(int code, const char *fmt, ...)
 /*
  * Copies a protocol line into buf for a trace, replacing the argument of
  * AUTH commands and SASL continuation lines with "<redacted>" so a debug
- * trace never shows credentials. Non-printable bytes become '?'.
+ * trace never shows credentials. Other bytes are escaped as
+ * escape_printable() does.
  */
 const char *log_sanitize(char *buf, size_t bufsize, const char *line,
     size_t len);

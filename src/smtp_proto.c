@@ -115,6 +115,9 @@ smtp_mailbox_valid(const char *addr, int utf8)
 
 	if (*addr == '\0')
 		return 0;
+	/* Every byte, a quoted-pair's escaped one included: RFC 5321's
+	 * quoted-pairSMTP only escapes printable ASCII, and a CR or ESC
+	 * behind a backslash is as dangerous in a log or a header. */
 	for (p = addr; *p != '\0'; p++) {
 		unsigned char c = (unsigned char)*p;
 
@@ -122,6 +125,10 @@ smtp_mailbox_valid(const char *addr, int utf8)
 			return 0;
 		if (c >= 0x80 && !utf8)
 			return 0;
+	}
+	for (p = addr; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+
 		if (c == '\\' && quoted && p[1] != '\0') {
 			p++;
 			continue;

@@ -46,6 +46,7 @@
 #include <event2/event.h>
 
 #include "envelope.h"
+#include "escape.h"
 #include "log.h"
 #include "queue.h"
 #include "smtp_proto.h"
@@ -411,7 +412,7 @@ txn_start(struct session *s)
 {
 	struct txn *t = s->txn;
 	const char *id, *proto;
-	char date[64], addr[PEER_MAX + 8], *hdr;
+	char date[64], addr[PEER_MAX + 8], rcpt[4 * SMTP_PATH_MAX], *hdr;
 	struct tm tm;
 	time_t now;
 
@@ -432,13 +433,16 @@ txn_start(struct session *s)
 		proto = s->esmtp ? "ESMTP" : "SMTP";
 	snprintf(addr, sizeof(addr), "%s%s",
 	    s->peer_family == AF_INET6 ? "IPv6:" : "", s->peer_addr);
-	if (t->env->nrcpts == 1)
+	if (t->env->nrcpts == 1) {
+		/* RCPT refused control bytes already; escaping here keeps
+		 * the header one line whatever the address check lets by. */
+		escape_str(rcpt, sizeof(rcpt), t->env->rcpts[0].addr);
 		hdr = xasprintf("Received: from %s (%s [%s])\r\n"
 		    "\tby %s (smarthostd) with %s id %s\r\n"
 		    "\tfor <%s>; %s\r\n",
 		    s->helo, s->peer_name, addr, s->hostname, proto, id,
-		    t->env->rcpts[0].addr, date);
-	else
+		    rcpt, date);
+	} else
 		hdr = xasprintf("Received: from %s (%s [%s])\r\n"
 		    "\tby %s (smarthostd) with %s id %s;\r\n"
 		    "\t%s\r\n",

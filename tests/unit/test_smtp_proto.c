@@ -72,6 +72,28 @@ Test(mailbox, validity)
 	cr_assert(smtp_mailbox_valid("j\xc3\xb6@example.org", 1));
 }
 
+/* A quoted-pair escapes syntax, not the byte checks: an escaped CR or
+ * ESC would reach logs and the Received: header, an escaped 8-bit byte
+ * would go upstream without SMTPUTF8. */
+Test(mailbox, escaped_bytes_are_checked)
+{
+	char addr[SMTP_PATH_MAX];
+	const char *params, *why;
+
+	cr_assert(smtp_mailbox_valid("\"a\\\"b\"@example.org", 0));
+	cr_assert_not(smtp_mailbox_valid("\"\\\rX-Injected: yes\"@y.z", 0));
+	cr_assert_not(smtp_mailbox_valid("\"\\\x1b[31m\"@y.z", 0));
+	cr_assert_not(smtp_mailbox_valid("\"\\\x7f\"@y.z", 1));
+	cr_assert_not(smtp_mailbox_valid("\"\\\xff\"@b.c", 0));
+	cr_assert(smtp_mailbox_valid("\"\\\xc3\xb6\"@b.c", 1));
+	/* The issue's probe, through the path parser as RCPT sees it. */
+	cr_assert_eq(smtp_path_parse(
+	    "TO:<\"\\\rX-Injected: yes\\\r\\\x1b[31m\"@y.z>", "TO:", addr,
+	    sizeof(addr), &params, &why), 0);
+	cr_assert_not(smtp_mailbox_valid(addr, 0));
+	cr_assert_not(smtp_mailbox_valid(addr, 1));
+}
+
 Test(params, iterate)
 {
 	const char *cur = "SIZE=100 body=8BITMIME SMTPUTF8";

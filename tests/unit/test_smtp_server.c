@@ -527,6 +527,22 @@ Test(smtp_server, utf8_needs_smtputf8)
 	expect("250 2.1.5");
 }
 
+/* An escaped control or 8-bit byte in a quoted local part is refused like
+ * a bare one (it would reach the log, the Received: header and, without
+ * SMTPUTF8, the upstream). */
+Test(smtp_server, escaped_bytes_in_addresses)
+{
+	ehlo();
+	send_str("MAIL FROM:<\"\\\xff\"@b.c>\r\n");
+	expect("501 5.1.7");
+	send_str("MAIL FROM:<a@client.test>\r\n");
+	expect("250 2.1.0");
+	send_str("RCPT TO:<\"\\\rX-Injected: yes\\\r\\\x1b[31m\"@y.z>\r\n");
+	expect("501 5.1.3");
+	send_str("RCPT TO:<\"a\\\"b\"@y.z>\r\n");
+	expect("250 2.1.5");
+}
+
 Test(smtp_server, size_over_limit)
 {
 	char big[3000];
