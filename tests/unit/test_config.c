@@ -274,3 +274,63 @@ Test(config, unknown_user_is_named)
 	cr_assert(strstr(err, "test.conf:2: user \"no-such-user-xyz\" does "
 	    "not exist") != NULL, "%s", err);
 }
+
+/*
+ * The example configuration's blocks marked "(defaults shown)" must show
+ * the defaults: uncommented, they change nothing.
+ */
+Test(config, example_defaults_are_the_defaults)
+{
+	const char *top = getenv("TOP_SRCDIR");
+	char path[4096], line[512], *text;
+	size_t len = 0, cap = 65536;
+	struct config *def, *ex;
+	int in_block = 0, shown = 0, blocks = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/etc/smarthostd.conf",
+	    top != NULL ? top : "..");
+	f = fopen(path, "r");
+	cr_assert_not_null(f, "%s", path);
+	text = calloc(1, cap);
+	cr_assert_not_null(text);
+	len += (size_t)snprintf(text, cap, "hostname = \"h\";\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n");
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (strstr(line, "(defaults shown)") != NULL)
+			shown = 1;
+		else if (shown && line[0] == '#' && line[1] != ' ') {
+			in_block = 1;
+			shown = 0;
+			blocks++;
+		}
+		if (in_block) {
+			cr_assert_lt(len + strlen(line), cap);
+			len += (size_t)snprintf(text + len, cap - len, "%s",
+			    line + 1);
+			if (strncmp(line, "#};", 3) == 0)
+				in_block = 0;
+		}
+	}
+	fclose(f);
+	cr_assert_geq(blocks, 2, "no \"(defaults shown)\" blocks in %s", path);
+	ex = config_parse_string(text, "example", err, sizeof(err));
+	cr_assert_not_null(ex, "%s\n%s", err, text);
+	def = config_parse_string("hostname = \"h\";\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "default", err,
+	    sizeof(err));
+	cr_assert_not_null(def, "%s", err);
+	cr_assert_eq(ex->max_line, def->max_line);
+	cr_assert_eq(ex->max_message_size, def->max_message_size);
+	cr_assert_eq(ex->max_recipients, def->max_recipients);
+	cr_assert_eq(ex->max_sessions, def->max_sessions);
+	cr_assert_eq(ex->max_errors, def->max_errors);
+	cr_assert_eq(ex->idle_timeout, def->idle_timeout);
+	cr_assert_eq(ex->retry_min, def->retry_min);
+	cr_assert_eq(ex->retry_max, def->retry_max);
+	cr_assert_eq(ex->lifetime, def->lifetime);
+	cr_assert_eq(ex->delivery_workers, def->delivery_workers);
+	config_free(ex);
+	config_free(def);
+	free(text);
+}
