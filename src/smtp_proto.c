@@ -392,6 +392,11 @@ smtp_body_encode(struct smtp_body_encoder *e, const char *in, size_t len,
 			e->at_bol = 1;
 			continue;
 		}
+		/* The server refuses NUL; one from elsewhere is dropped,
+		 * so "NUL." cannot become an unstuffed dot for an upstream
+		 * that drops NUL itself. */
+		if (c == '\0')
+			continue;
 		if (e->at_bol && c == '.')
 			out[n++] = '.';
 		e->at_bol = 0;

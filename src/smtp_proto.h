@@ -104,7 +104,9 @@ void smtp_ehlo_parse(const char *text, struct smtp_ehlo *out);
 
 /*
  * Streaming encoder for DATA: turns any line ends (CRLF, bare LF, bare CR)
- * into CRLF and doubles a leading '.' on every line. Feed the body in
+ * into CRLF, drops NUL bytes (which SMTP text may not carry; the server
+ * refuses them, so only a spool file from elsewhere has any) and doubles a
+ * leading '.' on every line, after any dropped NUL. Feed the body in
  * pieces of any size; smtp_body_encode_finish() adds a CRLF if the body
  * did not end with one, then ".\r\n". out must have room for 2 * len + 2
  * bytes (encode) or 5 bytes (finish). Returns bytes written.

@@ -121,6 +121,7 @@ struct txn {
 	int chunked;              /* BDAT used */
 	uint64_t datalen;         /* message bytes received (normalised) */
 	int too_big;              /* datalen passed max_message_size */
+	int has_nul;              /* a NUL byte came: the message is refused */
 	int write_error;          /* errno of the first failed queue write */
 	int at_bol;               /* DATA: the next byte starts a line */
 	int prev_crlf;            /* DATA: the last line ended with CRLF */
@@ -389,7 +390,13 @@ txn_body(struct session *s, const void *p, size_t len)
 	t->datalen += len;
 	if (t->datalen > s->lim.max_message_size)
 		t->too_big = 1;
-	if (t->too_big || t->write_error)
+	/* RFC 5321 2.3.8 and 4.1.1.4 allow no NUL in mail text; relayed,
+	 * it is dropped or mangled by some upstreams, and one that drops
+	 * it would read "NUL." at the start of a line as a lone dot. So
+	 * the message is refused, whole, at its end. */
+	if (!t->has_nul && memchr(p, '\0', len) != NULL)
+		t->has_nul = 1;
+	if (t->too_big || t->has_nul || t->write_error)
 		return;
 	txn_write(t, p, len);
 }
@@ -474,6 +481,14 @@ txn_finish(struct session *s)
 		    s->lim.max_message_size, s->client);
 		reply(s, "552 5.3.4 Message size exceeds fixed maximum "
 		    "message size");
+		session_reset(s);
+		return;
+	}
+	if (t->has_nul) {
+		log_info("%s: reject: message contains a NUL byte, client=%s",
+		    queue_txn_id(t->qtxn), s->client);
+		reply(s, "554 5.6.0 Message contains NUL bytes, not "
+		    "accepted");
 		session_reset(s);
 		return;
 	}
@@ -662,7 +677,7 @@ bdat_finish(struct session *s)
 	}
 	if (!t->too_big)
 		txn_flush(t);
-	if (t->too_big || t->write_error || s->bdat_last) {
+	if (t->too_big || t->has_nul || t->write_error || s->bdat_last) {
 		/* The same end as DATA: reject or commit. */
 		txn_finish(s);
 		return;

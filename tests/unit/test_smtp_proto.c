@@ -216,3 +216,19 @@ Test(body, smuggled_terminator_is_stuffed)
 	cr_assert_str_eq(encode_all(s, 1),
 	    "a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n");
 }
+
+/* A NUL before a line's '.': an upstream that drops NUL itself would see
+ * a lone "." there, so the encoder drops it first and stuffs the dot. */
+Test(body, nul_then_dot_is_stuffed)
+{
+	static const char in[] = "a\r\n\0.\r\nb\0c\r\n\0\0.x";
+	char out[64];
+	struct smtp_body_encoder e;
+	size_t len;
+
+	smtp_body_encoder_init(&e);
+	len = smtp_body_encode(&e, in, sizeof(in) - 1, out);
+	len += smtp_body_encode_finish(&e, out + len);
+	cr_assert_eq(len, strlen("a\r\n..\r\nbc\r\n..x\r\n.\r\n"));
+	cr_assert_eq(memcmp(out, "a\r\n..\r\nbc\r\n..x\r\n.\r\n", len), 0);
+}

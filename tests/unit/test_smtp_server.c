@@ -750,6 +750,41 @@ Test(smtp_server, bdat)
 	cr_assert(run_until(is_eof, NULL, WAIT_SECS));
 }
 
+/* NUL bytes are refused, in DATA (also before a "." that would end the
+ * message for an upstream that drops NUL) and in BDAT; the session goes
+ * on and nothing is queued. */
+Test(smtp_server, nul_bytes_refused)
+{
+	static const char data[] = "Subject: x\r\n\r\n\0.\r\nafter\r\n.\r\n";
+	static const char chunk[] = "a\0b\r\n";
+	char id[ENVELOPE_ID_MAX];
+	size_t one = 1;
+
+	ehlo();
+	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
+	    "DATA\r\n");
+	expect("250");
+	expect("250");
+	expect("354 ");
+	send_buf(data, sizeof(data) - 1);
+	expect("554 5.6.0");
+	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n");
+	expect("250");
+	expect("250");
+	send_str("BDAT 5 LAST\r\n");
+	send_buf(chunk, sizeof(chunk) - 1);
+	expect("554 5.6.0");
+	cr_assert_eq(h.nqueued, 0);
+	/* Then a clean message goes through. */
+	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
+	    "DATA\r\nok\r\n.\r\n");
+	expect("250");
+	expect("250");
+	expect("354 ");
+	expect_queued(id);
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+}
+
 Test(smtp_server, bdat_too_big)
 {
 	char chunk[1500];
