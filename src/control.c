@@ -635,7 +635,9 @@ socket_open(const char *path, dev_t *dev, ino_t *ino, char *err,
 		return -1;
 	}
 	umask(old);
-	if (chmod(path, 0600) == -1 || lstat(path, &st) == -1 ||
+	/* No chmod by path: the umask made it 0600, and a chmod would
+	 * follow a symlink put there since the bind. */
+	if (lstat(path, &st) == -1 ||
 	    listen(fd, CONTROL_CLIENTS_MAX) == -1) {
 		saved = errno;
 		/* sun_path, not path: gcc's UBSan build cannot prove path

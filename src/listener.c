@@ -214,16 +214,74 @@ unix_in_use(const struct sockaddr_un *sun)
 	return r == 0;
 }
 
+/*
+ * Binds fd to sun->sun_path with the configured mode and group without
+ * ever acting on the path again by name: the mode comes from the umask at
+ * bind (the file is born with it), and the group is set through a
+ * descriptor opened with O_PATH | O_NOFOLLOW that must be the socket we
+ * just created (a socket, owned by us). A chmod or chown by path would
+ * follow a symlink that someone with write access to the directory put
+ * there after the bind, and act on its target. Fills *st from that
+ * descriptor. Returns 0, or -1 with a message in err; *ours then says
+ * whether the path is our socket, for the caller to remove.
+ */
+static int
+unix_bind(int fd, const struct sockaddr_un *sun,
+    const struct listen_config *lc, struct stat *st, int *ours, char *err,
+    size_t errlen)
+{
+	struct group *gr = NULL;
+	mode_t old;
+	int pfd = -1, r;
+
+	*ours = 0;
+	if (lc->group != NULL && (gr = getgrnam(lc->group)) == NULL) {
+		snprintf(err, errlen, "listen %s: unknown group %s", lc->path,
+		    lc->group);
+		return -1;
+	}
+	old = umask(~lc->mode & 0777);
+	r = bind(fd, (const struct sockaddr *)sun, sizeof(*sun));
+	umask(old);
+	if (r == -1) {
+		snprintf(err, errlen, "bind %s: %s", lc->path, strerror(errno));
+		return -1;
+	}
+	if ((pfd = open(lc->path, O_PATH | O_NOFOLLOW | O_CLOEXEC)) == -1 ||
+	    fstat(pfd, st) == -1) {
+		snprintf(err, errlen, "listen %s: cannot open the socket just "
+		    "bound: %s", lc->path, strerror(errno));
+		goto fail;
+	}
+	if (!S_ISSOCK(st->st_mode) || st->st_uid != geteuid()) {
+		snprintf(err, errlen, "listen %s: replaced by another file "
+		    "right after bind", lc->path);
+		goto fail;
+	}
+	*ours = 1;
+	if (gr != NULL && fchownat(pfd, "", (uid_t)-1, gr->gr_gid,
+	    AT_EMPTY_PATH) == -1) {
+		snprintf(err, errlen, "chown %s to group %s: %s", lc->path,
+		    lc->group, strerror(errno));
+		goto fail;
+	}
+	close(pfd);
+	return 0;
+
+fail:
+	if (pfd != -1)
+		close(pfd);
+	return -1;
+}
+
 static int
 unix_open(struct listeners *l, const struct listen_config *lc, char *err,
     size_t errlen)
 {
 	struct sockaddr_un sun;
 	struct listener *li;
-	struct group *gr;
 	struct stat st;
-	mode_t old;
-	int fd = -1;
+	int fd = -1, ours;
 
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
@@ -259,35 +317,10 @@ unix_open(struct listeners *l, const struct listen_config *lc, char *err,
 		    strerror(errno));
 		return -1;
 	}
-	/* Created owner-only, then opened up to the configured mode, so it
-	 * is never more accessible than configured. */
-	old = umask(0177);
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
-		umask(old);
-		snprintf(err, errlen, "bind %s: %s", lc->path, strerror(errno));
+	if (unix_bind(fd, &sun, lc, &st, &ours, err, errlen) == -1) {
+		if (ours)
+			goto fail_unlink;
 		goto fail;
-	}
-	umask(old);
-	if (lstat(lc->path, &st) == -1) {
-		snprintf(err, errlen, "stat %s: %s", lc->path, strerror(errno));
-		goto fail_unlink;
-	}
-	if (lc->group != NULL) {
-		if ((gr = getgrnam(lc->group)) == NULL) {
-			snprintf(err, errlen, "listen %s: unknown group %s",
-			    lc->path, lc->group);
-			goto fail_unlink;
-		}
-		if (chown(lc->path, (uid_t)-1, gr->gr_gid) == -1) {
-			snprintf(err, errlen, "chown %s to group %s: %s",
-			    lc->path, lc->group, strerror(errno));
-			goto fail_unlink;
-		}
-	}
-	if (chmod(lc->path, lc->mode & 07777) == -1) {
-		snprintf(err, errlen, "chmod %s: %s", lc->path,
-		    strerror(errno));
-		goto fail_unlink;
 	}
 	if (listen(fd, SOMAXCONN) == -1) {
 		snprintf(err, errlen, "listen %s: %s", lc->path,

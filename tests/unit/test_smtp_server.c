@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <ifaddrs.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1104,6 +1105,72 @@ Test(listener, tcp_and_unix)
 	listeners_free(lst);
 	lst = NULL;
 	cr_assert_eq(lstat(path, &st), -1, "socket file left behind");
+}
+
+/* Linked with --wrap=bind: when swap_target is set, a Unix socket's path
+ * is replaced by a symlink to it right after the bind, as someone with
+ * write access to the directory could. */
+int __real_bind(int fd, const struct sockaddr *sa, socklen_t len);
+int __wrap_bind(int fd, const struct sockaddr *sa, socklen_t len);
+static const char *swap_target;
+
+int
+__wrap_bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	const struct sockaddr_un *sun = (const struct sockaddr_un *)sa;
+	char tmp[sizeof(sun->sun_path) + 8];
+	int r = __real_bind(fd, sa, len);
+
+	if (r == 0 && swap_target != NULL && sa->sa_family == AF_UNIX) {
+		snprintf(tmp, sizeof(tmp), "%s.swap", sun->sun_path);
+		cr_assert_eq(symlink(swap_target, tmp), 0);
+		cr_assert_eq(rename(tmp, sun->sun_path), 0);
+	}
+	return r;
+}
+
+Test(listener, unix_socket_symlink_swap)
+{
+	char extra[512], path[96], victim[96];
+	struct stat st;
+	int fd;
+
+	snprintf(path, sizeof(path), "/tmp/tss.%d.sock", (int)getpid());
+	snprintf(victim, sizeof(victim), "/tmp/tss.%d.victim", (int)getpid());
+	fd = open(victim, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	cr_assert_neq(fd, -1);
+	close(fd);
+	snprintf(extra, sizeof(extra), "listen = ( { path = \"%s\"; "
+	    "mode = \"0666\"; } );", path);
+	swap_target = victim;
+	cr_assert_null(lsetup(extra), "started on a swapped path");
+	swap_target = NULL;
+	cr_assert(strstr(lerr, "replaced") != NULL, "%s", lerr);
+	cr_assert_eq(stat(victim, &st), 0);
+	cr_assert_eq(st.st_mode & 07777, 0600, "the symlink's target was "
+	    "chmod-ed to %o", st.st_mode & 07777);
+	cr_assert_eq(lstat(path, &st), 0);
+	cr_assert(S_ISLNK(st.st_mode), "someone else's file was removed");
+	unlink(path);
+	unlink(victim);
+}
+
+/* The group is set on the socket itself, and the mode exactly. */
+Test(listener, unix_socket_group_and_mode)
+{
+	char extra[512], path[96];
+	struct group *gr = getgrgid(getegid());
+	struct stat st;
+
+	cr_assert_not_null(gr);
+	snprintf(path, sizeof(path), "/tmp/tss.%d.sock", (int)getpid());
+	snprintf(extra, sizeof(extra), "listen = ( { path = \"%s\"; "
+	    "mode = \"0620\"; group = \"%s\"; } );", path, gr->gr_name);
+	cr_assert_not_null(lsetup(extra), "%s", lerr);
+	cr_assert_eq(lstat(path, &st), 0);
+	cr_assert(S_ISSOCK(st.st_mode));
+	cr_assert_eq(st.st_mode & 07777, 0620);
+	cr_assert_eq(st.st_gid, gr->gr_gid);
 }
 
 Test(listener, ipv6_loopback)
