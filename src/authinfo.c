@@ -37,6 +37,7 @@
 #include <sys/types.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -677,17 +678,28 @@ euid_name(char *buf, size_t size)
 }
 
 /*
- * Refuses what a credentials file must not be. Returns 0 or -1 with err
- * set; the message ends with the command that fixes the problem.
+ * Refuses what a credentials file must not be: path was opened, st is the
+ * opened file's stat, real the file's resolved name when it differs from
+ * path (a symbolic link, a relative path; else NULL). Returns 0 or -1 with err set; the
+ * message ends with the command that fixes the problem, and that command
+ * names the real file: a chown or chmod of the link's name would act on
+ * whatever the link points to by the time the administrator runs it.
  */
 static int
-file_check(const char *path, const struct stat *st, char *err, size_t errlen)
+file_check(const char *path, const char *real, const struct stat *st,
+    char *err, size_t errlen)
 {
-	char who[256], fix[1024];
+	char who[256], fix[1024], name[PATH_MAX + 64];
+	const char *target = real != NULL ? real : path;
 	int bad_owner, bad_mode;
 
+	if (real != NULL)
+		snprintf(name, sizeof(name), "%s (that is, %s)", path,
+		    real);
+	else
+		snprintf(name, sizeof(name), "%s", path);
 	if (!S_ISREG(st->st_mode)) {
-		snprintf(err, errlen, "%s: not a regular file", path);
+		snprintf(err, errlen, "%s: not a regular file", name);
 		return -1;
 	}
 	bad_owner = st->st_uid != geteuid();
@@ -700,7 +712,7 @@ file_check(const char *path, const struct stat *st, char *err, size_t errlen)
 		snprintf(fix, sizeof(fix), "chown ");
 		shell_word(fix, sizeof(fix), who);
 		snprintf(fix + strlen(fix), sizeof(fix) - strlen(fix), " ");
-		shell_word(fix, sizeof(fix), path);
+		shell_word(fix, sizeof(fix), target);
 		if (bad_mode)
 			snprintf(fix + strlen(fix), sizeof(fix) - strlen(fix),
 			    " && ");
@@ -708,22 +720,60 @@ file_check(const char *path, const struct stat *st, char *err, size_t errlen)
 	if (bad_mode) {
 		snprintf(fix + strlen(fix), sizeof(fix) - strlen(fix),
 		    "chmod 600 ");
-		shell_word(fix, sizeof(fix), path);
+		shell_word(fix, sizeof(fix), target);
 	}
 	if (bad_owner && bad_mode)
 		snprintf(err, errlen, "%s: owned by uid %u, not by %s, and "
 		    "open to group or others (mode %04o); refused, fix it "
-		    "with: %s", path, (unsigned)st->st_uid, who,
+		    "with: %s", name, (unsigned)st->st_uid, who,
 		    (unsigned)(st->st_mode & 07777), fix);
 	else if (bad_owner)
 		snprintf(err, errlen, "%s: owned by uid %u, not by %s; "
-		    "refused, fix it with: %s", path, (unsigned)st->st_uid,
+		    "refused, fix it with: %s", name, (unsigned)st->st_uid,
 		    who, fix);
 	else
 		snprintf(err, errlen, "%s: readable or writable by group or "
-		    "others (mode %04o); refused, fix it with: %s", path,
+		    "others (mode %04o); refused, fix it with: %s", name,
 		    (unsigned)(st->st_mode & 07777), fix);
 	return -1;
+}
+
+/*
+ * A symbolic link at path itself must belong to us or to root: anyone
+ * else who owns it decides which of our files we read as credentials.
+ * Returns 0, or -1 with err set.
+ */
+static int
+link_check(const char *path, char *err, size_t errlen)
+{
+	struct stat lst;
+	char who[256];
+
+	if (lstat(path, &lst) == -1 || !S_ISLNK(lst.st_mode))
+		return 0;
+	if (lst.st_uid == geteuid() || lst.st_uid == 0)
+		return 0;
+	euid_name(who, sizeof(who));
+	snprintf(err, errlen, "%s: a symbolic link owned by uid %u, not by %s "
+	    "or root; refused (replace it with the file itself or a link of "
+	    "your own)", path, (unsigned)lst.st_uid, who);
+	return -1;
+}
+
+/*
+ * The resolved name of the opened file when path is not already it, for
+ * file_check()'s messages; NULL otherwise. Freed by the caller.
+ */
+static char *
+file_real_name(const char *path)
+{
+	char *real = realpath(path, NULL);
+
+	if (real != NULL && strcmp(real, path) == 0) {
+		free(real);
+		real = NULL;
+	}
+	return real;
 }
 
 /*
@@ -734,7 +784,7 @@ static int
 file_load(const char *path, struct authinfo **out, struct stat *st,
     authinfo_warn_fn *warn, void *arg, char *err, size_t errlen)
 {
-	char *buf = NULL;
+	char *buf = NULL, *real;
 	size_t cap = 0, len = 0;
 	ssize_t r;
 	int fd, ret = -1;
@@ -754,7 +804,12 @@ file_load(const char *path, struct authinfo **out, struct stat *st,
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		goto done;
 	}
-	if (file_check(path, st, err, errlen) == -1)
+	if (link_check(path, err, errlen) == -1)
+		goto done;
+	real = file_real_name(path);
+	r = file_check(path, real, st, err, errlen);
+	free(real);
+	if (r == -1)
 		goto done;
 	if (st->st_size > AUTHINFO_FILE_MAX)
 		goto too_big;

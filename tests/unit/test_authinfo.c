@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -775,6 +776,52 @@ Test(file, wrong_owner_refused_with_chown_hint)
 	cr_expect(strstr(err, want) != NULL, "%s", err);
 	cr_expect(strstr(err, "uid 65534") != NULL, "%s", err);
 	cr_expect(strstr(err, "chmod") == NULL, "%s", err);
+}
+
+/* The hint names the file the link points to: "chmod 600 LINK" run later
+ * acts on whatever the link points to then. */
+Test(file, symlink_hint_names_the_real_file)
+{
+	struct authinfo *ai;
+	char err[2048], want[2 * PATH_MAX], link[600], real[PATH_MAX];
+	const char *path = put_file("target", "machine h\n", 0644);
+
+	cr_assert_not_null(realpath(path, real));
+	snprintf(link, sizeof(link), "%s/authinfo-link", tmpdir);
+	unlink(link);
+	cr_assert_eq(symlink(path, link), 0);
+	cr_expect_eq(authinfo_read_file(link, &ai, NULL, NULL, err,
+	    sizeof(err)), -1);
+	snprintf(want, sizeof(want), "fix it with: chmod 600 %s", real);
+	cr_expect(strstr(err, want) != NULL, "%s", err);
+	snprintf(want, sizeof(want), "chmod 600 %s", link);
+	cr_expect(strstr(err, want) == NULL, "%s", err);
+	snprintf(want, sizeof(want), "%s (that is, %s)", link, real);
+	cr_expect(strstr(err, want) != NULL, "%s", err);
+}
+
+/* A link that another user owns is refused, even to a good file. */
+Test(file, foreign_symlink_refused)
+{
+	struct authinfo *ai;
+	char err[2048], link[600];
+	const char *path = put_file("target", "machine h\n", 0600);
+
+	cr_assert_eq(geteuid(), 0, "needs root to give a link away; run "
+	    "the unit tests as root (CI does)");
+	snprintf(link, sizeof(link), "%s/authinfo-link", tmpdir);
+	unlink(link);
+	cr_assert_eq(symlink(path, link), 0);
+	cr_assert_eq(lchown(link, 65534, 65534), 0);
+	cr_expect_eq(authinfo_read_file(link, &ai, NULL, NULL, err,
+	    sizeof(err)), -1);
+	cr_expect(strstr(err, "a symbolic link owned by uid 65534") != NULL,
+	    "%s", err);
+	/* Ours, to the same file: read. */
+	cr_assert_eq(lchown(link, 0, 0), 0);
+	cr_assert_eq(authinfo_read_file(link, &ai, NULL, NULL, err,
+	    sizeof(err)), 0, "%s", err);
+	authinfo_free(ai);
 }
 
 Test(file, path_with_space_is_quoted_in_the_hint)
