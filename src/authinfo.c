@@ -20,14 +20,15 @@
  *                                next line's first token  no value
  *   key at the end of a line     value from next line     warning, no value
  *   login x before any machine   entry matching any host  ignored, warning
- *   "abc  (no closing quote)     runs on to a later "     warning, rest of
- *                                or reads "abc            the line skipped
+ *   "abc  (no closing quote,     runs on to that later "  "abc, literally,
+ *   a later " in the file)       across lines             with a warning
  *   password machine             error: lookup fails      warning, no value,
  *                                                         machine starts an
  *                                                         entry
  *   macdef NAME + body           body read as pairs       body skipped
  *   host SMTP.Example.com        literal compare          case-insensitive
  *   port submission vs 587       literal compare          587 = submission
+ *   password "a<CR>b"            a<LF>b                   a<CR>b
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -64,15 +65,15 @@ enum tok_status {
 	TOK_OK,
 	TOK_EOL,        /* end of line, nothing more */
 	TOK_COMMENT,    /* a '#' where a token could start: rest is comment */
-	TOK_ERR_QUOTE,  /* no closing quote on the line */
 	TOK_ERR_GLUED,  /* text right after a closing quote */
 	TOK_ERR_NUL,    /* a NUL byte */
 };
 
 struct tok {
-	char *text;  /* NUL-terminated copy, unescaped; wiped on free */
+	char *text;   /* NUL-terminated copy, unescaped; wiped on free */
 	size_t len;
 	int quoted;
+	int unclosed; /* a bare token that starts with a quote (no close) */
 };
 
 static int
@@ -90,14 +91,17 @@ tok_clear(struct tok *t)
 	t->text = NULL;
 	t->len = 0;
 	t->quoted = 0;
+	t->unclosed = 0;
 }
 
 /*
  * Reads the next token of the line [*pp, end). Single quotes take every
  * byte literally up to the next single quote; double quotes do the same
  * except that \" and \\ stand for " and \ (the escapes Emacs writes with
- * %S). A quoted token must close on its line and be followed by a blank,
- * a comment or the end of the line.
+ * %S). A quoted token must be followed by a blank, a comment or the end
+ * of the line. A quote that does not close on its line opens no quoted
+ * token: the token is bare, quote included (t->unclosed is set), which is
+ * how Emacs reads it when no matching quote follows in the file.
  */
 static enum tok_status
 tok_next(const char **pp, const char *end, struct tok *t)
@@ -126,8 +130,11 @@ tok_next(const char **pp, const char *end, struct tok *t)
 			    (s[1] == '"' || s[1] == '\\'))
 				s++;
 		}
-		if (s == end)
-			return TOK_ERR_QUOTE;
+		if (s == end) {
+			p--;
+			t->unclosed = 1;
+			goto bare;
+		}
 		t->text = o = xmalloc((size_t)(s - p) + 1);
 		for (; p < s; p++) {
 			if (q == '"' && *p == '\\' && p + 1 < s &&
@@ -146,6 +153,7 @@ tok_next(const char **pp, const char *end, struct tok *t)
 		}
 		return TOK_OK;
 	}
+bare:
 	for (s = p; s < end && !is_blank(*s); s++)
 		if (*s == '\0')
 			return TOK_ERR_NUL;
@@ -321,8 +329,6 @@ static const char *
 tok_error(enum tok_status st)
 {
 	switch (st) {
-	case TOK_ERR_QUOTE:
-		return "no closing quote on this line";
 	case TOK_ERR_GLUED:
 		return "text right after a closing quote";
 	case TOK_ERR_NUL:
@@ -335,12 +341,27 @@ tok_error(enum tok_status st)
 	return "a syntax error";
 }
 
+/* tok_next, with a warning for a token that starts with a quote that
+ * never closes: a typo as often as a password that starts with a quote. */
+static enum tok_status
+parse_token(struct parser *ps, const char **pp, const char *end,
+    struct tok *t)
+{
+	enum tok_status st = tok_next(pp, end, t);
+
+	if (st == TOK_OK && t->unclosed)
+		parse_warn(ps, "a value starts with a quote that does not "
+		    "close on its line; it is taken literally, quote "
+		    "included");
+	return st;
+}
+
 /* Parses one line [p, end) without its line end. Returns 1 when the line
  * starts a macdef body, else 0. */
 static int
 parse_line(struct parser *ps, const char *p, const char *end)
 {
-	struct tok t = { NULL, 0, 0 }, v = { NULL, 0, 0 };
+	struct tok t = { NULL, 0, 0, 0 }, v = { NULL, 0, 0, 0 };
 	enum tok_status st;
 	enum ai_key key;
 	const char *word;
@@ -349,7 +370,7 @@ parse_line(struct parser *ps, const char *p, const char *end)
 	ps->outside_warned = 0;
 	for (;;) {
 		if (!have_tok) {
-			st = tok_next(&p, end, &t);
+			st = parse_token(ps, &p, end, &t);
 			if (st == TOK_EOL || st == TOK_COMMENT)
 				break;
 			if (st != TOK_OK) {
@@ -370,7 +391,7 @@ parse_line(struct parser *ps, const char *p, const char *end)
 			macdef = 1;
 			break;
 		}
-		st = tok_next(&p, end, &v);
+		st = parse_token(ps, &p, end, &v);
 		if (st == TOK_OK && !v.quoted &&
 		    strcmp(v.text, "machine") == 0) {
 			/* Emacs refuses the whole file here; we take it as
@@ -439,6 +460,10 @@ authinfo_parse(const char *buf, size_t len, const char *name,
 	ps.name = name != NULL ? name : "<authinfo>";
 	ps.warn = warn;
 	ps.arg = arg;
+	/* A UTF-8 byte order mark, as Windows editors write: Emacs decodes
+	 * the file as utf-8-with-signature and never sees it. */
+	if (len >= 3 && memcmp(buf, "\xef\xbb\xbf", 3) == 0)
+		p += 3;
 	while (p < end) {
 		ps.lineno++;
 		eol = memchr(p, '\n', (size_t)(end - p));
@@ -547,12 +572,44 @@ const struct authinfo_entry *
 authinfo_match(const struct authinfo *ai, const char *host, const char *port,
     const char *user)
 {
+	const struct authinfo_entry *first = NULL;
 	size_t i;
 
-	for (i = 0; i < ai->n; i++)
-		if (authinfo_entry_matches(&ai->entries[i], host, port, user))
+	for (i = 0; i < ai->n; i++) {
+		if (!authinfo_entry_matches(&ai->entries[i], host, port, user))
+			continue;
+		if (ai->entries[i].password != NULL)
 			return &ai->entries[i];
-	return NULL;
+		if (first == NULL)
+			first = &ai->entries[i];
+	}
+	return first;
+}
+
+int
+authinfo_entry_complete(const struct authinfo_entry *e)
+{
+	return e != NULL && e->password != NULL;
+}
+
+void
+authinfo_entry_prefer(struct authinfo_entry **best,
+    struct authinfo_entry *cand)
+{
+	if (cand == NULL)
+		return;
+	if (*best == NULL || ((*best)->password == NULL &&
+	    cand->password != NULL)) {
+		authinfo_entry_free(*best);
+		*best = cand;
+	} else
+		authinfo_entry_free(cand);
+}
+
+int
+authinfo_is_gpg_token(const char *password)
+{
+	return password != NULL && strncmp(password, "gpg:", 4) == 0;
 }
 
 static char *
@@ -874,18 +931,18 @@ authinfo_lookup(const char *const *files, size_t nfiles, const char *host,
 	size_t i;
 
 	*out = NULL;
-	for (i = 0; i < nfiles; i++) {
+	for (i = 0; i < nfiles && !authinfo_entry_complete(*out); i++) {
 		if (authinfo_read_file(files[i], &ai, warn, arg, err,
-		    errlen) == -1)
+		    errlen) == -1) {
+			authinfo_entry_free(*out);
+			*out = NULL;
 			return -1;
+		}
 		if (ai == NULL)
 			continue;
-		e = authinfo_match(ai, host, port, user);
-		if (e != NULL)
-			*out = authinfo_entry_dup(e);
+		if ((e = authinfo_match(ai, host, port, user)) != NULL)
+			authinfo_entry_prefer(out, authinfo_entry_dup(e));
 		authinfo_free(ai);
-		if (*out != NULL)
-			break;
 	}
 	return 0;
 }
@@ -1069,20 +1126,20 @@ authinfo_cache_lookup(struct authinfo_cache *c, const char *const *files,
 
 	*out = NULL;
 	pthread_mutex_lock(&c->mu);
-	for (i = 0; i < nfiles; i++) {
+	for (i = 0; i < nfiles && !authinfo_entry_complete(*out); i++) {
 		f = cache_get(c, files[i]);
 		cache_refresh(c, f, warn, arg);
 		if (f->state == CF_MISSING)
 			continue;
 		if (f->state == CF_ERROR) {
 			snprintf(err, errlen, "%s", f->error);
+			authinfo_entry_free(*out);
+			*out = NULL;
 			ret = -1;
 			break;
 		}
-		if ((e = authinfo_match(f->ai, host, port, user)) != NULL) {
-			*out = authinfo_entry_dup(e);
-			break;
-		}
+		if ((e = authinfo_match(f->ai, host, port, user)) != NULL)
+			authinfo_entry_prefer(out, authinfo_entry_dup(e));
 	}
 	pthread_mutex_unlock(&c->mu);
 	return ret;

@@ -4,11 +4,15 @@
  * of smtpmail: first matching entry in file order wins.
  *
  * The grammar, as this module reads it:
- *  - A file is a sequence of lines (LF or CRLF). Tokens are separated by
- *    spaces, tabs and carriage returns.
+ *  - A file is a sequence of lines (LF or CRLF), after an optional UTF-8
+ *    byte order mark. Tokens are separated by spaces, tabs and carriage
+ *    returns.
  *  - A token is 'single quoted' (no escapes at all), "double quoted" (see
- *    the escapes below) or a bare run of non-blank bytes. A quoted token
- *    ends on its own line.
+ *    the escapes below) or a bare run of non-blank bytes. Every byte up to
+ *    the closing quote belongs to a quoted token, carriage returns too; it
+ *    ends on its own line. A quote that does not close on its line starts
+ *    a bare token instead ('it is the value 'it, quote included, with a
+ *    warning), as Emacs reads it when no such quote follows in the file.
  *  - '#' at the start of a token begins a comment that runs to the end of
  *    the line: at the start of a line, after blanks, or right after a
  *    closing quote. Inside a bare token (pass#word) or inside quotes it is
@@ -42,28 +46,37 @@
  *  5. Keys before the first machine/host/default are ignored with a
  *     warning. Emacs makes them an entry with no host, which matches every
  *     host (a password sent to any server).
- *  6. Malformed lines (unterminated quote, text glued to a closing quote,
- *     a NUL byte) give a warning with file:line; what came before the
- *     error on that line is kept, the rest of the line is skipped, and
- *     parsing goes on. A bare "machine" where a value belongs (password
- *     machine b.example ...) leaves the key without a value, with a
- *     warning, and starts the next entry. Emacs signals an error for the
- *     latter, and the whole lookup fails; an unterminated quote there
- *     runs on to the next quote in the file, lines later.
+ *  6. Malformed lines (text glued to a closing quote, a NUL byte) give a
+ *     warning with file:line; what came before the error on that line is
+ *     kept, the rest of the line is skipped, and parsing goes on. A bare
+ *     "machine" where a value belongs (password machine b.example ...)
+ *     leaves the key without a value, with a warning, and starts the next
+ *     entry. Emacs signals an error for the latter, and the whole lookup
+ *     fails. A quote that does not close on its line is literal here;
+ *     Emacs runs on to the next such quote in the file, lines later, when
+ *     there is one.
  *  7. "macdef" macro bodies are skipped as netrc(5) says; Emacs reads
  *     their lines as key/value pairs.
  *  8. Lookup compares host names case-insensitively and ports by number
  *     (service names smtp, submission, submissions/smtps/ssmtp map to
  *     25, 587, 465); Emacs compares both literally.
+ *  9. A carriage return inside a quoted password stays in it. Emacs turns
+ *     it into a line feed (it decodes each hidden password back with
+ *     end-of-line conversion), a byte the file does not hold.
  *
- * Lookup (as smtpmail's auth-source-search :host :port :user :max 1): an
- * entry matches when its host equals the wanted host or it is a default
- * entry; it has no port or the same port; and, when a user is wanted, it
- * has no login or exactly that login (case-sensitive). The first match in
- * file order wins, across files in the order given; later entries never
- * override earlier ones, so a "default" above a "machine" entry wins. An
- * entry may lack login or password: it still matches, and the caller
- * decides what a missing field means.
+ * Lookup (as smtpmail's auth-source-search :host :port :user :max 1
+ * :require '(:secret)): an entry matches when its host equals the wanted
+ * host or it is a default entry; it has no port or the same port; and,
+ * when a user is wanted, it has no login or exactly that login
+ * (case-sensitive). The first match that has a password wins, in file
+ * order, across files in the order given; later entries never override
+ * earlier ones, so a "default" with a password above a "machine" entry
+ * wins. A match without a password is passed over for a later one with a
+ * password, in the same file or a later one; when no match has a
+ * password, the first match is the answer, so that the caller can say
+ * which entry lacks it. A password may be a "gpg:BASE64" token (see
+ * authinfo_is_gpg_token); it counts as a password here, and the caller
+ * decrypts it.
  *
  * Warnings are reported through a callback, never logged here, and never
  * contain token text (it may be a secret): only file, line and keywords.
@@ -120,13 +133,30 @@ const struct authinfo_entry *authinfo_get(const struct authinfo *ai,
  */
 int authinfo_entry_matches(const struct authinfo_entry *e, const char *host,
     const char *port, const char *user);
-/* The first entry of ai that matches, or NULL. Borrowed from ai. */
+/* The first entry of ai that matches and has a password, else the first
+ * that matches, or NULL. Borrowed from ai. */
 const struct authinfo_entry *authinfo_match(const struct authinfo *ai,
     const char *host, const char *port, const char *user);
 /* A deep copy the caller frees with authinfo_entry_free(). */
 struct authinfo_entry *authinfo_entry_dup(const struct authinfo_entry *e);
 /* Wipes the password and frees. Accepts NULL. */
 void authinfo_entry_free(struct authinfo_entry *e);
+/* Whether e is a match that ends a lookup: not NULL, with a password. */
+int authinfo_entry_complete(const struct authinfo_entry *e);
+/*
+ * For lookups over several files: keeps in *best the better of *best and
+ * cand (owned, may be NULL) by the rule above: the earlier one, unless
+ * only cand has a password. Frees the other.
+ */
+void authinfo_entry_prefer(struct authinfo_entry **best,
+    struct authinfo_entry *cand);
+/*
+ * Whether password is an Emacs auth-source gpg token, "gpg:" followed by
+ * base64 of an OpenPGP message (Emacs writes it ASCII-armored): Emacs
+ * decrypts every password that starts with "gpg:", so such a value can
+ * only be a token. secretcmd_gpg_token() decrypts it.
+ */
+int authinfo_is_gpg_token(const char *password);
 
 /*
  * The port number of "587", "submission", "SMTP" ...: decimal numbers
@@ -163,10 +193,11 @@ int authinfo_read_file(const char *path, struct authinfo **out,
 /*
  * Looks host/port/user up in files[0..nfiles-1], in that order, reading
  * each with authinfo_read_file(). Returns 0 with *out set to a copy of the
- * first matching entry (the caller frees it with authinfo_entry_free), or
- * 0 with *out = NULL when no file has a match; or -1 with err set when a
- * file is refused or unreadable before any match was found: the answer
- * may depend on that file, so no later file is consulted.
+ * entry the rules above pick (the caller frees it with
+ * authinfo_entry_free), or 0 with *out = NULL when no file has a match;
+ * or -1 with err set (and *out NULL) when a file is refused or unreadable
+ * before a match with a password was found: the answer may depend on that
+ * file, so no later file is consulted.
  */
 int authinfo_lookup(const char *const *files, size_t nfiles,
     const char *host, const char *port, const char *user,

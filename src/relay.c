@@ -570,28 +570,33 @@ cred_generation(struct relay *r)
 }
 
 /*
- * On a worker thread: the first entry for q across the files in order.
- * Returns 0 with *out (or NULL), or -1 with err when a file was refused
- * before any match (its answer might have been the one).
+ * On a worker thread: the entry for q across the files in order, by the
+ * rules of authinfo.h (the first match with a password, else the first
+ * match). Returns 0 with *out (or NULL), or -1 with err when a file was
+ * refused before such a match (its answer might have been the one).
  */
 static int
 cred_lookup(struct relay *r, const struct cred_query *q,
     struct authinfo_entry **out, char *note, size_t notelen, char *err,
     size_t errlen)
 {
+	struct authinfo_entry *e;
 	const char *file;
 	size_t i;
 
 	*out = NULL;
-	for (i = 0; i < q->nfiles && *out == NULL; i++) {
+	for (i = 0; i < q->nfiles && !authinfo_entry_complete(*out); i++) {
 		file = q->files[i];
-		if (ends_with(file, ".gpg")) {
-			gpg_lookup(r, file, q, out, note, notelen);
-			continue;
-		}
-		if (authinfo_cache_lookup(r->cache, &file, 1, q->host, q->port,
-		    q->user, out, cred_warn, NULL, err, errlen) == -1)
+		if (ends_with(file, ".gpg"))
+			gpg_lookup(r, file, q, &e, note, notelen);
+		else if (authinfo_cache_lookup(r->cache, &file, 1, q->host,
+		    q->port, q->user, &e, cred_warn, NULL, err, errlen) ==
+		    -1) {
+			authinfo_entry_free(*out);
+			*out = NULL;
 			return -1;
+		}
+		authinfo_entry_prefer(out, e);
 	}
 	return 0;
 }
@@ -687,6 +692,22 @@ cred_resolve(struct relay *r, const struct cred_query *q,
 		}
 		password = cmdout;
 		res->from_command = 1;
+	} else if (e != NULL && authinfo_is_gpg_token(e->password)) {
+		if (secretcmd_gpg_token(e->password, &cmdout, &cmdlen, cerr,
+		    sizeof(cerr)) == -1) {
+			res->status = CRED_ERROR;
+			snprintf(res->reason, sizeof(res->reason), "the gpg: "
+			    "token at %s:%u could not be decrypted: %s",
+			    e->file, e->line, cerr);
+			snprintf(res->fix, sizeof(res->fix), "relay %s needs "
+			    "credentials: the password at %s:%u is a gpg: "
+			    "token that could not be decrypted (%s); the key "
+			    "must be usable without a prompt, as for "
+			    "encrypted files", q->hostport, e->file, e->line,
+			    cerr);
+			goto out;
+		}
+		password = cmdout;
 	} else if (e != NULL)
 		password = e->password;
 	if (q->oauth_command != NULL) {
@@ -779,7 +800,7 @@ static void
 check_work(void *arg)
 {
 	struct check_job *j = arg;
-	struct authinfo_entry *e = NULL;
+	struct authinfo_entry *e = NULL, *found;
 	struct gpg_file *g;
 	const char *file;
 	char err[512];
@@ -796,10 +817,13 @@ check_work(void *arg)
 			pthread_mutex_unlock(&j->r->gpg_mtx);
 			continue;
 		}
-		if (e == NULL && authinfo_cache_lookup(j->r->cache, &file, 1,
-		    j->q.host, j->q.port, j->q.user, &e, cred_warn, NULL, err,
+		if (authinfo_entry_complete(e))
+			continue;
+		if (authinfo_cache_lookup(j->r->cache, &file, 1, j->q.host,
+		    j->q.port, j->q.user, &found, cred_warn, NULL, err,
 		    sizeof(err)) == -1)
 			break;
+		authinfo_entry_prefer(&e, found);
 	}
 	authinfo_entry_free(e);
 	j->gen = cred_generation(j->r);

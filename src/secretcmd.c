@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "log.h"
 #include "secretcmd.h"
@@ -80,8 +81,10 @@ wait_until(pid_t pid, double deadline, int *status)
 	}
 }
 
+/* Spawns argv with outfd as its stdout and infd (-1: /dev/null) as its
+ * stdin. */
 static int
-spawn(const char *const *argv, int outfd, pid_t *pid, char *err,
+spawn(const char *const *argv, int infd, int outfd, pid_t *pid, char *err,
     size_t errlen)
 {
 	posix_spawn_file_actions_t fa;
@@ -106,11 +109,13 @@ spawn(const char *const *argv, int outfd, pid_t *pid, char *err,
 		return -1;
 	}
 	/* dup2 first: outfd may itself be 0 or 2 in a daemon that closed
-	 * them, and the opens below would replace it */
+	 * them, and the opens below would replace it (infd is above 2, see
+	 * input_pipe) */
 	if ((r = posix_spawn_file_actions_adddup2(&fa, outfd,
 	    STDOUT_FILENO)) != 0 ||
-	    (r = posix_spawn_file_actions_addopen(&fa, STDIN_FILENO,
-	    "/dev/null", O_RDONLY, 0)) != 0 ||
+	    (r = infd != -1 ? posix_spawn_file_actions_adddup2(&fa, infd,
+	    STDIN_FILENO) : posix_spawn_file_actions_addopen(&fa,
+	    STDIN_FILENO, "/dev/null", O_RDONLY, 0)) != 0 ||
 	    (r = posix_spawn_file_actions_addopen(&fa, STDERR_FILENO,
 	    "/dev/null", O_WRONLY, 0)) != 0 ||
 	    (r = posix_spawn_file_actions_addclosefrom_np(&fa,
@@ -133,9 +138,61 @@ out:
 	return r == 0 ? 0 : -1;
 }
 
+/*
+ * A pipe that already holds in[0..inlen-1], its write end closed: returns
+ * its read end (above 2, close-on-exec) or -1 with err. The input fits in
+ * the pipe's buffer (SECRETCMD_INPUT_MAX is well below the 64 KiB of a
+ * Linux pipe), so writing it before the command runs cannot block.
+ */
+static int
+input_pipe(const void *in, size_t inlen, char *err, size_t errlen)
+{
+	int fds[2], rd;
+	ssize_t n;
+
+	if (inlen > SECRETCMD_INPUT_MAX) {
+		snprintf(err, errlen, "input longer than %d bytes",
+		    SECRETCMD_INPUT_MAX);
+		return -1;
+	}
+	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == -1) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		return -1;
+	}
+	do
+		n = write(fds[1], in, inlen);
+	while (n == -1 && errno == EINTR);
+	close(fds[1]);
+	if (n != (ssize_t)inlen) {
+		snprintf(err, errlen, "cannot fill the input pipe: %s",
+		    n == -1 ? strerror(errno) : "short write");
+		close(fds[0]);
+		return -1;
+	}
+	/* the command reads it blocking; and keep it off 0-2, which a
+	 * daemon that closed them would hand out */
+	if (fcntl(fds[0], F_SETFL, 0) == -1 ||
+	    (rd = fcntl(fds[0], F_DUPFD_CLOEXEC, STDERR_FILENO + 1)) == -1) {
+		snprintf(err, errlen, "input pipe: %s", strerror(errno));
+		close(fds[0]);
+		return -1;
+	}
+	close(fds[0]);
+	return rd;
+}
+
 int
 secretcmd_exec(const char *const *argv, unsigned timeout, char **out,
     size_t *outlen, char *err, size_t errlen)
+{
+	return secretcmd_exec_input(argv, timeout, NULL, 0, out, outlen, err,
+	    errlen);
+}
+
+int
+secretcmd_exec_input(const char *const *argv, unsigned timeout,
+    const void *in, size_t inlen, char **out, size_t *outlen, char *err,
+    size_t errlen)
 {
 	struct pollfd pfd;
 	double deadline;
@@ -143,23 +200,31 @@ secretcmd_exec(const char *const *argv, unsigned timeout, char **out,
 	size_t len = 0, cap = SECRETCMD_OUTPUT_MAX + 1;
 	ssize_t n;
 	pid_t pid;
-	int fds[2] = { -1, -1 }, status, ms, ret = -1;
+	int fds[2] = { -1, -1 }, infd = -1, status, ms, ret = -1;
 
 	*out = NULL;
 	*outlen = 0;
 	if (timeout == 0)
 		timeout = SECRETCMD_TIMEOUT;
 	deadline = mono_now() + timeout;
+	if (in != NULL && (infd = input_pipe(in, inlen, err, errlen)) == -1)
+		return -1;
 	if (pipe2(fds, O_CLOEXEC) == -1) {
 		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		if (infd != -1)
+			close(infd);
 		return -1;
 	}
-	if (spawn(argv, fds[1], &pid, err, errlen) == -1) {
+	if (spawn(argv, infd, fds[1], &pid, err, errlen) == -1) {
 		close(fds[0]);
 		close(fds[1]);
+		if (infd != -1)
+			close(infd);
 		return -1;
 	}
 	close(fds[1]);
+	if (infd != -1)
+		close(infd);
 	buf = xmalloc(cap);
 
 	pfd.fd = fds[0];
@@ -230,6 +295,63 @@ done:
 	if (buf != NULL)
 		xfree_secret(buf, cap);
 	return ret;
+}
+
+/*
+ * Decodes base64 (as Emacs's base64-decode-string: the standard alphabet,
+ * padding optional, line breaks allowed). Returns the bytes (the caller
+ * frees them with xfree_secret(*out, *outlen)) or -1.
+ */
+static int
+base64_decode(const char *s, unsigned char **out, size_t *outlen)
+{
+	EVP_ENCODE_CTX *ctx;
+	size_t n = strlen(s);
+	unsigned char *buf;
+	int len = 0, fin = 0, ok;
+
+	*out = NULL;
+	*outlen = 0;
+	if (n == 0 || n > (size_t)SECRETCMD_INPUT_MAX * 2)
+		return -1;
+	if ((ctx = EVP_ENCODE_CTX_new()) == NULL)
+		return -1;
+	buf = xmalloc(n);
+	EVP_DecodeInit(ctx);
+	ok = EVP_DecodeUpdate(ctx, buf, &len, (const unsigned char *)s,
+	    (int)n) != -1 && EVP_DecodeFinal(ctx, buf + len, &fin) == 1;
+	EVP_ENCODE_CTX_free(ctx);
+	if (!ok || len + fin == 0) {
+		xfree_secret(buf, n);
+		return -1;
+	}
+	*out = buf;
+	*outlen = (size_t)(len + fin);
+	return 0;
+}
+
+int
+secretcmd_gpg_token(const char *token, char **out, size_t *outlen,
+    char *err, size_t errlen)
+{
+	const char *argv[] = { "gpg", "--quiet", "--batch", "--no-tty",
+		"--decrypt", NULL };
+	unsigned char *msg;
+	size_t msglen, cap;
+	int r;
+
+	*out = NULL;
+	*outlen = 0;
+	if (strncmp(token, "gpg:", 4) != 0 ||
+	    base64_decode(token + 4, &msg, &msglen) == -1) {
+		snprintf(err, errlen, "not valid base64 after \"gpg:\"");
+		return -1;
+	}
+	cap = strlen(token + 4);
+	r = secretcmd_exec_input(argv, SECRETCMD_TIMEOUT, msg, msglen, out,
+	    outlen, err, errlen);
+	xfree_secret(msg, cap);
+	return r;
 }
 
 int

@@ -25,6 +25,7 @@
 
 #define SECRETCMD_TIMEOUT 10               /* seconds, the default */
 #define SECRETCMD_OUTPUT_MAX (64 * 1024)   /* bytes of stdout kept */
+#define SECRETCMD_INPUT_MAX (32 * 1024)    /* bytes of stdin given */
 
 /*
  * Runs argv (argv[0] looked up in PATH, the daemon's environment) and
@@ -38,6 +39,23 @@
  */
 int secretcmd_exec(const char *const *argv, unsigned timeout, char **out,
     size_t *outlen, char *err, size_t errlen);
+/*
+ * As secretcmd_exec(), with in[0..inlen-1] (at most SECRETCMD_INPUT_MAX
+ * bytes) on the command's stdin instead of /dev/null; in NULL: /dev/null.
+ */
+int secretcmd_exec_input(const char *const *argv, unsigned timeout,
+    const void *in, size_t inlen, char **out, size_t *outlen, char *err,
+    size_t errlen);
+/*
+ * Decrypts an Emacs auth-source gpg token, "gpg:" followed by the base64
+ * of an OpenPGP message, through the same gpg as encrypted files: the
+ * decoded message goes to "gpg --quiet --batch --no-tty --decrypt" on its
+ * stdin. Returns 0 with the plain text in *out as secretcmd_exec() does
+ * (one trailing line end removed), or -1 with err (bad base64, or how gpg
+ * failed; never gpg's own words). Blocks: worker threads and tools only.
+ */
+int secretcmd_gpg_token(const char *token, char **out, size_t *outlen,
+    char *err, size_t errlen);
 /* The same for "/bin/sh -c cmd". */
 int secretcmd_shell(const char *cmd, unsigned timeout, char **out,
     size_t *outlen, char *err, size_t errlen);

@@ -51,6 +51,7 @@
 #include "log.h"
 #include "outcome.h"
 #include "sasl.h"
+#include "secretcmd.h"
 #include "smtp_client.h"
 #include "tls.h"
 #include "xmalloc.h"
@@ -452,33 +453,61 @@ out:
 
 /*
  * The daemon's lookup: the configured files in order, the first match
- * wins, and a refused file stops the search. Encrypted files are read
- * when skip_gpg is 0. Returns 0 with *out (NULL: no match), or -1 with
- * err.
+ * with a password wins (else the first match), and a refused file stops
+ * the search. Encrypted files are read when skip_gpg is 0. Returns 0 with
+ * *out (NULL: no match), or -1 with err.
  */
 static int
 credentials_lookup(const char *host, const char *port, const char *user,
     int skip_gpg, struct authinfo_entry **out, char *err, size_t errlen)
 {
+	struct authinfo_entry *e;
 	size_t i;
 	int r;
 
 	*out = NULL;
-	for (i = 0; i < cfg->nauthinfo; i++) {
+	for (i = 0; i < cfg->nauthinfo && !authinfo_entry_complete(*out);
+	    i++) {
 		const char *f = cfg->authinfo[i];
 
 		if (is_gpg(f)) {
 			if (skip_gpg)
 				continue;
-			r = gpg_lookup(f, host, port, user, out, err, errlen);
+			r = gpg_lookup(f, host, port, user, &e, err, errlen);
 		} else
-			r = authinfo_lookup(&f, 1, host, port, user, out,
+			r = authinfo_lookup(&f, 1, host, port, user, &e,
 			    warn_cb, NULL, err, errlen);
-		if (r == -1)
+		if (r == -1) {
+			authinfo_entry_free(*out);
+			*out = NULL;
 			return -1;
-		if (*out != NULL)
-			return 0;
+		}
+		authinfo_entry_prefer(out, e);
 	}
+	return 0;
+}
+
+/*
+ * Replaces a gpg: token in e's password by its plain text, as the daemon
+ * decrypts it. Returns 0, or -1 with err.
+ */
+static int
+credentials_decrypt(struct authinfo_entry *e, char *err, size_t errlen)
+{
+	char *plain, why[256];
+	size_t len;
+
+	if (!authinfo_is_gpg_token(e->password))
+		return 0;
+	if (secretcmd_gpg_token(e->password, &plain, &len, why,
+	    sizeof(why)) == -1) {
+		snprintf(err, errlen, "%s:%u: the password is a gpg: token "
+		    "that could not be decrypted: %s", e->file, e->line, why);
+		return -1;
+	}
+	xfree_secret_str(e->password);
+	e->password = xstrdup(plain);
+	xfree_secret(plain, len + 1);
 	return 0;
 }
 
@@ -492,7 +521,7 @@ cmd_credentials(int argc, char **argv)
 	struct authinfo_entry *e = NULL;
 	const char *host, *port, *user = NULL;
 	char err[2048];
-	int ch, show = 0, rc;
+	int ch, show = 0, rc, gpg_token;
 	size_t i;
 
 	optind = 0;
@@ -540,6 +569,12 @@ cmd_credentials(int argc, char **argv)
 		    host, port);
 		return EX_NOUSER;
 	}
+	gpg_token = authinfo_is_gpg_token(e->password);
+	if (credentials_decrypt(e, err, sizeof(err)) == -1) {
+		errmsg("%s", err);
+		authinfo_entry_free(e);
+		return EX_CONFIG;
+	}
 	printf("file: %s\n", e->file);
 	printf("line: %u\n", e->line);
 	if (e->is_default)
@@ -559,6 +594,8 @@ cmd_credentials(int argc, char **argv)
 		printf("secret: %s\n", e->password);
 	} else
 		printf("password: present\n");
+	if (gpg_token)
+		printf("gpg-token: yes\n");
 	if (e->smtp_auth != NULL)
 		printf("smtp-auth: %s\n", e->smtp_auth);
 	fflush(stdout);

@@ -21,6 +21,7 @@
 #include <criterion/criterion.h>
 
 #include "authinfo.h"
+#include "secretcmd.h"
 #include "xmalloc.h"
 
 /* ---- helpers ---- */
@@ -151,17 +152,87 @@ put_file(const char *name, const char *content, mode_t mode)
 
 /* ---- the corpus ---- */
 
+/* A cases.tsv field: "-" absent, '""' empty, \r a carriage return. */
 static int
 field_eq(const char *got, const char *want)
 {
+	char buf[1024], *o = buf;
+	const char *p;
+
 	if (strcmp(want, "-") == 0)
 		return got == NULL;
 	if (strcmp(want, "\"\"") == 0)
 		return got != NULL && *got == '\0';
-	return got != NULL && strcmp(got, want) == 0;
+	for (p = want; *p != '\0' && o < buf + sizeof(buf) - 1; p++) {
+		if (p[0] == '\\' && p[1] == 'r') {
+			*o++ = '\r';
+			p++;
+		} else
+			*o++ = *p;
+	}
+	*o = '\0';
+	return got != NULL && strcmp(got, buf) == 0;
 }
 
-Test(corpus, every_case_in_cases_tsv)
+/*
+ * A GNUPGHOME holding the corpus's token key (gpg-token-key.asc, a test
+ * key without a passphrase), made on first use in the test's scratch
+ * directory; gpg_home_done() stops its agent.
+ */
+static char gpg_home[300];
+
+static void
+gpg_home_setup(const char *scratch)
+{
+	char cmd[5000];
+
+	if (gpg_home[0] != '\0')
+		return;
+	snprintf(gpg_home, sizeof(gpg_home), "%s/gnupg", scratch);
+	cr_assert_eq(mkdir(gpg_home, 0700), 0, "mkdir %s", gpg_home);
+	cr_assert_eq(setenv("GNUPGHOME", gpg_home, 1), 0);
+	snprintf(cmd, sizeof(cmd), "gpg --batch --quiet --import "
+	    "'%s/gpg-token-key.asc' >/dev/null 2>&1", corpus_dir());
+	cr_assert_eq(system(cmd), 0, "gpg --import of the corpus key failed");
+}
+
+static void
+gpg_home_done(void)
+{
+	char cmd[512];
+
+	if (gpg_home[0] == '\0')
+		return;
+	snprintf(cmd, sizeof(cmd), "gpgconf --kill gpg-agent >/dev/null "
+	    "2>&1; rm -rf '%s'", gpg_home);
+	if (system(cmd) != 0)
+		cr_log_warn("could not clean up %s", gpg_home);
+	gpg_home[0] = '\0';
+}
+
+/* The password a lookup ends with: a gpg: token decrypted, as the daemon
+ * does. Returns a copy to free, or NULL. */
+static char *
+corpus_password(const struct authinfo_entry *e, const char *scratch)
+{
+	char *plain, *copy, err[256];
+	size_t len;
+
+	if (e->password == NULL)
+		return NULL;
+	if (!authinfo_is_gpg_token(e->password))
+		return xstrdup(e->password);
+	gpg_home_setup(scratch);
+	cr_assert_eq(secretcmd_gpg_token(e->password, &plain, &len, err,
+	    sizeof(err)), 0, "%s:%u: token not decrypted: %s", e->file,
+	    e->line, err);
+	copy = xstrdup(plain);
+	xfree_secret(plain, len + 1);
+	return copy;
+}
+
+Test(corpus, every_case_in_cases_tsv, .init = tmp_setup,
+    .fini = tmp_teardown)
 {
 	char path[4200], line[1024];
 	FILE *fp;
@@ -176,6 +247,7 @@ Test(corpus, every_case_in_cases_tsv)
 		struct authinfo *ai;
 		const char *port, *user;
 		unsigned want_line;
+		char *pw;
 		int i;
 
 		if (line[0] == '#' || line[0] == '\n')
@@ -209,14 +281,17 @@ Test(corpus, every_case_in_cases_tsv)
 			cr_expect(field_eq(e->login, f[5]), "%s %s %s %s: "
 			    "login [%s], expected [%s]", f[0], f[1], f[2],
 			    f[3], e->login ? e->login : "(none)", f[5]);
-			cr_expect(field_eq(e->password, f[6]), "%s %s %s %s: "
+			pw = corpus_password(e, tmpdir);
+			cr_expect(field_eq(pw, f[6]), "%s %s %s %s: "
 			    "password [%s], expected [%s]", f[0], f[1], f[2],
-			    f[3], e->password ? e->password : "(none)", f[6]);
+			    f[3], pw ? pw : "(none)", f[6]);
+			free(pw);
 		}
 		authinfo_free(ai);
 		ncases++;
 	}
 	fclose(fp);
+	gpg_home_done();
 	cr_assert_geq(ncases, 60, "only %d cases read from %s", ncases, path);
 }
 
@@ -229,6 +304,8 @@ Test(corpus, clean_files_give_no_warnings)
 		"crlf.authinfo", "tabs.authinfo", "empty.authinfo",
 		"blank-lines.authinfo", "unknown-keys.authinfo",
 		"smtp-auth.authinfo", "aliases.authinfo", "multiline.authinfo",
+		"bom.authinfo", "missing-password.authinfo",
+		"cr-in-quotes.authinfo", "gpg-token.authinfo",
 		"host-keyword.authinfo", "capitals.authinfo",
 		"backslash-quote.authinfo", "macdef.netrc",
 		"host-case.authinfo",
@@ -272,18 +349,23 @@ Test(warnings, malformed_lines_name_their_line_and_the_rest_works)
 	struct authinfo *ai = parse_corpus("malformed.authinfo", &w);
 	int i;
 
-	cr_assert_eq(w.n, 2, "got %d warnings", w.n);
+	/* line 2: "unterminated is taken literally (a warning), and then
+	 * s3cret is an unknown key without a value */
+	cr_assert_eq(w.n, 3, "got %d warnings", w.n);
 	cr_expect_eq(w.line[0], 2);
 	cr_expect_str_eq(w.file[0], "malformed.authinfo");
-	cr_expect(strstr(w.msg[0], "no closing quote") != NULL, "%s",
-	    w.msg[0]);
-	cr_expect_eq(w.line[1], 4);
-	cr_expect(strstr(w.msg[1], "password has no value") != NULL, "%s",
+	cr_expect(strstr(w.msg[0], "does not close on its line") != NULL,
+	    "%s", w.msg[0]);
+	cr_expect_eq(w.line[1], 2);
+	cr_expect(strstr(w.msg[1], "unknown key has no value") != NULL, "%s",
 	    w.msg[1]);
+	cr_expect_eq(w.line[2], 4);
+	cr_expect(strstr(w.msg[2], "password has no value") != NULL, "%s",
+	    w.msg[2]);
 	/* Warnings never quote file text: it may be a password. */
 	for (i = 0; i < w.n; i++) {
 		cr_expect(strstr(w.msg[i], "unterminated") == NULL);
-		cr_expect(strstr(w.msg[i], "secret") == NULL);
+		cr_expect(strstr(w.msg[i], "s3cret") == NULL);
 	}
 	cr_expect_not_null(authinfo_match(ai, "good3.example", "587", NULL));
 	authinfo_free(ai);
@@ -455,6 +537,84 @@ Test(grammar, no_line_length_limit)
 	authinfo_free(ai);
 	free(buf);
 	free(pw);
+}
+
+Test(grammar, utf8_bom_is_skipped_only_at_the_start)
+{
+	struct warns w;
+	struct authinfo *ai = parse_str("\xef\xbb\xbfmachine a.example login u "
+	    "password p\nmachine b.example login v password \xef\xbb\xbfq\n",
+	    &w);
+	const struct authinfo_entry *e;
+
+	e = authinfo_match(ai, "a.example", "587", NULL);
+	cr_assert_not_null(e);
+	cr_expect_eq(e->line, 1);
+	cr_expect_str_eq(e->password, "p");
+	/* elsewhere the bytes are part of a token like any other */
+	e = authinfo_match(ai, "b.example", "587", NULL);
+	cr_assert_not_null(e);
+	cr_expect_str_eq(e->password, "\xef\xbb\xbfq");
+	cr_expect_eq(w.n, 0, "%d warnings", w.n);
+	authinfo_free(ai);
+}
+
+Test(grammar, unclosed_quote_is_literal_with_a_warning)
+{
+	struct warns w;
+	struct authinfo *ai = parse_str("machine a.example login u password "
+	    "'it port 25\nmachine b.example password \"x y\n", &w);
+	const struct authinfo_entry *e;
+
+	e = authinfo_get(ai, 0);
+	cr_assert_not_null(e);
+	cr_expect_str_eq(e->password, "'it");
+	cr_expect_str_eq(e->port, "25", "the rest of the line still counts");
+	e = authinfo_get(ai, 1);
+	cr_assert_not_null(e);
+	cr_expect_str_eq(e->password, "\"x");
+	cr_assert_geq(w.n, 2);
+	cr_expect_eq(w.line[0], 1);
+	cr_expect(strstr(w.msg[0], "quote included") != NULL, "%s", w.msg[0]);
+	cr_expect(strstr(w.msg[0], "it") == NULL || strstr(w.msg[0],
+	    "'it") == NULL, "never quotes the token");
+	authinfo_free(ai);
+}
+
+Test(grammar, cr_inside_quotes_belongs_to_the_value)
+{
+	struct authinfo *ai = parse_str("machine a.example password "
+	    "\"a\rb\r\"\r\nmachine b.example password '\rc'\n", NULL);
+
+	cr_assert_eq(authinfo_count(ai), 2);
+	cr_expect_str_eq(authinfo_get(ai, 0)->password, "a\rb\r");
+	cr_expect_str_eq(authinfo_get(ai, 1)->password, "\rc");
+	authinfo_free(ai);
+}
+
+Test(grammar, gpg_tokens_are_recognised_not_decoded_by_the_parser)
+{
+	struct authinfo *ai = parse_str("machine a.example password "
+	    "gpg:AAAA\nmachine b.example password gpgx\n", NULL);
+
+	cr_expect_str_eq(authinfo_get(ai, 0)->password, "gpg:AAAA");
+	cr_expect(authinfo_is_gpg_token(authinfo_get(ai, 0)->password));
+	cr_expect(!authinfo_is_gpg_token(authinfo_get(ai, 1)->password));
+	cr_expect(!authinfo_is_gpg_token(NULL));
+	authinfo_free(ai);
+}
+
+Test(grammar, gpg_token_with_bad_base64_is_an_error)
+{
+	char *out = NULL, err[256] = "";
+	size_t len;
+
+	cr_expect_eq(secretcmd_gpg_token("gpg:!!!notbase64", &out, &len, err,
+	    sizeof(err)), -1);
+	cr_expect_null(out);
+	cr_expect(strstr(err, "base64") != NULL, "%s", err);
+	cr_expect_eq(secretcmd_gpg_token("gpg:", &out, &len, err,
+	    sizeof(err)), -1);
 }
 
 Test(grammar, no_trailing_newline_and_bare_cr)
@@ -899,6 +1059,60 @@ Test(lookup, file_order_first_match_wins)
 	cr_expect_null(e);
 }
 
+Test(match, entry_without_password_is_passed_over)
+{
+	struct authinfo *ai = parse_str(
+	    "machine a.example login first\n"
+	    "default login dflt\n"
+	    "machine a.example login second password p2\n"
+	    "machine b.example login only\n", NULL);
+	const struct authinfo_entry *e;
+
+	e = authinfo_match(ai, "a.example", "587", NULL);
+	cr_assert_not_null(e);
+	cr_expect_eq(e->line, 3);
+	/* asking for a login only that login's entries count */
+	e = authinfo_match(ai, "a.example", "587", "first");
+	cr_assert_not_null(e);
+	cr_expect_eq(e->line, 1);
+	cr_expect_null(e->password);
+	/* no match with a password: the first match, to name it */
+	e = authinfo_match(ai, "b.example", "587", NULL);
+	cr_assert_not_null(e);
+	cr_expect_eq(e->line, 2);
+	authinfo_free(ai);
+}
+
+Test(lookup, password_in_a_later_file_beats_none_in_an_earlier)
+{
+	const char *files[3];
+	struct authinfo_entry *e = NULL;
+	char err[512];
+
+	files[0] = put_file("one", "machine a.example login u\n", 0600);
+	files[1] = put_file("two", "machine b.example login v\n", 0600);
+	files[2] = put_file("three", "default login u password p3\n", 0600);
+	cr_assert_eq(authinfo_lookup(files, 3, "a.example", "587", NULL, &e,
+	    NULL, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_not_null(e);
+	cr_expect_str_eq(e->file, files[2]);
+	cr_expect_str_eq(e->password, "p3");
+	authinfo_entry_free(e);
+	/* without one anywhere, the first match names the file to fix */
+	cr_assert_eq(authinfo_lookup(files, 2, "b.example", "587", NULL, &e,
+	    NULL, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_not_null(e);
+	cr_expect_str_eq(e->file, files[1]);
+	cr_expect_null(e->password);
+	authinfo_entry_free(e);
+	/* a refused file after a match without a password: the answer
+	 * might be in it */
+	files[1] = put_file("two", "machine a.example password x\n", 0644);
+	cr_expect_eq(authinfo_lookup(files, 3, "a.example", "587", NULL, &e,
+	    NULL, NULL, err, sizeof(err)), -1);
+	cr_expect_null(e);
+}
+
 Test(lookup, refused_file_before_a_match_fails)
 {
 	char f1[600], f2[600], err[1024] = "";
@@ -1094,6 +1308,25 @@ Test(cache, same_size_rewrite_with_restored_mtime_is_noticed)
 	    NULL, NULL, err, sizeof(err)), 0);
 	cr_assert_not_null(e);
 	cr_expect_str_eq(e->password, "bbbb");
+	authinfo_entry_free(e);
+	authinfo_cache_free(c);
+}
+
+Test(cache, password_in_a_later_file_beats_none_in_an_earlier)
+{
+	struct authinfo_cache *c = authinfo_cache_new();
+	struct authinfo_entry *e = NULL;
+	const char *files[2];
+	char err[512];
+
+	files[0] = put_file("one", "machine a.example login u\n", 0600);
+	files[1] = put_file("two", "machine a.example login u password p\n",
+	    0600);
+	cr_assert_eq(authinfo_cache_lookup(c, files, 2, "a.example", "587",
+	    "u", &e, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_not_null(e);
+	cr_expect_str_eq(e->file, files[1]);
+	cr_expect_str_eq(e->password, "p");
 	authinfo_entry_free(e);
 	authinfo_cache_free(c);
 }

@@ -1523,13 +1523,10 @@ gpg_cleanup(void)
 		return;
 }
 
-Test(deliver, gpg_encrypted_authinfo_is_decrypted)
+/* A GNUPGHOME in topdir with a key t@test without a passphrase. */
+static void
+gpg_key_setup(void)
 {
-	static const char *const rcpts[] = { "bob@example.net", NULL };
-	struct envelope *env;
-	char cmd[1024], relays[512], plain[300];
-	FILE *f;
-
 	if (access("/usr/bin/gpg", X_OK) == -1)
 		cr_skip_test("gpg is not installed");
 	snprintf(gpg_home, sizeof(gpg_home), "%s/gnupg", topdir);
@@ -1542,6 +1539,68 @@ Test(deliver, gpg_encrypted_authinfo_is_decrypted)
 		gpg_cleanup();
 		cr_skip_test("cannot make a gpg key here");
 	}
+}
+
+/*
+ * A plain authinfo file whose first matching entry has no password (passed
+ * over, as Emacs's :require '(:secret) does) and whose second holds the
+ * password as an Emacs gpg: token, decrypted through gpg like an
+ * encrypted file.
+ */
+Test(deliver, gpg_token_after_an_entry_without_password)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char relays[512], token[4096];
+	FILE *f;
+	size_t n;
+
+	gpg_key_setup();
+	f = popen("printf %s from-token | gpg --batch --quiet --armor "
+	    "--trust-model always -r t@test -e | base64 -w0", "r");
+	cr_assert_not_null(f);
+	n = fread(token, 1, sizeof(token) - 1, f);
+	cr_assert_eq(pclose(f), 0, "gpg --encrypt failed");
+	token[n] = '\0';
+	cr_assert_gt(n, 100);
+
+	fake_start();
+	fake.auth = 1;
+	snprintf(fake.user, sizeof(fake.user), "alice");
+	snprintf(fake.password, sizeof(fake.password), "from-token");
+	snprintf(authfile, sizeof(authfile), "%s/authinfo", topdir);
+	cr_assert_not_null(f = fopen(authfile, "w"));
+	fprintf(f, "machine 127.0.0.1 port %d login alice\n"
+	    "machine 127.0.0.1 port %d login alice password gpg:%s\n",
+	    fake.port, fake.port, token);
+	fclose(f);
+	cr_assert_eq(chmod(authfile, 0600), 0);
+	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s\" ];\n"
+	    "auth_first = [ \".\" ];\n", authfile);
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; };",
+	    fake.port);
+	load_config(relays, "retry_min = 60;");
+	env = enqueue("alice@example.org", rcpts, "Subject: g\r\n\r\ng\r\n",
+	    time(NULL));
+	scheduler_add(sched, env);
+	cr_assert(run_until(queue_empty_and_delivered, 20), "not delivered "
+	    "(%d auth ok, %d bad)", fake.nauth_ok, fake.nauth_bad);
+	cr_assert_eq(fake.nauth_ok, 1);
+	cr_assert_eq(fake.nauth_bad, 0);
+	free(fake.msgs[0].data);
+	evconnlistener_free(fake.l);
+	gpg_cleanup();
+}
+
+Test(deliver, gpg_encrypted_authinfo_is_decrypted)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	char cmd[1024], relays[512], plain[300];
+	FILE *f;
+
+	gpg_key_setup();
 	snprintf(plain, sizeof(plain), "%s/plain", topdir);
 	fake_start();
 	fake.auth = 1;

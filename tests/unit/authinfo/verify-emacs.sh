@@ -5,13 +5,21 @@
 # Usage: sh verify-emacs.sh  (from any directory). Exit 0 when all agree.
 dir=$(cd "$(dirname "$0")" && pwd)
 command -v emacs >/dev/null 2>&1 || { echo "emacs not installed" >&2; exit 77; }
+# gpg-token.authinfo's tokens are encrypted to the corpus's test key.
+GNUPGHOME=$(mktemp -d) || exit 1
+export GNUPGHOME
+trap 'gpgconf --kill gpg-agent >/dev/null 2>&1; rm -rf "$GNUPGHOME"' EXIT
+gpg --batch --quiet --import "$dir/gpg-token-key.asc" 2>/dev/null ||
+    { echo "cannot import the corpus's gpg key" >&2; exit 1; }
 fail=0 n=0
 tab=$(printf '\t')
+cr=$(printf '\r')
 while IFS="$tab" read -r file host port user line login password emacs; do
 	case $file in '#'*|'') continue ;; esac
 	n=$((n + 1))
+	# a line end inside a value is written \n, as cases.tsv records it
 	got=$(emacs --batch -Q -l "$dir/emacs-lookup.el" "$dir/$file" \
-	    "$host" "$port" "$user" 2>/dev/null)
+	    "$host" "$port" "$user" 2>/dev/null | sed ':a;N;$!ba;s/\n/\\n/g')
 	if [ "$emacs" = "=" ]; then
 		if [ "$line" = 0 ]; then
 			want=none
@@ -20,7 +28,7 @@ while IFS="$tab" read -r file host port user line login password emacs; do
 			case $password in
 			-) p=nil ;;
 			'""') p='""' ;;
-			*) p=$(printf '"%s"' "$(printf %s "$password" | sed 's/[\\"]/\\&/g')") ;;
+			*) p=$(printf '"%s"' "$(printf %s "$password" | sed 's/[\\"]/\\&/g; s/\\\\r/'"$cr"'/g')") ;;
 			esac
 			want="found $l $p"
 		fi
