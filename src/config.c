@@ -385,13 +385,15 @@ relay_defaults(struct relay_config *r)
 	r->timeout_connect = 30;
 	r->timeout_command = 300;
 	r->timeout_data = 600;
+	r->failover_after = 600;
 }
 
 static const char *const relay_keys[] = { "type", "host", "port", "tls",
 	"verify", "ca_file", "helo", "user", "max_connections",
 	"max_messages_per_connection", "timeout_connect", "timeout_command",
 	"timeout_data", "path", "auth", "allow_plaintext_auth", "mechanisms",
-	"password_command", "oauth_command", NULL };
+	"password_command", "oauth_command", "backup", "failover_after",
+	NULL };
 
 static int
 parse_relay(struct cfgctx *ctx, const config_setting_t *s,
@@ -435,7 +437,10 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 	    get_uint(ctx, s, "timeout_command", duration_units, 1, 3600,
 	    &r->timeout_command) == -1 ||
 	    get_uint(ctx, s, "timeout_data", duration_units, 1, 7200,
-	    &r->timeout_data) == -1)
+	    &r->timeout_data) == -1 ||
+	    get_string_list(ctx, s, "backup", &r->backup, &r->nbackup) == -1 ||
+	    get_uint(ctx, s, "failover_after", duration_units, 0, 30 * 86400,
+	    &r->failover_after) == -1)
 		goto out;
 	if (type == NULL || strcmp(type, "smtp") == 0)
 		r->type = RELAY_TYPE_SMTP;
@@ -592,7 +597,7 @@ listen_add_default(struct config *cfg, const char *addr)
 static const char *const top_keys[] = { "hostname", "user", "spool",
 	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
-	"state_dir", "control_socket", NULL };
+	"state_dir", "control_socket", "routes", NULL };
 static const char *const limit_keys[] = { "max_line", "max_message_size",
 	"max_recipients", "max_sessions", "max_errors", "idle_timeout", NULL };
 static const char *const queue_keys[] = { "retry_min", "retry_max",
@@ -677,6 +682,157 @@ config_auth_first(const struct config *cfg, const char *host)
 	for (i = 0; i < cfg->nauth_first; i++)
 		if (regexec(&cfg->auth_first_re[i], host, 0, NULL, 0) == 0)
 			return 1;
+	return 0;
+}
+
+/* The index of the relay named name in cfg, or -1. */
+static long
+relay_index(const struct config *cfg, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->nrelays; i++)
+		if (strcmp(cfg->relays[i].name, name) == 0)
+			return (long)i;
+	return -1;
+}
+
+/* Every backup names another relay, once. relays is the relays group. */
+static int
+check_backups(struct cfgctx *ctx, const config_setting_t *relays,
+    const struct config *cfg)
+{
+	const struct relay_config *r;
+	const config_setting_t *s;
+	size_t i, j, k;
+	long idx;
+
+	for (i = 0; i < cfg->nrelays; i++) {
+		r = &cfg->relays[i];
+		s = config_setting_get_member(config_setting_get_member(
+		    relays, r->name), "backup");
+		for (j = 0; j < r->nbackup; j++) {
+			const char *b = r->backup[j];
+
+			if ((idx = relay_index(cfg, b)) == -1)
+				return cfg_fail(ctx, s, "relay %s: backup: no "
+				    "relay named \"%s\"", r->name, b);
+			if ((size_t)idx == i)
+				return cfg_fail(ctx, s, "relay %s: backup: a "
+				    "relay cannot be its own backup", r->name);
+			for (k = 0; k < j; k++)
+				if (strcmp(r->backup[k], b) == 0)
+					return cfg_fail(ctx, s, "relay %s: "
+					    "backup: \"%s\" is listed twice",
+					    r->name, b);
+		}
+	}
+	return 0;
+}
+
+static const char *const route_keys[] = { "sender", "domain", "regexp",
+	"relay", NULL };
+
+/* One rule of routes: exactly one of sender, domain or regexp, and a
+ * relay that exists. */
+static int
+parse_route(struct cfgctx *ctx, const config_setting_t *s,
+    const struct config *cfg, struct route *rt)
+{
+	static const struct {
+		const char *key;
+		enum route_kind kind;
+	} kinds[] = { { "sender", ROUTE_SENDER }, { "domain", ROUTE_DOMAIN },
+		{ "regexp", ROUTE_REGEXP } };
+	char *relay = NULL, *v, msg[256];
+	const char *key = NULL;
+	int rc = -1;
+	size_t i;
+	long idx;
+
+	if (config_setting_type(s) != CONFIG_TYPE_GROUP)
+		return cfg_fail(ctx, s, "routes: each rule must be a group "
+		    "{ sender = \"...\"; relay = \"...\"; }");
+	if (check_known(ctx, s, route_keys, "routes") == -1 ||
+	    get_string(ctx, s, "relay", &relay) == -1)
+		goto out;
+	for (i = 0; i < sizeof(kinds) / sizeof(*kinds); i++) {
+		v = NULL;
+		if (get_string(ctx, s, kinds[i].key, &v) == -1)
+			goto out;
+		if (config_setting_get_member(s, kinds[i].key) == NULL)
+			continue;
+		if (key != NULL) {
+			free(v);
+			cfg_fail(ctx, s, "routes: give one of sender, domain "
+			    "or regexp per rule, not %s and %s", key,
+			    kinds[i].key);
+			goto out;
+		}
+		key = kinds[i].key;
+		rt->kind = kinds[i].kind;
+		rt->pattern = v;
+	}
+	if (key == NULL) {
+		cfg_fail(ctx, s, "routes: a rule needs sender, domain or "
+		    "regexp");
+		goto out;
+	}
+	if (rt->pattern == NULL) {
+		cfg_fail(ctx, s, "routes: %s must not be empty", key);
+		goto out;
+	}
+	if (rt->kind == ROUTE_DOMAIN && rt->pattern[0] == '@')
+		memmove(rt->pattern, rt->pattern + 1, strlen(rt->pattern));
+	if ((rt->kind == ROUTE_DOMAIN && (rt->pattern[0] == '\0' ||
+	    strchr(rt->pattern, '@') != NULL)) ||
+	    (rt->kind == ROUTE_SENDER && strchr(rt->pattern, '@') == NULL)) {
+		cfg_fail(ctx, s, "routes: %s \"%s\" is not %s", key,
+		    rt->pattern, rt->kind == ROUTE_DOMAIN ? "a domain" :
+		    "an address like user@example.com");
+		goto out;
+	}
+	if (route_compile(rt, msg, sizeof(msg)) == -1) {
+		cfg_fail(ctx, s, "routes: regexp \"%s\": %s", rt->pattern,
+		    msg);
+		goto out;
+	}
+	if (relay == NULL) {
+		cfg_fail(ctx, s, "routes: a rule needs relay = \"NAME\"");
+		goto out;
+	}
+	if ((idx = relay_index(cfg, relay)) == -1) {
+		cfg_fail(ctx, config_setting_get_member(s, "relay"),
+		    "routes: no relay named \"%s\"", relay);
+		goto out;
+	}
+	rt->relay = (size_t)idx;
+	rc = 0;
+out:
+	free(relay);
+	return rc;
+}
+
+static int
+parse_routes(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const config_setting_t *s = config_setting_get_member(root, "routes");
+	int i, n;
+
+	if (s == NULL)
+		return 0;
+	if (config_setting_type(s) != CONFIG_TYPE_LIST)
+		return cfg_fail(ctx, s, "routes: expected a list ( { ... }, "
+		    "{ ... } )");
+	n = config_setting_length(s);
+	cfg->routes = xcalloc((size_t)n + 1, sizeof(*cfg->routes));
+	for (i = 0; i < n; i++) {
+		cfg->nroutes++;
+		if (parse_route(ctx, config_setting_get_elem(s, (unsigned)i),
+		    cfg, &cfg->routes[i]) == -1)
+			return -1;
+	}
 	return 0;
 }
 
@@ -867,19 +1023,19 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	}
 	cfg->default_relay = 0;
 	if (defrelay != NULL) {
-		size_t j;
+		long j = relay_index(cfg, defrelay);
 
-		for (j = 0; j < cfg->nrelays; j++)
-			if (strcmp(cfg->relays[j].name, defrelay) == 0)
-				break;
-		if (j == cfg->nrelays) {
+		if (j == -1) {
 			cfg_fail(ctx, config_setting_get_member(root,
 			    "default_relay"), "default_relay: no relay named "
 			    "\"%s\"", defrelay);
 			goto out;
 		}
-		cfg->default_relay = j;
+		cfg->default_relay = (size_t)j;
 	}
+	if (check_backups(ctx, s, cfg) == -1 ||
+	    parse_routes(ctx, root, cfg) == -1)
+		goto out;
 	rc = 0;
 out:
 	free(sync);
@@ -972,7 +1128,11 @@ config_free(struct config *cfg)
 		free(r->password_command);
 		free(r->oauth_command);
 		string_list_free(r->mechanisms, r->nmechanisms);
+		string_list_free(r->backup, r->nbackup);
 	}
+	for (i = 0; i < cfg->nroutes; i++)
+		route_clear(&cfg->routes[i]);
+	free(cfg->routes);
 	for (i = 0; i < cfg->nauth_first; i++)
 		regfree(&cfg->auth_first_re[i]);
 	free(cfg->auth_first_re);
@@ -993,16 +1153,23 @@ config_free(struct config *cfg)
 const struct relay_config *
 config_relay(const struct config *cfg, const char *name)
 {
-	size_t i;
+	long i = relay_index(cfg, name);
 
-	for (i = 0; i < cfg->nrelays; i++)
-		if (strcmp(cfg->relays[i].name, name) == 0)
-			return &cfg->relays[i];
-	return NULL;
+	return i != -1 ? &cfg->relays[i] : NULL;
 }
 
 const struct relay_config *
 config_default_relay(const struct config *cfg)
 {
 	return &cfg->relays[cfg->default_relay];
+}
+
+const struct relay_config *
+config_route(const struct config *cfg, const char *sender)
+{
+	const struct route *rt;
+
+	rt = route_match(cfg->routes, cfg->nroutes, sender);
+	return rt != NULL ? &cfg->relays[rt->relay] :
+	    config_default_relay(cfg);
 }

@@ -13,6 +13,8 @@
 #include <netinet/in.h>
 #include <regex.h>
 
+#include "route.h"
+
 enum tls_mode {
 	TLS_MODE_STARTTLS, /* default: refuse to send if not offered */
 	TLS_MODE_IMPLICIT, /* TLS from the first byte (port 465) */
@@ -57,6 +59,12 @@ struct relay_config {
 	unsigned timeout_connect;     /* seconds */
 	unsigned timeout_command;     /* greeting, EHLO, MAIL, RCPT, ... */
 	unsigned timeout_data;        /* DATA ".": RFC 5321 says 10 min */
+	/* Failover: names of relays (validated, never this one) that take
+	 * this relay's mail, in order, once it has been unreachable for
+	 * failover_after seconds (default 600); see failover.h. */
+	char **backup;
+	size_t nbackup;
+	unsigned failover_after;
 	/* maildir */
 	char *maildir;    /* directory holding cur/ new/ tmp/ */
 };
@@ -119,6 +127,10 @@ struct config {
 	struct relay_config *relays;
 	size_t nrelays;
 	size_t default_relay;     /* index into relays */
+	/* Sender-dependent routing rules, in order; each names a relay by
+	 * its index in relays. */
+	struct route *routes;
+	size_t nroutes;
 };
 
 /*
@@ -135,6 +147,11 @@ void config_free(struct config *cfg);
 const struct relay_config *config_relay(const struct config *cfg,
     const char *name);
 const struct relay_config *config_default_relay(const struct config *cfg);
+/* The relay mail from sender goes to (the envelope sender as queued, ""
+ * for the null sender): the relay of the first route that matches it,
+ * else the default relay. Never NULL. */
+const struct relay_config *config_route(const struct config *cfg,
+    const char *sender);
 /* 1 if host matches one of the auth_first regexps, else 0. */
 int config_auth_first(const struct config *cfg, const char *host);
 /* 1 if sa (AF_INET/AF_INET6/AF_UNIX) may submit: loopback, Unix sockets

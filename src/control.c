@@ -150,6 +150,23 @@ status_auth_each(const char *host, const char *port, void *arg)
 		    host, v6 ? "]" : "", port);
 }
 
+/* "relay: NAME STATE [since=T] [retry=T]" */
+static void
+status_relay_each(const struct scheduler_relay_state *st, void *arg)
+{
+	struct evbuffer *out = arg;
+	char since[64] = "", retry[64] = "", t[48];
+
+	if (st->down_since != 0)
+		snprintf(since, sizeof(since), " since=%s",
+		    iso_time(st->down_since, t, sizeof(t)));
+	if (st->backoff_until > time(NULL))
+		snprintf(retry, sizeof(retry), " retry=%s",
+		    iso_time(st->backoff_until, t, sizeof(t)));
+	reply_line(out, "relay: %s %s%s%s", st->name, st->state, since,
+	    retry);
+}
+
 static int
 cmd_status(struct control_client *cl, const char *arg, struct evbuffer *out,
     char *err, size_t errlen)
@@ -166,6 +183,7 @@ cmd_status(struct control_client *cl, const char *arg, struct evbuffer *out,
 	reply_line(out, "queued: %zu", scheduler_count(c->sched));
 	reply_line(out, "sessions: %u", c->server != NULL ?
 	    smtp_server_sessions(c->server) : 0);
+	scheduler_relays(c->sched, status_relay_each, out);
 	scheduler_auth_required_list(c->sched, status_auth_each, out);
 	return 0;
 }

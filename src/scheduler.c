@@ -37,6 +37,18 @@
  * learned to authenticate first, so the message is tried again at once,
  * once; a second such end in a row is an ordinary deferral.
  *
+ * Routing is decided at each attempt, not at enqueue: a message pinned to
+ * a relay (envelope relay) goes there, any other to the relay of the
+ * first route its sender matches, else to the default relay. So a reload
+ * that changes the routes moves queued mail too, and nothing derived from
+ * the config is stored in the queue file to go stale. When that relay
+ * has backups and has been unreachable for its failover_after
+ * (failover.h), the message goes to the first backup free to take it
+ * instead; the relay itself is probed with a session that only connects
+ * and quits, at the end of each of its backoffs, and its mail comes back
+ * when a session reaches it. Both changes make the relay's deferred mail
+ * due at once. Backups of a backup are not followed.
+ *
  * Every asynchronous step (worker job, queue update, DSN) carries the
  * message; scheduler_free leaves messages with a queue operation in flight
  * to that operation's callback (m->s == NULL) instead of freeing them under
@@ -53,6 +65,7 @@
 
 #include "authstate.h"
 #include "dsn.h"
+#include "failover.h"
 #include "log.h"
 #include "relay.h"
 #include "scheduler.h"
@@ -120,6 +133,7 @@ struct sched_relay {
 	int cred_wait;           /* backed off for missing/rejected
 	                            credentials: watch the files */
 	int cred_checking;       /* a relay_credentials_check runs */
+	struct failover fo;      /* reachability, failover to backups */
 };
 
 struct sched_session {
@@ -131,6 +145,7 @@ struct sched_session {
 	struct sched_msg *cur;   /* in flight */
 	unsigned sent;
 	unsigned max_msgs;
+	int ready;               /* got as far as ready(): reachable */
 };
 
 struct scheduler {
@@ -519,13 +534,23 @@ msg_attempted(struct scheduler *s, struct sched_msg *m, const char *remote)
 /* ---- relays ---- */
 
 static struct sched_relay *
-sched_relay_get(struct scheduler *s, const char *name)
+sched_relay_find(struct scheduler *s, const char *name)
 {
 	struct sched_relay *sr;
 
 	TAILQ_FOREACH(sr, &s->relays, entry)
 		if (strcmp(sr->name, name) == 0)
 			return sr;
+	return NULL;
+}
+
+static struct sched_relay *
+sched_relay_get(struct scheduler *s, const char *name)
+{
+	struct sched_relay *sr;
+
+	if ((sr = sched_relay_find(s, name)) != NULL)
+		return sr;
 	sr = xcalloc(1, sizeof(*sr));
 	sr->s = s;
 	sr->name = xstrdup(name);
@@ -571,14 +596,99 @@ cred_timer_arm(struct scheduler *s)
 		evtimer_add(s->ev_cred, &tv);
 }
 
-/* Backs the relay off (once per failure round) and defers what waits. */
+/* The relay m goes to before any failover: the one pinned in its
+ * envelope, else its sender's route; NULL when the pinned relay is no
+ * longer configured. */
+static const struct relay_config *
+msg_primary(const struct scheduler *s, const struct sched_msg *m)
+{
+	if (m->env->relay != NULL)
+		return config_relay(s->cfg, m->env->relay);
+	return config_route(s->cfg, m->env->sender);
+}
+
+/* Makes the waiting mail whose primary relay is sr due now (mail being
+ * persisted as soon as that is done). */
+static void
+relay_mail_due(struct scheduler *s, struct sched_relay *sr)
+{
+	const struct relay_config *rc;
+	struct sched_msg *m;
+	size_t i;
+
+	TAILQ_FOREACH(m, &s->msgs, all) {
+		if (m->state != MSG_WAITING && m->state != MSG_FINISHING)
+			continue;
+		if ((rc = msg_primary(s, m)) == NULL ||
+		    strcmp(rc->name, sr->name) != 0)
+			continue;
+		if (m->state == MSG_WAITING)
+			m->env->next_try = 0;
+		else
+			m->flush = 1;
+	}
+	for (i = s->nheap / 2; i-- > 0;)
+		heap_down(s, i);
+	sched_kick(s);
+}
+
+static void msg_route(struct scheduler *, struct sched_msg *);
+
+/*
+ * Applies verdict v about sr's reachability to its failover state. When
+ * that starts a failover, the mail waiting in sr's queue moves to a backup
+ * now and its deferred mail is due now; when it ends one, its deferred
+ * mail is due now, back on sr.
+ */
+static void
+relay_failover_note(struct scheduler *s, struct sched_relay *sr,
+    enum failover_verdict v)
+{
+	const struct relay_config *rc = config_relay(s->cfg, sr->name);
+	enum failover_state was;
+	struct sched_msg *m;
+	char *list;
+	size_t i;
+
+	was = failover_update(&sr->fo, v, time(NULL),
+	    rc != NULL ? rc->failover_after : 0, rc != NULL &&
+	    rc->nbackup > 0);
+	if (was == sr->fo.state)
+		return;
+	if (sr->fo.state == FAILOVER_ACTIVE) {
+		list = xstrdup(rc->backup[0]);
+		for (i = 1; i < rc->nbackup; i++) {
+			char *more = xasprintf("%s, %s", list, rc->backup[i]);
+
+			free(list);
+			list = more;
+		}
+		log_info("relay %s: unreachable for %llds; failing over to "
+		    "%s", sr->name, (long long)(time(NULL) -
+		    sr->fo.down_since), list);
+		free(list);
+		while ((m = TAILQ_FIRST(&sr->ready)) != NULL) {
+			TAILQ_REMOVE(&sr->ready, m, ready);
+			msg_route(s, m);
+		}
+	} else if (was == FAILOVER_ACTIVE)
+		log_info("relay %s: reachable again; its mail returns from "
+		    "the backup relays", sr->name);
+	else
+		return;
+	relay_mail_due(s, sr);
+}
+
+/* Backs the relay off (once per failure round) and defers what waits. A
+ * relay on its way to a failover is tried again by its deadline. */
 static void
 relay_backoff(struct scheduler *s, struct sched_relay *sr,
     const struct outcome *o, const char *peer)
 {
+	const struct relay_config *rc = config_relay(s->cfg, sr->name);
 	struct sched_msg *m;
 	char text[OUTCOME_TEXT_MAX + 8];
-	time_t now = time(NULL);
+	time_t now = time(NULL), deadline = 0;
 	unsigned delay;
 
 	if (o->class == OC_NOCRED || o->class == OC_AUTH) {
@@ -590,6 +700,11 @@ relay_backoff(struct scheduler *s, struct sched_relay *sr,
 		sr->failures++;
 		delay = scheduler_backoff(s->cfg->retry_min,
 		    s->cfg->retry_max, sr->failures);
+		if (rc != NULL)
+			deadline = failover_deadline(&sr->fo,
+			    rc->failover_after, rc->nbackup > 0);
+		if (deadline != 0 && deadline < now + (time_t)delay)
+			delay = deadline > now ? (unsigned)(deadline - now) : 1;
 		sr->backoff_until = now + delay;
 		relay_outcome_text(o, text, sizeof(text));
 		log_info("relay %s: no new session for %us after failure "
@@ -602,53 +717,26 @@ relay_backoff(struct scheduler *s, struct sched_relay *sr,
 }
 
 static void
-relay_ok(struct sched_relay *sr)
+relay_ok(struct scheduler *s, struct sched_relay *sr)
 {
-	if (sr->failures > 0)
+	if (sr->failures > 0 && sr->fo.state != FAILOVER_ACTIVE)
 		log_info("relay %s: reachable again", sr->name);
 	sr->failures = 0;
 	sr->backoff_until = 0;
 	sr->cred_wait = 0;
+	relay_failover_note(s, sr, FAILOVER_REACHED);
 }
 
 /* ---- credentials ---- */
-
-/* The name of the relay m goes to, or NULL. */
-static const char *
-msg_relay_name(const struct scheduler *s, const struct sched_msg *m)
-{
-	const struct relay_config *rc;
-
-	rc = m->env->relay != NULL ? config_relay(s->cfg, m->env->relay) :
-	    config_default_relay(s->cfg);
-	return rc != NULL ? rc->name : NULL;
-}
 
 /* Clears sr's backoff and makes its deferred mail due now. */
 static void
 relay_retry_now(struct scheduler *s, struct sched_relay *sr)
 {
-	struct sched_msg *m;
-	const char *name;
-	size_t i;
-
 	sr->failures = 0;
 	sr->backoff_until = 0;
 	sr->cred_wait = 0;
-	TAILQ_FOREACH(m, &s->msgs, all) {
-		if (m->state != MSG_WAITING && m->state != MSG_FINISHING)
-			continue;
-		if ((name = msg_relay_name(s, m)) == NULL ||
-		    strcmp(name, sr->name) != 0)
-			continue;
-		if (m->state == MSG_WAITING)
-			m->env->next_try = 0;
-		else
-			m->flush = 1;
-	}
-	for (i = s->nheap / 2; i-- > 0;)
-		heap_down(s, i);
-	sched_kick(s);
+	relay_mail_due(s, sr);
 }
 
 static int
@@ -755,7 +843,8 @@ sess_ready(struct relay_session *rs, void *arg)
 	struct sched_relay *sr = ss->sr;
 	struct sched_msg *m;
 
-	relay_ok(sr);
+	ss->ready = 1;
+	relay_ok(s, sr);
 	for (;;) {
 		if ((m = ss->first) != NULL) {
 			ss->first = NULL;
@@ -806,6 +895,7 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 	struct scheduler *s = ss->s;
 	struct sched_msg *m;
 	struct outcome gone;
+	enum failover_verdict v;
 
 	if (o->status == OUTCOME_OK && ss->first != NULL) {
 		outcome_set(&gone, OUTCOME_TEMPORARY, OC_PROTOCOL,
@@ -821,7 +911,11 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 		ss->cur = NULL;
 		msg_requeue(s, m);
 	}
-	if (relay_failure(o))
+	/* A session that was ready told relay_ok() already. */
+	v = ss->ready ? FAILOVER_REACHED : failover_judge(0, o);
+	if (!ss->ready)
+		relay_failover_note(s, ss->sr, v);
+	if (relay_failure(o) || v == FAILOVER_UNREACHABLE)
 		relay_backoff(s, ss->sr, o, relay_session_peer(rs));
 	session_unlink(s, ss);
 	relay_session_free(rs);
@@ -840,17 +934,43 @@ static const struct relay_session_cb sess_cb = {
 
 /* ---- dispatch ---- */
 
+/* Where mail for rc goes now: rc, or while rc is failed over, the backup
+ * that failover_pick() chooses. */
+static const struct relay_config *
+relay_failover_target(struct scheduler *s, const struct relay_config *rc)
+{
+	const struct relay_config *b;
+	struct sched_relay *sr, *bsr;
+	time_t *free_at;
+	size_t i;
+
+	sr = sched_relay_find(s, rc->name);
+	if (sr == NULL || sr->fo.state != FAILOVER_ACTIVE || rc->nbackup == 0)
+		return rc;
+	free_at = xcalloc(rc->nbackup, sizeof(*free_at));
+	for (i = 0; i < rc->nbackup; i++)
+		if ((bsr = sched_relay_find(s, rc->backup[i])) != NULL)
+			free_at[i] = bsr->backoff_until;
+	i = failover_pick(free_at, rc->nbackup, time(NULL));
+	free(free_at);
+	/* Validated at load: every backup names a relay. */
+	if ((b = config_relay(s->cfg, rc->backup[i])) == NULL)
+		return rc;
+	return b;
+}
+
 static void
 msg_route(struct scheduler *s, struct sched_msg *m)
 {
-	const struct relay_config *rc;
+	const struct relay_config *rc, *primary;
 	struct sched_relay *sr;
 	struct outcome o;
 
-	if (m->env->relay != NULL)
-		rc = config_relay(s->cfg, m->env->relay);
-	else
-		rc = config_default_relay(s->cfg);
+	primary = msg_primary(s, m);
+	rc = primary != NULL ? relay_failover_target(s, primary) : NULL;
+	if (rc != NULL && rc != primary)
+		log_debug("%s: relay %s is failed over; trying %s", m->env->id,
+		    primary->name, rc->name);
 	if (rc == NULL) {
 		outcome_set(&o, OUTCOME_TEMPORARY, OC_LOCAL,
 		    "relay %s is not configured", m->env->relay);
@@ -862,17 +982,58 @@ msg_route(struct scheduler *s, struct sched_msg *m)
 	TAILQ_INSERT_TAIL(&sr->ready, m, ready);
 }
 
+/* Opens a session to rc for sr; first is the message it sends first, or
+ * NULL for a probe, which takes what is ready once up and else quits. */
+static void
+session_open(struct scheduler *s, struct sched_relay *sr,
+    const struct relay_config *rc, struct sched_msg *first)
+{
+	struct sched_session *ss;
+
+	ss = xcalloc(1, sizeof(*ss));
+	ss->s = s;
+	ss->sr = sr;
+	ss->first = first;
+	ss->max_msgs = rc->max_msgs_per_conn > 0 ? rc->max_msgs_per_conn : 1;
+	TAILQ_INSERT_TAIL(&sr->sessions, ss, entry);
+	sr->nsessions++;
+	s->nsessions++;
+	ss->rs = relay_session_new(sr->relay, s->cfg, rc, &sess_cb, ss);
+}
+
+/* When sr, found unreachable and having backups, is to be probed (the
+ * end of its backoff), or 0 when it is not. */
+static time_t
+relay_probe_at(struct scheduler *s, const struct sched_relay *sr)
+{
+	const struct relay_config *rc;
+
+	if (sr->fo.state == FAILOVER_UP || sr->nsessions > 0 ||
+	    (rc = config_relay(s->cfg, sr->name)) == NULL || rc->nbackup == 0)
+		return 0;
+	return sr->backoff_until > 0 ? sr->backoff_until : 1;
+}
+
 static void
 relay_start(struct scheduler *s, struct sched_relay *sr, time_t now)
 {
 	const struct relay_config *rc;
-	struct sched_session *ss;
 	struct sched_msg *m;
 	struct outcome o;
 	unsigned max;
+	time_t probe;
 
-	if (TAILQ_EMPTY(&sr->ready))
+	if (TAILQ_EMPTY(&sr->ready)) {
+		/* No mail needs it, but the mail of its failover does. */
+		if ((probe = relay_probe_at(s, sr)) != 0 && probe <= now) {
+			log_info("relay %s: %s; trying whether it is "
+			    "reachable", sr->name,
+			    failover_state_name(sr->fo.state));
+			session_open(s, sr, config_relay(s->cfg, sr->name),
+			    NULL);
+		}
 		return;
+	}
 	if ((rc = config_relay(s->cfg, sr->name)) == NULL) {
 		/* Removed by a reload while messages waited for it. */
 		outcome_set(&o, OUTCOME_TEMPORARY, OC_LOCAL,
@@ -889,17 +1050,7 @@ relay_start(struct scheduler *s, struct sched_relay *sr, time_t now)
 	while (sr->nsessions < max && (m = TAILQ_FIRST(&sr->ready)) != NULL) {
 		TAILQ_REMOVE(&sr->ready, m, ready);
 		msg_begin_attempt(m);
-		ss = xcalloc(1, sizeof(*ss));
-		ss->s = s;
-		ss->sr = sr;
-		ss->first = m;
-		ss->max_msgs = rc->max_msgs_per_conn > 0 ?
-		    rc->max_msgs_per_conn : 1;
-		TAILQ_INSERT_TAIL(&sr->sessions, ss, entry);
-		sr->nsessions++;
-		s->nsessions++;
-		ss->rs = relay_session_new(sr->relay, s->cfg, rc, &sess_cb,
-		    ss);
+		session_open(s, sr, rc, m);
 	}
 }
 
@@ -909,7 +1060,7 @@ sched_dispatch(evutil_socket_t fd, short what, void *arg)
 	struct scheduler *s = arg;
 	struct sched_relay *sr;
 	struct timeval tv;
-	time_t now = time(NULL), wake = 0;
+	time_t now = time(NULL), wake = 0, probe;
 
 	if (s->stopping)
 		return;
@@ -920,10 +1071,14 @@ sched_dispatch(evutil_socket_t fd, short what, void *arg)
 
 	if (s->nheap > 0)
 		wake = s->heap[0]->env->next_try;
-	TAILQ_FOREACH(sr, &s->relays, entry)
+	TAILQ_FOREACH(sr, &s->relays, entry) {
 		if (!TAILQ_EMPTY(&sr->ready) && sr->backoff_until > now &&
 		    (wake == 0 || sr->backoff_until < wake))
 			wake = sr->backoff_until;
+		if ((probe = relay_probe_at(s, sr)) > now &&
+		    (wake == 0 || probe < wake))
+			wake = probe;
+	}
 	if (wake != 0) {
 		tv.tv_sec = wake > now ? wake - now : 0;
 		tv.tv_usec = 0;
@@ -1174,6 +1329,28 @@ int
 scheduler_auth_forget(struct scheduler *s, const char *host)
 {
 	return authstate_forget(s->as, host);
+}
+
+void
+scheduler_relays(struct scheduler *s,
+    void (*each)(const struct scheduler_relay_state *st, void *arg),
+    void *arg)
+{
+	struct scheduler_relay_state st;
+	const struct sched_relay *sr;
+	size_t i;
+
+	for (i = 0; i < s->cfg->nrelays; i++) {
+		memset(&st, 0, sizeof(st));
+		st.name = s->cfg->relays[i].name;
+		st.state = failover_state_name(FAILOVER_UP);
+		if ((sr = sched_relay_find(s, st.name)) != NULL) {
+			st.state = failover_state_name(sr->fo.state);
+			st.down_since = sr->fo.down_since;
+			st.backoff_until = sr->backoff_until;
+		}
+		each(&st, arg);
+	}
 }
 
 void

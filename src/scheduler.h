@@ -78,6 +78,21 @@ size_t scheduler_auth_required_list(struct scheduler *s,
 int scheduler_auth_forget(struct scheduler *s, const char *host);
 void scheduler_credentials_changed(struct scheduler *s);
 
+/*
+ * Relay reachability, for smarthostctl status: calls each(st, arg) for
+ * every configured relay, in the config's order. st is valid only during
+ * the call. A relay not tried yet is "up".
+ */
+struct scheduler_relay_state {
+	const char *name;
+	const char *state;    /* "up", "down" or "failed-over" (failover.h) */
+	time_t down_since;    /* unreachable since; 0 when up */
+	time_t backoff_until; /* no new session before; 0 when none */
+};
+void scheduler_relays(struct scheduler *s,
+    void (*each)(const struct scheduler_relay_state *st, void *arg),
+    void *arg);
+
 /* Pure backoff: delay before attempt number attempts+1, doubling from
  * retry_min and clamped to retry_max. Exposed for tests. */
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,
