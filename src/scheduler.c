@@ -1026,8 +1026,8 @@ relay_start(struct scheduler *s, struct sched_relay *sr, time_t now)
 	if (TAILQ_EMPTY(&sr->ready)) {
 		/* No mail needs it, but the mail of its failover does. */
 		if ((probe = relay_probe_at(s, sr)) != 0 && probe <= now) {
-			log_info("relay %s: %s; trying whether it is "
-			    "reachable", sr->name,
+			log_info("relay %s: probing whether it is reachable "
+			    "(%s)", sr->name,
 			    failover_state_name(sr->fo.state));
 			session_open(s, sr, config_relay(s->cfg, sr->name),
 			    NULL);

@@ -334,3 +334,124 @@ Test(config, example_defaults_are_the_defaults)
 	config_free(def);
 	free(text);
 }
+
+#define TWO_RELAYS \
+	"relays = {\n" \
+	"  work = { host = \"192.0.2.1\"; user = \"me@work.example\"; };\n" \
+	"  home = { host = \"192.0.2.2\"; backup = [ \"spare\", \"work\" ];\n" \
+	"    failover_after = \"2m\"; };\n" \
+	"  spare = { host = \"192.0.2.3\"; };\n" \
+	"};\n"
+
+Test(config, routes_pick_relays_first_match_wins)
+{
+	struct config *c = parse(TWO_RELAYS
+	    "default_relay = \"home\";\n"
+	    "routes = (\n"
+	    "  { sender = \"Boss@Work.example\"; relay = \"spare\"; },\n"
+	    "  { domain = \"work.example\"; relay = \"work\"; },\n"
+	    "  { domain = \"@lists.example\"; relay = \"spare\"; },\n"
+	    "  { regexp = \"^list-.*@\"; relay = \"spare\"; },\n"
+	    "  { regexp = \"^$\"; relay = \"work\"; }\n"
+	    ");\n");
+
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->nroutes, 5);
+	cr_assert_str_eq(config_route(c, "boss@work.example")->name, "spare");
+	cr_assert_str_eq(config_route(c, "me@work.example")->name, "work");
+	cr_assert_str_eq(config_route(c, "me@WORK.EXAMPLE")->name, "work");
+	cr_assert_str_eq(config_route(c, "a@lists.example")->name, "spare");
+	cr_assert_str_eq(config_route(c, "LIST-x@home.example")->name,
+	    "spare");
+	cr_assert_str_eq(config_route(c, "me@home.example")->name, "home");
+	/* a subdomain is another domain */
+	cr_assert_str_eq(config_route(c, "me@sub.work.example")->name,
+	    "home");
+	/* the null sender: only the "^$" rule */
+	cr_assert_str_eq(config_route(c, "")->name, "work");
+	config_free(c);
+}
+
+Test(config, no_routes_means_default_relay)
+{
+	struct config *c = parse(TWO_RELAYS);
+
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->nroutes, 0);
+	cr_assert_str_eq(config_route(c, "me@work.example")->name, "work");
+	cr_assert_str_eq(config_route(c, "")->name, "work");
+	config_free(c);
+}
+
+Test(config, backup_and_failover_after)
+{
+	struct config *c = parse(TWO_RELAYS);
+	const struct relay_config *r;
+
+	cr_assert_not_null(c, "%s", err);
+	r = config_relay(c, "home");
+	cr_assert_eq(r->nbackup, 2);
+	cr_assert_str_eq(r->backup[0], "spare");
+	cr_assert_str_eq(r->backup[1], "work");
+	cr_assert_eq(r->failover_after, 120);
+	r = config_relay(c, "work");
+	cr_assert_eq(r->nbackup, 0);
+	cr_assert_eq(r->failover_after, 600);
+	config_free(c);
+	c = parse("relays = { a = { host = \"x\"; backup = [ \"b\" ];\n"
+	    "failover_after = 0; }; b = { host = \"y\"; }; };\n");
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(config_relay(c, "a")->failover_after, 0);
+	config_free(c);
+}
+
+Test(config, route_and_backup_errors_name_file_and_line)
+{
+	static const struct bad bad[] = {
+		{ RELAY "routes = (\n { sender = \"a@b\"; relay = \"nope\"; } );\n",
+		    "test.conf:3: routes: no relay named \"nope\"" },
+		{ RELAY "routes = (\n { regexp = \"(unclosed\"; relay = \"up\"; } );\n",
+		    "test.conf:3: routes: regexp \"(unclosed\": " },
+		{ RELAY "routes = (\n { sender = \"a@b\"; domain = \"b\";\n"
+		    " relay = \"up\"; } );\n",
+		    "test.conf:3: routes: give one of sender, domain or regexp "
+		    "per rule, not sender and domain" },
+		{ RELAY "routes = (\n { relay = \"up\"; } );\n",
+		    "test.conf:3: routes: a rule needs sender, domain or regexp" },
+		{ RELAY "routes = (\n { domain = \"b.example\"; } );\n",
+		    "test.conf:3: routes: a rule needs relay" },
+		{ RELAY "routes = (\n { domain = \"b\"; relay = \"up\";\n"
+		    " via = \"x\"; } );\n",
+		    "test.conf:4: unknown setting \"via\" in routes" },
+		{ RELAY "routes = (\n { sender = \"nobody\"; relay = \"up\"; } );\n",
+		    "test.conf:3: routes: sender \"nobody\" is not an address" },
+		{ RELAY "routes = (\n { domain = \"a@b\"; relay = \"up\"; } );\n",
+		    "test.conf:3: routes: domain \"a@b\" is not a domain" },
+		{ RELAY "routes = (\n { domain = \"\"; relay = \"up\"; } );\n",
+		    "test.conf:3: routes: domain must not be empty" },
+		{ RELAY "routes = { a = 1; };\n",
+		    "test.conf:2: routes: expected a list" },
+		{ RELAY "routes = ( \"x\" );\n",
+		    "test.conf:2: routes: each rule must be a group" },
+		{ "relays = { up = { host = \"a\";\n backup = [ \"gone\" ]; }; };\n",
+		    "test.conf:2: relay up: backup: no relay named \"gone\"" },
+		{ "relays = { up = { host = \"a\";\n backup = [ \"up\" ]; }; };\n",
+		    "test.conf:2: relay up: backup: a relay cannot be its own" },
+		{ "relays = { up = { host = \"a\";\n backup = [ \"b\", \"b\" ];"
+		    " };\n b = { host = \"c\"; }; };\n",
+		    "test.conf:2: relay up: backup: \"b\" is listed twice" },
+		{ "relays = { up = { host = \"a\";\n failover_after = \"5y\"; }; };\n",
+		    "test.conf:2: failover_after: unknown unit" },
+		{ "relays = { up = { host = \"a\";\n backup = \"b\"; }; };\n",
+		    "test.conf:2: backup: expected a list" },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		struct config *c = parse(bad[i].text);
+
+		cr_assert_null(c, "case %zu parsed", i);
+		cr_assert(strstr(err, bad[i].expect) != NULL,
+		    "case %zu: \"%s\" lacks \"%s\"", i, err, bad[i].expect);
+	}
+}

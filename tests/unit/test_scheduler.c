@@ -541,6 +541,7 @@ static struct {
 	int close_after_530;  /* hang up after this many more 530s */
 	int active;           /* connections open now */
 	int max_active;       /* ... at most, so far */
+	const char *greeting; /* NULL: 220 */
 } fake;
 
 #define FAKE_CHALLENGE "<4711.1234567890@fake.test>"
@@ -755,18 +756,20 @@ fake_accept(struct evconnlistener *l, evutil_socket_t fd,
 	fc->data = evbuffer_new();
 	bufferevent_setcb(bev, fake_read_cb, fake_write_cb, fake_event_cb, fc);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
-	fake_reply(bev, "220 fake.test ESMTP\r\n");
+	fake_reply(bev, fake.greeting != NULL ? fake.greeting :
+	    "220 fake.test ESMTP\r\n");
 }
 
+/* Listens on 127.0.0.1:port (0: any), keeping what fake recorded. */
 static void
-fake_start(void)
+fake_listen(int port)
 {
 	struct sockaddr_in sin;
 	socklen_t sl = sizeof(sin);
 
-	memset(&fake, 0, sizeof(fake));
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
+	sin.sin_port = htons((in_port_t)port);
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	fake.l = evconnlistener_new_bind(base, fake_accept, NULL,
 	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16,
@@ -775,6 +778,13 @@ fake_start(void)
 	cr_assert_eq(getsockname(evconnlistener_get_fd(fake.l),
 	    (struct sockaddr *)&sin, &sl), 0);
 	fake.port = ntohs(sin.sin_port);
+}
+
+static void
+fake_start(void)
+{
+	memset(&fake, 0, sizeof(fake));
+	fake_listen(0);
 }
 
 static int
@@ -1633,4 +1643,227 @@ Test(deliver, gpg_encrypted_authinfo_is_decrypted)
 	free(fake.msgs[0].data);
 	evconnlistener_free(fake.l);
 	gpg_cleanup();
+}
+
+/* ---- routing and failover ---- */
+
+static char mdir2[160];
+
+static size_t
+maildir_new(const char *dir)
+{
+	char newdir[256];
+
+	snprintf(newdir, sizeof(newdir), "%s/new", dir);
+	return dir_count(newdir, NULL, 0);
+}
+
+static const char *relay_state_want;
+static const char *relay_state_name;
+static int relay_state_seen;
+
+static void
+relay_state_each(const struct scheduler_relay_state *st, void *arg)
+{
+	if (strcmp(st->name, relay_state_name) == 0 &&
+	    strcmp(st->state, relay_state_want) == 0)
+		relay_state_seen = 1;
+}
+
+/* Whether relay "up" is in state relay_state_want now. */
+static int
+up_in_state(void)
+{
+	relay_state_name = "up";
+	relay_state_seen = 0;
+	scheduler_relays(sched, relay_state_each, NULL);
+	return relay_state_seen;
+}
+
+static int
+maildir_has_one(void)
+{
+	return maildir_new(mdir) == 1;
+}
+
+static int
+fake_has_one(void)
+{
+	return fake.nmsgs == 1;
+}
+
+static int
+watched_attempts_3(void)
+{
+	return watched->attempts >= 3;
+}
+
+Test(deliver, routes_send_each_sender_to_its_relay)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512];
+	struct envelope *e1, *e2, *e3;
+
+	snprintf(mdir2, sizeof(mdir2), "%s/Maildir2", topdir);
+	snprintf(relays, sizeof(relays), "home = { type = \"maildir\"; "
+	    "path = \"%s\"; }; work = { type = \"maildir\"; path = \"%s\"; };",
+	    mdir, mdir2);
+	snprintf(cfg_extra, sizeof(cfg_extra), "routes = ( { domain = "
+	    "\"work.example\"; relay = \"work\"; } );\n");
+	load_config(relays, "retry_min = 60; retry_max = 600;");
+	cfg_extra[0] = '\0';
+	e1 = enqueue("me@work.example", rcpts, "Subject: w\r\n\r\nw\r\n",
+	    time(NULL));
+	e2 = enqueue("me@home.example", rcpts, "Subject: h\r\n\r\nh\r\n",
+	    time(NULL));
+	e3 = enqueue("boss@WORK.example", rcpts, "Subject: b\r\n\r\nb\r\n",
+	    time(NULL));
+	scheduler_add(sched, e1);
+	scheduler_add(sched, e2);
+	scheduler_add(sched, e3);
+	cr_assert(run_until(queue_empty, 10), "mail still queued");
+	cr_assert_eq(maildir_new(mdir), 1, "home got the home sender's mail");
+	cr_assert_eq(maildir_new(mdir2), 2, "work got both work senders'");
+}
+
+Test(deliver, reload_reroutes_queued_mail)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512], text[1024], err[512];
+	struct config *old, *next;
+	struct envelope *env;
+
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; }; box = { type = \"maildir\"; "
+	    "path = \"%s\"; };", closed_port(), mdir);
+	load_config(relays, "retry_min = 600; retry_max = 600;");
+	env = enqueue("me@work.example", rcpts, "Subject: r\r\n\r\nr\r\n",
+	    time(NULL));
+	watched = env;
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempted, 10), "never attempted");
+	cr_assert_eq(maildir_new(mdir), 0);
+
+	/* The new config routes the sender elsewhere; the queued message
+	 * follows at its next attempt (made now by a flush). */
+	snprintf(text, sizeof(text), "spool = \"%s\";\nrelays = { %s };\n"
+	    "routes = ( { sender = \"me@work.example\"; relay = \"box\"; } );\n",
+	    spool, relays);
+	next = config_parse_string(text, "test.conf", err, sizeof(err));
+	cr_assert_not_null(next, "%s", err);
+	old = cfg;
+	cfg = next;
+	scheduler_set_config(sched, cfg);
+	config_free(old);
+	scheduler_flush(sched);
+	cr_assert(run_until(queue_empty, 10), "not re-routed");
+	cr_assert_eq(maildir_new(mdir), 1);
+}
+
+/* Primary "up" on the fake server's port with a Maildir backup "box". */
+static void
+load_failover_config(unsigned failover_after)
+{
+	char relays[512];
+
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; backup = [ \"box\" ]; "
+	    "failover_after = %u; }; box = { type = \"maildir\"; "
+	    "path = \"%s\"; };", fake.port, failover_after, mdir);
+	load_config(relays, "retry_min = 1; retry_max = 1;");
+}
+
+Test(deliver, failover_to_backup_after_delay_and_back_on_recovery)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	int port;
+
+	fake_start();
+	port = fake.port;
+	evconnlistener_free(fake.l);	/* the primary is down */
+	fake.l = NULL;
+	load_failover_config(2);
+	env = enqueue("alice@example.org", rcpts, "Subject: f\r\n\r\nf\r\n",
+	    time(NULL));
+	watched = env;
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempted, 10), "never attempted");
+	relay_state_want = "down";
+	cr_assert(up_in_state(), "a refused connection: down");
+	/* Unreachable for less than 2 s: the mail waits for the primary
+	 * (time() has 1 s steps, so 2 s are at least 1 s more). */
+	cr_assert_not(run_until(maildir_has_one, 0.9),
+	    "failed over too early");
+	cr_assert(run_until(queue_empty, 10), "never failed over");
+	cr_assert_eq(maildir_new(mdir), 1);
+	relay_state_want = "failed-over";
+	cr_assert(up_in_state());
+
+	/* The primary comes back: a probe finds it, new mail goes there. */
+	fake_listen(port);
+	relay_state_want = "up";
+	cr_assert(run_until(up_in_state, 10), "recovery not noticed");
+	cr_assert_geq(fake.nconn, 1, "the probe connected");
+	cr_assert_eq(fake.nmsgs, 0, "a probe sends no mail");
+	env = enqueue("alice@example.org", rcpts, "Subject: g\r\n\r\ng\r\n",
+	    time(NULL));
+	scheduler_add(sched, env);
+	cr_assert(run_until(fake_has_one, 10), "not back on the primary");
+	cr_assert(run_until(queue_empty, 10));
+	cr_assert_eq(maildir_new(mdir), 1, "nothing more at the backup");
+	evconnlistener_free(fake.l);
+}
+
+Test(deliver, a_421_greeting_fails_over)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+
+	fake_start();
+	fake.greeting = "421 4.3.2 fake.test busy\r\n";
+	load_failover_config(0);
+	env = enqueue("alice@example.org", rcpts, "Subject: b\r\n\r\nb\r\n",
+	    time(NULL));
+	scheduler_add(sched, env);
+	cr_assert(run_until(queue_empty, 10), "never failed over");
+	cr_assert_eq(maildir_new(mdir), 1);
+	cr_assert_geq(fake.nconn, 1);
+	evconnlistener_free(fake.l);
+}
+
+/* A 554 greeting and a 450 to RCPT come from a server that is there:
+ * the mail is retried on the primary and never goes to the backup, even
+ * with failover_after = 0. */
+static void
+never_fails_over(const char *greeting, const char *rcpt)
+{
+	const char *rcpts[] = { rcpt, NULL };
+	struct envelope *env;
+
+	fake_start();
+	fake.greeting = greeting;
+	load_failover_config(0);
+	env = enqueue("alice@example.org", rcpts, "Subject: n\r\n\r\nn\r\n",
+	    time(NULL));
+	watched = env;
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempts_3, 15), "not retried");
+	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
+	cr_assert_eq(maildir_new(mdir), 0, "failed over");
+	relay_state_want = "up";
+	cr_assert(up_in_state());
+	cr_assert_geq(fake.nconn, 3, "every attempt went to the primary");
+	evconnlistener_free(fake.l);
+}
+
+Test(deliver, a_554_greeting_never_fails_over)
+{
+	never_fails_over("554 5.3.2 fake.test no service\r\n",
+	    "bob@example.net");
+}
+
+Test(deliver, a_4xx_to_rcpt_never_fails_over)
+{
+	never_fails_over(NULL, "later@example.net");
 }
