@@ -89,6 +89,21 @@ struct bad {
 	const char *expect; /* substring of the error */
 };
 
+/* Each of the n texts is refused with an error containing its expect. */
+static void
+expect_errors(const struct bad *bad, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		struct config *c = parse(bad[i].text);
+
+		cr_assert_null(c, "case %zu parsed", i);
+		cr_assert(strstr(err, bad[i].expect) != NULL,
+		    "case %zu: \"%s\" lacks \"%s\"", i, err, bad[i].expect);
+	}
+}
+
 Test(config, errors_name_file_and_line)
 {
 	static const struct bad bad[] = {
@@ -112,15 +127,8 @@ Test(config, errors_name_file_and_line)
 		{ RELAY "listen = ( { port = \"99999\"; } );\n",
 		    "is not a valid port" },
 	};
-	size_t i;
 
-	for (i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
-		struct config *c = parse(bad[i].text);
-
-		cr_assert_null(c, "case %zu parsed", i);
-		cr_assert(strstr(err, bad[i].expect) != NULL,
-		    "case %zu: \"%s\" lacks \"%s\"", i, err, bad[i].expect);
-	}
+	expect_errors(bad, sizeof(bad) / sizeof(*bad));
 }
 
 Test(config, load_reports_missing_file)
@@ -445,13 +453,6 @@ Test(config, route_and_backup_errors_name_file_and_line)
 		{ "relays = { up = { host = \"a\";\n backup = \"b\"; }; };\n",
 		    "test.conf:2: backup: expected a list" },
 	};
-	size_t i;
 
-	for (i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
-		struct config *c = parse(bad[i].text);
-
-		cr_assert_null(c, "case %zu parsed", i);
-		cr_assert(strstr(err, bad[i].expect) != NULL,
-		    "case %zu: \"%s\" lacks \"%s\"", i, err, bad[i].expect);
-	}
+	expect_errors(bad, sizeof(bad) / sizeof(*bad));
 }
