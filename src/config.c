@@ -22,6 +22,8 @@
 #include <libconfig.h>
 
 #include "config.h"
+#include "localaddr.h"
+#include "smtp_proto.h"
 #include "xmalloc.h"
 
 #ifndef LOCALSTATEDIR
@@ -597,9 +599,13 @@ listen_add_default(struct config *cfg, const char *addr)
 static const char *const top_keys[] = { "hostname", "user", "spool",
 	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
-	"state_dir", "control_socket", "routes", NULL };
+	"state_dir", "control_socket", "routes", "mail_domain",
+	"local_domains", "aliases", "local_catch_all", "sender_rewrite",
+	NULL };
 static const char *const limit_keys[] = { "max_line", "max_message_size",
 	"max_recipients", "max_sessions", "max_errors", "idle_timeout", NULL };
+static const char *const sender_rewrite_keys[] = { "map", "masquerade",
+	NULL };
 static const char *const queue_keys[] = { "retry_min", "retry_max",
 	"lifetime", "workers", NULL };
 
@@ -836,6 +842,108 @@ parse_routes(struct cfgctx *ctx, const config_setting_t *root,
 	return 0;
 }
 
+/* A file name setting that must be absolute: the daemon changes its
+ * working directory, and a reload must read the same file. */
+static int
+get_path(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
+    char **out)
+{
+	if (get_string(ctx, grp, key, out) == -1)
+		return -1;
+	if (*out != NULL && (*out)[0] != '/')
+		return cfg_fail(ctx, config_setting_get_member(grp, key),
+		    "%s: \"%s\" must be an absolute path", key, *out);
+	return 0;
+}
+
+/* Whether name can be the domain of an address. */
+static int
+domain_ok(const char *name)
+{
+	char *addr = xasprintf("postmaster@%s", name);
+	int ok = smtp_mailbox_valid(addr, 0) && name[0] != '[';
+
+	free(addr);
+	return ok;
+}
+
+/* mail_domain, local_domains, aliases, local_catch_all, sender_rewrite:
+ * see localaddr.h. The aliases file and sender map are read here, so a
+ * config check (smarthostd -t, a reload, newaliases) checks them too. */
+static int
+config_local(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	struct localaddr_params lp;
+	const config_setting_t *grp;
+	char **domains = NULL, *aliases = NULL, *catch_all = NULL;
+	char *map = NULL;
+	size_t ndomains = 0, i;
+	int masquerade = 0, rc = -1;
+
+	if (get_string(ctx, root, "mail_domain", &cfg->mail_domain) == -1 ||
+	    get_string_list(ctx, root, "local_domains", &domains,
+	    &ndomains) == -1 ||
+	    get_path(ctx, root, "aliases", &aliases) == -1 ||
+	    get_string(ctx, root, "local_catch_all", &catch_all) == -1)
+		goto out;
+	if ((grp = config_setting_get_member(root, "sender_rewrite")) !=
+	    NULL) {
+		if (config_setting_type(grp) != CONFIG_TYPE_GROUP) {
+			cfg_fail(ctx, grp, "sender_rewrite: expected a group "
+			    "{ map = \"...\"; masquerade = true; }");
+			goto out;
+		}
+		if (check_known(ctx, grp, sender_rewrite_keys,
+		    "sender_rewrite") == -1 ||
+		    get_path(ctx, grp, "map", &map) == -1 ||
+		    get_bool(ctx, grp, "masquerade", &masquerade) == -1)
+			goto out;
+	}
+	if (cfg->mail_domain == NULL)
+		cfg->mail_domain = xstrdup(cfg->hostname);
+	if (!domain_ok(cfg->mail_domain)) {
+		cfg_fail(ctx, config_setting_get_member(root, "mail_domain"),
+		    "mail_domain: \"%s\" is not a domain name",
+		    cfg->mail_domain);
+		goto out;
+	}
+	for (i = 0; i < ndomains; i++)
+		if (!domain_ok(domains[i])) {
+			cfg_fail(ctx, config_setting_get_member(root,
+			    "local_domains"), "local_domains: \"%s\" is not a "
+			    "domain name", domains[i]);
+			goto out;
+		}
+	memset(&lp, 0, sizeof(lp));
+	lp.hostname = cfg->hostname;
+	lp.mail_domain = cfg->mail_domain;
+	lp.local_domains = domains;
+	lp.nlocal_domains = ndomains;
+	lp.aliases_file = aliases;
+	lp.catch_all = catch_all;
+	lp.sender_map_file = map;
+	lp.masquerade = masquerade;
+	if ((cfg->local = localaddr_new(&lp, ctx->err, ctx->errlen)) == NULL)
+		goto out;
+	if (catch_all != NULL && (!smtp_mailbox_valid(catch_all, 1) ||
+	    localaddr_is_local(cfg->local, catch_all))) {
+		cfg_fail(ctx, config_setting_get_member(root,
+		    "local_catch_all"), "local_catch_all: \"%s\" must be a "
+		    "full address outside the local domains", catch_all);
+		goto out;
+	}
+	rc = 0;
+out:
+	for (i = 0; i < ndomains; i++)
+		free(domains[i]);
+	free(domains);
+	free(aliases);
+	free(catch_all);
+	free(map);
+	return rc;
+}
+
 static int
 config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 {
@@ -1034,7 +1142,8 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 		cfg->default_relay = (size_t)j;
 	}
 	if (check_backups(ctx, s, cfg) == -1 ||
-	    parse_routes(ctx, root, cfg) == -1)
+	    parse_routes(ctx, root, cfg) == -1 ||
+	    config_local(ctx, root, cfg) == -1)
 		goto out;
 	rc = 0;
 out:
@@ -1145,6 +1254,8 @@ config_free(struct config *cfg)
 	free(cfg->relays);
 	free(cfg->file);
 	free(cfg->hostname);
+	free(cfg->mail_domain);
+	localaddr_free(cfg->local);
 	free(cfg->user);
 	free(cfg->spool);
 	free(cfg);

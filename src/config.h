@@ -89,9 +89,12 @@ struct netmask {
 	unsigned prefix;
 };
 
+struct localaddr;
+
 struct config {
 	char *file;        /* path it was read from, NULL for built-in */
 	char *hostname;    /* our name: banner, Received, EHLO */
+	char *mail_domain; /* domain of local users' addresses (hostname) */
 	char *user;        /* drop privileges to it after binding; NULL keep */
 	char *spool;       /* spool directory */
 	enum spool_sync spool_sync;
@@ -131,6 +134,11 @@ struct config {
 	 * its index in relays. */
 	struct route *routes;
 	size_t nroutes;
+
+	/* Local addresses: local_domains, aliases (their file is read and
+	 * checked with the config), local_catch_all, sender_rewrite. Never
+	 * NULL after loading. */
+	struct localaddr *local;
 };
 
 /*

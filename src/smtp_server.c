@@ -45,10 +45,13 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "aliases.h"
 #include "envelope.h"
 #include "escape.h"
+#include "localaddr.h"
 #include "log.h"
 #include "queue.h"
+#include "rewrite.h"
 #include "smtp_proto.h"
 #include "smtp_server.h"
 #include "xmalloc.h"
@@ -67,6 +70,10 @@
 #define DATA_CHUNK (64 * 1024)
 #define BODY_BUFSIZE (64 * 1024)
 #define HELO_MAX 255
+/* The header section is held back until its end (for sender rewriting)
+ * up to this many bytes, Postfix's header_size_limit; what follows a
+ * longer one streams on as it came. */
+#define HEADER_MAX (100 * 1024)
 #define VERB_MAX 16
 #define PEER_MAX 96
 
@@ -127,6 +134,11 @@ struct txn {
 	int prev_crlf;            /* DATA: the last line ended with CRLF */
 	char *buf;                /* body bytes not yet written */
 	size_t buflen;
+	/* The header section while it is held back for rewriting. */
+	char *hdr;
+	size_t hdrlen, hdrsize;
+	size_t hdrscan;           /* rewrite_header_done()'s cursor */
+	int hdr_done;             /* the rest of the message streams */
 };
 
 /* Limits copied from the config at accept: a reload does not change a
@@ -147,6 +159,9 @@ struct session {
 	struct bufferevent *bev;
 	struct event *resume_ev;  /* processes buffered input later */
 	struct limits lim;
+	/* Aliases and sender rewriting of the config at accept; the daemon
+	 * retires replaced configs instead of freeing them. */
+	const struct localaddr *local;
 	char *hostname;
 	char peer_name[32];       /* "localhost" or "unknown": no DNS */
 	char peer_addr[PEER_MAX]; /* "127.0.0.1", "::1", "unix:uid=N" */
@@ -347,6 +362,7 @@ txn_free(struct txn *t)
 		queue_txn_abort(t->qtxn);
 	envelope_free(t->env);
 	free(t->buf);
+	free(t->hdr);
 	free(t);
 }
 
@@ -380,6 +396,61 @@ txn_write(struct txn *t, const void *p, size_t len)
 	t->buflen += len;
 }
 
+/* Writes the held-back header section: its first upto bytes with local
+ * sender addresses rewritten, the rest as it is. */
+static void
+txn_header_flush(struct session *s, size_t upto)
+{
+	struct txn *t = s->txn;
+	size_t outlen;
+	char *out;
+
+	if (t->hdr_done)
+		return;
+	t->hdr_done = 1;
+	if ((out = localaddr_headers(s->local, t->hdr, upto, &outlen)) !=
+	    NULL) {
+		txn_write(t, out, outlen);
+		free(out);
+	} else
+		txn_write(t, t->hdr, upto);
+	txn_write(t, t->hdr + upto, t->hdrlen - upto);
+	free(t->hdr);
+	t->hdr = NULL;
+}
+
+/* Message bytes for the spool: held back until the header section is
+ * complete (or HEADER_MAX), then streamed. */
+static void
+txn_message(struct session *s, const void *p, size_t len)
+{
+	struct txn *t = s->txn;
+
+	if (t->hdr_done) {
+		txn_write(t, p, len);
+		return;
+	}
+	if (t->hdrlen + len > HEADER_MAX) {
+		log_info("%s: header section longer than %d bytes; the rest is "
+		    "not rewritten", queue_txn_id(t->qtxn), HEADER_MAX);
+		txn_header_flush(s, rewrite_complete_fields(t->hdr,
+		    t->hdrlen));
+		txn_write(t, p, len);
+		return;
+	}
+	if (t->hdrlen + len > t->hdrsize) {
+		t->hdrsize = t->hdrsize * 2 > t->hdrlen + len ?
+		    t->hdrsize * 2 : t->hdrlen + len + 4096;
+		if (t->hdrsize > HEADER_MAX)
+			t->hdrsize = HEADER_MAX;
+		t->hdr = xreallocarray(t->hdr, t->hdrsize, 1);
+	}
+	memcpy(t->hdr + t->hdrlen, p, len);
+	t->hdrlen += len;
+	if (rewrite_header_done(t->hdr, t->hdrlen, &t->hdrscan))
+		txn_header_flush(s, t->hdrlen);
+}
+
 /* Message data from the client: counted against the size limit, then
  * discarded once the message is too big or the spool failed. */
 static void
@@ -398,7 +469,7 @@ txn_body(struct session *s, const void *p, size_t len)
 		t->has_nul = 1;
 	if (t->too_big || t->has_nul || t->write_error)
 		return;
-	txn_write(t, p, len);
+	txn_message(s, p, len);
 }
 
 /* Drops the transaction; the session is identified again. */
@@ -473,8 +544,10 @@ txn_finish(struct session *s)
 	struct queue_txn *qtxn;
 	struct commit *c;
 
-	if (!t->too_big)
+	if (!t->too_big) {
+		txn_header_flush(s, t->hdrlen); /* a message of headers only */
 		txn_flush(t);
+	}
 	if (t->too_big) {
 		log_info("%s: reject: message too large (more than %" PRIu64
 		    " bytes) from client=%s", queue_txn_id(t->qtxn),
@@ -795,6 +868,7 @@ cmd_mail(struct session *s, const char *arg)
 {
 	char addr[SMTP_PATH_MAX], key[32], value[64];
 	const char *params, *why, *cur;
+	char *sender;
 	unsigned flags = 0;
 	uint64_t size;
 	int r, utf8 = 0;
@@ -843,21 +917,78 @@ cmd_mail(struct session *s, const char *arg)
 		reply_error(s, "501 5.5.4 Syntax error in parameters");
 		return;
 	}
-	/* The null sender <> is allowed (bounces). */
-	if (addr[0] != '\0' && !smtp_mailbox_valid(addr, utf8)) {
+	/* The null sender <> is allowed (bounces), and a local name
+	 * without a domain, which sender rewriting qualifies. */
+	if (addr[0] != '\0' && !smtp_mailbox_valid(addr, utf8) &&
+	    !localaddr_unqualified_ok(addr, utf8)) {
 		reply_error(s, "501 5.1.7 Bad sender address syntax");
 		return;
 	}
+	/* After any check of the sender as the client gave it: a local
+	 * sender becomes its configured address. */
+	if ((sender = localaddr_sender(s->local, addr)) != NULL)
+		log_info("client=%s: sender <%s> rewritten to <%s>",
+		    s->client, addr, sender);
+	else
+		sender = xstrdup(addr);
 
 	s->txn = txn_new();
 	s->txn->utf8 = utf8;
 	free(s->txn->env->sender);
-	s->txn->env->sender = xstrdup(addr);
+	s->txn->env->sender = sender;
 	free(s->txn->env->client);
 	s->txn->env->client = xstrdup(s->client);
 	s->txn->env->flags |= flags;
 	session_enter(s, S_MAIL);
 	reply(s, "250 2.1.0 Ok");
+}
+
+/*
+ * Adds the recipients that addr stands for: itself, or for a local
+ * address its aliases. Every address of an expansion counts against
+ * max_recipients; an expansion larger than that is refused for good, one
+ * that only overflows this transaction gets a 452 so that the client
+ * sends it again in the next. Addresses already in the envelope are not
+ * added twice. Replies and returns -1 when refused.
+ */
+static int
+rcpt_add(struct session *s, const char *addr)
+{
+	struct envelope *env = s->txn->env;
+	char text[512], **list;
+	size_t n, i, j, fresh = 0;
+	int aliased;
+
+	if (localaddr_rcpt(s->local, addr, s->lim.max_recipients, &list, &n,
+	    text, sizeof(text)) == -1) {
+		log_info("reject: RCPT from client=%s: %s", s->client, text);
+		reply_error(s, "%s", text);
+		return -1;
+	}
+	aliased = n != 1 || strcmp(list[0], addr) != 0;
+	for (i = 0; i < n; i++) {
+		for (j = 0; j < env->nrcpts; j++)
+			if (aliases_same_address(env->rcpts[j].addr, list[i]))
+				break;
+		if (j < env->nrcpts) {
+			free(list[i]);
+			list[i] = NULL;
+		} else
+			fresh++;
+	}
+	if (env->nrcpts + fresh > s->lim.max_recipients) {
+		localaddr_list_free(list, n);
+		reply(s, "452 4.5.3 Too many recipients");
+		return -1;
+	}
+	for (i = 0; i < n; i++)
+		if (list[i] != NULL)
+			envelope_add_rcpt(env, list[i]);
+	if (aliased)
+		log_info("client=%s: <%s> is an alias for %zu address%s",
+		    s->client, addr, n, n == 1 ? "" : "es");
+	localaddr_list_free(list, n);
+	return 0;
 }
 
 static void
@@ -876,7 +1007,8 @@ cmd_rcpt(struct session *s, const char *arg)
 		reply_error(s, "555 5.5.4 RCPT parameters not supported");
 		return;
 	}
-	if (!smtp_mailbox_valid(addr, s->txn->utf8)) {
+	if (!smtp_mailbox_valid(addr, s->txn->utf8) &&
+	    !localaddr_unqualified_ok(addr, s->txn->utf8)) {
 		reply_error(s, "501 5.1.3 Bad recipient address syntax");
 		return;
 	}
@@ -886,7 +1018,8 @@ cmd_rcpt(struct session *s, const char *arg)
 		reply(s, "452 4.5.3 Too many recipients");
 		return;
 	}
-	envelope_add_rcpt(env, addr);
+	if (rcpt_add(s, addr) == -1)
+		return;
 	session_enter(s, S_RCPT);
 	reply(s, "250 2.1.5 Ok");
 }
@@ -1419,6 +1552,7 @@ smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
 	s->lim.max_recipients = cfg->max_recipients;
 	s->lim.max_errors = cfg->max_errors;
 	s->lim.idle_timeout = cfg->idle_timeout;
+	s->local = cfg->local;
 	s->hostname = xstrdup(cfg->hostname != NULL ? cfg->hostname :
 	    "localhost");
 	s->line = xmalloc(s->lim.max_line + 1);
