@@ -213,7 +213,7 @@ static void
 mailbox(const struct toks *t, const char *s, size_t from, size_t to,
     size_t aopen, size_t aclose, rewrite_fn fn, void *arg, struct edits *e)
 {
-	size_t i, first, last, alen = 0;
+	size_t i, j, first, last, alen = 0;
 	char *addr, *repl;
 
 	if (aopen != to) {
@@ -235,14 +235,16 @@ mailbox(const struct toks *t, const char *s, size_t from, size_t to,
 	}
 	if (first == to || !addr_spec_ok(t, s, first, last + 1))
 		return;
+	/* The significant tokens, unfolded: a quoted string may hold a
+	 * fold, whose CRLF is not part of the address. */
 	addr = xmalloc(alen + 1);
 	alen = 0;
 	for (i = first; i <= last; i++) {
 		if (!significant(&t->v[i]))
 			continue;
-		memcpy(addr + alen, s + t->v[i].start,
-		    t->v[i].end - t->v[i].start);
-		alen += t->v[i].end - t->v[i].start;
+		for (j = t->v[i].start; j < t->v[i].end; j++)
+			if (s[j] != '\r' && s[j] != '\n')
+				addr[alen++] = s[j];
 	}
 	addr[alen] = '\0';
 	repl = fn(addr, arg);

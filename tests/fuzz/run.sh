@@ -16,9 +16,11 @@ libs="$(pkg-config --libs openssl libsystemd) -lpthread"
 
 # target: the sources it needs besides its own file
 targets="smtp_proto:smtp_proto
-envelope:envelope xmalloc log
-authinfo:authinfo xmalloc log
-sasl:sasl xmalloc log"
+envelope:envelope xmalloc log escape
+authinfo:authinfo xmalloc log escape
+sasl:sasl xmalloc log escape
+aliases:aliases smtp_proto xmalloc log escape
+rewrite:rewrite xmalloc log escape"
 
 mkdir -p "$out"
 status=0

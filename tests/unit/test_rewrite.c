@@ -119,6 +119,9 @@ Test(rewrite, obsolete_syntax)
 	check_body(" Boss <root @ (here) localhost >",
 	    " Boss <admin@example.com >");
 	cr_assert_str_eq(seen[0], "root@localhost");
+	/* a fold inside a quoted local part is unfolded */
+	check_body(" \"ro\r\n ot\"@localhost", NULL);
+	cr_assert_str_eq(seen[0], "\"ro ot\"@localhost");
 	/* quoted local part */
 	check_body(" \"root\"@localhost", " admin@example.com");
 	/* domain literal: not ours here, untouched */
