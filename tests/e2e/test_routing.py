@@ -9,7 +9,9 @@ server that answers (a 5xx greeting, a 4xx or 5xx to RCPT) never fails
 over.
 """
 
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -23,6 +25,7 @@ from authharness import (authinfo_line, ctl_fields, new_password, run_ctl,
 from test_auth import (  # noqa: F401
     assert_no_secret, auth_upstream_factory, authinfo, ctl)
 from harness import (base_settings, delivery_line, make_message,
+                     merge_settings, render_config, rewrite_config,
                      send_message, wait_until)
 
 RCPT = "b@example.net"
@@ -171,6 +174,32 @@ def test_domain_and_regexp_rules(upstream_factory, daemon_factory, pki):
         want = sorted(s for s, u in senders.items() if u is upstream)
         got = upstream.wait_messages(len(want))
         assert sorted(m.mail_from for m in got) == want
+
+
+def test_reload_reroutes_queued_mail(upstream_factory, daemon_factory, pki):
+    """The route is taken at each attempt: mail queued for a relay that is
+    down follows the new routes after a SIGHUP (and a flush, so that it
+    need not wait for its retry)."""
+    old = upstream_factory(start=False)
+    work = upstream_factory()
+    daemon = daemon_factory(old.port,
+                            queue={"retry_min": "10m", "retry_max": "1h"},
+                            relays={"work": relay_to(pki, work.port)})
+    qid, _ = send_from(daemon, WORK, "queued before the reload")
+    daemon.wait_log(delivery_line(qid, RCPT, "deferred"))
+
+    rewrite_config(daemon, render_config(merge_settings(
+        daemon.settings, {"routes": [{"domain": "work.example",
+                                      "relay": "work"}]})))
+    since = os.path.getsize(daemon.log_path)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log(r"\breloaded\b", since=since)
+    daemon.flush()
+    got, = work.wait_messages(1)
+    assert got.mail_from == WORK
+    daemon.wait_log(
+        rf"{qid}: to=<{re.escape(RCPT)}>, relay=127\.0\.0\.1\[127\.0\.0\.1\]"
+        rf":{work.port}, .*status=sent")
 
 
 # --------------------------------------------------------------------------
