@@ -3,10 +3,11 @@ failover to backup relays, checked at real upstreams on loopback.
 
 Routing: each sender arrives at its own upstream, logged in with its own
 account (the relay's user picks the authinfo entry); domain and regexp
-rules. Failover: the primary down for failover_after sends its mail
-through the backup, and mail returns to the primary once it is back; a
-server that answers (a 5xx greeting, a 4xx or 5xx to RCPT) never fails
-over.
+rules, matched against the sender after sender rewriting; a reload
+re-routes queued mail. Failover: the primary down for failover_after sends
+its mail through the backup, and mail returns to the primary once it is
+back; a server that answers (a 5xx greeting, a 4xx or 5xx to RCPT) never
+fails over.
 """
 
 import os
@@ -174,6 +175,33 @@ def test_domain_and_regexp_rules(upstream_factory, daemon_factory, pki):
         want = sorted(s for s, u in senders.items() if u is upstream)
         got = upstream.wait_messages(len(want))
         assert sorted(m.mail_from for m in got) == want
+
+
+def test_route_matches_the_rewritten_sender(upstream_factory, daemon_factory,
+                                            pki, tmp_path):
+    """Routing sees the envelope sender as queued: a local sender that
+    sender_rewrite maps to a work address goes to the work relay, one that
+    masquerading puts in mail_domain to the default relay; a rule for the
+    local name as submitted never matches."""
+    home, work, other = (upstream_factory() for _ in range(3))
+    sender_map = tmp_path / "sender-map"
+    sender_map.write_text(f"jane: {WORK}\n", encoding="utf-8")
+    daemon = daemon_factory(
+        home.port, mail_domain="home.example",
+        sender_rewrite={"map": str(sender_map), "masquerade": True},
+        relays={"work": relay_to(pki, work.port),
+                "other": relay_to(pki, other.port)},
+        routes=[{"regexp": "^(jane|bob)(@localhost)?$", "relay": "other"},
+                {"domain": "work.example", "relay": "work"}])
+
+    qid_j, _ = send_from(daemon, "jane", "jane, rewritten")
+    qid_b, _ = send_from(daemon, "bob@localhost", "bob, masqueraded")
+    for qid in (qid_j, qid_b):
+        daemon.wait_log(delivery_line(qid, RCPT, "sent"), timeout=15)
+    assert [m.mail_from for m in work.wait_messages(1)] == [WORK]
+    assert [m.mail_from for m in home.wait_messages(1)] == \
+        ["bob@home.example"]
+    other.assert_count_stays(0, settle=0.5)
 
 
 def test_reload_reroutes_queued_mail(upstream_factory, daemon_factory, pki):
