@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -902,4 +903,80 @@ out:
 	free(req);
 	free(buf);
 	return result;
+}
+
+int
+control_run(const char *path, const char *request, unsigned timeout,
+    control_line_fn *each, void *arg, char *err, size_t errlen)
+{
+	char msg[1024];
+	int saved;
+
+	switch (control_call(path, request, timeout, each, arg, msg,
+	    sizeof(msg))) {
+	case CONTROL_OK:
+		return EX_OK;
+	case CONTROL_ERROR:
+		if (strcmp(msg, "permission denied") == 0) {
+			snprintf(err, errlen, "%s: permission denied: only "
+			    "root and the daemon's user may use it", path);
+			return EX_NOPERM;
+		}
+		if (strcmp(msg, "too many control connections") == 0) {
+			snprintf(err, errlen, "%s: %s; try again", path, msg);
+			return EX_TEMPFAIL;
+		}
+		snprintf(err, errlen, "%s", msg);
+		return EX_DATAERR;
+	case CONTROL_UNAVAILABLE:
+		saved = errno;
+		if (saved == EACCES || saved == EPERM) {
+			snprintf(err, errlen, "cannot connect to %s: %s (only "
+			    "root and the daemon's user may use it)", path,
+			    strerror(saved));
+			return EX_NOPERM;
+		}
+		snprintf(err, errlen, "cannot connect to %s: is smarthostd "
+		    "running?", path);
+		return EX_UNAVAILABLE;
+	case CONTROL_FAILED:
+		snprintf(err, errlen, "%s", msg);
+		return EX_PROTOCOL;
+	}
+	snprintf(err, errlen, "%s: unexpected result", path);
+	return EX_SOFTWARE;
+}
+
+struct queue_print {
+	FILE *out;
+	size_t nmsgs;
+};
+
+/* Message lines start with the id; recipient lines with blanks. */
+static void
+queue_line(const char *line, void *arg)
+{
+	struct queue_print *qp = arg;
+
+	if (line[0] != ' ')
+		qp->nmsgs++;
+	fprintf(qp->out, "%s\n", line);
+}
+
+int
+control_print_queue(const char *path, unsigned timeout, FILE *out,
+    char *err, size_t errlen)
+{
+	struct queue_print qp = { out, 0 };
+	int rc;
+
+	if ((rc = control_run(path, "queue", timeout, queue_line, &qp, err,
+	    errlen)) != EX_OK)
+		return rc;
+	if (qp.nmsgs == 0)
+		fprintf(out, "queue is empty\n");
+	else
+		fprintf(out, "-- %zu message%s\n", qp.nmsgs,
+		    qp.nmsgs == 1 ? "" : "s");
+	return EX_OK;
 }

@@ -35,6 +35,7 @@
 #define SMARTHOST_CONTROL_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <time.h>
 #include <sys/types.h>
 #include <event2/event.h>
@@ -106,5 +107,23 @@ typedef void control_line_fn(const char *line, void *arg);
 enum control_result control_call(const char *path, const char *request,
     unsigned timeout, control_line_fn *each, void *arg, char *err,
     size_t errlen);
+
+/*
+ * control_call for command-line tools (smarthostctl, smarthost-sendmail):
+ * returns a sysexits(3) code, EX_OK or, with a one-line reason for the
+ * user in err: EX_NOPERM (neither root nor the daemon's user),
+ * EX_UNAVAILABLE (the daemon is not running), EX_TEMPFAIL (too many
+ * control connections), EX_DATAERR (another "error" answer) or
+ * EX_PROTOCOL (the connection broke or timed out).
+ */
+int control_run(const char *path, const char *request, unsigned timeout,
+    control_line_fn *each, void *arg, char *err, size_t errlen);
+/*
+ * The "queue" request printed to out for people: the daemon's lines,
+ * then "queue is empty" or "-- N message(s)". Returns control_run's
+ * code and reason.
+ */
+int control_print_queue(const char *path, unsigned timeout, FILE *out,
+    char *err, size_t errlen);
 
 #endif

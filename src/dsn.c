@@ -22,6 +22,7 @@
 #include "dsn.h"
 #include "escape.h"
 #include "log.h"
+#include "message.h"
 #include "xmalloc.h"
 
 /* The longest value buf_flat() writes on one header line. */
@@ -122,27 +123,6 @@ buf_crlf(struct buf *b, const char *s, size_t len)
 		buf_add(b, "\r\n", 2);
 }
 
-static void
-rfc5322_date(time_t t, char *buf, size_t len)
-{
-	struct tm tm;
-
-	localtime_r(&t, &tm);
-	if (strftime(buf, len, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
-		snprintf(buf, len, "Thu, 01 Jan 1970 00:00:00 +0000");
-}
-
-static int
-has_8bit(const char *s, size_t len)
-{
-	size_t i;
-
-	for (i = 0; i < len; i++)
-		if ((unsigned char)s[i] >= 0x80)
-			return 1;
-	return 0;
-}
-
 int
 dsn_wanted(const struct envelope *env)
 {
@@ -195,17 +175,17 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 	size_t i;
 	int text8, hdr8;
 
-	text8 = has_8bit(orig->sender, strlen(orig->sender));
+	text8 = message_has_8bit(orig->sender, strlen(orig->sender));
 	for (i = 0; i < n; i++)
-		if (has_8bit(rcpts[i].addr, strlen(rcpts[i].addr)))
+		if (message_has_8bit(rcpts[i].addr, strlen(rcpts[i].addr)))
 			text8 = 1;
-	hdr8 = has_8bit(headers, hlen);
+	hdr8 = message_has_8bit(headers, hlen);
 
 	/* The new queue id and the time: the copied headers were written
 	 * before either existed, so they cannot contain the boundary. */
 	snprintf(boundary, sizeof(boundary), "%s.%lld/%s", id,
 	    (long long)now, hostname);
-	rfc5322_date(now, date, sizeof(date));
+	message_date(now, date, sizeof(date));
 
 	buf_addf(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n",
 	    hostname);
@@ -264,7 +244,7 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 	buf_str(&b, "X-Smarthostd-Queue-ID: ");
 	buf_flat(&b, orig->id);
 	buf_str(&b, "\r\n");
-	rfc5322_date(orig->created, date, sizeof(date));
+	message_date(orig->created, date, sizeof(date));
 	buf_addf(&b, "Arrival-Date: %s\r\n", date);
 	for (i = 0; i < n; i++) {
 		buf_str(&b, "\r\nFinal-Recipient: rfc822; ");
@@ -313,7 +293,7 @@ dsn_envelope(const struct envelope *orig, time_t now)
 	env->flags = ENVELOPE_BOUNCE;
 	/* An internationalized sender can only be reached with SMTPUTF8. */
 	if ((orig->flags & ENVELOPE_SMTPUTF8) &&
-	    has_8bit(orig->sender, strlen(orig->sender)))
+	    message_has_8bit(orig->sender, strlen(orig->sender)))
 		env->flags |= ENVELOPE_SMTPUTF8 | ENVELOPE_8BITMIME;
 	env->created = now;
 	env->next_try = 0;

@@ -188,3 +188,16 @@ log_sanitize(char *buf, size_t bufsize, const char *line, size_t len)
 	buf[n] = '\0';
 	return buf;
 }
+
+void
+log_tool(const char *fmt, ...)
+{
+	va_list ap;
+
+	fflush(stdout);
+	fprintf(stderr, "%s: ", log_ident);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\n");
+}

@@ -30,6 +30,14 @@ void fatalx_code(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3), noreturn));
 
 /*
+ * A command-line tool's message to its user (smarthostctl,
+ * smarthost-sendmail): "ident: message" and a newline on stderr, after
+ * stdout is flushed so the two stay in order; no priority prefix or
+ * timestamp, whatever stderr is.
+ */
+void log_tool(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
  * Copies a protocol line into buf for a trace, replacing the argument of
  * AUTH commands and SASL continuation lines with "<redacted>" so a debug
  * trace never shows credentials. Other bytes are escaped as

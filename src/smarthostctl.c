@@ -70,21 +70,8 @@ static struct config *cfg;
 /* The daemon user we switched to (become_daemon_user), for messages. */
 static char switched_to[64];
 
-static void errmsg(const char *, ...) __attribute__((format(printf, 1, 2)));
-
 /* One line on stderr, prefixed with our name. */
-static void
-errmsg(const char *fmt, ...)
-{
-	va_list ap;
-
-	fflush(stdout);
-	fprintf(stderr, "smarthostctl: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\n");
-}
+#define errmsg(...) log_tool(__VA_ARGS__)
 
 static void
 usage_print(FILE *f)
@@ -123,41 +110,13 @@ usage(void)
 static int
 daemon_call(const char *request, control_line_fn *each, void *arg)
 {
-	const char *path = cfg->control_socket;
 	char err[1024];
-	int saved;
+	int rc;
 
-	switch (control_call(path, request, CALL_TIMEOUT, each, arg, err,
-	    sizeof(err))) {
-	case CONTROL_OK:
-		return EX_OK;
-	case CONTROL_ERROR:
-		if (strcmp(err, "permission denied") == 0) {
-			errmsg("%s: permission denied: only root and the "
-			    "daemon's user may use it", path);
-			return EX_NOPERM;
-		}
-		if (strcmp(err, "too many control connections") == 0) {
-			errmsg("%s: %s; try again", path, err);
-			return EX_TEMPFAIL;
-		}
+	if ((rc = control_run(cfg->control_socket, request, CALL_TIMEOUT,
+	    each, arg, err, sizeof(err))) != EX_OK)
 		errmsg("%s", err);
-		return EX_DATAERR;
-	case CONTROL_UNAVAILABLE:
-		saved = errno;
-		if (saved == EACCES || saved == EPERM) {
-			errmsg("cannot connect to %s: %s (only root and the "
-			    "daemon's user may use it)", path,
-			    strerror(saved));
-			return EX_NOPERM;
-		}
-		errmsg("cannot connect to %s: is smarthostd running?", path);
-		return EX_UNAVAILABLE;
-	case CONTROL_FAILED:
-		errmsg("%s", err);
-		return EX_PROTOCOL;
-	}
-	return EX_SOFTWARE;
+	return rc;
 }
 
 static void
@@ -194,32 +153,18 @@ cmd_status(int argc, char **argv)
 	return rc;
 }
 
-/* Message lines start with the id; recipient lines with blanks. */
-static void
-queue_line(const char *line, void *arg)
-{
-	size_t *nmsgs = arg;
-
-	if (line[0] != ' ')
-		(*nmsgs)++;
-	printf("%s\n", line);
-}
-
 static int
 cmd_queue(int argc, char **argv)
 {
-	size_t nmsgs = 0;
+	char err[1024];
 	int rc;
 
 	if (argc != 1)
 		usage();
-	if ((rc = daemon_call("queue", queue_line, &nmsgs)) != EX_OK)
-		return rc;
-	if (nmsgs == 0)
-		printf("queue is empty\n");
-	else
-		printf("-- %zu message%s\n", nmsgs, nmsgs == 1 ? "" : "s");
-	return EX_OK;
+	if ((rc = control_print_queue(cfg->control_socket, CALL_TIMEOUT,
+	    stdout, err, sizeof(err))) != EX_OK)
+		errmsg("%s", err);
+	return rc;
 }
 
 static int

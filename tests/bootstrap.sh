@@ -27,12 +27,16 @@ top=$(pwd)
 # authinfo reader (tests/e2e/test_authinfo_emacs.py). gnupg: .authinfo.gpg
 # decryption (tests/unit/test_scheduler). systemd: systemd-socket-activate
 # (tests/e2e/test_daemon.py); it is only installed, never started. msmtp:
-# a real client of the daemon (tests/e2e/test_delivery.py).
+# a real client of the daemon (tests/e2e/test_delivery.py). bsd-mailx,
+# git, git-email and libmailtools-perl (which git send-email needs): real
+# callers of smarthost-sendmail (tests/e2e/test_sendmail.py). bsd-mailx
+# depends on an MTA: Postfix, installed with it, satisfies that (instead of
+# exim4) and is never started by the tests (see policy-rc.d below).
 packages="build-essential autoconf automake autoconf-archive libtool
 	pkg-config libevent-dev libssl-dev libconfig-dev libsystemd-dev
 	libcriterion-dev swaks msmtp python3-aiosmtpd python3-pytest openssl
-	ca-certificates emacs-nox gnupg systemd"
-[ "$mode" = bench ] && packages="$packages postfix"
+	ca-certificates emacs-nox gnupg systemd postfix bsd-mailx git
+	git-email libmailtools-perl"
 
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null |
@@ -51,8 +55,8 @@ if [ -n "$missing" ]; then
 	fi
 	echo "bootstrap: installing$missing"
 	export DEBIAN_FRONTEND=noninteractive
-	# Postfix is only a load generator and sink here: keep its service
-	# from starting while it installs.
+	# Postfix is only a load generator and sink here, and bsd-mailx's
+	# MTA: keep its service from starting while it installs.
 	policy=/usr/sbin/policy-rc.d
 	own_policy=
 	if [ ! -e "$policy" ]; then
