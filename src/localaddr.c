@@ -172,6 +172,12 @@ localaddr_free(struct localaddr *la)
 	free(la);
 }
 
+size_t
+localaddr_aliases_count(const struct localaddr *la)
+{
+	return la->aliases != NULL ? aliases_count(la->aliases) : 0;
+}
+
 int
 localaddr_rcpt(const struct localaddr *la, const char *addr, size_t max,
     char ***out, size_t *nout, char *reply, size_t replylen)

@@ -33,6 +33,8 @@ struct localaddr_params {
 struct localaddr *localaddr_new(const struct localaddr_params *params,
     char *err, size_t errlen);
 void localaddr_free(struct localaddr *la);
+/* The number of aliases read from the aliases file; 0 without one. */
+size_t localaddr_aliases_count(const struct localaddr *la);
 
 /* 1 if addr has no domain or a local domain (case-insensitive). */
 int localaddr_is_local(const struct localaddr *la, const char *addr);

@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "control.h"
+#include "localaddr.h"
 #include "log.h"
 #include "message.h"
 #include "outcome.h"
@@ -471,7 +472,9 @@ main(int argc, char *argv[])
 		rc = run_control();
 		break;
 	case SUBMIT_ALIASES:
-		printf("%s: configuration is valid\n", cfg->file);
+		/* config_load() has read and checked the aliases file. */
+		printf("%s: valid, %zu aliases\n", cfg->file,
+		    localaddr_aliases_count(cfg->local));
 		rc = EX_OK;
 		break;
 	case SUBMIT_NOTHING:

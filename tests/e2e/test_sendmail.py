@@ -201,21 +201,29 @@ def test_bsd_mailx(daemon, upstream, sendmail_binary, tmp_path):
     assert msg.content.endswith(b"mailx body\r\n")
 
 
-def test_cron_style_mail_to_admin(daemon, upstream, sendmail_binary,
-                                  tmp_path):
-    """What cron does with a job's output: mail -s to the owner, no tty.
-    XXX: addressed to root@example.net; plain "root" needs the aliases
-    from the local-addresses work."""
+def test_cron_style_mail_to_root(daemon_factory, upstream, sendmail_binary,
+                                 tmp_path):
+    """What cron does with a job's output: mail(1) to the local "root",
+    no tty; the aliases file sends it to the administrators."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("# who reads root's mail\n"
+                       "root: admin@example.net, ops@example.net\n")
+    daemon = daemon_factory(upstream.port, aliases=str(aliases))
     env = mailx_env(sendmail_binary, daemon, tmp_path)
     r = subprocess.run(
-        "echo 'job output' | mail -s \"Cron <root@host> run-job\" "
-        "root@example.net", shell=True, capture_output=True, env=env,
-        stdin=subprocess.DEVNULL, timeout=30)
+        "echo 'job output' | mail -s \"Cron <root@host> run-job\" root",
+        shell=True, capture_output=True, env=env, stdin=subprocess.DEVNULL,
+        timeout=30)
     assert r.returncode == 0, r.stderr
     msg, = upstream.wait_messages(1)
-    assert msg.rcpt_tos == ["root@example.net"]
+    assert sorted(msg.rcpt_tos) == ["admin@example.net", "ops@example.net"]
     assert msg.parsed()["Subject"] == "Cron <root@host> run-job"
     assert msg.content.endswith(b"job output\r\n")
+    # A local name without an alias: refused, the exit status says so.
+    r = sendmail(sendmail_binary, daemon, ["nobody-here"], "x\n")
+    assert r.returncode == EX_UNAVAILABLE
+    assert b"RCPT TO:<nobody-here>: 550 5.1.1" in r.stderr, r.stderr
+    upstream.assert_count_stays(1, settle=1.0)
 
 
 def test_git_send_email(daemon, upstream, sendmail_binary, tmp_path):
@@ -451,13 +459,24 @@ def test_mailq_and_flush(daemon_factory, upstream_factory, sendmail_binary,
     assert b"is smarthostd running?" in r.stderr
 
 
-def test_newaliases(daemon, sendmail_binary, tmp_path):
+def test_newaliases(daemon_factory, upstream, sendmail_binary, tmp_path):
+    aliases = tmp_path / "aliases"
+    aliases.write_text("root: admin@example.net\npostmaster: root\n")
+    daemon = daemon_factory(upstream.port, aliases=str(aliases))
     link = tmp_path / "newaliases"
     link.symlink_to(sendmail_binary)
-    r = subprocess.run([str(link), "-C", daemon.config_path],
-                       capture_output=True, timeout=30)
+
+    def newaliases():
+        return subprocess.run([str(link), "-C", daemon.config_path],
+                              capture_output=True, timeout=30)
+
+    r = newaliases()
     assert r.returncode == 0, r.stderr
-    assert daemon.config_path.encode() in r.stdout
+    assert r.stdout == f"{daemon.config_path}: valid, 2 aliases\n".encode()
+    aliases.write_text("root: admin@example.net\nbad: |/bin/sh\n")
+    r = newaliases()
+    assert r.returncode == EX_CONFIG
+    assert f"{aliases}:2".encode() in r.stderr, r.stderr
     bad = tmp_path / "bad.conf"
     bad.write_text('hostname = "x";\nno_such_option = 1;\n')
     r = subprocess.run([str(link), "-C", str(bad)], capture_output=True,
