@@ -15,6 +15,7 @@
 
 #include <openssl/evp.h>
 
+#include "aliases.h"
 #include "message.h"
 #include "xmalloc.h"
 
@@ -347,11 +348,7 @@ message_addr_append(char ***addrs, size_t *naddrs, const char *addr)
 void
 message_addrs_free(char **addrs, size_t naddrs)
 {
-	size_t i;
-
-	for (i = 0; i < naddrs; i++)
-		free(addrs[i]);
-	free(addrs);
+	aliases_list_free(addrs, naddrs); /* the same kind of list */
 }
 
 /* The address of one mailbox: inside the angle brackets (a source route
