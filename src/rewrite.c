@@ -384,6 +384,20 @@ field_name(const char *l, size_t n, size_t *colon)
 	return name;
 }
 
+/* Whether the n bytes at l (no line end yet) can still begin a field
+ * line: field-name bytes, optional blanks, a colon. */
+static int
+field_name_prefix(const char *l, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n && l[i] > 32 && l[i] < 127 && l[i] != ':'; i++)
+		;
+	while (i < n && (l[i] == ' ' || l[i] == '\t'))
+		i++;
+	return i == n || (l[i] == ':' && i > 0);
+}
+
 static int
 is_blank_start(const char *l, size_t n)
 {
@@ -413,8 +427,13 @@ rewrite_header_done(const char *buf, size_t len, size_t *cursor)
 	while (pos < len) {
 		l = buf + pos;
 		n = line_len(l, len - pos);
-		if (l[n - 1] != '\n')
-			break; /* incomplete */
+		if (l[n - 1] != '\n') {
+			/* Incomplete; but a start that cannot be a field
+			 * name settles it already (a long body line). */
+			if (!is_blank_start(l, n) && !field_name_prefix(l, n))
+				return 1;
+			break;
+		}
 		if (n == eol_len(l, n))
 			return 1; /* the empty line */
 		if (!is_blank_start(l, n) && field_name(l, n, &colon) == 0)

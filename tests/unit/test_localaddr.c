@@ -12,18 +12,20 @@
 #include "xmalloc.h"
 
 static char err[1024];
-static char aliases_path[] = "/tmp/test_localaddr_aXXXXXX";
-static char map_path[] = "/tmp/test_localaddr_mXXXXXX";
+static char aliases_path[64];
+static char map_path[64];
 
+/* Writes text to *path, a new temporary file the first time. */
 static void
 write_file(char *path, const char *text)
 {
 	FILE *fp;
 	int fd;
 
-	if (path[strlen(path) - 1] == 'X')
+	if (path[0] == '\0') {
+		snprintf(path, 64, "/tmp/test_localaddr.XXXXXX");
 		cr_assert_neq(fd = mkstemp(path), -1);
-	else
+	} else
 		cr_assert_neq(fd = open(path, O_WRONLY | O_TRUNC), -1);
 	cr_assert_not_null(fp = fdopen(fd, "w"));
 	fputs(text, fp);
@@ -33,9 +35,9 @@ write_file(char *path, const char *text)
 static void
 cleanup(void)
 {
-	if (aliases_path[strlen(aliases_path) - 1] != 'X')
+	if (aliases_path[0] != '\0')
 		unlink(aliases_path);
-	if (map_path[strlen(map_path) - 1] != 'X')
+	if (map_path[0] != '\0')
 		unlink(map_path);
 }
 

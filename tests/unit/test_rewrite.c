@@ -225,12 +225,23 @@ Test(rewrite, header_done)
 	cr_assert_eq(cur, 24);
 	cr_assert_eq(rewrite_header_done(m, 28, &cur), 0);
 	cr_assert_eq(cur, 28);
-	cr_assert_eq(rewrite_header_done(m, 29, &cur), 0);
+	/* a lone CR cannot start a field: decided before its LF */
+	cr_assert_eq(rewrite_header_done(m, 29, &cur), 1);
 	cr_assert_eq(rewrite_header_done(m, 30, &cur), 1);
 	cur = 0;
 	cr_assert_eq(rewrite_header_done("From: x\nbody line\n", 18, &cur), 1);
 	cur = 0;
 	cr_assert_eq(rewrite_header_done("\r\nbody", 6, &cur), 1);
+	/* An incomplete line decides as soon as it cannot be a field. */
+	cur = 0;
+	cr_assert_eq(rewrite_header_done("From: ro", 8, &cur), 0);
+	cr_assert_eq(rewrite_header_done("X-Not-Yet-A-Colon", 17, &cur), 0);
+	cr_assert_eq(rewrite_header_done("X-Name :", 8, &cur), 0);
+	cr_assert_eq(rewrite_header_done("a long body line", 16, &cur), 1);
+	cr_assert_eq(rewrite_header_done(":x", 2, &cur), 1);
+	cr_assert_eq(rewrite_header_done("A: 1\r\nyy yy", 11, &cur), 1);
+	cur = 0;
+	cr_assert_eq(rewrite_header_done("A: 1\r\n\tyyyy", 11, &cur), 0);
 }
 
 Test(rewrite, complete_fields)

@@ -253,11 +253,14 @@ connect_pair(void)
 	return sv[0];
 }
 
+/* More top-level settings for the next setup_with(). */
+static char extra_conf[1024];
+
 static void
 setup_with(const char *limits)
 {
 	struct smtp_server_params params;
-	char err[512], text[1024];
+	char err[512], text[2048];
 
 	log_init("test_smtp_server", 0);
 	signal(SIGPIPE, SIG_IGN); /* as the daemon does */
@@ -271,8 +274,9 @@ setup_with(const char *limits)
 	    "hostname = \"mx.test\";\n"
 	    "spool = \"%s\";\n"
 	    "limits = { %s };\n"
-	    "relays = { cap = { type = \"maildir\"; path = \"%s/md\"; }; };\n",
-	    h.spool, limits, h.spool);
+	    "relays = { cap = { type = \"maildir\"; path = \"%s/md\"; }; };\n"
+	    "%s",
+	    h.spool, limits, h.spool, extra_conf);
 	h.cfg = config_parse_string(text, "test.conf", err, sizeof(err));
 	cr_assert_not_null(h.cfg, "config: %s", err);
 	h.q = queue_open(h.base, h.spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
@@ -720,6 +724,92 @@ Test(smtp_server, long_data_line)
 	cr_assert(memcmp(rest + n - 1, "\r\n", 2) == 0);
 	free(body);
 	free(line);
+}
+
+/* Aliases and sender rewriting (localaddr.c) through the session: RCPT
+ * expands, MAIL and the header section are rewritten even when the header
+ * arrives in pieces. */
+static char aliases_path[64];
+
+static void
+setup_local(void)
+{
+	FILE *fp;
+	int fd;
+
+	teardown();
+	snprintf(aliases_path, sizeof(aliases_path),
+	    "/tmp/test_smtp_server_aliases.XXXXXX");
+	cr_assert_neq(fd = mkstemp(aliases_path), -1);
+	cr_assert_not_null(fp = fdopen(fd, "w"));
+	fputs("root: admin, ops@example.com\nadmin: boss@example.com\n", fp);
+	fclose(fp);
+	snprintf(extra_conf, sizeof(extra_conf), "aliases = \"%s\";\n"
+	    "mail_domain = \"example.com\";\n"
+	    "sender_rewrite = { masquerade = true; };\n", aliases_path);
+	setup_with(LIMITS);
+	unlink(aliases_path); /* read at config load */
+}
+
+Test(smtp_server, local_aliases_and_sender_rewriting)
+{
+	char id[ENVELOPE_ID_MAX], *body;
+	struct envelope *env;
+	size_t one = 1;
+
+	setup_local();
+	ehlo();
+	send_str("MAIL FROM:<alice>\r\n");
+	expect("250 2.1.0");
+	send_str("RCPT TO:<nobody>\r\n");
+	expect("550 5.1.1 <nobody>: no such local user nobody (no alias)");
+	send_str("RCPT TO:<root@MX.test>\r\n");
+	expect("250 2.1.5");
+	send_str("RCPT TO:<boss@example.com>\r\n"); /* already there */
+	expect("250 2.1.5");
+	send_str("RCPT TO:<x@example.org>\r\n");
+	expect("250 2.1.5");
+	send_str("RCPT TO:<y@example.org>\r\n");
+	expect("452 4.5.3");
+	send_str("DATA\r\n");
+	expect("354 ");
+	send_str("From: Alice <al");
+	run_until(is_eof, NULL, 0.1);
+	send_str("ice@localhost>\r\nSubject: x\r\n");
+	run_until(is_eof, NULL, 0.1);
+	send_str("\r\nFrom: alice in the body\r\n.\r\n");
+	expect_queued(id);
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+	env = h.queued[0];
+	cr_assert_str_eq(env->sender, "alice@example.com");
+	cr_assert_eq(env->nrcpts, 3);
+	cr_assert_str_eq(env->rcpts[0].addr, "boss@example.com");
+	cr_assert_str_eq(env->rcpts[1].addr, "ops@example.com");
+	cr_assert_str_eq(env->rcpts[2].addr, "x@example.org");
+	body = body_read(env);
+	cr_assert_str_eq(after_received(body), "From: Alice "
+	    "<alice@example.com>\r\nSubject: x\r\n\r\nFrom: alice in the "
+	    "body\r\n");
+	free(body);
+}
+
+Test(smtp_server, local_header_only_message)
+{
+	char id[ENVELOPE_ID_MAX], *body;
+	size_t one = 1;
+
+	setup_local();
+	ehlo();
+	send_str("MAIL FROM:<a@example.org>\r\nRCPT TO:<root>\r\n"
+	    "BDAT 9 LAST\r\nFrom: bob");
+	expect("250 2.1.0");
+	expect("250 2.1.5");
+	expect_queued(id);
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+	cr_assert_str_eq(h.queued[0]->sender, "a@example.org");
+	body = body_read(h.queued[0]);
+	cr_assert_str_eq(after_received(body), "From: bob@example.com");
+	free(body);
 }
 
 Test(smtp_server, bdat)
