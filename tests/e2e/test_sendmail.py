@@ -3,6 +3,7 @@ that use it (bsd-mailx, Python, git send-email, swaks -bs, Emacs), each
 message checked at a real upstream: recipients, Bcc gone, headers added;
 exit codes for the failures; mailq, -q, newaliases; the install links."""
 
+import email.header
 import email.utils
 import os
 import pwd
@@ -20,6 +21,7 @@ EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 EX_CANTCREAT = 73
+EX_NOPERM = 77
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +102,44 @@ def test_mail_domain_and_sender_options(daemon_factory, upstream,
     assert parsed["Date"] == "Mon, 1 Jan 2024 00:00:00 +0000"
     assert header_names(third).count("date") == 1
     assert header_names(third).count("from") == 1
+
+
+def test_unprivileged_user(daemon, upstream, sendmail_binary):
+    """An ordinary user (nobody) sends: the sender and From: are that
+    user's; the queue stays closed to them."""
+    os.chmod(daemon.workdir, 0o711)   # the socket and config are in it
+    nobody = pwd.getpwnam("nobody")
+    as_nobody = ["setpriv", f"--reuid={nobody.pw_uid}",
+                 f"--regid={nobody.pw_gid}", "--clear-groups", "--"]
+    r = subprocess.run([*as_nobody, sendmail_binary, "-C",
+                        daemon.config_path, "b@example.net"],
+                       input=b"Subject: from nobody\n\nhi\n",
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    msg, = upstream.wait_messages(1)
+    assert msg.mail_from == f"nobody@{HOSTNAME}"
+    name = nobody.pw_gecos.split(",")[0]
+    assert email.utils.parseaddr(msg.parsed()["From"]) == (
+        name, f"nobody@{HOSTNAME}")
+    r = subprocess.run([*as_nobody, sendmail_binary, "-C",
+                        daemon.config_path, "-bp"], capture_output=True,
+                       timeout=30)
+    assert r.returncode == EX_NOPERM
+    assert b"only root and the daemon's user" in r.stderr
+
+
+def test_eight_bit_body_and_name(daemon, upstream, sendmail_binary):
+    body = "Grüße, ½ € — ok\n"
+    r = sendmail(sendmail_binary, daemon,
+                 ["-F", "José Núñez", "b@example.net"],
+                 f"Subject: 8bit\n\n{body}")
+    assert r.returncode == 0, r.stderr
+    msg, = upstream.wait_messages(1)
+    assert msg.content.endswith(body.replace("\n", "\r\n").encode())
+    name, addr = email.utils.parseaddr(msg.parsed()["From"])
+    assert str(email.header.make_header(email.header.decode_header(name))) \
+        == "José Núñez"
+    assert addr == f"{me()[0]}@{HOSTNAME}"
 
 
 def test_lone_dot_ends_input_unless_i(daemon, upstream, sendmail_binary):
