@@ -408,6 +408,8 @@ txn_header_flush(struct session *s, size_t upto)
 	if (t->hdr_done)
 		return;
 	t->hdr_done = 1;
+	if (t->hdrlen == 0)
+		return;
 	if ((out = localaddr_headers(s->local, t->hdr, upto, &outlen)) !=
 	    NULL) {
 		txn_write(t, out, outlen);
@@ -420,35 +422,37 @@ txn_header_flush(struct session *s, size_t upto)
 }
 
 /* Message bytes for the spool: held back until the header section is
- * complete (or HEADER_MAX), then streamed. */
+ * complete (or HEADER_MAX bytes long), then streamed. */
 static void
 txn_message(struct session *s, const void *p, size_t len)
 {
 	struct txn *t = s->txn;
+	size_t take;
 
 	if (t->hdr_done) {
 		txn_write(t, p, len);
 		return;
 	}
-	if (t->hdrlen + len > HEADER_MAX) {
-		log_info("%s: header section longer than %d bytes; the rest is "
-		    "not rewritten", queue_txn_id(t->qtxn), HEADER_MAX);
-		txn_header_flush(s, rewrite_complete_fields(t->hdr,
-		    t->hdrlen));
-		txn_write(t, p, len);
-		return;
-	}
-	if (t->hdrlen + len > t->hdrsize) {
-		t->hdrsize = t->hdrsize * 2 > t->hdrlen + len ?
-		    t->hdrsize * 2 : t->hdrlen + len + 4096;
+	take = HEADER_MAX - t->hdrlen < len ? HEADER_MAX - t->hdrlen : len;
+	if (t->hdrlen + take > t->hdrsize) {
+		t->hdrsize = t->hdrsize * 2 > t->hdrlen + take ?
+		    t->hdrsize * 2 : t->hdrlen + take + 4096;
 		if (t->hdrsize > HEADER_MAX)
 			t->hdrsize = HEADER_MAX;
 		t->hdr = xreallocarray(t->hdr, t->hdrsize, 1);
 	}
-	memcpy(t->hdr + t->hdrlen, p, len);
-	t->hdrlen += len;
-	if (rewrite_header_done(t->hdr, t->hdrlen, &t->hdrscan))
+	memcpy(t->hdr + t->hdrlen, p, take);
+	t->hdrlen += take;
+	if (rewrite_header_done(t->hdr, t->hdrlen, &t->hdrscan)) {
 		txn_header_flush(s, t->hdrlen);
+	} else if (t->hdrlen == HEADER_MAX) {
+		log_info("%s: header section longer than %d bytes; the rest is "
+		    "not rewritten", queue_txn_id(t->qtxn), HEADER_MAX);
+		txn_header_flush(s, rewrite_complete_fields(t->hdr,
+		    t->hdrlen));
+	}
+	if (take < len)
+		txn_write(t, (const char *)p + take, len - take);
 }
 
 /* Message data from the client: counted against the size limit, then

@@ -732,7 +732,7 @@ Test(smtp_server, long_data_line)
 static char aliases_path[64];
 
 static void
-setup_local(void)
+setup_local_with(const char *limits)
 {
 	FILE *fp;
 	int fd;
@@ -747,8 +747,14 @@ setup_local(void)
 	snprintf(extra_conf, sizeof(extra_conf), "aliases = \"%s\";\n"
 	    "mail_domain = \"example.com\";\n"
 	    "sender_rewrite = { masquerade = true; };\n", aliases_path);
-	setup_with(LIMITS);
+	setup_with(limits);
 	unlink(aliases_path); /* read at config load */
+}
+
+static void
+setup_local(void)
+{
+	setup_local_with(LIMITS);
 }
 
 Test(smtp_server, local_aliases_and_sender_rewriting)
@@ -810,6 +816,48 @@ Test(smtp_server, local_header_only_message)
 	body = body_read(h.queued[0]);
 	cr_assert_str_eq(after_received(body), "From: bob@example.com");
 	free(body);
+}
+
+/* One BDAT chunk much larger than the server's 64 KiB scan: a header
+ * section that ends inside a piece that crosses 100 KiB is still found
+ * and rewritten, and the body after it streams unchanged. */
+Test(smtp_server, local_header_in_a_large_chunk)
+{
+	char id[ENVELOPE_ID_MAX], *msg, *body, cmd[64];
+	const char *rest;
+	size_t one = 1, len = 0, i, cap = 300 * 1024;
+
+	setup_local_with("max_message_size = \"1M\";");
+	msg = malloc(cap);
+	cr_assert_not_null(msg);
+	for (i = 0; i < 1250; i++) /* 99 KiB of fields, just under 100 */
+		len += (size_t)snprintf(msg + len, cap - len,
+		    "X-Filler-%04zu: %064d\r\n", i, 0);
+	len += (size_t)snprintf(msg + len, cap - len, "From: root\r\n\r\n");
+	while (len < 250 * 1024)
+		len += (size_t)snprintf(msg + len, cap - len,
+		    "From: root in the body, line %zu\r\n", len);
+	ehlo();
+	send_str("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n");
+	expect("250 2.1.0");
+	expect("250 2.1.5");
+	snprintf(cmd, sizeof(cmd), "BDAT %zu LAST\r\n", len);
+	send_str(cmd);
+	/* 98 KiB first, read by the server; then the rest at once, which
+	 * it takes in 64 KiB pieces: the header ends inside the first. */
+	send_buf(msg, 98 * 1024);
+	run_until(is_eof, NULL, 0.3);
+	send_buf(msg + 98 * 1024, len - 98 * 1024);
+	expect_queued(id);
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+	body = body_read(h.queued[0]);
+	rest = after_received(body);
+	i = (size_t)(strstr(msg, "From: root\r\n\r\n") - msg);
+	cr_assert(memcmp(rest, msg, i) == 0);
+	cr_assert(strncmp(rest + i, "From: root@example.com\r\n\r\n", 26) == 0);
+	cr_assert_str_eq(rest + i + 26, msg + i + 14);
+	free(body);
+	free(msg);
 }
 
 Test(smtp_server, bdat)
