@@ -1286,11 +1286,12 @@ scheduler_shutdown(struct scheduler *s, unsigned timeout,
 	s->done_arg = arg;
 	evtimer_del(s->ev_timer);
 	evtimer_del(s->ev_cred);
-	/* Sessions still connecting carry no transaction yet: drop them. */
+	/* Sessions still connecting (probes too) carry no transaction yet:
+	 * drop them. */
 	TAILQ_FOREACH(sr, &s->relays, entry) {
 		for (ss = TAILQ_FIRST(&sr->sessions); ss != NULL; ss = next) {
 			next = TAILQ_NEXT(ss, entry);
-			if (ss->first != NULL)
+			if (!ss->ready)
 				session_abort(s, ss);
 		}
 	}

@@ -1867,3 +1867,36 @@ Test(deliver, a_4xx_to_rcpt_never_fails_over)
 {
 	never_fails_over(NULL, "later@example.net");
 }
+
+static int
+fake_connected(void)
+{
+	return fake.nconn >= 1;
+}
+
+/* A probe still waiting for the greeting carries no mail: shutdown drops
+ * it at once, like any session that is not ready yet. */
+Test(deliver, shutdown_drops_a_probe_that_is_not_ready)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	struct envelope *env;
+	int port;
+
+	fake_start();
+	port = fake.port;
+	evconnlistener_free(fake.l);	/* down: the first attempt fails */
+	fake.l = NULL;
+	load_failover_config(0);
+	env = enqueue("alice@example.org", rcpts, "Subject: p\r\n\r\np\r\n",
+	    time(NULL));
+	scheduler_add(sched, env);
+	cr_assert(run_until(queue_empty, 10), "never failed over");
+	/* Back, but silent: the probe connects and waits for a greeting. */
+	fake_listen(port);
+	fake.greeting = "";
+	cr_assert(run_until(fake_connected, 10), "no probe");
+	session_done = 0;
+	scheduler_shutdown(sched, 30, stopped_cb, NULL);
+	cr_assert(run_until(is_stopped, 3), "shutdown waited for the probe");
+	evconnlistener_free(fake.l);
+}
