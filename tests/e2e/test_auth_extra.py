@@ -261,13 +261,19 @@ class Terminal:
             self.close()
 
     def close(self):
+        """Idempotent: a second os.close() of the same number could close
+        a descriptor opened since by another thread (the upstream's
+        connection, say)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        if self.master is None:
+            return
         try:
             os.close(self.master)
         except OSError:
             pass
+        self.master = None
 
 
 def test_login_on_terminal_hides_password(ctl, auth_upstream_factory,
