@@ -617,8 +617,13 @@ submit_relay(int fd, int in, int out)
 	struct last_line last = { "", 0, 1, "" };
 	char buf[16384];
 	ssize_t n;
-	int in_open = 1;
+	int in_open = 1, flags;
 
+	/* Plain blocking writes: replies are small, and a message larger
+	 * than the socket buffer must wait for the daemon, not fail. */
+	if ((flags = fcntl(fd, F_GETFL)) == -1 ||
+	    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1)
+		return -1;
 	for (;;) {
 		pfd[0].fd = fd;
 		pfd[0].events = POLLIN;

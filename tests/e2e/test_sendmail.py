@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from harness import HOSTNAME, wait_until
+from harness import HOSTNAME, random_body, wait_until
 
 EX_USAGE = 64
 EX_DATAERR = 65
@@ -154,6 +154,17 @@ def test_lone_dot_ends_input_unless_i(daemon, upstream, sendmail_binary):
     for msg in msgs[1:]:
         assert msg.content.endswith(
             b"\r\n\r\nbefore\r\n..two\r\n.\r\nafter\r\n")
+
+
+def test_large_message(daemon, upstream, sendmail_binary):
+    """More than any socket buffer: sendmail waits for the daemon."""
+    body = random_body(8 * 1024 * 1024).replace(b"\r\n", b"\n")
+    r = sendmail(sendmail_binary, daemon, ["-i", "b@example.net"],
+                 b"Subject: big\n\n" + body, timeout=120)
+    assert r.returncode == 0, r.stderr
+    msg, = upstream.wait_messages(1, timeout=60)
+    assert msg.content.endswith(b"\r\n\r\n" +
+                                body.replace(b"\n", b"\r\n"))
 
 
 def test_python_t_with_bcc(daemon, upstream, sendmail_binary):
@@ -320,6 +331,22 @@ def test_swaks_bs(daemon, upstream, sendmail_binary):
     assert (msg.mail_from, msg.rcpt_tos) == ("s@example.org",
                                              ["b@example.net"])
     assert token.encode() in msg.content
+
+
+def test_bs_large_message(daemon, upstream, sendmail_binary, tmp_path):
+    """-bs relays more than any socket buffer holds, both ways."""
+    body = tmp_path / "body"
+    body.write_bytes(random_body(8 * 1024 * 1024))
+    r = subprocess.run(
+        ["swaks", "--pipe",
+         f"{sendmail_binary} -C {daemon.config_path} -bs",
+         "--from", "s@example.org", "--to", "b@example.net",
+         "--helo", "client.test", "--body", f"@{body}",
+         "--suppress-data", "--timeout", "60"],
+        capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    msg, = upstream.wait_messages(1, timeout=60)
+    assert body.read_bytes() in msg.content
 
 
 def test_bs_when_daemon_is_down(daemon, sendmail_binary):
