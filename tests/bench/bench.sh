@@ -6,19 +6,25 @@
 #   ceiling      smtp-source straight into smtp-sink: the most any relay can
 #                show on this machine
 #   smarthostd   smtp-source -> smarthostd -> smtp-sink (clear text)
+#   sendmail     smarthost-sendmail runs (one process per message, as cron
+#                and mail(1) use it) -> smarthostd's Unix socket -> smtp-sink
 #
 # accept/s is messages over the time smtp-source took (every message was
 # answered 250, so it is on disk); end-to-end/s is messages over the time
 # until the spool's queue/ is empty again. Peak RSS is the daemon's VmHWM.
 #
-# Environment: SMARTHOSTD (required), BENCH_MSGS_C1 (2000), BENCH_MSGS_C20
-# (5000), BENCH_SIZE (4096 bytes), BENCH_DRAIN_TIMEOUT (180 s),
-# BENCH_SPOOL_SYNC (fsync or syncfs, the spool_sync setting), TMPDIR.
+# Environment: SMARTHOSTD (required), SMARTHOST_SENDMAIL (default: next
+# to SMARTHOSTD), BENCH_MSGS_C1 (2000), BENCH_MSGS_C20 (5000),
+# BENCH_MSGS_SENDMAIL (500), BENCH_SIZE (4096 bytes), BENCH_DRAIN_TIMEOUT
+# (180 s), BENCH_SPOOL_SYNC (fsync or syncfs, the spool_sync setting),
+# TMPDIR.
 set -eu
 
 : "${SMARTHOSTD:?SMARTHOSTD must name the smarthostd binary}"
 msgs_c1=${BENCH_MSGS_C1:-2000}
 msgs_c20=${BENCH_MSGS_C20:-5000}
+msgs_sendmail=${BENCH_MSGS_SENDMAIL:-500}
+sendmail=${SMARTHOST_SENDMAIL:-$(dirname "$SMARTHOSTD")/smarthost-sendmail}
 size=${BENCH_SIZE:-4096}
 drain_timeout=${BENCH_DRAIN_TIMEOUT:-180}
 spool_sync=${BENCH_SPOOL_SYNC:-fsync}
@@ -134,7 +140,8 @@ hostname = "bench.test";
 spool = "$spool";
 spool_sync = "$spool_sync";
 shutdown_timeout = 5;
-listen = ( { address = "127.0.0.1"; port = "0"; } );
+listen = ( { address = "127.0.0.1"; port = "0"; },
+           { path = "$work/$1.sock"; } );
 limits = { max_sessions = 200; };
 queue = { retry_min = 1; retry_max = 10; };
 relays = {
@@ -189,11 +196,10 @@ ceiling() {
 	    "$delivered" -
 }
 
-relay() {
-	start_daemon "c$1"
-	before=$(sink_count)
-	source_load "$1" "$2" "$daemon_port"
-	accept=$(per_second "$2" "$t0" "$t1")
+# drain_row NAME CLIENTS MSGS: waits for the queue to empty, prints the
+# row (accept/s from $t0 and $t1) and stops the daemon.
+drain_row() {
+	accept=$(per_second "$3" "$t0" "$t1")
 	i=0
 	while ! queue_empty; do
 		kill -0 "$daemon_pid" 2>/dev/null || fail "smarthostd died"
@@ -206,7 +212,7 @@ relay() {
 	done
 	if queue_empty; then
 		t2=$(now)
-		e2e=$(per_second "$2" "$t0" "$t2")
+		e2e=$(per_second "$3" "$t0" "$t2")
 	else
 		e2e=timeout
 	fi
@@ -214,11 +220,35 @@ relay() {
 	delivered=$(($(sink_count) - before))
 	hwm=$(vmhwm_mib "$daemon_pid")
 	stop_daemon
-	row smarthostd "$1" "$2" "$accept" "$e2e" "$delivered" "$hwm"
-	if [ "$delivered" -ne "$2" ]; then
-		echo "bench: the sink got $delivered of $2 messages" >&2
+	row "$1" "$2" "$3" "$accept" "$e2e" "$delivered" "$hwm"
+	if [ "$delivered" -ne "$3" ]; then
+		echo "bench: the sink got $delivered of $3 messages" >&2
 		problems=yes
 	fi
+}
+
+relay() {
+	start_daemon "c$1"
+	before=$(sink_count)
+	source_load "$1" "$2" "$daemon_port"
+	drain_row smarthostd "$1" "$2"
+}
+
+# sendmail_load PARALLEL MSGS: MSGS runs of smarthost-sendmail, PARALLEL
+# at a time, each submitting one message over the Unix socket.
+sendmail_load() {
+	start_daemon "s$1"
+	"$python" -c 'import sys
+sys.stdout.write("Subject: bench\n\n" + ("x" * 75 + "\n") * (int(sys.argv[1]) // 76))' \
+	    "$size" >"$work/message"
+	before=$(sink_count)
+	t0=$(now)
+	seq "$2" | timeout 600 xargs -P "$1" -I{} sh -c \
+	    '"$1" -C "$2" -i to@example.net <"$3" || exit 255' sh \
+	    "$sendmail" "$work/s$1.conf" "$work/message" ||
+	    fail "smarthost-sendmail failed"
+	t1=$(now)
+	drain_row sendmail "$1" "$2"
 }
 
 echo "smarthostd bench: $size-byte messages, spool on" \
@@ -231,6 +261,13 @@ ceiling_c20=$(per_second "$msgs_c20" "$t0" "$t1")
 relay 1 "$msgs_c1"
 relay 20 "$msgs_c20"
 accept_c20=$accept
+if [ -x "$sendmail" ]; then
+	sendmail_load 1 "$msgs_sendmail"
+	sendmail_load 4 "$msgs_sendmail"
+else
+	echo "bench: $sendmail missing: sendmail rows skipped" >&2
+	problems=yes
+fi
 
 echo
 echo "Reference (DESIGN.md, same class of machine): Postfix as a null client"
