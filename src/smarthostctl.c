@@ -23,6 +23,8 @@
 #include <sys/wait.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <stdint.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -48,6 +50,7 @@
 #include "control.h"
 #include "daemon.h"
 #include "fileio.h"
+#include "import.h"
 #include "log.h"
 #include "outcome.h"
 #include "sasl.h"
@@ -91,7 +94,10 @@ usage_print(FILE *f)
 	    "        [--tls starttls|implicit|none] [--ca-file FILE] "
 	    "[--no-verify]\n"
 	    "                          try a user and password, offer to "
-	    "save them\n");
+	    "save them\n"
+	    "  import msmtp|ssmtp|nullmailer [FILE] [--write DIR]\n"
+	    "                          translate another tool's "
+	    "configuration\n");
 }
 
 static void __attribute__((noreturn))
@@ -1290,6 +1296,301 @@ out:
 
 /* ---- main ---- */
 
+/* ---- import ---- */
+
+/* Files larger than this are not configuration files. */
+#define IMPORT_FILE_MAX (1024 * 1024)
+
+/*
+ * Reads path into f (buf NULL when it does not exist). Returns 0, or -1
+ * with a message on stderr.
+ */
+static int
+import_read(const char *path, struct import_file *f)
+{
+	struct stat st;
+	char *buf;
+	ssize_t n;
+	size_t len = 0;
+	int fd;
+
+	f->path = path;
+	f->buf = NULL;
+	f->len = 0;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY |
+	    O_NONBLOCK)) == -1) {
+		if (errno == ENOENT)
+			return 0;
+		errmsg("import: %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) ||
+	    st.st_size > IMPORT_FILE_MAX) {
+		errmsg("import: %s: not a regular file of at most %d bytes",
+		    path, IMPORT_FILE_MAX);
+		close(fd);
+		return -1;
+	}
+	buf = xmalloc((size_t)st.st_size + 1);
+	while (len < (size_t)st.st_size) {
+		n = read(fd, buf + len, (size_t)st.st_size - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	f->buf = buf;
+	f->len = len;
+	return 0;
+}
+
+static void
+import_files_free(struct import_file *f, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		/* the files may hold passwords */
+		if (f[i].buf != NULL)
+			xfree_secret((char *)(uintptr_t)f[i].buf, f[i].len + 1);
+		free((char *)(uintptr_t)f[i].path);
+	}
+	free(f);
+}
+
+/* msmtp's own choice of file: the system one for root, else the user's. */
+static char *
+import_msmtp_default(const char *home)
+{
+	const char *xdg = getenv("XDG_CONFIG_HOME");
+	char *p;
+
+	if (getuid() == 0 || home == NULL)
+		return xstrdup("/etc/msmtprc");
+	p = xasprintf("%s/.msmtprc", home);
+	if (access(p, F_OK) == 0)
+		return p;
+	free(p);
+	p = xdg != NULL && *xdg == '/' ? xasprintf("%s/msmtp/config", xdg) :
+	    xasprintf("%s/.config/msmtp/config", home);
+	if (access(p, F_OK) == 0)
+		return p;
+	free(p);
+	return xstrdup("/etc/msmtprc");
+}
+
+/* Every regular file of nullmailer's directory dir, sorted by name. */
+static int
+import_nullmailer_files(const char *dir, struct import_file **out,
+    size_t *n)
+{
+	struct dirent **names;
+	struct stat st;
+	char *path;
+	int i, count;
+
+	*out = NULL;
+	*n = 0;
+	if ((count = scandir(dir, &names, NULL, alphasort)) == -1) {
+		errmsg("import: %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	*out = xcalloc((size_t)count + 1, sizeof(**out));
+	for (i = 0; i < count; i++) {
+		path = xasprintf("%s/%s", dir, names[i]->d_name);
+		if (names[i]->d_name[0] == '.' || stat(path, &st) == -1 ||
+		    !S_ISREG(st.st_mode) ||
+		    import_read(path, &(*out)[*n]) == -1) {
+			free(path);
+			free(names[i]);
+			continue;
+		}
+		(*n)++;
+		free(names[i]);
+	}
+	free(names);
+	return 0;
+}
+
+/* Creates dir/name (which must not exist) with mode 0600 and text. */
+static int
+import_write(const char *dir, const char *name, const char *text)
+{
+	char *path = xasprintf("%s/%s", dir, name);
+	int fd, rc = -1;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+	    0600);
+	if (fd == -1)
+		errmsg("import: %s: %s", path, strerror(errno));
+	else if (fileio_write_all(fd, text, strlen(text)) == -1 ||
+	    fsync(fd) == -1)
+		errmsg("import: %s: %s", path, strerror(errno));
+	else {
+		printf("wrote %s\n", path);
+		rc = 0;
+	}
+	if (fd != -1 && close(fd) == -1 && rc == 0) {
+		errmsg("import: %s: %s", path, strerror(errno));
+		rc = -1;
+	}
+	free(path);
+	return rc;
+}
+
+/* Writes the result's files into dir, none of which may exist yet. */
+static int
+import_write_all(const char *dir, const struct import_result *r)
+{
+	const char *names[] = { "smarthostd.conf", "authinfo", "sender-map",
+		"aliases" };
+	const char *texts[] = { r->config, r->authinfo, r->sender_map,
+		r->aliases };
+	char *path;
+	size_t i;
+
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		errmsg("import: %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	for (i = 0; i < 4; i++) {
+		path = xasprintf("%s/%s", dir, names[i]);
+		if (texts[i] != NULL && access(path, F_OK) == 0) {
+			errmsg("import: %s exists; nothing written (import "
+			    "into another directory)", path);
+			free(path);
+			return -1;
+		}
+		free(path);
+	}
+	for (i = 0; i < 4; i++)
+		if (texts[i] != NULL && import_write(dir, names[i],
+		    texts[i]) == -1)
+			return -1;
+	if (fileio_fsync_dir(dir) == -1)
+		errmsg("import: %s: fsync: %s", dir, strerror(errno));
+	printf("check it with: smarthostd -t -c %s/smarthostd.conf\n", dir);
+	if (r->authinfo != NULL)
+		printf("%s/authinfo must belong to the daemon's user (its "
+		    "\"user\" setting), mode 0600: chown USER %s/authinfo\n",
+		    dir, dir);
+	return 0;
+}
+
+static int
+cmd_import(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "write", required_argument, NULL, 'w' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct import_opts io;
+	struct import_file *files = NULL;
+	struct import_result *r = NULL;
+	struct passwd *pw = getpwuid(getuid());
+	const char *home = getenv("HOME"), *tool;
+	char *dir = NULL, *file = NULL, *abs = NULL, *paths[3] = { 0 };
+	size_t nfiles = 0, i;
+	int ch, rc = EX_OK;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'w':
+			dir = optarg;
+			break;
+		default:
+			usage();
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 1 || argc > 2)
+		usage();
+	tool = argv[0];
+	if (home == NULL && pw != NULL)
+		home = pw->pw_dir;
+	memset(&io, 0, sizeof(io));
+	io.home = home;
+	io.login = pw != NULL ? pw->pw_name : NULL;
+	io.features = import_features();
+	if (dir != NULL) {
+		/* the config names the files by absolute path */
+		if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+			errmsg("import: %s: %s", dir, strerror(errno));
+			return EX_CANTCREAT;
+		}
+		if ((abs = realpath(dir, NULL)) == NULL) {
+			errmsg("import: %s: %s", dir, strerror(errno));
+			return EX_CANTCREAT;
+		}
+		io.authinfo_path = paths[0] = xasprintf("%s/authinfo", abs);
+		io.sender_map_path = paths[1] = xasprintf("%s/sender-map", abs);
+		io.aliases_path = paths[2] = xasprintf("%s/aliases", abs);
+	}
+	if (strcmp(tool, "msmtp") == 0) {
+		file = argc == 2 ? xstrdup(argv[1]) :
+		    import_msmtp_default(home);
+		files = xcalloc(1, sizeof(*files));
+		nfiles = 1;
+		if (import_read(xstrdup(file), &files[0]) == -1)
+			rc = EX_NOINPUT;
+		else if (files[0].buf == NULL) {
+			errmsg("import: %s: no such file", file);
+			rc = EX_NOINPUT;
+		} else
+			r = import_msmtp(&files[0], &io);
+	} else if (strcmp(tool, "ssmtp") == 0) {
+		char *slash;
+
+		file = xstrdup(argc == 2 ? argv[1] : "/etc/ssmtp/ssmtp.conf");
+		files = xcalloc(2, sizeof(*files));
+		nfiles = 2;
+		slash = strrchr(file, '/');
+		if (import_read(xstrdup(file), &files[0]) == -1 ||
+		    import_read(slash != NULL ? xasprintf("%.*s/revaliases",
+		    (int)(slash - file), file) : xstrdup("revaliases"),
+		    &files[1]) == -1)
+			rc = EX_NOINPUT;
+		else if (files[0].buf == NULL) {
+			errmsg("import: %s: no such file", file);
+			rc = EX_NOINPUT;
+		} else
+			r = import_ssmtp(&files[0], &files[1], &io);
+	} else if (strcmp(tool, "nullmailer") == 0) {
+		file = xstrdup(argc == 2 ? argv[1] : "/etc/nullmailer");
+		if (import_nullmailer_files(file, &files, &nfiles) == -1)
+			rc = EX_NOINPUT;
+		else
+			r = import_nullmailer(files, nfiles, &io);
+	} else {
+		errmsg("import: \"%s\" is not msmtp, ssmtp or nullmailer",
+		    tool);
+		rc = EX_USAGE;
+	}
+	if (r != NULL) {
+		for (i = 0; i < r->nnotes; i++)
+			errmsg("import: %s", r->notes[i]);
+		if (r->error)
+			rc = EX_DATAERR;
+		else if (dir != NULL)
+			rc = import_write_all(abs, r) == 0 ? EX_OK :
+			    EX_CANTCREAT;
+		else
+			fputs(r->config, stdout);
+	}
+	import_result_free(r);
+	import_files_free(files, nfiles);
+	for (i = 0; i < 3; i++)
+		free(paths[i]);
+	free(abs);
+	free(file);
+	return rc;
+}
+
 static const struct command {
 	const char *name;
 	int (*run)(int argc, char **argv);
@@ -1302,6 +1603,7 @@ static const struct command {
 	{ "credentials-changed", cmd_credentials_changed },
 	{ "credentials", cmd_credentials },
 	{ "login", cmd_login },
+	{ "import", cmd_import },
 };
 
 int
@@ -1352,7 +1654,9 @@ main(int argc, char *argv[])
 	signal(SIGPIPE, SIG_IGN);
 	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++)
 		signal(sigs[i], tty_signal);
-	if ((cfg = config_load(file, err, sizeof(err))) == NULL) {
+	/* import makes a configuration: it needs none */
+	if (cmd->run != cmd_import &&
+	    (cfg = config_load(file, err, sizeof(err))) == NULL) {
 		errmsg("%s", err);
 		return EX_CONFIG;
 	}
