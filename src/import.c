@@ -1118,6 +1118,10 @@ ms_auth(struct ms_parse *ps, const struct ms_acct *a, struct relay_out *r)
 			r->oauth_command = xstrdup(pe->val);
 		else
 			r->password_command = xstrdup(pe->val);
+		note_once(ps->m, ps->f->path, pe->line, "passwordeval: mapped "
+		    "to %s of relay %s; it now runs as the daemon's user, with "
+		    "that user's HOME and keys", oauth ? "oauth_command" :
+		    "password_command", r->name);
 	} else if (pw != NULL && *pw->val != '\0')
 		cred_add(ps->m, r, pw->val, ps->f->path, pw->line);
 	else if (enabled)
@@ -1778,7 +1782,7 @@ nm_remote(void *arg, char *text, unsigned line)
 {
 	struct nm_parse *ps = arg;
 	struct model *m = ps->m;
-	char *p = trim(text), *tok[64], *save, *pass = NULL, *eq;
+	char *p = trim(text), *tok[64], *save, *pass = NULL, *eq, *opt;
 	char name[32], origin[600];
 	struct relay_out *r;
 	size_t n = 0, i;
@@ -1805,11 +1809,12 @@ nm_remote(void *arg, char *text, unsigned line)
 			    "an --option; ignored");
 			continue;
 		}
-		if ((eq = strchr(tok[i], '=')) != NULL)
+		opt = tok[i] + 2;
+		if ((eq = strchr(opt, '=')) != NULL)
 			*eq++ = '\0';
-		else if (nm_takes_value(tok[i] + 2) && i + 1 < n)
+		else if (nm_takes_value(opt) && i + 1 < n)
 			eq = tok[++i];
-		nm_option(ps, r, tok[i] + 2, eq, line, &pass);
+		nm_option(ps, r, opt, eq, line, &pass);
 	}
 	if (r->port == NULL)
 		r->port = xstrdup(strcmp(r->tls, "implicit") == 0 ? "465" :
