@@ -111,6 +111,7 @@ struct relay_out {
 	unsigned timeout;   /* seconds, 0: default */
 	char **backup;
 	size_t nbackup;
+	int failover_now;   /* failover_after = 0 */
 };
 
 struct route_out {
@@ -450,6 +451,9 @@ emit_relay(struct sbuf *b, const struct relay_out *r)
 		}
 		sb_printf(b, "];\n");
 	}
+	if (r->failover_now)
+		sb_printf(b, "    failover_after = 0;  # the next one at "
+		    "once, as the source did\n");
 	sb_printf(b, "  };\n");
 }
 
@@ -875,7 +879,8 @@ ms_account_start(struct ms_parse *ps, char *arg, unsigned line)
 				    "before it; ignored", a->name, tok);
 				continue;
 			}
-			for (i = parent->own; i < parent->nset; i++)
+			/* all of it, what it inherited too, as msmtp does */
+			for (i = 0; i < parent->nset; i++)
 				ms_push(&a->set, &a->nset, parent->set[i].key,
 				    parent->set[i].val, parent->set[i].line);
 		}
@@ -1842,6 +1847,7 @@ nm_remote(void *arg, char *text, unsigned line)
 		first->backup = xreallocarray(first->backup,
 		    first->nbackup + 1, sizeof(*first->backup));
 		first->backup[first->nbackup++] = xstrdup(name);
+		first->failover_now = 1;
 	}
 }
 

@@ -38,8 +38,8 @@
  *  nullmailer  each remotes line "host smtp [--port=N] [--user=U]
  *          [--pass=P] [--ssl|--starttls] [--insecure] [--x509cafile=F]
  *          [--auth-login]" is a relay remote1, remote2, ...; the first is
- *          default_relay and the others are its backups (nullmailer tries
- *          them in order); me is hostname, defaulthost (with defaultdomain
+ *          default_relay and the others are its backups, failed over
+ *          to at once (nullmailer tries them in order); me is hostname, defaulthost (with defaultdomain
  *          appended when it has no dot) mail_domain, adminaddr
  *          local_catch_all, helohost every relay's helo.
  * Features the daemon being configured may lack (see import_features in

@@ -475,7 +475,8 @@ Test(nullmailer, remotes_in_order_are_a_relay_and_its_backups)
 	cr_expect(strstr(r->config, "  remote1 = {\n    host = "
 	    "\"smtp.corp.example\";\n    port = \"587\";\n    tls = "
 	    "\"starttls\";\n    user = \"relay\";\n    auth = \"always\";\n"
-	    "    backup = [ \"remote2\" ];\n  };") != NULL, "%s", r->config);
+	    "    backup = [ \"remote2\" ];\n    failover_after = 0;") != NULL,
+	    "%s", r->config);
 	cr_expect(strstr(r->config, "  remote2 = {\n    host = "
 	    "\"backup.example\";\n    port = \"465\";\n    tls = "
 	    "\"implicit\";\n    user = \"relay2\";") != NULL, "%s",
