@@ -478,6 +478,20 @@ cred_line(const struct cred_out *c, int with_password)
 	return line;
 }
 
+/* Appends each line of text as a comment. */
+static void
+commented(struct sbuf *b, const char *text)
+{
+	const char *eol;
+
+	for (; *text != '\0'; text = *eol != '\0' ? eol + 1 : eol) {
+		eol = strchr(text, '\n');
+		if (eol == NULL)
+			eol = text + strlen(text);
+		sb_printf(b, "#   %.*s\n", (int)(eol - text), text);
+	}
+}
+
 static void
 emit_local(struct model *m, struct sbuf *b)
 {
@@ -502,10 +516,11 @@ emit_local(struct model *m, struct sbuf *b)
 		cfg_str(b, m->aliases_file);
 		sb_printf(b, ";\n");
 	}
-	if (m->aliases.len > 0 && o->aliases_path == NULL)
+	if (m->aliases.len > 0 && o->aliases_path == NULL) {
 		sb_printf(b, "# aliases: the lines below go to an aliases "
-		    "file (--write DIR writes DIR/aliases):\n#   %s",
-		    m->aliases.s);
+		    "file (--write DIR writes DIR/aliases):\n");
+		commented(b, m->aliases.s);
+	}
 	if (m->catch_all != NULL) {
 		sb_printf(b, "local_catch_all = ");
 		cfg_str(b, m->catch_all);
@@ -521,10 +536,11 @@ emit_local(struct model *m, struct sbuf *b)
 		if (m->masquerade)
 			sb_printf(b, " masquerade = true;");
 		sb_printf(b, " };\n");
-		if (m->sender_map.len > 0 && o->sender_map_path == NULL)
+		if (m->sender_map.len > 0 && o->sender_map_path == NULL) {
 			sb_printf(b, "# sender_rewrite map lines (--write DIR "
-			    "writes DIR/sender-map and names it here):\n#   "
-			    "%s", m->sender_map.s);
+			    "writes DIR/sender-map and names it here):\n");
+			commented(b, m->sender_map.s);
+		}
 	}
 }
 

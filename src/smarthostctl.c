@@ -1415,9 +1415,10 @@ import_nullmailer_files(const char *dir, struct import_file **out,
 	return 0;
 }
 
-/* Creates dir/name (which must not exist) with mode 0600 and text. */
+/* Creates dir/name (which must not exist) with mode and text. */
 static int
-import_write(const char *dir, const char *name, const char *text)
+import_write(const char *dir, const char *name, const char *text,
+    mode_t mode)
 {
 	char *path = xasprintf("%s/%s", dir, name);
 	int fd, rc = -1;
@@ -1426,7 +1427,8 @@ import_write(const char *dir, const char *name, const char *text)
 	    0600);
 	if (fd == -1)
 		errmsg("import: %s: %s", path, strerror(errno));
-	else if (fileio_write_all(fd, text, strlen(text)) == -1 ||
+	else if (fchmod(fd, mode) == -1 ||
+	    fileio_write_all(fd, text, strlen(text)) == -1 ||
 	    fsync(fd) == -1)
 		errmsg("import: %s: %s", path, strerror(errno));
 	else {
@@ -1441,7 +1443,13 @@ import_write(const char *dir, const char *name, const char *text)
 	return rc;
 }
 
-/* Writes the result's files into dir, none of which may exist yet. */
+/*
+ * Writes the result's files into dir, none of which may exist yet. Only
+ * authinfo holds passwords: it is 0600. The others must stay readable by
+ * the daemon's user, which re-reads them on SIGHUP after dropping
+ * privileges: 0644, but 0600 for a config that names a command (a careless
+ * passwordeval may carry the password itself).
+ */
 static int
 import_write_all(const char *dir, const struct import_result *r)
 {
@@ -1449,13 +1457,12 @@ import_write_all(const char *dir, const struct import_result *r)
 		"aliases" };
 	const char *texts[] = { r->config, r->authinfo, r->sender_map,
 		r->aliases };
+	int command = strstr(r->config, "\n    password_command = ") !=
+	    NULL || strstr(r->config, "\n    oauth_command = ") != NULL;
+	const mode_t modes[] = { command ? 0600 : 0644, 0600, 0644, 0644 };
 	char *path;
 	size_t i;
 
-	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
-		errmsg("import: %s: %s", dir, strerror(errno));
-		return -1;
-	}
 	for (i = 0; i < 4; i++) {
 		path = xasprintf("%s/%s", dir, names[i]);
 		if (texts[i] != NULL && access(path, F_OK) == 0) {
@@ -1468,7 +1475,7 @@ import_write_all(const char *dir, const struct import_result *r)
 	}
 	for (i = 0; i < 4; i++)
 		if (texts[i] != NULL && import_write(dir, names[i],
-		    texts[i]) == -1)
+		    texts[i], modes[i]) == -1)
 			return -1;
 	if (fileio_fsync_dir(dir) == -1)
 		errmsg("import: %s: fsync: %s", dir, strerror(errno));
@@ -1477,6 +1484,10 @@ import_write_all(const char *dir, const struct import_result *r)
 		printf("%s/authinfo must belong to the daemon's user (its "
 		    "\"user\" setting), mode 0600: chown USER %s/authinfo\n",
 		    dir, dir);
+	if (command)
+		printf("%s/smarthostd.conf names a password command and is "
+		    "mode 0600: the daemon's user must be able to read it\n",
+		    dir);
 	return 0;
 }
 
@@ -1519,7 +1530,7 @@ cmd_import(int argc, char **argv)
 	io.features = import_features();
 	if (dir != NULL) {
 		/* the config names the files by absolute path */
-		if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		if (mkdir(dir, 0755) == -1 && errno != EEXIST) {
 			errmsg("import: %s: %s", dir, strerror(errno));
 			return EX_CANTCREAT;
 		}

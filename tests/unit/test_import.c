@@ -93,6 +93,7 @@ expect_loadable_msmtp(const char *text)
 	char err[1024];
 
 	o.features = import_features();
+	o.authinfo_path = NULL;
 	o.sender_map_path = NULL;
 	o.aliases_path = NULL;
 	r = msmtp_opts(text, &o);
@@ -435,6 +436,7 @@ Test(ssmtp, loads_with_this_builds_features)
 	char err[1024];
 
 	o.features = import_features();
+	o.authinfo_path = NULL;
 	o.aliases_path = NULL;
 	o.sender_map_path = NULL;
 	r = import_ssmtp(&c, &ra, &o);
