@@ -91,6 +91,17 @@ cfg_str(struct sbuf *b, const char *s)
 	sb_printf(b, "\"");
 }
 
+/* Appends PAD KEY = "value";\n when value is set. */
+static void
+cfg_set(struct sbuf *b, const char *pad, const char *key, const char *value)
+{
+	if (value == NULL)
+		return;
+	sb_printf(b, "%s%s = ", pad, key);
+	cfg_str(b, value);
+	sb_printf(b, ";\n");
+}
+
 /* ---- the model ---- */
 
 struct relay_out {
@@ -399,30 +410,14 @@ emit_relay(struct sbuf *b, const struct relay_out *r)
 	sb_printf(b, "  # %s\n  %s = {\n    host = ", r->origin, r->name);
 	cfg_str(b, r->host);
 	sb_printf(b, ";\n");
-	if (r->port != NULL) {
-		sb_printf(b, "    port = ");
-		cfg_str(b, r->port);
-		sb_printf(b, ";\n");
-	}
+	cfg_set(b, "    ", "port", r->port);
 	sb_printf(b, "    tls = \"%s\";\n", r->tls);
 	if (r->no_verify)
 		sb_printf(b, "    verify = false;  # as the source: the "
 		    "certificate is not checked\n");
-	if (r->ca_file != NULL) {
-		sb_printf(b, "    ca_file = ");
-		cfg_str(b, r->ca_file);
-		sb_printf(b, ";\n");
-	}
-	if (r->helo != NULL) {
-		sb_printf(b, "    helo = ");
-		cfg_str(b, r->helo);
-		sb_printf(b, ";\n");
-	}
-	if (r->user != NULL) {
-		sb_printf(b, "    user = ");
-		cfg_str(b, r->user);
-		sb_printf(b, ";\n");
-	}
+	cfg_set(b, "    ", "ca_file", r->ca_file);
+	cfg_set(b, "    ", "helo", r->helo);
+	cfg_set(b, "    ", "user", r->user);
 	if (r->auth != NULL)
 		sb_printf(b, "    auth = \"%s\";\n", r->auth);
 	if (r->mechanisms != NULL)
@@ -430,16 +425,8 @@ emit_relay(struct sbuf *b, const struct relay_out *r)
 	if (r->plaintext_auth)
 		sb_printf(b, "    allow_plaintext_auth = true;  # as the "
 		    "source: credentials without TLS\n");
-	if (r->password_command != NULL) {
-		sb_printf(b, "    password_command = ");
-		cfg_str(b, r->password_command);
-		sb_printf(b, ";\n");
-	}
-	if (r->oauth_command != NULL) {
-		sb_printf(b, "    oauth_command = ");
-		cfg_str(b, r->oauth_command);
-		sb_printf(b, ";\n");
-	}
+	cfg_set(b, "    ", "password_command", r->password_command);
+	cfg_set(b, "    ", "oauth_command", r->oauth_command);
 	if (r->timeout > 0)
 		sb_printf(b, "    timeout_connect = %u;\n    timeout_command = "
 		    "%u;\n", r->timeout, r->timeout);
@@ -497,16 +484,8 @@ emit_local(struct model *m, struct sbuf *b)
 {
 	const struct import_opts *o = m->o;
 
-	if (m->hostname != NULL) {
-		sb_printf(b, "hostname = ");
-		cfg_str(b, m->hostname);
-		sb_printf(b, ";\n");
-	}
-	if (m->mail_domain != NULL) {
-		sb_printf(b, "mail_domain = ");
-		cfg_str(b, m->mail_domain);
-		sb_printf(b, ";\n");
-	}
+	cfg_set(b, "", "hostname", m->hostname);
+	cfg_set(b, "", "mail_domain", m->mail_domain);
 	if (m->aliases.len > 0 && o->aliases_path != NULL) {
 		sb_printf(b, "aliases = ");
 		cfg_str(b, o->aliases_path);
@@ -521,11 +500,7 @@ emit_local(struct model *m, struct sbuf *b)
 		    "file (--write DIR writes DIR/aliases):\n");
 		commented(b, m->aliases.s);
 	}
-	if (m->catch_all != NULL) {
-		sb_printf(b, "local_catch_all = ");
-		cfg_str(b, m->catch_all);
-		sb_printf(b, ";\n");
-	}
+	cfg_set(b, "", "local_catch_all", m->catch_all);
 	if (m->masquerade || m->sender_map.len > 0) {
 		sb_printf(b, "sender_rewrite = {");
 		if (m->sender_map.len > 0 && o->sender_map_path != NULL) {
@@ -699,6 +674,41 @@ import_features(void)
 		free(text);
 	}
 	return features;
+}
+
+/* ---- settings without a counterpart ---- */
+
+struct why {
+	const char *key;
+	const char *why;
+};
+
+#define NITEMS(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Notes key at path:line (once) unless it is in mapped: with its reason
+ * from unmapped, else as unknown to this importer (what names the kind of
+ * setting). cmp compares names (strcmp or strcasecmp).
+ */
+static void
+note_setting(struct model *m, const char *path, unsigned line,
+    const char *key, const char *const *mapped, size_t nmapped,
+    const struct why *unmapped, size_t nunmapped,
+    int (*cmp)(const char *, const char *), const char *what)
+{
+	size_t i;
+
+	for (i = 0; i < nmapped; i++)
+		if (cmp(key, mapped[i]) == 0)
+			return;
+	for (i = 0; i < nunmapped; i++)
+		if (cmp(key, unmapped[i].key) == 0) {
+			note_once(m, path, line, "%s: not mapped: %s", key,
+			    unmapped[i].why);
+			return;
+		}
+	note_once(m, path, line, "%s: not %s this importer knows; not mapped",
+	    key, what);
 }
 
 /* ---- lines ---- */
@@ -939,10 +949,7 @@ ms_line(void *arg, char *text, unsigned line)
 }
 
 /* msmtp's own commands that have no counterpart, with the reason. */
-static const struct {
-	const char *key;
-	const char *why;
-} ms_unmapped[] = {
+static const struct why ms_unmapped[] = {
 	{ "logfile", "smarthostd logs every delivery to syslog" },
 	{ "logfile_time_format", "smarthostd logs every delivery to syslog" },
 	{ "syslog", "smarthostd logs every delivery to syslog (facility "
@@ -997,19 +1004,9 @@ static const char *const ms_mapped[] = { "host", "port", "tls",
 static void
 ms_note_unmapped(struct ms_parse *ps, const struct ms_set *s)
 {
-	size_t i;
-
-	for (i = 0; i < sizeof(ms_mapped) / sizeof(ms_mapped[0]); i++)
-		if (strcmp(s->key, ms_mapped[i]) == 0)
-			return;
-	for (i = 0; i < sizeof(ms_unmapped) / sizeof(ms_unmapped[0]); i++)
-		if (strcmp(s->key, ms_unmapped[i].key) == 0) {
-			note_once(ps->m, ps->f->path, s->line, "%s: not "
-			    "mapped: %s", s->key, ms_unmapped[i].why);
-			return;
-		}
-	note_once(ps->m, ps->f->path, s->line, "%s: not an msmtp command "
-	    "this importer knows; not mapped", s->key);
+	note_setting(ps->m, ps->f->path, s->line, s->key, ms_mapped,
+	    NITEMS(ms_mapped), ms_unmapped, NITEMS(ms_unmapped), strcmp,
+	    "an msmtp command");
 }
 
 /* An msmtp on/off value: 1, 0, or -1 (neither; noted). */
@@ -1462,10 +1459,7 @@ ss_hub(struct relay_out *r, const char *hub, const char *dflt_port)
 	}
 }
 
-static const struct {
-	const char *key;
-	const char *why;
-} ss_unmapped[] = {
+static const struct why ss_unmapped[] = {
 	{ "Debug", "smarthostd logs every delivery to syslog; run it with "
 	    "-d for more" },
 	{ "TLS_CA_Dir", "give the CA file (ca_file) instead of a directory" },
@@ -1481,19 +1475,9 @@ static const char *const ss_mapped[] = { "mailhub", "UseTLS",
 static void
 ss_note_unmapped(struct ss_parse *ps, const struct ms_set *s)
 {
-	size_t i;
-
-	for (i = 0; i < sizeof(ss_mapped) / sizeof(ss_mapped[0]); i++)
-		if (strcasecmp(s->key, ss_mapped[i]) == 0)
-			return;
-	for (i = 0; i < sizeof(ss_unmapped) / sizeof(ss_unmapped[0]); i++)
-		if (strcasecmp(s->key, ss_unmapped[i].key) == 0) {
-			note_once(ps->m, ps->f->path, s->line, "%s: not "
-			    "mapped: %s", s->key, ss_unmapped[i].why);
-			return;
-		}
-	note_once(ps->m, ps->f->path, s->line, "%s: not an ssmtp setting "
-	    "this importer knows; not mapped", s->key);
+	note_setting(ps->m, ps->f->path, s->line, s->key, ss_mapped,
+	    NITEMS(ss_mapped), ss_unmapped, NITEMS(ss_unmapped), strcasecmp,
+	    "an ssmtp setting");
 }
 
 /* TLS and authentication of the mailhub relay. */
@@ -1868,10 +1852,7 @@ nm_remote(void *arg, char *text, unsigned line)
 }
 
 /* The nullmailer control files that have no counterpart, and why. */
-static const struct {
-	const char *name;
-	const char *why;
-} nm_unmapped[] = {
+static const struct why nm_unmapped[] = {
 	{ "allmailfrom", "every message keeps its own sender; map senders "
 	    "with a sender_rewrite map" },
 	{ "idhost", "Message-IDs use the config's hostname" },
@@ -1973,27 +1954,17 @@ import_nullmailer(const struct import_file *files, size_t nfiles,
 	unsigned line;
 	const char *base;
 	char *helo = NULL, *dir, *slash;
-	size_t i, j;
+	size_t i;
 
 	memset(&ps, 0, sizeof(ps));
 	ps.m = model_new("nullmailer", opts);
 	for (i = 0; i < nfiles; i++) {
 		base = strrchr(files[i].path, '/');
 		base = base != NULL ? base + 1 : files[i].path;
-		for (j = 0; j < sizeof(known) / sizeof(known[0]); j++)
-			if (strcmp(base, known[j]) == 0)
-				break;
-		if (j < sizeof(known) / sizeof(known[0]) ||
-		    files[i].buf == NULL)
-			continue;
-		for (j = 0; j < sizeof(nm_unmapped) / sizeof(nm_unmapped[0]);
-		    j++)
-			if (strcmp(base, nm_unmapped[j].name) == 0)
-				break;
-		note(ps.m, files[i].path, 0, "not mapped: %s",
-		    j < sizeof(nm_unmapped) / sizeof(nm_unmapped[0]) ?
-		    nm_unmapped[j].why : "not a control file this importer "
-		    "knows");
+		if (files[i].buf != NULL)
+			note_setting(ps.m, files[i].path, 0, base, known,
+			    NITEMS(known), nm_unmapped, NITEMS(nm_unmapped),
+			    strcmp, "a control file");
 	}
 	if ((f = nm_file(files, nfiles, "helohost")) != NULL)
 		ps.helo = helo = nm_value(f, &line);
