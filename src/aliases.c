@@ -176,7 +176,7 @@ trimmed_dup(const char *s, size_t len)
 static char *
 entry_name(struct parser *p, const char *s, size_t len, size_t *pos)
 {
-	size_t i = 0, q;
+	size_t i = 0, j, q;
 	char *name, *u;
 
 	if (s[0] == '"') {
@@ -215,6 +215,12 @@ entry_name(struct parser *p, const char *s, size_t len, size_t *pos)
 		free(name);
 		return NULL;
 	}
+	for (j = 0; name[j] != '\0'; j++)
+		if ((unsigned char)name[j] < 0x20 || name[j] == 0x7f) {
+			parse_fail(p, "control character in alias name");
+			free(name);
+			return NULL;
+		}
 	lower(name);
 	*pos = i + 1;
 	return name;

@@ -1,9 +1,9 @@
 /*
  * libFuzzer target for the aliases parser and the expansion: any bytes
  * parse or fail with a "fuzz:LINE: " message; every entry's line is within
- * the input, names are lower-case and found again by look-up; expanding
- * each name ends (loops, depth and size are bounded) with a de-duplicated
- * result or a reason.
+ * the input, names are lower-case without control characters and found
+ * again by look-up; expanding each name ends (loops, depth and size are
+ * bounded) with a de-duplicated result or a reason.
  */
 #include <assert.h>
 #include <ctype.h>
@@ -58,7 +58,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		assert(aliases_line(al, i) >= 1 && aliases_line(al, i) <= lines);
 		for (j = 0; name[j] != '\0'; j++)
 			assert((unsigned char)name[j] ==
-			    tolower((unsigned char)name[j]));
+			    tolower((unsigned char)name[j]) &&
+			    (unsigned char)name[j] >= 0x20 && name[j] != 0x7f);
 		t = aliases_lookup(al, name, &n);
 		assert(t != NULL && n >= 1);
 		r.catch_all = i % 2 ? "catch@example.com" : NULL;

@@ -114,6 +114,8 @@ Test(aliases, bad_syntax_refused_with_line)
 	refused("a:\n", "aliases:1: alias a has no targets");
 	refused("a: , ,\n", "aliases:1: alias a has no targets");
 	refused(": x@example.com\n", "aliases:1: empty alias name");
+	refused("a\x01b: x@example.com\n", "aliases:1: control character");
+	refused("\"a\x7f\": x@example.com\n", "aliases:1: control character");
 	refused("a: b@example.com\n  c@example.com\n", "aliases:1: alias a: "
 	    "\"b@example.com c@example.com\" is not an address");
 	refused("two words: x@example.com\n", "aliases:1: alias name \"two "
