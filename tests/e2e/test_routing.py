@@ -289,6 +289,19 @@ def test_421_greeting_fails_over(greeting_server, upstream_factory,
     assert primary.connections >= 1
 
 
+def test_tls_failure_fails_over(upstream_factory, daemon_factory, pki):
+    primary = upstream_factory(tls="rogue")  # a certificate we distrust
+    spare = upstream_factory()
+    daemon = failover_daemon(daemon_factory, pki, primary.port, spare,
+                             failover_after="1s")
+    qid, _ = send_from(daemon, "a@example.org", "TLS failure")
+    daemon.wait_log(delivery_line(qid, RCPT, "deferred") + r".*TLS: ")
+    daemon.wait_log(FAILOVER_LINE, timeout=15)
+    got, = spare.wait_messages(1)
+    assert got.tls
+    assert primary.messages == []
+
+
 def assert_never_failed_over(ctl, daemon, spare):
     spare.assert_count_stays(0, settle=1.0)
     assert not daemon.log_lines(r"failing over")
