@@ -867,6 +867,18 @@ parse_u64(const char *v, uint64_t *out)
 	return 0;
 }
 
+/* Whether addr has bytes beyond ASCII. An alias target or a rewritten
+ * sender may have them where the client's address had none; the message
+ * then needs SMTPUTF8 upstream. */
+static int
+addr_8bit(const char *addr)
+{
+	for (; *addr != '\0'; addr++)
+		if ((unsigned char)*addr >= 0x80)
+			return 1;
+	return 0;
+}
+
 static void
 cmd_mail(struct session *s, const char *arg)
 {
@@ -940,6 +952,8 @@ cmd_mail(struct session *s, const char *arg)
 	s->txn->utf8 = utf8;
 	free(s->txn->env->sender);
 	s->txn->env->sender = sender;
+	if (addr_8bit(sender))
+		flags |= ENVELOPE_SMTPUTF8;
 	free(s->txn->env->client);
 	s->txn->env->client = xstrdup(s->client);
 	s->txn->env->flags |= flags;
@@ -985,9 +999,13 @@ rcpt_add(struct session *s, const char *addr)
 		reply(s, "452 4.5.3 Too many recipients");
 		return -1;
 	}
-	for (i = 0; i < n; i++)
-		if (list[i] != NULL)
-			envelope_add_rcpt(env, list[i]);
+	for (i = 0; i < n; i++) {
+		if (list[i] == NULL)
+			continue;
+		envelope_add_rcpt(env, list[i]);
+		if (addr_8bit(list[i]))
+			env->flags |= ENVELOPE_SMTPUTF8;
+	}
 	if (aliased)
 		log_info("client=%s: <%s> is an alias for %zu address%s",
 		    s->client, addr, n, n == 1 ? "" : "es");

@@ -742,7 +742,8 @@ setup_local_with(const char *limits)
 	    "/tmp/test_smtp_server_aliases.XXXXXX");
 	cr_assert_neq(fd = mkstemp(aliases_path), -1);
 	cr_assert_not_null(fp = fdopen(fd, "w"));
-	fputs("root: admin, ops@example.com\nadmin: boss@example.com\n", fp);
+	fputs("root: admin, ops@example.com\nadmin: boss@example.com\n"
+	    "jorg: j\xc3\xb6rg@example.com\n", fp);
 	fclose(fp);
 	snprintf(extra_conf, sizeof(extra_conf), "aliases = \"%s\";\n"
 	    "mail_domain = \"example.com\";\n"
@@ -797,6 +798,26 @@ Test(smtp_server, local_aliases_and_sender_rewriting)
 	    "<alice@example.com>\r\nSubject: x\r\n\r\nFrom: alice in the "
 	    "body\r\n");
 	free(body);
+}
+
+/* An alias target beyond ASCII makes the message need SMTPUTF8 even
+ * though the client's addresses had none. */
+Test(smtp_server, local_alias_target_needs_smtputf8)
+{
+	char id[ENVELOPE_ID_MAX];
+	size_t one = 1;
+
+	setup_local();
+	ehlo();
+	send_str("MAIL FROM:<a@example.org>\r\nRCPT TO:<jorg>\r\n"
+	    "DATA\r\nSubject: x\r\n\r\n.\r\n");
+	expect("250 2.1.0");
+	expect("250 2.1.5");
+	expect("354 ");
+	expect_queued(id);
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+	cr_assert_str_eq(h.queued[0]->rcpts[0].addr, "j\xc3\xb6rg@example.com");
+	cr_assert(h.queued[0]->flags & ENVELOPE_SMTPUTF8);
 }
 
 Test(smtp_server, local_header_only_message)
