@@ -292,7 +292,7 @@ prepare(const char *input, size_t len, struct prepared *pr)
 
 /* The daemon cannot be reached: the maildrop takes the message. */
 static int
-to_maildrop(const struct listen_config *l, int why,
+to_maildrop(const struct listen_config *l, const char *why,
     const struct submit_envelope *env, const char *msg, size_t len)
 {
 	const char *postdrop = secure_getenv("SMARTHOST_POSTDROP");
@@ -304,7 +304,7 @@ to_maildrop(const struct listen_config *l, int why,
 		postdrop = POSTDROP;
 	if (opts.verbose)
 		errmsg("cannot connect to %s (%s); handing the message to %s",
-		    submit_listener_name(l), strerror(why), postdrop);
+		    submit_listener_name(l), why, postdrop);
 	rc = submit_postdrop(postdrop, opts.config, env, msg, len, err,
 	    sizeof(err));
 	if (rc == 0)
@@ -312,12 +312,12 @@ to_maildrop(const struct listen_config *l, int why,
 	if (rc > 0) {
 		errmsg("smarthostd is not reachable at %s (%s) and %s "
 		    "failed (exit status %d); message not sent",
-		    submit_listener_name(l), strerror(why), postdrop, rc);
+		    submit_listener_name(l), why, postdrop, rc);
 		return rc;
 	}
 	outcome_set(&o, OUTCOME_TEMPORARY, OC_CONNECT, "smarthostd is not "
 	    "reachable at %s (%s), and the maildrop fallback failed: %s; "
-	    "message not sent", submit_listener_name(l), strerror(why), err);
+	    "message not sent", submit_listener_name(l), why, err);
 	errmsg("%s", o.text);
 	return outcome_sysexit(&o);
 }
@@ -336,15 +336,19 @@ submit_message(const struct submit_envelope *env, const char *msg,
 	}
 	if ((fd = submit_connect(l, SUBMIT_TIMEOUT)) == -1) {
 		if (submit_unreachable(errno))
-			return to_maildrop(l, errno, env, msg, len);
+			return to_maildrop(l, strerror(errno), env, msg, len);
 		outcome_set(&o, OUTCOME_TEMPORARY, OC_CONNECT, "cannot "
 		    "connect to %s: %s; message not sent",
 		    submit_listener_name(l), strerror(errno));
 		errmsg("%s", o.text);
 		return outcome_sysexit(&o);
 	}
-	submit_smtp(fd, env, msg, len, SUBMIT_TIMEOUT,
-	    opts.verbose ? stderr : NULL, &o);
+	if (submit_smtp(fd, env, msg, len, SUBMIT_TIMEOUT,
+	    opts.verbose ? stderr : NULL, &o) == SUBMIT_REFUSED) {
+		/* Shutting down or too busy: as good as not there. */
+		close(fd);
+		return to_maildrop(l, o.text, env, msg, len);
+	}
 	close(fd);
 	if (o.status != OUTCOME_OK) {
 		errmsg("%s; message not sent", o.text);

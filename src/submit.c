@@ -262,7 +262,7 @@ connect_wait(int fd, const struct sockaddr *sa, socklen_t len,
 
 	if (connect(fd, sa, len) == 0)
 		return 0;
-	if (errno != EINPROGRESS && errno != EAGAIN)
+	if (errno != EINPROGRESS)
 		return -1;
 	deadline_in(&deadline, timeout);
 	if (wait_fd(fd, POLLOUT, &deadline) == -1)
@@ -274,6 +274,14 @@ connect_wait(int fd, const struct sockaddr *sa, socklen_t len,
 		return -1;
 	}
 	return 0;
+}
+
+static int
+set_nonblock(int fd)
+{
+	int flags = fcntl(fd, F_GETFL);
+
+	return flags == -1 ? -1 : fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
 int
@@ -291,10 +299,11 @@ submit_connect(const struct listen_config *l, unsigned timeout)
 			return -1;
 		}
 		memcpy(sun.sun_path, l->path, strlen(l->path));
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
-		    SOCK_NONBLOCK, 0);
-		if (fd != -1 && connect_wait(fd, (struct sockaddr *)&sun,
-		    sizeof(sun), timeout) == 0)
+		/* A blocking connect: on a Unix socket EAGAIN means a full
+		 * backlog, not a connection in progress. */
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd != -1 && connect(fd, (struct sockaddr *)&sun,
+		    sizeof(sun)) == 0 && set_nonblock(fd) == 0)
 			return fd;
 	} else {
 		memset(&hints, 0, sizeof(hints));
@@ -557,26 +566,32 @@ transaction(struct conn *c, const struct submit_envelope *env,
 	    c->parser.reply.enhanced, c->parser.reply.text);
 }
 
-void
+enum submit_result
 submit_smtp(int fd, const struct submit_envelope *env, const char *msg,
     size_t len, unsigned timeout, FILE *trace, struct outcome *out)
 {
 	struct conn *c = xcalloc(1, sizeof(*c));
+	enum submit_result res = SUBMIT_DONE;
 
 	c->fd = fd;
 	c->timeout = timeout;
 	c->trace = trace;
 	outcome_set(out, OUTCOME_TEMPORARY, OC_PROTOCOL, "no transaction");
-	if (conn_reply(c) == -1)
+	if (conn_reply(c) == -1) {
+		if (errno == ECONNRESET)
+			res = SUBMIT_REFUSED;
 		io_failed(out, "greeting");
-	else if (reply_is(c, 220, "greeting", out))
+	} else if (reply_is(c, 220, "greeting", out))
 		transaction(c, env, msg, len, out);
+	else if (c->parser.reply.code == 421)
+		res = SUBMIT_REFUSED;
 	/* A refused step leaves the transaction open: QUIT discards it. A
 	 * QUIT that fails changes nothing once DATA was answered, and on a
 	 * lost connection it fails at once. */
 	c->timeout = 10;
 	(void)conn_command(c, "QUIT");
 	free(c);
+	return res;
 }
 
 /* ---- -bs ---- */

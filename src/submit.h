@@ -81,6 +81,13 @@ struct submit_envelope {
 	size_t nrcpts;
 };
 
+enum submit_result {
+	SUBMIT_DONE,     /* the transaction ran: out says how it ended */
+	SUBMIT_REFUSED,  /* the daemon is not taking connections now: a 421
+	                    greeting (shutting down, too many sessions) or a
+	                    close before any greeting; nothing was sent */
+};
+
 /*
  * One SMTP transaction on the connected socket fd: greeting, EHLO,
  * MAIL, a RCPT per recipient, DATA, the message (any line ends; it is
@@ -90,10 +97,14 @@ struct submit_envelope {
  * the message goes to all recipients or to none. out is OK only after a
  * 250 to the end of DATA; otherwise its text names the step and the
  * daemon's reply. trace, when not NULL, receives every line sent and
- * received. Does not close fd.
+ * received. Returns SUBMIT_REFUSED (out set as well) when the daemon
+ * turned the connection away before the transaction began, so that the
+ * caller may take the path for a daemon that cannot be reached; else
+ * SUBMIT_DONE. Does not close fd.
  */
-void submit_smtp(int fd, const struct submit_envelope *env, const char *msg,
-    size_t len, unsigned timeout, FILE *trace, struct outcome *out);
+enum submit_result submit_smtp(int fd, const struct submit_envelope *env,
+    const char *msg, size_t len, unsigned timeout, FILE *trace,
+    struct outcome *out);
 
 /*
  * Relays bytes between in/out (the caller's SMTP client) and fd (the

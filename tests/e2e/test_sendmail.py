@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from harness import HOSTNAME, random_body, wait_until
+from harness import HOSTNAME, RawSMTP, random_body, wait_until
 
 EX_USAGE = 64
 EX_DATAERR = 65
@@ -462,11 +462,10 @@ def test_daemon_down_without_postdrop(sendmail_binary, tmp_path):
     assert len(err.strip().split("\n")) == 1
 
 
-def test_daemon_down_goes_to_postdrop(sendmail_binary, tmp_path):
-    """The fallback as sendmail sees it, with a stand-in postdrop that
-    records what it gets and exits as told (the real one and the maildrop
-    are tested with the daemon's importer)."""
-    conf = _down_config(tmp_path)
+def fake_postdrop(tmp_path):
+    """A stand-in for smarthost-postdrop that records its arguments and
+    input, and fails with 73 when FAIL is set; the environment that makes
+    sendmail run it."""
     fake = tmp_path / "postdrop"
     fake.write_text(textwrap.dedent(f"""\
         #!/bin/sh
@@ -475,7 +474,14 @@ def test_daemon_down_goes_to_postdrop(sendmail_binary, tmp_path):
         [ -z "$FAIL" ] || {{ echo "postdrop: maildrop full" >&2; exit 73; }}
         """))
     fake.chmod(0o755)
-    env = dict(os.environ, SMARTHOST_POSTDROP=str(fake))
+    return dict(os.environ, SMARTHOST_POSTDROP=str(fake))
+
+
+def test_daemon_down_goes_to_postdrop(sendmail_binary, tmp_path):
+    """The fallback as sendmail sees it, with a stand-in postdrop (the real
+    one and the maildrop are tested with the daemon's importer)."""
+    conf = _down_config(tmp_path)
+    env = fake_postdrop(tmp_path)
     r = sendmail(sendmail_binary, conf, ["-f", "s@example.org",
                                          "b@example.net"],
                  "Subject: dropped\n\nbody\n", env=env)
@@ -491,6 +497,26 @@ def test_daemon_down_goes_to_postdrop(sendmail_binary, tmp_path):
                  env=dict(env, FAIL="1"))
     assert r.returncode == EX_CANTCREAT
     assert b"postdrop: maildrop full" in r.stderr
+
+
+def test_daemon_turning_sessions_away_goes_to_postdrop(
+        daemon_factory, upstream, sendmail_binary, tmp_path):
+    """A 421 greeting (too many sessions, shutting down) is a daemon that
+    cannot take the mail now: the maildrop takes it."""
+    daemon = daemon_factory(upstream.port, limits={"max_sessions": 1})
+    with RawSMTP(path=daemon.unix_path) as holder:
+        holder.greet()
+        env = fake_postdrop(tmp_path)
+        r = sendmail(sendmail_binary, daemon, ["b@example.net"],
+                     "Subject: busy\n\nx\n", env=env)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "input").read_bytes().endswith(b"\r\n\r\nx\r\n")
+        r = sendmail(sendmail_binary, daemon, ["b@example.net"], "x\n",
+                     env=dict(env, SMARTHOST_POSTDROP="/nonexistent"))
+        assert r.returncode == EX_TEMPFAIL
+        assert b"(greeting: 421 4.3.2 Too many connections" in r.stderr
+        holder.command("QUIT")
+    upstream.assert_count_stays(0, settle=0.5)
 
 
 # ---- mailq, -q, newaliases ----
