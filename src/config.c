@@ -601,6 +601,8 @@ static const char *const top_keys[] = { "hostname", "user", "spool",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
 	"state_dir", "control_socket", "routes", "mail_domain",
 	"local_domains", "aliases", "local_catch_all", "sender_rewrite",
+	"maildrop", "maildrop_group", "sender_policy", NULL };
+static const char *const sender_policy_keys[] = { "mode", "map", "exempt",
 	NULL };
 static const char *const limit_keys[] = { "max_line", "max_message_size",
 	"max_recipients", "max_sessions", "max_errors", "idle_timeout", NULL };
@@ -944,6 +946,86 @@ out:
 	return rc;
 }
 
+/*
+ * sender_policy = { mode = "any" | "own" | "map"; map = "FILE";
+ * exempt = [ "root", "%wheel" ]; }. The map is read now, so a reload
+ * picks up its changes and a broken map fails like a broken config.
+ */
+static int
+parse_sender_policy(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const config_setting_t *grp;
+	char *mode = NULL, *map = NULL, **exempt = NULL;
+	size_t nexempt = 0, i;
+	enum sender_policy_mode m = SENDER_POLICY_ANY;
+	int rc = -1, exempt_set;
+
+	grp = config_setting_get_member(root, "sender_policy");
+	if (grp == NULL) {
+		cfg->sender_policy = sender_policy_new(SENDER_POLICY_ANY);
+		return 0;
+	}
+	if (config_setting_type(grp) != CONFIG_TYPE_GROUP)
+		return cfg_fail(ctx, grp, "sender_policy: expected a group");
+	exempt_set = config_setting_get_member(grp, "exempt") != NULL;
+	if (check_known(ctx, grp, sender_policy_keys, "sender_policy") == -1 ||
+	    get_string(ctx, grp, "mode", &mode) == -1 ||
+	    get_string(ctx, grp, "map", &map) == -1 ||
+	    get_string_list(ctx, grp, "exempt", &exempt, &nexempt) == -1)
+		goto out;
+	if (mode == NULL || strcmp(mode, "any") == 0)
+		m = SENDER_POLICY_ANY;
+	else if (strcmp(mode, "own") == 0)
+		m = SENDER_POLICY_OWN;
+	else if (strcmp(mode, "map") == 0)
+		m = SENDER_POLICY_MAP;
+	else {
+		cfg_fail(ctx, config_setting_get_member(grp, "mode"),
+		    "sender_policy: mode must be \"any\", \"own\" or "
+		    "\"map\"");
+		goto out;
+	}
+	if ((m == SENDER_POLICY_MAP) != (map != NULL)) {
+		cfg_fail(ctx, grp, m == SENDER_POLICY_MAP ?
+		    "sender_policy: mode \"map\" needs map = \"FILE\"" :
+		    "sender_policy: map is only used with mode \"map\"");
+		goto out;
+	}
+	cfg->sender_policy = sender_policy_new(m);
+	/* root can write the queue directly anyway: exempt unless the
+	 * list says otherwise. */
+	if (!exempt_set)
+		sender_policy_exempt(cfg->sender_policy, "root");
+	for (i = 0; i < nexempt; i++)
+		sender_policy_exempt(cfg->sender_policy, exempt[i]);
+	if (map != NULL && sender_policy_load_map(cfg->sender_policy, map,
+	    ctx->err, ctx->errlen) == -1)
+		goto out;
+	rc = 0;
+out:
+	free(mode);
+	free(map);
+	string_list_free(exempt, nexempt);
+	return rc;
+}
+
+/* maildrop, maildrop_group and sender_policy. */
+static int
+parse_local_submission(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	if (get_string(ctx, root, "maildrop", &cfg->maildrop) == -1 ||
+	    get_string(ctx, root, "maildrop_group", &cfg->maildrop_group) ==
+	    -1 || parse_sender_policy(ctx, root, cfg) == -1)
+		return -1;
+	if (cfg->maildrop == NULL)
+		cfg->maildrop = xasprintf("%s/maildrop", cfg->spool);
+	if (cfg->maildrop_group == NULL)
+		cfg->maildrop_group = xstrdup("smarthostdrop");
+	return 0;
+}
+
 static int
 config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 {
@@ -1095,7 +1177,8 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	    -1)
 		goto out;
 	if (compile_auth_first(ctx, root, cfg) == -1 ||
-	    expand_authinfo(ctx, root, cfg) == -1)
+	    expand_authinfo(ctx, root, cfg) == -1 ||
+	    parse_local_submission(ctx, root, cfg) == -1)
 		goto out;
 	if (cfg->state_dir == NULL)
 		cfg->state_dir = xasprintf("%s/state", cfg->spool);
@@ -1249,6 +1332,9 @@ config_free(struct config *cfg)
 	string_list_free(cfg->authinfo, cfg->nauthinfo);
 	free(cfg->state_dir);
 	free(cfg->control_socket);
+	free(cfg->maildrop);
+	free(cfg->maildrop_group);
+	sender_policy_free(cfg->sender_policy);
 	free(cfg->listen);
 	free(cfg->allow);
 	free(cfg->relays);

@@ -14,6 +14,7 @@
 #include <regex.h>
 
 #include "route.h"
+#include "senderpolicy.h"
 
 enum tls_mode {
 	TLS_MODE_STARTTLS, /* default: refuse to send if not offered */
@@ -126,6 +127,12 @@ struct config {
 	size_t nauthinfo;
 	char *state_dir;   /* learned facts (default: spool/state) */
 	char *control_socket; /* smarthostctl's socket (spool/control.sock) */
+
+	/* Local submission. */
+	char *maildrop;       /* postdrop's directory (spool/maildrop) */
+	char *maildrop_group; /* postdrop's setgid group (smarthostdrop) */
+	/* Which senders a local user may use; never NULL after loading. */
+	struct sender_policy *sender_policy;
 
 	struct relay_config *relays;
 	size_t nrelays;

@@ -2,14 +2,15 @@
  * The envelope and its on-disk text. Everything here is a pure function over
  * memory: queue.c owns the files and decides what a decoding error means.
  *
- * Encoding, version 1 (every line ends with '\n', the block with an empty
+ * Encoding, version 2 (every line ends with '\n', the block with an empty
  * line):
  *
- *	smarthostd-envelope 1
+ *	smarthostd-envelope 2
  *	id 01HF3C0A2B7D9E10
  *	sender alice@example.org
  *	relay upstream                  (only when set)
  *	client localhost[127.0.0.1]     (only when set)
+ *	uid 1000                        (only when known)
  *	flags 0
  *	created 1700000000
  *	next-try 0
@@ -30,6 +31,10 @@
  * errors: a file this version does not fully understand is moved aside by
  * the queue rather than half-understood, because guessing wrong here means
  * sending mail twice or not at all. A new field means a new version number.
+ * Version 2 added the optional "uid" key (the local user who submitted the
+ * message); version 1 files, which cannot have it, are still read. An
+ * envelope without a uid is written as version 1, so a spool stays readable
+ * by the previous release as long as nothing needs the new key.
  *
  * body_size and body_offset are not encoded: they are only known once the
  * body has been written, and queue.c keeps them in its own fixed preamble.
@@ -63,7 +68,8 @@
 #include "xmalloc.h"
 
 #define ENVELOPE_MAGIC "smarthostd-envelope "
-#define ENVELOPE_VERSION 1
+#define ENVELOPE_VERSION 2
+#define ENVELOPE_VERSION_MIN 1
 
 static const char *const rcpt_status_names[] = {
 	[RCPT_PENDING] = "pending",
@@ -280,7 +286,8 @@ envelope_encode(const struct envelope *env, size_t *len)
 	struct buf b = { NULL, 0, 0 };
 	size_t i;
 
-	buf_addf(&b, "%s%d\n", ENVELOPE_MAGIC, ENVELOPE_VERSION);
+	buf_addf(&b, "%s%d\n", ENVELOPE_MAGIC,
+	    env->uid_known ? ENVELOPE_VERSION : ENVELOPE_VERSION_MIN);
 	buf_add(&b, "id", 2);
 	buf_add_field(&b, env->id);
 	buf_add(&b, "\nsender", 7);
@@ -293,6 +300,8 @@ envelope_encode(const struct envelope *env, size_t *len)
 		buf_add(&b, "\nclient", 7);
 		buf_add_field(&b, env->client);
 	}
+	if (env->uid_known)
+		buf_addf(&b, "\nuid %ju", (uintmax_t)env->uid);
 	buf_addf(&b, "\nflags %u\ncreated %jd\nnext-try %jd\nattempts %u\n",
 	    env->flags, (intmax_t)env->created, (intmax_t)env->next_try,
 	    env->attempts);
@@ -485,6 +494,7 @@ enum {
 	SEEN_CREATED = 1 << 5,
 	SEEN_NEXT_TRY = 1 << 6,
 	SEEN_ATTEMPTS = 1 << 7,
+	SEEN_UID = 1 << 8,
 	SEEN_REQUIRED = SEEN_ID | SEEN_SENDER | SEEN_FLAGS | SEEN_CREATED |
 	    SEEN_NEXT_TRY | SEEN_ATTEMPTS,
 };
@@ -492,7 +502,7 @@ enum {
 /* Decodes one "key fields..." line of the envelope block into env. */
 static int
 envelope_decode_line(struct envelope *env, const struct line *l,
-    unsigned *seen, const char **why)
+    int version, unsigned *seen, const char **why)
 {
 	uintmax_t v;
 	char *s;
@@ -538,6 +548,8 @@ envelope_decode_line(struct envelope *env, const struct line *l,
 		bit = SEEN_NEXT_TRY;
 	else if (field_is(l, 0, "attempts"))
 		bit = SEEN_ATTEMPTS;
+	else if (field_is(l, 0, "uid") && version >= 2)
+		bit = SEEN_UID;
 	else {
 		*why = "unknown key";
 		return -1;
@@ -584,6 +596,15 @@ envelope_decode_line(struct envelope *env, const struct line *l,
 		else
 			env->attempts = (unsigned)v;
 		return 0;
+	case SEEN_UID:
+		/* (uid_t)-1 means "no user" to the kernel: never a uid. */
+		if (field_uint(l->f[1], l->flen[1], (uid_t)-1 - 1, &v) == -1) {
+			*why = "bad number";
+			return -1;
+		}
+		env->uid = (uid_t)v;
+		env->uid_known = 1;
+		return 0;
 	case SEEN_CREATED:
 	case SEEN_NEXT_TRY:
 		if (field_time(l->f[1], l->flen[1], bit == SEEN_CREATED ?
@@ -606,6 +627,7 @@ envelope_decode(const char *buf, size_t len, size_t *used, char *err,
 	const char *p = buf, *end = buf + len, *nl, *why;
 	unsigned seen = 0;
 	size_t lineno = 1, vlen;
+	int version;
 
 	*used = 0;
 	if ((nl = memchr(p, '\n', len)) == NULL) {
@@ -617,7 +639,9 @@ envelope_decode(const char *buf, size_t len, size_t *used, char *err,
 		snprintf(err, errlen, "not an envelope (bad magic)");
 		return NULL;
 	}
-	if ((size_t)(nl - p) != vlen + 1 || p[vlen] != '0' + ENVELOPE_VERSION) {
+	if ((size_t)(nl - p) != vlen + 1 ||
+	    p[vlen] < '0' + ENVELOPE_VERSION_MIN ||
+	    p[vlen] > '0' + ENVELOPE_VERSION) {
 		/* Quote the version only if it is one: err reaches the log. */
 		p += vlen;
 		vlen = strspn(p, "0123456789");
@@ -628,6 +652,7 @@ envelope_decode(const char *buf, size_t len, size_t *used, char *err,
 			snprintf(err, errlen, "unknown envelope version");
 		return NULL;
 	}
+	version = p[vlen] - '0';
 	p = nl + 1;
 
 	env = envelope_new();
@@ -643,7 +668,8 @@ envelope_decode(const char *buf, size_t len, size_t *used, char *err,
 			snprintf(err, errlen, "line %zu: malformed", lineno);
 			goto fail;
 		}
-		if (envelope_decode_line(env, &l, &seen, &why) == -1) {
+		if (envelope_decode_line(env, &l, version, &seen,
+		    &why) == -1) {
 			snprintf(err, errlen, "line %zu: %.*s: %s", lineno,
 			    (int)(l.flen[0] > 16 ? 16 : l.flen[0]), l.f[0],
 			    why);

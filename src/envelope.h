@@ -41,6 +41,8 @@ struct envelope {
 	size_t nrcpts;
 	char *relay;                  /* relay name, NULL: default relay */
 	char *client;                 /* "name[addr]" of the submitter */
+	int uid_known;                /* uid below is the submitting user */
+	uid_t uid;                    /* local user who submitted it */
 	unsigned flags;               /* enum envelope_flags */
 	time_t created;
 	time_t next_try;              /* 0: as soon as possible */

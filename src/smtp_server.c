@@ -50,8 +50,10 @@
 #include "escape.h"
 #include "localaddr.h"
 #include "log.h"
+#include "peercred.h"
 #include "queue.h"
 #include "rewrite.h"
+#include "senderpolicy.h"
 #include "smtp_proto.h"
 #include "smtp_server.h"
 #include "xmalloc.h"
@@ -167,6 +169,11 @@ struct session {
 	char peer_addr[PEER_MAX]; /* "127.0.0.1", "::1", "unix:uid=N" */
 	int peer_family;
 	char *client;             /* "name[addr]" */
+	int uid_known;            /* the local user behind the peer is known */
+	uid_t uid;                /* ... and is this one */
+	/* From the config at accept; retired configs outlive sessions. */
+	const struct sender_policy *policy;
+	char *mail_domain;
 	char helo[HELO_MAX + 1];  /* "" until HELO/EHLO */
 	int esmtp;                /* EHLO rather than HELO */
 	unsigned errors;
@@ -494,7 +501,8 @@ txn_start(struct session *s)
 {
 	struct txn *t = s->txn;
 	const char *id, *proto;
-	char date[64], addr[PEER_MAX + 8], rcpt[4 * SMTP_PATH_MAX], *hdr;
+	char date[64], addr[PEER_MAX + 8], rcpt[4 * SMTP_PATH_MAX], who[48];
+	char *hdr;
 	struct tm tm;
 	time_t now;
 
@@ -515,20 +523,28 @@ txn_start(struct session *s)
 		proto = s->esmtp ? "ESMTP" : "SMTP";
 	snprintf(addr, sizeof(addr), "%s%s",
 	    s->peer_family == AF_INET6 ? "IPv6:" : "", s->peer_addr);
+	/* The submitting user, where Postfix puts it: "(Postfix, from
+	 * userid 1000)". */
+	if (s->uid_known)
+		snprintf(who, sizeof(who), ", from userid %ju",
+		    (uintmax_t)s->uid);
+	else
+		who[0] = '\0';
 	if (t->env->nrcpts == 1) {
 		/* RCPT refused control bytes already; escaping here keeps
 		 * the header one line whatever the address check lets by. */
 		escape_str(rcpt, sizeof(rcpt), t->env->rcpts[0].addr);
 		hdr = xasprintf("Received: from %s (%s [%s])\r\n"
-		    "\tby %s (smarthostd) with %s id %s\r\n"
+		    "\tby %s (smarthostd%s) with %s id %s\r\n"
 		    "\tfor <%s>; %s\r\n",
-		    s->helo, s->peer_name, addr, s->hostname, proto, id,
+		    s->helo, s->peer_name, addr, s->hostname, who, proto, id,
 		    rcpt, date);
 	} else
 		hdr = xasprintf("Received: from %s (%s [%s])\r\n"
-		    "\tby %s (smarthostd) with %s id %s;\r\n"
+		    "\tby %s (smarthostd%s) with %s id %s;\r\n"
 		    "\t%s\r\n",
-		    s->helo, s->peer_name, addr, s->hostname, proto, id, date);
+		    s->helo, s->peer_name, addr, s->hostname, who, proto, id,
+		    date);
 	txn_write(t, hdr, strlen(hdr));
 	free(hdr);
 	return 0;
@@ -606,8 +622,13 @@ commit_done(int error, struct envelope *env, void *arg)
 		s->commit = NULL;
 
 	if (error == 0) {
-		log_info("%s: client=%s", env->id,
-		    env->client != NULL ? env->client : "unknown");
+		if (env->uid_known)
+			log_info("%s: client=%s, uid=%ju", env->id,
+			    env->client != NULL ? env->client : "unknown",
+			    (uintmax_t)env->uid);
+		else
+			log_info("%s: client=%s", env->id,
+			    env->client != NULL ? env->client : "unknown");
 		log_info("%s: from=<%s>, size=%lld, nrcpt=%zu (queued)",
 		    env->id, env->sender != NULL ? env->sender : "",
 		    (long long)env->body_size, env->nrcpts);
@@ -879,6 +900,73 @@ addr_8bit(const char *addr)
 	return 0;
 }
 
+/*
+ * The user's own addresses that the local address settings add to those
+ * sender_policy knows: login@ any of local_domains, and the address the
+ * sender_rewrite map gives the login.
+ */
+static int
+sender_own_local(const struct session *s, const struct sender_identity *who,
+    const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	size_t llen;
+	char *mapped;
+	int own;
+
+	if (who->login == NULL || s->local == NULL)
+		return 0;
+	llen = strlen(who->login);
+	if (at != NULL && (size_t)(at - addr) == llen &&
+	    strncasecmp(addr, who->login, llen) == 0 &&
+	    localaddr_is_local(s->local, addr))
+		return 1;
+	if ((mapped = localaddr_sender(s->local, who->login)) == NULL)
+		return 0;
+	own = strcasecmp(mapped, addr) == 0;
+	free(mapped);
+	return own;
+}
+
+/*
+ * The sender policy: a session with a known local user may use only the
+ * senders the policy grants that user. Sessions without one (clients from
+ * allow_networks) are not subject to it. Replies 553 and returns 1 when
+ * the sender is refused.
+ */
+static int
+sender_refused(struct session *s, const char *addr)
+{
+	struct sender_identity who;
+	const char *domains[3];
+	char name[32];
+	int refused;
+
+	if (!s->uid_known || sender_policy_mode(s->policy) ==
+	    SENDER_POLICY_ANY)
+		return 0;
+	domains[0] = "localhost";
+	domains[1] = s->hostname;
+	domains[2] = s->mail_domain;
+	(void)sender_identity_lookup(s->uid, &who);
+	refused = sender_policy_check(s->policy, &who, addr, domains, 3) != 0 &&
+	    !sender_own_local(s, &who, addr);
+	if (refused) {
+		if (who.login != NULL)
+			snprintf(name, sizeof(name), "%s", who.login);
+		else
+			snprintf(name, sizeof(name), "%ju",
+			    (uintmax_t)s->uid);
+		log_info("smtp: client=%s, uid=%ju: sender <%s> refused: not "
+		    "owned by user %s", s->client, (uintmax_t)s->uid, addr,
+		    name);
+		reply(s, "553 5.7.1 <%s>: sender not owned by user %s", addr,
+		    name);
+	}
+	sender_identity_free(&who);
+	return refused;
+}
+
 static void
 cmd_mail(struct session *s, const char *arg)
 {
@@ -940,6 +1028,8 @@ cmd_mail(struct session *s, const char *arg)
 		reply_error(s, "501 5.1.7 Bad sender address syntax");
 		return;
 	}
+	if (sender_refused(s, addr))
+		return;
 	/* After any check of the sender as the client gave it: a local
 	 * sender becomes its configured address. */
 	if ((sender = localaddr_sender(s->local, addr)) != NULL)
@@ -956,6 +1046,8 @@ cmd_mail(struct session *s, const char *arg)
 		flags |= ENVELOPE_SMTPUTF8;
 	free(s->txn->env->client);
 	s->txn->env->client = xstrdup(s->client);
+	s->txn->env->uid_known = s->uid_known;
+	s->txn->env->uid = s->uid;
 	s->txn->env->flags |= flags;
 	session_enter(s, S_MAIL);
 	reply(s, "250 2.1.0 Ok");
@@ -1430,6 +1522,7 @@ session_free(struct session *s)
 	free(s->line);
 	free(s->client);
 	free(s->hostname);
+	free(s->mail_domain);
 	free(s);
 	if (srv->shutting_down && srv->nsessions == 0 &&
 	    srv->shutdown_ev != NULL) {
@@ -1445,8 +1538,9 @@ session_peer(struct session *s, evutil_socket_t fd,
     const struct sockaddr *sa, socklen_t salen)
 {
 	const char *name = "unknown";
-	struct ucred cred;
-	socklen_t len = sizeof(cred);
+	struct sockaddr_storage local;
+	socklen_t llen = sizeof(local);
+	uid_t uid;
 
 	s->peer_family = sa != NULL ? sa->sa_family : AF_UNSPEC;
 	snprintf(s->peer_addr, sizeof(s->peer_addr), "unknown");
@@ -1471,14 +1565,26 @@ session_peer(struct session *s, evutil_socket_t fd,
 	}
 	case AF_UNIX:
 		name = "localhost";
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+		if (peercred_unix(fd, &uid) == 0) {
 			snprintf(s->peer_addr, sizeof(s->peer_addr),
-			    "unix:uid=%u", (unsigned)cred.uid);
-		else
+			    "unix:uid=%ju", (uintmax_t)uid);
+			s->uid = uid;
+			s->uid_known = 1;
+		} else
 			snprintf(s->peer_addr, sizeof(s->peer_addr), "unix");
 		break;
 	default:
 		break;
+	}
+	/* A loopback TCP client: its socket's owner, from the kernel. */
+	if (strcmp(name, "localhost") == 0 && s->peer_family != AF_UNIX &&
+	    getsockname(fd, (struct sockaddr *)&local, &llen) == 0) {
+		if (peercred_tcp((struct sockaddr *)&local, sa, &uid) == 0) {
+			s->uid = uid;
+			s->uid_known = 1;
+		} else
+			log_debug("smtp %u: no owner found for %s: %s", s->id,
+			    s->peer_addr, strerror(errno));
 	}
 	snprintf(s->peer_name, sizeof(s->peer_name), "%s", name);
 	s->client = xasprintf("%s[%s]", s->peer_name, s->peer_addr);
@@ -1535,9 +1641,15 @@ smtp_server_free(struct smtp_server *srv)
 	free(srv);
 }
 
-void
-smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
-    const struct sockaddr *sa, socklen_t salen)
+/*
+ * Starts a session on fd. When label is set the caller vouches for the
+ * peer (the maildrop importer): the client is "localhost[label]" and its
+ * user is *uid, whatever the socket says.
+ */
+static void
+session_start(struct smtp_server *srv, evutil_socket_t fd,
+    const struct sockaddr *sa, socklen_t salen, const char *label,
+    const uid_t *uid)
 {
 	const struct config *cfg = srv->cfg;
 	struct session *s;
@@ -1577,8 +1689,19 @@ smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
 	s->local = cfg->local;
 	s->hostname = xstrdup(cfg->hostname != NULL ? cfg->hostname :
 	    "localhost");
+	s->mail_domain = xstrdup(cfg->mail_domain != NULL ? cfg->mail_domain :
+	    s->hostname);
+	s->policy = cfg->sender_policy;
 	s->line = xmalloc(s->lim.max_line + 1);
-	session_peer(s, fd, sa, salen);
+	if (label != NULL) {
+		s->peer_family = AF_UNIX;
+		snprintf(s->peer_name, sizeof(s->peer_name), "localhost");
+		snprintf(s->peer_addr, sizeof(s->peer_addr), "%s", label);
+		s->client = xasprintf("%s[%s]", s->peer_name, s->peer_addr);
+		s->uid = *uid;
+		s->uid_known = 1;
+	} else
+		session_peer(s, fd, sa, salen);
 
 	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	s->resume_ev = event_new(srv->base, -1, 0, session_resume_cb, s);
@@ -1601,6 +1724,20 @@ smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
 	log_debug("smtp %u: connect from %s", s->id, s->client);
 	reply(s, "220 %s ESMTP smarthostd", s->hostname);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+void
+smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
+    const struct sockaddr *sa, socklen_t salen)
+{
+	session_start(srv, fd, sa, salen, NULL, NULL);
+}
+
+void
+smtp_server_accept_local(struct smtp_server *srv, evutil_socket_t fd,
+    const char *label, uid_t uid)
+{
+	session_start(srv, fd, NULL, 0, label, &uid);
 }
 
 void

@@ -34,10 +34,20 @@ void smtp_server_free(struct smtp_server *srv);
 /*
  * Starts a session on fd (which the server now owns). sa is the peer
  * (AF_UNIX for local sockets). Beyond max_sessions the client gets a 421
- * and the socket is closed.
+ * and the socket is closed. The local user behind the peer is recorded
+ * when it can be known: SO_PEERCRED for a Unix socket, the kernel's socket
+ * table for a loopback TCP client (see peercred.h).
  */
 void smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
     const struct sockaddr *sa, socklen_t salen);
+/*
+ * Starts a session on fd for a peer the caller vouches for: an in-process
+ * client such as the maildrop importer. The session is the same as for a
+ * socket client (limits, sender policy, Received: header) but its client
+ * is "localhost[label]" and its local user is uid.
+ */
+void smtp_server_accept_local(struct smtp_server *srv, evutil_socket_t fd,
+    const char *label, uid_t uid);
 /* New sessions use cfg from now on. */
 void smtp_server_set_config(struct smtp_server *srv, const struct config *cfg);
 /* Sessions currently open. */

@@ -47,6 +47,9 @@ assert_same(const struct envelope *a, const struct envelope *b)
 		cr_assert_null(b->client);
 	else
 		cr_assert_str_eq(a->client, b->client);
+	cr_assert_eq(a->uid_known, b->uid_known);
+	if (a->uid_known)
+		cr_assert_eq(a->uid, b->uid);
 	cr_assert_eq(a->flags, b->flags);
 	cr_assert_eq(a->created, b->created);
 	cr_assert_eq(a->next_try, b->next_try);
@@ -262,7 +265,8 @@ Test(envelope, well_formed_reference_accepted)
 
 Test(envelope, unknown_version_rejected)
 {
-	assert_rejected("smarthostd-envelope 2\nid X\n\n", "version 2");
+	assert_rejected("smarthostd-envelope 3\nid X\n\n", "version 3");
+	assert_rejected("smarthostd-envelope 0\nid X\n\n", "version 0");
 	assert_rejected("smarthostd-envelope 10\nid X\n\n", "version");
 	assert_rejected("smarthostd-envelope\nid X\n\n", NULL);
 	assert_rejected("something-else 1\n\n", "magic");
@@ -504,4 +508,73 @@ Test(envelope, dup_is_deep)
 	    "550 5.1.1 <carol@example.net>: no such user");
 	envelope_free(d);
 	envelope_free(NULL);
+}
+
+Test(envelope, uid_roundtrips_as_version_2)
+{
+	struct envelope *env = sample(), *out;
+	char *text;
+	size_t len;
+
+	env->uid_known = 1;
+	env->uid = 1000;
+	text = envelope_encode(env, &len);
+	cr_assert(strncmp(text, "smarthostd-envelope 2\n", 22) == 0, "%s",
+	    text);
+	cr_assert_not_null(strstr(text, "\nuid 1000\n"), "%s", text);
+	free(text);
+	out = roundtrip(env);
+	assert_same(env, out);
+	envelope_free(out);
+
+	env->uid = 0; /* root is a uid like any other, not "unknown" */
+	out = roundtrip(env);
+	cr_assert(out->uid_known);
+	cr_assert_eq(out->uid, 0);
+	envelope_free(out);
+	envelope_free(env);
+}
+
+Test(envelope, version_1_without_uid_still_read)
+{
+	const char *text = "smarthostd-envelope 1\nid X\nsender a@b\n"
+	    "flags 0\ncreated 1\nnext-try 0\nattempts 0\n"
+	    "rcpt c@d pending - -\n\n";
+	struct envelope *out;
+	char err[128];
+	size_t used;
+
+	out = envelope_decode(text, strlen(text), &used, err, sizeof(err));
+	cr_assert_not_null(out, "%s", err);
+	cr_assert_not(out->uid_known);
+	envelope_free(out);
+}
+
+Test(envelope, uid_key_checked)
+{
+	const char *head = "id X\nsender a@b\nflags 0\ncreated 1\n"
+	    "next-try 0\nattempts 0\n";
+	const char *bad[][2] = {
+		{ "1", "uid 5\n" },   /* not in version 1 */
+		{ "2", "uid -1\n" },
+		{ "2", "uid 4294967295\n" },
+		{ "2", "uid 1\nuid 2\n" },
+		{ "2", "uid 1x\n" },
+	};
+	struct envelope *out;
+	char text[512], err[128];
+	size_t i, used;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text), "smarthostd-envelope %s\n%s%s\n",
+		    bad[i][0], head, bad[i][1]);
+		cr_assert_null(envelope_decode(text, strlen(text), &used, err,
+		    sizeof(err)), "accepted: %s", text);
+	}
+	snprintf(text, sizeof(text), "smarthostd-envelope 2\n%suid 7\n\n",
+	    head);
+	out = envelope_decode(text, strlen(text), &used, err, sizeof(err));
+	cr_assert_not_null(out, "%s", err);
+	cr_assert_eq(out->uid, 7);
+	envelope_free(out);
 }

@@ -422,12 +422,15 @@ Test(smtp_server, full_transaction)
 	snprintf(expect_hdr, sizeof(expect_hdr), "localhost[unix:uid=%u]",
 	    (unsigned)getuid());
 	cr_assert_str_eq(env->client, expect_hdr);
+	cr_assert(env->uid_known);
+	cr_assert_eq(env->uid, getuid());
 
 	body = body_read(env);
 	snprintf(expect_hdr, sizeof(expect_hdr),
 	    "Received: from client.test (localhost [unix:uid=%u])\r\n"
-	    "\tby mx.test (smarthostd) with ESMTP id %s\r\n"
-	    "\tfor <bob@example.org>; ", (unsigned)getuid(), id);
+	    "\tby mx.test (smarthostd, from userid %u) with ESMTP id %s\r\n"
+	    "\tfor <bob@example.org>; ", (unsigned)getuid(),
+	    (unsigned)getuid(), id);
 	cr_assert(strncmp(body, expect_hdr, strlen(expect_hdr)) == 0,
 	    "body: %s", body);
 	cr_assert_str_eq(after_received(body),
