@@ -30,6 +30,7 @@
 #include "daemon.h"
 #include "listener.h"
 #include "log.h"
+#include "maildrop.h"
 #include "queue.h"
 #include "scheduler.h"
 #include "smtp_server.h"
@@ -54,6 +55,7 @@ struct daemon_state {
 	struct scheduler *scheduler;
 	struct smtp_server *server;
 	struct control *control;
+	struct maildrop *maildrop;
 	int stopping;
 };
 
@@ -101,6 +103,9 @@ reload_warn_static(const struct config *old, const struct config *cfg)
 		log_warnx("reload: listen changes take effect at restart");
 	if (strcmp(old->spool, cfg->spool) != 0)
 		log_warnx("reload: spool changes take effect at restart");
+	if (strcmp(old->maildrop, cfg->maildrop) != 0 ||
+	    strcmp(old->maildrop_group, cfg->maildrop_group) != 0)
+		log_warnx("reload: maildrop changes take effect at restart");
 }
 
 static void
@@ -128,6 +133,7 @@ reload(struct daemon_state *d)
 	d->retired[d->nretired++] = d->cfg;
 	d->cfg = cfg;
 	smtp_server_set_config(d->server, cfg);
+	maildrop_set_config(d->maildrop, cfg);
 	listeners_set_config(d->listeners, cfg);
 	scheduler_set_config(d->scheduler, cfg);
 	log_info("reloaded");
@@ -177,6 +183,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 		log_info("stopping");
 		daemon_stopping();
 		listeners_stop(d->listeners);
+		maildrop_stop(d->maildrop);
 		smtp_server_shutdown(d->server, d->cfg->shutdown_timeout,
 		    server_stopped, d);
 		break;
@@ -185,18 +192,24 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 
 static uid_t spool_uid;
 static gid_t spool_gid;
+static struct stat maildrop_st; /* st_ino 0: no maildrop in the spool */
 
 static int
 spool_chown_one(const char *path, const struct stat *st, int type,
     struct FTW *ftw)
 {
+	/* The maildrop's files belong to the users who dropped them: the
+	 * importer checks that owner. maildrop_prepare() sets its own. */
+	if (maildrop_st.st_ino != 0 && st->st_dev == maildrop_st.st_dev &&
+	    st->st_ino == maildrop_st.st_ino)
+		return FTW_SKIP_SUBTREE;
 	if (st->st_uid == spool_uid && st->st_gid == spool_gid)
-		return 0;
+		return FTW_CONTINUE;
 	if (lchown(path, spool_uid, spool_gid) == -1) {
 		log_warn("cannot chown %s", path);
-		return -1;
+		return FTW_STOP;
 	}
-	return 0;
+	return FTW_CONTINUE;
 }
 
 /*
@@ -207,7 +220,8 @@ spool_chown_one(const char *path, const struct stat *st, int type,
  * only, so walking the tree on the main thread is fine.
  */
 static void
-spool_prepare(const char *spool, const struct passwd *pw)
+spool_prepare(const char *spool, const char *maildrop,
+    const struct passwd *pw)
 {
 	if (mkdir(spool, 0700) == -1 && errno != EEXIST)
 		fatal("cannot create spool %s", spool);
@@ -215,7 +229,9 @@ spool_prepare(const char *spool, const struct passwd *pw)
 		return;
 	spool_uid = pw->pw_uid;
 	spool_gid = pw->pw_gid;
-	if (nftw(spool, spool_chown_one, 16, FTW_PHYS) != 0)
+	if (lstat(maildrop, &maildrop_st) == -1)
+		memset(&maildrop_st, 0, sizeof(maildrop_st));
+	if (nftw(spool, spool_chown_one, 16, FTW_PHYS | FTW_ACTIONRETVAL) != 0)
 		fatalx_code(EX_CANTCREAT, "cannot give spool %s to %s", spool,
 		    pw->pw_name);
 }
@@ -245,10 +261,67 @@ relays_check_tls(const struct config *cfg)
 	}
 }
 
-static void
-drop_privileges(const struct passwd *pw)
+/*
+ * The maildrop (see maildrop.h): owned by the daemon user, group
+ * maildrop_group, mode 1730, so that smarthost-postdrop (setgid to that
+ * group) can create files in it but nobody can list, read or remove
+ * another user's. Made and fixed up only when we start as root; a daemon
+ * started as its own user keeps whatever the administrator set up (or a
+ * private 0700 directory that only it and root can drop into). Returns the
+ * group's gid, or (gid_t)-1 when there is no such group.
+ */
+static gid_t
+maildrop_prepare(const struct config *cfg, const struct passwd *pw)
 {
-	if (setgroups(1, &pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
+	struct group *gr;
+	struct stat st;
+	gid_t gid = (gid_t)-1;
+	char *parent, *slash;
+
+	if (geteuid() != 0) {
+		if (mkdir(cfg->maildrop, 0700) == -1 && errno != EEXIST)
+			fatal("cannot create maildrop %s", cfg->maildrop);
+		return gid;
+	}
+	if ((gr = getgrnam(cfg->maildrop_group)) != NULL)
+		gid = gr->gr_gid;
+	else
+		log_warnx("maildrop_group \"%s\" does not exist: only root "
+		    "and the daemon user can use smarthost-postdrop",
+		    cfg->maildrop_group);
+	if (mkdir(cfg->maildrop, 01730) == -1 && errno != EEXIST)
+		fatal("cannot create maildrop %s", cfg->maildrop);
+	if (lstat(cfg->maildrop, &st) == -1 || !S_ISDIR(st.st_mode))
+		fatalx_code(EX_CANTCREAT, "maildrop %s is not a directory",
+		    cfg->maildrop);
+	if (chown(cfg->maildrop, pw != NULL ? pw->pw_uid : 0,
+	    gid != (gid_t)-1 ? gid : (pw != NULL ? pw->pw_gid : 0)) == -1 ||
+	    chmod(cfg->maildrop, 01730) == -1)
+		fatal("cannot set the owner and mode of maildrop %s",
+		    cfg->maildrop);
+	/* Users must be able to reach it: a spool it lives in becomes
+	 * searchable (0711), never listable; queue/ and the rest stay
+	 * 0700. */
+	parent = xstrdup(cfg->maildrop);
+	if ((slash = strrchr(parent, '/')) != NULL && slash != parent) {
+		*slash = '\0';
+		if (strcmp(parent, cfg->spool) == 0 &&
+		    chmod(parent, 0711) == -1)
+			fatal("cannot chmod %s", parent);
+	}
+	free(parent);
+	return gid;
+}
+
+static void
+drop_privileges(const struct passwd *pw, gid_t maildrop_gid)
+{
+	gid_t groups[2] = { pw->pw_gid, maildrop_gid };
+
+	/* The maildrop group as a supplementary group: postdrop's files
+	 * are readable by it (0640), not by the daemon user as such. */
+	if (setgroups(maildrop_gid != (gid_t)-1 ? 2 : 1, groups) == -1 ||
+	    setgid(pw->pw_gid) == -1 ||
 	    setuid(pw->pw_uid) == -1)
 		fatal("cannot drop privileges to %s", pw->pw_name);
 	/* Credential helpers (gpg, password_command) look in $HOME. */
@@ -313,6 +386,7 @@ main(int argc, char *argv[])
 	struct control_params cp;
 	const char *file = DEFAULT_CONFIG;
 	struct passwd *pw = NULL;
+	gid_t maildrop_gid;
 	char err[1024];
 	int ch, debug = 0, check = 0;
 	size_t i, n;
@@ -363,9 +437,10 @@ main(int argc, char *argv[])
 
 	if ((d.listeners = listeners_open(d.cfg, err, sizeof(err))) == NULL)
 		fatalx_code(EX_CONFIG, "%s", err);
-	spool_prepare(d.cfg->spool, pw);
+	spool_prepare(d.cfg->spool, d.cfg->maildrop, pw);
+	maildrop_gid = maildrop_prepare(d.cfg, pw);
 	if (pw != NULL)
-		drop_privileges(pw);
+		drop_privileges(pw, maildrop_gid);
 	relays_check_tls(d.cfg);
 	if ((d.queue = queue_open(d.base, d.cfg->spool, d.cfg->spool_sync, err,
 	    sizeof(err))) == NULL)
@@ -401,6 +476,11 @@ main(int argc, char *argv[])
 	n = queue_load(d.queue, loaded_cb, &d);
 	if (n > 0)
 		log_info("loaded %zu queued message%s", n, n == 1 ? "" : "s");
+	/* After the queue is loaded: the first scan of the maildrop runs
+	 * from the loop and imports through the server. */
+	if ((d.maildrop = maildrop_open(d.base, d.cfg, d.server, err,
+	    sizeof(err))) == NULL)
+		fatalx_code(EX_CANTCREAT, "%s", err);
 	if (listeners_start(d.listeners, d.base, d.server) == -1)
 		fatalx("cannot start listeners");
 	for (i = 0; i < listeners_count(d.listeners); i++)
@@ -417,6 +497,7 @@ main(int argc, char *argv[])
 	 * its envelopes.
 	 */
 	control_free(d.control);
+	maildrop_free(d.maildrop);
 	listeners_free(d.listeners);
 	smtp_server_free(d.server);
 	worker_free(d.worker);

@@ -1,0 +1,655 @@
+/*
+ * Maildrop import (see maildrop.h).
+ *
+ * One file is imported at a time: the maildrop is a fallback for when the
+ * daemon is down, so its throughput matters less than keeping one simple
+ * in-order path. A scan lists the directory (names in arrival order, as
+ * postdrop's names start with the time), then imports the files one by
+ * one; an inotify event or the rescan timer during an import only marks
+ * the directory dirty, and the scan is repeated once the list is done.
+ *
+ * The import speaks SMTP to an in-process server session over a
+ * socketpair: EHLO, MAIL, RCPT..., then the message with BDAT (its exact
+ * length is known, so no dot-stuffing), and waits for the 250 that the
+ * server sends only once the queue committed the message.
+ *
+ * Reading a file's header (at most 1 MiB) happens on the loop thread: the
+ * maildrop is on a local disk and imports are rare.
+ */
+#include <sys/inotify.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "dropfile.h"
+#include "fileio.h"
+#include "log.h"
+#include "maildrop.h"
+#include "xmalloc.h"
+
+#define IMPORT_TIMEOUT 120       /* seconds for any one reply */
+#define STALE_TMP (24 * 3600)    /* a postdrop temp file this old is dead */
+#define REPLY_MAX 256
+
+enum import_state {
+	I_GREETING, /* waiting for 220 */
+	I_EHLO,
+	I_MAIL,
+	I_RCPT,     /* waiting for the reply to rcpt[next_rcpt - 1] */
+	I_BDAT,     /* message sent; waiting for "250 queued as" */
+};
+#define I__COUNT (I_BDAT + 1)
+
+static const char *const import_state_names[] = {
+	"GREETING",
+	"EHLO",
+	"MAIL",
+	"RCPT",
+	"BDAT",
+};
+_Static_assert(sizeof(import_state_names) / sizeof(import_state_names[0]) ==
+    I__COUNT, "import_state_names out of step with enum import_state");
+
+struct import {
+	struct maildrop *md;
+	char *name;
+	int fd;                   /* the maildrop file */
+	struct dropfile df;
+	size_t hdrlen;
+	off_t size;               /* message bytes */
+	struct bufferevent *bev;  /* our end of the socketpair */
+	enum import_state state;
+	size_t next_rcpt;
+	char reply[REPLY_MAX];    /* first line of the current reply */
+	int have_first;
+};
+
+struct maildrop {
+	struct event_base *base;
+	struct smtp_server *srv;
+	char *dir;
+	int dirfd;
+	int corruptfd;
+	uint64_t max_message_size;
+	unsigned max_recipients;
+	int inotify_fd;
+	struct event *inotify_ev;
+	struct event *rescan_ev;  /* periodic, and "scan now" */
+	char **names;             /* the current scan's list */
+	size_t nnames, next;
+	struct import *cur;
+	int dirty;                /* rescan once the list is done */
+	int stopped;
+	unsigned imported, rejected, aside_seq;
+};
+
+static void maildrop_next(struct maildrop *md);
+
+/* A file name made printable for the log. */
+static const char *
+pname(char *buf, size_t size, const char *name)
+{
+	return log_sanitize(buf, size, name, strlen(name));
+}
+
+/*
+ * Moves name out of the maildrop into <spool>/corrupt as
+ * maildrop.<time>.<pid>.<n> (the original name is in the log line; a
+ * user-chosen name never becomes a path of ours).
+ */
+static void
+move_aside(struct maildrop *md, const char *name, uid_t owner,
+    const char *why)
+{
+	char target[96], nb[128];
+
+	snprintf(target, sizeof(target), "maildrop.%jd.%ld.%u",
+	    (intmax_t)time(NULL), (long)getpid(), ++md->aside_seq);
+	if (renameat(md->dirfd, name, md->corruptfd, target) == -1) {
+		log_warn("maildrop: %s (owner uid=%ju): %s; cannot move it "
+		    "aside", pname(nb, sizeof(nb), name), (uintmax_t)owner,
+		    why);
+		return;
+	}
+	md->rejected++;
+	log_warnx("maildrop: %s (owner uid=%ju): %s; moved to corrupt/%s",
+	    pname(nb, sizeof(nb), name), (uintmax_t)owner, why, target);
+	(void)fsync(md->corruptfd);
+}
+
+/* ---- one import: validation ---- */
+
+static void
+import_free(struct import *im)
+{
+	if (im == NULL)
+		return;
+	if (im->bev != NULL)
+		bufferevent_free(im->bev);
+	if (im->fd != -1)
+		close(im->fd);
+	dropfile_clear(&im->df);
+	free(im->name);
+	free(im);
+}
+
+/*
+ * Opens and checks name. Returns the import ready to send, or NULL when
+ * the file is gone or was moved aside.
+ */
+static struct import *
+import_open(struct maildrop *md, const char *name)
+{
+	struct import *im;
+	struct stat st;
+	char err[256], *head = NULL, tail[DROPFILE_TRAILER_MAX];
+	size_t headlen, taillen;
+	uid_t owner = (uid_t)-1;
+
+	im = xcalloc(1, sizeof(*im));
+	im->md = md;
+	im->name = xstrdup(name);
+	im->fd = openat(md->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+	    O_NOCTTY | O_CLOEXEC);
+	if (im->fd == -1) {
+		if (errno == ENOENT)
+			goto gone;
+		if (fstatat(md->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			owner = st.st_uid;
+		snprintf(err, sizeof(err), "%s", errno == ELOOP ?
+		    "a symbolic link" : strerror(errno));
+		goto aside;
+	}
+	if (fstat(im->fd, &st) == -1) {
+		snprintf(err, sizeof(err), "fstat: %s", strerror(errno));
+		goto aside;
+	}
+	owner = st.st_uid;
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, sizeof(err), "not a regular file");
+		goto aside;
+	}
+	if (st.st_nlink != 1) {
+		snprintf(err, sizeof(err), "has %ju hard links",
+		    (uintmax_t)st.st_nlink);
+		goto aside;
+	}
+	if ((uint64_t)st.st_size > md->max_message_size +
+	    DROPFILE_HEADER_MAX + DROPFILE_TRAILER_MAX) {
+		snprintf(err, sizeof(err), "too large (%jd bytes)",
+		    (intmax_t)st.st_size);
+		goto aside;
+	}
+	headlen = (size_t)st.st_size < DROPFILE_HEADER_MAX ?
+	    (size_t)st.st_size : DROPFILE_HEADER_MAX;
+	head = xmalloc(headlen + 1);
+	if (fileio_pread_all(im->fd, head, headlen, 0) == -1) {
+		snprintf(err, sizeof(err), "read: %s", strerror(errno));
+		goto aside;
+	}
+	if (dropfile_parse_header(head, headlen, &im->df, &im->hdrlen, err,
+	    sizeof(err)) == -1)
+		goto aside;
+	if (im->df.uid != st.st_uid) {
+		snprintf(err, sizeof(err), "claims uid %ju but is owned by "
+		    "uid %ju", (uintmax_t)im->df.uid, (uintmax_t)st.st_uid);
+		goto aside;
+	}
+	if (im->df.nrcpts > md->max_recipients) {
+		snprintf(err, sizeof(err), "%zu recipients, more than "
+		    "max_recipients", im->df.nrcpts);
+		goto aside;
+	}
+	taillen = (size_t)st.st_size - im->hdrlen < sizeof(tail) ?
+	    (size_t)st.st_size - im->hdrlen : sizeof(tail);
+	if (fileio_pread_all(im->fd, tail, taillen, st.st_size -
+	    (off_t)taillen) == -1) {
+		snprintf(err, sizeof(err), "read: %s", strerror(errno));
+		goto aside;
+	}
+	if ((im->size = dropfile_check_trailer(tail, taillen, st.st_size,
+	    im->hdrlen, err, sizeof(err))) == -1)
+		goto aside;
+	free(head);
+	return im;
+
+aside:
+	move_aside(md, name, owner, err);
+gone:
+	free(head);
+	import_free(im);
+	return NULL;
+}
+
+/* ---- one import: the SMTP conversation ---- */
+
+static void
+import_send(struct import *im, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+import_send(struct import *im, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(im->bev);
+	va_list ap;
+
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+/* The import ended: ok (imported), permanent (move aside) or neither
+ * (leave the file for the next scan). */
+static void
+import_end(struct import *im, int ok, int permanent)
+{
+	struct maildrop *md = im->md;
+	char nb[128], why[REPLY_MAX + 64];
+
+	if (ok) {
+		if (unlinkat(md->dirfd, im->name, 0) == -1)
+			log_warn("maildrop: %s: imported but cannot remove "
+			    "it (it will be imported again)",
+			    pname(nb, sizeof(nb), im->name));
+		md->imported++;
+		log_info("maildrop: %s: imported from uid=%ju: %s",
+		    pname(nb, sizeof(nb), im->name), (uintmax_t)im->df.uid,
+		    im->reply);
+	} else if (permanent) {
+		snprintf(why, sizeof(why), "refused at %s: %s",
+		    import_state_names[im->state], im->reply);
+		move_aside(md, im->name, im->df.uid, why);
+	} else
+		log_warnx("maildrop: %s: deferred at %s: %s",
+		    pname(nb, sizeof(nb), im->name),
+		    import_state_names[im->state],
+		    im->reply[0] != '\0' ? im->reply : "connection lost");
+	md->cur = NULL;
+	import_free(im);
+	maildrop_next(md);
+}
+
+/* Sends the message: BDAT with its exact length, then its bytes. */
+static int
+import_send_message(struct import *im)
+{
+	struct evbuffer *out = bufferevent_get_output(im->bev);
+	int fd;
+
+	import_send(im, "BDAT %jd LAST", (intmax_t)im->size);
+	if (im->size == 0)
+		return 0;
+	if ((fd = dup(im->fd)) == -1)
+		return -1;
+	/* evbuffer_add_file owns fd from here and closes it once sent. */
+	return evbuffer_add_file(out, fd, (ev_off_t)im->hdrlen,
+	    (ev_off_t)im->size);
+}
+
+/* Acts on a complete reply with code; returns 0 to go on, or ends the
+ * import (which frees im) and returns -1. */
+static int
+import_reply(struct import *im, int code)
+{
+	int klass = code / 100;
+
+	log_debug("maildrop: %s: %s: %s", im->name,
+	    import_state_names[im->state], im->reply);
+	if (klass != 2) {
+		import_end(im, 0, klass == 5);
+		return -1;
+	}
+	switch (im->state) {
+	case I_GREETING:
+		import_send(im, "EHLO localhost");
+		im->state = I_EHLO;
+		break;
+	case I_EHLO:
+		import_send(im, "MAIL FROM:<%s> BODY=8BITMIME%s",
+		    im->df.sender, im->df.utf8 ? " SMTPUTF8" : "");
+		im->state = I_MAIL;
+		break;
+	case I_MAIL:
+	case I_RCPT:
+		if (im->next_rcpt < im->df.nrcpts) {
+			import_send(im, "RCPT TO:<%s>",
+			    im->df.rcpts[im->next_rcpt++]);
+			im->state = I_RCPT;
+			break;
+		}
+		if (import_send_message(im) == -1) {
+			snprintf(im->reply, sizeof(im->reply), "cannot send "
+			    "the message: %s", strerror(errno));
+			import_end(im, 0, 0);
+			return -1;
+		}
+		im->state = I_BDAT;
+		break;
+	case I_BDAT:
+		import_end(im, 1, 0);
+		return -1;
+	}
+	return 0;
+}
+
+static void
+import_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct import *im = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	char *line;
+	size_t len;
+
+	while ((line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF)) !=
+	    NULL) {
+		int last = len < 4 || line[3] != '-';
+		int code = len >= 3 ? atoi(line) : 0;
+
+		if (!im->have_first) {
+			snprintf(im->reply, sizeof(im->reply), "%s", line);
+			im->have_first = 1;
+		}
+		free(line);
+		if (!last)
+			continue;
+		im->have_first = 0;
+		if (code < 200 || code > 599)
+			code = 451;
+		if (import_reply(im, code) == -1)
+			return; /* im is gone */
+	}
+}
+
+static void
+import_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct import *im = arg;
+
+	if (what & BEV_EVENT_TIMEOUT)
+		snprintf(im->reply, sizeof(im->reply), "timed out");
+	else
+		snprintf(im->reply, sizeof(im->reply), "session closed");
+	import_end(im, 0, 0);
+}
+
+/* Starts the conversation; returns -1 (im freed) if it cannot. */
+static int
+import_start(struct import *im)
+{
+	struct maildrop *md = im->md;
+	struct timeval tv = { IMPORT_TIMEOUT, 0 };
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
+		log_warn("maildrop: socketpair");
+		import_free(im);
+		return -1;
+	}
+	if (evutil_make_socket_nonblocking(sv[0]) == -1 ||
+	    (im->bev = bufferevent_socket_new(md->base, sv[0],
+	    BEV_OPT_CLOSE_ON_FREE)) == NULL)
+		fatalx("maildrop: cannot set up an import");
+	bufferevent_setcb(im->bev, import_read_cb, NULL, import_event_cb, im);
+	bufferevent_set_timeouts(im->bev, &tv, NULL);
+	bufferevent_enable(im->bev, EV_READ | EV_WRITE);
+	im->state = I_GREETING;
+	md->cur = im;
+	smtp_server_accept_local(md->srv, sv[1], "maildrop", im->df.uid);
+	return 0;
+}
+
+/* ---- scanning ---- */
+
+static void
+names_clear(struct maildrop *md)
+{
+	size_t i;
+
+	for (i = 0; i < md->nnames; i++)
+		free(md->names[i]);
+	free(md->names);
+	md->names = NULL;
+	md->nnames = md->next = 0;
+}
+
+static int
+name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A postdrop temporary file that outlived any postdrop run. */
+static void
+stale_tmp(struct maildrop *md, const char *name)
+{
+	struct stat st;
+
+	if (strncmp(name, ".tmp.", 5) != 0 ||
+	    fstatat(md->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == -1 ||
+	    st.st_mtime > time(NULL) - STALE_TMP)
+		return;
+	move_aside(md, name, st.st_uid, "stale temporary file");
+}
+
+/* Lists the directory into md->names. */
+static void
+scan(struct maildrop *md)
+{
+	struct dirent *de;
+	DIR *dir;
+	int fd;
+	size_t cap = 0;
+
+	names_clear(md);
+	md->dirty = 0;
+	if ((fd = openat(md->dirfd, ".", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1 || (dir = fdopendir(fd)) == NULL) {
+		log_warn("maildrop: cannot list %s", md->dir);
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(dir)) != NULL) {
+		if (de->d_name[0] == '.') {
+			stale_tmp(md, de->d_name);
+			continue;
+		}
+		if (md->nnames == cap) {
+			cap = cap == 0 ? 16 : cap * 2;
+			md->names = xreallocarray(md->names, cap,
+			    sizeof(*md->names));
+		}
+		md->names[md->nnames++] = xstrdup(de->d_name);
+	}
+	closedir(dir);
+	qsort(md->names, md->nnames, sizeof(*md->names), name_cmp);
+	if (md->nnames > 0)
+		log_debug("maildrop: %zu file%s to import", md->nnames,
+		    md->nnames == 1 ? "" : "s");
+}
+
+/* Imports the next file of the list, rescanning when it is done and the
+ * directory changed meanwhile. */
+static void
+maildrop_next(struct maildrop *md)
+{
+	struct import *im;
+
+	while (!md->stopped && md->cur == NULL) {
+		if (md->next == md->nnames) {
+			if (!md->dirty)
+				return;
+			scan(md);
+			if (md->nnames == 0)
+				return;
+		}
+		im = import_open(md, md->names[md->next++]);
+		if (im != NULL)
+			(void)import_start(im);
+	}
+}
+
+/* Something changed, or the timer fired: scan now or after the import. */
+static void
+maildrop_kick(struct maildrop *md)
+{
+	md->dirty = 1;
+	maildrop_next(md);
+}
+
+static void
+rescan_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct maildrop *md = arg;
+	struct timeval tv = { MAILDROP_RESCAN, 0 };
+
+	if (md->stopped)
+		return;
+	evtimer_add(md->rescan_ev, &tv);
+	maildrop_kick(md);
+}
+
+static void
+inotify_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct maildrop *md = arg;
+	char buf[4096] __attribute__((aligned(__alignof__(struct
+	    inotify_event))));
+	ssize_t n;
+	int i;
+
+	/* The events only say "look again"; drain them (bounded). */
+	for (i = 0; i < 64; i++) {
+		n = read(fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+	}
+	maildrop_kick(md);
+}
+
+/* ---- the public interface ---- */
+
+struct maildrop *
+maildrop_open(struct event_base *base, const struct config *cfg,
+    struct smtp_server *srv, char *err, size_t errlen)
+{
+	struct maildrop *md;
+	struct timeval now = { 0, 0 };
+	char *corrupt;
+
+	md = xcalloc(1, sizeof(*md));
+	md->base = base;
+	md->srv = srv;
+	md->dir = xstrdup(cfg->maildrop);
+	md->inotify_fd = -1;
+	md->corruptfd = -1;
+	maildrop_set_config(md, cfg);
+	if ((md->dirfd = open(md->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) ==
+	    -1) {
+		snprintf(err, errlen, "maildrop %s: %s", md->dir,
+		    strerror(errno));
+		goto fail;
+	}
+	corrupt = xasprintf("%s/corrupt", cfg->spool);
+	md->corruptfd = open(corrupt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (md->corruptfd == -1)
+		snprintf(err, errlen, "%s: %s", corrupt, strerror(errno));
+	free(corrupt);
+	if (md->corruptfd == -1)
+		goto fail;
+
+	/* Without inotify (no more instances) the rescan still finds
+	 * everything, later. */
+	md->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (md->inotify_fd == -1 || inotify_add_watch(md->inotify_fd,
+	    md->dir, IN_MOVED_TO | IN_CLOSE_WRITE | IN_ONLYDIR) == -1) {
+		log_warn("maildrop: cannot watch %s; rescanning every %d s",
+		    md->dir, MAILDROP_RESCAN);
+		if (md->inotify_fd != -1)
+			close(md->inotify_fd);
+		md->inotify_fd = -1;
+	} else {
+		md->inotify_ev = event_new(base, md->inotify_fd,
+		    EV_READ | EV_PERSIST, inotify_cb, md);
+		if (md->inotify_ev == NULL || event_add(md->inotify_ev,
+		    NULL) == -1)
+			fatalx("maildrop: cannot watch inotify");
+	}
+	if ((md->rescan_ev = evtimer_new(base, rescan_cb, md)) == NULL)
+		fatalx("maildrop: evtimer_new");
+	evtimer_add(md->rescan_ev, &now);
+	return md;
+
+fail:
+	maildrop_free(md);
+	return NULL;
+}
+
+void
+maildrop_set_config(struct maildrop *md, const struct config *cfg)
+{
+	md->max_message_size = cfg->max_message_size;
+	md->max_recipients = cfg->max_recipients;
+}
+
+void
+maildrop_stop(struct maildrop *md)
+{
+	if (md == NULL)
+		return;
+	md->stopped = 1;
+	if (md->inotify_ev != NULL)
+		event_del(md->inotify_ev);
+	if (md->rescan_ev != NULL)
+		event_del(md->rescan_ev);
+}
+
+void
+maildrop_free(struct maildrop *md)
+{
+	if (md == NULL)
+		return;
+	import_free(md->cur);
+	names_clear(md);
+	if (md->inotify_ev != NULL)
+		event_free(md->inotify_ev);
+	if (md->rescan_ev != NULL)
+		event_free(md->rescan_ev);
+	if (md->inotify_fd != -1)
+		close(md->inotify_fd);
+	if (md->dirfd != -1)
+		close(md->dirfd);
+	if (md->corruptfd != -1)
+		close(md->corruptfd);
+	free(md->dir);
+	free(md);
+}
+
+unsigned
+maildrop_imported(const struct maildrop *md)
+{
+	return md->imported;
+}
+
+unsigned
+maildrop_rejected(const struct maildrop *md)
+{
+	return md->rejected;
+}

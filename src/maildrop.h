@@ -1,0 +1,51 @@
+/*
+ * The daemon's side of the maildrop: imports the files smarthost-postdrop
+ * left (dropfile.h) at start, whenever one appears (inotify) and on a
+ * periodic rescan as a safety net.
+ *
+ * Each file is validated before anything of it is believed: opened with
+ * O_NOFOLLOW (a symbolic link is never followed), a regular file with one
+ * link, not larger than the limits allow, a complete file of the current
+ * format whose claimed uid is its owner. It is then fed to an in-process
+ * SMTP session (smtp_server_accept_local) as that uid, so the sender
+ * policy, limits and Received: header apply exactly as for an SMTP client,
+ * and removed only once the queue answered 250 (committed).
+ *
+ * A file that fails validation, or that the session refuses permanently
+ * (5xx, for example the sender policy), is moved to <spool>/corrupt with a
+ * log line; nothing is bounced, since the submitter is a local user who
+ * reads neither DSNs nor the log (see smarthostd(8)). A temporary failure
+ * (4xx, the daemon stopping) leaves it for the next scan.
+ */
+#ifndef SMARTHOST_MAILDROP_H
+#define SMARTHOST_MAILDROP_H
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "smtp_server.h"
+
+struct maildrop;
+
+/* Seconds between rescans when no inotify event arrives. */
+#define MAILDROP_RESCAN 60
+
+/*
+ * Opens cfg->maildrop and <cfg->spool>/corrupt (both must exist), starts
+ * watching and schedules the first scan at once. Returns NULL with a
+ * message in err.
+ */
+struct maildrop *maildrop_open(struct event_base *base,
+    const struct config *cfg, struct smtp_server *srv, char *err,
+    size_t errlen);
+/* New imports use cfg's limits from now on (the directory stays). */
+void maildrop_set_config(struct maildrop *md, const struct config *cfg);
+/* Stops watching and starting imports; an import in progress finishes. */
+void maildrop_stop(struct maildrop *md);
+/* Drops an import in progress (its file stays) and frees. Accepts NULL. */
+void maildrop_free(struct maildrop *md);
+/* Files imported and files moved aside so far (for tests and status). */
+unsigned maildrop_imported(const struct maildrop *md);
+unsigned maildrop_rejected(const struct maildrop *md);
+
+#endif
