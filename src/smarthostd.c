@@ -276,6 +276,7 @@ maildrop_prepare(const struct config *cfg, const struct passwd *pw)
 	struct group *gr;
 	struct stat st;
 	gid_t gid = (gid_t)-1;
+	uid_t uid;
 	char *parent, *slash;
 
 	if (geteuid() != 0) {
@@ -294,11 +295,19 @@ maildrop_prepare(const struct config *cfg, const struct passwd *pw)
 	if (lstat(cfg->maildrop, &st) == -1 || !S_ISDIR(st.st_mode))
 		fatalx_code(EX_CANTCREAT, "maildrop %s is not a directory",
 		    cfg->maildrop);
-	if (chown(cfg->maildrop, pw != NULL ? pw->pw_uid : 0,
-	    gid != (gid_t)-1 ? gid : (pw != NULL ? pw->pw_gid : 0)) == -1 ||
-	    chmod(cfg->maildrop, 01730) == -1)
+	/* Only what differs: under systemd's CapabilityBoundingSet a chmod
+	 * of a directory root does not own needs CAP_FOWNER. */
+	uid = pw != NULL ? pw->pw_uid : 0;
+	if (gid == (gid_t)-1)
+		gid = pw != NULL ? pw->pw_gid : 0;
+	if (((st.st_mode & 07777) != 01730 &&
+	    chmod(cfg->maildrop, 01730) == -1) ||
+	    ((st.st_uid != uid || st.st_gid != gid) &&
+	    chown(cfg->maildrop, uid, gid) == -1))
 		fatal("cannot set the owner and mode of maildrop %s",
 		    cfg->maildrop);
+	if (gr == NULL)
+		gid = (gid_t)-1;
 	/* Users must be able to reach it: a spool it lives in becomes
 	 * searchable (0711), never listable; queue/ and the rest stay
 	 * 0700. */
@@ -306,7 +315,8 @@ maildrop_prepare(const struct config *cfg, const struct passwd *pw)
 	if ((slash = strrchr(parent, '/')) != NULL && slash != parent) {
 		*slash = '\0';
 		if (strcmp(parent, cfg->spool) == 0 &&
-		    chmod(parent, 0711) == -1)
+		    stat(parent, &st) == 0 && (st.st_mode & 0711) != 0711 &&
+		    chmod(parent, (st.st_mode & 07777) | 0711) == -1)
 			fatal("cannot chmod %s", parent);
 	}
 	free(parent);

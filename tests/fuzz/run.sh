@@ -21,7 +21,8 @@ authinfo:authinfo xmalloc log escape
 sasl:sasl xmalloc log escape
 aliases:aliases smtp_proto xmalloc log escape
 rewrite:rewrite xmalloc log escape
-message:message aliases smtp_proto xmalloc log escape"
+message:message aliases smtp_proto xmalloc log escape
+dropfile:dropfile smtp_proto xmalloc log escape"
 
 mkdir -p "$out"
 status=0
