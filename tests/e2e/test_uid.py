@@ -146,3 +146,22 @@ def test_sender_policy_map(uid_daemon, upstream, tmp_path):
         client.quit()
     assert code == 553, text
     assert b"not owned by user root" in text
+
+
+def test_sender_policy_own_includes_local_domains_and_rewrite_map(
+        uid_daemon, upstream, tmp_path):
+    require_root()
+    user = ensure_user()
+    sender_map = tmp_path / "sender-map"
+    sender_map.write_text(f"{user.pw_name}: first.last@company.example\n")
+    daemon, _ = uid_daemon(
+        sender_policy={"mode": "own"},
+        local_domains=["localhost", HOSTNAME, "corp.example"],
+        sender_rewrite={"map": str(sender_map)})
+    for sender, code in [(f"{user.pw_name}@corp.example", 250),
+                         ("first.last@company.example", 250),
+                         ("other.person@company.example", 553),
+                         (f"{user.pw_name}@company.example", 553)]:
+        out = submit_as(user, "unix", daemon.unix_path, sender,
+                        make_message("own", "x\n", sender=sender).decode())
+        assert out["mail"][0] == code, (sender, out)
