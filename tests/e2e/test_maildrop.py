@@ -299,3 +299,48 @@ def test_unprivileged_user_cannot_touch_queue_or_others_drops(
     assert probe.stdout.split() == ["queue-denied", "drop-unlistable",
                                     "drop-unreadable", "drop-unremovable"]
     assert drop_files(daemon) == [dropped]
+
+
+@pytest.fixture(scope="module")
+def sendmail_binary(smarthostd_binary):
+    path = os.path.join(os.path.dirname(smarthostd_binary),
+                        "smarthost-sendmail")
+    assert os.access(path, os.X_OK), f"no {path}"
+    return path
+
+
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_sendmail_falls_back_to_the_real_postdrop(
+        stopped_daemon, upstream, postdrop_binary, sendmail_binary, who):
+    """The whole path while the daemon is down: smarthost-sendmail finds
+    no socket, runs smarthost-postdrop (the setgid copy for the user),
+    the daemon imports the file at start and relays it with the uid."""
+    daemon = stopped_daemon
+    if who == "user":
+        require_root()
+        user = ensure_user()
+        bindir = os.path.join(daemon.workdir, "bin")
+        os.mkdir(bindir, 0o755)
+        postdrop_path = setgid_copy(postdrop_binary, bindir, ensure_group())
+        uid, login = user.pw_uid, user.pw_name
+    else:
+        user = None
+        postdrop_path, uid, login = postdrop_binary, 0, "root"
+    argv = ["env", f"SMARTHOST_POSTDROP={postdrop_path}", sendmail_binary,
+            "-C", daemon.config_path, "-i", "b@example.net"]
+    message = b"Subject: via sendmail\n\nwhile the daemon was down\n"
+    run = subprocess.run if user is None else (
+        lambda *a, **k: as_user(user, *a, **k))
+    done = run(argv, input=message, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert len(drop_files(daemon)) == 1
+    daemon.start()
+    got = upstream.wait_messages(1)[0]
+    assert got.mail_from == f"{login}@{HOSTNAME}"
+    assert got.rcpt_tos == ["b@example.net"]
+    parsed = got.parsed()
+    assert parsed["Subject"] == "via sendmail"
+    assert parsed["From"] and parsed["Message-ID"] and parsed["Date"]
+    assert f"from userid {uid}" in parsed["Received"]
+    daemon.wait_log(rf"client=localhost\[maildrop\], uid={uid}\b")
+    assert drop_files(daemon) == []
