@@ -430,10 +430,12 @@ main(int argc, char *argv[])
 	if (d.cfg->user != NULL && (pw = getpwnam(d.cfg->user)) == NULL) {
 		fprintf(stderr, "smarthostd: %s: user \"%s\" does not exist\n",
 		    file, d.cfg->user);
+		config_free(d.cfg);
 		return EX_CONFIG;
 	}
 	if (check) {
 		printf("%s: configuration OK\n", file);
+		config_free(d.cfg);
 		return EX_OK;
 	}
 	if (pw != NULL && getuid() != 0)
