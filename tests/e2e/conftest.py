@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import (Daemon, Upstream, base_settings, issue_server_cert,
-                     make_ca, merge_settings)
+from harness import (Daemon, Upstream, base_settings, checker_reports,
+                     issue_server_cert, make_ca, merge_settings)
 
 
 @pytest.fixture(scope="session")
@@ -65,29 +65,37 @@ def upstream(upstream_factory):
 
 @pytest.fixture
 def daemon_factory(request, smarthostd_binary, pki):
-    """daemon_factory(relay_port, start=True, **overrides) -> Daemon.
+    """daemon_factory(relay_port, start=True, env=None, **overrides)
+    -> Daemon.
 
     overrides are merged into the test config (see base_settings), e.g.
-    limits={"max_message_size": "100K"} or relays={"upstream": {...}}.
+    limits={"max_message_size": "100K"} or relays={"upstream": {...}};
+    env holds variables added to the daemon's environment.
     """
     made = []
     request.node.smarthostd_daemons = made
 
-    def make(relay_port, start=True, **overrides):
+    def make(relay_port, start=True, env=None, **overrides):
         def settings(workdir):
             return merge_settings(
                 base_settings(workdir, relay_port, pki.good.ca_cert),
                 overrides)
         daemon = Daemon(smarthostd_binary, settings,
-                        name=f"smarthostd #{len(made) + 1}")
+                        name=f"smarthostd #{len(made) + 1}", env=env)
         made.append(daemon)
         if start:
             daemon.start()
         return daemon
 
     yield make
+    reports = []
     for daemon in made:
         daemon.close()
+        reports += [f"{daemon.name}: {line}"
+                    for line in checker_reports(daemon.log())]
+    if reports:
+        pytest.fail("sanitizer or valgrind reports in the daemon's log:\n"
+                    + "\n".join(reports), pytrace=False)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import email.utils
 import errno
 import os
 import re
+import shlex
 import shutil
 import signal
 import smtplib
@@ -413,6 +414,31 @@ def base_settings(workdir, relay_port, ca_file):
 # --------------------------------------------------------------------------
 # The daemon
 
+# What AddressSanitizer, LeakSanitizer, UBSan and valgrind write when they
+# find something (valgrind's lines start with ==PID==, as ASan's do).
+CHECKER_REPORT = re.compile(
+    r"^==\d+==\s*ERROR: |^SUMMARY: \w+Sanitizer|: runtime error: "
+    r"|^==\d+== (Invalid |Conditional jump|Syscall param|Mismatched free"
+    r"|Source and destination overlap)"
+    r"|^==\d+==\s+(definitely|indirectly|possibly) lost: [1-9]"
+    r"|^==\d+== ERROR SUMMARY: [1-9]")
+
+
+def checker_reports(log_text):
+    """The lines of a daemon's log in which a sanitizer or valgrind
+    reports an error or a leak."""
+    return [line for line in log_text.splitlines()
+            if CHECKER_REPORT.search(line)]
+
+
+def wrapper():
+    """The command the daemon runs under, from SMARTHOSTD_WRAPPER (e.g.
+    "valgrind --error-exitcode=99 --leak-check=full"); empty by default.
+    The wrapper must exec the daemon in its own process (valgrind does), so
+    that the pid the daemon logs is the one the test started."""
+    return shlex.split(os.environ.get("SMARTHOSTD_WRAPPER", ""))
+
+
 class Daemon:
     """smarthostd running on a config in its own directory.
 
@@ -425,9 +451,10 @@ class Daemon:
     START_TIMEOUT = 10
     STOP_TIMEOUT = 15
 
-    def __init__(self, binary, settings, name="smarthostd"):
+    def __init__(self, binary, settings, name="smarthostd", env=None):
         self.binary = binary
         self.name = name
+        self.env = dict(os.environ, **(env or {}))
         self.workdir = tempfile.mkdtemp(prefix="shd-")
         self.settings = settings(self.workdir) if callable(settings) \
             else settings
@@ -453,9 +480,9 @@ class Daemon:
                           if os.path.exists(self.log_path) else 0)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "-c", self.config_path, "-d"],
+                [*wrapper(), self.binary, "-c", self.config_path, "-d"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                cwd=self.workdir)
+                cwd=self.workdir, env=self.env)
 
         def started():
             if self.proc.poll() is not None:
@@ -809,7 +836,8 @@ def daemon_spawn(daemon, prefix=(), env=None):
                         if os.path.exists(daemon.log_path) else 0)
     with open(daemon.log_path, "ab") as log:
         daemon.proc = subprocess.Popen(
-            [*prefix, daemon.binary, "-c", daemon.config_path, "-d"],
+            [*prefix, *wrapper(), daemon.binary, "-c", daemon.config_path,
+             "-d"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             cwd=daemon.workdir, env=env)
     return daemon.proc
