@@ -2,7 +2,8 @@
 # Bootstraps a checkout on Debian 12: installs what is missing, builds in
 # build/ under the checkout, then
 #   run    starts the daemon in the foreground on etc/quickstart.conf
-#   check  runs the unit and end-to-end tests (what CI runs)
+#   check  runs the unit and end-to-end tests (what CI runs), on the
+#          normal build and on a sanitizer build in build-asan/
 #   bench  runs the throughput benchmark against Postfix's smtp-source/sink
 # Installing needs root; everything else does not. Safe to run again: it
 # installs, regenerates and reconfigures only what is missing or stale.
@@ -92,44 +93,75 @@ fi
 
 # Out of tree, so the source stays clean for other VPATH builds and for
 # make distcheck. A tree someone configured in place is built in place.
-if [ -f config.status ]; then
-	build=$top
-else
-	build=$top/build
-	mkdir -p "$build"
-fi
-cd "$build"
-if [ ! -f Makefile ] || newer "$top/configure" config.status; then
-	"$top/configure" --enable-werror
-fi
-make -j2
+# configure_in DIR ARGS...: configures DIR (made if missing) unless its
+# configuration is newer than configure.
+configure_in() {
+	dir=$1
+	shift
+	mkdir -p "$dir"
+	if [ ! -f "$dir/Makefile" ] || newer "$top/configure" "$dir/config.status"
+	then
+		(cd "$dir" && "$top/configure" "$@")
+	fi
+}
 
-case $mode in
-run)
-	exec make run
-	;;
-bench)
-	exec make bench
-	;;
-check)
+# check_in DIR: runs make check in DIR and shows what the end-to-end
+# suite ran (or, on failure, test-suite.log).
+check_in() {
 	# The harness keeps each test's output in its own .log and copies
 	# those of the tests that failed into test-suite.log; remove a stale
 	# one so that a build failure does not show old results.
-	rm -f test-suite.log
+	rm -f "$1/test-suite.log"
 	status=0
-	make -j2 check || status=$?
+	start=$(date +%s)
+	make -C "$1" -j2 check || status=$?
+	echo "bootstrap: make check in $1: $(($(date +%s) - start)) s"
 	if [ "$status" -ne 0 ]; then
-		if [ -f test-suite.log ]; then
-			echo "==================== $build/test-suite.log"
-			cat test-suite.log
+		if [ -f "$1/test-suite.log" ]; then
+			echo "==================== $1/test-suite.log"
+			cat "$1/test-suite.log"
 		fi
 		exit "$status"
 	fi
 	# Show what the end-to-end suite ran, not only that it passed.
-	e2e=tests/e2e/run-e2e.sh.log
+	e2e=$1/tests/e2e/run-e2e.sh.log
 	if [ -f "$e2e" ]; then
-		echo "==================== $build/$e2e"
+		echo "==================== $e2e"
 		cat "$e2e"
 	fi
+}
+
+if [ -f config.status ]; then
+	build=$top
+	if newer configure config.status; then
+		./configure --enable-werror
+	fi
+else
+	build=$top/build
+	configure_in "$build" --enable-werror
+fi
+make -C "$build" -j2
+
+case $mode in
+run)
+	cd "$build"
+	exec make run
+	;;
+bench)
+	cd "$build"
+	exec make bench
+	;;
+check)
+	check_in "$build"
+	# The same suite again on a build with AddressSanitizer, LeakSanitizer
+	# and UBSan (configure --enable-sanitizers), in its own directory.
+	if [ "$build" = "$top" ]; then
+		echo "bootstrap: no sanitizer build: the source tree is" \
+		    "configured in place (make distclean to build out of tree)" >&2
+		exit 1
+	fi
+	configure_in "$top/build-asan" --enable-werror --enable-sanitizers
+	make -C "$top/build-asan" -j2
+	check_in "$top/build-asan"
 	;;
 esac
