@@ -11,6 +11,9 @@
  *   server sees it.
  * - A Unix socket file is removed only by the instance that created it,
  *   and only while it is still the same file (device and inode).
+ * - Out of descriptors (EMFILE, ENFILE), waiting clients are not left
+ *   hanging: a descriptor kept in reserve is freed to accept each one and
+ *   answer it 421, then taken again.
  */
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -63,6 +66,7 @@ struct listeners {
 	size_t n;
 	const struct config *cfg;
 	struct smtp_server *srv;
+	int reserve;               /* /dev/null, given up to refuse at EMFILE */
 };
 
 /* Describes a bound socket from getsockname(). */
@@ -400,6 +404,7 @@ listeners_open(const struct config *cfg, char *err, size_t errlen)
 
 	l = xcalloc(1, sizeof(*l));
 	l->cfg = cfg;
+	l->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if ((r = activation_open(l, err, errlen)) == -1)
 		goto fail;
 	if (r > 0) {
@@ -472,13 +477,54 @@ resume_cb(evutil_socket_t fd, short what, void *arg)
 		evconnlistener_enable(li->evl);
 }
 
+/*
+ * Out of descriptors: answers every connection waiting on evl with a 421,
+ * each through the reserve descriptor. Returns how many were refused; the
+ * reserve is taken again before returning (if it can be).
+ */
+static unsigned
+refuse_all(struct listeners *l, struct evconnlistener *evl)
+{
+	static const char busy[] = "421 4.3.2 Out of resources, try again "
+	    "later\r\n";
+	unsigned n = 0;
+	ssize_t r;
+	int fd;
+
+	while (l->reserve != -1 && n < 10000) {
+		close(l->reserve);
+		fd = accept4(evconnlistener_get_fd(evl), NULL, NULL,
+		    SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd != -1) {
+			r = send(fd, busy, sizeof(busy) - 1,
+			    MSG_NOSIGNAL | MSG_DONTWAIT);
+			(void)r;
+			close(fd);
+			n++;
+		}
+		l->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd == -1)
+			break;
+	}
+	return n;
+}
+
 static void
 accept_error_cb(struct evconnlistener *evl, void *arg)
 {
 	struct listener *li = arg;
 	struct timeval tv = { ACCEPT_PAUSE_SEC, 0 };
 	int error = EVUTIL_SOCKET_ERROR();
+	unsigned refused;
 
+	if (error == EMFILE || error == ENFILE) {
+		refused = refuse_all(li->owner, evl);
+		log_warnx("accept on %s: %s; %u connection%s refused with 421",
+		    li->desc, evutil_socket_error_to_string(error), refused,
+		    refused == 1 ? "" : "s");
+		if (refused > 0)
+			return;
+	}
 	log_warnx("accept on %s: %s; pausing %d s", li->desc,
 	    evutil_socket_error_to_string(error), ACCEPT_PAUSE_SEC);
 	evconnlistener_disable(evl);
@@ -557,6 +603,8 @@ listeners_free(struct listeners *l)
 			log_warn("unlink %s", li->path);
 		free(li->path);
 	}
+	if (l->reserve != -1)
+		close(l->reserve);
 	free(l->v);
 	free(l);
 }
