@@ -1,7 +1,9 @@
 #!/bin/sh
 # make fuzz: builds each libFuzzer target with clang (AddressSanitizer and
 # UBSan on) and runs it for FUZZ_SECONDS (default 30) from the seeds in
-# tests/fuzz/seeds/NAME (and the corpus it grows in the build tree).
+# tests/fuzz/seeds/NAME (and the corpus it grows in the build tree), after
+# running the inputs in tests/fuzz/regressions/NAME, if any: a crash the
+# fuzzer found goes there (named after what it found) once fixed.
 # Needs Debian's clang (apt-get install clang). Never part of make check.
 set -eu
 
@@ -12,10 +14,13 @@ cc=${FUZZ_CC:-clang}
 command -v "$cc" >/dev/null || { echo "fuzz: $cc missing: apt-get install clang" >&2; exit 1; }
 flags="-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined
     -fno-sanitize-recover=undefined -I$top/src"
-libs="$(pkg-config --libs openssl libsystemd) -lpthread"
+libs="$(pkg-config --libs openssl libsystemd libevent libevent_openssl \
+    libevent_pthreads libconfig) -lpthread"
 
-# target: the sources it needs besides its own file
-targets="smtp_proto:smtp_proto
+# target: the sources it needs besides its own file ("library": every
+# source of libsmarthost.a)
+targets="smtp_server:library
+smtp_proto:smtp_proto
 envelope:envelope xmalloc log escape
 authinfo:authinfo xmalloc log escape
 sasl:sasl xmalloc log escape
@@ -28,12 +33,29 @@ mkdir -p "$out"
 status=0
 echo "$targets" | while IFS=: read -r name srcs; do
 	files=""
-	for s in $srcs; do
-		files="$files $top/src/$s.c"
-	done
+	if [ "$srcs" = library ]; then
+		for s in "$top"/src/*.c; do
+			case $s in
+			*/smarthostd.c|*/smarthostctl.c) ;;
+			*) files="$files $s" ;;
+			esac
+		done
+	else
+		for s in $srcs; do
+			files="$files $top/src/$s.c"
+		done
+	fi
 	# shellcheck disable=SC2086
 	$cc $flags -o "$out/fuzz_$name" "$top/tests/fuzz/fuzz_$name.c" \
 	    $files $libs
+	# Inputs that once crashed a target: each must now run clean.
+	regressions=$top/tests/fuzz/regressions/$name
+	if [ -d "$regressions" ]; then
+		"$out/fuzz_$name" "$regressions"/* \
+		    2>"$out/fuzz_$name.regressions.log" ||
+		    { echo "fuzz_$name: a regression input fails: see" \
+		      "$out/fuzz_$name.regressions.log" >&2; exit 1; }
+	fi
 	corpus=$out/corpus-$name
 	mkdir -p "$corpus"
 	echo "fuzz_$name: ${seconds}s"
