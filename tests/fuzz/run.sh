@@ -34,11 +34,10 @@ status=0
 echo "$targets" | while IFS=: read -r name srcs; do
 	files=""
 	if [ "$srcs" = library ]; then
-		for s in "$top"/src/*.c; do
-			case $s in
-			*/smarthostd.c|*/smarthostctl.c) ;;
-			*) files="$files $s" ;;
-			esac
+		# The .c files of src_libsmarthost_a_SOURCES in Makefile.am.
+		for s in $(sed -n '/^src_libsmarthost_a_SOURCES/,/^$/p' \
+		    "$top/Makefile.am" | grep -o 'src/[a-z_]*\.c'); do
+			files="$files $top/$s"
 		done
 	else
 		for s in $srcs; do
