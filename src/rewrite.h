@@ -16,7 +16,9 @@
  * Called with each addr-spec found, comments and folding removed
  * ("user", "user@host", "\"a b\"@host"). Returns a malloc'd replacement
  * (which must be a valid addr-spec without CR or LF) or NULL to keep the
- * address.
+ * address. It may be called for addresses of a field that then turns
+ * out not to parse; such a field is left as it was and the replacements
+ * are freed, so the callback must have no other effect.
  */
 typedef char *(*rewrite_fn)(const char *addr, void *arg);
 
