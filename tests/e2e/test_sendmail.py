@@ -270,11 +270,24 @@ def test_cron_style_mail_to_root(daemon_factory, upstream, sendmail_binary,
     assert sorted(msg.rcpt_tos) == ["admin@example.net", "ops@example.net"]
     assert msg.parsed()["Subject"] == "Cron <root@host> run-job"
     assert msg.content.endswith(b"job output\r\n")
+    # Debian's cron itself: its command line and its header, to root.
+    r = sendmail(sendmail_binary, daemon,
+                 ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"],
+                 "From: root (Cron Daemon)\nTo: root\n"
+                 "Subject: Cron <root@host> backup\n"
+                 "MIME-Version: 1.0\nContent-Type: text/plain; "
+                 "charset=UTF-8\nContent-Transfer-Encoding: 8bit\n"
+                 "X-Cron-Env: <SHELL=/bin/sh>\n\nbackup done\n")
+    assert r.returncode == 0, r.stderr
+    first, second = upstream.wait_messages(2)
+    assert sorted(second.rcpt_tos) == ["admin@example.net",
+                                       "ops@example.net"]
+    assert second.parsed()["Subject"] == "Cron <root@host> backup"
     # A local name without an alias: refused, the exit status says so.
     r = sendmail(sendmail_binary, daemon, ["nobody-here"], "x\n")
     assert r.returncode == EX_UNAVAILABLE
     assert b"RCPT TO:<nobody-here>: 550 5.1.1" in r.stderr, r.stderr
-    upstream.assert_count_stays(1, settle=1.0)
+    upstream.assert_count_stays(2, settle=1.0)
 
 
 def test_git_send_email(daemon, upstream, sendmail_binary, tmp_path):

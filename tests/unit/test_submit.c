@@ -108,6 +108,34 @@ Test(submit_opts, ignored_options_are_accepted)
 	cr_assert_str_eq(o.rcpts[0], "a@x");
 }
 
+/* The command lines real callers use. */
+Test(submit_opts, real_callers)
+{
+	/* Debian's cron */
+	const char *cron[] = { "/usr/sbin/sendmail", "-FCronDaemon", "-i",
+		"-B8BITMIME", "-oem", "root", NULL };
+	/* PHP's mail(), unattended-upgrades, logwatch */
+	const char *php[] = { "/usr/sbin/sendmail", "-t", "-i", NULL };
+	const char *uu[] = { "/usr/sbin/sendmail", "-oi", "-t", NULL };
+	/* git send-email --envelope-sender */
+	const char *git[] = { "sendmail", "-i", "-f", "a@x", "b@y", "c@z",
+		NULL };
+	struct submit_opts o;
+
+	o = parse_ok(cron);
+	cr_assert_str_eq(o.fullname, "CronDaemon");
+	cr_assert(o.ignore_dots);
+	cr_assert_eq(o.nrcpts, 1);
+	cr_assert_str_eq(o.rcpts[0], "root");
+	o = parse_ok(php);
+	cr_assert(o.extract && o.ignore_dots && o.nrcpts == 0);
+	o = parse_ok(uu);
+	cr_assert(o.extract && o.ignore_dots && o.nrcpts == 0);
+	o = parse_ok(git);
+	cr_assert_str_eq(o.sender, "a@x");
+	cr_assert_eq(o.nrcpts, 2);
+}
+
 Test(submit_opts, modes)
 {
 	const char *bp[] = { "sendmail", "-bp", NULL };
