@@ -479,7 +479,8 @@ scan(struct maildrop *md)
 		md->names[md->nnames++] = xstrdup(de->d_name);
 	}
 	closedir(dir);
-	qsort(md->names, md->nnames, sizeof(*md->names), name_cmp);
+	if (md->nnames > 1) /* names is NULL for an empty directory */
+		qsort(md->names, md->nnames, sizeof(*md->names), name_cmp);
 	if (md->nnames > 0)
 		log_debug("maildrop: %zu file%s to import", md->nnames,
 		    md->nnames == 1 ? "" : "s");
