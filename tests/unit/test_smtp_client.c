@@ -1812,9 +1812,9 @@ big_body_run(enum tls_mode mode)
 	fd = big_body_fd(&size);
 	peer_start(&p, script_big_body);
 	run_init(&r, p.port, mode);
-	/* 19 MB through a sanitizer build on a loaded machine can stall for
-	 * more than the 5 s (15 s in all) the other tests allow; this test is about
-	 * memory, not timeouts. */
+	/* 19 MB through a sanitizer build on a loaded machine can take
+	 * longer than the 5 s per step and 15 s in all that the other tests
+	 * allow; this test is about memory, not timeouts. */
 	r.params.timeout_command = 50;
 	r.params.timeout_data = 50;
 	r.loop_timeout = 50;
