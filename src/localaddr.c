@@ -66,17 +66,14 @@ localaddr_unqualified_ok(const char *addr, int utf8)
 	return ok;
 }
 
-/* The alias key of a local address: its local part, unquoted when it is
- * one quoted string, lower-cased. */
-static int
-local_key(const struct localaddr *la, const char *addr, char *name,
-    size_t namesize)
+/* The alias key of an address: its local part, unquoted when it is one
+ * quoted string, lower-cased. */
+static void
+part_key(const char *addr, char *name, size_t namesize)
 {
 	const char *at = domain_at(addr);
 	size_t len = at != NULL ? (size_t)(at - addr) : strlen(addr), i, o = 0;
 
-	if (!localaddr_is_local(la, addr))
-		return 0;
 	if (len >= 2 && addr[0] == '"' && addr[len - 1] == '"') {
 		addr++;
 		len -= 2;
@@ -89,6 +86,16 @@ local_key(const struct localaddr *la, const char *addr, char *name,
 	/* A name too long for the buffer matches nothing (names are never
 	 * empty) rather than a truncated one. */
 	name[i < len ? 0 : o] = '\0';
+}
+
+/* The alias key of a local address; 0 if addr is not local. */
+static int
+local_key(const struct localaddr *la, const char *addr, char *name,
+    size_t namesize)
+{
+	if (!localaddr_is_local(la, addr))
+		return 0;
+	part_key(addr, name, namesize);
 	return 1;
 }
 
@@ -223,15 +230,21 @@ localaddr_sender(const struct localaddr *la, const char *addr)
 	const char *at;
 	char name[SMTP_PATH_MAX + 1];
 	size_t n;
+	int own;
 
-	if (*addr == '\0' || !local_key(la, addr, name, sizeof(name)))
+	if (*addr == '\0')
 		return NULL;
+	/* user@mail_domain is what smarthost-sendmail makes of a local
+	 * user's address, so the map applies to it as to the bare login,
+	 * even where mail_domain is not a local domain. */
+	at = domain_at(addr);
+	own = at != NULL && strcasecmp(at + 1, la->mail_domain) == 0;
+	if (!own && !localaddr_is_local(la, addr))
+		return NULL;
+	part_key(addr, name, sizeof(name));
 	if ((t = aliases_lookup(la->sender_map, name, &n)) != NULL)
 		return xstrdup(t[0]);
-	at = domain_at(addr);
-	if (at != NULL && !la->masquerade)
-		return NULL;
-	if (at != NULL && strcasecmp(at + 1, la->mail_domain) == 0)
+	if (own || (at != NULL && !la->masquerade))
 		return NULL;
 	return xasprintf("%.*s@%s", at != NULL ? (int)(at - addr) :
 	    (int)strlen(addr), addr, la->mail_domain);

@@ -58,6 +58,8 @@ void localaddr_list_free(char **list, size_t n);
 /*
  * What the local sender addr becomes: its sender map entry; else, with
  * masquerading or when it has no domain at all, local-part@mail_domain.
+ * The map also applies to local-part@mail_domain, the address
+ * smarthost-sendmail gives a local user, when mail_domain is not local.
  * Returns a malloc'd address, or NULL to keep addr (remote senders, the
  * null sender, and local ones with nothing to do).
  */

@@ -104,6 +104,26 @@ def test_mail_domain_and_sender_options(daemon_factory, upstream,
     assert header_names(third).count("from") == 1
 
 
+def test_sender_map_applies_to_login_at_mail_domain(daemon_factory, upstream,
+                                                   sendmail_binary, tmp_path):
+    """ssmtp's revaliases habit: the caller's login maps to an address of
+    its own. sendmail's default sender is login@mail_domain, which is not a
+    local domain; the map must still apply, to envelope and From:."""
+    login, _ = me()
+    sender_map = tmp_path / "sender-map"
+    sender_map.write_text(f"{login}: The.Admin@example.org\n")
+    sender_map.chmod(0o644)
+    daemon = daemon_factory(upstream.port, mail_domain="mail.example.com",
+                            sender_rewrite={"map": str(sender_map)})
+    r = sendmail(sendmail_binary, daemon, ["b@example.net"],
+                 "Subject: mapped\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    msg, = upstream.wait_messages(1)
+    assert msg.mail_from == "The.Admin@example.org"
+    assert email.utils.parseaddr(msg.parsed()["From"])[1] == \
+        "The.Admin@example.org"
+
+
 def test_unprivileged_user(daemon, upstream, sendmail_binary):
     """An ordinary user (nobody) sends: the sender and From: are that
     user's; the queue stays closed to them."""

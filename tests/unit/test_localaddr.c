@@ -193,6 +193,10 @@ Test(localaddr, sender, .fini = cleanup)
 	assert_sender(la, "Bob", "Bob@example.com");
 	assert_sender(la, "bob@localhost", NULL);
 	assert_sender(la, "alice@example.net", NULL);
+	/* smarthost-sendmail's alice@mail_domain takes the map too. */
+	assert_sender(la, "Alice@Example.COM", "Alice.Smith@example.com");
+	assert_sender(la, "bob@example.com", NULL);
+	assert_sender(la, "Alice.Smith@example.com", NULL);
 	assert_sender(la, "", NULL);
 	localaddr_free(la);
 
