@@ -612,7 +612,13 @@ expand_one(struct expansion *x, const char *addr)
 	if (++x->steps > ALIASES_MAX_STEPS)
 		return expand_fail(x, ALIASES_TOO_MANY, "more than %d alias "
 		    "look-ups", ALIASES_MAX_STEPS);
-	if ((e = entry_find(x->r->aliases, name)) == NULL) {
+	/* RFC 5321 4.5.1: mail to postmaster must be accepted; without an
+	 * alias of its own it goes where root's goes, as in the aliases
+	 * file Debian ships. */
+	if ((e = entry_find(x->r->aliases, name)) == NULL &&
+	    strcmp(name, "postmaster") == 0)
+		e = entry_find(x->r->aliases, "root");
+	if (e == NULL) {
 		if (x->r->catch_all != NULL)
 			return expand_add(x, x->r->catch_all);
 		return expand_fail(x, ALIASES_UNKNOWN, "no such local user %s "

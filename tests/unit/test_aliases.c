@@ -227,6 +227,33 @@ Test(aliases, expand_unknown_and_catch_all)
 	aliases_free(al);
 }
 
+Test(aliases, postmaster_goes_where_root_goes)
+{
+	struct aliases *al = parse("root: admin@example.com\n");
+	struct aliases *own = parse("root: admin@example.com\n"
+	    "postmaster: pm@example.com\n");
+	struct aliases *none = parse("admin: a@example.com\n");
+	static const char *const admin[] = { "admin@example.com" };
+	static const char *const pm[] = { "pm@example.com" };
+	char **out;
+	size_t n;
+
+	cr_assert_eq(expand(al, NULL, 100, "PostMaster@localhost", &out, &n),
+	    ALIASES_OK, "%s", why);
+	assert_list(out, n, admin, 1);
+	aliases_list_free(out, n);
+	cr_assert_eq(expand(own, NULL, 100, "postmaster", &out, &n),
+	    ALIASES_OK, "%s", why);
+	assert_list(out, n, pm, 1);
+	aliases_list_free(out, n);
+	cr_assert_eq(expand(none, NULL, 100, "postmaster", &out, &n),
+	    ALIASES_UNKNOWN);
+	cr_assert_str_eq(why, "no such local user postmaster (no alias)");
+	aliases_free(al);
+	aliases_free(own);
+	aliases_free(none);
+}
+
 Test(aliases, expand_loops)
 {
 	struct aliases *al = parse(
