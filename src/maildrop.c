@@ -309,8 +309,9 @@ static int
 import_reply(struct import *im, int code)
 {
 	int klass = code / 100;
+	char nb[128];
 
-	log_debug("maildrop: %s: %s: %s", im->name,
+	log_debug("maildrop: %s: %s: %s", pname(nb, sizeof(nb), im->name),
 	    import_state_names[im->state], im->reply);
 	if (klass != 2) {
 		import_end(im, 0, klass == 5);

@@ -3,7 +3,9 @@ stopped, the daemon imports it at start and whenever a file appears
 (inotify), validates every file and moves forged ones aside."""
 
 import os
+import pwd
 import re
+import shutil
 import stat
 import subprocess
 import time
@@ -344,3 +346,44 @@ def test_sendmail_falls_back_to_the_real_postdrop(
     assert f"from userid {uid}" in parsed["Received"]
     daemon.wait_log(rf"client=localhost\[maildrop\], uid={uid}\b")
     assert drop_files(daemon) == []
+
+
+def test_unprivileged_daemon_reads_drops_through_the_group(
+        daemon_factory, upstream, pki, postdrop_binary):
+    """A daemon that drops to its user keeps maildrop_group as a
+    supplementary group: postdrop's files (0640, group maildrop_group,
+    owned by their submitter) are readable by it and by nobody else, and
+    the start-up chown of the spool leaves the maildrop's files alone."""
+    require_root()
+    user = ensure_user()
+    group = ensure_group()
+    nobody = pwd.getpwnam("nobody")
+    daemon = daemon_factory(upstream.port, start=False, user="nobody",
+                            maildrop_group=DROP_GROUP,
+                            relays={"upstream": {"ca_file": "ca.pem"}})
+    open_for_user(daemon.workdir)
+    shutil.copyfile(pki.good.ca_cert, os.path.join(daemon.workdir, "ca.pem"))
+    daemon.start()
+    with open(f"/proc/{daemon.pid}/status", encoding="ascii") as f:
+        groups = [line.split(":\t", 1)[1].split() for line in f
+                  if line.startswith("Groups:")][0]
+    assert str(group.gr_gid) in groups, groups
+    assert daemon.terminate() == 0
+    md = os.stat(maildrop_dir(daemon))
+    assert (md.st_uid, md.st_gid) == (nobody.pw_uid, group.gr_gid)
+    assert stat.S_IMODE(md.st_mode) == 0o1730
+
+    bindir = os.path.join(daemon.workdir, "bin")
+    os.mkdir(bindir, 0o755)
+    binary = setgid_copy(postdrop_binary, bindir, group)
+    sender = f"{user.pw_name}@{HOSTNAME}"
+    sent = make_message("to a dropped daemon", "x\n", sender=sender)
+    done = postdrop(binary, daemon, sent, sender, ["b@example.net"],
+                    user=user)
+    assert done.returncode == 0, done.stderr
+    daemon.start()
+    got = upstream.wait_messages(1)[0]
+    assert_relayed(got, sent)
+    assert f"from userid {user.pw_uid}" in got.parsed()["Received"]
+    assert drop_files(daemon) == []
+    assert corrupt_files(daemon) == []
