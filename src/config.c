@@ -147,10 +147,11 @@ get_number(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
 			return cfg_fail(ctx, s, "%s: \"%s\" is out of range",
 			    key, str);
 		if (*end != '\0') {
-			for (u = units; u->suffix != NULL; u++)
+			/* units NULL: a plain count, no suffix allowed. */
+			for (u = units; u != NULL && u->suffix != NULL; u++)
 				if (strcasecmp(end, u->suffix) == 0)
 					break;
-			if (u->suffix == NULL)
+			if (u == NULL || u->suffix == NULL)
 				return cfg_fail(ctx, s,
 				    "%s: unknown unit in \"%s\"", key, str);
 			mult = u->mult;

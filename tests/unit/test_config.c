@@ -110,6 +110,9 @@ Test(config, errors_name_file_and_line)
 		{ RELAY "hostnam = \"x\";\n", "test.conf:2: unknown setting" },
 		{ RELAY "limits = {\n max_message_size = \"10Q\"; };\n",
 		    "test.conf:3: max_message_size: unknown unit" },
+		/* A count takes no unit (it crashed the parser once). */
+		{ RELAY "limits = {\n max_sessions = \"5x\"; };\n",
+		    "test.conf:3: max_sessions: unknown unit" },
 		{ RELAY "queue = { retry_min = 100;\n retry_max = 10; };\n",
 		    "test.conf:3: retry_max must not be smaller" },
 		{ "relays = { up = { port = 25; }; };\n",
