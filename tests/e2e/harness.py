@@ -42,13 +42,18 @@ EX_CONFIG = 78
 # --------------------------------------------------------------------------
 # Waiting
 
+TIMEOUT_SCALE = float(os.environ.get("SMARTHOSTD_TIMEOUT_SCALE", "1"))
+
+
 def wait_until(predicate, timeout, what, interval=0.05):
     """Polls predicate() until it returns something true, then returns it.
 
     Fails the test with a message naming what was awaited (what, or
-    what() if it is callable) once timeout seconds have passed.
+    what() if it is callable) once timeout seconds have passed, times
+    SMARTHOSTD_TIMEOUT_SCALE (for a daemon under valgrind).
     """
     __tracebackhide__ = True
+    timeout *= TIMEOUT_SCALE
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -519,7 +524,7 @@ class Daemon:
         SIGKILL) if the daemon does not exit in time."""
         self.proc.terminate()
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(timeout * TIMEOUT_SCALE)
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(
