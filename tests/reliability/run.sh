@@ -1,0 +1,27 @@
+#!/bin/sh
+# The reliability suite: tests/reliability/test_*.py against the built
+# daemon. RELIABILITY_SCALE=long (make check-reliability) runs the long
+# versions and then fuzzes every target (tests/fuzz/run.sh) for
+# FUZZ_TOTAL_SECONDS in all (default 1800, split evenly); otherwise (make
+# check) the short versions. Figures go to reliability-figures.log.
+: "${SMARTHOSTD:?SMARTHOSTD must name the smarthostd binary}"
+TOP_SRCDIR=${TOP_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+TOP_BUILDDIR=${TOP_BUILDDIR:-$(pwd)}
+RELIABILITY_FIGURES=${RELIABILITY_FIGURES:-$TOP_BUILDDIR/reliability-figures.log}
+export SMARTHOSTD TOP_SRCDIR TOP_BUILDDIR RELIABILITY_FIGURES
+export PYTHONDONTWRITEBYTECODE=1
+if [ "${RELIABILITY_SCALE:-short}" = long ]; then
+	limit=14400
+else
+	limit=900
+fi
+status=0
+timeout --kill-after=30 "$limit" /usr/bin/python3 -m pytest -v -ra -s \
+    -p no:cacheprovider "$TOP_SRCDIR/tests/reliability" || status=$?
+if [ "${RELIABILITY_SCALE:-short}" = long ]; then
+	total=${FUZZ_TOTAL_SECONDS:-1800}
+	targets=$(grep -c '^[a-z_]*:' "$TOP_SRCDIR/tests/fuzz/run.sh")
+	FUZZ_SECONDS=$((total / targets)) \
+	    sh "$TOP_SRCDIR/tests/fuzz/run.sh" || status=$?
+fi
+exit $status

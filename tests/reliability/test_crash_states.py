@@ -1,0 +1,200 @@
+"""Crash consistency beyond SIGKILL: what a power cut can leave on disk.
+
+The daemon runs under strace while clients submit messages (the upstream
+down at first, so state records are appended, then up, so messages are
+delivered, removed and their files reused). crashfs.py turns the trace
+into file-system operations and constructs every crash state its model
+allows (persisted prefixes, only what was synced, each un-synced operation
+left out, the last un-synced write torn). Each state is written to a
+directory and loaded with the daemon's own queue reader (spoolcheck); every
+message answered 250 before the cut, and not yet being removed, must be
+there, intact, with its recipient; no message may load corrupted.
+
+Short (make check): 6 messages. Long (make check-reliability): 40.
+"""
+
+import concurrent.futures
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+from conftest import scale
+from crashfs import Tracer, apply, crash_states
+from harness import daemon_spawn, make_message, random_body, send_message, \
+    wait_until
+
+TRACED = ("openat,open,creat,close,dup,dup2,dup3,fcntl,write,writev,"
+          "pwrite64,pwritev,pwritev2,sendto,sendmsg,ftruncate,fallocate,"
+          "lseek,rename,renameat,renameat2,unlink,unlinkat,link,linkat,"
+          "mkdir,mkdirat,fsync,fdatasync,syncfs,sync,sync_file_range")
+TOKEN_RE = re.compile(rb"Subject: cut (\S+)\r\n")
+
+
+def spoolcheck_binary():
+    binary = os.environ.get("SPOOLCHECK") or os.path.join(
+        os.environ.get("TOP_BUILDDIR", "."), "tests", "reliability",
+        "spoolcheck")
+    assert os.access(binary, os.X_OK), f"no spoolcheck at {binary}"
+    return binary
+
+
+def snapshot(spool):
+    """The files (path relative to spool -> bytes) and directories."""
+    files, dirs = {}, set()
+    for top, subdirs, names in os.walk(spool):
+        rel = os.path.relpath(top, spool)
+        rel = "" if rel == "." else rel
+        dirs.add(rel)
+        for name in names:
+            with open(os.path.join(top, name), "rb") as f:
+                files[os.path.join(rel, name)] = f.read()
+    return files, dirs
+
+
+def materialize(tree, dirs, where):
+    shutil.rmtree(where, ignore_errors=True)
+    for d in sorted(dirs):
+        os.makedirs(os.path.join(where, d), exist_ok=True)
+    for path, content in tree.items():
+        if os.path.dirname(path) not in dirs:
+            continue
+        with open(os.path.join(where, path), "wb") as f:
+            f.write(content)
+
+
+def load(binary, spool):
+    """spoolcheck's view: qid -> (sender, [(rcpt, status)], body)."""
+    result = subprocess.run([binary, spool], capture_output=True,
+                            timeout=60)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    loaded = {}
+    for line in result.stdout.decode().splitlines():
+        _, qid, sender, _flags, _attempts, rcpts, body = line.split(" ")
+        rcpt_list = []
+        for item in rcpts.split(","):
+            addr, status = item.split("=")
+            rcpt_list.append((bytes.fromhex(addr).decode(), int(status)))
+        loaded[qid] = (bytes.fromhex(sender).decode(), rcpt_list,
+                       b"" if body == "-" else bytes.fromhex(body))
+    return loaded, result.stderr.decode(errors="replace")
+
+
+def run_traced(daemon, upstream, count, trace):
+    """Runs the daemon under strace through both phases; returns the
+    messages accepted (qid -> message)."""
+    daemon_spawn(daemon, prefix=[
+        "strace", "-f", "-qq", "-y", "-xx", "-s", "4194304", "-o",
+        str(trace), "-e", f"trace={TRACED}", "-e", "signal=none"])
+    match = wait_until(
+        lambda: re.search(r"started, pid=(\d+)", daemon.log(daemon.run_start)),
+        60, "the traced daemon to start")
+    pid = int(match.group(1))
+    daemon.port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)",
+                                daemon.log(daemon.run_start)).group(1))
+    accepted = {}
+
+    def submit(i):
+        message = make_message(f"cut m{i}-{os.urandom(3).hex()}",
+                               random_body((200, 5000, 70000)[i % 3]))
+        accepted[send_message(daemon, message, timeout=60)] = message
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        # Upstream down: commits, then deferrals append state records.
+        list(pool.map(submit, range(count // 2)))
+        since = len(daemon.log())
+        wait_until(lambda: len(re.findall(r"deferred|connect",
+                                          daemon.log(since))) >= 2,
+                   30, "delivery attempts to fail")
+        time.sleep(1.5)
+        # Upstream up: deliveries, removals, file reuse, new commits.
+        upstream.start()
+        list(pool.map(submit, range(count // 2, count)))
+    os.kill(pid, signal.SIGUSR1)
+    queue = os.path.join(daemon.settings["spool"], "queue")
+    wait_until(lambda: len(upstream.messages) >= count
+               and not os.listdir(queue), 120,
+               "every message delivered and queue/ empty")
+    os.kill(pid, signal.SIGTERM)
+    assert daemon.proc.wait(60) == 0, "the traced daemon did not stop well"
+    return accepted
+
+
+def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
+                          figures):
+    count = scale(6, 40)
+    binary = spoolcheck_binary()
+    upstream = upstream_factory(tls=None, start=False)
+    daemon = daemon_factory(upstream.port,
+                            relays={"upstream": {"tls": "none"}},
+                            queue={"retry_min": 1, "retry_max": 1})
+    # The spool's directories exist, durably, before the traced run.
+    assert daemon.terminate() == 0
+    spool = daemon.settings["spool"]
+    os.sync()
+    initial, initial_dirs = snapshot(spool)
+    trace = tmp_path / "trace"
+    started = time.monotonic()
+    accepted = run_traced(daemon, upstream, count, trace)
+
+    tracer = Tracer(os.path.realpath(spool), initial, initial_dirs)
+    with open(trace, encoding="ascii", errors="replace") as f:
+        tracer.feed(f)
+    ops = tracer.ops
+    assert not tracer.unknown, f"unmodelled spool calls: {tracer.unknown}"
+    # The model must reproduce the real run: same files, same bytes.
+    final, _ = snapshot(spool)
+    assert {p: hashlib.sha256(c).hexdigest()
+            for p, c in tracer.final_tree().items()} == {
+        p: hashlib.sha256(c).hexdigest() for p, c in final.items()}, \
+        "the trace model disagrees with the spool the daemon left"
+    queued_at = {op.qid: i for i, op in enumerate(ops) if op.kind == "queued"}
+    assert set(queued_at) == set(accepted), "250 replies missing in trace"
+    removed_at = {}
+    for i, op in enumerate(ops):
+        if op.kind == "unlink" and op.dir == "queue":
+            removed_at.setdefault(op.name, i)
+        elif op.kind == "rename" and op.sdir == "queue":
+            removed_at.setdefault(op.sname, i)
+
+    results = {}
+    states = 0
+    failures = []
+    lost = set()
+    where = str(tmp_path / "state")
+    for cut, what, included, torn in crash_states(ops):
+        states += 1
+        tree, dirs = apply(tracer, ops, included, torn)
+        key = hashlib.sha256(repr(sorted(
+            (p, hashlib.sha256(c).digest()) for p, c in tree.items())
+        ).encode()).digest()
+        if key not in results:
+            materialize(tree, dirs, where)
+            results[key] = load(binary, where)
+        loaded, errors = results[key]
+        for qid, (sender, rcpts, body) in loaded.items():
+            match = TOKEN_RE.search(body)
+            sent = accepted.get(qid)
+            if sent is None or not body.endswith(sent) \
+                    or rcpts[0][0] != "b@example.net":
+                failures.append(f"cut {cut} ({what}): {qid} loaded "
+                                f"corrupted ({len(body)} bytes, "
+                                f"token {match and match.group(1)})")
+        for qid, at in queued_at.items():
+            if at < cut and removed_at.get(qid, len(ops)) >= cut \
+                    and qid not in loaded:
+                lost.add(qid)
+                failures.append(f"cut {cut} ({what}): {qid}, answered 250 "
+                                f"at op {at}, missing; reader: {errors}")
+        if len(failures) > 20:
+            break
+    syncs = sum(op.kind in ("fsync", "dirsync", "syncfs") for op in ops)
+    figures(messages=len(accepted), operations=len(ops), syncs=syncs,
+            crash_states=states, distinct_states=len(results),
+            lost=len(lost),
+            corrupted=sum("corrupted" in f for f in failures),
+            seconds=round(time.monotonic() - started, 1))
+    assert not failures, "\n".join(failures[:20])
