@@ -2,8 +2,9 @@
 # Bootstraps a checkout on Debian 12: installs what is missing, builds in
 # build/ under the checkout, then
 #   run    starts the daemon in the foreground on etc/quickstart.conf
-#   check  runs the unit and end-to-end tests (what CI runs), on the
-#          normal build and on a sanitizer build in build-asan/
+#   check  runs the unit, end-to-end and short reliability tests (what CI
+#          runs), on the normal build and on a sanitizer build in
+#          build-asan/, then every fuzz target for 60 s
 #   bench  runs the throughput benchmark against Postfix's smtp-source/sink
 # Installing needs root; everything else does not. Safe to run again: it
 # installs, regenerates and reconfigures only what is missing or stale.
@@ -33,11 +34,15 @@ top=$(pwd)
 # callers of smarthost-sendmail (tests/e2e/test_sendmail.py). bsd-mailx
 # depends on an MTA: Postfix, installed with it, satisfies that (instead of
 # exim4) and is never started by the tests (see policy-rc.d below).
+# clang: the fuzz targets (tests/fuzz/run.sh). strace: the power-cut
+# states (tests/reliability/test_crash_states.py). faketime: an expired
+# certificate (tests/reliability/test_upstream_faults.py). iproute2:
+# addresses in a network namespace (tests/reliability/test_security.py).
 packages="build-essential autoconf automake autoconf-archive libtool
 	pkg-config libevent-dev libssl-dev libconfig-dev libsystemd-dev
 	libcriterion-dev swaks msmtp python3-aiosmtpd python3-pytest openssl
 	ca-certificates emacs-nox gnupg systemd postfix bsd-mailx git
-	git-email libmailtools-perl"
+	git-email libmailtools-perl clang strace faketime iproute2"
 
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null |
@@ -163,5 +168,9 @@ check)
 	configure_in "$top/build-asan" --enable-werror --enable-sanitizers
 	make -C "$top/build-asan" -j2
 	check_in "$top/build-asan"
+	# Every fuzz target for FUZZ_SECONDS (60 by default here).
+	start=$(date +%s)
+	make -C "$build" fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+	echo "bootstrap: make fuzz: $(($(date +%s) - start)) s"
 	;;
 esac
