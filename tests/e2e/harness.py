@@ -425,7 +425,7 @@ CHECKER_REPORT = re.compile(
     r"^==\d+==\s*ERROR: |^SUMMARY: \w+Sanitizer|: runtime error: "
     r"|^==\d+== (Invalid |Conditional jump|Syscall param|Mismatched free"
     r"|Source and destination overlap)"
-    r"|^==\d+==\s+(definitely|indirectly|possibly) lost: [1-9]"
+    r"|^==\d+==\s+(definitely|indirectly) lost: [1-9]"
     r"|^==\d+== ERROR SUMMARY: [1-9]")
 
 
@@ -919,7 +919,7 @@ class NotifySocket:
         """Reads datagrams until one carries key=value; returns its
         fields. Fails after timeout seconds, listing what came."""
         __tracebackhide__ = True
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIMEOUT_SCALE
         while True:
             remaining = deadline - time.monotonic()
             fields = self.next(remaining) if remaining > 0 else None
