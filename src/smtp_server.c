@@ -436,6 +436,10 @@ txn_message(struct session *s, const void *p, size_t len)
 	struct txn *t = s->txn;
 	size_t take;
 
+	/* Nothing to add (an empty piece), and t->hdr may still be NULL:
+	 * even t->hdr + 0 would be undefined then. */
+	if (len == 0)
+		return;
 	if (t->hdr_done) {
 		txn_write(t, p, len);
 		return;
