@@ -31,7 +31,12 @@ dropfile:dropfile smtp_proto xmalloc log escape"
 
 mkdir -p "$out"
 status=0
+# FUZZ_TARGETS: the names to run (default: all of them).
 echo "$targets" | while IFS=: read -r name srcs; do
+	case " ${FUZZ_TARGETS:-$name} " in
+	*" $name "*) ;;
+	*) continue ;;
+	esac
 	files=""
 	if [ "$srcs" = library ]; then
 		# The .c files of src_libsmarthost_a_SOURCES in Makefile.am.
