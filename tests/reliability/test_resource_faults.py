@@ -139,9 +139,15 @@ def test_descriptor_exhaustion_and_session_limit(daemon_factory, upstream,
     assert daemon.running(), "the daemon died out of descriptors"
     for s in socks:
         s.close()
-    # Descriptors come back: a message goes through.
-    qid = send_message(daemon, make_message("after EMFILE", "ok\n"),
-                       timeout=30)
+    # Descriptors come back (once the daemon has seen the closes): a
+    # message goes through.
+    def after():
+        try:
+            return send_message(daemon, make_message("after EMFILE", "ok\n"),
+                                timeout=30)
+        except smtplib.SMTPConnectError:
+            return None
+    qid = wait_until(after, 30, "a message accepted after the flood")
     upstream.wait_messages(1)
     figures(rlimit_nofile=int(nofile), connections=len(socks),
             greeted=greeted,
