@@ -65,10 +65,10 @@ void envelope_set_rcpt(struct envelope *env, size_t idx,
     enum rcpt_status status, const char *dsn, const char *reply);
 
 /*
- * Encodes the whole envelope as text ending with an empty line. Returns a
- * malloc'd buffer (caller frees) and its length in *len.
- * (Clarification: body_size and body_offset are not encoded; queue.c keeps
- * them. A recipient's reply "" reads back as NULL.)
+ * Encodes the envelope as text ending with an empty line: every field but
+ * body_size and body_offset, which queue.c keeps. A recipient's reply ""
+ * reads back as NULL. Returns a malloc'd buffer (caller frees) and its
+ * length in *len.
  */
 char *envelope_encode(const struct envelope *env, size_t *len);
 /*

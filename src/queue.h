@@ -8,12 +8,11 @@
  * that a crash could lose. Concurrent sessions share syncs (group commit).
  *
  * One file per message: "<id>" in <spool>/queue holds the encoded envelope,
- * the body, then appended state records (see envelope.h). Files in tmp/ are
- * never taken for messages; files that cannot be read are moved to
- * corrupt/ with a log line.
- * (Addition: a removed message's file may be kept in spare/ and reused for
- * a later message instead of being unlinked; spare/ is never taken for
- * messages either, and queue_load() empties it.)
+ * the body, then appended state records (see envelope.h). A removed
+ * message's file may be kept in spare/ and reused for a later message
+ * instead of being unlinked. Files in tmp/ and spare/ are never taken for
+ * messages (queue_load() empties both); files that cannot be read are
+ * moved to corrupt/ with a log line.
  */
 #ifndef SMARTHOST_QUEUE_H
 #define SMARTHOST_QUEUE_H
@@ -28,11 +27,11 @@
 struct queue;
 struct queue_txn;
 
-/* Creates <spool>/{tmp,queue,corrupt} as needed, opens them and starts the
- * commit thread. Returns NULL with a message in err on failure.
- * (Clarification: it holds an exclusive flock(2) on the spool directory
- * until queue_close(), so a second queue on the same spool, in this
- * process or another, fails with "in use by another process".) */
+/* Creates <spool>/{tmp,queue,corrupt,spare} as needed, opens them, takes
+ * an exclusive flock(2) on the spool directory and starts the commit
+ * thread. The lock is held until queue_close(), so a second queue on the
+ * same spool, in this process or another, fails with "in use by another
+ * process". Returns NULL with a message in err on failure. */
 struct queue *queue_open(struct event_base *base, const char *spool,
     enum spool_sync sync, char *err, size_t errlen);
 /* Waits for pending commits and updates, stops threads, frees. Accepts
@@ -41,13 +40,12 @@ void queue_close(struct queue *q);
 
 /*
  * Reads every committed message at start-up, calling each(env, arg) with a
- * new envelope the callee owns. Temporary files are removed; unreadable or
- * truncated ones are moved to corrupt/ with a log line. Returns the number
- * of messages loaded.
- * (Clarification: call it once, before the first queue_txn_begin(): it
- * deletes everything in tmp/. It reads synchronously on the caller's
- * thread, which is acceptable only at start-up. Envelopes come in id
- * order, which is arrival order.)
+ * new envelope the callee owns, in id order, which is arrival order.
+ * Unreadable or truncated files are moved to corrupt/ with a log line.
+ * Returns the number of messages loaded.
+ * Call it once, before the first queue_txn_begin(): it deletes everything
+ * in tmp/ and spare/. It reads synchronously on the caller's thread, which
+ * is acceptable only at start-up.
  */
 size_t queue_load(struct queue *q,
     void (*each)(struct envelope *env, void *arg), void *arg);
@@ -59,10 +57,10 @@ size_t queue_load(struct queue *q,
  */
 struct queue_txn *queue_txn_begin(struct queue *q, const struct envelope *env);
 const char *queue_txn_id(const struct queue_txn *txn);
-/* Appends body bytes. Returns 0, or -1 with errno; after a failure later
- * writes are ignored and the commit reports the first error.
- * (Clarification: an ignored write also returns -1, with errno set to that
- * first error, so a caller may stop reading the body early or not.) */
+/* Appends body bytes. Returns 0, or -1 with errno. After a failure later
+ * writes are ignored and also return -1 with errno set to that first
+ * error (so a caller may stop reading the body early or not); the commit
+ * reports the first error. */
 int queue_txn_write(struct queue_txn *txn, const void *buf, size_t len);
 /* Bytes of body written so far. */
 off_t queue_txn_size(const struct queue_txn *txn);
@@ -90,16 +88,16 @@ typedef void (*queue_done_cb)(int error, void *arg);
 /*
  * Persists env's attempts, next_try and recipient states by appending a
  * state record and syncing it, off the loop thread; cb (may be NULL) runs
- * on the loop thread afterwards. env must stay alive until then.
- * (Clarification: the record also carries env->flags, so ENVELOPE_HOLD
- * persists this way. cb gets ENOENT if the message is gone. Updates and
- * removes run in the order they were called.)
+ * on the loop thread afterwards, with ENOENT if the message is gone. env
+ * must stay alive until then. The record also carries env->flags, so
+ * ENVELOPE_HOLD persists this way. Updates and removes run in the order
+ * they were called.
  */
 void queue_update(struct queue *q, const struct envelope *env,
     queue_done_cb cb, void *arg);
-/* Removes a finished message off the loop thread; cb may be NULL.
- * (Clarification: close every queue_body_open() descriptor of the message
- * first; its file may be reused for another message once cb ran.) */
+/* Removes a finished message off the loop thread; cb may be NULL. Close
+ * every queue_body_open() descriptor of the message first: its file may
+ * be reused for another message once cb ran. */
 void queue_remove(struct queue *q, const char *id, queue_done_cb cb,
     void *arg);
 
