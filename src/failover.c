@@ -31,6 +31,7 @@ failover_judge(int ready, const struct outcome *o)
 		return FAILOVER_UNREACHABLE;
 	switch (o->class) {
 	case OC_NOCRED:		/* may never have connected */
+	case OC_RESOURCE:	/* we had no descriptor to try */
 		return FAILOVER_UNKNOWN;
 	case OC_AUTH:
 	case OC_AUTH_RETRY:

@@ -30,6 +30,7 @@ static const char *const outcome_class_names[] = {
 	[OC_AUTH_RETRY] = "auth_retry",
 	[OC_LOCAL] = "local",
 	[OC_EXPIRED] = "expired",
+	[OC_RESOURCE] = "resource",
 };
 _Static_assert(sizeof(outcome_class_names) / sizeof(*outcome_class_names) ==
     OC__COUNT, "outcome_class_names out of date");
@@ -114,6 +115,8 @@ outcome_dsn_code(const struct outcome *o)
 		return "4.7.0";
 	case OC_LOCAL:
 		return temp ? "4.3.0" : "5.3.0";
+	case OC_RESOURCE:
+		return "4.3.0";
 	case OC_EXPIRED:
 		return "4.4.7";
 	case OC__COUNT:
@@ -145,6 +148,8 @@ outcome_sysexit(const struct outcome *o)
 		return EX_NOPERM;
 	case OC_LOCAL:
 		return EX_IOERR;
+	case OC_RESOURCE:
+		return EX_OSERR;
 	case OC_REPLY:
 		return o->status == OUTCOME_TEMPORARY ? EX_TEMPFAIL :
 		    EX_UNAVAILABLE;

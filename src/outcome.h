@@ -27,6 +27,8 @@ enum outcome_class {
 	                  could give it: try again at once, AUTH first */
 	OC_LOCAL,    /* our side: disk full, I/O error, config */
 	OC_EXPIRED,  /* message lifetime ended */
+	OC_RESOURCE, /* our side ran out of descriptors: retried soon, not
+	                counted as an attempt */
 	OC__COUNT
 };
 

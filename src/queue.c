@@ -110,6 +110,22 @@
  */
 #define QUEUE_SPARES 64
 #define SPARE_NAME_MAX 24
+/*
+ * Operations taken into one group at most. Each commit or update holds its
+ * file open from its write until the group's sync, so this bounds the
+ * commit thread's descriptors whatever the backlog: a relay that fails
+ * defers thousands of messages at once, and one group holding all their
+ * files open ran the process out of descriptors. Larger groups gain
+ * little: the sync cost per group levels off long before.
+ */
+#define QUEUE_GROUP_MAX 128
+/*
+ * Out of descriptors (EMFILE, ENFILE) when opening a queue file off the
+ * loop: wait and try again this many times, doubling from 1 ms (about a
+ * second in all), before reporting the error; descriptors are freed as
+ * sessions end.
+ */
+#define QUEUE_OPEN_TRIES 11
 /* Sanity limits for the loader: far beyond anything we write. */
 #define ENVELOPE_MAX (64 * 1024 * 1024)
 #define RECORDS_MAX (256 * 1024 * 1024)
@@ -310,6 +326,46 @@ qop_list_take(struct qop_list *l)
 	return head;
 }
 
+/* Takes up to max operations off the front of l, in order. */
+static struct qop *
+qop_list_take_max(struct qop_list *l, size_t max)
+{
+	struct qop *head = l->head, **pp = &l->head;
+	size_t n;
+
+	for (n = 0; n < max && *pp != NULL; n++)
+		pp = &(*pp)->next;
+	if (*pp == NULL)
+		return qop_list_take(l);
+	l->head = *pp;
+	*pp = NULL;
+	return head;
+}
+
+/*
+ * openat() that waits for a descriptor when the process or the system has
+ * none left, for about a second. Only for the queue's own threads and
+ * callers off the loop.
+ */
+static int
+openat_wait(int dirfd, const char *name, int flags)
+{
+	struct timespec ts;
+	long ms = 1;
+	int fd, i;
+
+	for (i = 0;; i++) {
+		if ((fd = openat(dirfd, name, flags)) != -1 ||
+		    (errno != EMFILE && errno != ENFILE) ||
+		    i + 1 >= QUEUE_OPEN_TRIES)
+			return fd;
+		ts.tv_sec = ms / 1000;
+		ts.tv_nsec = (ms % 1000) * 1000000;
+		nanosleep(&ts, NULL);
+		ms *= 2;
+	}
+}
+
 static void
 qop_free(struct qop *op)
 {
@@ -438,7 +494,7 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 				return;
 			}
 		}
-		op->fd = openat(q->queue_fd, op->id,
+		op->fd = openat_wait(q->queue_fd, op->id,
 		    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
 		if (op->fd == -1 || fstat(op->fd, &st) == -1) {
 			op->error = errno;
@@ -791,7 +847,7 @@ queue_thread(void *arg)
 			pthread_cond_wait(&q->cv_work, &q->mtx);
 		if (q->pending.head == NULL)
 			break;	/* stopping, and nothing left to do */
-		group = qop_list_take(&q->pending);
+		group = qop_list_take_max(&q->pending, QUEUE_GROUP_MAX);
 		q->busy = 1;
 		pthread_mutex_unlock(&q->mtx);
 
@@ -1108,8 +1164,9 @@ queue_apply_records(const char *id, struct envelope *env, const char *buf,
 
 /*
  * Reads one queue file. Returns the envelope, or NULL with a reason for
- * corrupt/ in why (or why set to NULL when the file should be left alone,
- * e.g. a transient read error that was already logged).
+ * corrupt/ in why, or NULL with *leave set to an errno value when the file
+ * should be left alone: ENOENT (gone, not logged) or a transient failure
+ * such as EMFILE or EIO (logged).
  */
 static struct envelope *
 queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
@@ -1127,19 +1184,20 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 		snprintf(why, whylen, "not a queue file name");
 		return NULL;
 	}
-	if ((fd = openat(q->queue_fd, name,
+	if ((fd = openat_wait(q->queue_fd, name,
 	    O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) == -1) {
 		if (errno == ELOOP || errno == EISDIR || errno == ENXIO) {
 			snprintf(why, whylen, "not a regular file");
 			return NULL;
 		}
-		log_warn("%s: open", name);
-		*leave = 1;
+		*leave = errno;
+		if (errno != ENOENT)
+			log_warn("%s: open", name);
 		return NULL;
 	}
 	if (fstat(fd, &st) == -1) {
+		*leave = errno != 0 ? errno : EIO;
 		log_warn("%s: fstat", name);
-		*leave = 1;
 		goto done;
 	}
 	if (!S_ISREG(st.st_mode)) {
@@ -1152,8 +1210,8 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 		goto done;
 	}
 	if (fileio_pread_all(fd, pre, sizeof(pre), 0) == -1) {
+		*leave = errno != 0 ? errno : EIO;
 		log_warn("%s: read", name);
-		*leave = 1;
 		goto done;
 	}
 	if (preamble_parse(pre, &body_offset, &body_size) == -1) {
@@ -1177,8 +1235,8 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 	}
 	text = xmalloc(envlen + 1);
 	if (fileio_pread_all(fd, text, envlen, PREAMBLE_LEN) == -1) {
+		*leave = errno != 0 ? errno : EIO;
 		log_warn("%s: read", name);
-		*leave = 1;
 		goto done;
 	}
 	if ((env = envelope_decode(text, envlen, &used, derr,
@@ -1206,8 +1264,8 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 		recs = xmalloc(reclen);
 		if (fileio_pread_all(fd, recs, reclen,
 		    (off_t)(body_offset + body_size)) == -1) {
+			*leave = errno != 0 ? errno : EIO;
 			log_warn("%s: read", name);
-			*leave = 1;
 			goto fail;
 		}
 		good = queue_apply_records(name, env, recs, reclen,
@@ -1274,27 +1332,27 @@ dir_list(int dirfd, const char *what, size_t *n)
 	return names;
 }
 
-size_t
-queue_load(struct queue *q, void (*each)(struct envelope *env, void *arg),
-    void *arg)
+/*
+ * Removes what a previous run left in tmp/ and spare/. Leftovers in tmp/
+ * are messages that never committed: their clients were never told 250,
+ * so they still hold the mail.
+ */
+static void
+queue_clean_leftovers(struct queue *q)
 {
-	struct envelope *env;
-	char **names, why[256];
-	size_t n, i, loaded = 0, moved = 0;
-	int leave;
+	char **names, safe[64];
+	size_t n, i;
 
-	/* Leftovers of messages that never committed: their clients were
-	 * never told 250, so they still hold the mail. */
 	names = dir_list(q->tmp_fd, "tmp", &n);
 	for (i = 0; i < n; i++) {
 		if (queue_id_valid(names[i]))
 			queue_id_seen(names[i]);
 		if (unlinkat(q->tmp_fd, names[i], 0) == -1)
 			log_warn("tmp/%s: unlink",
-			    name_sanitize(why, sizeof(why), names[i]));
+			    name_sanitize(safe, sizeof(safe), names[i]));
 		else
 			log_info("tmp/%s: removed unfinished message",
-			    name_sanitize(why, sizeof(why), names[i]));
+			    name_sanitize(safe, sizeof(safe), names[i]));
 		free(names[i]);
 	}
 	free(names);
@@ -1311,11 +1369,97 @@ queue_load(struct queue *q, void (*each)(struct envelope *env, void *arg),
 	for (i = 0; i < n; i++) {
 		if (unlinkat(q->spare_fd, names[i], 0) == -1)
 			log_warn("spare/%s: unlink",
-			    name_sanitize(why, sizeof(why), names[i]));
+			    name_sanitize(safe, sizeof(safe), names[i]));
 		free(names[i]);
 	}
 	free(names);
+}
 
+/* Makes moves into corrupt/ durable, once for all of them. */
+static void
+queue_sync_corrupt(struct queue *q)
+{
+	if (fsync(q->corrupt_fd) == -1 || fsync(q->queue_fd) == -1)
+		log_warn("%s: fsync after moving files to corrupt/", q->spool);
+}
+
+size_t
+queue_scan(struct queue *q, void (*each)(const char *id, void *arg),
+    void *arg)
+{
+	DIR *d;
+	struct dirent *de;
+	char **bad = NULL;
+	size_t n = 0, nbad = 0, i;
+	int fd;
+
+	queue_clean_leftovers(q);
+	if ((fd = openat(q->queue_fd, ".", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1 || (d = fdopendir(fd)) == NULL) {
+		log_warn("%s/queue", q->spool);
+		if (fd != -1)
+			close(fd);
+		return 0;
+	}
+	/* One pass over the names, nothing kept per message: a million
+	 * entries take about a second. */
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		if (!queue_id_valid(de->d_name) ||
+		    (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)) {
+			/* Moved after the listing: renaming entries while
+			 * readdir() runs may show some twice or never. */
+			bad = xreallocarray(bad, nbad + 1, sizeof(*bad));
+			bad[nbad++] = xstrdup(de->d_name);
+			continue;
+		}
+		queue_id_seen(de->d_name);
+		each(de->d_name, arg);
+		n++;
+	}
+	closedir(d);
+	for (i = 0; i < nbad; i++) {
+		queue_move_corrupt(q, bad[i], queue_id_valid(bad[i]) ?
+		    "not a regular file" : "not a queue file name");
+		free(bad[i]);
+	}
+	free(bad);
+	if (nbad > 0)
+		queue_sync_corrupt(q);
+	return n;
+}
+
+struct envelope *
+queue_read(struct queue *q, const char *id)
+{
+	struct envelope *env;
+	char why[256];
+	int leave;
+
+	why[0] = '\0';
+	if ((env = queue_load_one(q, id, why, sizeof(why), &leave)) != NULL)
+		return env;
+	if (leave == 0) {
+		queue_move_corrupt(q, id, why);
+		queue_sync_corrupt(q);
+		leave = EBADMSG;
+	}
+	errno = leave;
+	return NULL;
+}
+
+size_t
+queue_load(struct queue *q, void (*each)(struct envelope *env, void *arg),
+    void *arg)
+{
+	struct envelope *env;
+	char **names, why[256];
+	size_t n, i, loaded = 0, moved = 0;
+	int leave;
+
+	queue_clean_leftovers(q);
 	names = dir_list(q->queue_fd, "queue", &n);
 	for (i = 0; i < n; i++) {
 		if (queue_id_valid(names[i]))
@@ -1332,9 +1476,8 @@ queue_load(struct queue *q, void (*each)(struct envelope *env, void *arg),
 		free(names[i]);
 	}
 	free(names);
-	if (moved > 0 && (fsync(q->corrupt_fd) == -1 ||
-	    fsync(q->queue_fd) == -1))
-		log_warn("%s: fsync after moving files to corrupt/", q->spool);
+	if (moved > 0)
+		queue_sync_corrupt(q);
 	return loaded;
 }
 

@@ -11,8 +11,14 @@
  * the body, then appended state records (see envelope.h). A removed
  * message's file may be kept in spare/ and reused for a later message
  * instead of being unlinked. Files in tmp/ and spare/ are never taken for
- * messages (queue_load() empties both); files that cannot be read are
- * moved to corrupt/ with a log line.
+ * messages (queue_scan() and queue_load() empty both); files that cannot
+ * be read are moved to corrupt/ with a log line.
+ *
+ * Descriptors: the queue holds its directories, up to QUEUE_SPARES idle
+ * spare files, and the files of the group being synced (at most
+ * QUEUE_GROUP_MAX operations per group), whatever the number of queued
+ * messages. Out of descriptors when opening a file, its threads wait and
+ * retry for about a second before reporting EMFILE or ENFILE.
  */
 #ifndef SMARTHOST_QUEUE_H
 #define SMARTHOST_QUEUE_H
@@ -37,6 +43,28 @@ struct queue *queue_open(struct event_base *base, const char *spool,
 /* Waits for pending commits and updates, stops threads, frees. Accepts
  * NULL. Must be called on the loop thread. */
 void queue_close(struct queue *q);
+
+/*
+ * Start-up, the fast way: removes the leftovers in tmp/ and spare/, then
+ * calls each(id, arg) for every queue id in queue/, in directory order,
+ * reading names only (a million messages take about a second). Names that
+ * are not queue ids, and entries that are not regular files, are moved to
+ * corrupt/ with a log line. Returns the number of ids. Call it once, before
+ * the first queue_txn_begin(); read the envelopes later with queue_read().
+ */
+size_t queue_scan(struct queue *q, void (*each)(const char *id, void *arg),
+    void *arg);
+/*
+ * Reads one committed message: its envelope with the state records
+ * applied (a torn last record is cut off the file). Blocking; safe on any
+ * thread, so call it off the loop (worker pool) but never while a
+ * queue_update() or queue_remove() of the same message is in progress.
+ * Returns a new envelope the caller owns, or NULL with errno: ENOENT if
+ * the message is gone, EBADMSG if the file was unreadable and has been
+ * moved to corrupt/ (logged), or a transient error such as EMFILE or EIO
+ * (logged; the file is left in place, try again later).
+ */
+struct envelope *queue_read(struct queue *q, const char *id);
 
 /*
  * Reads every committed message at start-up, calling each(env, arg) with a

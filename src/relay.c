@@ -936,6 +936,7 @@ outcome_rcpt_status(const struct outcome *o)
 		case OC_NOCRED:
 		case OC_AUTH_RETRY:
 		case OC_EXPIRED:
+		case OC_RESOURCE:
 		case OC__COUNT:
 			break;
 		}
@@ -1583,17 +1584,24 @@ relay_session_send(struct relay_session *rs, struct envelope *env)
 {
 	struct smtp_client_msg msg;
 	struct outcome o;
+	int error;
 
 	if (rs->state != RS_READY)
 		fatalx("%s: session is %s", __func__,
 		    rs_state_names[rs->state]);
-	if (txn_begin(rs, env) == 0)
+	if (txn_begin(rs, env) == 0) {
+		errno = 0;
 		return -1;	/* nothing pending: nothing to log */
+	}
 	if ((rs->fd = queue_body_open(rs->relay->q, env)) == -1) {
-		outcome_set(&o, OUTCOME_TEMPORARY, OC_LOCAL,
-		    "cannot open queue file: %s", strerror(errno));
+		error = errno;
 		txn_clear(rs);
-		relay_defer_all(env, relay_session_peer(rs), &o);
+		if (error != EMFILE && error != ENFILE) {
+			outcome_set(&o, OUTCOME_TEMPORARY, OC_LOCAL,
+			    "cannot open queue file: %s", strerror(error));
+			relay_defer_all(env, relay_session_peer(rs), &o);
+		}
+		errno = error;
 		return -1;
 	}
 	if (rs->type == RELAY_TYPE_MAILDIR)

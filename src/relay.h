@@ -117,7 +117,9 @@ struct relay_session *relay_session_new(struct relay *r,
  * follows, never from inside this call), or -1 when the attempt could not
  * start (the body cannot be opened, ...): then the pending recipients were
  * already updated and logged as deferred, delivered() does not follow and
- * the session may take another message at once.
+ * the session may take another message at once. When the body could not be
+ * opened for lack of descriptors, errno is EMFILE or ENFILE and nothing was
+ * updated: the caller tries the message again later, not as an attempt.
  */
 int relay_session_send(struct relay_session *rs, struct envelope *env);
 /* Ends the session politely (QUIT); closed() follows. Only valid from

@@ -54,6 +54,8 @@
  * to that operation's callback (m->s == NULL) instead of freeing them under
  * it, because the queue reads the envelope until then.
  */
+#include <errno.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,10 +76,25 @@
 /* Seconds between looks at the credential files while a relay waits for
  * credentials: a stat of each file, on the worker pool. */
 #define SCHED_CRED_CHECK 5
+/*
+ * Active messages at most: loading, ready, in flight or finishing. Only
+ * these have their envelope in memory; the rest of the queue is a 24-byte
+ * record each, so memory follows this bound and the number of messages,
+ * not their envelopes. Like Postfix's active queue limit, it is far above
+ * what the sessions can keep busy.
+ */
+#define SCHED_ACTIVE_MAX 4096
+/* Envelopes read per job on the worker pool, and jobs at once. */
+#define SCHED_LOAD_BATCH 64
+#define SCHED_LOAD_JOBS 4
+/* Seconds before a message is taken again after a local shortage
+ * (no descriptor, unreadable file), and the longest wait before retrying
+ * a failed state write. */
+#define SCHED_LOCAL_RETRY 1
+#define SCHED_WRITE_RETRY_MAX 60
 
 enum msg_state {
-	MSG_HELD,
-	MSG_WAITING,
+	MSG_LOADING,
 	MSG_READY,
 	MSG_INFLIGHT,
 	MSG_FINISHING,
@@ -85,8 +102,7 @@ enum msg_state {
 };
 
 static const char *const msg_state_names[] = {
-	[MSG_HELD] = "held",
-	[MSG_WAITING] = "waiting",
+	[MSG_LOADING] = "loading",
 	[MSG_READY] = "ready",
 	[MSG_INFLIGHT] = "inflight",
 	[MSG_FINISHING] = "finishing",
@@ -101,13 +117,40 @@ enum {
 	TRIED_EXPIRED = 2, /* ... and failed because the lifetime ended */
 };
 
+/*
+ * A queued message that waits, held or due but not yet taken: all the
+ * scheduler keeps of it (24 bytes, in the heap array). Its envelope stays
+ * on disk until the message is taken for an attempt.
+ */
+struct sched_rec {
+	uint64_t id;             /* the queue id as a number */
+	int64_t key;             /* next try; REC_HELD: INT64_MAX */
+	uint32_t relay;          /* its primary relay when it went to wait:
+	                            index into s->rnames; RELAY_UNKNOWN */
+	uint32_t flags;          /* REC_* */
+};
+
+enum {
+	REC_UNREAD = 1 << 0, /* not read since start: key is a guess (due) */
+	REC_HELD = 1 << 1,   /* ENVELOPE_HOLD: never due */
+};
+#define RELAY_UNKNOWN UINT32_MAX
+/* The key of an unread message: due, but after new mail (key 0). */
+#define KEY_UNREAD 1
+
+/* An active message: taken from the heap, with its envelope in memory. */
 struct sched_msg {
 	struct scheduler *s;     /* NULL: orphaned by scheduler_free */
-	struct envelope *env;
+	struct envelope *env;    /* NULL while LOADING */
 	enum msg_state state;
-	size_t heap_idx;         /* SIZE_MAX when not in the heap */
-	unsigned long long seq;  /* arrival order: FIFO among equals */
-	int flush;               /* made due while FINISHING */
+	uint64_t id;             /* the queue id as a number */
+	uint32_t rec_flags;      /* REC_* it had in the heap */
+	int load_error;          /* LOADING: errno of a failed read */
+	int flush;               /* made due while LOADING or FINISHING */
+	unsigned retry_delay;    /* seconds before retrying a failed state
+	                            write or removal */
+	struct event *ev_retry;  /* that retry, created when first needed */
+	char idstr[ENVELOPE_ID_MAX];
 	int auth_retry;          /* this attempt ended in OC_AUTH_RETRY */
 	int auth_retried;        /* ... and so did the one before, which was
 	                            retried at once: no second time in a
@@ -163,12 +206,15 @@ struct scheduler {
 	struct authstate *as;      /* learned "requires authentication" */
 	char *state_dir;           /* where as lives */
 
-	TAILQ_HEAD(, sched_msg) msgs;
-	size_t nmsgs;
-	struct sched_msg **heap;
+	TAILQ_HEAD(, sched_msg) msgs; /* active messages */
+	size_t nactive;
+	struct sched_rec *heap;       /* waiting, held and untaken due ones */
 	size_t nheap;
 	size_t heapcap;
-	unsigned long long seq;
+	char **rnames;                /* names of the primary relays of
+	                                 records */
+	uint32_t nrnames;
+	unsigned nloading;            /* load jobs on the worker pool */
 
 	TAILQ_HEAD(, sched_relay) relays;
 	unsigned nsessions;
@@ -201,82 +247,141 @@ scheduler_backoff(unsigned retry_min, unsigned retry_max, unsigned attempts)
 
 /* ---- the heap of waiting messages ---- */
 
-/* Earlier next_try first; among equals (all new mail has 0), arrival
- * order, so that mail leaves in the order it came. */
+/* Earlier key first; among equals (all new mail has 0), lower id: ids
+ * sort by arrival time, so mail leaves in the order it came. */
 static int
-msg_before(const struct sched_msg *a, const struct sched_msg *b)
+rec_before(const struct sched_rec *a, const struct sched_rec *b)
 {
-	if (a->env->next_try != b->env->next_try)
-		return a->env->next_try < b->env->next_try;
-	return a->seq < b->seq;
-}
-
-static void
-heap_set(struct scheduler *s, size_t i, struct sched_msg *m)
-{
-	s->heap[i] = m;
-	m->heap_idx = i;
+	if (a->key != b->key)
+		return a->key < b->key;
+	return a->id < b->id;
 }
 
 static void
 heap_up(struct scheduler *s, size_t i)
 {
-	struct sched_msg *m = s->heap[i];
+	struct sched_rec r = s->heap[i];
 	size_t p;
 
 	while (i > 0) {
 		p = (i - 1) / 2;
-		if (!msg_before(m, s->heap[p]))
+		if (!rec_before(&r, &s->heap[p]))
 			break;
-		heap_set(s, i, s->heap[p]);
+		s->heap[i] = s->heap[p];
 		i = p;
 	}
-	heap_set(s, i, m);
+	s->heap[i] = r;
 }
 
 static void
 heap_down(struct scheduler *s, size_t i)
 {
-	struct sched_msg *m = s->heap[i];
+	struct sched_rec r = s->heap[i];
 	size_t c;
 
 	for (;;) {
 		c = 2 * i + 1;
 		if (c >= s->nheap)
 			break;
-		if (c + 1 < s->nheap && msg_before(s->heap[c + 1], s->heap[c]))
+		if (c + 1 < s->nheap && rec_before(&s->heap[c + 1],
+		    &s->heap[c]))
 			c++;
-		if (!msg_before(s->heap[c], m))
+		if (!rec_before(&s->heap[c], &r))
 			break;
-		heap_set(s, i, s->heap[c]);
+		s->heap[i] = s->heap[c];
 		i = c;
 	}
-	heap_set(s, i, m);
+	s->heap[i] = r;
+}
+
+/* After keys changed everywhere: rebuild bottom-up. */
+static void
+heap_rebuild(struct scheduler *s)
+{
+	size_t i;
+
+	for (i = s->nheap / 2; i-- > 0;)
+		heap_down(s, i);
 }
 
 static void
-heap_push(struct scheduler *s, struct sched_msg *m)
+heap_push(struct scheduler *s, const struct sched_rec *r)
 {
 	if (s->nheap == s->heapcap) {
-		s->heapcap = s->heapcap == 0 ? 64 : s->heapcap * 2;
+		/* Grows by half: the array is most of the memory a large
+		 * backlog costs, and doubling would leave up to half of it
+		 * unused. */
+		s->heapcap = s->heapcap < 64 ? 64 : s->heapcap + s->heapcap / 2;
 		s->heap = xreallocarray(s->heap, s->heapcap,
 		    sizeof(*s->heap));
 	}
-	heap_set(s, s->nheap++, m);
+	s->heap[s->nheap++] = *r;
 	heap_up(s, s->nheap - 1);
 }
 
-static struct sched_msg *
+static struct sched_rec
 heap_pop(struct scheduler *s)
 {
-	struct sched_msg *m = s->heap[0];
+	struct sched_rec r = s->heap[0];
 
 	if (--s->nheap > 0) {
-		heap_set(s, 0, s->heap[s->nheap]);
+		s->heap[0] = s->heap[s->nheap];
 		heap_down(s, 0);
 	}
-	m->heap_idx = SIZE_MAX;
-	return m;
+	return r;
+}
+
+/* ---- queue ids and relay names in records ---- */
+
+static uint64_t
+id_parse(const char *id)
+{
+	return strtoull(id, NULL, 16);
+}
+
+static void
+id_format(uint64_t id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%016" PRIX64, id);
+}
+
+/* The index of a relay's name in s->rnames, added if new. */
+static uint32_t
+rname_index(struct scheduler *s, const char *name)
+{
+	uint32_t i;
+
+	for (i = 0; i < s->nrnames; i++)
+		if (strcmp(s->rnames[i], name) == 0)
+			return i;
+	/* Each relay name a message was routed to: a handful. */
+	if (s->nrnames == RELAY_UNKNOWN - 1)
+		return RELAY_UNKNOWN;
+	s->rnames = xreallocarray(s->rnames, s->nrnames + 1,
+	    sizeof(*s->rnames));
+	s->rnames[s->nrnames] = xstrdup(name);
+	return s->nrnames++;
+}
+
+/* The relay m goes to before any failover: the one pinned in its
+ * envelope, else its sender's route; NULL when the pinned relay is no
+ * longer configured. */
+static const struct relay_config *
+msg_primary(const struct scheduler *s, const struct sched_msg *m)
+{
+	if (m->env->relay != NULL)
+		return config_relay(s->cfg, m->env->relay);
+	return config_route(s->cfg, m->env->sender);
+}
+
+/* For m's record: the index of its primary relay's name, or
+ * RELAY_UNKNOWN. */
+static uint32_t
+msg_primary_index(struct scheduler *s, const struct sched_msg *m)
+{
+	const struct relay_config *rc = msg_primary(s, m);
+
+	return rc != NULL ? rname_index(s, rc->name) : RELAY_UNKNOWN;
 }
 
 /* ---- messages ---- */
@@ -284,7 +389,7 @@ heap_pop(struct scheduler *s)
 static void
 msg_set_state(struct sched_msg *m, enum msg_state state)
 {
-	log_debug("%s: scheduler %s -> %s", m->env->id,
+	log_debug("%s: scheduler %s -> %s", m->idstr,
 	    msg_state_names[m->state], msg_state_names[state]);
 	m->state = state;
 }
@@ -292,20 +397,11 @@ msg_set_state(struct sched_msg *m, enum msg_state state)
 static void
 msg_free(struct sched_msg *m)
 {
+	if (m->ev_retry != NULL)
+		event_free(m->ev_retry);
 	envelope_free(m->env);
 	free(m->tried);
 	free(m);
-}
-
-/* Unlinks m from the scheduler's list and frees it. */
-static void
-msg_drop(struct scheduler *s, struct sched_msg *m)
-{
-	if (s != NULL) {
-		TAILQ_REMOVE(&s->msgs, m, all);
-		s->nmsgs--;
-	}
-	msg_free(m);
 }
 
 /* Runs the dispatcher on the next loop iteration: callers may be deep in
@@ -319,14 +415,81 @@ sched_kick(struct scheduler *s)
 		evtimer_add(s->ev_timer, &now);
 }
 
-/* Back to the heap without an attempt (shutdown). */
+/* A message left the active set: what its place lets in may be due. */
 static void
-msg_requeue(struct scheduler *s, struct sched_msg *m)
+msg_unlink(struct scheduler *s, struct sched_msg *m)
+{
+	TAILQ_REMOVE(&s->msgs, m, all);
+	s->nactive--;
+	if (s->nheap > 0 && s->heap[0].key <= (int64_t)time(NULL))
+		sched_kick(s);
+}
+
+/* Unlinks m from the scheduler and frees it: the message is gone. */
+static void
+msg_drop(struct scheduler *s, struct sched_msg *m)
+{
+	if (s != NULL)
+		msg_unlink(s, m);
+	msg_free(m);
+}
+
+/* An active message for id (not yet linked), LOADING with no envelope. */
+static struct sched_msg *
+msg_new(struct scheduler *s, uint64_t id)
+{
+	struct sched_msg *m;
+
+	m = xcalloc(1, sizeof(*m));
+	m->s = s;
+	m->id = id;
+	id_format(id, m->idstr, sizeof(m->idstr));
+	m->state = MSG_LOADING;
+	return m;
+}
+
+static void
+msg_link(struct scheduler *s, struct sched_msg *m)
+{
+	TAILQ_INSERT_TAIL(&s->msgs, m, all);
+	s->nactive++;
+}
+
+/*
+ * Parks an active message in the heap, due at key, and frees everything
+ * but its record: the envelope is read again when it is next taken. Only
+ * for a message whose state on disk is what memory says (no queue
+ * operation in flight or failed).
+ */
+static void
+msg_park(struct scheduler *s, struct sched_msg *m, int64_t key)
+{
+	struct sched_rec r;
+
+	r.id = m->id;
+	r.flags = m->env == NULL ? m->rec_flags & REC_UNREAD : 0;
+	r.relay = m->env == NULL ? RELAY_UNKNOWN : msg_primary_index(s, m);
+	if (m->env != NULL && (m->env->flags & ENVELOPE_HOLD)) {
+		r.flags |= REC_HELD;
+		key = INT64_MAX;
+	}
+	r.key = key;
+	log_debug("%s: scheduler %s -> %s", m->idstr,
+	    msg_state_names[m->state], (r.flags & REC_HELD) ? "held" :
+	    "waiting");
+	msg_unlink(s, m);
+	msg_free(m);
+	heap_push(s, &r);
+}
+
+/* Back to the heap without an attempt (shutdown, no descriptor). */
+static void
+msg_requeue(struct scheduler *s, struct sched_msg *m, int64_t key)
 {
 	free(m->tried);
 	m->tried = NULL;
-	msg_set_state(m, MSG_WAITING);
-	heap_push(s, m);
+	msg_park(s, m, key);
+	sched_kick(s);
 }
 
 /* Remembers which recipients this attempt is about. */
@@ -354,16 +517,58 @@ msg_defer(struct scheduler *s, struct sched_msg *m, const char *relay,
 	msg_attempted(s, m, NULL);
 }
 
+static void msg_removed(int error, void *arg);
+static void msg_updated(int error, void *arg);
+
+static void
+msg_retry_write(evutil_socket_t fd, short what, void *arg)
+{
+	struct sched_msg *m = arg;
+	struct scheduler *s = m->s;
+
+	if (envelope_count(m->env, RCPT_PENDING) == 0)
+		queue_remove(s->q, m->env->id, msg_removed, m);
+	else
+		queue_update(s->q, m->env, msg_updated, m);
+}
+
+/*
+ * A state write or removal failed for a local reason (no descriptor, disk
+ * full, I/O error). The outcome stays in memory, where it is the truth,
+ * and the write is tried again after a delay doubling from 1 s to
+ * SCHED_WRITE_RETRY_MAX; the message stays active meanwhile, so it is
+ * never tried again from a state on disk that says less than it knows. A
+ * stop or crash before a write succeeds sends its recipients again.
+ */
+static void
+msg_write_failed(struct scheduler *s, struct sched_msg *m, const char *what,
+    int error)
+{
+	struct timeval tv;
+
+	m->retry_delay = m->retry_delay == 0 ? 1 : m->retry_delay * 2;
+	if (m->retry_delay > SCHED_WRITE_RETRY_MAX)
+		m->retry_delay = SCHED_WRITE_RETRY_MAX;
+	log_warnx("%s: cannot %s: %s; kept in memory, retrying in %us",
+	    m->idstr, what, strerror(error), m->retry_delay);
+	if (m->ev_retry == NULL &&
+	    (m->ev_retry = evtimer_new(s->base, msg_retry_write, m)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	tv.tv_sec = m->retry_delay;
+	tv.tv_usec = 0;
+	evtimer_add(m->ev_retry, &tv);
+}
+
 static void
 msg_removed(int error, void *arg)
 {
 	struct sched_msg *m = arg;
 
-	if (error != 0)
-		log_warnx("%s: cannot remove from the queue: %s", m->env->id,
-		    strerror(error));
-	else
-		log_info("%s: removed", m->env->id);
+	if (m->s != NULL && error != 0 && error != ENOENT) {
+		msg_write_failed(m->s, m, "remove from the queue", error);
+		return;
+	}
+	log_info("%s: removed", m->idstr);
 	msg_drop(m->s, m);
 }
 
@@ -377,15 +582,17 @@ msg_updated(int error, void *arg)
 		msg_free(m);
 		return;
 	}
-	if (error != 0)
-		log_warnx("%s: cannot record delivery state: %s", m->env->id,
-		    strerror(error));
-	if (m->flush) {
-		m->flush = 0;
-		m->env->next_try = 0;
+	if (error == ENOENT) {
+		log_warnx("%s: gone from the spool; forgotten", m->idstr);
+		msg_drop(s, m);
+		return;
 	}
-	msg_set_state(m, MSG_WAITING);
-	heap_push(s, m);
+	if (error != 0) {
+		msg_write_failed(s, m, "record delivery state", error);
+		return;
+	}
+	m->retry_delay = 0;
+	msg_park(s, m, m->flush ? 0 : (int64_t)m->env->next_try);
 	sched_kick(s);
 }
 
@@ -580,6 +787,7 @@ relay_failure(const struct outcome *o)
 	case OC_PROTOCOL:
 	case OC_REPLY:
 	case OC_LOCAL:
+	case OC_RESOURCE:
 	case OC_EXPIRED:
 	case OC__COUNT:
 		break;
@@ -596,39 +804,35 @@ cred_timer_arm(struct scheduler *s)
 		evtimer_add(s->ev_cred, &tv);
 }
 
-/* The relay m goes to before any failover: the one pinned in its
- * envelope, else its sender's route; NULL when the pinned relay is no
- * longer configured. */
-static const struct relay_config *
-msg_primary(const struct scheduler *s, const struct sched_msg *m)
-{
-	if (m->env->relay != NULL)
-		return config_relay(s->cfg, m->env->relay);
-	return config_route(s->cfg, m->env->sender);
-}
-
 /* Makes the waiting mail whose primary relay is sr due now (mail being
- * persisted as soon as that is done). */
+ * persisted as soon as that is done). Waiting messages are matched by the
+ * primary relay they had when they went to wait. XXX: after a reload that
+ * changed the routes, a message moved to sr by it waits for its own next
+ * try instead. */
 static void
 relay_mail_due(struct scheduler *s, struct sched_relay *sr)
 {
 	const struct relay_config *rc;
 	struct sched_msg *m;
+	uint32_t mine;
 	size_t i;
 
 	TAILQ_FOREACH(m, &s->msgs, all) {
-		if (m->state != MSG_WAITING && m->state != MSG_FINISHING)
+		if (m->state != MSG_FINISHING)
 			continue;
 		if ((rc = msg_primary(s, m)) == NULL ||
 		    strcmp(rc->name, sr->name) != 0)
 			continue;
-		if (m->state == MSG_WAITING)
-			m->env->next_try = 0;
-		else
-			m->flush = 1;
+		m->flush = 1;
 	}
-	for (i = s->nheap / 2; i-- > 0;)
-		heap_down(s, i);
+	for (mine = 0; mine < s->nrnames; mine++)
+		if (strcmp(s->rnames[mine], sr->name) == 0)
+			break;
+	for (i = 0; mine < s->nrnames && i < s->nheap; i++)
+		if (s->heap[i].relay == mine &&
+		    !(s->heap[i].flags & REC_HELD))
+			s->heap[i].key = 0;
+	heap_rebuild(s);
 	sched_kick(s);
 }
 
@@ -818,9 +1022,9 @@ static void
 session_abort(struct scheduler *s, struct sched_session *ss)
 {
 	if (ss->first != NULL)
-		msg_requeue(s, ss->first);
+		msg_requeue(s, ss->first, 0);
 	if (ss->cur != NULL)
-		msg_requeue(s, ss->cur);
+		msg_requeue(s, ss->cur, 0);
 	session_unlink(s, ss);
 	relay_session_free(ss->rs);
 	free(ss);
@@ -849,7 +1053,7 @@ sess_ready(struct relay_session *rs, void *arg)
 		if ((m = ss->first) != NULL) {
 			ss->first = NULL;
 			if (s->stopping) {
-				msg_requeue(s, m);
+				msg_requeue(s, m, 0);
 				relay_session_quit(rs);
 				return;
 			}
@@ -866,8 +1070,17 @@ sess_ready(struct relay_session *rs, void *arg)
 		ss->cur = m;
 		if (relay_session_send(rs, m->env) == 0)
 			return;
-		/* Not started (body unreadable): already deferred. */
 		ss->cur = NULL;
+		if (errno == EMFILE || errno == ENFILE) {
+			/* No descriptor for its file: not an attempt. */
+			log_warnx("%s: cannot open queue file: %s; retrying "
+			    "in %us", m->idstr, strerror(errno),
+			    SCHED_LOCAL_RETRY);
+			msg_requeue(s, m, (int64_t)time(NULL) +
+			    SCHED_LOCAL_RETRY);
+			continue;
+		}
+		/* Not started (body unreadable): already deferred. */
 		msg_attempted(s, m, NULL);
 	}
 }
@@ -902,14 +1115,19 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 		    "session closed before it was ready");
 		o = &gone;
 	}
-	if ((m = ss->first) != NULL) {
+	if ((m = ss->first) != NULL && o->class == OC_RESOURCE) {
+		/* We ran out of descriptors, the relay did nothing wrong:
+		 * not an attempt, and no backoff. */
+		ss->first = NULL;
+		msg_requeue(s, m, (int64_t)time(NULL) + SCHED_LOCAL_RETRY);
+	} else if (m != NULL) {
 		ss->first = NULL;
 		msg_defer(s, m, relay_session_peer(rs), o);
 	}
 	if ((m = ss->cur) != NULL) {
 		/* The relay reports delivered() first; be safe anyway. */
 		ss->cur = NULL;
-		msg_requeue(s, m);
+		msg_requeue(s, m, 0);
 	}
 	/* A session that was ready told relay_ok() already. */
 	v = ss->ready ? FAILOVER_REACHED : failover_judge(0, o);
@@ -978,6 +1196,12 @@ msg_route(struct scheduler *s, struct sched_msg *m)
 		return;
 	}
 	sr = sched_relay_get(s, rc->name);
+	if (sr->backoff_until > time(NULL)) {
+		/* Nothing starts before the backoff ends: wait in the heap
+		 * rather than hold a place in the active set. */
+		msg_park(s, m, (int64_t)sr->backoff_until);
+		return;
+	}
 	msg_set_state(m, MSG_READY);
 	TAILQ_INSERT_TAIL(&sr->ready, m, ready);
 }
@@ -1012,6 +1236,150 @@ relay_probe_at(struct scheduler *s, const struct sched_relay *sr)
 	    (rc = config_relay(s->cfg, sr->name)) == NULL || rc->nbackup == 0)
 		return 0;
 	return sr->backoff_until > 0 ? sr->backoff_until : 1;
+}
+
+/*
+ * When a record names a relay in backoff, the time the backoff ends, else
+ * 0: such a message need not even be read before then.
+ */
+static time_t
+rec_relay_backoff(struct scheduler *s, const struct sched_rec *r,
+    time_t now)
+{
+	const struct relay_config *rc;
+	const struct sched_relay *sr;
+
+	if (r->relay == RELAY_UNKNOWN ||
+	    (rc = config_relay(s->cfg, s->rnames[r->relay])) == NULL ||
+	    (sr = sched_relay_find(s, relay_failover_target(s, rc)->name)) ==
+	    NULL)
+		return 0;
+	return sr->backoff_until > now ? sr->backoff_until : 0;
+}
+
+/* ---- loading envelopes ---- */
+
+/* Envelopes to read on the worker pool, for messages taken from the heap. */
+struct load_job {
+	struct queue *q;
+	size_t n;
+	struct sched_msg *m[SCHED_LOAD_BATCH];
+};
+
+/* On a pool thread: touches only env and load_error of each message. */
+static void
+load_work(void *arg)
+{
+	struct load_job *job = arg;
+	struct sched_msg *m;
+	size_t i;
+
+	for (i = 0; i < job->n; i++) {
+		m = job->m[i];
+		if ((m->env = queue_read(job->q, m->idstr)) == NULL)
+			m->load_error = errno;
+	}
+}
+
+/* A message's envelope was read (or not): decide where it goes. */
+static void
+msg_loaded(struct scheduler *s, struct sched_msg *m, time_t now)
+{
+	struct envelope *env = m->env;
+
+	if (env == NULL) {
+		if (m->load_error == ENOENT || m->load_error == EBADMSG) {
+			/* Gone, or moved to corrupt/ with a log line. */
+			log_warnx("%s: %s; forgotten", m->idstr,
+			    m->load_error == ENOENT ? "gone from the spool" :
+			    "unreadable");
+			msg_drop(s, m);
+			return;
+		}
+		/* Transient (no descriptor, I/O error), logged: again soon,
+		 * never forgotten. */
+		msg_park(s, m, (int64_t)now + SCHED_LOCAL_RETRY);
+		return;
+	}
+	if (s->stopping || (env->flags & ENVELOPE_HOLD)) {
+		msg_park(s, m, m->flush ? 0 : (int64_t)env->next_try);
+		return;
+	}
+	if (envelope_count(env, RCPT_PENDING) == 0) {
+		/* Finished before a crash or restart: only removal is left. */
+		msg_persist(s, m);
+		return;
+	}
+	if ((m->rec_flags & REC_UNREAD) && !m->flush && env->next_try > now) {
+		/* Read for the first time since start: not due yet. */
+		msg_park(s, m, (int64_t)env->next_try);
+		return;
+	}
+	m->flush = 0;
+	msg_route(s, m);
+}
+
+static void
+load_done(void *arg)
+{
+	struct load_job *job = arg;
+	struct scheduler *s = job->m[0]->s;
+	time_t now = time(NULL);
+	size_t i;
+
+	if (s == NULL) {
+		/* Orphaned by scheduler_free. */
+		for (i = 0; i < job->n; i++)
+			msg_free(job->m[i]);
+		free(job);
+		return;
+	}
+	s->nloading--;
+	for (i = 0; i < job->n; i++)
+		msg_loaded(s, job->m[i], now);
+	free(job);
+	sched_kick(s);
+}
+
+/*
+ * Takes due records off the heap while the active set has room, and reads
+ * their envelopes on the worker pool, SCHED_LOAD_BATCH per job and at most
+ * SCHED_LOAD_JOBS jobs at once. Each finished job kicks the dispatcher.
+ */
+static void
+sched_take(struct scheduler *s, time_t now)
+{
+	struct load_job *job = NULL;
+	struct sched_msg *m;
+	struct sched_rec r;
+	time_t until;
+
+	while (s->nheap > 0 && s->heap[0].key <= (int64_t)now &&
+	    s->nactive < SCHED_ACTIVE_MAX) {
+		if (job == NULL && s->nloading >= SCHED_LOAD_JOBS)
+			break;
+		r = heap_pop(s);
+		if ((until = rec_relay_backoff(s, &r, now)) != 0) {
+			r.key = (int64_t)until;
+			heap_push(s, &r);
+			continue;
+		}
+		m = msg_new(s, r.id);
+		m->rec_flags = r.flags;
+		msg_link(s, m);
+		if (job == NULL) {
+			job = xcalloc(1, sizeof(*job));
+			job->q = s->q;
+			s->nloading++;
+		}
+		job->m[job->n++] = m;
+		if (job->n == SCHED_LOAD_BATCH) {
+			worker_run(s->w, load_work, load_done, job);
+			job = NULL;
+		}
+	}
+	if (job != NULL)
+		worker_run(s->w, load_work, load_done, job);
 }
 
 static void
@@ -1064,13 +1432,15 @@ sched_dispatch(evutil_socket_t fd, short what, void *arg)
 
 	if (s->stopping)
 		return;
-	while (s->nheap > 0 && s->heap[0]->env->next_try <= now)
-		msg_route(s, heap_pop(s));
+	sched_take(s, now);
 	TAILQ_FOREACH(sr, &s->relays, entry)
 		relay_start(s, sr, now);
 
-	if (s->nheap > 0)
-		wake = s->heap[0]->env->next_try;
+	/* A due record that could not be taken waits for a place in the
+	 * active set or a load job: their ends kick the dispatcher. */
+	if (s->nheap > 0 && s->heap[0].key > (int64_t)now &&
+	    s->heap[0].key != INT64_MAX)
+		wake = (time_t)s->heap[0].key;
 	TAILQ_FOREACH(sr, &s->relays, entry) {
 		if (!TAILQ_EMPTY(&sr->ready) && sr->backoff_until > now &&
 		    (wake == 0 || sr->backoff_until < wake))
@@ -1187,8 +1557,11 @@ scheduler_free(struct scheduler *s)
 		if (m->state == MSG_FINISHING && m->dsn != NULL) {
 			dsn_cancel(m->dsn);
 			msg_free(m);
-		} else if (m->state == MSG_FINISHING)
+		} else if (m->state == MSG_FINISHING && (m->ev_retry == NULL ||
+		    !evtimer_pending(m->ev_retry, NULL)))
 			m->s = NULL;	/* the queue's callback frees it */
+		else if (m->state == MSG_LOADING)
+			m->s = NULL;	/* the load job's callback frees it */
 		else
 			msg_free(m);
 	}
@@ -1197,6 +1570,9 @@ scheduler_free(struct scheduler *s)
 	event_free(s->ev_deadline);
 	event_free(s->ev_cred);
 	free(s->heap);
+	while (s->nrnames > 0)
+		free(s->rnames[--s->nrnames]);
+	free(s->rnames);
 	free(s);
 }
 
@@ -1205,16 +1581,11 @@ scheduler_add(struct scheduler *s, struct envelope *env)
 {
 	struct sched_msg *m;
 
-	m = xcalloc(1, sizeof(*m));
-	m->s = s;
+	m = msg_new(s, id_parse(env->id));
 	m->env = env;
-	m->heap_idx = SIZE_MAX;
-	m->seq = s->seq++;
-	m->state = MSG_WAITING;
-	TAILQ_INSERT_TAIL(&s->msgs, m, all);
-	s->nmsgs++;
+	msg_link(s, m);
 	if (env->flags & ENVELOPE_HOLD) {
-		msg_set_state(m, MSG_HELD);
+		msg_park(s, m, 0);
 		return;
 	}
 	if (envelope_count(env, RCPT_PENDING) == 0) {
@@ -1222,7 +1593,26 @@ scheduler_add(struct scheduler *s, struct envelope *env)
 		msg_persist(s, m);
 		return;
 	}
-	heap_push(s, m);
+	/* New mail is tried at once, its envelope at hand, unless the
+	 * active set is full (then it is read again when taken). */
+	if (s->stopping || env->next_try > time(NULL) ||
+	    s->nactive > SCHED_ACTIVE_MAX)
+		msg_park(s, m, (int64_t)env->next_try);
+	else
+		msg_route(s, m);
+	sched_kick(s);
+}
+
+void
+scheduler_add_id(struct scheduler *s, const char *id)
+{
+	struct sched_rec r;
+
+	r.id = id_parse(id);
+	r.key = KEY_UNREAD;
+	r.relay = RELAY_UNKNOWN;
+	r.flags = REC_UNREAD;
+	heap_push(s, &r);
 	sched_kick(s);
 }
 
@@ -1233,15 +1623,13 @@ scheduler_flush(struct scheduler *s)
 	struct sched_msg *m;
 	size_t i;
 
-	TAILQ_FOREACH(m, &s->msgs, all) {
-		if (m->state == MSG_WAITING)
-			m->env->next_try = 0;
-		else if (m->state == MSG_FINISHING)
+	TAILQ_FOREACH(m, &s->msgs, all)
+		if (m->state == MSG_FINISHING || m->state == MSG_LOADING)
 			m->flush = 1;
-	}
-	/* Every key changed: rebuild the heap bottom-up. */
-	for (i = s->nheap / 2; i-- > 0;)
-		heap_down(s, i);
+	for (i = 0; i < s->nheap; i++)
+		if (!(s->heap[i].flags & REC_HELD))
+			s->heap[i].key = 0;
+	heap_rebuild(s);
 	TAILQ_FOREACH(sr, &s->relays, entry) {
 		sr->failures = 0;
 		sr->backoff_until = 0;
@@ -1303,19 +1691,69 @@ scheduler_shutdown(struct scheduler *s, unsigned timeout,
 size_t
 scheduler_count(const struct scheduler *s)
 {
-	return s->nmsgs;
+	return s->nheap + s->nactive;
 }
 
 /* ---- control socket (smarthostctl queue); kept apart for its owner ---- */
 
+struct listed {
+	uint64_t id;
+	const struct sched_msg *m;    /* NULL: a record */
+	const struct sched_rec *r;    /* NULL: an active message */
+};
+
+static int
+listed_cmp(const void *a, const void *b)
+{
+	const struct listed *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/*
+ * Records have no envelope in memory, so their files are read here, on
+ * the loop thread. XXX: listing a very large queue blocks the loop for
+ * the time it takes to read every envelope (about 20 us each when
+ * cached), which a control request may cost.
+ */
 void
 scheduler_foreach(struct scheduler *s,
     void (*each)(const struct envelope *env, void *arg), void *arg)
 {
 	const struct sched_msg *m;
+	struct listed *l;
+	struct envelope *env;
+	char id[ENVELOPE_ID_MAX];
+	size_t n = 0, i;
 
-	TAILQ_FOREACH(m, &s->msgs, all)
-		each(m->env, arg);
+	l = xreallocarray(NULL, s->nheap + s->nactive + 1, sizeof(*l));
+	TAILQ_FOREACH(m, &s->msgs, all) {
+		l[n].id = m->id;
+		l[n].m = m;
+		l[n++].r = NULL;
+	}
+	for (i = 0; i < s->nheap; i++) {
+		l[n].id = s->heap[i].id;
+		l[n].m = NULL;
+		l[n++].r = &s->heap[i];
+	}
+	qsort(l, n, sizeof(*l), listed_cmp);
+	for (i = 0; i < n; i++) {
+		if (l[i].m != NULL && l[i].m->state != MSG_LOADING) {
+			each(l[i].m->env, arg);
+			continue;
+		}
+		id_format(l[i].id, id, sizeof(id));
+		if ((env = queue_read(s->q, id)) == NULL)
+			continue;	/* gone since, or logged */
+		/* Memory knows better than the file when it is due. */
+		if (l[i].r != NULL && !(l[i].r->flags & (REC_UNREAD |
+		    REC_HELD)))
+			env->next_try = (time_t)l[i].r->key;
+		each(env, arg);
+		envelope_free(env);
+	}
+	free(l);
 }
 
 

@@ -29,9 +29,16 @@ struct scheduler *scheduler_new(struct event_base *base,
     const struct config *cfg);
 /* Aborts sessions and frees every envelope. Accepts NULL. */
 void scheduler_free(struct scheduler *s);
-/* Takes ownership of env (new mail or loaded at start) and schedules it:
- * at once when env->next_try is 0 or past. */
+/* Takes ownership of env (new mail, committed to the queue) and schedules
+ * it: at once when env->next_try is 0 or past. The envelope may be freed
+ * at any time after (the message waits as a record and is read from the
+ * queue again when due): callers must not keep pointers to it. */
 void scheduler_add(struct scheduler *s, struct envelope *env);
+/* Start-up: a message found by queue_scan(), not read yet. It counts as
+ * due; its envelope is read when it is taken, and if its next try is
+ * still ahead it goes back to wait until then, unread records after new
+ * mail. */
+void scheduler_add_id(struct scheduler *s, const char *id);
 /* Makes every queued message due now, ignoring backoff (SIGUSR1). */
 void scheduler_flush(struct scheduler *s);
 /* New sessions use cfg from now on; the old one may be freed after. */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sysexits.h>
 #include <time.h>
@@ -75,11 +76,32 @@ queued_cb(struct envelope *env, void *arg)
 }
 
 static void
-loaded_cb(struct envelope *env, void *arg)
+found_cb(const char *id, void *arg)
 {
 	struct daemon_state *d = arg;
 
-	scheduler_add(d->scheduler, env);
+	scheduler_add_id(d->scheduler, id);
+}
+
+/*
+ * Descriptors: the daemon needs one per session and connection, never one
+ * per queued message, but a busy host runs many sessions: take the hard
+ * limit, as the soft one is often a low default (1024).
+ */
+static void
+nofile_raise(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
+		log_warn("getrlimit(RLIMIT_NOFILE)");
+		return;
+	}
+	if (rl.rlim_cur == rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+		log_warn("setrlimit(RLIMIT_NOFILE)");
 }
 
 /* Settings that only take effect at start. */
@@ -442,6 +464,7 @@ main(int argc, char *argv[])
 		pw = NULL; /* not root: nothing to drop */
 
 	signal(SIGPIPE, SIG_IGN);
+	nofile_raise();
 	if (evthread_use_pthreads() == -1)
 		fatalx("libevent without pthreads support");
 	if ((d.base = loop_new()) == NULL)
@@ -485,10 +508,11 @@ main(int argc, char *argv[])
 			fatalx("cannot install signal handler");
 	}
 
-	n = queue_load(d.queue, loaded_cb, &d);
+	/* Names only: envelopes are read as messages become due. */
+	n = queue_scan(d.queue, found_cb, &d);
 	if (n > 0)
-		log_info("loaded %zu queued message%s", n, n == 1 ? "" : "s");
-	/* After the queue is loaded: the first scan of the maildrop runs
+		log_info("found %zu queued message%s", n, n == 1 ? "" : "s");
+	/* After the queue is scanned: the first scan of the maildrop runs
 	 * from the loop and imports through the server. */
 	if ((d.maildrop = maildrop_open(d.base, d.cfg, d.server, err,
 	    sizeof(err))) == NULL)

@@ -599,7 +599,11 @@ client_connect_next(struct smtp_client *c)
 		event_add(c->ev_conn, &tv);
 		return;
 	}
-	if (c->ntried > 1)
+	/* Out of descriptors: our shortage, not the relay's failure. */
+	if (c->conn_errno == EMFILE || c->conn_errno == ENFILE)
+		client_close_msg(c, OC_RESOURCE, "connect to %s: %s", c->peer,
+		    strerror(c->conn_errno));
+	else if (c->ntried > 1)
 		client_close_msg(c, OC_CONNECT, "connect to %s: %s "
 		    "(%u addresses tried)", c->peer, strerror(c->conn_errno),
 		    c->ntried);

@@ -369,11 +369,44 @@ closed_port(void)
 	return port;
 }
 
+struct lookup {
+	const char *id;
+	struct envelope *env;
+};
+
+static void
+lookup_each(const struct envelope *env, void *arg)
+{
+	struct lookup *l = arg;
+
+	if (strcmp(env->id, l->id) == 0) {
+		envelope_free(l->env);
+		l->env = envelope_dup(env);
+	}
+}
+
+/* Refreshes *snap, a copy, from the scheduler's view of that message (read
+ * from its file while it waits); the scheduler may free its own envelope
+ * at any time after scheduler_add(). */
+static void
+refresh(struct envelope **snap)
+{
+	struct lookup l = { (*snap)->id, NULL };
+
+	scheduler_foreach(sched, lookup_each, &l);
+	if (l.env != NULL) {
+		envelope_free(*snap);
+		*snap = l.env;
+	}
+}
+
+/* A copy of the message the test watches. */
 static struct envelope *watched;
 
 static int
 watched_attempted(void)
 {
+	refresh(&watched);
 	return watched->attempts >= 1;
 }
 
@@ -414,13 +447,13 @@ Test(deliver, closed_port_defers_and_persists)
 	    time(NULL));
 	snprintf(id, sizeof(id), "%s", env->id);
 	before = time(NULL);
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
-	cr_assert_eq(env->attempts, 1);
-	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
-	cr_assert_geq(env->next_try, before + 60);
-	cr_assert_leq(env->next_try, time(NULL) + 60);
+	cr_assert_eq(watched->attempts, 1);
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
+	cr_assert_geq(watched->next_try, before + 60);
+	cr_assert_leq(watched->next_try, time(NULL) + 60);
 	cr_assert_eq(scheduler_count(sched), 1);
 
 	/* What a restart finds. */
@@ -456,6 +489,7 @@ static int
 watched_gone(void)
 {
 	if (access(watched_path, F_OK) == -1 && errno == ENOENT) {
+		envelope_free(watched);
 		watched = NULL;
 		removed_seen = 1;
 	}
@@ -479,7 +513,7 @@ Test(deliver, expired_message_bounces_to_sender)
 	    time(NULL) - 100);
 	snprintf(watched_path, sizeof(watched_path), "%s/queue/%s", spool,
 	    env->id);
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_gone, 10), "no bounce replaced it");
 	cr_assert(removed_seen);
@@ -815,6 +849,7 @@ Test(deliver, smtp_reuses_sessions_maps_replies_and_bounces)
 	    time(NULL));
 	e3 = enqueue("alice@example.org", r3, "Subject: 3\r\n\r\n3\r\n",
 	    time(NULL));
+	watched = envelope_dup(e1);
 	scheduler_add(sched, e1);
 	scheduler_add(sched, e2);
 	scheduler_add(sched, e3);
@@ -823,6 +858,8 @@ Test(deliver, smtp_reuses_sessions_maps_replies_and_bounces)
 	cr_assert(run_until(four_messages_and_one_left, 15),
 	    "server saw %d messages, %zu queued", fake.nmsgs,
 	    scheduler_count(sched));
+	refresh(&watched);
+	e1 = watched;
 
 	cr_assert_eq(e1->rcpts[0].status, RCPT_SENT);
 	cr_assert_str_eq(e1->rcpts[0].dsn, "2.0.0");
@@ -899,13 +936,15 @@ Test(deliver, held_message_is_not_tried)
 	env = enqueue("alice@example.org", rcpts, "Subject: h\r\n\r\nh\r\n",
 	    time(NULL));
 	env->flags |= ENVELOPE_HOLD;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	scheduler_flush(sched);
 	run_until(queue_empty, 0.5);
 	cr_assert_eq(scheduler_count(sched), 1);
 	snprintf(newdir, sizeof(newdir), "%s/new", mdir);
 	cr_assert_eq(dir_count(newdir, NULL, 0), 0);
-	cr_assert_eq(env->attempts, 0);
+	refresh(&watched);
+	cr_assert_eq(watched->attempts, 0);
 }
 
 static int
@@ -1015,6 +1054,7 @@ static struct envelope *watched2;
 static int
 watched2_attempted(void)
 {
+	refresh(&watched2);
 	return watched2->attempts >= 1;
 }
 
@@ -1029,23 +1069,23 @@ Test(deliver, relay_backoff_holds_new_mail_until_flush)
 	load_config(relays, "retry_min = 60; retry_max = 600;");
 	e1 = enqueue("alice@example.org", rcpts, "Subject: 1\r\n\r\n1\r\n",
 	    time(NULL));
-	watched = e1;
+	watched = envelope_dup(e1);
 	scheduler_add(sched, e1);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 
 	/* The relay is backed off now: new mail waits for it. */
 	e2 = enqueue("alice@example.org", rcpts, "Subject: 2\r\n\r\n2\r\n",
 	    time(NULL));
-	watched2 = e2;
+	watched2 = envelope_dup(e2);
 	scheduler_add(sched, e2);
 	cr_assert_not(run_until(watched2_attempted, 0.5),
 	    "tried a backed-off relay");
-	cr_assert_null(e2->rcpts[0].reply);
+	cr_assert_null(watched2->rcpts[0].reply);
 
 	/* A flush forgets every backoff. */
 	scheduler_flush(sched);
 	cr_assert(run_until(watched2_attempted, 10), "flush did not retry");
-	cr_assert_eq(e2->rcpts[0].status, RCPT_PENDING);
+	cr_assert_eq(watched2->rcpts[0].status, RCPT_PENDING);
 	cr_assert(run_until(watched_attempted, 0.2));
 	cr_assert_eq(scheduler_count(sched), 2);
 }
@@ -1062,14 +1102,14 @@ Test(deliver, missing_starttls_defers_with_tls_reason)
 	load_config(relays, "retry_min = 60;");
 	env = enqueue("alice@example.org", rcpts, "Subject: t\r\n\r\nt\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
-	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
-	cr_assert_not_null(env->rcpts[0].reply);
-	cr_assert(strncmp(env->rcpts[0].reply, "TLS: ", 5) == 0, "reply: %s",
-	    env->rcpts[0].reply);
-	cr_assert_eq(env->rcpts[0].dsn[0], '4');
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
+	cr_assert_not_null(watched->rcpts[0].reply);
+	cr_assert(strncmp(watched->rcpts[0].reply, "TLS: ", 5) == 0,
+	    "reply: %s", watched->rcpts[0].reply);
+	cr_assert_eq(watched->rcpts[0].dsn[0], '4');
 	cr_assert_eq(fake.nmsgs, 0, "nothing sent in clear text");
 	evconnlistener_free(fake.l);
 }
@@ -1152,7 +1192,7 @@ Test(deliver, auth_first_without_credentials_defers_without_connecting)
 	auth_config(1, "");
 	env = enqueue("alice@example.org", rcpts, "Subject: a\r\n\r\na\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	capture_begin();
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
@@ -1161,12 +1201,12 @@ Test(deliver, auth_first_without_credentials_defers_without_connecting)
 	log = capture_end();
 
 	cr_assert_eq(fake.nconn, 0, "connected without credentials");
-	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
-	cr_assert_str_eq(env->rcpts[0].dsn, "4.7.0");
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
+	cr_assert_str_eq(watched->rcpts[0].dsn, "4.7.0");
 	snprintf(want, sizeof(want), "no credentials for machine 127.0.0.1 "
 	    "port %d in %s", fake.port, authfile);
-	cr_assert_not_null(strstr(env->rcpts[0].reply, want), "%s",
-	    env->rcpts[0].reply);
+	cr_assert_not_null(strstr(watched->rcpts[0].reply, want), "%s",
+	    watched->rcpts[0].reply);
 	cr_assert_not_null(strstr(log, "status=deferred (no credentials"),
 	    "%s", log);
 	snprintf(want, sizeof(want), "relay 127.0.0.1:%d needs credentials: "
@@ -1198,11 +1238,11 @@ Test(deliver, credentials_file_appearing_retries_without_restart)
 	auth_config(1, "");
 	env = enqueue("alice@example.org", rcpts, "Subject: b\r\n\r\nb\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	cr_assert_eq(fake.nconn, 0);
-	cr_assert_geq(env->next_try, time(NULL) + 30, "backed off");
+	cr_assert_geq(watched->next_try, time(NULL) + 30, "backed off");
 
 	snprintf(line, sizeof(line), "machine 127.0.0.1 port %d login alice "
 	    "password \"s3cret pass\"\n", fake.port);
@@ -1234,15 +1274,15 @@ Test(deliver, world_readable_authinfo_is_refused_with_the_fix)
 	write_authinfo(line, 0644);
 	env = enqueue("alice@example.org", rcpts, "Subject: c\r\n\r\nc\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	cr_assert_eq(fake.nconn, 0);
-	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
-	cr_assert_not_null(strstr(env->rcpts[0].reply, "chmod 600"), "%s",
-	    env->rcpts[0].reply);
-	cr_assert_not_null(strstr(env->rcpts[0].reply, authfile), "%s",
-	    env->rcpts[0].reply);
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
+	cr_assert_not_null(strstr(watched->rcpts[0].reply, "chmod 600"), "%s",
+	    watched->rcpts[0].reply);
+	cr_assert_not_null(strstr(watched->rcpts[0].reply, authfile), "%s",
+	    watched->rcpts[0].reply);
 	evconnlistener_free(fake.l);
 }
 
@@ -1409,7 +1449,7 @@ Test(deliver, rejected_password_defers_then_fixed_file_delivers)
 	write_authinfo(line, 0600);
 	env = enqueue("alice@example.org", rcpts, "Subject: d\r\n\r\nd\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	capture_begin();
 	scheduler_add(sched, env);
 	if (!run_until(watched_attempted, 10)) {
@@ -1420,10 +1460,10 @@ Test(deliver, rejected_password_defers_then_fixed_file_delivers)
 	run_until(queue_empty, 1);
 	log = capture_end();
 	cr_assert_eq(fake.nauth_bad, 1, "tried %d times", fake.nauth_bad);
-	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
-	cr_assert_not_null(strstr(env->rcpts[0].reply, "authentication "
-	    "failed: CRAM-MD5: 535 5.7.8"), "%s", env->rcpts[0].reply);
-	cr_assert_str_eq(env->rcpts[0].dsn, "4.7.8");
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
+	cr_assert_not_null(strstr(watched->rcpts[0].reply, "authentication "
+	    "failed: CRAM-MD5: 535 5.7.8"), "%s", watched->rcpts[0].reply);
+	cr_assert_str_eq(watched->rcpts[0].dsn, "4.7.8");
 	snprintf(want, sizeof(want), "authentication to 127.0.0.1:%d failed: "
 	    "authentication failed: CRAM-MD5: 535 5.7.8 Error: authentication "
 	    "failed; fix the credentials in %s line 2 or run smarthostctl "
@@ -1436,12 +1476,14 @@ Test(deliver, rejected_password_defers_then_fixed_file_delivers)
 	 * credentials again either: it waits for the backoff or the file */
 	env2 = enqueue("alice@example.org", rcpts, "Subject: d2\r\n\r\nd2\r\n",
 	    time(NULL));
+	watched2 = envelope_dup(env2);
 	scheduler_add(sched, env2);
 	run_until(queue_empty, 1.5);
 	cr_assert_eq(fake.nauth_bad, 1, "the rejected credentials were tried "
 	    "%d times", fake.nauth_bad);
 	cr_assert_eq(fake.nconn, 1, "%d connections", fake.nconn);
-	cr_assert_eq(env2->rcpts[0].status, RCPT_PENDING);
+	refresh(&watched2);
+	cr_assert_eq(watched2->rcpts[0].status, RCPT_PENDING);
 	cr_assert_eq(scheduler_count(sched), 2);
 
 	snprintf(line, sizeof(line), "# creds\nmachine 127.0.0.1 login alice "
@@ -1468,7 +1510,7 @@ Test(deliver, credentials_changed_call_retries_at_once)
 	auth_config(1, "");
 	env = enqueue("alice@example.org", rcpts, "Subject: e\r\n\r\ne\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice "
@@ -1494,7 +1536,7 @@ Test(deliver, demand_without_credentials_defers_and_learns)
 	auth_config(0, "");
 	env = enqueue("alice@example.org", rcpts, "Subject: f\r\n\r\nf\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	capture_begin();
 	scheduler_add(sched, env);
 	if (!run_until(watched_attempted, 10)) {
@@ -1504,11 +1546,11 @@ Test(deliver, demand_without_credentials_defers_and_learns)
 	run_until(queue_empty, 0.3);
 	log = capture_end();
 	cr_assert_eq(fake.n530, 1, "tried once without AUTH");
-	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING, "never a bounce");
-	cr_assert_eq(env->rcpts[0].dsn[0], '4');
-	cr_assert_not_null(strstr(env->rcpts[0].reply, "server requires "
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING, "never a bounce");
+	cr_assert_eq(watched->rcpts[0].dsn[0], '4');
+	cr_assert_not_null(strstr(watched->rcpts[0].reply, "server requires "
 	    "authentication and no credentials are configured"), "%s",
-	    env->rcpts[0].reply);
+	    watched->rcpts[0].reply);
 	cr_assert_eq(scheduler_auth_required_list(sched, NULL, NULL), 1,
 	    "learned");
 	cr_assert_not_null(strstr(log, "needs credentials: no entry for "

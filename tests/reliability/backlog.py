@@ -1,0 +1,343 @@
+#!/usr/bin/python3
+"""Backlog benchmark: a large queue built while the upstream is down, a
+restart on the same spool, then the upstream comes back.
+
+  1. smarthostd relays to a port where nothing listens (upstream down),
+     retry_min = retry_max = 3600, so nothing is retried by itself;
+  2. smtp-source (Postfix) submits N messages of --size bytes from
+     --clients clients; every one answered 250 is in the spool;
+  3. smarthostd is stopped (SIGTERM) and started again on the same spool;
+  4. an aiosmtpd upstream starts on the relay port and the queue is flushed
+     (SIGUSR1);
+  5. the run ends when queue/ is empty.
+
+Prints: restart time (exec to "started"), peak descriptors (from
+/proc/PID/fd, sampled), peak RSS (VmHWM), drain rate (messages over the
+time from the flush to an empty queue) and what the upstream saw: messages,
+unique Message-Ids, duplicates. Exactly once means unique == N and
+duplicates == 0.
+
+With --check the script exits 1 unless every message arrived exactly once
+and the daemon's descriptors stayed below --max-fds; timing is printed,
+never asserted. Usage:
+
+  backlog.py --smarthostd build/src/smarthostd -n 100000 [--keep]
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+PYTHON = "/usr/bin/python3"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fail(msg):
+    print(f"backlog: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---- the upstream (run as a child process: its own core) ----
+
+def upstream_main(port, out_path):
+    """An aiosmtpd server that appends each message's Message-Id (or, if
+    it has none, a digest of its body) to out_path, one line each."""
+    from aiosmtpd.controller import Controller
+
+    mid_re = re.compile(rb"^message-id:[ \t]*(.*?)\r?$",
+                        re.IGNORECASE | re.MULTILINE)
+    out = open(out_path, "a", buffering=1)
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            data = envelope.original_content or envelope.content
+            if isinstance(data, str):
+                data = data.encode("utf-8", "surrogateescape")
+            head = data.split(b"\r\n\r\n", 1)[0]
+            m = mid_re.search(head)
+            key = m.group(1).decode("ascii", "replace") if m else \
+                "nomid-%d" % hash(data)
+            for _ in envelope.rcpt_tos:
+                out.write(key + "\n")
+            return "250 OK"
+
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port,
+                     decode_data=False, data_size_limit=0)
+    ctl.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    print("ready", flush=True)
+    while not stop.wait(0.5):
+        pass
+    ctl.stop()
+    out.close()
+
+
+# ---- measuring the daemon ----
+
+class Sampler(threading.Thread):
+    """Peak descriptors and RSS of one process, sampled every 20 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_fds = 0
+        self.peak_rss_kib = 0
+        self.stopped = threading.Event()
+
+    def sample(self):
+        try:
+            n = len(os.listdir(f"/proc/{self.pid}/fd"))
+            self.peak_fds = max(self.peak_fds, n)
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith(("VmHWM:", "VmRSS:")):
+                        self.peak_rss_kib = max(self.peak_rss_kib,
+                                                int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+    def run(self):
+        while not self.stopped.wait(0.02):
+            self.sample()
+
+    def stop(self):
+        self.sample()
+        self.stopped.set()
+        self.join()
+
+
+class Daemon:
+    def __init__(self, binary, work, relay_port, nofile):
+        self.binary = binary
+        self.work = work
+        self.spool = os.path.join(work, "spool")
+        self.conf = os.path.join(work, "smarthostd.conf")
+        self.log = os.path.join(work, "daemon.log")
+        self.nofile = nofile
+        self.proc = None
+        self.port = None
+        with open(self.conf, "w") as f:
+            f.write(f"""hostname = "backlog.test";
+spool = "{self.spool}";
+state_dir = "{os.path.join(work, 'state')}";
+control_socket = "{os.path.join(work, 'control.sock')}";
+shutdown_timeout = 10;
+listen = ( {{ address = "127.0.0.1"; port = "0"; }} );
+limits = {{ max_sessions = 200; }};
+queue = {{ retry_min = 3600; retry_max = 3600; }};
+relays = {{
+  up = {{ type = "smtp"; host = "127.0.0.1"; port = "{relay_port}";
+          tls = "none"; max_connections = 10; }};
+}};
+""")
+
+    def start(self, timeout=600):
+        """Starts the daemon; returns the seconds until it logged
+        'started' (it accepts mail from then on)."""
+        logf = open(self.log, "a")
+        mark = os.path.getsize(self.log)
+
+        def limits():
+            if self.nofile:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE,
+                                   (self.nofile, self.nofile))
+
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen([self.binary, "-c", self.conf],
+                                     stdout=logf, stderr=subprocess.STDOUT,
+                                     preexec_fn=limits)
+        logf.close()
+        deadline = t0 + timeout
+        while True:
+            with open(self.log, "rb") as f:
+                f.seek(mark)
+                text = f.read().decode("utf-8", "replace")
+            if "started, pid=" in text:
+                break
+            if self.proc.poll() is not None:
+                fail(f"smarthostd exited during start-up:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                fail("smarthostd did not start")
+            time.sleep(0.01)
+        elapsed = time.monotonic() - t0
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
+        if not m:
+            fail("no 'listening on' line in the daemon's log")
+        self.port = int(m.group(1))
+        return elapsed
+
+    def stop(self, timeout=120):
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            fail("smarthostd did not stop within %d s" % timeout)
+        self.proc = None
+        if rc != 0:
+            fail(f"smarthostd exited with status {rc}")
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def queued(self):
+        try:
+            return len(os.listdir(os.path.join(self.spool, "queue")))
+        except FileNotFoundError:
+            return 0
+
+    def log_count(self, pattern):
+        with open(self.log, "rb") as f:
+            return f.read().count(pattern.encode())
+
+
+def submit(port, n, clients, size):
+    """smtp-source: n messages, one per connection (its default)."""
+    t0 = time.monotonic()
+    r = subprocess.run([SMTP_SOURCE, "-s", str(clients), "-m", str(n),
+                        "-l", str(size), "-f", "from@example.org",
+                        "-t", "to@example.net", f"127.0.0.1:{port}"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=3600)
+    if r.returncode != 0:
+        fail("smtp-source failed: " + r.stdout.decode(errors="replace"))
+    return time.monotonic() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smarthostd", default=os.environ.get("SMARTHOSTD"))
+    ap.add_argument("-n", "--messages", type=int, default=100000)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--nofile", type=int, default=0,
+                    help="RLIMIT_NOFILE (soft and hard) for the daemon")
+    ap.add_argument("--drain-timeout", type=float, default=3600)
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 unless exactly once and fds < --max-fds")
+    ap.add_argument("--max-fds", type=int, default=300)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory")
+    ap.add_argument("--upstream", nargs=2, metavar=("PORT", "OUT"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.upstream:
+        upstream_main(int(args.upstream[0]), args.upstream[1])
+        return
+    if not args.smarthostd or not os.access(args.smarthostd, os.X_OK):
+        fail("--smarthostd (or SMARTHOSTD) must name the daemon")
+    if not os.access(SMTP_SOURCE, os.X_OK):
+        fail(f"{SMTP_SOURCE} is missing: apt-get install postfix")
+
+    work = tempfile.mkdtemp(prefix="shd-backlog.",
+                            dir=os.environ.get("TMPDIR"))
+    relay_port = free_port()
+    daemon = Daemon(args.smarthostd, work, relay_port, args.nofile)
+    upstream = None
+    received = os.path.join(work, "received")
+    n = args.messages
+    ok = True
+    try:
+        daemon.start()
+        t_submit = submit(daemon.port, n, args.clients, args.size)
+        queued = daemon.queued()
+        print(f"queued {queued} of {n} messages in {t_submit:.1f} s "
+              f"({n / t_submit:.0f} msgs/s), upstream down", flush=True)
+        if queued != n:
+            fail(f"{queued} files in queue/ after submitting {n}")
+        daemon.stop()
+
+        restart = daemon.start()
+        sampler = Sampler(daemon.proc.pid)
+        sampler.start()
+        # Let the daemon settle on its backlog while the upstream is still
+        # down: the moment the issue's descriptors piled up.
+        time.sleep(3)
+        fds_idle = sampler.peak_fds
+
+        upstream = subprocess.Popen([PYTHON, os.path.abspath(__file__),
+                                     "--upstream", str(relay_port),
+                                     received], stdout=subprocess.PIPE)
+        if upstream.stdout.readline().strip() != b"ready":
+            fail("the upstream did not start")
+        t_flush = time.monotonic()
+        daemon.proc.send_signal(signal.SIGUSR1)
+        deadline = t_flush + args.drain_timeout
+        while daemon.queued() > 0:
+            if daemon.proc.poll() is not None:
+                fail("smarthostd died while draining")
+            if time.monotonic() > deadline:
+                print(f"backlog: {daemon.queued()} still queued after "
+                      f"{args.drain_timeout:.0f} s", file=sys.stderr)
+                ok = False
+                break
+            time.sleep(0.05)
+        t_drain = time.monotonic() - t_flush
+        sampler.stop()
+        daemon.stop()
+        upstream.send_signal(signal.SIGTERM)
+        upstream.wait(30)
+        upstream = None
+
+        ids = {}
+        with open(received) as f:
+            for line in f:
+                ids[line] = ids.get(line, 0) + 1
+        total = sum(ids.values())
+        dups = total - len(ids)
+        errors = daemon.log_count("cannot record delivery state")
+        print(f"messages          {n} x {args.size} bytes, "
+              f"{args.clients} clients")
+        print(f"restart           {restart:.2f} s (exec to accepting mail)")
+        print(f"peak descriptors  {sampler.peak_fds} "
+              f"(before the flush: {fds_idle})")
+        print(f"peak RSS          {sampler.peak_rss_kib / 1024:.1f} MiB")
+        print(f"drain             {t_drain:.1f} s, "
+              f"{n / t_drain:.0f} msgs/s")
+        print(f"upstream got      {total} messages, {len(ids)} unique, "
+              f"{dups} duplicates")
+        print(f"state write errors {errors}")
+        if len(ids) != n or dups != 0:
+            print("backlog: not exactly once", file=sys.stderr)
+            ok = False
+        if args.check and sampler.peak_fds >= args.max_fds:
+            print(f"backlog: {sampler.peak_fds} descriptors, bound "
+                  f"{args.max_fds}", file=sys.stderr)
+            ok = False
+    finally:
+        daemon.kill()
+        if upstream is not None:
+            upstream.kill()
+            upstream.wait()
+        if args.keep or not ok:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
