@@ -1626,9 +1626,13 @@ scheduler_flush(struct scheduler *s)
 	TAILQ_FOREACH(m, &s->msgs, all)
 		if (m->state == MSG_FINISHING || m->state == MSG_LOADING)
 			m->flush = 1;
-	for (i = 0; i < s->nheap; i++)
-		if (!(s->heap[i].flags & REC_HELD))
+	/* Due now for real, whatever the file says: no longer a guess. */
+	for (i = 0; i < s->nheap; i++) {
+		if (!(s->heap[i].flags & REC_HELD)) {
 			s->heap[i].key = 0;
+			s->heap[i].flags &= ~(uint32_t)REC_UNREAD;
+		}
+	}
 	heap_rebuild(s);
 	TAILQ_FOREACH(sr, &s->relays, entry) {
 		sr->failures = 0;

@@ -4,8 +4,9 @@ restart on the same spool, then the upstream comes back.
 
   1. smarthostd relays to a port where nothing listens (upstream down),
      retry_min = retry_max = 3600, so nothing is retried by itself;
-  2. smtp-source (Postfix) submits N messages of --size bytes from
-     --clients clients; every one answered 250 is in the spool;
+  2. smtp-source (Postfix), or with --client python this script itself,
+     submits N messages of --size bytes from --clients clients, each with
+     a unique Message-Id; every one answered 250 is in the spool;
   3. smarthostd is stopped (SIGTERM) and started again on the same spool;
   4. an aiosmtpd upstream starts on the relay port and the queue is flushed
      (SIGUSR1);
@@ -214,6 +215,43 @@ relays = {{
             return f.read().count(pattern.encode())
 
 
+def submit_python(port, n, clients, size):
+    """smtplib from `clients` threads, one connection each, n messages in
+    all, each with a unique Message-Id."""
+    import smtplib
+    body = ("X" * 78 + "\r\n") * max(1, size // 80)
+    errors = []
+
+    def run(first, count):
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=120) as c:
+                for i in range(first, first + count):
+                    msg = (f"From: <from@example.org>\r\n"
+                           f"To: <to@example.net>\r\n"
+                           f"Message-Id: <backlog.{i}@example.org>\r\n"
+                           f"Subject: {i}\r\n\r\n{body}")
+                    c.sendmail("from@example.org", ["to@example.net"],
+                               msg.encode())
+        except (OSError, smtplib.SMTPException) as e:
+            errors.append(repr(e))
+
+    t0 = time.monotonic()
+    threads = []
+    per, extra = divmod(n, clients)
+    first = 0
+    for k in range(clients):
+        count = per + (1 if k < extra else 0)
+        threads.append(threading.Thread(target=run, args=(first, count)))
+        first += count
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        fail("submission failed: " + "; ".join(errors[:3]))
+    return time.monotonic() - t0
+
+
 def submit(port, n, clients, size):
     """smtp-source: n messages, one per connection (its default)."""
     t0 = time.monotonic()
@@ -233,6 +271,9 @@ def main():
     ap.add_argument("-n", "--messages", type=int, default=100000)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--client", choices=("smtp-source", "python"),
+                    default="smtp-source",
+                    help="load generator (python: smtplib, no Postfix)")
     ap.add_argument("--nofile", type=int, default=0,
                     help="RLIMIT_NOFILE (soft and hard) for the daemon")
     ap.add_argument("--drain-timeout", type=float, default=3600)
@@ -249,8 +290,9 @@ def main():
         return
     if not args.smarthostd or not os.access(args.smarthostd, os.X_OK):
         fail("--smarthostd (or SMARTHOSTD) must name the daemon")
-    if not os.access(SMTP_SOURCE, os.X_OK):
-        fail(f"{SMTP_SOURCE} is missing: apt-get install postfix")
+    if args.client == "smtp-source" and not os.access(SMTP_SOURCE, os.X_OK):
+        fail(f"{SMTP_SOURCE} is missing: apt-get install postfix, "
+             "or use --client python")
 
     work = tempfile.mkdtemp(prefix="shd-backlog.",
                             dir=os.environ.get("TMPDIR"))
@@ -262,7 +304,8 @@ def main():
     ok = True
     try:
         daemon.start()
-        t_submit = submit(daemon.port, n, args.clients, args.size)
+        t_submit = (submit_python if args.client == "python" else submit)(
+            daemon.port, n, args.clients, args.size)
         queued = daemon.queued()
         print(f"queued {queued} of {n} messages in {t_submit:.1f} s "
               f"({n / t_submit:.0f} msgs/s), upstream down", flush=True)

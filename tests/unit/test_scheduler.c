@@ -4,6 +4,10 @@
  * with the real queue, worker pool and SMTP client, against a Maildir, a
  * closed port and a scripted SMTP server on port 0 that runs on the same
  * event loop.
+ *
+ * Faults are injected with the linker: this test is linked with
+ * -Wl,--wrap=fdatasync (Makefile.am), so queue.c's data syncs go through
+ * __wrap_fdatasync below, which fails the next fault_fdatasync_fail calls.
  */
 #define _GNU_SOURCE 1 /* mkdtemp */
 
@@ -45,6 +49,28 @@
 #include "scheduler.h"
 #include "worker.h"
 #include "xmalloc.h"
+
+/* ---- fault injection ---- */
+
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+
+static int fault_fdatasync_fail;	/* next calls that fail with EIO */
+static int fdatasync_ok_after_fault;	/* successes since one failed */
+
+int
+__wrap_fdatasync(int fd)
+{
+	if (__atomic_load_n(&fault_fdatasync_fail, __ATOMIC_SEQ_CST) > 0) {
+		__atomic_sub_fetch(&fault_fdatasync_fail, 1, __ATOMIC_SEQ_CST);
+		errno = EIO;
+		return -1;
+	}
+	if (__real_fdatasync(fd) == -1)
+		return -1;
+	__atomic_add_fetch(&fdatasync_ok_after_fault, 1, __ATOMIC_SEQ_CST);
+	return 0;
+}
 
 /* ---- pure functions ---- */
 
@@ -1940,5 +1966,84 @@ Test(deliver, shutdown_drops_a_probe_that_is_not_ready)
 	session_done = 0;
 	scheduler_shutdown(sched, 30, stopped_cb, NULL);
 	cr_assert(run_until(is_stopped, 3), "shutdown waited for the probe");
+	evconnlistener_free(fake.l);
+}
+
+/* ---- a state record that cannot be written ---- */
+
+static int
+fault_spent_and_synced_again(void)
+{
+	return __atomic_load_n(&fault_fdatasync_fail, __ATOMIC_SEQ_CST) == 0 &&
+	    __atomic_load_n(&fdatasync_ok_after_fault, __ATOMIC_SEQ_CST) > 0;
+}
+
+static int
+two_messages_seen(void)
+{
+	return fake.nmsgs >= 2;
+}
+
+static int
+watched_attempted_twice(void)
+{
+	refresh(&watched);
+	return watched->attempts >= 2;
+}
+
+/*
+ * The upstream accepted one recipient and deferred the other; the record
+ * saying so cannot be synced. The outcome stays in memory and the record is
+ * written again, so the file ends up knowing good@ was sent, and a flush
+ * (or a restart) sends only later@: never good@ twice because of a local
+ * error.
+ */
+Test(deliver, unrecorded_delivery_is_kept_and_written_again)
+{
+	static const char *const rcpts[] = { "good@example.net",
+	    "later@example.net", NULL };
+	char relays[512], id[ENVELOPE_ID_MAX], *log;
+	struct envelope *env;
+	int ok;
+
+	fake_start();
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; };", fake.port);
+	load_config(relays, "retry_min = 60; retry_max = 600;");
+	env = enqueue("alice@example.org", rcpts, "Subject: u\r\n\r\nu\r\n",
+	    time(NULL));
+	snprintf(id, sizeof(id), "%s", env->id);
+	__atomic_store_n(&fdatasync_ok_after_fault, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&fault_fdatasync_fail, 1, __ATOMIC_SEQ_CST);
+	capture_begin();
+	scheduler_add(sched, env);
+	ok = run_until(fault_spent_and_synced_again, 10);
+	/* let the update's callback run and the message go back to wait */
+	run_until(two_messages_seen, 0.3);
+	log = capture_end();
+	cr_assert(ok, "the record was not written again");
+	cr_assert_not_null(strstr(log, "cannot record delivery state: "
+	    "Input/output error; kept in memory, retrying in 1s"), "%s", log);
+	free(log);
+	cr_assert_eq(fake.nmsgs, 1);
+
+	/* The file, not memory, knows good@ was sent. */
+	env = queue_read(q, id);
+	cr_assert_not_null(env, "%s: %s", id, strerror(errno));
+	cr_assert_eq(env->attempts, 1);
+	cr_assert_eq(env->rcpts[0].status, RCPT_SENT);
+	cr_assert_eq(env->rcpts[1].status, RCPT_PENDING);
+	envelope_free(env);
+
+	/* The second attempt offers only later@, which the server defers
+	 * again: no second message. good@ again would have made one. */
+	watched = queue_read(q, id);
+	scheduler_flush(sched);
+	cr_assert(run_until(watched_attempted_twice, 10), "not retried");
+	cr_assert_eq(fake.nmsgs, 1, "a recipient was sent twice");
+	cr_assert_eq(watched->rcpts[0].status, RCPT_SENT);
+	envelope_free(watched);
+	watched = NULL;
+	free(fake.msgs[0].data);
 	evconnlistener_free(fake.l);
 }
