@@ -28,8 +28,9 @@
  * Group commit. Syncing is the whole cost of accepting mail on this class of
  * machine: about 3 ms for one message committed alone, while the writes cost
  * microseconds. So commits are not synced one by one: queue_txn_commit()
- * hands the txn to one commit thread, which takes everything waiting at
- * that moment, syncs the lot (one fdatasync per file, issued several at a
+ * hands the txn to one commit thread, which takes what is waiting at that
+ * moment (up to QUEUE_GROUP_MAX operations, since each holds its file open
+ * until the sync), syncs the lot (one fdatasync per file, issued several at a
  * time so the disk's cache flushes merge, or a single syncfs on a dedicated
  * spool filesystem), renames them all and syncs the queue directory once.
  * While one group syncs, the next accumulates, so the group size adapts to
@@ -41,6 +42,10 @@
  * and the same FIFO, so the operations on one message apply in the order
  * they were asked for (an update and a later remove of the same id never
  * swap), and they share the group's syncs too.
+ *
+ * Reading. queue_scan() lists names only, so a restart costs a directory
+ * read whatever the backlog; queue_read() reads one message's envelope and
+ * state records when its owner needs them. Neither keeps a file open.
  *
  * Spare files. Creating and deleting an inode per message is the largest
  * cost of the spool after the syncs on ext4 (inode allocation scans for
@@ -190,6 +195,10 @@ struct queue {
 	int corrupt_fd;
 	int spare_fd;
 	unsigned long spare_seq;	/* commit thread only */
+	size_t group_max;		/* commit thread only: operations per
+					   group, QUEUE_GROUP_MAX or fewer
+					   after running out of descriptors */
+	struct qop *group_first;	/* commit thread only: the group */
 
 	pthread_t thread;
 	int thread_started;
@@ -494,8 +503,24 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 				return;
 			}
 		}
-		op->fd = openat_wait(q->queue_fd, op->id,
-		    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+		/*
+		 * Out of descriptors with files of this group open: waiting
+		 * would not help (they close only after the sync), so the
+		 * caller ends the group here and retries the rest in the
+		 * next one. The first of a group waits for others to close
+		 * theirs.
+		 */
+		if (op == group)
+			op->fd = openat_wait(q->queue_fd, op->id,
+			    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+		else
+			op->fd = openat(q->queue_fd, op->id,
+			    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+		if (op->fd == -1 && op != group &&
+		    (errno == EMFILE || errno == ENFILE)) {
+			op->error = errno;
+			return;
+		}
 		if (op->fd == -1 || fstat(op->fd, &st) == -1) {
 			op->error = errno;
 			if (errno != ENOENT)
@@ -708,17 +733,55 @@ spare_take_removed(struct queue *q, const char *id, unsigned pending,
 	return 0;
 }
 
+/*
+ * Ends the group after op, whose successor could not get a descriptor (and
+ * wrote nothing):
+ * the rest goes back to the front of the pending list, untouched and in
+ * order, for the next group, which is made smaller. Groups grow back as
+ * they succeed.
+ */
+static void
+group_split(struct queue *q, struct qop *op)
+{
+	struct qop *rest = op->next, *last;
+	size_t n = 0;
+
+	op->next = NULL;
+	rest->error = 0;
+	rest->fd = -1;
+	for (last = rest; last->next != NULL; last = last->next)
+		;
+	pthread_mutex_lock(&q->mtx);
+	last->next = q->pending.head;
+	if (q->pending.head == NULL)
+		q->pending.tailp = &last->next;
+	q->pending.head = rest;
+	pthread_mutex_unlock(&q->mtx);
+	for (op = q->group_first; op != NULL; op = op->next)
+		n++;
+	q->group_max = n > 1 ? n / 2 : 1;
+	log_warnx("%s: out of descriptors; syncing %zu queue file%s at a "
+	    "time", q->spool, q->group_max, q->group_max == 1 ? "" : "s");
+}
+
 static void
 group_run(struct queue *q, struct qop *group, int *ncommitted)
 {
-	struct qop *op;
+	struct qop *op, *prev;
 	struct spare *sp, *newspares = NULL;
 	unsigned nnew = 0;
 	int dirty = 0, error;
 
 	*ncommitted = 0;
-	for (op = group; op != NULL; op = op->next)
+	q->group_first = group;
+	for (prev = NULL, op = group; op != NULL; prev = op, op = op->next) {
 		group_write(q, group, op);
+		if (prev != NULL && op->fd == -1 && (op->error == EMFILE ||
+		    op->error == ENFILE)) {
+			group_split(q, prev);
+			break;
+		}
+	}
 
 	switch (q->sync) {
 	case SPOOL_SYNC_FSYNC:
@@ -839,6 +902,7 @@ queue_thread(void *arg)
 {
 	struct queue *q = arg;
 	struct qop *group;
+	size_t max;
 	int n, wake;
 
 	pthread_mutex_lock(&q->mtx);
@@ -847,11 +911,15 @@ queue_thread(void *arg)
 			pthread_cond_wait(&q->cv_work, &q->mtx);
 		if (q->pending.head == NULL)
 			break;	/* stopping, and nothing left to do */
-		group = qop_list_take_max(&q->pending, QUEUE_GROUP_MAX);
+		group = qop_list_take_max(&q->pending, q->group_max);
 		q->busy = 1;
 		pthread_mutex_unlock(&q->mtx);
 
+		max = q->group_max;
 		group_run(q, group, &n);
+		if (q->group_max == max && max < QUEUE_GROUP_MAX)
+			q->group_max = max * 2 < QUEUE_GROUP_MAX ? max * 2 :
+			    QUEUE_GROUP_MAX;
 
 		pthread_mutex_lock(&q->mtx);
 		q->busy = 0;
@@ -1013,6 +1081,7 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	/* Spare names only need to be new within spare/; starting from the
 	 * clock keeps clear of any a previous run left there. */
 	q->spare_seq = (unsigned long)time(NULL) << 16;
+	q->group_max = QUEUE_GROUP_MAX;
 	if ((q->ev_done = event_new(base, -1, 0, queue_done_ev, q)) == NULL) {
 		snprintf(err, errlen, "event_new failed");
 		goto fail;

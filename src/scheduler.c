@@ -1,12 +1,25 @@
 /*
- * The scheduler owns every queued envelope while the daemon runs and decides
- * when each is tried. A message moves through these states:
+ * The scheduler knows every queued message while the daemon runs and decides
+ * when each is tried. Its memory and descriptors do not grow with the
+ * queue: a message that waits is a 24-byte record (struct sched_rec: id,
+ * next try, relay, flags) in a binary heap ordered by next try, with one
+ * timer for the top, and its envelope stays on disk. Held messages
+ * (ENVELOPE_HOLD) are records that are never due. Only the active set,
+ * at most SCHED_ACTIVE_MAX messages, has envelopes in memory, in these
+ * states:
  *
- *   HELD       ENVELOPE_HOLD: kept in memory, never tried
- *   WAITING    in a binary heap ordered by next_try; one timer for the top
+ *   LOADING    taken from the heap; its envelope is being read on the
+ *              worker pool (queue_read), SCHED_LOAD_BATCH per job
  *   READY      due, in its relay's FIFO, waiting for a session
  *   INFLIGHT   handed to a relay session
  *   FINISHING  the attempt is over: bounce, then persist or remove
+ *
+ * and a message goes back to the heap (msg_park: its envelope freed) once
+ * its state on disk is what memory knows. At start-up the queue gives only
+ * names (scheduler_add_id): such unread records count as due, after new
+ * mail, and a message found not due when read goes back to wait without an
+ * attempt. Like Postfix's active queue, this makes the cost of a backlog
+ * the records alone: a million waiting messages take about 36 MB.
  *
  * Per relay, at most max_connections sessions run; a session takes the
  * relay's due messages one after another (connection reuse) up to
@@ -14,7 +27,8 @@
  * (DNS, connect, TLS, timeout) the relay itself backs off, with the same
  * doubling as messages, and everything waiting for it is deferred with the
  * same reason, as Postfix does for a dead site; a session that comes up
- * clears the backoff.
+ * clears the backoff. A message due for a relay in backoff waits in the
+ * heap until the backoff ends rather than take a place in the active set.
  *
  * After an attempt the recipients' states are final (sent, failed) or
  * pending. Failures get a DSN first, which is committed before the state
@@ -23,7 +37,12 @@
  * pending) or its attempts, next_try and states are appended to its queue
  * file, with next_try doubling from retry_min up to retry_max. A message
  * older than its lifetime after an attempt fails its pending recipients
- * ("expired") and is bounced.
+ * ("expired") and is bounced. When that write or removal fails for a local
+ * reason, the message stays active with its outcome in memory and the
+ * write is retried (msg_write_failed), so a recipient the upstream
+ * accepted is never sent again because of a local error. A local shortage
+ * of descriptors (opening the body, connecting: OC_RESOURCE) is not an
+ * attempt: the message waits SCHED_LOCAL_RETRY seconds and is taken again.
  *
  * Missing or rejected credentials (OC_NOCRED, OC_AUTH) back the relay off
  * like a connection failure, so the same rejected password is not tried
@@ -49,10 +68,10 @@
  * when a session reaches it. Both changes make the relay's deferred mail
  * due at once. Backups of a backup are not followed.
  *
- * Every asynchronous step (worker job, queue update, DSN) carries the
- * message; scheduler_free leaves messages with a queue operation in flight
- * to that operation's callback (m->s == NULL) instead of freeing them under
- * it, because the queue reads the envelope until then.
+ * Every asynchronous step (worker job, load job, queue update, DSN) carries
+ * the message; scheduler_free leaves messages with a queue operation or a
+ * read in flight to that operation's callback (m->s == NULL) instead of
+ * freeing them under it, because the queue reads the envelope until then.
  */
 #include <errno.h>
 #include <inttypes.h>

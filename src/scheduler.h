@@ -1,11 +1,13 @@
 /*
- * When to try what. The scheduler holds every queued envelope in memory,
- * ordered by next try, and starts delivery attempts through relay.c within
- * each relay's connection limit. After an attempt it persists the outcome
- * (queue_update) or removes the finished message (queue_remove), computes
- * the next try with exponential backoff clamped between retry_min and
- * retry_max, backs a whole relay off after connection failures, and bounces
- * what outlived the configured lifetime. New mail is tried at once.
+ * When to try what. The scheduler knows every queued message, ordered by
+ * next try (a small record each; envelopes are read from the queue only for
+ * the messages being delivered), and starts delivery attempts through
+ * relay.c within each relay's connection limit. After an attempt it
+ * persists the outcome (queue_update) or removes the finished message
+ * (queue_remove), computes the next try with exponential backoff clamped
+ * between retry_min and retry_max, backs a whole relay off after
+ * connection failures, and bounces what outlived the configured lifetime.
+ * New mail is tried at once.
  */
 #ifndef SMARTHOST_SCHEDULER_H
 #define SMARTHOST_SCHEDULER_H
@@ -48,13 +50,14 @@ void scheduler_set_config(struct scheduler *s, const struct config *cfg);
  * timeout seconds (then aborting the rest; their mail stays queued). */
 void scheduler_shutdown(struct scheduler *s, unsigned timeout,
     void (*done)(void *arg), void *arg);
-/* Messages in memory (queued, including in flight). */
+/* Messages queued (waiting, held, in flight or finishing). */
 size_t scheduler_count(const struct scheduler *s);
 /*
- * Calls each(env, arg) for every message in memory (held, waiting, in
- * flight or finishing), in arrival order, for the control socket's queue
- * listing. env is borrowed for the call only; each must not modify it
- * and must not call back into the scheduler.
+ * Calls each(env, arg) for every queued message (held, waiting, in flight
+ * or finishing), in arrival order, for the control socket's queue listing.
+ * Envelopes of waiting messages are read from the queue for the call, on
+ * the calling (loop) thread. env is borrowed for the call only; each must
+ * not modify it and must not call back into the scheduler.
  */
 void scheduler_foreach(struct scheduler *s,
     void (*each)(const struct envelope *env, void *arg), void *arg);

@@ -8,6 +8,7 @@
  * Only descriptors above 2 are affected, so log lines still reach stderr;
  * __wrap_fsync counts (and may slow down) fsync()s of directories.
  */
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -1501,4 +1502,127 @@ Test(queue, slow_sync_does_not_stall_loop_fsync)
 Test(queue, slow_sync_does_not_stall_loop_syncfs)
 {
 	no_stall(SPOOL_SYNC_SYNCFS);
+}
+
+/* ---- reading lazily, and running out of descriptors ---- */
+
+static void
+scan_each(const char *id, void *arg)
+{
+	struct loaded *ld = arg;
+	struct envelope *env = envelope_new();
+
+	snprintf(env->id, sizeof(env->id), "%s", id);
+	cr_assert_lt(ld->n, 64);
+	ld->env[ld->n++] = env;
+}
+
+/*
+ * queue_scan gives names only: committed ids, tmp/ emptied, names that are
+ * not ids moved to corrupt/. queue_read then reads one message, and tells
+ * a vanished one (ENOENT) from an unreadable one (EBADMSG, moved aside).
+ */
+Test(queue, scan_lists_ids_and_read_loads_one)
+{
+	static const char body[] = "Subject: s\r\n\r\nscan\r\n";
+	struct envelope *env = make_env("a@b", 2), *c1, *c2, *got;
+	struct loaded ld = { { NULL }, 0 };
+	struct queue *q;
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	c1 = commit_one(q, env, body, sizeof(body) - 1);
+	c2 = commit_one(q, env, body, sizeof(body) - 1);
+	queue_close(q);
+	write_file("tmp", "0000000000000001", "unfinished", 10);
+	write_file("queue", "not-an-id", "junk", 4);
+	write_file("queue", "00000000000000AB", "smarthostd-spool 1 x", 20);
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_scan(q, scan_each, &ld), 3);
+	cr_assert_not_null(loaded_find(&ld, c1->id));
+	cr_assert_not_null(loaded_find(&ld, c2->id));
+	cr_assert_not_null(loaded_find(&ld, "00000000000000AB"));
+	cr_assert_eq(count_dir("tmp"), 0);
+	cr_assert(exists("corrupt", "not-an-id"));
+
+	got = queue_read(q, c2->id);
+	cr_assert_not_null(got, "%s", strerror(errno));
+	cr_assert_str_eq(got->id, c2->id);
+	cr_assert_eq(got->nrcpts, 2);
+	cr_assert_eq(got->body_size, (off_t)sizeof(body) - 1);
+	assert_body(q, got, body, sizeof(body) - 1);
+	envelope_free(got);
+
+	errno = 0;
+	cr_assert_null(queue_read(q, "00000000000000AB"));
+	cr_assert_eq(errno, EBADMSG);
+	cr_assert(exists("corrupt", "00000000000000AB"));
+	errno = 0;
+	cr_assert_null(queue_read(q, "00000000000000CD"));
+	cr_assert_eq(errno, ENOENT);
+
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c1);
+	envelope_free(c2);
+	envelope_free(env);
+}
+
+static int
+open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	int n = 0;
+
+	cr_assert_not_null(d);
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;	/* the directory stream's own */
+}
+
+/*
+ * Many state records at once with few descriptors left: each holds its file
+ * open until the group's sync, so the group cannot take them all. The
+ * queue ends the group where descriptors ran out and writes the rest in
+ * the next ones: every update succeeds, none is lost or reordered.
+ */
+Test(queue, updates_out_of_descriptors_wait_for_the_next_group)
+{
+	enum { N = 150 };
+	struct envelope *env = make_env("a@b", 1), *c[N], *got;
+	struct result r[N];
+	struct rlimit rl, low;
+	struct queue *q;
+	int i;
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	for (i = 0; i < N; i++)
+		c[i] = commit_one(q, env, "x\r\n", 3);
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	low = rl;
+	low.rlim_cur = (rlim_t)open_fds() + 24;
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+	memset(r, 0, sizeof(r));
+	for (i = 0; i < N; i++) {
+		c[i]->attempts = 7;
+		queue_update(q, c[i], done_cb, &r[i]);
+	}
+	loop_counter = 0;
+	run_loop(N);
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	for (i = 0; i < N; i++) {
+		cr_assert_eq(r[i].called, 1);
+		cr_assert_eq(r[i].error, 0, "update %d: %s", i,
+		    strerror(r[i].error));
+		got = queue_read(q, c[i]->id);
+		cr_assert_not_null(got, "%s", strerror(errno));
+		cr_assert_eq(got->attempts, 7);
+		envelope_free(got);
+		envelope_free(c[i]);
+	}
+	queue_close(q);
+	envelope_free(env);
 }
