@@ -1524,29 +1524,21 @@ queue_load(struct queue *q, void (*each)(struct envelope *env, void *arg),
     void *arg)
 {
 	struct envelope *env;
-	char **names, why[256];
-	size_t n, i, loaded = 0, moved = 0;
-	int leave;
+	char **names;
+	size_t n, i, loaded = 0;
 
 	queue_clean_leftovers(q);
 	names = dir_list(q->queue_fd, "queue", &n);
 	for (i = 0; i < n; i++) {
 		if (queue_id_valid(names[i]))
 			queue_id_seen(names[i]);
-		why[0] = '\0';
-		if ((env = queue_load_one(q, names[i], why, sizeof(why),
-		    &leave)) != NULL) {
+		if ((env = queue_read(q, names[i])) != NULL) {
 			loaded++;
 			each(env, arg);
-		} else if (!leave) {
-			queue_move_corrupt(q, names[i], why);
-			moved++;
 		}
 		free(names[i]);
 	}
 	free(names);
-	if (moved > 0)
-		queue_sync_corrupt(q);
 	return loaded;
 }
 
