@@ -1763,6 +1763,7 @@ fake_has_one(void)
 static int
 watched_attempts_3(void)
 {
+	refresh(&watched);
 	return watched->attempts >= 3;
 }
 
@@ -1807,7 +1808,7 @@ Test(deliver, reload_reroutes_queued_mail)
 	load_config(relays, "retry_min = 600; retry_max = 600;");
 	env = enqueue("me@work.example", rcpts, "Subject: r\r\n\r\nr\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	cr_assert_eq(maildir_new(mdir), 0);
@@ -1854,7 +1855,7 @@ Test(deliver, failover_to_backup_after_delay_and_back_on_recovery)
 	load_failover_config(2);
 	env = enqueue("alice@example.org", rcpts, "Subject: f\r\n\r\nf\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	relay_state_want = "down";
@@ -1914,10 +1915,10 @@ never_fails_over(const char *greeting, const char *rcpt)
 	load_failover_config(0);
 	env = enqueue("alice@example.org", rcpts, "Subject: n\r\n\r\nn\r\n",
 	    time(NULL));
-	watched = env;
+	watched = envelope_dup(env);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempts_3, 15), "not retried");
-	cr_assert_eq(env->rcpts[0].status, RCPT_PENDING);
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
 	cr_assert_eq(maildir_new(mdir), 0, "failed over");
 	relay_state_want = "up";
 	cr_assert(up_in_state());
