@@ -152,6 +152,7 @@ struct sched_rec {
 enum {
 	REC_UNREAD = 1 << 0, /* not read since start: key is a guess (due) */
 	REC_HELD = 1 << 1,   /* ENVELOPE_HOLD: never due */
+	REC_FLUSHED = 1 << 2, /* made due by a flush, whatever its file says */
 };
 #define RELAY_UNKNOWN UINT32_MAX
 /* The key of an unread message: due, but after new mail (key 0). */
@@ -234,6 +235,7 @@ struct scheduler {
 	                                 records */
 	uint32_t nrnames;
 	unsigned nloading;            /* load jobs on the worker pool */
+	size_t nunread;               /* found at start, not read yet */
 
 	TAILQ_HEAD(, sched_relay) relays;
 	unsigned nsessions;
@@ -486,7 +488,8 @@ msg_park(struct scheduler *s, struct sched_msg *m, int64_t key)
 	struct sched_rec r;
 
 	r.id = m->id;
-	r.flags = m->env == NULL ? m->rec_flags & REC_UNREAD : 0;
+	r.flags = m->env == NULL ? m->rec_flags & (REC_UNREAD | REC_FLUSHED) :
+	    0;
 	r.relay = m->env == NULL ? RELAY_UNKNOWN : msg_primary_index(s, m);
 	if (m->env != NULL && (m->env->flags & ENVELOPE_HOLD)) {
 		r.flags |= REC_HELD;
@@ -1301,11 +1304,25 @@ load_work(void *arg)
 }
 
 /* A message's envelope was read (or not): decide where it goes. */
+/* n more messages found at start are read (or known gone). */
+static void
+unread_done(struct scheduler *s, size_t n)
+{
+	if (n == 0 || s->nunread == 0)
+		return;
+	s->nunread -= n < s->nunread ? n : s->nunread;
+	if (s->nunread == 0)
+		log_info("every message found at start has been read");
+}
+
 static void
 msg_loaded(struct scheduler *s, struct sched_msg *m, time_t now)
 {
 	struct envelope *env = m->env;
 
+	if ((m->rec_flags & REC_UNREAD) && (env != NULL ||
+	    m->load_error == ENOENT || m->load_error == EBADMSG))
+		unread_done(s, 1);
 	if (env == NULL) {
 		if (m->load_error == ENOENT || m->load_error == EBADMSG) {
 			/* Gone, or moved to corrupt/ with a log line. */
@@ -1329,7 +1346,8 @@ msg_loaded(struct scheduler *s, struct sched_msg *m, time_t now)
 		msg_persist(s, m);
 		return;
 	}
-	if ((m->rec_flags & REC_UNREAD) && !m->flush && env->next_try > now) {
+	if ((m->rec_flags & REC_UNREAD) && !(m->rec_flags & REC_FLUSHED) &&
+	    !m->flush && env->next_try > now) {
 		/* Read for the first time since start: not due yet. */
 		msg_park(s, m, (int64_t)env->next_try);
 		return;
@@ -1632,6 +1650,7 @@ scheduler_add_id(struct scheduler *s, const char *id)
 	r.relay = RELAY_UNKNOWN;
 	r.flags = REC_UNREAD;
 	heap_push(s, &r);
+	s->nunread++;
 	sched_kick(s);
 }
 
@@ -1645,11 +1664,11 @@ scheduler_flush(struct scheduler *s)
 	TAILQ_FOREACH(m, &s->msgs, all)
 		if (m->state == MSG_FINISHING || m->state == MSG_LOADING)
 			m->flush = 1;
-	/* Due now for real, whatever the file says: no longer a guess. */
+	/* Due now for real, whatever the file says. */
 	for (i = 0; i < s->nheap; i++) {
 		if (!(s->heap[i].flags & REC_HELD)) {
 			s->heap[i].key = 0;
-			s->heap[i].flags &= ~(uint32_t)REC_UNREAD;
+			s->heap[i].flags |= REC_FLUSHED;
 		}
 	}
 	heap_rebuild(s);

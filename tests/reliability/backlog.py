@@ -7,12 +7,17 @@ restart on the same spool, then the upstream comes back.
   2. smtp-source (Postfix), or with --client python this script itself,
      submits N messages of --size bytes from --clients clients, each with
      a unique Message-Id; every one answered 250 is in the spool;
-  3. smarthostd is stopped (SIGTERM) and started again on the same spool;
+     with --prefill the script instead writes N queue files itself, in
+     the spool format, each after one failed attempt with its next try an
+     hour away (for sizes where submitting through SMTP takes too long);
+  3. smarthostd is stopped (SIGTERM) and started again on the same spool,
+     and reads every message it found there (upstream still down);
   4. an aiosmtpd upstream starts on the relay port and the queue is flushed
      (SIGUSR1);
   5. the run ends when queue/ is empty.
 
-Prints: restart time (exec to "started"), peak descriptors (from
+Prints: restart time (exec to "started"), the time until every message
+found at start was read and the RSS then, peak descriptors (from
 /proc/PID/fd, sampled), peak RSS (VmHWM), drain rate (messages over the
 time from the flush to an empty queue) and what the upstream saw: messages,
 unique Message-Ids, duplicates. Exactly once means unique == N and
@@ -252,6 +257,38 @@ def submit_python(port, n, clients, size):
     return time.monotonic() - t0
 
 
+ID_EPOCH_MS = 1577836800000
+
+
+def prefill(spool, n, size):
+    """Writes n queue files as smarthostd leaves them after one failed
+    attempt with the upstream down: preamble, envelope (version 1, next
+    try an hour away), body with a unique Message-Id."""
+    queue = os.path.join(spool, "queue")
+    os.makedirs(queue, exist_ok=True)
+    now = int(time.time())
+    base_ms = int(time.time() * 1000) - ID_EPOCH_MS - 3600 * 1000
+    filler = b"X" * 78 + b"\r\n"
+    t0 = time.monotonic()
+    for i in range(n):
+        qid = "%016X" % (((base_ms + i // 4096) << 22) | (1023 << 12) |
+                         (i % 4096))
+        env = (f"smarthostd-envelope 1\nid {qid}\n"
+               f"sender from@example.org\nclient localhost[127.0.0.1]\n"
+               f"flags 0\ncreated {now - 60}\nnext-try {now + 3600}\n"
+               f"attempts 1\nrcpt to@example.net pending - -\n\n").encode()
+        head = (f"From: <from@example.org>\r\nTo: <to@example.net>\r\n"
+                f"Message-Id: <prefill.{i}@example.org>\r\n\r\n").encode()
+        body = head + filler * max(1, (size - len(head)) // 80)
+        pre = b"smarthostd-spool 1 %016x %016x" % (64 + len(env), len(body))
+        pre = pre.ljust(63) + b"\n"
+        fd = os.open(os.path.join(queue, qid),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, pre + env + body)
+        os.close(fd)
+    return time.monotonic() - t0
+
+
 def submit(port, n, clients, size):
     """smtp-source: n messages, one per connection (its default)."""
     t0 = time.monotonic()
@@ -277,6 +314,10 @@ def main():
     ap.add_argument("--nofile", type=int, default=0,
                     help="RLIMIT_NOFILE (soft and hard) for the daemon")
     ap.add_argument("--drain-timeout", type=float, default=3600)
+    ap.add_argument("--prefill", action="store_true",
+                    help="write the queue files directly (no first run)")
+    ap.add_argument("--no-drain", action="store_true",
+                    help="stop after the restart and the reading")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 unless exactly once and fds < --max-fds")
     ap.add_argument("--max-fds", type=int, default=300)
@@ -290,7 +331,8 @@ def main():
         return
     if not args.smarthostd or not os.access(args.smarthostd, os.X_OK):
         fail("--smarthostd (or SMARTHOSTD) must name the daemon")
-    if args.client == "smtp-source" and not os.access(SMTP_SOURCE, os.X_OK):
+    if (args.client == "smtp-source" and not args.prefill and
+            not os.access(SMTP_SOURCE, os.X_OK)):
         fail(f"{SMTP_SOURCE} is missing: apt-get install postfix, "
              "or use --client python")
 
@@ -303,23 +345,50 @@ def main():
     n = args.messages
     ok = True
     try:
-        daemon.start()
-        t_submit = (submit_python if args.client == "python" else submit)(
-            daemon.port, n, args.clients, args.size)
+        if args.prefill:
+            t_submit = prefill(daemon.spool, n, args.size)
+            how = "written directly"
+        else:
+            daemon.start()
+            t_submit = (submit_python if args.client == "python" else
+                        submit)(daemon.port, n, args.clients, args.size)
+            how = "submitted"
         queued = daemon.queued()
-        print(f"queued {queued} of {n} messages in {t_submit:.1f} s "
+        print(f"queued {queued} of {n} messages ({how}) in {t_submit:.1f} s "
               f"({n / t_submit:.0f} msgs/s), upstream down", flush=True)
         if queued != n:
             fail(f"{queued} files in queue/ after submitting {n}")
-        daemon.stop()
+        if not args.prefill:
+            daemon.stop()
 
         restart = daemon.start()
+        t_start = time.monotonic()
         sampler = Sampler(daemon.proc.pid)
         sampler.start()
-        # Let the daemon settle on its backlog while the upstream is still
+        # Let the daemon read its backlog while the upstream is still
         # down: the moment the issue's descriptors piled up.
-        time.sleep(3)
+        t_read = None
+        while time.monotonic() - t_start < args.drain_timeout:
+            if daemon.log_count("every message found at start has been "
+                                "read") > 0:
+                t_read = time.monotonic() - t_start
+                break
+            if daemon.proc.poll() is not None:
+                fail("smarthostd died while reading its queue")
+            time.sleep(0.1)
+        time.sleep(1)
+        sampler.sample()
+        rss_read = sampler.peak_rss_kib
         fds_idle = sampler.peak_fds
+        print(f"restart           {restart:.2f} s (exec to accepting mail)")
+        print("read all          " + (f"{t_read:.1f} s after start"
+              if t_read is not None else "not within the timeout") +
+              f", peak RSS by then {rss_read / 1024:.1f} MiB, peak "
+              f"descriptors {fds_idle}", flush=True)
+        if args.no_drain:
+            sampler.stop()
+            daemon.stop()
+            return
 
         upstream = subprocess.Popen([PYTHON, os.path.abspath(__file__),
                                      "--upstream", str(relay_port),
@@ -354,7 +423,6 @@ def main():
         errors = daemon.log_count("cannot record delivery state")
         print(f"messages          {n} x {args.size} bytes, "
               f"{args.clients} clients")
-        print(f"restart           {restart:.2f} s (exec to accepting mail)")
         print(f"peak descriptors  {sampler.peak_fds} "
               f"(before the flush: {fds_idle})")
         print(f"peak RSS          {sampler.peak_rss_kib / 1024:.1f} MiB")
