@@ -840,6 +840,36 @@ fake_listen(int port)
 	fake.port = ntohs(sin.sin_port);
 }
 
+/* A bound socket that does not listen yet: connections to its port are
+ * refused, and no other process can take the port before
+ * fake_listen_on() makes it the fake server's. */
+static int
+fake_reserve(void)
+{
+	struct sockaddr_in sin;
+	socklen_t sl = sizeof(sin);
+	int fd;
+
+	memset(&fake, 0, sizeof(fake));
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	cr_assert_geq(fd, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+	fake.port = ntohs(sin.sin_port);
+	return fd;
+}
+
+static void
+fake_listen_on(int fd)
+{
+	fake.l = evconnlistener_new(base, fake_accept, NULL,
+	    LEV_OPT_CLOSE_ON_FREE, 16, fd);
+	cr_assert_not_null(fake.l);
+}
+
 static void
 fake_start(void)
 {
@@ -1846,12 +1876,9 @@ Test(deliver, failover_to_backup_after_delay_and_back_on_recovery)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
 	struct envelope *env;
-	int port;
+	int fd;
 
-	fake_start();
-	port = fake.port;
-	evconnlistener_free(fake.l);	/* the primary is down */
-	fake.l = NULL;
+	fd = fake_reserve();	/* the primary is down */
 	load_failover_config(2);
 	env = enqueue("alice@example.org", rcpts, "Subject: f\r\n\r\nf\r\n",
 	    time(NULL));
@@ -1870,7 +1897,7 @@ Test(deliver, failover_to_backup_after_delay_and_back_on_recovery)
 	cr_assert(up_in_state());
 
 	/* The primary comes back: a probe finds it, new mail goes there. */
-	fake_listen(port);
+	fake_listen_on(fd);
 	relay_state_want = "up";
 	cr_assert(run_until(up_in_state, 10), "recovery not noticed");
 	cr_assert_geq(fake.nconn, 1, "the probe connected");
