@@ -29,7 +29,8 @@
  * - c->state says what the session waits for. client_enter() is the only
  *   place that sends commands and arms the timer (the body streamer it
  *   starts re-arms it on progress); client_reply() is the only place that
- *   interprets replies. Neither has a default: case.
+ *   interprets replies, through one function per waiting state. Neither
+ *   has a default: case.
  * - Nothing is sent in clear text after EHLO in STARTTLS mode unless TLS is
  *   up; a missing STARTTLS ends the session before MAIL.
  * - After closed() (state CLOSED) no callback follows and no I/O remains.
@@ -1449,164 +1450,250 @@ client_unexpected(struct smtp_client *c, const struct smtp_reply *r)
 	    client_state_names[c->state], r->code, r->text);
 }
 
+/*
+ * 421 may come at any time (shutdown, idle timeout) and ends the session;
+ * a transaction in progress gets it as its outcome.
+ */
 static void
-client_reply(struct smtp_client *c, const struct smtp_reply *r)
+client_reply_421(struct smtp_client *c, const struct smtp_reply *r)
+{
+	struct outcome o;
+
+	outcome_from_reply(&o, r->code, r->enhanced, r->text);
+	/* after a demand for AUTH, that is what the mail waits for */
+	if (c->auth_demanded && c->authed == NULL)
+		o.class = c->auth_secret != NULL ? OC_AUTH : OC_NOCRED;
+	client_close(c, &o);
+}
+
+static void
+client_reply_greeting(struct smtp_client *c, const struct smtp_reply *r)
+{
+	struct outcome o;
+
+	if (r->code / 100 != 2) {
+		/* 554: no service here; not worth a QUIT. */
+		outcome_from_reply(&o, r->code, r->enhanced, r->text);
+		client_close(c, &o);
+		return;
+	}
+	c->greeted = 1;
+	client_enter(c, CS_EHLO);
+}
+
+/* EHLO, or HELO after a server that does not know EHLO. */
+static void
+client_reply_ehlo(struct smtp_client *c, const struct smtp_reply *r)
+{
+	struct outcome o;
+
+	if (r->code / 100 == 2) {
+		if (c->state == CS_EHLO)
+			smtp_ehlo_parse(r->text, &c->ehlo);
+		client_after_ehlo(c);
+	} else if (c->state == CS_EHLO &&
+	    (r->code == 500 || r->code == 502) &&
+	    c->tls != TLS_MODE_STARTTLS) {
+		client_enter(c, CS_HELO);
+	} else {
+		outcome_from_reply(&o, r->code, r->enhanced, r->text);
+		client_cancel(c, &o);
+	}
+}
+
+static void
+client_reply_starttls(struct smtp_client *c, const struct smtp_reply *r)
+{
+	struct outcome o;
+
+	if (r->code == 220) {
+		client_starttls(c);
+		return;
+	}
+	/* A 5xx here says nothing about the message: temporary, so it
+	 * waits for the server to fix TLS. */
+	outcome_set(&o, OUTCOME_TEMPORARY, OC_TLS,
+	    "TLS: STARTTLS refused: %d %s", r->code, r->text);
+	client_cancel(c, &o);
+}
+
+static void
+client_reply_mail(struct smtp_client *c, const struct smtp_reply *r)
+{
+	int cls = r->code / 100;
+
+	if (cls == 2) {
+		c->mail_ok = 1;
+	} else if (cls == 4 || cls == 5) {
+		outcome_from_reply(&c->txn, r->code, r->enhanced, r->text);
+		if (client_mail_wants_auth(c, r)) {
+			client_auth_demand(c, r, &c->txn);
+			if (c->dying || c->state != CS_MAIL)
+				return;
+		} else if (r->code == 530) {
+			/* authenticated and still refused: never a bounce
+			 * for want of AUTH */
+			c->txn.status = OUTCOME_TEMPORARY;
+			c->txn.class = OC_AUTH;
+		}
+	} else {
+		client_unexpected(c, r);
+		return;
+	}
+	if (c->mail_ok || c->pipelined) {
+		/* pipelined: the RCPT (and DATA) replies still come */
+		c->rcpt_idx = 0;
+		client_enter(c, CS_RCPT);
+	} else if (c->auth_redo) {
+		client_enter(c, CS_RSET);
+	} else {
+		client_txn_end(c, &c->txn, 1);
+	}
+}
+
+/*
+ * The reply to the current RCPT while the transaction stands: counts it,
+ * keeps the transaction's outcome (a temporary refusal wins over a
+ * permanent one) and reports it, or holds it while AUTH is due. Returns -1
+ * when the session moved on (freed, or left CS_RCPT).
+ */
+static int
+client_rcpt_result(struct smtp_client *c, const struct outcome *o)
+{
+	if (o->status == OUTCOME_OK) {
+		c->rcpt_ok++;
+	} else if (o->status == OUTCOME_TEMPORARY || !c->rcpt_temp) {
+		c->txn = *o;
+		if (o->status == OUTCOME_TEMPORARY)
+			c->rcpt_temp = 1;
+	}
+	if (c->hold) {
+		c->held[c->rcpt_idx] = *o;
+		return 0;
+	}
+	c->cb.rcpt(c, c->rcpt_idx, o, c->arg);
+	return c->dying || c->state != CS_RCPT ? -1 : 0;
+}
+
+static void
+client_reply_rcpt(struct smtp_client *c, const struct smtp_reply *r)
 {
 	struct outcome o;
 	int cls = r->code / 100;
 
-	/* 421 may come at any time (shutdown, idle timeout) and ends the
-	 * session; a transaction in progress gets it as its outcome. */
-	if (r->code == 421 && c->state != CS_QUIT) {
+	if (cls != 2 && cls != 4 && cls != 5) {
+		client_unexpected(c, r);
+		return;
+	}
+	if (c->mail_ok && !c->auth_redo) {
 		outcome_from_reply(&o, r->code, r->enhanced, r->text);
-		/* after a demand for AUTH, that is what the mail waits for */
-		if (c->auth_demanded && c->authed == NULL)
-			o.class = c->auth_secret != NULL ? OC_AUTH : OC_NOCRED;
-		client_close(c, &o);
+		if (client_rcpt_wants_auth(c, r)) {
+			client_auth_demand(c, r, &o);
+			if (c->dying || c->state != CS_RCPT)
+				return;
+		}
+		/* the demand may have made AUTH due: then o is not kept */
+		if (c->mail_ok && !c->auth_redo &&
+		    client_rcpt_result(c, &o) == -1)
+			return;
+	}
+	/* without pipelining, no more RCPTs once AUTH is due */
+	if (++c->rcpt_idx < c->msg.nrcpts && (c->pipelined || !c->auth_redo))
+		client_enter(c, CS_RCPT);
+	else
+		client_rcpts_done(c);
+}
+
+static void
+client_reply_data(struct smtp_client *c, const struct smtp_reply *r)
+{
+	int cls = r->code / 100;
+
+	if (r->code == 354) {
+		if (c->mail_ok && c->rcpt_ok > 0) {
+			client_enter(c, CS_BODY);
+			return;
+		}
+		/*
+		 * RFC 2920 3.1: the server accepted DATA although nothing
+		 * was accepted before it. End the empty message with a lone
+		 * "."; the server has no recipient to deliver it to.
+		 */
+		c->abandon = 1;
+		client_enter(c, CS_EOM);
+	} else if (cls == 4 || cls == 5) {
+		if (c->mail_ok && c->rcpt_ok > 0)
+			outcome_from_reply(&c->txn, r->code, r->enhanced,
+			    r->text);
+		client_txn_end(c, &c->txn, 1);
+	} else {
+		client_unexpected(c, r);
+	}
+}
+
+static void
+client_reply_eom(struct smtp_client *c, const struct smtp_reply *r)
+{
+	struct outcome o;
+	int cls = r->code / 100;
+
+	if (c->abandon) {
+		client_txn_end(c, &c->txn, 0);
+	} else if (cls == 2 || cls == 4 || cls == 5) {
+		outcome_from_reply(&o, r->code, r->enhanced, r->text);
+		client_txn_end(c, &o, 0);
+	} else {
+		client_unexpected(c, r);
+	}
+}
+
+static void
+client_reply_rset(struct smtp_client *c, const struct smtp_reply *r)
+{
+	struct outcome o;
+
+	if (r->code / 100 == 2 && c->auth_redo) {
+		client_auth_start(c);
+	} else if (r->code / 100 == 2) {
+		client_enter(c, CS_READY);
+	} else {
+		outcome_set(&o, OUTCOME_TEMPORARY, OC_REPLY,
+		    "RSET refused: %d %s", r->code, r->text);
+		client_cancel(c, &o);
+	}
+}
+
+/* One complete reply: dispatched by the state that is waiting for it. */
+static void
+client_reply(struct smtp_client *c, const struct smtp_reply *r)
+{
+	if (r->code == 421 && c->state != CS_QUIT) {
+		client_reply_421(c, r);
 		return;
 	}
 
 	switch (c->state) {
 	case CS_GREETING:
-		if (cls != 2) {
-			/* 554: no service here; not worth a QUIT. */
-			outcome_from_reply(&o, r->code, r->enhanced, r->text);
-			client_close(c, &o);
-			return;
-		}
-		c->greeted = 1;
-		client_enter(c, CS_EHLO);
+		client_reply_greeting(c, r);
 		break;
 	case CS_EHLO:
-		if (cls == 2) {
-			smtp_ehlo_parse(r->text, &c->ehlo);
-			client_after_ehlo(c);
-		} else if ((r->code == 500 || r->code == 502) &&
-		    c->tls != TLS_MODE_STARTTLS) {
-			client_enter(c, CS_HELO);
-		} else {
-			outcome_from_reply(&o, r->code, r->enhanced, r->text);
-			client_cancel(c, &o);
-		}
-		break;
 	case CS_HELO:
-		if (cls == 2) {
-			client_after_ehlo(c);
-		} else {
-			outcome_from_reply(&o, r->code, r->enhanced, r->text);
-			client_cancel(c, &o);
-		}
+		client_reply_ehlo(c, r);
 		break;
 	case CS_STARTTLS:
-		if (r->code == 220) {
-			client_starttls(c);
-		} else {
-			/* A 5xx here says nothing about the message:
-			 * temporary, so it waits for the server to fix TLS. */
-			outcome_set(&o, OUTCOME_TEMPORARY, OC_TLS,
-			    "TLS: STARTTLS refused: %d %s", r->code, r->text);
-			client_cancel(c, &o);
-		}
+		client_reply_starttls(c, r);
 		break;
 	case CS_MAIL:
-		if (cls == 2) {
-			c->mail_ok = 1;
-		} else if (cls == 4 || cls == 5) {
-			outcome_from_reply(&c->txn, r->code, r->enhanced,
-			    r->text);
-			if (client_mail_wants_auth(c, r)) {
-				client_auth_demand(c, r, &c->txn);
-				if (c->dying || c->state != CS_MAIL)
-					return;
-			} else if (r->code == 530) {
-				/* authenticated and still refused: never a
-				 * bounce for want of AUTH */
-				c->txn.status = OUTCOME_TEMPORARY;
-				c->txn.class = OC_AUTH;
-			}
-		} else {
-			client_unexpected(c, r);
-			return;
-		}
-		if (c->mail_ok || c->pipelined) {
-			/* pipelined: the RCPT (and DATA) replies still come */
-			c->rcpt_idx = 0;
-			client_enter(c, CS_RCPT);
-		} else if (c->auth_redo) {
-			client_enter(c, CS_RSET);
-		} else {
-			client_txn_end(c, &c->txn, 1);
-		}
+		client_reply_mail(c, r);
 		break;
 	case CS_RCPT:
-		if (cls != 2 && cls != 4 && cls != 5) {
-			client_unexpected(c, r);
-			return;
-		}
-		if (c->mail_ok && !c->auth_redo) {
-			outcome_from_reply(&o, r->code, r->enhanced, r->text);
-			if (client_rcpt_wants_auth(c, r)) {
-				client_auth_demand(c, r, &o);
-				if (c->dying || c->state != CS_RCPT)
-					return;
-			}
-		}
-		if (c->mail_ok && !c->auth_redo) {
-			if (o.status == OUTCOME_OK) {
-				c->rcpt_ok++;
-			} else if (o.status == OUTCOME_TEMPORARY ||
-			    !c->rcpt_temp) {
-				c->txn = o;
-				if (o.status == OUTCOME_TEMPORARY)
-					c->rcpt_temp = 1;
-			}
-			if (c->hold) {
-				c->held[c->rcpt_idx] = o;
-			} else {
-				c->cb.rcpt(c, c->rcpt_idx, &o, c->arg);
-				if (c->dying || c->state != CS_RCPT)
-					return;
-			}
-		}
-		/* without pipelining, no more RCPTs once AUTH is due */
-		if (++c->rcpt_idx < c->msg.nrcpts &&
-		    (c->pipelined || !c->auth_redo))
-			client_enter(c, CS_RCPT);
-		else
-			client_rcpts_done(c);
+		client_reply_rcpt(c, r);
 		break;
 	case CS_DATA:
-		if (r->code == 354) {
-			if (c->mail_ok && c->rcpt_ok > 0) {
-				client_enter(c, CS_BODY);
-				break;
-			}
-			/*
-			 * RFC 2920 3.1: the server accepted DATA although
-			 * nothing was accepted before it. End the empty
-			 * message with a lone "."; the server has no
-			 * recipient to deliver it to.
-			 */
-			c->abandon = 1;
-			client_enter(c, CS_EOM);
-		} else if (cls == 4 || cls == 5) {
-			if (c->mail_ok && c->rcpt_ok > 0)
-				outcome_from_reply(&c->txn, r->code,
-				    r->enhanced, r->text);
-			client_txn_end(c, &c->txn, 1);
-		} else {
-			client_unexpected(c, r);
-		}
+		client_reply_data(c, r);
 		break;
 	case CS_EOM:
-		if (c->abandon) {
-			client_txn_end(c, &c->txn, 0);
-		} else if (cls == 2 || cls == 4 || cls == 5) {
-			outcome_from_reply(&o, r->code, r->enhanced, r->text);
-			client_txn_end(c, &o, 0);
-		} else {
-			client_unexpected(c, r);
-		}
+		client_reply_eom(c, r);
 		break;
 	case CS_AUTH:
 	case CS_AUTH_STEP:
@@ -1618,15 +1705,7 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 		client_auth_next(c, r);
 		break;
 	case CS_RSET:
-		if (cls == 2 && c->auth_redo) {
-			client_auth_start(c);
-		} else if (cls == 2) {
-			client_enter(c, CS_READY);
-		} else {
-			outcome_set(&o, OUTCOME_TEMPORARY, OC_REPLY,
-			    "RSET refused: %d %s", r->code, r->text);
-			client_cancel(c, &o);
-		}
+		client_reply_rset(c, r);
 		break;
 	case CS_QUIT:
 		client_close(c, &c->final);
