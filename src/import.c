@@ -154,6 +154,11 @@ struct model {
 	char *catch_all;
 	struct sbuf sender_map; /* lines of the map we write */
 	struct sbuf aliases;    /* lines of the aliases file we write */
+	/* where each note of res points, to sort them */
+	struct note_at {
+		const char *path;
+		unsigned line;
+	} *note_at;
 	/* source lines already noted, so a line gives one note */
 	const char *noted_path;
 	unsigned *noted;
@@ -175,6 +180,10 @@ note(struct model *m, const char *path, unsigned line, const char *fmt, ...)
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
 	r->notes = xreallocarray(r->notes, r->nnotes + 1, sizeof(*r->notes));
+	m->note_at = xreallocarray(m->note_at, r->nnotes + 1,
+	    sizeof(*m->note_at));
+	m->note_at[r->nnotes].path = path;
+	m->note_at[r->nnotes].line = line;
 	if (line > 0)
 		r->notes[r->nnotes++] = xasprintf("%s:%u: %s", path, line,
 		    text);
@@ -397,7 +406,35 @@ model_free(struct model *m)
 	free(m->sender_map.s);
 	free(m->aliases.s);
 	free(m->noted);
+	free(m->note_at);
 	free(m);
+}
+
+/* Puts the notes in file and line order (stable: the order of a file's
+ * whole-file notes is kept). */
+static void
+notes_sort(struct model *m)
+{
+	struct import_result *r = m->res;
+	struct note_at at;
+	char *text;
+	size_t i, j;
+	int c;
+
+	for (i = 1; i < r->nnotes; i++) {
+		at = m->note_at[i];
+		text = r->notes[i];
+		for (j = i; j > 0; j--) {
+			c = strcmp(m->note_at[j - 1].path, at.path);
+			if (c < 0 || (c == 0 && m->note_at[j - 1].line <=
+			    at.line))
+				break;
+			m->note_at[j] = m->note_at[j - 1];
+			r->notes[j] = r->notes[j - 1];
+		}
+		m->note_at[j] = at;
+		r->notes[j] = text;
+	}
 }
 
 /* ---- writing the config ---- */
@@ -600,6 +637,7 @@ model_finish(struct model *m, const char *source)
 		sb_printf(&body, "};\n");
 	}
 	emit_routes(m, &body);
+	notes_sort(m);
 
 	sb_printf(&b, "# smarthostd.conf(5) made by `smarthostctl import %s` "
 	    "from %s.\n# Only what the %s configuration sets is here; every "

@@ -12,6 +12,7 @@ upstreams' ports, the test CA, fresh passwords).
 import os
 import re
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -103,6 +104,15 @@ def daemons(request):
         daemon.close()
 
 
+@pytest.fixture
+def closing():
+    """Sockets to close when the test ends."""
+    made = []
+    yield made
+    for sock in made:
+        sock.close()
+
+
 def logins(upstream):
     """The logins the upstream accepted."""
     return {login for _, login, ok in upstream.handler.attempts if ok}
@@ -190,11 +200,14 @@ def test_ssmtp_mailhub_revaliases_and_root(tmp_path, pki,
 
 
 def test_nullmailer_remotes_fail_over(tmp_path, pki, auth_upstream_factory,
-                                      smarthostd_binary, daemons):
+                                      smarthostd_binary, daemons, closing):
     down_pw, up_pw = new_password("down"), new_password("up")
-    down = auth_upstream_factory({"relay": down_pw})
-    down_port = down.port
-    down.stop()    # the first remote is unreachable
+    # the first remote is unreachable: a port bound but not listening
+    # refuses connections, and no other process can take it meanwhile
+    down = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    down.bind(("127.0.0.1", 0))
+    down_port = down.getsockname()[1]
+    closing.append(down)
     up = auth_upstream_factory({"fallback@corp.example": up_pw})
     etc = tmp_path / "nullmailer"
     shutil.copytree(os.path.join(fixture_dir(), "nullmailer"), etc)
