@@ -610,7 +610,7 @@ static const char *const limit_keys[] = { "max_line", "max_message_size",
 static const char *const sender_rewrite_keys[] = { "map", "masquerade",
 	NULL };
 static const char *const queue_keys[] = { "retry_min", "retry_max",
-	"lifetime", "workers", NULL };
+	"lifetime", "delay_warning", "workers", NULL };
 
 static int
 compile_auth_first(struct cfgctx *ctx, const config_setting_t *root,
@@ -1045,6 +1045,7 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	cfg->retry_min = 300;
 	cfg->retry_max = 4000;
 	cfg->lifetime = 5 * 86400;
+	cfg->delay_warning = 4 * 3600;
 	cfg->delivery_workers = 4;
 	cfg->shutdown_timeout = 30;
 
@@ -1112,6 +1113,8 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 		    30 * 86400, &cfg->retry_max) == -1 ||
 		    get_uint(ctx, grp, "lifetime", duration_units, 1,
 		    365 * 86400, &cfg->lifetime) == -1 ||
+		    get_uint(ctx, grp, "delay_warning", duration_units, 0,
+		    365 * 86400, &cfg->delay_warning) == -1 ||
 		    get_uint(ctx, grp, "workers", NULL, 1, 64,
 		    &cfg->delivery_workers) == -1)
 			goto out;

@@ -115,6 +115,8 @@ struct config {
 	unsigned retry_min;       /* seconds, first backoff (300) */
 	unsigned retry_max;       /* seconds, backoff clamp (4000) */
 	unsigned lifetime;        /* seconds before bounce (5 days) */
+	unsigned delay_warning;   /* seconds before a delay notification
+	                             (4 hours), 0: never */
 	unsigned delivery_workers; /* threads for blocking work */
 	unsigned shutdown_timeout; /* seconds to finish sessions on TERM */
 

@@ -123,6 +123,67 @@ buf_crlf(struct buf *b, const char *s, size_t len)
 		buf_add(b, "\r\n", 2);
 }
 
+/* 1 if there are recipients and every one is DSN_ACTION_DELAYED. */
+static int
+dsn_all_delayed(const struct dsn_rcpt *rcpts, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (rcpts[i].action != DSN_ACTION_DELAYED)
+			return 0;
+	return n > 0;
+}
+
+/* The human-readable warning of a delay notification, as Postfix words
+ * it: how long the message has waited and until when it is retried. */
+static void
+dsn_delay_text(struct buf *b, const struct envelope *orig,
+    time_t retry_until, time_t now)
+{
+	char date[64];
+	long long waited = now > orig->created ?
+	    (long long)(now - orig->created) : 0;
+
+	buf_str(b, "####################################################"
+	    "################\r\n"
+	    "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR "
+	    "MESSAGE. #\r\n"
+	    "####################################################"
+	    "################\r\n\r\n");
+	buf_addf(b, "Your message could not be delivered for %lld hour(s) "
+	    "%lld minute(s).\r\n", waited / 3600, waited % 3600 / 60);
+	if (retry_until != 0) {
+		message_date(retry_until, date, sizeof(date));
+		buf_addf(b, "It will be retried until %s.\r\n", date);
+	}
+	buf_str(b, "\r\n");
+}
+
+/* Action, Status and, for a delay, Will-Retry-Until of one recipient. */
+static void
+dsn_action_fields(struct buf *b, const struct dsn_rcpt *r)
+{
+	int delayed = r->action == DSN_ACTION_DELAYED;
+	char date[64];
+
+	buf_str(b, delayed ? "\r\nAction: delayed\r\nStatus: " :
+	    "\r\nAction: failed\r\nStatus: ");
+	/* A delay's status is always 4.x.x (RFC 3463: persistent
+	 * transient), whatever the last attempt left behind. */
+	if (delayed)
+		buf_flat(b, r->status != NULL && r->status[0] == '4' ?
+		    r->status : "4.0.0");
+	else
+		buf_flat(b, r->status != NULL && r->status[0] != '\0' ?
+		    r->status : "5.0.0");
+	buf_str(b, "\r\n");
+	if (delayed && r->retry_until != 0) {
+		message_date(r->retry_until, date, sizeof(date));
+		buf_addf(b, "Will-Retry-Until: %s\r\n", date);
+	}
+}
+
 int
 dsn_wanted(const struct envelope *env)
 {
@@ -173,13 +234,14 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 	struct buf b = { NULL, 0, 0 };
 	char date[64], boundary[256];
 	size_t i;
-	int text8, hdr8;
+	int text8, hdr8, delayed;
 
 	text8 = message_has_8bit(orig->sender, strlen(orig->sender));
 	for (i = 0; i < n; i++)
 		if (message_has_8bit(rcpts[i].addr, strlen(rcpts[i].addr)))
 			text8 = 1;
 	hdr8 = message_has_8bit(headers, hlen);
+	delayed = dsn_all_delayed(rcpts, n);
 
 	/* The new queue id and the time: the copied headers were written
 	 * before either existed, so they cannot contain the boundary. */
@@ -192,7 +254,8 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 	buf_str(&b, "To: <");
 	buf_flat(&b, orig->sender);
 	buf_str(&b, ">\r\n");
-	buf_str(&b, "Subject: Undelivered Mail Returned to Sender\r\n");
+	buf_str(&b, delayed ? "Subject: Delayed Mail (still being retried)\r\n" :
+	    "Subject: Undelivered Mail Returned to Sender\r\n");
 	buf_addf(&b, "Date: %s\r\n", date);
 	buf_addf(&b, "Message-ID: <%s.%lld@%s>\r\n", id, (long long)now,
 	    hostname);
@@ -215,9 +278,12 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
 	buf_str(&b, "\r\n");
 	buf_addf(&b, "This is the mail system at host %s.\r\n\r\n", hostname);
-	buf_str(&b, "I'm sorry to have to inform you that your message "
-	    "could not\r\nbe delivered to one or more recipients. "
-	    "It's attached below.\r\n\r\n");
+	if (delayed)
+		dsn_delay_text(&b, orig, rcpts[0].retry_until, now);
+	else
+		buf_str(&b, "I'm sorry to have to inform you that your "
+		    "message could not\r\nbe delivered to one or more "
+		    "recipients. It's attached below.\r\n\r\n");
 	buf_str(&b, "The mail system\r\n\r\n");
 	for (i = 0; i < n; i++) {
 		const char *why = rcpts[i].reason != NULL ? rcpts[i].reason :
@@ -249,10 +315,7 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 	for (i = 0; i < n; i++) {
 		buf_str(&b, "\r\nFinal-Recipient: rfc822; ");
 		buf_flat(&b, rcpts[i].addr);
-		buf_str(&b, "\r\nAction: failed\r\nStatus: ");
-		buf_flat(&b, rcpts[i].status != NULL && rcpts[i].status[0] !=
-		    '\0' ? rcpts[i].status : "5.0.0");
-		buf_str(&b, "\r\n");
+		dsn_action_fields(&b, &rcpts[i]);
 		if (rcpts[i].remote_mta != NULL) {
 			buf_str(&b, "Remote-MTA: dns; ");
 			buf_flat(&b, rcpts[i].remote_mta);
@@ -268,7 +331,9 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 
 	/* The original message's headers. */
 	buf_addf(&b, "--%s\r\n", boundary);
-	buf_str(&b, "Content-Description: Undelivered Message Headers\r\n");
+	buf_str(&b, delayed ?
+	    "Content-Description: Delayed Message Headers\r\n" :
+	    "Content-Description: Undelivered Message Headers\r\n");
 	buf_str(&b, "Content-Type: text/rfc822-headers\r\n");
 	if (hdr8)
 		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
@@ -313,6 +378,8 @@ struct dsn_rcpt_copy {
 	char *diagnostic;
 	char *remote_mta;
 	char *reason;
+	enum dsn_action action;
+	time_t retry_until;
 };
 
 struct dsn_job {
@@ -401,8 +468,9 @@ dsn_committed(int error, struct envelope *env, void *arg)
 		    job->orig->id, strerror(error));
 		env = NULL;
 	} else
-		log_info("%s: sender non-delivery notification: %s",
-		    job->orig->id, env->id);
+		log_info("%s: sender %s notification: %s", job->orig->id,
+		    job->n > 0 && job->rcpts[0].action == DSN_ACTION_DELAYED ?
+		    "delay" : "non-delivery", env->id);
 	job->sent(env, job->arg);
 	dsn_job_free(job);
 }
@@ -448,6 +516,8 @@ dsn_compose_commit(void *arg)
 		view[i].diagnostic = job->rcpts[i].diagnostic;
 		view[i].remote_mta = job->rcpts[i].remote_mta;
 		view[i].reason = job->rcpts[i].reason;
+		view[i].action = job->rcpts[i].action;
+		view[i].retry_until = job->rcpts[i].retry_until;
 	}
 	msg = dsn_compose(job->orig, view, job->n,
 	    job->headers != NULL ? job->headers : "", job->hlen,
@@ -479,6 +549,8 @@ dsn_send(struct queue *q, struct worker *w, const struct envelope *orig,
 		job->rcpts[i].diagnostic = strdup_or_null(rcpts[i].diagnostic);
 		job->rcpts[i].remote_mta = strdup_or_null(rcpts[i].remote_mta);
 		job->rcpts[i].reason = strdup_or_null(rcpts[i].reason);
+		job->rcpts[i].action = rcpts[i].action;
+		job->rcpts[i].retry_until = rcpts[i].retry_until;
 	}
 	job->n = n;
 	job->hostname = xstrdup(hostname);

@@ -1,8 +1,9 @@
 /*
  * Delivery status notifications (RFC 3464) for recipients that failed for
- * good: a multipart/report message to the envelope sender, from the null
- * sender, flagged ENVELOPE_BOUNCE so that it is never bounced itself, and
- * queued like any other message. Composition is a pure function over
+ * good, and delay notifications (Action: delayed) for recipients still
+ * pending after delay_warning: a multipart/report message to the envelope
+ * sender, from the null sender, flagged ENVELOPE_BOUNCE so that it is never
+ * bounced or warned about itself, and queued like any other message. Composition is a pure function over
  * memory; dsn_send() reads the original header section off the loop thread,
  * composes, and commits the notification to the queue.
  */
@@ -19,7 +20,12 @@
 /* At most this much of the original header section is returned. */
 #define DSN_HEADERS_MAX (64 * 1024)
 
-/* One failed recipient as the report describes it. */
+enum dsn_action {
+	DSN_ACTION_FAILED = 0, /* Action: failed, a 5.x.x or expired 4.x.x */
+	DSN_ACTION_DELAYED,    /* Action: delayed, still being retried */
+};
+
+/* One failed or delayed recipient as the report describes it. */
 struct dsn_rcpt {
 	const char *addr;
 	const char *status;     /* enhanced code, "5.1.1" */
@@ -27,6 +33,8 @@ struct dsn_rcpt {
 	                           NULL when no server said it */
 	const char *remote_mta; /* host name of that server, or NULL */
 	const char *reason;     /* human-readable text, or NULL: diagnostic */
+	enum dsn_action action;
+	time_t retry_until;     /* DSN_ACTION_DELAYED: Will-Retry-Until */
 };
 
 /* 1 if failed recipients of env get a notification: never for the null
@@ -46,7 +54,9 @@ int dsn_is_server_reply(const char *reply);
 size_t dsn_header_length(const char *buf, size_t len);
 
 /*
- * Composes the notification for orig's failed recipients rcpts[0..n-1]:
+ * Composes the notification for orig's recipients rcpts[0..n-1]: a delay
+ * notification ("Delayed Mail (still being retried)", a warning only) when
+ * every one of them is DSN_ACTION_DELAYED, else a non-delivery one;
  * headers (From: MAILER-DAEMON@hostname, To: the sender, Subject, Date,
  * Message-ID built from id, Auto-Submitted, MIME-Version), a text part, a
  * message/delivery-status part and a text/rfc822-headers part holding
@@ -71,10 +81,11 @@ struct dsn_job;
 typedef void (*dsn_sent_fn)(struct envelope *env, void *arg);
 
 /*
- * Sends a notification for orig's failed recipients (everything is copied;
- * orig may change or go after the call). Reads the original headers from
- * the queue on a worker thread, composes, and commits; logs
- * "ID: sender non-delivery notification: NEWID" on success. sent runs
+ * Sends a notification for orig's failed or delayed recipients (everything
+ * is copied; orig may change or go after the call). Reads the original
+ * headers from the queue on a worker thread, composes, and commits; logs
+ * "ID: sender non-delivery notification: NEWID" (or "sender delay
+ * notification") on success. sent runs
  * exactly once, never from inside this call, unless the job is cancelled.
  */
 struct dsn_job *dsn_send(struct queue *q, struct worker *w,

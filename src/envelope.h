@@ -32,6 +32,8 @@ enum envelope_flags {
 	ENVELOPE_SMTPUTF8 = 1 << 1, /* SMTPUTF8 */
 	ENVELOPE_BOUNCE = 1 << 2,   /* a DSN we made: never bounce it */
 	ENVELOPE_HOLD = 1 << 3,     /* on hold: not scheduled */
+	ENVELOPE_DELAY_WARNED = 1 << 4, /* the sender got its delay
+	                               notification (delay_warning) */
 };
 
 struct envelope {

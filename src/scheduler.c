@@ -43,6 +43,13 @@
  * accepted is never sent again because of a local error. A local shortage
  * of descriptors (opening the body, connecting: OC_RESOURCE) is not an
  * attempt: the message waits SCHED_LOCAL_RETRY seconds and is taken again.
+ * A message that still has pending recipients after an attempt and is older
+ * than delay_warning gets one delay notification (Action: delayed) for
+ * them, unless dsn_wanted() refuses; ENVELOPE_DELAY_WARNED, set before the
+ * state record is appended and so written in it, makes it once per
+ * message across restarts. As with bounces, the notification is committed
+ * first: a crash before the record can send a second warning but never
+ * loses the first.
  *
  * Missing or rejected credentials (OC_NOCRED, OC_AUTH) back the relay off
  * like a connection failure, so the same rejected password is not tried
@@ -176,7 +183,7 @@ struct sched_msg {
 	                            retried at once: no second time in a
 	                            row */
 	unsigned char *tried;    /* per recipient, for this attempt */
-	struct dsn_job *dsn;     /* bounce in progress */
+	struct dsn_job *dsn;     /* bounce or delay warning in progress */
 	TAILQ_ENTRY(sched_msg) all;
 	TAILQ_ENTRY(sched_msg) ready;
 };
@@ -618,16 +625,86 @@ msg_updated(int error, void *arg)
 	sched_kick(s);
 }
 
-/* Writes the outcome of the attempt: removal or the next try. */
+static void msg_persist_now(struct scheduler *, struct sched_msg *);
+
+int
+scheduler_delay_warning_due(const struct envelope *env,
+    unsigned delay_warning, time_t now)
+{
+	if (delay_warning == 0 || (env->flags & ENVELOPE_DELAY_WARNED))
+		return 0;
+	if (!dsn_wanted(env) || envelope_count(env, RCPT_PENDING) == 0)
+		return 0;
+	return now - env->created >= (time_t)delay_warning;
+}
+
+static void
+msg_warned(struct envelope *dsn, void *arg)
+{
+	struct sched_msg *m = arg;
+	struct scheduler *s = m->s;
+
+	m->dsn = NULL;
+	if (dsn != NULL)
+		scheduler_add(s, dsn);
+	else
+		/* Not sent: try again after the next attempt. */
+		m->env->flags &= ~(unsigned)ENVELOPE_DELAY_WARNED;
+	msg_persist_now(s, m);
+}
+
+/* Sends the delay notification for the pending recipients of m. */
+static void
+msg_warn_delay(struct scheduler *s, struct sched_msg *m)
+{
+	struct envelope *env = m->env;
+	struct dsn_rcpt *dr;
+	size_t i, n = 0;
+
+	dr = xcalloc(env->nrcpts > 0 ? env->nrcpts : 1, sizeof(*dr));
+	for (i = 0; i < env->nrcpts; i++) {
+		const struct envelope_rcpt *r = &env->rcpts[i];
+
+		if (r->status != RCPT_PENDING)
+			continue;
+		dr[n].addr = r->addr;
+		dr[n].status = r->dsn;
+		if (dsn_is_server_reply(r->reply))
+			dr[n].diagnostic = r->reply;
+		dr[n].reason = r->reply != NULL ? r->reply :
+		    "not yet delivered";
+		dr[n].action = DSN_ACTION_DELAYED;
+		dr[n].retry_until = env->created + (time_t)s->cfg->lifetime;
+		n++;
+	}
+	env->flags |= ENVELOPE_DELAY_WARNED;
+	m->dsn = dsn_send(s->q, s->w, env, dr, n, s->cfg->hostname,
+	    msg_warned, m);
+	free(dr);
+}
+
+/* Writes the outcome of the attempt: removal, or a delay warning when one
+ * is due and then the next try. */
 static void
 msg_persist(struct scheduler *s, struct sched_msg *m)
+{
+	free(m->tried);
+	m->tried = NULL;
+	msg_set_state(m, MSG_FINISHING);
+	if (scheduler_delay_warning_due(m->env, s->cfg->delay_warning,
+	    time(NULL))) {
+		msg_warn_delay(s, m);
+		return;
+	}
+	msg_persist_now(s, m);
+}
+
+static void
+msg_persist_now(struct scheduler *s, struct sched_msg *m)
 {
 	struct envelope *env = m->env;
 	unsigned delay;
 
-	free(m->tried);
-	m->tried = NULL;
-	msg_set_state(m, MSG_FINISHING);
 	if (envelope_count(env, RCPT_PENDING) == 0) {
 		queue_remove(s->q, env->id, msg_removed, m);
 		return;

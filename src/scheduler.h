@@ -103,6 +103,12 @@ void scheduler_relays(struct scheduler *s,
     void (*each)(const struct scheduler_relay_state *st, void *arg),
     void *arg);
 
+/* Pure: 1 if env is due its one delay notification at now: delay_warning
+ * is not 0, env is at least that old, has pending recipients, was not
+ * warned about yet (ENVELOPE_DELAY_WARNED) and dsn_wanted() agrees. */
+int scheduler_delay_warning_due(const struct envelope *env,
+    unsigned delay_warning, time_t now);
+
 /* Pure backoff: delay before attempt number attempts+1, doubling from
  * retry_min and clamped to retry_max. Exposed for tests. */
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,

@@ -12,6 +12,7 @@
 
 #include "dsn.h"
 #include "envelope.h"
+#include "message.h"
 #include "xmalloc.h"
 
 static struct envelope *
@@ -72,9 +73,10 @@ boundary_of(const char *msg, char *buf, size_t len)
 static const struct dsn_rcpt failed[] = {
 	{ "bad@example.net", "5.1.1",
 	    "550 5.1.1 <bad@example.net>: Recipient address rejected",
-	    "mx.example.net", NULL },
+	    "mx.example.net", NULL, DSN_ACTION_FAILED, 0 },
 	{ "slow@example.net", "4.4.1", NULL, NULL,
-	    "delivery time expired (last error: connect refused)" },
+	    "delivery time expired (last error: connect refused)",
+	    DSN_ACTION_FAILED, 0 },
 };
 
 static char *
@@ -180,7 +182,7 @@ Test(dsn, crlf_only_and_no_header_injection)
 	struct envelope *orig = orig_new("alice@example.org", 0);
 	struct dsn_rcpt evil = { "bad@example.net", "5.0.0",
 	    "550 no\r\nBcc: victim@example.org\r\n\r\nbody", "mx\r\nX: y",
-	    NULL };
+	    NULL, DSN_ACTION_FAILED, 0 };
 	char *msg;
 	size_t len;
 
@@ -276,4 +278,59 @@ Test(dsn, server_reply_detection)
 	cr_assert_not(dsn_is_server_reply("TLS: handshake failed"));
 	cr_assert_not(dsn_is_server_reply("5501 x"));
 	cr_assert_not(dsn_is_server_reply(NULL));
+}
+
+Test(dsn, delay_notification_says_delayed_with_retry_until)
+{
+	struct envelope *orig = orig_new("alice@example.org", 0);
+	struct dsn_rcpt slow[] = {
+		{ "slow@example.net", "4.4.1", NULL, NULL,
+		    "connect to 127.0.0.1: Connection refused",
+		    DSN_ACTION_DELAYED, 1700000000 + 5 * 86400 },
+		{ "busy@example.net", "", "451 4.3.0 try later",
+		    "mx.example.net", NULL, DSN_ACTION_DELAYED,
+		    1700000000 + 5 * 86400 },
+	};
+	char *msg, date[64], want[128];
+	size_t len;
+
+	msg = dsn_compose(orig, slow, 2, "Subject: hi\r\n", 13,
+	    "relay.test.example", "0CB24D1E7FE1F000", 1700000000 + 4 * 3600,
+	    &len);
+	cr_assert(crlf_only(msg, len));
+	cr_assert_not_null(strstr(msg,
+	    "Subject: Delayed Mail (still being retried)\r\n"));
+	cr_assert_null(strstr(msg, "Undelivered Mail"));
+	cr_assert_not_null(strstr(msg, "THIS IS A WARNING ONLY"));
+	cr_assert_not_null(strstr(msg, "delivered for 4 hour(s) 0 minute(s)"));
+	cr_assert_eq(count(msg, "Action: delayed\r\n"), 2);
+	cr_assert_null(strstr(msg, "Action: failed"));
+	cr_assert_not_null(strstr(msg, "Status: 4.4.1\r\n"));
+	/* A recipient without an enhanced code still gets a 4.x.x. */
+	cr_assert_not_null(strstr(msg, "Status: 4.0.0\r\n"));
+	cr_assert_not_null(strstr(msg,
+	    "Diagnostic-Code: smtp; 451 4.3.0 try later\r\n"));
+	message_date(1700000000 + 5 * 86400, date, sizeof(date));
+	snprintf(want, sizeof(want), "Will-Retry-Until: %s\r\n", date);
+	cr_assert_eq(count(msg, want), 2);
+	cr_assert_not_null(strstr(msg,
+	    "Content-Description: Delayed Message Headers\r\n"));
+	free(msg);
+	envelope_free(orig);
+}
+
+Test(dsn, failed_report_is_unchanged_by_delay_fields)
+{
+	struct envelope *orig = orig_new("alice@example.org", 0);
+	char *msg;
+	size_t len;
+
+	msg = compose(orig, "Subject: hi\r\n", &len);
+	cr_assert_null(strstr(msg, "Action: delayed"));
+	cr_assert_null(strstr(msg, "Will-Retry-Until"));
+	cr_assert_eq(count(msg, "Action: failed\r\n"), 2);
+	cr_assert_not_null(strstr(msg,
+	    "Subject: Undelivered Mail Returned to Sender\r\n"));
+	free(msg);
+	envelope_free(orig);
 }

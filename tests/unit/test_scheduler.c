@@ -522,13 +522,28 @@ watched_gone(void)
 	return only_dsn_left();
 }
 
+/* The text of env's message in the queue; caller frees. */
+static char *
+queued_text(struct envelope *env)
+{
+	char *text;
+	ssize_t r;
+	int fd;
+
+	fd = queue_body_open(q, env);
+	cr_assert_geq(fd, 0);
+	text = xcalloc(1, (size_t)env->body_size + 1);
+	r = pread(fd, text, (size_t)env->body_size, env->body_offset);
+	cr_assert_eq(r, env->body_size);
+	close(fd);
+	return text;
+}
+
 Test(deliver, expired_message_bounces_to_sender)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
 	char relays[512], *text;
 	struct envelope *env, *dsn;
-	ssize_t r;
-	int fd;
 
 	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
 	    "port = \"%d\"; tls = \"none\"; };", closed_port());
@@ -552,12 +567,7 @@ Test(deliver, expired_message_bounces_to_sender)
 	cr_assert_eq(dsn->nrcpts, 1);
 	cr_assert_str_eq(dsn->rcpts[0].addr, "alice@example.org");
 
-	fd = queue_body_open(q, dsn);
-	cr_assert_geq(fd, 0);
-	text = xcalloc(1, (size_t)dsn->body_size + 1);
-	r = pread(fd, text, (size_t)dsn->body_size, dsn->body_offset);
-	cr_assert_eq(r, dsn->body_size);
-	close(fd);
+	text = queued_text(dsn);
 	cr_assert_not_null(strstr(text, "To: <alice@example.org>\r\n"));
 	cr_assert_not_null(strstr(text,
 	    "Final-Recipient: rfc822; bob@example.net\r\n"));
@@ -567,6 +577,146 @@ Test(deliver, expired_message_bounces_to_sender)
 	cr_assert_null(strstr(text, "body\r\n"), "only the headers return");
 	free(text);
 	envelope_free(dsn);
+}
+
+static unsigned watched_min_attempts;
+
+/* The watched message was tried often enough and its last state record
+ * is on disk (the flush after the record's append has run). */
+static int
+watched_retried(void)
+{
+	refresh(&watched);
+	return watched->attempts >= watched_min_attempts;
+}
+
+/* Splits loaded[] into the original and the notifications (counted). */
+static struct envelope *
+loaded_split(struct envelope **dsn, size_t *ndsn)
+{
+	struct envelope *orig = NULL;
+	size_t i;
+
+	*ndsn = 0;
+	for (i = 0; i < nloaded; i++) {
+		if (loaded[i]->flags & ENVELOPE_BOUNCE) {
+			*dsn = loaded[i];
+			(*ndsn)++;
+		} else
+			orig = loaded[i];
+	}
+	cr_assert_not_null(orig);
+	return orig;
+}
+
+Test(deliver, delay_warning_is_sent_once_and_survives_restart)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512], id[ENVELOPE_ID_MAX], dir[256], *text;
+	struct envelope *env, *orig, *dsn = NULL;
+	size_t ndsn, i;
+	unsigned attempts;
+
+	snprintf(dir, sizeof(dir), "%s/queue", spool);
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; };", closed_port());
+	load_config(relays, "retry_min = 1; retry_max = 1; lifetime = \"1h\"; "
+	    "delay_warning = 10;");
+	/* Older than delay_warning, far from its lifetime. */
+	env = enqueue("alice@example.org", rcpts,
+	    "Subject: slow\r\nX-Marker: kept\r\n\r\nbody\r\n",
+	    time(NULL) - 100);
+	snprintf(id, sizeof(id), "%s", env->id);
+	watched = envelope_dup(env);
+	watched_min_attempts = 3;
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_retried, 20), "not retried");
+	cr_assert(watched->flags & ENVELOPE_DELAY_WARNED);
+	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
+	envelope_free(watched);
+
+	/* Three attempts, one warning: the original and one notification. */
+	reload_queue();
+	cr_assert_eq(nloaded, 2);
+	orig = loaded_split(&dsn, &ndsn);
+	cr_assert_eq(ndsn, 1);
+	cr_assert_str_eq(orig->id, id);
+	cr_assert(orig->flags & ENVELOPE_DELAY_WARNED, "flag not persisted");
+	cr_assert_str_eq(dsn->sender, "");
+	cr_assert_str_eq(dsn->rcpts[0].addr, "alice@example.org");
+	text = queued_text(dsn);
+	cr_assert_not_null(strstr(text,
+	    "Subject: Delayed Mail (still being retried)\r\n"));
+	cr_assert_not_null(strstr(text, "Action: delayed\r\n"));
+	cr_assert_not_null(strstr(text, "Status: 4.4.1\r\n"));
+	cr_assert_not_null(strstr(text, "Will-Retry-Until: "));
+	cr_assert_not_null(strstr(text, "X-Marker: kept\r\n"));
+	free(text);
+
+	/* After a restart the flag holds: more attempts, no second one. */
+	w = worker_new(base, 2);
+	sched = scheduler_new(base, NULL, q, w, cfg);
+	attempts = orig->attempts;
+	watched = envelope_dup(orig);
+	watched_min_attempts = attempts + 2;
+	for (i = 0; i < nloaded; i++)
+		scheduler_add(sched, loaded[i]);
+	cr_assert(run_until(watched_retried, 20), "not retried after restart");
+	cr_assert_eq(dir_count(dir, NULL, 0), 2, "a second warning was queued");
+	envelope_free(watched);
+	watched = NULL;
+}
+
+Test(deliver, no_delay_warning_for_the_null_sender)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512], dir[256];
+	struct envelope *b;
+
+	snprintf(dir, sizeof(dir), "%s/queue", spool);
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; };", closed_port());
+	load_config(relays, "retry_min = 1; retry_max = 1; lifetime = \"1h\"; "
+	    "delay_warning = 10;");
+	b = enqueue("", rcpts, "Subject: b\r\n\r\nx\r\n", time(NULL) - 100);
+	watched = envelope_dup(b);
+	scheduler_add(sched, b);
+	watched_min_attempts = 2;
+	cr_assert(run_until(watched_retried, 20), "not retried");
+	cr_assert_eq(dir_count(dir, NULL, 0), 1);
+	cr_assert_not(watched->flags & ENVELOPE_DELAY_WARNED);
+	envelope_free(watched);
+	watched = NULL;
+}
+
+Test(delay_warning, due_rules)
+{
+	struct envelope *env = envelope_new();
+	time_t now = 1700000000;
+
+	free(env->sender);
+	env->sender = xstrdup("alice@example.org");
+	envelope_add_rcpt(env, "bob@example.net");
+	env->created = now - 3600;
+	cr_assert(scheduler_delay_warning_due(env, 3600, now));
+	cr_assert_not(scheduler_delay_warning_due(env, 3601, now),
+	    "not old enough");
+	cr_assert_not(scheduler_delay_warning_due(env, 0, now), "0 disables");
+	env->flags = ENVELOPE_DELAY_WARNED;
+	cr_assert_not(scheduler_delay_warning_due(env, 60, now), "once");
+	env->flags = ENVELOPE_BOUNCE;
+	cr_assert_not(scheduler_delay_warning_due(env, 60, now),
+	    "never about a notification");
+	env->flags = 0;
+	envelope_set_rcpt(env, 0, RCPT_SENT, "2.0.0", NULL);
+	cr_assert_not(scheduler_delay_warning_due(env, 60, now),
+	    "nothing pending");
+	envelope_set_rcpt(env, 0, RCPT_PENDING, "4.4.1", NULL);
+	free(env->sender);
+	env->sender = xstrdup("");
+	cr_assert_not(scheduler_delay_warning_due(env, 60, now),
+	    "never to the null sender");
+	envelope_free(env);
 }
 
 /* ---- a scripted SMTP server on the test's own loop ---- */
