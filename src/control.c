@@ -36,6 +36,7 @@
 #include "escape.h"
 #include "envelope.h"
 #include "log.h"
+#include "metrics.h"
 #include "xmalloc.h"
 
 /* Stop reading requests while this much output waits for the client. */
@@ -273,6 +274,41 @@ cmd_credentials_changed(struct control_client *cl, const char *arg,
 	return 0;
 }
 
+static void
+metrics_oldest_each(const struct envelope *env, void *arg)
+{
+	time_t *oldest = arg;
+
+	if (*oldest == 0 || env->created < *oldest)
+		*oldest = env->created;
+}
+
+/* The Prometheus text exposition (metrics.h), one data line per line. */
+static int
+cmd_metrics(struct control_client *cl, const char *arg, struct evbuffer *out,
+    char *err, size_t errlen)
+{
+	struct control *c = cl->c;
+	struct metrics_gauges g;
+	time_t oldest = 0, now = time(NULL);
+	char *text, *line, *next;
+
+	scheduler_foreach(c->sched, metrics_oldest_each, &oldest);
+	g.queued = scheduler_count(c->sched);
+	g.oldest_age = oldest != 0 && now > oldest ? (double)(now - oldest) :
+	    0;
+	g.sessions_active = c->server != NULL ?
+	    smtp_server_sessions(c->server) : 0;
+	text = metrics_format(&g);
+	for (line = text; *line != '\0'; line = next) {
+		next = strchr(line, '\n');
+		*next++ = '\0';
+		reply_line(out, "%s", line);
+	}
+	free(text);
+	return 0;
+}
+
 static const struct control_cmd {
 	const char *name;
 	int takes_arg;       /* exactly one argument, else none */
@@ -285,6 +321,7 @@ static const struct control_cmd {
 	{ "auth-forget", 1, "auth-forget HOST[:PORT]", cmd_auth_forget },
 	{ "credentials-changed", 0, "credentials-changed",
 	    cmd_credentials_changed },
+	{ "metrics", 0, "metrics", cmd_metrics },
 };
 
 /* ---- clients ---- */

@@ -28,6 +28,7 @@
  *	flush                make every queued message due now
  *	auth-forget HOST     forget that HOST[:PORT] requires authentication
  *	credentials-changed  re-read credentials, retry mail deferred for them
+ *	metrics              Prometheus text exposition (metrics.h)
  *
  * Everything runs on the loop thread; no command blocks.
  */

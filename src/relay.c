@@ -44,6 +44,7 @@
 
 #include "authinfo.h"
 #include "log.h"
+#include "metrics.h"
 #include "maildir.h"
 #include "relay.h"
 #include "sasl.h"
@@ -964,6 +965,7 @@ relay_log_rcpt(const struct envelope *env, size_t idx, const char *relay,
 	log_info("%s: to=<%s>, relay=%s, delay=%.1f, dsn=%s, status=%s (%s)",
 	    env->id, r->addr, relay, delay, r->dsn[0] != '\0' ? r->dsn :
 	    "4.0.0", status, text);
+	metrics_rcpt(relay, status, delay);
 }
 
 void

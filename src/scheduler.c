@@ -95,6 +95,7 @@
 #include "dsn.h"
 #include "failover.h"
 #include "log.h"
+#include "metrics.h"
 #include "relay.h"
 #include "scheduler.h"
 #include "xmalloc.h"
@@ -994,6 +995,8 @@ relay_backoff(struct scheduler *s, struct sched_relay *sr,
 	time_t now = time(NULL), deadline = 0;
 	unsigned delay;
 
+	if (o->class == OC_AUTH)
+		metrics_auth_failure(sr->name);
 	if (o->class == OC_NOCRED || o->class == OC_AUTH) {
 		sr->cred_wait = 1;
 		cred_timer_arm(s);

@@ -2,7 +2,7 @@
  * smarthostctl: the operator's tool. It reads the daemon's configuration
  * file for the control socket, the relays and the credential files, then
  * either talks to the running daemon over the control socket (status,
- * queue, flush, auth-forget, credentials-changed) or works alone:
+ * queue, flush, auth-forget, credentials-changed, metrics) or works alone:
  * "credentials" answers which authinfo entry the daemon would use for a
  * host, and "login" tries a user and password against a server and offers
  * to save them.
@@ -88,6 +88,8 @@ usage_print(FILE *f)
 	    "  auth-forget HOST[:PORT] forget that a relay requires "
 	    "authentication\n"
 	    "  credentials-changed     retry mail deferred for credentials\n"
+	    "  metrics                 counters, gauges and histograms "
+	    "(Prometheus text)\n"
 	    "  credentials HOST PORT [USER] [--show-secret]\n"
 	    "                          which authinfo entry would be used\n"
 	    "  login HOST[:PORT] [--user USER] [--file PATH]\n"
@@ -179,6 +181,15 @@ cmd_flush(int argc, char **argv)
 	if (argc != 1)
 		usage();
 	return daemon_call("flush", print_line, NULL);
+}
+
+/* Prometheus text exposition, as the daemon wrote it. */
+static int
+cmd_metrics(int argc, char **argv)
+{
+	if (argc != 1)
+		usage();
+	return daemon_call("metrics", print_line, NULL);
 }
 
 static int
@@ -1612,6 +1623,7 @@ static const struct command {
 	{ "flush", cmd_flush },
 	{ "auth-forget", cmd_auth_forget },
 	{ "credentials-changed", cmd_credentials_changed },
+	{ "metrics", cmd_metrics },
 	{ "credentials", cmd_credentials },
 	{ "login", cmd_login },
 	{ "import", cmd_import },

@@ -50,6 +50,7 @@
 #include "escape.h"
 #include "localaddr.h"
 #include "log.h"
+#include "metrics.h"
 #include "peercred.h"
 #include "queue.h"
 #include "rewrite.h"
@@ -121,6 +122,7 @@ struct commit {
 	TAILQ_ENTRY(commit) entry;
 	struct session *s;       /* NULL once the session is gone */
 	struct smtp_server *srv; /* NULL once the server is gone */
+	struct timespec started; /* for the commit latency metric */
 };
 
 struct txn {
@@ -601,6 +603,7 @@ txn_finish(struct session *s)
 	c = xcalloc(1, sizeof(*c));
 	c->s = s;
 	c->srv = s->srv;
+	clock_gettime(CLOCK_MONOTONIC, &c->started);
 	TAILQ_INSERT_TAIL(&s->srv->commits, c, entry);
 	s->commit = c;
 	qtxn = t->qtxn;
@@ -618,7 +621,12 @@ commit_done(int error, struct envelope *env, void *arg)
 	struct commit *c = arg;
 	struct session *s = c->s;
 	struct smtp_server *srv = c->srv;
+	struct timespec now;
 
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (error == 0)
+		metrics_accepted((double)(now.tv_sec - c->started.tv_sec) +
+		    (now.tv_nsec - c->started.tv_nsec) / 1e9);
 	if (srv != NULL)
 		TAILQ_REMOVE(&srv->commits, c, entry);
 	free(c);
@@ -1724,6 +1732,7 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 	}
 	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
 	srv->nsessions++;
+	metrics_session();
 
 	log_debug("smtp %u: connect from %s", s->id, s->client);
 	reply(s, "220 %s ESMTP smarthostd", s->hostname);

@@ -42,7 +42,8 @@ packages="build-essential autoconf automake autoconf-archive libtool
 	pkg-config libevent-dev libssl-dev libconfig-dev libsystemd-dev
 	libcriterion-dev swaks msmtp python3-aiosmtpd python3-pytest openssl
 	ca-certificates emacs-nox gnupg systemd postfix bsd-mailx git
-	git-email libmailtools-perl clang strace faketime iproute2"
+	git-email libmailtools-perl clang strace faketime iproute2
+	python3-prometheus-client"
 
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null |

@@ -1,5 +1,9 @@
-"""Operating the relay: delay warnings to the sender of stuck mail."""
+"""Operating the relay: delay warnings to the sender of stuck mail, and
+the metrics smarthostctl reads from the daemon."""
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from authharness import run_ctl, smarthostctl_binary
 from harness import (delivery_line, dsn_recipient_fields, make_message,
                      send_message, wait_until)
 
@@ -59,3 +63,73 @@ def test_no_delay_warning_to_the_null_sender(upstream_factory,
     daemon.wait_log(delivery_line(qid, SLOW, "deferred"))
     upstream.assert_count_stays(0, settle=5)
     assert not daemon.log_lines("sender delay notification")
+
+
+def scrape(daemon):
+    """smarthostctl metrics, parsed: {(sample name, labels): value}."""
+    done = run_ctl(smarthostctl_binary(), daemon.config_path, "metrics")
+    assert done.returncode == 0, done.stderr
+    samples = {}
+    for family in text_string_to_metric_families(done.stdout):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            samples[key] = sample.value
+    return samples
+
+
+def test_metrics_count_a_known_mix(upstream_factory, daemon_factory):
+    good1, good2 = "good1@example.net", "good2@example.net"
+    bad = "bad@example.net"
+    upstream = upstream_factory(
+        rcpt_replies={bad: "550 5.1.1 no such user",
+                      SLOW: "451 4.3.0 mailbox busy, try later"})
+    daemon = daemon_factory(upstream.port)
+    sent = send_message(daemon, make_message("two", "Two good.\n"),
+                        recipients=(good1, good2))
+    bounced = send_message(daemon, make_message("bad", "Bounces.\n"),
+                           recipients=(bad,))
+    slow = send_message(daemon, make_message("slow", "Deferred.\n"),
+                        recipients=(SLOW,))
+    daemon.wait_log(delivery_line(slow, SLOW, "deferred"))
+    daemon.wait_log(rf"{bounced}: removed")
+    daemon.wait_log(rf"{sent}: removed")
+    # The upstream takes the slow recipient now.
+    del upstream.handler.rcpt_replies[SLOW]
+    daemon.flush()
+    daemon.wait_log(rf"{slow}: removed", timeout=20)
+    # The bounce's own delivery to the sender.
+    wait_until(lambda: len(upstream.messages) == 3, 20, "3 messages")
+    wait_until(lambda: len(daemon.log_lines(r"status=sent")) == 4, 20,
+               "4 sent lines")
+    wait_until(lambda: len(daemon.log_lines(r": removed")) == 4, 20,
+               "4 removals")
+
+    samples = scrape(daemon)
+    relay = (("relay", "127.0.0.1"),)
+    deferrals = len(daemon.log_lines(r"status=deferred"))
+    assert deferrals >= 1
+    assert samples[("smarthostd_accepted_total", ())] == 3
+    assert samples[("smarthostd_delivered_total", relay)] == 4
+    assert samples[("smarthostd_deferred_total", relay)] == deferrals
+    assert samples[("smarthostd_bounced_total", relay)] == 1
+    assert samples.get(("smarthostd_expired_total", relay), 0) == 0
+    assert samples.get(("smarthostd_auth_failures_total", relay), 0) == 0
+    assert samples[("smarthostd_sessions_total", ())] == 3
+    assert samples[("smarthostd_queue_messages", ())] == 0
+    assert samples[("smarthostd_queue_oldest_age_seconds", ())] == 0
+    assert samples[("smarthostd_commit_latency_seconds_count", ())] == 3
+    assert samples[("smarthostd_delivery_latency_seconds_count", ())] == 4
+    assert samples[("smarthostd_delivery_latency_seconds_bucket",
+                    (("le", "+Inf"),))] == 4
+
+
+def test_metrics_gauges_see_the_queue(upstream_factory, daemon_factory):
+    upstream = upstream_factory(start=False)
+    daemon = daemon_factory(upstream.port)
+    qid = send_message(daemon, make_message("queued", "Waits.\n"))
+    daemon.wait_log(delivery_line(qid, "b@example.net", "deferred"))
+    wait_until(lambda: scrape(daemon)[
+        ("smarthostd_queue_oldest_age_seconds", ())] >= 1, 10, "an age")
+    samples = scrape(daemon)
+    assert samples[("smarthostd_queue_messages", ())] == 1
+    assert samples[("smarthostd_sessions", ())] == 0

@@ -1,0 +1,51 @@
+/*
+ * Counters, gauges and histograms of the running daemon, and their
+ * Prometheus text exposition (format 0.0.4), for `smarthostctl metrics`.
+ *
+ * One process-wide set, touched only on the loop thread: the modules that
+ * see an event count it (smtp_server: sessions, accepted messages and the
+ * commit latency; relay_log_rcpt: every recipient outcome, per relay, and
+ * the delivery latency of the sent ones; the scheduler: rejected
+ * credentials per relay). Gauges are read at exposition time from the
+ * caller. Counts start at 0 with the process.
+ */
+#ifndef SMARTHOST_METRICS_H
+#define SMARTHOST_METRICS_H
+
+#include <stddef.h>
+
+/* An inbound SMTP session began. */
+void metrics_session(void);
+/* A message was committed to the queue, seconds after its commit began. */
+void metrics_accepted(double commit_seconds);
+/*
+ * One recipient's outcome as logged (status "sent", "deferred",
+ * "bounced" or "expired") through relay (the log's relay= text; only the
+ * part before '[' is the label), seconds after the message was queued.
+ * Other statuses are ignored.
+ */
+void metrics_rcpt(const char *relay, const char *status, double seconds);
+/* The upstream relay (its configured name) rejected our credentials. */
+void metrics_auth_failure(const char *relay);
+
+/* Values read when the exposition is made. */
+struct metrics_gauges {
+	size_t queued;             /* messages in the queue */
+	double oldest_age;         /* seconds; 0 with an empty queue */
+	unsigned sessions_active;  /* inbound sessions open now */
+};
+
+/* The exposition text (every line ends with LF), malloc'd; caller frees. */
+char *metrics_format(const struct metrics_gauges *g);
+
+/*
+ * Pure: writes value into out (outlen bytes) as a Prometheus label value
+ * (backslash, double quote and line feed escaped), cutting it rather than
+ * overflowing. Returns out.
+ */
+char *metrics_label_escape(char *out, size_t outlen, const char *value);
+
+/* Forgets every count (tests). */
+void metrics_reset(void);
+
+#endif
