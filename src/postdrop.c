@@ -32,6 +32,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -43,6 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ac-config.h"
 #include "config.h"
 #include "dropfile.h"
 #include "fileio.h"
@@ -208,10 +210,20 @@ untrusted:
 }
 
 static void
+usage_print(FILE *f)
+{
+	fprintf(f, "usage: smarthost-postdrop [-C config] [-f sender] "
+	    "-- recipient ...\n"
+	    "  -C, --config FILE    the configuration file\n"
+	    "  -f, --sender ADDRESS the envelope sender\n"
+	    "  -h, --help           this text\n"
+	    "  -V, --version        the version\n");
+}
+
+static void __attribute__((noreturn))
 usage(void)
 {
-	fprintf(stderr, "usage: smarthost-postdrop [-C config] [-f sender] "
-	    "-- recipient ...\n");
+	usage_print(stderr);
 	exit(EX_USAGE);
 }
 
@@ -374,6 +386,13 @@ main(int argc, char *argv[])
 {
 	struct config *cfg;
 	const char *file = DEFAULT_CONFIG;
+	static const struct option long_opts[] = {
+		{ "config", required_argument, NULL, 'C' },
+		{ "sender", required_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
 	char name[64], err[1024], trailer[DROPFILE_TRAILER_MAX];
 	char *hdr, *real = NULL;
 	struct out *o;
@@ -382,8 +401,15 @@ main(int argc, char *argv[])
 	int ch, i, fd;
 
 	sanitize();
-	while ((ch = getopt(argc, argv, "C:f:")) != -1) {
+	while ((ch = getopt_long(argc, argv, "C:f:hV", long_opts, NULL)) !=
+	    -1) {
 		switch (ch) {
+		case 'h':
+			usage_print(stdout);
+			return EX_OK;
+		case 'V':
+			printf("smarthost-postdrop %s\n", PACKAGE_VERSION);
+			return EX_OK;
 		case 'C':
 			file = optarg;
 			break;

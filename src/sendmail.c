@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ac-config.h"
 #include "config.h"
 #include "control.h"
 #include "localaddr.h"
@@ -57,7 +58,8 @@ usage_print(FILE *f)
 	    "usage: smarthost-sendmail [-tiv] [-C config] [-f sender] "
 	    "[-F name] [--] recipient ...\n"
 	    "       smarthost-sendmail -bs | -bp | -bi | -q [-C config]\n"
-	    "       mailq | newaliases\n");
+	    "       mailq | newaliases\n"
+	    "       smarthost-sendmail --help | --version\n");
 }
 
 /* ---- reading the message ---- */
@@ -450,6 +452,16 @@ main(int argc, char *argv[])
 
 	log_init("smarthost-sendmail", 0);
 	signal(SIGPIPE, SIG_IGN);
+	/* Only these two long options: every other argument is parsed as
+	 * sendmail parses it, where "--" ends the options. */
+	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+		usage_print(stdout);
+		return EX_OK;
+	}
+	if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+		printf("smarthost-sendmail %s\n", PACKAGE_VERSION);
+		return EX_OK;
+	}
 	if (submit_opts_parse(argc, argv, &opts, err, sizeof(err)) == -1) {
 		errmsg("%s", err);
 		usage_print(stderr);

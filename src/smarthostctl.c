@@ -46,6 +46,7 @@
 #include <openssl/crypto.h>
 
 #include "authinfo.h"
+#include "ac-config.h"
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
@@ -80,7 +81,11 @@ static void
 usage_print(FILE *f)
 {
 	fprintf(f,
-	    "usage: smarthostctl [-d] [-c file] command [argument ...]\n"
+	    "usage: smarthostctl [-dhV] [-c file] command [argument ...]\n"
+	    "  -c, --config FILE  the daemon's configuration file\n"
+	    "  -d, --debug        the SMTP trace of login and check\n"
+	    "  -h, --help         this text\n"
+	    "  -V, --version      the version\n"
 	    "commands:\n"
 	    "  status                  the daemon's state\n"
 	    "  queue | mailq           list queued messages\n"
@@ -1633,6 +1638,13 @@ int
 main(int argc, char *argv[])
 {
 	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+	static const struct option long_opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
 	const char *file = DEFAULT_CONFIG;
 	const struct command *cmd = NULL;
 	char err[1024];
@@ -1642,7 +1654,8 @@ main(int argc, char *argv[])
 	/* login holds a password in memory: no core file may keep it. */
 	if (daemon_disable_core_dumps() == -1)
 		perror("smarthostctl: cannot disable core dumps");
-	while ((ch = getopt(argc, argv, "+c:dh")) != -1) {
+	while ((ch = getopt_long(argc, argv, "+c:dhV", long_opts, NULL)) !=
+	    -1) {
 		switch (ch) {
 		case 'c':
 			file = optarg;
@@ -1652,6 +1665,9 @@ main(int argc, char *argv[])
 			break;
 		case 'h':
 			usage_print(stdout);
+			return EX_OK;
+		case 'V':
+			printf("smarthostctl %s\n", PACKAGE_VERSION);
 			return EX_OK;
 		default:
 			usage();

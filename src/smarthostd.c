@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <ftw.h>
+#include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -26,6 +27,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "ac-config.h"
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
@@ -61,9 +63,21 @@ struct daemon_state {
 };
 
 static void
+usage_print(FILE *f)
+{
+	fprintf(f,
+	    "usage: smarthostd [-dhtV] [-c file]\n"
+	    "  -c, --config FILE  the configuration file (default %s)\n"
+	    "  -d, --debug        stay in the foreground, log debug lines\n"
+	    "  -t, --test         check the configuration and exit\n"
+	    "  -h, --help         this text\n"
+	    "  -V, --version      the version\n", DEFAULT_CONFIG);
+}
+
+static void __attribute__((noreturn))
 usage(void)
 {
-	fprintf(stderr, "usage: smarthostd [-dt] [-c file]\n");
+	usage_print(stderr);
 	exit(EX_USAGE);
 }
 
@@ -416,6 +430,14 @@ main(int argc, char *argv[])
 	struct daemon_state d;
 	struct smtp_server_params sp;
 	struct control_params cp;
+	static const struct option long_opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "test", no_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
 	const char *file = DEFAULT_CONFIG;
 	struct passwd *pw = NULL;
 	gid_t maildrop_gid;
@@ -426,8 +448,14 @@ main(int argc, char *argv[])
 	memset(&d, 0, sizeof(d));
 	if (daemon_disable_core_dumps() == -1)
 		perror("smarthostd: cannot disable core dumps");
-	while ((ch = getopt(argc, argv, "c:dt")) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:dhtV", long_opts, NULL)) != -1) {
 		switch (ch) {
+		case 'h':
+			usage_print(stdout);
+			return EX_OK;
+		case 'V':
+			printf("smarthostd %s\n", PACKAGE_VERSION);
+			return EX_OK;
 		case 'c':
 			file = optarg;
 			break;
