@@ -35,14 +35,20 @@
 #include "control.h"
 #include "escape.h"
 #include "envelope.h"
+#include "json.h"
 #include "log.h"
 #include "metrics.h"
 #include "xmalloc.h"
 
 /* Stop reading requests while this much output waits for the client. */
 #define CONTROL_OUTPUT_PAUSE (1024 * 1024)
-/* Longest response line the client accepts. */
-#define CONTROL_REPLY_LINE_MAX (64 * 1024)
+/* Longest response line the client accepts: a JSON line holds a whole
+ * message's envelope. */
+#define CONTROL_REPLY_LINE_MAX (4 * 1024 * 1024)
+/* Message lines longer than this are shown as several lines. */
+#define CONTROL_BODY_LINE_MAX (64 * 1024)
+/* Most message ids one request may name. */
+#define CONTROL_IDS_MAX 64
 /* Longest piece of a bad request echoed back in an error. */
 #define CONTROL_ECHO_MAX 64
 
@@ -64,6 +70,9 @@ struct control {
 	ino_t ino;
 	struct scheduler *sched;
 	struct smtp_server *server;
+	struct queue *queue;
+	int (*reload)(void *, char *, size_t);
+	void *reload_arg;
 	uid_t uid;
 	time_t started;
 	TAILQ_HEAD(, control_client) clients;
@@ -134,10 +143,49 @@ iso_time(time_t t, char *buf, size_t len)
 
 /* ---- commands ---- */
 
-/* A command appends data lines to out and returns 0, or returns -1 with
- * the message of the error response in err. */
-typedef int control_cmd_fn(struct control_client *cl, const char *arg,
-    struct evbuffer *out, char *err, size_t errlen);
+/*
+ * A command appends data lines to out and returns 0, or returns -1 with
+ * the message of the error response in err (data lines it added are sent
+ * after the error line). argv holds the request's arguments, argc of
+ * them.
+ */
+typedef int control_cmd_fn(struct control_client *cl, int argc,
+    char **argv, struct evbuffer *out, char *err, size_t errlen);
+
+/* Takes "json" out of argv; 1 when it was there. */
+static int
+take_json(int *argc, char **argv)
+{
+	int i, found = 0, n = 0;
+
+	for (i = 0; i < *argc; i++) {
+		if (strcmp(argv[i], "json") == 0)
+			found = 1;
+		else
+			argv[n++] = argv[i];
+	}
+	*argc = n;
+	return found;
+}
+
+/* Appends the JSON object of a buffer as one data line. */
+static void
+json_line(struct evbuffer *out, struct evbuffer *obj)
+{
+	evbuffer_add(obj, "", 1);
+	reply_line(out, "%s", (const char *)evbuffer_pullup(obj, -1));
+	evbuffer_free(obj);
+}
+
+static struct evbuffer *
+json_new(void)
+{
+	struct evbuffer *b;
+
+	if ((b = evbuffer_new()) == NULL)
+		fatalx("%s: evbuffer_new", __func__);
+	return b;
+}
 
 static void
 status_auth_each(const char *host, const char *port, void *arg)
@@ -152,7 +200,7 @@ status_auth_each(const char *host, const char *port, void *arg)
 		    host, v6 ? "]" : "", port);
 }
 
-/* "relay: NAME STATE [since=T] [retry=T]" */
+/* "relay: NAME STATE [since=T] [retry=T] [sessions=N]" */
 static void
 status_relay_each(const struct scheduler_relay_state *st, void *arg)
 {
@@ -165,18 +213,98 @@ status_relay_each(const struct scheduler_relay_state *st, void *arg)
 	if (st->backoff_until > time(NULL))
 		snprintf(retry, sizeof(retry), " retry=%s",
 		    iso_time(st->backoff_until, t, sizeof(t)));
-	reply_line(out, "relay: %s %s%s%s", st->name, st->state, since,
-	    retry);
+	reply_line(out, "relay: %s %s%s%s sessions=%u", st->name, st->state,
+	    since, retry, st->sessions);
+}
+
+struct json_list {
+	struct evbuffer *b;
+	int n;
+};
+
+static void
+status_relay_json(const struct scheduler_relay_state *st, void *arg)
+{
+	struct json_list *l = arg;
+
+	if (l->n++ > 0)
+		evbuffer_add(l->b, ",", 1);
+	evbuffer_add(l->b, "{", 1);
+	json_key(l->b, 1, "name");
+	json_str(l->b, st->name);
+	json_key(l->b, 0, "state");
+	json_str(l->b, st->state);
+	json_key(l->b, 0, "down_since");
+	json_time(l->b, st->down_since);
+	json_key(l->b, 0, "backoff_until");
+	json_time(l->b, st->backoff_until > time(NULL) ? st->backoff_until :
+	    0);
+	json_key(l->b, 0, "sessions");
+	evbuffer_add_printf(l->b, "%u}", st->sessions);
+}
+
+static void
+status_auth_json(const char *host, const char *port, void *arg)
+{
+	struct json_list *l = arg;
+
+	if (l->n++ > 0)
+		evbuffer_add(l->b, ",", 1);
+	evbuffer_add(l->b, "{", 1);
+	json_key(l->b, 1, "host");
+	json_str(l->b, host);
+	json_key(l->b, 0, "port");
+	json_str(l->b, port != NULL && port[0] != '\0' ? port : NULL);
+	evbuffer_add(l->b, "}", 1);
+}
+
+static void
+status_json(struct control *c, struct evbuffer *out)
+{
+	struct json_list l = { json_new(), 0 };
+	time_t now = time(NULL);
+
+	evbuffer_add(l.b, "{", 1);
+	json_key(l.b, 1, "pid");
+	evbuffer_add_printf(l.b, "%ld", (long)getpid());
+	json_key(l.b, 0, "started");
+	json_time(l.b, c->started);
+	json_key(l.b, 0, "uptime");
+	evbuffer_add_printf(l.b, "%lld", (long long)(now > c->started ?
+	    now - c->started : 0));
+	json_key(l.b, 0, "queued");
+	evbuffer_add_printf(l.b, "%zu", scheduler_count(c->sched));
+	json_key(l.b, 0, "sessions");
+	evbuffer_add_printf(l.b, "%u", c->server != NULL ?
+	    smtp_server_sessions(c->server) : 0);
+	json_key(l.b, 0, "relays");
+	evbuffer_add(l.b, "[", 1);
+	scheduler_relays(c->sched, status_relay_json, &l);
+	evbuffer_add(l.b, "]", 1);
+	json_key(l.b, 0, "auth_required");
+	evbuffer_add(l.b, "[", 1);
+	l.n = 0;
+	scheduler_auth_required_list(c->sched, status_auth_json, &l);
+	evbuffer_add(l.b, "]}", 2);
+	json_line(out, l.b);
 }
 
 static int
-cmd_status(struct control_client *cl, const char *arg, struct evbuffer *out,
-    char *err, size_t errlen)
+cmd_status(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
 {
 	struct control *c = cl->c;
 	time_t now = time(NULL);
 	char buf[64];
 
+	if (take_json(&argc, argv) && argc == 0) {
+		status_json(c, out);
+		return 0;
+	}
+	if (argc != 0) {
+		snprintf(err, errlen, "usage: status [json]");
+		return -1;
+	}
 	reply_line(out, "pid: %ld", (long)getpid());
 	reply_line(out, "started: %s", iso_time(c->started, buf,
 	    sizeof(buf)));
@@ -198,10 +326,151 @@ static const char *const rcpt_status_names[] = {
 _Static_assert(sizeof(rcpt_status_names) / sizeof(*rcpt_status_names) ==
     RCPT_FAILED + 1, "rcpt_status_names out of date");
 
-static void
-queue_each(const struct envelope *env, void *arg)
+static const char *
+rcpt_status_name(enum rcpt_status st)
 {
-	struct evbuffer *out = arg;
+	return (size_t)st < sizeof(rcpt_status_names) /
+	    sizeof(*rcpt_status_names) ? rcpt_status_names[st] : "unknown";
+}
+
+/* The queue listing's filters ("queue" arguments). */
+struct queue_filter {
+	struct control *c;
+	struct evbuffer *out;
+	int json;
+	int held;              /* only held messages */
+	int deferred;          /* only messages tried at least once, not held */
+	const char *from;      /* sender contains, case-insensitive */
+	const char *to;        /* some recipient contains */
+	const char *relay;     /* the relay it goes to now */
+	long long older_than;  /* seconds; -1: any age */
+	size_t shown;
+};
+
+static int
+queue_filter_parse(struct queue_filter *f, int argc, char **argv,
+    char *err, size_t errlen)
+{
+	char *end;
+	int i;
+
+	f->older_than = -1;
+	for (i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "held") == 0)
+			f->held = 1;
+		else if (strcmp(argv[i], "deferred") == 0)
+			f->deferred = 1;
+		else if (strncmp(argv[i], "from=", 5) == 0)
+			f->from = argv[i] + 5;
+		else if (strncmp(argv[i], "to=", 3) == 0)
+			f->to = argv[i] + 3;
+		else if (strncmp(argv[i], "relay=", 6) == 0)
+			f->relay = argv[i] + 6;
+		else if (strncmp(argv[i], "older-than=", 11) == 0) {
+			errno = 0;
+			f->older_than = strtoll(argv[i] + 11, &end, 10);
+			if (errno != 0 || end == argv[i] + 11 || *end != '\0' ||
+			    f->older_than < 0) {
+				snprintf(err, errlen, "older-than takes "
+				    "seconds");
+				return -1;
+			}
+		} else {
+			char echo[CONTROL_ECHO_MAX + 1];
+
+			echo_copy(echo, sizeof(echo), argv[i]);
+			snprintf(err, errlen, "unknown queue filter \"%s\"",
+			    echo);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int
+queue_filter_match(const struct queue_filter *f, const struct envelope *env)
+{
+	const char *relay;
+	size_t i;
+
+	if (f->held && !(env->flags & ENVELOPE_HOLD))
+		return 0;
+	if (f->deferred && ((env->flags & ENVELOPE_HOLD) ||
+	    env->attempts == 0))
+		return 0;
+	if (f->from != NULL && strcasestr(env->sender, f->from) == NULL)
+		return 0;
+	if (f->older_than >= 0 &&
+	    time(NULL) - env->created < (time_t)f->older_than)
+		return 0;
+	if (f->relay != NULL && ((relay = scheduler_relay_of(f->c->sched,
+	    env)) == NULL || strcmp(relay, f->relay) != 0))
+		return 0;
+	if (f->to == NULL)
+		return 1;
+	for (i = 0; i < env->nrcpts; i++)
+		if (strcasestr(env->rcpts[i].addr, f->to) != NULL)
+			return 1;
+	return 0;
+}
+
+/* One message as a JSON object: the queue listing's and show's. */
+static void
+envelope_json(struct control *c, struct evbuffer *b,
+    const struct envelope *env)
+{
+	size_t i;
+
+	evbuffer_add(b, "{", 1);
+	json_key(b, 1, "id");
+	json_str(b, env->id);
+	json_key(b, 0, "sender");
+	json_str(b, env->sender);
+	json_key(b, 0, "size");
+	evbuffer_add_printf(b, "%lld", (long long)env->body_size);
+	json_key(b, 0, "arrival");
+	json_time(b, env->created);
+	json_key(b, 0, "attempts");
+	evbuffer_add_printf(b, "%u", env->attempts);
+	json_key(b, 0, "next_try");
+	json_time(b, (env->flags & ENVELOPE_HOLD) ? 0 : env->next_try == 0 ?
+	    time(NULL) : env->next_try);
+	json_key(b, 0, "held");
+	evbuffer_add_printf(b, "%s", (env->flags & ENVELOPE_HOLD) ? "true" :
+	    "false");
+	json_key(b, 0, "relay");
+	json_str(b, scheduler_relay_of(c->sched, env));
+	json_key(b, 0, "pinned_relay");
+	json_str(b, env->relay);
+	json_key(b, 0, "client");
+	json_str(b, env->client);
+	json_key(b, 0, "uid");
+	if (env->uid_known)
+		evbuffer_add_printf(b, "%lu", (unsigned long)env->uid);
+	else
+		evbuffer_add(b, "null", 4);
+	json_key(b, 0, "recipients");
+	evbuffer_add(b, "[", 1);
+	for (i = 0; i < env->nrcpts; i++) {
+		const struct envelope_rcpt *r = &env->rcpts[i];
+
+		evbuffer_add(b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
+		json_key(b, 1, "address");
+		json_str(b, r->addr);
+		json_key(b, 0, "status");
+		json_str(b, rcpt_status_name(r->status));
+		json_key(b, 0, "dsn");
+		json_str(b, r->dsn[0] != '\0' ? r->dsn : NULL);
+		json_key(b, 0, "reply");
+		json_str(b, r->reply);
+		evbuffer_add(b, "}", 1);
+	}
+	evbuffer_add(b, "]}", 2);
+}
+
+static void
+queue_text(const struct envelope *env, struct evbuffer *out)
+{
 	char created[32], next[32];
 	size_t i;
 
@@ -217,11 +486,9 @@ queue_each(const struct envelope *env, void *arg)
 	    (env->flags & ENVELOPE_HOLD) ? " held" : "");
 	for (i = 0; i < env->nrcpts; i++) {
 		const struct envelope_rcpt *r = &env->rcpts[i];
-		const char *st = (size_t)r->status < sizeof(rcpt_status_names) /
-		    sizeof(*rcpt_status_names) ? rcpt_status_names[r->status] :
-		    "unknown";
 
-		reply_line(out, "  to=<%s> status=%s%s%s%s%s%s", r->addr, st,
+		reply_line(out, "  to=<%s> status=%s%s%s%s%s%s", r->addr,
+		    rcpt_status_name(r->status),
 		    r->dsn[0] != '\0' ? " dsn=" : "", r->dsn,
 		    r->reply != NULL ? " (" : "",
 		    r->reply != NULL ? r->reply : "",
@@ -229,20 +496,302 @@ queue_each(const struct envelope *env, void *arg)
 	}
 }
 
-static int
-cmd_queue(struct control_client *cl, const char *arg, struct evbuffer *out,
-    char *err, size_t errlen)
+static void
+queue_each(const struct envelope *env, void *arg)
 {
-	scheduler_foreach(cl->c->sched, queue_each, out);
+	struct queue_filter *f = arg;
+	struct evbuffer *b;
+
+	if (!queue_filter_match(f, env))
+		return;
+	f->shown++;
+	if (!f->json) {
+		queue_text(env, f->out);
+		return;
+	}
+	b = json_new();
+	envelope_json(f->c, b, env);
+	json_line(f->out, b);
+}
+
+static int
+cmd_queue(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	struct queue_filter f;
+
+	memset(&f, 0, sizeof(f));
+	f.c = cl->c;
+	f.out = out;
+	f.json = take_json(&argc, argv);
+	if (queue_filter_parse(&f, argc, argv, err, errlen) == -1)
+		return -1;
+	scheduler_foreach(cl->c->sched, queue_each, &f);
+	return 0;
+}
+
+/* One message line as a data line, unescaped (smarthostctl makes it
+ * safe to print): only dot-stuffed. */
+static void
+show_data(struct evbuffer *out, const char *p, size_t len)
+{
+	if (len > 0 && p[0] == '.')
+		evbuffer_add(out, ".", 1);
+	evbuffer_add(out, p, len);
+	evbuffer_add(out, "\n", 1);
+}
+
+/* The message lines of env's body (CRLF taken off; a line longer than
+ * CONTROL_BODY_LINE_MAX is cut into several), up to the first empty line
+ * when headers_only. */
+static int
+show_body(struct control *c, const struct envelope *env, int headers_only,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	char buf[65536], *line;
+	off_t off = 0;
+	ssize_t n;
+	size_t i, len, llen = 0;
+	int fd, rc = 0;
+
+	/* XXX: read on the loop thread. A message is at most the size
+	 * limit and in the page cache as often as not; show is rare. */
+	if ((fd = queue_body_open(c->queue, env)) == -1) {
+		snprintf(err, errlen, "%s: cannot read the message: %s",
+		    env->id, strerror(errno));
+		return -1;
+	}
+	line = xmalloc(CONTROL_BODY_LINE_MAX);
+	while (off < env->body_size) {
+		len = env->body_size - off < (off_t)sizeof(buf) ?
+		    (size_t)(env->body_size - off) : sizeof(buf);
+		if ((n = pread(fd, buf, len, env->body_offset + off)) <= 0) {
+			snprintf(err, errlen, "%s: cannot read the message: "
+			    "%s", env->id, n == 0 ? "truncated" :
+			    strerror(errno));
+			rc = -1;
+			goto done;
+		}
+		off += n;
+		for (i = 0; i < (size_t)n; i++) {
+			if (buf[i] != '\n') {
+				if (llen == CONTROL_BODY_LINE_MAX) {
+					show_data(out, line, llen);
+					llen = 0;
+				}
+				line[llen++] = buf[i];
+				continue;
+			}
+			if (llen > 0 && line[llen - 1] == '\r')
+				llen--;
+			if (headers_only && llen == 0)
+				goto done;
+			show_data(out, line, llen);
+			llen = 0;
+		}
+	}
+	if (llen > 0)
+		show_data(out, line, llen);
+done:
+	free(line);
+	close(fd);
+	return rc;
+}
+
+static void
+show_envelope(struct control *c, const struct envelope *env,
+    struct evbuffer *out)
+{
+	char t[32];
+	const char *relay = scheduler_relay_of(c->sched, env);
+	size_t i;
+
+	reply_line(out, "id: %s", env->id);
+	reply_line(out, "sender: <%s>", env->sender);
+	reply_line(out, "size: %lld", (long long)env->body_size);
+	reply_line(out, "arrival: %s", iso_time(env->created, t, sizeof(t)));
+	reply_line(out, "attempts: %u", env->attempts);
+	if (env->flags & ENVELOPE_HOLD)
+		reply_line(out, "next-try: never (held)");
+	else
+		reply_line(out, "next-try: %s", env->next_try == 0 ||
+		    env->next_try <= time(NULL) ? "now" :
+		    iso_time(env->next_try, t, sizeof(t)));
+	reply_line(out, "held: %s", (env->flags & ENVELOPE_HOLD) ? "yes" :
+	    "no");
+	reply_line(out, "relay: %s%s", relay != NULL ? relay :
+	    "(not configured)", env->relay != NULL ? " (pinned)" : "");
+	if (env->client != NULL)
+		reply_line(out, "client: %s", env->client);
+	if (env->uid_known)
+		reply_line(out, "uid: %lu", (unsigned long)env->uid);
+	for (i = 0; i < env->nrcpts; i++) {
+		const struct envelope_rcpt *r = &env->rcpts[i];
+
+		reply_line(out, "recipient: <%s> %s%s%s%s%s", r->addr,
+		    rcpt_status_name(r->status),
+		    r->dsn[0] != '\0' ? " " : "", r->dsn,
+		    r->reply != NULL ? " " : "",
+		    r->reply != NULL ? r->reply : "");
+	}
+}
+
+/* show ID [headers] [json]: the envelope (key: value lines, or one JSON
+ * line), an empty line, then the message. */
+static int
+cmd_show(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	const struct envelope *env;
+	struct evbuffer *b;
+	int json, headers = 0;
+
+	json = take_json(&argc, argv);
+	if (argc == 2 && strcmp(argv[1], "headers") == 0)
+		headers = 1;
+	else if (argc != 1) {
+		snprintf(err, errlen, "usage: show ID [headers] [json]");
+		return -1;
+	}
+	if ((env = scheduler_find(cl->c->sched, argv[0])) == NULL) {
+		snprintf(err, errlen, "%s: no such message", argv[0]);
+		return -1;
+	}
+	if (json) {
+		b = json_new();
+		envelope_json(cl->c, b, env);
+		json_line(out, b);
+	} else
+		show_envelope(cl->c, env, out);
+	reply_line(out, "%s", "");
+	return show_body(cl->c, env, headers, out, err, errlen);
+}
+
+/* The reason a per-message operation failed (scheduler.h's errno). */
+static const char *
+msg_op_error(int error, const char *op)
+{
+	switch (error) {
+	case ENOENT:
+		return "no such message";
+	case EBUSY:
+		return "being delivered now; try again when the attempt is "
+		    "over";
+	case EALREADY:
+		return strcmp(op, "hold") == 0 ? "already held" : "not held";
+	case EPERM:
+		return "held; release it first";
+	}
+	return strerror(error);
+}
+
+/*
+ * Runs op on each id: one data line "ID: OP-ED" or "ID: REASON" each.
+ * Fails (after doing the rest) when one did, naming how many.
+ */
+static int
+msg_ops(struct control_client *cl, int argc, char **argv,
+    int (*op)(struct scheduler *, const char *), const char *name,
+    const char *done, struct evbuffer *out, char *err, size_t errlen)
+{
+	int i, failed = 0;
+
+	if (argc < 1 || argc > CONTROL_IDS_MAX) {
+		snprintf(err, errlen, "usage: %s ID... (at most %d)", name,
+		    CONTROL_IDS_MAX);
+		return -1;
+	}
+	for (i = 0; i < argc; i++) {
+		if (op(cl->c->sched, argv[i]) == -1) {
+			reply_line(out, "%s: %s", argv[i],
+			    msg_op_error(errno, name));
+			failed++;
+			continue;
+		}
+		log_info("control: %s %s, requested by uid %lu", name,
+		    argv[i], cl->uid);
+		reply_line(out, "%s: %s", argv[i], done);
+	}
+	if (failed > 0) {
+		snprintf(err, errlen, "%s failed for %d of %d message%s", name,
+		    failed, argc, argc == 1 ? "" : "s");
+		return -1;
+	}
 	return 0;
 }
 
 static int
-cmd_flush(struct control_client *cl, const char *arg, struct evbuffer *out,
-    char *err, size_t errlen)
+cmd_hold(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	return msg_ops(cl, argc, argv, scheduler_hold, "hold", "held", out,
+	    err, errlen);
+}
+
+static int
+cmd_release(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	return msg_ops(cl, argc, argv, scheduler_release, "release",
+	    "released", out, err, errlen);
+}
+
+struct id_list {
+	char **ids;
+	size_t n;
+};
+
+static void
+collect_id(const struct envelope *env, void *arg)
+{
+	struct id_list *l = arg;
+
+	l->ids = xreallocarray(l->ids, l->n + 1, sizeof(*l->ids));
+	l->ids[l->n++] = xstrdup(env->id);
+}
+
+/* delete ID... | delete all: messages being delivered are left alone
+ * (and named); the rest are removed without a bounce. */
+static int
+cmd_delete(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	struct id_list l = { NULL, 0 };
+	size_t i, kept = 0;
+
+	if (argc != 1 || strcmp(argv[0], "all") != 0)
+		return msg_ops(cl, argc, argv, scheduler_delete, "delete",
+		    "deleted", out, err, errlen);
+	scheduler_foreach(cl->c->sched, collect_id, &l);
+	for (i = 0; i < l.n; i++) {
+		if (scheduler_delete(cl->c->sched, l.ids[i]) == -1) {
+			reply_line(out, "%s: %s", l.ids[i],
+			    msg_op_error(errno, "delete"));
+			kept++;
+		} else
+			reply_line(out, "%s: deleted", l.ids[i]);
+		free(l.ids[i]);
+	}
+	free(l.ids);
+	log_info("control: deleted %zu message%s, requested by uid %lu",
+	    l.n - kept, l.n - kept == 1 ? "" : "s", cl->uid);
+	if (kept > 0) {
+		snprintf(err, errlen, "%zu message%s being delivered were "
+		    "kept", kept, kept == 1 ? "" : "s");
+		return -1;
+	}
+	return 0;
+}
+
+static int
+cmd_flush(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
 {
 	size_t n = scheduler_count(cl->c->sched);
 
+	if (argc > 0)
+		return msg_ops(cl, argc, argv, scheduler_flush_one, "flush",
+		    "due now", out, err, errlen);
 	log_info("control: flushing the queue (%zu message%s), requested by "
 	    "uid %lu", n, n == 1 ? "" : "s", cl->uid);
 	scheduler_flush(cl->c->sched);
@@ -251,21 +800,33 @@ cmd_flush(struct control_client *cl, const char *arg, struct evbuffer *out,
 }
 
 static int
-cmd_auth_forget(struct control_client *cl, const char *arg,
+cmd_reload(struct control_client *cl, int argc, char **argv,
     struct evbuffer *out, char *err, size_t errlen)
 {
-	if (scheduler_auth_forget(cl->c->sched, arg) == -1) {
-		snprintf(err, errlen, "%s is not marked as requiring "
-		    "authentication", arg);
+	log_info("control: reload requested by uid %lu", cl->uid);
+	if (cl->c->reload == NULL) {
+		snprintf(err, errlen, "reload is not available");
 		return -1;
 	}
-	log_info("control: forgot that %s requires authentication", arg);
-	reply_line(out, "forgotten: %s", arg);
+	return cl->c->reload(cl->c->reload_arg, err, errlen);
+}
+
+static int
+cmd_auth_forget(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
+{
+	if (scheduler_auth_forget(cl->c->sched, argv[0]) == -1) {
+		snprintf(err, errlen, "%s is not marked as requiring "
+		    "authentication", argv[0]);
+		return -1;
+	}
+	log_info("control: forgot that %s requires authentication", argv[0]);
+	reply_line(out, "forgotten: %s", argv[0]);
 	return 0;
 }
 
 static int
-cmd_credentials_changed(struct control_client *cl, const char *arg,
+cmd_credentials_changed(struct control_client *cl, int argc, char **argv,
     struct evbuffer *out, char *err, size_t errlen)
 {
 	log_info("control: credentials changed; retrying mail deferred for "
@@ -285,8 +846,8 @@ metrics_oldest_each(const struct envelope *env, void *arg)
 
 /* The Prometheus text exposition (metrics.h), one data line per line. */
 static int
-cmd_metrics(struct control_client *cl, const char *arg, struct evbuffer *out,
-    char *err, size_t errlen)
+cmd_metrics(struct control_client *cl, int argc, char **argv,
+    struct evbuffer *out, char *err, size_t errlen)
 {
 	struct control *c = cl->c;
 	struct metrics_gauges g;
@@ -309,19 +870,31 @@ cmd_metrics(struct control_client *cl, const char *arg, struct evbuffer *out,
 	return 0;
 }
 
+/* How many arguments a command takes. */
+enum control_args {
+	ARGS_NONE,
+	ARGS_ONE,
+	ARGS_ANY,   /* zero or more, the command checks them */
+};
+
 static const struct control_cmd {
 	const char *name;
-	int takes_arg;       /* exactly one argument, else none */
+	enum control_args args;
 	const char *usage;
 	control_cmd_fn *run;
 } control_cmds[] = {
-	{ "status", 0, "status", cmd_status },
-	{ "queue", 0, "queue", cmd_queue },
-	{ "flush", 0, "flush", cmd_flush },
-	{ "auth-forget", 1, "auth-forget HOST[:PORT]", cmd_auth_forget },
-	{ "credentials-changed", 0, "credentials-changed",
+	{ "status", ARGS_ANY, "status [json]", cmd_status },
+	{ "queue", ARGS_ANY, "queue [FILTER...] [json]", cmd_queue },
+	{ "show", ARGS_ANY, "show ID [headers] [json]", cmd_show },
+	{ "hold", ARGS_ANY, "hold ID...", cmd_hold },
+	{ "release", ARGS_ANY, "release ID...", cmd_release },
+	{ "delete", ARGS_ANY, "delete ID...|all", cmd_delete },
+	{ "flush", ARGS_ANY, "flush [ID...]", cmd_flush },
+	{ "reload", ARGS_NONE, "reload", cmd_reload },
+	{ "auth-forget", ARGS_ONE, "auth-forget HOST[:PORT]", cmd_auth_forget },
+	{ "credentials-changed", ARGS_NONE, "credentials-changed",
 	    cmd_credentials_changed },
-	{ "metrics", 0, "metrics", cmd_metrics },
+	{ "metrics", ARGS_NONE, "metrics", cmd_metrics },
 };
 
 /* ---- clients ---- */
@@ -361,8 +934,10 @@ client_request(struct control_client *cl, char *line, size_t len)
 {
 	struct evbuffer *data, *out = bufferevent_get_output(cl->bev);
 	const struct control_cmd *cmd;
-	char err[512], echo[CONTROL_ECHO_MAX + 1], *arg, *end;
+	char err[512], echo[CONTROL_ECHO_MAX + 1], *argv[CONTROL_IDS_MAX + 8];
+	char *p;
 	size_t i;
+	int argc = 0;
 
 	for (i = 0; i < len; i++) {
 		if ((unsigned char)line[i] < 0x20 && line[i] != '\t') {
@@ -371,48 +946,46 @@ client_request(struct control_client *cl, char *line, size_t len)
 			return;
 		}
 	}
-	/* COMMAND, then at most one argument, blanks around both. */
-	while (*line == ' ' || *line == '\t')
-		line++;
-	end = line + strlen(line);
-	while (end > line && (end[-1] == ' ' || end[-1] == '\t'))
-		*--end = '\0';
-	if (*line == '\0') {
+	/* COMMAND, then its arguments, separated by blanks. */
+	for (p = strtok(line, " \t"); p != NULL; p = strtok(NULL, " \t")) {
+		if (argc == (int)(sizeof(argv) / sizeof(*argv))) {
+			client_error(cl, "too many arguments");
+			return;
+		}
+		argv[argc++] = p;
+	}
+	if (argc == 0) {
 		client_error(cl, "empty request");
 		return;
 	}
-	arg = line + strcspn(line, " \t");
-	if (*arg != '\0') {
-		*arg++ = '\0';
-		arg += strspn(arg, " \t");
-	}
 	for (i = 0; i < sizeof(control_cmds) / sizeof(*control_cmds); i++)
-		if (strcmp(control_cmds[i].name, line) == 0)
+		if (strcmp(control_cmds[i].name, argv[0]) == 0)
 			break;
 	if (i == sizeof(control_cmds) / sizeof(*control_cmds)) {
-		echo_copy(echo, sizeof(echo), line);
+		echo_copy(echo, sizeof(echo), argv[0]);
 		snprintf(err, sizeof(err), "unknown command \"%s\"", echo);
 		client_error(cl, err);
 		return;
 	}
 	cmd = &control_cmds[i];
-	if ((cmd->takes_arg && (*arg == '\0' || arg[strcspn(arg, " \t")] !=
-	    '\0')) || (!cmd->takes_arg && *arg != '\0')) {
+	if ((cmd->args == ARGS_ONE && argc != 2) ||
+	    (cmd->args == ARGS_NONE && argc != 1)) {
 		snprintf(err, sizeof(err), "usage: %s", cmd->usage);
 		client_error(cl, err);
 		return;
 	}
 	log_debug("control: uid %lu: %s%s%s", cl->uid, cmd->name,
-	    cmd->takes_arg ? " " : "", cmd->takes_arg ? arg : "");
+	    argc > 1 ? " " : "", argc > 1 ? argv[1] : "");
 	if ((data = evbuffer_new()) == NULL)
 		fatalx("%s: evbuffer_new", __func__);
 	err[0] = '\0';
-	if (cmd->run(cl, arg, data, err, sizeof(err)) == 0) {
+	if (cmd->run(cl, argc - 1, argv + 1, data, err, sizeof(err)) == 0)
 		evbuffer_add(out, "ok\n", 3);
-		evbuffer_add_buffer(out, data);
-		evbuffer_add(out, ".\n", 2);
-	} else
-		client_error(cl, err[0] != '\0' ? err : "failed");
+	else
+		evbuffer_add_printf(out, "error %s\n", err[0] != '\0' ? err :
+		    "failed");
+	evbuffer_add_buffer(out, data);
+	evbuffer_add(out, ".\n", 2);
 	evbuffer_free(data);
 }
 
@@ -721,6 +1294,9 @@ control_new(struct event_base *base, const struct control_params *params,
 	c->path = xstrdup(params->path);
 	c->sched = params->scheduler;
 	c->server = params->server;
+	c->queue = params->queue;
+	c->reload = params->reload;
+	c->reload_arg = params->reload_arg;
 	c->uid = params->uid;
 	c->started = params->started;
 	TAILQ_INIT(&c->clients);

@@ -41,6 +41,7 @@
 #include <sys/types.h>
 #include <event2/event.h>
 
+#include "queue.h"
 #include "scheduler.h"
 #include "smtp_server.h"
 
@@ -57,6 +58,11 @@ struct control_params {
 	const char *path;             /* socket path; copied */
 	struct scheduler *scheduler;  /* borrowed; must outlive control */
 	struct smtp_server *server;   /* borrowed; NULL: 0 sessions shown */
+	struct queue *queue;          /* borrowed; for show's message */
+	/* reload: re-reads the configuration; 0, or -1 with a reason in
+	 * err (the running configuration is kept). NULL: unavailable. */
+	int (*reload)(void *arg, char *err, size_t errlen);
+	void *reload_arg;
 	uid_t uid;                    /* may connect, besides root */
 	time_t started;               /* for the uptime in status */
 };

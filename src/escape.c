@@ -8,11 +8,10 @@
 
 #include "escape.h"
 
-/* The length of the well-formed UTF-8 sequence at s (at most len bytes)
- * encoding a printable code point (U+00A0 and up), or 0. */
-static size_t
-utf8_printable_len(const unsigned char *s, size_t len)
+size_t
+escape_utf8_len(const char *in, size_t len)
 {
+	const unsigned char *s = (const unsigned char *)in;
 	unsigned long cp;
 	size_t n, i;
 
@@ -35,7 +34,20 @@ utf8_printable_len(const unsigned char *s, size_t len)
 		cp = cp << 6 | (s[i] & 0x3f);
 	}
 	if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
-	    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || cp < 0xa0)
+	    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+/* The length of the well-formed UTF-8 sequence at s (at most len bytes)
+ * encoding a printable code point (U+00A0 and up), or 0: the C1 controls
+ * U+0080..U+009F are C2 80..C2 9F. */
+static size_t
+utf8_printable_len(const unsigned char *s, size_t len)
+{
+	size_t n = escape_utf8_len((const char *)s, len);
+
+	if (n == 2 && s[0] == 0xc2 && s[1] < 0xa0)
 		return 0;
 	return n;
 }

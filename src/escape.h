@@ -30,6 +30,10 @@ size_t escape_printable(char *out, size_t outsize, const char *in,
 /* The same for a NUL-terminated string. */
 size_t escape_str(char *out, size_t outsize, const char *in);
 
+/* The length (2 to 4) of the well-formed UTF-8 sequence of a code point
+ * from U+0080 up at in (len > 0 bytes there), or 0 when there is none. */
+size_t escape_utf8_len(const char *in, size_t len);
+
 /* 1 when in[0..len) has a byte that escape_printable() would escape. */
 int escape_needed(const char *in, size_t len);
 

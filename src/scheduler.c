@@ -244,6 +244,8 @@ struct scheduler {
 	uint32_t nrnames;
 	unsigned nloading;            /* load jobs on the worker pool */
 	size_t nunread;               /* found at start, not read yet */
+	struct envelope *found;       /* scheduler_find's last answer for
+	                                 a record, read from the queue */
 
 	TAILQ_HEAD(, sched_relay) relays;
 	unsigned nsessions;
@@ -1687,6 +1689,7 @@ scheduler_free(struct scheduler *s)
 	event_free(s->ev_deadline);
 	event_free(s->ev_cred);
 	free(s->heap);
+	envelope_free(s->found);
 	while (s->nrnames > 0)
 		free(s->rnames[--s->nrnames]);
 	free(s->rnames);
@@ -1927,4 +1930,244 @@ scheduler_credentials_changed(struct scheduler *s)
 			relay_retry_now(s, sr);
 		}
 	}
+}
+
+/* ---- one message by id (smarthostctl show, hold, release, delete) ---- */
+
+static struct sched_msg *
+msg_find(struct scheduler *s, uint64_t id)
+{
+	struct sched_msg *m;
+
+	TAILQ_FOREACH(m, &s->msgs, all)
+		if (m->id == id)
+			return m;
+	return NULL;
+}
+
+/* The heap index of id's record, or SIZE_MAX. A linear search: these are
+ * an operator's commands, not the delivery path. */
+static size_t
+rec_find(const struct scheduler *s, uint64_t id)
+{
+	size_t i;
+
+	for (i = 0; i < s->nheap; i++)
+		if (s->heap[i].id == id)
+			return i;
+	return SIZE_MAX;
+}
+
+static void
+heap_remove_at(struct scheduler *s, size_t i)
+{
+	if (--s->nheap == i)
+		return;
+	s->heap[i] = s->heap[s->nheap];
+	heap_down(s, i);
+	heap_up(s, i);
+}
+
+/* A queue id as the number records hold, or 0 when it is not one. */
+static uint64_t
+id_valid(const char *id)
+{
+	size_t n = strspn(id, "0123456789ABCDEF");
+
+	return n > 0 && n < ENVELOPE_ID_MAX && id[n] == '\0' ?
+	    id_parse(id) : 0;
+}
+
+const struct envelope *
+scheduler_find(struct scheduler *s, const char *id)
+{
+	struct sched_msg *m;
+	uint64_t n;
+	size_t i;
+
+	if ((n = id_valid(id)) == 0)
+		return NULL;
+	if ((m = msg_find(s, n)) != NULL && m->state != MSG_LOADING)
+		return m->env;
+	if ((i = rec_find(s, n)) == SIZE_MAX)
+		return NULL;
+	/* XXX: read on the loop thread, as scheduler_foreach does. */
+	envelope_free(s->found);
+	if ((s->found = queue_read(s->q, id)) != NULL &&
+	    !(s->heap[i].flags & (REC_UNREAD | REC_HELD)))
+		s->found->next_try = (time_t)s->heap[i].key;
+	return s->found;
+}
+
+const char *
+scheduler_relay_of(struct scheduler *s, const struct envelope *env)
+{
+	const struct relay_config *rc;
+
+	rc = env->relay != NULL ? config_relay(s->cfg, env->relay) :
+	    config_route(s->cfg, env->sender);
+	return rc != NULL ? rc->name : NULL;
+}
+
+/*
+ * The message with that id as an active message with its envelope, taken
+ * out of the schedule (its record out of the heap, read from the queue on
+ * this thread; or out of its relay's ready list) and FINISHING, so that a
+ * queue operation may start on it; NULL with errno (scheduler.h) for the
+ * others.
+ */
+static struct sched_msg *
+msg_take(struct scheduler *s, const char *id)
+{
+	struct sched_relay *sr;
+	struct sched_msg *m, *r;
+	struct sched_rec rec;
+	struct envelope *env;
+	uint64_t n;
+	size_t i;
+
+	if ((n = id_valid(id)) == 0) {
+		errno = ENOENT;
+		return NULL;
+	}
+	if ((m = msg_find(s, n)) != NULL) {
+		switch (m->state) {
+		case MSG_READY:
+			TAILQ_FOREACH(sr, &s->relays, entry) {
+				TAILQ_FOREACH(r, &sr->ready, ready)
+					if (r == m)
+						break;
+				if (r != NULL) {
+					TAILQ_REMOVE(&sr->ready, m, ready);
+					break;
+				}
+			}
+			msg_set_state(m, MSG_FINISHING);
+			return m;
+		case MSG_LOADING:
+		case MSG_INFLIGHT:
+		case MSG_FINISHING:
+			errno = EBUSY;
+			return NULL;
+		case MSG__COUNT:
+			fatalx("%s: bad state", __func__);
+		}
+	}
+	if ((i = rec_find(s, n)) == SIZE_MAX) {
+		errno = ENOENT;
+		return NULL;
+	}
+	/* XXX: read on the loop thread, as scheduler_foreach does. */
+	if ((env = queue_read(s->q, id)) == NULL)
+		return NULL;
+	rec = s->heap[i];
+	heap_remove_at(s, i);
+	if (rec.flags & REC_UNREAD)
+		unread_done(s, 1);
+	m = msg_new(s, n);
+	m->rec_flags = rec.flags;
+	m->env = env;
+	if (!(rec.flags & (REC_UNREAD | REC_HELD)))
+		env->next_try = (time_t)rec.key;
+	msg_link(s, m);
+	msg_set_state(m, MSG_FINISHING);
+	return m;
+}
+
+/* Whether id is held now: 1, 0, or -1 when it is not queued. */
+static int
+msg_is_held(struct scheduler *s, const char *id)
+{
+	struct sched_msg *m;
+	uint64_t n;
+	size_t i;
+
+	if ((n = id_valid(id)) == 0)
+		return -1;
+	if ((m = msg_find(s, n)) != NULL)
+		return m->env != NULL && (m->env->flags & ENVELOPE_HOLD);
+	if ((i = rec_find(s, n)) == SIZE_MAX)
+		return -1;
+	return (s->heap[i].flags & REC_HELD) != 0;
+}
+
+/* Persists a held or released message's flags; msg_updated parks it
+ * where they say (held: never due; released: due now). */
+static int
+msg_set_hold(struct scheduler *s, const char *id, int hold)
+{
+	struct sched_msg *m;
+	int held = msg_is_held(s, id);
+
+	if (held != -1 && held == (hold != 0)) {
+		errno = EALREADY;
+		return -1;
+	}
+	if ((m = msg_take(s, id)) == NULL)
+		return -1;
+	if (hold) {
+		m->env->flags |= ENVELOPE_HOLD;
+		log_info("%s: held", id);
+	} else {
+		m->env->flags &= ~(unsigned)ENVELOPE_HOLD;
+		m->env->next_try = 0;
+		log_info("%s: released", id);
+	}
+	queue_update(s->q, m->env, msg_updated, m);
+	return 0;
+}
+
+int
+scheduler_hold(struct scheduler *s, const char *id)
+{
+	return msg_set_hold(s, id, 1);
+}
+
+int
+scheduler_release(struct scheduler *s, const char *id)
+{
+	return msg_set_hold(s, id, 0);
+}
+
+int
+scheduler_delete(struct scheduler *s, const char *id)
+{
+	struct sched_msg *m;
+
+	if ((m = msg_take(s, id)) == NULL)
+		return -1;
+	log_info("%s: deleted by the administrator", id);
+	queue_remove(s->q, m->env->id, msg_removed, m);
+	return 0;
+}
+
+int
+scheduler_flush_one(struct scheduler *s, const char *id)
+{
+	struct sched_msg *m;
+	uint64_t n;
+	size_t i;
+
+	if ((n = id_valid(id)) == 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	if ((m = msg_find(s, n)) != NULL) {
+		if (m->state == MSG_LOADING || m->state == MSG_FINISHING)
+			m->flush = 1;
+		return 0;
+	}
+	if ((i = rec_find(s, n)) == SIZE_MAX) {
+		errno = ENOENT;
+		return -1;
+	}
+	if (s->heap[i].flags & REC_HELD) {
+		errno = EPERM;
+		return -1;
+	}
+	s->heap[i].key = 0;
+	s->heap[i].flags |= REC_FLUSHED;
+	heap_up(s, i);
+	sched_kick(s);
+	return 0;
 }

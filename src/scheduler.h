@@ -63,6 +63,38 @@ void scheduler_foreach(struct scheduler *s,
     void (*each)(const struct envelope *env, void *arg), void *arg);
 
 /*
+ * One message by queue id, for smarthostctl show, hold, release, delete
+ * and flush.
+ *
+ * scheduler_find returns the message's envelope (borrowed: valid until
+ * control returns to the loop), or NULL when no message has that id.
+ * scheduler_relay_of names the relay a message would be tried on now
+ * (its pinned relay, else its sender's route, else the default relay;
+ * failover aside), or NULL when that relay is not configured.
+ *
+ * The others return 0, or -1 with errno:
+ *	ENOENT    no message has that id
+ *	EBUSY     it is being delivered, or its state is being written:
+ *	          try again when the attempt is over
+ *	EALREADY  hold of a held message, release of one not held
+ *	EPERM     flush of a held message (release it instead)
+ * scheduler_hold takes a waiting message out of the schedule and
+ * persists ENVELOPE_HOLD with its state: held mail is never tried, and
+ * its lifetime is only checked after an attempt, so it never expires
+ * while held, across restarts too. scheduler_release clears the flag,
+ * persists that and makes the message due now. scheduler_delete removes
+ * the message from the spool without a bounce. scheduler_flush_one makes
+ * one message due now (its relay's backoff stays).
+ */
+const struct envelope *scheduler_find(struct scheduler *s, const char *id);
+const char *scheduler_relay_of(struct scheduler *s,
+    const struct envelope *env);
+int scheduler_hold(struct scheduler *s, const char *id);
+int scheduler_release(struct scheduler *s, const char *id);
+int scheduler_delete(struct scheduler *s, const char *id);
+int scheduler_flush_one(struct scheduler *s, const char *id);
+
+/*
  * Authentication state, for the control socket (smarthostctl status,
  * forget, login).
  *
@@ -98,6 +130,7 @@ struct scheduler_relay_state {
 	const char *state;    /* "up", "down" or "failed-over" (failover.h) */
 	time_t down_since;    /* unreachable since; 0 when up */
 	time_t backoff_until; /* no new session before; 0 when none */
+	unsigned sessions;    /* upstream sessions open now */
 };
 void scheduler_relays(struct scheduler *s,
     void (*each)(const struct scheduler_relay_state *st, void *arg),

@@ -40,6 +40,10 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <ctype.h>
+#include <limits.h>
+
+#include <event2/buffer.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -52,6 +56,7 @@
 #include "daemon.h"
 #include "fileio.h"
 #include "import.h"
+#include "json.h"
 #include "log.h"
 #include "outcome.h"
 #include "sasl.h"
@@ -87,15 +92,23 @@ usage_print(FILE *f)
 	    "  -h, --help         this text\n"
 	    "  -V, --version      the version\n"
 	    "commands:\n"
-	    "  status                  the daemon's state\n"
-	    "  queue | mailq           list queued messages\n"
-	    "  flush                   try every queued message now\n"
+	    "  status [--json]         the daemon's state\n"
+	    "  queue | mailq [--from S] [--to S] [--relay NAME]\n"
+	    "        [--older-than DURATION] [--held] [--deferred] [--json]\n"
+	    "                          list queued messages\n"
+	    "  show ID [--headers] [--json]\n"
+	    "                          a message's envelope and text\n"
+	    "  hold ID... | release ID...\n"
+	    "                          keep messages from delivery, or not\n"
+	    "  delete ID... | --all    remove messages without a bounce\n"
+	    "  flush [ID...]           try queued messages now\n"
+	    "  reload                  re-read the configuration\n"
 	    "  auth-forget HOST[:PORT] forget that a relay requires "
 	    "authentication\n"
 	    "  credentials-changed     retry mail deferred for credentials\n"
 	    "  metrics                 counters, gauges and histograms "
 	    "(Prometheus text)\n"
-	    "  credentials HOST PORT [USER] [--show-secret]\n"
+	    "  credentials HOST PORT [USER] [--show-secret] [--json]\n"
 	    "                          which authinfo entry would be used\n"
 	    "  login HOST[:PORT] [--user USER] [--file PATH]\n"
 	    "        [--tls starttls|implicit|none] [--ca-file FILE] "
@@ -158,6 +171,8 @@ cmd_status(int argc, char **argv)
 	size_t nauth = 0;
 	int rc;
 
+	if (argc == 2 && strcmp(argv[1], "--json") == 0)
+		return daemon_call("status json", print_line, NULL);
 	if (argc != 1)
 		usage();
 	if ((rc = daemon_call("status", status_line, &nauth)) == EX_OK &&
@@ -166,26 +181,302 @@ cmd_status(int argc, char **argv)
 	return rc;
 }
 
+/* ---- the queue commands ---- */
+
+/* Whether s can travel as one request argument: not empty, no blank or
+ * control character. */
+static int
+request_word(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s <= 0x20 || *s == 0x7f)
+			return 0;
+	return 1;
+}
+
+/* Appends " WORD" (prefix then s) to the request, or fails with usage. */
+static void
+request_add(char *req, size_t size, const char *prefix, const char *s)
+{
+	size_t n = strlen(req);
+
+	if (!request_word(s)) {
+		errmsg("\"%s\": an argument may not be empty or hold blanks",
+		    s);
+		exit(EX_USAGE);
+	}
+	if (snprintf(req + n, size - n, " %s%s", prefix, s) >=
+	    (int)(size - n)) {
+		errmsg("too many arguments for one request");
+		exit(EX_USAGE);
+	}
+}
+
+/* A duration: a number of seconds, or with s, m, h, d or w. */
+static long long
+duration_parse(const char *s)
+{
+	static const struct { char unit; long long mult; } units[] = {
+		{ 's', 1 }, { 'm', 60 }, { 'h', 3600 }, { 'd', 86400 },
+		{ 'w', 604800 },
+	};
+	long long v;
+	char *end;
+	size_t i;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0 || end == s || v < 0 || !isdigit((unsigned char)*s))
+		return -1;
+	if (*end == '\0')
+		return v;
+	for (i = 0; i < sizeof(units) / sizeof(*units); i++)
+		if (tolower((unsigned char)*end) == units[i].unit &&
+		    end[1] == '\0')
+			return v > LLONG_MAX / units[i].mult ? -1 :
+			    v * units[i].mult;
+	return -1;
+}
+
+/* Prints a message line from the daemon: control characters but TAB
+ * become '?', so a message cannot drive the terminal. */
+static void
+print_raw(const char *line)
+{
+	for (; *line != '\0'; line++)
+		putchar((unsigned char)*line < 0x20 && *line != '\t' ? '?' :
+		    *line == 0x7f ? '?' : *line);
+	putchar('\n');
+}
+
+/* Collects JSON lines into an array printed at the end. */
+struct json_lines {
+	size_t n;
+	int in_message;       /* show: past the envelope line */
+	struct evbuffer *msg; /* show: the message text */
+};
+
+static void
+json_array_line(const char *line, void *arg)
+{
+	struct json_lines *jl = arg;
+
+	printf("%s%s\n", jl->n++ > 0 ? "," : "", line);
+}
+
+static void
+queue_human_line(const char *line, void *arg)
+{
+	struct json_lines *jl = arg;
+
+	if (line[0] != ' ')
+		jl->n++;
+	printf("%s\n", line);
+}
+
 static int
 cmd_queue(int argc, char **argv)
 {
-	char err[1024];
-	int rc;
+	static const struct option opts[] = {
+		{ "from", required_argument, NULL, 'f' },
+		{ "to", required_argument, NULL, 't' },
+		{ "relay", required_argument, NULL, 'r' },
+		{ "older-than", required_argument, NULL, 'o' },
+		{ "held", no_argument, NULL, 'H' },
+		{ "deferred", no_argument, NULL, 'D' },
+		{ "json", no_argument, NULL, 'j' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct json_lines jl = { 0, 0, NULL };
+	char req[CONTROL_LINE_MAX - 1] = "queue", num[32];
+	long long secs;
+	int ch, json = 0, rc;
 
-	if (argc != 1)
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'f':
+			request_add(req, sizeof(req), "from=", optarg);
+			break;
+		case 't':
+			request_add(req, sizeof(req), "to=", optarg);
+			break;
+		case 'r':
+			request_add(req, sizeof(req), "relay=", optarg);
+			break;
+		case 'o':
+			if ((secs = duration_parse(optarg)) < 0) {
+				errmsg("--older-than: \"%s\" is not a "
+				    "duration (30m, 2h, 1d)", optarg);
+				return EX_USAGE;
+			}
+			snprintf(num, sizeof(num), "%lld", secs);
+			request_add(req, sizeof(req), "older-than=", num);
+			break;
+		case 'H':
+			request_add(req, sizeof(req), "", "held");
+			break;
+		case 'D':
+			request_add(req, sizeof(req), "", "deferred");
+			break;
+		case 'j':
+			json = 1;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
 		usage();
-	if ((rc = control_print_queue(cfg->control_socket, CALL_TIMEOUT,
-	    stdout, err, sizeof(err))) != EX_OK)
-		errmsg("%s", err);
+	if (json) {
+		request_add(req, sizeof(req), "", "json");
+		printf("[");
+		rc = daemon_call(req, json_array_line, &jl);
+		printf("]\n");
+		return rc;
+	}
+	if ((rc = daemon_call(req, queue_human_line, &jl)) != EX_OK)
+		return rc;
+	if (jl.n == 0)
+		printf("queue is empty\n");
+	else
+		printf("-- %zu message%s\n", jl.n, jl.n == 1 ? "" : "s");
+	return EX_OK;
+}
+
+static void
+show_human_line(const char *line, void *arg)
+{
+	print_raw(line);
+}
+
+/* The envelope's JSON object comes first, then an empty line and the
+ * message, which becomes the object's "message" member. */
+static void
+show_json_line(const char *line, void *arg)
+{
+	struct json_lines *jl = arg;
+	size_t len;
+
+	if (!jl->in_message) {
+		len = strlen(line);
+		if (len > 0 && line[len - 1] == '}')
+			len--;
+		fwrite(line, 1, len, stdout);
+		jl->in_message = 1;
+		jl->n = 0;
+		return;
+	}
+	if (jl->n++ == 0)
+		return;       /* the empty line after the envelope */
+	evbuffer_add(jl->msg, line, strlen(line));
+	evbuffer_add(jl->msg, "\n", 1);
+}
+
+static int
+cmd_show(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "headers", no_argument, NULL, 'H' },
+		{ "json", no_argument, NULL, 'j' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct json_lines jl = { 0, 0, NULL };
+	struct evbuffer *out;
+	char req[CONTROL_LINE_MAX - 1] = "show";
+	int ch, json = 0, headers = 0, rc;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'H':
+			headers = 1;
+			break;
+		case 'j':
+			json = 1;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (argc - optind != 1)
+		usage();
+	request_add(req, sizeof(req), "", argv[optind]);
+	if (headers)
+		request_add(req, sizeof(req), "", "headers");
+	if (!json)
+		return daemon_call(req, show_human_line, NULL);
+	request_add(req, sizeof(req), "", "json");
+	if ((jl.msg = evbuffer_new()) == NULL ||
+	    (out = evbuffer_new()) == NULL) {
+		errmsg("out of memory");
+		return EX_OSERR;
+	}
+	if ((rc = daemon_call(req, show_json_line, &jl)) == EX_OK &&
+	    jl.in_message) {
+		json_key(out, 0, headers ? "headers" : "message");
+		json_str_len(out, (const char *)evbuffer_pullup(jl.msg, -1),
+		    evbuffer_get_length(jl.msg));
+		evbuffer_add(out, "}\n", 2);
+		fwrite(evbuffer_pullup(out, -1), 1, evbuffer_get_length(out),
+		    stdout);
+	}
+	evbuffer_free(out);
+	evbuffer_free(jl.msg);
 	return rc;
+}
+
+/* hold, release, delete, flush: the ids as arguments. */
+static int
+ids_call(const char *verb, int argc, char **argv)
+{
+	char req[CONTROL_LINE_MAX - 1];
+	int i;
+
+	snprintf(req, sizeof(req), "%s", verb);
+	for (i = 1; i < argc; i++)
+		request_add(req, sizeof(req), "", argv[i]);
+	return daemon_call(req, print_line, NULL);
+}
+
+static int
+cmd_hold(int argc, char **argv)
+{
+	if (argc < 2)
+		usage();
+	return ids_call("hold", argc, argv);
+}
+
+static int
+cmd_release(int argc, char **argv)
+{
+	if (argc < 2)
+		usage();
+	return ids_call("release", argc, argv);
+}
+
+static int
+cmd_delete(int argc, char **argv)
+{
+	if (argc < 2)
+		usage();
+	if (argc == 2 && strcmp(argv[1], "--all") == 0)
+		return daemon_call("delete all", print_line, NULL);
+	return ids_call("delete", argc, argv);
 }
 
 static int
 cmd_flush(int argc, char **argv)
 {
+	return ids_call("flush", argc, argv);
+}
+
+static int
+cmd_reload(int argc, char **argv)
+{
 	if (argc != 1)
 		usage();
-	return daemon_call("flush", print_line, NULL);
+	return daemon_call("reload", print_line, NULL);
 }
 
 /* Prometheus text exposition, as the daemon wrote it. */
@@ -478,17 +769,59 @@ credentials_decrypt(struct authinfo_entry *e, char *err, size_t errlen)
 	return 0;
 }
 
+/* The entry as a JSON object on stdout; the password only with
+ * --show-secret, else whether there is one. */
+static void
+credentials_json(const struct authinfo_entry *e, int show, int gpg_token)
+{
+	struct evbuffer *b;
+
+	if ((b = evbuffer_new()) == NULL)
+		fatalx("%s: evbuffer_new", __func__);
+	evbuffer_add(b, "{", 1);
+	json_key(b, 1, "file");
+	json_str(b, e->file);
+	json_key(b, 0, "line");
+	evbuffer_add_printf(b, "%u", e->line);
+	json_key(b, 0, "default");
+	evbuffer_add_printf(b, "%s", e->is_default ? "true" : "false");
+	json_key(b, 0, "host");
+	json_str(b, e->is_default ? NULL : e->host);
+	json_key(b, 0, "port");
+	json_str(b, e->port);
+	json_key(b, 0, "login");
+	json_str(b, e->login);
+	json_key(b, 0, "password");
+	if (e->password == NULL)
+		evbuffer_add(b, "null", 4);
+	else if (show)
+		json_str(b, e->password);
+	else
+		evbuffer_add(b, "\"present\"", 9);
+	json_key(b, 0, "gpg_token");
+	evbuffer_add_printf(b, "%s", gpg_token ? "true" : "false");
+	json_key(b, 0, "smtp_auth");
+	json_str(b, e->smtp_auth);
+	evbuffer_add(b, "}\n", 2);
+	fwrite(evbuffer_pullup(b, -1), 1, evbuffer_get_length(b), stdout);
+	fflush(stdout);
+	/* The password went through the buffer. */
+	OPENSSL_cleanse(evbuffer_pullup(b, -1), evbuffer_get_length(b));
+	evbuffer_free(b);
+}
+
 static int
 cmd_credentials(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "show-secret", no_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct authinfo_entry *e = NULL;
 	const char *host, *port, *user = NULL;
 	char err[2048];
-	int ch, show = 0, rc, gpg_token;
+	int ch, show = 0, rc, gpg_token, json = 0;
 	size_t i;
 
 	optind = 0;
@@ -496,6 +829,9 @@ cmd_credentials(int argc, char **argv)
 		switch (ch) {
 		case 's':
 			show = 1;
+			break;
+		case 'j':
+			json = 1;
 			break;
 		default:
 			usage();
@@ -541,6 +877,11 @@ cmd_credentials(int argc, char **argv)
 		errmsg("%s", err);
 		authinfo_entry_free(e);
 		return EX_CONFIG;
+	}
+	if (json) {
+		credentials_json(e, show, gpg_token);
+		authinfo_entry_free(e);
+		return EX_OK;
 	}
 	printf("file: %s\n", e->file);
 	printf("line: %u\n", e->line);
@@ -1626,6 +1967,11 @@ static const struct command {
 	{ "queue", cmd_queue },
 	{ "mailq", cmd_queue },
 	{ "flush", cmd_flush },
+	{ "show", cmd_show },
+	{ "hold", cmd_hold },
+	{ "release", cmd_release },
+	{ "delete", cmd_delete },
+	{ "reload", cmd_reload },
 	{ "auth-forget", cmd_auth_forget },
 	{ "credentials-changed", cmd_credentials_changed },
 	{ "metrics", cmd_metrics },

@@ -144,19 +144,20 @@ reload_warn_static(const struct config *old, const struct config *cfg)
 		log_warnx("reload: maildrop changes take effect at restart");
 }
 
-static void
-reload(struct daemon_state *d)
+/* SIGHUP and smarthostctl reload: 0, or -1 with the reason in err. */
+static int
+reload(void *arg, char *err, size_t errlen)
 {
+	struct daemon_state *d = arg;
 	struct config *cfg;
-	char err[1024];
 
 	daemon_reloading();
 	log_info("reloading %s", d->cfg->file);
-	if ((cfg = config_load(d->cfg->file, err, sizeof(err))) == NULL) {
+	if ((cfg = config_load(d->cfg->file, err, errlen)) == NULL) {
 		log_warnx("reload failed, keeping the running config: %s",
 		    err);
 		daemon_ready("reload failed; running with the old config");
-		return;
+		return -1;
 	}
 	reload_warn_static(d->cfg, cfg);
 	/*
@@ -174,6 +175,7 @@ reload(struct daemon_state *d)
 	scheduler_set_config(d->scheduler, cfg);
 	log_info("reloaded");
 	daemon_ready("reloaded");
+	return 0;
 }
 
 static void
@@ -197,11 +199,12 @@ static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct daemon_state *d = arg;
+	char err[1024];
 
 	switch (sig) {
 	case SIGHUP:
 		if (!d->stopping)
-			reload(d);
+			(void)reload(d, err, sizeof(err));
 		break;
 	case SIGUSR1:
 		log_info("flushing the queue");
@@ -525,6 +528,9 @@ main(int argc, char *argv[])
 	cp.path = d.cfg->control_socket;
 	cp.scheduler = d.scheduler;
 	cp.server = d.server;
+	cp.queue = d.queue;
+	cp.reload = reload;
+	cp.reload_arg = &d;
 	cp.uid = geteuid();
 	cp.started = time(NULL);
 	if ((d.control = control_new(d.base, &cp, err, sizeof(err))) == NULL)

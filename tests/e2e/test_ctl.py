@@ -1,12 +1,16 @@
 """smarthostctl's queue commands against a running daemon, and the
 -h/--help and -V/--version every program answers."""
 
+import json
 import os
+import re
 import subprocess
+import time
 
 import pytest
 
-from authharness import smarthostctl_binary
+from authharness import run_ctl, smarthostctl_binary
+from harness import delivery_line, make_message, send_message, wait_until
 
 PROGRAMS = ["smarthostd", "smarthostctl", "smarthost-sendmail",
             "smarthost-postdrop"]
@@ -78,3 +82,233 @@ def test_long_options_beside_short(tmp_path):
     assert r.returncode == 78, r
     assert str(bad) in r.stderr
 
+
+
+# --------------------------------------------------------------------------
+# The queue commands against a running daemon
+
+DEFER = "defer@example.net"
+REJECT = "reject@example.net"
+OTHER = "other@example.org"
+SLOW_RETRY = {"queue": {"retry_min": "1h", "retry_max": "1h",
+                        "lifetime": "1d"}}
+
+
+@pytest.fixture
+def ctl():
+    return program("smarthostctl")
+
+
+@pytest.fixture
+def stuck(upstream_factory, daemon_factory):
+    """A daemon whose upstream defers DEFER and refuses REJECT, retrying
+    only after an hour, so deferred mail stays put."""
+    upstream = upstream_factory(rcpt_replies={
+        DEFER: "451 4.3.0 try again later",
+        REJECT: "550 5.1.1 no such user"})
+    daemon = daemon_factory(upstream.port, **SLOW_RETRY)
+    return upstream, daemon
+
+
+def queue_deferred(daemon, subject, recipients=(DEFER,),
+                   sender="a@example.org"):
+    """Submits a message and waits until every recipient in DEFER's
+    position was deferred once; returns its id."""
+    qid = send_message(daemon, make_message(subject, f"Body of {subject}.",
+                                            sender=sender),
+                       sender=sender, recipients=recipients)
+    for rcpt in recipients:
+        status = "deferred" if rcpt == DEFER else "bounced"
+        daemon.wait_log(delivery_line(qid, rcpt, status), timeout=20)
+    # The attempt is over when its state is on disk; the queue says so.
+    wait_until(lambda: queue_json(daemon)[qid]["attempts"] >= 1, 10,
+               f"{qid} attempted")
+    return qid
+
+
+def ctl_run(daemon, *args):
+    return run_ctl(program("smarthostctl"), daemon.config_path, *args)
+
+
+def queue_json(daemon, *filters):
+    r = ctl_run(daemon, "queue", "--json", *filters)
+    assert r.returncode == 0, r.stderr
+    return {m["id"]: m for m in json.loads(r.stdout)}
+
+
+def test_queue_lists_deferred_and_bounced_state(stuck):
+    upstream, daemon = stuck
+    qid = queue_deferred(daemon, "mixed", recipients=(DEFER, REJECT))
+    upstream.wait_messages(1)   # the bounce, gone
+    wait_until(lambda: len(queue_json(daemon)) == 1, 10, "the bounce sent")
+    msgs = queue_json(daemon)
+    assert list(msgs) == [qid], msgs
+    m = msgs[qid]
+    rcpts = {r["address"]: r for r in m["recipients"]}
+    assert rcpts[DEFER]["status"] == "pending"
+    assert "451" in rcpts[DEFER]["reply"]
+    assert rcpts[REJECT]["status"] == "failed"
+    assert rcpts[REJECT]["dsn"] == "5.1.1"
+    assert m["held"] is False and m["relay"] == "upstream"
+    assert m["sender"] == "a@example.org" and m["attempts"] == 1
+    text = ctl_run(daemon, "queue")
+    assert text.returncode == 0, text.stderr
+    assert re.search(rf"^{qid} .*attempts=1", text.stdout, re.M)
+    assert text.stdout.endswith("-- 1 message\n"), text.stdout
+
+
+def test_show_envelope_and_message(stuck):
+    upstream, daemon = stuck
+    qid = queue_deferred(daemon, "shown", recipients=(DEFER, REJECT))
+    r = ctl_run(daemon, "show", qid)
+    assert r.returncode == 0, r.stderr
+    head, _, message = r.stdout.partition("\n\n")
+    assert f"id: {qid}" in head.splitlines()
+    assert "sender: <a@example.org>" in head.splitlines()
+    assert re.search(rf"^recipient: <{DEFER}> pending 4\.3\.0 .*451",
+                     head, re.M), head
+    assert re.search(rf"^recipient: <{REJECT}> failed 5\.1\.1 .*550",
+                     head, re.M), head
+    assert "Subject: shown\n" in message
+    assert "Body of shown." in message
+    assert "\r" not in message
+
+    r = ctl_run(daemon, "show", "--headers", qid)
+    assert r.returncode == 0, r.stderr
+    assert "Subject: shown" in r.stdout
+    assert "Body of shown." not in r.stdout
+
+    r = ctl_run(daemon, "show", "--json", qid)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["id"] == qid
+    assert shown["message"].startswith("Received: from ")
+    assert "\nFrom: <a@example.org>\n" in shown["message"]
+    assert shown["message"].endswith("Body of shown.\n")
+    assert [x["status"] for x in shown["recipients"]] == ["pending",
+                                                          "failed"]
+    r = ctl_run(daemon, "show", "--json", "--headers", qid)
+    assert "Body of" not in json.loads(r.stdout)["headers"]
+
+    r = ctl_run(daemon, "show", "0123456789ABCDEF")
+    assert r.returncode == 65, r
+    assert "no such message" in r.stderr
+
+
+def test_hold_release_flush(stuck):
+    upstream, daemon = stuck
+    held = queue_deferred(daemon, "held")
+    other = queue_deferred(daemon, "other")
+    r = ctl_run(daemon, "hold", held)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{held}: held\n"
+    assert list(queue_json(daemon, "--held")) == [held]
+    assert list(queue_json(daemon, "--deferred")) == [other]
+    assert queue_json(daemon)[held]["next_try"] is None
+    r = ctl_run(daemon, "hold", held)
+    assert r.returncode == 65 and "already held" in r.stdout, r
+    r = ctl_run(daemon, "flush", held)
+    assert r.returncode == 65 and "release it first" in r.stdout, r
+
+    # Held across a restart, and never tried by a flush of everything.
+    daemon.terminate()
+    daemon.start()
+    assert queue_json(daemon)[held]["held"] is True
+    upstream.handler.rcpt_replies[DEFER] = "250 2.1.5 OK"
+    assert ctl_run(daemon, "flush").returncode == 0
+    daemon.wait_log(delivery_line(other, DEFER, "sent"), timeout=20)
+    upstream.wait_messages(1)
+    upstream.assert_count_stays(1, settle=2)
+    assert list(queue_json(daemon)) == [held]
+
+    r = ctl_run(daemon, "release", held)
+    assert r.returncode == 0 and r.stdout == f"{held}: released\n", r
+    daemon.wait_log(delivery_line(held, DEFER, "sent"), timeout=20)
+    wait_until(lambda: queue_json(daemon) == {}, 10, "an empty queue")
+
+
+def test_flush_one_message(stuck):
+    upstream, daemon = stuck
+    first = queue_deferred(daemon, "first")
+    second = queue_deferred(daemon, "second")
+    upstream.handler.rcpt_replies[DEFER] = "250 2.1.5 OK"
+    r = ctl_run(daemon, "flush", second)
+    assert r.returncode == 0 and r.stdout == f"{second}: due now\n", r
+    daemon.wait_log(delivery_line(second, DEFER, "sent"), timeout=20)
+    upstream.assert_count_stays(1, settle=2)
+    assert list(queue_json(daemon)) == [first]
+
+
+def test_delete(stuck):
+    upstream, daemon = stuck
+    ids = [queue_deferred(daemon, f"doomed {i}") for i in range(3)]
+    r = ctl_run(daemon, "delete", ids[0], "0123456789ABCDEF")
+    assert r.returncode == 65, r
+    assert f"{ids[0]}: deleted" in r.stdout
+    assert "0123456789ABCDEF: no such message" in r.stdout
+    wait_until(lambda: list(queue_json(daemon)) == ids[1:], 10,
+               "one message fewer")
+    r = ctl_run(daemon, "delete", "--all")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: queue_json(daemon) == {}, 10, "an empty queue")
+    spool = os.path.join(daemon.workdir, "spool", "queue")
+    assert not [f for f in os.listdir(spool) if f in ids]
+    # Deleted, not bounced: nothing went to the sender.
+    upstream.assert_count_stays(0, settle=1)
+    daemon.terminate()
+    daemon.start()
+    assert queue_json(daemon) == {}
+
+
+def test_queue_filters(stuck):
+    upstream, daemon = stuck
+    mine = queue_deferred(daemon, "mine", sender="ann@example.org")
+    theirs = queue_deferred(daemon, "theirs", sender="bob@example.com",
+                            recipients=(DEFER, REJECT))
+    upstream.wait_messages(1)   # the bounce, gone
+    wait_until(lambda: len(queue_json(daemon)) == 2, 10, "the bounce sent")
+    assert list(queue_json(daemon, "--from", "ANN@")) == [mine]
+    assert list(queue_json(daemon, "--to", "reject@")) == [theirs]
+    assert list(queue_json(daemon, "--relay", "upstream")) == [mine,
+                                                              theirs]
+    assert queue_json(daemon, "--relay", "elsewhere") == {}
+    assert queue_json(daemon, "--older-than", "1h") == {}
+    time.sleep(2)
+    assert len(queue_json(daemon, "--older-than", "1s")) == 2
+    r = ctl_run(daemon, "queue", "--older-than", "soon")
+    assert r.returncode == 64 and "not a duration" in r.stderr, r
+    r = ctl_run(daemon, "queue", "--from", "a b")
+    assert r.returncode == 64, r
+    text = ctl_run(daemon, "queue", "--from", "nobody")
+    assert text.stdout == "queue is empty\n", text
+
+
+def test_status_json_and_reload(stuck):
+    upstream, daemon = stuck
+    r = ctl_run(daemon, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["pid"] == daemon.pid
+    assert status["queued"] == 0
+    assert [x["name"] for x in status["relays"]] == ["upstream"]
+    assert status["relays"][0]["sessions"] == 0
+    assert status["auth_required"] == []
+
+    r = ctl_run(daemon, "reload")
+    assert r.returncode == 0, r.stderr
+    daemon.wait_log(r"control: reload requested by uid")
+    daemon.wait_log(r"reloaded")
+    # smarthostctl reads its own copy: the daemon's is the broken one.
+    good = open(daemon.config_path).read()
+    copy = os.path.join(daemon.workdir, "ctl.conf")
+    with open(copy, "w") as f:
+        f.write(good)
+    with open(daemon.config_path, "a") as f:
+        f.write("\nrelays = (\n")
+    r = run_ctl(program("smarthostctl"), copy, "reload")
+    assert r.returncode == 65, r
+    assert re.search(r"smarthostd\.conf:\d+: ", r.stderr), r
+    daemon.wait_log(r"reload failed, keeping the running config")
+    with open(daemon.config_path, "w") as f:
+        f.write(good)
+    assert ctl_run(daemon, "status").returncode == 0
