@@ -600,7 +600,8 @@ listen_add_default(struct config *cfg, const char *addr)
 static const char *const top_keys[] = { "hostname", "user", "spool",
 	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
-	"state_dir", "control_socket", "routes", "mail_domain",
+	"state_dir", "control_socket", "control_admin_group",
+	"control_read_group", "routes", "mail_domain",
 	"local_domains", "aliases", "local_catch_all", "sender_rewrite",
 	"maildrop", "maildrop_group", "sender_policy", NULL };
 static const char *const sender_policy_keys[] = { "mode", "map", "exempt",
@@ -1178,7 +1179,11 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	    &cfg->nauthinfo) == -1 ||
 	    get_string(ctx, root, "state_dir", &cfg->state_dir) == -1 ||
 	    get_string(ctx, root, "control_socket", &cfg->control_socket) ==
-	    -1)
+	    -1 ||
+	    get_string(ctx, root, "control_admin_group",
+	    &cfg->control_admin_group) == -1 ||
+	    get_string(ctx, root, "control_read_group",
+	    &cfg->control_read_group) == -1)
 		goto out;
 	if (compile_auth_first(ctx, root, cfg) == -1 ||
 	    expand_authinfo(ctx, root, cfg) == -1 ||
@@ -1336,6 +1341,8 @@ config_free(struct config *cfg)
 	string_list_free(cfg->authinfo, cfg->nauthinfo);
 	free(cfg->state_dir);
 	free(cfg->control_socket);
+	free(cfg->control_admin_group);
+	free(cfg->control_read_group);
 	free(cfg->maildrop);
 	free(cfg->maildrop_group);
 	sender_policy_free(cfg->sender_policy);

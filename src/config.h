@@ -129,6 +129,10 @@ struct config {
 	size_t nauthinfo;
 	char *state_dir;   /* learned facts (default: spool/state) */
 	char *control_socket; /* smarthostctl's socket (spool/control.sock) */
+	/* Groups whose members may use every control command, or only
+	 * status, queue and show; NULL: none (root and the daemon user). */
+	char *control_admin_group;
+	char *control_read_group;
 
 	/* Local submission. */
 	char *maildrop;       /* postdrop's directory (spool/maildrop) */

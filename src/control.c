@@ -57,6 +57,7 @@ struct control_client {
 	struct control *c;
 	struct bufferevent *bev;
 	unsigned long uid;
+	enum control_access access;
 	int closing;  /* answer written, then free */
 	int paused;   /* reading stopped until the output drains */
 };
@@ -74,6 +75,8 @@ struct control {
 	int (*reload)(void *, char *, size_t);
 	void *reload_arg;
 	uid_t uid;
+	gid_t admin_gid;
+	gid_t read_gid;
 	time_t started;
 	TAILQ_HEAD(, control_client) clients;
 	unsigned nclients;
@@ -205,7 +208,7 @@ static void
 status_relay_each(const struct scheduler_relay_state *st, void *arg)
 {
 	struct evbuffer *out = arg;
-	char since[64] = "", retry[64] = "", t[48];
+	char since[64] = "", retry[64] = "", sessions[32] = "", t[48];
 
 	if (st->down_since != 0)
 		snprintf(since, sizeof(since), " since=%s",
@@ -213,8 +216,11 @@ status_relay_each(const struct scheduler_relay_state *st, void *arg)
 	if (st->backoff_until > time(NULL))
 		snprintf(retry, sizeof(retry), " retry=%s",
 		    iso_time(st->backoff_until, t, sizeof(t)));
-	reply_line(out, "relay: %s %s%s%s sessions=%u", st->name, st->state,
-	    since, retry, st->sessions);
+	if (st->sessions > 0)
+		snprintf(sessions, sizeof(sessions), " sessions=%u",
+		    st->sessions);
+	reply_line(out, "relay: %s %s%s%s%s", st->name, st->state, since,
+	    retry, sessions);
 }
 
 struct json_list {
@@ -880,21 +886,25 @@ enum control_args {
 static const struct control_cmd {
 	const char *name;
 	enum control_args args;
+	enum control_access needs;
 	const char *usage;
 	control_cmd_fn *run;
 } control_cmds[] = {
-	{ "status", ARGS_ANY, "status [json]", cmd_status },
-	{ "queue", ARGS_ANY, "queue [FILTER...] [json]", cmd_queue },
-	{ "show", ARGS_ANY, "show ID [headers] [json]", cmd_show },
-	{ "hold", ARGS_ANY, "hold ID...", cmd_hold },
-	{ "release", ARGS_ANY, "release ID...", cmd_release },
-	{ "delete", ARGS_ANY, "delete ID...|all", cmd_delete },
-	{ "flush", ARGS_ANY, "flush [ID...]", cmd_flush },
-	{ "reload", ARGS_NONE, "reload", cmd_reload },
-	{ "auth-forget", ARGS_ONE, "auth-forget HOST[:PORT]", cmd_auth_forget },
-	{ "credentials-changed", ARGS_NONE, "credentials-changed",
-	    cmd_credentials_changed },
-	{ "metrics", ARGS_NONE, "metrics", cmd_metrics },
+	{ "status", ARGS_ANY, CONTROL_READ, "status [json]", cmd_status },
+	{ "queue", ARGS_ANY, CONTROL_READ, "queue [FILTER...] [json]",
+	    cmd_queue },
+	{ "show", ARGS_ANY, CONTROL_READ, "show ID [headers] [json]",
+	    cmd_show },
+	{ "hold", ARGS_ANY, CONTROL_ADMIN, "hold ID...", cmd_hold },
+	{ "release", ARGS_ANY, CONTROL_ADMIN, "release ID...", cmd_release },
+	{ "delete", ARGS_ANY, CONTROL_ADMIN, "delete ID...|all", cmd_delete },
+	{ "flush", ARGS_ANY, CONTROL_ADMIN, "flush [ID...]", cmd_flush },
+	{ "reload", ARGS_NONE, CONTROL_ADMIN, "reload", cmd_reload },
+	{ "auth-forget", ARGS_ONE, CONTROL_ADMIN, "auth-forget HOST[:PORT]",
+	    cmd_auth_forget },
+	{ "credentials-changed", ARGS_NONE, CONTROL_ADMIN,
+	    "credentials-changed", cmd_credentials_changed },
+	{ "metrics", ARGS_NONE, CONTROL_READ, "metrics", cmd_metrics },
 };
 
 /* ---- clients ---- */
@@ -971,6 +981,15 @@ client_request(struct control_client *cl, char *line, size_t len)
 	if ((cmd->args == ARGS_ONE && argc != 2) ||
 	    (cmd->args == ARGS_NONE && argc != 1)) {
 		snprintf(err, sizeof(err), "usage: %s", cmd->usage);
+		client_error(cl, err);
+		return;
+	}
+	if (cl->access < cmd->needs) {
+		log_warnx("control: refused %s to uid %lu: reading access "
+		    "only", cmd->name, cl->uid);
+		snprintf(err, sizeof(err), "permission denied: %s needs "
+		    "root, the daemon's user or the control_admin_group",
+		    cmd->name);
 		client_error(cl, err);
 		return;
 	}
@@ -1101,6 +1120,42 @@ control_peer_allowed(uid_t peer, uid_t self)
 	return peer == 0 || peer == self;
 }
 
+enum control_access
+control_peer_access(uid_t uid, const gid_t *gids, size_t ngids, uid_t self,
+    gid_t admin_gid, gid_t read_gid)
+{
+	enum control_access a = CONTROL_DENIED;
+	size_t i;
+
+	if (control_peer_allowed(uid, self))
+		return CONTROL_ADMIN;
+	for (i = 0; i < ngids; i++) {
+		if (admin_gid != (gid_t)-1 && gids[i] == admin_gid)
+			return CONTROL_ADMIN;
+		if (read_gid != (gid_t)-1 && gids[i] == read_gid)
+			a = CONTROL_READ;
+	}
+	return a;
+}
+
+/* The peer's primary group (SO_PEERCRED) and supplementary groups
+ * (SO_PEERGROUPS, as they were at connect) into gids; how many, or -1. */
+static int
+peer_groups(int fd, gid_t *gids, size_t max)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (max < 1 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred,
+	    &len) == -1)
+		return -1;
+	gids[0] = cred.gid;
+	len = (socklen_t)((max - 1) * sizeof(*gids));
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, gids + 1, &len) == -1)
+		return -1;   /* ERANGE: more groups than we look at */
+	return 1 + (int)(len / sizeof(*gids));
+}
+
 int
 control_peer_uid(int fd, uid_t *uid)
 {
@@ -1140,16 +1195,31 @@ control_accept(struct evconnlistener *lev, evutil_socket_t fd,
 	struct control *c = arg;
 	struct control_client *cl;
 	uid_t uid;
+	gid_t gids[256];
+	enum control_access access;
+	int ngids;
 
 	if (control_peer_uid(fd, &uid) == -1) {
 		log_warn("control: cannot identify the peer");
 		refuse(fd, "permission denied");
 		return;
 	}
-	if (!control_peer_allowed(uid, c->uid)) {
-		log_warnx("control: refused uid %lu: only root and uid %lu "
-		    "may use %s", (unsigned long)uid, (unsigned long)c->uid,
-		    c->path);
+	if (control_peer_allowed(uid, c->uid))
+		access = CONTROL_ADMIN;
+	else if (c->admin_gid == (gid_t)-1 && c->read_gid == (gid_t)-1)
+		access = CONTROL_DENIED;
+	else if ((ngids = peer_groups(fd, gids, sizeof(gids) /
+	    sizeof(*gids))) == -1) {
+		log_warn("control: cannot read the groups of uid %lu",
+		    (unsigned long)uid);
+		access = CONTROL_DENIED;
+	} else
+		access = control_peer_access(uid, gids, (size_t)ngids, c->uid,
+		    c->admin_gid, c->read_gid);
+	if (access == CONTROL_DENIED) {
+		log_warnx("control: refused uid %lu: only root, uid %lu and "
+		    "the control groups may use %s", (unsigned long)uid,
+		    (unsigned long)c->uid, c->path);
 		refuse(fd, "permission denied");
 		return;
 	}
@@ -1162,6 +1232,7 @@ control_accept(struct evconnlistener *lev, evutil_socket_t fd,
 	cl = xcalloc(1, sizeof(*cl));
 	cl->c = c;
 	cl->uid = (unsigned long)uid;
+	cl->access = access;
 	cl->bev = bufferevent_socket_new(c->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (cl->bev == NULL) {
 		log_warnx("control: bufferevent_socket_new failed");
@@ -1212,8 +1283,8 @@ socket_in_use(const struct sockaddr_un *sun)
 }
 
 static int
-socket_open(const char *path, dev_t *dev, ino_t *ino, char *err,
-    size_t errlen)
+socket_open(const char *path, int shared, dev_t *dev, ino_t *ino,
+    char *err, size_t errlen)
 {
 	struct sockaddr_un sun;
 	struct stat st;
@@ -1254,8 +1325,9 @@ socket_open(const char *path, dev_t *dev, ino_t *ino, char *err,
 		    strerror(errno));
 		return -1;
 	}
-	/* Owner-only from the start: never a moment open to others. */
-	old = umask(0177);
+	/* Owner-only from the start: never a moment open to others. With
+	 * control groups, open to all: the daemon checks every peer. */
+	old = umask(shared ? 0111 : 0177);
 	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
 		umask(old);
 		snprintf(err, errlen, "control socket %s: bind: %s", path,
@@ -1264,8 +1336,8 @@ socket_open(const char *path, dev_t *dev, ino_t *ino, char *err,
 		return -1;
 	}
 	umask(old);
-	/* No chmod by path: the umask made it 0600, and a chmod would
-	 * follow a symlink put there since the bind. */
+	/* No chmod by path: the umask made it 0600 (or 0666), and a chmod
+	 * would follow a symlink put there since the bind. */
 	if (lstat(path, &st) == -1 ||
 	    listen(fd, CONTROL_CLIENTS_MAX) == -1) {
 		saved = errno;
@@ -1298,10 +1370,14 @@ control_new(struct event_base *base, const struct control_params *params,
 	c->reload = params->reload;
 	c->reload_arg = params->reload_arg;
 	c->uid = params->uid;
+	c->admin_gid = params->admin_gid != NULL ? *params->admin_gid :
+	    (gid_t)-1;
+	c->read_gid = params->read_gid != NULL ? *params->read_gid :
+	    (gid_t)-1;
 	c->started = params->started;
 	TAILQ_INIT(&c->clients);
-	if ((fd = socket_open(params->path, &c->dev, &c->ino, err,
-	    errlen)) == -1) {
+	if ((fd = socket_open(params->path, c->admin_gid != (gid_t)-1 ||
+	    c->read_gid != (gid_t)-1, &c->dev, &c->ino, err, errlen)) == -1) {
 		free(c->path);
 		free(c);
 		return NULL;
@@ -1532,7 +1608,12 @@ control_run(const char *path, const char *request, unsigned timeout,
 	case CONTROL_ERROR:
 		if (strcmp(msg, "permission denied") == 0) {
 			snprintf(err, errlen, "%s: permission denied: only "
-			    "root and the daemon's user may use it", path);
+			    "root and the daemon's user (and the control "
+			    "groups) may use it", path);
+			return EX_NOPERM;
+		}
+		if (strncmp(msg, "permission denied: ", 19) == 0) {
+			snprintf(err, errlen, "%s", msg);
 			return EX_NOPERM;
 		}
 		if (strcmp(msg, "too many control connections") == 0) {

@@ -2,9 +2,12 @@
  * The control socket: how smarthostctl talks to the running daemon.
  *
  * The daemon listens on a Unix stream socket (config control_socket,
- * default <spool>/control.sock), created mode 0600 after privileges are
- * dropped so that it belongs to the daemon user. Each connection is checked
- * with SO_PEERCRED: only root and the daemon's own uid may talk to it.
+ * default <spool>/control.sock), created after privileges are dropped so
+ * that it belongs to the daemon user: mode 0600, or 0666 when a control
+ * group is configured (then the daemon alone decides). Each connection is
+ * checked with SO_PEERCRED and SO_PEERGROUPS: root, the daemon's own uid
+ * and members of the admin group may use every command; members of the
+ * read group only status, queue and show; everyone else is refused.
  *
  * The protocol is line based, one request at a time:
  *
@@ -21,16 +24,22 @@
  * refused peer or too many connections get one "error" response and the
  * connection is closed.
  *
- * Commands:
- *	status               pid, uptime, queued messages, inbound sessions,
- *	                     relays learned to require authentication
- *	queue                every queued message and its recipients
- *	flush                make every queued message due now
+ * Commands (smarthostctl(8) has the arguments and the JSON):
+ *	status [json]        pid, uptime, queued messages, inbound sessions,
+ *	                     relays, relays learned to require authentication
+ *	queue [FILTER] [json]  the queued messages and their recipients
+ *	show ID [headers] [json]  one message's envelope, then its text
+ *	hold/release ID...   take messages out of the schedule, or back
+ *	delete ID...|all     remove messages without a bounce
+ *	flush [ID...]        make every (or these) queued message(s) due now
+ *	reload               re-read the configuration (as SIGHUP)
  *	auth-forget HOST     forget that HOST[:PORT] requires authentication
  *	credentials-changed  re-read credentials, retry mail deferred for them
  *	metrics              Prometheus text exposition (metrics.h)
+ * All but status, queue, show and metrics change something: admin only.
  *
- * Everything runs on the loop thread; no command blocks.
+ * Everything runs on the loop thread; no command waits on the network,
+ * and only show reads a file (the message) synchronously.
  */
 #ifndef SMARTHOST_CONTROL_H
 #define SMARTHOST_CONTROL_H
@@ -64,6 +73,8 @@ struct control_params {
 	int (*reload)(void *arg, char *err, size_t errlen);
 	void *reload_arg;
 	uid_t uid;                    /* may connect, besides root */
+	const gid_t *admin_gid;       /* every command; NULL: no group */
+	const gid_t *read_gid;        /* reading commands; NULL: no group */
 	time_t started;               /* for the uptime in status */
 };
 
@@ -82,6 +93,20 @@ void control_free(struct control *c);
 /* Whether a peer with uid peer may use the socket of a daemon running as
  * uid self: root and self may. 1 or 0. */
 int control_peer_allowed(uid_t peer, uid_t self);
+
+/* What a peer may do on the control socket. */
+enum control_access {
+	CONTROL_DENIED,
+	CONTROL_READ,   /* status, queue, show */
+	CONTROL_ADMIN,  /* every command */
+};
+/*
+ * The access of a peer with uid and the groups gids[0..ngids) (primary
+ * and supplementary) to the socket of a daemon running as self with the
+ * given admin and read groups ((gid_t)-1 for none).
+ */
+enum control_access control_peer_access(uid_t uid, const gid_t *gids,
+    size_t ngids, uid_t self, gid_t admin_gid, gid_t read_gid);
 /* The uid of the peer of connected Unix socket fd (SO_PEERCRED) in *uid.
  * Returns 0, or -1 with errno. */
 int control_peer_uid(int fd, uid_t *uid);

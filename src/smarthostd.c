@@ -119,6 +119,12 @@ nofile_raise(void)
 }
 
 /* Settings that only take effect at start. */
+static int
+same_string(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
 static void
 reload_warn_static(const struct config *old, const struct config *cfg)
 {
@@ -142,6 +148,29 @@ reload_warn_static(const struct config *old, const struct config *cfg)
 	if (strcmp(old->maildrop, cfg->maildrop) != 0 ||
 	    strcmp(old->maildrop_group, cfg->maildrop_group) != 0)
 		log_warnx("reload: maildrop changes take effect at restart");
+	if (!same_string(old->control_admin_group,
+	    cfg->control_admin_group) ||
+	    !same_string(old->control_read_group, cfg->control_read_group))
+		log_warnx("reload: control group changes take effect at "
+		    "restart");
+}
+
+/* The gid of a control group setting into *gid, and gid; NULL when the
+ * setting is unset. A group that does not exist is refused: a typo must
+ * not lock the administrators out silently, nor let anyone in. */
+static const gid_t *
+control_gid(const struct config *cfg, const char *setting, const char *name,
+    gid_t *gid)
+{
+	struct group *gr;
+
+	if (name == NULL)
+		return NULL;
+	if ((gr = getgrnam(name)) == NULL)
+		fatalx_code(EX_CONFIG, "%s: %s \"%s\": no such group",
+		    cfg->file, setting, name);
+	*gid = gr->gr_gid;
+	return gid;
 }
 
 /* SIGHUP and smarthostctl reload: 0, or -1 with the reason in err. */
@@ -443,7 +472,7 @@ main(int argc, char *argv[])
 	};
 	const char *file = DEFAULT_CONFIG;
 	struct passwd *pw = NULL;
-	gid_t maildrop_gid;
+	gid_t maildrop_gid, admin_gid, read_gid;
 	char err[1024];
 	int ch, debug = 0, check = 0;
 	size_t i, n;
@@ -532,6 +561,10 @@ main(int argc, char *argv[])
 	cp.reload = reload;
 	cp.reload_arg = &d;
 	cp.uid = geteuid();
+	cp.admin_gid = control_gid(d.cfg, "control_admin_group",
+	    d.cfg->control_admin_group, &admin_gid);
+	cp.read_gid = control_gid(d.cfg, "control_read_group",
+	    d.cfg->control_read_group, &read_gid);
 	cp.started = time(NULL);
 	if ((d.control = control_new(d.base, &cp, err, sizeof(err))) == NULL)
 		fatalx_code(EX_CANTCREAT, "%s", err);

@@ -312,3 +312,94 @@ def test_status_json_and_reload(stuck):
     with open(daemon.config_path, "w") as f:
         f.write(good)
     assert ctl_run(daemon, "status").returncode == 0
+
+
+# --------------------------------------------------------------------------
+# Who may use the control socket
+
+READ_GROUP = "shctlread"
+ADMIN_GROUP = "shctladmin"
+READER = "shctlr"
+ADMIN = "shctla"
+
+
+def user_in(name, group):
+    from localuser import ensure_group, ensure_user
+    ensure_group(group)
+    user = ensure_user(name)
+    subprocess.run(["usermod", "-a", "-G", group, name], check=True)
+    return user
+
+
+@pytest.fixture
+def shared(stuck, tmp_path):
+    """The stuck daemon with control groups and its socket, config and
+    smarthostctl where unprivileged users reach them; (upstream, daemon,
+    run(user, *args))."""
+    import shutil
+    import tempfile
+    from localuser import as_user, ensure_user, require_root
+    require_root()
+    upstream, daemon = stuck
+    user_in(READER, READ_GROUP)
+    user_in(ADMIN, ADMIN_GROUP)
+    ensure_user()
+    public = tempfile.mkdtemp(prefix="shctl-")
+    os.chmod(public, 0o755)
+    daemon.terminate()
+    settings = daemon.settings = dict(
+        daemon.settings, control_socket=os.path.join(public, "control.sock"),
+        control_admin_group=ADMIN_GROUP, control_read_group=READ_GROUP)
+    from harness import render_config
+    for path in (daemon.config_path, os.path.join(public, "ctl.conf")):
+        with open(path, "w") as f:
+            f.write(render_config(settings))
+        os.chmod(path, 0o644)
+    binary = os.path.join(public, "smarthostctl")
+    shutil.copy(program("smarthostctl"), binary)
+    daemon.start()
+
+    def run(user, *args):
+        import pwd
+        return as_user(pwd.getpwnam(user),
+                       [binary, "-c", os.path.join(public, "ctl.conf"),
+                        *args], capture_output=True, text=True, timeout=30)
+
+    yield upstream, daemon, run
+    shutil.rmtree(public, ignore_errors=True)
+
+
+def test_socket_permissions(shared):
+    from localuser import TEST_USER
+    upstream, daemon, run = shared
+    qid = queue_deferred(daemon, "guarded")
+    # Anyone else: refused at connect.
+    r = run(TEST_USER, "status")
+    assert r.returncode == 77, r
+    assert "permission denied" in r.stderr
+    daemon.wait_log(r"control: refused uid \d+: only root")
+
+    # The read group: status, queue and show; nothing that changes.
+    r = run(READER, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["queued"] == 1
+    r = run(READER, "queue", "--json")
+    assert [m["id"] for m in json.loads(r.stdout)] == [qid]
+    r = run(READER, "show", "--headers", qid)
+    assert r.returncode == 0 and "Subject: guarded" in r.stdout, r
+    for args in (["hold", qid], ["delete", qid], ["flush"], ["reload"],
+                 ["release", qid], ["credentials-changed"]):
+        r = run(READER, *args)
+        assert r.returncode == 77, (args, r)
+        assert f"permission denied: {args[0]} needs root" in r.stderr
+    assert not queue_json(daemon)[qid]["held"]
+
+    # The admin group: everything.
+    r = run(ADMIN, "hold", qid)
+    assert r.returncode == 0, r.stderr
+    assert queue_json(daemon)[qid]["held"] is True
+    r = run(ADMIN, "delete", qid)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: queue_json(daemon) == {}, 10, "an empty queue")
+    assert os.stat(daemon.settings["control_socket"]).st_mode & 0o777 == \
+        0o666

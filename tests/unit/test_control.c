@@ -59,6 +59,29 @@ Test(peer, root_and_self_only)
 	cr_assert_not(control_peer_allowed(65534, 0));
 }
 
+Test(peer, control_groups)
+{
+	const gid_t none = (gid_t)-1, g[] = { 100, 50, 60 };
+
+	/* root and self, whatever the groups */
+	cr_assert_eq(control_peer_access(0, NULL, 0, 1000, none, none),
+	    CONTROL_ADMIN);
+	cr_assert_eq(control_peer_access(1000, g, 3, 1000, 7, 8),
+	    CONTROL_ADMIN);
+	/* no groups configured: nobody else */
+	cr_assert_eq(control_peer_access(1001, g, 3, 1000, none, none),
+	    CONTROL_DENIED);
+	/* a supplementary group grants; admin wins over read */
+	cr_assert_eq(control_peer_access(1001, g, 3, 1000, none, 60),
+	    CONTROL_READ);
+	cr_assert_eq(control_peer_access(1001, g, 3, 1000, 50, 100),
+	    CONTROL_ADMIN);
+	cr_assert_eq(control_peer_access(1001, g, 3, 1000, 70, 80),
+	    CONTROL_DENIED);
+	cr_assert_eq(control_peer_access(1001, g, 1, 1000, none, 50),
+	    CONTROL_DENIED);
+}
+
 Test(peer, uid_of_a_socketpair_is_ours)
 {
 	int sv[2];
