@@ -7,7 +7,7 @@
  * group is configured (then the daemon alone decides). Each connection is
  * checked with SO_PEERCRED and SO_PEERGROUPS: root, the daemon's own uid
  * and members of the admin group may use every command; members of the
- * read group only status, queue and show; everyone else is refused.
+ * read group only status, queue, show and metrics; everyone else is refused.
  *
  * The protocol is line based, one request at a time:
  *

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <dirent.h>
 #include <stdint.h>
 #include <errno.h>
@@ -48,6 +49,8 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "authinfo.h"
 #include "ac-config.h"
@@ -110,6 +113,8 @@ usage_print(FILE *f)
 	    "(Prometheus text)\n"
 	    "  credentials HOST PORT [USER] [--show-secret] [--json]\n"
 	    "                          which authinfo entry would be used\n"
+	    "  check [RELAY] [--json]  connect to each relay (TLS, EHLO, AUTH),\n"
+	    "                          send no mail, print what it offers\n"
 	    "  login HOST[:PORT] [--user USER] [--file PATH]\n"
 	    "        [--tls starttls|implicit|none] [--ca-file FILE] "
 	    "[--no-verify]\n"
@@ -1018,6 +1023,10 @@ struct login {
 	char offered[256];        /* the server's AUTH list */
 	struct outcome failure;   /* closed() before ready() */
 	int timed_out;
+	/* check: called at ready(), before the QUIT, to look at the
+	 * session; NULL for login */
+	void (*seen)(struct smtp_client *c, void *arg);
+	void *seen_arg;
 };
 
 static void
@@ -1034,6 +1043,8 @@ login_ready(struct smtp_client *c, void *arg)
 		snprintf(l->mech, sizeof(l->mech), "%s", mech);
 	if (ehlo != NULL)
 		snprintf(l->offered, sizeof(l->offered), "%s", ehlo->auth);
+	if (l->seen != NULL)
+		l->seen(c, l->seen_arg);
 	/* Nothing to send: the question was whether AUTH works. */
 	smtp_client_quit(c);
 }
@@ -1095,13 +1106,15 @@ is_numeric_host(const char *host)
 }
 
 /*
- * Connects, authenticates right after EHLO with user and password, and
- * QUITs. Returns EX_OK with the mechanism in mech, or an exit code after
- * reporting the failure.
+ * One session to lp's server on its own event loop: connect, TLS, EHLO,
+ * AUTH right after EHLO with user and password when user is not NULL,
+ * then QUIT at ready(). l (zeroed but for seen) records how it went.
+ * Returns 0, or -1 when the TLS context cannot be made (the reason in
+ * err).
  */
 static int
-login_try(const struct login_params *lp, const char *user,
-    const char *password, char *mech, size_t mechlen)
+session_run(const struct login_params *lp, const char *user,
+    const char *password, struct login *l, char *err, size_t errlen)
 {
 	struct smtp_client_params sp;
 	struct smtp_client_auth auth;
@@ -1109,28 +1122,20 @@ login_try(const struct login_params *lp, const char *user,
 	struct evdns_base *dns = NULL;
 	struct event *timer;
 	struct timeval tv;
-	struct login l;
 	SSL_CTX *ctx = NULL;
-	const char *usable[SASL_MECH_MAX];
-	char err[512];
-	int rc = EX_SOFTWARE;
 
-	memset(&l, 0, sizeof(l));
 	if (evthread_use_pthreads() == -1 ||
-	    (l.base = event_base_new()) == NULL) {
-		errmsg("cannot create an event loop");
-		return EX_OSERR;
-	}
+	    (l->base = event_base_new()) == NULL)
+		fatalx("cannot create an event loop");
 	if (lp->tls != TLS_MODE_NONE &&
 	    (ctx = tls_client_ctx_new(lp->ca_file, lp->verify, err,
-	    sizeof(err))) == NULL) {
-		errmsg("TLS: %s", err);
-		event_base_free(l.base);
-		return EX_CONFIG;
+	    errlen)) == NULL) {
+		event_base_free(l->base);
+		return -1;
 	}
 	if (!is_numeric_host(lp->host)) {
-		dns = evdns_base_new(l.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-		if (dns == NULL && (dns = evdns_base_new(l.base, 0)) != NULL)
+		dns = evdns_base_new(l->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+		if (dns == NULL && (dns = evdns_base_new(l->base, 0)) != NULL)
 			evdns_base_load_hosts(dns, NULL);
 	}
 
@@ -1143,26 +1148,55 @@ login_try(const struct login_params *lp, const char *user,
 	sp.timeout_connect = lp->timeout_connect;
 	sp.timeout_command = lp->timeout_command;
 	sp.timeout_data = lp->timeout_command;
-	c = smtp_client_new(l.base, dns, &sp, &login_cb, &l);
-	memset(&auth, 0, sizeof(auth));
-	auth.user = user;
-	auth.secret = password;
-	auth.mechanisms = lp->mechanisms;
-	auth.allow_plaintext = lp->allow_plaintext;
-	auth.first = 1;
-	smtp_client_set_auth(c, &auth);
+	c = smtp_client_new(l->base, dns, &sp, &login_cb, l);
+	if (user != NULL) {
+		memset(&auth, 0, sizeof(auth));
+		auth.user = user;
+		auth.secret = password;
+		auth.mechanisms = lp->mechanisms;
+		auth.allow_plaintext = lp->allow_plaintext;
+		auth.first = 1;
+		smtp_client_set_auth(c, &auth);
+	}
 	smtp_client_connect(c);
 
 	/* The client's own timeouts end every stage; this only bounds the
 	 * whole in case a server trickles. */
-	timer = evtimer_new(l.base, login_timeout, &l);
+	timer = evtimer_new(l->base, login_timeout, l);
 	tv.tv_sec = (time_t)(lp->timeout_connect + 6 * lp->timeout_command);
 	tv.tv_usec = 0;
 	evtimer_add(timer, &tv);
-	while (!l.closed && !l.timed_out)
-		if (event_base_dispatch(l.base) == -1)
+	while (!l->closed && !l->timed_out)
+		if (event_base_dispatch(l->base) == -1)
 			break;
+	smtp_client_free(c);
+	event_free(timer);
+	if (dns != NULL)
+		evdns_base_free(dns, 0);
+	event_base_free(l->base);
+	tls_ctx_free(ctx);
+	return 0;
+}
 
+/*
+ * Connects, authenticates right after EHLO with user and password, and
+ * QUITs. Returns EX_OK with the mechanism in mech, or an exit code after
+ * reporting the failure.
+ */
+static int
+login_try(const struct login_params *lp, const char *user,
+    const char *password, char *mech, size_t mechlen)
+{
+	struct login l;
+	const char *usable[SASL_MECH_MAX];
+	char err[512];
+	int rc;
+
+	memset(&l, 0, sizeof(l));
+	if (session_run(lp, user, password, &l, err, sizeof(err)) == -1) {
+		errmsg("TLS: %s", err);
+		return EX_CONFIG;
+	}
 	if (l.mech[0] != '\0') {
 		snprintf(mech, mechlen, "%s", l.mech);
 		rc = EX_OK;
@@ -1191,12 +1225,6 @@ login_try(const struct login_params *lp, const char *user,
 		    lp->host, l.offered);
 		rc = EX_NOPERM;
 	}
-	smtp_client_free(c);
-	event_free(timer);
-	if (dns != NULL)
-		evdns_base_free(dns, 0);
-	event_base_free(l.base);
-	tls_ctx_free(ctx);
 	return rc;
 }
 
@@ -1429,6 +1457,409 @@ join_mechanisms(const struct relay_config *rc)
 		s = t;
 	}
 	return s;
+}
+
+/* ---- check: every relay, without sending mail ---- */
+
+#define CHECK_ADDRS_MAX 16
+
+struct check {
+	const struct relay_config *rc;
+	struct login l;            /* the session's progress */
+	char port[16];
+	char addrs[CHECK_ADDRS_MAX][INET6_ADDRSTRLEN + 8];
+	size_t naddrs;
+	char peer[256];
+	char tls[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
+	char subject[256];
+	char issuer[256];
+	int have_cert;
+	int days_left;
+	struct smtp_ehlo ehlo;
+	int have_ehlo;
+	char credentials[256];     /* "FILE:LINE user LOGIN", "" if none */
+	const char *auth_learned;  /* "yes", "no", "unknown" */
+	char error[1200];          /* why the relay cannot be used */
+};
+
+/* Every address host:port resolves to, numerically, as the connect will
+ * try them (getaddrinfo's order; /etc/hosts first as the system says). */
+static void
+check_resolve(struct check *ck)
+{
+	struct addrinfo hints, *res, *ai;
+	char host[INET6_ADDRSTRLEN];
+	int e;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_ADDRCONFIG;
+	if ((e = getaddrinfo(ck->rc->host, ck->port, &hints, &res)) != 0) {
+		snprintf(ck->error, sizeof(ck->error), "cannot resolve %s: %s",
+		    ck->rc->host, gai_strerror(e));
+		return;
+	}
+	for (ai = res; ai != NULL && ck->naddrs < CHECK_ADDRS_MAX;
+	    ai = ai->ai_next) {
+		if (getnameinfo(ai->ai_addr, ai->ai_addrlen, host,
+		    sizeof(host), NULL, 0, NI_NUMERICHOST) != 0)
+			continue;
+		snprintf(ck->addrs[ck->naddrs++], sizeof(ck->addrs[0]),
+		    ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
+		    ck->port);
+	}
+	freeaddrinfo(res);
+}
+
+static void
+check_x509_name(X509_NAME *name, char *buf, size_t len)
+{
+	if (name == NULL || X509_NAME_oneline(name, buf, (int)len) == NULL)
+		snprintf(buf, len, "unknown");
+}
+
+/* What the TLS session says: version and cipher, and the server's
+ * certificate. */
+static void
+check_tls(struct check *ck, const SSL *ssl)
+{
+	const ASN1_TIME *end;
+	X509 *cert;
+	int days, secs;
+
+	tls_describe(ssl, ck->tls, sizeof(ck->tls));
+	if ((cert = SSL_get1_peer_certificate(ssl)) == NULL)
+		return;
+	ck->have_cert = 1;
+	check_x509_name(X509_get_subject_name(cert), ck->subject,
+	    sizeof(ck->subject));
+	check_x509_name(X509_get_issuer_name(cert), ck->issuer,
+	    sizeof(ck->issuer));
+	if ((end = X509_get0_notAfter(cert)) != NULL &&
+	    ASN1_TIME_diff(&days, &secs, NULL, end) == 1)
+		ck->days_left = days;
+	X509_free(cert);
+}
+
+/* At ready(): what the session found, while its TLS is up. */
+static void
+check_seen(struct smtp_client *c, void *arg)
+{
+	struct check *ck = arg;
+	const struct smtp_ehlo *ehlo = smtp_client_ehlo(c);
+	const SSL *ssl = smtp_client_ssl(c);
+
+	snprintf(ck->peer, sizeof(ck->peer), "%s", smtp_client_peer(c));
+	if (ehlo != NULL) {
+		ck->ehlo = *ehlo;
+		ck->have_ehlo = 1;
+	}
+	if (ssl != NULL)
+		check_tls(ck, ssl);
+}
+
+/* The relay's credentials as the daemon would use them: 0 with *e (NULL:
+ * none), or -1 with ck->error. */
+static int
+check_credentials(struct check *ck, struct authinfo_entry **e)
+{
+	char err[1024];
+
+	*e = NULL;
+	if (ck->rc->auth == AUTH_POLICY_NEVER)
+		return 0;
+	if (credentials_lookup(ck->rc->host, ck->port, ck->rc->user, 0, e,
+	    err, sizeof(err)) == -1 ||
+	    (*e != NULL && credentials_decrypt(*e, err, sizeof(err)) == -1)) {
+		snprintf(ck->error, sizeof(ck->error), "credentials: %s", err);
+		authinfo_entry_free(*e);
+		*e = NULL;
+		return -1;
+	}
+	if (*e != NULL && (*e)->password == NULL) {
+		authinfo_entry_free(*e);
+		*e = NULL;
+	}
+	if (*e != NULL)
+		snprintf(ck->credentials, sizeof(ck->credentials), "%s:%u%s%s",
+		    (*e)->file, (*e)->line, (*e)->login != NULL ? " user " :
+		    "", (*e)->login != NULL ? (*e)->login : "");
+	return 0;
+}
+
+/* Connects, TLS, EHLO, AUTH when there are credentials, QUIT. */
+static void
+check_session(struct check *ck, const struct authinfo_entry *e)
+{
+	struct login_params lp;
+	char *mechs = join_mechanisms(ck->rc), err[512];
+
+	memset(&lp, 0, sizeof(lp));
+	lp.host = ck->rc->host;
+	lp.port = ck->port;
+	lp.tls = ck->rc->tls;
+	lp.ca_file = ck->rc->ca_file;
+	lp.verify = ck->rc->tls_verify;
+	lp.helo = ck->rc->helo != NULL ? ck->rc->helo : cfg->hostname;
+	lp.mechanisms = e != NULL && e->smtp_auth != NULL ? e->smtp_auth :
+	    mechs;
+	lp.allow_plaintext = ck->rc->allow_plaintext_auth;
+	lp.timeout_connect = ck->rc->timeout_connect;
+	lp.timeout_command = ck->rc->timeout_command;
+	ck->l.seen = check_seen;
+	ck->l.seen_arg = ck;
+	if (session_run(&lp, e != NULL ? (e->login != NULL ? e->login : "") :
+	    NULL, e != NULL ? e->password : NULL, &ck->l, err,
+	    sizeof(err)) == -1)
+		snprintf(ck->error, sizeof(ck->error), "TLS: %s", err);
+	else if (ck->l.timed_out)
+		snprintf(ck->error, sizeof(ck->error), "no answer in time");
+	else if (!ck->l.ready)
+		snprintf(ck->error, sizeof(ck->error), "%s",
+		    ck->l.failure.text);
+	else if (e != NULL && ck->l.mech[0] == '\0')
+		snprintf(ck->error, sizeof(ck->error), "not authenticated "
+		    "(the server offers AUTH %s)", ck->have_ehlo &&
+		    ck->ehlo.auth[0] != '\0' ? ck->ehlo.auth : "nothing");
+	free(mechs);
+}
+
+/* status lines "auth-required: HOST[:PORT]" (a bare HOST: every port) */
+static void
+check_learned_line(const char *line, void *arg)
+{
+	struct check *ck = arg;
+	char port[300], any[300];
+	int v6 = strchr(ck->rc->host, ':') != NULL;
+
+	snprintf(port, sizeof(port), "auth-required: %s%s%s:%s", v6 ? "[" :
+	    "", ck->rc->host, v6 ? "]" : "", ck->port);
+	snprintf(any, sizeof(any), "auth-required: %s", ck->rc->host);
+	if (strcasecmp(line, port) == 0 || strcasecmp(line, any) == 0)
+		ck->auth_learned = "yes";
+}
+
+/* Whether the running daemon has learned that the relay requires AUTH. */
+static void
+check_learned(struct check *ck)
+{
+	char err[512];
+
+	ck->auth_learned = "no";
+	if (control_run(cfg->control_socket, "status", CALL_TIMEOUT,
+	    check_learned_line, ck, err, sizeof(err)) != EX_OK)
+		ck->auth_learned = "unknown";
+}
+
+static const char *const ext_names[] = {
+	"PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE", "STARTTLS",
+	"ENHANCEDSTATUSCODES", "AUTH", "CHUNKING", "DSN",
+};
+
+static void
+check_print(const struct check *ck)
+{
+	size_t i;
+
+	printf("relay: %s\n", ck->rc->name);
+	if (ck->rc->type == RELAY_TYPE_MAILDIR)
+		printf("maildir: %s\n", ck->rc->maildir);
+	else
+		printf("server: %s port %s, %s\n", ck->rc->host, ck->port,
+		    ck->rc->tls == TLS_MODE_NONE ? "no TLS" :
+		    ck->rc->tls == TLS_MODE_IMPLICIT ? "TLS" : "STARTTLS");
+	for (i = 0; i < ck->naddrs; i++)
+		printf("address: %s\n", ck->addrs[i]);
+	if (ck->peer[0] != '\0')
+		printf("connected: %s\n", ck->peer);
+	if (ck->tls[0] != '\0')
+		printf("tls: %s\n", ck->tls);
+	if (ck->have_cert) {
+		printf("certificate-subject: %s\n", ck->subject);
+		printf("certificate-issuer: %s\n", ck->issuer);
+		printf("certificate-days-left: %d\n", ck->days_left);
+	}
+	if (ck->have_ehlo) {
+		printf("extensions:");
+		for (i = 0; i < sizeof(ext_names) / sizeof(*ext_names); i++)
+			if (ck->ehlo.exts & (1u << i))
+				printf(" %s", ext_names[i]);
+		printf("\n");
+		printf("mechanisms: %s\n", ck->ehlo.auth[0] != '\0' ?
+		    ck->ehlo.auth : "none");
+	}
+	printf("credentials: %s\n", ck->credentials[0] != '\0' ?
+	    ck->credentials : "none");
+	if (ck->l.mech[0] != '\0')
+		printf("authenticated: %s\n", ck->l.mech);
+	printf("auth-required-learned: %s\n", ck->auth_learned);
+	if (ck->error[0] != '\0')
+		printf("error: %s\n", ck->error);
+	printf("result: %s\n\n", ck->error[0] == '\0' ? "ok" : "failed");
+}
+
+static void
+check_json(const struct check *ck, struct evbuffer *b)
+{
+	size_t i;
+	int first = 1;
+
+	evbuffer_add(b, "{", 1);
+	json_key(b, 1, "relay");
+	json_str(b, ck->rc->name);
+	json_key(b, 0, "host");
+	json_str(b, ck->rc->host);
+	json_key(b, 0, "port");
+	json_str(b, ck->port);
+	json_key(b, 0, "tls_mode");
+	json_str(b, ck->rc->tls == TLS_MODE_NONE ? "none" :
+	    ck->rc->tls == TLS_MODE_IMPLICIT ? "implicit" : "starttls");
+	json_key(b, 0, "addresses");
+	evbuffer_add(b, "[", 1);
+	for (i = 0; i < ck->naddrs; i++) {
+		if (i > 0)
+			evbuffer_add(b, ",", 1);
+		json_str(b, ck->addrs[i]);
+	}
+	evbuffer_add(b, "]", 1);
+	json_key(b, 0, "connected");
+	json_str(b, ck->peer[0] != '\0' ? ck->peer : NULL);
+	json_key(b, 0, "tls");
+	json_str(b, ck->tls[0] != '\0' ? ck->tls : NULL);
+	json_key(b, 0, "certificate");
+	if (ck->have_cert) {
+		evbuffer_add(b, "{", 1);
+		json_key(b, 1, "subject");
+		json_str(b, ck->subject);
+		json_key(b, 0, "issuer");
+		json_str(b, ck->issuer);
+		json_key(b, 0, "days_left");
+		evbuffer_add_printf(b, "%d}", ck->days_left);
+	} else
+		evbuffer_add(b, "null", 4);
+	json_key(b, 0, "extensions");
+	evbuffer_add(b, "[", 1);
+	for (i = 0; ck->have_ehlo && i < sizeof(ext_names) /
+	    sizeof(*ext_names); i++) {
+		if (!(ck->ehlo.exts & (1u << i)))
+			continue;
+		if (!first)
+			evbuffer_add(b, ",", 1);
+		first = 0;
+		json_str(b, ext_names[i]);
+	}
+	evbuffer_add(b, "]", 1);
+	json_key(b, 0, "mechanisms");
+	json_str(b, ck->have_ehlo ? ck->ehlo.auth : NULL);
+	json_key(b, 0, "credentials");
+	json_str(b, ck->credentials[0] != '\0' ? ck->credentials : NULL);
+	json_key(b, 0, "authenticated");
+	json_str(b, ck->l.mech[0] != '\0' ? ck->l.mech : NULL);
+	json_key(b, 0, "auth_required_learned");
+	json_str(b, ck->auth_learned);
+	json_key(b, 0, "ok");
+	evbuffer_add_printf(b, "%s", ck->error[0] == '\0' ? "true" : "false");
+	json_key(b, 0, "error");
+	json_str(b, ck->error[0] != '\0' ? ck->error : NULL);
+	evbuffer_add(b, "}", 1);
+}
+
+/* One relay: fills ck; 1 when the relay can be used. */
+static int
+check_relay(struct check *ck, const struct relay_config *rc)
+{
+	struct authinfo_entry *e = NULL;
+	int pn;
+
+	memset(ck, 0, sizeof(*ck));
+	ck->rc = rc;
+	ck->auth_learned = "unknown";
+	if (rc->type == RELAY_TYPE_MAILDIR) {
+		snprintf(ck->port, sizeof(ck->port), "-");
+		if (access(rc->maildir, W_OK | X_OK) == -1)
+			snprintf(ck->error, sizeof(ck->error), "maildir %s: %s",
+			    rc->maildir, strerror(errno));
+		return ck->error[0] == '\0';
+	}
+	if ((pn = authinfo_port_number(rc->port)) != -1)
+		snprintf(ck->port, sizeof(ck->port), "%d", pn);
+	else
+		snprintf(ck->port, sizeof(ck->port), "%s", rc->port);
+	check_resolve(ck);
+	check_learned(ck);
+	if (ck->error[0] == '\0' && check_credentials(ck, &e) == 0)
+		check_session(ck, e);
+	authinfo_entry_free(e);
+	return ck->error[0] == '\0';
+}
+
+static int
+cmd_check(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct evbuffer *b = NULL;
+	struct check ck;
+	const char *only = NULL;
+	size_t i, nchecked = 0, nfailed = 0;
+	int ch, json = 0, rc;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'j':
+			json = 1;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (argc - optind > 1)
+		usage();
+	if (argc - optind == 1)
+		only = argv[optind];
+	if (only != NULL && config_relay(cfg, only) == NULL) {
+		errmsg("check: no relay \"%s\" in %s", only, cfg->file);
+		return EX_USAGE;
+	}
+	/* The configuration was loaded (and so validated) by main. */
+	if ((rc = become_daemon_user()) != EX_OK)
+		return rc;
+	if (json) {
+		if ((b = evbuffer_new()) == NULL)
+			fatalx("evbuffer_new");
+		evbuffer_add(b, "{", 1);
+		json_key(b, 1, "configuration");
+		json_str(b, cfg->file);
+		json_key(b, 0, "relays");
+		evbuffer_add(b, "[", 1);
+	} else
+		printf("configuration: %s: valid\n\n", cfg->file);
+	for (i = 0; i < cfg->nrelays; i++) {
+		if (only != NULL && strcmp(cfg->relays[i].name, only) != 0)
+			continue;
+		if (!check_relay(&ck, &cfg->relays[i]))
+			nfailed++;
+		if (json) {
+			if (nchecked > 0)
+				evbuffer_add(b, ",", 1);
+			check_json(&ck, b);
+		} else
+			check_print(&ck);
+		nchecked++;
+	}
+	if (json) {
+		evbuffer_add_printf(b, "],\"ok\":%s}\n", nfailed == 0 ?
+		    "true" : "false");
+		fwrite(evbuffer_pullup(b, -1), 1, evbuffer_get_length(b),
+		    stdout);
+		evbuffer_free(b);
+	} else
+		printf("%zu relay%s checked, %zu unusable\n", nchecked,
+		    nchecked == 1 ? "" : "s", nfailed);
+	return nfailed == 0 ? EX_OK : EX_UNAVAILABLE;
 }
 
 static int
@@ -1977,6 +2408,7 @@ static const struct command {
 	{ "metrics", cmd_metrics },
 	{ "credentials", cmd_credentials },
 	{ "login", cmd_login },
+	{ "check", cmd_check },
 	{ "import", cmd_import },
 };
 

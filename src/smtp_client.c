@@ -2262,3 +2262,9 @@ smtp_client_auth_mech(const struct smtp_client *c)
 {
 	return c->authed;
 }
+
+const SSL *
+smtp_client_ssl(const struct smtp_client *c)
+{
+	return c->bev != NULL ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+}

@@ -124,5 +124,8 @@ void smtp_client_set_auth(struct smtp_client *c,
     const struct smtp_client_auth *auth);
 /* The mechanism this session authenticated with, or NULL. */
 const char *smtp_client_auth_mech(const struct smtp_client *c);
+/* The session's TLS connection (borrowed, valid until the session
+ * closes), or NULL when the session has no TLS (yet). */
+const SSL *smtp_client_ssl(const struct smtp_client *c);
 
 #endif

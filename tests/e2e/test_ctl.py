@@ -403,3 +403,135 @@ def test_socket_permissions(shared):
     wait_until(lambda: queue_json(daemon) == {}, 10, "an empty queue")
     assert os.stat(daemon.settings["control_socket"]).st_mode & 0o777 == \
         0o666
+
+
+# --------------------------------------------------------------------------
+# check: every relay, without sending mail
+
+def issue_expired_cert(ca, name):
+    """issue_server_cert's certificate, but valid for two days from ten
+    days ago (made under faketime)."""
+    from harness import (_KEYOPTS, SERVER_SAN, CertPair, _openssl,
+                         _openssl_config)
+    cnf = _openssl_config(ca.directory)
+    key = os.path.join(ca.directory, f"{name}-server.key")
+    csr = os.path.join(ca.directory, f"{name}-server.csr")
+    pem = os.path.join(ca.directory, f"{name}-server.pem")
+    _openssl("req", "-config", cnf, "-new", *_KEYOPTS, "-keyout", key,
+             "-out", csr, "-subj", "/CN=smarthostd expired server")
+    subprocess.run(["faketime", "-f", "-10d", "openssl", "x509", "-req",
+                    "-in", csr, "-CA", ca.cert, "-CAkey", ca.key,
+                    "-set_serial", "4242", "-extfile", cnf,
+                    "-extensions", "v3_server", "-days", "2", "-out", pem],
+                   check=True, capture_output=True, timeout=60,
+                   env=dict(os.environ, SHD_SAN=SERVER_SAN))
+    return CertPair(ca_cert=ca.cert, cert=pem, key=key)
+
+
+@pytest.fixture
+def relays(pki, tmp_path, daemon_factory, upstream_factory):
+    """A daemon with one relay per case: good (AUTH works), expired
+    certificate, wrong name, wrong password, no STARTTLS; and the
+    password. Returns (daemon, password, upstreams)."""
+    from authharness import (AuthUpstream, authinfo_line, new_password,
+                             write_authinfo)
+    from harness import CertAuthority
+    password = new_password()
+    started = []
+
+    def auth(tls):
+        u = AuthUpstream({"checker": password}, tls=tls)
+        u.start(may_move=True)
+        started.append(u)
+        return u
+
+    ca = CertAuthority(cert=pki.good.ca_cert,
+                       key=pki.good.ca_cert[:-len(".pem")] + ".key",
+                       directory=os.path.dirname(pki.good.ca_cert))
+    if not os.path.exists(ca.key):
+        pytest.fail(f"no CA key next to {pki.good.ca_cert}")
+    ups = {"good": auth(pki.good),
+           "expired": auth(issue_expired_cert(ca, "expired")),
+           "misnamed": auth(pki.misnamed),
+           "wrongpw": auth(pki.good),
+           "plain": upstream_factory(tls=None)}
+    authinfo = str(tmp_path / "authinfo")
+    write_authinfo(authinfo, "".join(
+        authinfo_line("127.0.0.1", u.port, "checker",
+                      "wrong" + password if name == "wrongpw" else password)
+        for name, u in ups.items() if name != "plain"))
+    daemon = daemon_factory(ups["good"].port, start=False)
+    base = dict(daemon.settings["relays"]["upstream"])
+    settings = dict(daemon.settings, authinfo=[authinfo], relays={
+        name: dict(base, port=str(u.port)) for name, u in ups.items()},
+        default_relay="good")
+    from harness import render_config
+    daemon.settings = settings
+    with open(daemon.config_path, "w") as f:
+        f.write(render_config(settings))
+    daemon.start()
+    yield daemon, password, ups
+    for u in started:
+        u.stop()
+
+
+def check_json(daemon, *args):
+    r = ctl_run(daemon, "check", "--json", *args)
+    out = json.loads(r.stdout)
+    return r, {x["relay"]: x for x in out["relays"]}, out
+
+
+def test_check_each_relay(relays):
+    daemon, password, ups = relays
+    r, found, out = check_json(daemon)
+    assert r.returncode == 69, r.stderr
+    assert out["ok"] is False
+    assert set(found) == set(ups)
+
+    good = found["good"]
+    assert good["ok"] is True and good["error"] is None, good
+    assert good["addresses"] == [f"127.0.0.1:{ups['good'].port}"]
+    assert good["tls"].startswith("TLSv1.")
+    assert "smarthostd test server" in good["certificate"]["subject"]
+    assert "test CA" in good["certificate"]["issuer"]
+    assert good["certificate"]["days_left"] in (1, 2)
+    assert "AUTH" in good["extensions"]   # after STARTTLS: not offered again
+    assert "CRAM-MD5" in good["mechanisms"]
+    assert good["authenticated"] in ("CRAM-MD5", "PLAIN", "LOGIN")
+    assert good["credentials"].endswith(" user checker")
+    assert good["auth_required_learned"] == "no"
+
+    assert found["expired"]["ok"] is False
+    assert "expired" in found["expired"]["error"], found["expired"]
+    assert found["misnamed"]["ok"] is False
+    assert found["misnamed"]["certificate"] is None
+    assert found["wrongpw"]["ok"] is False
+    assert found["wrongpw"]["authenticated"] is None
+    assert found["plain"]["ok"] is False
+    assert "STARTTLS" in found["plain"]["error"], found["plain"]
+    # No mail went anywhere, and no password reached the output.
+    for u in ups.values():
+        assert u.messages == []
+    assert password not in r.stdout + r.stderr
+
+
+def test_check_one_relay_text(relays):
+    daemon, password, ups = relays
+    r = ctl_run(daemon, "check", "good")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith(": valid")
+    assert "relay: good" in lines
+    assert any(x.startswith("tls: TLSv1.") for x in lines), lines
+    assert any(x.startswith("certificate-days-left: ") for x in lines)
+    assert any(x.startswith("authenticated: ") for x in lines), lines
+    assert "result: ok" in lines
+    assert "relay: expired" not in lines
+    assert password not in r.stdout + r.stderr
+
+    r = ctl_run(daemon, "check", "wrongpw")
+    assert r.returncode == 69, r
+    assert "result: failed" in r.stdout.splitlines()
+    assert password not in r.stdout + r.stderr
+    r = ctl_run(daemon, "check", "nosuchrelay")
+    assert r.returncode == 64 and "no relay" in r.stderr, r
