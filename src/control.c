@@ -223,6 +223,35 @@ status_relay_each(const struct scheduler_relay_state *st, void *arg)
 	    retry, sessions);
 }
 
+/* Counts since start, summed over the relays for status. */
+struct status_counts {
+	struct evbuffer *out;
+	unsigned long sent, deferred, failed;
+};
+
+/* "relay-stats: NAME sent=N deferred=N failed=N [last-delivery=T]
+ * [last-error=T TEXT]" */
+static void
+status_stats_each(const struct scheduler_relay_state *st, void *arg)
+{
+	struct status_counts *n = arg;
+	struct evbuffer *out = n->out;
+	char last[64] = "", t[48], t2[48];
+
+	n->sent += st->sent;
+	n->deferred += st->deferred;
+	n->failed += st->failed;
+	if (st->last_delivery != 0)
+		snprintf(last, sizeof(last), " last-delivery=%s",
+		    iso_time(st->last_delivery, t, sizeof(t)));
+	reply_line(out, "relay-stats: %s sent=%lu deferred=%lu failed=%lu%s%s"
+	    "%s%s%s", st->name, st->sent, st->deferred, st->failed, last,
+	    st->last_error != NULL ? " last-error=" : "",
+	    st->last_error != NULL ? iso_time(st->last_error_at, t2,
+	    sizeof(t2)) : "", st->last_error != NULL ? " " : "",
+	    st->last_error != NULL ? st->last_error : "");
+}
+
 struct json_list {
 	struct evbuffer *b;
 	int n;
@@ -246,7 +275,20 @@ status_relay_json(const struct scheduler_relay_state *st, void *arg)
 	json_time(l->b, st->backoff_until > time(NULL) ? st->backoff_until :
 	    0);
 	json_key(l->b, 0, "sessions");
-	evbuffer_add_printf(l->b, "%u}", st->sessions);
+	evbuffer_add_printf(l->b, "%u", st->sessions);
+	json_key(l->b, 0, "sent");
+	evbuffer_add_printf(l->b, "%lu", st->sent);
+	json_key(l->b, 0, "deferred");
+	evbuffer_add_printf(l->b, "%lu", st->deferred);
+	json_key(l->b, 0, "failed");
+	evbuffer_add_printf(l->b, "%lu", st->failed);
+	json_key(l->b, 0, "last_delivery");
+	json_time(l->b, st->last_delivery);
+	json_key(l->b, 0, "last_error");
+	json_str(l->b, st->last_error);
+	json_key(l->b, 0, "last_error_at");
+	json_time(l->b, st->last_error_at);
+	evbuffer_add(l->b, "}", 1);
 }
 
 static void
@@ -300,6 +342,7 @@ cmd_status(struct control_client *cl, int argc, char **argv,
     struct evbuffer *out, char *err, size_t errlen)
 {
 	struct control *c = cl->c;
+	struct status_counts n = { out, 0, 0, 0 };
 	time_t now = time(NULL);
 	char buf[64];
 
@@ -320,6 +363,10 @@ cmd_status(struct control_client *cl, int argc, char **argv,
 	reply_line(out, "sessions: %u", c->server != NULL ?
 	    smtp_server_sessions(c->server) : 0);
 	scheduler_relays(c->sched, status_relay_each, out);
+	scheduler_relays(c->sched, status_stats_each, &n);
+	reply_line(out, "sent: %lu", n.sent);
+	reply_line(out, "deferred: %lu", n.deferred);
+	reply_line(out, "failed: %lu", n.failed);
 	scheduler_auth_required_list(c->sched, status_auth_each, out);
 	return 0;
 }

@@ -134,7 +134,7 @@ typedef void control_line_fn(const char *line, void *arg);
  * the daemon's MESSAGE in err; CONTROL_UNAVAILABLE with errno set and
  * "cannot connect to PATH: REASON" in err; or CONTROL_FAILED with the
  * reason in err. Data lines after an "error" line go to each as well.
- * A response line longer than 64 KiB makes the response malformed.
+ * A response line longer than 4 MiB makes the response malformed.
  */
 enum control_result control_call(const char *path, const char *request,
     unsigned timeout, control_line_fn *each, void *arg, char *err,

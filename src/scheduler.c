@@ -205,6 +205,12 @@ struct sched_relay {
 	                            credentials: watch the files */
 	int cred_checking;       /* a relay_credentials_check runs */
 	struct failover fo;      /* reachability, failover to backups */
+	/* For smarthostctl status, since start: recipients sent, deferred
+	 * and failed through this relay, and what went wrong last. */
+	unsigned long nsent, ndeferred, nfailed;
+	time_t last_delivery;
+	time_t last_error_at;
+	char last_error[OUTCOME_TEXT_MAX + 8];
 };
 
 struct sched_session {
@@ -1015,6 +1021,8 @@ relay_backoff(struct scheduler *s, struct sched_relay *sr,
 			delay = deadline > now ? (unsigned)(deadline - now) : 1;
 		sr->backoff_until = now + delay;
 		relay_outcome_text(o, text, sizeof(text));
+		snprintf(sr->last_error, sizeof(sr->last_error), "%s", text);
+		sr->last_error_at = now;
 		log_info("relay %s: no new session for %us after failure "
 		    "%u: %s", sr->name, delay, sr->failures, text);
 	}
@@ -1189,6 +1197,39 @@ sess_ready(struct relay_session *rs, void *arg)
 	}
 }
 
+/* Counts the recipients this attempt through sr sent, deferred or
+ * failed, for status. */
+static void
+relay_count(struct sched_relay *sr, const struct sched_msg *m)
+{
+	const struct envelope_rcpt *r;
+	size_t i;
+
+	for (i = 0; m->tried != NULL && i < m->env->nrcpts; i++) {
+		if (m->tried[i] != TRIED_YES)
+			continue;
+		r = &m->env->rcpts[i];
+		switch (r->status) {
+		case RCPT_SENT:
+			sr->nsent++;
+			sr->last_delivery = time(NULL);
+			break;
+		case RCPT_FAILED:
+		case RCPT_PENDING:
+			if (r->status == RCPT_FAILED)
+				sr->nfailed++;
+			else
+				sr->ndeferred++;
+			if (r->reply != NULL) {
+				snprintf(sr->last_error, sizeof(sr->last_error),
+				    "%s", r->reply);
+				sr->last_error_at = time(NULL);
+			}
+			break;
+		}
+	}
+}
+
 static void
 sess_delivered(struct relay_session *rs, struct envelope *env,
     const struct outcome *o, void *arg)
@@ -1202,6 +1243,7 @@ sess_delivered(struct relay_session *rs, struct envelope *env,
 	ss->cur = NULL;
 	m->auth_retry = o->class == OC_AUTH_RETRY &&
 	    o->status != OUTCOME_OK;
+	relay_count(ss->sr, m);
 	msg_attempted(ss->s, m, relay_session_host(rs));
 }
 
@@ -1912,6 +1954,14 @@ scheduler_relays(struct scheduler *s,
 			st.state = failover_state_name(sr->fo.state);
 			st.down_since = sr->fo.down_since;
 			st.backoff_until = sr->backoff_until;
+			st.sessions = sr->nsessions;
+			st.sent = sr->nsent;
+			st.deferred = sr->ndeferred;
+			st.failed = sr->nfailed;
+			st.last_delivery = sr->last_delivery;
+			st.last_error_at = sr->last_error_at;
+			st.last_error = sr->last_error_at != 0 ? sr->last_error :
+			    NULL;
 		}
 		each(&st, arg);
 	}

@@ -131,6 +131,13 @@ struct scheduler_relay_state {
 	time_t down_since;    /* unreachable since; 0 when up */
 	time_t backoff_until; /* no new session before; 0 when none */
 	unsigned sessions;    /* upstream sessions open now */
+	/* Since start: recipients sent, deferred and failed through it, the
+	 * last delivery, and the last error (a reply or the reason of its
+	 * last backoff) with its time; NULL and 0 when none. */
+	unsigned long sent, deferred, failed;
+	time_t last_delivery;
+	const char *last_error;
+	time_t last_error_at;
 };
 void scheduler_relays(struct scheduler *s,
     void (*each)(const struct scheduler_relay_state *st, void *arg),

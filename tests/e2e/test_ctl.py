@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from authharness import run_ctl, smarthostctl_binary
+from authharness import ctl_fields, run_ctl, smarthostctl_binary
 from harness import delivery_line, make_message, send_message, wait_until
 
 PROGRAMS = ["smarthostd", "smarthostctl", "smarthost-sendmail",
@@ -293,6 +293,23 @@ def test_status_json_and_reload(stuck):
     assert [x["name"] for x in status["relays"]] == ["upstream"]
     assert status["relays"][0]["sessions"] == 0
     assert status["auth_required"] == []
+
+    # Counts since start and the last error, per relay.
+    qid = queue_deferred(daemon, "counted", recipients=(DEFER, REJECT))
+    upstream.wait_messages(1)   # the bounce
+    daemon.wait_log(r"to=<a@example.org>, .*status=sent")
+    relay = json.loads(ctl_run(daemon, "status", "--json").stdout)[
+        "relays"][0]
+    assert (relay["sent"], relay["deferred"], relay["failed"]) == (1, 1, 1)
+    assert relay["last_delivery"] is not None
+    assert relay["last_error_at"] is not None
+    assert re.match(r"(451|550) ", relay["last_error"]), relay
+    text = ctl_fields(ctl_run(daemon, "status").stdout)
+    assert text["sent"] == ["1"] and text["deferred"] == ["1"]
+    assert text["failed"] == ["1"]
+    assert re.match(r"upstream sent=1 deferred=1 failed=1 last-delivery=\S+ "
+                    r"last-error=\S+ (451|550) ", text["relay-stats"][0])
+    assert qid in queue_json(daemon)
 
     r = ctl_run(daemon, "reload")
     assert r.returncode == 0, r.stderr
