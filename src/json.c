@@ -22,7 +22,7 @@ json_str_len(struct evbuffer *out, const char *s, size_t len)
 	evbuffer_add(out, "\"", 1);
 	while (i < len) {
 		/* Copy the longest run that needs nothing. */
-		for (run = i; run < len && p[run] >= 0x20 && p[run] < 0x80 &&
+		for (run = i; run < len && p[run] >= 0x20 && p[run] < 0x7f &&
 		    p[run] != '"' && p[run] != '\\'; run++)
 			;
 		evbuffer_add(out, p + i, run - i);
@@ -36,9 +36,16 @@ json_str_len(struct evbuffer *out, const char *s, size_t len)
 			evbuffer_add(out, "\\t", 2);
 		else if (p[i] == '\r')
 			evbuffer_add(out, "\\r", 2);
-		else if (p[i] < 0x20)
+		else if (p[i] < 0x20 || p[i] == 0x7f)
 			evbuffer_add_printf(out, "\\u%04x", p[i]);
-		else if ((n = escape_utf8_len(s + i, len - i)) > 0) {
+		else if ((n = escape_utf8_len(s + i, len - i)) == 2 &&
+		    p[i] == 0xc2 && p[i + 1] < 0xa0) {
+			/* C1 controls, escaped like C0: the output is
+			 * printable, as the control protocol's lines must be */
+			evbuffer_add_printf(out, "\\u%04x", p[i + 1]);
+			i += 2;
+			continue;
+		} else if (n > 0) {
 			evbuffer_add(out, p + i, n);
 			i += n;
 			continue;

@@ -13,9 +13,10 @@ struct evbuffer;
 
 /*
  * Appends s[0..len) as a JSON string, quotes included: '"' and '\' are
- * escaped, control characters become \n, \t, \r or \u00XX, well-formed
- * UTF-8 is copied, and every byte that is not part of a well-formed
- * UTF-8 sequence becomes \ufffd, so the result is always valid UTF-8.
+ * escaped, control characters (C0, DEL and the C1 U+0080..U+009F) become
+ * \n, \t, \r or \u00XX, other well-formed UTF-8 is copied, and every byte
+ * that is not part of a well-formed UTF-8 sequence becomes \ufffd, so the
+ * result is always printable, valid UTF-8.
  */
 void json_str_len(struct evbuffer *out, const char *s, size_t len);
 /* The same for a NUL-terminated string; NULL becomes null. */

@@ -40,7 +40,7 @@ Test(json, plain_and_escaped)
 	check("a@example.org", "\"a@example.org\"");
 	check("say \"hi\" \\ o/", "\"say \\\"hi\\\" \\\\ o/\"");
 	check("a\tb\r\nc", "\"a\\tb\\r\\nc\"");
-	check("\x1b[31m\x7f", "\"\\u001b[31m\x7f\"");
+	check("\x1b[31m\x7f", "\"\\u001b[31m\\u007f\"");
 }
 
 Test(json, nul_inside)
@@ -52,12 +52,12 @@ Test(json, utf8_copied_bad_bytes_replaced)
 {
 	check("J\xc3\xbcrgen \xe2\x82\xac \xf0\x9f\x93\xa7",
 	    "\"J\xc3\xbcrgen \xe2\x82\xac \xf0\x9f\x93\xa7\"");
-	/* stray continuation, overlong, surrogate, truncated, C1 kept */
+	/* stray continuation, overlong, surrogate, truncated; C1 escaped */
 	check("\x80", "\"\\ufffd\"");
 	check("\xc0\xaf", "\"\\ufffd\\ufffd\"");
 	check("\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"");
 	check("\xe2\x82", "\"\\ufffd\\ufffd\"");
-	check("\xc2\x85", "\"\xc2\x85\"");
+	check("\xc2\x85 \xc2\xa0", "\"\\u0085 \xc2\xa0\"");
 }
 
 Test(json, null_keys_and_times)
