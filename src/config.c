@@ -607,7 +607,8 @@ static const char *const top_keys[] = { "hostname", "user", "spool",
 static const char *const sender_policy_keys[] = { "mode", "map", "exempt",
 	NULL };
 static const char *const limit_keys[] = { "max_line", "max_message_size",
-	"max_recipients", "max_sessions", "max_errors", "idle_timeout", NULL };
+	"max_recipients", "max_sessions", "max_errors", "idle_timeout",
+	"session_timeout", "max_sessions_per_client", NULL };
 static const char *const sender_rewrite_keys[] = { "map", "masquerade",
 	NULL };
 static const char *const queue_keys[] = { "retry_min", "retry_max",
@@ -1043,6 +1044,8 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	cfg->max_sessions = 100;
 	cfg->max_errors = 10;
 	cfg->idle_timeout = 300;
+	cfg->session_timeout = 600;
+	cfg->max_sessions_per_client = 0; /* half of max_sessions, below */
 	cfg->retry_min = 300;
 	cfg->retry_max = 4000;
 	cfg->lifetime = 5 * 86400;
@@ -1098,10 +1101,19 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 		    get_uint(ctx, grp, "max_errors", NULL, 1, 1000,
 		    &cfg->max_errors) == -1 ||
 		    get_uint(ctx, grp, "idle_timeout", duration_units, 1, 86400,
-		    &cfg->idle_timeout) == -1)
+		    &cfg->idle_timeout) == -1 ||
+		    get_uint(ctx, grp, "session_timeout", duration_units, 0,
+		    7 * 86400, &cfg->session_timeout) == -1 ||
+		    get_uint(ctx, grp, "max_sessions_per_client", NULL, 1,
+		    100000, &cfg->max_sessions_per_client) == -1)
 			goto out;
 		cfg->max_line = (size_t)size;
 	}
+	/* One client (a local user, or an address) may take half of the
+	 * slots unless told otherwise: the others keep the rest. */
+	if (cfg->max_sessions_per_client == 0)
+		cfg->max_sessions_per_client = cfg->max_sessions / 2 > 0 ?
+		    cfg->max_sessions / 2 : 1;
 	if ((grp = config_setting_get_member(root, "queue")) != NULL) {
 		if (config_setting_type(grp) != CONFIG_TYPE_GROUP) {
 			cfg_fail(ctx, grp, "queue: expected a group");

@@ -111,6 +111,8 @@ struct config {
 	unsigned max_sessions;    /* concurrent inbound sessions */
 	unsigned max_errors;      /* per session before 421 */
 	unsigned idle_timeout;    /* seconds of client silence */
+	unsigned session_timeout; /* seconds a session may last, 0: no limit */
+	unsigned max_sessions_per_client; /* per uid or address */
 
 	unsigned retry_min;       /* seconds, first backoff (300) */
 	unsigned retry_max;       /* seconds, backoff clamp (4000) */

@@ -153,6 +153,7 @@ struct limits {
 	unsigned max_recipients;
 	unsigned max_errors;
 	unsigned idle_timeout;
+	unsigned session_timeout;
 };
 
 struct session {
@@ -162,6 +163,8 @@ struct session {
 	enum session_state state;
 	struct bufferevent *bev;
 	struct event *resume_ev;  /* processes buffered input later */
+	struct event *deadline_ev; /* the session_timeout, NULL if none */
+	int expired;              /* deadline passed during a commit */
 	struct limits lim;
 	/* Aliases and sender rewriting of the config at accept; the daemon
 	 * retires replaced configs instead of freeing them. */
@@ -255,6 +258,7 @@ static const struct command commands[] = {
 };
 
 static void session_free(struct session *);
+static void session_expire(struct session *);
 static void session_run(struct session *);
 static void session_update_read(struct session *);
 
@@ -664,6 +668,10 @@ commit_done(int error, struct envelope *env, void *arg)
 	if (s == NULL)
 		return;
 	session_reset(s);
+	if (s->expired) {
+		session_expire(s);
+		return;
+	}
 	session_update_read(s);
 	/* Pipelined commands may already wait in the input buffer; the
 	 * read callback only fires for new bytes. */
@@ -1484,6 +1492,51 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* Ends a session that outlived session_timeout: 421, then close once
+ * the reply is out. Whatever transaction was open is dropped. */
+static void
+session_expire(struct session *s)
+{
+	log_info("smtp: client=%s: session time limit (%us) reached in "
+	    "state %s", s->client, s->lim.session_timeout,
+	    session_state_names[s->state]);
+	reply(s, "421 4.4.2 Session time limit exceeded, closing connection");
+	txn_free(s->txn);
+	s->txn = NULL;
+	session_enter(s, S_QUIT);
+}
+
+/*
+ * The overall deadline: unlike the idle timeout, no byte resets it, so a
+ * client feeding one byte at a time (slowloris) cannot hold a slot for
+ * ever. A commit in flight finishes first: its reply is owed.
+ */
+static void
+session_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	switch (s->state) {
+	case S_QUIT:
+		return;
+	case S_COMMIT:
+		s->expired = 1;
+		return;
+	case S_CONNECTED:
+	case S_READY:
+	case S_MAIL:
+	case S_RCPT:
+	case S_DATA:
+	case S_BDAT:
+	case S_CHUNKED:
+		break;
+	}
+	session_expire(s);
+	/* Nothing may be waiting to be written: close now if so. */
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		session_free(s);
+}
+
 static void
 session_event_cb(struct bufferevent *bev, short what, void *arg)
 {
@@ -1529,6 +1582,8 @@ session_free(struct session *s)
 	txn_free(s->txn);
 	bufferevent_free(s->bev);
 	event_free(s->resume_ev);
+	if (s->deadline_ev != NULL)
+		event_free(s->deadline_ev);
 	TAILQ_REMOVE(&srv->sessions, s, entry);
 	srv->nsessions--;
 	free(s->line);
@@ -1600,6 +1655,25 @@ session_peer(struct session *s, evutil_socket_t fd,
 	}
 	snprintf(s->peer_name, sizeof(s->peer_name), "%s", name);
 	s->client = xasprintf("%s[%s]", s->peer_name, s->peer_addr);
+}
+
+/*
+ * How many sessions the client of the new session ns already has: the
+ * same local user when its uid is known (Unix socket, or loopback TCP
+ * through the kernel's socket table), otherwise the same peer address.
+ */
+static unsigned
+client_sessions(const struct smtp_server *srv, const struct session *ns)
+{
+	const struct session *s;
+	unsigned n = 0;
+
+	TAILQ_FOREACH(s, &srv->sessions, entry) {
+		if (ns->uid_known ? s->uid_known && s->uid == ns->uid :
+		    !s->uid_known && strcmp(s->peer_addr, ns->peer_addr) == 0)
+			n++;
+	}
+	return n;
 }
 
 /* Answers and closes a connection we will not serve. */
@@ -1699,12 +1773,7 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 	s->lim.max_errors = cfg->max_errors;
 	s->lim.idle_timeout = cfg->idle_timeout;
 	s->local = cfg->local;
-	s->hostname = xstrdup(cfg->hostname != NULL ? cfg->hostname :
-	    "localhost");
-	s->mail_domain = xstrdup(cfg->mail_domain != NULL ? cfg->mail_domain :
-	    s->hostname);
-	s->policy = cfg->sender_policy;
-	s->line = xmalloc(s->lim.max_line + 1);
+	s->lim.session_timeout = cfg->session_timeout;
 	if (label != NULL) {
 		s->peer_family = AF_UNIX;
 		snprintf(s->peer_name, sizeof(s->peer_name), "localhost");
@@ -1714,6 +1783,22 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 		s->uid_known = 1;
 	} else
 		session_peer(s, fd, sa, salen);
+	if (client_sessions(srv, s) >= cfg->max_sessions_per_client) {
+		log_info("smtp: too many sessions from client=%s (%u), "
+		    "refusing a connection", s->client,
+		    cfg->max_sessions_per_client);
+		refuse(fd, "421 4.7.0 Too many connections from you, try "
+		    "again later\r\n");
+		free(s->client);
+		free(s);
+		return;
+	}
+	s->hostname = xstrdup(cfg->hostname != NULL ? cfg->hostname :
+	    "localhost");
+	s->mail_domain = xstrdup(cfg->mail_domain != NULL ? cfg->mail_domain :
+	    s->hostname);
+	s->policy = cfg->sender_policy;
+	s->line = xmalloc(s->lim.max_line + 1);
 
 	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	s->resume_ev = event_new(srv->base, -1, 0, session_resume_cb, s);
@@ -1729,6 +1814,14 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 		tv.tv_sec = s->lim.idle_timeout;
 		tv.tv_usec = 0;
 		bufferevent_set_timeouts(s->bev, &tv, &tv);
+	}
+	if (s->lim.session_timeout > 0) {
+		s->deadline_ev = evtimer_new(srv->base, session_deadline_cb, s);
+		if (s->deadline_ev == NULL)
+			fatalx("smtp: cannot set up a session");
+		tv.tv_sec = s->lim.session_timeout;
+		tv.tv_usec = 0;
+		evtimer_add(s->deadline_ev, &tv);
 	}
 	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
 	srv->nsessions++;

@@ -337,6 +337,9 @@ Test(config, example_defaults_are_the_defaults)
 	cr_assert_eq(ex->max_sessions, def->max_sessions);
 	cr_assert_eq(ex->max_errors, def->max_errors);
 	cr_assert_eq(ex->idle_timeout, def->idle_timeout);
+	cr_assert_eq(ex->session_timeout, def->session_timeout);
+	cr_assert_eq(ex->max_sessions_per_client,
+	    def->max_sessions_per_client);
 	cr_assert_eq(ex->retry_min, def->retry_min);
 	cr_assert_eq(ex->retry_max, def->retry_max);
 	cr_assert_eq(ex->lifetime, def->lifetime);
@@ -458,4 +461,33 @@ Test(config, route_and_backup_errors_name_file_and_line)
 	};
 
 	expect_errors(bad, sizeof(bad) / sizeof(*bad));
+}
+
+Test(config, session_limits)
+{
+	struct config *c;
+
+	c = config_parse_string("hostname = \"h\";\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
+	    sizeof(err));
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->session_timeout, 600);
+	cr_assert_eq(c->max_sessions_per_client, 50);
+	config_free(c);
+	c = config_parse_string("hostname = \"h\";\n"
+	    "limits = { max_sessions = 3; session_timeout = \"1h\"; };\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
+	    sizeof(err));
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->session_timeout, 3600);
+	cr_assert_eq(c->max_sessions_per_client, 1);
+	config_free(c);
+	c = config_parse_string("hostname = \"h\";\n"
+	    "limits = { session_timeout = 0; max_sessions_per_client = 7; "
+	    "};\nrelays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
+	    sizeof(err));
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->session_timeout, 0);
+	cr_assert_eq(c->max_sessions_per_client, 7);
+	config_free(c);
 }

@@ -41,7 +41,8 @@
 /* The default limits for these tests; each test may override some. */
 #define LIMITS                                                          \
 	"max_line = 512; max_message_size = 2048; max_recipients = 3; " \
-	"max_errors = 3; max_sessions = 4; idle_timeout = 30;"
+	"max_errors = 3; max_sessions = 4; idle_timeout = 30; "         \
+	"max_sessions_per_client = 4;"
 
 static struct harness {
 	struct event_base *base;
@@ -1051,6 +1052,96 @@ Test(smtp_server, max_sessions)
 	close(extra);
 	for (i = 0; i < 3; i++)
 		close(fds[i]);
+}
+
+/* Reads the first line a refused or greeted connection gets on fd. */
+static char *
+first_line(int fd)
+{
+	static char buf[128];
+	double deadline = now() + WAIT_SECS;
+	ssize_t n;
+
+	while ((n = read(fd, buf, sizeof(buf) - 1)) == -1 &&
+	    errno == EAGAIN && now() < deadline) {
+		event_base_loop(h.base, EVLOOP_NONBLOCK);
+		usleep(10000);
+	}
+	cr_assert_gt(n, 0);
+	buf[n] = '\0';
+	return buf;
+}
+
+/* A session from a fake TCP peer (the server takes the address given). */
+static int
+connect_pair_from(const char *ip)
+{
+	struct sockaddr_in sin;
+	int sv[2];
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	cr_assert_eq(inet_pton(AF_INET, ip, &sin.sin_addr), 1);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_neq(fcntl(sv[0], F_SETFL, O_NONBLOCK), -1);
+	smtp_server_accept(h.srv, sv[1], (struct sockaddr *)&sin,
+	    sizeof(sin));
+	return sv[0];
+}
+
+/* One local user (here: this process's uid on the Unix socket) cannot
+ * take every slot; another client still gets in. */
+Test(smtp_server, max_sessions_per_client)
+{
+	int mine, refused, other, other2;
+
+	teardown();
+	setup_with("max_sessions = 4; max_sessions_per_client = 2;");
+	mine = connect_pair();
+	cr_assert_eq(smtp_server_sessions(h.srv), 2);
+	refused = connect_pair();
+	cr_assert(strncmp(first_line(refused), "421 4.7.0", 9) == 0);
+	cr_assert_eq(smtp_server_sessions(h.srv), 2);
+	other = connect_pair_from("127.0.0.2");
+	cr_assert(strncmp(first_line(other), "220 ", 4) == 0);
+	other2 = connect_pair_from("127.0.0.2");
+	cr_assert(strncmp(first_line(other2), "220 ", 4) == 0);
+	cr_assert_eq(smtp_server_sessions(h.srv), 4);
+	close(refused);
+	close(mine);
+	close(other);
+	close(other2);
+}
+
+/* Slowloris: a byte every 0.3 s keeps the idle timer reset, but not the
+ * session's deadline; the message is not queued. */
+Test(smtp_server, session_timeout_ends_a_slow_data_session)
+{
+	double start, took;
+	char *r = NULL;
+	int i;
+
+	teardown();
+	setup_with("idle_timeout = 30; session_timeout = 2;");
+	start = now();
+	ehlo();
+	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
+	    "DATA\r\n");
+	expect("250");
+	expect("250");
+	expect("354 ");
+	for (i = 0; i < 40 && r == NULL; i++) {
+		send_str("x");
+		run_until(reply_ready, &r, 0.3);
+	}
+	took = now() - start;
+	cr_assert_not_null(r, "still in DATA after %.1fs", took);
+	cr_assert(strncmp(r, "421 4.4.2 Session time limit", 28) == 0, "%s",
+	    r);
+	cr_assert(took >= 1.9 && took < 10, "took %.1fs", took);
+	free(r);
+	cr_assert(run_until(is_eof, NULL, WAIT_SECS));
+	cr_assert_eq(h.nqueued, 0);
 }
 
 Test(smtp_server, idle_timeout)
