@@ -364,6 +364,17 @@ ehlo(void)
 	expect("250-mx.test"); /* the whole multi-line reply */
 }
 
+/* MAIL, RCPT and DATA, each accepted. */
+static void
+data_begin(void)
+{
+	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
+	    "DATA\r\n");
+	expect("250");
+	expect("250");
+	expect("354 ");
+}
+
 TestSuite(smtp_server, .init = setup, .fini = teardown, .timeout = 60);
 
 Test(smtp_server, ehlo_keywords)
@@ -677,11 +688,7 @@ Test(smtp_server, dot_unstuffing)
 	size_t one = 1;
 
 	ehlo();
-	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
-	    "DATA\r\n");
-	expect("250");
-	expect("250");
-	expect("354 ");
+	data_begin();
 	/* Split the terminator across writes too. */
 	send_str("..leading\r\n...\r\n.x\r\nmid.dle\r\n\r");
 	run_until(nqueued_is, &one, 0.1);
@@ -705,11 +712,7 @@ Test(smtp_server, long_data_line)
 	teardown();
 	setup_with("max_message_size = \"1M\";");
 	ehlo();
-	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
-	    "DATA\r\n");
-	expect("250");
-	expect("250");
-	expect("354 ");
+	data_begin();
 	/* One 200 KiB line starting with a dot: stored in pieces, the dot
 	 * removed once, every CR kept where it was. */
 	line = malloc(n);
@@ -925,11 +928,7 @@ Test(smtp_server, nul_bytes_refused)
 	size_t one = 1;
 
 	ehlo();
-	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
-	    "DATA\r\n");
-	expect("250");
-	expect("250");
-	expect("354 ");
+	data_begin();
 	send_buf(data, sizeof(data) - 1);
 	expect("554 5.6.0");
 	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n");
@@ -1125,11 +1124,7 @@ Test(smtp_server, session_timeout_ends_a_slow_data_session)
 	setup_with("idle_timeout = 30; session_timeout = 2;");
 	start = now();
 	ehlo();
-	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
-	    "DATA\r\n");
-	expect("250");
-	expect("250");
-	expect("354 ");
+	data_begin();
 	for (i = 0; i < 40 && r == NULL; i++) {
 		send_str("x");
 		run_until(reply_ready, &r, 0.3);
