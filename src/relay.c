@@ -1364,6 +1364,7 @@ rs_connect(struct relay_session *rs, const struct smtp_client_auth *auth)
 	p.timeout_connect = rs->timeout_connect;
 	p.timeout_command = rs->timeout_command;
 	p.timeout_data = rs->timeout_data;
+	p.worker = rs->relay->w;
 	rs->client = smtp_client_new(rs->relay->base, rs->relay->dns, &p,
 	    &client_cb, rs);
 	if (rs->client == NULL) {

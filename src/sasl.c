@@ -32,6 +32,7 @@ enum sasl_state {
 	SASL_ST_START,       /* nothing sent yet */
 	SASL_ST_WAIT,        /* AUTH sent; waiting for the first challenge */
 	SASL_ST_LOGIN_PASS,  /* LOGIN: user name sent; password prompt next */
+	SASL_ST_SCRAM_WORK,  /* SCRAM: server-first parsed; PBKDF2 to run */
 	SASL_ST_SCRAM_FINAL, /* SCRAM: client-final sent; server-final next */
 	SASL_ST_DONE,        /* all said (and verified); final reply next */
 	SASL_ST_REJECTED,    /* the server reported an error in the exchange */
@@ -43,6 +44,7 @@ static const char *const sasl_state_names[] = {
 	"start",
 	"wait",
 	"login-pass",
+	"scram-work",
 	"scram-final",
 	"done",
 	"rejected",
@@ -65,6 +67,14 @@ struct sasl {
 	unsigned char server_sig[EVP_MAX_MD_SIZE];
 	size_t server_sig_len;
 	char *server_error;
+	int async;              /* leave SCRAM's PBKDF2 to sasl_work() */
+	enum sasl_status work_status; /* sasl_work()'s result */
+	/* SCRAM from the server-first message to the computation: */
+	unsigned char *salt;
+	size_t saltlen;
+	unsigned long iter;
+	char *final_bare;       /* client-final-message-without-proof */
+	char *auth_message;
 };
 
 typedef enum sasl_status sasl_step_fn(struct sasl *, const unsigned char *,
@@ -79,6 +89,8 @@ struct sasl_mech {
 
 static sasl_step_fn step_scram, step_cram_md5, step_plain, step_login,
     step_xoauth2, step_oauthbearer;
+static void scram_pending_clear(struct sasl *);
+static enum sasl_status scram_compute(struct sasl *);
 
 static const struct sasl_mech sasl_mechs[] = {
 	{ "SCRAM-SHA-256", SASL_MECH_INITIAL | SASL_MECH_MUTUAL, EVP_sha256,
@@ -164,6 +176,7 @@ sasl_free(struct sasl *s)
 	xfree_secret_str(s->password);
 	xfree_secret_str(s->nonce);
 	xfree_secret_str(s->client_first_bare);
+	scram_pending_clear(s);
 	free(s->server_error);
 	OPENSSL_cleanse(s, sizeof(*s));
 	free(s);
@@ -242,6 +255,34 @@ sasl_step(struct sasl *s, const unsigned char *challenge,
 	return st;
 }
 
+void
+sasl_set_async(struct sasl *s, int async)
+{
+	s->async = async;
+}
+
+void
+sasl_work(struct sasl *s)
+{
+	s->work_status = scram_compute(s);
+}
+
+enum sasl_status
+sasl_work_result(struct sasl *s, const unsigned char **out, size_t *outlen)
+{
+	*out = NULL;
+	*outlen = 0;
+	if (s->work_status == SASL_ERROR) {
+		out_clear(s);
+		if (s->state != SASL_ST_FAILED)
+			sasl_enter(s, SASL_ST_FAILED);
+		return SASL_ERROR;
+	}
+	*out = s->out;
+	*outlen = s->outlen;
+	return s->work_status;
+}
+
 int
 sasl_is_complete(const struct sasl *s)
 {
@@ -297,6 +338,7 @@ step_plain(struct sasl *s, const unsigned char *c, size_t len)
 		sasl_enter(s, SASL_ST_DONE);
 		return SASL_DONE;
 	case SASL_ST_LOGIN_PASS:
+	case SASL_ST_SCRAM_WORK:
 	case SASL_ST_SCRAM_FINAL:
 	case SASL_ST_DONE:
 	case SASL_ST_REJECTED:
@@ -348,6 +390,7 @@ step_login(struct sasl *s, const unsigned char *c, size_t len)
 		respond(s, s->password, strlen(s->password));
 		sasl_enter(s, SASL_ST_DONE);
 		return SASL_DONE;
+	case SASL_ST_SCRAM_WORK:
 	case SASL_ST_SCRAM_FINAL:
 	case SASL_ST_DONE:
 	case SASL_ST_REJECTED:
@@ -399,6 +442,7 @@ step_cram_md5(struct sasl *s, const unsigned char *c, size_t len)
 		sasl_enter(s, SASL_ST_DONE);
 		return SASL_DONE;
 	case SASL_ST_LOGIN_PASS:
+	case SASL_ST_SCRAM_WORK:
 	case SASL_ST_SCRAM_FINAL:
 	case SASL_ST_DONE:
 	case SASL_ST_REJECTED:
@@ -525,24 +569,36 @@ hmac(const EVP_MD *md, const void *key, size_t keylen, const void *data,
 	return (int)n;
 }
 
+/* Forgets the parsed server-first message (wiping what derives from
+ * it). */
+static void
+scram_pending_clear(struct sasl *s)
+{
+	if (s->salt != NULL)
+		xfree_secret(s->salt, s->saltlen + 1);
+	s->salt = NULL;
+	s->saltlen = 0;
+	s->iter = 0;
+	xfree_secret_str(s->final_bare);
+	s->final_bare = NULL;
+	xfree_secret_str(s->auth_message);
+	s->auth_message = NULL;
+}
+
+/*
+ * Checks the server-first message and keeps what the proof needs; the
+ * costly part (PBKDF2 over s->iter rounds) is scram_compute(), which runs
+ * at once or, in async mode, from sasl_work() on another thread.
+ */
 static enum sasl_status
 scram_client_final(struct sasl *s, const unsigned char *c, size_t len)
 {
-	const EVP_MD *md = s->mech->md();
 	const char *p = (const char *)c, *end = p + len, *nonce, *salt64, *it;
 	size_t nlen, slen, ilen, i, cnl;
-	unsigned char salted[EVP_MAX_MD_SIZE], ckey[EVP_MAX_MD_SIZE];
-	unsigned char skey[EVP_MAX_MD_SIZE], stored[EVP_MAX_MD_SIZE];
-	unsigned char csig[EVP_MAX_MD_SIZE], proof[EVP_MAX_MD_SIZE];
-	unsigned char *salt = NULL;
-	unsigned int storedlen = 0;
-	struct buf without_proof = { NULL, 0, 0 }, msg = { NULL, 0, 0 };
-	char *proof64 = NULL;
+	struct buf msg = { NULL, 0, 0 }, wp = { NULL, 0, 0 };
 	unsigned long iter = 0;
-	int mdlen = EVP_MD_get_size(md);
-	enum sasl_status ret = SASL_ERROR;
 
-	if (c == NULL || memchr(c, '\0', len) != NULL || mdlen <= 0)
+	if (c == NULL || memchr(c, '\0', len) != NULL)
 		return SASL_ERROR;
 	/* r=NONCE,s=SALT,i=COUNT[,ext]; a leading m= is a mandatory
 	 * extension we cannot know. */
@@ -566,40 +622,73 @@ scram_client_final(struct sasl *s, const unsigned char *c, size_t len)
 	}
 	if (iter == 0 || iter > SASL_SCRAM_MAX_ITERATIONS)
 		return SASL_ERROR;
-	if (sasl_b64_decode(salt64, slen, &salt, &slen) == -1)
+	scram_pending_clear(s);
+	if (sasl_b64_decode(salt64, slen, &s->salt, &s->saltlen) == -1)
 		return SASL_ERROR;
-	if (slen == 0 || slen > INT_MAX)
-		goto done;
+	if (s->saltlen == 0 || s->saltlen > INT_MAX) {
+		scram_pending_clear(s);
+		return SASL_ERROR;
+	}
+	s->iter = iter;
+	/* c=base64("n,,") */
+	buf_adds(&wp, "c=biws,r=");
+	buf_add(&wp, nonce, nlen);
+	buf_adds(&msg, s->client_first_bare);
+	buf_adds(&msg, ",");
+	buf_add(&msg, c, len);
+	buf_adds(&msg, ",");
+	buf_add(&msg, wp.p, wp.len);
+	s->final_bare = xstrdup(wp.p);
+	s->auth_message = xstrdup(msg.p);
+	buf_wipe(&wp);
+	buf_wipe(&msg);
+	sasl_enter(s, SASL_ST_SCRAM_WORK);
+	if (s->async)
+		return SASL_WORK;
+	return scram_compute(s);
+}
 
-	if (PKCS5_PBKDF2_HMAC(s->password, (int)strlen(s->password), salt,
-	    (int)slen, (int)iter, md, mdlen, salted) != 1)
+/* The salted password, the client proof and the server signature we
+ * expect; responds with the client-final message. */
+static enum sasl_status
+scram_compute(struct sasl *s)
+{
+	const EVP_MD *md = s->mech->md();
+	unsigned char salted[EVP_MAX_MD_SIZE], ckey[EVP_MAX_MD_SIZE];
+	unsigned char skey[EVP_MAX_MD_SIZE], stored[EVP_MAX_MD_SIZE];
+	unsigned char csig[EVP_MAX_MD_SIZE], proof[EVP_MAX_MD_SIZE];
+	unsigned int storedlen = 0;
+	struct buf final = { NULL, 0, 0 };
+	char *proof64 = NULL;
+	int mdlen = EVP_MD_get_size(md);
+	size_t i, mlen;
+	enum sasl_status ret = SASL_ERROR;
+
+	if (s->state != SASL_ST_SCRAM_WORK || s->salt == NULL || mdlen <= 0)
+		return SASL_ERROR;
+	mlen = strlen(s->auth_message);
+	if (PKCS5_PBKDF2_HMAC(s->password, (int)strlen(s->password), s->salt,
+	    (int)s->saltlen, (int)s->iter, md, mdlen, salted) != 1)
 		goto done;
 	if (hmac(md, salted, (size_t)mdlen, "Client Key", 10, ckey) != mdlen)
 		goto done;
 	if (EVP_Digest(ckey, (size_t)mdlen, stored, &storedlen, md, NULL) != 1)
 		goto done;
-	/* c=base64("n,,") */
-	buf_adds(&without_proof, "c=biws,r=");
-	buf_add(&without_proof, nonce, nlen);
-	buf_adds(&msg, s->client_first_bare);
-	buf_adds(&msg, ",");
-	buf_add(&msg, c, len);
-	buf_adds(&msg, ",");
-	buf_add(&msg, without_proof.p, without_proof.len);
-	if (hmac(md, stored, storedlen, msg.p, msg.len, csig) != mdlen)
+	if (hmac(md, stored, storedlen, s->auth_message, mlen, csig) != mdlen)
 		goto done;
 	for (i = 0; i < (size_t)mdlen; i++)
 		proof[i] = ckey[i] ^ csig[i];
 	if (hmac(md, salted, (size_t)mdlen, "Server Key", 10, skey) != mdlen)
 		goto done;
-	if (hmac(md, skey, (size_t)mdlen, msg.p, msg.len, s->server_sig) !=
-	    mdlen)
+	if (hmac(md, skey, (size_t)mdlen, s->auth_message, mlen,
+	    s->server_sig) != mdlen)
 		goto done;
 	s->server_sig_len = (size_t)mdlen;
 	proof64 = sasl_b64_encode(proof, (size_t)mdlen);
-	buf_adds(&without_proof, ",p=");
-	buf_adds(&without_proof, proof64);
-	respond(s, without_proof.p, without_proof.len);
+	buf_adds(&final, s->final_bare);
+	buf_adds(&final, ",p=");
+	buf_adds(&final, proof64);
+	respond(s, final.p, final.len);
 	sasl_enter(s, SASL_ST_SCRAM_FINAL);
 	ret = SASL_CONTINUE;
 done:
@@ -610,9 +699,8 @@ done:
 	OPENSSL_cleanse(csig, sizeof(csig));
 	OPENSSL_cleanse(proof, sizeof(proof));
 	xfree_secret_str(proof64);
-	buf_wipe(&without_proof);
-	buf_wipe(&msg);
-	xfree_secret(salt, slen + 1);
+	buf_wipe(&final);
+	scram_pending_clear(s);
 	return ret;
 }
 
@@ -658,6 +746,7 @@ step_scram(struct sasl *s, const unsigned char *c, size_t len)
 		return scram_client_final(s, c, len);
 	case SASL_ST_SCRAM_FINAL:
 		return scram_verify(s, c, len);
+	case SASL_ST_SCRAM_WORK: /* sasl_work() has not run */
 	case SASL_ST_LOGIN_PASS:
 	case SASL_ST_DONE:
 	case SASL_ST_REJECTED:
@@ -708,6 +797,7 @@ oauth_step(struct sasl *s, const unsigned char *c, size_t len, int bearer)
 		sasl_enter(s, SASL_ST_REJECTED);
 		return SASL_DONE;
 	case SASL_ST_LOGIN_PASS:
+	case SASL_ST_SCRAM_WORK:
 	case SASL_ST_SCRAM_FINAL:
 	case SASL_ST_REJECTED:
 	case SASL_ST_FAILED:

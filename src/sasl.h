@@ -49,8 +49,9 @@
 /* How many mechanisms exist: the size an output list of
  * sasl_choose_order() never needs to exceed. */
 #define SASL_MECH_MAX 8
-/* SCRAM iteration counts above this are refused: PBKDF2 runs on the
- * caller's thread, and a server asking for more is broken or hostile. */
+/* SCRAM iteration counts above this are refused: a server asking for
+ * more is broken or hostile, and even on a worker thread (sasl_work) each
+ * attempt costs CPU time. */
 #define SASL_SCRAM_MAX_ITERATIONS 1000000
 
 /* Mechanism flags (sasl_mech_flags). */
@@ -63,6 +64,8 @@ enum sasl_status {
 	SASL_CONTINUE, /* send *out; the server may challenge again */
 	SASL_DONE,     /* send *out; then expect the final reply */
 	SASL_ERROR,    /* cancel ("*"): bad challenge or server unproven */
+	SASL_WORK,     /* async mode only: run sasl_work(), then take the
+	                  step's result from sasl_work_result() */
 };
 
 struct sasl;
@@ -103,6 +106,18 @@ int sasl_set_nonce(struct sasl *s, const char *nonce);
  */
 enum sasl_status sasl_step(struct sasl *s, const unsigned char *challenge,
     size_t challenge_len, const unsigned char **out, size_t *outlen);
+/*
+ * Async mode (off by default): a step whose work is slow, SCRAM's PBKDF2
+ * over the server's iteration count, returns SASL_WORK instead of doing
+ * it. The caller then runs sasl_work(s) on another thread (no other call
+ * on s until it returns: it reads the password and writes the response),
+ * and back on its own thread sasl_work_result() gives what sasl_step would
+ * have: SASL_CONTINUE with *out, or SASL_ERROR.
+ */
+void sasl_set_async(struct sasl *s, int async);
+void sasl_work(struct sasl *s);
+enum sasl_status sasl_work_result(struct sasl *s, const unsigned char **out,
+    size_t *outlen);
 /* 1 when the exchange finished as the mechanism requires (for SCRAM, the
  * server signature checked out), else 0. */
 int sasl_is_complete(const struct sasl *s);

@@ -73,6 +73,7 @@
 #include "smtp_client.h"
 #include "smtp_proto.h"
 #include "tls.h"
+#include "worker.h"
 #include "xmalloc.h"
 
 #define CLIENT_LINE_MAX 2048      /* reply line, CRLF included */
@@ -198,6 +199,9 @@ struct smtp_client {
 	size_t auth_nmechs;
 	size_t auth_idx;      /* the mechanism being tried */
 	struct sasl *sasl;    /* its exchange, while in CS_AUTH* */
+	struct worker *worker; /* for sasl_work(); NULL: run it inline */
+	int auth_working;     /* sasl_work() runs: replies wait, and the
+	                         worker job owns the exchange */
 	const unsigned char *auth_out; /* the response to send (sasl's) */
 	size_t auth_outlen;
 	const char *authed;   /* mechanism that succeeded, static; or NULL */
@@ -1036,6 +1040,7 @@ client_auth_try(struct smtp_client *c, const struct smtp_reply *last)
 			client_auth_note(c, "%s: cannot start", mech);
 			continue;
 		}
+		sasl_set_async(c->sasl, c->worker != NULL);
 		if (sasl_step(c->sasl, NULL, 0, &c->auth_out,
 		    &c->auth_outlen) == SASL_ERROR) {
 			client_auth_note(c, "%s: cannot start", mech);
@@ -1129,6 +1134,81 @@ client_auth_ok(struct smtp_client *c)
 	client_enter(c, CS_MAIL);
 }
 
+/* Sends the response of a SASL step, or cancels the mechanism. */
+static void
+client_auth_stepped(struct smtp_client *c, enum sasl_status st)
+{
+	const char *mech = c->auth_mechs[c->auth_idx];
+
+	if (st == SASL_ERROR || st == SASL_WORK) {
+		client_auth_note(c, "%s: unexpected challenge%s%s%s",
+		    mech, sasl_server_error(c->sasl) != NULL ?
+		    " (server said: " : "",
+		    sasl_server_error(c->sasl) != NULL ?
+		    sasl_server_error(c->sasl) : "",
+		    sasl_server_error(c->sasl) != NULL ? ")" : "");
+		client_enter(c, CS_AUTH_CANCEL);
+		return;
+	}
+	client_enter(c, CS_AUTH_STEP);
+}
+
+/*
+ * A SASL step's slow part (SCRAM's PBKDF2, up to
+ * SASL_SCRAM_MAX_ITERATIONS rounds) on the worker pool, so that every
+ * other session on the loop keeps being served. The job owns the
+ * exchange and holds a reference to the client until it is back on the
+ * loop; replies that arrive meanwhile wait in the input buffer.
+ */
+struct auth_job {
+	struct smtp_client *c;
+	struct sasl *sasl;
+};
+
+static void
+client_auth_work_run(void *arg)
+{
+	struct auth_job *j = arg;
+
+	sasl_work(j->sasl);
+}
+
+static void
+client_auth_work_done(void *arg)
+{
+	struct auth_job *j = arg;
+	struct smtp_client *c = j->c;
+	enum sasl_status st;
+
+	c->auth_working = 0;
+	if (c->dying || c->state == CS_CLOSED) {
+		sasl_free(j->sasl);
+		free(j);
+		client_release(c);
+		return;
+	}
+	c->sasl = j->sasl;
+	free(j);
+	st = sasl_work_result(c->sasl, &c->auth_out, &c->auth_outlen);
+	client_auth_stepped(c, st);
+	if (!c->dying && c->bev != NULL)
+		client_read_replies(c, c->bev);
+	client_release(c);
+}
+
+static void
+client_auth_work(struct smtp_client *c)
+{
+	struct auth_job *j = xcalloc(1, sizeof(*j));
+
+	j->c = c;
+	j->sasl = c->sasl;
+	c->sasl = NULL;
+	c->auth_working = 1;
+	client_hold(c);
+	worker_run(c->worker, client_auth_work_run, client_auth_work_done, j);
+}
+
 /* A reply in CS_AUTH or CS_AUTH_STEP. */
 static void
 client_auth_reply(struct smtp_client *c, const struct smtp_reply *r)
@@ -1152,17 +1232,11 @@ client_auth_reply(struct smtp_client *c, const struct smtp_reply *r)
 		st = sasl_step(c->sasl, ch, chlen, &c->auth_out,
 		    &c->auth_outlen);
 		xfree_secret(ch, chlen + 1);
-		if (st == SASL_ERROR) {
-			client_auth_note(c, "%s: unexpected challenge%s%s%s",
-			    mech, sasl_server_error(c->sasl) != NULL ?
-			    " (server said: " : "",
-			    sasl_server_error(c->sasl) != NULL ?
-			    sasl_server_error(c->sasl) : "",
-			    sasl_server_error(c->sasl) != NULL ? ")" : "");
-			client_enter(c, CS_AUTH_CANCEL);
+		if (st == SASL_WORK) {
+			client_auth_work(c);
 			return;
 		}
-		client_enter(c, CS_AUTH_STEP);
+		client_auth_stepped(c, st);
 		return;
 	case 2:
 		if (r->code != 235)
@@ -1739,7 +1813,7 @@ client_read_replies(struct smtp_client *c, struct bufferevent *bev)
 	/* Stop when the session changed under us: closed, freed, or the
 	 * plain bufferevent replaced by the TLS filter. */
 	while (!c->dying && c->bev == bev && c->state != CS_CLOSED &&
-	    c->state != CS_HANDSHAKE) {
+	    c->state != CS_HANDSHAKE && !c->auth_working) {
 		in = bufferevent_get_input(bev);
 		if (evbuffer_get_length(in) == 0)
 			return;
@@ -2063,6 +2137,7 @@ smtp_client_new(struct event_base *base, struct evdns_base *dns,
 	    DEFAULT_TIMEOUT_COMMAND;
 	c->timeout_data = params->timeout_data ? params->timeout_data :
 	    DEFAULT_TIMEOUT_DATA;
+	c->worker = params->worker;
 	c->cb = *cb;
 	c->arg = arg;
 	c->state = CS_INIT;

@@ -25,6 +25,8 @@
 
 struct smtp_client;
 
+struct worker;
+
 struct smtp_client_params {
 	const char *host;      /* name or numeric address; copied */
 	const char *port;      /* number or service name; copied */
@@ -34,6 +36,9 @@ struct smtp_client_params {
 	unsigned timeout_connect;
 	unsigned timeout_command;
 	unsigned timeout_data;
+	/* Where slow computations run (SCRAM's PBKDF2); borrowed, must
+	 * outlive the client. NULL: on the caller's thread. */
+	struct worker *worker;
 };
 
 struct smtp_client_msg {

@@ -296,6 +296,41 @@ Test(scram, rfc7677_sha256_example)
 	sasl_free(s);
 }
 
+/* The RFC 7677 exchange again, with PBKDF2 left to sasl_work(). */
+Test(scram, async_work_gives_the_same_proof)
+{
+	struct sasl *s = sasl_new("SCRAM-SHA-256", "user", "pencil");
+	const unsigned char *out;
+	size_t outlen;
+
+	sasl_set_async(s, 1);
+	cr_assert_eq(sasl_set_nonce(s, "rOprNGfwEbeRWgbNEkqO"), 0);
+	cr_assert_eq(step_str(s, NULL, &out, &outlen), SASL_CONTINUE);
+	cr_assert_eq(step_str(s, "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIl"
+	    "j)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", &out, &outlen),
+	    SASL_WORK);
+	cr_assert_null(out);
+	/* Nothing else may be asked of it before the work is done. */
+	sasl_work(s);
+	cr_assert_eq(sasl_work_result(s, &out, &outlen), SASL_CONTINUE);
+	EXPECT_OUT_STR(out, outlen, "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2Ra"
+	    "TCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7And"
+	    "VQ=");
+	cr_assert_eq(step_str(s,
+	    "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
+	    &out, &outlen), SASL_DONE);
+	cr_expect_eq(sasl_is_complete(s), 1);
+	sasl_free(s);
+	/* Iterations above the cap are refused before any work. */
+	s = sasl_new("SCRAM-SHA-256", "user", "pencil");
+	sasl_set_async(s, 1);
+	cr_assert_eq(sasl_set_nonce(s, "abc"), 0);
+	cr_assert_eq(step_str(s, NULL, &out, &outlen), SASL_CONTINUE);
+	cr_assert_eq(step_str(s, "r=abcdef,s=W22ZaJ0SNY7soEsUEjb6gQ==,"
+	    "i=1000001", &out, &outlen), SASL_ERROR);
+	sasl_free(s);
+}
+
 Test(scram, rfc5802_sha1_example)
 {
 	struct sasl *s = sasl_new("SCRAM-SHA-1", "user", "pencil");

@@ -39,6 +39,7 @@
 #include "sasl.h"
 #include "smtp_client.h"
 #include "tls.h"
+#include "worker.h"
 #include "xmalloc.h"
 
 #define PEER_TIMEOUT 10   /* seconds any server read or accept may take */
@@ -2894,6 +2895,8 @@ Test(smtp_client, every_mechanism_fails_lists_each_reply)
 
 static const char scram_salt[] = "W22ZaJ0SNY7soEsUEjb6gQ==";
 static const char scram_snonce[] = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+/* The iteration count the test server asks for. */
+static int scram_iter = 4096;
 
 /* The client proof and server signature for authmsg, base64. */
 static void
@@ -2909,7 +2912,7 @@ scram_compute(const char *password, const char *authmsg, char *proof,
 	cr_assert_eq(sasl_b64_decode(scram_salt, strlen(scram_salt), &salt,
 	    &saltlen), 0);
 	cr_assert_eq(PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt,
-	    (int)saltlen, 4096, EVP_sha256(), 32, salted), 1);
+	    (int)saltlen, scram_iter, EVP_sha256(), 32, salted), 1);
 	free(salt);
 	HMAC(EVP_sha256(), salted, 32, (const unsigned char *)"Client Key",
 	    10, ckey, &l);
@@ -2963,8 +2966,8 @@ script_scram(struct peer *p)
 		return;
 	}
 	nonce = cf + 12;
-	snprintf(sf, sizeof(sf), "r=%s%s,s=%s,i=4096", nonce, scram_snonce,
-	    scram_salt);
+	snprintf(sf, sizeof(sf), "r=%s%s,s=%s,i=%d", nonce, scram_snonce,
+	    scram_salt, scram_iter);
 	if (peer_send_b64(p, "334", sf, strlen(sf)) ||
 	    peer_b64_line(p, "", cfin, sizeof(cfin), &len))
 		return;
@@ -3018,6 +3021,76 @@ Test(smtp_client, scram_sha_256_verifies_the_server)
 	cr_assert_str_eq(r.authed, "SCRAM-SHA-256");
 	cr_assert_eq(r.nready, 1);
 	cr_assert_eq(r.closed.status, OUTCOME_OK, "%s", r.closed.text);
+	run_fini(&r);
+}
+
+/* Ticks on the client's loop while it authenticates: the longest gap. */
+struct ticker {
+	struct event *ev;
+	double last;
+	double max_gap;
+};
+
+static void
+tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct ticker *t = arg;
+	double n = now();
+
+	if (n - t->last > t->max_gap)
+		t->max_gap = n - t->last;
+	t->last = n;
+}
+
+/*
+ * SCRAM with the largest iteration count we accept: PBKDF2 runs on the
+ * worker pool, so the loop, and every other session on it, keeps being
+ * served meanwhile. The loop's longest stall must stay well under what
+ * one PBKDF2 of that size takes here.
+ */
+Test(smtp_client, scram_pbkdf2_runs_off_the_loop)
+{
+	struct timeval every = { 0, 5000 };
+	struct peer p = { 0 };
+	struct ticker t = { 0 };
+	unsigned char *salt, out[32];
+	size_t saltlen;
+	double t0, pbkdf2;
+	struct run r;
+
+	cr_assert_eq(evthread_use_pthreads(), 0);
+	cr_assert_eq(sasl_b64_decode(scram_salt, strlen(scram_salt), &salt,
+	    &saltlen), 0);
+	t0 = now();
+	cr_assert_eq(PKCS5_PBKDF2_HMAC("pencil", 6, salt, (int)saltlen,
+	    SASL_SCRAM_MAX_ITERATIONS, EVP_sha256(), 32, out), 1);
+	pbkdf2 = now() - t0;
+	free(salt);
+
+	scram_iter = SASL_SCRAM_MAX_ITERATIONS;
+	scram_bad_signature = 0;
+	peer_start(&p, script_scram);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	r.params.timeout_command = 60;
+	r.params.worker = worker_new(r.base, 1);
+	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 1, 1);
+	t.ev = event_new(r.base, -1, EV_PERSIST, tick_cb, &t);
+	t.last = now();
+	event_add(t.ev, &every);
+	run_go(&r);
+	peer_join(&p);
+	event_free(t.ev);
+	worker_free(r.params.worker);
+
+	cr_assert_str_empty(p.fail, "server: %s", p.fail);
+	cr_assert_eq(r.nauthenticated, 1);
+	cr_assert_str_eq(r.authed, "SCRAM-SHA-256");
+	cr_assert_eq(r.closed.status, OUTCOME_OK, "%s", r.closed.text);
+	cr_log_info("PBKDF2 with %d iterations: %.3fs; longest loop stall "
+	    "while authenticating: %.3fs", SASL_SCRAM_MAX_ITERATIONS, pbkdf2,
+	    t.max_gap);
+	cr_assert_lt(t.max_gap, pbkdf2 / 2, "the loop stalled %.3fs (one "
+	    "PBKDF2 takes %.3fs)", t.max_gap, pbkdf2);
 	run_fini(&r);
 }
 
