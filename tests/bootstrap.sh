@@ -135,6 +135,20 @@ check_in() {
 		echo "==================== $e2e"
 		cat "$e2e"
 	fi
+	# A skipped Criterion test still lets its program PASS: list every
+	# skip, and fail, since a skip here means a check that did not run
+	# (SMARTHOSTD_ALLOW_SKIPS=1 accepts them, e.g. without root).
+	skips=$(grep -h '^\[SKIP\]' "$1"/tests/unit/*.log 2>/dev/null || true)
+	echo "==================== $1: skipped unit tests"
+	if [ -z "$skips" ]; then
+		echo "none"
+	else
+		printf '%s\n' "$skips"
+		if [ "${SMARTHOSTD_ALLOW_SKIPS:-}" != 1 ]; then
+			echo "bootstrap: unit tests were skipped" >&2
+			exit 1
+		fi
+	fi
 }
 
 if [ -f config.status ]; then

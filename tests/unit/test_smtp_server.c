@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <ifaddrs.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1539,6 +1540,160 @@ static int
 tmp_empty(void *arg)
 {
 	return spool_dir_empty("tmp");
+}
+
+/*
+ * The syncs, wrapped (-Wl,--wrap=fdatasync,--wrap=fsync): a test can hold
+ * the message file's fdatasync or the directory's fsync (SYNC_FILE,
+ * SYNC_DIR) until it lets go, or make them fail with sync_errno.
+ */
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+int __real_fsync(int fd);
+int __wrap_fsync(int fd);
+
+enum { SYNC_FILE = 1, SYNC_DIR = 2 };
+static pthread_mutex_t sync_mtx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sync_cv = PTHREAD_COND_INITIALIZER;
+static int sync_hold;      /* SYNC_* bits: those calls wait */
+static int sync_held;      /* calls waiting now */
+static int sync_errno;     /* SYNC_* calls fail with it (0: pass) */
+static int sync_fail;      /* which calls sync_errno applies to */
+static int sync_done;      /* held-kind calls that returned */
+
+static int
+sync_gate(int kind, int fd, int (*real)(int))
+{
+	int e, r;
+
+	pthread_mutex_lock(&sync_mtx);
+	if (sync_hold & kind) {
+		sync_held++;
+		while (sync_hold & kind)
+			pthread_cond_wait(&sync_cv, &sync_mtx);
+		sync_held--;
+	}
+	e = (sync_fail & kind) ? sync_errno : 0;
+	pthread_mutex_unlock(&sync_mtx);
+	if (e != 0) {
+		errno = e;
+		r = -1;
+	} else
+		r = real(fd);
+	pthread_mutex_lock(&sync_mtx);
+	sync_done++;
+	pthread_mutex_unlock(&sync_mtx);
+	return r;
+}
+
+int
+__wrap_fdatasync(int fd)
+{
+	return sync_gate(SYNC_FILE, fd, __real_fdatasync);
+}
+
+int
+__wrap_fsync(int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode))
+		return sync_gate(SYNC_DIR, fd, __real_fsync);
+	return __real_fsync(fd);
+}
+
+static void
+sync_set(int hold, int fail, int error)
+{
+	pthread_mutex_lock(&sync_mtx);
+	sync_hold = hold;
+	sync_fail = fail;
+	sync_errno = error;
+	pthread_cond_broadcast(&sync_cv);
+	pthread_mutex_unlock(&sync_mtx);
+}
+
+static int
+sync_is_held(void *arg)
+{
+	int n;
+
+	pthread_mutex_lock(&sync_mtx);
+	n = sync_held;
+	pthread_mutex_unlock(&sync_mtx);
+	return n > 0;
+}
+
+/*
+ * The 250 waits for the sync: with the file's fdatasync (or the queue
+ * directory's fsync, which makes the rename durable) held, no reply comes
+ * however long the loop runs; the moment the sync returns, the 250 does.
+ */
+static void
+reply_waits_for(int kind)
+{
+	char id[ENVELOPE_ID_MAX], *r = NULL;
+	size_t one = 1;
+
+	ehlo();
+	data_begin();
+	sync_set(kind, 0, 0);
+	send_str("held by the sync\r\n.\r\n");
+	cr_assert(run_until(sync_is_held, NULL, WAIT_SECS),
+	    "the commit never reached the sync");
+	run_until(reply_ready, &r, 0.5);
+	cr_assert_null(r, "replied while the sync was held: %s", r);
+	cr_assert_eq(h.nqueued, 0);
+	sync_set(0, 0, 0);
+	expect_queued(id);
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+}
+
+Test(smtp_server, reply_waits_for_file_sync)
+{
+	reply_waits_for(SYNC_FILE);
+}
+
+Test(smtp_server, reply_waits_for_directory_sync)
+{
+	reply_waits_for(SYNC_DIR);
+}
+
+/* A sync that fails is a refusal the client can retry: 451 (I/O error)
+ * or 452 (no space); nothing is queued, and the session goes on. */
+static void
+sync_failure_refuses(int kind, int error, const char *want)
+{
+	char id[ENVELOPE_ID_MAX];
+	size_t one = 1;
+
+	ehlo();
+	data_begin();
+	sync_set(0, kind, error);
+	send_str("lost to the disk\r\n.\r\n");
+	expect(want);
+	cr_assert_eq(h.nqueued, 0);
+	cr_assert(spool_dir_empty("queue"));
+	sync_set(0, 0, 0);
+	data_begin();
+	send_str("fine\r\n.\r\n");
+	expect_queued(id);
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+}
+
+Test(smtp_server, file_sync_failure_gives_451)
+{
+	sync_failure_refuses(SYNC_FILE, EIO, "451 4.3.0");
+}
+
+Test(smtp_server, file_sync_enospc_gives_452)
+{
+	sync_failure_refuses(SYNC_FILE, ENOSPC, "452 4.3.1");
+}
+
+Test(smtp_server, directory_sync_failure_gives_451)
+{
+	sync_failure_refuses(SYNC_DIR, EIO, "451 4.3.0");
 }
 
 /* A full disk: the write fails (EFBIG under RLIMIT_FSIZE here, ENOSPC in
