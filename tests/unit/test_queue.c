@@ -5,8 +5,12 @@
  * -Wl,--wrap=write,--wrap=fdatasync,--wrap=syncfs,--wrap=fsync (Makefile.am),
  * so every call queue.c makes to those goes through the __wrap_ functions
  * below, which pass through to the real call unless a test armed a fault.
- * Only descriptors above 2 are affected, so log lines still reach stderr;
- * __wrap_fsync counts (and may slow down) fsync()s of directories.
+ * Only descriptors above 2 are affected, so log lines still reach stderr.
+ * The counting wrappers check what they sync by its identity (device and
+ * inode), so syncing the wrong thing does not pass: __wrap_fsync counts
+ * (and may slow down) fsync()s of the spool's queue/ directory only,
+ * __wrap_fdatasync records which files it synced, __wrap_syncfs counts
+ * only a syncfs of the spool's filesystem.
  */
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -47,9 +51,43 @@ static long fault_write_budget = -1;	/* bytes until ENOSPC, -1: off */
 static int fault_sync_errno;		/* fdatasync/syncfs fail with it */
 static int fault_sync_delay_ms;		/* a slow disk */
 static int count_fdatasync;
-static int count_syncfs;
-static int count_dir_fsync;		/* fsync()s of directories */
+static int count_syncfs;		/* of the spool's filesystem */
+static int count_dir_fsync;		/* fsync()s of queue/ itself */
 static int fault_dirsync_delay_ms;	/* a slow directory fsync */
+#define SYNCED_MAX 1024
+static ino_t synced_ino[SYNCED_MAX];	/* files fdatasync()ed, in order */
+static int nsynced;
+
+static char spool[128];
+
+/* Whether st is the spool's subdirectory sub ("" for the spool). */
+static int
+is_spool_dir(const struct stat *st, const char *sub)
+{
+	char path[192];
+	struct stat want;
+
+	snprintf(path, sizeof(path), "%s/%s", spool, sub);
+	return stat(path, &want) == 0 && want.st_dev == st->st_dev &&
+	    want.st_ino == st->st_ino;
+}
+
+/* Whether the message file queue/<id> was fdatasync()ed. */
+static int
+file_was_synced(const char *id)
+{
+	char path[192];
+	struct stat st;
+	int i, n = __atomic_load_n(&nsynced, __ATOMIC_SEQ_CST);
+
+	snprintf(path, sizeof(path), "%s/queue/%s", spool, id);
+	if (stat(path, &st) == -1)
+		return 0;
+	for (i = 0; i < n && i < SYNCED_MAX; i++)
+		if (synced_ino[i] == st.st_ino)
+			return 1;
+	return 0;
+}
 
 ssize_t
 __wrap_write(int fd, const void *buf, size_t len)
@@ -91,22 +129,38 @@ fault_sync(void)
 int
 __wrap_fdatasync(int fd)
 {
+	struct stat st;
+	int i;
+
 	__atomic_add_fetch(&count_fdatasync, 1, __ATOMIC_SEQ_CST);
 	if (fault_sync() == -1)
 		return -1;
-	return __real_fdatasync(fd);
+	if (__real_fdatasync(fd) == -1)
+		return -1;
+	/* Recorded once it succeeded: a file is durable from here on. */
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+		i = __atomic_fetch_add(&nsynced, 1, __ATOMIC_SEQ_CST);
+		if (i < SYNCED_MAX)
+			synced_ino[i] = st.st_ino;
+	}
+	return 0;
 }
 
 int
 __wrap_syncfs(int fd)
 {
-	__atomic_add_fetch(&count_syncfs, 1, __ATOMIC_SEQ_CST);
+	struct stat st, sp;
+
+	if (fstat(fd, &st) == 0 && stat(spool, &sp) == 0 &&
+	    st.st_dev == sp.st_dev)
+		__atomic_add_fetch(&count_syncfs, 1, __ATOMIC_SEQ_CST);
 	if (fault_sync() == -1)
 		return -1;
 	return __real_syncfs(fd);
 }
 
-/* Counts fsync()s of directories; fault_dirsync_delay_ms slows them. */
+/* Counts fsync()s of queue/ (not of tmp/ or any other directory);
+ * fault_dirsync_delay_ms slows every directory fsync. */
 int
 __wrap_fsync(int fd)
 {
@@ -115,7 +169,9 @@ __wrap_fsync(int fd)
 	int ms;
 
 	if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-		__atomic_add_fetch(&count_dir_fsync, 1, __ATOMIC_SEQ_CST);
+		if (is_spool_dir(&st, "queue"))
+			__atomic_add_fetch(&count_dir_fsync, 1,
+			    __ATOMIC_SEQ_CST);
 		ms = __atomic_load_n(&fault_dirsync_delay_ms, __ATOMIC_SEQ_CST);
 		if (ms) {
 			ts.tv_sec = ms / 1000;
@@ -129,7 +185,6 @@ __wrap_fsync(int fd)
 /* Fixture: a spool under a fresh directory in /tmp, an event base. */
 
 static char topdir[64];
-static char spool[128];
 static struct event_base *base;
 
 static void
@@ -664,6 +719,10 @@ group_commit(enum spool_sync mode)
 	} else {
 		cr_assert_eq(count_fdatasync, 50);
 		cr_assert_eq(count_syncfs, 0);
+		for (i = 0; i < 50; i++)
+			cr_assert(file_was_synced(r[i].env->id),
+			    "%s committed, never fdatasync()ed",
+			    r[i].env->id);
 	}
 	cr_assert_eq(count_dir("queue"), 50);
 	cr_assert_eq(count_dir("tmp"), 0);
@@ -1389,10 +1448,13 @@ Test(queue, dir_fsync_per_group_syncfs)
 /* A single commit: the directory is synced before its callback runs. */
 static int dir_fsyncs_seen;
 
+static int file_synced_at_commit;
+
 static void
 count_at_commit_cb(int error, struct envelope *env, void *arg)
 {
 	dir_fsyncs_seen = __atomic_load_n(&count_dir_fsync, __ATOMIC_SEQ_CST);
+	file_synced_at_commit = env != NULL && file_was_synced(env->id);
 	commit_cb(error, env, arg);
 }
 
@@ -1413,7 +1475,9 @@ Test(queue, dir_fsync_before_commit_callback)
 	run_loop(1);
 	cr_assert_eq(r.error, 0);
 	cr_assert_geq(dir_fsyncs_seen, 1,
-	    "commit reported before any directory fsync");
+	    "commit reported before any fsync of queue/");
+	cr_assert(file_synced_at_commit,
+	    "commit reported before its file was fdatasync()ed");
 	envelope_free(r.env);
 	queue_close(q);
 	envelope_free(env);
