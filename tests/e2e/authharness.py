@@ -105,12 +105,17 @@ def new_password(prefix="pw"):
 
 
 def secret_forms(user, password):
-    """Every form in which a password could leak into a log: itself, and
-    base64 of itself, of PLAIN's and of LOGIN's answers, and its hex."""
+    """Every form in which a password (or OAuth token) could leak into a
+    log: itself, its hex, and base64 of itself and of the PLAIN, LOGIN,
+    XOAUTH2 and OAUTHBEARER answers that carry it. SCRAM never sends the
+    password; its proof is derived, so the forms cover it."""
     pw = password.encode("utf-8")
-    blobs = [pw, b"\0" + user.encode() + b"\0" + pw,
-             user.encode() + b"\0" + user.encode() + b"\0" + pw]
-    forms = {password, pw.hex()}
+    u = user.encode("utf-8")
+    blobs = [pw, b"\0" + u + b"\0" + pw, u + b"\0" + u + b"\0" + pw,
+             b"user=" + u + b"\x01auth=Bearer " + pw + b"\x01\x01",
+             b"n,a=" + u + b",\x01auth=Bearer " + pw + b"\x01\x01",
+             b"n,,\x01auth=Bearer " + pw + b"\x01\x01"]
+    forms = {password, pw.hex(), f"Bearer {password}"}
     for blob in blobs:
         forms.add(base64.b64encode(blob).decode())
     return sorted(forms)
@@ -395,7 +400,8 @@ class AuthUpstream(Upstream):
 # --------------------------------------------------------------------------
 # XOAUTH2 (test_auth_extra.py)
 
-OAUTH_MECHANISMS = MECHANISMS + ("XOAUTH2",)
+OAUTH_MECHANISMS = MECHANISMS + ("XOAUTH2", "OAUTHBEARER", "SCRAM-SHA-256")
+SCRAM_ITERATIONS = 4096
 
 
 class OAuthHandler(AuthHandler):
@@ -434,6 +440,81 @@ class OAuthHandler(AuthHandler):
         ok = (blob.endswith(b"\x01\x01") and want is not None
               and auth == f"Bearer {want}")
         return self._check("XOAUTH2", user, ok)
+
+    async def _initial_or_challenge(self, server, args):
+        """The initial response, or the answer to an empty challenge;
+        None after a 501 (bad base64, "*")."""
+        if len(args) > 1:
+            try:
+                return base64.b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 bad base64")
+                return None
+        blob = await server.challenge_auth("")
+        return None if blob is MISSING else blob
+
+    @auth_mechanism("OAUTHBEARER")
+    async def auth_OAUTHBEARER(self, server, args):
+        """RFC 7628: "n,a=USER,^Aauth=Bearer TOKEN^A^A"."""
+        blob = await self._initial_or_challenge(server, args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        gs2, _, rest = blob.partition(b"\x01")
+        user = ""
+        for part in gs2.split(b","):
+            if part.startswith(b"a="):
+                user = part[2:].decode("utf-8", "replace")
+        fields = dict(part.decode("utf-8", "replace").partition("=")[::2]
+                      for part in rest.split(b"\x01") if b"=" in part)
+        auth = fields.get("auth", "")
+        with self._slock:
+            self.oauth_seen.append((user, auth))
+        want = self.tokens.get(user)
+        ok = (gs2.startswith(b"n,") and blob.endswith(b"\x01\x01")
+              and want is not None and auth == f"Bearer {want}")
+        return self._check("OAUTHBEARER", user, ok)
+
+    @auth_mechanism("SCRAM-SHA-256")
+    async def auth_SCRAM_SHA_256(self, server, args):
+        """RFC 5802/7677 with the password of self.users; the server
+        proves itself with v= before the 235."""
+        first = await self._initial_or_challenge(server, args)
+        if first is None:
+            return AuthResult(success=False, handled=True)
+        first = first.decode("utf-8", "replace")
+        if not first.startswith("n,,"):
+            return self._check("SCRAM-SHA-256", "", False)
+        bare = first[3:]
+        attrs = dict(a.split("=", 1) for a in bare.split(",") if "=" in a)
+        user, cnonce = attrs.get("n", ""), attrs.get("r", "")
+        password = self.users.get(user)
+        salt = secrets.token_bytes(16)
+        nonce = cnonce + secrets.token_hex(12)
+        server_first = (f"r={nonce},s={base64.b64encode(salt).decode()},"
+                        f"i={SCRAM_ITERATIONS}")
+        final = await server.challenge_auth(server_first)
+        if final is MISSING:
+            return AuthResult(success=False, handled=True)
+        final = final.decode("utf-8", "replace")
+        without_proof, _, proof = final.rpartition(",p=")
+        if password is None or without_proof != f"c=biws,r={nonce}":
+            return self._check("SCRAM-SHA-256", user, False)
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt,
+                                     SCRAM_ITERATIONS)
+        auth_message = f"{bare},{server_first},{without_proof}".encode()
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        stored = hashlib.sha256(client_key).digest()
+        signature = hmac.new(stored, auth_message, "sha256").digest()
+        want = base64.b64encode(bytes(
+            a ^ b for a, b in zip(client_key, signature))).decode()
+        if not hmac.compare_digest(proof, want):
+            return self._check("SCRAM-SHA-256", user, False)
+        server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        verifier = base64.b64encode(
+            hmac.new(server_key, auth_message, "sha256").digest()).decode()
+        if await server.challenge_auth(f"v={verifier}") is MISSING:
+            return AuthResult(success=False, handled=True)
+        return self._check("SCRAM-SHA-256", user, True)
 
 
 class OAuthUpstream(AuthUpstream):

@@ -88,14 +88,20 @@ def daemon_factory(request, smarthostd_binary, pki):
         return daemon
 
     yield make
-    reports = []
+    problems, reports = [], []
     for daemon in made:
-        daemon.close()
+        problem = daemon.close()
+        if problem:
+            problems.append(problem)
         reports += [f"{daemon.name}: {line}"
                     for line in checker_reports(daemon.log())]
     if reports:
-        pytest.fail("sanitizer or valgrind reports in the daemon's log:\n"
-                    + "\n".join(reports), pytrace=False)
+        problems.append("sanitizer or valgrind reports in the daemon's "
+                        "log:\n" + "\n".join(reports))
+    if problems:
+        pytest.fail("; ".join(problems) + "\n" + "\n".join(
+            f"--- {d.name} log:\n{d.log()[-4000:]}" for d in made),
+            pytrace=False)
 
 
 @pytest.fixture

@@ -444,6 +444,12 @@ def wrapper():
     return shlex.split(os.environ.get("SMARTHOSTD_WRAPPER", ""))
 
 
+# Ways a daemon run may end that a test chose (Daemon.kill(), its own
+# signals) or that the teardown's SIGTERM asks for; any other signal is a
+# crash.
+EXPECTED_DEATHS = (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT)
+
+
 class Daemon:
     """smarthostd running on a config in its own directory.
 
@@ -537,14 +543,29 @@ class Daemon:
 
     def close(self):
         """Stops the daemon if it runs, keeps its log in memory, removes
-        its directory. Never raises for a daemon that misbehaves."""
+        its directory. Never raises; returns what went wrong, for the
+        fixture to fail the test with: a SIGTERM the daemon did not
+        obey in time or answered with a non-zero exit (a crash at
+        shutdown), or a run that died of a signal nobody sent (a crash
+        the test did not look at). None when all is well."""
+        problem = None
         if self.running():
             try:
-                self.terminate()
-            except AssertionError:
-                pass
+                status = self.terminate()
+            except AssertionError as e:
+                status = None
+                problem = str(e)
+            if status is not None and status != 0:
+                problem = (f"{self.name} exited with status {status} "
+                           "after SIGTERM at teardown")
+        elif (self.proc is not None and self.proc.returncode is not None
+              and self.proc.returncode < 0
+              and self.proc.returncode not in EXPECTED_DEATHS):
+            problem = (f"{self.name} died of signal "
+                       f"{-self.proc.returncode} during the test")
         self._final_log = self._read_log()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        return problem
 
     def _read_log(self):
         if self._final_log is not None:

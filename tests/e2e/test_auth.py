@@ -170,6 +170,35 @@ def assert_no_secret(text, *credentials, where="the daemon's log"):
                 f"{where} contains the password (as {form!r})"
 
 
+def assert_no_secret_anywhere(ctl, daemon, *credentials, host="127.0.0.1",
+                              port=None):
+    """No form of any credential in the daemon's log, in any file it keeps
+    (spool, queue and state files; not the config, which may name an
+    oauth_command), or in what smarthostctl's queue, status and
+    credentials commands print."""
+    assert_no_secret(daemon.log(), *credentials)
+    skip = {os.path.realpath(daemon.config_path),
+            os.path.realpath(daemon.log_path)}
+    scanned = 0
+    for top, _, files in os.walk(daemon.workdir):
+        for name in files:
+            path = os.path.realpath(os.path.join(top, name))
+            if path in skip or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as f:
+                text = f.read().decode("latin-1")
+            assert_no_secret(text, *credentials, where=path)
+            scanned += 1
+    assert scanned > 0, "no spool or state file to scan"
+    commands = [("queue",), ("status",)]
+    if port is not None:
+        commands.append(("credentials", host, str(port)))
+    for args in commands:
+        out = run_ctl(ctl, daemon.config_path, *args)
+        assert_no_secret(out.stdout + out.stderr, *credentials,
+                         where=f"smarthostctl {' '.join(args)}")
+
+
 def status_auth_required(ctl, daemon):
     status = run_ctl(ctl, daemon.config_path, "status")
     assert status.returncode == 0, status.stderr
@@ -397,11 +426,18 @@ def test_temporary_auth_failure_defers(ctl, auth_upstream_factory,
     daemon = start_daemon(daemon_factory, upstream, authinfo,
                           auth_first=[r"^127\.0\.0\.1$"])
     qid, _ = submit(daemon)
-    wait_deferred(daemon, qid)
+    deferred = wait_deferred(daemon, qid)
+    # The session happened and it is what deferred the mail: one AUTH,
+    # answered 454, nothing tried after it; the reason says so.
+    tried = [session for session in upstream.sessions if session.auths()]
+    assert tried, "no session authenticated: " + upstream.describe()
     for session in upstream.sessions:
         assert [(c.mechanism, c.code) for c in session.auths()] in \
             ([], [("CRAM-MD5", 454)]), upstream.describe()
         assert session.index("MAIL") is None, upstream.describe()
+    assert "dsn=4." in deferred.group(0), deferred.group(0)
+    assert "454 4.7.0 Temporary authentication failure" in \
+        deferred.group(0), deferred.group(0)
     assert_still_queued(ctl, daemon, upstream, qid)
 
 

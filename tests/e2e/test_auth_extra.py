@@ -25,8 +25,9 @@ from authharness import OAuthUpstream, new_password
 # helpers: pytest finds fixtures among a test module's names.
 from test_auth import (  # noqa: F401
     LONG_BACKOFF, USER, assert_auth_before_mail, assert_no_secret,
-    auth_upstream_factory, authinfo, ctl, data_sessions, password,
-    save_credentials, start_daemon, submit, wait_deferred, wait_delivered)
+    assert_no_secret_anywhere, auth_upstream_factory, authinfo, ctl,
+    data_sessions, password, save_credentials, start_daemon, submit,
+    wait_deferred, wait_delivered)
 from harness import (assert_relayed, merge_settings, render_config,
                      rewrite_config)
 
@@ -92,6 +93,50 @@ def test_xoauth2_token_from_oauth_command(oauth_upstream_factory,
     # even that.
     assert not re.search(rf"(?<!echo ){re.escape(TOKEN)}", log), \
         "the -d log contains the OAuth token"
+
+
+def test_oauthbearer_leaves_no_secret(oauth_upstream_factory, ctl,
+                                      daemon_factory, authinfo):
+    """OAUTHBEARER (RFC 7628) with the token from oauth_command: the mail
+    arrives, and the token is in no form in the -d log (whose trace shows
+    the exchange), the spool and state files, or smarthostctl's output,
+    also after a second message and a deferral."""
+    token = new_password("tok")
+    upstream = oauth_upstream_factory({USER: token},
+                                      mechanisms=("OAUTHBEARER",))
+    daemon = start_daemon(daemon_factory, upstream, authinfo,
+                          auth_first=[r"^127\.0\.0\.1$"], user=USER,
+                          oauth_command=f"echo {token}")
+    qid, message = submit(daemon, "oauthbearer")
+    relayed = wait_delivered(daemon, upstream, qid)
+    assert_relayed(relayed[0], message)
+    assert upstream.handler.oauth_seen == [(USER, f"Bearer {token}")]
+    assert re.search(r"AUTH OAUTHBEARER\b", daemon.log()), \
+        "no protocol trace of AUTH OAUTHBEARER in the -d log"
+    assert_no_secret_anywhere(ctl, daemon, (USER, token),
+                              port=upstream.port)
+
+
+def test_scram_leaves_no_secret(oauth_upstream_factory, ctl, daemon_factory,
+                                authinfo, password):
+    """SCRAM-SHA-256 against a server that checks the proof and proves
+    itself: the mail arrives, the exchange is in the -d trace, and the
+    password is in no form in the log, spool, state files or
+    smarthostctl's output."""
+    upstream = oauth_upstream_factory({}, mechanisms=("SCRAM-SHA-256",))
+    upstream.handler.users[USER] = password
+    save_credentials(authinfo, upstream, password)
+    daemon = start_daemon(daemon_factory, upstream, authinfo,
+                          auth_first=[r"^127\.0\.0\.1$"])
+    qid, message = submit(daemon, "scram")
+    relayed = wait_delivered(daemon, upstream, qid)
+    assert_relayed(relayed[0], message)
+    assert [(c.mechanism, c.code) for c in upstream.auth_commands()] == \
+        [("SCRAM-SHA-256", 235)], upstream.describe()
+    assert re.search(r"AUTH SCRAM-SHA-256\b", daemon.log()), \
+        "no protocol trace of AUTH SCRAM-SHA-256 in the -d log"
+    assert_no_secret_anywhere(ctl, daemon, (USER, password),
+                              port=upstream.port)
 
 
 # --------------------------------------------------------------------------

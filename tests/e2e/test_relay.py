@@ -1,6 +1,6 @@
 """Retries, bounces and crash safety of the queue and relay."""
 
-import time
+import re
 
 from harness import (assert_relayed, delivery_line, dsn_recipient_fields,
                      make_message, send_message, smtp_client, submit)
@@ -137,10 +137,12 @@ def test_restart_keeps_recipient_state(upstream_factory, daemon_factory):
     first, = upstream.wait_messages(1)
     assert first.rcpt_tos == [now]
     daemon.wait_log(delivery_line(qid, now, "sent"))
-    daemon.wait_log(delivery_line(qid, later, "deferred"))
-    # The state record is synced right after the attempt; give it a moment
-    # so that the crash falls outside the unavoidable window.
-    time.sleep(1)
+    deferred = daemon.wait_log(delivery_line(qid, later, "deferred"))
+    # The kill comes the moment the daemon reports the attempt's state
+    # record synced (the scheduler takes the message back only then), not
+    # after a grace period that would hide a record written late.
+    daemon.wait_log(re.escape(f"{qid}: scheduler finishing -> waiting"),
+                    since=deferred.end())
     daemon.kill()
 
     upstream.handler.rcpt_replies.clear()
