@@ -234,6 +234,7 @@ static void client_reply(struct smtp_client *, const struct smtp_reply *);
 static void client_read_cb(struct bufferevent *, void *);
 static void client_write_cb(struct bufferevent *, void *);
 static void client_event_cb(struct bufferevent *, short, void *);
+static const char *client_eom_note(struct smtp_client *);
 static void client_connect_next(struct smtp_client *);
 static void client_read_replies(struct smtp_client *, struct bufferevent *);
 static void client_auth_clear(struct smtp_client *);
@@ -1956,12 +1957,40 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 			    "connection during AUTH");
 		else if (what & BEV_EVENT_EOF)
 			client_close_msg(c, OC_PROTOCOL,
-			    "connection closed by server");
+			    "connection closed by server%s",
+			    client_eom_note(c));
 		else
-			client_close_msg(c, OC_PROTOCOL, "connection error: %s",
-			    serr != 0 ? strerror(serr) : "unknown");
+			client_close_msg(c, OC_PROTOCOL, "connection error: "
+			    "%s%s", serr != 0 ? strerror(serr) : "unknown",
+			    client_eom_note(c));
 		break;
 	}
+}
+
+/*
+ * The one duplicate window SMTP leaves open (RFC 1047): the connection
+ * broke, or the reply did not come in time, after the final "." had left
+ * our buffers. The server may have taken the message; we cannot know, and
+ * retrying is the only choice that loses nothing (Postfix does the same),
+ * so the outcome stays temporary and says it may arrive twice. If the "."
+ * was still in our buffers, the server cannot have the message and the
+ * retry is clean. Returns the note to append, or "".
+ */
+static const char *
+client_eom_note(struct smtp_client *c)
+{
+	struct bufferevent *under;
+
+	if (c->state != CS_EOM || c->bev == NULL)
+		return "";
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+		return "";
+	under = bufferevent_get_underlying(c->bev);
+	if (under != NULL &&
+	    evbuffer_get_length(bufferevent_get_output(under)) > 0)
+		return "";
+	return " after the end of data was sent (the server may have the "
+	    "message: a retry may deliver it twice)";
 }
 
 static void
@@ -2049,8 +2078,8 @@ client_timer_cb(evutil_socket_t fd, short what, void *arg)
 		goto out;
 	}
 	secs = c->state == CS_EOM ? c->timeout_data : c->timeout_command;
-	client_close_msg(c, OC_TIMEOUT, "timeout after %us waiting for %s",
-	    secs, client_state_waiting(c->state));
+	client_close_msg(c, OC_TIMEOUT, "timeout after %us waiting for %s%s",
+	    secs, client_state_waiting(c->state), client_eom_note(c));
 out:
 	client_release(c);
 }

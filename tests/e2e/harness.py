@@ -200,6 +200,11 @@ class RecordingHandler:
     one consumed per DATA; a 2xx one (or none left) stores the message.
     """
 
+    # A data_replies entry: store the message, then hang up without a
+    # reply, as an upstream that crashes or loses its link after taking
+    # the message does.
+    STORE_THEN_DROP = "store, then drop the connection"
+
     def __init__(self, rcpt_replies=None, data_replies=None):
         self.rcpt_replies = dict(rcpt_replies or {})
         self.data_replies = list(data_replies or [])
@@ -229,7 +234,7 @@ class RecordingHandler:
             self.data_commands += 1
             reply = (self.data_replies.pop(0) if self.data_replies
                      else "250 2.0.0 OK stored")
-            if not reply.startswith("2"):
+            if not reply.startswith("2") and reply != self.STORE_THEN_DROP:
                 return reply
             sender = envelope.mail_from
             self._messages.append(RelayedMessage(
@@ -237,6 +242,9 @@ class RecordingHandler:
                 rcpt_tos=list(envelope.rcpt_tos),
                 content=bytes(envelope.original_content),
                 tls=session.ssl is not None))
+        if reply == self.STORE_THEN_DROP:
+            server.transport.abort()
+            return "250 2.0.0 OK (never sent: the connection is gone)"
         return reply
 
     @property

@@ -2,8 +2,9 @@
 
 import re
 
-from harness import (assert_relayed, delivery_line, dsn_recipient_fields,
-                     make_message, send_message, smtp_client, submit)
+from harness import (RecordingHandler, assert_relayed, delivery_line,
+                     dsn_recipient_fields, make_message, send_message,
+                     smtp_client, submit)
 
 SENDER = "a@example.org"
 RCPT = "b@example.net"
@@ -153,3 +154,27 @@ def test_restart_keeps_recipient_state(upstream_factory, daemon_factory):
     assert_relayed(messages[1], message)
     daemon.wait_log(delivery_line(qid, later, "sent"), since=daemon.run_start)
     upstream.assert_count_stays(2, settle=3)
+
+
+def test_drop_after_final_dot_is_retried_and_counted(upstream_factory,
+                                                     daemon_factory):
+    """The upstream stores the message and hangs up before answering the
+    final dot. The daemon cannot know it has the message: it retries (a
+    loss would be worse), and its log says a duplicate may follow. This
+    is the duplicate window SMTP itself leaves open; here it is counted:
+    exactly one duplicate, and no more once the upstream answers."""
+    rcpt = "b@example.net"
+    upstream = upstream_factory(
+        data_replies=[RecordingHandler.STORE_THEN_DROP])
+    daemon = daemon_factory(upstream.port)
+    message = make_message("dropped after the dot", "Sent twice, at most.\n")
+    qid = send_message(daemon, message)
+    deferred = daemon.wait_log(delivery_line(qid, rcpt, "deferred") + ".*")
+    assert "may deliver it twice" in deferred.group(0), deferred.group(0)
+    daemon.wait_log(delivery_line(qid, rcpt, "sent"), timeout=20)
+    messages = upstream.wait_messages(2)
+    upstream.assert_count_stays(2, settle=2)
+    for relayed in messages:
+        assert_relayed(relayed, message)
+    duplicates = len(messages) - 1
+    assert duplicates == 1, f"{duplicates} duplicates"

@@ -1279,6 +1279,66 @@ script_helo_fallback(struct peer *p)
 	peer_drain(p);
 }
 
+/* The server reads the whole message, "." included, then hangs up
+ * without a reply: the one duplicate window SMTP leaves open. */
+static void
+script_drop_after_dot(struct peer *p)
+{
+	if (peer_greet(p, "EHLO client.example", "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go\r\n") ||
+	    peer_data(p))
+		return;
+}
+
+/* ... and one that hangs up when DATA comes, before its 354. */
+static void
+script_drop_at_data(struct peer *p)
+{
+	if (peer_greet(p, "EHLO client.example", "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA"))
+		return;
+}
+
+/* A drop after the "." is temporary (the mail is retried: nothing is
+ * lost) and the outcome says a duplicate may follow; a drop before it
+ * says nothing of the kind. */
+Test(smtp_client, drop_after_final_dot_names_the_duplicate_window)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	fd = one_message(&p, &r, script_drop_after_dot, TLS_MODE_NONE,
+	    rcpts, 1);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_not_null(strstr(r.closed.text, "after the end of data"),
+	    "%s", r.closed.text);
+	cr_assert_not_null(strstr(r.closed.text, "twice"), "%s",
+	    r.closed.text);
+	close(fd);
+	run_fini(&r);
+
+	memset(&p, 0, sizeof(p));
+	fd = one_message(&p, &r, script_drop_at_data, TLS_MODE_NONE,
+	    rcpts, 1);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_null(strstr(r.closed.text, "twice"), "%s", r.closed.text);
+	close(fd);
+	run_fini(&r);
+}
+
 Test(smtp_client, helo_when_ehlo_unknown)
 {
 	static const char *const rcpts[] = { "b@example.net" };
