@@ -1279,19 +1279,24 @@ script_helo_fallback(struct peer *p)
 	peer_drain(p);
 }
 
+/* Greeting to the DATA command of one message to one recipient. */
+static int
+peer_upto_data(struct peer *p)
+{
+	return peer_greet(p, "EHLO client.example", "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT") ||
+	    peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA");
+}
+
 /* The server reads the whole message, "." included, then hangs up
  * without a reply: the one duplicate window SMTP leaves open. */
 static void
 script_drop_after_dot(struct peer *p)
 {
-	if (peer_greet(p, "EHLO client.example", "250 mx.test\r\n") ||
-	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
-	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "RCPT") ||
-	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "DATA") ||
-	    peer_send(p, "354 go\r\n") ||
-	    peer_data(p))
+	if (peer_upto_data(p) || peer_send(p, "354 go\r\n") || peer_data(p))
 		return;
 }
 
@@ -1299,13 +1304,7 @@ script_drop_after_dot(struct peer *p)
 static void
 script_drop_at_data(struct peer *p)
 {
-	if (peer_greet(p, "EHLO client.example", "250 mx.test\r\n") ||
-	    peer_expect(p, "MAIL FROM:<a@example.org>") ||
-	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "RCPT") ||
-	    peer_send(p, "250 Ok\r\n") ||
-	    peer_expect(p, "DATA"))
-		return;
+	peer_upto_data(p);
 }
 
 /* A drop after the "." is temporary (the mail is retried: nothing is
