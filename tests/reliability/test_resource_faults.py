@@ -115,7 +115,8 @@ def test_descriptor_exhaustion_and_session_limit(daemon_factory, upstream,
                                                  figures):
     limit = 64
     daemon = daemon_factory(upstream.port, start=False,
-                            limits={"max_sessions": 1000})
+                            limits={"max_sessions": 1000,
+                                    "max_sessions_per_client": 1000})
     start_in(daemon, ["prlimit", f"--nofile={limit}:{limit}"])
     pid = daemon.proc.pid
     with open(f"/proc/{pid}/limits", encoding="ascii") as f:
@@ -157,9 +158,12 @@ def test_descriptor_exhaustion_and_session_limit(daemon_factory, upstream,
         f"{len(first) - greeted - refused} something else than 220 or 421")
     assert refused > 0
 
-    # The session limit: max_sessions 5, 8 connections: 3 get 421.
+    # The session limit: max_sessions 5, 8 connections: 3 get 421. All
+    # come from this one user, whose own limit is set out of the way.
     assert daemon.terminate() == 0
-    daemon2 = daemon_factory(upstream.port, limits={"max_sessions": 5})
+    daemon2 = daemon_factory(upstream.port,
+                             limits={"max_sessions": 5,
+                                     "max_sessions_per_client": 5})
     held = [socket.create_connection(("127.0.0.1", daemon2.port), 10)
             for _ in range(8)]
     codes = []
@@ -222,7 +226,8 @@ def test_many_clients_bounded_memory(daemon_factory, upstream_factory,
     upstream = upstream_factory(tls=None)
     daemon = daemon_factory(
         upstream.port, env=SMALL_QUARANTINE,
-        limits={"max_sessions": clients + 10},
+        limits={"max_sessions": clients + 10,
+                "max_sessions_per_client": clients + 10},
         relays={"upstream": {"tls": "none"}})
     pid = daemon.pid
     base_rss = status_kib(pid, "VmRSS")
