@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -71,6 +72,46 @@ daemon_watchdog_start(struct event_base *base)
 	else
 		log_debug("watchdog ping every %lld.%06lds",
 		    (long long)tv.tv_sec, (long)tv.tv_usec);
+}
+
+struct status_timer {
+	daemon_status_fill fill;
+	void *arg;
+	char last[512];
+};
+
+static void
+status_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct status_timer *st = arg;
+	char buf[sizeof(st->last)];
+
+	buf[0] = '\0';
+	st->fill(buf, sizeof(buf), st->arg);
+	if (strcmp(buf, st->last) == 0)
+		return;
+	memcpy(st->last, buf, sizeof(buf));
+	sd_notifyf(0, "STATUS=%s", buf);
+}
+
+void
+daemon_status_start(struct event_base *base, unsigned secs,
+    daemon_status_fill fill, void *arg)
+{
+	static struct status_timer st;
+	static struct event *ev;
+	struct timeval tv = { (time_t)secs, 0 };
+
+	if (ev != NULL || getenv("NOTIFY_SOCKET") == NULL)
+		return;
+	st.fill = fill;
+	st.arg = arg;
+	ev = event_new(base, -1, EV_PERSIST, status_cb, &st);
+	if (ev == NULL || event_add(ev, &tv) == -1) {
+		log_warnx("cannot start the systemd status timer");
+		return;
+	}
+	status_cb(-1, 0, &st);
 }
 
 int

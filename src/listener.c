@@ -596,11 +596,18 @@ listeners_free(struct listeners *l)
 		if (li->pause_ev != NULL)
 			event_free(li->pause_ev);
 		/* Only the very file we created: a newer instance may
-		 * have replaced it. */
+		 * have replaced it. After the privilege drop the directory
+		 * may be root's (systemd's RuntimeDirectory=): then the
+		 * next start, which removes stale sockets, does it. */
 		if (li->path != NULL && lstat(li->path, &st) == 0 &&
 		    st.st_dev == li->dev && st.st_ino == li->ino &&
-		    unlink(li->path) == -1)
-			log_warn("unlink %s", li->path);
+		    unlink(li->path) == -1) {
+			if (errno == EACCES || errno == EPERM)
+				log_debug("leaving %s to the next start: %s",
+				    li->path, strerror(errno));
+			else
+				log_warn("unlink %s", li->path);
+		}
 		free(li->path);
 	}
 	if (l->reserve != -1)

@@ -45,6 +45,8 @@
 #define SYSCONFDIR "/etc"
 #endif
 #define DEFAULT_CONFIG SYSCONFDIR "/smarthostd/smarthostd.conf"
+/* Seconds between STATUS= updates to systemd. */
+#define STATUS_INTERVAL 5
 
 struct daemon_state {
 	struct event_base *base;
@@ -116,6 +118,48 @@ nofile_raise(void)
 	rl.rlim_cur = rl.rlim_max;
 	if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
 		log_warn("setrlimit(RLIMIT_NOFILE)");
+}
+
+struct status_buf {
+	char *buf;
+	size_t len, off;
+};
+
+static void
+status_relay(const struct scheduler_relay_state *st, void *arg)
+{
+	struct status_buf *sb = arg;
+	int n;
+
+	if (sb->off >= sb->len)
+		return;
+	n = snprintf(sb->buf + sb->off, sb->len - sb->off, "; relay %s %s",
+	    st->name, st->state);
+	if (n > 0)
+		sb->off += (size_t)n;
+	if (sb->off < sb->len && st->backoff_until > time(NULL)) {
+		n = snprintf(sb->buf + sb->off, sb->len - sb->off,
+		    " (backoff %llds)",
+		    (long long)(st->backoff_until - time(NULL)));
+		if (n > 0)
+			sb->off += (size_t)n;
+	}
+}
+
+/* systemd's STATUS=: "3 queued; relay main up; relay backup down (backoff
+ * 120s)". */
+static void
+status_fill(char *buf, size_t len, void *arg)
+{
+	struct daemon_state *d = arg;
+	struct status_buf sb = { buf, len, 0 };
+	size_t n = scheduler_count(d->scheduler);
+	int w;
+
+	w = snprintf(buf, len, "%zu queued", n);
+	if (w > 0)
+		sb.off = (size_t)w;
+	scheduler_relays(d->scheduler, status_relay, &sb);
 }
 
 /* Settings that only take effect at start. */
@@ -591,6 +635,7 @@ main(int argc, char *argv[])
 	log_info("started, pid=%ld", (long)getpid());
 	daemon_ready("accepting mail");
 	daemon_watchdog_start(d.base);
+	daemon_status_start(d.base, STATUS_INTERVAL, status_fill, &d);
 
 	event_base_dispatch(d.base);
 
