@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,8 +47,11 @@ cfg_fail(struct cfgctx *ctx, const config_setting_t *s, const char *fmt, ...)
 	va_list ap;
 	int n = 0;
 	unsigned line = s != NULL ? config_setting_source_line(s) : 0;
+	const char *origin = s != NULL ? config_setting_get_hook(s) : NULL;
 
-	if (line > 0)
+	if (origin != NULL)
+		n = snprintf(ctx->err, ctx->errlen, "%s: ", origin);
+	else if (line > 0)
 		n = snprintf(ctx->err, ctx->errlen, "%s:%u: ", ctx->name,
 		    line);
 	else
@@ -1283,24 +1287,295 @@ config_finish(struct cfgctx *ctx, config_t *lc, int ok, const char *path)
 	return cfg;
 }
 
+/* ---- overrides from the command line and the environment ---- */
+
+const struct config_option config_options[] = {
+	{ "relay", "relay", "SMARTHOSTD_RELAY", "HOST[:PORT]" },
+	{ "tls", "tls", "SMARTHOSTD_TLS", "starttls|implicit|none" },
+	{ "relay_user", "relay-user", "SMARTHOSTD_RELAY_USER", "LOGIN" },
+	{ "ca_file", "ca-file", "SMARTHOSTD_CA_FILE", "FILE" },
+	{ "authinfo", "authinfo", "SMARTHOSTD_AUTHINFO", "FILE[,FILE...]" },
+	{ "listen", "listen", "SMARTHOSTD_LISTEN", "ADDR:PORT[,...]" },
+	{ "allow_networks", "allow-network", "SMARTHOSTD_ALLOW_NETWORKS",
+	    "NET/BITS[,...]" },
+	{ "spool", "spool", "SMARTHOSTD_SPOOL", "DIR" },
+	{ "user", "user", "SMARTHOSTD_USER", "USER" },
+	{ "hostname", "hostname", "SMARTHOSTD_HOSTNAME", "NAME" },
+	{ "mail_domain", "mail-domain", "SMARTHOSTD_MAIL_DOMAIN", "DOMAIN" },
+	{ "max_message_size", "max-message-size",
+	    "SMARTHOSTD_MAX_MESSAGE_SIZE", "SIZE" },
+	{ NULL, NULL, NULL, NULL },
+};
+
+/* The member name of grp, replaced by a new setting of type. */
+static config_setting_t *
+ov_replace(config_setting_t *grp, const char *name, int type,
+    const char *origin)
+{
+	config_setting_t *s;
+
+	/* Not a group: config_build reports the file's mistake. */
+	if (grp == NULL || !config_setting_is_group(grp))
+		return NULL;
+	config_setting_remove(grp, name);
+	if ((s = config_setting_add(grp, name, type)) != NULL)
+		config_setting_set_hook(s, (void *)(uintptr_t)origin);
+	return s;
+}
+
+static void
+ov_string(config_setting_t *grp, const char *name, const char *value,
+    const char *origin)
+{
+	config_setting_t *s = ov_replace(grp, name, CONFIG_TYPE_STRING,
+	    origin);
+
+	if (s != NULL)
+		config_setting_set_string(s, value);
+}
+
+/* grp's member name, a group, made if missing. */
+static config_setting_t *
+ov_group(config_setting_t *grp, const char *name)
+{
+	config_setting_t *s = config_setting_get_member(grp, name);
+
+	if (s == NULL)
+		s = config_setting_add(grp, name, CONFIG_TYPE_GROUP);
+	return s;
+}
+
+/* The default relay's group: default_relay's, else the first, else a new
+ * one named "default". NULL if relays is not a group (config_build says
+ * so). */
+static config_setting_t *
+ov_relay(config_setting_t *root)
+{
+	config_setting_t *relays = ov_group(root, "relays"), *r = NULL;
+	const char *name;
+
+	if (relays == NULL || config_setting_type(relays) != CONFIG_TYPE_GROUP)
+		return NULL;
+	if (config_setting_lookup_string(root, "default_relay", &name))
+		r = config_setting_get_member(relays, name);
+	if (r == NULL && config_setting_length(relays) > 0)
+		r = config_setting_get_elem(relays, 0);
+	if (r == NULL)
+		r = config_setting_add(relays, "default", CONFIG_TYPE_GROUP);
+	return r;
+}
+
+/* Splits "host:port", "[v6]:port", "host" into host and port (NULL). */
+static void
+ov_hostport(const char *v, char **host, char **port)
+{
+	const char *colon;
+
+	*port = NULL;
+	if (v[0] == '[' && (colon = strchr(v, ']')) != NULL) {
+		*host = xstrndup(v + 1, (size_t)(colon - v - 1));
+		if (colon[1] == ':')
+			*port = xstrdup(colon + 2);
+		return;
+	}
+	colon = strrchr(v, ':');
+	if (colon != NULL && strchr(v, ':') == colon) {
+		*host = xstrndup(v, (size_t)(colon - v));
+		*port = xstrdup(colon + 1);
+	} else
+		*host = xstrdup(v);
+}
+
+/* A comma-separated list; each element calls add(list, item, origin). */
+static void
+ov_list(config_setting_t *root, const char *name, int type,
+    const char *value, const char *origin,
+    void (*add)(config_setting_t *, const char *, const char *))
+{
+	config_setting_t *list = ov_replace(root, name, type, origin);
+	char *copy, *item, *save = NULL;
+
+	if (list == NULL)
+		return;
+	copy = xstrdup(value);
+	for (item = strtok_r(copy, ",", &save); item != NULL;
+	    item = strtok_r(NULL, ",", &save))
+		add(list, item, origin);
+	free(copy);
+}
+
+static void
+ov_add_string(config_setting_t *list, const char *item, const char *origin)
+{
+	config_setting_t *e = config_setting_add(list, NULL,
+	    CONFIG_TYPE_STRING);
+
+	config_setting_set_string(e, item);
+	config_setting_set_hook(e, (void *)(uintptr_t)origin);
+}
+
+static void
+ov_add_listen(config_setting_t *list, const char *item, const char *origin)
+{
+	config_setting_t *g = config_setting_add(list, NULL,
+	    CONFIG_TYPE_GROUP);
+	char *host, *port;
+
+	config_setting_set_hook(g, (void *)(uintptr_t)origin);
+	if (item[0] == '/') {
+		ov_string(g, "path", item, origin);
+		return;
+	}
+	ov_hostport(item, &host, &port);
+	ov_string(g, "address", host, origin);
+	if (port != NULL)
+		ov_string(g, "port", port, origin);
+	free(host);
+	free(port);
+}
+
+static void
+ov_apply(config_setting_t *root, const struct config_override *o)
+{
+	static const char *const top[] = { "hostname", "mail_domain", "user",
+	    "spool", NULL };
+	static const char *const relay[][2] = { { "tls", "tls" },
+	    { "relay_user", "user" }, { "ca_file", "ca_file" } };
+	config_setting_t *r;
+	char *host, *port;
+	size_t i;
+
+	for (i = 0; top[i] != NULL; i++)
+		if (strcmp(o->key, top[i]) == 0) {
+			ov_string(root, o->key, o->value, o->origin);
+			return;
+		}
+	if (strcmp(o->key, "max_message_size") == 0)
+		ov_string(ov_group(root, "limits"), o->key, o->value,
+		    o->origin);
+	else if (strcmp(o->key, "authinfo") == 0 ||
+	    strcmp(o->key, "allow_networks") == 0)
+		ov_list(root, o->key, CONFIG_TYPE_ARRAY, o->value, o->origin,
+		    ov_add_string);
+	else if (strcmp(o->key, "listen") == 0)
+		ov_list(root, o->key, CONFIG_TYPE_LIST, o->value, o->origin,
+		    ov_add_listen);
+	else if ((r = ov_relay(root)) == NULL)
+		return;
+	else if (strcmp(o->key, "relay") == 0) {
+		ov_hostport(o->value, &host, &port);
+		ov_string(r, "host", host, o->origin);
+		if (port != NULL)
+			ov_string(r, "port", port, o->origin);
+		free(host);
+		free(port);
+	} else
+		for (i = 0; i < sizeof(relay) / sizeof(*relay); i++)
+			if (strcmp(o->key, relay[i][0]) == 0)
+				ov_string(r, relay[i][1], o->value, o->origin);
+}
+
+static void
+config_apply_overrides(config_t *lc, const struct config_override *ov,
+    size_t nov, int nofile)
+{
+	config_setting_t *root = config_root_setting(lc);
+	struct config_override dflt = { "listen", "127.0.0.1:2525,[::1]:2525",
+	    "the default listen without a file" };
+	size_t i;
+
+	if (nofile && config_setting_get_member(root, "listen") == NULL)
+		ov_apply(root, &dflt);
+	for (i = 0; i < nov; i++)
+		ov_apply(root, &ov[i]);
+}
+
+struct config *
+config_load_overrides(const char *path, const struct config_override *ov,
+    size_t nov, char *err, size_t errlen)
+{
+	struct cfgctx ctx = { path != NULL ? path : "(no file)", err,
+	    errlen };
+	config_t lc;
+	FILE *fp;
+	int ok = 1;
+
+	config_init(&lc);
+	if (path != NULL) {
+		/* libconfig reports a missing file as a parse error without
+		 * a reason; open it ourselves to say what is wrong. */
+		if ((fp = fopen(path, "r")) == NULL) {
+			snprintf(err, errlen, "%s: %s", path, strerror(errno));
+			config_destroy(&lc);
+			return NULL;
+		}
+		ok = config_read(&lc, fp) == CONFIG_TRUE;
+		fclose(fp);
+	}
+	if (ok)
+		config_apply_overrides(&lc, ov, nov, path == NULL);
+	return config_finish(&ctx, &lc, ok, path);
+}
+
+/* The user's own configuration, if it exists; see config_load_default. */
+static const char *
+user_config(void)
+{
+	static char path[4096];
+	const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+	int n;
+
+	if (geteuid() == 0)
+		return NULL;
+	if (xdg != NULL && xdg[0] == '/')
+		n = snprintf(path, sizeof(path), "%s/smarthostd/smarthostd.conf",
+		    xdg);
+	else if (home != NULL && home[0] == '/')
+		n = snprintf(path, sizeof(path),
+		    "%s/.config/smarthostd/smarthostd.conf", home);
+	else
+		return NULL;
+	if (n < 0 || (size_t)n >= sizeof(path) || access(path, F_OK) == -1)
+		return NULL;
+	return path;
+}
+
+struct config *
+config_load_default(const char *file, const char *default_path,
+    const struct config_override *ov, size_t nov, const char **used,
+    char *err, size_t errlen)
+{
+	struct config_override *all;
+	struct config *cfg;
+	const char *v;
+	size_t i, n = 0;
+
+	all = xcalloc(nov + sizeof(config_options) /
+	    sizeof(*config_options), sizeof(*all));
+	for (i = 0; config_options[i].key != NULL; i++)
+		if ((v = getenv(config_options[i].env)) != NULL) {
+			all[n].key = config_options[i].key;
+			all[n].value = v;
+			all[n++].origin = config_options[i].env;
+		}
+	if (file == NULL && (file = getenv("SMARTHOSTD_CONFIG")) != NULL &&
+	    file[0] == '\0')
+		file = NULL;
+	else if (file == NULL && n == 0 && nov == 0 &&
+	    (file = user_config()) == NULL)
+		file = default_path;
+	for (i = 0; i < nov; i++)
+		all[n++] = ov[i];
+	cfg = config_load_overrides(file, all, n, err, errlen);
+	free(all);
+	*used = file;
+	return cfg;
+}
+
 struct config *
 config_load(const char *path, char *err, size_t errlen)
 {
-	struct cfgctx ctx = { path, err, errlen };
-	config_t lc;
-	FILE *fp;
-	int ok;
-
-	/* libconfig reports a missing file as a parse error without a
-	 * reason; open it ourselves to say what is wrong. */
-	if ((fp = fopen(path, "r")) == NULL) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	config_init(&lc);
-	ok = config_read(&lc, fp) == CONFIG_TRUE;
-	fclose(fp);
-	return config_finish(&ctx, &lc, ok, path);
+	return config_load_overrides(path, NULL, 0, err, errlen);
 }
 
 struct config *

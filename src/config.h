@@ -162,6 +162,56 @@ struct config {
  * The caller owns the result and frees it with config_free().
  */
 struct config *config_load(const char *path, char *err, size_t errlen);
+
+/*
+ * Settings from the command line or the environment (a container sidecar
+ * runs without a file). Each entry of config_options, ended by a NULL key,
+ * names a setting (key, see below), its long option (flag, without "--")
+ * and its environment variable (SMARTHOSTD_...).
+ *
+ * Keys are settings of smarthostd.conf(5): "hostname", "mail_domain",
+ * "user", "spool", "authinfo", "allow_networks", "listen" (comma-separated
+ * ADDRESS:PORT, [IPV6]:PORT or /socket/path), "max_message_size" (in
+ * limits), and "relay" (HOST[:PORT]), "tls", "relay_user", "ca_file" of
+ * the default relay (default_relay, else the first; one named "default"
+ * is made when the file has none). List values are comma-separated.
+ */
+struct config_option {
+	const char *key;
+	const char *flag;
+	const char *env;
+	const char *arg;  /* what the value looks like, for usage */
+};
+extern const struct config_option config_options[];
+
+struct config_override {
+	const char *key;    /* a config_options key */
+	const char *value;
+	const char *origin; /* "--relay" or "SMARTHOSTD_RELAY", for errors */
+};
+/*
+ * config_load with overrides applied over the file, in order (a later one
+ * for the same key replaces an earlier one: pass environment variables
+ * before flags). path NULL: no file, only the overrides and the defaults,
+ * where listen defaults to 127.0.0.1:2525 and [::1]:2525 (no privileged
+ * port). Errors in the file name file:line; errors in an override name its
+ * origin ("SMARTHOSTD_TLS: ...").
+ */
+struct config *config_load_overrides(const char *path,
+    const struct config_override *ov, size_t nov, char *err, size_t errlen);
+/*
+ * What smarthostd, smarthostctl and smarthost-sendmail load. The file:
+ * file (-c) if not NULL; else $SMARTHOSTD_CONFIG if set; else none when
+ * settings come from flags (nov > 0) or SMARTHOSTD_* variables (the
+ * sidecar); else, for a user other than root, the workstation's
+ * $XDG_CONFIG_HOME/smarthostd/smarthostd.conf (~/.config/...) if it
+ * exists; else default_path. Over it the SMARTHOSTD_* variables, then ov
+ * (flags win over variables, variables over the file). *used is set to
+ * the file read (NULL: none; static or from the arguments).
+ */
+struct config *config_load_default(const char *file, const char *default_path,
+    const struct config_override *ov, size_t nov, const char **used,
+    char *err, size_t errlen);
 /* The same, from a string (tests); name is used in messages. */
 struct config *config_parse_string(const char *text, const char *name,
     char *err, size_t errlen);

@@ -447,6 +447,7 @@ run_control(void)
 int
 main(int argc, char *argv[])
 {
+	const char *used;
 	char err[1024];
 	int rc = EX_SOFTWARE;
 
@@ -469,8 +470,8 @@ main(int argc, char *argv[])
 	}
 	if (opts.mode == SUBMIT_NOTHING)
 		return EX_OK;
-	if ((cfg = config_load(opts.config != NULL ? opts.config :
-	    DEFAULT_CONFIG, err, sizeof(err))) == NULL) {
+	if ((cfg = config_load_default(opts.config, DEFAULT_CONFIG, NULL, 0,
+	    &used, err, sizeof(err))) == NULL) {
 		errmsg("%s", err);
 		if (opts.mode == SUBMIT_SMTP)
 			printf("421 4.3.5 configuration error\r\n");

@@ -2423,7 +2423,7 @@ main(int argc, char *argv[])
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *file = DEFAULT_CONFIG;
+	const char *file = NULL;
 	const struct command *cmd = NULL;
 	char err[1024];
 	size_t i;
@@ -2473,7 +2473,8 @@ main(int argc, char *argv[])
 		signal(sigs[i], tty_signal);
 	/* import makes a configuration: it needs none */
 	if (cmd->run != cmd_import &&
-	    (cfg = config_load(file, err, sizeof(err))) == NULL) {
+	    (cfg = config_load_default(file, DEFAULT_CONFIG, NULL, 0, &file,
+	    err, sizeof(err))) == NULL) {
 		errmsg("%s", err);
 		return EX_CONFIG;
 	}

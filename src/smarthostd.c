@@ -61,19 +61,34 @@ struct daemon_state {
 	struct smtp_server *server;
 	struct control *control;
 	struct maildrop *maildrop;
+	/* Settings from flags: applied over the file and the SMARTHOSTD_*
+	 * variables at start and at every reload. */
+	struct config_override *ov;
+	size_t nov;
 	int stopping;
 };
 
 static void
 usage_print(FILE *f)
 {
+	size_t i;
+	int w;
+
 	fprintf(f,
-	    "usage: smarthostd [-dhtV] [-c file]\n"
+	    "usage: smarthostd [-dhtV] [-c file] [--setting value ...]\n"
 	    "  -c, --config FILE  the configuration file (default %s)\n"
 	    "  -d, --debug        stay in the foreground, log debug lines\n"
 	    "  -t, --test         check the configuration and exit\n"
 	    "  -h, --help         this text\n"
-	    "  -V, --version      the version\n", DEFAULT_CONFIG);
+	    "  -V, --version      the version\n"
+	    "settings over the file (or without one), each also from its "
+	    "variable:\n", DEFAULT_CONFIG);
+	for (i = 0; config_options[i].key != NULL; i++) {
+		w = fprintf(f, "  --%s %s", config_options[i].flag,
+		    config_options[i].arg);
+		fprintf(f, "%*s%s\n", w < 42 ? 42 - w : 1, "",
+		    config_options[i].env);
+	}
 }
 
 static void __attribute__((noreturn))
@@ -81,6 +96,34 @@ usage(void)
 {
 	usage_print(stderr);
 	exit(EX_USAGE);
+}
+
+/* The long options: the fixed ones, then one per config_options entry
+ * with val 256 + its index. The caller frees the table. */
+static struct option *
+long_options(void)
+{
+	static const struct option fixed[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "test", no_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+	};
+	const size_t nfixed = sizeof(fixed) / sizeof(*fixed);
+	struct option *lo;
+	size_t i, n;
+
+	for (n = 0; config_options[n].key != NULL; n++)
+		;
+	lo = xcalloc(nfixed + n + 1, sizeof(*lo));
+	memcpy(lo, fixed, sizeof(fixed));
+	for (i = 0; i < n; i++) {
+		lo[nfixed + i].name = config_options[i].flag;
+		lo[nfixed + i].has_arg = required_argument;
+		lo[nfixed + i].val = 256 + (int)i;
+	}
+	return lo;
 }
 
 static void
@@ -212,7 +255,7 @@ control_gid(const struct config *cfg, const char *setting, const char *name,
 		return NULL;
 	if ((gr = getgrnam(name)) == NULL)
 		fatalx_code(EX_CONFIG, "%s: %s \"%s\": no such group",
-		    cfg->file, setting, name);
+		    cfg->file != NULL ? cfg->file : "settings", setting, name);
 	*gid = gr->gr_gid;
 	return gid;
 }
@@ -222,11 +265,14 @@ static int
 reload(void *arg, char *err, size_t errlen)
 {
 	struct daemon_state *d = arg;
+	const char *file;
 	struct config *cfg;
 
 	daemon_reloading();
-	log_info("reloading %s", d->cfg->file);
-	if ((cfg = config_load(d->cfg->file, err, errlen)) == NULL) {
+	log_info("reloading %s", d->cfg->file != NULL ? d->cfg->file :
+	    "the settings (no file)");
+	if ((cfg = config_load_default(d->cfg->file, DEFAULT_CONFIG, d->ov,
+	    d->nov, &file, err, errlen)) == NULL) {
 		log_warnx("reload failed, keeping the running config: %s",
 		    err);
 		daemon_ready("reload failed; running with the old config");
@@ -367,7 +413,8 @@ relays_check_tls(const struct config *cfg)
 			continue;
 		if ((ctx = tls_client_ctx_new(r->ca_file, r->tls_verify, err,
 		    sizeof(err))) == NULL)
-			fatalx_code(EX_CONFIG, "%s: relay %s: %s", cfg->file,
+			fatalx_code(EX_CONFIG, "%s: relay %s: %s",
+			    cfg->file != NULL ? cfg->file : "settings",
 			    r->name, err);
 		tls_ctx_free(ctx);
 	}
@@ -506,15 +553,8 @@ main(int argc, char *argv[])
 	struct daemon_state d;
 	struct smtp_server_params sp;
 	struct control_params cp;
-	static const struct option long_opts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "debug", no_argument, NULL, 'd' },
-		{ "test", no_argument, NULL, 't' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *file = DEFAULT_CONFIG;
+	const char *file = NULL;
+	struct option *lo;
 	struct passwd *pw = NULL;
 	gid_t maildrop_gid, admin_gid, read_gid;
 	char err[1024];
@@ -524,13 +564,24 @@ main(int argc, char *argv[])
 	memset(&d, 0, sizeof(d));
 	if (daemon_disable_core_dumps() == -1)
 		perror("smarthostd: cannot disable core dumps");
-	while ((ch = getopt_long(argc, argv, "c:dhtV", long_opts, NULL)) != -1) {
+	lo = long_options();
+	while ((ch = getopt_long(argc, argv, "c:dhtV", lo, NULL)) != -1) {
+		if (ch >= 256) {
+			d.ov = xreallocarray(d.ov, d.nov + 1, sizeof(*d.ov));
+			d.ov[d.nov].key = config_options[ch - 256].key;
+			d.ov[d.nov].value = optarg;
+			d.ov[d.nov++].origin = xasprintf("--%s",
+			    config_options[ch - 256].flag);
+			continue;
+		}
 		switch (ch) {
 		case 'h':
 			usage_print(stdout);
+			free(lo);
 			return EX_OK;
 		case 'V':
 			printf("smarthostd %s\n", PACKAGE_VERSION);
+			free(lo);
 			return EX_OK;
 		case 'c':
 			file = optarg;
@@ -549,18 +600,21 @@ main(int argc, char *argv[])
 		usage();
 	log_init("smarthostd", debug);
 
-	if ((d.cfg = config_load(file, err, sizeof(err))) == NULL) {
+	free(lo);
+	if ((d.cfg = config_load_default(file, DEFAULT_CONFIG, d.ov, d.nov,
+	    &file, err, sizeof(err))) == NULL) {
 		fprintf(stderr, "smarthostd: %s\n", err);
 		return EX_CONFIG;
 	}
 	if (d.cfg->user != NULL && (pw = getpwnam(d.cfg->user)) == NULL) {
 		fprintf(stderr, "smarthostd: %s: user \"%s\" does not exist\n",
-		    file, d.cfg->user);
+		    file != NULL ? file : "user", d.cfg->user);
 		config_free(d.cfg);
 		return EX_CONFIG;
 	}
 	if (check) {
-		printf("%s: configuration OK\n", file);
+		printf("%s: configuration OK\n", file != NULL ? file :
+		    "settings");
 		config_free(d.cfg);
 		return EX_OK;
 	}

@@ -1,18 +1,22 @@
 """The daemon in its homes: the system service's sysusers.d/tmpfiles.d
-snippets and units, the watchdog and STATUS= it sends systemd, and the stop
-of a daemon that dropped privileges."""
+snippets and units, the watchdog and STATUS= it sends systemd, the stop
+of a daemon that dropped privileges; the container sidecar configured by
+flags and SMARTHOSTD_* variables."""
 
 import os
 import pwd
 import re
 import shutil
+import signal
+import smtplib
 import subprocess
 
 import pytest
 
-from harness import (daemon_spawn, daemon_wait_started, make_message,
-                     send_message)
-from localuser import require_root
+from harness import (HOSTNAME, assert_relayed, daemon_spawn,
+                     daemon_wait_started, free_port, make_message,
+                     send_message, wait_until, wrapper)
+from localuser import ensure_user, open_for_user, require_root
 
 TOP_SRCDIR = os.environ.get(
     "TOP_SRCDIR",
@@ -171,3 +175,183 @@ def test_stop_leaves_root_owned_socket_quietly(upstream, daemon_factory,
     send_message(daemon, message, via="unix")
     upstream.wait_messages(1)
     assert daemon.terminate() == 0
+
+
+# --------------------------------------------------------------------------
+# Container sidecar: settings from flags and SMARTHOSTD_* variables
+
+class Sidecar:
+    """smarthostd started with argv and env (no -c unless argv says so),
+    optionally as another user, its stderr in workdir/daemon.log."""
+
+    def __init__(self, workdir, argv, env, user=None):
+        self.log_path = os.path.join(workdir, "daemon.log")
+        prefix = []
+        if user is not None:
+            prefix = ["setpriv", f"--reuid={user.pw_uid}",
+                      f"--regid={user.pw_gid}", "--clear-groups", "--"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*prefix, *wrapper(), os.environ["SMARTHOSTD"], "-d",
+                 *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=workdir, env=env)
+        self.port = None
+
+    def log(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_started(self):
+        def started():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"exited with {self.proc.returncode}:\n{self.log()}")
+            return re.search(r"started, pid=", self.log())
+        wait_until(started, 20, "the sidecar to start")
+        self.port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)",
+                                  self.log()).group(1))
+        return self
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+
+@pytest.fixture
+def sidecars():
+    made = []
+
+    def start(*args, **kwargs):
+        made.append(Sidecar(*args, **kwargs))
+        return made[-1]
+    yield start
+    for sidecar in made:
+        sidecar.stop()
+
+
+def clean_env(**variables):
+    """The test's environment without SMARTHOSTD_* settings, plus
+    variables."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SMARTHOSTD_") or k == "SMARTHOSTD_WRAPPER"}
+    env.update(variables)
+    return env
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f
+                    if ":\t" in line)
+
+
+def test_sidecar_from_environment_and_flags_as_non_root(
+        upstream, pki, tmp_path, sidecars):
+    require_root()
+    user = ensure_user()
+    workdir = tmp_path / "sidecar"
+    workdir.mkdir()
+    shutil.copyfile(pki.good.ca_cert, workdir / "ca.pem")
+    for path in (workdir, workdir / "ca.pem"):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    open_for_user(str(tmp_path))
+    spool = str(workdir / "spool")
+    env = clean_env(SMARTHOSTD_RELAY=f"127.0.0.1:{upstream.port}",
+                    SMARTHOSTD_TLS="starttls",
+                    SMARTHOSTD_CA_FILE=str(workdir / "ca.pem"),
+                    SMARTHOSTD_HOSTNAME=HOSTNAME,
+                    SMARTHOSTD_SPOOL=spool)
+    sidecar = sidecars(str(workdir), [
+        "--listen", "127.0.0.1:0", "--allow-network", "10.0.0.0/8",
+        "--max-message-size", "10M"], env, user=user).wait_started()
+    status = proc_status(sidecar.proc.pid)
+    assert status["Uid"].split()[0] == str(user.pw_uid), status["Uid"]
+    assert int(status["CapEff"], 16) == 0, status["CapEff"]
+
+    with smtplib.SMTP("127.0.0.1", sidecar.port, local_hostname="client.test",
+                      timeout=10) as client:
+        code, reply = client.ehlo()
+        assert code == 250
+        assert b"SIZE 10485760" in reply, reply
+        message = make_message("sidecar", "Configured without a file.\n")
+        client.sendmail("a@example.org", ["b@example.net"], message)
+    msg, = upstream.wait_messages(1)
+    assert_relayed(msg, message)
+
+    # The health probe: smarthostctl status with the container's
+    # environment finds the daemon's control socket.
+    ctl = os.path.join(os.path.dirname(os.environ["SMARTHOSTD"]),
+                       "smarthostctl")
+    done = subprocess.run(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+         "--clear-groups", "--", ctl, "status"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert sidecar.stop() == 0, sidecar.log()
+    done = subprocess.run(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+         "--clear-groups", "--", ctl, "status"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0, "status succeeds with the daemon stopped"
+
+
+def write_config(path, relay_port, ca_file, spool):
+    path.write_text(
+        f'hostname = "{HOSTNAME}";\nspool = "{spool}";\n'
+        'listen = ( { address = "127.0.0.1"; port = "0"; } );\n'
+        'queue = { retry_min = 1; retry_max = 2; };\n'
+        'relays = { upstream = {\n'
+        f'  host = "127.0.0.1"; port = "{relay_port}";\n'
+        f'  ca_file = "{ca_file}";\n'
+        '}; };\n')
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "flag-over-env"])
+def test_override_wins_over_the_file(upstream, pki, tmp_path, sidecars, how):
+    # The file names a relay port nothing listens on; the override gives
+    # the upstream's, so mail reaches it only when the override wins.
+    conf = tmp_path / "smarthostd.conf"
+    write_config(conf, free_port(), pki.good.ca_cert, tmp_path / "spool")
+    good = f"127.0.0.1:{upstream.port}"
+    argv, env = ["-c", str(conf)], clean_env()
+    if how == "flag":
+        argv += ["--relay", good]
+    elif how == "env":
+        env["SMARTHOSTD_RELAY"] = good
+    else:
+        env["SMARTHOSTD_RELAY"] = f"127.0.0.1:{free_port()}"
+        argv += ["--relay", good]
+    sidecar = sidecars(str(tmp_path), argv, env).wait_started()
+    with smtplib.SMTP("127.0.0.1", sidecar.port, local_hostname="client.test",
+                      timeout=10) as client:
+        message = make_message(f"override {how}", "Relay from the flag.\n")
+        client.sendmail("a@example.org", ["b@example.net"], message)
+    msg, = upstream.wait_messages(1)
+    assert_relayed(msg, message)
+    assert sidecar.stop() == 0
+
+
+def test_override_errors_name_flag_and_variable(tmp_path):
+    conf = tmp_path / "smarthostd.conf"
+    conf.write_text('relays = { r = { host = "127.0.0.1";\n'
+                    '  tls = "sometimes"; }; };\n')
+    for argv, env, want in [
+            (["--relay", "127.0.0.1", "--tls", "bogus"], {},
+             r"^smarthostd: --tls: .*tls must be"),
+            (["--relay", "127.0.0.1"], {"SMARTHOSTD_ALLOW_NETWORKS": "x/99"},
+             r"^smarthostd: SMARTHOSTD_ALLOW_NETWORKS: allow_networks: "
+             r'"x/99"'),
+            (["-c", str(conf)], {}, rf"^smarthostd: {re.escape(str(conf))}:2: "),
+            (["-c", str(conf), "--tls", "none", "--max-message-size", "9Q"],
+             {}, r"^smarthostd: --max-message-size: ")]:
+        done = subprocess.run(
+            [os.environ["SMARTHOSTD"], "-t", *argv], env=clean_env(**env),
+            capture_output=True, text=True, timeout=30, cwd=str(tmp_path))
+        assert done.returncode == 78, (argv, env, done.stderr)
+        assert re.search(want, done.stderr, re.M), (argv, env, done.stderr)

@@ -491,3 +491,69 @@ Test(config, session_limits)
 	cr_assert_eq(c->max_sessions_per_client, 7);
 	config_free(c);
 }
+
+Test(config, overrides_without_a_file)
+{
+	static const struct config_override ov[] = {
+		{ "relay", "[2001:db8::1]:587", "--relay" },
+		{ "tls", "implicit", "SMARTHOSTD_TLS" },
+		{ "allow_networks", "10.0.0.0/8,192.0.2.0/24", "--allow-network" },
+		{ "max_message_size", "10M", "--max-message-size" },
+	};
+	struct config *cfg = config_load_overrides(NULL, ov, 4, err,
+	    sizeof(err));
+
+	cr_assert_not_null(cfg, "%s", err);
+	cr_assert_null(cfg->file);
+	cr_assert_eq(cfg->nrelays, 1);
+	cr_assert_str_eq(cfg->relays[0].name, "default");
+	cr_assert_str_eq(cfg->relays[0].host, "2001:db8::1");
+	cr_assert_str_eq(cfg->relays[0].port, "587");
+	cr_assert_eq(cfg->relays[0].tls, TLS_MODE_IMPLICIT);
+	cr_assert_eq(cfg->nallow, 2);
+	cr_assert_eq(cfg->max_message_size, 10 * 1024 * 1024);
+	/* No privileged port without a file. */
+	cr_assert_eq(cfg->nlisten, 2);
+	cr_assert_str_eq(cfg->listen[0].address, "127.0.0.1");
+	cr_assert_str_eq(cfg->listen[0].port, "2525");
+	cr_assert_str_eq(cfg->listen[1].address, "::1");
+	cr_assert_str_eq(cfg->listen[1].port, "2525");
+	config_free(cfg);
+}
+
+Test(config, override_replaces_the_file_and_names_its_origin)
+{
+	static const char text[] =
+	    "default_relay = \"b\";\n"
+	    "relays = { a = { host = \"a.test\"; };\n"
+	    "  b = { host = \"b.test\"; port = \"25\"; }; };\n";
+	struct config_override ov[] = {
+		{ "relay", "c.test", "--relay" },
+		{ "listen", "/run/x.sock,127.0.0.1:2526", "SMARTHOSTD_LISTEN" },
+	};
+	char path[] = "/tmp/test_config_XXXXXX";
+	struct config *cfg;
+	int fd = mkstemp(path);
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, text, sizeof(text) - 1),
+	    (ssize_t)(sizeof(text) - 1));
+	close(fd);
+	cfg = config_load_overrides(path, ov, 2, err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	/* The default relay's host changes, its port from the file stays. */
+	cr_assert_str_eq(config_default_relay(cfg)->host, "c.test");
+	cr_assert_str_eq(config_default_relay(cfg)->port, "25");
+	cr_assert_str_eq(config_relay(cfg, "a")->host, "a.test");
+	cr_assert_eq(cfg->nlisten, 2);
+	cr_assert_eq(cfg->listen[0].kind, LISTEN_UNIX);
+	cr_assert_str_eq(cfg->listen[1].port, "2526");
+	config_free(cfg);
+
+	ov[0].key = "tls";
+	ov[0].value = "sometimes";
+	ov[0].origin = "--tls";
+	cr_assert_null(config_load_overrides(path, ov, 1, err, sizeof(err)));
+	cr_assert(strncmp(err, "--tls: ", 7) == 0, "%s", err);
+	unlink(path);
+}
