@@ -1475,24 +1475,69 @@ ov_apply(config_setting_t *root, const struct config_override *o)
 				ov_string(r, relay[i][1], o->value, o->origin);
 }
 
+/* Which defaults apply besides the built-in ones. */
+enum config_defaults {
+	DEFAULTS_SYSTEM,  /* a system file: port 25, spool in LOCALSTATEDIR */
+	DEFAULTS_NOFILE,  /* flags and variables only (a sidecar) */
+	DEFAULTS_USER,    /* a user's own file (a workstation) */
+};
+
+/* A default that the file, if it has the setting, keeps. */
+static void
+ov_default(config_setting_t *root, const char *key, const char *value,
+    const char *origin)
+{
+	struct config_override o = { key, value, origin };
+
+	if (config_setting_get_member(root, key) == NULL)
+		ov_apply(root, &o);
+}
+
+/* $XDG_STATE_HOME/smarthostd, else ~/.local/state/smarthostd, else NULL. */
+static char *
+user_spool(void)
+{
+	const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+
+	if (xdg != NULL && xdg[0] == '/')
+		return xasprintf("%s/smarthostd", xdg);
+	if (home != NULL && home[0] == '/')
+		return xasprintf("%s/.local/state/smarthostd", home);
+	return NULL;
+}
+
 static void
 config_apply_overrides(config_t *lc, const struct config_override *ov,
-    size_t nov, int nofile)
+    size_t nov, enum config_defaults defaults)
 {
 	config_setting_t *root = config_root_setting(lc);
-	struct config_override dflt = { "listen", "127.0.0.1:2525,[::1]:2525",
-	    "the default listen without a file" };
+	char *spool;
 	size_t i;
 
-	if (nofile && config_setting_get_member(root, "listen") == NULL)
-		ov_apply(root, &dflt);
+	switch (defaults) {
+	case DEFAULTS_SYSTEM:
+		break;
+	case DEFAULTS_NOFILE:
+		ov_default(root, "listen", "127.0.0.1:2525,[::1]:2525",
+		    "the default listen without a file");
+		break;
+	case DEFAULTS_USER:
+		/* What systemd/user/smarthostd.socket listens on. */
+		ov_default(root, "listen", "127.0.0.1:2525",
+		    "the default listen of a user's configuration");
+		if ((spool = user_spool()) != NULL)
+			ov_default(root, "spool", spool,
+			    "the default spool of a user's configuration");
+		free(spool);
+		break;
+	}
 	for (i = 0; i < nov; i++)
 		ov_apply(root, &ov[i]);
 }
 
-struct config *
-config_load_overrides(const char *path, const struct config_override *ov,
-    size_t nov, char *err, size_t errlen)
+static struct config *
+load(const char *path, const struct config_override *ov, size_t nov,
+    enum config_defaults defaults, char *err, size_t errlen)
 {
 	struct cfgctx ctx = { path != NULL ? path : "(no file)", err,
 	    errlen };
@@ -1513,8 +1558,16 @@ config_load_overrides(const char *path, const struct config_override *ov,
 		fclose(fp);
 	}
 	if (ok)
-		config_apply_overrides(&lc, ov, nov, path == NULL);
+		config_apply_overrides(&lc, ov, nov, defaults);
 	return config_finish(&ctx, &lc, ok, path);
+}
+
+struct config *
+config_load_overrides(const char *path, const struct config_override *ov,
+    size_t nov, char *err, size_t errlen)
+{
+	return load(path, ov, nov, path == NULL ? DEFAULTS_NOFILE :
+	    DEFAULTS_SYSTEM, err, errlen);
 }
 
 /* The user's own configuration, if it exists; see config_load_default. */
@@ -1547,7 +1600,7 @@ config_load_default(const char *file, const char *default_path,
 {
 	struct config_override *all;
 	struct config *cfg;
-	const char *v;
+	const char *v, *user;
 	size_t i, n = 0;
 
 	all = xcalloc(nov + sizeof(config_options) /
@@ -1566,7 +1619,12 @@ config_load_default(const char *file, const char *default_path,
 		file = default_path;
 	for (i = 0; i < nov; i++)
 		all[n++] = ov[i];
-	cfg = config_load_overrides(file, all, n, err, errlen);
+	/* The user's own file, found or named (a reload names it): the
+	 * workstation's defaults. */
+	user = user_config();
+	cfg = load(file, all, n, file == NULL ? DEFAULTS_NOFILE :
+	    user != NULL && strcmp(file, user) == 0 ? DEFAULTS_USER :
+	    DEFAULTS_SYSTEM, err, errlen);
 	free(all);
 	*used = file;
 	return cfg;

@@ -208,6 +208,9 @@ struct config *config_load_overrides(const char *path,
  * exists; else default_path. Over it the SMARTHOSTD_* variables, then ov
  * (flags win over variables, variables over the file). *used is set to
  * the file read (NULL: none; static or from the arguments).
+ * For the user's own file (found, or named by -c as the same path) the
+ * defaults are a workstation's: spool $XDG_STATE_HOME/smarthostd
+ * (~/.local/state/smarthostd), listen 127.0.0.1:2525.
  */
 struct config *config_load_default(const char *file, const char *default_path,
     const struct config_override *ov, size_t nov, const char **used,

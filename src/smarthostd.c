@@ -45,6 +45,8 @@
 #define SYSCONFDIR "/etc"
 #endif
 #define DEFAULT_CONFIG SYSCONFDIR "/smarthostd/smarthostd.conf"
+/* Setting flags on one command line. */
+#define MAX_OVERRIDES 64
 /* Seconds between STATUS= updates to systemd. */
 #define STATUS_INTERVAL 5
 
@@ -63,7 +65,8 @@ struct daemon_state {
 	struct maildrop *maildrop;
 	/* Settings from flags: applied over the file and the SMARTHOSTD_*
 	 * variables at start and at every reload. */
-	struct config_override *ov;
+	struct config_override ov[MAX_OVERRIDES];
+	char origin[MAX_OVERRIDES][48]; /* "--relay", for messages */
 	size_t nov;
 	int stopping;
 };
@@ -566,12 +569,19 @@ main(int argc, char *argv[])
 		perror("smarthostd: cannot disable core dumps");
 	lo = long_options();
 	while ((ch = getopt_long(argc, argv, "c:dhtV", lo, NULL)) != -1) {
+		if (ch >= 256 && d.nov == MAX_OVERRIDES) {
+			fprintf(stderr, "smarthostd: more than %d setting "
+			    "flags\n", MAX_OVERRIDES);
+			free(lo);
+			return EX_USAGE;
+		}
 		if (ch >= 256) {
-			d.ov = xreallocarray(d.ov, d.nov + 1, sizeof(*d.ov));
+			snprintf(d.origin[d.nov], sizeof(d.origin[d.nov]),
+			    "--%s", config_options[ch - 256].flag);
 			d.ov[d.nov].key = config_options[ch - 256].key;
 			d.ov[d.nov].value = optarg;
-			d.ov[d.nov++].origin = xasprintf("--%s",
-			    config_options[ch - 256].flag);
+			d.ov[d.nov].origin = d.origin[d.nov];
+			d.nov++;
 			continue;
 		}
 		switch (ch) {

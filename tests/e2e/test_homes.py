@@ -1,7 +1,7 @@
 """The daemon in its homes: the system service's sysusers.d/tmpfiles.d
 snippets and units, the watchdog and STATUS= it sends systemd, the stop
 of a daemon that dropped privileges; the container sidecar configured by
-flags and SMARTHOSTD_* variables."""
+flags and SMARTHOSTD_* variables; a workstation user's own daemon."""
 
 import os
 import pwd
@@ -78,6 +78,12 @@ def test_make_install_puts_the_snippets_in_place(tmp_path):
     dest = str(tmp_path / "dest")
     run("make", "-C", builddir, "-s", "install-data", f"DESTDIR={dest}",
         "prefix=/usr")
+    for unit in ("smarthostd.service", "smarthostd.socket"):
+        installed = os.path.join(dest, "usr/lib/systemd/user", unit)
+        with open(installed, encoding="utf-8") as got, open(
+                os.path.join(SYSTEMD_DIR, "user", unit),
+                encoding="utf-8") as want:
+            assert got.read() == want.read(), installed
     for kind, snippet in (("sysusers.d", "sysusers"),
                           ("tmpfiles.d", "tmpfiles")):
         installed = os.path.join(dest, "usr/lib", kind, "smarthostd.conf")
@@ -355,3 +361,72 @@ def test_override_errors_name_flag_and_variable(tmp_path):
             capture_output=True, text=True, timeout=30, cwd=str(tmp_path))
         assert done.returncode == 78, (argv, env, done.stderr)
         assert re.search(want, done.stderr, re.M), (argv, env, done.stderr)
+
+
+# --------------------------------------------------------------------------
+# Workstation: a user's own daemon, found by the user's own tools
+
+def test_user_units_verify(tmp_path, smarthostd_binary):
+    # --user needs a runtime directory to resolve %t, not a user manager.
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    paths = units_dir(tmp_path, smarthostd_binary,
+                      ["systemd/user/smarthostd.service",
+                       "systemd/user/smarthostd.socket"])
+    done = subprocess.run(
+        ["systemd-analyze", "--user", "verify", "--man=no", *paths],
+        env=dict(os.environ, XDG_RUNTIME_DIR=str(runtime)),
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "smarthostd" not in done.stderr, done.stderr
+
+
+def test_workstation_user_finds_own_daemon(upstream, pki, tmp_path,
+                                           sidecars):
+    require_root()
+    user = ensure_user()
+    home = tmp_path / "home"
+    config_dir = home / "cfg" / "smarthostd"
+    state = home / "state"
+    runtime = tmp_path / "runtime"
+    for d in (config_dir, state, runtime):
+        d.mkdir(parents=True)
+    shutil.copyfile(pki.good.ca_cert, home / "ca.pem")
+    sock = runtime / "smtp.sock"
+    # No spool: for a user's own file it defaults to $XDG_STATE_HOME.
+    (config_dir / "smarthostd.conf").write_text(
+        f'hostname = "{HOSTNAME}";\n'
+        f'listen = ( {{ path = "{sock}"; }},\n'
+        '  { address = "127.0.0.1"; port = "0"; } );\n'
+        'relays = { upstream = {\n'
+        f'  host = "127.0.0.1"; port = "{upstream.port}";\n'
+        f'  ca_file = "{home / "ca.pem"}";\n'
+        '}; };\n')
+    for root, dirs, files in os.walk(tmp_path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+    open_for_user(str(tmp_path))
+    os.chmod(runtime, 0o700)
+    env = clean_env(HOME=str(home), XDG_CONFIG_HOME=str(home / "cfg"),
+                    XDG_STATE_HOME=str(state),
+                    XDG_RUNTIME_DIR=str(runtime))
+    sidecar = sidecars(str(home), [], env, user=user).wait_started()
+    spool = state / "smarthostd"
+    assert (spool / "control.sock").exists(), sorted(os.listdir(state))
+
+    bindir = os.path.dirname(os.environ["SMARTHOSTD"])
+    as_user = ["setpriv", f"--reuid={user.pw_uid}",
+               f"--regid={user.pw_gid}", "--clear-groups", "--"]
+    message = make_message("workstation", "From the user's own relay.\n")
+    done = subprocess.run(
+        [*as_user, os.path.join(bindir, "smarthost-sendmail"), "-oi",
+         "-f", "a@example.org", "b@example.net"],
+        input=message, env=env, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    msg, = upstream.wait_messages(1)
+    assert msg.parsed()["Subject"] == "workstation"
+    done = subprocess.run(
+        [*as_user, os.path.join(bindir, "smarthostctl"), "status"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert sidecar.stop() == 0, sidecar.log()
