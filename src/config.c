@@ -623,7 +623,7 @@ compile_auth_first(struct cfgctx *ctx, const config_setting_t *root,
     struct config *cfg)
 {
 	char msg[256];
-	size_t i;
+	size_t i, j;
 	int r;
 
 	if (cfg->nauth_first == 0)
@@ -635,11 +635,17 @@ compile_auth_first(struct cfgctx *ctx, const config_setting_t *root,
 		    REG_EXTENDED | REG_ICASE | REG_NOSUB);
 		if (r != 0) {
 			regerror(r, &cfg->auth_first_re[i], msg, sizeof(msg));
-			/* Only the compiled ones are freed later. */
-			cfg->nauth_first = i;
-			return cfg_fail(ctx, config_setting_get_member(root,
+			cfg_fail(ctx, config_setting_get_member(root,
 			    "auth_first"), "auth_first: \"%s\": %s",
 			    cfg->auth_first[i], msg);
+			/* config_free() frees the first nauth_first of both
+			 * lists: keep the compiled ones, free the rest now. */
+			for (j = i; j < cfg->nauth_first; j++) {
+				free(cfg->auth_first[j]);
+				cfg->auth_first[j] = NULL;
+			}
+			cfg->nauth_first = i;
+			return -1;
 		}
 	}
 	return 0;
