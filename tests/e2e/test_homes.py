@@ -3,15 +3,20 @@ snippets and units, the watchdog and STATUS= it sends systemd, the stop
 of a daemon that dropped privileges; the container sidecar configured by
 flags and SMARTHOSTD_* variables; a workstation user's own daemon."""
 
+import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import smtplib
 import subprocess
+import textwrap
+import time
 
 import pytest
+import yaml
 
 from harness import (HOSTNAME, assert_relayed, daemon_spawn,
                      daemon_wait_started, free_port, make_message,
@@ -251,14 +256,10 @@ def clean_env(**variables):
     return env
 
 
-def proc_status(pid):
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f
-                    if ":\t" in line)
-
-
-def test_sidecar_from_environment_and_flags_as_non_root(
-        upstream, pki, tmp_path, sidecars):
+def sidecar_setup(upstream, pki, tmp_path):
+    """The test user, a work directory it owns under tmp_path, and a
+    sidecar's environment there: every setting from SMARTHOSTD_*
+    variables, no file; the upstream's CA copied to workdir/ca.pem."""
     require_root()
     user = ensure_user()
     workdir = tmp_path / "sidecar"
@@ -267,12 +268,23 @@ def test_sidecar_from_environment_and_flags_as_non_root(
     for path in (workdir, workdir / "ca.pem"):
         os.chown(path, user.pw_uid, user.pw_gid)
     open_for_user(str(tmp_path))
-    spool = str(workdir / "spool")
-    env = clean_env(SMARTHOSTD_RELAY=f"127.0.0.1:{upstream.port}",
-                    SMARTHOSTD_TLS="starttls",
-                    SMARTHOSTD_CA_FILE=str(workdir / "ca.pem"),
-                    SMARTHOSTD_HOSTNAME=HOSTNAME,
-                    SMARTHOSTD_SPOOL=spool)
+    return user, workdir, clean_env(
+        SMARTHOSTD_RELAY=f"127.0.0.1:{upstream.port}",
+        SMARTHOSTD_TLS="starttls",
+        SMARTHOSTD_CA_FILE=str(workdir / "ca.pem"),
+        SMARTHOSTD_HOSTNAME=HOSTNAME,
+        SMARTHOSTD_SPOOL=str(workdir / "spool"))
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f
+                    if ":\t" in line)
+
+
+def test_sidecar_from_environment_and_flags_as_non_root(
+        upstream, pki, tmp_path, sidecars):
+    user, workdir, env = sidecar_setup(upstream, pki, tmp_path)
     sidecar = sidecars(str(workdir), [
         "--listen", "127.0.0.1:0", "--allow-network", "10.0.0.0/8",
         "--max-message-size", "10M"], env, user=user).wait_started()
@@ -305,6 +317,246 @@ def test_sidecar_from_environment_and_flags_as_non_root(
          "--clear-groups", "--", ctl, "status"],
         env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0, "status succeeds with the daemon stopped"
+
+
+def test_sidecar_sigterm_finishes_the_message_and_closes_idle_sessions(
+        upstream, pki, tmp_path, sidecars):
+    # A sidecar's stop: SIGTERM while one client is idle and another is
+    # inside DATA. The idle one gets 421 at once, the other may finish its
+    # message (250), the daemon exits 0 within shutdown_timeout's default
+    # (30 s, a container engine's usual grace period), and the message is
+    # delivered exactly once, before the stop or after the next start.
+    user, workdir, env = sidecar_setup(upstream, pki, tmp_path)
+    argv = ["--listen", "127.0.0.1:0"]
+    sidecar = sidecars(str(workdir), argv, env, user=user).wait_started()
+    message = make_message("sigterm", "Finished after the SIGTERM.\n")
+    head, tail = message[:len(message) // 2], message[len(message) // 2:]
+    with smtplib.SMTP("127.0.0.1", sidecar.port, local_hostname="idle.test",
+                      timeout=10) as idle, \
+            smtplib.SMTP("127.0.0.1", sidecar.port,
+                         local_hostname="busy.test", timeout=10) as busy:
+        assert idle.ehlo()[0] == 250
+        assert busy.ehlo()[0] == 250
+        assert busy.mail("a@example.org")[0] == 250
+        assert busy.rcpt("b@example.net")[0] == 250
+        busy.putcmd("data")
+        assert busy.getreply()[0] == 354
+        busy.send(head)
+        start = time.monotonic()
+        sidecar.proc.send_signal(signal.SIGTERM)
+        code, reply = idle.getreply()
+        assert code == 421, reply
+        busy.send(tail + b".\r\n")
+        code, reply = busy.getreply()
+        assert code == 250, reply
+        code, reply = busy.docmd("NOOP")
+        assert code == 421, reply
+    assert sidecar.proc.wait(timeout=30) == 0, sidecar.log()
+    assert time.monotonic() - start < 30
+    # Delivered before the stop, or queued in the spool for the next start.
+    sidecar = sidecars(str(workdir), argv, env, user=user).wait_started()
+    msg, = upstream.wait_messages(1)
+    assert_relayed(msg, message)
+    assert sidecar.stop() == 0, sidecar.log()
+    assert len(upstream.messages) == 1
+
+
+# --------------------------------------------------------------------------
+# The container image and the examples in doc/container.md, checked against
+# this build (no container engine here: nothing is run in a container).
+
+CONTAINERFILE = os.path.join(TOP_SRCDIR, "etc", "container", "Containerfile")
+CONTAINER_DOC = os.path.join(TOP_SRCDIR, "doc", "container.md")
+
+
+def containerfile_stages():
+    """[[(INSTRUCTION, arguments)]] per FROM stage, continuation lines
+    joined, comments dropped."""
+    with open(CONTAINERFILE, encoding="utf-8") as f:
+        text = f.read()
+    text = re.sub(r"(?m)^\s*#.*\n", "", text)
+    text = re.sub(r"\\\n", " ", text)
+    stages = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, args = line.strip().partition(" ")
+        if instruction == "FROM":
+            stages.append([])
+        stages[-1].append((instruction, " ".join(args.split())))
+    return stages
+
+
+def instructions(stage, name):
+    return [args for instruction, args in stage if instruction == name]
+
+
+def apt_installs(stage):
+    """The packages a stage's RUN steps apt-get install."""
+    packages = set()
+    for run in instructions(stage, "RUN"):
+        for command in run.split("&&"):
+            words = command.split()
+            if words[:1] == ["apt-get"] or "apt-get" in words:
+                i = words.index("apt-get")
+                if words[i + 1:i + 2] == ["install"]:
+                    packages |= {w for w in words[i + 2:]
+                                 if not w.startswith("-")}
+    return packages
+
+
+def builddir():
+    return os.environ.get("TOP_BUILDDIR") or os.path.dirname(
+        os.path.dirname(os.path.abspath(os.environ["SMARTHOSTD"])))
+
+
+def package_of(path):
+    """The Debian package that owns path (as given, or on the other side
+    of the /lib -> /usr/lib merge), without its architecture."""
+    path = os.path.normpath(path)
+    other = ("/usr" + path if path.startswith("/lib/") else
+             path[len("/usr"):] if path.startswith("/usr/lib/") else path)
+    for candidate in (path, other):
+        done = subprocess.run(["dpkg", "-S", candidate], capture_output=True,
+                              text=True, timeout=60)
+        if done.returncode == 0:
+            return done.stdout.split(":")[0]
+    raise AssertionError(f"no Debian package owns {path}")
+
+
+def smarthostd_variables():
+    """The SMARTHOSTD_* variables and the --flags smarthostd --help
+    lists."""
+    text = run(os.environ["SMARTHOSTD"], "--help").stdout
+    return (set(re.findall(r"\bSMARTHOSTD_[A-Z_]+", text)) |
+            {"SMARTHOSTD_CONFIG"},
+            set(re.findall(r"(?m)^\s+(?:-\w, )?(--[a-z-]+)", text)))
+
+
+def test_containerfile_builds_what_this_tree_builds(tmp_path):
+    build, image = containerfile_stages()
+    assert instructions(build, "FROM") == ["debian:12 AS build"]
+    assert instructions(image, "FROM") == ["debian:12"]
+
+    # The build stage installs the -dev package of every library the
+    # programs link (the -l flags configure found), and the tools.
+    with open(os.path.join(builddir(), "Makefile"), encoding="utf-8") as f:
+        makefile = f.read()
+    libs = set()
+    for var in ("LIBEVENT_LIBS", "OPENSSL_LIBS", "LIBCONFIG_LIBS",
+                "LIBSYSTEMD_LIBS", "PTHREAD_LIBS"):
+        line = re.search(rf"(?m)^{var} = (.*)$", makefile).group(1)
+        libs |= set(re.findall(r"-l(\S+)", line))
+    assert libs >= {"event", "ssl", "config", "systemd"}, libs
+    # -lpthread is glibc's libpthread.a, in libc6-dev: build-essential's.
+    dev = {package_of(run("gcc", f"-print-file-name=lib{lib}.so")
+                      .stdout.strip()) for lib in libs - {"pthread"}}
+    build_packages = apt_installs(build)
+    assert dev <= build_packages, dev - build_packages
+    assert {"build-essential", "autoconf", "automake", "autoconf-archive",
+            "libtool", "pkg-config"} <= build_packages, build_packages
+
+    # Its configure options exist, and --disable-tests drops the one
+    # check dependency (Criterion) the stage does not install.
+    configure = next(r for r in instructions(build, "RUN")
+                     if "./configure" in r)
+    options = re.findall(r"(--[a-z-]+)(?:=\S+)?",
+                         configure.split("./configure", 1)[1]
+                         .split("&&")[0])
+    assert "--disable-tests" in options, configure
+    help_text = run(os.path.join(TOP_SRCDIR, "configure"), "--help").stdout
+    for option in options:
+        assert re.search(rf"(?m)^\s+{option}\b", help_text), option
+
+    # make install with the stage's prefix puts the programs where the
+    # image copies them from, and what the image runs is among them.
+    copy, = instructions(image, "COPY")
+    source, target = copy.split()[1:]
+    assert copy.startswith("--from=build /out/") and target == "/usr/sbin/"
+    dest = tmp_path / "out"
+    run("make", "-C", builddir(), "-s", "install-exec", f"DESTDIR={dest}",
+        "prefix=/usr")
+    sbin = dest / source[len("/out/"):]
+    installed = set(os.listdir(sbin))
+    entry, = instructions(image, "ENTRYPOINT")
+    health, = instructions(image, "HEALTHCHECK")
+    assert json.loads(entry)[0] in installed, (entry, installed)
+    probe = json.loads(health.split(" CMD ", 1)[1])
+    assert probe[0] in installed and probe[1:] == ["status"], health
+
+    # The runtime stage installs the package of every shared library the
+    # programs need (libc6 is in the base image). A sanitizer build's
+    # runtime libraries are not in the image's build.
+    image_packages = apt_installs(image) | {"libc6"}
+    for program in sorted(installed):
+        path = sbin / program
+        needed = re.findall(r"NEEDED\s+(\S+)",
+                            run("objdump", "-p", str(path)).stdout)
+        resolved = dict(re.findall(r"(?m)^\s*(\S+) => (/\S+)",
+                                   run("ldd", str(path)).stdout))
+        for soname in needed:
+            if re.match(r"lib(asan|ubsan|stdc\+\+|gcc_s)\b", soname):
+                continue
+            pkg = package_of(resolved[soname])
+            assert pkg in image_packages, (program, soname, pkg)
+
+
+def test_container_settings_are_the_programs(tmp_path):
+    _, image = containerfile_stages()
+    variables, flags = smarthostd_variables()
+    env = dict(a.split("=", 1) for line in instructions(image, "ENV")
+               for a in line.split())
+    assert set(env) <= variables, env
+    volume, = instructions(image, "VOLUME")
+    assert env["SMARTHOSTD_SPOOL"] == volume
+    uid = re.search(r"useradd .*--uid (\d+)", " ".join(
+        instructions(image, "RUN"))).group(1)
+    assert instructions(image, "USER") == ["smarthostd"]
+    # The image's own settings, with a relay, are a valid configuration.
+    done = subprocess.run(
+        [os.environ["SMARTHOSTD"], "-t"], cwd=str(tmp_path),
+        env=clean_env(**env, SMARTHOSTD_RELAY="smtp.example.com:587"),
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+    with open(CONTAINER_DOC, encoding="utf-8") as f:
+        doc = f.read()
+    # Each table row names a flag and its variable, both real.
+    rows = re.findall(r"(?m)^\|\s*`(--[a-z-]+)[^`]*`\s*\|\s*`(\w+)`", doc)
+    assert len(rows) == len(variables) - 1, rows
+    for flag, variable in rows:
+        assert flag in flags and variable in variables, (flag, variable)
+
+    def example(heading):
+        """The first indented block after heading, as YAML."""
+        block = []
+        for line in doc.split(heading + "\n", 1)[1].splitlines():
+            if line.startswith("    ") or (block and not line.strip()):
+                block.append(line)
+            elif block:
+                break
+        return yaml.safe_load(textwrap.dedent("\n".join(block)))
+
+    compose = example("## Compose")["services"]["smarthostd"]
+    pod = example("## Kubernetes pod")
+    sidecar = next(c for c in pod["spec"]["containers"]
+                   if c["name"] == "smarthostd")
+    assert str(compose["secrets"][0]["uid"]) == uid
+    assert pod["spec"]["securityContext"]["runAsUser"] == int(uid)
+    # What each example gives the daemon is a valid configuration.
+    for argv, variables_set in (
+            ([], compose["environment"]),
+            (sidecar["args"], {}),
+            (shlex.split(re.search(r"podman run (.*?)\n\n", doc, re.S)
+                         .group(1).replace("\\\n", " ")
+                         .split(" smarthostd ", 1)[1]), {})):
+        assert set(variables_set) <= variables, variables_set
+        assert {a for a in argv if a.startswith("--")} <= flags, argv
+        done = subprocess.run(
+            [os.environ["SMARTHOSTD"], "-t", *argv], cwd=str(tmp_path),
+            env=clean_env(**{**env, **variables_set}), capture_output=True,
+            text=True, timeout=30)
+        assert done.returncode == 0, (argv, variables_set, done.stderr)
 
 
 def write_config(path, relay_port, ca_file, spool):
