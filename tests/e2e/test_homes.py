@@ -21,6 +21,7 @@ import yaml
 from harness import (HOSTNAME, assert_relayed, daemon_spawn,
                      daemon_wait_started, free_port, make_message,
                      send_message, wait_until, wrapper)
+from authharness import AuthUpstream, authinfo_line, new_password
 from localuser import ensure_user, open_for_user, require_root
 
 TOP_SRCDIR = os.environ.get(
@@ -633,10 +634,24 @@ def test_user_units_verify(tmp_path, smarthostd_binary):
     assert "smarthostd" not in done.stderr, done.stderr
 
 
-def test_workstation_user_finds_own_daemon(upstream, pki, tmp_path,
-                                           sidecars):
+def gpg_as(as_user, env, *args, **kwargs):
+    """gpg run as the user (as_user: the setpriv prefix) with env."""
+    return subprocess.run(
+        [*as_user, "gpg", "--batch", "--quiet", "--pinentry-mode",
+         "loopback", "--passphrase", "", *args], env=env,
+        capture_output=True, timeout=120, **kwargs)
+
+
+def test_workstation_user_finds_own_daemon(pki, tmp_path, sidecars):
+    # A user's own daemon, tools and credentials: the upstream requires
+    # AUTH, and the password is only in the user's ~/.authinfo.gpg, which
+    # the daemon decrypts through gpg (and the user's gpg-agent) as that
+    # user; no authinfo setting, so the default list finds it.
     require_root()
     user = ensure_user()
+    password = new_password()
+    upstream = AuthUpstream({"alice": password}, tls=pki.good)
+    upstream.start(may_move=True)
     home = tmp_path / "home"
     config_dir = home / "cfg" / "smarthostd"
     state = home / "state"
@@ -652,7 +667,8 @@ def test_workstation_user_finds_own_daemon(upstream, pki, tmp_path,
         '  { address = "127.0.0.1"; port = "0"; } );\n'
         'relays = { upstream = {\n'
         f'  host = "127.0.0.1"; port = "{upstream.port}";\n'
-        f'  ca_file = "{home / "ca.pem"}";\n'
+        f'  ca_file = "{home / "ca.pem"}"; user = "alice";\n'
+        '  auth = "always";\n'
         '}; };\n')
     for root, dirs, files in os.walk(tmp_path):
         for name in dirs + files:
@@ -662,23 +678,43 @@ def test_workstation_user_finds_own_daemon(upstream, pki, tmp_path,
     env = clean_env(HOME=str(home), XDG_CONFIG_HOME=str(home / "cfg"),
                     XDG_STATE_HOME=str(state),
                     XDG_RUNTIME_DIR=str(runtime))
-    sidecar = sidecars(str(home), [], env, user=user).wait_started()
-    spool = state / "smarthostd"
-    assert (spool / "control.sock").exists(), sorted(os.listdir(state))
-
-    bindir = os.path.dirname(os.environ["SMARTHOSTD"])
+    env.pop("GNUPGHOME", None)
     as_user = ["setpriv", f"--reuid={user.pw_uid}",
                f"--regid={user.pw_gid}", "--clear-groups", "--"]
-    message = make_message("workstation", "From the user's own relay.\n")
-    done = subprocess.run(
-        [*as_user, os.path.join(bindir, "smarthost-sendmail"), "-oi",
-         "-f", "a@example.org", "b@example.net"],
-        input=message, env=env, capture_output=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    msg, = upstream.wait_messages(1)
-    assert msg.parsed()["Subject"] == "workstation"
-    done = subprocess.run(
-        [*as_user, os.path.join(bindir, "smarthostctl"), "status"],
-        env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert sidecar.stop() == 0, sidecar.log()
+    sidecar = None
+    try:
+        done = gpg_as(as_user, env, "--quick-gen-key", "shtest <s@test>",
+                      "future-default", "default", "never")
+        assert done.returncode == 0, done.stderr
+        done = gpg_as(as_user, env, "--trust-model", "always", "-r",
+                      "s@test", "-o", str(home / ".authinfo.gpg"), "-e",
+                      input=authinfo_line("127.0.0.1", upstream.port,
+                                          "alice", password).encode())
+        assert done.returncode == 0, done.stderr
+        sidecar = sidecars(str(home), [], env, user=user).wait_started()
+        spool = state / "smarthostd"
+        assert (spool / "control.sock").exists(), sorted(os.listdir(state))
+
+        bindir = os.path.dirname(os.environ["SMARTHOSTD"])
+        message = make_message("workstation", "From the user's own relay.\n")
+        done = subprocess.run(
+            [*as_user, os.path.join(bindir, "smarthost-sendmail"), "-oi",
+             "-f", "a@example.org", "b@example.net"],
+            input=message, env=env, capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        msg, = upstream.wait_messages(1)
+        assert msg.parsed()["Subject"] == "workstation"
+        assert upstream.auth_commands(), upstream.describe()
+        done = subprocess.run(
+            [*as_user, os.path.join(bindir, "smarthostctl"), "status"],
+            env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert sidecar.stop() == 0, sidecar.log()
+        assert password not in sidecar.log()
+    finally:
+        # The daemon first: it would start another agent to decrypt.
+        if sidecar is not None:
+            sidecar.stop()
+        subprocess.run([*as_user, "gpgconf", "--kill", "gpg-agent"],
+                       env=env, capture_output=True, timeout=30)
+        upstream.stop()
