@@ -1039,15 +1039,10 @@ parse_local_submission(struct cfgctx *ctx, const config_setting_t *root,
 	return 0;
 }
 
-static int
-config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
+/* The built-in defaults of the settings parsed below. */
+static void
+config_set_defaults(struct config *cfg)
 {
-	const config_setting_t *root = config_root_setting(lc), *s, *grp;
-	char *sync = NULL, *defrelay = NULL;
-	unsigned long long size;
-	int rc = -1, i, n;
-	char host[256];
-
 	cfg->max_line = 2048;
 	cfg->max_message_size = 35ULL * 1024 * 1024;
 	cfg->max_recipients = 1000;
@@ -1062,6 +1057,21 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	cfg->delay_warning = 4 * 3600;
 	cfg->delivery_workers = 4;
 	cfg->shutdown_timeout = 30;
+}
+
+/*
+ * The top-level scalars: hostname, user, spool, spool_sync,
+ * shutdown_timeout, and default_relay (into *defrelay, the caller's to
+ * free; checked once the relays are known). Unknown top-level keys are
+ * refused here.
+ */
+static int
+parse_top(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg, char **defrelay)
+{
+	char *sync = NULL;
+	char host[256];
+	int rc = -1;
 
 	if (check_known(ctx, root, top_keys, "") == -1 ||
 	    get_string(ctx, root, "hostname", &cfg->hostname) == -1 ||
@@ -1070,7 +1080,7 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	    get_string(ctx, root, "spool_sync", &sync) == -1 ||
 	    get_uint(ctx, root, "shutdown_timeout", duration_units, 0, 3600,
 	    &cfg->shutdown_timeout) == -1 ||
-	    get_string(ctx, root, "default_relay", &defrelay) == -1)
+	    get_string(ctx, root, "default_relay", defrelay) == -1)
 		goto out;
 	if (sync == NULL || strcmp(sync, "fsync") == 0)
 		cfg->spool_sync = SPOOL_SYNC_FSYNC;
@@ -1089,17 +1099,30 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	}
 	if (cfg->spool == NULL)
 		cfg->spool = xstrdup(LOCALSTATEDIR "/spool/smarthostd");
+	rc = 0;
+out:
+	free(sync);
+	return rc;
+}
+
+/* The limits = { ... } group, if present, then the per-client default. */
+static int
+parse_limits(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const config_setting_t *grp;
+	unsigned long long size;
 
 	if ((grp = config_setting_get_member(root, "limits")) != NULL) {
-		size = cfg->max_message_size;
 		if (config_setting_type(grp) != CONFIG_TYPE_GROUP) {
 			cfg_fail(ctx, grp, "limits: expected a group");
-			goto out;
+			return -1;
 		}
+		size = cfg->max_message_size;
 		if (check_known(ctx, grp, limit_keys, "limits") == -1 ||
 		    get_number(ctx, grp, "max_message_size", size_units, 1024,
 		    1ULL << 40, &size) == -1)
-			goto out;
+			return -1;
 		cfg->max_message_size = (size_t)size;
 		size = cfg->max_line;
 		if (get_number(ctx, grp, "max_line", size_units, 512,
@@ -1116,7 +1139,7 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 		    7 * 86400, &cfg->session_timeout) == -1 ||
 		    get_uint(ctx, grp, "max_sessions_per_client", NULL, 1,
 		    100000, &cfg->max_sessions_per_client) == -1)
-			goto out;
+			return -1;
 		cfg->max_line = (size_t)size;
 	}
 	/* One client (a local user, or an address) may take half of the
@@ -1124,76 +1147,112 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	if (cfg->max_sessions_per_client == 0)
 		cfg->max_sessions_per_client = cfg->max_sessions / 2 > 0 ?
 		    cfg->max_sessions / 2 : 1;
-	if ((grp = config_setting_get_member(root, "queue")) != NULL) {
-		if (config_setting_type(grp) != CONFIG_TYPE_GROUP) {
-			cfg_fail(ctx, grp, "queue: expected a group");
-			goto out;
-		}
-		if (check_known(ctx, grp, queue_keys, "queue") == -1 ||
-		    get_uint(ctx, grp, "retry_min", duration_units, 1,
-		    30 * 86400, &cfg->retry_min) == -1 ||
-		    get_uint(ctx, grp, "retry_max", duration_units, 1,
-		    30 * 86400, &cfg->retry_max) == -1 ||
-		    get_uint(ctx, grp, "lifetime", duration_units, 1,
-		    365 * 86400, &cfg->lifetime) == -1 ||
-		    get_uint(ctx, grp, "delay_warning", duration_units, 0,
-		    365 * 86400, &cfg->delay_warning) == -1 ||
-		    get_uint(ctx, grp, "workers", NULL, 1, 64,
-		    &cfg->delivery_workers) == -1)
-			goto out;
-		if (cfg->retry_max < cfg->retry_min) {
-			cfg_fail(ctx, config_setting_get_member(grp,
-			    "retry_max"), "retry_max must not be smaller than "
-			    "retry_min");
-			goto out;
-		}
-	}
+	return 0;
+}
 
-	if ((s = config_setting_get_member(root, "listen")) != NULL) {
-		if (config_setting_type(s) != CONFIG_TYPE_LIST) {
-			cfg_fail(ctx, s, "listen: expected a list ( {...}, "
-			    "{...} )");
-			goto out;
-		}
-		n = config_setting_length(s);
-		cfg->listen = xcalloc((size_t)n, sizeof(*cfg->listen));
-		for (i = 0; i < n; i++) {
-			cfg->nlisten++;
-			if (parse_listen(ctx, config_setting_get_elem(s,
-			    (unsigned)i), &cfg->listen[i]) == -1)
-				goto out;
-		}
-	} else {
+/* The queue = { ... } group, if present. */
+static int
+parse_queue(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const config_setting_t *grp;
+
+	if ((grp = config_setting_get_member(root, "queue")) == NULL)
+		return 0;
+	if (config_setting_type(grp) != CONFIG_TYPE_GROUP) {
+		cfg_fail(ctx, grp, "queue: expected a group");
+		return -1;
+	}
+	if (check_known(ctx, grp, queue_keys, "queue") == -1 ||
+	    get_uint(ctx, grp, "retry_min", duration_units, 1, 30 * 86400,
+	    &cfg->retry_min) == -1 ||
+	    get_uint(ctx, grp, "retry_max", duration_units, 1, 30 * 86400,
+	    &cfg->retry_max) == -1 ||
+	    get_uint(ctx, grp, "lifetime", duration_units, 1, 365 * 86400,
+	    &cfg->lifetime) == -1 ||
+	    get_uint(ctx, grp, "delay_warning", duration_units, 0,
+	    365 * 86400, &cfg->delay_warning) == -1 ||
+	    get_uint(ctx, grp, "workers", NULL, 1, 64,
+	    &cfg->delivery_workers) == -1)
+		return -1;
+	if (cfg->retry_max < cfg->retry_min) {
+		cfg_fail(ctx, config_setting_get_member(grp, "retry_max"),
+		    "retry_max must not be smaller than retry_min");
+		return -1;
+	}
+	return 0;
+}
+
+/* listen = ( {...}, ... ); without it, port 25 on both loopbacks. */
+static int
+parse_listens(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const config_setting_t *s;
+	int i, n;
+
+	if ((s = config_setting_get_member(root, "listen")) == NULL) {
 		listen_add_default(cfg, "127.0.0.1");
 		listen_add_default(cfg, "::1");
+		return 0;
 	}
-
-	if ((s = config_setting_get_member(root, "allow_networks")) != NULL) {
-		if (config_setting_type(s) != CONFIG_TYPE_ARRAY &&
-		    config_setting_type(s) != CONFIG_TYPE_LIST) {
-			cfg_fail(ctx, s, "allow_networks: expected a list of "
-			    "strings [ \"192.0.2.0/24\", ... ]");
-			goto out;
-		}
-		n = config_setting_length(s);
-		cfg->allow = xcalloc((size_t)n, sizeof(*cfg->allow));
-		for (i = 0; i < n; i++) {
-			const config_setting_t *e = config_setting_get_elem(s,
-			    (unsigned)i);
-			const char *v = config_setting_type(e) ==
-			    CONFIG_TYPE_STRING ? config_setting_get_string(e) :
-			    NULL;
-
-			if (v == NULL || netmask_parse(v, &cfg->allow[i]) ==
-			    -1) {
-				cfg_fail(ctx, e, "allow_networks: \"%s\" is not "
-				    "a network like 192.0.2.0/24",
-				    v != NULL ? v : "?");
-				goto out;
-			}
-			cfg->nallow++;
-		}
+	if (config_setting_type(s) != CONFIG_TYPE_LIST) {
+		cfg_fail(ctx, s, "listen: expected a list ( {...}, {...} )");
+		return -1;
 	}
+	n = config_setting_length(s);
+	cfg->listen = xcalloc((size_t)n, sizeof(*cfg->listen));
+	for (i = 0; i < n; i++) {
+		cfg->nlisten++;
+		if (parse_listen(ctx, config_setting_get_elem(s, (unsigned)i),
+		    &cfg->listen[i]) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* allow_networks = [ "192.0.2.0/24", ... ], if present. */
+static int
+parse_allow_networks(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const config_setting_t *s, *e;
+	const char *v;
+	int i, n;
+
+	if ((s = config_setting_get_member(root, "allow_networks")) == NULL)
+		return 0;
+	if (config_setting_type(s) != CONFIG_TYPE_ARRAY &&
+	    config_setting_type(s) != CONFIG_TYPE_LIST) {
+		cfg_fail(ctx, s, "allow_networks: expected a list of strings "
+		    "[ \"192.0.2.0/24\", ... ]");
+		return -1;
+	}
+	n = config_setting_length(s);
+	cfg->allow = xcalloc((size_t)n, sizeof(*cfg->allow));
+	for (i = 0; i < n; i++) {
+		e = config_setting_get_elem(s, (unsigned)i);
+		v = config_setting_type(e) == CONFIG_TYPE_STRING ?
+		    config_setting_get_string(e) : NULL;
+		if (v == NULL || netmask_parse(v, &cfg->allow[i]) == -1) {
+			cfg_fail(ctx, e, "allow_networks: \"%s\" is not a "
+			    "network like 192.0.2.0/24", v != NULL ? v : "?");
+			return -1;
+		}
+		cfg->nallow++;
+	}
+	return 0;
+}
+
+/*
+ * auth_first and authinfo, the local submission settings, and the paths
+ * under the spool: state_dir and the control socket with its groups.
+ */
+static int
+parse_auth_and_control(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const size_t sun_path = sizeof(((struct sockaddr_un *)0)->sun_path);
 
 	if (get_string_list(ctx, root, "auth_first", &cfg->auth_first,
 	    &cfg->nauth_first) == -1 ||
@@ -1206,34 +1265,48 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	    &cfg->control_admin_group) == -1 ||
 	    get_string(ctx, root, "control_read_group",
 	    &cfg->control_read_group) == -1)
-		goto out;
+		return -1;
 	if (compile_auth_first(ctx, root, cfg) == -1 ||
 	    expand_authinfo(ctx, root, cfg) == -1 ||
 	    parse_local_submission(ctx, root, cfg) == -1)
-		goto out;
+		return -1;
 	if (cfg->state_dir == NULL)
 		cfg->state_dir = xasprintf("%s/state", cfg->spool);
 	if (cfg->control_socket == NULL)
 		cfg->control_socket = xasprintf("%s/control.sock", cfg->spool);
-	if (strlen(cfg->control_socket) >= sizeof(((struct sockaddr_un *)0)
-	    ->sun_path)) {
+	if (strlen(cfg->control_socket) >= sun_path) {
 		cfg_fail(ctx, config_setting_get_member(root,
 		    "control_socket"), "control_socket: \"%s\" is too long "
 		    "for a Unix socket path (at most %zu bytes); set "
 		    "control_socket to a shorter path", cfg->control_socket,
-		    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-		goto out;
+		    sun_path - 1);
+		return -1;
 	}
+	return 0;
+}
+
+/*
+ * relays = { name = {...}; ... }, at least one; default_relay (defrelay,
+ * NULL: the first) must name one of them. Then what refers to relays:
+ * backups, routes and the local part rules.
+ */
+static int
+parse_relays(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg, const char *defrelay)
+{
+	const config_setting_t *s;
+	long j;
+	int i, n;
 
 	if ((s = config_setting_get_member(root, "relays")) == NULL ||
 	    config_setting_length(s) == 0) {
 		cfg_fail(ctx, s, "no relay configured: add a relays = { name "
 		    "= { host = \"...\"; }; } section");
-		goto out;
+		return -1;
 	}
 	if (config_setting_type(s) != CONFIG_TYPE_GROUP) {
 		cfg_fail(ctx, s, "relays: expected a group of named relays");
-		goto out;
+		return -1;
 	}
 	n = config_setting_length(s);
 	cfg->relays = xcalloc((size_t)n, sizeof(*cfg->relays));
@@ -1241,27 +1314,44 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 		cfg->nrelays++;
 		if (parse_relay(ctx, config_setting_get_elem(s, (unsigned)i),
 		    &cfg->relays[i]) == -1)
-			goto out;
+			return -1;
 	}
 	cfg->default_relay = 0;
 	if (defrelay != NULL) {
-		long j = relay_index(cfg, defrelay);
-
-		if (j == -1) {
+		if ((j = relay_index(cfg, defrelay)) == -1) {
 			cfg_fail(ctx, config_setting_get_member(root,
 			    "default_relay"), "default_relay: no relay named "
 			    "\"%s\"", defrelay);
-			goto out;
+			return -1;
 		}
 		cfg->default_relay = (size_t)j;
 	}
 	if (check_backups(ctx, s, cfg) == -1 ||
 	    parse_routes(ctx, root, cfg) == -1 ||
 	    config_local(ctx, root, cfg) == -1)
+		return -1;
+	return 0;
+}
+
+/* The whole file, section by section, in the order errors are reported. */
+static int
+config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
+{
+	const config_setting_t *root = config_root_setting(lc);
+	char *defrelay = NULL;
+	int rc = -1;
+
+	config_set_defaults(cfg);
+	if (parse_top(ctx, root, cfg, &defrelay) == -1 ||
+	    parse_limits(ctx, root, cfg) == -1 ||
+	    parse_queue(ctx, root, cfg) == -1 ||
+	    parse_listens(ctx, root, cfg) == -1 ||
+	    parse_allow_networks(ctx, root, cfg) == -1 ||
+	    parse_auth_and_control(ctx, root, cfg) == -1 ||
+	    parse_relays(ctx, root, cfg, defrelay) == -1)
 		goto out;
 	rc = 0;
 out:
-	free(sync);
 	free(defrelay);
 	return rc;
 }
