@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import textwrap
 import time
@@ -18,9 +19,9 @@ import time
 import pytest
 import yaml
 
-from harness import (HOSTNAME, assert_relayed, daemon_spawn,
-                     daemon_wait_started, free_port, make_message,
-                     send_message, wait_until, wrapper)
+from harness import (HOSTNAME, SOCKET_ACTIVATE, assert_relayed,
+                     daemon_spawn, daemon_wait_started, free_port,
+                     make_message, send_message, wait_until, wrapper)
 from authharness import AuthUpstream, authinfo_line, new_password
 from localuser import ensure_user, open_for_user, require_root
 
@@ -192,20 +193,25 @@ def test_stop_leaves_root_owned_socket_quietly(upstream, daemon_factory,
 # --------------------------------------------------------------------------
 # Container sidecar: settings from flags and SMARTHOSTD_* variables
 
+def setpriv(user):
+    """The command prefix that runs a program as user."""
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+            "--clear-groups", "--"]
+
+
 class Sidecar:
     """smarthostd started with argv and env (no -c unless argv says so),
-    optionally as another user, its stderr in workdir/daemon.log."""
+    optionally as another user, with -d unless debug is false, its stderr
+    in workdir/daemon.log."""
 
-    def __init__(self, workdir, argv, env, user=None):
+    def __init__(self, workdir, argv, env, user=None, debug=True):
         self.log_path = os.path.join(workdir, "daemon.log")
-        prefix = []
-        if user is not None:
-            prefix = ["setpriv", f"--reuid={user.pw_uid}",
-                      f"--regid={user.pw_gid}", "--clear-groups", "--"]
+        prefix = setpriv(user) if user is not None else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*prefix, *wrapper(), os.environ["SMARTHOSTD"], "-d",
-                 *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                [*prefix, *wrapper(), os.environ["SMARTHOSTD"],
+                 *(["-d"] if debug else []), *argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 cwd=workdir, env=env)
         self.port = None
 
@@ -308,14 +314,12 @@ def test_sidecar_from_environment_and_flags_as_non_root(
     ctl = os.path.join(os.path.dirname(os.environ["SMARTHOSTD"]),
                        "smarthostctl")
     done = subprocess.run(
-        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-         "--clear-groups", "--", ctl, "status"],
+        [*setpriv(user), ctl, "status"],
         env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert sidecar.stop() == 0, sidecar.log()
     done = subprocess.run(
-        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-         "--clear-groups", "--", ctl, "status"],
+        [*setpriv(user), ctl, "status"],
         env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0, "status succeeds with the daemon stopped"
 
@@ -328,8 +332,10 @@ def test_sidecar_sigterm_finishes_the_message_and_closes_idle_sessions(
     # (30 s, a container engine's usual grace period), and the message is
     # delivered exactly once, before the stop or after the next start.
     user, workdir, env = sidecar_setup(upstream, pki, tmp_path)
+    # Without -d, as the image runs it: the log is on stderr all the same.
     argv = ["--listen", "127.0.0.1:0"]
-    sidecar = sidecars(str(workdir), argv, env, user=user).wait_started()
+    sidecar = sidecars(str(workdir), argv, env, user=user,
+                       debug=False).wait_started()
     message = make_message("sigterm", "Finished after the SIGTERM.\n")
     head, tail = message[:len(message) // 2], message[len(message) // 2:]
     with smtplib.SMTP("127.0.0.1", sidecar.port, local_hostname="idle.test",
@@ -355,7 +361,8 @@ def test_sidecar_sigterm_finishes_the_message_and_closes_idle_sessions(
     assert sidecar.proc.wait(timeout=30) == 0, sidecar.log()
     assert time.monotonic() - start < 30
     # Delivered before the stop, or queued in the spool for the next start.
-    sidecar = sidecars(str(workdir), argv, env, user=user).wait_started()
+    sidecar = sidecars(str(workdir), argv, env, user=user,
+                       debug=False).wait_started()
     msg, = upstream.wait_messages(1)
     assert_relayed(msg, message)
     assert sidecar.stop() == 0, sidecar.log()
@@ -634,6 +641,38 @@ def test_user_units_verify(tmp_path, smarthostd_binary):
     assert "smarthostd" not in done.stderr, done.stderr
 
 
+def workstation(tmp_path, pki, upstream, listen, relay_extra=""):
+    """The test user's home under tmp_path with its own
+    ~/cfg/smarthostd/smarthostd.conf (listen, one relay to upstream with
+    relay_extra, no spool: it defaults to $XDG_STATE_HOME), a runtime
+    directory (mode 0700), all the user's; returns (user, home, env) with
+    the user's XDG variables in env."""
+    require_root()
+    user = ensure_user()
+    home = tmp_path / "home"
+    runtime = tmp_path / "runtime"
+    for d in (home / "cfg" / "smarthostd", home / "state", runtime):
+        d.mkdir(parents=True)
+    shutil.copyfile(pki.good.ca_cert, home / "ca.pem")
+    (home / "cfg" / "smarthostd" / "smarthostd.conf").write_text(
+        f'hostname = "{HOSTNAME}";\n'
+        f'listen = {listen};\n'
+        'relays = { upstream = {\n'
+        f'  host = "127.0.0.1"; port = "{upstream.port}";\n'
+        f'  ca_file = "{home / "ca.pem"}"; {relay_extra}\n'
+        '}; };\n')
+    for root, dirs, files in os.walk(tmp_path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+    open_for_user(str(tmp_path))
+    os.chmod(runtime, 0o700)
+    env = clean_env(HOME=str(home), XDG_CONFIG_HOME=str(home / "cfg"),
+                    XDG_STATE_HOME=str(home / "state"),
+                    XDG_RUNTIME_DIR=str(runtime))
+    env.pop("GNUPGHOME", None)
+    return user, home, env
+
+
 def gpg_as(as_user, env, *args, **kwargs):
     """gpg run as the user (as_user: the setpriv prefix) with env."""
     return subprocess.run(
@@ -647,40 +686,16 @@ def test_workstation_user_finds_own_daemon(pki, tmp_path, sidecars):
     # AUTH, and the password is only in the user's ~/.authinfo.gpg, which
     # the daemon decrypts through gpg (and the user's gpg-agent) as that
     # user; no authinfo setting, so the default list finds it.
-    require_root()
-    user = ensure_user()
     password = new_password()
     upstream = AuthUpstream({"alice": password}, tls=pki.good)
     upstream.start(may_move=True)
-    home = tmp_path / "home"
-    config_dir = home / "cfg" / "smarthostd"
-    state = home / "state"
-    runtime = tmp_path / "runtime"
-    for d in (config_dir, state, runtime):
-        d.mkdir(parents=True)
-    shutil.copyfile(pki.good.ca_cert, home / "ca.pem")
-    sock = runtime / "smtp.sock"
-    # No spool: for a user's own file it defaults to $XDG_STATE_HOME.
-    (config_dir / "smarthostd.conf").write_text(
-        f'hostname = "{HOSTNAME}";\n'
-        f'listen = ( {{ path = "{sock}"; }},\n'
-        '  { address = "127.0.0.1"; port = "0"; } );\n'
-        'relays = { upstream = {\n'
-        f'  host = "127.0.0.1"; port = "{upstream.port}";\n'
-        f'  ca_file = "{home / "ca.pem"}"; user = "alice";\n'
-        '  auth = "always";\n'
-        '}; };\n')
-    for root, dirs, files in os.walk(tmp_path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-    open_for_user(str(tmp_path))
-    os.chmod(runtime, 0o700)
-    env = clean_env(HOME=str(home), XDG_CONFIG_HOME=str(home / "cfg"),
-                    XDG_STATE_HOME=str(state),
-                    XDG_RUNTIME_DIR=str(runtime))
-    env.pop("GNUPGHOME", None)
-    as_user = ["setpriv", f"--reuid={user.pw_uid}",
-               f"--regid={user.pw_gid}", "--clear-groups", "--"]
+    sock = tmp_path / "runtime" / "smtp.sock"
+    user, home, env = workstation(
+        tmp_path, pki, upstream,
+        f'( {{ path = "{sock}"; }},\n'
+        '  { address = "127.0.0.1"; port = "0"; } )',
+        'user = "alice"; auth = "always";')
+    as_user = setpriv(user)
     sidecar = None
     try:
         done = gpg_as(as_user, env, "--quick-gen-key", "shtest <s@test>",
@@ -692,8 +707,9 @@ def test_workstation_user_finds_own_daemon(pki, tmp_path, sidecars):
                                           "alice", password).encode())
         assert done.returncode == 0, done.stderr
         sidecar = sidecars(str(home), [], env, user=user).wait_started()
-        spool = state / "smarthostd"
-        assert (spool / "control.sock").exists(), sorted(os.listdir(state))
+        state = home / "state"
+        assert (state / "smarthostd" / "control.sock").exists(), \
+            sorted(os.listdir(state))
 
         bindir = os.path.dirname(os.environ["SMARTHOSTD"])
         message = make_message("workstation", "From the user's own relay.\n")
@@ -718,3 +734,72 @@ def test_workstation_user_finds_own_daemon(pki, tmp_path, sidecars):
         subprocess.run([*as_user, "gpgconf", "--kill", "gpg-agent"],
                        env=env, capture_output=True, timeout=30)
         upstream.stop()
+
+
+def test_user_units_activate_the_users_daemon(upstream, pki, tmp_path):
+    # What `systemctl --user enable --now smarthostd.socket` sets up, with
+    # systemd-socket-activate in the user manager's place: the socket
+    # unit's listeners (%t is $XDG_RUNTIME_DIR; the TCP port a free one,
+    # named in the user's file, where the tools look), the service unit's
+    # command line as that user, whose first connection starts the daemon.
+    port = free_port()
+    user, home, env = workstation(
+        tmp_path, pki, upstream,
+        f'( {{ address = "127.0.0.1"; port = "{port}"; }} )')
+    runtime = tmp_path / "runtime"
+    with open(os.path.join(SYSTEMD_DIR, "user", "smarthostd.socket"),
+              encoding="utf-8") as f:
+        listens = re.findall(r"(?m)^ListenStream=(.*)$", f.read())
+    assert listens == ["127.0.0.1:2525", "%t/smarthostd/smtp.sock"], listens
+    sock = listens[1].replace("%t", str(runtime))
+    # RuntimeDirectory=smarthostd, mode 0700.
+    os.mkdir(os.path.dirname(sock), 0o700)
+    os.chown(os.path.dirname(sock), user.pw_uid, user.pw_gid)
+    with open(os.path.join(SYSTEMD_DIR, "user", "smarthostd.service"),
+              encoding="utf-8") as f:
+        exec_start, = re.findall(r"(?m)^ExecStart=(.*)$", f.read())
+    assert exec_start.split() == ["/usr/local/sbin/smarthostd"], exec_start
+    # systemd-socket-activate passes on only the variables named with -E;
+    # the user manager passes its environment, which has these.
+    passed = [f"-E{k}" for k in ("PATH", "HOME", "XDG_CONFIG_HOME",
+                                 "XDG_STATE_HOME", "XDG_RUNTIME_DIR")]
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [*setpriv(user), SOCKET_ACTIVATE, *passed, "-l",
+             f"127.0.0.1:{port}", "-l", sock, *wrapper(),
+             os.environ["SMARTHOSTD"]],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            cwd=str(home), env=env)
+    try:
+        wait_until(lambda: os.path.exists(sock), 10,
+                   "systemd-socket-activate to listen")
+        bindir = os.path.dirname(os.environ["SMARTHOSTD"])
+        message = make_message("activated", "Started by the socket.\n")
+        done = subprocess.run(
+            [*setpriv(user), os.path.join(bindir, "smarthost-sendmail"),
+             "-oi", "-f", "a@example.org", "b@example.net"],
+            input=message, env=env, capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        msg, = upstream.wait_messages(1)
+        assert msg.parsed()["Subject"] == "activated"
+        # The socket in the runtime directory serves too (its mode,
+        # SocketMode=0600, is the user manager's to apply).
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.settimeout(10)
+            unix.connect(sock)
+            assert unix.recv(512).startswith(b"220 "), "no greeting"
+        done = subprocess.run(
+            [*setpriv(user), os.path.join(bindir, "smarthostctl"), "status"],
+            env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        assert rc == 0, f.read()
