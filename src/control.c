@@ -888,32 +888,14 @@ cmd_credentials_changed(struct control_client *cl, int argc, char **argv,
 	return 0;
 }
 
-static void
-metrics_oldest_each(const struct envelope *env, void *arg)
-{
-	time_t *oldest = arg;
-
-	if (*oldest == 0 || env->created < *oldest)
-		*oldest = env->created;
-}
-
 /* The Prometheus text exposition (metrics.h), one data line per line. */
 static int
 cmd_metrics(struct control_client *cl, int argc, char **argv,
     struct evbuffer *out, char *err, size_t errlen)
 {
-	struct control *c = cl->c;
-	struct metrics_gauges g;
-	time_t oldest = 0, now = time(NULL);
 	char *text, *line, *next;
 
-	scheduler_foreach(c->sched, metrics_oldest_each, &oldest);
-	g.queued = scheduler_count(c->sched);
-	g.oldest_age = oldest != 0 && now > oldest ? (double)(now - oldest) :
-	    0;
-	g.sessions_active = c->server != NULL ?
-	    smtp_server_sessions(c->server) : 0;
-	text = metrics_format(&g);
+	text = metrics_collect(cl->c->sched, cl->c->server);
 	for (line = text; *line != '\0'; line = next) {
 		next = strchr(line, '\n');
 		*next++ = '\0';

@@ -9,9 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "envelope.h"
 #include "log.h"
 #include "metrics.h"
+#include "scheduler.h"
+#include "smtp_server.h"
 #include "xmalloc.h"
 
 #define METRICS_LABELS_MAX 64
@@ -58,9 +62,18 @@ struct histogram {
 	double sum;
 };
 
+#define SOURCES_MAX 8
+#define SOURCE_LEN 32
+
+struct source_count {
+	char name[SOURCE_LEN];
+	unsigned long long accepted;
+};
+
 static struct {
 	unsigned long long sessions;
-	unsigned long long accepted;
+	struct source_count sources[SOURCES_MAX];
+	size_t nsources;
 	struct relay_counts relays[METRICS_LABELS_MAX];
 	size_t nrelays;
 } m;
@@ -122,10 +135,25 @@ metrics_session(void)
 	m.sessions++;
 }
 
-void
-metrics_accepted(double commit_seconds)
+/* The count for source; the last slot takes every source beyond it. */
+static struct source_count *
+source_get(const char *source)
 {
-	m.accepted++;
+	size_t i;
+
+	for (i = 0; i < m.nsources; i++)
+		if (strcmp(m.sources[i].name, source) == 0)
+			return &m.sources[i];
+	if (m.nsources == SOURCES_MAX)
+		return &m.sources[SOURCES_MAX - 1];
+	snprintf(m.sources[m.nsources].name, SOURCE_LEN, "%s", source);
+	return &m.sources[m.nsources++];
+}
+
+void
+metrics_accepted(const char *source, double commit_seconds)
+{
+	source_get(source)->accepted++;
 	hist_observe(&commit_hist, commit_seconds);
 }
 
@@ -260,6 +288,7 @@ out_histogram(struct out *o, const struct histogram *h)
 char *
 metrics_format(const struct metrics_gauges *g)
 {
+	char label[SOURCE_LEN * 2];
 	struct out o;
 	size_t i;
 
@@ -267,9 +296,16 @@ metrics_format(const struct metrics_gauges *g)
 	o.len = 0;
 	o.p = xmalloc(o.cap);
 	o.p[0] = '\0';
+	/* Both sources always show, at 0 before their first message. */
+	(void)source_get("smtp");
+	(void)source_get("maildrop");
 	out_head(&o, "smarthostd_accepted_total", "counter",
-	    "Messages accepted into the queue over SMTP.");
-	out_addf(&o, "smarthostd_accepted_total %llu\n", m.accepted);
+	    "Messages accepted into the queue, per source (smtp: SMTP "
+	    "clients; maildrop: imported from smarthost-postdrop).");
+	for (i = 0; i < m.nsources; i++)
+		out_addf(&o, "smarthostd_accepted_total{source=\"%s\"} %llu\n",
+		    metrics_label_escape(label, sizeof(label),
+		    m.sources[i].name), m.sources[i].accepted);
 	for (i = 0; i < OUT__COUNT; i++)
 		out_relay_counter(&o, i);
 	out_relay_counter(&o, OUT__COUNT);
@@ -289,4 +325,27 @@ metrics_format(const struct metrics_gauges *g)
 	out_histogram(&o, &commit_hist);
 	out_histogram(&o, &delivery_hist);
 	return o.p;
+}
+
+static void
+oldest_each(const struct envelope *env, void *arg)
+{
+	time_t *oldest = arg;
+
+	if (*oldest == 0 || env->created < *oldest)
+		*oldest = env->created;
+}
+
+char *
+metrics_collect(struct scheduler *sched, const struct smtp_server *srv)
+{
+	struct metrics_gauges g;
+	time_t oldest = 0, now = time(NULL);
+
+	scheduler_foreach(sched, oldest_each, &oldest);
+	g.queued = scheduler_count(sched);
+	g.oldest_age = oldest != 0 && now > oldest ? (double)(now - oldest) :
+	    0;
+	g.sessions_active = srv != NULL ? smtp_server_sessions(srv) : 0;
+	return metrics_format(&g);
 }

@@ -6,8 +6,8 @@
  * see an event count it (smtp_server: sessions, accepted messages and the
  * commit latency; relay_log_rcpt: every recipient outcome, per relay, and
  * the delivery latency of the sent ones; the scheduler: rejected
- * credentials per relay). Gauges are read at exposition time from the
- * caller. Counts start at 0 with the process.
+ * credentials per relay). Gauges are read at exposition time
+ * (metrics_collect). Counts start at 0 with the process.
  */
 #ifndef SMARTHOST_METRICS_H
 #define SMARTHOST_METRICS_H
@@ -16,8 +16,13 @@
 
 /* An inbound SMTP session began. */
 void metrics_session(void);
-/* A message was committed to the queue, seconds after its commit began. */
-void metrics_accepted(double commit_seconds);
+/*
+ * A message was committed to the queue, commit_seconds after its commit
+ * began; source is the label it is counted under: "smtp" for an SMTP
+ * client, "maildrop" for a message imported from the maildrop. At most 8
+ * distinct sources are kept; later ones count under the eighth.
+ */
+void metrics_accepted(const char *source, double commit_seconds);
 /*
  * One recipient's outcome as logged (status "sent", "deferred",
  * "bounced" or "expired") through relay (the log's relay= text; only the
@@ -37,6 +42,17 @@ struct metrics_gauges {
 
 /* The exposition text (every line ends with LF), malloc'd; caller frees. */
 char *metrics_format(const struct metrics_gauges *g);
+
+struct scheduler;
+struct smtp_server;
+
+/*
+ * The running daemon's exposition: the counts with the gauges read now
+ * from sched (queue size, oldest message's age) and srv (open sessions;
+ * srv may be NULL). What `smarthostctl metrics` prints and GET /metrics
+ * serves. Loop thread only; malloc'd, caller frees.
+ */
+char *metrics_collect(struct scheduler *sched, const struct smtp_server *srv);
 
 /*
  * Pure: writes value into out (outlen bytes) as a Prometheus label value

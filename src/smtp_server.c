@@ -79,6 +79,7 @@
 #define HEADER_MAX (100 * 1024)
 #define VERB_MAX 16
 #define PEER_MAX 96
+#define SOURCE_MAX 16
 
 enum session_state {
 	S_CONNECTED, /* greeted, no HELO/EHLO yet */
@@ -123,6 +124,7 @@ struct commit {
 	struct session *s;       /* NULL once the session is gone */
 	struct smtp_server *srv; /* NULL once the server is gone */
 	struct timespec started; /* for the commit latency metric */
+	char source[SOURCE_MAX]; /* the session's metrics source */
 };
 
 struct txn {
@@ -173,6 +175,9 @@ struct session {
 	char peer_name[32];       /* "localhost" or "unknown": no DNS */
 	char peer_addr[PEER_MAX]; /* "127.0.0.1", "::1", "unix:uid=N" */
 	int peer_family;
+	/* Counted under this source in the accepted metric: "smtp", or an
+	 * in-process client's label ("maildrop"). */
+	char source[SOURCE_MAX];
 	char *client;             /* "name[addr]" */
 	int uid_known;            /* the local user behind the peer is known */
 	uid_t uid;                /* ... and is this one */
@@ -608,6 +613,7 @@ txn_finish(struct session *s)
 	c->s = s;
 	c->srv = s->srv;
 	clock_gettime(CLOCK_MONOTONIC, &c->started);
+	memcpy(c->source, s->source, sizeof(c->source));
 	TAILQ_INSERT_TAIL(&s->srv->commits, c, entry);
 	s->commit = c;
 	qtxn = t->qtxn;
@@ -629,7 +635,8 @@ commit_done(int error, struct envelope *env, void *arg)
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	if (error == 0)
-		metrics_accepted((double)(now.tv_sec - c->started.tv_sec) +
+		metrics_accepted(c->source,
+		    (double)(now.tv_sec - c->started.tv_sec) +
 		    (now.tv_nsec - c->started.tv_nsec) / 1e9);
 	if (srv != NULL)
 		TAILQ_REMOVE(&srv->commits, c, entry);
@@ -1783,6 +1790,8 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 		s->uid_known = 1;
 	} else
 		session_peer(s, fd, sa, salen);
+	snprintf(s->source, sizeof(s->source), "%s", label != NULL ? label :
+	    "smtp");
 	if (client_sessions(srv, s) >= cfg->max_sessions_per_client) {
 		log_info("smtp: too many sessions from client=%s (%u), "
 		    "refusing a connection", s->client,

@@ -44,7 +44,8 @@ void smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
  * Starts a session on fd for a peer the caller vouches for: an in-process
  * client such as the maildrop importer. The session is the same as for a
  * socket client (limits, sender policy, Received: header) but its client
- * is "localhost[label]" and its local user is uid.
+ * is "localhost[label]" and its local user is uid, and the messages it
+ * commits count under source=label in the accepted metric (metrics.h).
  */
 void smtp_server_accept_local(struct smtp_server *srv, evutil_socket_t fd,
     const char *label, uid_t uid);

@@ -37,7 +37,7 @@ Test(metrics, counts_per_relay_and_outcome)
 	metrics_rcpt("none", "expired", 1);
 	metrics_rcpt("none", "queued", 1);	/* not an outcome: ignored */
 	metrics_auth_failure("upstream");
-	metrics_accepted(0.002);
+	metrics_accepted("smtp", 0.002);
 	metrics_session();
 	metrics_session();
 	text = expose(3, 120);
@@ -51,7 +51,10 @@ Test(metrics, counts_per_relay_and_outcome)
 	    "smarthostd_expired_total{relay=\"none\"} 1\n"));
 	cr_assert_not_null(strstr(text,
 	    "smarthostd_auth_failures_total{relay=\"upstream\"} 1\n"));
-	cr_assert_not_null(strstr(text, "smarthostd_accepted_total 1\n"));
+	cr_assert_not_null(strstr(text,
+	    "smarthostd_accepted_total{source=\"smtp\"} 1\n"));
+	cr_assert_not_null(strstr(text,
+	    "smarthostd_accepted_total{source=\"maildrop\"} 0\n"));
 	cr_assert_not_null(strstr(text, "smarthostd_sessions_total 2\n"));
 	cr_assert_not_null(strstr(text, "smarthostd_sessions 2\n"));
 	cr_assert_not_null(strstr(text, "smarthostd_queue_messages 3\n"));
