@@ -601,13 +601,79 @@ listen_add_default(struct config *cfg, const char *addr)
 	l->port = xstrdup("25");
 }
 
+/* 1 if the numeric address a is a loopback address (127/8, ::1). */
+static int
+address_is_loopback(const char *a)
+{
+	struct in6_addr in6;
+	struct in_addr in;
+
+	if (inet_pton(AF_INET, a, &in) == 1)
+		return (ntohl(in.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, a, &in6) == 1 &&
+	    IN6_IS_ADDR_LOOPBACK(&in6);
+}
+
+/*
+ * metrics_listen: a port ("9125" or 9125, on 127.0.0.1), "ADDRESS:PORT"
+ * or "[IPV6]:PORT", the port numeric (0: any). A non-loopback address
+ * needs allow_networks, as a non-loopback SMTP listener does, and then
+ * only those networks (and loopback) are answered. Parsed after
+ * allow_networks.
+ */
+static int
+parse_metrics_listen(struct cfgctx *ctx, const config_setting_t *root,
+    struct config *cfg)
+{
+	const config_setting_t *s;
+	const char *v, *colon;
+	char *end, buf[64];
+	unsigned long port;
+	struct netmask m;
+
+	if ((s = config_setting_get_member(root, "metrics_listen")) == NULL)
+		return 0;
+	if (config_setting_type(s) == CONFIG_TYPE_INT) {
+		snprintf(buf, sizeof(buf), "%d", config_setting_get_int(s));
+		v = buf;
+	} else if (config_setting_type(s) == CONFIG_TYPE_STRING)
+		v = config_setting_get_string(s);
+	else
+		return cfg_fail(ctx, s, "metrics_listen: expected a port or "
+		    "\"address:port\"");
+	if ((colon = strrchr(v, ':')) == NULL) {
+		cfg->metrics_address = xstrdup("127.0.0.1");
+		colon = v - 1;
+	} else if (v[0] == '[' && colon > v && colon[-1] == ']')
+		cfg->metrics_address = xstrndup(v + 1, (size_t)(colon - v - 2));
+	else
+		cfg->metrics_address = xstrndup(v, (size_t)(colon - v));
+	errno = 0;
+	port = strtoul(colon + 1, &end, 10);
+	if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 ||
+	    port > 65535)
+		return cfg_fail(ctx, s, "metrics_listen: \"%s\": the port "
+		    "must be a number from 0 to 65535", v);
+	if (netmask_parse(cfg->metrics_address, &m) == -1 ||
+	    strchr(cfg->metrics_address, '/') != NULL)
+		return cfg_fail(ctx, s, "metrics_listen: \"%s\": \"%s\" is "
+		    "not a numeric IPv4 or IPv6 address (IPv6 in brackets: "
+		    "\"[::1]:9125\")", v, cfg->metrics_address);
+	if (!address_is_loopback(cfg->metrics_address) && cfg->nallow == 0)
+		return cfg_fail(ctx, s, "metrics_listen: %s is not loopback: "
+		    "set allow_networks to the networks allowed to connect",
+		    cfg->metrics_address);
+	cfg->metrics_port = (unsigned)port;
+	return 0;
+}
+
 static const char *const top_keys[] = { "hostname", "user", "spool",
 	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
 	"state_dir", "control_socket", "control_admin_group",
 	"control_read_group", "routes", "mail_domain",
 	"local_domains", "aliases", "local_catch_all", "sender_rewrite",
-	"maildrop", "maildrop_group", "sender_policy", NULL };
+	"maildrop", "maildrop_group", "sender_policy", "metrics_listen", NULL };
 static const char *const sender_policy_keys[] = { "mode", "map", "exempt",
 	NULL };
 static const char *const limit_keys[] = { "max_line", "max_message_size",
@@ -1347,6 +1413,7 @@ config_build(struct cfgctx *ctx, config_t *lc, struct config *cfg)
 	    parse_queue(ctx, root, cfg) == -1 ||
 	    parse_listens(ctx, root, cfg) == -1 ||
 	    parse_allow_networks(ctx, root, cfg) == -1 ||
+	    parse_metrics_listen(ctx, root, cfg) == -1 ||
 	    parse_auth_and_control(ctx, root, cfg) == -1 ||
 	    parse_relays(ctx, root, cfg, defrelay) == -1)
 		goto out;
@@ -1789,6 +1856,7 @@ config_free(struct config *cfg)
 	sender_policy_free(cfg->sender_policy);
 	free(cfg->listen);
 	free(cfg->allow);
+	free(cfg->metrics_address);
 	free(cfg->relays);
 	free(cfg->file);
 	free(cfg->hostname);

@@ -104,6 +104,10 @@ struct config {
 	size_t nlisten;
 	struct netmask *allow; /* networks allowed to submit besides loopback */
 	size_t nallow;
+	/* The metrics and health HTTP endpoint (httpd.h): numeric address,
+	 * NULL when off (the default), and port (0: the kernel picks). */
+	char *metrics_address;
+	unsigned metrics_port;
 
 	size_t max_line;          /* command line length incl. CRLF (2048) */
 	size_t max_message_size;  /* bytes; SIZE advertised and enforced */

@@ -31,6 +31,7 @@
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
+#include "httpd.h"
 #include "listener.h"
 #include "log.h"
 #include "maildrop.h"
@@ -68,6 +69,7 @@ struct daemon_state {
 	struct config_override ov[MAX_OVERRIDES];
 	char origin[MAX_OVERRIDES][48]; /* "--relay", for messages */
 	size_t nov;
+	struct httpd *httpd;       /* metrics_listen, or NULL */
 	int stopping;
 };
 
@@ -243,6 +245,10 @@ reload_warn_static(const struct config *old, const struct config *cfg)
 	    !same_string(old->control_read_group, cfg->control_read_group))
 		log_warnx("reload: control group changes take effect at "
 		    "restart");
+	if (!same_string(old->metrics_address, cfg->metrics_address) ||
+	    old->metrics_port != cfg->metrics_port)
+		log_warnx("reload: metrics_listen changes take effect at "
+		    "restart");
 }
 
 /* The gid of a control group setting into *gid, and gid; NULL when the
@@ -294,6 +300,7 @@ reload(void *arg, char *err, size_t errlen)
 	smtp_server_set_config(d->server, cfg);
 	maildrop_set_config(d->maildrop, cfg);
 	listeners_set_config(d->listeners, cfg);
+	httpd_set_config(d->httpd, cfg);
 	scheduler_set_config(d->scheduler, cfg);
 	log_info("reloaded");
 	daemon_ready("reloaded");
@@ -343,6 +350,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 		d->stopping = 1;
 		log_info("stopping");
 		daemon_stopping();
+		httpd_stopping(d->httpd);
 		listeners_stop(d->listeners);
 		maildrop_stop(d->maildrop);
 		smtp_server_shutdown(d->server, d->cfg->shutdown_timeout,
@@ -640,6 +648,9 @@ main(int argc, char *argv[])
 
 	if ((d.listeners = listeners_open(d.cfg, err, sizeof(err))) == NULL)
 		fatalx_code(EX_CONFIG, "%s", err);
+	if (d.cfg->metrics_address != NULL && (d.httpd = httpd_open(d.base,
+	    d.cfg, err, sizeof(err))) == NULL)
+		fatalx_code(EX_CONFIG, "%s", err);
 	spool_prepare(d.cfg->spool, d.cfg->maildrop, pw);
 	maildrop_gid = maildrop_prepare(d.cfg, pw);
 	if (pw != NULL)
@@ -696,6 +707,11 @@ main(int argc, char *argv[])
 		fatalx("cannot start listeners");
 	for (i = 0; i < listeners_count(d.listeners); i++)
 		log_info("listening on %s", listeners_describe(d.listeners, i));
+	if (d.httpd != NULL) {
+		httpd_start(d.httpd, d.scheduler, d.server);
+		log_info("serving metrics and health on http://%s/",
+		    httpd_describe(d.httpd));
+	}
 	log_info("started, pid=%ld", (long)getpid());
 	daemon_ready("accepting mail");
 	daemon_watchdog_start(d.base);
@@ -709,6 +725,7 @@ main(int argc, char *argv[])
 	 * its envelopes.
 	 */
 	control_free(d.control);
+	httpd_free(d.httpd);
 	maildrop_free(d.maildrop);
 	listeners_free(d.listeners);
 	smtp_server_free(d.server);

@@ -895,6 +895,19 @@ def daemon_wait_started(daemon, timeout=Daemon.START_TIMEOUT):
     return re.findall(r"listening on (\S+)", daemon.log(daemon.run_start))
 
 
+def daemon_dropping_to(daemon_factory, relay_port, ca_cert, user,
+                       **overrides):
+    """A daemon (not started) that drops privileges to user: its work
+    directory searchable and the relay's CA file copied into it, since
+    the TLS settings are checked after the drop."""
+    daemon = daemon_factory(relay_port, start=False, user=user,
+                            relays={"upstream": {"ca_file": "ca.pem"}},
+                            **overrides)
+    os.chmod(daemon.workdir, 0o755)
+    shutil.copyfile(ca_cert, os.path.join(daemon.workdir, "ca.pem"))
+    return daemon
+
+
 def rewrite_config(daemon, text):
     """Replaces the daemon's config file with text, atomically."""
     tmp = daemon.config_path + ".new"

@@ -1,5 +1,8 @@
 """Operating the relay: delay warnings to the sender of stuck mail, and
-the metrics smarthostctl reads from the daemon."""
+the metrics smarthostctl reads from the daemon and metrics_listen serves
+(test_metrics_http.py has the rest of the HTTP endpoint)."""
+
+import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -65,25 +68,54 @@ def test_no_delay_warning_to_the_null_sender(upstream_factory,
     assert not daemon.log_lines("sender delay notification")
 
 
-def scrape(daemon):
-    """smarthostctl metrics, parsed: {(sample name, labels): value}."""
-    done = run_ctl(smarthostctl_binary(), daemon.config_path, "metrics")
-    assert done.returncode == 0, done.stderr
+def samples_of(text):
+    """Prometheus text, parsed: {(sample name, labels): value}."""
     samples = {}
-    for family in text_string_to_metric_families(done.stdout):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = (sample.name, tuple(sorted(sample.labels.items())))
             samples[key] = sample.value
     return samples
 
 
+def ctl_metrics(daemon):
+    """What smarthostctl metrics prints."""
+    done = run_ctl(smarthostctl_binary(), daemon.config_path, "metrics")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def scrape(daemon):
+    """smarthostctl metrics, parsed."""
+    return samples_of(ctl_metrics(daemon))
+
+
+METRICS_LINE = r"serving metrics and health on http://127\.0\.0\.1:(\d+)/"
+
+
+def metrics_port(daemon):
+    """The port of the daemon's metrics_listen, from its log."""
+    return int(daemon.wait_log(METRICS_LINE,
+                               since=daemon.run_start).group(1))
+
+
+def scrape_http(port):
+    """GET /metrics with urllib, as a scraper: (Content-Type, text)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                timeout=10) as resp:
+        assert resp.status == 200
+        return resp.headers["Content-Type"], resp.read().decode()
+
+
 def test_metrics_count_a_known_mix(upstream_factory, daemon_factory):
+    """Counted right, and the same over smarthostctl and HTTP."""
     good1, good2 = "good1@example.net", "good2@example.net"
     bad = "bad@example.net"
     upstream = upstream_factory(
         rcpt_replies={bad: "550 5.1.1 no such user",
                       SLOW: "451 4.3.0 mailbox busy, try later"})
-    daemon = daemon_factory(upstream.port)
+    daemon = daemon_factory(upstream.port, metrics_listen="127.0.0.1:0")
+    port = metrics_port(daemon)
     sent = send_message(daemon, make_message("two", "Two good.\n"),
                         recipients=(good1, good2))
     bounced = send_message(daemon, make_message("bad", "Bounces.\n"),
@@ -104,11 +136,19 @@ def test_metrics_count_a_known_mix(upstream_factory, daemon_factory):
     wait_until(lambda: len(daemon.log_lines(r": removed")) == 4, 20,
                "4 removals")
 
-    samples = scrape(daemon)
+    ctype, text = scrape_http(port)
+    assert ctype == "text/plain; version=0.0.4"
+    # The same code path as smarthostctl metrics: with nothing moving,
+    # the very same text.
+    assert ctl_metrics(daemon) == text
+    samples = samples_of(text)
     relay = (("relay", "127.0.0.1"),)
     deferrals = len(daemon.log_lines(r"status=deferred"))
     assert deferrals >= 1
-    assert samples[("smarthostd_accepted_total", ())] == 3
+    assert samples[("smarthostd_accepted_total",
+                    (("source", "smtp"),))] == 3
+    assert samples[("smarthostd_accepted_total",
+                    (("source", "maildrop"),))] == 0
     assert samples[("smarthostd_delivered_total", relay)] == 4
     assert samples[("smarthostd_deferred_total", relay)] == deferrals
     assert samples[("smarthostd_bounced_total", relay)] == 1

@@ -18,9 +18,9 @@ import subprocess
 
 import pytest
 
-from harness import (RawSMTP, daemon_spawn, daemon_wait_started,
-                     delivery_line, make_message, render_config,
-                     send_message, wait_until)
+from harness import (RawSMTP, daemon_dropping_to, daemon_spawn,
+                     daemon_wait_started, delivery_line, make_message,
+                     render_config, send_message, wait_until)
 
 RCPT = "b@example.net"
 USERNS = [] if os.geteuid() == 0 else ["--map-root-user"]
@@ -88,12 +88,8 @@ def _root_only():
 
 def test_no_capabilities_after_drop(upstream, daemon_factory, pki):
     _root_only()
-    daemon = daemon_factory(upstream.port, start=False, user="nobody",
-                            relays={"upstream": {"ca_file": "ca.pem"}})
-    os.chmod(daemon.workdir, 0o755)
-    with open(pki.good.ca_cert, "rb") as src, \
-            open(os.path.join(daemon.workdir, "ca.pem"), "wb") as dst:
-        dst.write(src.read())
+    daemon = daemon_dropping_to(daemon_factory, upstream.port,
+                                pki.good.ca_cert, "nobody")
     daemon.start()
     with open(f"/proc/{daemon.pid}/status", encoding="ascii") as f:
         status = dict(line.rstrip("\n").split(":\t", 1) for line in f

@@ -200,6 +200,65 @@ Test(config, peer_allowed)
 	config_free(c);
 }
 
+Test(config, metrics_listen)
+{
+	static const struct {
+		const char *setting, *address;
+		unsigned port;
+	} ok[] = {
+		{ "9125", "127.0.0.1", 9125 },
+		{ "\"9125\"", "127.0.0.1", 9125 },
+		{ "\"127.0.0.2:0\"", "127.0.0.2", 0 },
+		{ "\"[::1]:65535\"", "::1", 65535 },
+	};
+	static const struct {
+		const char *setting, *error;
+	} bad[] = {
+		{ "\"10.0.0.1:9125\"", "test.conf:2: metrics_listen: 10.0.0.1 "
+		    "is not loopback: set allow_networks" },
+		{ "\"[::]:9125\"", "test.conf:2: metrics_listen: :: is not "
+		    "loopback" },
+		{ "\"65536\"", "test.conf:2: metrics_listen: \"65536\": the "
+		    "port must be a number from 0 to 65535" },
+		{ "\"127.0.0.1:\"", "the port must be" },
+		{ "\"127.0.0.1:x\"", "the port must be" },
+		{ "\"::1\"", "is not a numeric IPv4 or IPv6 address" },
+		{ "\"host.example:1\"", "is not a numeric IPv4 or IPv6" },
+		{ "\"10.0.0.0/8:1\"", "is not a numeric IPv4 or IPv6" },
+		{ "1.5", "expected a port or \"address:port\"" },
+	};
+	char text[512];
+	struct config *c;
+	size_t i;
+
+	c = parse(RELAY);
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_null(c->metrics_address);
+	config_free(c);
+	for (i = 0; i < sizeof(ok) / sizeof(*ok); i++) {
+		snprintf(text, sizeof(text), RELAY "metrics_listen = %s;\n",
+		    ok[i].setting);
+		c = parse(text);
+		cr_assert_not_null(c, "%s: %s", ok[i].setting, err);
+		cr_assert_str_eq(c->metrics_address, ok[i].address);
+		cr_assert_eq(c->metrics_port, ok[i].port);
+		config_free(c);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		snprintf(text, sizeof(text), RELAY "metrics_listen = %s;\n",
+		    bad[i].setting);
+		cr_assert_null(parse(text), "%s accepted", bad[i].setting);
+		cr_assert(strstr(err, bad[i].error) != NULL, "%s: %s",
+		    bad[i].setting, err);
+	}
+	/* With allow_networks, any address. */
+	c = parse(RELAY "allow_networks = [ \"192.0.2.0/24\" ];\n"
+	    "metrics_listen = \"0.0.0.0:9125\";\n");
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_str_eq(c->metrics_address, "0.0.0.0");
+	config_free(c);
+}
+
 Test(config, authentication_settings)
 {
 	struct config *c = parse(
