@@ -1467,6 +1467,8 @@ const struct config_option config_options[] = {
 	{ "mail_domain", "mail-domain", "SMARTHOSTD_MAIL_DOMAIN", "DOMAIN" },
 	{ "max_message_size", "max-message-size",
 	    "SMARTHOSTD_MAX_MESSAGE_SIZE", "SIZE" },
+	{ "metrics_listen", "metrics-listen", "SMARTHOSTD_METRICS_LISTEN",
+	    "[ADDR:]PORT" },
 	{ NULL, NULL, NULL, NULL },
 };
 
@@ -1601,7 +1603,7 @@ static void
 ov_apply(config_setting_t *root, const struct config_override *o)
 {
 	static const char *const top[] = { "hostname", "mail_domain", "user",
-	    "spool", NULL };
+	    "spool", "metrics_listen", NULL };
 	static const char *const relay[][2] = { { "tls", "tls" },
 	    { "relay_user", "user" }, { "ca_file", "ca_file" } };
 	config_setting_t *r;

@@ -176,7 +176,7 @@ struct config *config_load(const char *path, char *err, size_t errlen);
  * Keys are settings of smarthostd.conf(5): "hostname", "mail_domain",
  * "user", "spool", "authinfo", "allow_networks", "listen" (comma-separated
  * ADDRESS:PORT, [IPV6]:PORT or /socket/path), "max_message_size" (in
- * limits), and "relay" (HOST[:PORT]), "tls", "relay_user", "ca_file" of
+ * limits), "metrics_listen", and "relay" (HOST[:PORT]), "tls", "relay_user", "ca_file" of
  * the default relay (default_relay, else the first; one named "default"
  * is made when the file has none). List values are comma-separated.
  */

@@ -209,6 +209,24 @@ def test_metrics_listen_config_errors(smarthostd_binary, tmp_path):
         assert done.returncode == 0, (text, done.stderr)
 
 
+def test_metrics_listen_from_the_environment(upstream, daemon_factory,
+                                             smarthostd_binary, tmp_path):
+    """SMARTHOSTD_METRICS_LISTEN (a sidecar's probe), over the file."""
+    daemon = daemon_factory(upstream.port, metrics_listen="127.0.0.1:1",
+                            env={"SMARTHOSTD_METRICS_LISTEN":
+                                 "127.0.0.1:0"})
+    assert get(metrics_port(daemon), "/health")[:1] == (200,)
+    path = tmp_path / "smarthostd.conf"
+    path.write_text(RELAY)
+    done = subprocess.run(
+        [smarthostd_binary, "-t", "-c", str(path)], capture_output=True,
+        text=True, timeout=30,
+        env=dict(os.environ, SMARTHOSTD_METRICS_LISTEN="0.0.0.0:9125"))
+    assert done.returncode == EX_CONFIG
+    assert "SMARTHOSTD_METRICS_LISTEN: metrics_listen: 0.0.0.0 is not " \
+        "loopback" in done.stderr, done.stderr
+
+
 def test_any_address_with_allow_networks_serves_loopback(upstream,
                                                          daemon_factory):
     daemon = daemon_factory(upstream.port, metrics_listen="0.0.0.0:0",

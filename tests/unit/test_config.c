@@ -558,8 +558,9 @@ Test(config, overrides_without_a_file)
 		{ "tls", "implicit", "SMARTHOSTD_TLS" },
 		{ "allow_networks", "10.0.0.0/8,192.0.2.0/24", "--allow-network" },
 		{ "max_message_size", "10M", "--max-message-size" },
+		{ "metrics_listen", "9125", "SMARTHOSTD_METRICS_LISTEN" },
 	};
-	struct config *cfg = config_load_overrides(NULL, ov, 4, err,
+	struct config *cfg = config_load_overrides(NULL, ov, 5, err,
 	    sizeof(err));
 
 	cr_assert_not_null(cfg, "%s", err);
@@ -571,6 +572,8 @@ Test(config, overrides_without_a_file)
 	cr_assert_eq(cfg->relays[0].tls, TLS_MODE_IMPLICIT);
 	cr_assert_eq(cfg->nallow, 2);
 	cr_assert_eq(cfg->max_message_size, 10 * 1024 * 1024);
+	cr_assert_str_eq(cfg->metrics_address, "127.0.0.1");
+	cr_assert_eq(cfg->metrics_port, 9125);
 	/* No privileged port without a file. */
 	cr_assert_eq(cfg->nlisten, 2);
 	cr_assert_str_eq(cfg->listen[0].address, "127.0.0.1");
