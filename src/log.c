@@ -3,7 +3,11 @@
  * starts with an sd-daemon "<N>" priority prefix so journald files it at the
  * right severity; on a terminal lines carry a timestamp and the program name
  * instead. One write(2) per line keeps lines from different threads whole.
+ * When stderr is the journal's stream, entries go to journald with fields
+ * instead (log.h); the message text is the same in both.
  */
+#include <sys/stat.h>
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,19 +15,60 @@
 #include <string.h>
 #include <strings.h>
 #include <sysexits.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <systemd/sd-daemon.h>
+#include <systemd/sd-journal.h>
 
 #include "escape.h"
 #include "log.h"
 
 #define LOG_LINE_MAX 4096
+#define QUEUE_ID_LEN 16
+#define FIELD_MAX 256
 
 static const char *log_ident = "smarthostd";
 static int log_debug_enabled;
 static int log_tty = -1;
+static int log_to_journal = -1;
+
+int
+log_journal_stream_is(const char *value, unsigned long long dev,
+    unsigned long long ino)
+{
+	unsigned long long d, i;
+	char *end;
+
+	if (value == NULL || value[0] < '0' || value[0] > '9')
+		return 0;
+	errno = 0;
+	d = strtoull(value, &end, 10);
+	if (errno != 0 || *end != ':' || end[1] < '0' || end[1] > '9')
+		return 0;
+	i = strtoull(end + 1, &end, 10);
+	return errno == 0 && *end == '\0' && d == dev && i == ino;
+}
+
+/* Whether stderr is the stream JOURNAL_STREAM names. */
+static int
+journal_detect(void)
+{
+	struct stat st;
+
+	if (fstat(STDERR_FILENO, &st) == -1)
+		return 0;
+	return log_journal_stream_is(getenv("JOURNAL_STREAM"),
+	    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+}
+
+int
+log_journal(void)
+{
+	if (log_to_journal == -1)
+		log_to_journal = journal_detect();
+	return log_to_journal;
+}
 
 void
 log_init(const char *ident, int debug)
@@ -31,6 +76,7 @@ log_init(const char *ident, int debug)
 	log_ident = ident;
 	log_debug_enabled = debug;
 	log_tty = isatty(STDERR_FILENO);
+	log_to_journal = journal_detect();
 }
 
 void
@@ -46,18 +92,114 @@ log_getdebug(void)
 }
 
 /*
+ * Appends "KEY=value" to e, value escaped and cut to cap bytes. The caps
+ * (LOG_LINE_MAX for MESSAGE, FIELD_MAX for the rest) keep every field in
+ * buf, whatever the values.
+ */
+static void
+entry_add(struct log_entry *e, size_t *used, const char *key,
+    const char *value, size_t cap)
+{
+	size_t klen = strlen(key), room = sizeof(e->buf) - *used, n;
+	char *p = e->buf + *used;
+
+	if (room > klen + 1 + cap + 1)
+		room = klen + 1 + cap + 1;
+	if (e->n == LOG_JOURNAL_FIELDS || room < klen + 2)
+		return;
+	memcpy(p, key, klen);
+	p[klen] = '=';
+	n = klen + 1 + escape_str(p + klen + 1, room - klen - 1, value);
+	e->iov[e->n].iov_base = p;
+	e->iov[e->n].iov_len = n;
+	e->n++;
+	*used += n + 1; /* keep the NUL escape_str wrote */
+}
+
+/* The queue id msg starts with ("<16 hex>: "), copied into id. */
+static const char *
+queue_id_of(const char *msg, char *id)
+{
+	size_t i;
+
+	for (i = 0; i < QUEUE_ID_LEN; i++)
+		if (!((msg[i] >= '0' && msg[i] <= '9') ||
+		    (msg[i] >= 'A' && msg[i] <= 'F')))
+			return NULL;
+	if (msg[i] != ':' || msg[i + 1] != ' ')
+		return NULL;
+	memcpy(id, msg, QUEUE_ID_LEN);
+	id[QUEUE_ID_LEN] = '\0';
+	return id;
+}
+
+int
+log_journal_entry(struct log_entry *e, int priority, const char *ident,
+    const char *msg, int errnum, const struct log_fields *f)
+{
+	char num[16], id[QUEUE_ID_LEN + 1];
+	const char *qid = f != NULL ? f->queue_id : NULL;
+	size_t used = 0;
+
+	e->n = 0;
+	entry_add(e, &used, "MESSAGE", msg, LOG_LINE_MAX);
+	snprintf(num, sizeof(num), "%d", priority);
+	entry_add(e, &used, "PRIORITY", num, FIELD_MAX);
+	entry_add(e, &used, "SYSLOG_IDENTIFIER", ident, FIELD_MAX);
+	if (errnum != 0) {
+		snprintf(num, sizeof(num), "%d", errnum);
+		entry_add(e, &used, "ERRNO", num, FIELD_MAX);
+	}
+	if (qid == NULL)
+		qid = queue_id_of(msg, id);
+	if (qid != NULL)
+		entry_add(e, &used, "QUEUE_ID", qid, FIELD_MAX);
+	if (f != NULL && f->relay != NULL)
+		entry_add(e, &used, "RELAY", f->relay, FIELD_MAX);
+	if (f != NULL && f->status != NULL)
+		entry_add(e, &used, "STATUS", f->status, FIELD_MAX);
+	if (f != NULL && f->dsn != NULL)
+		entry_add(e, &used, "DSN", f->dsn, FIELD_MAX);
+	return e->n;
+}
+
+/*
  * Every line goes through escape_printable(): whatever a client or an
  * upstream sent (addresses, HELO names, replies) can reach a format
  * argument, and a CR, an ESC or a newline in it must not rewrite or split
- * the line on a terminal or in the journal.
+ * the line on a terminal or in the journal. errnum, when not 0, adds
+ * ": strerror(errnum)".
  */
 static void
-log_vwrite(const char *prio, const char *fmt, va_list ap, const char *err)
+log_vwrite(int priority, const struct log_fields *f, const char *fmt,
+    va_list ap, int errnum)
 {
-	char line[LOG_LINE_MAX], msg[LOG_LINE_MAX];
-	size_t n = 0;
+	char line[LOG_LINE_MAX], msg[LOG_LINE_MAX], text[LOG_LINE_MAX];
+	char ebuf[128];
+	size_t n = 0, tn = 0;
 	int r;
 
+	r = vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (r > 0)
+		tn = escape_printable(text, sizeof(text), msg,
+		    (size_t)r < sizeof(msg) ? (size_t)r : sizeof(msg) - 1);
+	text[tn] = '\0';
+	if (errnum != 0 && tn < sizeof(text)) {
+		r = snprintf(text + tn, sizeof(text) - tn, ": %s",
+		    strerror_r(errnum, ebuf, sizeof(ebuf)));
+		if (r > 0)
+			tn = tn + (size_t)r < sizeof(text) ? tn + (size_t)r :
+			    sizeof(text) - 1;
+	}
+	if (log_journal()) {
+		struct log_entry e;
+
+		log_journal_entry(&e, priority, log_ident, text, errnum, f);
+		/* The function, not the macro: CODE_FILE= would name this
+		 * file for every entry. */
+		if ((sd_journal_sendv)(e.iov, e.n) >= 0)
+			return;
+	}
 	if (log_tty == -1)
 		log_tty = isatty(STDERR_FILENO);
 	if (log_tty) {
@@ -70,18 +212,11 @@ log_vwrite(const char *prio, const char *fmt, va_list ap, const char *err)
 		r = snprintf(line + n, sizeof(line) - n, ".%03ld %s: ",
 		    ts.tv_nsec / 1000000, log_ident);
 	} else
-		r = snprintf(line, sizeof(line), "%s", prio);
+		r = snprintf(line, sizeof(line), "<%d>", priority);
 	if (r > 0)
 		n += (size_t)r;
 	if (n < sizeof(line)) {
-		r = vsnprintf(msg, sizeof(msg), fmt, ap);
-		if (r > 0)
-			n += escape_printable(line + n, sizeof(line) - n, msg,
-			    (size_t)r < sizeof(msg) ? (size_t)r :
-			    sizeof(msg) - 1);
-	}
-	if (err != NULL && n < sizeof(line)) {
-		r = snprintf(line + n, sizeof(line) - n, ": %s", err);
+		r = snprintf(line + n, sizeof(line) - n, "%s", text);
 		if (r > 0)
 			n += (size_t)r;
 	}
@@ -93,39 +228,50 @@ log_vwrite(const char *prio, const char *fmt, va_list ap, const char *err)
 		return;
 }
 
-#define LOG_BODY(prio, err)                                              \
+#define LOG_BODY(prio, errnum)                                           \
 	do {                                                             \
 		va_list ap;                                              \
 		va_start(ap, fmt);                                       \
-		log_vwrite(prio, fmt, ap, err);                          \
+		log_vwrite(prio, NULL, fmt, ap, errnum);                 \
 		va_end(ap);                                              \
 	} while (0)
 
 void
+log_msg(int priority, const struct log_fields *f, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (priority == LOG_DEBUG && !log_debug_enabled)
+		return;
+	va_start(ap, fmt);
+	log_vwrite(priority, f, fmt, ap, 0);
+	va_end(ap);
+}
+
+void
 log_warn(const char *fmt, ...)
 {
-	char ebuf[128];
-	const char *e = strerror_r(errno, ebuf, sizeof(ebuf));
+	int e = errno;
 
-	LOG_BODY(SD_WARNING, e);
+	LOG_BODY(LOG_WARNING, e);
 }
 
 void
 log_warnx(const char *fmt, ...)
 {
-	LOG_BODY(SD_WARNING, NULL);
+	LOG_BODY(LOG_WARNING, 0);
 }
 
 void
 log_info(const char *fmt, ...)
 {
-	LOG_BODY(SD_INFO, NULL);
+	LOG_BODY(LOG_INFO, 0);
 }
 
 void
 log_notice(const char *fmt, ...)
 {
-	LOG_BODY(SD_NOTICE, NULL);
+	LOG_BODY(LOG_NOTICE, 0);
 }
 
 void
@@ -133,30 +279,29 @@ log_debug(const char *fmt, ...)
 {
 	if (!log_debug_enabled)
 		return;
-	LOG_BODY(SD_DEBUG, NULL);
+	LOG_BODY(LOG_DEBUG, 0);
 }
 
 void
 fatal(const char *fmt, ...)
 {
-	char ebuf[128];
-	const char *e = strerror_r(errno, ebuf, sizeof(ebuf));
+	int e = errno;
 
-	LOG_BODY(SD_CRIT, e);
+	LOG_BODY(LOG_CRIT, e);
 	exit(EX_SOFTWARE);
 }
 
 void
 fatalx(const char *fmt, ...)
 {
-	LOG_BODY(SD_CRIT, NULL);
+	LOG_BODY(LOG_CRIT, 0);
 	exit(EX_SOFTWARE);
 }
 
 void
 fatalx_code(int code, const char *fmt, ...)
 {
-	LOG_BODY(SD_CRIT, NULL);
+	LOG_BODY(LOG_CRIT, 0);
 	exit(code);
 }
 

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -953,6 +954,8 @@ relay_log_rcpt(const struct envelope *env, size_t idx, const char *relay,
     const char *status, const char *text)
 {
 	const struct envelope_rcpt *r = &env->rcpts[idx];
+	const char *dsn = r->dsn[0] != '\0' ? r->dsn : "4.0.0";
+	struct log_fields f = { env->id, relay, status, dsn };
 	struct timespec ts;
 	double delay;
 
@@ -962,9 +965,9 @@ relay_log_rcpt(const struct envelope *env, size_t idx, const char *relay,
 		delay = 0;
 	if (text == NULL)
 		text = r->reply != NULL ? r->reply : "";
-	log_info("%s: to=<%s>, relay=%s, delay=%.1f, dsn=%s, status=%s (%s)",
-	    env->id, r->addr, relay, delay, r->dsn[0] != '\0' ? r->dsn :
-	    "4.0.0", status, text);
+	log_msg(LOG_INFO, &f, "%s: to=<%s>, relay=%s, delay=%.1f, dsn=%s, "
+	    "status=%s (%s)", env->id, r->addr, relay, delay, dsn, status,
+	    text);
 	metrics_rcpt(relay, status, delay);
 }
 

@@ -139,6 +139,8 @@ const char *relay_session_host(const struct relay_session *rs);
  * Logs one recipient line:
  * "ID: to=<addr>, relay=R, delay=D.D, dsn=X.Y.Z, status=S (text)"
  * with the delay since env->created; text NULL means the recipient's reply.
+ * In the journal the entry carries QUEUE_ID=, RELAY=, STATUS= and DSN=
+ * (log.h). Counts the outcome in the metrics.
  */
 void relay_log_rcpt(const struct envelope *env, size_t idx,
     const char *relay, const char *status, const char *text);
