@@ -15,9 +15,13 @@ if [ "${RELIABILITY_SCALE:-short}" = long ]; then
 else
 	limit=900
 fi
+# A base directory of this run's own (see tests/e2e/run-e2e.sh).
+basetemp=$(mktemp -d "${TMPDIR:-/tmp}/smarthostd-rel.XXXXXX") || exit 1
 status=0
 timeout --kill-after=30 "$limit" /usr/bin/python3 -m pytest -v -ra -s \
-    -p no:cacheprovider "$TOP_SRCDIR/tests/reliability" || status=$?
+    -p no:cacheprovider --basetemp="$basetemp/t" \
+    "$TOP_SRCDIR/tests/reliability" || status=$?
+rm -rf "$basetemp"
 if [ "${RELIABILITY_SCALE:-short}" = long ]; then
 	total=${FUZZ_TOTAL_SECONDS:-1800}
 	targets=$(grep -c '^[a-z_]*:' "$TOP_SRCDIR/tests/fuzz/run.sh")
