@@ -14,6 +14,16 @@
  *   pipelined commands get pipelined replies that flush on their own.
  * - While the queue commits a message (S_COMMIT) no input is processed:
  *   the 250 that carries the queue id must precede every later reply.
+ *   Input is still read (up to READ_HIWAT) so that reading need not be
+ *   switched off and on around every commit; an end of input seen then
+ *   waits until the commit is answered.
+ * - The socket is driven by two plain events, not a bufferevent: one
+ *   read() of up to READ_SIZE bytes per readable event (a bufferevent
+ *   adds an ioctl(FIONREAD) to each read and reads 4 KB at most), and
+ *   replies are written by session_flush() at the end of each callback,
+ *   one write for all the replies it produced; the write event is armed
+ *   only while some are left over, so a session costs epoll_ctl calls
+ *   only at its start and end.
  * - A session is freed only from a top-level callback (read, write, event,
  *   resume, commit), never from inside command processing: code below the
  *   callbacks enters S_QUIT and the callback closes once output drained.
@@ -24,6 +34,7 @@
 #include <sys/types.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -42,7 +53,6 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "aliases.h"
@@ -50,6 +60,7 @@
 #include "escape.h"
 #include "localaddr.h"
 #include "log.h"
+#include "message.h"
 #include "metrics.h"
 #include "peercred.h"
 #include "queue.h"
@@ -69,6 +80,7 @@
  * queue write.
  */
 #define READ_HIWAT (256 * 1024)
+#define READ_SIZE (16 * 1024)
 #define OUT_HIWAT (64 * 1024)
 #define DATA_CHUNK (64 * 1024)
 #define BODY_BUFSIZE (64 * 1024)
@@ -163,7 +175,15 @@ struct session {
 	struct smtp_server *srv;
 	unsigned id;              /* for traces */
 	enum session_state state;
-	struct bufferevent *bev;
+	evutil_socket_t fd;
+	struct evbuffer *in;      /* bytes read, not yet processed */
+	struct evbuffer *out;     /* replies not yet written */
+	struct event *read_ev;    /* persistent, with the idle timeout */
+	struct event *write_ev;   /* added only while replies are left */
+	int reading;              /* read_ev is added */
+	int writing;              /* write_ev is added */
+	int eof;                  /* the client closed its sending side */
+	size_t read_hiwat;        /* stop reading with this much input */
 	struct event *resume_ev;  /* processes buffered input later */
 	struct event *deadline_ev; /* the session_timeout, NULL if none */
 	int expired;              /* deadline passed during a commit */
@@ -266,6 +286,8 @@ static void session_free(struct session *);
 static void session_expire(struct session *);
 static void session_run(struct session *);
 static void session_update_read(struct session *);
+static int session_flush(struct session *);
+static int session_flush_close(struct session *);
 
 /* ---- replies ---- */
 
@@ -299,7 +321,7 @@ vreply(struct session *s, const char *fmt, va_list ap)
 	trace(s, ">", buf, (size_t)n);
 	buf[n++] = '\r';
 	buf[n++] = '\n';
-	evbuffer_add(bufferevent_get_output(s->bev), buf, (size_t)n);
+	evbuffer_add(s->out, buf, (size_t)n);
 }
 
 /* One reply line (a multi-line reply is several calls with "NNN-"). */
@@ -518,7 +540,6 @@ txn_start(struct session *s)
 	const char *id, *proto;
 	char date[64], addr[PEER_MAX + 8], rcpt[4 * SMTP_PATH_MAX], who[48];
 	char *hdr;
-	struct tm tm;
 	time_t now;
 
 	now = time(NULL);
@@ -528,9 +549,8 @@ txn_start(struct session *s)
 	id = queue_txn_id(t->qtxn);
 	t->buf = xmalloc(BODY_BUFSIZE);
 
-	localtime_r(&now, &tm);
-	if (strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
-		date[0] = '\0';
+	/* Not strftime(): its tzset() rereads /etc/localtime each time. */
+	message_date(now, date, sizeof(date));
 	/* RFC 3848 / RFC 6531 protocol names; no TLS or AUTH here. */
 	if (t->utf8)
 		proto = "UTF8SMTP"; /* SMTPUTF8 implies EHLO */
@@ -677,11 +697,13 @@ commit_done(int error, struct envelope *env, void *arg)
 	session_reset(s);
 	if (s->expired) {
 		session_expire(s);
+		(void)session_flush_close(s);
 		return;
 	}
 	session_update_read(s);
 	/* Pipelined commands may already wait in the input buffer; the
-	 * read callback only fires for new bytes. */
+	 * read callback only fires for new bytes. Their replies and the 250
+	 * then leave in one write. */
 	event_active(s->resume_ev, EV_TIMEOUT, 1);
 }
 
@@ -761,7 +783,7 @@ data_scan(struct session *s, const char *buf, size_t len, int full, int *eod)
 static int
 data_process(struct session *s)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer *in = s->in;
 	size_t avail, n, used;
 	unsigned char *p;
 	int eod;
@@ -816,7 +838,7 @@ bdat_finish(struct session *s)
 static int
 bdat_process(struct session *s)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer *in = s->in;
 	size_t avail, n;
 	unsigned char *p;
 
@@ -1363,7 +1385,7 @@ command_dispatch(struct session *s, char *line, size_t len)
 static int
 line_process(struct session *s)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer *in = s->in;
 	struct evbuffer_ptr p;
 	size_t eol_len, n, avail;
 
@@ -1408,21 +1430,70 @@ line_process(struct session *s)
 
 /* ---- session plumbing ---- */
 
-/* Reading is on unless the session waits for the queue, for the client
- * to read its replies, or to close. */
+/* Reading is on unless the session waits for the client to read its
+ * replies, holds READ_HIWAT bytes of input already, saw the end of input,
+ * or is closing. Only a change costs an epoll_ctl. */
 static void
 session_update_read(struct session *s)
 {
-	if (s->state == S_COMMIT || s->state == S_QUIT || s->out_blocked)
-		bufferevent_disable(s->bev, EV_READ);
-	else
-		bufferevent_enable(s->bev, EV_READ);
+	struct timeval tv;
+	int want;
+
+	want = s->state != S_QUIT && !s->out_blocked && !s->eof &&
+	    evbuffer_get_length(s->in) < s->read_hiwat;
+	if (want == s->reading)
+		return;
+	if (want) {
+		tv.tv_sec = s->lim.idle_timeout;
+		tv.tv_usec = 0;
+		event_add(s->read_ev, s->lim.idle_timeout > 0 ? &tv : NULL);
+	} else
+		event_del(s->read_ev);
+	s->reading = want;
+}
+
+/*
+ * Writes the queued replies straight to the socket. They nearly always
+ * fit its buffer at once, so the write event is armed only when some are
+ * left (a client slow to read them) or the write failed (the write
+ * callback then retries and sees the error): arming and disarming it for
+ * every reply cost two epoll_ctl calls. Returns 1 when nothing is left
+ * to write.
+ */
+static int
+session_flush(struct session *s)
+{
+	struct timeval tv;
+
+	if (s->writing)
+		return 0; /* the socket was full: the write event waits */
+	if (evbuffer_get_length(s->out) > 0)
+		(void)evbuffer_write(s->out, s->fd);
+	if (evbuffer_get_length(s->out) == 0)
+		return 1;
+	tv.tv_sec = s->lim.idle_timeout;
+	tv.tv_usec = 0;
+	event_add(s->write_ev, s->lim.idle_timeout > 0 ? &tv : NULL);
+	s->writing = 1;
+	return 0;
+}
+
+/* Flushes, and frees a session in S_QUIT whose replies are all out.
+ * Returns 1 when s was freed; only for top-level callbacks. */
+static int
+session_flush_close(struct session *s)
+{
+	if (session_flush(s) && s->state == S_QUIT) {
+		session_free(s);
+		return 1;
+	}
+	return 0;
 }
 
 static void
 session_process(struct session *s)
 {
-	struct evbuffer *out = bufferevent_get_output(s->bev);
+	struct evbuffer *out = s->out;
 
 	for (;;) {
 		switch (s->state) {
@@ -1460,20 +1531,112 @@ session_process(struct session *s)
 	}
 }
 
-/* Processes input and closes a finished session; s may be freed. */
+/* Processes input, sends the replies and closes a finished session; s
+ * may be freed. */
 static void
 session_run(struct session *s)
 {
 	session_process(s);
-	if (s->state == S_QUIT &&
-	    evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-		session_free(s);
+	if (s->eof && s->state != S_COMMIT && s->state != S_QUIT) {
+		/* The client shut down its sending side: it still gets the
+		 * replies to what it sent, then the session ends. */
+		if (s->txn != NULL)
+			log_info("smtp: client=%s: lost connection in state %s",
+			    s->client, session_state_names[s->state]);
+		txn_free(s->txn);
+		s->txn = NULL;
+		session_enter(s, S_QUIT);
+	}
+	if (session_flush_close(s))
+		return;
+	if (s->out_blocked && evbuffer_get_length(s->out) == 0) {
+		/* The replies that stopped processing are out already. */
+		s->out_blocked = 0;
+		event_active(s->resume_ev, EV_TIMEOUT, 1);
+	}
+	session_update_read(s);
 }
 
-static void
-session_read_cb(struct bufferevent *bev, void *arg)
+/* A read or write that failed for now and may be tried again. */
+static int
+io_retry(int error)
 {
-	session_run(arg);
+	if (error == EINTR || error == EAGAIN)
+		return 1;
+#if EWOULDBLOCK != EAGAIN
+	if (error == EWOULDBLOCK)
+		return 1;
+#endif
+	return 0;
+}
+
+/* The connection broke (or a write timed out): nothing more can be said
+ * to the client. */
+static void
+session_lost(struct session *s, const char *why)
+{
+	log_debug("smtp %u: connection error: %s", s->id, why);
+	if (s->txn != NULL && s->state != S_COMMIT)
+		log_info("smtp: client=%s: lost connection in state %s",
+		    s->client, session_state_names[s->state]);
+	session_free(s);
+}
+
+/* No byte from the client for idle_timeout. Waiting for our own commit
+ * is not the client's idleness: the reply to it is owed first. */
+static void
+session_idle(struct session *s)
+{
+	if (s->state == S_COMMIT || s->state == S_QUIT)
+		return;
+	log_info("smtp: client=%s: idle timeout in state %s", s->client,
+	    session_state_names[s->state]);
+	reply(s, "421 4.4.2 Idle timeout, closing connection");
+	txn_free(s->txn);
+	s->txn = NULL;
+	session_enter(s, S_QUIT);
+	(void)session_flush_close(s);
+}
+
+/* One read() into the input buffer, then processing. */
+static void
+session_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	struct evbuffer_iovec v[2];
+	struct iovec iov[2];
+	size_t left;
+	ssize_t n;
+	int i, nv, used;
+
+	if (what & EV_TIMEOUT) {
+		session_idle(s);
+		return;
+	}
+	if ((nv = evbuffer_reserve_space(s->in, READ_SIZE, v, 2)) < 1)
+		fatalx("smtp: evbuffer_reserve_space");
+	for (i = 0; i < nv; i++) {
+		iov[i].iov_base = v[i].iov_base;
+		iov[i].iov_len = v[i].iov_len;
+	}
+	n = readv(fd, iov, nv);
+	if (n == -1 && io_retry(errno))
+		n = 0;
+	else if (n == -1) {
+		evbuffer_commit_space(s->in, v, 0);
+		session_lost(s, strerror(errno));
+		return;
+	} else if (n == 0)
+		s->eof = 1;
+	left = (size_t)n;
+	for (used = 0; used < nv && left > 0; used++) {
+		if (v[used].iov_len > left)
+			v[used].iov_len = left;
+		left -= v[used].iov_len;
+	}
+	if (evbuffer_commit_space(s->in, v, used) == -1)
+		fatalx("smtp: evbuffer_commit_space");
+	session_run(s);
 }
 
 static void
@@ -1482,19 +1645,32 @@ session_resume_cb(evutil_socket_t fd, short what, void *arg)
 	session_run(arg);
 }
 
-/* The output buffer drained. */
+/* The socket takes more of the replies that were left over; once they
+ * are all out the write event goes back to sleep. */
 static void
-session_write_cb(struct bufferevent *bev, void *arg)
+session_write_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
 
+	if (what & EV_TIMEOUT) {
+		session_lost(s, "write timeout");
+		return;
+	}
+	if (evbuffer_write(s->out, fd) == -1 &&
+	    !io_retry(errno)) {
+		session_lost(s, strerror(errno));
+		return;
+	}
+	if (evbuffer_get_length(s->out) > 0)
+		return;
+	event_del(s->write_ev);
+	s->writing = 0;
 	if (s->state == S_QUIT) {
 		session_free(s);
 		return;
 	}
 	if (s->out_blocked) {
 		s->out_blocked = 0;
-		session_update_read(s);
 		session_run(s);
 	}
 }
@@ -1539,43 +1715,7 @@ session_deadline_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	}
 	session_expire(s);
-	/* Nothing may be waiting to be written: close now if so. */
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-		session_free(s);
-}
-
-static void
-session_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct session *s = arg;
-
-	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
-	    s->state != S_QUIT) {
-		log_info("smtp: client=%s: idle timeout in state %s", s->client,
-		    session_state_names[s->state]);
-		reply(s, "421 4.4.2 Idle timeout, closing connection");
-		txn_free(s->txn);
-		s->txn = NULL;
-		session_enter(s, S_QUIT);
-		return; /* the write callback closes */
-	}
-	if (what & BEV_EVENT_ERROR)
-		log_debug("smtp %u: connection error: %s", s->id,
-		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-	if (s->txn != NULL && s->state != S_COMMIT)
-		log_info("smtp: client=%s: lost connection in state %s",
-		    s->client, session_state_names[s->state]);
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
-	    s->state != S_COMMIT && s->state != S_QUIT &&
-	    evbuffer_get_length(bufferevent_get_output(s->bev)) > 0) {
-		/* A client that only shut down its sending side still
-		 * gets the replies to what it sent. */
-		txn_free(s->txn);
-		s->txn = NULL;
-		session_enter(s, S_QUIT);
-		return;
-	}
-	session_free(s);
+	(void)session_flush_close(s);
 }
 
 static void
@@ -1587,7 +1727,11 @@ session_free(struct session *s)
 	if (s->commit != NULL)
 		s->commit->s = NULL;
 	txn_free(s->txn);
-	bufferevent_free(s->bev);
+	event_free(s->read_ev);
+	event_free(s->write_ev);
+	evutil_closesocket(s->fd);
+	evbuffer_free(s->in);
+	evbuffer_free(s->out);
 	event_free(s->resume_ev);
 	if (s->deadline_ev != NULL)
 		event_free(s->deadline_ev);
@@ -1809,21 +1953,20 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 	s->policy = cfg->sender_policy;
 	s->line = xmalloc(s->lim.max_line + 1);
 
-	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	s->fd = fd;
+	s->in = evbuffer_new();
+	s->out = evbuffer_new();
+	s->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST,
+	    session_read_cb, s);
+	s->write_ev = event_new(srv->base, fd, EV_WRITE | EV_PERSIST,
+	    session_write_cb, s);
 	s->resume_ev = event_new(srv->base, -1, 0, session_resume_cb, s);
-	if (s->bev == NULL || s->resume_ev == NULL)
+	if (s->in == NULL || s->out == NULL || s->read_ev == NULL ||
+	    s->write_ev == NULL || s->resume_ev == NULL)
 		fatalx("smtp: cannot set up a session");
-	bufferevent_setcb(s->bev, session_read_cb, session_write_cb,
-	    session_event_cb, s);
 	/* The input must hold one whole command line. */
-	bufferevent_setwatermark(s->bev, EV_READ, 0,
-	    s->lim.max_line * 2 > READ_HIWAT ? s->lim.max_line * 2 :
-	    READ_HIWAT);
-	if (s->lim.idle_timeout > 0) {
-		tv.tv_sec = s->lim.idle_timeout;
-		tv.tv_usec = 0;
-		bufferevent_set_timeouts(s->bev, &tv, &tv);
-	}
+	s->read_hiwat = s->lim.max_line * 2 > READ_HIWAT ?
+	    s->lim.max_line * 2 : READ_HIWAT;
 	if (s->lim.session_timeout > 0) {
 		s->deadline_ev = evtimer_new(srv->base, session_deadline_cb, s);
 		if (s->deadline_ev == NULL)
@@ -1838,7 +1981,8 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 
 	log_debug("smtp %u: connect from %s", s->id, s->client);
 	reply(s, "220 %s ESMTP smarthostd", s->hostname);
-	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	session_update_read(s);
+	(void)session_flush(s);
 }
 
 void
@@ -1908,6 +2052,7 @@ smtp_server_shutdown(struct smtp_server *srv, unsigned timeout,
 			continue;
 		reply(s, "421 4.3.2 %s Service shutting down", s->hostname);
 		session_enter(s, S_QUIT);
+		(void)session_flush_close(s);
 	}
 	if (srv->nsessions > 0)
 		tv.tv_sec = timeout;
