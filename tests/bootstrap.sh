@@ -5,7 +5,8 @@
 #   check  runs the unit, end-to-end and short reliability tests (what CI
 #          runs), on the normal build and on a sanitizer build in
 #          build-asan/, then every fuzz target for 60 s
-#   bench  runs the throughput benchmark against Postfix's smtp-source/sink
+#   bench  runs the throughput benchmark beside a Postfix instance of its
+#          own (never the system's Postfix), with smtp-source and smtp-sink
 # Installing needs root; everything else does not. Safe to run again: it
 # installs, regenerates and reconfigures only what is missing or stale.
 set -eu
@@ -40,12 +41,13 @@ top=$(pwd)
 # addresses in a network namespace (tests/reliability/test_security.py).
 # python3-yaml: the compose and Kubernetes examples of doc/container.md
 # (tests/e2e/test_homes.py).
+# valgrind: make check-valgrind and make bench-callgrind.
 packages="build-essential autoconf automake autoconf-archive libtool
 	pkg-config libevent-dev libssl-dev libconfig-dev libsystemd-dev
 	libcriterion-dev swaks msmtp python3-aiosmtpd python3-pytest openssl
 	ca-certificates emacs-nox gnupg systemd postfix bsd-mailx git
 	git-email libmailtools-perl clang strace faketime iproute2
-	python3-prometheus-client python3-yaml"
+	python3-prometheus-client python3-yaml valgrind"
 
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null |
@@ -81,12 +83,6 @@ if [ -n "$missing" ]; then
 	apt-get install -y -q --no-install-recommends $missing || status=$?
 	[ -z "$own_policy" ] || rm -f "$policy"
 	[ "$status" -eq 0 ] || exit "$status"
-fi
-
-if [ "$mode" = bench ] && [ -x /usr/sbin/postfix ] &&
-    /usr/sbin/postfix status >/dev/null 2>&1; then
-	echo "bootstrap: stopping the system's Postfix"
-	/usr/sbin/postfix stop
 fi
 
 # newer A B: A was modified after B.
