@@ -370,37 +370,62 @@ smtp_body_encoder_init(struct smtp_body_encoder *e)
 	e->saw_cr = 0;
 }
 
+/* The bytes from p (at most len) before the first CR, LF or NUL. */
+static size_t
+plain_span(const char *p, size_t len)
+{
+	const char *q;
+
+	if ((q = memchr(p, '\n', len)) != NULL)
+		len = (size_t)(q - p);
+	if ((q = memchr(p, '\r', len)) != NULL)
+		len = (size_t)(q - p);
+	if ((q = memchr(p, '\0', len)) != NULL)
+		len = (size_t)(q - p);
+	return len;
+}
+
 size_t
 smtp_body_encode(struct smtp_body_encoder *e, const char *in, size_t len,
     char *out)
 {
-	size_t i, n = 0;
+	size_t i = 0, n = 0, span;
 
-	for (i = 0; i < len; i++) {
+	while (i < len) {
 		char c = in[i];
 
 		/* A CR was already written out as CRLF: its LF is done. */
 		if (e->saw_cr) {
 			e->saw_cr = 0;
-			if (c == '\n')
+			if (c == '\n') {
+				i++;
 				continue;
+			}
 		}
 		if (c == '\r' || c == '\n') {
 			out[n++] = '\r';
 			out[n++] = '\n';
 			e->saw_cr = c == '\r';
 			e->at_bol = 1;
+			i++;
 			continue;
 		}
 		/* The server refuses NUL; one from elsewhere is dropped,
 		 * so "NUL." cannot become an unstuffed dot for an upstream
 		 * that drops NUL itself. */
-		if (c == '\0')
+		if (c == '\0') {
+			i++;
 			continue;
+		}
 		if (e->at_bol && c == '.')
 			out[n++] = '.';
 		e->at_bol = 0;
-		out[n++] = c;
+		/* The rest of the line up to a byte that needs a look of
+		 * its own goes in one copy: the body is mostly such runs. */
+		span = plain_span(in + i, len - i);
+		memcpy(out + n, in + i, span);
+		n += span;
+		i += span;
 	}
 	return n;
 }
