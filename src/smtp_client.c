@@ -405,8 +405,9 @@ client_cmd(struct smtp_client *c, struct evbuffer *out, const char *fmt, ...)
 		vsnprintf(line, (size_t)n + 1, fmt, ap);
 		va_end(ap);
 	}
-	log_debug("%s: >>> %s", c->peer, log_sanitize(trace, sizeof(trace),
-	    line, (size_t)n));
+	if (log_getdebug())
+		log_debug("%s: >>> %s", c->peer, log_sanitize(trace,
+		    sizeof(trace), line, (size_t)n));
 	line[n++] = '\r';
 	line[n++] = '\n';
 	if (out == NULL)
@@ -1838,8 +1839,11 @@ client_read_replies(struct smtp_client *c, struct bufferevent *bev)
 		evbuffer_drain(in, eol_len);
 		line[len] = '\0';
 		/* a challenge is no secret as such, but it is the other
-		 * half of the exchange: redacted like our answers */
-		if ((c->state == CS_AUTH || c->state == CS_AUTH_STEP ||
+		 * half of the exchange: redacted like our answers. The
+		 * trace is only made when debugging: a copy per line. */
+		if (!log_getdebug())
+			trace[0] = '\0';
+		else if ((c->state == CS_AUTH || c->state == CS_AUTH_STEP ||
 		    c->state == CS_AUTH_CANCEL) && len >= 4 &&
 		    strncmp(line, "334", 3) == 0)
 			snprintf(trace, sizeof(trace), "334 <redacted>");
