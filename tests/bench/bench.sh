@@ -24,9 +24,10 @@
 # Then, once: e2e latency (one message at a time, from connect until the
 # sink counted it; median of BENCH_LATENCY_MSGS, 30), a BENCH_BIG_MB (50)
 # MB message (the daemon's RSS growth and MB/s, beside a cold `cat` of a
-# file that size on the spool's disk), and the disk's limits (a file +
-# fsync + directory fsync per message; an append-only log with one
-# fdatasync per commit, and per 8 commits).
+# file that size on the spool's disk). The disk's limits are probed in
+# every run too (a file + fsync + directory fsync per message; an
+# append-only log with one fdatasync per commit, and per 8 commits; each
+# for at most 5 s).
 #
 # Postfix needs root (postfix start); without root its rows are skipped.
 # Environment: SMARTHOSTD (required), BENCH_RUNS, BENCH_MSGS, BENCH_SIZE,
@@ -305,6 +306,12 @@ while [ $r -le "$runs" ]; do
 		smarthostd_phase smarthostd-tls "tls$r-20" 20 TCP "$tls_port" \
 		    "$smd_tls"
 	fi
+	mkdir "$work/disk$r"
+	set -- $($probe disk "$work/disk$r" "$msgs")
+	rm -rf "$work/disk$r"
+	record disk files "$1"
+	record disk log "$2"
+	record disk log8 "$3"
 	r=$((r + 1))
 done
 
@@ -347,15 +354,14 @@ dd if=/dev/zero of="$work/catfile" bs=1M count="$big_mb" conv=fsync \
 cat_rate=$($probe cold-read "$work/catfile")
 rm -f "$work/catfile"
 
-echo "disk probe ..."
-set -- $($probe disk "$work" "$msgs")
-disk_files=$1 disk_log=$2 disk_log8=$3
-
 # ---- the report ----
 
 v() {
 	median "$1" "$2"
 }
+disk_files=$(v disk files)
+disk_log=$(v disk log)
+disk_log8=$(v disk log8)
 echo
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
@@ -423,3 +429,14 @@ echo "  accept c=1 vs the disk's file + fsync + dir fsync limit:" \
     "$(ratio "$s1" "$disk_files")"
 echo "  accept c=1 vs the disk's log + fdatasync limit:" \
     "$(ratio "$s1" "$disk_log")"
+echo
+echo "every run (case metric: values in run order):"
+awk '{
+	k = $1 " " $2
+	if (!(k in v))
+		order[++n] = k
+	v[k] = v[k] " " $3
+} END {
+	for (i = 1; i <= n; i++)
+		print "  " order[i] ":" v[order[i]]
+}' "$results"
