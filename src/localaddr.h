@@ -67,7 +67,8 @@ char *localaddr_sender(const struct localaddr *la, const char *addr);
 
 /*
  * The header section hdr (len bytes) with localaddr_sender() applied to
- * the addresses of From:, Sender: and Reply-To: (see rewrite_headers()).
+ * the addresses of From:, Sender:, Reply-To: and their Resent- forms (see
+ * rewrite_headers()).
  * Returns a malloc'd result and its length, or NULL when nothing changed.
  */
 char *localaddr_headers(const struct localaddr *la, const char *hdr,

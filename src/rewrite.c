@@ -407,8 +407,10 @@ is_blank_start(const char *l, size_t n)
 static int
 rewritten_field(const char *name, size_t n)
 {
+	/* The originator fields and their resent block (RFC 5322 section
+	 * 3.6.6; Resent-Reply-To is RFC 822's, still sent by old MUAs). */
 	static const char *const fields[] = { "From", "Sender", "Reply-To",
-		NULL };
+		"Resent-From", "Resent-Sender", "Resent-Reply-To", NULL };
 	size_t i;
 
 	for (i = 0; fields[i] != NULL; i++)

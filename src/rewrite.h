@@ -33,7 +33,8 @@ char *rewrite_address_list(const char *body, size_t len, rewrite_fn fn,
     void *arg, size_t *outlen);
 
 /*
- * Rewrites the From:, Sender: and Reply-To: fields (names compared
+ * Rewrites the From:, Sender: and Reply-To: fields and their resent
+ * forms Resent-From:, Resent-Sender: and Resent-Reply-To: (names compared
  * without regard to case) of the header section at the start of hdr (len
  * bytes; lines end with CRLF or LF). The section ends at an empty line or
  * at the first line that is neither a field nor a continuation; it and

@@ -225,6 +225,29 @@ def test_without_masquerade_only_unqualified_senders_change(daemon_factory,
         b"Sender: bob@localhost\r\nSubject: x\r\n\r\nbody\r\n")
 
 
+def test_resent_block_rewritten(daemon_factory, upstream, tmp_path):
+    """A message a local user resends (mutt's bounce, sendmail -t with a
+    Resent- block): Resent-From/-Sender/-Reply-To change like their plain
+    forms; the original originator and the resent recipients stay."""
+    daemon = rewriting_daemon(daemon_factory, upstream, tmp_path)
+    msg_in = (b"Resent-From: Alice <alice>\r\n"
+              b"Resent-Sender: bob@localhost (the\r\n operator)\r\n"
+              b"Resent-Reply-To: bob, other@example.net\r\n"
+              b"Resent-To: root\r\n"
+              b"From: carol@elsewhere.example\r\n"
+              b"Subject: resent\r\n\r\nResent-From: alice\r\n")
+    send_message(daemon, msg_in, sender="alice")
+    msg, = upstream.wait_messages(1)
+    assert msg.mail_from == "Alice.Smith@example.com"
+    assert relayed_after_received(msg) == (
+        b"Resent-From: Alice <Alice.Smith@example.com>\r\n"
+        b"Resent-Sender: bob@example.com (the\r\n operator)\r\n"
+        b"Resent-Reply-To: bob@example.com, other@example.net\r\n"
+        b"Resent-To: root\r\n"
+        b"From: carol@elsewhere.example\r\n"
+        b"Subject: resent\r\n\r\nResent-From: alice\r\n")
+
+
 def test_headers_rewritten_across_bdat_chunks(daemon_factory, upstream,
                                               tmp_path):
     """BDAT passes bytes as they come: the header section is cut in the
