@@ -724,8 +724,11 @@ cred_resolve(struct relay *r, const struct cred_query *q,
 			    q->hostport, q->name, cerr);
 			goto out;
 		}
-		/* XXX: with an OAuth token only the OAuth mechanisms are
-		 * tried; a password next to it is not used. */
+		/* An account with oauth_command is an OAuth account: only
+		 * the token mechanisms are tried (oauth_order()) and a
+		 * password next to it is not used. Offering the token to a
+		 * password mechanism would send it as a password, and the
+		 * providers that issue tokens refuse passwords anyway. */
 		password = token;
 		res->from_command = 1;
 	}

@@ -31,9 +31,13 @@
  * the OAuth2 access token. User names and passwords go out as the UTF-8
  * bytes given.
  *
- * XXX: SCRAM does not apply SASLprep (RFC 4013) to the password: ASCII
- * passwords (the norm) are unaffected; a non-ASCII password that is not
- * already in NFKC form may not match what the server stored.
+ * SCRAM hashes the password's bytes as given, without SASLprep (RFC
+ * 4013). For a printable ASCII password, the norm, SASLprep changes
+ * nothing, so the result is the same; SASLprep proper needs Unicode
+ * normalization (NFKC) tables, which the daemon does not carry for the
+ * rare non-ASCII password. Such a password must be written in the form
+ * the server stored (NFKC), or used with another mechanism;
+ * smarthostd.conf(5) says so under BUGS.
  *
  * Secrets: the object copies user and password, and every buffer that held
  * a secret or a response (responses carry proofs or passwords) is wiped

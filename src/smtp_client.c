@@ -807,9 +807,19 @@ client_send_mail(struct smtp_client *c)
 	if (c->ehlo.exts & SMTP_EXT_SIZE)
 		n += snprintf(params + n, sizeof(params) - n, " SIZE=%lld",
 		    (long long)m->body_size);
-	/* XXX: 8-bit data to a server without 8BITMIME goes as is, as
-	 * Postfix does by default; converting to quoted-printable is not
-	 * done. */
+	/*
+	 * 8-bit data to a server that does not offer 8BITMIME goes as is,
+	 * without BODY=. RFC 6152 would have the client convert it to 7 bit
+	 * or return it. Postfix converts only the MIME parts declared 8bit
+	 * (to quoted-printable, disable_mime_output_conversion = no) and
+	 * sends undeclared 8-bit bytes as is. Here nothing is converted: a
+	 * conversion would break the DKIM signature and any OpenPGP or S/MIME
+	 * signature the sender made over the 8-bit body, and would need a
+	 * MIME parser over the spooled body; returning the mail would lose
+	 * it when, as in practice, the server takes 8-bit data anyway (and
+	 * submission servers offer 8BITMIME). SMTPUTF8 differs: an address
+	 * that needs it cannot go without, so smtp_client_send() refuses.
+	 */
 	if (m->eightbit && (c->ehlo.exts & SMTP_EXT_8BITMIME))
 		n += snprintf(params + n, sizeof(params) - n,
 		    " BODY=8BITMIME");
