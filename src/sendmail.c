@@ -4,7 +4,8 @@
  * send-email, Emacs). It reads a message on stdin, completes its header
  * and submits it in SMTP over the daemon's Unix socket; when the daemon
  * cannot be reached it hands the message to smarthost-postdrop, which
- * puts it in the maildrop the daemon imports. Invoked as mailq it lists
+ * puts it in the maildrop the daemon imports (with -bs, it holds the SMTP
+ * dialogue itself and hands over each message it accepts). Invoked as mailq it lists
  * the queue, as newaliases it checks the configuration.
  *
  * Every way out goes through one exit code with a one-line reason on
@@ -16,6 +17,7 @@
 #include <sys/types.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +31,7 @@
 #include "config.h"
 #include "control.h"
 #include "localaddr.h"
+#include "localsmtp.h"
 #include "log.h"
 #include "message.h"
 #include "outcome.h"
@@ -385,7 +388,76 @@ run_deliver(void)
 	return rc;
 }
 
-/* -bs: the daemon speaks SMTP to our caller through us. */
+/*
+ * -bs with the daemon down: each message the local dialogue accepts goes
+ * to the maildrop, and the client hears 250 only once postdrop has it.
+ */
+static void
+local_deliver(const struct localsmtp_msg *m, char *reply, size_t replylen,
+    void *arg)
+{
+	const char *postdrop = arg;
+	struct submit_envelope env;
+	char err[1024];
+	int rc;
+
+	env.sender = m->sender;
+	env.rcpts = m->rcpts;
+	env.nrcpts = m->nrcpts;
+	rc = submit_postdrop(postdrop, opts.config, &env, m->data, m->len,
+	    err, sizeof(err));
+	if (rc == 0) {
+		snprintf(reply, replylen, "250 2.0.0 Ok: queued in the "
+		    "maildrop; smarthostd imports it when it starts");
+		return;
+	}
+	if (rc > 0) {
+		errmsg("-bs: %s failed (exit status %d); message not sent",
+		    postdrop, rc);
+		/* What postdrop refuses for the message itself (an
+		 * address, the caller's permission) a retry will not mend. */
+		snprintf(reply, replylen, "%s the maildrop refused the "
+		    "message (%s exit status %d)", rc == EX_DATAERR ||
+		    rc == EX_NOUSER || rc == EX_NOPERM || rc == EX_USAGE ?
+		    "554 5.3.0" : "451 4.3.0", postdrop, rc);
+		return;
+	}
+	errmsg("-bs: the maildrop fallback failed: %s; message not sent",
+	    err);
+	snprintf(reply, replylen, "451 4.3.0 smarthostd is not running and "
+	    "the maildrop fallback failed; try again later");
+}
+
+/* -bs when the daemon cannot be reached: the dialogue is held here. */
+static int
+run_smtp_local(const struct listen_config *l, const char *why)
+{
+	const char *postdrop = secure_getenv("SMARTHOST_POSTDROP");
+	struct localsmtp_params p;
+	struct localsmtp *ls;
+	int r;
+
+	if (postdrop == NULL || postdrop[0] == '\0')
+		postdrop = POSTDROP;
+	if (opts.verbose)
+		errmsg("cannot connect to %s (%s); the SMTP dialogue runs "
+		    "here and each message goes to %s",
+		    submit_listener_name(l), why, postdrop);
+	memset(&p, 0, sizeof(p));
+	p.hostname = cfg->hostname;
+	p.max_size = cfg->max_message_size;
+	p.max_recipients = cfg->max_recipients;
+	p.local = cfg->local;
+	p.deliver = local_deliver;
+	p.arg = (void *)(uintptr_t)postdrop;
+	ls = localsmtp_new(&p);
+	r = submit_local(ls, STDIN_FILENO, STDOUT_FILENO, SUBMIT_TIMEOUT);
+	localsmtp_free(ls);
+	return r;
+}
+
+/* -bs: the daemon speaks SMTP to our caller through us, or, when it
+ * cannot be reached, the local dialogue feeds the maildrop. */
 static int
 run_smtp(void)
 {
@@ -399,16 +471,19 @@ run_smtp(void)
 		return EX_CONFIG;
 	}
 	if ((fd = submit_connect(l, SUBMIT_TIMEOUT)) == -1) {
-		/* No maildrop behind -bs: the client hears it at once and
-		 * keeps its message. */
-		printf("421 4.3.0 %s smarthostd is not running; try again "
-		    "later\r\n", cfg->hostname);
-		errmsg("cannot connect to %s: %s", submit_listener_name(l),
-		    strerror(errno));
-		return EX_TEMPFAIL;
+		if (submit_unreachable(errno)) {
+			r = run_smtp_local(l, strerror(errno));
+		} else {
+			printf("421 4.3.0 %s cannot reach smarthostd; try "
+			    "again later\r\n", cfg->hostname);
+			errmsg("cannot connect to %s: %s",
+			    submit_listener_name(l), strerror(errno));
+			return EX_TEMPFAIL;
+		}
+	} else {
+		r = submit_relay(fd, STDIN_FILENO, STDOUT_FILENO);
+		close(fd);
 	}
-	r = submit_relay(fd, STDIN_FILENO, STDOUT_FILENO);
-	close(fd);
 	if (r == -1) {
 		errmsg("-bs: %s", strerror(errno));
 		return EX_IOERR;
@@ -453,6 +528,10 @@ main(int argc, char *argv[])
 
 	log_init("smarthost-sendmail", 0);
 	signal(SIGPIPE, SIG_IGN);
+	/* A caller that ignores SIGCHLD (swaks --pipe does) passes that on:
+	 * its children would be reaped by the kernel, and waiting for
+	 * postdrop's exit status would fail with ECHILD. */
+	signal(SIGCHLD, SIG_DFL);
 	/* Only these two long options: every other argument is parsed as
 	 * sendmail parses it, where "--" ends the options. */
 	if (argc == 2 && strcmp(argv[1], "--help") == 0) {

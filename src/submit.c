@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "localsmtp.h"
 #include "message.h"
 #include "smtp_proto.h"
 #include "submit.h"
@@ -677,6 +678,48 @@ submit_relay(int fd, int in, int out)
 	}
 }
 
+/* Writes out what ls has to say. */
+static int
+local_flush(struct localsmtp *ls, int out)
+{
+	const char *p;
+	size_t n;
+
+	p = localsmtp_output(ls, &n);
+	if (n > 0 && fileio_write_all(out, p, n) == -1)
+		return -1;
+	localsmtp_output_clear(ls);
+	return 0;
+}
+
+int
+submit_local(struct localsmtp *ls, int in, int out, unsigned timeout)
+{
+	struct timespec deadline;
+	char buf[16384];
+	ssize_t n;
+	int ended = 0;
+
+	while (!ended) {
+		if (local_flush(ls, out) == -1)
+			return -1;
+		deadline_in(&deadline, timeout);
+		if (wait_fd(in, POLLIN, &deadline) == -1)
+			return -1;
+		n = read(in, buf, sizeof(buf));
+		if (n == -1 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n == -1)
+			return -1;
+		if (n == 0)
+			break;
+		ended = localsmtp_input(ls, buf, (size_t)n);
+	}
+	if (local_flush(ls, out) == -1)
+		return -1;
+	return localsmtp_quit_seen(ls) ? 0 : 1;
+}
+
 /* ---- postdrop ---- */
 
 static void
@@ -723,7 +766,10 @@ submit_postdrop(const char *path, const char *config,
 		return -1;
 	}
 	if (pid == 0) {
-		if (dup2(p[0], STDIN_FILENO) == -1)
+		/* Its standard output is ours only to say nothing on: with
+		 * -bs ours is the SMTP client's. */
+		if (dup2(p[0], STDIN_FILENO) == -1 ||
+		    dup2(STDERR_FILENO, STDOUT_FILENO) == -1)
 			_exit(126);
 		execv(path, argv);
 		_exit(127);

@@ -2,7 +2,8 @@
  * Submission from the command line to the running daemon, for
  * smarthost-sendmail(8): its options (a pure parser), the SMTP client that
  * hands one message to the daemon's Unix socket, the -bs byte relay, and
- * the smarthost-postdrop fallback for when the daemon cannot be reached.
+ * the smarthost-postdrop fallback for when the daemon cannot be reached
+ * (with -bs, a local SMTP dialogue in front of it).
  *
  * The client speaks SMTP to the daemon like any other client, so limits,
  * aliases, sender rewriting and policy, and the Received: header apply to
@@ -114,6 +115,18 @@ enum submit_result submit_smtp(int fd, const struct submit_envelope *env,
  * on an I/O error.
  */
 int submit_relay(int fd, int in, int out);
+
+struct localsmtp;
+
+/*
+ * -bs without the daemon: runs the local dialogue ls (localsmtp.h) over
+ * in/out, writing its greeting and every reply as it comes, until it ends
+ * or in reaches its end. Waits at most timeout seconds for each piece of
+ * input. Returns 0 when the session ended with QUIT, 1 when it ended
+ * otherwise (end of input, too many errors), -1 with errno on an I/O
+ * error or a timeout (ETIMEDOUT).
+ */
+int submit_local(struct localsmtp *ls, int in, int out, unsigned timeout);
 
 /*
  * Runs the postdrop helper at path as "path [-C config] -f SENDER --

@@ -11,6 +11,7 @@ import pytest
 
 from harness import (Daemon, Upstream, base_settings, checker_reports,
                      issue_server_cert, make_ca, merge_settings)
+from localuser import DROP_GROUP, ensure_group, open_for_user
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +109,43 @@ def daemon_factory(request, smarthostd_binary, pki):
 def daemon(daemon_factory, upstream):
     """The daemon relaying to the default upstream."""
     return daemon_factory(upstream.port)
+
+
+def _tool_next_to_daemon(smarthostd_binary, name, variable=None):
+    """The built tool name next to the daemon, or the one the variable
+    names."""
+    binary = (variable and os.environ.get(variable)) or os.path.join(
+        os.path.dirname(smarthostd_binary), name)
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"no {name} at {binary!r}" +
+                    (f" (set {variable})" if variable else ""))
+    return binary
+
+
+@pytest.fixture(scope="session")
+def sendmail_binary(smarthostd_binary):
+    return _tool_next_to_daemon(smarthostd_binary, "smarthost-sendmail",
+                                "SMARTHOST_SENDMAIL")
+
+
+@pytest.fixture(scope="session")
+def postdrop_binary(smarthostd_binary):
+    # Not from SMARTHOST_POSTDROP: that one tells sendmail what to run.
+    return _tool_next_to_daemon(smarthostd_binary, "smarthost-postdrop")
+
+
+@pytest.fixture
+def stopped_daemon(daemon_factory, upstream):
+    """A daemon that ran once (so its maildrop exists) and is stopped,
+    its work directory reachable by the test user."""
+    daemon = daemon_factory(upstream.port, start=False,
+                            maildrop_group=DROP_GROUP)
+    if os.geteuid() == 0:
+        ensure_group()
+        open_for_user(daemon.workdir)
+    daemon.start()
+    assert daemon.terminate() == 0
+    return daemon
 
 
 @pytest.hookimpl(hookwrapper=True)

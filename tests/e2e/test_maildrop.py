@@ -20,14 +20,6 @@ EX_DATAERR = 65
 EX_NOPERM = 77
 
 
-@pytest.fixture(scope="module")
-def postdrop_binary(smarthostd_binary):
-    path = os.path.join(os.path.dirname(smarthostd_binary),
-                        "smarthost-postdrop")
-    assert os.access(path, os.X_OK), f"no {path}"
-    return path
-
-
 def postdrop(binary, daemon, message, sender, recipients, user=None,
              extra=()):
     argv = [binary, "-C", daemon.config_path, "-f", sender, *extra, "--",
@@ -51,20 +43,6 @@ def corrupt_files(daemon):
 
 def drop_files(daemon):
     return sorted(os.listdir(maildrop_dir(daemon)))
-
-
-@pytest.fixture
-def stopped_daemon(daemon_factory, upstream):
-    """A daemon that ran once (so its maildrop exists) and is stopped,
-    its work directory reachable by the test user."""
-    daemon = daemon_factory(upstream.port, start=False,
-                            maildrop_group=DROP_GROUP)
-    if os.geteuid() == 0:
-        ensure_group()
-        open_for_user(daemon.workdir)
-    daemon.start()
-    assert daemon.terminate() == 0
-    return daemon
 
 
 def test_root_postdrop_while_stopped_then_relayed(stopped_daemon, upstream,
@@ -303,12 +281,19 @@ def test_unprivileged_user_cannot_touch_queue_or_others_drops(
     assert drop_files(daemon) == [dropped]
 
 
-@pytest.fixture(scope="module")
-def sendmail_binary(smarthostd_binary):
-    path = os.path.join(os.path.dirname(smarthostd_binary),
-                        "smarthost-sendmail")
-    assert os.access(path, os.X_OK), f"no {path}"
-    return path
+def sendmail_as(who, daemon, postdrop_binary):
+    """For root or an ordinary user: how to run a command as them, the
+    postdrop sendmail must run for them (the setgid copy for the user),
+    their uid and login."""
+    if who == "user":
+        require_root()
+        user = ensure_user()
+        bindir = os.path.join(daemon.workdir, "bin")
+        os.mkdir(bindir, 0o755)
+        postdrop_path = setgid_copy(postdrop_binary, bindir, ensure_group())
+        return ((lambda *a, **k: as_user(user, *a, **k)), postdrop_path,
+                user.pw_uid, user.pw_name)
+    return subprocess.run, postdrop_binary, 0, "root"
 
 
 @pytest.mark.parametrize("who", ["root", "user"])
@@ -318,21 +303,11 @@ def test_sendmail_falls_back_to_the_real_postdrop(
     no socket, runs smarthost-postdrop (the setgid copy for the user),
     the daemon imports the file at start and relays it with the uid."""
     daemon = stopped_daemon
-    if who == "user":
-        require_root()
-        user = ensure_user()
-        bindir = os.path.join(daemon.workdir, "bin")
-        os.mkdir(bindir, 0o755)
-        postdrop_path = setgid_copy(postdrop_binary, bindir, ensure_group())
-        uid, login = user.pw_uid, user.pw_name
-    else:
-        user = None
-        postdrop_path, uid, login = postdrop_binary, 0, "root"
+    run, postdrop_path, uid, login = sendmail_as(who, daemon,
+                                                 postdrop_binary)
     argv = ["env", f"SMARTHOST_POSTDROP={postdrop_path}", sendmail_binary,
             "-C", daemon.config_path, "-i", "b@example.net"]
     message = b"Subject: via sendmail\n\nwhile the daemon was down\n"
-    run = subprocess.run if user is None else (
-        lambda *a, **k: as_user(user, *a, **k))
     done = run(argv, input=message, capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert len(drop_files(daemon)) == 1
@@ -346,6 +321,49 @@ def test_sendmail_falls_back_to_the_real_postdrop(
     assert f"from userid {uid}" in parsed["Received"]
     daemon.wait_log(rf"client=localhost\[maildrop\], uid={uid}\b")
     assert drop_files(daemon) == []
+
+
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_bs_while_stopped_goes_to_the_maildrop(
+        stopped_daemon, upstream, postdrop_binary, sendmail_binary, who):
+    """sendmail -bs with the daemon down holds the SMTP dialogue itself:
+    swaks (as git send-email or Emacs's smtpmail would) hears 250 once
+    postdrop has the message, which the daemon relays when it starts."""
+    daemon = stopped_daemon
+    run, postdrop_path, uid, _ = sendmail_as(who, daemon, postdrop_binary)
+    token = os.urandom(6).hex()
+    pipe = (f"env SMARTHOST_POSTDROP={postdrop_path} {sendmail_binary} "
+            f"-C {daemon.config_path} -bs")
+    done = run(["swaks", "--pipe", pipe, "--from", "s@example.org",
+                "--to", "b@example.net,c@example.net", "--helo",
+                "client.test", "--header", "Subject: -bs while stopped",
+                "--body", f"..dot line\n{token}", "--timeout", "20"],
+               capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"<-  220 \S+ ESMTP smarthost-sendmail: smarthostd is "
+                     r"not running", done.stdout), done.stdout
+    assert "<-  250 2.0.0 Ok: queued in the maildrop" in done.stdout
+    assert "<-  221 2.0.0 Bye" in done.stdout
+    assert len(drop_files(daemon)) == 1
+    # A local recipient the daemon would refuse is refused at RCPT.
+    refused = run(["swaks", "--pipe", pipe, "--from", "s@example.org",
+                   "--to", "nobody-here@localhost", "--timeout", "20"],
+                  capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "<** 550 5.1.1 <nobody-here@localhost>: no such local user" in \
+        refused.stdout, refused.stdout
+    assert len(drop_files(daemon)) == 1
+    daemon.start()
+    got = upstream.wait_messages(1)[0]
+    assert got.mail_from == "s@example.org"
+    assert sorted(got.rcpt_tos) == ["b@example.net", "c@example.net"]
+    assert got.parsed()["Subject"] == "-bs while stopped"
+    # swaks stuffed the dot and the dialogue took it off again.
+    assert f"\r\n..dot line\r\n{token}\r\n".encode() in got.content
+    assert f"from userid {uid}" in got.parsed()["Received"]
+    daemon.wait_log(rf"client=localhost\[maildrop\], uid={uid}\b")
+    assert drop_files(daemon) == []
+    upstream.assert_count_stays(1, settle=0.5)
 
 
 def test_unprivileged_daemon_reads_drops_through_the_group(

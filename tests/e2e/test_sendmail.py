@@ -22,16 +22,7 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 EX_CANTCREAT = 73
 EX_NOPERM = 77
-
-
-@pytest.fixture(scope="session")
-def sendmail_binary(smarthostd_binary):
-    binary = os.environ.get("SMARTHOST_SENDMAIL") or os.path.join(
-        os.path.dirname(smarthostd_binary), "smarthost-sendmail")
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"SMARTHOST_SENDMAIL must name smarthost-sendmail "
-                    f"(got {binary!r})")
-    return binary
+EX_PROTOCOL = 76
 
 
 def sendmail(binary, daemon_or_conf, args, data=b"", env=None, timeout=30):
@@ -382,15 +373,34 @@ def test_bs_large_message(daemon, upstream, sendmail_binary, tmp_path):
     assert body.read_bytes() in msg.content
 
 
-def test_bs_when_daemon_is_down(daemon, sendmail_binary):
-    daemon.terminate()
-    r = subprocess.run([sendmail_binary, "-C", daemon.config_path, "-bs"],
-                       input=b"EHLO x\r\nQUIT\r\n", capture_output=True,
-                       timeout=30)
-    assert r.returncode == EX_TEMPFAIL
-    assert r.stdout.startswith(b"421 4.3.0 ")
-    assert b"not running" in r.stdout
-    assert b"cannot connect to unix:" in r.stderr
+def test_bs_when_daemon_is_down(sendmail_binary, tmp_path):
+    """-bs with the daemon down: the dialogue runs in sendmail and each
+    message goes to postdrop (a stand-in here; the real one and the
+    daemon's import are in test_maildrop.py); a failing postdrop is a
+    451 for that message, and the session goes on."""
+    conf = _down_config(tmp_path)
+    env = fake_postdrop(tmp_path)
+    dialogue = (b"EHLO x\r\nMAIL FROM:<s@example.org>\r\n"
+                b"RCPT TO:<b@example.net>\r\nDATA\r\nSubject: bs\r\n\r\n"
+                b"..x\r\n.\r\nQUIT\r\n")
+    r = sendmail(sendmail_binary, conf, ["-bs"], dialogue, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split(b"\r\n")
+    assert lines[0].startswith(b"220 ") and b"not running" in lines[0]
+    assert b"\r\n250 2.0.0 Ok: queued in the maildrop;" in r.stdout
+    assert lines[-2:] == [b"221 2.0.0 Bye", b""]
+    args = (tmp_path / "args").read_text().split("\n")
+    assert args[:6] == ["-C", conf, "-f", "s@example.org", "--",
+                        "b@example.net"]
+    assert (tmp_path / "input").read_bytes() == b"Subject: bs\r\n\r\n.x\r\n"
+    r = sendmail(sendmail_binary, conf, ["-bs"], dialogue,
+                 env=dict(env, FAIL="1"))
+    assert b"\r\n451 4.3.0 the maildrop refused the message" in r.stdout
+    assert r.stdout.endswith(b"\r\n221 2.0.0 Bye\r\n")
+    assert b"postdrop: maildrop full" in r.stderr
+    r = sendmail(sendmail_binary, conf, ["-bs"], b"EHLO x\r\n", env=env)
+    assert r.returncode == EX_PROTOCOL
+    assert b"ended without QUIT" in r.stderr
 
 
 def test_emacs_message_mode(daemon, upstream, sendmail_binary, tmp_path):

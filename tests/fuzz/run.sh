@@ -27,7 +27,8 @@ sasl:sasl xmalloc log escape
 aliases:aliases smtp_proto xmalloc log escape
 rewrite:rewrite xmalloc log escape
 message:message aliases smtp_proto xmalloc log escape
-dropfile:dropfile smtp_proto xmalloc log escape"
+dropfile:dropfile smtp_proto xmalloc log escape
+localsmtp:localsmtp localaddr aliases rewrite smtp_proto xmalloc log escape"
 
 mkdir -p "$out"
 status=0
