@@ -13,6 +13,19 @@
  * length is known, so no dot-stuffing), and waits for the 250 that the
  * server sends only once the queue committed the message.
  *
+ * A message the session refuses for good (a 5xx to MAIL, to any RCPT, or
+ * to the message) is returned to the user who dropped it, as Postfix
+ * returns a postdrop'd message its cleanup rejects: the same import then
+ * opens a second session, as the daemon's own user, and submits a
+ * non-delivery notification (dsn_compose()) from <> to that user's local
+ * name (so aliases and the catch-all apply: root's goes to whoever reads
+ * root's mail) or, when no local name takes it, to the address sender
+ * rewriting gives the user. The file is removed once that notification is
+ * queued. Like the sendmail path, a message goes to all of its recipients
+ * or to none: one refused recipient returns it for all. Only a file that
+ * nobody can be told about (no passwd entry, no address takes the
+ * notification) is moved aside like a corrupt one.
+ *
  * Reading a file's header (at most 1 MiB) happens on the loop thread: the
  * maildrop is on a local disk and imports are rare.
  */
@@ -37,10 +50,15 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include <pwd.h>
+
 #include "dropfile.h"
+#include "dsn.h"
 #include "fileio.h"
+#include "localaddr.h"
 #include "log.h"
 #include "maildrop.h"
+#include "smtp_proto.h"
 #include "xmalloc.h"
 
 #define IMPORT_TIMEOUT 120       /* seconds for any one reply */
@@ -78,11 +96,24 @@ struct import {
 	size_t next_rcpt;
 	char reply[REPLY_MAX];    /* first line of the current reply */
 	int have_first;
+	time_t dropped;           /* the file's mtime */
+	/* A refused message, and its return to the submitter. */
+	char why[REPLY_MAX + 32]; /* "refused at STATE: reply" */
+	char *refused_all;        /* the 5xx to MAIL or the message */
+	char **refused;           /* per recipient: its 5xx, or NULL */
+	size_t nrefused;
+	int returning;            /* the session returning it runs */
+	char *to[2];              /* who may take the notification */
+	size_t nto, next_to;
+	char *notice;             /* the notification being sent */
+	size_t noticelen;
 };
 
 struct maildrop {
 	struct event_base *base;
 	struct smtp_server *srv;
+	const struct localaddr *local; /* the config's, kept by the daemon */
+	char *hostname;
 	char *dir;
 	int dirfd;
 	int corruptfd;
@@ -96,7 +127,7 @@ struct maildrop {
 	struct import *cur;
 	int dirty;                /* rescan once the list is done */
 	int stopped;
-	unsigned imported, rejected, aside_seq;
+	unsigned imported, rejected, returned, aside_seq;
 };
 
 static void maildrop_next(struct maildrop *md);
@@ -138,12 +169,22 @@ move_aside(struct maildrop *md, const char *name, uid_t owner,
 static void
 import_free(struct import *im)
 {
+	size_t i;
+
 	if (im == NULL)
 		return;
 	if (im->bev != NULL)
 		bufferevent_free(im->bev);
 	if (im->fd != -1)
 		close(im->fd);
+	if (im->refused != NULL)
+		for (i = 0; i < im->df.nrcpts; i++)
+			free(im->refused[i]);
+	free(im->refused);
+	free(im->refused_all);
+	for (i = 0; i < im->nto; i++)
+		free(im->to[i]);
+	free(im->notice);
 	dropfile_clear(&im->df);
 	free(im->name);
 	free(im);
@@ -181,6 +222,7 @@ import_open(struct maildrop *md, const char *name)
 		goto aside;
 	}
 	owner = st.st_uid;
+	im->dropped = st.st_mtime;
 	if (!S_ISREG(st.st_mode)) {
 		snprintf(err, sizeof(err), "not a regular file");
 		goto aside;
@@ -255,23 +297,48 @@ import_send(struct import *im, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
-/* The import ended: ok (imported), permanent (move aside) or neither
- * (leave the file for the next scan). */
+/* Removes the file once its message is queued (imported, or returned);
+ * what says which, for the log. */
+static void
+import_remove(struct import *im, const char *what)
+{
+	char nb[128];
+
+	if (unlinkat(im->md->dirfd, im->name, 0) == -1)
+		log_warn("maildrop: %s: %s but cannot remove it (it will be "
+		    "imported again)", pname(nb, sizeof(nb), im->name), what);
+}
+
+/* The import ended: ok (imported, or returned), permanent (move aside)
+ * or neither (leave the file for the next scan). */
 static void
 import_end(struct import *im, int ok, int permanent)
 {
 	struct maildrop *md = im->md;
-	char nb[128], why[REPLY_MAX + 64];
+	char nb[128], why[2 * REPLY_MAX + 96];
 
-	if (ok) {
-		if (unlinkat(md->dirfd, im->name, 0) == -1)
-			log_warn("maildrop: %s: imported but cannot remove "
-			    "it (it will be imported again)",
-			    pname(nb, sizeof(nb), im->name));
+	if (ok && im->returning) {
+		import_remove(im, "returned");
+		md->returned++;
+		log_info("maildrop: %s (owner uid=%ju): %s; returned to <%s>: "
+		    "%s", pname(nb, sizeof(nb), im->name),
+		    (uintmax_t)im->df.uid, im->why, im->to[im->next_to - 1],
+		    im->reply);
+	} else if (ok) {
+		import_remove(im, "imported");
 		md->imported++;
 		log_info("maildrop: %s: imported from uid=%ju: %s",
 		    pname(nb, sizeof(nb), im->name), (uintmax_t)im->df.uid,
 		    im->reply);
+	} else if (permanent && im->returning && im->nto == 0) {
+		snprintf(why, sizeof(why), "%s; cannot be returned: uid %ju "
+		    "has no passwd entry", im->why, (uintmax_t)im->df.uid);
+		move_aside(md, im->name, im->df.uid, why);
+	} else if (permanent && im->returning) {
+		snprintf(why, sizeof(why), "%s; cannot be returned: refused "
+		    "at %s: %s", im->why, import_state_names[im->state],
+		    im->reply);
+		move_aside(md, im->name, im->df.uid, why);
 	} else if (permanent) {
 		snprintf(why, sizeof(why), "refused at %s: %s",
 		    import_state_names[im->state], im->reply);
@@ -303,38 +370,220 @@ import_send_message(struct import *im)
 	    (ev_off_t)im->size);
 }
 
-/* Acts on a complete reply with code; returns 0 to go on, or ends the
- * import (which frees im) and returns -1. */
-static int
-import_reply(struct import *im, int code)
-{
-	int klass = code / 100;
-	char nb[128];
+static int import_start(struct import *im, uid_t uid);
 
-	log_debug("maildrop: %s: %s: %s", pname(nb, sizeof(nb), im->name),
-	    import_state_names[im->state], im->reply);
-	if (klass != 2) {
-		import_end(im, 0, klass == 5);
+/* ---- returning a refused message ---- */
+
+/*
+ * Where the notification may go: the submitter's local name, then the
+ * address sender rewriting makes of it, when that is not local. None when
+ * the uid has no passwd entry.
+ */
+static void
+return_addresses(struct import *im)
+{
+	struct passwd *pw = getpwuid(im->df.uid);
+	char *mapped;
+
+	if (pw == NULL)
+		return;
+	im->to[im->nto++] = xstrdup(pw->pw_name);
+	mapped = im->md->local != NULL ? localaddr_sender(im->md->local,
+	    pw->pw_name) : NULL;
+	if (mapped != NULL && !localaddr_is_local(im->md->local, mapped))
+		im->to[im->nto++] = mapped;
+	else
+		free(mapped);
+}
+
+/* The enhanced status code of an SMTP reply line, "5.0.0" without one. */
+static void
+reply_status(const char *reply, char *status, size_t size)
+{
+	struct smtp_reply_parser p;
+
+	smtp_reply_parser_init(&p);
+	if (smtp_reply_feed(&p, reply, strlen(reply)) == SMTP_REPLY_DONE &&
+	    p.reply.enhanced[0] != '\0')
+		snprintf(status, size, "%s", p.reply.enhanced);
+	else
+		snprintf(status, size, "5.0.0");
+}
+
+/*
+ * Composes the notification for the refused message into im->notice: to
+ * im->to[im->next_to - 1], one entry per recipient, with the original
+ * header section. Returns 0, or -1 with errno when the file cannot be
+ * read.
+ */
+static int
+return_compose(struct import *im)
+{
+	struct maildrop *md = im->md;
+	struct envelope *orig;
+	struct dsn_rcpt *dr;
+	char (*status)[16], id[ENVELOPE_ID_MAX], *head;
+	size_t i, hlen, n;
+
+	n = (size_t)im->size < DSN_HEADERS_MAX ? (size_t)im->size :
+	    DSN_HEADERS_MAX;
+	head = xmalloc(n + 1);
+	if (fileio_pread_all(im->fd, head, n, (off_t)im->hdrlen) == -1) {
+		free(head);
 		return -1;
 	}
+	hlen = dsn_header_length(head, n);
+	orig = envelope_new();
+	free(orig->sender);
+	/* The To: of the notification: a local name gets our host name. */
+	orig->sender = strchr(im->to[im->next_to - 1], '@') != NULL ?
+	    xstrdup(im->to[im->next_to - 1]) : xasprintf("%s@%s",
+	    im->to[im->next_to - 1], md->hostname);
+	snprintf(orig->id, sizeof(orig->id), "maildrop");
+	orig->created = im->dropped;
+	dr = xcalloc(im->df.nrcpts, sizeof(*dr));
+	status = xcalloc(im->df.nrcpts, sizeof(*status));
+	for (i = 0; i < im->df.nrcpts; i++) {
+		const char *r = im->refused_all != NULL ? im->refused_all :
+		    im->refused[i];
+
+		dr[i].addr = im->df.rcpts[i];
+		dr[i].action = DSN_ACTION_FAILED;
+		dr[i].diagnostic = r;
+		if (r != NULL)
+			reply_status(r, status[i], sizeof(status[i]));
+		else {
+			snprintf(status[i], sizeof(status[i]), "5.0.0");
+			dr[i].reason = "not sent: a message goes to all of "
+			    "its recipients or to none, and another one was "
+			    "refused";
+		}
+		dr[i].status = status[i];
+	}
+	snprintf(id, sizeof(id), "md%jx.%u", (uintmax_t)time(NULL),
+	    ++md->aside_seq);
+	free(im->notice);
+	im->notice = dsn_compose(orig, dr, im->df.nrcpts, head, hlen,
+	    md->hostname, id, time(NULL), &im->noticelen);
+	free(status);
+	free(dr);
+	envelope_free(orig);
+	free(head);
+	return 0;
+}
+
+/*
+ * Ends the session that refused the message and starts the one that
+ * returns it, as the daemon's own user. Returns -1 when the import ended
+ * (im freed), else 0.
+ */
+static int
+import_return(struct import *im)
+{
+	struct maildrop *md = im->md;
+	char nb[128];
+
+	log_info("maildrop: %s (owner uid=%ju): %s; returning it",
+	    pname(nb, sizeof(nb), im->name), (uintmax_t)im->df.uid, im->why);
+	bufferevent_free(im->bev);
+	im->bev = NULL;
+	im->returning = 1;
+	return_addresses(im);
+	if (im->nto == 0) {
+		import_end(im, 0, 1);
+		return -1;
+	}
+	if (import_start(im, getuid()) == -1) {
+		/* The file stays for the next scan. */
+		maildrop_next(md);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The session refused the message for good at im->state: remembers why;
+ * once every recipient had its say, returns the message. Returns 0 to go
+ * on, or -1 when the import ended (im freed).
+ */
+static int
+import_refused(struct import *im)
+{
+	if (im->why[0] == '\0')
+		snprintf(im->why, sizeof(im->why), "refused at %s: %s",
+		    import_state_names[im->state], im->reply);
+	if (im->state != I_RCPT) {
+		im->refused_all = xstrdup(im->reply);
+		return import_return(im);
+	}
+	if (im->refused == NULL)
+		im->refused = xcalloc(im->df.nrcpts, sizeof(*im->refused));
+	im->refused[im->next_rcpt - 1] = xstrdup(im->reply);
+	im->nrefused++;
+	if (im->next_rcpt < im->df.nrcpts) {
+		import_send(im, "RCPT TO:<%s>", im->df.rcpts[im->next_rcpt++]);
+		return 0;
+	}
+	return import_return(im);
+}
+
+/* Sends the notification once its address was accepted. Returns 0, or
+ * -1 when the import ended. */
+static int
+return_send(struct import *im)
+{
+	if (return_compose(im) == -1) {
+		snprintf(im->reply, sizeof(im->reply), "cannot read the "
+		    "message: %s", strerror(errno));
+		import_end(im, 0, 0);
+		return -1;
+	}
+	import_send(im, "BDAT %zu LAST", im->noticelen);
+	evbuffer_add(bufferevent_get_output(im->bev), im->notice,
+	    im->noticelen);
+	im->state = I_BDAT;
+	return 0;
+}
+
+/* ---- the import's replies ---- */
+
+/* The next command after a 2xx reply in state im->state, of the import
+ * or of the session returning the message. Returns 0, or -1 when the
+ * import ended. */
+static int
+import_next(struct import *im)
+{
 	switch (im->state) {
 	case I_GREETING:
 		import_send(im, "EHLO localhost");
 		im->state = I_EHLO;
 		break;
 	case I_EHLO:
-		import_send(im, "MAIL FROM:<%s> BODY=8BITMIME%s",
-		    im->df.sender, im->df.utf8 ? " SMTPUTF8" : "");
+		if (im->returning)
+			import_send(im, "MAIL FROM:<> BODY=8BITMIME");
+		else
+			import_send(im, "MAIL FROM:<%s> BODY=8BITMIME%s",
+			    im->df.sender, im->df.utf8 ? " SMTPUTF8" : "");
 		im->state = I_MAIL;
 		break;
 	case I_MAIL:
 	case I_RCPT:
+		if (im->returning && im->state == I_MAIL) {
+			import_send(im, "RCPT TO:<%s>",
+			    im->to[im->next_to++]);
+			im->state = I_RCPT;
+			break;
+		}
+		if (im->returning)
+			return return_send(im);
 		if (im->next_rcpt < im->df.nrcpts) {
 			import_send(im, "RCPT TO:<%s>",
 			    im->df.rcpts[im->next_rcpt++]);
 			im->state = I_RCPT;
 			break;
 		}
+		if (im->nrefused > 0)
+			return import_return(im);
 		if (import_send_message(im) == -1) {
 			snprintf(im->reply, sizeof(im->reply), "cannot send "
 			    "the message: %s", strerror(errno));
@@ -348,6 +597,35 @@ import_reply(struct import *im, int code)
 		return -1;
 	}
 	return 0;
+}
+
+/* Acts on a complete reply with code; returns 0 to go on, or ends the
+ * import (which frees im) and returns -1. */
+static int
+import_reply(struct import *im, int code)
+{
+	int klass = code / 100;
+	char nb[128];
+
+	log_debug("maildrop: %s: %s%s: %s", pname(nb, sizeof(nb), im->name),
+	    im->returning ? "returning, " : "", import_state_names[im->state],
+	    im->reply);
+	if (klass == 2)
+		return import_next(im);
+	/* A refusal of the session itself is not about the message. */
+	if (klass != 5 || im->state == I_GREETING || im->state == I_EHLO) {
+		import_end(im, 0, klass == 5);
+		return -1;
+	}
+	if (!im->returning)
+		return import_refused(im);
+	/* Returning: the next address may take it. */
+	if (im->state == I_RCPT && im->next_to < im->nto) {
+		import_send(im, "RCPT TO:<%s>", im->to[im->next_to++]);
+		return 0;
+	}
+	import_end(im, 0, 1);
+	return -1;
 }
 
 static void
@@ -390,9 +668,10 @@ import_event_cb(struct bufferevent *bev, short what, void *arg)
 	import_end(im, 0, 0);
 }
 
-/* Starts the conversation; returns -1 (im freed) if it cannot. */
+/* Starts a conversation as uid; returns -1 (the import ended, im freed)
+ * if it cannot. */
 static int
-import_start(struct import *im)
+import_start(struct import *im, uid_t uid)
 {
 	struct maildrop *md = im->md;
 	struct timeval tv = { IMPORT_TIMEOUT, 0 };
@@ -400,6 +679,8 @@ import_start(struct import *im)
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
 		log_warn("maildrop: socketpair");
+		if (md->cur == im)
+			md->cur = NULL;
 		import_free(im);
 		return -1;
 	}
@@ -412,7 +693,7 @@ import_start(struct import *im)
 	bufferevent_enable(im->bev, EV_READ | EV_WRITE);
 	im->state = I_GREETING;
 	md->cur = im;
-	smtp_server_accept_local(md->srv, sv[1], "maildrop", im->df.uid);
+	smtp_server_accept_local(md->srv, sv[1], "maildrop", uid);
 	return 0;
 }
 
@@ -504,7 +785,7 @@ maildrop_next(struct maildrop *md)
 		}
 		im = import_open(md, md->names[md->next++]);
 		if (im != NULL)
-			(void)import_start(im);
+			(void)import_start(im, im->df.uid);
 	}
 }
 
@@ -609,6 +890,9 @@ maildrop_set_config(struct maildrop *md, const struct config *cfg)
 {
 	md->max_message_size = cfg->max_message_size;
 	md->max_recipients = cfg->max_recipients;
+	md->local = cfg->local;
+	free(md->hostname);
+	md->hostname = xstrdup(cfg->hostname);
 }
 
 void
@@ -640,6 +924,7 @@ maildrop_free(struct maildrop *md)
 		close(md->dirfd);
 	if (md->corruptfd != -1)
 		close(md->corruptfd);
+	free(md->hostname);
 	free(md->dir);
 	free(md);
 }
@@ -654,4 +939,10 @@ unsigned
 maildrop_rejected(const struct maildrop *md)
 {
 	return md->rejected;
+}
+
+unsigned
+maildrop_returned(const struct maildrop *md)
+{
+	return md->returned;
 }

@@ -11,11 +11,14 @@
  * policy, limits and Received: header apply exactly as for an SMTP client,
  * and removed only once the queue answered 250 (committed).
  *
- * A file that fails validation, or that the session refuses permanently
- * (5xx, for example the sender policy), is moved to <spool>/corrupt with a
- * log line; nothing is bounced, since the submitter is a local user who
- * reads neither DSNs nor the log (see smarthostd(8)). A temporary failure
- * (4xx, the daemon stopping) leaves it for the next scan.
+ * A file that fails validation is moved to <spool>/corrupt with a log
+ * line. A valid file whose message the session refuses permanently (5xx:
+ * the sender policy, an unknown local recipient, a message too large) is
+ * returned to the submitting user: a non-delivery notification to their
+ * local name (aliases apply) or rewritten address is queued and the file
+ * removed; only when no address takes it does the file go to corrupt/
+ * too (see smarthostd(8)). A temporary failure (4xx, the daemon stopping)
+ * leaves the file for the next scan.
  */
 #ifndef SMARTHOST_MAILDROP_H
 #define SMARTHOST_MAILDROP_H
@@ -44,8 +47,10 @@ void maildrop_set_config(struct maildrop *md, const struct config *cfg);
 void maildrop_stop(struct maildrop *md);
 /* Drops an import in progress (its file stays) and frees. Accepts NULL. */
 void maildrop_free(struct maildrop *md);
-/* Files imported and files moved aside so far (for tests and status). */
+/* Files imported, moved aside and returned to their submitter so far
+ * (for tests and status). */
 unsigned maildrop_imported(const struct maildrop *md);
 unsigned maildrop_rejected(const struct maildrop *md);
+unsigned maildrop_returned(const struct maildrop *md);
 
 #endif

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from harness import HOSTNAME, assert_relayed, make_message, send_message
+from harness import (HOSTNAME, assert_relayed, make_message, render_config,
+                     rewrite_config, send_message)
 from localuser import (DROP_GROUP, as_user, ensure_group, ensure_user,
                        open_for_user, python_as, require_root, setgid_copy)
 
@@ -212,26 +213,117 @@ def test_forged_files_moved_aside(stopped_daemon, upstream):
     upstream.assert_count_stays(2, settle=1.0)
 
 
-def test_policy_refusal_of_a_dropped_file_is_moved_aside(
-        daemon_factory, upstream, postdrop_binary):
-    require_root()
-    user = ensure_user()
+def refusing_daemon(daemon_factory, upstream, postdrop_binary, aliases):
+    """A daemon with the "own" sender policy and the given aliases file
+    text, whose maildrop a user can write through a setgid postdrop;
+    returns it and that postdrop."""
+    ensure_user()
     group = ensure_group()
     daemon = daemon_factory(upstream.port, start=False,
                             maildrop_group=DROP_GROUP,
                             sender_policy={"mode": "own"})
+    # In the work directory: postdrop, as the user, reads the config and
+    # the aliases file it names.
+    path = os.path.join(daemon.workdir, "aliases")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(aliases)
+    os.chmod(path, 0o644)
+    daemon.settings["aliases"] = path
+    rewrite_config(daemon, render_config(daemon.settings))
     open_for_user(daemon.workdir)
     daemon.start()
     bindir = os.path.join(daemon.workdir, "bin")
     os.mkdir(bindir, 0o755)
-    binary = setgid_copy(postdrop_binary, bindir, group)
+    return daemon, setgid_copy(postdrop_binary, bindir, group)
+
+
+def returned_notice(upstream, to):
+    """The one non-delivery notification relayed, checked for the
+    envelope and the headers every notification has; parsed."""
+    notice, = upstream.wait_messages(1)
+    assert notice.mail_from == ""
+    assert notice.rcpt_tos == [to]
+    parsed = notice.parsed()
+    assert parsed["Subject"] == "Undelivered Mail Returned to Sender"
+    # (sender rewriting applies to it as to any local sender)
+    assert parsed["From"].startswith("MAILER-DAEMON@")
+    assert parsed.get_content_type() == "multipart/report"
+    upstream.assert_count_stays(1, settle=1.0)
+    return notice, parsed
+
+
+def test_policy_refusal_of_a_dropped_file_is_returned_to_the_user(
+        daemon_factory, upstream, postdrop_binary):
+    """Postfix returns a postdrop'd message its cleanup rejects: a forged
+    sender, refused by the sender policy, comes back to the user who
+    dropped it (through their alias), never to the forged address."""
+    require_root()
+    user = ensure_user()
+    daemon, binary = refusing_daemon(
+        daemon_factory, upstream, postdrop_binary,
+        f"{user.pw_name}: {user.pw_name}-inbox@example.net\n")
+    sent = make_message("forged", "x\n", sender="ceo@company.example")
+    done = postdrop(binary, daemon, sent, "ceo@company.example",
+                    ["b@example.net", "c@example.net"], user=user)
+    assert done.returncode == 0, done.stderr
+    daemon.wait_log(r"maildrop: \S+ \(owner uid=%d\): refused at MAIL: 553 "
+                    r"5\.7\.1 <ceo@company\.example>: sender not owned by "
+                    r"user %s; returned to <%s>: 250 " % (
+                        user.pw_uid, user.pw_name, user.pw_name))
+    notice, parsed = returned_notice(upstream,
+                                     f"{user.pw_name}-inbox@example.net")
+    assert parsed["To"] == f"<{user.pw_name}@{HOSTNAME}>"
+    report = notice.content.decode()
+    for rcpt in ("b@example.net", "c@example.net"):
+        assert f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\n" \
+            f"Status: 5.7.1\r\n" in report, report
+    assert "Diagnostic-Code: smtp; 553 5.7.1 <ceo@company.example>: " \
+        "sender not owned by user" in report
+    assert "Subject: forged" in report   # the original header section
+    assert drop_files(daemon) == [] and corrupt_files(daemon) == []
+
+
+def test_refused_recipient_returns_the_drop_for_all(daemon_factory, upstream,
+                                                    postdrop_binary):
+    """root's cron mail to a local name without an alias: the message
+    goes to all of its recipients or to none, and comes back to root,
+    who has no alias either: the address sender rewriting gives root
+    (masquerading) takes it."""
+    daemon = daemon_factory(upstream.port, mail_domain="example.org",
+                            sender_rewrite={"masquerade": True})
+    sent = make_message("cron", "output\n", sender=f"root@{HOSTNAME}")
+    done = postdrop(postdrop_binary, daemon, sent, f"root@{HOSTNAME}",
+                    ["nobody-here@localhost", "b@example.net"])
+    assert done.returncode == 0, done.stderr
+    daemon.wait_log(r"maildrop: \S+ \(owner uid=0\): refused at RCPT: 550 "
+                    r"5\.1\.1 <nobody-here@localhost>: no such local user "
+                    r"nobody-here"
+                    r".*; returned to <root@example\.org>: 250 ")
+    notice, _ = returned_notice(upstream, "root@example.org")
+    report = notice.content.decode()
+    assert "Final-Recipient: rfc822; nobody-here@localhost\r\nAction: failed\r\n" \
+        "Status: 5.1.1\r\n" in report, report
+    assert "<b@example.net>: not sent: a message goes to all of its " \
+        "recipients or to none" in report
+    assert drop_files(daemon) == [] and corrupt_files(daemon) == []
+
+
+def test_refused_drop_nobody_can_take_is_moved_aside(
+        daemon_factory, upstream, postdrop_binary):
+    """No alias for the user and an address of a local domain: nobody
+    can be told, so the file goes to corrupt/ with both reasons."""
+    require_root()
+    user = ensure_user()
+    daemon, binary = refusing_daemon(daemon_factory, upstream,
+                                     postdrop_binary, "postmaster: root\n")
     done = postdrop(binary, daemon, make_message("forged", "x\n"),
                     "ceo@company.example", ["b@example.net"], user=user)
     assert done.returncode == 0, done.stderr
     daemon.wait_log(r"maildrop: \S+ \(owner uid=%d\): refused at MAIL: 553 "
                     r"5\.7\.1 <ceo@company\.example>: sender not owned by "
-                    r"user %s; moved to corrupt/" % (user.pw_uid,
-                                                     user.pw_name))
+                    r"user %s; cannot be returned: refused at RCPT: 550 "
+                    r"5\.1\.1 <%s>: no such local user .*; moved to "
+                    r"corrupt/" % (user.pw_uid, user.pw_name, user.pw_name))
     assert len(corrupt_files(daemon)) == 1
     upstream.assert_count_stays(0, settle=1.0)
 
