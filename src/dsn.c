@@ -23,89 +23,31 @@
 #include "escape.h"
 #include "log.h"
 #include "message.h"
+#include "strbuf.h"
 #include "xmalloc.h"
 
 /* The longest value buf_flat() writes on one header line. */
 #define DSN_FLAT_MAX 900
-
-struct buf {
-	char *p;
-	size_t len;
-	size_t cap;
-};
-
-static void
-buf_grow(struct buf *b, size_t more)
-{
-	size_t cap;
-
-	if (b->len + more + 1 <= b->cap)
-		return;
-	cap = b->cap == 0 ? 4096 : b->cap;
-	while (cap < b->len + more + 1)
-		cap *= 2;
-	b->p = xreallocarray(b->p, cap, 1);
-	b->cap = cap;
-}
-
-static void
-buf_add(struct buf *b, const char *s, size_t len)
-{
-	buf_grow(b, len);
-	memcpy(b->p + b->len, s, len);
-	b->len += len;
-	b->p[b->len] = '\0';
-}
-
-static void
-buf_str(struct buf *b, const char *s)
-{
-	buf_add(b, s, strlen(s));
-}
-
-static void __attribute__((format(printf, 2, 3)))
-buf_addf(struct buf *b, const char *fmt, ...)
-{
-	va_list ap;
-	size_t room;
-	int n;
-
-	/* Format into the free space; grow and format again if short. */
-	buf_grow(b, 128);
-	room = b->cap - b->len;
-	va_start(ap, fmt);
-	n = vsnprintf(b->p + b->len, room, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		fatalx("%s: vsnprintf", __func__);
-	if ((size_t)n >= room) {
-		buf_grow(b, (size_t)n);
-		va_start(ap, fmt);
-		vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-		va_end(ap);
-	}
-	b->len += (size_t)n;
-}
 
 /* Appends s on one line: line ends (a multi-line reply's) become spaces,
  * every other control byte is escaped by escape_printable() so it cannot
  * break the MIME structure or a terminal, and the result is cut to keep
  * the line well under 998 bytes. */
 static void
-buf_flat(struct buf *b, const char *s)
+buf_flat(struct strbuf *b, const char *s)
 {
 	char flat[DSN_FLAT_MAX], out[DSN_FLAT_MAX + 1];
 	size_t n;
 
 	for (n = 0; s[n] != '\0' && n < sizeof(flat); n++)
 		flat[n] = s[n] == '\r' || s[n] == '\n' ? ' ' : s[n];
-	buf_add(b, out, escape_printable(out, sizeof(out), flat, n));
+	strbuf_add(b, out, escape_printable(out, sizeof(out), flat, n));
 }
 
 /* Appends text with every line end (CRLF, LF or CR) made CRLF; a missing
  * final line end is added. */
 static void
-buf_crlf(struct buf *b, const char *s, size_t len)
+buf_crlf(struct strbuf *b, const char *s, size_t len)
 {
 	size_t i;
 
@@ -113,14 +55,14 @@ buf_crlf(struct buf *b, const char *s, size_t len)
 		if (s[i] == '\r') {
 			if (i + 1 < len && s[i + 1] == '\n')
 				i++;
-			buf_add(b, "\r\n", 2);
+			strbuf_add(b, "\r\n", 2);
 		} else if (s[i] == '\n')
-			buf_add(b, "\r\n", 2);
+			strbuf_add(b, "\r\n", 2);
 		else
-			buf_add(b, s + i, 1);
+			strbuf_add(b, s + i, 1);
 	}
 	if (len > 0 && s[len - 1] != '\n' && s[len - 1] != '\r')
-		buf_add(b, "\r\n", 2);
+		strbuf_add(b, "\r\n", 2);
 }
 
 /* 1 if there are recipients and every one is DSN_ACTION_DELAYED. */
@@ -138,36 +80,36 @@ dsn_all_delayed(const struct dsn_rcpt *rcpts, size_t n)
 /* The human-readable warning of a delay notification, as Postfix words
  * it: how long the message has waited and until when it is retried. */
 static void
-dsn_delay_text(struct buf *b, const struct envelope *orig,
+dsn_delay_text(struct strbuf *b, const struct envelope *orig,
     time_t retry_until, time_t now)
 {
 	char date[64];
 	long long waited = now > orig->created ?
 	    (long long)(now - orig->created) : 0;
 
-	buf_str(b, "####################################################"
+	strbuf_adds(b, "####################################################"
 	    "################\r\n"
 	    "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR "
 	    "MESSAGE. #\r\n"
 	    "####################################################"
 	    "################\r\n\r\n");
-	buf_addf(b, "Your message could not be delivered for %lld hour(s) "
+	strbuf_addf(b, "Your message could not be delivered for %lld hour(s) "
 	    "%lld minute(s).\r\n", waited / 3600, waited % 3600 / 60);
 	if (retry_until != 0) {
 		message_date(retry_until, date, sizeof(date));
-		buf_addf(b, "It will be retried until %s.\r\n", date);
+		strbuf_addf(b, "It will be retried until %s.\r\n", date);
 	}
-	buf_str(b, "\r\n");
+	strbuf_adds(b, "\r\n");
 }
 
 /* Action, Status and, for a delay, Will-Retry-Until of one recipient. */
 static void
-dsn_action_fields(struct buf *b, const struct dsn_rcpt *r)
+dsn_action_fields(struct strbuf *b, const struct dsn_rcpt *r)
 {
 	int delayed = r->action == DSN_ACTION_DELAYED;
 	char date[64];
 
-	buf_str(b, delayed ? "\r\nAction: delayed\r\nStatus: " :
+	strbuf_adds(b, delayed ? "\r\nAction: delayed\r\nStatus: " :
 	    "\r\nAction: failed\r\nStatus: ");
 	/* A delay's status is always 4.x.x (RFC 3463: persistent
 	 * transient), whatever the last attempt left behind. */
@@ -177,10 +119,10 @@ dsn_action_fields(struct buf *b, const struct dsn_rcpt *r)
 	else
 		buf_flat(b, r->status != NULL && r->status[0] != '\0' ?
 		    r->status : "5.0.0");
-	buf_str(b, "\r\n");
+	strbuf_adds(b, "\r\n");
 	if (delayed && r->retry_until != 0) {
 		message_date(r->retry_until, date, sizeof(date));
-		buf_addf(b, "Will-Retry-Until: %s\r\n", date);
+		strbuf_addf(b, "Will-Retry-Until: %s\r\n", date);
 	}
 }
 
@@ -231,7 +173,7 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
     size_t n, const char *headers, size_t hlen, const char *hostname,
     const char *id, time_t now, size_t *len)
 {
-	struct buf b = { NULL, 0, 0 };
+	struct strbuf b = STRBUF_INIT;
 	char date[64], boundary[256];
 	size_t i;
 	int text8, hdr8, delayed;
@@ -249,100 +191,99 @@ dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
 	    (long long)now, hostname);
 	message_date(now, date, sizeof(date));
 
-	buf_addf(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n",
+	strbuf_addf(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n",
 	    hostname);
-	buf_str(&b, "To: <");
+	strbuf_adds(&b, "To: <");
 	buf_flat(&b, orig->sender);
-	buf_str(&b, ">\r\n");
-	buf_str(&b, delayed ? "Subject: Delayed Mail (still being retried)\r\n" :
+	strbuf_adds(&b, ">\r\n");
+	strbuf_adds(&b, delayed ? "Subject: Delayed Mail (still being retried)\r\n" :
 	    "Subject: Undelivered Mail Returned to Sender\r\n");
-	buf_addf(&b, "Date: %s\r\n", date);
-	buf_addf(&b, "Message-ID: <%s.%lld@%s>\r\n", id, (long long)now,
+	strbuf_addf(&b, "Date: %s\r\n", date);
+	strbuf_addf(&b, "Message-ID: <%s.%lld@%s>\r\n", id, (long long)now,
 	    hostname);
-	buf_str(&b, "Auto-Submitted: auto-replied\r\n");
-	buf_str(&b, "MIME-Version: 1.0\r\n");
-	buf_str(&b, "Content-Type: multipart/report; "
+	strbuf_adds(&b, "Auto-Submitted: auto-replied\r\n");
+	strbuf_adds(&b, "MIME-Version: 1.0\r\n");
+	strbuf_adds(&b, "Content-Type: multipart/report; "
 	    "report-type=delivery-status;\r\n");
-	buf_addf(&b, "\tboundary=\"%s\"\r\n", boundary);
+	strbuf_addf(&b, "\tboundary=\"%s\"\r\n", boundary);
 	if (text8 || hdr8)
-		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
-	buf_str(&b, "\r\n");
-	buf_str(&b, "This is a MIME-encapsulated message.\r\n\r\n");
+		strbuf_adds(&b, "Content-Transfer-Encoding: 8bit\r\n");
+	strbuf_adds(&b, "\r\n");
+	strbuf_adds(&b, "This is a MIME-encapsulated message.\r\n\r\n");
 
 	/* The human-readable part. */
-	buf_addf(&b, "--%s\r\n", boundary);
-	buf_str(&b, "Content-Description: Notification\r\n");
-	buf_addf(&b, "Content-Type: text/plain; charset=%s\r\n",
+	strbuf_addf(&b, "--%s\r\n", boundary);
+	strbuf_adds(&b, "Content-Description: Notification\r\n");
+	strbuf_addf(&b, "Content-Type: text/plain; charset=%s\r\n",
 	    text8 ? "utf-8" : "us-ascii");
 	if (text8)
-		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
-	buf_str(&b, "\r\n");
-	buf_addf(&b, "This is the mail system at host %s.\r\n\r\n", hostname);
+		strbuf_adds(&b, "Content-Transfer-Encoding: 8bit\r\n");
+	strbuf_adds(&b, "\r\n");
+	strbuf_addf(&b, "This is the mail system at host %s.\r\n\r\n", hostname);
 	if (delayed)
 		dsn_delay_text(&b, orig, rcpts[0].retry_until, now);
 	else
-		buf_str(&b, "I'm sorry to have to inform you that your "
+		strbuf_adds(&b, "I'm sorry to have to inform you that your "
 		    "message could not\r\nbe delivered to one or more "
 		    "recipients. It's attached below.\r\n\r\n");
-	buf_str(&b, "The mail system\r\n\r\n");
+	strbuf_adds(&b, "The mail system\r\n\r\n");
 	for (i = 0; i < n; i++) {
 		const char *why = rcpts[i].reason != NULL ? rcpts[i].reason :
 		    rcpts[i].diagnostic;
 
-		buf_str(&b, "<");
+		strbuf_adds(&b, "<");
 		buf_flat(&b, rcpts[i].addr);
-		buf_str(&b, ">: ");
+		strbuf_adds(&b, ">: ");
 		if (rcpts[i].remote_mta != NULL &&
 		    rcpts[i].diagnostic != NULL) {
-			buf_str(&b, "host ");
+			strbuf_adds(&b, "host ");
 			buf_flat(&b, rcpts[i].remote_mta);
-			buf_str(&b, " said: ");
+			strbuf_adds(&b, " said: ");
 		}
 		buf_flat(&b, why != NULL ? why : "delivery failed");
-		buf_str(&b, "\r\n\r\n");
+		strbuf_adds(&b, "\r\n\r\n");
 	}
 
 	/* The machine-readable part. */
-	buf_addf(&b, "--%s\r\n", boundary);
-	buf_str(&b, "Content-Description: Delivery report\r\n");
-	buf_str(&b, "Content-Type: message/delivery-status\r\n\r\n");
-	buf_addf(&b, "Reporting-MTA: dns; %s\r\n", hostname);
-	buf_str(&b, "X-Smarthostd-Queue-ID: ");
+	strbuf_addf(&b, "--%s\r\n", boundary);
+	strbuf_adds(&b, "Content-Description: Delivery report\r\n");
+	strbuf_adds(&b, "Content-Type: message/delivery-status\r\n\r\n");
+	strbuf_addf(&b, "Reporting-MTA: dns; %s\r\n", hostname);
+	strbuf_adds(&b, "X-Smarthostd-Queue-ID: ");
 	buf_flat(&b, orig->id);
-	buf_str(&b, "\r\n");
+	strbuf_adds(&b, "\r\n");
 	message_date(orig->created, date, sizeof(date));
-	buf_addf(&b, "Arrival-Date: %s\r\n", date);
+	strbuf_addf(&b, "Arrival-Date: %s\r\n", date);
 	for (i = 0; i < n; i++) {
-		buf_str(&b, "\r\nFinal-Recipient: rfc822; ");
+		strbuf_adds(&b, "\r\nFinal-Recipient: rfc822; ");
 		buf_flat(&b, rcpts[i].addr);
 		dsn_action_fields(&b, &rcpts[i]);
 		if (rcpts[i].remote_mta != NULL) {
-			buf_str(&b, "Remote-MTA: dns; ");
+			strbuf_adds(&b, "Remote-MTA: dns; ");
 			buf_flat(&b, rcpts[i].remote_mta);
-			buf_str(&b, "\r\n");
+			strbuf_adds(&b, "\r\n");
 		}
 		if (rcpts[i].diagnostic != NULL) {
-			buf_str(&b, "Diagnostic-Code: smtp; ");
+			strbuf_adds(&b, "Diagnostic-Code: smtp; ");
 			buf_flat(&b, rcpts[i].diagnostic);
-			buf_str(&b, "\r\n");
+			strbuf_adds(&b, "\r\n");
 		}
 	}
-	buf_str(&b, "\r\n");
+	strbuf_adds(&b, "\r\n");
 
 	/* The original message's headers. */
-	buf_addf(&b, "--%s\r\n", boundary);
-	buf_str(&b, delayed ?
+	strbuf_addf(&b, "--%s\r\n", boundary);
+	strbuf_adds(&b, delayed ?
 	    "Content-Description: Delayed Message Headers\r\n" :
 	    "Content-Description: Undelivered Message Headers\r\n");
-	buf_str(&b, "Content-Type: text/rfc822-headers\r\n");
+	strbuf_adds(&b, "Content-Type: text/rfc822-headers\r\n");
 	if (hdr8)
-		buf_str(&b, "Content-Transfer-Encoding: 8bit\r\n");
-	buf_str(&b, "\r\n");
+		strbuf_adds(&b, "Content-Transfer-Encoding: 8bit\r\n");
+	strbuf_adds(&b, "\r\n");
 	buf_crlf(&b, headers, hlen);
-	buf_addf(&b, "\r\n--%s--\r\n", boundary);
+	strbuf_addf(&b, "\r\n--%s--\r\n", boundary);
 
-	*len = b.len;
-	return b.p;
+	return strbuf_take(&b, len);
 }
 
 struct envelope *

@@ -65,6 +65,7 @@
 
 #include "envelope.h"
 #include "log.h"
+#include "strbuf.h"
 #include "xmalloc.h"
 
 #define ENVELOPE_MAGIC "smarthostd-envelope "
@@ -79,60 +80,6 @@ static const char *const rcpt_status_names[] = {
 _Static_assert(sizeof(rcpt_status_names) / sizeof(rcpt_status_names[0]) ==
     RCPT_FAILED + 1, "rcpt_status_names must name every rcpt_status");
 
-/* A growing output buffer; allocation cannot fail (xmalloc). */
-struct buf {
-	char *p;
-	size_t len;
-	size_t cap;
-};
-
-static void
-buf_reserve(struct buf *b, size_t more)
-{
-	size_t need;
-
-	if (more > SIZE_MAX - b->len - 1)
-		fatalx("%s: size overflow", __func__);
-	need = b->len + more + 1;
-	if (need <= b->cap)
-		return;
-	if (b->cap == 0)
-		b->cap = 256;
-	while (b->cap < need)
-		b->cap *= 2;
-	b->p = xreallocarray(b->p, b->cap, 1);
-}
-
-static void
-buf_add(struct buf *b, const char *s, size_t len)
-{
-	buf_reserve(b, len);
-	memcpy(b->p + b->len, s, len);
-	b->len += len;
-	b->p[b->len] = '\0';
-}
-
-static void buf_addf(struct buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-buf_addf(struct buf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		fatalx("%s: vsnprintf failed", __func__);
-	buf_reserve(b, (size_t)n);
-	va_start(ap, fmt);
-	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	b->len += (size_t)n;
-}
-
 static int
 needs_escape(unsigned char c)
 {
@@ -141,30 +88,30 @@ needs_escape(unsigned char c)
 
 /* Appends " " and the escaped field s (NULL or "" become "-"). */
 static void
-buf_add_field(struct buf *b, const char *s)
+buf_add_field(struct strbuf *b, const char *s)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	const unsigned char *p;
 	char esc[3];
 
-	buf_add(b, " ", 1);
+	strbuf_add(b, " ", 1);
 	if (s == NULL || *s == '\0') {
-		buf_add(b, "-", 1);
+		strbuf_add(b, "-", 1);
 		return;
 	}
 	if (strcmp(s, "-") == 0) {
-		buf_add(b, "%2D", 3);
+		strbuf_add(b, "%2D", 3);
 		return;
 	}
 	for (p = (const unsigned char *)s; *p != '\0'; p++) {
 		if (!needs_escape(*p)) {
-			buf_add(b, (const char *)p, 1);
+			strbuf_add(b, (const char *)p, 1);
 			continue;
 		}
 		esc[0] = '%';
 		esc[1] = hex[*p >> 4];
 		esc[2] = hex[*p & 0xf];
-		buf_add(b, esc, 3);
+		strbuf_add(b, esc, 3);
 	}
 }
 
@@ -283,39 +230,38 @@ envelope_set_rcpt(struct envelope *env, size_t idx, enum rcpt_status status,
 char *
 envelope_encode(const struct envelope *env, size_t *len)
 {
-	struct buf b = { NULL, 0, 0 };
+	struct strbuf b = STRBUF_INIT;
 	size_t i;
 
-	buf_addf(&b, "%s%d\n", ENVELOPE_MAGIC,
+	strbuf_addf(&b, "%s%d\n", ENVELOPE_MAGIC,
 	    env->uid_known ? ENVELOPE_VERSION : ENVELOPE_VERSION_MIN);
-	buf_add(&b, "id", 2);
+	strbuf_add(&b, "id", 2);
 	buf_add_field(&b, env->id);
-	buf_add(&b, "\nsender", 7);
+	strbuf_add(&b, "\nsender", 7);
 	buf_add_field(&b, env->sender);
 	if (env->relay != NULL) {
-		buf_add(&b, "\nrelay", 6);
+		strbuf_add(&b, "\nrelay", 6);
 		buf_add_field(&b, env->relay);
 	}
 	if (env->client != NULL) {
-		buf_add(&b, "\nclient", 7);
+		strbuf_add(&b, "\nclient", 7);
 		buf_add_field(&b, env->client);
 	}
 	if (env->uid_known)
-		buf_addf(&b, "\nuid %ju", (uintmax_t)env->uid);
-	buf_addf(&b, "\nflags %u\ncreated %jd\nnext-try %jd\nattempts %u\n",
+		strbuf_addf(&b, "\nuid %ju", (uintmax_t)env->uid);
+	strbuf_addf(&b, "\nflags %u\ncreated %jd\nnext-try %jd\nattempts %u\n",
 	    env->flags, (intmax_t)env->created, (intmax_t)env->next_try,
 	    env->attempts);
 	for (i = 0; i < env->nrcpts; i++) {
-		buf_add(&b, "rcpt", 4);
+		strbuf_add(&b, "rcpt", 4);
 		buf_add_field(&b, env->rcpts[i].addr);
 		buf_add_field(&b, rcpt_status_names[env->rcpts[i].status]);
 		buf_add_field(&b, env->rcpts[i].dsn);
 		buf_add_field(&b, env->rcpts[i].reply);
-		buf_add(&b, "\n", 1);
+		strbuf_add(&b, "\n", 1);
 	}
-	buf_add(&b, "\n", 1);
-	*len = b.len;
-	return b.p;
+	strbuf_add(&b, "\n", 1);
+	return strbuf_take(&b, len);
 }
 
 /*
@@ -692,11 +638,11 @@ envelope_decode(const char *buf, size_t len, size_t *used, char *err,
 char *
 envelope_state_record(const struct envelope *env, size_t *len)
 {
-	struct buf b = { NULL, 0, 0 };
+	struct strbuf b = STRBUF_INIT;
 	size_t i;
 	uint32_t crc;
 
-	buf_addf(&b, "S %u %jd %u %zu", env->attempts,
+	strbuf_addf(&b, "S %u %jd %u %zu", env->attempts,
 	    (intmax_t)env->next_try, env->flags, env->nrcpts);
 	for (i = 0; i < env->nrcpts; i++) {
 		buf_add_field(&b, rcpt_status_names[env->rcpts[i].status]);
@@ -704,9 +650,8 @@ envelope_state_record(const struct envelope *env, size_t *len)
 		buf_add_field(&b, env->rcpts[i].reply);
 	}
 	crc = crc32_buf(b.p, b.len);
-	buf_addf(&b, " %08" PRIx32 "\n", crc);
-	*len = b.len;
-	return b.p;
+	strbuf_addf(&b, " %08" PRIx32 "\n", crc);
+	return strbuf_take(&b, len);
 }
 
 /* Splits a record line into fields without a fixed limit. */

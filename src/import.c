@@ -18,88 +18,54 @@
 #include "authinfo.h"
 #include "config.h"
 #include "import.h"
+#include "strbuf.h"
 #include "xmalloc.h"
 
 /* ---- growing strings ---- */
 
-struct sbuf {
-	char *s;
-	size_t len, cap;
-};
-
-static void sb_printf(struct sbuf *, const char *, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if (b->len + (size_t)n + 1 > b->cap) {
-		/* through a fresh buffer: the old one may hold a secret */
-		size_t cap = (b->len + (size_t)n + 1) * 2;
-		char *s = xmalloc(cap);
-
-		if (b->s != NULL) {
-			memcpy(s, b->s, b->len + 1);
-			xfree_secret(b->s, b->cap);
-		}
-		b->s = s;
-		b->cap = cap;
-	}
-	va_start(ap, fmt);
-	vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
-	va_end(ap);
-	b->len += (size_t)n;
-}
-
-/* Hands the text over (NULL when nothing was written). */
+/*
+ * The text we build can hold credentials: every buffer here is secret
+ * (strbuf.h), and hands over NULL when nothing was written.
+ */
 static char *
-sb_take(struct sbuf *b)
+sb_take(struct strbuf *b)
 {
-	char *s = b->s;
-
-	memset(b, 0, sizeof(*b));
-	return s;
+	if (b->p == NULL)
+		return NULL;
+	return strbuf_take(b, NULL);
 }
 
 /* Appends s as a libconfig string literal. */
 static void
-cfg_str(struct sbuf *b, const char *s)
+cfg_str(struct strbuf *b, const char *s)
 {
-	sb_printf(b, "\"");
+	strbuf_addf(b, "\"");
 	for (; *s != '\0'; s++) {
 		unsigned char c = (unsigned char)*s;
 
 		if (c == '"' || c == '\\')
-			sb_printf(b, "\\%c", c);
+			strbuf_addf(b, "\\%c", c);
 		else if (c == '\n')
-			sb_printf(b, "\\n");
+			strbuf_addf(b, "\\n");
 		else if (c == '\t')
-			sb_printf(b, "\\t");
+			strbuf_addf(b, "\\t");
 		else if (c < 0x20 || c == 0x7f)
-			sb_printf(b, "\\x%02x", c);
+			strbuf_addf(b, "\\x%02x", c);
 		else
-			sb_printf(b, "%c", c);
+			strbuf_addf(b, "%c", c);
 	}
-	sb_printf(b, "\"");
+	strbuf_addf(b, "\"");
 }
 
 /* Appends PAD KEY = "value";\n when value is set. */
 static void
-cfg_set(struct sbuf *b, const char *pad, const char *key, const char *value)
+cfg_set(struct strbuf *b, const char *pad, const char *key, const char *value)
 {
 	if (value == NULL)
 		return;
-	sb_printf(b, "%s%s = ", pad, key);
+	strbuf_addf(b, "%s%s = ", pad, key);
 	cfg_str(b, value);
-	sb_printf(b, ";\n");
+	strbuf_addf(b, ";\n");
 }
 
 /* ---- the model ---- */
@@ -152,8 +118,8 @@ struct model {
 	int masquerade;
 	char *aliases_file;     /* an existing aliases file to name */
 	char *catch_all;
-	struct sbuf sender_map; /* lines of the map we write */
-	struct sbuf aliases;    /* lines of the aliases file we write */
+	struct strbuf sender_map; /* lines of the map we write */
+	struct strbuf aliases;    /* lines of the aliases file we write */
 	/* where each note of res points, to sort them */
 	struct note_at {
 		const char *path;
@@ -350,6 +316,7 @@ model_new(const char *tool, const struct import_opts *o)
 {
 	struct model *m = xcalloc(1, sizeof(*m));
 
+	m->sender_map.secret = m->aliases.secret = 1;
 	m->res = xcalloc(1, sizeof(*m->res));
 	m->o = o;
 	m->tool = tool;
@@ -403,8 +370,8 @@ model_free(struct model *m)
 	free(m->mail_domain);
 	free(m->aliases_file);
 	free(m->catch_all);
-	free(m->sender_map.s);
-	free(m->aliases.s);
+	strbuf_free(&m->sender_map);
+	strbuf_free(&m->aliases);
 	free(m->noted);
 	free(m->note_at);
 	free(m);
@@ -440,45 +407,45 @@ notes_sort(struct model *m)
 /* ---- writing the config ---- */
 
 static void
-emit_relay(struct sbuf *b, const struct relay_out *r)
+emit_relay(struct strbuf *b, const struct relay_out *r)
 {
 	size_t i;
 
-	sb_printf(b, "  # %s\n  %s = {\n    host = ", r->origin, r->name);
+	strbuf_addf(b, "  # %s\n  %s = {\n    host = ", r->origin, r->name);
 	cfg_str(b, r->host);
-	sb_printf(b, ";\n");
+	strbuf_addf(b, ";\n");
 	cfg_set(b, "    ", "port", r->port);
-	sb_printf(b, "    tls = \"%s\";\n", r->tls);
+	strbuf_addf(b, "    tls = \"%s\";\n", r->tls);
 	if (r->no_verify)
-		sb_printf(b, "    verify = false;  # as the source: the "
+		strbuf_addf(b, "    verify = false;  # as the source: the "
 		    "certificate is not checked\n");
 	cfg_set(b, "    ", "ca_file", r->ca_file);
 	cfg_set(b, "    ", "helo", r->helo);
 	cfg_set(b, "    ", "user", r->user);
 	if (r->auth != NULL)
-		sb_printf(b, "    auth = \"%s\";\n", r->auth);
+		strbuf_addf(b, "    auth = \"%s\";\n", r->auth);
 	if (r->mechanisms != NULL)
-		sb_printf(b, "    mechanisms = [ %s ];\n", r->mechanisms);
+		strbuf_addf(b, "    mechanisms = [ %s ];\n", r->mechanisms);
 	if (r->plaintext_auth)
-		sb_printf(b, "    allow_plaintext_auth = true;  # as the "
+		strbuf_addf(b, "    allow_plaintext_auth = true;  # as the "
 		    "source: credentials without TLS\n");
 	cfg_set(b, "    ", "password_command", r->password_command);
 	cfg_set(b, "    ", "oauth_command", r->oauth_command);
 	if (r->timeout > 0)
-		sb_printf(b, "    timeout_connect = %u;\n    timeout_command = "
+		strbuf_addf(b, "    timeout_connect = %u;\n    timeout_command = "
 		    "%u;\n", r->timeout, r->timeout);
 	if (r->nbackup > 0) {
-		sb_printf(b, "    backup = [ ");
+		strbuf_addf(b, "    backup = [ ");
 		for (i = 0; i < r->nbackup; i++) {
 			cfg_str(b, r->backup[i]);
-			sb_printf(b, "%s", i + 1 < r->nbackup ? ", " : " ");
+			strbuf_addf(b, "%s", i + 1 < r->nbackup ? ", " : " ");
 		}
-		sb_printf(b, "];\n");
+		strbuf_addf(b, "];\n");
 	}
 	if (r->failover_now)
-		sb_printf(b, "    failover_after = 0;  # the next one at "
+		strbuf_addf(b, "    failover_after = 0;  # the next one at "
 		    "once, as the source did\n");
-	sb_printf(b, "  };\n");
+	strbuf_addf(b, "  };\n");
 }
 
 /* The authinfo line of c, with its password or "..." in its place; NULL
@@ -504,7 +471,7 @@ cred_line(const struct cred_out *c, int with_password)
 
 /* Appends each line of text as a comment. */
 static void
-commented(struct sbuf *b, const char *text)
+commented(struct strbuf *b, const char *text)
 {
 	const char *eol;
 
@@ -512,84 +479,84 @@ commented(struct sbuf *b, const char *text)
 		eol = strchr(text, '\n');
 		if (eol == NULL)
 			eol = text + strlen(text);
-		sb_printf(b, "#   %.*s\n", (int)(eol - text), text);
+		strbuf_addf(b, "#   %.*s\n", (int)(eol - text), text);
 	}
 }
 
 static void
-emit_local(struct model *m, struct sbuf *b)
+emit_local(struct model *m, struct strbuf *b)
 {
 	const struct import_opts *o = m->o;
 
 	cfg_set(b, "", "hostname", m->hostname);
 	cfg_set(b, "", "mail_domain", m->mail_domain);
 	if (m->aliases.len > 0 && o->aliases_path != NULL) {
-		sb_printf(b, "aliases = ");
+		strbuf_addf(b, "aliases = ");
 		cfg_str(b, o->aliases_path);
-		sb_printf(b, ";\n");
+		strbuf_addf(b, ";\n");
 	} else if (m->aliases_file != NULL) {
-		sb_printf(b, "aliases = ");
+		strbuf_addf(b, "aliases = ");
 		cfg_str(b, m->aliases_file);
-		sb_printf(b, ";\n");
+		strbuf_addf(b, ";\n");
 	}
 	if (m->aliases.len > 0 && o->aliases_path == NULL) {
-		sb_printf(b, "# aliases: the lines below go to an aliases "
+		strbuf_addf(b, "# aliases: the lines below go to an aliases "
 		    "file (--write DIR writes DIR/aliases):\n");
-		commented(b, m->aliases.s);
+		commented(b, m->aliases.p);
 	}
 	cfg_set(b, "", "local_catch_all", m->catch_all);
 	if (m->masquerade || m->sender_map.len > 0) {
-		sb_printf(b, "sender_rewrite = {");
+		strbuf_addf(b, "sender_rewrite = {");
 		if (m->sender_map.len > 0 && o->sender_map_path != NULL) {
-			sb_printf(b, " map = ");
+			strbuf_addf(b, " map = ");
 			cfg_str(b, o->sender_map_path);
-			sb_printf(b, ";");
+			strbuf_addf(b, ";");
 		}
 		if (m->masquerade)
-			sb_printf(b, " masquerade = true;");
-		sb_printf(b, " };\n");
+			strbuf_addf(b, " masquerade = true;");
+		strbuf_addf(b, " };\n");
 		if (m->sender_map.len > 0 && o->sender_map_path == NULL) {
-			sb_printf(b, "# sender_rewrite map lines (--write DIR "
+			strbuf_addf(b, "# sender_rewrite map lines (--write DIR "
 			    "writes DIR/sender-map and names it here):\n");
-			commented(b, m->sender_map.s);
+			commented(b, m->sender_map.p);
 		}
 	}
 }
 
 static void
-emit_routes(struct model *m, struct sbuf *b)
+emit_routes(struct model *m, struct strbuf *b)
 {
 	size_t i;
 
 	if (m->nroutes == 0)
 		return;
-	sb_printf(b, "routes = (\n");
+	strbuf_addf(b, "routes = (\n");
 	for (i = 0; i < m->nroutes; i++) {
-		sb_printf(b, "  { %s = ", m->routes[i].kind);
+		strbuf_addf(b, "  { %s = ", m->routes[i].kind);
 		cfg_str(b, m->routes[i].value);
-		sb_printf(b, "; relay = ");
+		strbuf_addf(b, "; relay = ");
 		cfg_str(b, m->routes[i].relay);
-		sb_printf(b, "; }%s  # %s\n", i + 1 < m->nroutes ? "," : "",
+		strbuf_addf(b, "; }%s  # %s\n", i + 1 < m->nroutes ? "," : "",
 		    m->routes[i].origin);
 	}
-	sb_printf(b, ");\n");
+	strbuf_addf(b, ");\n");
 }
 
 static void
-emit_creds(struct model *m, struct sbuf *b)
+emit_creds(struct model *m, struct strbuf *b)
 {
-	struct sbuf a = { NULL, 0, 0 };
+	struct strbuf a = STRBUF_SECRET;
 	char *line;
 	size_t i;
 
 	if (m->ncreds == 0)
 		return;
 	if (m->o->authinfo_path != NULL) {
-		sb_printf(b, "authinfo = [ ");
+		strbuf_addf(b, "authinfo = [ ");
 		cfg_str(b, m->o->authinfo_path);
-		sb_printf(b, " ];\n");
+		strbuf_addf(b, " ];\n");
 	} else
-		sb_printf(b, "# Credentials: add these lines, with the "
+		strbuf_addf(b, "# Credentials: add these lines, with the "
 		    "passwords from the files named, to\n# ~/.authinfo of "
 		    "the daemon's user (mode 0600), or import again with\n"
 		    "# --write DIR, which writes them to DIR/authinfo:\n");
@@ -600,11 +567,11 @@ emit_creds(struct model *m, struct sbuf *b)
 			    "both kinds of quote); use password_command");
 			continue;
 		}
-		sb_printf(&a, "%s\n", line);
+		strbuf_addf(&a, "%s\n", line);
 		xfree_secret_str(line);
 		if (m->o->authinfo_path == NULL) {
 			line = cred_line(&m->creds[i], 0);
-			sb_printf(b, "#   %s  (%s)\n", line,
+			strbuf_addf(b, "#   %s  (%s)\n", line,
 			    m->creds[i].origin);
 			free(line);
 		}
@@ -617,7 +584,7 @@ static struct import_result *
 model_finish(struct model *m, const char *source)
 {
 	struct import_result *r = m->res;
-	struct sbuf b = { NULL, 0, 0 }, body = { NULL, 0, 0 };
+	struct strbuf b = STRBUF_SECRET, body = STRBUF_SECRET;
 	size_t i;
 
 	if (m->nrelays == 0) {
@@ -628,29 +595,29 @@ model_finish(struct model *m, const char *source)
 	emit_local(m, &body);
 	emit_creds(m, &body);
 	if (m->nrelays > 0) {
-		sb_printf(&body, "default_relay = ");
+		strbuf_addf(&body, "default_relay = ");
 		cfg_str(&body, m->default_relay != NULL ? m->default_relay :
 		    m->relays[0].name);
-		sb_printf(&body, ";\nrelays = {\n");
+		strbuf_addf(&body, ";\nrelays = {\n");
 		for (i = 0; i < m->nrelays; i++)
 			emit_relay(&body, &m->relays[i]);
-		sb_printf(&body, "};\n");
+		strbuf_addf(&body, "};\n");
 	}
 	emit_routes(m, &body);
 	notes_sort(m);
 
-	sb_printf(&b, "# smarthostd.conf(5) made by `smarthostctl import %s` "
+	strbuf_addf(&b, "# smarthostd.conf(5) made by `smarthostctl import %s` "
 	    "from %s.\n# Only what the %s configuration sets is here; every "
 	    "other setting has\n# its default. Check it with: smarthostd -t "
 	    "-c FILE\n", m->tool, source, m->tool);
 	if (r->nnotes > 0) {
-		sb_printf(&b, "#\n# Not mapped, or behaving differently (also "
+		strbuf_addf(&b, "#\n# Not mapped, or behaving differently (also "
 		    "reported on standard error):\n");
 		for (i = 0; i < r->nnotes; i++)
-			sb_printf(&b, "#   %s\n", r->notes[i]);
+			strbuf_addf(&b, "#   %s\n", r->notes[i]);
 	}
-	sb_printf(&b, "\n%s", body.s != NULL ? body.s : "");
-	free(body.s);
+	strbuf_addf(&b, "\n%s", body.p != NULL ? body.p : "");
+	strbuf_free(&body);
 	r->config = sb_take(&b);
 	if (m->sender_map.len > 0 && m->o->sender_map_path != NULL)
 		r->sender_map = sb_take(&m->sender_map);
@@ -1229,34 +1196,34 @@ ms_relay(struct ms_parse *ps, const struct ms_acct *a)
 static char *
 glob_regexp(const char *glob)
 {
-	struct sbuf b = { NULL, 0, 0 };
+	struct strbuf b = STRBUF_SECRET;
 	const char *p;
 
-	sb_printf(&b, "^");
+	strbuf_addf(&b, "^");
 	for (p = glob; *p != '\0'; p++) {
 		if (*p == '*')
-			sb_printf(&b, ".*");
+			strbuf_addf(&b, ".*");
 		else if (*p == '?')
-			sb_printf(&b, ".");
+			strbuf_addf(&b, ".");
 		else if (*p == '[' && strchr(p + 1, ']') != NULL) {
 			const char *e = strchr(p + 2, ']') != NULL &&
 			    p[1] == ']' ? strchr(p + 2, ']') :
 			    strchr(p + 1, ']');
 
-			sb_printf(&b, "[");
+			strbuf_addf(&b, "[");
 			p++;
 			if (*p == '!') {
-				sb_printf(&b, "^");
+				strbuf_addf(&b, "^");
 				p++;
 			}
-			sb_printf(&b, "%.*s]", (int)(e - p), p);
+			strbuf_addf(&b, "%.*s]", (int)(e - p), p);
 			p = e;
 		} else if (strchr(".+()|{}^$\\[]", *p) != NULL)
-			sb_printf(&b, "\\%c", *p);
+			strbuf_addf(&b, "\\%c", *p);
 		else
-			sb_printf(&b, "%c", *p);
+			strbuf_addf(&b, "%c", *p);
 	}
-	sb_printf(&b, "$");
+	strbuf_addf(&b, "$");
 	return sb_take(&b);
 }
 
@@ -1313,7 +1280,7 @@ ms_default_from(struct ms_parse *ps, const struct ms_acct *a)
 		    feature(m, IMPORT_F_SENDER_REWRITE, ps->f->path,
 		    from->line, "from (of the default account)",
 		    "sender_rewrite")) {
-			sb_printf(&m->sender_map, "%s: %s\n", m->o->login,
+			strbuf_addf(&m->sender_map, "%s: %s\n", m->o->login,
 			    from->val);
 			note_once(m, ps->f->path, from->line, "from %s: mail "
 			    "of %s is sent as %s (sender_rewrite map); other "
@@ -1593,7 +1560,7 @@ ss_local(struct ss_parse *ps)
 		    "domain is kept", flo->val);
 	if (root != NULL && *root->val != '\0' && feature(m,
 	    IMPORT_F_ALIASES, ps->f->path, root->line, "root", "aliases")) {
-		sb_printf(&m->aliases, "root: %s\n", root->val);
+		strbuf_addf(&m->aliases, "root: %s\n", root->val);
 		note_once(m, ps->f->path, root->line, "root=%s: mapped to the "
 		    "alias \"root: %s\"; ssmtp also sent mail for the other "
 		    "users below uid 1000 there: add them to the aliases "
@@ -1665,7 +1632,7 @@ ss_revalias(void *arg, char *text, unsigned line)
 	}
 	if (feature(m, IMPORT_F_SENDER_REWRITE, path, line, "revaliases",
 	    "sender_rewrite"))
-		sb_printf(&m->sender_map, "%s: %s\n", local, addr);
+		strbuf_addf(&m->sender_map, "%s: %s\n", local, addr);
 	if (hub == NULL || *(hub = trim(hub)) == '\0' || ps->hub == NULL)
 		return;
 	memset(&tmp, 0, sizeof(tmp));
@@ -1903,7 +1870,7 @@ static const struct why nm_unmapped[] = {
 
 static void
 nm_queue(struct model *m, const struct import_file *files, size_t nfiles,
-    struct sbuf *queue)
+    struct strbuf *queue)
 {
 	static const struct {
 		const char *file, *key;
@@ -1921,7 +1888,7 @@ nm_queue(struct model *m, const struct import_file *files, size_t nfiles,
 			continue;
 		n = strtol(v, NULL, 10);
 		if (n > 0)
-			sb_printf(queue, " %s = %ld;", q[i].key, n);
+			strbuf_addf(queue, " %s = %ld;", q[i].key, n);
 		else
 			note(m, f->path, line, "not a number of seconds; not "
 			    "mapped");
@@ -1986,7 +1953,7 @@ import_nullmailer(const struct import_file *files, size_t nfiles,
 		"defaultdomain", "adminaddr", "helohost", "pausetime",
 		"maxpause", "queuelifetime" };
 	struct nm_parse ps;
-	struct sbuf queue = { NULL, 0, 0 };
+	struct strbuf queue = STRBUF_SECRET;
 	const struct import_file *f;
 	struct import_result *r;
 	unsigned line;
@@ -2020,11 +1987,11 @@ import_nullmailer(const struct import_file *files, size_t nfiles,
 	free(dir);
 	free(helo);
 	if (queue.len > 0) {
-		char *c = xasprintf("%squeue = {%s };\n", r->config, queue.s);
+		char *c = xasprintf("%squeue = {%s };\n", r->config, queue.p);
 
 		free(r->config);
 		r->config = c;
 	}
-	free(queue.s);
+	free(queue.p);
 	return r;
 }

@@ -19,6 +19,7 @@
 #include "localsmtp.h"
 #include "log.h"
 #include "smtp_proto.h"
+#include "strbuf.h"
 #include "xmalloc.h"
 
 enum ls_state {
@@ -42,11 +43,6 @@ static const char *const ls_state_names[] = {
 _Static_assert(sizeof(ls_state_names) / sizeof(ls_state_names[0]) ==
     LS__COUNT, "ls_state_names out of step with enum ls_state");
 
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
 struct localsmtp {
 	struct localsmtp_params p;
 	enum ls_state state;
@@ -54,42 +50,19 @@ struct localsmtp {
 	int quit;
 	unsigned errors;
 	unsigned delivered;
-	struct buf out;      /* replies not yet written */
-	struct buf line;     /* the line being read */
+	struct strbuf out;   /* replies not yet written */
+	struct strbuf line;  /* the line being read */
 	int skipping;        /* dropping the rest of an overlong line */
 	int skipped_cr;      /* the last byte dropped was a CR */
 	/* the transaction */
 	char *sender;
 	char **rcpts;
 	size_t nrcpts;
-	struct buf msg;
+	struct strbuf msg;
 	int prev_crlf;       /* the previous data line ended with CRLF */
 	int oversize;
 	int nul;
 };
-
-static void
-buf_add(struct buf *b, const char *p, size_t n)
-{
-	size_t cap = b->cap != 0 ? b->cap : 256;
-
-	while (cap - b->len < n + 1)
-		cap *= 2;
-	if (cap != b->cap) {
-		b->p = xreallocarray(b->p, cap, 1);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, p, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void
-buf_free(struct buf *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
 
 static void reply(struct localsmtp *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -109,7 +82,7 @@ reply(struct localsmtp *s, const char *fmt, ...)
 	if ((size_t)n > sizeof(line) - 3)
 		n = (int)(sizeof(line) - 3);
 	memcpy(line + n, "\r\n", 2);
-	buf_add(&s->out, line, (size_t)n + 2);
+	strbuf_add(&s->out, line, (size_t)n + 2);
 }
 
 static void
@@ -144,7 +117,7 @@ txn_clear(struct localsmtp *s)
 	free(s->rcpts);
 	s->rcpts = NULL;
 	s->nrcpts = 0;
-	buf_free(&s->msg);
+	strbuf_free(&s->msg);
 	s->oversize = s->nul = 0;
 }
 
@@ -410,12 +383,12 @@ data_add(struct localsmtp *s, const char *p, size_t n)
 		return;
 	if (s->msg.len + n > s->p.max_size) {
 		s->oversize = 1;
-		buf_free(&s->msg);
+		strbuf_free(&s->msg);
 		return;
 	}
 	if (memchr(p, '\0', n) != NULL)
 		s->nul = 1;
-	buf_add(&s->msg, p, n);
+	strbuf_add(&s->msg, p, n);
 }
 
 static void
@@ -508,14 +481,14 @@ localsmtp_input(struct localsmtp *s, const char *buf, size_t len)
 			/* Overlong: drop it; a data line makes the message
 			 * too large, a command line gets a 500. */
 			s->skipping = 1;
-			buf_free(&s->line);
+			strbuf_free(&s->line);
 			if (s->state == LS_DATA) {
 				s->oversize = 1;
-				buf_free(&s->msg);
+				strbuf_free(&s->msg);
 			}
 		}
 		if (!s->skipping)
-			buf_add(&s->line, buf, n);
+			strbuf_add(&s->line, buf, n);
 		else if (n > 0)
 			s->skipped_cr = buf[n - 1] == '\r';
 		if (lf == NULL)
@@ -557,8 +530,8 @@ localsmtp_free(struct localsmtp *s)
 	if (s == NULL)
 		return;
 	txn_clear(s);
-	buf_free(&s->out);
-	buf_free(&s->line);
+	strbuf_free(&s->out);
+	strbuf_free(&s->line);
 	free(s);
 }
 

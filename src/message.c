@@ -17,46 +17,8 @@
 
 #include "aliases.h"
 #include "message.h"
+#include "strbuf.h"
 #include "xmalloc.h"
-
-/* A growing byte buffer. */
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
-static void
-buf_add(struct buf *b, const char *s, size_t n)
-{
-	if (b->cap - b->len < n + 1) {
-		size_t cap = b->cap == 0 ? 256 : b->cap;
-
-		while (cap - b->len < n + 1)
-			cap *= 2;
-		b->p = xreallocarray(b->p, cap, 1);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void
-buf_str(struct buf *b, const char *s)
-{
-	buf_add(b, s, strlen(s));
-}
-
-/* A buffer that is never NULL, even when nothing was added. */
-static char *
-buf_finish(struct buf *b, size_t *len)
-{
-	if (b->p == NULL)
-		buf_add(b, "", 0);
-	if (len != NULL)
-		*len = b->len;
-	return b->p;
-}
 
 /* ---- input end ---- */
 
@@ -134,7 +96,7 @@ field_name_len(const char *line, size_t n)
  * within the limit when there is one (nothing inserted), else by
  * inserting CRLF SP. */
 static void
-add_header_line(struct buf *b, const char *line, size_t n)
+add_header_line(struct strbuf *b, const char *line, size_t n)
 {
 	size_t cut, room = MESSAGE_LINE_MAX;
 
@@ -143,35 +105,35 @@ add_header_line(struct buf *b, const char *line, size_t n)
 			if (line[cut] == ' ' || line[cut] == '\t')
 				break;
 		if (cut > 1) {
-			buf_add(b, line, cut);
-			buf_add(b, "\r\n", 2);
+			strbuf_add(b, line, cut);
+			strbuf_add(b, "\r\n", 2);
 			line += cut;
 			n -= cut;
 			room = MESSAGE_LINE_MAX;
 		} else {
-			buf_add(b, line, room);
-			buf_add(b, "\r\n ", 3);
+			strbuf_add(b, line, room);
+			strbuf_add(b, "\r\n ", 3);
 			line += room;
 			n -= room;
 			room = MESSAGE_LINE_MAX - 1;
 		}
 	}
-	buf_add(b, line, n);
-	buf_add(b, "\r\n", 2);
+	strbuf_add(b, line, n);
+	strbuf_add(b, "\r\n", 2);
 }
 
 /* Appends a body line, broken into pieces of at most the limit. */
 static void
-add_body_line(struct buf *b, const char *line, size_t n)
+add_body_line(struct strbuf *b, const char *line, size_t n)
 {
 	while (n > MESSAGE_LINE_MAX) {
-		buf_add(b, line, MESSAGE_LINE_MAX);
-		buf_add(b, "\r\n", 2);
+		strbuf_add(b, line, MESSAGE_LINE_MAX);
+		strbuf_add(b, "\r\n", 2);
 		line += MESSAGE_LINE_MAX;
 		n -= MESSAGE_LINE_MAX;
 	}
-	buf_add(b, line, n);
-	buf_add(b, "\r\n", 2);
+	strbuf_add(b, line, n);
+	strbuf_add(b, "\r\n", 2);
 }
 
 static void
@@ -188,7 +150,7 @@ enum message_status
 message_parse(const char *buf, size_t len, struct message *m, char *err,
     size_t errlen)
 {
-	struct buf field = { 0 }, body = { 0 };
+	struct strbuf field = STRBUF_INIT, body = STRBUF_INIT;
 	const char *line, *nul;
 	size_t pos = 0, n, namelen, lineno;
 	int in_header = 1;
@@ -226,16 +188,15 @@ message_parse(const char *buf, size_t len, struct message *m, char *err,
 			continue;
 		}
 		if (m->nfields > 0) {
-			m->fields[m->nfields - 1].text = buf_finish(&field,
+			m->fields[m->nfields - 1].text = strbuf_take(&field,
 			    NULL);
-			memset(&field, 0, sizeof(field));
 		}
 		field_start(m, line, namelen);
 		add_header_line(&field, line, n);
 	}
 	if (m->nfields > 0)
-		m->fields[m->nfields - 1].text = buf_finish(&field, NULL);
-	m->body = buf_finish(&body, &m->bodylen);
+		m->fields[m->nfields - 1].text = strbuf_take(&field, NULL);
+	m->body = strbuf_take(&body, &m->bodylen);
 	return MESSAGE_OK;
 }
 
@@ -298,13 +259,13 @@ message_remove(struct message *m, const char *name)
 void
 message_add(struct message *m, const char *name, const char *value)
 {
-	struct buf b = { 0 };
+	struct strbuf b = STRBUF_INIT;
 	char *line = xasprintf("%s: %s", name, value);
 
 	add_header_line(&b, line, strlen(line));
 	free(line);
 	field_start(m, name, strlen(name));
-	m->fields[m->nfields - 1].text = buf_finish(&b, NULL);
+	m->fields[m->nfields - 1].text = strbuf_take(&b, NULL);
 }
 
 char *
@@ -355,10 +316,10 @@ message_addrs_free(char **addrs, size_t naddrs)
  * dropped) when there were some, else the text outside comments with
  * unquoted blanks removed. */
 static void
-mailbox_finish(struct buf *outside, struct buf *angle, int has_angle,
+mailbox_finish(struct strbuf *outside, struct strbuf *angle, int has_angle,
     char ***addrs, size_t *naddrs)
 {
-	struct buf a = { 0 };
+	struct strbuf a = STRBUF_INIT;
 	const char *s, *colon;
 	int quoted = 0;
 
@@ -375,11 +336,11 @@ mailbox_finish(struct buf *outside, struct buf *angle, int has_angle,
 			quoted = !quoted;
 		if (!quoted && (*s == ' ' || *s == '\t'))
 			continue;
-		buf_add(&a, s, 1);
+		strbuf_add(&a, s, 1);
 	}
 	if (a.len > 0)
 		message_addr_append(addrs, naddrs, a.p);
-	free(a.p);
+	strbuf_free(&a);
 	outside->len = 0;
 	angle->len = 0;
 	if (outside->p != NULL)
@@ -409,16 +370,16 @@ skip_comment(const char *value, size_t *i)
 /* Copies the quoted string at value[*i] == '"' into b, quotes and quoted
  * pairs included; *i ends on the closing quote. -1 when it never closes. */
 static int
-copy_quoted(const char *value, size_t *i, struct buf *b)
+copy_quoted(const char *value, size_t *i, struct strbuf *b)
 {
-	buf_add(b, value + (*i)++, 1);
+	strbuf_add(b, value + (*i)++, 1);
 	for (; value[*i] != '\0'; (*i)++) {
 		if (value[*i] == '\\' && value[*i + 1] != '\0') {
-			buf_add(b, value + *i, 2);
+			strbuf_add(b, value + *i, 2);
 			(*i)++;
 			continue;
 		}
-		buf_add(b, value + *i, 1);
+		strbuf_add(b, value + *i, 1);
 		if (value[*i] == '"')
 			return 0;
 	}
@@ -429,13 +390,13 @@ int
 message_addrlist_parse(const char *value, char ***addrs, size_t *naddrs,
     char *err, size_t errlen)
 {
-	struct buf outside = { 0 }, angle = { 0 };
+	struct strbuf outside = STRBUF_INIT, angle = STRBUF_INIT;
 	size_t i;
 	int in_angle = 0, has_angle = 0, in_group = 0, rc = -1;
 
 	for (i = 0; value[i] != '\0'; i++) {
 		char c = value[i];
-		struct buf *target = in_angle ? &angle : &outside;
+		struct strbuf *target = in_angle ? &angle : &outside;
 
 		if (c == '(') {
 			if (skip_comment(value, &i) == -1) {
@@ -443,7 +404,7 @@ message_addrlist_parse(const char *value, char ***addrs, size_t *naddrs,
 				    "\"%s\"", value);
 				goto out;
 			}
-			buf_add(target, " ", 1);
+			strbuf_add(target, " ", 1);
 		} else if (c == '"') {
 			if (copy_quoted(value, &i, target) == -1) {
 				snprintf(err, errlen, "unterminated quoted "
@@ -468,7 +429,7 @@ message_addrlist_parse(const char *value, char ***addrs, size_t *naddrs,
 			if (c == ';')
 				in_group = 0;
 		} else
-			buf_add(target, &value[i], 1);
+			strbuf_add(target, &value[i], 1);
 	}
 	if (in_angle) {
 		snprintf(err, errlen, "unclosed \"<\" in \"%s\"", value);
@@ -477,8 +438,8 @@ message_addrlist_parse(const char *value, char ***addrs, size_t *naddrs,
 	mailbox_finish(&outside, &angle, has_angle, addrs, naddrs);
 	rc = 0;
 out:
-	free(outside.p);
-	free(angle.p);
+	strbuf_free(&outside);
+	strbuf_free(&angle);
 	return rc;
 }
 
@@ -546,7 +507,7 @@ message_date(time_t t, char *buf, size_t bufsize)
 /* RFC 2047 encoded words ("B" encoding, UTF-8), split at character
  * boundaries so that each word stays within 75 characters. */
 static void
-encode_words(struct buf *b, const char *s)
+encode_words(struct strbuf *b, const char *s)
 {
 	unsigned char out[64];
 	size_t n, len = strlen(s);
@@ -558,10 +519,10 @@ encode_words(struct buf *b, const char *s)
 			n--;
 		w = EVP_EncodeBlock(out, (const unsigned char *)s, (int)n);
 		if (b->len > 0 && b->p[b->len - 1] == '=')
-			buf_str(b, " ");
-		buf_str(b, "=?UTF-8?B?");
-		buf_add(b, (const char *)out, (size_t)w);
-		buf_str(b, "?=");
+			strbuf_adds(b, " ");
+		strbuf_adds(b, "=?UTF-8?B?");
+		strbuf_add(b, (const char *)out, (size_t)w);
+		strbuf_adds(b, "?=");
 		s += n;
 		len -= n;
 	}
@@ -570,13 +531,13 @@ encode_words(struct buf *b, const char *s)
 char *
 message_from_value(const char *name, const char *address)
 {
-	struct buf b = { 0 };
+	struct strbuf b = STRBUF_INIT;
 	const char *p;
 	int special = 0, eight = 0;
 
 	if (name == NULL || name[0] == '\0') {
-		buf_str(&b, address);
-		return buf_finish(&b, NULL);
+		strbuf_adds(&b, address);
+		return strbuf_take(&b, NULL);
 	}
 	for (p = name; *p != '\0'; p++) {
 		if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20 ||
@@ -588,51 +549,51 @@ message_from_value(const char *name, const char *address)
 	if (eight)
 		encode_words(&b, name);
 	else if (special) {
-		buf_str(&b, "\"");
+		strbuf_adds(&b, "\"");
 		for (p = name; *p != '\0'; p++) {
 			if (*p == '"' || *p == '\\')
-				buf_str(&b, "\\");
-			buf_add(&b, p, 1);
+				strbuf_adds(&b, "\\");
+			strbuf_add(&b, p, 1);
 		}
-		buf_str(&b, "\"");
+		strbuf_adds(&b, "\"");
 	} else
-		buf_str(&b, name);
-	buf_str(&b, " <");
-	buf_str(&b, address);
-	buf_str(&b, ">");
-	return buf_finish(&b, NULL);
+		strbuf_adds(&b, name);
+	strbuf_adds(&b, " <");
+	strbuf_adds(&b, address);
+	strbuf_adds(&b, ">");
+	return strbuf_take(&b, NULL);
 }
 
 char *
 message_gecos_name(const char *gecos, const char *login)
 {
-	struct buf b = { 0 };
+	struct strbuf b = STRBUF_INIT;
 	const char *p;
 	char first;
 
 	for (p = gecos != NULL ? gecos : ""; *p != '\0' && *p != ','; p++) {
 		if (*p != '&') {
-			buf_add(&b, p, 1);
+			strbuf_add(&b, p, 1);
 			continue;
 		}
 		if (login[0] == '\0')
 			continue;
 		first = (char)toupper((unsigned char)login[0]);
-		buf_add(&b, &first, 1);
-		buf_str(&b, login + 1);
+		strbuf_add(&b, &first, 1);
+		strbuf_adds(&b, login + 1);
 	}
-	return buf_finish(&b, NULL);
+	return strbuf_take(&b, NULL);
 }
 
 char *
 message_serialize(const struct message *m, size_t *len)
 {
-	struct buf b = { 0 };
+	struct strbuf b = STRBUF_INIT;
 	size_t i;
 
 	for (i = 0; i < m->nfields; i++)
-		buf_str(&b, m->fields[i].text);
-	buf_add(&b, "\r\n", 2);
-	buf_add(&b, m->body, m->bodylen);
-	return buf_finish(&b, len);
+		strbuf_adds(&b, m->fields[i].text);
+	strbuf_add(&b, "\r\n", 2);
+	strbuf_add(&b, m->body, m->bodylen);
+	return strbuf_take(&b, len);
 }

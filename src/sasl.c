@@ -26,6 +26,7 @@
 
 #include "log.h"
 #include "sasl.h"
+#include "strbuf.h"
 #include "xmalloc.h"
 
 enum sasl_state {
@@ -454,59 +455,20 @@ step_cram_md5(struct sasl *s, const unsigned char *c, size_t len)
 
 /* ---- SCRAM (RFC 5802, RFC 7677) ---- */
 
-/* A growing byte string for building messages; wiped on free. */
-struct buf {
-	char *p;
-	size_t len;
-	size_t cap;
-};
-
-static void
-buf_add(struct buf *b, const void *data, size_t len)
-{
-	if (b->len + len + 1 > b->cap) {
-		size_t ncap = (b->len + len + 1) * 2;
-		char *np = xmalloc(ncap);
-
-		/* Not realloc: it could leave an unwiped copy behind. */
-		if (b->len > 0)
-			memcpy(np, b->p, b->len);
-		if (b->p != NULL)
-			xfree_secret(b->p, b->cap);
-		b->p = np;
-		b->cap = ncap;
-	}
-	memcpy(b->p + b->len, data, len);
-	b->len += len;
-	b->p[b->len] = '\0';
-}
-
-static void
-buf_adds(struct buf *b, const char *s)
-{
-	buf_add(b, s, strlen(s));
-}
-
-static void
-buf_wipe(struct buf *b)
-{
-	if (b->p != NULL)
-		xfree_secret(b->p, b->cap);
-	b->p = NULL;
-	b->len = b->cap = 0;
-}
+/* Messages are built in secret strbufs: they carry proofs and
+ * passwords. */
 
 /* RFC 5802 saslname: ',' and '=' become "=2C" and "=3D". */
 static void
-buf_add_saslname(struct buf *b, const char *name)
+buf_add_saslname(struct strbuf *b, const char *name)
 {
 	for (; *name != '\0'; name++) {
 		if (*name == ',')
-			buf_adds(b, "=2C");
+			strbuf_adds(b, "=2C");
 		else if (*name == '=')
-			buf_adds(b, "=3D");
+			strbuf_adds(b, "=3D");
 		else
-			buf_add(b, name, 1);
+			strbuf_add(b, name, 1);
 	}
 }
 
@@ -514,7 +476,7 @@ static enum sasl_status
 scram_client_first(struct sasl *s)
 {
 	unsigned char rnd[18];
-	struct buf b = { NULL, 0, 0 };
+	struct strbuf b = STRBUF_SECRET;
 
 	if (s->nonce == NULL) {
 		/* 18 random bytes make 24 base64 characters, none a ','. */
@@ -523,17 +485,17 @@ scram_client_first(struct sasl *s)
 		s->nonce = sasl_b64_encode(rnd, sizeof(rnd));
 		OPENSSL_cleanse(rnd, sizeof(rnd));
 	}
-	buf_adds(&b, "n=");
+	strbuf_adds(&b, "n=");
 	buf_add_saslname(&b, s->user);
-	buf_adds(&b, ",r=");
-	buf_adds(&b, s->nonce);
+	strbuf_adds(&b, ",r=");
+	strbuf_adds(&b, s->nonce);
 	s->client_first_bare = xstrdup(b.p);
-	buf_wipe(&b);
+	strbuf_free(&b);
 	/* gs2-header "n,,": no channel binding, no authzid. */
-	buf_adds(&b, "n,,");
-	buf_adds(&b, s->client_first_bare);
+	strbuf_adds(&b, "n,,");
+	strbuf_adds(&b, s->client_first_bare);
 	respond(s, b.p, b.len);
-	buf_wipe(&b);
+	strbuf_free(&b);
 	sasl_enter(s, SASL_ST_WAIT);
 	return SASL_CONTINUE;
 }
@@ -595,7 +557,7 @@ scram_client_final(struct sasl *s, const unsigned char *c, size_t len)
 {
 	const char *p = (const char *)c, *end = p + len, *nonce, *salt64, *it;
 	size_t nlen, slen, ilen, i, cnl;
-	struct buf msg = { NULL, 0, 0 }, wp = { NULL, 0, 0 };
+	struct strbuf msg = STRBUF_SECRET, wp = STRBUF_SECRET;
 	unsigned long iter = 0;
 
 	if (c == NULL || memchr(c, '\0', len) != NULL)
@@ -631,17 +593,17 @@ scram_client_final(struct sasl *s, const unsigned char *c, size_t len)
 	}
 	s->iter = iter;
 	/* c=base64("n,,") */
-	buf_adds(&wp, "c=biws,r=");
-	buf_add(&wp, nonce, nlen);
-	buf_adds(&msg, s->client_first_bare);
-	buf_adds(&msg, ",");
-	buf_add(&msg, c, len);
-	buf_adds(&msg, ",");
-	buf_add(&msg, wp.p, wp.len);
+	strbuf_adds(&wp, "c=biws,r=");
+	strbuf_add(&wp, nonce, nlen);
+	strbuf_adds(&msg, s->client_first_bare);
+	strbuf_adds(&msg, ",");
+	strbuf_add(&msg, c, len);
+	strbuf_adds(&msg, ",");
+	strbuf_add(&msg, wp.p, wp.len);
 	s->final_bare = xstrdup(wp.p);
 	s->auth_message = xstrdup(msg.p);
-	buf_wipe(&wp);
-	buf_wipe(&msg);
+	strbuf_free(&wp);
+	strbuf_free(&msg);
 	sasl_enter(s, SASL_ST_SCRAM_WORK);
 	if (s->async)
 		return SASL_WORK;
@@ -658,7 +620,7 @@ scram_compute(struct sasl *s)
 	unsigned char skey[EVP_MAX_MD_SIZE], stored[EVP_MAX_MD_SIZE];
 	unsigned char csig[EVP_MAX_MD_SIZE], proof[EVP_MAX_MD_SIZE];
 	unsigned int storedlen = 0;
-	struct buf final = { NULL, 0, 0 };
+	struct strbuf final = STRBUF_SECRET;
 	char *proof64 = NULL;
 	int mdlen = EVP_MD_get_size(md);
 	size_t i, mlen;
@@ -685,9 +647,9 @@ scram_compute(struct sasl *s)
 		goto done;
 	s->server_sig_len = (size_t)mdlen;
 	proof64 = sasl_b64_encode(proof, (size_t)mdlen);
-	buf_adds(&final, s->final_bare);
-	buf_adds(&final, ",p=");
-	buf_adds(&final, proof64);
+	strbuf_adds(&final, s->final_bare);
+	strbuf_adds(&final, ",p=");
+	strbuf_adds(&final, proof64);
 	respond(s, final.p, final.len);
 	sasl_enter(s, SASL_ST_SCRAM_FINAL);
 	ret = SASL_CONTINUE;
@@ -699,7 +661,7 @@ done:
 	OPENSSL_cleanse(csig, sizeof(csig));
 	OPENSSL_cleanse(proof, sizeof(proof));
 	xfree_secret_str(proof64);
-	buf_wipe(&final);
+	strbuf_free(&final);
 	scram_pending_clear(s);
 	return ret;
 }
@@ -761,29 +723,29 @@ step_scram(struct sasl *s, const unsigned char *c, size_t len)
 static enum sasl_status
 oauth_step(struct sasl *s, const unsigned char *c, size_t len, int bearer)
 {
-	struct buf b = { NULL, 0, 0 };
+	struct strbuf b = STRBUF_SECRET;
 
 	switch (s->state) {
 	case SASL_ST_START:
 	case SASL_ST_WAIT:
 		if (bearer) {
 			/* gs2-header with the authzid, then kvpairs. */
-			buf_adds(&b, "n,");
+			strbuf_adds(&b, "n,");
 			if (*s->user != '\0') {
-				buf_adds(&b, "a=");
+				strbuf_adds(&b, "a=");
 				buf_add_saslname(&b, s->user);
 			}
-			buf_adds(&b, ",\001");
+			strbuf_adds(&b, ",\001");
 		} else {
-			buf_adds(&b, "user=");
-			buf_adds(&b, s->user);
-			buf_adds(&b, "\001");
+			strbuf_adds(&b, "user=");
+			strbuf_adds(&b, s->user);
+			strbuf_adds(&b, "\001");
 		}
-		buf_adds(&b, "auth=Bearer ");
-		buf_adds(&b, s->password);
-		buf_adds(&b, "\001\001");
+		strbuf_adds(&b, "auth=Bearer ");
+		strbuf_adds(&b, s->password);
+		strbuf_adds(&b, "\001\001");
 		respond(s, b.p, b.len);
-		buf_wipe(&b);
+		strbuf_free(&b);
 		sasl_enter(s, SASL_ST_DONE);
 		return SASL_DONE;
 	case SASL_ST_DONE:

@@ -21,14 +21,14 @@ libs="$(pkg-config --libs openssl libsystemd libevent libevent_openssl \
 # source of libsmarthost.a)
 targets="smtp_server:library
 smtp_proto:smtp_proto
-envelope:envelope xmalloc log escape
+envelope:envelope strbuf xmalloc log escape
 authinfo:authinfo xmalloc log escape
-sasl:sasl xmalloc log escape
+sasl:sasl strbuf xmalloc log escape
 aliases:aliases smtp_proto xmalloc log escape
 rewrite:rewrite xmalloc log escape
-message:message aliases smtp_proto xmalloc log escape
+message:message aliases smtp_proto strbuf xmalloc log escape
 dropfile:dropfile smtp_proto xmalloc log escape
-localsmtp:localsmtp localaddr aliases rewrite smtp_proto xmalloc log escape"
+localsmtp:localsmtp localaddr aliases rewrite smtp_proto strbuf xmalloc log escape"
 
 mkdir -p "$out"
 status=0
