@@ -429,6 +429,21 @@ refresh(struct envelope **snap)
 /* A copy of the message the test watches. */
 static struct envelope *watched;
 
+/* Queues a message from alice@example.org to rcpts whose subject and
+ * body are letter, hands it to the scheduler, and watches it. */
+static void
+submit_watched(const char *const *rcpts, const char *letter)
+{
+	char body[64];
+	struct envelope *env;
+
+	snprintf(body, sizeof(body), "Subject: %s\r\n\r\n%s\r\n", letter,
+	    letter);
+	env = enqueue("alice@example.org", rcpts, body, time(NULL));
+	watched = envelope_dup(env);
+	scheduler_add(sched, env);
+}
+
 static int
 watched_attempted(void)
 {
@@ -1300,16 +1315,12 @@ Test(deliver, missing_starttls_defers_with_tls_reason)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
 	char relays[512];
-	struct envelope *env;
 
 	fake_start();	/* does not offer STARTTLS */
 	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
 	    "port = \"%d\"; tls = \"starttls\"; };", fake.port);
 	load_config(relays, "retry_min = 60;");
-	env = enqueue("alice@example.org", rcpts, "Subject: t\r\n\r\nt\r\n",
-	    time(NULL));
-	watched = envelope_dup(env);
-	scheduler_add(sched, env);
+	submit_watched(rcpts, "t");
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
 	cr_assert_not_null(watched->rcpts[0].reply);
@@ -1355,6 +1366,16 @@ auth_config(int auth_first, const char *relay_opts)
 	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; "
 	    "%s };", fake.port, relay_opts);
 	load_config(relays, "retry_min = 60; retry_max = 600;");
+}
+
+/* Starts the fake server asking for AUTH as user with password. */
+static void
+fake_start_auth(const char *user, const char *password)
+{
+	fake_start();
+	fake.auth = 1;
+	snprintf(fake.user, sizeof(fake.user), "%s", user);
+	snprintf(fake.password, sizeof(fake.password), "%s", password);
 }
 
 /* Debug and info lines go to stderr: catch them in a file. */
@@ -1434,18 +1455,11 @@ queue_empty_and_delivered(void)
 Test(deliver, credentials_file_appearing_retries_without_restart)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
-	struct envelope *env;
 	char line[256];
 
-	fake_start();
-	fake.auth = 1;
-	snprintf(fake.user, sizeof(fake.user), "alice");
-	snprintf(fake.password, sizeof(fake.password), "s3cret pass");
+	fake_start_auth("alice", "s3cret pass");
 	auth_config(1, "");
-	env = enqueue("alice@example.org", rcpts, "Subject: b\r\n\r\nb\r\n",
-	    time(NULL));
-	watched = envelope_dup(env);
-	scheduler_add(sched, env);
+	submit_watched(rcpts, "b");
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	cr_assert_eq(fake.nconn, 0);
 	cr_assert_geq(watched->next_try, time(NULL) + 30, "backed off");
@@ -1469,7 +1483,6 @@ Test(deliver, credentials_file_appearing_retries_without_restart)
 Test(deliver, world_readable_authinfo_is_refused_with_the_fix)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
-	struct envelope *env;
 	char line[256];
 
 	fake_start();
@@ -1478,10 +1491,7 @@ Test(deliver, world_readable_authinfo_is_refused_with_the_fix)
 	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice password "
 	    "pw\n");
 	write_authinfo(line, 0644);
-	env = enqueue("alice@example.org", rcpts, "Subject: c\r\n\r\nc\r\n",
-	    time(NULL));
-	watched = envelope_dup(env);
-	scheduler_add(sched, env);
+	submit_watched(rcpts, "c");
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	cr_assert_eq(fake.nconn, 0);
 	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
@@ -1505,10 +1515,7 @@ Test(deliver, demand_authenticates_in_session_and_is_learned)
 	char line[256], path[300], *state;
 	size_t len;
 
-	fake_start();
-	fake.auth = 1;
-	snprintf(fake.user, sizeof(fake.user), "alice");
-	snprintf(fake.password, sizeof(fake.password), "pw");
+	fake_start_auth("alice", "pw");
 	auth_config(0, "max_messages_per_connection = 1;");
 	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice "
 	    "password pw\n");
@@ -1643,10 +1650,7 @@ Test(deliver, rejected_password_defers_then_fixed_file_delivers)
 	struct envelope *env, *env2;
 	char line[256], want[1024], *log;
 
-	fake_start();
-	fake.auth = 1;
-	snprintf(fake.user, sizeof(fake.user), "alice");
-	snprintf(fake.password, sizeof(fake.password), "right-one");
+	fake_start_auth("alice", "right-one");
 	/* CRAM-MD5 only: the one failed AUTH per try is easy to count
 	 * (with plaintext allowed, PLAIN would follow it) */
 	auth_config(1, "mechanisms = [ \"CRAM-MD5\" ];");
@@ -1706,18 +1710,11 @@ Test(deliver, rejected_password_defers_then_fixed_file_delivers)
 Test(deliver, credentials_changed_call_retries_at_once)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
-	struct envelope *env;
 	char line[256];
 
-	fake_start();
-	fake.auth = 1;
-	snprintf(fake.user, sizeof(fake.user), "alice");
-	snprintf(fake.password, sizeof(fake.password), "pw");
+	fake_start_auth("alice", "pw");
 	auth_config(1, "");
-	env = enqueue("alice@example.org", rcpts, "Subject: e\r\n\r\ne\r\n",
-	    time(NULL));
-	watched = envelope_dup(env);
-	scheduler_add(sched, env);
+	submit_watched(rcpts, "e");
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	snprintf(line, sizeof(line), "machine 127.0.0.1 login alice "
 	    "password pw\n");
@@ -1800,6 +1797,37 @@ gpg_key_setup(void)
 }
 
 /*
+ * Sends one message through the fake server (which wants AUTH) with the
+ * credential files a and b (b may be NULL), on a relay that
+ * authenticates first: it must be delivered after exactly one good AUTH.
+ * Then stops the fake server and the gpg agent.
+ */
+static void
+gpg_deliver(const char *a, const char *b)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512];
+
+	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s\"%s%s%s ];\n"
+	    "auth_first = [ \".\" ];\n", a, b != NULL ? ", \"" : "",
+	    b != NULL ? b : "", b != NULL ? "\"" : "");
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; };",
+	    fake.port);
+	load_config(relays, "retry_min = 60;");
+	scheduler_add(sched, enqueue("alice@example.org", rcpts,
+	    "Subject: g\r\n\r\ng\r\n", time(NULL)));
+	cr_assert(run_until(queue_empty_and_delivered, 20), "not delivered "
+	    "(%d auth ok, %d bad)", fake.nauth_ok, fake.nauth_bad);
+	cr_assert_eq(fake.nauth_ok, 1);
+	cr_assert_eq(fake.nauth_bad, 0);
+	cr_assert_eq(fake.n530, 0);
+	free(fake.msgs[0].data);
+	evconnlistener_free(fake.l);
+	gpg_cleanup();
+}
+
+/*
  * A plain authinfo file whose first matching entry has no password (passed
  * over, as Emacs's :require '(:secret) does) and whose second holds the
  * password as an Emacs gpg: token, decrypted through gpg like an
@@ -1807,9 +1835,7 @@ gpg_key_setup(void)
  */
 Test(deliver, gpg_token_after_an_entry_without_password)
 {
-	static const char *const rcpts[] = { "bob@example.net", NULL };
-	struct envelope *env;
-	char relays[512], token[4096];
+	char token[4096];
 	FILE *f;
 	size_t n;
 
@@ -1822,10 +1848,7 @@ Test(deliver, gpg_token_after_an_entry_without_password)
 	token[n] = '\0';
 	cr_assert_gt(n, 100);
 
-	fake_start();
-	fake.auth = 1;
-	snprintf(fake.user, sizeof(fake.user), "alice");
-	snprintf(fake.password, sizeof(fake.password), "from-token");
+	fake_start_auth("alice", "from-token");
 	snprintf(authfile, sizeof(authfile), "%s/authinfo", topdir);
 	cr_assert_not_null(f = fopen(authfile, "w"));
 	fprintf(f, "machine 127.0.0.1 port %d login alice\n"
@@ -1833,37 +1856,17 @@ Test(deliver, gpg_token_after_an_entry_without_password)
 	    fake.port, fake.port, token);
 	fclose(f);
 	cr_assert_eq(chmod(authfile, 0600), 0);
-	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s\" ];\n"
-	    "auth_first = [ \".\" ];\n", authfile);
-	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
-	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; };",
-	    fake.port);
-	load_config(relays, "retry_min = 60;");
-	env = enqueue("alice@example.org", rcpts, "Subject: g\r\n\r\ng\r\n",
-	    time(NULL));
-	scheduler_add(sched, env);
-	cr_assert(run_until(queue_empty_and_delivered, 20), "not delivered "
-	    "(%d auth ok, %d bad)", fake.nauth_ok, fake.nauth_bad);
-	cr_assert_eq(fake.nauth_ok, 1);
-	cr_assert_eq(fake.nauth_bad, 0);
-	free(fake.msgs[0].data);
-	evconnlistener_free(fake.l);
-	gpg_cleanup();
+	gpg_deliver(authfile, NULL);
 }
 
 Test(deliver, gpg_encrypted_authinfo_is_decrypted)
 {
-	static const char *const rcpts[] = { "bob@example.net", NULL };
-	struct envelope *env;
-	char cmd[1024], relays[512], plain[300];
+	char cmd[1024], plain[300], none[300];
 	FILE *f;
 
 	gpg_key_setup();
 	snprintf(plain, sizeof(plain), "%s/plain", topdir);
-	fake_start();
-	fake.auth = 1;
-	snprintf(fake.user, sizeof(fake.user), "alice");
-	snprintf(fake.password, sizeof(fake.password), "from-gpg");
+	fake_start_auth("alice", "from-gpg");
 	cr_assert_not_null(f = fopen(plain, "w"));
 	fprintf(f, "machine 127.0.0.1 port %d login alice password from-gpg\n",
 	    fake.port);
@@ -1875,22 +1878,8 @@ Test(deliver, gpg_encrypted_authinfo_is_decrypted)
 	unlink(plain);
 
 	/* a missing plain file first, then the encrypted one */
-	snprintf(cfg_extra, sizeof(cfg_extra), "authinfo = [ \"%s/none\", "
-	    "\"%s\" ];\nauth_first = [ \".\" ];\n", topdir, authfile);
-	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
-	    "port = \"%d\"; tls = \"none\"; allow_plaintext_auth = true; };",
-	    fake.port);
-	load_config(relays, "retry_min = 60;");
-	env = enqueue("alice@example.org", rcpts, "Subject: g\r\n\r\ng\r\n",
-	    time(NULL));
-	scheduler_add(sched, env);
-	cr_assert(run_until(queue_empty_and_delivered, 20), "not delivered "
-	    "(%d auth ok, %d bad)", fake.nauth_ok, fake.nauth_bad);
-	cr_assert_eq(fake.nauth_ok, 1);
-	cr_assert_eq(fake.n530, 0);
-	free(fake.msgs[0].data);
-	evconnlistener_free(fake.l);
-	gpg_cleanup();
+	snprintf(none, sizeof(none), "%s/none", topdir);
+	gpg_deliver(none, authfile);
 }
 
 /* ---- routing and failover ---- */
@@ -2030,10 +2019,7 @@ Test(deliver, failover_to_backup_after_delay_and_back_on_recovery)
 
 	fd = fake_reserve();	/* the primary is down */
 	load_failover_config(2);
-	env = enqueue("alice@example.org", rcpts, "Subject: f\r\n\r\nf\r\n",
-	    time(NULL));
-	watched = envelope_dup(env);
-	scheduler_add(sched, env);
+	submit_watched(rcpts, "f");
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	relay_state_want = "down";
 	cr_assert(up_in_state(), "a refused connection: down");
@@ -2085,15 +2071,11 @@ static void
 never_fails_over(const char *greeting, const char *rcpt)
 {
 	const char *rcpts[] = { rcpt, NULL };
-	struct envelope *env;
 
 	fake_start();
 	fake.greeting = greeting;
 	load_failover_config(0);
-	env = enqueue("alice@example.org", rcpts, "Subject: n\r\n\r\nn\r\n",
-	    time(NULL));
-	watched = envelope_dup(env);
-	scheduler_add(sched, env);
+	submit_watched(rcpts, "n");
 	cr_assert(run_until(watched_attempts_3, 15), "not retried");
 	cr_assert_eq(watched->rcpts[0].status, RCPT_PENDING);
 	cr_assert_eq(maildir_new(mdir), 0, "failed over");
