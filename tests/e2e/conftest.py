@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from authharness import (AuthUpstream, OAuthUpstream, new_password,
+                         smarthostctl_binary)
 from harness import (Daemon, Upstream, base_settings, checker_reports,
                      issue_server_cert, make_ca, merge_settings)
 from localuser import DROP_GROUP, ensure_group, open_for_user
@@ -39,23 +41,82 @@ def pki(tmp_path_factory):
                                    san="DNS:elsewhere.example"))
 
 
+class ServerFactory:
+    """A test's server factory: calling it builds a server with build(),
+    starts it unless start=False, and remembers it; stop_all() stops
+    every one when the test ends."""
+
+    def __init__(self, build):
+        self.build = build
+        self.made = []
+
+    def __call__(self, *args, start=True, **kwargs):
+        server = self.build(*args, **kwargs)
+        self.made.append(server)
+        if start:
+            server.start(may_move=True)
+        return server
+
+    def stop_all(self):
+        for server in self.made:
+            server.stop()
+
+
+def _pair(pki, tls):
+    return getattr(pki, tls) if tls else None
+
+
 @pytest.fixture
 def upstream_factory(pki):
     """upstream_factory(tls="good"|"rogue"|"misnamed"|None, start=True,
     rcpt_replies=..., data_replies=...) -> Upstream."""
-    made = []
+    factory = ServerFactory(lambda tls="good", **handler_args: Upstream(
+        tls=_pair(pki, tls), **handler_args))
+    yield factory
+    factory.stop_all()
 
-    def make(tls="good", start=True, **handler_args):
-        pair = getattr(pki, tls) if tls else None
-        upstream = Upstream(tls=pair, **handler_args)
-        made.append(upstream)
-        if start:
-            upstream.start(may_move=True)
-        return upstream
 
-    yield make
-    for upstream in made:
-        upstream.stop()
+@pytest.fixture
+def auth_upstream_factory(pki):
+    """auth_upstream_factory(users, tls="good"|None, mechanisms=...,
+    required=True, reject=..., rcpt_unauthenticated=...) -> AuthUpstream,
+    started."""
+    factory = ServerFactory(lambda users, tls="good", **kwargs: AuthUpstream(
+        users, tls=_pair(pki, tls), **kwargs))
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def oauth_upstream_factory(pki):
+    """oauth_upstream_factory(tokens, mechanisms=("XOAUTH2",)) -> an
+    OAuthUpstream with STARTTLS (trusted CA), started."""
+    factory = ServerFactory(lambda tokens, **kwargs: OAuthUpstream(
+        {}, tokens, tls=pki.good, **kwargs))
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def ctl():
+    """The smarthostctl built next to the daemon (see
+    authharness.smarthostctl_binary)."""
+    binary = smarthostctl_binary()
+    if not binary or not os.access(binary, os.X_OK):
+        pytest.fail(f"smarthostctl not found next to SMARTHOSTD "
+                    f"(got {binary!r}; set SMARTHOSTCTL)")
+    return binary
+
+
+@pytest.fixture
+def password():
+    return new_password()
+
+
+@pytest.fixture
+def authinfo(tmp_path):
+    """The path of the daemon's (only) credential file; not created."""
+    return str(tmp_path / "authinfo")
 
 
 @pytest.fixture

@@ -45,6 +45,13 @@ EX_CONFIG = 78
 TIMEOUT_SCALE = float(os.environ.get("SMARTHOSTD_TIMEOUT_SCALE", "1"))
 
 
+def check_config(binary, path):
+    """smarthostd -t -c path: the configuration check, its output as
+    text."""
+    return subprocess.run([binary, "-t", "-c", str(path)],
+                          capture_output=True, text=True, timeout=15)
+
+
 def wait_until(predicate, timeout, what, interval=0.05):
     """Polls predicate() until it returns something true, then returns it.
 

@@ -12,9 +12,8 @@ import stat
 
 import pytest
 
-from authharness import (AuthUpstream, authinfo_line, ctl_fields,
-                         new_password, run_ctl, secret_forms,
-                         smarthostctl_binary, write_authinfo)
+from authharness import (authinfo_line, ctl_fields, new_password, run_ctl,
+                         secret_forms, write_authinfo)
 from harness import (assert_relayed, delivery_line, make_message,
                      send_message)
 
@@ -34,45 +33,6 @@ pytestmark = pytest.mark.filterwarnings(
 
 # --------------------------------------------------------------------------
 # Fixtures
-
-@pytest.fixture(scope="session")
-def ctl():
-    binary = smarthostctl_binary()
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.fail(f"smarthostctl not found next to SMARTHOSTD "
-                    f"(got {binary!r}; set SMARTHOSTCTL)")
-    return binary
-
-
-@pytest.fixture
-def auth_upstream_factory(pki):
-    """auth_upstream_factory(users, tls="good"|None, mechanisms=...,
-    required=True, reject=..., rcpt_unauthenticated=...) -> AuthUpstream,
-    started."""
-    made = []
-
-    def make(users, tls="good", **kwargs):
-        upstream = AuthUpstream(users, tls=getattr(pki, tls) if tls else None,
-                                **kwargs)
-        made.append(upstream)
-        upstream.start(may_move=True)
-        return upstream
-
-    yield make
-    for upstream in made:
-        upstream.stop()
-
-
-@pytest.fixture
-def password():
-    return new_password()
-
-
-@pytest.fixture
-def authinfo(tmp_path):
-    """The path of the daemon's (only) credential file; not created."""
-    return str(tmp_path / "authinfo")
-
 
 def start_daemon(daemon_factory, upstream, authinfo_path, auth_first=None,
                  start=True, settings=None, **relay):

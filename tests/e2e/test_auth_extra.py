@@ -20,14 +20,11 @@ import time
 
 import pytest
 
-from authharness import OAuthUpstream, new_password
-# Fixtures (auth_upstream_factory, authinfo, ctl, password) as well as
-# helpers: pytest finds fixtures among a test module's names.
-from test_auth import (  # noqa: F401
+from authharness import new_password
+from test_auth import (
     LONG_BACKOFF, USER, assert_auth_before_mail, assert_no_secret,
-    assert_no_secret_anywhere, auth_upstream_factory, authinfo, ctl,
-    data_sessions, password, save_credentials, start_daemon, submit,
-    wait_deferred, wait_delivered)
+    assert_no_secret_anywhere, data_sessions, save_credentials,
+    start_daemon, submit, wait_deferred, wait_delivered)
 from harness import (assert_relayed, merge_settings, render_config,
                      rewrite_config)
 
@@ -39,23 +36,6 @@ TOKEN = "tok-123"
 
 # --------------------------------------------------------------------------
 # XOAUTH2
-
-@pytest.fixture
-def oauth_upstream_factory(pki):
-    """oauth_upstream_factory(tokens, mechanisms=("XOAUTH2",)) -> an
-    OAuthUpstream with STARTTLS (trusted CA), started."""
-    made = []
-
-    def make(tokens, **kwargs):
-        upstream = OAuthUpstream({}, tokens, tls=pki.good, **kwargs)
-        made.append(upstream)
-        upstream.start(may_move=True)
-        return upstream
-
-    yield make
-    for upstream in made:
-        upstream.stop()
-
 
 def test_xoauth2_token_from_oauth_command(oauth_upstream_factory,
                                           daemon_factory, authinfo):

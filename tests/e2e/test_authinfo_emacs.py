@@ -31,8 +31,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from authharness import smarthostctl_binary
-
 EMACS = shutil.which("emacs")
 EX_NOUSER = 67
 
@@ -250,15 +248,6 @@ def emacs_answers(corpus, gnupg_env):
 
 # --------------------------------------------------------------------------
 # Our answers
-
-@pytest.fixture(scope="module")
-def ctl():
-    binary = smarthostctl_binary()
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.fail(f"smarthostctl not found next to SMARTHOSTD "
-                    f"(got {binary!r}; set SMARTHOSTCTL)")
-    return binary
-
 
 def our_answer(ctl, corpus, env, case):
     """`smarthostctl credentials HOST PORT [USER] --show-secret` as

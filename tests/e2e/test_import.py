@@ -20,7 +20,7 @@ import pytest
 from authharness import new_password, smarthostctl_binary
 from harness import (HOSTNAME, Daemon, delivery_line, make_message,
                      rewrite_config, send_message)
-from test_auth import assert_no_secret, auth_upstream_factory  # noqa: F401
+from test_auth import assert_no_secret
 
 RCPT = "b@example.net"
 

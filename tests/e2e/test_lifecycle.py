@@ -4,12 +4,12 @@ import os
 import re
 import signal
 import smtplib
-import subprocess
 
 import pytest
 
 from harness import (CLIENT_HOSTNAME, EX_CONFIG, RawSMTP, assert_relayed,
-                     delivery_line, make_message, queue_id, render_config)
+                     check_config, delivery_line, make_message, queue_id,
+                     render_config)
 
 BROKEN_CONFIGS = {
     "syntax": """\
@@ -53,11 +53,6 @@ relays = {
 default_relay = "nowhere";  # BAD
 """,
 }
-
-
-def check_config(binary, path):
-    return subprocess.run([binary, "-t", "-c", str(path)],
-                          capture_output=True, text=True, timeout=15)
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN_CONFIGS))

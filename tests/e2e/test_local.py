@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from harness import (HOSTNAME, RawSMTP, make_message, send_message,
-                     smtp_client)
+from harness import (HOSTNAME, RawSMTP, check_config, make_message,
+                     send_message, smtp_client)
 
 ALIASES = """\
 # aliases for the tests
@@ -288,11 +288,6 @@ def test_long_header_section_streams_unrewritten_tail(daemon_factory,
     assert relayed.endswith(b"Reply-To: bob\r\n\r\nbody\r\n")
     assert filler in relayed
     daemon.wait_log(r"header section longer than 102400 bytes")
-
-
-def check_config(binary, path):
-    return subprocess.run([binary, "-t", "-c", str(path)],
-                          capture_output=True, text=True, timeout=15)
 
 
 @pytest.mark.parametrize("target, why", [

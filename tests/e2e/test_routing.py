@@ -21,10 +21,7 @@ import pytest
 
 from authharness import (authinfo_line, ctl_fields, new_password, run_ctl,
                          write_authinfo)
-# Fixtures, as test_auth_extra.py takes them: pytest finds fixtures among
-# a test module's names.
-from test_auth import (  # noqa: F401
-    assert_no_secret, auth_upstream_factory, authinfo, ctl)
+from test_auth import assert_no_secret
 from harness import (base_settings, delivery_line, make_message,
                      merge_settings, render_config, rewrite_config,
                      send_message, wait_until)

@@ -31,7 +31,6 @@ never asserted. Usage:
 """
 
 import argparse
-import asyncio
 import os
 import re
 import shutil

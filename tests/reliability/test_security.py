@@ -13,7 +13,6 @@ import email
 import email.policy
 import os
 import pwd
-import socket
 import subprocess
 
 import pytest
