@@ -431,74 +431,30 @@ cmd_show(int argc, char **argv)
 	return rc;
 }
 
-/* hold, release, delete, flush: the ids as arguments. */
+/*
+ * hold, release, flush, reload, metrics, credentials-changed: the command
+ * and its arguments (ids) are the request, and every reply line is
+ * printed (metrics: the Prometheus text as the daemon wrote it). main()
+ * has checked the number of arguments.
+ */
 static int
-ids_call(const char *verb, int argc, char **argv)
+cmd_daemon(int argc, char **argv)
 {
 	char req[CONTROL_LINE_MAX - 1];
 	int i;
 
-	snprintf(req, sizeof(req), "%s", verb);
+	snprintf(req, sizeof(req), "%s", argv[0]);
 	for (i = 1; i < argc; i++)
 		request_add(req, sizeof(req), "", argv[i]);
 	return daemon_call(req, print_line, NULL);
 }
 
 static int
-cmd_hold(int argc, char **argv)
-{
-	if (argc < 2)
-		usage();
-	return ids_call("hold", argc, argv);
-}
-
-static int
-cmd_release(int argc, char **argv)
-{
-	if (argc < 2)
-		usage();
-	return ids_call("release", argc, argv);
-}
-
-static int
 cmd_delete(int argc, char **argv)
 {
-	if (argc < 2)
-		usage();
 	if (argc == 2 && strcmp(argv[1], "--all") == 0)
 		return daemon_call("delete all", print_line, NULL);
-	return ids_call("delete", argc, argv);
-}
-
-static int
-cmd_flush(int argc, char **argv)
-{
-	return ids_call("flush", argc, argv);
-}
-
-static int
-cmd_reload(int argc, char **argv)
-{
-	if (argc != 1)
-		usage();
-	return daemon_call("reload", print_line, NULL);
-}
-
-/* Prometheus text exposition, as the daemon wrote it. */
-static int
-cmd_metrics(int argc, char **argv)
-{
-	if (argc != 1)
-		usage();
-	return daemon_call("metrics", print_line, NULL);
-}
-
-static int
-cmd_credentials_changed(int argc, char **argv)
-{
-	if (argc != 1)
-		usage();
-	return daemon_call("credentials-changed", print_line, NULL);
+	return cmd_daemon(argc, argv);
 }
 
 static int
@@ -507,8 +463,6 @@ cmd_auth_forget(int argc, char **argv)
 	char *req;
 	int rc;
 
-	if (argc != 2)
-		usage();
 	if (argv[1][0] == '\0' || strcspn(argv[1], " \t\r\n") !=
 	    strlen(argv[1])) {
 		errmsg("auth-forget: \"%s\" is not a host name", argv[1]);
@@ -2393,23 +2347,26 @@ cmd_import(int argc, char **argv)
 static const struct command {
 	const char *name;
 	int (*run)(int argc, char **argv);
+	/* Arguments after the name that main() accepts; -1: the command
+	 * checks them itself, or any number. */
+	int min_args, max_args;
 } commands[] = {
-	{ "status", cmd_status },
-	{ "queue", cmd_queue },
-	{ "mailq", cmd_queue },
-	{ "flush", cmd_flush },
-	{ "show", cmd_show },
-	{ "hold", cmd_hold },
-	{ "release", cmd_release },
-	{ "delete", cmd_delete },
-	{ "reload", cmd_reload },
-	{ "auth-forget", cmd_auth_forget },
-	{ "credentials-changed", cmd_credentials_changed },
-	{ "metrics", cmd_metrics },
-	{ "credentials", cmd_credentials },
-	{ "login", cmd_login },
-	{ "check", cmd_check },
-	{ "import", cmd_import },
+	{ "status", cmd_status, -1, -1 },
+	{ "queue", cmd_queue, -1, -1 },
+	{ "mailq", cmd_queue, -1, -1 },
+	{ "flush", cmd_daemon, -1, -1 },
+	{ "show", cmd_show, -1, -1 },
+	{ "hold", cmd_daemon, 1, -1 },
+	{ "release", cmd_daemon, 1, -1 },
+	{ "delete", cmd_delete, 1, -1 },
+	{ "reload", cmd_daemon, 0, 0 },
+	{ "auth-forget", cmd_auth_forget, 1, 1 },
+	{ "credentials-changed", cmd_daemon, 0, 0 },
+	{ "metrics", cmd_daemon, 0, 0 },
+	{ "credentials", cmd_credentials, -1, -1 },
+	{ "login", cmd_login, -1, -1 },
+	{ "check", cmd_check, -1, -1 },
+	{ "import", cmd_import, -1, -1 },
 };
 
 int
@@ -2468,6 +2425,9 @@ main(int argc, char *argv[])
 		errmsg("unknown command \"%s\"", argv[0]);
 		usage();
 	}
+	if ((cmd->min_args != -1 && argc - 1 < cmd->min_args) ||
+	    (cmd->max_args != -1 && argc - 1 > cmd->max_args))
+		usage();
 	signal(SIGPIPE, SIG_IGN);
 	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++)
 		signal(sigs[i], tty_signal);

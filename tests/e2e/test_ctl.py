@@ -74,6 +74,19 @@ def test_unknown_long_option(name):
     assert "usage:" in r.stderr
 
 
+@pytest.mark.parametrize("args", [["hold"], ["release"], ["delete"],
+                                  ["reload", "x"], ["metrics", "x"],
+                                  ["credentials-changed", "x"],
+                                  ["auth-forget"], ["auth-forget", "a", "b"]])
+def test_wrong_number_of_arguments(daemon, args):
+    """Each command's argument count is checked before the daemon is
+    asked: a usage error, and nothing done."""
+    r = run(program("smarthostctl"), "-c", daemon.config_path, *args)
+    assert r.returncode == 64, r
+    assert r.stderr.startswith("usage: smarthostctl"), r
+    assert r.stdout == ""
+
+
 def test_long_options_beside_short(tmp_path):
     """smarthostd --test --config FILE checks a file as -t -c does."""
     bad = tmp_path / "bad.conf"
