@@ -241,21 +241,15 @@ Test(persist, open_refuses_unusable_dir)
 static struct event_base *base;
 
 static int
+saved(void *as)
+{
+	return !authstate_saving(as);
+}
+
+static int
 run_until_saved(struct authstate *as, double secs)
 {
-	struct timeval slice = { 0, 10000 };
-	struct timespec t0, t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (authstate_saving(as)) {
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 >
-		    secs)
-			return 0;
-		event_base_loopexit(base, &slice);
-		event_base_dispatch(base);
-	}
-	return 1;
+	return fixture_run_until(base, saved, as, secs, 10);
 }
 
 Test(persist, saves_through_the_worker_in_order)

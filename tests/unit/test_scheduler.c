@@ -250,24 +250,19 @@ commit_cb(int error, struct envelope *env, void *arg)
 	committed = 1;
 }
 
+static int
+call_cond(void *arg)
+{
+	int (**cond)(void) = arg;
+
+	return (*cond)();
+}
+
 /* Runs the loop in 20 ms slices until cond() holds or secs pass. */
 static int
 run_until(int (*cond)(void), double secs)
 {
-	struct timespec t0, t;
-	struct timeval slice = { 0, 20000 };
-
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	for (;;) {
-		if (cond())
-			return 1;
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 >
-		    secs)
-			return 0;
-		event_base_loopexit(base, &slice);
-		event_base_dispatch(base);
-	}
+	return fixture_run_until(base, call_cond, &cond, secs, 20);
 }
 
 static int
@@ -379,19 +374,9 @@ Test(deliver, maildir_gets_lf_message_and_queue_file_goes)
 static int
 closed_port(void)
 {
-	struct sockaddr_in sin;
-	socklen_t sl = sizeof(sin);
-	int fd, port;
+	int port = fixture_closed_port();
 
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	cr_assert_geq(fd, 0);
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
-	port = ntohs(sin.sin_port);
-	close(fd);
+	cr_assert_gt(port, 0);
 	return port;
 }
 

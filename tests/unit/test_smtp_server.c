@@ -96,26 +96,11 @@ now(void)
 	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
-static void
-tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-}
-
 /* Runs the loop until done(arg) or secs passed; returns done(arg). */
 static int
 run_until(int (*done)(void *), void *arg, double secs)
 {
-	struct timeval tv = { 0, 20000 };
-	struct event *tick = evtimer_new(h.base, tick_cb, NULL);
-	double deadline = now() + secs;
-	int ok;
-
-	while (!(ok = done(arg)) && now() < deadline) {
-		evtimer_add(tick, &tv);
-		event_base_loop(h.base, EVLOOP_ONCE);
-	}
-	event_free(tick);
-	return ok;
+	return fixture_run_until(h.base, done, arg, secs, 20);
 }
 
 /* Takes one complete reply (lines joined with '\n') from h.in. */
