@@ -537,7 +537,7 @@ msg_init(struct smtp_client_msg *m, const char *sender,
 /*
  * The usual setup: the server runs script and r holds one message of
  * "hi\n" from a@example.org to rcpts. Returns the body's fd, for the caller
- * to close. Anything else r needs is set before one_msg_go().
+ * to close. Anything else r needs is set before session_go().
  */
 static int
 one_msg_init(struct peer *p, struct run *r, peer_script script,
@@ -555,21 +555,21 @@ one_msg_init(struct peer *p, struct run *r, peer_script script,
 
 /* Runs the session, waits for the server and checks it saw no fault. */
 static void
-one_msg_go(struct peer *p, struct run *r)
+session_go(struct peer *p, struct run *r)
 {
 	run_go(r);
 	peer_join(p);
 	cr_assert_str_empty(p->fail, "server: %s", p->fail);
 }
 
-/* one_msg_init() and one_msg_go() with nothing in between. */
+/* one_msg_init() and session_go() with nothing in between. */
 static int
 one_message(struct peer *p, struct run *r, peer_script script,
     enum tls_mode tls, const char *const *rcpts, size_t n)
 {
 	int fd = one_msg_init(p, r, script, tls, rcpts, n);
 
-	one_msg_go(p, r);
+	session_go(p, r);
 	return fd;
 }
 
@@ -712,6 +712,20 @@ TestSuite(smtp_client, .init = setup, .timeout = 60);
 
 static const char simple_body[] =
     "Subject: t\n\n.leading dot\nline2\r\nbare cr\rend";
+
+/* The one message of r: simple_body from a@example.org to rcpts (one
+ * recipient). Returns its body's descriptor, for the caller to close. */
+static int
+simple_msg(struct run *r, const char *const *rcpts)
+{
+	int fd = body_fd(simple_body, strlen(simple_body));
+
+	msg_init(&r->msgs[0], "a@example.org", rcpts, 1, fd,
+	    (off_t)strlen(simple_body));
+	r->nmsgs = 1;
+	return fd;
+}
+
 static const char simple_wire[] =
     "Subject: t\r\n\r\n..leading dot\r\nline2\r\nbare cr\r\nend\r\n.\r\n";
 
@@ -745,14 +759,9 @@ Test(smtp_client, simple_delivery)
 
 	peer_start(&p, script_simple);
 	run_init(&r, p.port, TLS_MODE_NONE);
-	fd = body_fd(simple_body, strlen(simple_body));
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
-	    (off_t)strlen(simple_body));
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = simple_msg(&r, rcpts);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.send_rc, 0);
 	cr_assert_eq(r.nready, 2);
 	cr_assert_eq(r.nrcpt, 1);
@@ -819,10 +828,8 @@ Test(smtp_client, pipelined_one_batch_and_rcpt_550)
 	r.msgs[0].eightbit = 1;
 	r.msgs[0].smtputf8 = 1;
 	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	snprintf(want, sizeof(want), "MAIL FROM:<a@example.org> SIZE=%zu "
 	    "BODY=8BITMIME SMTPUTF8\r\nRCPT TO:<b1@example.net>\r\n"
 	    "RCPT TO:<b2@example.net>\r\nDATA\r\n", strlen(simple_body));
@@ -874,10 +881,8 @@ Test(smtp_client, rcpt_550_one_of_two_unpipelined)
 	fd = body_fd("hi\n", 3);
 	msg_init(&r.msgs[0], "", rcpts, 2, fd, 3);
 	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nrcpt, 2);
 	cr_assert_eq(r.rcpt[0].status, OUTCOME_PERMANENT);
 	cr_assert_eq(r.rcpt[0].code, 550);
@@ -948,7 +953,7 @@ Test(smtp_client, quit_from_done_sends_rset_then_quit)
 
 	fd = one_msg_init(&p, &r, script_mail_451, TLS_MODE_NONE, rcpts, 1);
 	r.quit_in_done = 1;
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.nready, 1);   /* no ready() once quit was asked */
@@ -1042,10 +1047,8 @@ Test(smtp_client, no_recipient_but_354_sends_lone_dot)
 	fd = body_fd("secret body\n", 12);
 	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, 12);
 	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_not_null(strstr(p.rx, "DATA\r\n.\r\nQUIT\r\n"));
 	cr_assert_null(strstr(p.rx, "secret"));
 	cr_assert_eq(r.ndone, 1);
@@ -1349,7 +1352,7 @@ Test(smtp_client, helo_when_ehlo_unknown)
 	    TLS_MODE_NONE, rcpts, 1);
 	/* 8BITMIME not offered: no BODY= parameter */
 	r.msgs[0].eightbit = 1;
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_OK);
@@ -1396,10 +1399,8 @@ Test(smtp_client, two_messages_one_session)
 	msg_init(&r.msgs[1], "a@example.org", rcpts2, 1, fd2, 7);
 	r.msgs[1].body_offset = 2;
 	r.nmsgs = 2;
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nready, 3);
 	cr_assert_eq(r.ndone, 2);
 	cr_assert_str_eq(r.done[0].text, "250 2.0.0 Ok: queued as 1");
@@ -1434,7 +1435,7 @@ Test(smtp_client, smtputf8_not_offered_done_permanent_without_mail)
 	fd = one_msg_init(&p, &r, script_ehlo_then_quit,
 	    TLS_MODE_NONE, rcpts, 1);
 	r.msgs[0].smtputf8 = 1;
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
@@ -1459,10 +1460,8 @@ Test(smtp_client, size_over_limit_done_permanent_without_mail)
 	fd = body_fd(big, sizeof(big));
 	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, sizeof(big));
 	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_PERMANENT);
 	cr_assert_str_eq(r.done[0].enhanced, "5.3.4");
@@ -1566,14 +1565,9 @@ Test(smtp_client, every_address_is_tried)
 	r.dns = dns_with_hosts(r.base, "127.0.0.2 multi.test\n"
 	    "::1 multi.test\n127.0.0.1 multi.test\n127.0.0.3 multi.test\n");
 	r.params.host = "multi.test";
-	fd = body_fd(simple_body, strlen(simple_body));
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
-	    (off_t)strlen(simple_body));
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = simple_msg(&r, rcpts);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_OK);
 	snprintf(want, sizeof(want), "multi.test[127.0.0.1]:%u", p.port);
@@ -1883,10 +1877,8 @@ big_body_run(enum tls_mode mode)
 	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd, size);
 	r.nmsgs = 1;
 	before = maxrss_kb();
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(p.body_lines, BIG_LINES);
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_OK);
@@ -1942,7 +1934,7 @@ Test(smtp_client, starttls_not_offered_closes_without_mail)
 	fd = one_msg_init(&p, &r, script_no_starttls,
 	    TLS_MODE_STARTTLS, rcpts, 1);
 	r.params.ssl_ctx = client_ctx(NULL, 1);
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.nready, 0);
 	cr_assert_eq(r.nclosed, 1);
@@ -2156,14 +2148,9 @@ Test(smtp_client, implicit_tls_delivers)
 	peer_start(&p, script_implicit);
 	run_init(&r, p.port, TLS_MODE_IMPLICIT);
 	r.params.ssl_ctx = client_ctx(k.cafile, 1);
-	fd = body_fd(simple_body, strlen(simple_body));
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
-	    (off_t)strlen(simple_body));
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = simple_msg(&r, rcpts);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.ndone, 1, "closed: %s", r.closed.text);
 	cr_assert_eq(r.done[0].status, OUTCOME_OK);
 	cr_assert_eq(r.closed.status, OUTCOME_OK);
@@ -2397,6 +2384,21 @@ capture_end(struct capture *cap)
 	return buf;
 }
 
+/* session_go(), returning what the client logged meanwhile (malloc'd). */
+static char *
+session_go_logged(struct peer *p, struct run *r)
+{
+	struct capture cap;
+	char *log;
+
+	capture_begin(&cap);
+	run_go(r);
+	log = capture_end(&cap);
+	peer_join(p);
+	cr_assert_str_empty(p->fail, "server: %s", p->fail);
+	return log;
+}
+
 static void
 script_auth_first_cram(struct peer *p)
 {
@@ -2419,7 +2421,6 @@ Test(smtp_client, auth_first_cram_md5_before_mail)
 {
 	static const char *const rcpts[] = { "b@example.net" };
 	struct peer p = { 0 };
-	struct capture cap;
 	struct run r;
 	char want[128], *log, *resp64;
 	int fd;
@@ -2428,16 +2429,9 @@ Test(smtp_client, auth_first_cram_md5_before_mail)
 	run_init(&r, p.port, TLS_MODE_NONE);
 	/* no TLS, allow_plaintext: CRAM-MD5 comes first of the three */
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
-	fd = body_fd(simple_body, strlen(simple_body));
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
-	    (off_t)strlen(simple_body));
-	r.nmsgs = 1;
-	capture_begin(&cap);
-	run_go(&r);
-	log = capture_end(&cap);
-	peer_join(&p);
+	fd = simple_msg(&r, rcpts);
+	log = session_go_logged(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauthenticated, 1);
 	cr_assert_str_eq(r.authed, "CRAM-MD5");
 	cr_assert_str_eq(r.mech_at_ready, "CRAM-MD5");
@@ -2498,7 +2492,6 @@ Test(smtp_client, auth_cram_535_falls_back_to_plain)
 {
 	static const char *const rcpts[] = { "b@example.net" };
 	struct peer p = { 0 };
-	struct capture cap;
 	struct run r;
 	char *log;
 	int fd;
@@ -2506,16 +2499,9 @@ Test(smtp_client, auth_cram_535_falls_back_to_plain)
 	peer_start(&p, script_cram_535_then_plain);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
-	fd = body_fd(simple_body, strlen(simple_body));
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
-	    (off_t)strlen(simple_body));
-	r.nmsgs = 1;
-	capture_begin(&cap);
-	run_go(&r);
-	log = capture_end(&cap);
-	peer_join(&p);
+	fd = simple_msg(&r, rcpts);
+	log = session_go_logged(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauthenticated, 1);
 	cr_assert_str_eq(r.authed, "PLAIN");
 	cr_assert_eq(r.ndone, 1);
@@ -2570,14 +2556,9 @@ Test(smtp_client, mail_530_rset_auth_and_mail_again)
 	peer_start(&p, script_mail_530);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
-	fd = body_fd(simple_body, strlen(simple_body));
-	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, fd,
-	    (off_t)strlen(simple_body));
-	r.nmsgs = 1;
-	run_go(&r);
-	peer_join(&p);
+	fd = simple_msg(&r, rcpts);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	/* the first try did not pipeline DATA: AUTH may still be due */
 	cr_assert_str_eq(p.batch, "MAIL FROM:<a@example.org>\r\n"
 	    "RCPT TO:<b@example.net>\r\n");
@@ -2641,7 +2622,7 @@ Test(smtp_client, rcpt_554_571_with_auth_offered_reauths_and_redoes)
 
 	fd = one_msg_init(&p, &r, script_rcpt_571, TLS_MODE_NONE, rcpts, 3);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.rcpts_at_auth_required, 0,
@@ -2694,7 +2675,7 @@ Test(smtp_client, rcpt_550_without_enhanced_code_reauths_with_credentials)
 	fd = one_msg_init(&p, &r, script_rcpt_550_plain,
 	    TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.nrcpt, 1);
@@ -2826,27 +2807,42 @@ script_plain_only(struct peer *p)
 	peer_drain(p);
 }
 
-Test(smtp_client, plain_only_without_tls_is_refused_before_auth)
+/* The session ended without credentials sent over plain text, and the
+ * reason says how to allow it. */
+static void
+assert_plaintext_refused(const struct run *r, const struct peer *p)
+{
+	cr_assert_eq(r->nauthenticated, 0);
+	cr_assert_eq(r->closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r->closed.class, OC_AUTH);
+	cr_assert_str_eq(r->closed.text, "refusing to send credentials over "
+	    "an unencrypted connection (set allow_plaintext_auth = true to "
+	    "allow)");
+	cr_assert_null(strstr(p->rx, "AUTH"), "%s", p->rx);
+}
+
+/* A server without TLS offering what script offers, and a client that
+ * must authenticate first: it gives up before AUTH. */
+static void
+refused_before_auth(peer_script script)
 {
 	struct peer p = { 0 };
 	struct run r;
 
-	peer_start(&p, script_plain_only);
+	peer_start(&p, script);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nready, 0);
 	cr_assert_eq(r.nclosed, 1);
-	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
-	cr_assert_eq(r.closed.class, OC_AUTH);
-	cr_assert_str_eq(r.closed.text, "refusing to send credentials over "
-	    "an unencrypted connection (set allow_plaintext_auth = true to "
-	    "allow)");
-	cr_assert_null(strstr(p.rx, "AUTH"));
+	assert_plaintext_refused(&r, &p);
 	run_fini(&r);
+}
+
+Test(smtp_client, plain_only_without_tls_is_refused_before_auth)
+{
+	refused_before_auth(script_plain_only);
 }
 
 static void
@@ -2869,10 +2865,8 @@ Test(smtp_client, auth_454_is_temporary_and_stops)
 	peer_start(&p, script_auth_454);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nready, 0);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
 	cr_assert_eq(r.closed.class, OC_AUTH);
@@ -2918,19 +2912,14 @@ script_all_fail(struct peer *p)
 Test(smtp_client, every_mechanism_fails_lists_each_reply)
 {
 	struct peer p = { 0 };
-	struct capture cap;
 	struct run r;
 	char *log;
 
 	peer_start(&p, script_all_fail);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 1);
-	capture_begin(&cap);
-	run_go(&r);
-	log = capture_end(&cap);
-	peer_join(&p);
+	log = session_go_logged(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nready, 0);
 	cr_assert_eq(r.nauthenticated, 0);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
@@ -3072,10 +3061,8 @@ Test(smtp_client, scram_sha_256_verifies_the_server)
 	peer_start(&p, script_scram);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 1, 1);
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauthenticated, 1);
 	cr_assert_str_eq(r.authed, "SCRAM-SHA-256");
 	cr_assert_eq(r.nready, 1);
@@ -3163,10 +3150,8 @@ Test(smtp_client, scram_wrong_server_signature_is_refused)
 	run_init(&r, p.port, TLS_MODE_NONE);
 	/* only SCRAM in the order: no fallback to CRAM-MD5 */
 	auth_set(&r, "user", "pencil", "SCRAM-SHA-256", 1, 1);
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nauthenticated, 0);
 	cr_assert_eq(r.nready, 0);
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
@@ -3193,10 +3178,8 @@ Test(smtp_client, auth_first_without_auth_offered_goes_on)
 	peer_start(&p, script_no_auth_offered);
 	run_init(&r, p.port, TLS_MODE_NONE);
 	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
-	run_go(&r);
-	peer_join(&p);
+	session_go(&p, &r);
 
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
 	cr_assert_eq(r.nready, 1);
 	cr_assert_str_eq(r.mech_at_ready, "");
 	cr_assert_eq(r.closed.status, OUTCOME_OK);
@@ -3224,7 +3207,7 @@ Test(smtp_client, close_after_530_reports_auth_retry)
 	fd = one_msg_init(&p, &r, script_530_then_close,
 	    TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.ndone, 0);
@@ -3263,7 +3246,7 @@ Test(smtp_client, reset_after_530_reports_auth_retry)
 	fd = one_msg_init(&p, &r, script_530_then_reset,
 	    TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 1, 0);
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.nauth_required, 1);
 	cr_assert_eq(r.ndone, 0);
@@ -3307,25 +3290,7 @@ script_cram_only_no_tls(struct peer *p)
 
 Test(smtp_client, hashed_mechanisms_without_tls_are_refused_too)
 {
-	struct peer p = { 0 };
-	struct run r;
-
-	peer_start(&p, script_cram_only_no_tls);
-	run_init(&r, p.port, TLS_MODE_NONE);
-	auth_set(&r, cram_user, cram_pass, NULL, 0, 1);
-	run_go(&r);
-	peer_join(&p);
-
-	cr_assert_str_empty(p.fail, "server: %s", p.fail);
-	cr_assert_eq(r.nready, 0);
-	cr_assert_eq(r.nauthenticated, 0);
-	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
-	cr_assert_eq(r.closed.class, OC_AUTH);
-	cr_assert_str_eq(r.closed.text, "refusing to send credentials over "
-	    "an unencrypted connection (set allow_plaintext_auth = true to "
-	    "allow)");
-	cr_assert_null(strstr(p.rx, "AUTH"), "%s", p.rx);
-	run_fini(&r);
+	refused_before_auth(script_cram_only_no_tls);
 }
 
 static void
@@ -3351,17 +3316,11 @@ Test(smtp_client, on_demand_auth_without_tls_is_refused)
 
 	fd = one_msg_init(&p, &r, script_530_no_tls, TLS_MODE_NONE, rcpts, 1);
 	auth_set(&r, cram_user, cram_pass, NULL, 0, 0);
-	one_msg_go(&p, &r);
+	session_go(&p, &r);
 
 	cr_assert_eq(r.nauth_required, 1);
-	cr_assert_eq(r.nauthenticated, 0);
 	cr_assert_eq(r.ndone, 0);
-	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
-	cr_assert_eq(r.closed.class, OC_AUTH);
-	cr_assert_str_eq(r.closed.text, "refusing to send credentials over "
-	    "an unencrypted connection (set allow_plaintext_auth = true to "
-	    "allow)");
-	cr_assert_null(strstr(p.rx, "AUTH"), "%s", p.rx);
+	assert_plaintext_refused(&r, &p);
 	run_fini(&r);
 	close(fd);
 }
