@@ -5,12 +5,14 @@
  *
  * Invariants: a client is on c->clients from accept until client_free. A
  * client marked closing reads nothing more; it is freed as soon as its
- * output is written, or on a write error or timeout. Every command answers
- * at once from what is in memory, so a response is complete when it is
- * queued, and the next request on the connection is read only after it.
- * A client that leaves its responses unread stops being read once
+ * output is written, or on a write error or timeout. Every command but
+ * queue answers at once from what is in memory, so its response is
+ * complete when it is queued; queue streams its listing a page at a time
+ * (envelopes read on the worker pool), and the next request on the
+ * connection is read only after the response's end. A client that leaves
+ * its responses unread stops being read, and gets no next page, once
  * CONTROL_OUTPUT_PAUSE bytes are waiting, so no client can make the daemon
- * buffer more than about one queue listing on its behalf.
+ * buffer much more than that on its behalf, whatever the queue's size.
  */
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -47,6 +49,8 @@
 #define CONTROL_REPLY_LINE_MAX (4 * 1024 * 1024)
 /* Message lines longer than this are shown as several lines. */
 #define CONTROL_BODY_LINE_MAX (64 * 1024)
+/* Messages per page of a queue listing. */
+#define CONTROL_LIST_PAGE 256
 /* Most message ids one request may name. */
 #define CONTROL_IDS_MAX 64
 /* Longest piece of a bad request echoed back in an error. */
@@ -60,6 +64,12 @@ struct control_client {
 	enum control_access access;
 	int closing;  /* answer written, then free */
 	int paused;   /* reading stopped until the output drains */
+	/* A queue listing being sent, a page at a time: no request is read
+	 * meanwhile. list_wait: the next page waits for the output to
+	 * drain. */
+	struct scheduler_list *list;
+	struct queue_filter *filter;
+	int list_wait;
 };
 
 struct control {
@@ -149,9 +159,12 @@ iso_time(time_t t, char *buf, size_t len)
 /*
  * A command appends data lines to out and returns 0, or returns -1 with
  * the message of the error response in err (data lines it added are sent
- * after the error line). argv holds the request's arguments, argc of
- * them.
+ * after the error line), or CMD_STREAMING: "ok" and out go now, and the
+ * command sends the rest of its data lines and the final "." itself,
+ * later (no request is read meanwhile). argv holds the request's
+ * arguments, argc of them.
  */
+#define CMD_STREAMING 1
 typedef int control_cmd_fn(struct control_client *cl, int argc,
     char **argv, struct evbuffer *out, char *err, size_t errlen);
 
@@ -386,19 +399,31 @@ rcpt_status_name(enum rcpt_status st)
 	    sizeof(*rcpt_status_names) ? rcpt_status_names[st] : "unknown";
 }
 
-/* The queue listing's filters ("queue" arguments). */
+/* The queue listing's filters ("queue" arguments); the strings are its
+ * own. */
 struct queue_filter {
 	struct control *c;
 	struct evbuffer *out;
 	int json;
 	int held;              /* only held messages */
 	int deferred;          /* only messages tried at least once, not held */
-	const char *from;      /* sender contains, case-insensitive */
-	const char *to;        /* some recipient contains */
-	const char *relay;     /* the relay it goes to now */
+	char *from;            /* sender contains, case-insensitive */
+	char *to;              /* some recipient contains */
+	char *relay;           /* the relay it goes to now */
 	long long older_than;  /* seconds; -1: any age */
 	size_t shown;
 };
+
+static void
+queue_filter_free(struct queue_filter *f)
+{
+	if (f == NULL)
+		return;
+	free(f->from);
+	free(f->to);
+	free(f->relay);
+	free(f);
+}
 
 static int
 queue_filter_parse(struct queue_filter *f, int argc, char **argv,
@@ -413,12 +438,16 @@ queue_filter_parse(struct queue_filter *f, int argc, char **argv,
 			f->held = 1;
 		else if (strcmp(argv[i], "deferred") == 0)
 			f->deferred = 1;
-		else if (strncmp(argv[i], "from=", 5) == 0)
-			f->from = argv[i] + 5;
-		else if (strncmp(argv[i], "to=", 3) == 0)
-			f->to = argv[i] + 3;
-		else if (strncmp(argv[i], "relay=", 6) == 0)
-			f->relay = argv[i] + 6;
+		else if (strncmp(argv[i], "from=", 5) == 0) {
+			free(f->from);
+			f->from = xstrdup(argv[i] + 5);
+		} else if (strncmp(argv[i], "to=", 3) == 0) {
+			free(f->to);
+			f->to = xstrdup(argv[i] + 3);
+		} else if (strncmp(argv[i], "relay=", 6) == 0) {
+			free(f->relay);
+			f->relay = xstrdup(argv[i] + 6);
+		}
 		else if (strncmp(argv[i], "older-than=", 11) == 0) {
 			errno = 0;
 			f->older_than = strtoll(argv[i] + 11, &end, 10);
@@ -552,7 +581,8 @@ queue_text(const struct envelope *env, struct evbuffer *out)
 static void
 queue_each(const struct envelope *env, void *arg)
 {
-	struct queue_filter *f = arg;
+	struct control_client *cl = arg;
+	struct queue_filter *f = cl->filter;
 	struct evbuffer *b;
 
 	if (!queue_filter_match(f, env))
@@ -567,20 +597,64 @@ queue_each(const struct envelope *env, void *arg)
 	json_line(f->out, b);
 }
 
+static void client_read(struct bufferevent *, void *);
+
+/* A page of the listing was sent: the next one, or the end. */
+static void
+queue_page_done(int last, void *arg)
+{
+	struct control_client *cl = arg;
+	struct evbuffer *out = bufferevent_get_output(cl->bev);
+
+	if (!last) {
+		/* Bounded output: the next page once the client has read
+		 * this much (client_write). */
+		if (evbuffer_get_length(out) >= CONTROL_OUTPUT_PAUSE)
+			cl->list_wait = 1;
+		else
+			scheduler_list_next(cl->list, CONTROL_LIST_PAGE,
+			    queue_each, queue_page_done, cl);
+		return;
+	}
+	evbuffer_add(out, ".\n", 2);
+	scheduler_list_free(cl->list);
+	cl->list = NULL;
+	queue_filter_free(cl->filter);
+	cl->filter = NULL;
+	if (cl->closing)
+		return;		/* freed once the end is written */
+	bufferevent_enable(cl->bev, EV_READ);
+	client_read(cl->bev, cl);
+}
+
+/*
+ * queue [FILTER...] [json]: answers "ok" at once, then streams the
+ * listing a page at a time (scheduler_list_*, envelopes read on the
+ * worker pool) while the loop goes on serving; the next page is read only
+ * once the client has taken most of the last, so a listing holds about
+ * CONTROL_OUTPUT_PAUSE bytes whatever the size of the queue.
+ */
 static int
 cmd_queue(struct control_client *cl, int argc, char **argv,
     struct evbuffer *out, char *err, size_t errlen)
 {
-	struct queue_filter f;
+	struct queue_filter *f;
 
-	memset(&f, 0, sizeof(f));
-	f.c = cl->c;
-	f.out = out;
-	f.json = take_json(&argc, argv);
-	if (queue_filter_parse(&f, argc, argv, err, errlen) == -1)
+	f = xcalloc(1, sizeof(*f));
+	f->c = cl->c;
+	f->out = bufferevent_get_output(cl->bev);
+	f->json = take_json(&argc, argv);
+	if (queue_filter_parse(f, argc, argv, err, errlen) == -1) {
+		queue_filter_free(f);
 		return -1;
-	scheduler_foreach(cl->c->sched, queue_each, &f);
-	return 0;
+	}
+	cl->filter = f;
+	cl->list = scheduler_list_new(cl->c->sched);
+	cl->list_wait = 0;
+	bufferevent_disable(cl->bev, EV_READ);
+	scheduler_list_next(cl->list, CONTROL_LIST_PAGE, queue_each,
+	    queue_page_done, cl);
+	return CMD_STREAMING;
 }
 
 /* One message line as a data line, unescaped (smarthostctl makes it
@@ -945,6 +1019,8 @@ client_free(struct control_client *cl)
 
 	TAILQ_REMOVE(&c->clients, cl, entry);
 	c->nclients--;
+	scheduler_list_free(cl->list);
+	queue_filter_free(cl->filter);
 	bufferevent_free(cl->bev);
 	free(cl);
 }
@@ -976,7 +1052,7 @@ client_request(struct control_client *cl, char *line, size_t len)
 	char err[512], echo[CONTROL_ECHO_MAX + 1], *argv[CONTROL_IDS_MAX + 8];
 	char *p;
 	size_t i;
-	int argc = 0;
+	int argc = 0, rc;
 
 	for (i = 0; i < len; i++) {
 		if ((unsigned char)line[i] < 0x20 && line[i] != '\t') {
@@ -1027,13 +1103,17 @@ client_request(struct control_client *cl, char *line, size_t len)
 	if ((data = evbuffer_new()) == NULL)
 		fatalx("%s: evbuffer_new", __func__);
 	err[0] = '\0';
-	if (cmd->run(cl, argc - 1, argv + 1, data, err, sizeof(err)) == 0)
+	/* A streaming command's pages come from the loop later, after
+	 * this "ok". */
+	rc = cmd->run(cl, argc - 1, argv + 1, data, err, sizeof(err));
+	if (rc == 0 || rc == CMD_STREAMING)
 		evbuffer_add(out, "ok\n", 3);
-	else
+	else if (rc == -1)
 		evbuffer_add_printf(out, "error %s\n", err[0] != '\0' ? err :
 		    "failed");
 	evbuffer_add_buffer(out, data);
-	evbuffer_add(out, ".\n", 2);
+	if (rc != CMD_STREAMING)
+		evbuffer_add(out, ".\n", 2);
 	evbuffer_free(data);
 }
 
@@ -1060,7 +1140,7 @@ client_read(struct bufferevent *bev, void *arg)
 	size_t eol_len, len;
 	char *line;
 
-	while (!cl->closing) {
+	while (!cl->closing && cl->list == NULL) {
 		if (evbuffer_get_length(out) >= CONTROL_OUTPUT_PAUSE) {
 			/* Resumed by client_write once the client reads. */
 			cl->paused = 1;
@@ -1094,6 +1174,15 @@ client_write(struct bufferevent *bev, void *arg)
 {
 	struct control_client *cl = arg;
 
+	if (cl->list != NULL) {
+		/* A listing is being sent: the client took the last page. */
+		if (cl->list_wait) {
+			cl->list_wait = 0;
+			scheduler_list_next(cl->list, CONTROL_LIST_PAGE,
+			    queue_each, queue_page_done, cl);
+		}
+		return;
+	}
 	if (cl->closing) {
 		client_free(cl);
 		return;
@@ -1611,6 +1700,9 @@ control_call(const char *path, const char *request, unsigned timeout,
 			goto out;
 		}
 		len += (size_t)n;
+		/* A long listing streams: the timeout is for silence. */
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_sec += timeout;
 	}
 
 fail_errno:

@@ -38,8 +38,11 @@
  *	metrics              Prometheus text exposition (metrics.h)
  * All but status, queue, show and metrics change something: admin only.
  *
- * Everything runs on the loop thread; no command waits on the network,
- * and only show reads a file (the message) synchronously.
+ * Everything runs on the loop thread; no command waits on the network.
+ * queue answers "ok" at once and then streams its listing a page at a
+ * time, the envelopes read on the worker pool, so neither the loop nor
+ * the daemon's memory depends on the queue's size; only show reads a
+ * file (the message) synchronously.
  */
 #ifndef SMARTHOST_CONTROL_H
 #define SMARTHOST_CONTROL_H
@@ -129,7 +132,8 @@ typedef void control_line_fn(const char *line, void *arg);
 
 /*
  * Connects to the socket at path, sends request (one line, without LF),
- * and reads the response within timeout seconds in all, passing each data
+ * and reads the response, failing after timeout seconds without any of
+ * it arriving (a long listing may take longer in all), passing each data
  * line to each (which may be NULL). Returns CONTROL_OK; CONTROL_ERROR with
  * the daemon's MESSAGE in err; CONTROL_UNAVAILABLE with errno set and
  * "cannot connect to PATH: REASON" in err; or CONTROL_FAILED with the

@@ -327,22 +327,14 @@ metrics_format(const struct metrics_gauges *g)
 	return o.p;
 }
 
-static void
-oldest_each(const struct envelope *env, void *arg)
-{
-	time_t *oldest = arg;
-
-	if (*oldest == 0 || env->created < *oldest)
-		*oldest = env->created;
-}
-
 char *
 metrics_collect(struct scheduler *sched, const struct smtp_server *srv)
 {
 	struct metrics_gauges g;
-	time_t oldest = 0, now = time(NULL);
+	time_t oldest, now = time(NULL);
 
-	scheduler_foreach(sched, oldest_each, &oldest);
+	/* From the queue ids: no file is read for a scrape. */
+	oldest = scheduler_oldest(sched);
 	g.queued = scheduler_count(sched);
 	g.oldest_age = oldest != 0 && now > oldest ? (double)(now - oldest) :
 	    0;

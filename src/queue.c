@@ -283,6 +283,15 @@ queue_id_next(char *id, size_t idlen)
 	snprintf(id, idlen, "%016" PRIX64, v);
 }
 
+time_t
+queue_id_time(const char *id)
+{
+	uint64_t ms;
+
+	ms = strtoull(id, NULL, 16) >> (ID_PID_BITS + ID_COUNTER_BITS);
+	return (time_t)((ms + ID_EPOCH_MS) / 1000);
+}
+
 /* Makes the clock run at least past the time encoded in id. */
 static void
 queue_id_seen(const char *id)
@@ -1235,11 +1244,13 @@ queue_apply_records(const char *id, struct envelope *env, const char *buf,
  * Reads one queue file. Returns the envelope, or NULL with a reason for
  * corrupt/ in why, or NULL with *leave set to an errno value when the file
  * should be left alone: ENOENT (gone, not logged) or a transient failure
- * such as EMFILE or EIO (logged).
+ * such as EMFILE or EIO (logged). Unless readonly, a torn last state
+ * record is cut off the file; readonly opens it for reading only and
+ * changes nothing, so it may run while the file is being updated.
  */
 static struct envelope *
 queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
-    int *leave)
+    int *leave, int readonly)
 {
 	struct envelope *env = NULL;
 	struct stat st;
@@ -1253,8 +1264,8 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 		snprintf(why, whylen, "not a queue file name");
 		return NULL;
 	}
-	if ((fd = openat_wait(q->queue_fd, name,
-	    O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) == -1) {
+	if ((fd = openat_wait(q->queue_fd, name, (readonly ? O_RDONLY :
+	    O_RDWR) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) == -1) {
 		if (errno == ELOOP || errno == EISDIR || errno == ENXIO) {
 			snprintf(why, whylen, "not a regular file");
 			return NULL;
@@ -1339,7 +1350,7 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 		}
 		good = queue_apply_records(name, env, recs, reclen,
 		    (off_t)(body_offset + body_size));
-		if (good != reclen) {
+		if (good != reclen && !readonly) {
 			/*
 			 * A crash while appending: the last record has no
 			 * '\n' and never counted. Cut it off so the next
@@ -1508,7 +1519,8 @@ queue_read(struct queue *q, const char *id)
 	int leave;
 
 	why[0] = '\0';
-	if ((env = queue_load_one(q, id, why, sizeof(why), &leave)) != NULL)
+	if ((env = queue_load_one(q, id, why, sizeof(why), &leave, 0)) !=
+	    NULL)
 		return env;
 	if (leave == 0) {
 		queue_move_corrupt(q, id, why);
@@ -1516,6 +1528,20 @@ queue_read(struct queue *q, const char *id)
 		leave = EBADMSG;
 	}
 	errno = leave;
+	return NULL;
+}
+
+struct envelope *
+queue_peek(struct queue *q, const char *id)
+{
+	struct envelope *env;
+	char why[256];
+	int leave;
+
+	if ((env = queue_load_one(q, id, why, sizeof(why), &leave, 1)) !=
+	    NULL)
+		return env;
+	errno = leave != 0 ? leave : EBADMSG;
 	return NULL;
 }
 

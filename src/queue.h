@@ -66,6 +66,22 @@ size_t queue_scan(struct queue *q, void (*each)(const char *id, void *arg),
  */
 struct envelope *queue_read(struct queue *q, const char *id);
 
+/* When the message with queue id id was queued (its id holds the time,
+ * to the millisecond, borrowed ahead by at most a little when thousands
+ * arrive in one millisecond). */
+time_t queue_id_time(const char *id);
+
+/*
+ * queue_read for looking only (smarthostctl queue, show): opens the file
+ * read-only and changes nothing in the spool, so it may run on any thread
+ * while the message is being delivered, updated or removed. Then it may
+ * miss the newest state record, and a message removed meanwhile (its file
+ * gone, or reused for another message) gives NULL. Returns a new envelope
+ * the caller owns, or NULL with errno: ENOENT (gone), EBADMSG (unreadable
+ * now; nothing is moved to corrupt/ or logged), or a transient error.
+ */
+struct envelope *queue_peek(struct queue *q, const char *id);
+
 /*
  * Reads every committed message at start-up, calling each(env, arg) with a
  * new envelope the callee owns, in id order, which is arrival order.

@@ -1879,9 +1879,8 @@ listed_cmp(const void *a, const void *b)
 
 /*
  * Records have no envelope in memory, so their files are read here, on
- * the loop thread. XXX: listing a very large queue blocks the loop for
- * the time it takes to read every envelope (about 20 us each when
- * cached), which a control request may cost.
+ * the calling thread: for tests and tools, never for the daemon's control
+ * socket, which lists through scheduler_list_* off the loop.
  */
 void
 scheduler_foreach(struct scheduler *s,
@@ -1923,6 +1922,240 @@ scheduler_foreach(struct scheduler *s,
 	free(l);
 }
 
+/*
+ * A listing walks the queue in id order, a page at a time, with a cursor
+ * (the last id listed) rather than a copy of the queue: each page is
+ * picked on the loop by one pass over the heap and the active set (the
+ * page's ids kept in a small max-heap), so a listing costs O(page) memory
+ * and a few milliseconds of loop time per page with a million queued.
+ * Records' envelopes are read (queue_peek, which changes nothing) on the
+ * worker pool; active messages' envelopes are copied on the loop.
+ */
+struct list_item {
+	uint64_t id;
+	int64_t key;               /* a record's next try */
+	uint32_t flags;            /* a record's REC_*; LIST_ITEM_ACTIVE */
+	const struct sched_msg *m; /* active: while the page is picked */
+	struct envelope *env;      /* copied, or read on the pool */
+};
+#define LIST_ITEM_ACTIVE (1U << 31)
+
+struct list_job {
+	struct scheduler_list *l;  /* NULL: the listing was freed */
+	struct queue *q;
+	struct list_item *items;
+	size_t n;
+	int last;                  /* fewer than asked: the end */
+	scheduler_list_each_fn *each;
+	scheduler_list_done_fn *done;
+	void *arg;
+};
+
+struct scheduler_list {
+	struct scheduler *s;
+	uint64_t after;            /* every id up to this one was listed */
+	struct list_job *job;      /* the page on the worker pool */
+};
+
+static void
+list_sift_down(struct list_item *h, size_t n, size_t i)
+{
+	struct list_item x = h[i];
+	size_t c;
+
+	for (;;) {
+		c = 2 * i + 1;
+		if (c >= n)
+			break;
+		if (c + 1 < n && h[c + 1].id > h[c].id)
+			c++;
+		if (h[c].id <= x.id)
+			break;
+		h[i] = h[c];
+		i = c;
+	}
+	h[i] = x;
+}
+
+/* Offers one message to the page: h is a max-heap by id of the *n
+ * smallest ids after the cursor seen so far, max of them at most. */
+static void
+list_offer(struct list_item *h, size_t *n, size_t max,
+    const struct list_item *it)
+{
+	size_t i, p;
+
+	if (*n < max) {
+		for (i = (*n)++; i > 0; i = p) {
+			p = (i - 1) / 2;
+			if (h[p].id >= it->id)
+				break;
+			h[i] = h[p];
+		}
+		h[i] = *it;
+		return;
+	}
+	if (it->id >= h[0].id)
+		return;
+	h[0] = *it;
+	list_sift_down(h, *n, 0);
+}
+
+static int
+list_item_cmp(const void *a, const void *b)
+{
+	const struct list_item *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* On a pool thread: reads the records' envelopes of one page. */
+static void
+list_work(void *arg)
+{
+	struct list_job *job = arg;
+	struct list_item *it;
+	char id[ENVELOPE_ID_MAX];
+	size_t i;
+
+	for (i = 0; i < job->n; i++) {
+		it = &job->items[i];
+		if (it->env != NULL)
+			continue;
+		id_format(it->id, id, sizeof(id));
+		if ((it->env = queue_peek(job->q, id)) == NULL)
+			continue;	/* gone since, or unreadable now */
+		/* Memory knows better than the file when it is due. */
+		if (!(it->flags & (LIST_ITEM_ACTIVE | REC_UNREAD | REC_HELD)))
+			it->env->next_try = (time_t)it->key;
+	}
+}
+
+static void
+list_job_free(struct list_job *job)
+{
+	size_t i;
+
+	for (i = 0; i < job->n; i++)
+		envelope_free(job->items[i].env);
+	free(job->items);
+	free(job);
+}
+
+static void
+list_done(void *arg)
+{
+	struct list_job *job = arg;
+	struct scheduler_list *l = job->l;
+	size_t i;
+
+	if (l == NULL) {
+		list_job_free(job);
+		return;
+	}
+	l->job = NULL;
+	for (i = 0; i < job->n; i++)
+		if (job->items[i].env != NULL)
+			job->each(job->items[i].env, job->arg);
+	if (job->n > 0)
+		l->after = job->items[job->n - 1].id;
+	/* done() may free the listing or ask for the next page. */
+	job->done(job->last, job->arg);
+	list_job_free(job);
+}
+
+struct scheduler_list *
+scheduler_list_new(struct scheduler *s)
+{
+	struct scheduler_list *l;
+
+	l = xcalloc(1, sizeof(*l));
+	l->s = s;
+	return l;
+}
+
+void
+scheduler_list_next(struct scheduler_list *l, size_t max,
+    scheduler_list_each_fn *each, scheduler_list_done_fn *done, void *arg)
+{
+	struct scheduler *s = l->s;
+	struct list_job *job;
+	struct list_item it;
+	const struct sched_msg *m;
+	size_t i, n = 0;
+
+	if (l->job != NULL)
+		fatalx("%s: a page is already being read", __func__);
+	if (max == 0 || max > SCHEDULER_LIST_MAX)
+		max = SCHEDULER_LIST_MAX;
+	job = xcalloc(1, sizeof(*job));
+	job->l = l;
+	job->q = s->q;
+	job->each = each;
+	job->done = done;
+	job->arg = arg;
+	job->items = xreallocarray(NULL, max, sizeof(*job->items));
+	memset(&it, 0, sizeof(it));
+	for (i = 0; i < s->nheap; i++) {
+		if (s->heap[i].id <= l->after)
+			continue;
+		it.id = s->heap[i].id;
+		it.key = s->heap[i].key;
+		it.flags = s->heap[i].flags;
+		list_offer(job->items, &n, max, &it);
+	}
+	it.key = 0;
+	it.flags = LIST_ITEM_ACTIVE;
+	TAILQ_FOREACH(m, &s->msgs, all) {
+		if (m->id <= l->after)
+			continue;
+		it.id = m->id;
+		it.m = m;
+		list_offer(job->items, &n, max, &it);
+	}
+	qsort(job->items, n, sizeof(*job->items), list_item_cmp);
+	/* The active ones' envelopes are the truth, and may be freed
+	 * before the pool is done: copies (a LOADING one is read). */
+	for (i = 0; i < n; i++) {
+		if ((m = job->items[i].m) != NULL && m->env != NULL)
+			job->items[i].env = envelope_dup(m->env);
+		job->items[i].m = NULL;
+	}
+	job->n = n;
+	job->last = n < max;
+	l->job = job;
+	worker_run(s->w, list_work, list_done, job);
+}
+
+void
+scheduler_list_free(struct scheduler_list *l)
+{
+	if (l == NULL)
+		return;
+	if (l->job != NULL)
+		l->job->l = NULL;	/* list_done frees it */
+	free(l);
+}
+
+time_t
+scheduler_oldest(const struct scheduler *s)
+{
+	const struct sched_msg *m;
+	uint64_t min = UINT64_MAX;
+	char id[ENVELOPE_ID_MAX];
+	size_t i;
+
+	for (i = 0; i < s->nheap; i++)
+		if (s->heap[i].id < min)
+			min = s->heap[i].id;
+	TAILQ_FOREACH(m, &s->msgs, all)
+		if (m->id < min)
+			min = m->id;
+	if (min == UINT64_MAX)
+		return 0;
+	id_format(min, id, sizeof(id));
+	return queue_id_time(id);
+}
 
 size_t
 scheduler_auth_required_list(struct scheduler *s,

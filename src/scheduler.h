@@ -54,13 +54,50 @@ void scheduler_shutdown(struct scheduler *s, unsigned timeout,
 size_t scheduler_count(const struct scheduler *s);
 /*
  * Calls each(env, arg) for every queued message (held, waiting, in flight
- * or finishing), in arrival order, for the control socket's queue listing.
- * Envelopes of waiting messages are read from the queue for the call, on
- * the calling (loop) thread. env is borrowed for the call only; each must
- * not modify it and must not call back into the scheduler.
+ * or finishing), in arrival order. Envelopes of waiting messages are read
+ * from the queue for the call, on the calling thread, which blocks for as
+ * long as that takes: for tests and tools, never on a daemon's loop (the
+ * control socket lists with scheduler_list_*). env is borrowed for the
+ * call only; each must not modify it and must not call back into the
+ * scheduler.
  */
 void scheduler_foreach(struct scheduler *s,
     void (*each)(const struct envelope *env, void *arg), void *arg);
+
+/*
+ * Listing the queue without stopping the loop (smarthostctl queue): a
+ * listing walks the queued messages in arrival (id) order, a page at a
+ * time, with a cursor, so it holds one page in memory whatever the size
+ * of the queue. scheduler_list_next picks the next page of at most max
+ * messages (0 or more than SCHEDULER_LIST_MAX: that many) on the loop
+ * thread, reads the envelopes of the waiting ones on the worker pool
+ * (queue_peek) and then, on the loop thread and never from inside the
+ * call, calls each(env, arg) for each message of the page still queued,
+ * in order, then done(last, arg): last is 1 when the listing has reached
+ * the end. One page at a time; call scheduler_list_next again (from done
+ * too) for the next one.
+ *
+ * A message is listed as it is when its page is read: one added after
+ * the listing began is listed when its id comes after the cursor; one
+ * that left the queue before its page was read is not listed. env is
+ * borrowed for the call; each must not call back into the scheduler or
+ * free the listing (done may). scheduler_list_free may be called at any
+ * time, with a page on the worker pool too (then neither each nor done
+ * runs again); it accepts NULL. A listing must be freed before the
+ * scheduler.
+ */
+#define SCHEDULER_LIST_MAX 512
+struct scheduler_list;
+typedef void scheduler_list_each_fn(const struct envelope *env, void *arg);
+typedef void scheduler_list_done_fn(int last, void *arg);
+struct scheduler_list *scheduler_list_new(struct scheduler *s);
+void scheduler_list_next(struct scheduler_list *l, size_t max,
+    scheduler_list_each_fn *each, scheduler_list_done_fn *done, void *arg);
+void scheduler_list_free(struct scheduler_list *l);
+
+/* When the oldest queued message arrived (from its queue id, without
+ * reading its file), or 0 with an empty queue. */
+time_t scheduler_oldest(const struct scheduler *s);
 
 /*
  * One message by queue id, for smarthostctl show, hold, release, delete
