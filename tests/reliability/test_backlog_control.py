@@ -1,0 +1,179 @@
+"""smarthostctl queue on a large backlog: the listing streams a page at a
+time, its envelopes read off the event loop, so SMTP clients and other
+control requests are served while it runs, and it is complete and in
+order.
+
+The daemon starts on a spool written directly (tests/reliability/
+backlog.py's prefill: every message deferred once, next try an hour
+away, the upstream down). A control client asks for the JSON listing,
+reads its first line and then stops reading. While it holds the listing
+there, the test
+  - submits a message over SMTP (a full transaction, 250 expected), and
+  - deletes the last message of the backlog over a second control
+    connection;
+then reads the rest. The listing must hold every prefilled message but
+the deleted one, exactly once, in id order, and the new message after
+them: the pages after the pause were read after it, which a listing built
+at once, before the client read anything, would not show. The listing is
+far larger than what the daemon buffers for one client
+(CONTROL_OUTPUT_PAUSE, 1 MiB, plus the socket's buffers), so the pause
+holds it mid-way whatever the timing.
+
+Figures (printed, never asserted): the MAIL..250 round trip of a probe
+client with the daemon idle and while a listing is read as fast as the
+client can, and how long that listing took.
+
+Short (make check): 12,000 messages. Long (make check-reliability):
+100,000.
+"""
+
+import json
+import os
+import socket
+import statistics
+import threading
+import time
+
+from backlog import prefill
+from conftest import scale
+from harness import RawSMTP, free_port, make_message, send_message
+
+N = scale(12000, 100000)
+
+
+def control_connect(daemon):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(os.path.join(daemon.settings["spool"], "control.sock"))
+    return sock
+
+
+class ControlReader:
+    """Reads one control response line by line."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def line(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("control connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode("utf-8")
+
+    def rest(self):
+        """The data lines up to the final ".", unstuffed."""
+        lines = []
+        while True:
+            line = self.line()
+            if line == ".":
+                return lines
+            lines.append(line[1:] if line.startswith("..") else line)
+
+
+def control(daemon, request):
+    with control_connect(daemon) as sock:
+        sock.sendall(request.encode() + b"\n")
+        r = ControlReader(sock)
+        status = r.line()
+        return status, r.rest()
+
+
+def listing_ids(lines):
+    return [json.loads(line)["id"] for line in lines]
+
+
+def probe_round_trips(daemon, stop, out):
+    """MAIL..250 (then RSET) round trips until stop is set."""
+    with RawSMTP(port=daemon.port, timeout=60) as c:
+        c.greet()
+        while not stop.is_set():
+            t0 = time.monotonic()
+            reply = c.command("MAIL FROM:<probe@example.org>")
+            out.append(time.monotonic() - t0)
+            assert reply.code == 250, reply
+            assert c.command("RSET").code == 250
+
+
+def spool_of(daemon):
+    return daemon.settings["spool"]
+
+
+def test_queue_listing_streams_while_clients_are_served(daemon_factory,
+                                                        figures):
+    dead = free_port()
+    daemon = daemon_factory(
+        dead, start=False,
+        queue={"retry_min": 3600, "retry_max": 3600, "lifetime": "5d",
+               "workers": 2},
+        relays={"upstream": {"tls": "none"}})
+    prefill(spool_of(daemon), N, 1024)
+    prefilled = sorted(os.listdir(os.path.join(spool_of(daemon), "queue")))
+    assert len(prefilled) == N
+    daemon.start()
+    daemon.wait_log("every message found at start has been read",
+                    timeout=max(60, N / 200))
+
+    # The probe's latency with the daemon idle.
+    idle = []
+    stop = threading.Event()
+    t = threading.Thread(target=probe_round_trips, args=(daemon, stop, idle))
+    t.start()
+    time.sleep(1)
+    stop.set()
+    t.join()
+
+    # A listing held mid-way by its reader.
+    held = control_connect(daemon)
+    held.sendall(b"queue json\n")
+    reader = ControlReader(held)
+    assert reader.line() == "ok"
+    first = json.loads(reader.line())
+    assert first["id"] == prefilled[0]
+
+    # Served meanwhile: an SMTP transaction and another control request.
+    new_id = send_message(daemon, make_message("during the listing", "x"))
+    last = prefilled[-1]
+    status, lines = control(daemon, f"delete {last}")
+    assert status == "ok", (status, lines)
+    assert lines == [f"{last}: deleted"]
+
+    rest = reader.rest()
+    held.close()
+    listed = [first["id"]] + listing_ids(rest)
+    assert listed == sorted(listed), "listing not in id order"
+    assert len(listed) == len(set(listed)), "a message listed twice"
+    assert last not in listed, "deleted during the pause, yet listed"
+    assert listed[-1] == new_id, "queued during the pause, not listed"
+    assert listed[:-1] == prefilled[:-1], "prefilled messages missing"
+
+    # The probe's latency while a listing is read as fast as it comes.
+    busy = []
+    stop = threading.Event()
+    t = threading.Thread(target=probe_round_trips, args=(daemon, stop, busy))
+    t.start()
+    t0 = time.monotonic()
+    status, lines = control(daemon, "queue")
+    took = time.monotonic() - t0
+    stop.set()
+    t.join()
+    assert status == "ok"
+    assert sum(1 for line in lines if not line.startswith(" ")) == N
+    assert len(busy) > 0, "no probe round trip during the listing"
+
+    def ms(values, q):
+        values = sorted(values)
+        return round(1000 * values[min(len(values) - 1,
+                                       int(q * len(values)))], 2)
+
+    figures(messages=N, listing_seconds=round(took, 2),
+            probe_idle_median_ms=ms(idle, 0.5),
+            probe_idle_max_ms=ms(idle, 1.0),
+            probe_listing_median_ms=ms(busy, 0.5),
+            probe_listing_p99_ms=ms(busy, 0.99),
+            probe_listing_max_ms=ms(busy, 1.0),
+            probe_round_trips_during_listing=len(busy),
+            mean_listing_probe_ms=round(1000 * statistics.mean(busy), 2))
