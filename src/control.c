@@ -863,48 +863,42 @@ cmd_release(struct control_client *cl, int argc, char **argv,
 	    "released", out, err, errlen);
 }
 
-struct id_list {
-	char **ids;
-	size_t n;
+struct delete_all {
+	struct evbuffer *out;
+	size_t kept;
 };
 
 static void
-collect_id(const struct envelope *env, void *arg)
+delete_all_each(const char *id, int error, void *arg)
 {
-	struct id_list *l = arg;
+	struct delete_all *d = arg;
 
-	l->ids = xreallocarray(l->ids, l->n + 1, sizeof(*l->ids));
-	l->ids[l->n++] = xstrdup(env->id);
+	if (error != 0) {
+		reply_line(d->out, "%s: %s", id, msg_op_error(error, "delete"));
+		d->kept++;
+	} else
+		reply_line(d->out, "%s: deleted", id);
 }
 
 /* delete ID... | delete all: messages being delivered are left alone
- * (and named); the rest are removed without a bounce. */
+ * (and named); the rest are removed without a bounce, and without
+ * reading their files. */
 static int
 cmd_delete(struct control_client *cl, int argc, char **argv,
     struct evbuffer *out, char *err, size_t errlen)
 {
-	struct id_list l = { NULL, 0 };
-	size_t i, kept = 0;
+	struct delete_all d = { out, 0 };
+	size_t n;
 
 	if (argc != 1 || strcmp(argv[0], "all") != 0)
 		return msg_ops(cl, argc, argv, scheduler_delete, "delete",
 		    "deleted", out, err, errlen);
-	scheduler_foreach(cl->c->sched, collect_id, &l);
-	for (i = 0; i < l.n; i++) {
-		if (scheduler_delete(cl->c->sched, l.ids[i]) == -1) {
-			reply_line(out, "%s: %s", l.ids[i],
-			    msg_op_error(errno, "delete"));
-			kept++;
-		} else
-			reply_line(out, "%s: deleted", l.ids[i]);
-		free(l.ids[i]);
-	}
-	free(l.ids);
-	log_info("control: deleted %zu message%s, requested by uid %lu",
-	    l.n - kept, l.n - kept == 1 ? "" : "s", cl->uid);
-	if (kept > 0) {
+	n = scheduler_delete_all(cl->c->sched, delete_all_each, &d);
+	log_info("control: deleted %zu message%s, requested by uid %lu", n,
+	    n == 1 ? "" : "s", cl->uid);
+	if (d.kept > 0) {
 		snprintf(err, errlen, "%zu message%s being delivered were "
-		    "kept", kept, kept == 1 ? "" : "s");
+		    "kept", d.kept, d.kept == 1 ? "" : "s");
 		return -1;
 	}
 	return 0;

@@ -240,7 +240,7 @@ struct scheduler {
 	struct authstate *as;      /* learned "requires authentication" */
 	char *state_dir;           /* where as lives */
 
-	TAILQ_HEAD(, sched_msg) msgs; /* active messages */
+	TAILQ_HEAD(sched_msgs, sched_msg) msgs; /* active messages */
 	size_t nactive;
 	struct sched_rec *heap;       /* waiting, held and untaken due ones */
 	size_t nheap;
@@ -380,6 +380,15 @@ static void
 id_format(uint64_t id, char *buf, size_t len)
 {
 	snprintf(buf, len, "%016" PRIX64, id);
+}
+
+/* qsort by id, for structs whose first member is their uint64_t id. */
+static int
+id_first_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
 }
 
 /* The index of a relay's name in s->rnames, added if new. */
@@ -564,8 +573,8 @@ msg_retry_write(evutil_socket_t fd, short what, void *arg)
 	struct sched_msg *m = arg;
 	struct scheduler *s = m->s;
 
-	if (envelope_count(m->env, RCPT_PENDING) == 0)
-		queue_remove(s->q, m->env->id, msg_removed, m);
+	if (m->env == NULL || envelope_count(m->env, RCPT_PENDING) == 0)
+		queue_remove(s->q, m->idstr, msg_removed, m);
 	else
 		queue_update(s->q, m->env, msg_updated, m);
 }
@@ -926,8 +935,8 @@ relay_mail_due(struct scheduler *s, struct sched_relay *sr)
 	size_t i;
 
 	TAILQ_FOREACH(m, &s->msgs, all) {
-		if (m->state != MSG_FINISHING)
-			continue;
+		if (m->state != MSG_FINISHING || m->env == NULL)
+			continue;	/* (without one: being deleted) */
 		if ((rc = msg_primary(s, m)) == NULL ||
 		    strcmp(rc->name, sr->name) != 0)
 			continue;
@@ -1869,14 +1878,6 @@ struct listed {
 	const struct sched_rec *r;    /* NULL: an active message */
 };
 
-static int
-listed_cmp(const void *a, const void *b)
-{
-	const struct listed *x = a, *y = b;
-
-	return x->id < y->id ? -1 : x->id > y->id;
-}
-
 /*
  * Records have no envelope in memory, so their files are read here, on
  * the calling thread: for tests and tools, never for the daemon's control
@@ -1903,7 +1904,7 @@ scheduler_foreach(struct scheduler *s,
 		l[n].m = NULL;
 		l[n++].r = &s->heap[i];
 	}
-	qsort(l, n, sizeof(*l), listed_cmp);
+	qsort(l, n, sizeof(*l), id_first_cmp);
 	for (i = 0; i < n; i++) {
 		if (l[i].m != NULL && l[i].m->state != MSG_LOADING) {
 			each(l[i].m->env, arg);
@@ -1999,14 +2000,6 @@ list_offer(struct list_item *h, size_t *n, size_t max,
 		return;
 	h[0] = *it;
 	list_sift_down(h, *n, 0);
-}
-
-static int
-list_item_cmp(const void *a, const void *b)
-{
-	const struct list_item *x = a, *y = b;
-
-	return x->id < y->id ? -1 : x->id > y->id;
 }
 
 /* On a pool thread: reads the records' envelopes of one page. */
@@ -2113,7 +2106,7 @@ scheduler_list_next(struct scheduler_list *l, size_t max,
 		it.m = m;
 		list_offer(job->items, &n, max, &it);
 	}
-	qsort(job->items, n, sizeof(*job->items), list_item_cmp);
+	qsort(job->items, n, sizeof(*job->items), id_first_cmp);
 	/* The active ones' envelopes are the truth, and may be freed
 	 * before the pool is done: copies (a LOADING one is read). */
 	for (i = 0; i < n; i++) {
@@ -2292,18 +2285,37 @@ scheduler_relay_of(struct scheduler *s, const struct envelope *env)
 	return rc != NULL ? rc->name : NULL;
 }
 
-/*
- * The message with that id as an active message with its envelope, taken
- * out of the schedule (its record out of the heap, read from the queue on
- * this thread; or out of its relay's ready list) and FINISHING, so that a
- * queue operation may start on it; NULL with errno (scheduler.h) for the
- * others.
- */
-static struct sched_msg *
-msg_take(struct scheduler *s, const char *id)
+/* Takes a READY message out of its relay's ready list. */
+static void
+ready_remove(struct scheduler *s, struct sched_msg *m)
 {
 	struct sched_relay *sr;
-	struct sched_msg *m, *r;
+	struct sched_msg *r;
+
+	TAILQ_FOREACH(sr, &s->relays, entry) {
+		TAILQ_FOREACH(r, &sr->ready, ready)
+			if (r == m)
+				break;
+		if (r != NULL) {
+			TAILQ_REMOVE(&sr->ready, m, ready);
+			return;
+		}
+	}
+}
+
+/*
+ * The message with that id as an active message, taken out of the
+ * schedule (its record out of the heap, or out of its relay's ready list)
+ * and FINISHING, so that a queue operation may start on it; NULL with
+ * errno (scheduler.h) for the others. With read, a record's envelope is
+ * read from the queue on this thread (one file; an operator's command
+ * names at most a few dozen); without, a record comes without one
+ * (m->env NULL: only its removal may follow).
+ */
+static struct sched_msg *
+msg_take(struct scheduler *s, const char *id, int read)
+{
+	struct sched_msg *m;
 	struct sched_rec rec;
 	struct envelope *env;
 	uint64_t n;
@@ -2316,15 +2328,7 @@ msg_take(struct scheduler *s, const char *id)
 	if ((m = msg_find(s, n)) != NULL) {
 		switch (m->state) {
 		case MSG_READY:
-			TAILQ_FOREACH(sr, &s->relays, entry) {
-				TAILQ_FOREACH(r, &sr->ready, ready)
-					if (r == m)
-						break;
-				if (r != NULL) {
-					TAILQ_REMOVE(&sr->ready, m, ready);
-					break;
-				}
-			}
+			ready_remove(s, m);
 			msg_set_state(m, MSG_FINISHING);
 			return m;
 		case MSG_LOADING:
@@ -2340,8 +2344,9 @@ msg_take(struct scheduler *s, const char *id)
 		errno = ENOENT;
 		return NULL;
 	}
-	/* XXX: read on the loop thread, as scheduler_foreach does. */
-	if ((env = queue_read(s->q, id)) == NULL)
+	if (!read)
+		env = NULL;
+	else if ((env = queue_read(s->q, id)) == NULL)
 		return NULL;
 	rec = s->heap[i];
 	heap_remove_at(s, i);
@@ -2350,7 +2355,7 @@ msg_take(struct scheduler *s, const char *id)
 	m = msg_new(s, n);
 	m->rec_flags = rec.flags;
 	m->env = env;
-	if (!(rec.flags & (REC_UNREAD | REC_HELD)))
+	if (env != NULL && !(rec.flags & (REC_UNREAD | REC_HELD)))
 		env->next_try = (time_t)rec.key;
 	msg_link(s, m);
 	msg_set_state(m, MSG_FINISHING);
@@ -2386,7 +2391,7 @@ msg_set_hold(struct scheduler *s, const char *id, int hold)
 		errno = EALREADY;
 		return -1;
 	}
-	if ((m = msg_take(s, id)) == NULL)
+	if ((m = msg_take(s, id, 1)) == NULL)
 		return -1;
 	if (hold) {
 		m->env->flags |= ENVELOPE_HOLD;
@@ -2412,16 +2417,69 @@ scheduler_release(struct scheduler *s, const char *id)
 	return msg_set_hold(s, id, 0);
 }
 
+/* Removes active message m, taken out of the schedule; its envelope may
+ * be NULL (removal needs none). */
+static void
+msg_delete(struct scheduler *s, struct sched_msg *m)
+{
+	msg_set_state(m, MSG_FINISHING);
+	log_info("%s: deleted by the administrator", m->idstr);
+	queue_remove(s->q, m->idstr, msg_removed, m);
+}
+
 int
 scheduler_delete(struct scheduler *s, const char *id)
 {
 	struct sched_msg *m;
 
-	if ((m = msg_take(s, id)) == NULL)
+	if ((m = msg_take(s, id, 0)) == NULL)
 		return -1;
-	log_info("%s: deleted by the administrator", id);
-	queue_remove(s->q, m->env->id, msg_removed, m);
+	msg_delete(s, m);
 	return 0;
+}
+
+size_t
+scheduler_delete_all(struct scheduler *s,
+    void (*each)(const char *id, int error, void *arg), void *arg)
+{
+	struct sched_msg *m, *next, *last;
+	struct sched_rec *recs;
+	size_t n, i, deleted = 0;
+
+	/* The active ones (the records below join the active set, after
+	 * last). */
+	last = TAILQ_LAST(&s->msgs, sched_msgs);
+	for (m = TAILQ_FIRST(&s->msgs); m != NULL; m = next) {
+		next = m == last ? NULL : TAILQ_NEXT(m, all);
+		if (m->state != MSG_READY) {
+			each(m->idstr, EBUSY, arg);
+			continue;
+		}
+		ready_remove(s, m);
+		msg_delete(s, m);
+		each(m->idstr, 0, arg);
+		deleted++;
+	}
+	/* Every record, in one pass and in arrival order: the heap is
+	 * emptied first. Nothing is read; each removal is an active
+	 * message without an envelope until its callback. */
+	recs = s->heap;
+	n = s->nheap;
+	s->heap = NULL;
+	s->nheap = s->heapcap = 0;
+	qsort(recs, n, sizeof(*recs), id_first_cmp);
+	for (i = 0; i < n; i++) {
+		if (recs[i].flags & REC_UNREAD)
+			unread_done(s, 1);
+		m = msg_new(s, recs[i].id);
+		m->rec_flags = recs[i].flags;
+		msg_link(s, m);
+		msg_delete(s, m);
+		each(m->idstr, 0, arg);
+		deleted++;
+	}
+	free(recs);
+	return deleted;
 }
 
 int

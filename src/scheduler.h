@@ -129,6 +129,12 @@ const char *scheduler_relay_of(struct scheduler *s,
 int scheduler_hold(struct scheduler *s, const char *id);
 int scheduler_release(struct scheduler *s, const char *id);
 int scheduler_delete(struct scheduler *s, const char *id);
+/* delete all: scheduler_delete of every queued message without reading
+ * any file, in arrival order for the waiting ones; each(id, error, arg)
+ * is called for every message, error 0 when deleted or EBUSY when it is
+ * being delivered or written (kept). Returns how many were deleted. */
+size_t scheduler_delete_all(struct scheduler *s,
+    void (*each)(const char *id, int error, void *arg), void *arg);
 int scheduler_flush_one(struct scheduler *s, const char *id);
 
 /*

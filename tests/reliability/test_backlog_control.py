@@ -19,6 +19,9 @@ far larger than what the daemon buffers for one client
 (CONTROL_OUTPUT_PAUSE, 1 MiB, plus the socket's buffers), so the pause
 holds it mid-way whatever the timing.
 
+Then "delete all" removes the whole backlog (no file read), naming each
+message in order, and the spool empties.
+
 Figures (printed, never asserted): the MAIL..250 round trip of a probe
 client with the daemon idle and while a listing is read as fast as the
 client can, and how long that listing took.
@@ -36,7 +39,8 @@ import time
 
 from backlog import prefill
 from conftest import scale
-from harness import RawSMTP, free_port, make_message, send_message
+from harness import RawSMTP, free_port, make_message, send_message, \
+    wait_until
 
 N = scale(12000, 100000)
 
@@ -163,6 +167,15 @@ def test_queue_listing_streams_while_clients_are_served(daemon_factory,
     assert status == "ok"
     assert sum(1 for line in lines if not line.startswith(" ")) == N
     assert len(busy) > 0, "no probe round trip during the listing"
+
+    # delete all reads no file either: every message goes, in order.
+    status, lines = control(daemon, "delete all")
+    assert status == "ok", status
+    assert lines == [f"{qid}: deleted" for qid in listed], lines[:3]
+    wait_until(lambda: not os.listdir(os.path.join(spool_of(daemon),
+                                                   "queue")),
+               max(30, N / 500), "the spool to empty")
+    assert control(daemon, "status")[1].count("queued: 0") == 1
 
     def ms(values, q):
         values = sorted(values)
