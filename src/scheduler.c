@@ -153,7 +153,9 @@ struct sched_rec {
 	uint64_t id;             /* the queue id as a number */
 	int64_t key;             /* next try; REC_HELD: INT64_MAX */
 	uint32_t relay;          /* its primary relay when it went to wait:
-	                            index into s->rnames; RELAY_UNKNOWN */
+	                            index into s->rnames; RELAY_UNKNOWN when
+	                            not known (not read yet, or a reload
+	                            may have re-routed it) */
 	uint32_t flags;          /* REC_* */
 };
 
@@ -161,6 +163,8 @@ enum {
 	REC_UNREAD = 1 << 0, /* not read since start: key is a guess (due) */
 	REC_HELD = 1 << 1,   /* ENVELOPE_HOLD: never due */
 	REC_FLUSHED = 1 << 2, /* made due by a flush, whatever its file says */
+	REC_PINNED = 1 << 3, /* its envelope names its relay: no route, so
+	                        a reload leaves relay alone */
 };
 #define RELAY_UNKNOWN UINT32_MAX
 /* The key of an unread message: due, but after new mail (key 0). */
@@ -516,6 +520,8 @@ msg_park(struct scheduler *s, struct sched_msg *m, int64_t key)
 	r.flags = m->env == NULL ? m->rec_flags & (REC_UNREAD | REC_FLUSHED) :
 	    0;
 	r.relay = m->env == NULL ? RELAY_UNKNOWN : msg_primary_index(s, m);
+	if (m->env != NULL && m->env->relay != NULL)
+		r.flags |= REC_PINNED;
 	if (m->env != NULL && (m->env->flags & ENVELOPE_HOLD)) {
 		r.flags |= REC_HELD;
 		key = INT64_MAX;
@@ -921,16 +927,22 @@ cred_timer_arm(struct scheduler *s)
 		evtimer_add(s->ev_cred, &tv);
 }
 
-/* Makes the waiting mail whose primary relay is sr due now (mail being
+/*
+ * Makes the waiting mail whose primary relay is sr due now (mail being
  * persisted as soon as that is done). Waiting messages are matched by the
- * primary relay they had when they went to wait. XXX: after a reload that
- * changed the routes, a message moved to sr by it waits for its own next
- * try instead. */
+ * primary relay they had when they went to wait; a reload forgets that of
+ * every message it may have re-routed (scheduler_set_config), and those
+ * are made due too, since sr may be theirs now: read, each goes to its
+ * relay of today, waiting without an attempt if that one is backed off.
+ * The cost is one early try, at most once per reload, for such a message
+ * whose relay is another one and up.
+ */
 static void
 relay_mail_due(struct scheduler *s, struct sched_relay *sr)
 {
 	const struct relay_config *rc;
 	struct sched_msg *m;
+	struct sched_rec *r;
 	uint32_t mine;
 	size_t i;
 
@@ -945,10 +957,14 @@ relay_mail_due(struct scheduler *s, struct sched_relay *sr)
 	for (mine = 0; mine < s->nrnames; mine++)
 		if (strcmp(s->rnames[mine], sr->name) == 0)
 			break;
-	for (i = 0; mine < s->nrnames && i < s->nheap; i++)
-		if (s->heap[i].relay == mine &&
-		    !(s->heap[i].flags & REC_HELD))
-			s->heap[i].key = 0;
+	for (i = 0; i < s->nheap; i++) {
+		r = &s->heap[i];
+		if (r->flags & (REC_HELD | REC_UNREAD))
+			continue;	/* never due; due already */
+		if ((mine < s->nrnames && r->relay == mine) ||
+		    r->relay == RELAY_UNKNOWN)
+			r->key = 0;
+	}
 	heap_rebuild(s);
 	sched_kick(s);
 }
@@ -1817,8 +1833,15 @@ void
 scheduler_set_config(struct scheduler *s, const struct config *cfg)
 {
 	struct sched_relay *sr;
+	size_t i;
 
 	s->cfg = cfg;
+	/* The routes may have changed: a waiting message's relay is known
+	 * again when it is next read (a pinned one keeps its own). Until
+	 * then a backoff of the relay it had does not hold it back. */
+	for (i = 0; i < s->nheap; i++)
+		if (!(s->heap[i].flags & REC_PINNED))
+			s->heap[i].relay = RELAY_UNKNOWN;
 	/* HUP re-reads the credential files, whatever their mtime says,
 	 * and mail waiting for credentials is checked now rather than at
 	 * the next tick. */

@@ -1983,6 +1983,46 @@ Test(deliver, reload_reroutes_queued_mail)
 	cr_assert_eq(maildir_new(mdir), 1);
 }
 
+/*
+ * A waiting message's relay after a reload that re-routes it: flush_one
+ * makes it due while its old relay is still backed off (a flush would
+ * clear that backoff), so it is delivered only if the scheduler follows
+ * the new route rather than the relay it had when it went to wait.
+ */
+Test(deliver, reload_reroutes_a_waiting_message_past_its_old_relays_backoff)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512], text[1024], err[512], id[ENVELOPE_ID_MAX];
+	struct config *old, *next;
+	struct envelope *env;
+
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; }; box = { type = \"maildir\"; "
+	    "path = \"%s\"; };", closed_port(), mdir);
+	load_config(relays, "retry_min = 600; retry_max = 600;");
+	env = enqueue("me@work.example", rcpts, "Subject: r\r\n\r\nr\r\n",
+	    time(NULL));
+	watched = envelope_dup(env);
+	snprintf(id, sizeof(id), "%s", env->id);
+	scheduler_add(sched, env);
+	cr_assert(run_until(watched_attempted, 10), "never attempted");
+
+	snprintf(text, sizeof(text), "spool = \"%s\";\nrelays = { %s };\n"
+	    "routes = ( { sender = \"me@work.example\"; relay = \"box\"; } );\n",
+	    spool, relays);
+	next = config_parse_string(text, "test.conf", err, sizeof(err));
+	cr_assert_not_null(next, "%s", err);
+	old = cfg;
+	cfg = next;
+	scheduler_set_config(sched, cfg);
+	config_free(old);
+	/* "up" stays backed off for 600 s; the message no longer goes
+	 * there. */
+	cr_assert_eq(scheduler_flush_one(sched, id), 0);
+	cr_assert(run_until(queue_empty, 10), "waits for its old relay");
+	cr_assert_eq(maildir_new(mdir), 1);
+}
+
 /* Primary "up" on the fake server's port with a Maildir backup "box". */
 static void
 load_failover_config(unsigned failover_after)
