@@ -1949,7 +1949,13 @@ Test(deliver, routes_send_each_sender_to_its_relay)
 	cr_assert_eq(maildir_new(mdir2), 2, "work got both work senders'");
 }
 
-Test(deliver, reload_reroutes_queued_mail)
+/*
+ * A message from me@work.example deferred at "up" (a closed port, backed
+ * off for 600 s), then a reload that routes that sender to the Maildir
+ * relay "box". Returns the message's id in id.
+ */
+static void
+deferred_then_rerouted(char *id, size_t idlen)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
 	char relays[512], text[1024], err[512];
@@ -1963,12 +1969,11 @@ Test(deliver, reload_reroutes_queued_mail)
 	env = enqueue("me@work.example", rcpts, "Subject: r\r\n\r\nr\r\n",
 	    time(NULL));
 	watched = envelope_dup(env);
+	snprintf(id, idlen, "%s", env->id);
 	scheduler_add(sched, env);
 	cr_assert(run_until(watched_attempted, 10), "never attempted");
 	cr_assert_eq(maildir_new(mdir), 0);
 
-	/* The new config routes the sender elsewhere; the queued message
-	 * follows at its next attempt (made now by a flush). */
 	snprintf(text, sizeof(text), "spool = \"%s\";\nrelays = { %s };\n"
 	    "routes = ( { sender = \"me@work.example\"; relay = \"box\"; } );\n",
 	    spool, relays);
@@ -1978,46 +1983,31 @@ Test(deliver, reload_reroutes_queued_mail)
 	cfg = next;
 	scheduler_set_config(sched, cfg);
 	config_free(old);
+}
+
+Test(deliver, reload_reroutes_queued_mail)
+{
+	char id[ENVELOPE_ID_MAX];
+
+	/* The queued message follows the new route at its next attempt
+	 * (made now by a flush). */
+	deferred_then_rerouted(id, sizeof(id));
 	scheduler_flush(sched);
 	cr_assert(run_until(queue_empty, 10), "not re-routed");
 	cr_assert_eq(maildir_new(mdir), 1);
 }
 
 /*
- * A waiting message's relay after a reload that re-routes it: flush_one
- * makes it due while its old relay is still backed off (a flush would
- * clear that backoff), so it is delivered only if the scheduler follows
- * the new route rather than the relay it had when it went to wait.
+ * flush_one makes the message due while its old relay is still backed off
+ * (a flush would clear that backoff), so it is delivered only if the
+ * scheduler follows the new route rather than the relay the message had
+ * when it went to wait.
  */
 Test(deliver, reload_reroutes_a_waiting_message_past_its_old_relays_backoff)
 {
-	static const char *const rcpts[] = { "bob@example.net", NULL };
-	char relays[512], text[1024], err[512], id[ENVELOPE_ID_MAX];
-	struct config *old, *next;
-	struct envelope *env;
+	char id[ENVELOPE_ID_MAX];
 
-	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
-	    "port = \"%d\"; tls = \"none\"; }; box = { type = \"maildir\"; "
-	    "path = \"%s\"; };", closed_port(), mdir);
-	load_config(relays, "retry_min = 600; retry_max = 600;");
-	env = enqueue("me@work.example", rcpts, "Subject: r\r\n\r\nr\r\n",
-	    time(NULL));
-	watched = envelope_dup(env);
-	snprintf(id, sizeof(id), "%s", env->id);
-	scheduler_add(sched, env);
-	cr_assert(run_until(watched_attempted, 10), "never attempted");
-
-	snprintf(text, sizeof(text), "spool = \"%s\";\nrelays = { %s };\n"
-	    "routes = ( { sender = \"me@work.example\"; relay = \"box\"; } );\n",
-	    spool, relays);
-	next = config_parse_string(text, "test.conf", err, sizeof(err));
-	cr_assert_not_null(next, "%s", err);
-	old = cfg;
-	cfg = next;
-	scheduler_set_config(sched, cfg);
-	config_free(old);
-	/* "up" stays backed off for 600 s; the message no longer goes
-	 * there. */
+	deferred_then_rerouted(id, sizeof(id));
 	cr_assert_eq(scheduler_flush_one(sched, id), 0);
 	cr_assert(run_until(queue_empty, 10), "waits for its old relay");
 	cr_assert_eq(maildir_new(mdir), 1);
