@@ -256,6 +256,115 @@ def submit_python(port, n, clients, size):
     return time.monotonic() - t0
 
 
+# ---- a listing and a probe client (--probe-listing) ----
+
+class ControlReader:
+    """Reads one response of the daemon's control socket line by line."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def line(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("control connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode("utf-8")
+
+    def rest(self):
+        """The data lines up to the final ".", unstuffed."""
+        lines = []
+        while True:
+            line = self.line()
+            if line == ".":
+                return lines
+            lines.append(line[1:] if line.startswith("..") else line)
+
+
+def control_connect(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(120)
+    sock.connect(path)
+    return sock
+
+
+def control(path, request):
+    """(status line, data lines) of one control request."""
+    with control_connect(path) as sock:
+        sock.sendall(request.encode() + b"\n")
+        r = ControlReader(sock)
+        status = r.line()
+        return status, r.rest()
+
+
+def probe_round_trips(port, stop, out):
+    """MAIL..250 (then RSET) round trips on one SMTP connection until
+    stop is set; each MAIL's round trip in seconds is appended to out."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as c:
+        f = c.makefile("rb")
+
+        def reply():
+            while True:
+                line = f.readline()
+                if not line:
+                    raise ConnectionError("probe: connection closed")
+                if line[3:4] != b"-":
+                    return int(line[:3])
+
+        assert reply() == 220
+        c.sendall(b"EHLO probe.test\r\n")
+        assert reply() == 250
+        while not stop.is_set():
+            t0 = time.monotonic()
+            c.sendall(b"MAIL FROM:<probe@example.org>\r\n")
+            code = reply()
+            out.append(time.monotonic() - t0)
+            assert code == 250, code
+            c.sendall(b"RSET\r\n")
+            assert reply() == 250
+
+
+def quantile_ms(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return 1000 * values[min(len(values) - 1, int(q * len(values)))]
+
+
+def probe_listing(daemon, control_path):
+    """The probe's MAIL round trip for a second with the daemon idle, then
+    while a whole listing is read as fast as it comes; prints both."""
+    idle, busy = [], []
+    stop = threading.Event()
+    t = threading.Thread(target=probe_round_trips,
+                         args=(daemon.port, stop, idle))
+    t.start()
+    time.sleep(1)
+    stop.set()
+    t.join()
+    stop = threading.Event()
+    t = threading.Thread(target=probe_round_trips,
+                         args=(daemon.port, stop, busy))
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    status, lines = control(control_path, "queue")
+    took = time.monotonic() - t0
+    stop.set()
+    t.join()
+    listed = sum(1 for line in lines if not line.startswith(" "))
+    print(f"listing           {listed} messages in {took:.1f} s ({status})")
+    print(f"probe MAIL..250   idle: median {quantile_ms(idle, 0.5):.2f} ms,"
+          f" max {quantile_ms(idle, 1):.2f} ms; during the listing: "
+          f"median {quantile_ms(busy, 0.5):.2f} ms, p99 "
+          f"{quantile_ms(busy, 0.99):.2f} ms, max "
+          f"{quantile_ms(busy, 1):.2f} ms, {len(busy)} round trips",
+          flush=True)
+
+
 ID_EPOCH_MS = 1577836800000
 
 
@@ -317,6 +426,9 @@ def main():
                     help="write the queue files directly (no first run)")
     ap.add_argument("--no-drain", action="store_true",
                     help="stop after the restart and the reading")
+    ap.add_argument("--probe-listing", action="store_true",
+                    help="after the reading, time a probe client's MAIL "
+                    "round trips while the whole queue is listed")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 unless exactly once and fds < --max-fds")
     ap.add_argument("--max-fds", type=int, default=300)
@@ -384,6 +496,8 @@ def main():
               if t_read is not None else "not within the timeout") +
               f", peak RSS by then {rss_read / 1024:.1f} MiB, peak "
               f"descriptors {fds_idle}", flush=True)
+        if args.probe_listing:
+            probe_listing(daemon, os.path.join(work, "control.sock"))
         if args.no_drain:
             sampler.stop()
             daemon.stop()
