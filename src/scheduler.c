@@ -27,8 +27,14 @@
  * (DNS, connect, TLS, timeout) the relay itself backs off, with the same
  * doubling as messages, and everything waiting for it is deferred with the
  * same reason, as Postfix does for a dead site; a session that comes up
- * clears the backoff. A message due for a relay in backoff waits in the
- * heap until the backoff ends rather than take a place in the active set.
+ * clears the backoff. A session that fails before it is ready while other
+ * sessions to the same relay are open says that connection failed, not
+ * the relay: the others judge it (the last to fail backs it off), its
+ * first message goes back to the ready list without an attempt, and the
+ * relay opens no more sessions than it has until one is ready
+ * (sess_failed_among_others). A message due for a relay in backoff waits
+ * in the heap until the backoff ends rather than take a place in the
+ * active set.
  *
  * After an attempt the recipients' states are final (sent, failed) or
  * pending. Failures get a DSN first, which is committed before the state
@@ -203,6 +209,8 @@ struct sched_relay {
 	TAILQ_HEAD(, sched_msg) ready;
 	TAILQ_HEAD(, sched_session) sessions;
 	unsigned nsessions;
+	unsigned cap;            /* sessions at most for now, below
+	                            max_connections; 0: no cap */
 	unsigned failures;       /* consecutive session failures */
 	time_t backoff_until;    /* no new session before */
 	int cred_wait;           /* backed off for missing/rejected
@@ -1063,6 +1071,7 @@ relay_ok(struct scheduler *s, struct sched_relay *sr)
 	if (sr->failures > 0 && sr->fo.state != FAILOVER_ACTIVE)
 		log_info("relay %s: reachable again", sr->name);
 	sr->failures = 0;
+	sr->cap = 0;
 	sr->backoff_until = 0;
 	sr->cred_wait = 0;
 	relay_failover_note(s, sr, FAILOVER_REACHED);
@@ -1272,6 +1281,49 @@ sess_delivered(struct relay_session *rs, struct envelope *env,
 	msg_attempted(ss->s, m, relay_session_host(rs));
 }
 
+/*
+ * A session failed before it was ready, but sr has other sessions open:
+ * one refused or dropped connection while others are up or on their way
+ * says that connection failed (a limit of the upstream's, a transient
+ * error), not that the relay is down, which a backoff would act on by
+ * deferring every message waiting for sr for retry_min. So the relay is
+ * judged by the sessions still open (the last of them to fail backs it
+ * off as usual); the failed session's first message goes back to the
+ * head of the ready list, not an attempt since nothing was offered; and
+ * sr opens no more sessions than it has now until one of them is ready
+ * (relay_ok), so an upstream that takes only so many connections costs
+ * one failed connection per new session, not a loop of them.
+ */
+static int
+sess_failed_among_others(struct scheduler *s, struct sched_session *ss,
+    const struct outcome *o)
+{
+	struct sched_relay *sr = ss->sr;
+	struct sched_msg *m;
+	char text[OUTCOME_TEXT_MAX + 8];
+	unsigned others = sr->nsessions - 1;
+
+	/* The failures a backoff is for, less credentials' (the verdict
+	 * of failover.h): this connection could not be had. */
+	if (ss->ready || others == 0 ||
+	    failover_judge(0, o) != FAILOVER_UNREACHABLE)
+		return 0;
+	if ((m = ss->first) != NULL) {
+		ss->first = NULL;
+		free(m->tried);
+		m->tried = NULL;
+		msg_set_state(m, MSG_READY);
+		TAILQ_INSERT_HEAD(&sr->ready, m, ready);
+	}
+	sr->cap = others;
+	relay_outcome_text(o, text, sizeof(text));
+	log_info("relay %s: a new session failed while %u other%s open "
+	    "(%s); no backoff, at most %u session%s until one is ready",
+	    sr->name, others, others == 1 ? " is" : "s are", text, others,
+	    others == 1 ? "" : "s");
+	return 1;
+}
+
 static void
 sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 {
@@ -1280,12 +1332,15 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 	struct sched_msg *m;
 	struct outcome gone;
 	enum failover_verdict v;
+	int judged;
 
 	if (o->status == OUTCOME_OK && ss->first != NULL) {
 		outcome_set(&gone, OUTCOME_TEMPORARY, OC_PROTOCOL,
 		    "session closed before it was ready");
 		o = &gone;
 	}
+	/* Judged by the sessions still open: no verdict, no backoff. */
+	judged = !s->stopping && sess_failed_among_others(s, ss, o);
 	if ((m = ss->first) != NULL && o->class == OC_RESOURCE) {
 		/* We ran out of descriptors, the relay did nothing wrong:
 		 * not an attempt, and no backoff. */
@@ -1300,12 +1355,14 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 		ss->cur = NULL;
 		msg_requeue(s, m, 0);
 	}
-	/* A session that was ready told relay_ok() already. */
-	v = ss->ready ? FAILOVER_REACHED : failover_judge(0, o);
-	if (!ss->ready)
-		relay_failover_note(s, ss->sr, v);
-	if (relay_failure(o) || v == FAILOVER_UNREACHABLE)
-		relay_backoff(s, ss->sr, o, relay_session_peer(rs));
+	if (!judged) {
+		/* A session that was ready told relay_ok() already. */
+		v = ss->ready ? FAILOVER_REACHED : failover_judge(0, o);
+		if (!ss->ready)
+			relay_failover_note(s, ss->sr, v);
+		if (relay_failure(o) || v == FAILOVER_UNREACHABLE)
+			relay_backoff(s, ss->sr, o, relay_session_peer(rs));
+	}
 	session_unlink(s, ss);
 	relay_session_free(rs);
 	free(ss);
@@ -1601,6 +1658,8 @@ relay_start(struct scheduler *s, struct sched_relay *sr, time_t now)
 	if (sr->backoff_until > now)
 		return;
 	max = rc->max_connections > 0 ? rc->max_connections : 1;
+	if (sr->cap > 0 && sr->cap < max)
+		max = sr->cap;
 	while (sr->nsessions < max && (m = TAILQ_FIRST(&sr->ready)) != NULL) {
 		TAILQ_REMOVE(&sr->ready, m, ready);
 		msg_begin_attempt(m);
