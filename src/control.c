@@ -70,6 +70,7 @@ struct control_client {
 	struct scheduler_list *list;
 	struct queue_filter *filter;
 	int list_wait;
+	struct show_job *show;    /* a show being read */
 };
 
 struct control {
@@ -82,6 +83,7 @@ struct control {
 	struct scheduler *sched;
 	struct smtp_server *server;
 	struct queue *queue;
+	struct worker *worker;
 	int (*reload)(void *, char *, size_t);
 	void *reload_arg;
 	uid_t uid;
@@ -161,10 +163,13 @@ iso_time(time_t t, char *buf, size_t len)
  * the message of the error response in err (data lines it added are sent
  * after the error line), or CMD_STREAMING: "ok" and out go now, and the
  * command sends the rest of its data lines and the final "." itself,
- * later (no request is read meanwhile). argv holds the request's
+ * later (no request is read meanwhile; the command starts reading again
+ * when it is done). argv holds the request's
  * arguments, argc of them.
  */
 #define CMD_STREAMING 1
+/* Or CMD_LATER: the command writes its whole response itself, later. */
+#define CMD_LATER 2
 typedef int control_cmd_fn(struct control_client *cl, int argc,
     char **argv, struct evbuffer *out, char *err, size_t errlen);
 
@@ -672,7 +677,7 @@ show_data(struct evbuffer *out, const char *p, size_t len)
  * CONTROL_BODY_LINE_MAX is cut into several), up to the first empty line
  * when headers_only. */
 static int
-show_body(struct control *c, const struct envelope *env, int headers_only,
+show_body(struct queue *q, const struct envelope *env, int headers_only,
     struct evbuffer *out, char *err, size_t errlen)
 {
 	char buf[65536], *line;
@@ -681,9 +686,9 @@ show_body(struct control *c, const struct envelope *env, int headers_only,
 	size_t i, len, llen = 0;
 	int fd, rc = 0;
 
-	/* XXX: read on the loop thread. A message is at most the size
-	 * limit and in the page cache as often as not; show is rare. */
-	if ((fd = queue_body_open(c->queue, env)) == -1) {
+	/* On the worker pool (show_work): a message may be as large as
+	 * the size limit, and not in the page cache. */
+	if ((fd = queue_body_open(q, env)) == -1) {
 		snprintf(err, errlen, "%s: cannot read the message: %s",
 		    env->id, strerror(errno));
 		return -1;
@@ -763,14 +768,122 @@ show_envelope(struct control *c, const struct envelope *env,
 	}
 }
 
-/* show ID [headers] [json]: the envelope (key: value lines, or one JSON
- * line), an empty line, then the message. */
+/*
+ * show ID [headers] [json]: the envelope (key: value lines, or one JSON
+ * line), an empty line, then the message. Nothing is read on the loop:
+ * the envelope comes from a one-message page of a listing that starts at
+ * ID (scheduler_list_*), the message text from a job on the worker pool;
+ * the response is written when both are done.
+ */
+struct show_job {
+	struct control_client *cl; /* NULL: the client went away */
+	struct queue *q;
+	char id[ENVELOPE_ID_MAX];
+	int headers, json;
+	struct envelope *env;      /* a copy */
+	struct evbuffer *data;     /* the message's lines */
+	int rc;
+	char err[512];
+};
+
+static void
+show_job_free(struct show_job *job)
+{
+	envelope_free(job->env);
+	if (job->data != NULL)
+		evbuffer_free(job->data);
+	free(job);
+}
+
+/* The show is answered (or the client gone): reading may go on. */
+static void
+show_end(struct control_client *cl)
+{
+	cl->show = NULL;
+	if (cl->closing)
+		return;		/* freed once the answer is written */
+	bufferevent_enable(cl->bev, EV_READ);
+	client_read(cl->bev, cl);
+}
+
+/* On a pool thread. */
+static void
+show_work(void *arg)
+{
+	struct show_job *job = arg;
+
+	if ((job->data = evbuffer_new()) == NULL)
+		fatalx("%s: evbuffer_new", __func__);
+	job->rc = show_body(job->q, job->env, job->headers, job->data,
+	    job->err, sizeof(job->err));
+}
+
+static void
+show_done(void *arg)
+{
+	struct show_job *job = arg;
+	struct control_client *cl = job->cl;
+	struct evbuffer *out, *b;
+
+	if (cl == NULL) {
+		show_job_free(job);
+		return;
+	}
+	out = bufferevent_get_output(cl->bev);
+	if (job->rc == 0)
+		evbuffer_add(out, "ok\n", 3);
+	else
+		evbuffer_add_printf(out, "error %s\n", job->err);
+	if (job->json) {
+		b = json_new();
+		envelope_json(cl->c, b, job->env);
+		json_line(out, b);
+	} else
+		show_envelope(cl->c, job->env, out);
+	reply_line(out, "%s", "");
+	evbuffer_add_buffer(out, job->data);
+	evbuffer_add(out, ".\n", 2);
+	show_job_free(job);
+	show_end(cl);
+}
+
+static void
+show_each(const struct envelope *env, void *arg)
+{
+	struct control_client *cl = arg;
+	struct show_job *job = cl->show;
+
+	if (strcmp(env->id, job->id) == 0)
+		job->env = envelope_dup(env);
+}
+
+/* The page of one message was read: it is the one asked for, or there is
+ * none. */
+static void
+show_found(int last, void *arg)
+{
+	struct control_client *cl = arg;
+	struct show_job *job = cl->show;
+	struct evbuffer *out = bufferevent_get_output(cl->bev);
+
+	scheduler_list_free(cl->list);
+	cl->list = NULL;
+	if (job->env == NULL) {
+		evbuffer_add_printf(out, "error %s: no such message\n.\n",
+		    job->id);
+		show_job_free(job);
+		show_end(cl);
+		return;
+	}
+	worker_run(cl->c->worker, show_work, show_done, job);
+}
+
 static int
 cmd_show(struct control_client *cl, int argc, char **argv,
     struct evbuffer *out, char *err, size_t errlen)
 {
-	const struct envelope *env;
-	struct evbuffer *b;
+	struct show_job *job;
+	char echo[CONTROL_ECHO_MAX + 1];
 	int json, headers = 0;
 
 	json = take_json(&argc, argv);
@@ -780,18 +893,23 @@ cmd_show(struct control_client *cl, int argc, char **argv,
 		snprintf(err, errlen, "usage: show ID [headers] [json]");
 		return -1;
 	}
-	if ((env = scheduler_find(cl->c->sched, argv[0])) == NULL) {
-		snprintf(err, errlen, "%s: no such message", argv[0]);
+	if (strlen(argv[0]) >= ENVELOPE_ID_MAX) {
+		echo_copy(echo, sizeof(echo), argv[0]);
+		snprintf(err, errlen, "%s: no such message", echo);
 		return -1;
 	}
-	if (json) {
-		b = json_new();
-		envelope_json(cl->c, b, env);
-		json_line(out, b);
-	} else
-		show_envelope(cl->c, env, out);
-	reply_line(out, "%s", "");
-	return show_body(cl->c, env, headers, out, err, errlen);
+	job = xcalloc(1, sizeof(*job));
+	job->cl = cl;
+	job->q = cl->c->queue;
+	snprintf(job->id, sizeof(job->id), "%s", argv[0]);
+	job->headers = headers;
+	job->json = json;
+	cl->show = job;
+	cl->list = scheduler_list_new(cl->c->sched);
+	scheduler_list_seek(cl->list, job->id);
+	bufferevent_disable(cl->bev, EV_READ);
+	scheduler_list_next(cl->list, 1, show_each, show_found, cl);
+	return CMD_LATER;
 }
 
 /* The reason a per-message operation failed (scheduler.h's errno). */
@@ -1013,6 +1131,10 @@ client_free(struct control_client *cl)
 
 	TAILQ_REMOVE(&c->clients, cl, entry);
 	c->nclients--;
+	if (cl->show != NULL && cl->list != NULL)
+		show_job_free(cl->show);	/* not on the pool yet */
+	else if (cl->show != NULL)
+		cl->show->cl = NULL;		/* show_done frees it */
 	scheduler_list_free(cl->list);
 	queue_filter_free(cl->filter);
 	bufferevent_free(cl->bev);
@@ -1100,6 +1222,10 @@ client_request(struct control_client *cl, char *line, size_t len)
 	/* A streaming command's pages come from the loop later, after
 	 * this "ok". */
 	rc = cmd->run(cl, argc - 1, argv + 1, data, err, sizeof(err));
+	if (rc == CMD_LATER) {
+		evbuffer_free(data);
+		return;
+	}
 	if (rc == 0 || rc == CMD_STREAMING)
 		evbuffer_add(out, "ok\n", 3);
 	else if (rc == -1)
@@ -1134,7 +1260,7 @@ client_read(struct bufferevent *bev, void *arg)
 	size_t eol_len, len;
 	char *line;
 
-	while (!cl->closing && cl->list == NULL) {
+	while (!cl->closing && cl->list == NULL && cl->show == NULL) {
 		if (evbuffer_get_length(out) >= CONTROL_OUTPUT_PAUSE) {
 			/* Resumed by client_write once the client reads. */
 			cl->paused = 1;
@@ -1168,6 +1294,8 @@ client_write(struct bufferevent *bev, void *arg)
 {
 	struct control_client *cl = arg;
 
+	if (cl->show != NULL)
+		return;		/* its answer comes later */
 	if (cl->list != NULL) {
 		/* A listing is being sent: the client took the last page. */
 		if (cl->list_wait) {
@@ -1479,6 +1607,7 @@ control_new(struct event_base *base, const struct control_params *params,
 	c->sched = params->scheduler;
 	c->server = params->server;
 	c->queue = params->queue;
+	c->worker = params->worker;
 	c->reload = params->reload;
 	c->reload_arg = params->reload_arg;
 	c->uid = params->uid;

@@ -41,8 +41,8 @@
  * Everything runs on the loop thread; no command waits on the network.
  * queue answers "ok" at once and then streams its listing a page at a
  * time, the envelopes read on the worker pool, so neither the loop nor
- * the daemon's memory depends on the queue's size; only show reads a
- * file (the message) synchronously.
+ * the daemon's memory depends on the queue's size. show reads its
+ * message there too, and answers when it has it.
  */
 #ifndef SMARTHOST_CONTROL_H
 #define SMARTHOST_CONTROL_H
@@ -56,6 +56,7 @@
 #include "queue.h"
 #include "scheduler.h"
 #include "smtp_server.h"
+#include "worker.h"
 
 /* Longest request line, LF included. */
 #define CONTROL_LINE_MAX 1024
@@ -71,6 +72,7 @@ struct control_params {
 	struct scheduler *scheduler;  /* borrowed; must outlive control */
 	struct smtp_server *server;   /* borrowed; NULL: 0 sessions shown */
 	struct queue *queue;          /* borrowed; for show's message */
+	struct worker *worker;        /* borrowed; show reads on it */
 	/* reload: re-reads the configuration; 0, or -1 with a reason in
 	 * err (the running configuration is kept). NULL: unavailable. */
 	int (*reload)(void *arg, char *err, size_t errlen);

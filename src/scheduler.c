@@ -262,8 +262,6 @@ struct scheduler {
 	uint32_t nrnames;
 	unsigned nloading;            /* load jobs on the worker pool */
 	size_t nunread;               /* found at start, not read yet */
-	struct envelope *found;       /* scheduler_find's last answer for
-	                                 a record, read from the queue */
 
 	TAILQ_HEAD(, sched_relay) relays;
 	unsigned nsessions;
@@ -275,6 +273,7 @@ struct scheduler {
 
 static void msg_attempted(struct scheduler *, struct sched_msg *,
     const char *);
+static uint64_t id_valid(const char *);
 static void msg_persist(struct scheduler *, struct sched_msg *);
 
 unsigned
@@ -1815,7 +1814,6 @@ scheduler_free(struct scheduler *s)
 	event_free(s->ev_deadline);
 	event_free(s->ev_cred);
 	free(s->heap);
-	envelope_free(s->found);
 	while (s->nrnames > 0)
 		free(s->rnames[--s->nrnames]);
 	free(s->rnames);
@@ -2203,6 +2201,14 @@ scheduler_list_next(struct scheduler_list *l, size_t max,
 }
 
 void
+scheduler_list_seek(struct scheduler_list *l, const char *id)
+{
+	uint64_t n = id_valid(id);
+
+	l->after = n > 0 ? n - 1 : 0;
+}
+
+void
 scheduler_list_free(struct scheduler_list *l)
 {
 	if (l == NULL)
@@ -2336,30 +2342,6 @@ id_valid(const char *id)
 	    id_parse(id) : 0;
 }
 
-const struct envelope *
-scheduler_find(struct scheduler *s, const char *id)
-{
-	struct sched_msg *m;
-	uint64_t n;
-	size_t i;
-
-	if ((n = id_valid(id)) == 0)
-		return NULL;
-	if ((m = msg_find(s, n)) != NULL && m->state != MSG_LOADING)
-		return m->env;
-	if ((i = rec_find(s, n)) == SIZE_MAX)
-		return NULL;
-	/* One file read on the loop for one message: an operator's show,
-	 * hold or release names at most CONTROL_IDS_MAX of them, each a
-	 * few tens of microseconds when cached; listings, which read the
-	 * whole queue, go through the worker pool (scheduler_list_*). */
-	envelope_free(s->found);
-	if ((s->found = queue_read(s->q, id)) != NULL &&
-	    !(s->heap[i].flags & (REC_UNREAD | REC_HELD)))
-		s->found->next_try = (time_t)s->heap[i].key;
-	return s->found;
-}
-
 const char *
 scheduler_relay_of(struct scheduler *s, const struct envelope *env)
 {
@@ -2429,6 +2411,11 @@ msg_take(struct scheduler *s, const char *id, int read)
 		errno = ENOENT;
 		return NULL;
 	}
+	/* One envelope read on the loop: hold and release need it for
+	 * the state record, and an operator's request names at most a few
+	 * dozen messages, each a few tens of microseconds when cached;
+	 * what reads the whole queue or a message's text goes through the
+	 * worker pool (scheduler_list_*, show). */
 	if (!read)
 		env = NULL;
 	else if ((env = queue_read(s->q, id)) == NULL)

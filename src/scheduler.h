@@ -93,6 +93,9 @@ typedef void scheduler_list_done_fn(int last, void *arg);
 struct scheduler_list *scheduler_list_new(struct scheduler *s);
 void scheduler_list_next(struct scheduler_list *l, size_t max,
     scheduler_list_each_fn *each, scheduler_list_done_fn *done, void *arg);
+/* Moves the cursor: the next page starts with the message whose id is
+ * id, or the first after it (an id that is not a queue id: the start). */
+void scheduler_list_seek(struct scheduler_list *l, const char *id);
 void scheduler_list_free(struct scheduler_list *l);
 
 /* When the oldest queued message arrived (from its queue id, without
@@ -100,11 +103,9 @@ void scheduler_list_free(struct scheduler_list *l);
 time_t scheduler_oldest(const struct scheduler *s);
 
 /*
- * One message by queue id, for smarthostctl show, hold, release, delete
- * and flush.
+ * One message by queue id, for smarthostctl hold, release, delete and
+ * flush (show reads through a listing, scheduler_list_seek).
  *
- * scheduler_find returns the message's envelope (borrowed: valid until
- * control returns to the loop), or NULL when no message has that id.
  * scheduler_relay_of names the relay a message would be tried on now
  * (its pinned relay, else its sender's route, else the default relay;
  * failover aside), or NULL when that relay is not configured.
@@ -116,14 +117,14 @@ time_t scheduler_oldest(const struct scheduler *s);
  *	EALREADY  hold of a held message, release of one not held
  *	EPERM     flush of a held message (release it instead)
  * scheduler_hold takes a waiting message out of the schedule and
- * persists ENVELOPE_HOLD with its state: held mail is never tried, and
+ * persists ENVELOPE_HOLD with its state (reading its file, one, on the
+ * calling thread): held mail is never tried, and
  * its lifetime is only checked after an attempt, so it never expires
  * while held, across restarts too. scheduler_release clears the flag,
  * persists that and makes the message due now. scheduler_delete removes
  * the message from the spool without a bounce. scheduler_flush_one makes
  * one message due now (its relay's backoff stays).
  */
-const struct envelope *scheduler_find(struct scheduler *s, const char *id);
 const char *scheduler_relay_of(struct scheduler *s,
     const struct envelope *env);
 int scheduler_hold(struct scheduler *s, const char *id);

@@ -677,6 +677,7 @@ main(int argc, char *argv[])
 	cp.scheduler = d.scheduler;
 	cp.server = d.server;
 	cp.queue = d.queue;
+	cp.worker = d.worker;
 	cp.reload = reload;
 	cp.reload_arg = &d;
 	cp.uid = geteuid();

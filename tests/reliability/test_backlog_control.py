@@ -10,7 +10,7 @@ reads its first line and then stops reading. While it holds the listing
 there, the test
   - submits a message over SMTP (a full transaction, 250 expected), and
   - deletes the last message of the backlog over a second control
-    connection;
+    connection, and shows another (its text read off the loop too);
 then reads the rest. The listing must hold every prefilled message but
 the deleted one, exactly once, in id order, and the new message after
 them: the pages after the pause were read after it, which a listing built
@@ -93,6 +93,13 @@ def test_queue_listing_streams_while_clients_are_served(daemon_factory,
     status, lines = control(control_path(daemon), f"delete {last}")
     assert status == "ok", (status, lines)
     assert lines == [f"{last}: deleted"]
+    status, lines = control(control_path(daemon),
+                            f"show {prefilled[-2]} headers")
+    assert status == "ok", (status, lines)
+    assert f"id: {prefilled[-2]}" in lines
+    assert f"Message-Id: <prefill.{N - 2}@example.org>" in lines, lines
+    status, _ = control(control_path(daemon), f"show {last}")
+    assert status == f"error {last}: no such message", status
 
     rest = reader.rest()
     held.close()

@@ -159,6 +159,8 @@ setup(void)
 	memset(&cp, 0, sizeof(cp));
 	cp.path = cfg->control_socket;
 	cp.scheduler = sched;
+	cp.queue = q;
+	cp.worker = w;
 	cp.uid = geteuid();
 	cp.started = time(NULL) - 42;
 	ctl = control_new(base, &cp, err, sizeof(err));
