@@ -2180,7 +2180,10 @@ scheduler_list_next(struct scheduler_list *l, size_t max,
 	it.key = 0;
 	it.flags = LIST_ITEM_ACTIVE;
 	TAILQ_FOREACH(m, &s->msgs, all) {
-		if (m->id <= l->after)
+		/* Without an envelope while finishing: being deleted, gone
+		 * for the listing though its file may still be there. */
+		if (m->id <= l->after ||
+		    (m->state == MSG_FINISHING && m->env == NULL))
 			continue;
 		it.id = m->id;
 		it.m = m;
