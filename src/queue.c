@@ -67,10 +67,14 @@
  * and with it the read, finished).
  *
  * The duplicate window: a message whose upstream said 250 is marked sent
- * only when its state record is synced. A crash in between, or a failure to
- * write the record, means the message is sent again after restart. That
- * window is inherent (Postfix has it too); we keep it as short as one group
- * commit and never trade it for the opposite failure, losing mail.
+ * durably only when its state record is synced. A crash in between, or a
+ * failure to write the record, means the message is sent again after
+ * restart. That window is inherent (Postfix has it too); we keep it as
+ * short as one group commit and never trade it for the opposite failure,
+ * losing mail. For the commonest crash, the daemon's own death, it is
+ * closed further: queue_note() writes the record into the page cache the
+ * moment the 250 arrives, where it outlives the process; only a crash of
+ * the machine before the group's sync can still lose it.
  */
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -1389,6 +1393,7 @@ dir_list(int dirfd, const char *what, size_t *n)
 	DIR *d;
 	struct dirent *de;
 	char **names = NULL;
+	size_t count = 0;
 	int fd;
 
 	*n = 0;
@@ -1403,12 +1408,13 @@ dir_list(int dirfd, const char *what, size_t *n)
 		if (strcmp(de->d_name, ".") == 0 ||
 		    strcmp(de->d_name, "..") == 0)
 			continue;
-		names = xreallocarray(names, *n + 1, sizeof(*names));
-		names[(*n)++] = xstrdup(de->d_name);
+		names = xreallocarray(names, count + 1, sizeof(*names));
+		names[count++] = xstrdup(de->d_name);
 	}
 	closedir(d);
-	if (*n > 0)
-		qsort(names, *n, sizeof(*names), name_cmp);
+	if (names != NULL)
+		qsort(names, count, sizeof(*names), name_cmp);
+	*n = count;
 	return names;
 }
 
@@ -1719,6 +1725,37 @@ queue_update(struct queue *q, const struct envelope *env, queue_done_cb cb,
 	if (!queue_id_valid(op->id))
 		fatalx("%s: bad queue id", __func__);
 	queue_submit(q, op);
+}
+
+int
+queue_note(struct queue *q, const struct envelope *env)
+{
+	struct stat st;
+	char *record;
+	size_t len;
+	int fd, error = 0;
+
+	if (!queue_id_valid(env->id)) {
+		errno = EINVAL;
+		return -1;
+	}
+	if ((fd = openat(q->queue_fd, env->id,
+	    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW)) == -1)
+		return -1;
+	record = envelope_state_record(env, &len);
+	if (fstat(fd, &st) == -1)
+		error = errno;
+	else if (fileio_write_all(fd, record, len) == -1) {
+		error = errno;
+		/* As update_undo(): no partial record for the next one to be
+		 * glued to. */
+		if (ftruncate(fd, st.st_size) == -1)
+			log_warn("%s: truncate after failed note", env->id);
+	}
+	free(record);
+	close(fd);
+	errno = error;
+	return error == 0 ? 0 : -1;
 }
 
 void

@@ -139,6 +139,21 @@ typedef void (*queue_done_cb)(int error, void *arg);
  */
 void queue_update(struct queue *q, const struct envelope *env,
     queue_done_cb cb, void *arg);
+/*
+ * Appends env's state record to its queue file at once, on the calling
+ * thread, without syncing it: a small write into the page cache, which the
+ * loop thread may do as it does queue_txn_write(). The record survives the
+ * process (SIGKILL, a crash, the OOM killer) though not a power cut, so a
+ * queue_update() or queue_remove() must still follow to make the outcome
+ * durable. Call it when an upstream has just accepted recipients, before
+ * sending anything else: a crash of the daemon before the durable write
+ * then does not send them again. Never while a queue_update() or
+ * queue_remove() of the message is in progress, and never with a state the
+ * queue must not know before something else is durable (a recipient that
+ * failed before its bounce is committed). Returns 0, or -1 with errno
+ * (the file is left as it was; the durable write still follows).
+ */
+int queue_note(struct queue *q, const struct envelope *env);
 /* Removes a finished message off the loop thread; cb may be NULL. Close
  * every queue_body_open() descriptor of the message first: its file may
  * be reused for another message once cb ran. */

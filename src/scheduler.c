@@ -49,6 +49,14 @@
  * accepted is never sent again because of a local error. A local shortage
  * of descriptors (opening the body, connecting: OC_RESOURCE) is not an
  * attempt: the message waits SCHED_LOCAL_RETRY seconds and is taken again.
+ * Before any of that, the moment the upstream accepted recipients, their
+ * new state is written into the queue file without a sync (msg_note,
+ * queue_note()), before the session sends its next message: a crash of
+ * the daemon itself then never sends them again, and only a crash of the
+ * machine within the group commit that follows can. The session does not
+ * wait for that sync: one message per connection per sync round would cap
+ * a drain at max_connections messages per group commit (doc/RELIABILITY.md
+ * has the figures).
  * A message that still has pending recipients after an attempt and is older
  * than delay_warning gets one delay notification (Action: delayed) for
  * them, unless dsn_wanted() refuses; ENVELOPE_DELAY_WARNED, set before the
@@ -1263,6 +1271,41 @@ relay_count(struct sched_relay *sr, const struct sched_msg *m)
 	}
 }
 
+/*
+ * Writes what this attempt delivered into m's queue file at once, unsynced
+ * (queue_note()), so that the daemon's own crash before the state record
+ * is synced does not send those recipients again. Recipients that failed
+ * in this attempt are written as still pending: their bounce is not
+ * committed yet, and a crash must not lose it.
+ */
+static void
+msg_note(struct scheduler *s, struct sched_msg *m)
+{
+	struct envelope *env = m->env;
+	enum rcpt_status *saved;
+	size_t i, nsent = 0;
+
+	for (i = 0; m->tried != NULL && i < env->nrcpts; i++)
+		if (m->tried[i] != TRIED_NO && env->rcpts[i].status == RCPT_SENT)
+			nsent++;
+	if (nsent == 0)
+		return;
+	saved = xcalloc(env->nrcpts, sizeof(*saved));
+	for (i = 0; i < env->nrcpts; i++) {
+		saved[i] = env->rcpts[i].status;
+		if (m->tried[i] != TRIED_NO && saved[i] == RCPT_FAILED)
+			env->rcpts[i].status = RCPT_PENDING;
+	}
+	if (queue_note(s->q, env) == -1)
+		log_warn("%s: cannot note the delivery before its sync",
+		    m->idstr);
+	else
+		log_debug("%s: delivery noted, not yet synced", m->idstr);
+	for (i = 0; i < env->nrcpts; i++)
+		env->rcpts[i].status = saved[i];
+	free(saved);
+}
+
 static void
 sess_delivered(struct relay_session *rs, struct envelope *env,
     const struct outcome *o, void *arg)
@@ -1274,6 +1317,7 @@ sess_delivered(struct relay_session *rs, struct envelope *env,
 		fatalx("%s: delivery report for a message not in flight",
 		    __func__);
 	ss->cur = NULL;
+	msg_note(ss->s, m);
 	m->auth_retry = o->class == OC_AUTH_RETRY &&
 	    o->status != OUTCOME_OK;
 	relay_count(ss->sr, m);

@@ -594,6 +594,84 @@ Test(queue, update_then_reload_shows_states)
 	free(body);
 }
 
+/* queue_update() and a wait for its callback; returns its error. */
+static int
+update_wait(struct queue *q, const struct envelope *env)
+{
+	struct result r = { 0, -1, NULL };
+
+	queue_update(q, env, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.called, 1);
+	return r.error;
+}
+
+/* queue_note() writes the record at once, without a sync: a reader (the
+ * daemon after its own crash) sees it; the durable update follows. */
+Test(queue, note_is_read_back_without_a_sync)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 2), *c, *l;
+	char *body = make_body(3000);
+	off_t before;
+	int syncs;
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	c = commit_one(q, env, body, 3000);
+	before = file_size("queue", c->id);
+	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok: queued");
+	syncs = __atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST);
+	cr_assert_eq(queue_note(q, c), 0, "note: %s", strerror(errno));
+	cr_assert_eq(__atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST),
+	    syncs, "queue_note synced");
+	cr_assert_gt(file_size("queue", c->id), before);
+	l = queue_read(q, c->id);
+	cr_assert_not_null(l, "read: %s", strerror(errno));
+	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
+	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
+	assert_body(q, l, body, 3000);
+	envelope_free(l);
+	cr_assert_eq(update_wait(q, c), 0);
+	queue_close(q);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+/* A note that cannot be written whole leaves the file as it was, so the
+ * next record does not start glued to half of it. */
+Test(queue, failed_note_leaves_no_partial_record)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c, *l;
+	char *body = make_body(1000);
+	off_t before;
+
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	c = commit_one(q, env, body, 1000);
+	before = file_size("queue", c->id);
+	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok");
+	__atomic_store_n(&fault_write_budget, 5, __ATOMIC_SEQ_CST);
+	errno = 0;
+	cr_assert_eq(queue_note(q, c), -1);
+	cr_assert_eq(errno, ENOSPC);
+	__atomic_store_n(&fault_write_budget, -1, __ATOMIC_SEQ_CST);
+	cr_assert_eq(file_size("queue", c->id), before);
+
+	c->attempts = 3;
+	cr_assert_eq(update_wait(q, c), 0);
+	l = queue_read(q, c->id);
+	cr_assert_not_null(l, "read: %s", strerror(errno));
+	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
+	cr_assert_eq(l->attempts, 3);
+	envelope_free(l);
+	queue_close(q);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
 Test(queue, remove)
 {
 	struct queue *q;
