@@ -187,11 +187,13 @@ NULL_SENDER = "<>"
 @dataclass
 class RelayedMessage:
     """One message the upstream accepted. mail_from is "" for <>; tls
-    tells whether the session had done STARTTLS."""
+    tells whether the session had done STARTTLS; at is when the final dot
+    was handled (time.monotonic(), just before the reply was sent)."""
     mail_from: str
     rcpt_tos: list
     content: bytes
     tls: bool
+    at: float = 0.0
 
     def parsed(self):
         return email.message_from_bytes(self.content,
@@ -248,7 +250,7 @@ class RecordingHandler:
                 mail_from="" if sender == NULL_SENDER else sender,
                 rcpt_tos=list(envelope.rcpt_tos),
                 content=bytes(envelope.original_content),
-                tls=session.ssl is not None))
+                tls=session.ssl is not None, at=time.monotonic()))
         if reply == self.STORE_THEN_DROP:
             server.transport.abort()
             return "250 2.0.0 OK (never sent: the connection is gone)"

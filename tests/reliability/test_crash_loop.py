@@ -3,7 +3,19 @@ is SIGKILLed at random moments and restarted, and the upstream (aiosmtpd)
 is stopped and started at random. Every message that got a 250 must arrive
 intact; duplicates are counted and reported; the spool ends empty.
 
-Short (make check): 10 kills. Long (make check-reliability): 200 kills.
+Every duplicate is explained or the test fails. The daemon's log (it runs
+with -d) says, per run, which messages it started to send ("scheduler
+ready -> inflight"), which the upstream accepted ("status=sent"), which of
+those it wrote down at once, unsynced ("delivery noted"), which it
+deferred after the final dot had left ("may deliver it twice") and which it
+removed. A SIGKILL keeps what the daemon wrote, synced or not, so a
+message may arrive once more only for each run that was killed after it
+started to send the message and before the note: after the final dot,
+before the upstream's reply was read (not logged sent), or in the moment
+between the reply and the note (logged sent, not noted); and once more for
+each deferral after the final dot. Those are the windows smarthostd(8)
+names. Any other copy (one sent again after its delivery was noted or its
+removal logged, or two "status=sent" lines in one run) is a bug.
 """
 
 import os
@@ -12,12 +24,23 @@ import re
 import smtplib
 import threading
 import time
+from collections import Counter
 
 from conftest import scale
 from harness import (CLIENT_HOSTNAME, free_port, make_message, random_body,
                      wait_until)
 
 TOKEN_RE = re.compile(rb"^Subject: crash (\S+)\r$", re.MULTILINE)
+# The queue id in smarthostd's own Received: header.
+QID_RE = re.compile(rb"\(smarthostd[^)]*\) with \S+ id ([0-9A-F]{16})")
+INFLIGHT_RE = re.compile(r"([0-9A-F]{16}): scheduler ready -> inflight$",
+                         re.MULTILINE)
+NOTED_RE = re.compile(r"([0-9A-F]{16}): delivery noted, not yet synced$",
+                      re.MULTILINE)
+SENT_RE = re.compile(r"([0-9A-F]{16}): to=<[^>]*>, .*status=sent ")
+REMOVED_RE = re.compile(r"([0-9A-F]{16}): removed$", re.MULTILINE)
+NO_REPLY_RE = re.compile(r"([0-9A-F]{16}): to=<[^>]*>, .*status=deferred "
+                         r".*may deliver it twice")
 
 
 class Clients:
@@ -85,31 +108,82 @@ def spool_files(daemon, sub):
         return []
 
 
+class Run:
+    """One run of the daemon: when it started and was killed, and what its
+    log says it did with each message."""
+
+    def __init__(self, started):
+        self.started = started
+        self.killed = None
+        self.inflight = self.noted = self.removed = frozenset()
+        self.sent = {}
+        self.no_reply = {}
+
+    def read_log(self, text):
+        self.inflight = frozenset(INFLIGHT_RE.findall(text))
+        self.noted = frozenset(NOTED_RE.findall(text))
+        self.removed = frozenset(REMOVED_RE.findall(text))
+        self.sent = Counter(SENT_RE.findall(text))
+        self.no_reply = Counter(NO_REPLY_RE.findall(text))
+
+
+# Why a message arrived once more.
+AFTER_250 = "killed after the upstream's 250, before the delivery was noted"
+AFTER_DOT = "killed after the final dot, before the upstream's reply was read"
+NO_REPLY = "no reply to the final dot in time, deferred"
+UNEXPLAINED = "UNEXPLAINED"
+
+
+def explain(qid, ncopies, runs):
+    """The reasons for the ncopies - 1 extra copies of message qid, one
+    per copy: the windows its runs left open, the sure ones first, and
+    UNEXPLAINED for copies beyond them."""
+    after_250, after_dot, no_reply = [], [], []
+    for run in runs:
+        if run.sent[qid] > 1:
+            return [UNEXPLAINED] * (ncopies - 1)
+        no_reply += [NO_REPLY] * run.no_reply[qid]
+        if run.killed is None or qid in run.removed or qid in run.noted:
+            continue
+        if run.sent[qid]:
+            after_250.append(AFTER_250)
+        elif qid in run.inflight:
+            after_dot.append(AFTER_DOT)
+    windows = after_250 + no_reply + after_dot
+    extra = ncopies - 1
+    return windows[:extra] + [UNEXPLAINED] * max(0, extra - len(windows))
+
+
 def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     kills = scale(10, 200)
     rng = random.Random(os.environ.get("RELIABILITY_SEED") or None)
     upstream = upstream_factory(tls=None)
     port = free_port()
+    started = time.monotonic()
     daemon = daemon_factory(
         upstream.port,
         listen=[{"address": "127.0.0.1", "port": str(port)},
                 {"path": str(tmp_path / "smtp.sock"), "mode": "0666"}],
         relays={"upstream": {"tls": "none", "timeout_command": 5}},
         queue={"retry_min": 1, "retry_max": 2})
+    runs = [Run(started)]
+    log_from = [daemon.run_start]
     clients = Clients(port, scale(4, 6), rng)
-    started = time.monotonic()
     clients.start()
     upstream_restarts = 0
     try:
         for _ in range(kills):
             time.sleep(rng.uniform(0.01, 0.5))
+            runs[-1].killed = time.monotonic()
             daemon.kill()
             if rng.random() < 0.15:
                 upstream.stop()
                 upstream_restarts += 1
                 time.sleep(rng.uniform(0, 0.5))
                 upstream.start()
+            runs.append(Run(time.monotonic()))
             daemon.start()
+            log_from.append(daemon.run_start)
     finally:
         clients.stop()
     accepted = clients.accepted
@@ -139,17 +213,56 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     corrupted = [t for t in accepted if t in got_now and not all(
         m.content.endswith(accepted[t]) and m.rcpt_tos == ["b@example.net"]
         for m in got_now[t])]
-    duplicates = sum(len(v) - 1 for v in got_now.values())
     unacknowledged = len(set(got_now) - set(accepted))
     assert daemon.terminate() == 0, "the daemon failed to stop cleanly"
+    raw = daemon.log().encode()
+    for run, begin, end in zip(runs, log_from, log_from[1:] + [len(raw)]):
+        run.read_log(raw[begin:end].decode("utf-8", errors="replace"))
+
+    reasons = Counter()
+    unexplained = []
+    to_kill = []
+    for token, copies in got_now.items():
+        match = QID_RE.search(copies[0].content)
+        assert match, f"no queue id in {copies[0].content[:300]!r}"
+        qid = match.group(1).decode()
+        why = explain(qid, len(copies), runs)
+        reasons.update(why)
+        if UNEXPLAINED in why:
+            unexplained.append((token, qid, len(copies)))
+        # How long before a kill the upstream took a copy that was
+        # sent again: the last copy before each kill that left it open.
+        for run in runs:
+            if run.killed is not None and qid in run.inflight and \
+                    qid not in run.removed:
+                before = [run.killed - c.at for c in copies
+                          if run.started <= c.at <= run.killed]
+                if before:
+                    to_kill.append(min(before))
+    duplicates = sum(reasons.values())
+    # Messages each kill found delivered and not yet removed: with the
+    # note, those are no longer duplicates; before it, each was one.
+    unrecorded = [sum(1 for q in r.sent if q not in r.removed)
+                  for r in runs if r.killed is not None]
+    to_kill.sort()
     figures(kills=kills, upstream_restarts=upstream_restarts,
             messages_accepted=len(accepted), submissions=clients.attempts,
             sessions_cut=clients.refused,
             arrived_without_250=unacknowledged, lost=len(lost),
             corrupted=len(corrupted), duplicates=duplicates,
+            duplicates_per_kill=round(duplicates / kills, 2),
+            duplicate_reasons=dict(reasons),
+            unrecorded_at_kill_mean=round(sum(unrecorded) / kills, 2),
+            unrecorded_at_kill_max=max(unrecorded, default=0),
+            delivered_to_kill_ms_median=round(
+                1000 * to_kill[len(to_kill) // 2], 1) if to_kill else None,
+            delivered_to_kill_ms_max=round(1000 * to_kill[-1], 1)
+            if to_kill else None,
             seconds=round(time.monotonic() - started, 1))
     assert not lost, f"{len(lost)} accepted messages lost: {lost[:10]}"
     assert not corrupted, f"corrupted in transit: {corrupted[:10]}"
+    assert not unexplained, "copies not explained by a crash window " \
+        f"(token, queue id, copies): {unexplained[:10]}"
     assert got is not None, "queue/ not empty at the end: " + ", ".join(
         spool_files(daemon, "queue")[:10])
     assert spool_files(daemon, "tmp") == []
