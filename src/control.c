@@ -1083,8 +1083,10 @@ cmd_metrics(struct control_client *cl, int argc, char **argv,
 
 	text = metrics_collect(cl->c->sched, cl->c->server);
 	for (line = text; *line != '\0'; line = next) {
-		next = strchr(line, '\n');
-		*next++ = '\0';
+		if ((next = strchr(line, '\n')) != NULL)
+			*next++ = '\0';
+		else
+			next = line + strlen(line);
 		reply_line(out, "%s", line);
 	}
 	free(text);

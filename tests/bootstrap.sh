@@ -4,7 +4,8 @@
 #   run    starts the daemon in the foreground on etc/quickstart.conf
 #   check  runs the unit, end-to-end and short reliability tests (what CI
 #          runs), on the normal build and on a sanitizer build in
-#          build-asan/, then every fuzz target for 60 s
+#          build-asan/, GCC's static analyzer, then every fuzz target
+#          for 60 s
 #   bench  runs the throughput benchmark beside a Postfix instance of its
 #          own (never the system's Postfix), with smtp-source and smtp-sink
 # Installing needs root; everything else does not. Safe to run again: it
@@ -171,6 +172,10 @@ bench)
 	;;
 check)
 	check_in "$build"
+	# GCC's static analyzer over every source: about 30 s of CPU.
+	start=$(date +%s)
+	make -C "$build" check-analyzer
+	echo "bootstrap: make check-analyzer: $(($(date +%s) - start)) s"
 	# The same suite again on a build with AddressSanitizer, LeakSanitizer
 	# and UBSan (configure --enable-sanitizers), in its own directory.
 	if [ "$build" = "$top" ]; then
