@@ -1,18 +1,22 @@
 """Resource faults: a full spool file system gives 452 and recovers by
 itself; descriptor exhaustion (a low RLIMIT_NOFILE) and the session limit
 give 421 and no crash; many concurrent clients and messages with no error
-and bounded memory.
+and bounded memory; idle and slowloris clients cannot starve others.
 
 Short (make check): 50 clients, 500 messages. Long (make
 check-reliability): 500 clients, 20,000 messages.
 """
 
 import asyncio
+import json
 import os
 import select
 import smtplib
 import socket
+import subprocess
 import time
+
+import pytest
 
 from conftest import scale
 from harness import (CLIENT_HOSTNAME, daemon_spawn, daemon_wait_started,
@@ -249,3 +253,135 @@ def test_many_clients_bounded_memory(daemon_factory, upstream_factory,
     assert not errors, errors[:5]
     upstream.assert_count_stays(total, settle=1)
     assert hwm < 256 * 1024, f"peak RSS {hwm} KiB"
+
+
+HOLD = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                    "holdsessions.py")
+# Other local users than the test's own (root): the daemon counts
+# sessions per uid on loopback TCP.
+DAEMON_UID, BIN_UID, NOBODY_UID = 1, 2, 65534
+
+# One submission as another user, over loopback TCP, retried while the
+# daemon refuses the connection with 421 (its session table is full):
+# prints how many tries it took, when it got its 250 (time.monotonic())
+# and the last refusal.
+VICTIM = """
+import json, smtplib, sys, time
+port, deadline, subject = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+message = f"Subject: {subject}\\r\\n\\r\\nserved\\r\\n".encode()
+tries, refusal = 0, None
+while time.monotonic() < deadline:
+    tries += 1
+    try:
+        client = smtplib.SMTP("127.0.0.1", port, local_hostname="v.test",
+                              timeout=10)
+    except smtplib.SMTPConnectError as exc:
+        refusal = f"{exc.smtp_code} {exc.smtp_error.decode()}"
+        time.sleep(0.2)
+        continue
+    client.sendmail("v@example.org", ["b@example.net"], message)
+    client.quit()
+    print(json.dumps({"tries": tries, "at": time.monotonic(),
+                      "refusal": refusal}))
+    sys.exit(0)
+print(json.dumps({"tries": tries, "at": None, "refusal": refusal}))
+"""
+
+
+def hold_sessions(port, uid, idle, command, data, limit, interval=0.5):
+    """Starts holdsessions.py as uid; returns the process and how many of
+    its connections were greeted and refused, once all were answered."""
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", HOLD, str(port), str(idle), str(command),
+         str(data), str(interval), str(limit)],
+        user=uid, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "ready", f"holdsessions: {line}"
+    return proc, int(line[1]), int(line[2])
+
+
+def held_sessions(proc, timeout):
+    """What holdsessions.py reports about its connections at its end."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"holdsessions exited {proc.returncode}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def submit_as(uid, port, subject, within):
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", VICTIM, str(port),
+         str(time.monotonic() + within), subject],
+        user=uid, capture_output=True, text=True, timeout=within + 30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_slow_clients_cannot_starve_others(daemon_factory, upstream_factory,
+                                           figures):
+    """One local user fills its share of the sessions (max_sessions_per_
+    client) with idle connections, never-ending command lines and DATA
+    fed a byte every half second, and tries for more: those get 421
+    4.7.0, and another user is served at once while they hold on. Then two
+    such users fill the whole table (max_sessions): a third user is
+    refused while it is full, and served as soon as session_timeout has
+    cut the slow sessions, each with 421."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root to connect as other users")
+    share = scale(6, 50)
+    timeout = scale(6, 10)
+    upstream = upstream_factory(tls=None)
+    daemon = daemon_factory(
+        upstream.port, relays={"upstream": {"tls": "none"}},
+        limits={"max_sessions": 2 * share,
+                "max_sessions_per_client": share,
+                "idle_timeout": 120, "session_timeout": timeout})
+    third = share // 3
+    mix = (third, third, share - 2 * third)
+
+    # One user's share, and two more it does not get.
+    began = time.monotonic()
+    proc, greeted, refused = hold_sessions(daemon.port, DAEMON_UID,
+                                           mix[0], mix[1], mix[2] + 2,
+                                           timeout + 20)
+    try:
+        victim = submit_as(NOBODY_UID, daemon.port, "served at once", 10)
+    finally:
+        held = held_sessions(proc, timeout + 40)
+    ends = [h for h in held if h["greeting"] == "220"]
+    first_cut = min((h["at"] for h in ends if h["at"]), default=None)
+    upstream.wait_messages(1)
+    assert greeted == share and refused == 2, (greeted, refused)
+    assert [h["greeting"] for h in held].count("421") == 2, held
+    assert victim["at"] is not None and victim["tries"] == 1, victim
+    assert first_cut is None or victim["at"] < first_cut, \
+        "the other user was served only after the slow sessions ended"
+    assert all(h["end"] == "421" for h in ends), \
+        [h for h in ends if h["end"] != "421"][:5]
+    held_for = [h["at"] - began for h in ends]
+
+    # Two users fill the table; a third waits at most session_timeout.
+    began = time.monotonic()
+    procs = [hold_sessions(daemon.port, uid, *mix, timeout + 20)
+             for uid in (DAEMON_UID, BIN_UID)]
+    try:
+        late = submit_as(NOBODY_UID, daemon.port, "served after the cut",
+                         timeout + 20)
+    finally:
+        full = [held_sessions(p, timeout + 40) for p, _, _ in procs]
+    upstream.wait_messages(2)
+    assert [g for _, g, _ in procs] == [share, share], procs
+    assert late["at"] is not None, f"never served: {late}"
+    assert late["tries"] > 1 and late["refusal"].startswith("421"), late
+    assert all(h["end"] == "421" for f in full for h in f), full
+    waited = late["at"] - began
+    figures(max_sessions=2 * share, max_sessions_per_client=share,
+            session_timeout=timeout,
+            slow_sessions=dict(zip(("idle", "command", "data"), mix)),
+            refused_over_share=refused,
+            other_user_tries=victim["tries"],
+            slow_sessions_cut_after_s=[round(min(held_for), 1),
+                                       round(max(held_for), 1)],
+            table_full_tries=late["tries"],
+            table_full_served_after_s=round(waited, 1))
+    assert waited < timeout + 15, f"served only after {waited:.1f} s"
+    assert daemon.running()
