@@ -2,8 +2,9 @@
 # The reliability suite: tests/reliability/test_*.py against the built
 # daemon. RELIABILITY_SCALE=long (make check-reliability) runs the long
 # versions and then fuzzes every target (tests/fuzz/run.sh) for
-# FUZZ_TOTAL_SECONDS in all (default 1800, split evenly); otherwise (make
-# check) the short versions. Figures go to reliability-figures.log.
+# FUZZ_CPU_SECONDS of CPU time each (default 1800: 30 CPU-minutes), with
+# FUZZ_JOBS processes (default 2); otherwise (make check) the short
+# versions. Figures go to reliability-figures.log.
 : "${SMARTHOSTD:?SMARTHOSTD must name the smarthostd binary}"
 TOP_SRCDIR=${TOP_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 TOP_BUILDDIR=${TOP_BUILDDIR:-$(pwd)}
@@ -23,9 +24,7 @@ timeout --kill-after=30 "$limit" /usr/bin/python3 -m pytest -v -ra -s \
     "$TOP_SRCDIR/tests/reliability" || status=$?
 rm -rf "$basetemp"
 if [ "${RELIABILITY_SCALE:-short}" = long ]; then
-	total=${FUZZ_TOTAL_SECONDS:-1800}
-	targets=$(grep -c '^[a-z_]*:' "$TOP_SRCDIR/tests/fuzz/run.sh")
-	FUZZ_SECONDS=$((total / targets)) \
+	FUZZ_CPU_SECONDS=${FUZZ_CPU_SECONDS:-1800} FUZZ_JOBS=${FUZZ_JOBS:-2} \
 	    sh "$TOP_SRCDIR/tests/fuzz/run.sh" || status=$?
 fi
 exit $status
