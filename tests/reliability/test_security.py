@@ -19,7 +19,7 @@ import pytest
 
 from harness import (RawSMTP, daemon_dropping_to, daemon_spawn,
                      daemon_wait_started, delivery_line, make_message,
-                     render_config, send_message, wait_until)
+                     queue_id, render_config, send_message, wait_until)
 
 RCPT = "b@example.net"
 USERNS = [] if os.geteuid() == 0 else ["--map-root-user"]
@@ -162,14 +162,20 @@ def test_tls_verification_on_by_default(upstream_factory, daemon_factory,
 
 
 INJECTED = "X-Injected: yes"
+RCPT2 = "c@example.net"
+# A HELO name the daemon accepts that looks like the start of a header.
+HELO_NAME = "X-Injected:"
 
 
 def test_dsn_cannot_inject_headers(upstream_factory, daemon_factory):
     """CR or LF in addresses and HELO names is refused; an upstream
-    reply with header-like lines ends up inside the DSN's text, never as
-    a header of the DSN or of its parts."""
+    reply with header-like lines, or with a bare CR and an escape byte
+    inside a line, ends up inside the DSN's text, never as a header of the
+    DSN or of its parts. The HELO name the message came with is in the
+    DSN's copy of its headers, on its Received: line."""
     upstream = upstream_factory(rcpt_replies={
-        RCPT: f"550-{INJECTED}\r\n550-\r\n550 5.1.1 {INJECTED}"})
+        RCPT: f"550-{INJECTED}\r\n550-\r\n550 5.1.1 {INJECTED}",
+        RCPT2: f"550 5.1.1 bad\r{INJECTED}\x1b[31m"})
     daemon = daemon_factory(upstream.port)
     with RawSMTP(daemon.port) as smtp:
         assert smtp.reply().code == 220
@@ -189,8 +195,18 @@ def test_dsn_cannot_inject_headers(upstream_factory, daemon_factory):
             codes.append(smtp.reply().code)
         assert all(500 <= c < 600 for c in codes[:-1]), codes
         smtp.command("QUIT")
-    qid = send_message(daemon, make_message("bounce me", "Body.\n"))
+    with RawSMTP(daemon.port) as smtp:
+        assert smtp.reply().code == 220
+        assert smtp.command(f"EHLO {HELO_NAME}").code == 250
+        assert smtp.command("MAIL FROM:<a@example.org>").code == 250
+        assert smtp.command(f"RCPT TO:<{RCPT}>").code == 250
+        assert smtp.command(f"RCPT TO:<{RCPT2}>").code == 250
+        assert smtp.command("DATA").code == 354
+        smtp.send(make_message("bounce me", "Body.\n") + b".\r\n")
+        qid = queue_id(smtp.reply().text)
+        smtp.command("QUIT")
     daemon.wait_log(delivery_line(qid, RCPT, "bounced"), timeout=30)
+    daemon.wait_log(delivery_line(qid, RCPT2, "bounced"), timeout=30)
     dsn = wait_until(lambda: next((m for m in upstream.messages
                                    if m.mail_from == ""), None),
                      30, "the DSN at the upstream")
@@ -203,5 +219,9 @@ def test_dsn_cannot_inject_headers(upstream_factory, daemon_factory):
                 assert block.get("X-Injected") is None, str(block)
     for line in dsn.content.split(b"\r\n"):
         assert not line.startswith(INJECTED.encode()), dsn.content[:3000]
+    assert b"\x1b" not in dsn.content, "a raw escape byte in the DSN"
+    received = [line for line in dsn.content.split(b"\r\n")
+                if line.startswith(b"Received: from " + HELO_NAME.encode())]
+    assert received, "the HELO name is not on the copy's Received: line"
     assert b"\n" not in dsn.content.replace(b"\r\n", b""), "bare LF"
     assert b"\r" not in dsn.content.replace(b"\r\n", b""), "bare CR"
