@@ -428,7 +428,11 @@ def test_socket_permissions(shared):
     r = run(ADMIN, "hold", qid)
     assert r.returncode == 0, r.stderr
     assert queue_json(daemon)[qid]["held"] is True
-    r = run(ADMIN, "delete", qid)
+    # The message is retried every second or so (retry_min 1): a retry
+    # that was already under way when it was held must end first.
+    r = wait_until(lambda: (lambda r: None if "being delivered now" in
+                            r.stdout else r)(run(ADMIN, "delete", qid)),
+                   20, "the delete, once no attempt is under way")
     assert r.returncode == 0, r.stderr
     wait_until(lambda: queue_json(daemon) == {}, 10, "an empty queue")
     assert os.stat(daemon.settings["control_socket"]).st_mode & 0o777 == \
