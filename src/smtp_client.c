@@ -1870,6 +1870,10 @@ client_read_replies(struct smtp_client *c, struct bufferevent *bev)
 			client_close_msg(c, OC_PROTOCOL, "malformed reply: "
 			    "%s", trace);
 			return;
+		case SMTP_REPLY_TOO_LONG:
+			client_close_msg(c, OC_PROTOCOL, "reply of too many "
+			    "lines (over %d)", SMTP_REPLY_MAX_LINES);
+			return;
 		}
 	}
 }

@@ -298,6 +298,10 @@ smtp_reply_feed(struct smtp_reply_parser *p, const char *line, size_t len)
 		reply_append(r, "\n", 1);
 	reply_append(r, line, len);
 	r->nlines++;
+	if (!last && r->nlines >= SMTP_REPLY_MAX_LINES) {
+		p->in_progress = 0;
+		return SMTP_REPLY_TOO_LONG;
+	}
 	if (!last)
 		return SMTP_REPLY_MORE;
 	p->in_progress = 0;

@@ -64,10 +64,19 @@ struct smtp_reply_parser {
 	int in_progress;
 };
 
+/*
+ * RFC 5321 sets no limit on a reply's lines. Real replies have a few tens
+ * at most (an EHLO list, a long explanation); a server still sending
+ * continuation lines past this is broken or hostile, and waiting for its
+ * last line would keep the session until the command's timeout.
+ */
+#define SMTP_REPLY_MAX_LINES 512
+
 enum smtp_reply_status {
-	SMTP_REPLY_MORE,   /* a continuation line was consumed */
-	SMTP_REPLY_DONE,   /* parser->reply holds a complete reply */
-	SMTP_REPLY_ERROR,  /* malformed line or code changed mid-reply */
+	SMTP_REPLY_MORE,     /* a continuation line was consumed */
+	SMTP_REPLY_DONE,     /* parser->reply holds a complete reply */
+	SMTP_REPLY_ERROR,    /* malformed line or code changed mid-reply */
+	SMTP_REPLY_TOO_LONG, /* more than SMTP_REPLY_MAX_LINES lines */
 };
 
 void smtp_reply_parser_init(struct smtp_reply_parser *p);

@@ -398,7 +398,8 @@ conn_reply(struct conn *c)
 			memmove(c->in, lf + 1, c->inlen);
 			if (st == SMTP_REPLY_DONE)
 				return 0;
-			if (st == SMTP_REPLY_ERROR) {
+			if (st == SMTP_REPLY_ERROR ||
+			    st == SMTP_REPLY_TOO_LONG) {
 				errno = EPROTO;
 				return -1;
 			}

@@ -27,6 +27,7 @@ fuzz_reply(const char *data, size_t size)
 		    SMTP_REPLY_DONE) {
 			assert(p.reply.code >= 200 && p.reply.code <= 599);
 			assert(strlen(p.reply.text) < sizeof(p.reply.text));
+			assert(p.reply.nlines <= SMTP_REPLY_MAX_LINES);
 		}
 		line = nl + 1;
 	}

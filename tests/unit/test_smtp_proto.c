@@ -159,6 +159,26 @@ Test(reply, malformed)
 	cr_assert_eq(feed(&p, "251 second"), SMTP_REPLY_ERROR);
 }
 
+Test(reply, too_many_lines)
+{
+	struct smtp_reply_parser p;
+	int i;
+
+	smtp_reply_parser_init(&p);
+	for (i = 1; i < SMTP_REPLY_MAX_LINES; i++)
+		cr_assert_eq(feed(&p, "250-more"), SMTP_REPLY_MORE);
+	cr_assert_eq(feed(&p, "250-more"), SMTP_REPLY_TOO_LONG);
+	/* The parser starts afresh after it. */
+	cr_assert_eq(feed(&p, "250 ok"), SMTP_REPLY_DONE);
+	cr_assert_eq(p.reply.nlines, 1);
+
+	/* A last line at the limit is still a reply. */
+	for (i = 1; i < SMTP_REPLY_MAX_LINES; i++)
+		cr_assert_eq(feed(&p, "250-more"), SMTP_REPLY_MORE);
+	cr_assert_eq(feed(&p, "250 last"), SMTP_REPLY_DONE);
+	cr_assert_eq(p.reply.nlines, SMTP_REPLY_MAX_LINES);
+}
+
 Test(ehlo, keywords)
 {
 	struct smtp_ehlo e;
