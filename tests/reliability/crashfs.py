@@ -46,13 +46,21 @@ def fds(args):
 
 def join_lines(lines):
     """Merges strace's <unfinished ...> and <... resumed> halves; each
-    call comes at the place it completed."""
+    call comes at the place it completed, except close, which comes where
+    it started: its descriptor may be reused by another thread's open (or
+    an untraced accept) that strace reports first, although the kernel
+    freed the number before handing it out again."""
     pending = {}
     for line in lines:
         line = line.rstrip("\n")
         m = UNFINISHED_RE.match(line)
         if m:
-            pending[m.group(1)] = m.group(2)
+            head = m.group(2)
+            if head.startswith("close("):
+                pending[m.group(1)] = None
+                yield f"{m.group(1)} {head}) = 0"
+            else:
+                pending[m.group(1)] = head
             continue
         m = RESUMED_RE.match(line)
         if m:
@@ -228,8 +236,13 @@ class Tracer:
             self.ops.append(Op("queued", qid=qid.decode()))
 
     def _sequential_write(self, args, ret, data):
-        """write or writev of data at the descriptor's offset."""
+        """write or writev of data at the descriptor's offset. strace's
+        annotation of the descriptor (-y) decides what it is: a socket's
+        number may still be a closed file's in the model."""
         fd, entry = self._file(args)
+        annotated = fds(args)
+        if annotated and annotated[0][1].startswith(("socket:", "pipe:")):
+            entry = None
         if entry is None:
             self._socket_write(args)
             return
