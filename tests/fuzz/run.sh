@@ -37,7 +37,8 @@ aliases:aliases smtp_proto xmalloc log escape
 rewrite:rewrite xmalloc log escape
 message:message aliases smtp_proto strbuf xmalloc log escape
 dropfile:dropfile smtp_proto xmalloc log escape
-localsmtp:localsmtp localaddr aliases rewrite smtp_proto strbuf xmalloc log escape"
+localsmtp:localsmtp localaddr aliases rewrite smtp_proto strbuf xmalloc log escape
+logrec:logrec"
 
 # Sets cpu to the CPU seconds (user + system) this shell's waited-for
 # children used so far. `times` must run in this shell: in a command
