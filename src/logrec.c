@@ -104,6 +104,12 @@ logrec_header(unsigned char hdr[LOGREC_HEADER_LEN], uint64_t salt,
 	put32(hdr + 28, header_crc(hdr, salt));
 }
 
+void
+logrec_header_resalt(unsigned char hdr[LOGREC_HEADER_LEN], uint64_t salt)
+{
+	put32(hdr + 28, header_crc(hdr, salt));
+}
+
 enum logrec_status
 logrec_header_parse(const unsigned char *hdr, uint64_t salt,
     struct logrec *rec)

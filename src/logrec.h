@@ -65,6 +65,11 @@ void logrec_header(unsigned char hdr[LOGREC_HEADER_LEN], uint64_t salt,
     enum logrec_type type, uint64_t id, uint32_t aux, const void *payload,
     uint32_t len);
 
+/* Recomputes the header's own checksum for another salt: records can be
+ * staged before the file they go to is chosen. */
+void logrec_header_resalt(unsigned char hdr[LOGREC_HEADER_LEN],
+    uint64_t salt);
+
 /*
  * Checks a header read from the log file with salt salt. LOGREC_VALID
  * fills rec (the payload still needs logrec_payload_ok()); a valid header

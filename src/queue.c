@@ -98,6 +98,7 @@
 #include "fileio.h"
 #include "log.h"
 #include "queue.h"
+#include "spoollog.h"
 #include "xmalloc.h"
 
 #define PREAMBLE_LEN 64
@@ -135,6 +136,9 @@
  * sessions end.
  */
 #define QUEUE_OPEN_TRIES 11
+/* Messages up to this many bytes go to the spool log unless
+ * queue_log_max() says otherwise. */
+#define QUEUE_LOG_MAX (64 * 1024)
 /* Sanity limits for the loader: far beyond anything we write. */
 #define ENVELOPE_MAX (64 * 1024 * 1024)
 #define RECORDS_MAX (256 * 1024 * 1024)
@@ -157,6 +161,11 @@ struct queue_txn {
 	 * wrote over it. spare[0] == '\0': a fresh file, tmp/<id>. */
 	char spare[SPARE_NAME_MAX];
 	off_t old_size;
+	/* A message for the log: its body in memory (fd is -1) until it
+	 * outgrows the queue's log_max and moves to a file of its own. */
+	int inmem;
+	unsigned char *mem;
+	size_t memcap;
 };
 
 /* An idle spare file, open for writing at offset 0. */
@@ -179,6 +188,10 @@ struct qop {
 	int fd;			/* COMMIT, UPDATE: file being synced */
 	int error;
 	int renamed;		/* COMMIT: now in queue/ */
+	int logged;		/* a record in the spool log, not a file */
+	off_t log_body;		/* logged COMMIT: body offset in the log */
+	size_t log_rel;		/* its record's offset in the staged bytes */
+	size_t log_envlen;
 	queue_commit_cb commit_cb;
 	queue_done_cb done_cb;
 	void *arg;
@@ -198,6 +211,8 @@ struct queue {
 	int queue_fd;
 	int corrupt_fd;
 	int spare_fd;
+	struct spoollog *log;
+	size_t log_max;		/* largest message for the log, 0: none */
 	unsigned long spare_seq;	/* commit thread only */
 	size_t group_max;		/* commit thread only: operations per
 					   group, QUEUE_GROUP_MAX or fewer
@@ -393,6 +408,7 @@ qop_free(struct qop *op)
 {
 	if (op->txn != NULL) {
 		envelope_free(op->txn->env);
+		free(op->txn->mem);
 		free(op->txn);
 	}
 	free(op->record);
@@ -468,6 +484,22 @@ update_undo(struct qop *op)
  * queue/) before its callback hears of it, so an error never leaves
  * anything behind that could be taken for a message.
  */
+/* Stages a message kept in memory as a record of the spool log. */
+static void
+group_log_commit(struct queue *q, struct qop *op)
+{
+	struct queue_txn *txn = op->txn;
+	char *text;
+	size_t len;
+
+	text = envelope_encode(txn->env, &len);
+	op->log_rel = spoollog_add(q->log, LOGREC_MESSAGE, op->id, text, len,
+	    txn->mem, (size_t)txn->size);
+	op->log_envlen = len;
+	op->logged = 1;
+	free(text);
+}
+
 static void
 group_write(struct queue *q, struct qop *group, struct qop *op)
 {
@@ -483,6 +515,10 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 		txn->fd = -1;
 		if ((op->error = txn->error) != 0)
 			return;
+		if (txn->inmem) {
+			group_log_commit(q, op);
+			return;
+		}
 		preamble_format(pre, txn->body_offset, txn->size);
 		if (fileio_pwrite_all(op->fd, pre, sizeof(pre), 0) == -1) {
 			op->error = errno;
@@ -515,6 +551,12 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 				op->error = ENOENT;
 				return;
 			}
+		}
+		if (spoollog_has(q->log, op->id)) {
+			spoollog_add(q->log, LOGREC_STATE, op->id, op->record,
+			    op->reclen, NULL, 0);
+			op->logged = 1;
+			return;
 		}
 		/*
 		 * Out of descriptors with files of this group open: waiting
@@ -554,6 +596,13 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 		}
 		break;
 	case QOP_REMOVE:
+		/* A tombstone buries a message of the log. */
+		if (spoollog_has(q->log, op->id)) {
+			spoollog_add(q->log, LOGREC_DONE, op->id, NULL, 0, NULL,
+			    0);
+			op->logged = 1;
+		}
+		return;
 	case QOP_ABORT:
 		return;
 	}
@@ -777,13 +826,38 @@ group_split(struct queue *q, struct qop *op)
 	    "time", q->spool, q->group_max, q->group_max == 1 ? "" : "s");
 }
 
+/*
+ * After the log's write and sync: the index learns the group's records, or
+ * every operation that went to the log fails with the error.
+ */
+static void
+group_log_done(struct queue *q, struct qop *group, int error, off_t base)
+{
+	struct qop *op;
+
+	if (error == 0)
+		spoollog_commit(q->log);
+	else
+		spoollog_discard(q->log);
+	for (op = group; op != NULL; op = op->next) {
+		if (!op->logged)
+			continue;
+		if (error != 0)
+			op->error = error;
+		else if (op->type == QOP_COMMIT)
+			op->log_body = base + (off_t)(op->log_rel +
+			    LOGREC_HEADER_LEN + op->log_envlen);
+	}
+}
+
 static void
 group_run(struct queue *q, struct qop *group, int *ncommitted)
 {
 	struct qop *op, *prev;
 	struct spare *sp, *newspares = NULL;
 	unsigned nnew = 0;
-	int dirty = 0, error;
+	int dirty = 0, error, logged, log_error = 0;
+	off_t log_base = 0;
 
 	*ncommitted = 0;
 	q->group_first = group;
@@ -796,6 +870,11 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		}
 	}
 
+	/* The log's records of the whole group: one write, one sync. */
+	if ((logged = spoollog_pending(q->log)) &&
+	    spoollog_flush(q->log, q->sync == SPOOL_SYNC_FSYNC, &log_base) ==
+	    -1)
+		log_error = errno != 0 ? errno : EIO;
 	switch (q->sync) {
 	case SPOOL_SYNC_FSYNC:
 		sync_parallel(q, group);
@@ -806,12 +885,14 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		for (op = group; op != NULL; op = op->next)
 			if (op->fd != -1 && op->error == 0)
 				break;
-		if (op == NULL)
+		if (op == NULL && (!logged || log_error != 0))
 			break;
 		if (syncfs(q->spool_fd) == 0)
 			break;
 		error = errno;
 		log_warn("%s: syncfs", q->spool);
+		if (logged && log_error == 0)
+			log_error = error;
 		for (op = group; op != NULL; op = op->next) {
 			if (op->fd == -1 || op->error != 0)
 				continue;
@@ -821,12 +902,16 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		}
 		break;
 	}
+	if (logged)
+		group_log_done(q, group, log_error, log_base);
 
 	for (op = group; op != NULL; op = op->next) {
 		if (op->fd != -1) {
 			close(op->fd);
 			op->fd = -1;
 		}
+		if (op->logged)
+			continue;
 		switch (op->type) {
 		case QOP_COMMIT:
 			if (op->error == 0) {
@@ -906,7 +991,8 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 	}
 
 	for (op = group; op != NULL; op = op->next)
-		if (op->type == QOP_COMMIT && op->renamed)
+		if (op->type == QOP_COMMIT && (op->renamed ||
+		    (op->logged && op->error == 0)))
 			(*ncommitted)++;
 }
 
@@ -935,7 +1021,6 @@ queue_thread(void *arg)
 			    QUEUE_GROUP_MAX;
 
 		pthread_mutex_lock(&q->mtx);
-		q->busy = 0;
 		if (n > 0) {
 			q->commits += (unsigned long)n;
 			q->sync_groups++;
@@ -946,6 +1031,13 @@ queue_thread(void *arg)
 			q->done.tailp = &(*q->done.tailp)->next;
 		if (wake)
 			event_active(q->ev_done, EV_READ, 0);
+		/* Reclaiming the log waits until the group's callbacks are
+		 * on their way, and holds up only the next group. */
+		q->busy = 1;
+		pthread_mutex_unlock(&q->mtx);
+		spoollog_maintain(q->log);
+		pthread_mutex_lock(&q->mtx);
+		q->busy = 0;
 		pthread_cond_broadcast(&q->cv_idle);
 	}
 	pthread_mutex_unlock(&q->mtx);
@@ -970,7 +1062,8 @@ queue_run_done(struct queue *q)
 			if (op->error == 0) {
 				env = op->txn->env;
 				op->txn->env = NULL;
-				env->body_offset = op->txn->body_offset;
+				env->body_offset = op->logged ? op->log_body :
+				    op->txn->body_offset;
 				env->body_size = op->txn->size;
 				log_debug("%s: committed, size=%jd", op->id,
 				    (intmax_t)env->body_size);
@@ -1089,8 +1182,13 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	    (q->corrupt_fd = open_subdir(q->spool_fd, "corrupt", spool, err,
 	    errlen)) == -1 ||
 	    (q->spare_fd = open_subdir(q->spool_fd, "spare", spool, err,
-	    errlen)) == -1)
+	    errlen)) == -1 ||
+	    (q->log = spoollog_open(q->spool_fd, spool, sync, err, errlen)) ==
+	    NULL)
 		goto fail;
+	/* Replayed now, before anything can append to the log. */
+	spoollog_recover(q->log);
+	q->log_max = QUEUE_LOG_MAX;
 	/* Spare names only need to be new within spare/; starting from the
 	 * clock keeps clear of any a previous run left there. */
 	q->spare_seq = (unsigned long)time(NULL) << 16;
@@ -1159,6 +1257,7 @@ queue_close(struct queue *q)
 			pthread_join(q->helpers[--q->nhelpers], NULL);
 	}
 	spares_free(q);
+	spoollog_free(q->log);
 	if (q->ev_done != NULL)
 		event_free(q->ev_done);
 	if (q->spare_fd != -1)
@@ -1469,6 +1568,33 @@ queue_sync_corrupt(struct queue *q)
 		log_warn("%s: fsync after moving files to corrupt/", q->spool);
 }
 
+struct log_scan {
+	void (*each)(const char *id, void *arg);
+	void *arg;
+	size_t n;
+};
+
+static void
+log_scan_one(const char *id, void *arg)
+{
+	struct log_scan *ls = arg;
+
+	queue_id_seen(id);
+	ls->each(id, ls->arg);
+	ls->n++;
+}
+
+/* Calls each(id, arg) for every message in the log. */
+static size_t
+queue_scan_log(struct queue *q, void (*each)(const char *id, void *arg),
+    void *arg)
+{
+	struct log_scan ls = { each, arg, 0 };
+
+	spoollog_foreach(q->log, log_scan_one, &ls);
+	return ls.n;
+}
+
 size_t
 queue_scan(struct queue *q, void (*each)(const char *id, void *arg),
     void *arg)
@@ -1514,7 +1640,7 @@ queue_scan(struct queue *q, void (*each)(const char *id, void *arg),
 	free(bad);
 	if (nbad > 0)
 		queue_sync_corrupt(q);
-	return n;
+	return n + queue_scan_log(q, each, arg);
 }
 
 struct envelope *
@@ -1524,6 +1650,9 @@ queue_read(struct queue *q, const char *id)
 	char why[256];
 	int leave;
 
+	if (spoollog_has(q->log, id) &&
+	    ((env = spoollog_read(q->log, id)) != NULL || errno != ENOENT))
+		return env;
 	why[0] = '\0';
 	if ((env = queue_load_one(q, id, why, sizeof(why), &leave, 0)) !=
 	    NULL)
@@ -1544,11 +1673,45 @@ queue_peek(struct queue *q, const char *id)
 	char why[256];
 	int leave;
 
+	if (spoollog_has(q->log, id) &&
+	    ((env = spoollog_read(q->log, id)) != NULL || errno != ENOENT))
+		return env;
 	if ((env = queue_load_one(q, id, why, sizeof(why), &leave, 1)) !=
 	    NULL)
 		return env;
 	errno = leave != 0 ? leave : EBADMSG;
 	return NULL;
+}
+
+struct log_load {
+	struct queue *q;
+	void (*each)(struct envelope *env, void *arg);
+	void *arg;
+	size_t n;
+};
+
+static void
+log_load_one(const char *id, void *arg)
+{
+	struct log_load *ll = arg;
+	struct envelope *env;
+
+	queue_id_seen(id);
+	if ((env = spoollog_read(ll->q->log, id)) == NULL)
+		return;
+	ll->n++;
+	ll->each(env, ll->arg);
+}
+
+/* Reads every message in the log, in id order. */
+static size_t
+queue_load_log(struct queue *q, void (*each)(struct envelope *env,
+    void *arg), void *arg)
+{
+	struct log_load ll = { q, each, arg, 0 };
+
+	spoollog_foreach(q->log, log_load_one, &ll);
+	return ll.n;
 }
 
 size_t
@@ -1571,23 +1734,24 @@ queue_load(struct queue *q, void (*each)(struct envelope *env, void *arg),
 		free(names[i]);
 	}
 	free(names);
-	return loaded;
+	return loaded + queue_load_log(q, each, arg);
 }
 
-struct queue_txn *
-queue_txn_begin(struct queue *q, const struct envelope *env)
+/*
+ * Gives txn a file of its own: a spare written over from offset 0, or a new
+ * tmp/<id>, then the preamble and the envelope. A new id is drawn unless
+ * keep_id (a message moving out of memory has one already). Returns 0, or
+ * -1 with errno; txn->fd is then the file if it was created (the caller
+ * aborts to remove it) or -1.
+ */
+static int
+txn_file_open(struct queue_txn *txn, int keep_id)
 {
-	struct queue_txn *txn;
+	struct queue *q = txn->q;
 	struct spare *sp;
 	char *text;
 	size_t len;
 	int i, error;
-
-	txn = xcalloc(1, sizeof(*txn));
-	txn->q = q;
-	txn->env = envelope_dup(env);
-	txn->env->body_offset = txn->env->body_size = 0;
-	txn->fd = -1;
 
 	pthread_mutex_lock(&q->mtx);
 	if ((sp = q->spares) != NULL) {
@@ -1601,22 +1765,22 @@ queue_txn_begin(struct queue *q, const struct envelope *env)
 		txn->old_size = sp->size;
 		memcpy(txn->spare, sp->name, sizeof(txn->spare));
 		free(sp);
-		queue_id_next(txn->env->id, sizeof(txn->env->id));
+		if (!keep_id)
+			queue_id_next(txn->env->id, sizeof(txn->env->id));
 	}
 	for (i = 0; txn->fd == -1 && i < 10; i++) {
-		queue_id_next(txn->env->id, sizeof(txn->env->id));
+		if (!keep_id)
+			queue_id_next(txn->env->id, sizeof(txn->env->id));
 		if ((txn->fd = openat(q->tmp_fd, txn->env->id,
 		    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) != -1 ||
-		    errno != EEXIST)
+		    errno != EEXIST || keep_id)
 			break;
 	}
 	if (txn->fd == -1) {
 		error = errno;
 		log_warn("%s: create tmp/%s", q->spool, txn->env->id);
-		envelope_free(txn->env);
-		free(txn);
 		errno = error;
-		return NULL;
+		return -1;
 	}
 
 	/* One write for the preamble and the envelope. */
@@ -1629,12 +1793,60 @@ queue_txn_begin(struct queue *q, const struct envelope *env)
 		error = errno;
 		free(text);
 		log_warn("%s: write", txn->env->id);
-		queue_txn_abort(txn);
+		errno = error;
+		return -1;
+	}
+	free(text);
+	return 0;
+}
+
+struct queue_txn *
+queue_txn_begin(struct queue *q, const struct envelope *env)
+{
+	struct queue_txn *txn;
+	int error;
+
+	txn = xcalloc(1, sizeof(*txn));
+	txn->q = q;
+	txn->env = envelope_dup(env);
+	txn->env->body_offset = txn->env->body_size = 0;
+	txn->fd = -1;
+	if (q->log_max > 0) {
+		/* Small until proven otherwise: kept in memory for the
+		 * log, nothing on disk yet. */
+		queue_id_next(txn->env->id, sizeof(txn->env->id));
+		txn->inmem = 1;
+		return txn;
+	}
+	if (txn_file_open(txn, 0) == -1) {
+		error = errno;
+		if (txn->fd != -1)
+			queue_txn_abort(txn);
+		else {
+			envelope_free(txn->env);
+			free(txn);
+		}
 		errno = error;
 		return NULL;
 	}
-	free(text);
 	return txn;
+}
+
+/* The message outgrew the log: to a file of its own with what it has. */
+static int
+txn_spill(struct queue_txn *txn)
+{
+	txn->inmem = 0;
+	if (txn_file_open(txn, 1) == -1 || (txn->size > 0 &&
+	    fileio_write_all(txn->fd, txn->mem, (size_t)txn->size) == -1)) {
+		if (txn->fd == -1)
+			txn->inmem = 1;	/* nothing on disk to remove */
+		return -1;
+	}
+	free(txn->mem);
+	txn->mem = NULL;
+	txn->memcap = 0;
+	return 0;
 }
 
 const char *
@@ -1649,6 +1861,23 @@ queue_txn_write(struct queue_txn *txn, const void *buf, size_t len)
 	/* The page cache absorbs this; only the sync may block for long,
 	 * and that happens on the commit thread. */
 	if (txn->error != 0) {
+		errno = txn->error;
+		return -1;
+	}
+	if (txn->inmem && (size_t)txn->size + len <= txn->q->log_max) {
+		if ((size_t)txn->size + len > txn->memcap) {
+			txn->memcap = txn->memcap == 0 ? 8192 : txn->memcap * 2;
+			while (txn->memcap < (size_t)txn->size + len)
+				txn->memcap *= 2;
+			txn->mem = xreallocarray(txn->mem, txn->memcap, 1);
+		}
+		memcpy(txn->mem + txn->size, buf, len);
+		txn->size += (off_t)len;
+		return 0;
+	}
+	if (txn->inmem && txn_spill(txn) == -1) {
+		txn->error = errno;
+		log_warn("%s: write", txn->env->id);
 		errno = txn->error;
 		return -1;
 	}
@@ -1687,6 +1916,13 @@ queue_txn_abort(struct queue_txn *txn)
 {
 	struct qop *op;
 
+	if (txn->inmem) {
+		/* Nothing on disk. */
+		envelope_free(txn->env);
+		free(txn->mem);
+		free(txn);
+		return;
+	}
 	if (txn->fd != -1) {
 		close(txn->fd);
 		txn->fd = -1;
@@ -1702,10 +1938,24 @@ queue_txn_abort(struct queue_txn *txn)
 int
 queue_body_open(struct queue *q, const struct envelope *env)
 {
+	off_t off;
+	int fd;
+
 	if (!queue_id_valid(env->id)) {
 		errno = EINVAL;
 		return -1;
 	}
+	/*
+	 * A message of the log may have been copied forward since env was
+	 * read: the body is where the log says now. body_offset is owned by
+	 * queue.c (envelope.h), so it is updated in place.
+	 */
+	if ((fd = spoollog_body_open(q->log, env->id, &off)) != -1) {
+		((struct envelope *)(uintptr_t)env)->body_offset = off;
+		return fd;
+	}
+	if (errno != ENOENT)
+		return -1;
 	return openat(q->queue_fd, env->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 }
 
@@ -1771,6 +2021,19 @@ queue_remove(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 	op->done_cb = cb;
 	op->arg = arg;
 	queue_submit(q, op);
+}
+
+void
+queue_log_max(struct queue *q, size_t max)
+{
+	q->log_max = max > LOGREC_PAYLOAD_MAX / 2 ? LOGREC_PAYLOAD_MAX / 2 :
+	    max;
+}
+
+void
+queue_log_file_size(struct queue *q, size_t size)
+{
+	spoollog_file_size(q->log, size);
 }
 
 void

@@ -160,6 +160,17 @@ int queue_note(struct queue *q, const struct envelope *env);
 void queue_remove(struct queue *q, const char *id, queue_done_cb cb,
     void *arg);
 
+/*
+ * Messages of up to max bytes of data are committed to the spool log
+ * (spoollog.h) instead of a file of their own; 0 puts every message in a
+ * file. The default is 65536. Applies to transactions begun afterwards.
+ */
+void queue_log_max(struct queue *q, size_t max);
+
+/* The size at which a log file is full and the next is started (8 MB by
+ * default). Call before the first commit; tests use small ones. */
+void queue_log_file_size(struct queue *q, size_t size);
+
 /* Counters for status and benchmarks. */
 struct queue_stats {
 	unsigned long commits;      /* messages committed */

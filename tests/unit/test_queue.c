@@ -53,6 +53,7 @@ static int fault_sync_delay_ms;		/* a slow disk */
 static int count_fdatasync;
 static int count_syncfs;		/* of the spool's filesystem */
 static int count_dir_fsync;		/* fsync()s of queue/ itself */
+static int count_log_dir_fsync;		/* fsync()s of log/ itself */
 static int fault_dirsync_delay_ms;	/* a slow directory fsync */
 #define SYNCED_MAX 1024
 static ino_t synced_ino[SYNCED_MAX];	/* files fdatasync()ed, in order */
@@ -172,6 +173,9 @@ __wrap_fsync(int fd)
 		if (is_spool_dir(&st, "queue"))
 			__atomic_add_fetch(&count_dir_fsync, 1,
 			    __ATOMIC_SEQ_CST);
+		if (is_spool_dir(&st, "log"))
+			__atomic_add_fetch(&count_log_dir_fsync, 1,
+			    __ATOMIC_SEQ_CST);
 		ms = __atomic_load_n(&fault_dirsync_delay_ms, __ATOMIC_SEQ_CST);
 		if (ms) {
 			ts.tv_sec = ms / 1000;
@@ -233,8 +237,23 @@ run_loop(int target)
 	    "timed out: %d of %d callbacks ran", loop_counter, target);
 }
 
+/* A queue that puts every message in a file of its own: the tests of the
+ * file format (large messages, and spools of earlier versions). */
 static struct queue *
 open_queue(enum spool_sync sync)
+{
+	struct queue *q;
+	char err[256];
+
+	q = queue_open(base, spool, sync, err, sizeof(err));
+	cr_assert_not_null(q, "queue_open: %s", err);
+	queue_log_max(q, 0);
+	return q;
+}
+
+/* A queue with the spool log on, as the daemon runs it. */
+static struct queue *
+open_log_queue(enum spool_sync sync)
 {
 	struct queue *q;
 	char err[256];
@@ -1767,4 +1786,465 @@ Test(queue, updates_out_of_descriptors_wait_for_the_next_group)
 	}
 	queue_close(q);
 	envelope_free(env);
+}
+
+/* ---- the spool log (spoollog.h): messages up to queue_log_max() ---- */
+
+/* Begins, writes and commits a small message into the log; returns the
+ * committed envelope. Nothing of it may appear in tmp/ or queue/. */
+static struct envelope *
+log_commit_one(struct queue *q, const struct envelope *env, const char *body,
+    size_t len)
+{
+	struct queue_txn *txn;
+	struct result r = { 0, -1, NULL };
+	char id[ENVELOPE_ID_MAX];
+
+	txn = queue_txn_begin(q, env);
+	cr_assert_not_null(txn, "begin: %s", strerror(errno));
+	snprintf(id, sizeof(id), "%s", queue_txn_id(txn));
+	cr_assert_eq(queue_txn_write(txn, body, len), 0);
+	queue_txn_commit(txn, commit_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0, "commit: %s", strerror(r.error));
+	cr_assert_str_eq(r.env->id, id);
+	cr_assert_eq(r.env->body_size, (off_t)len);
+	cr_assert(!exists("tmp", id) && !exists("queue", id));
+	return r.env;
+}
+
+/* The path of the only (or the newest) file in log/. */
+static void
+newest_log_file(char *path, size_t len)
+{
+	char dir[256], best[256] = "";
+	DIR *d;
+	struct dirent *de;
+
+	snprintf(dir, sizeof(dir), "%s/log", spool);
+	cr_assert_not_null(d = opendir(dir));
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.' && strcmp(de->d_name, best) > 0)
+			memcpy(best, de->d_name, strlen(de->d_name) + 1);
+	closedir(d);
+	cr_assert_neq(best[0], '\0', "no log file");
+	cr_assert_lt(strlen(dir) + strlen(best) + 2, len);
+	memcpy(path, dir, strlen(dir));
+	path[strlen(dir)] = '/';
+	memcpy(path + strlen(dir) + 1, best, strlen(best) + 1);
+}
+
+Test(queue, log_commits_load_after_reopen_with_state)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 2), *c[5], *l;
+	struct loaded ld = { .n = 0 };
+	struct result r = { 0, -1, NULL };
+	char *body = make_body(4096);
+	size_t i;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	for (i = 0; i < 5; i++)
+		c[i] = log_commit_one(q, env, body, 100 + i * 900);
+	cr_assert_eq(count_dir("queue"), 0);
+	cr_assert_eq(count_dir("tmp"), 0);
+	cr_assert_eq(count_dir("log"), 1);
+	assert_body(q, c[3], body, 100 + 3 * 900);
+	envelope_set_rcpt(c[1], 0, RCPT_SENT, "2.0.0", "250 ok");
+	c[1]->attempts = 1;
+	c[1]->flags |= ENVELOPE_HOLD;
+	queue_update(q, c[1], done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 5);
+	for (i = 0; i < 5; i++) {
+		cr_assert_not_null(l = loaded_find(&ld, c[i]->id));
+		assert_body(q, l, body, 100 + i * 900);
+		cr_assert_str_eq(l->sender, "a@b");
+	}
+	l = loaded_find(&ld, c[1]->id);
+	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
+	cr_assert_str_eq(l->rcpts[0].reply, "250 ok");
+	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
+	cr_assert_eq(l->attempts, 1);
+	cr_assert(l->flags & ENVELOPE_HOLD);
+	queue_close(q);
+	loaded_free(&ld);
+	for (i = 0; i < 5; i++)
+		envelope_free(c[i]);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_lone_commit_costs_one_fdatasync_and_no_dir_fsync)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c;
+	char *body = make_body(4096), path[256];
+	struct stat st;
+	int i, n;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	/* The first commit creates the log file and syncs log/ once. */
+	envelope_free(log_commit_one(q, env, body, 4096));
+	cr_assert_eq(count_log_dir_fsync, 1);
+	newest_log_file(path, sizeof(path));
+	cr_assert_eq(stat(path, &st), 0);
+	__atomic_store_n(&count_fdatasync, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&nsynced, 0, __ATOMIC_SEQ_CST);
+	for (i = 0; i < 10; i++) {
+		c = log_commit_one(q, env, body, 4096);
+		/* The 250 may go out now: its record was synced, and it
+		 * was the log file that was. */
+		n = __atomic_load_n(&nsynced, __ATOMIC_SEQ_CST);
+		cr_assert_eq(n, i + 1);
+		cr_assert_eq(synced_ino[i], st.st_ino);
+		envelope_free(c);
+	}
+	cr_assert_eq(count_fdatasync, 10, "%d fdatasyncs for 10 commits",
+	    count_fdatasync);
+	cr_assert_eq(count_log_dir_fsync, 1);
+	cr_assert_eq(count_dir_fsync, 0);
+	queue_close(q);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_concurrent_commits_share_one_fdatasync)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct queue_txn *txn[20];
+	struct result r[20];
+	char *body = make_body(4096);
+	int i;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	envelope_free(log_commit_one(q, env, body, 10));
+	__atomic_store_n(&count_fdatasync, 0, __ATOMIC_SEQ_CST);
+	/* A slow disk: the twenty commits queue up behind the first. */
+	__atomic_store_n(&fault_sync_delay_ms, 50, __ATOMIC_SEQ_CST);
+	loop_counter = 0;
+	for (i = 0; i < 20; i++) {
+		r[i] = (struct result){ 0, -1, NULL };
+		cr_assert_not_null(txn[i] = queue_txn_begin(q, env));
+		cr_assert_eq(queue_txn_write(txn[i], body, 4096), 0);
+		queue_txn_commit(txn[i], commit_cb, &r[i]);
+	}
+	run_loop(20);
+	for (i = 0; i < 20; i++) {
+		cr_assert_eq(r[i].error, 0);
+		envelope_free(r[i].env);
+	}
+	cr_assert_leq(count_fdatasync, 2, "%d fdatasyncs for 20 commits",
+	    count_fdatasync);
+	__atomic_store_n(&fault_sync_delay_ms, 0, __ATOMIC_SEQ_CST);
+	queue_close(q);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_removed_never_comes_back)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c1, *c2;
+	struct loaded ld = { .n = 0 };
+	struct result r = { 0, -1, NULL };
+	char *body = make_body(3000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c1 = log_commit_one(q, env, body, 3000);
+	c2 = log_commit_one(q, env, body, 2000);
+	queue_remove(q, c1->id, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0);
+	/* Gone for readers at once, and for good. */
+	cr_assert_null(queue_read(q, c1->id));
+	cr_assert_eq(errno, ENOENT);
+	r = (struct result){ 0, -1, NULL };
+	queue_update(q, c1, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, ENOENT);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	cr_assert_str_eq(ld.env[0]->id, c2->id);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c1);
+	envelope_free(c2);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_large_message_gets_its_own_file)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *small, *big;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(200000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	queue_log_max(q, 65536);
+	small = log_commit_one(q, env, body, 65536);
+	/* Written in 1000-byte pieces: it leaves memory for a file of its
+	 * own when it outgrows the log. */
+	big = commit_one(q, env, body, 200000);
+	assert_body(q, big, body, 200000);
+	cr_assert_eq(count_dir("queue"), 1);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 2);
+	assert_body(q, loaded_find(&ld, small->id), body, 65536);
+	assert_body(q, loaded_find(&ld, big->id), body, 200000);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(small);
+	envelope_free(big);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_and_files_of_earlier_versions_load_together)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *old[3], *c;
+	struct loaded ld = { .n = 0 };
+	struct result r = { 0, -1, NULL };
+	char *body = make_body(4096);
+	int i;
+
+	/* A spool as versions without the log wrote it. */
+	q = open_queue(SPOOL_SYNC_FSYNC);
+	for (i = 0; i < 3; i++)
+		old[i] = commit_one(q, env, body, 1000 + (size_t)i);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c = log_commit_one(q, env, body, 4096);
+	cr_assert_eq(queue_load(q, load_each, &ld), 4);
+	for (i = 0; i < 3; i++)
+		assert_body(q, loaded_find(&ld, old[i]->id), body,
+		    1000 + (size_t)i);
+	assert_body(q, loaded_find(&ld, c->id), body, 4096);
+	/* Updates and removals of the old files work as before. */
+	queue_remove(q, old[0]->id, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0);
+	cr_assert(!exists("queue", old[0]->id));
+	queue_close(q);
+	loaded_free(&ld);
+	for (i = 0; i < 3; i++)
+		envelope_free(old[i]);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+/* Appends bytes at the end of the valid records of the newest log file:
+ * what a power cut can leave after the last synced record. */
+static void
+log_tail_damage(const void *bytes, size_t len, off_t at)
+{
+	char path[256];
+	int fd;
+
+	newest_log_file(path, sizeof(path));
+	cr_assert_geq(fd = open(path, O_WRONLY), 0);
+	cr_assert_eq(pwrite(fd, bytes, len, at), (ssize_t)len);
+	close(fd);
+}
+
+Test(queue, log_torn_tail_ignored)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c1, *c2;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(3000), path[256];
+	unsigned char junk[64];
+	off_t end;
+	int fd;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c1 = log_commit_one(q, env, body, 3000);
+	c2 = log_commit_one(q, env, body, 3000);
+	queue_close(q);
+	/* The second record torn in half: only the first is mail. */
+	newest_log_file(path, sizeof(path));
+	end = c2->body_offset + c2->body_size;
+	cr_assert_geq(fd = open(path, O_RDWR), 0);
+	memset(junk, 0, sizeof(junk));
+	cr_assert_eq(pwrite(fd, junk, sizeof(junk), end - 1500), 64);
+	close(fd);
+	/* And garbage after it. */
+	memset(junk, 'x', sizeof(junk));
+	log_tail_damage(junk, sizeof(junk), end + 10);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	cr_assert_str_eq(ld.env[0]->id, c1->id);
+	assert_body(q, ld.env[0], body, 3000);
+	/* New commits go to a fresh file, never after the torn bytes. */
+	envelope_free(c2);
+	c2 = log_commit_one(q, env, body, 100);
+	cr_assert_eq(count_dir("log"), 2);
+	queue_close(q);
+	loaded_free(&ld);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 2);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c1);
+	envelope_free(c2);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_failed_sync_fails_commit_and_is_buried)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c;
+	struct loaded ld = { .n = 0 };
+	struct queue_txn *txn;
+	struct result r = { 0, -1, NULL };
+	char *body = make_body(2000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	envelope_free(log_commit_one(q, env, body, 10));
+	__atomic_store_n(&fault_sync_errno, EIO, __ATOMIC_SEQ_CST);
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	cr_assert_eq(queue_txn_write(txn, body, 2000), 0);
+	queue_txn_commit(txn, commit_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, EIO);
+	cr_assert_null(r.env);
+	__atomic_store_n(&fault_sync_errno, 0, __ATOMIC_SEQ_CST);
+	c = log_commit_one(q, env, body, 2000);
+	queue_close(q);
+
+	/* The failed one reached the file, but a tombstone followed it. */
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 2);
+	cr_assert_not_null(loaded_find(&ld, c->id));
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_abort_leaves_nothing)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct queue_txn *txn;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(2000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	cr_assert_eq(queue_txn_write(txn, body, 2000), 0);
+	queue_txn_abort(txn);
+	queue_close(q);
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 0);
+	queue_close(q);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, log_files_reclaimed_and_deferred_mail_copied_forward)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c[200], *kept, *l;
+	struct loaded ld = { .n = 0 };
+	struct result r;
+	char *body = make_body(2000);
+	int i, removed = 0;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	queue_log_file_size(q, 32 * 1024);
+	for (i = 0; i < 200; i++)
+		c[i] = log_commit_one(q, env, body, 2000);
+	cr_assert_geq(count_dir("log"), 10);
+	/* The first one is deferred, with a state to carry along. */
+	c[0]->attempts = 3;
+	c[0]->next_try = 1900000000;
+	r = (struct result){ 0, -1, NULL };
+	queue_update(q, c[0], done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0);
+	/* Read now, copied forward later: the body must still be found. */
+	kept = queue_read(q, c[0]->id);
+	cr_assert_not_null(kept);
+	for (i = 1; i < 200; i++) {
+		r = (struct result){ 0, -1, NULL };
+		queue_remove(q, c[i]->id, done_cb, &r);
+		loop_counter = 0;
+		run_loop(1);
+		cr_assert_eq(r.error, 0);
+		removed++;
+	}
+	/* A few more groups let the commit thread finish reclaiming. */
+	for (i = 0; i < 3; i++)
+		envelope_free(log_commit_one(q, env, body, 10));
+	cr_assert_leq(count_dir("log"), 3, "%d log files left",
+	    count_dir("log"));
+	assert_body(q, kept, body, 2000);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 4);
+	cr_assert_not_null(l = loaded_find(&ld, c[0]->id));
+	cr_assert_eq(l->attempts, 3);
+	cr_assert_eq(l->next_try, 1900000000);
+	assert_body(q, l, body, 2000);
+	for (i = 1; i < 200; i++)
+		cr_assert_null(loaded_find(&ld, c[i]->id));
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(kept);
+	for (i = 0; i < 200; i++)
+		envelope_free(c[i]);
+	envelope_free(env);
+	free(body);
+	cr_assert_eq(removed, 199);
+}
+
+Test(queue, log_scan_lists_log_ids)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(100);
+	struct envelope *got;
+
+	q = open_log_queue(SPOOL_SYNC_SYNCFS);
+	c = log_commit_one(q, env, body, 100);
+	cr_assert_eq(count_syncfs, 1);
+	queue_close(q);
+	q = open_log_queue(SPOOL_SYNC_SYNCFS);
+	cr_assert_eq(queue_scan(q, scan_each, &ld), 1);
+	cr_assert_str_eq(ld.env[0]->id, c->id);
+	loaded_free(&ld);
+	cr_assert_not_null(got = queue_read(q, c->id));
+	assert_body(q, got, body, 100);
+	queue_close(q);
+	envelope_free(got);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
 }

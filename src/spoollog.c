@@ -1,0 +1,1008 @@
+/*
+ * The spool log (see spoollog.h for the format and the rules). Invariants:
+ *  - a record is in the index only after the write that holds it was
+ *    synced (spoollog_commit() runs after spoollog_flush() succeeded);
+ *  - only the newest file (log->cur) is ever written to, and after a failed
+ *    write or sync it is abandoned: the next flush starts a new file, so a
+ *    record never follows bytes that may be torn;
+ *  - files are deleted oldest first, one directory sync each, and only when
+ *    no live message record is in them (copies forward are synced first).
+ * The mutex guards the index and the file table; the commit thread holds it
+ * only to change them, never across I/O, so readers wait for microseconds.
+ */
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "envelope.h"
+#include "fileio.h"
+#include "log.h"
+#include "logrec.h"
+#include "spoollog.h"
+#include "xmalloc.h"
+
+/*
+ * Bytes after which a log file is full and the next flush starts another.
+ * Preallocated at creation, so appends do not change the file's size. Small
+ * enough that a file is freed soon after its messages are delivered, large
+ * enough that creating one (with its directory sync) is rare: about 2,000
+ * messages of 4 KB.
+ */
+#define SPOOLLOG_FILE_SIZE (8U * 1024 * 1024)
+/* Messages copied forward per spoollog_maintain() call, so a copy never
+ * holds up the commits waiting behind it for long. */
+#define SPOOLLOG_COPY_MAX 64
+/* Window for replaying a file at start-up. */
+#define SPOOLLOG_SCAN_WINDOW (1024 * 1024)
+#define SPOOLLOG_NAME_LEN 16
+
+/* A live message: where its message record and latest state record are. */
+struct entry {
+	uint64_t id;		/* 0: free slot */
+	uint32_t seq;		/* file of the message record */
+	uint32_t off;		/* offset of its header */
+	uint32_t len;		/* payload length */
+	uint32_t aux;		/* envelope length at the start of it */
+	uint32_t st_seq;	/* file of the latest state record, 0: none */
+	uint32_t st_off;
+};
+
+struct logfile {
+	uint32_t seq;
+	int fd;			/* read-only */
+	uint64_t end;		/* bytes of valid records */
+	uint64_t live_bytes;	/* of live message records */
+	size_t live;		/* live message records */
+};
+
+/* A record staged for the next flush. */
+struct staged {
+	enum logrec_type type;
+	uint64_t id;
+	uint32_t rel;		/* offset in the staging buffer */
+	uint32_t len;
+	uint32_t aux;
+};
+
+struct spoollog {
+	char *spool;
+	enum spool_sync sync;
+	int dir_fd;		/* <spool>/log */
+
+	pthread_mutex_t mtx;	/* guards the index and files[] */
+	struct entry *slots;
+	size_t nslots;		/* a power of two, or 0 */
+	size_t nlive;
+	struct logfile *files;	/* by seq, oldest first */
+	size_t nfiles;
+	unsigned long copied;
+
+	/* Commit thread only. */
+	uint32_t last_seq;	/* highest seq ever seen or made */
+	int wfd;		/* the newest file, for writing; -1: none */
+	uint32_t wseq;
+	int broken;		/* the newest file failed: start another */
+	unsigned char *stage;
+	size_t stagelen, stagecap;
+	struct staged *staged;
+	size_t nstaged, stagedcap;
+	off_t flushed_base;
+	uint32_t flushed_seq;
+	size_t file_size;	/* SPOOLLOG_FILE_SIZE unless a test says */
+	/* Messages whose commit failed after their record was written: a
+	 * tombstone for each goes with the next flush, so a record that
+	 * reached the disk anyway is not taken for mail at the next start. */
+	uint64_t *bury;
+	size_t nbury;
+};
+
+static uint64_t
+id_number(const char *id)
+{
+	return strtoull(id, NULL, 16);
+}
+
+static void
+id_text(uint64_t v, char *buf, size_t len)
+{
+	snprintf(buf, len, "%016" PRIX64, v);
+}
+
+/* splitmix64's finaliser: ids are mostly a clock, so mix them. */
+static size_t
+slot_hash(uint64_t id, size_t mask)
+{
+	id ^= id >> 30;
+	id *= 0xbf58476d1ce4e5b9ULL;
+	id ^= id >> 27;
+	id *= 0x94d049bb133111ebULL;
+	id ^= id >> 31;
+	return (size_t)id & mask;
+}
+
+static struct entry *
+index_find(struct spoollog *log, uint64_t id)
+{
+	size_t mask, i;
+
+	if (log->nslots == 0)
+		return NULL;
+	mask = log->nslots - 1;
+	for (i = slot_hash(id, mask); log->slots[i].id != 0;
+	    i = (i + 1) & mask)
+		if (log->slots[i].id == id)
+			return &log->slots[i];
+	return NULL;
+}
+
+static void index_grow(struct spoollog *log);
+
+/* Returns the entry for id, a new zeroed one (id set) if absent. */
+static struct entry *
+index_get(struct spoollog *log, uint64_t id, int *created)
+{
+	struct entry *e;
+	size_t mask, i;
+
+	*created = 0;
+	if ((e = index_find(log, id)) != NULL)
+		return e;
+	if ((log->nlive + 1) * 2 > log->nslots)
+		index_grow(log);
+	mask = log->nslots - 1;
+	for (i = slot_hash(id, mask); log->slots[i].id != 0;
+	    i = (i + 1) & mask)
+		;
+	memset(&log->slots[i], 0, sizeof(log->slots[i]));
+	log->slots[i].id = id;
+	log->nlive++;
+	*created = 1;
+	return &log->slots[i];
+}
+
+static void
+index_grow(struct spoollog *log)
+{
+	struct entry *old = log->slots;
+	size_t n = log->nslots, i, j, mask;
+
+	log->nslots = n == 0 ? 1024 : n * 2;
+	log->slots = xcalloc(log->nslots, sizeof(*log->slots));
+	mask = log->nslots - 1;
+	for (i = 0; i < n; i++) {
+		if (old[i].id == 0)
+			continue;
+		for (j = slot_hash(old[i].id, mask); log->slots[j].id != 0;
+		    j = (j + 1) & mask)
+			;
+		log->slots[j] = old[i];
+	}
+	free(old);
+}
+
+/* Linear probing's deletion: shift later members of the run back. */
+static void
+index_delete(struct spoollog *log, struct entry *e)
+{
+	size_t mask = log->nslots - 1, i, j, k;
+
+	i = (size_t)(e - log->slots);
+	log->slots[i].id = 0;
+	for (j = (i + 1) & mask; log->slots[j].id != 0; j = (j + 1) & mask) {
+		k = slot_hash(log->slots[j].id, mask);
+		/* Move j to i unless its home k lies cyclically in (i, j]. */
+		if ((j > i && (k <= i || k > j)) ||
+		    (j < i && (k <= i && k > j))) {
+			log->slots[i] = log->slots[j];
+			log->slots[j].id = 0;
+			i = j;
+		}
+	}
+	log->nlive--;
+}
+
+static struct logfile *
+file_find(struct spoollog *log, uint32_t seq)
+{
+	size_t lo = 0, hi = log->nfiles, mid;
+
+	while (lo < hi) {
+		mid = (lo + hi) / 2;
+		if (log->files[mid].seq == seq)
+			return &log->files[mid];
+		if (log->files[mid].seq < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static void
+file_name(uint32_t seq, char *buf, size_t len)
+{
+	snprintf(buf, len, "%016" PRIX32, seq);
+}
+
+/* Applies one synced (or replayed) record to the index. Locked. */
+static void
+index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
+    uint32_t seq, uint32_t off, uint32_t len, uint32_t aux)
+{
+	struct entry *e;
+	struct logfile *f;
+	int created;
+
+	switch (type) {
+	case LOGREC_MESSAGE:
+		e = index_get(log, id, &created);
+		/* A copy forward: the older record is dead now. */
+		if (!created && (f = file_find(log, e->seq)) != NULL) {
+			f->live--;
+			f->live_bytes -= LOGREC_HEADER_LEN + (uint64_t)e->len;
+		}
+		e->seq = seq;
+		e->off = off;
+		e->len = len;
+		e->aux = aux;
+		e->st_seq = 0;
+		e->st_off = 0;
+		if ((f = file_find(log, seq)) != NULL) {
+			f->live++;
+			f->live_bytes += LOGREC_HEADER_LEN + (uint64_t)len;
+		}
+		break;
+	case LOGREC_STATE:
+		if ((e = index_find(log, id)) != NULL) {
+			e->st_seq = seq;
+			e->st_off = off;
+		}
+		break;
+	case LOGREC_DONE:
+		if ((e = index_find(log, id)) == NULL)
+			break;
+		if ((f = file_find(log, e->seq)) != NULL) {
+			f->live--;
+			f->live_bytes -= LOGREC_HEADER_LEN + (uint64_t)e->len;
+		}
+		index_delete(log, e);
+		break;
+	}
+}
+
+struct spoollog *
+spoollog_open(int spool_fd, const char *spool, enum spool_sync sync,
+    char *err, size_t errlen)
+{
+	struct spoollog *log;
+	int created = 0;
+
+	log = xcalloc(1, sizeof(*log));
+	log->spool = xstrdup(spool);
+	log->sync = sync;
+	log->wfd = -1;
+	log->dir_fd = -1;
+	log->file_size = SPOOLLOG_FILE_SIZE;
+	pthread_mutex_init(&log->mtx, NULL);
+	if (mkdirat(spool_fd, "log", 0700) == 0)
+		created = 1;
+	else if (errno != EEXIST) {
+		snprintf(err, errlen, "%s/log: %s", spool, strerror(errno));
+		goto fail;
+	}
+	if ((log->dir_fd = openat(spool_fd, "log",
+	    O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
+		snprintf(err, errlen, "%s/log: %s", spool, strerror(errno));
+		goto fail;
+	}
+	/* Its files are created and synced in it later; the directory's own
+	 * name must be durable before the first of them is trusted. */
+	if (created && fsync(spool_fd) == -1) {
+		snprintf(err, errlen, "%s: fsync: %s", spool, strerror(errno));
+		goto fail;
+	}
+	return log;
+
+ fail:
+	spoollog_free(log);
+	return NULL;
+}
+
+void
+spoollog_free(struct spoollog *log)
+{
+	size_t i;
+
+	if (log == NULL)
+		return;
+	for (i = 0; i < log->nfiles; i++)
+		close(log->files[i].fd);
+	if (log->wfd != -1)
+		close(log->wfd);
+	if (log->dir_fd != -1)
+		close(log->dir_fd);
+	pthread_mutex_destroy(&log->mtx);
+	free(log->files);
+	free(log->slots);
+	free(log->stage);
+	free(log->staged);
+	free(log->bury);
+	free(log->spool);
+	free(log);
+}
+
+/* Adds a file to the table (seq above every other). Locked. */
+static struct logfile *
+file_add(struct spoollog *log, uint32_t seq, int fd)
+{
+	struct logfile *f;
+
+	log->files = xreallocarray(log->files, log->nfiles + 1,
+	    sizeof(*log->files));
+	f = &log->files[log->nfiles++];
+	memset(f, 0, sizeof(*f));
+	f->seq = seq;
+	f->fd = fd;
+	return f;
+}
+
+struct replay {
+	struct spoollog *log;
+	uint32_t seq;
+	off_t base;
+};
+
+static int
+replay_one(const struct logrec *rec, const unsigned char *payload,
+    size_t offset, void *arg)
+{
+	struct replay *r = arg;
+
+	index_apply(r->log, rec->type, rec->id, r->seq,
+	    (uint32_t)(r->base + (off_t)offset), rec->len, rec->aux);
+	return 0;
+}
+
+/* Replays one file up to its first record that does not validate. */
+static void
+file_replay(struct spoollog *log, struct logfile *f)
+{
+	struct replay r = { log, f->seq, 0 };
+	struct logrec rec;
+	unsigned char *buf;
+	size_t cap = SPOOLLOG_SCAN_WINDOW, valid;
+	ssize_t n;
+	char name[SPOOLLOG_NAME_LEN + 1];
+
+	buf = xmalloc(cap);
+	for (;;) {
+		if ((n = pread(f->fd, buf, cap, r.base)) == -1) {
+			file_name(f->seq, name, sizeof(name));
+			log_warn("%s/log/%s: read", log->spool, name);
+			break;
+		}
+		pthread_mutex_lock(&log->mtx);
+		valid = logrec_scan(buf, (size_t)n, f->seq, replay_one, &r);
+		pthread_mutex_unlock(&log->mtx);
+		r.base += (off_t)valid;
+		if (valid > 0)
+			continue;
+		/* Nothing whole in the window: a record larger than it, or
+		 * the end of the valid records. */
+		if ((size_t)n == cap && logrec_header_parse(buf, f->seq, &rec) ==
+		    LOGREC_VALID && LOGREC_HEADER_LEN + (size_t)rec.len > cap) {
+			cap = LOGREC_HEADER_LEN + (size_t)rec.len;
+			buf = xreallocarray(buf, cap, 1);
+			continue;
+		}
+		break;
+	}
+	free(buf);
+	f->end = (uint64_t)r.base;
+}
+
+static int
+seq_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The seqs of the files in log/, sorted; other names are logged. */
+static uint32_t *
+list_files(struct spoollog *log, size_t *n)
+{
+	DIR *d;
+	struct dirent *de;
+	uint32_t *seqs = NULL;
+	unsigned long long v;
+	char *end;
+	int fd;
+
+	*n = 0;
+	if ((fd = openat(log->dir_fd, ".", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1 || (d = fdopendir(fd)) == NULL) {
+		log_warn("%s/log", log->spool);
+		if (fd != -1)
+			close(fd);
+		return NULL;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		v = strtoull(de->d_name, &end, 16);
+		if (strlen(de->d_name) != SPOOLLOG_NAME_LEN || *end != '\0' ||
+		    v == 0 || v > UINT32_MAX) {
+			log_warnx("%s/log: ignoring %s: not a log file name",
+			    log->spool, de->d_name);
+			continue;
+		}
+		seqs = xreallocarray(seqs, *n + 1, sizeof(*seqs));
+		seqs[(*n)++] = (uint32_t)v;
+	}
+	closedir(d);
+	if (*n > 0)
+		qsort(seqs, *n, sizeof(*seqs), seq_cmp);
+	return seqs;
+}
+
+/* Deletes the oldest files while nothing in them is live, except the one
+ * being written. Returns the number deleted. */
+static size_t
+reclaim(struct spoollog *log)
+{
+	struct logfile f;
+	char name[SPOOLLOG_NAME_LEN + 1];
+	size_t n = 0;
+
+	for (;;) {
+		pthread_mutex_lock(&log->mtx);
+		if (log->nfiles == 0 || log->files[0].live > 0 ||
+		    (log->wfd != -1 && log->files[0].seq == log->wseq)) {
+			pthread_mutex_unlock(&log->mtx);
+			return n;
+		}
+		f = log->files[0];
+		memmove(log->files, log->files + 1,
+		    (log->nfiles - 1) * sizeof(*log->files));
+		log->nfiles--;
+		pthread_mutex_unlock(&log->mtx);
+		close(f.fd);
+		file_name(f.seq, name, sizeof(name));
+		/*
+		 * One directory sync per file: the tombstones in a newer file
+		 * must not be gone while an older file, with the messages
+		 * they bury, could come back.
+		 */
+		if (unlinkat(log->dir_fd, name, 0) == -1 ||
+		    fsync(log->dir_fd) == -1) {
+			log_warn("%s/log/%s: delete", log->spool, name);
+			return n;
+		}
+		log_debug("%s/log/%s: deleted", log->spool, name);
+		n++;
+	}
+}
+
+size_t
+spoollog_recover(struct spoollog *log)
+{
+	uint32_t *seqs;
+	size_t n, i, live;
+	char name[SPOOLLOG_NAME_LEN + 1];
+	int fd;
+
+	seqs = list_files(log, &n);
+	for (i = 0; i < n; i++) {
+		file_name(seqs[i], name, sizeof(name));
+		if (seqs[i] > log->last_seq)
+			log->last_seq = seqs[i];
+		if ((fd = openat(log->dir_fd, name,
+		    O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
+			log_warn("%s/log/%s: open", log->spool, name);
+			continue;
+		}
+		pthread_mutex_lock(&log->mtx);
+		file_add(log, seqs[i], fd);
+		pthread_mutex_unlock(&log->mtx);
+		file_replay(log, &log->files[log->nfiles - 1]);
+	}
+	free(seqs);
+	reclaim(log);
+	pthread_mutex_lock(&log->mtx);
+	live = log->nlive;
+	pthread_mutex_unlock(&log->mtx);
+	return live;
+}
+
+void
+spoollog_foreach(struct spoollog *log,
+    void (*each)(const char *id, void *arg), void *arg)
+{
+	char id[ENVELOPE_ID_MAX];
+	uint64_t *ids = NULL;
+	size_t i, n = 0;
+
+	pthread_mutex_lock(&log->mtx);
+	if (log->nlive > 0)
+		ids = xreallocarray(NULL, log->nlive, sizeof(*ids));
+	for (i = 0; i < log->nslots; i++)
+		if (log->slots[i].id != 0)
+			ids[n++] = log->slots[i].id;
+	pthread_mutex_unlock(&log->mtx);
+	for (i = 0; i < n; i++) {
+		id_text(ids[i], id, sizeof(id));
+		each(id, arg);
+	}
+	free(ids);
+}
+
+int
+spoollog_has(struct spoollog *log, const char *id)
+{
+	int found;
+
+	pthread_mutex_lock(&log->mtx);
+	found = index_find(log, id_number(id)) != NULL;
+	pthread_mutex_unlock(&log->mtx);
+	return found;
+}
+
+/* A copy of id's entry and descriptors (dup'ed) of its files, taken under
+ * the lock so a file deleted right after stays readable. */
+static int
+entry_take(struct spoollog *log, uint64_t id, struct entry *out, int *fd,
+    int *st_fd)
+{
+	struct entry *e;
+	struct logfile *f, *sf = NULL;
+	int error = 0;
+
+	*fd = *st_fd = -1;
+	pthread_mutex_lock(&log->mtx);
+	if ((e = index_find(log, id)) == NULL ||
+	    (f = file_find(log, e->seq)) == NULL ||
+	    (e->st_seq != 0 && (sf = file_find(log, e->st_seq)) == NULL))
+		error = ENOENT;
+	else if ((*fd = dup(f->fd)) == -1 ||
+	    (sf != NULL && (*st_fd = dup(sf->fd)) == -1))
+		error = errno;
+	else
+		*out = *e;
+	pthread_mutex_unlock(&log->mtx);
+	if (error != 0) {
+		if (*fd != -1)
+			close(*fd);
+		*fd = -1;
+		errno = error;
+		return -1;
+	}
+	return 0;
+}
+
+/* Reads a record's header and payload at off; checks both. */
+static unsigned char *
+record_read(struct spoollog *log, int fd, uint32_t seq, uint32_t off,
+    uint64_t id, size_t len, struct logrec *rec)
+{
+	unsigned char *buf;
+
+	buf = xmalloc(LOGREC_HEADER_LEN + len + 1);
+	if (fileio_pread_all(fd, buf, LOGREC_HEADER_LEN + len, off) == -1) {
+		free(buf);
+		return NULL;
+	}
+	if (logrec_header_parse(buf, seq, rec) != LOGREC_VALID ||
+	    rec->id != id || rec->len < len) {
+		free(buf);
+		errno = EBADMSG;
+		return NULL;
+	}
+	buf[LOGREC_HEADER_LEN + len] = '\0';
+	return buf;
+}
+
+/* Decodes a message with its state, from an entry taken by entry_take. */
+static struct envelope *
+entry_read(struct spoollog *log, const struct entry *e, int fd, int st_fd)
+{
+	struct envelope *env = NULL;
+	struct logrec rec, srec;
+	unsigned char *buf = NULL, *sbuf = NULL, hdr[LOGREC_HEADER_LEN];
+	char id[ENVELOPE_ID_MAX], derr[128];
+	size_t used;
+	int error = 0;
+
+	id_text(e->id, id, sizeof(id));
+	if ((buf = record_read(log, fd, e->seq, e->off, e->id, e->aux,
+	    &rec)) == NULL) {
+		error = errno;
+		log_warn("%s: read log record", id);
+		goto done;
+	}
+	if ((env = envelope_decode((char *)buf + LOGREC_HEADER_LEN, e->aux,
+	    &used, derr, sizeof(derr))) == NULL || used != e->aux ||
+	    strcmp(env->id, id) != 0) {
+		log_warnx("%s: log record does not decode: %s", id,
+		    env == NULL ? derr : "bad envelope");
+		envelope_free(env);
+		env = NULL;
+		error = EBADMSG;
+		goto done;
+	}
+	if (st_fd != -1) {
+		if (fileio_pread_all(st_fd, hdr, sizeof(hdr), e->st_off) ==
+		    -1 || logrec_header_parse(hdr, e->st_seq, &srec) !=
+		    LOGREC_VALID || (sbuf = record_read(log, st_fd,
+		    e->st_seq, e->st_off, e->id, srec.len, &srec)) == NULL) {
+			error = errno != 0 ? errno : EIO;
+			log_warn("%s: read state record", id);
+			envelope_free(env);
+			env = NULL;
+			goto done;
+		}
+		if (envelope_apply_record(env,
+		    (char *)sbuf + LOGREC_HEADER_LEN, srec.len) == -1)
+			log_warnx("%s: ignoring malformed state record", id);
+	}
+	env->body_offset = (off_t)e->off + LOGREC_HEADER_LEN + e->aux;
+	env->body_size = (off_t)(e->len - e->aux);
+ done:
+	free(buf);
+	free(sbuf);
+	if (env == NULL)
+		errno = error;
+	return env;
+}
+
+struct envelope *
+spoollog_read(struct spoollog *log, const char *id)
+{
+	struct envelope *env;
+	struct entry e;
+	int fd, st_fd, error;
+
+	if (entry_take(log, id_number(id), &e, &fd, &st_fd) == -1)
+		return NULL;
+	env = entry_read(log, &e, fd, st_fd);
+	error = errno;
+	close(fd);
+	if (st_fd != -1)
+		close(st_fd);
+	errno = error;
+	return env;
+}
+
+int
+spoollog_body_open(struct spoollog *log, const char *id, off_t *body_offset)
+{
+	struct entry e;
+	int fd, st_fd;
+
+	if (entry_take(log, id_number(id), &e, &fd, &st_fd) == -1)
+		return -1;
+	if (st_fd != -1)
+		close(st_fd);
+	*body_offset = (off_t)e.off + LOGREC_HEADER_LEN + e.aux;
+	return fd;
+}
+
+size_t
+spoollog_add(struct spoollog *log, enum logrec_type type, const char *id,
+    const void *text, size_t textlen, const void *body, size_t bodylen)
+{
+	unsigned char *p;
+	struct staged *st;
+	size_t need = LOGREC_HEADER_LEN + textlen + bodylen, rel;
+
+	if (textlen + bodylen > LOGREC_PAYLOAD_MAX)
+		fatalx("%s: record of %zu bytes", __func__, textlen + bodylen);
+	if (log->stagelen + need > log->stagecap) {
+		log->stagecap = (log->stagelen + need) * 2;
+		log->stage = xreallocarray(log->stage, log->stagecap, 1);
+	}
+	rel = log->stagelen;
+	p = log->stage + rel;
+	if (textlen > 0)
+		memcpy(p + LOGREC_HEADER_LEN, text, textlen);
+	if (bodylen > 0)
+		memcpy(p + LOGREC_HEADER_LEN + textlen, body, bodylen);
+	/* Salted for real once the file is chosen (spoollog_flush). */
+	logrec_header(p, 0, type, id_number(id),
+	    type == LOGREC_MESSAGE ? (uint32_t)textlen : 0,
+	    p + LOGREC_HEADER_LEN, (uint32_t)(textlen + bodylen));
+	log->stagelen += need;
+	if (log->nstaged == log->stagedcap) {
+		log->stagedcap = log->stagedcap == 0 ? 16 : log->stagedcap * 2;
+		log->staged = xreallocarray(log->staged, log->stagedcap,
+		    sizeof(*log->staged));
+	}
+	st = &log->staged[log->nstaged++];
+	st->type = type;
+	st->id = id_number(id);
+	st->rel = (uint32_t)rel;
+	st->len = (uint32_t)(textlen + bodylen);
+	st->aux = type == LOGREC_MESSAGE ? (uint32_t)textlen : 0;
+	return rel;
+}
+
+int
+spoollog_pending(const struct spoollog *log)
+{
+	return log->nstaged > 0;
+}
+
+/*
+ * Starts log/<seq>: created, preallocated, and its name made durable by a
+ * sync of log/ (once per file, never per message).
+ */
+static int
+file_new(struct spoollog *log)
+{
+	char name[SPOOLLOG_NAME_LEN + 1];
+	uint32_t seq = log->last_seq + 1;
+	int wfd = -1, rfd = -1, error;
+
+	file_name(seq, name, sizeof(name));
+	if ((wfd = openat(log->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL |
+	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1)
+		goto fail;
+	log->last_seq = seq;
+	if (fallocate(wfd, 0, 0, (off_t)log->file_size) == -1 &&
+	    errno != EOPNOTSUPP)
+		goto fail_unlink;
+	if ((rfd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC |
+	    O_NOFOLLOW)) == -1 || fsync(log->dir_fd) == -1)
+		goto fail_unlink;
+	if (log->wfd != -1)
+		close(log->wfd);
+	log->wfd = wfd;
+	log->wseq = seq;
+	log->broken = 0;
+	pthread_mutex_lock(&log->mtx);
+	file_add(log, seq, rfd);
+	pthread_mutex_unlock(&log->mtx);
+	log_debug("%s/log/%s: started", log->spool, name);
+	return 0;
+
+ fail_unlink:
+	error = errno;
+	(void)unlinkat(log->dir_fd, name, 0);
+	errno = error;
+ fail:
+	error = errno;
+	log_warn("%s/log/%s: create", log->spool, name);
+	if (wfd != -1)
+		close(wfd);
+	if (rfd != -1)
+		close(rfd);
+	errno = error;
+	return -1;
+}
+
+int
+spoollog_flush(struct spoollog *log, int sync, off_t *base)
+{
+	struct logfile *f;
+	off_t end;
+	size_t i;
+	char name[ENVELOPE_ID_MAX];
+	int error;
+
+	pthread_mutex_lock(&log->mtx);
+	f = log->wfd != -1 ? file_find(log, log->wseq) : NULL;
+	end = f != NULL ? (off_t)f->end : 0;
+	pthread_mutex_unlock(&log->mtx);
+	for (i = 0; i < log->nbury; i++) {
+		id_text(log->bury[i], name, sizeof(name));
+		spoollog_add(log, LOGREC_DONE, name, NULL, 0, NULL, 0);
+	}
+	if (f == NULL || log->broken || (size_t)end >= log->file_size ||
+	    (uint64_t)end + log->stagelen > UINT32_MAX) {
+		if (file_new(log) == -1)
+			return -1;
+		end = 0;
+	}
+	for (i = 0; i < log->nstaged; i++)
+		logrec_header_resalt(log->stage + log->staged[i].rel,
+		    log->wseq);
+	log->flushed_base = end;
+	log->flushed_seq = log->wseq;
+	*base = end;
+	/* From here on a failure leaves bytes that may be torn: the file
+	 * is never appended to again (see spoollog_discard). */
+	log->broken = 1;
+	file_name(log->wseq, name, sizeof(name));
+	if (fileio_pwrite_all(log->wfd, log->stage, log->stagelen, end) ==
+	    -1) {
+		error = errno;
+		log_warn("%s/log/%s: write", log->spool, name);
+		errno = error;
+		return -1;
+	}
+	if (sync && fdatasync(log->wfd) == -1) {
+		error = errno;
+		log_warn("%s/log/%s: fdatasync", log->spool, name);
+		errno = error;
+		return -1;
+	}
+	log->broken = 0;
+	return 0;
+}
+
+void
+spoollog_commit(struct spoollog *log)
+{
+	struct logfile *f;
+	struct staged *st;
+	size_t i;
+
+	pthread_mutex_lock(&log->mtx);
+	if ((f = file_find(log, log->flushed_seq)) != NULL)
+		f->end = (uint64_t)log->flushed_base + log->stagelen;
+	for (i = 0; i < log->nstaged; i++) {
+		st = &log->staged[i];
+		index_apply(log, st->type, st->id, log->flushed_seq,
+		    (uint32_t)log->flushed_base + st->rel, st->len, st->aux);
+	}
+	pthread_mutex_unlock(&log->mtx);
+	log->stagelen = 0;
+	log->nstaged = 0;
+	log->nbury = 0;
+}
+
+void
+spoollog_discard(struct spoollog *log)
+{
+	size_t i, n = 0;
+
+	if (log->nstaged > 0)
+		log->broken = 1;
+	/* The tombstones already staged for earlier failures stay listed;
+	 * add this flush's messages. */
+	for (i = 0; i < log->nstaged; i++)
+		if (log->staged[i].type == LOGREC_MESSAGE)
+			n++;
+	log->bury = xreallocarray(log->bury, log->nbury + n + 1,
+	    sizeof(*log->bury));
+	for (i = 0; i < log->nstaged; i++)
+		if (log->staged[i].type == LOGREC_MESSAGE)
+			log->bury[log->nbury++] = log->staged[i].id;
+	log->stagelen = 0;
+	log->nstaged = 0;
+}
+
+void
+spoollog_file_size(struct spoollog *log, size_t size)
+{
+	log->file_size = size;
+}
+
+/*
+ * Whether to copy the oldest file's live messages forward: when the dead
+ * bytes in the files (other than the newest) are at least twice its live
+ * bytes and at least a file's worth, so that copying frees more than it
+ * writes and a small spool is left alone. Locked.
+ */
+static int
+copy_wanted(struct spoollog *log)
+{
+	uint64_t dead = 0;
+	size_t i;
+
+	if (log->nfiles < 2 || log->files[0].seq == log->wseq)
+		return 0;
+	for (i = 0; i < log->nfiles; i++)
+		if (log->files[i].seq != log->wseq)
+			dead += log->files[i].end - log->files[i].live_bytes;
+	return dead >= log->file_size &&
+	    dead >= 2 * log->files[0].live_bytes;
+}
+
+/* Copies up to SPOOLLOG_COPY_MAX live messages of the oldest file to the
+ * newest, with their current state in the envelope. */
+static void
+copy_forward(struct spoollog *log)
+{
+	struct entry *todo = NULL, e;
+	struct envelope *env;
+	uint32_t seq;
+	size_t i, n = 0, textlen;
+	char id[ENVELOPE_ID_MAX], *text, *body;
+	int fd, st_fd, copied = 0;
+	off_t base;
+
+	pthread_mutex_lock(&log->mtx);
+	seq = log->files[0].seq;
+	for (i = 0; i < log->nslots && n < SPOOLLOG_COPY_MAX; i++) {
+		if (log->slots[i].id == 0 || log->slots[i].seq != seq)
+			continue;
+		todo = xreallocarray(todo, n + 1, sizeof(*todo));
+		todo[n++] = log->slots[i];
+	}
+	pthread_mutex_unlock(&log->mtx);
+	for (i = 0; i < n; i++) {
+		if (entry_take(log, todo[i].id, &e, &fd, &st_fd) == -1)
+			continue;
+		env = entry_read(log, &e, fd, st_fd);
+		body = NULL;
+		if (env != NULL) {
+			body = xmalloc((size_t)env->body_size + 1);
+			if (fileio_pread_all(fd, body, (size_t)env->body_size,
+			    env->body_offset) == -1) {
+				log_warn("%s: read log record", env->id);
+				free(body);
+				body = NULL;
+			}
+		}
+		close(fd);
+		if (st_fd != -1)
+			close(st_fd);
+		if (body != NULL) {
+			id_text(e.id, id, sizeof(id));
+			text = envelope_encode(env, &textlen);
+			spoollog_add(log, LOGREC_MESSAGE, id, text, textlen,
+			    body, (size_t)env->body_size);
+			free(text);
+			copied++;
+		}
+		free(body);
+		envelope_free(env);
+	}
+	free(todo);
+	if (copied == 0)
+		return;
+	if (spoollog_flush(log, 1, &base) == -1) {
+		spoollog_discard(log);
+		return;
+	}
+	spoollog_commit(log);
+	pthread_mutex_lock(&log->mtx);
+	log->copied += (unsigned long)copied;
+	pthread_mutex_unlock(&log->mtx);
+	log_debug("%s/log: copied %d messages forward", log->spool, copied);
+}
+
+void
+spoollog_maintain(struct spoollog *log)
+{
+	int want;
+
+	if (log->nstaged > 0)
+		fatalx("%s: records staged", __func__);
+	reclaim(log);
+	pthread_mutex_lock(&log->mtx);
+	want = copy_wanted(log);
+	pthread_mutex_unlock(&log->mtx);
+	if (want) {
+		copy_forward(log);
+		reclaim(log);
+	}
+}
+
+void
+spoollog_stats(struct spoollog *log, struct spoollog_stats *out)
+{
+	size_t i;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&log->mtx);
+	out->messages = log->nlive;
+	out->files = log->nfiles;
+	for (i = 0; i < log->nfiles; i++) {
+		out->bytes += log->files[i].end;
+		out->live_bytes += log->files[i].live_bytes;
+	}
+	out->copied = log->copied;
+	pthread_mutex_unlock(&log->mtx);
+}

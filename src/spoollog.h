@@ -1,0 +1,127 @@
+/*
+ * The spool log: where small messages live, so that committing one costs
+ * one fdatasync of a file that already exists instead of a file of its
+ * own, its data sync, a rename and a directory sync. queue.c decides which
+ * messages go here and drives it from its commit thread; this module owns
+ * <spool>/log and an index of the messages in it.
+ *
+ * The log is a sequence of files log/<seq> (16 hex digits, seq counting up
+ * from 1), each preallocated when created and its directory synced once,
+ * holding records (logrec.h) salted with seq: a message (its envelope text,
+ * state included, then its body), a state record for a message (replacing
+ * the state of any earlier record of it), or a tombstone (the message is
+ * done). Only the newest file is appended to; a restart starts a new one.
+ * Replaying every file in seq order, each up to its first record that does
+ * not validate, gives the live messages: a message record adds its id (or
+ * moves it, when it is a copy), a tombstone removes it.
+ *
+ * Reclaiming. A file is deleted when it is the oldest and none of its
+ * messages is live, and the directory is synced before the next deletion,
+ * so a tombstone never disappears while the message it buries can still
+ * come back. A long-deferred message would pin its file, and every newer
+ * file behind it, forever: so when the dead bytes behind the oldest file
+ * outweigh its live ones, its live messages are copied forward (a new
+ * message record with their current state) and, once the copies are
+ * synced, the old file goes. Disk use stays within a few times the live
+ * data plus two files.
+ *
+ * Memory: 32 bytes per live message in an open-addressing hash table (load
+ * at most one half), and one open descriptor per log file.
+ *
+ * Threads: spoollog_add(), spoollog_flush(), spoollog_maintain() run on one
+ * thread (the queue's commit thread); the readers (spoollog_has,
+ * spoollog_read, spoollog_body_open, spoollog_foreach) on any thread.
+ */
+#ifndef SMARTHOST_SPOOLLOG_H
+#define SMARTHOST_SPOOLLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "envelope.h"
+#include "logrec.h"
+
+struct spoollog;
+
+/* Creates <spool>/log if needed (syncing the spool directory) and opens
+ * it. Returns NULL with a message in err. */
+struct spoollog *spoollog_open(int spool_fd, const char *spool,
+    enum spool_sync sync, char *err, size_t errlen);
+void spoollog_free(struct spoollog *log);
+
+/*
+ * Replays every log file (see above), builds the index, deletes files
+ * with nothing live in them, and returns the number of live messages. Call
+ * once, before anything else. Unreadable files are logged and kept.
+ */
+size_t spoollog_recover(struct spoollog *log);
+
+/* Calls each(id) for every live message; id is its 16-digit queue id. */
+void spoollog_foreach(struct spoollog *log,
+    void (*each)(const char *id, void *arg), void *arg);
+
+/* 1 if the message with this queue id lives in the log. */
+int spoollog_has(struct spoollog *log, const char *id);
+
+/*
+ * Reads a live message's envelope with its latest state applied and sets
+ * body_offset and body_size within its log file. Returns NULL with errno
+ * ENOENT (not in the log), EBADMSG (its record does not decode; logged),
+ * or a read error (logged).
+ */
+struct envelope *spoollog_read(struct spoollog *log, const char *id);
+
+/*
+ * Opens the log file that holds the message's body now and stores where
+ * the body starts in it in *body_offset (it moves when the message is
+ * copied forward). Returns a descriptor the caller closes, or -1 with
+ * errno (ENOENT: not in the log).
+ */
+int spoollog_body_open(struct spoollog *log, const char *id,
+    off_t *body_offset);
+
+/*
+ * Commit thread. spoollog_add() stages one record for the next flush and
+ * returns its offset from the start of the staged bytes: a message record
+ * (text is the envelope, aux its length, then body), a state record (text
+ * is the line) or a tombstone (no text). spoollog_flush() appends what is
+ * staged to the newest log file (starting a new one when it is full) and
+ * syncs it unless sync is 0 (the caller syncs the whole filesystem);
+ * then spoollog_commit() applies the staged records to the index, or
+ * spoollog_discard() drops them after a failure (sync or otherwise: the
+ * file they went to is never appended to again). Returns 0 or -1 with
+ * errno from spoollog_flush(), and in *base the file offset the staged
+ * offsets start at.
+ */
+size_t spoollog_add(struct spoollog *log, enum logrec_type type,
+    const char *id, const void *text, size_t textlen, const void *body,
+    size_t bodylen);
+int spoollog_pending(const struct spoollog *log);
+int spoollog_flush(struct spoollog *log, int sync, off_t *base);
+void spoollog_commit(struct spoollog *log);
+void spoollog_discard(struct spoollog *log);
+
+/*
+ * Commit thread, between groups: deletes the oldest files while nothing
+ * in them is live, and copies a bounded number of the oldest file's live
+ * messages forward when that frees enough. Errors are logged and retried
+ * on the next call.
+ */
+void spoollog_maintain(struct spoollog *log);
+
+/* The size at which a log file is full (8 MB unless set; tests use
+ * small ones to exercise reclaiming). */
+void spoollog_file_size(struct spoollog *log, size_t size);
+
+struct spoollog_stats {
+	size_t messages;	/* live messages */
+	size_t files;		/* log files */
+	uint64_t bytes;		/* bytes of records in them */
+	uint64_t live_bytes;	/* of which live message records */
+	unsigned long copied;	/* messages copied forward since start */
+};
+void spoollog_stats(struct spoollog *log, struct spoollog_stats *out);
+
+#endif
