@@ -668,7 +668,7 @@ parse_metrics_listen(struct cfgctx *ctx, const config_setting_t *root,
 }
 
 static const char *const top_keys[] = { "hostname", "user", "spool",
-	"spool_sync", "shutdown_timeout", "listen", "allow_networks", "limits",
+	"spool_sync", "spool_log_max", "shutdown_timeout", "listen", "allow_networks", "limits",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
 	"state_dir", "control_socket", "control_admin_group",
 	"control_read_group", "routes", "mail_domain",
@@ -1123,18 +1123,20 @@ config_set_defaults(struct config *cfg)
 	cfg->delay_warning = 4 * 3600;
 	cfg->delivery_workers = 4;
 	cfg->shutdown_timeout = 30;
+	cfg->spool_log_max = 64 * 1024;
 }
 
 /*
  * The top-level scalars: hostname, user, spool, spool_sync,
- * shutdown_timeout, and default_relay (into *defrelay, the caller's to
- * free; checked once the relays are known). Unknown top-level keys are
- * refused here.
+ * spool_log_max, shutdown_timeout, and default_relay (into *defrelay, the
+ * caller's to free; checked once the relays are known). Unknown top-level
+ * keys are refused here.
  */
 static int
 parse_top(struct cfgctx *ctx, const config_setting_t *root,
     struct config *cfg, char **defrelay)
 {
+	unsigned long long size;
 	char *sync = NULL;
 	char host[256];
 	int rc = -1;
@@ -1148,6 +1150,11 @@ parse_top(struct cfgctx *ctx, const config_setting_t *root,
 	    &cfg->shutdown_timeout) == -1 ||
 	    get_string(ctx, root, "default_relay", defrelay) == -1)
 		goto out;
+	size = cfg->spool_log_max;
+	if (get_number(ctx, root, "spool_log_max", size_units, 0,
+	    16 * 1024 * 1024, &size) == -1)
+		goto out;
+	cfg->spool_log_max = (size_t)size;
 	if (sync == NULL || strcmp(sync, "fsync") == 0)
 		cfg->spool_sync = SPOOL_SYNC_FSYNC;
 	else if (strcmp(sync, "syncfs") == 0)

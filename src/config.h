@@ -99,6 +99,8 @@ struct config {
 	char *user;        /* drop privileges to it after binding; NULL keep */
 	char *spool;       /* spool directory */
 	enum spool_sync spool_sync;
+	size_t spool_log_max; /* messages up to this size go to the spool log;
+	                         0: each to a file of its own (65536) */
 
 	struct listen_config *listen;
 	size_t nlisten;

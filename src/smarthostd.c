@@ -659,6 +659,7 @@ main(int argc, char *argv[])
 	if ((d.queue = queue_open(d.base, d.cfg->spool, d.cfg->spool_sync, err,
 	    sizeof(err))) == NULL)
 		fatalx_code(EX_CANTCREAT, "%s", err);
+	queue_log_max(d.queue, d.cfg->spool_log_max);
 	d.dns = dns_open(d.base);
 	d.worker = worker_new(d.base, d.cfg->delivery_workers);
 	d.scheduler = scheduler_new(d.base, d.dns, d.queue, d.worker, d.cfg);

@@ -758,9 +758,12 @@ file_new(struct spoollog *log)
 	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1)
 		goto fail;
 	log->last_seq = seq;
+	/* Preallocation only saves work later: without it (no support, or
+	 * no room for a whole file) appends grow the file as they go. */
 	if (fallocate(wfd, 0, 0, (off_t)log->file_size) == -1 &&
 	    errno != EOPNOTSUPP)
-		goto fail_unlink;
+		log_debug("%s/log/%s: fallocate: %s", log->spool, name,
+		    strerror(errno));
 	if ((rfd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC |
 	    O_NOFOLLOW)) == -1 || fsync(log->dir_fd) == -1)
 		goto fail_unlink;

@@ -367,7 +367,9 @@ def test_reload(upstream, daemon_factory):
 
 def test_corrupt_spool_files_moved_aside(upstream_factory, daemon_factory):
     upstream = upstream_factory(start=False)
-    daemon = daemon_factory(upstream.port)
+    # Every message in a file of its own: this damages the file format
+    # (test_queue damages the log's).
+    daemon = daemon_factory(upstream.port, spool_log_max=0)
     message = make_message("survives a damaged spool", random_body(8000))
     qid = send_message(daemon, message)
     daemon.wait_log(delivery_line(qid, RCPT, "deferred"))
@@ -415,6 +417,46 @@ def test_corrupt_spool_files_moved_aside(upstream_factory, daemon_factory):
     daemon.wait_log(rf"{qid}: removed", since=daemon.run_start)
     upstream.assert_count_stays(1, settle=1)
     assert daemon.running()
+    assert daemon.terminate() == 0
+
+
+def test_spool_log_survives_a_crash_and_a_torn_tail(upstream_factory,
+                                                     daemon_factory):
+    """Small messages live in the spool log. After a SIGKILL, with a torn
+    record after the last one the daemon wrote (what a power cut during an
+    append leaves), both messages are found again and delivered once
+    each, and a restart after that brings nothing back."""
+    upstream = upstream_factory(start=False)
+    daemon = daemon_factory(upstream.port)
+    messages = [make_message(f"log {i}", random_body(3000)) for i in (1, 2)]
+    qids = [send_message(daemon, m) for m in messages]
+    for qid in qids:
+        daemon.wait_log(delivery_line(qid, RCPT, "deferred"))
+    spool = daemon.settings["spool"]
+    assert os.listdir(os.path.join(spool, "queue")) == []
+    daemon.kill()
+
+    logdir = os.path.join(spool, "log")
+    newest = os.path.join(logdir, max(os.listdir(logdir)))
+    with open(newest, "r+b") as f:
+        end = len(f.read().rstrip(b"\0"))
+        f.seek(end)
+        f.write(b"SHLG\x01\x00\x00\x00" + os.urandom(200))
+    upstream.start()
+    daemon.start()
+    daemon.flush()
+    got = upstream.wait_messages(2, timeout=30)
+    by_subject = {m.parsed()["Subject"]: m for m in got}
+    assert_relayed(by_subject["log 1"], messages[0])
+    assert_relayed(by_subject["log 2"], messages[1])
+    for qid in qids:
+        daemon.wait_log(rf"{qid}: removed", since=daemon.run_start)
+    upstream.assert_count_stays(2, settle=1)
+    assert not daemon.log_lines("corrupt", since=daemon.run_start)
+    assert daemon.terminate() == 0
+    # Restarted once more, nothing comes back.
+    daemon.start()
+    upstream.assert_count_stays(2, settle=1)
     assert daemon.terminate() == 0
 
 

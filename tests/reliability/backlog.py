@@ -42,6 +42,8 @@ import tempfile
 import threading
 import time
 
+from spoolread import live_ids
+
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 PYTHON = "/usr/bin/python3"
 
@@ -209,10 +211,12 @@ relays = {{
         self.proc = None
 
     def queued(self):
+        """Messages in the spool: files in queue/ and the log's."""
         try:
-            return len(os.listdir(os.path.join(self.spool, "queue")))
+            files = len(os.listdir(os.path.join(self.spool, "queue")))
         except FileNotFoundError:
-            return 0
+            files = 0
+        return files + len(live_ids(self.spool))
 
     def log_count(self, pattern):
         with open(self.log, "rb") as f:
@@ -468,7 +472,7 @@ def main():
         print(f"queued {queued} of {n} messages ({how}) in {t_submit:.1f} s "
               f"({n / t_submit:.0f} msgs/s), upstream down", flush=True)
         if queued != n:
-            fail(f"{queued} files in queue/ after submitting {n}")
+            fail(f"{queued} messages in the spool after submitting {n}")
         if not args.prefill:
             daemon.stop()
 

@@ -278,9 +278,20 @@ class Tracer:
         self._trunc(entry[1], int(args.rsplit(",", 1)[1]))
 
     def sys_fallocate(self, args, ret, retpath):
+        """Mode 0 (preallocation, the spool log's): the file grows to
+        offset + length with zeros if it was shorter, a change of size
+        like a truncate (durable by the file's sync). Other modes are
+        not modelled."""
         fd, entry = self._file(args)
-        if entry is not None:
-            self.unknown.add("fallocate")
+        if entry is None or entry[0] != "file":
+            return
+        mode, off, length = [a.strip() for a in args.rsplit(",", 3)[1:]]
+        if mode != "0":
+            self.unknown.add(f"fallocate mode {mode}")
+            return
+        end = int(off) + int(length)
+        if len(self.data[entry[1]]) < end:
+            self._trunc(entry[1], end)
 
     def sys_lseek(self, args, ret, retpath):
         fd, entry = self._file(args)

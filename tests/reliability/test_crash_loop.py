@@ -29,6 +29,7 @@ from collections import Counter
 from conftest import scale
 from harness import (CLIENT_HOSTNAME, free_port, make_message, random_body,
                      wait_until)
+from spoolread import live_ids
 
 TOKEN_RE = re.compile(rb"^Subject: crash (\S+)\r$", re.MULTILINE)
 # The queue id in smarthostd's own Received: header.
@@ -196,13 +197,14 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
             assert match, f"relayed message without a token: {m.content[:300]!r}"
             got.setdefault(match.group(1).decode(), []).append(m)
         missing = set(accepted) - set(got)
-        if missing or spool_files(daemon, "queue"):
+        if missing or spool_files(daemon, "queue") or \
+                live_ids(daemon.settings["spool"]):
             return None
         return got
 
     try:
-        got = wait_until(arrived, 180, "every accepted message upstream "
-                         "and an empty queue/")
+        got = wait_until(arrived, 180, "every accepted message upstream, "
+                         "an empty queue/ and nothing in the log")
     except AssertionError:
         got = None
     got_now = {}
@@ -263,7 +265,8 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     assert not corrupted, f"corrupted in transit: {corrupted[:10]}"
     assert not unexplained, "copies not explained by a crash window " \
         f"(token, queue id, copies): {unexplained[:10]}"
-    assert got is not None, "queue/ not empty at the end: " + ", ".join(
-        spool_files(daemon, "queue")[:10])
+    assert got is not None, "queue/ or the log not empty at the end: " + \
+        ", ".join((spool_files(daemon, "queue") +
+                   sorted(live_ids(daemon.settings["spool"])))[:10])
     assert spool_files(daemon, "tmp") == []
     assert spool_files(daemon, "corrupt") == [], "files moved to corrupt/"

@@ -23,7 +23,8 @@ import subprocess
 import time
 
 from conftest import scale
-from crashfs import Tracer, apply, crash_states
+from crashfs import Tracer, apply, crash_states, durable_sets
+from spoolread import live_ids, tombstones
 from harness import daemon_spawn, make_message, random_body, send_message, \
     wait_until
 
@@ -62,8 +63,11 @@ def materialize(tree, dirs, where):
     for path, content in tree.items():
         if os.path.dirname(path) not in dirs:
             continue
+        # Preallocated log files are mostly zeros: written sparse.
+        data = content.rstrip(b"\0")
         with open(os.path.join(where, path), "wb") as f:
-            f.write(content)
+            f.write(data)
+            f.truncate(len(content))
 
 
 def load(binary, spool):
@@ -138,8 +142,9 @@ def run_traced(daemon, upstream, count, trace):
     os.kill(pid, signal.SIGUSR1)
     queue = os.path.join(daemon.settings["spool"], "queue")
     wait_until(lambda: len(upstream.messages) >= count
-               and not os.listdir(queue), 120,
-               "every message delivered and queue/ empty")
+               and not os.listdir(queue)
+               and not live_ids(daemon.settings["spool"]), 120,
+               "every message delivered, queue/ empty, nothing in the log")
     os.kill(pid, signal.SIGTERM)
     assert daemon.proc.wait(60) == 0, "the traced daemon did not stop well"
     return accepted
@@ -175,12 +180,23 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
         "the trace model disagrees with the spool the daemon left"
     queued_at = {op.qid: i for i, op in enumerate(ops) if op.kind == "queued"}
     assert set(queued_at) == set(accepted), "250 replies missing in trace"
+    # Where each message's removal starts: its file leaves queue/, or a
+    # tombstone for it is written to the log.
     removed_at = {}
+    log_files = {op.inode: int(op.name, 16) for op in ops
+                 if op.kind == "link" and op.dir == "log"}
     for i, op in enumerate(ops):
         if op.kind == "unlink" and op.dir == "queue":
             removed_at.setdefault(op.name, i)
         elif op.kind == "rename" and op.sdir == "queue":
             removed_at.setdefault(op.sname, i)
+        elif op.kind == "write" and op.inode in log_files:
+            for qid in tombstones(op.data, log_files[op.inode]):
+                removed_at.setdefault(qid, i)
+    logged = {qid for op in ops if op.kind == "write"
+              and op.inode in log_files
+              for qid in tombstones(op.data, log_files[op.inode])}
+    made = durable_sets(ops)
 
     results = {}
     states = 0
@@ -204,10 +220,18 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
                 lost.add(qid)
                 failures.append(f"cut {cut} ({what}): {qid}, answered 250 "
                                 f"at op {at}, missing; reader: {errors}")
+            # A removal made durable stays done: the message never
+            # comes back to be delivered again.
+            gone = removed_at.get(qid)
+            if gone is not None and made[gone] < cut and qid in loaded:
+                failures.append(f"cut {cut} ({what}): {qid}, removed at "
+                                f"op {gone} (durable at op {made[gone]}), "
+                                f"loaded again")
         if len(failures) > 20:
             break
     syncs = sum(op.kind in ("fsync", "dirsync", "syncfs") for op in ops)
-    figures(messages=len(accepted), operations=len(ops), syncs=syncs,
+    figures(messages=len(accepted), in_log=len(logged),
+            operations=len(ops), syncs=syncs,
             crash_states=states, distinct_states=len(results),
             lost=len(lost),
             corrupted=sum("corrupted" in f for f in failures),

@@ -200,6 +200,9 @@ setup(void)
 	cr_assert_not_null(base = event_base_new());
 	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
 	cr_assert_not_null(q, "%s", err);
+	/* Messages as files: the tests count them in queue/. (The daemon's
+	 * default, the spool log, is covered by test_queue and e2e.) */
+	queue_log_max(q, 0);
 	w = worker_new(base, 2);
 }
 
@@ -455,6 +458,7 @@ reload_queue(void)
 	stop_all();
 	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
 	cr_assert_not_null(q, "%s", err);
+	queue_log_max(q, 0);
 	nloaded = 0;
 	queue_load(q, load_cb, NULL);
 }
