@@ -136,6 +136,8 @@
  * sessions end.
  */
 #define QUEUE_OPEN_TRIES 11
+/* A tombstone waits at most this long for a sync it can share. */
+#define QUEUE_LOG_LAZY_MS 20
 /* Messages up to this many bytes go to the spool log unless
  * queue_log_max() says otherwise. */
 #define QUEUE_LOG_MAX (64 * 1024)
@@ -856,7 +858,7 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 	struct qop *op, *prev;
 	struct spare *sp, *newspares = NULL;
 	unsigned nnew = 0;
-	int dirty = 0, error, logged, log_error = 0;
+	int dirty = 0, error, logged, lazy, log_error = 0;
 	off_t log_base = 0;
 
 	*ncommitted = 0;
@@ -870,10 +872,18 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		}
 	}
 
-	/* The log's records of the whole group: one write, one sync. */
+	/*
+	 * The log's records of the whole group: one write, one sync. Only
+	 * tombstones: written now, synced with the next group's records or
+	 * after QUEUE_LOG_LAZY_MS of quiet (see "The spool log" above).
+	 */
+	lazy = 1;
+	for (op = group; op != NULL; op = op->next)
+		if (op->logged && op->type != QOP_REMOVE)
+			lazy = 0;
 	if ((logged = spoollog_pending(q->log)) &&
-	    spoollog_flush(q->log, q->sync == SPOOL_SYNC_FSYNC, &log_base) ==
-	    -1)
+	    spoollog_flush(q->log, q->sync == SPOOL_SYNC_FSYNC && !lazy,
+	    &log_base) == -1)
 		log_error = errno != 0 ? errno : EIO;
 	switch (q->sync) {
 	case SPOOL_SYNC_FSYNC:
@@ -885,10 +895,12 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		for (op = group; op != NULL; op = op->next)
 			if (op->fd != -1 && op->error == 0)
 				break;
-		if (op == NULL && (!logged || log_error != 0))
+		if (op == NULL && (!logged || lazy || log_error != 0))
 			break;
-		if (syncfs(q->spool_fd) == 0)
+		if (syncfs(q->spool_fd) == 0) {
+			spoollog_synced(q->log);
 			break;
+		}
 		error = errno;
 		log_warn("%s: syncfs", q->spool);
 		if (logged && log_error == 0)
@@ -1001,15 +1013,37 @@ queue_thread(void *arg)
 {
 	struct queue *q = arg;
 	struct qop *group;
+	struct timespec ts;
 	size_t max;
 	int n, wake;
 
 	pthread_mutex_lock(&q->mtx);
 	for (;;) {
-		while (q->pending.head == NULL && !q->stopping)
-			pthread_cond_wait(&q->cv_work, &q->mtx);
-		if (q->pending.head == NULL)
-			break;	/* stopping, and nothing left to do */
+		while (q->pending.head == NULL && !q->stopping) {
+			if (!spoollog_unsynced(q->log)) {
+				pthread_cond_wait(&q->cv_work, &q->mtx);
+				continue;
+			}
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += QUEUE_LOG_LAZY_MS * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			if (pthread_cond_timedwait(&q->cv_work, &q->mtx, &ts) ==
+			    ETIMEDOUT && q->pending.head == NULL) {
+				pthread_mutex_unlock(&q->mtx);
+				(void)spoollog_sync(q->log);
+				pthread_mutex_lock(&q->mtx);
+			}
+		}
+		if (q->pending.head == NULL) {
+			/* Stopping, and nothing left to do. */
+			pthread_mutex_unlock(&q->mtx);
+			(void)spoollog_sync(q->log);
+			pthread_mutex_lock(&q->mtx);
+			break;
+		}
 		group = qop_list_take_max(&q->pending, q->group_max);
 		q->busy = 1;
 		pthread_mutex_unlock(&q->mtx);

@@ -91,6 +91,7 @@ struct spoollog {
 	int wfd;		/* the newest file, for writing; -1: none */
 	uint32_t wseq;
 	int broken;		/* the newest file failed: start another */
+	int unsynced;		/* it has records written but not synced */
 	unsigned char *stage;
 	size_t stagelen, stagecap;
 	struct staged *staged;
@@ -767,8 +768,13 @@ file_new(struct spoollog *log)
 	if ((rfd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC |
 	    O_NOFOLLOW)) == -1 || fsync(log->dir_fd) == -1)
 		goto fail_unlink;
-	if (log->wfd != -1)
+	if (log->wfd != -1) {
+		/* Tombstones written lazily to the old file: synced before
+		 * anything goes to the new one, so the files never disagree
+		 * about what a power cut kept. */
+		(void)spoollog_sync(log);
 		close(log->wfd);
+	}
 	log->wfd = wfd;
 	log->wseq = seq;
 	log->broken = 0;
@@ -840,7 +846,38 @@ spoollog_flush(struct spoollog *log, int sync, off_t *base)
 		return -1;
 	}
 	log->broken = 0;
+	log->unsynced = !sync;
 	return 0;
+}
+
+int
+spoollog_unsynced(const struct spoollog *log)
+{
+	return log->unsynced;
+}
+
+void
+spoollog_synced(struct spoollog *log)
+{
+	log->unsynced = 0;
+}
+
+int
+spoollog_sync(struct spoollog *log)
+{
+	char name[SPOOLLOG_NAME_LEN + 1];
+
+	if (!log->unsynced || log->wfd == -1)
+		return 0;
+	log->unsynced = 0;
+	if (fdatasync(log->wfd) == 0)
+		return 0;
+	/* Only tombstones wait for this sync: a power cut may now bring
+	 * their messages back, to be delivered once more. */
+	file_name(log->wseq, name, sizeof(name));
+	log_warn("%s/log/%s: fdatasync", log->spool, name);
+	log->broken = 1;
+	return -1;
 }
 
 void

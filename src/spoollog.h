@@ -102,6 +102,15 @@ int spoollog_pending(const struct spoollog *log);
 int spoollog_flush(struct spoollog *log, int sync, off_t *base);
 void spoollog_commit(struct spoollog *log);
 void spoollog_discard(struct spoollog *log);
+/*
+ * Written without a sync (spoollog_flush with sync 0): spoollog_unsynced()
+ * says so until a later flush with sync, spoollog_synced() (the caller
+ * synced the filesystem) or spoollog_sync() (fdatasync now; -1 if it
+ * failed, logged). Starting a new file syncs the old one first.
+ */
+int spoollog_unsynced(const struct spoollog *log);
+void spoollog_synced(struct spoollog *log);
+int spoollog_sync(struct spoollog *log);
 
 /*
  * Commit thread, between groups: deletes the oldest files while nothing
