@@ -7,6 +7,8 @@
  *	spare/<name>	a removed message's file kept for reuse, or a
  *			message being received into such a file; never
  *			taken for a message
+ *	log/<seq>	the spool log (spoollog.h): every message of up to
+ *			log_max bytes, its state records and tombstone
  *
  * A queue file is a fixed 64-byte preamble, the envelope text (envelope.h),
  * the body, then state records appended one line per update:
@@ -65,6 +67,24 @@
  * removed message must have closed its queue_body_open() descriptor before
  * asking for the removal (the scheduler removes only after the attempt,
  * and with it the read, finished).
+ *
+ * The spool log. A message of up to log_max bytes (spool_log_max, 64 KB
+ * by default) is kept in memory while it streams in, and its commit appends
+ * one record to the newest log file instead of creating, syncing, renaming
+ * and directory-syncing a file of its own: the group's records go out in
+ * one pwrite and one fdatasync (or the group's syncfs), and the log file's
+ * name was made durable once, when it was created. A message that outgrows
+ * log_max moves to tmp/ (or a spare) with what it has and goes on as a
+ * file. State records and removals of a log message are log records too
+ * (a state record, a tombstone), in the same group as everything else, so
+ * the order of operations on one message holds across both kinds. A
+ * group whose only log records are tombstones writes them at once but
+ * leaves their sync to the next group's records, or to QUEUE_LOG_LAZY_MS
+ * of quiet: the page cache keeps them across a crash of the process, and a
+ * power cut in between can only deliver such a message once more, never
+ * lose one. Between groups the thread lets the log reclaim its oldest
+ * files (spoollog_maintain). Files in queue/ are read as ever, so a spool
+ * of an earlier version loses nothing.
  *
  * The duplicate window: a message whose upstream said 250 is marked sent
  * durably only when its state record is synced. A crash in between, or a

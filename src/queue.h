@@ -7,7 +7,10 @@
  * callback run, on the loop thread, so a 250 is never sent for a message
  * that a crash could lose. Concurrent sessions share syncs (group commit).
  *
- * One file per message: "<id>" in <spool>/queue holds the encoded envelope,
+ * Small messages (queue_log_max()) are committed to the spool log instead
+ * (spoollog.h): one append and one fdatasync per group, no file and no
+ * directory sync per message. The others are one file per message: "<id>"
+ * in <spool>/queue holds the encoded envelope,
  * the body, then appended state records (see envelope.h). A removed
  * message's file may be kept in spare/ and reused for a later message
  * instead of being unlinked. Files in tmp/ and spare/ are never taken for

@@ -243,6 +243,8 @@ index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
 	struct logfile *f;
 	int created;
 
+	if (id == 0)
+		return;	/* never a queue id; 0 marks a free slot */
 	switch (type) {
 	case LOGREC_MESSAGE:
 		e = index_get(log, id, &created);

@@ -87,3 +87,9 @@ def tombstones(data, salt):
     return [qid for typ, qid, _, _, _ in records(data, salt,
                                                 check_payload=False)
             if typ == DONE]
+
+
+if __name__ == "__main__":
+    # spoolread.py SPOOL: how many messages the spool log holds.
+    import sys
+    print(len(live_ids(sys.argv[1])))

@@ -522,6 +522,37 @@ Test(config, route_and_backup_errors_name_file_and_line)
 	expect_errors(bad, sizeof(bad) / sizeof(*bad));
 }
 
+Test(config, spool_log_max)
+{
+	struct config *c;
+
+	c = config_parse_string("hostname = \"h\";\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
+	    sizeof(err));
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->spool_log_max, 65536);
+	config_free(c);
+	c = config_parse_string("hostname = \"h\";\nspool_log_max = \"1m\";\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
+	    sizeof(err));
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->spool_log_max, 1024 * 1024);
+	config_free(c);
+	c = config_parse_string("hostname = \"h\";\nspool_log_max = 0;\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
+	    sizeof(err));
+	cr_assert_not_null(c, "%s", err);
+	cr_assert_eq(c->spool_log_max, 0);
+	config_free(c);
+	c = config_parse_string("hostname = \"h\";\n"
+	    "spool_log_max = \"17m\";\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "test.conf",
+	    err, sizeof(err));
+	cr_assert_null(c);
+	cr_assert(strstr(err, "test.conf:2: spool_log_max") != NULL, "%s",
+	    err);
+}
+
 Test(config, session_limits)
 {
 	struct config *c;
