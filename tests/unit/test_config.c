@@ -522,33 +522,37 @@ Test(config, route_and_backup_errors_name_file_and_line)
 	expect_errors(bad, sizeof(bad) / sizeof(*bad));
 }
 
+/* A config with one relay and the given top-level line. */
+static struct config *
+parse_top(const char *line)
+{
+	char text[256];
+
+	snprintf(text, sizeof(text), "hostname = \"h\";\n%s\n"
+	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", line);
+	return config_parse_string(text, "test.conf", err, sizeof(err));
+}
+
 Test(config, spool_log_max)
 {
+	static const struct {
+		const char *line;
+		size_t want;
+	} ok[] = {
+		{ "", 65536 },
+		{ "spool_log_max = \"1m\";", 1024 * 1024 },
+		{ "spool_log_max = 0;", 0 },
+	};
 	struct config *c;
+	size_t i;
 
-	c = config_parse_string("hostname = \"h\";\n"
-	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
-	    sizeof(err));
-	cr_assert_not_null(c, "%s", err);
-	cr_assert_eq(c->spool_log_max, 65536);
-	config_free(c);
-	c = config_parse_string("hostname = \"h\";\nspool_log_max = \"1m\";\n"
-	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
-	    sizeof(err));
-	cr_assert_not_null(c, "%s", err);
-	cr_assert_eq(c->spool_log_max, 1024 * 1024);
-	config_free(c);
-	c = config_parse_string("hostname = \"h\";\nspool_log_max = 0;\n"
-	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "t", err,
-	    sizeof(err));
-	cr_assert_not_null(c, "%s", err);
-	cr_assert_eq(c->spool_log_max, 0);
-	config_free(c);
-	c = config_parse_string("hostname = \"h\";\n"
-	    "spool_log_max = \"17m\";\n"
-	    "relays = { r = { host = \"127.0.0.1\"; }; };\n", "test.conf",
-	    err, sizeof(err));
-	cr_assert_null(c);
+	for (i = 0; i < sizeof(ok) / sizeof(*ok); i++) {
+		c = parse_top(ok[i].line);
+		cr_assert_not_null(c, "%s", err);
+		cr_assert_eq(c->spool_log_max, ok[i].want, "%s", ok[i].line);
+		config_free(c);
+	}
+	cr_assert_null(parse_top("spool_log_max = \"17m\";"));
 	cr_assert(strstr(err, "test.conf:2: spool_log_max") != NULL, "%s",
 	    err);
 }
