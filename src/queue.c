@@ -1237,7 +1237,7 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	    errlen)) == -1 ||
 	    (q->spare_fd = open_subdir(q->spool_fd, "spare", spool, err,
 	    errlen)) == -1 ||
-	    (q->log = spoollog_open(q->spool_fd, spool, sync, err, errlen)) ==
+	    (q->log = spoollog_open(q->spool_fd, spool, err, errlen)) ==
 	    NULL)
 		goto fail;
 	/* Replayed now, before anything can append to the log. */

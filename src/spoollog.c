@@ -75,7 +75,6 @@ struct staged {
 
 struct spoollog {
 	char *spool;
-	enum spool_sync sync;
 	int dir_fd;		/* <spool>/log */
 
 	pthread_mutex_t mtx;	/* guards the index and files[] */
@@ -283,15 +282,13 @@ index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
 }
 
 struct spoollog *
-spoollog_open(int spool_fd, const char *spool, enum spool_sync sync,
-    char *err, size_t errlen)
+spoollog_open(int spool_fd, const char *spool, char *err, size_t errlen)
 {
 	struct spoollog *log;
 	int created = 0;
 
 	log = xcalloc(1, sizeof(*log));
 	log->spool = xstrdup(spool);
-	log->sync = sync;
 	log->wfd = -1;
 	log->dir_fd = -1;
 	log->file_size = SPOOLLOG_FILE_SIZE;

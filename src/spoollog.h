@@ -39,7 +39,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "config.h"
 #include "envelope.h"
 #include "logrec.h"
 
@@ -47,8 +46,8 @@ struct spoollog;
 
 /* Creates <spool>/log if needed (syncing the spool directory) and opens
  * it. Returns NULL with a message in err. */
-struct spoollog *spoollog_open(int spool_fd, const char *spool,
-    enum spool_sync sync, char *err, size_t errlen);
+struct spoollog *spoollog_open(int spool_fd, const char *spool, char *err,
+    size_t errlen);
 void spoollog_free(struct spoollog *log);
 
 /*
