@@ -1918,6 +1918,8 @@ queue_txn_write(struct queue_txn *txn, const void *buf, size_t len)
 		errno = txn->error;
 		return -1;
 	}
+	if (len == 0)
+		return 0;
 	if (txn->inmem && (size_t)txn->size + len <= txn->q->log_max) {
 		if ((size_t)txn->size + len > txn->memcap) {
 			txn->memcap = txn->memcap == 0 ? 8192 : txn->memcap * 2;

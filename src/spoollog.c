@@ -2,7 +2,7 @@
  * The spool log (see spoollog.h for the format and the rules). Invariants:
  *  - a record is in the index only after the write that holds it was
  *    synced (spoollog_commit() runs after spoollog_flush() succeeded);
- *  - only the newest file (log->cur) is ever written to, and after a failed
+ *  - only the newest file (log->wfd) is ever written to, and after a failed
  *    write or sync it is abandoned: the next flush starts a new file, so a
  *    record never follows bytes that may be torn;
  *  - files are deleted oldest first, one directory sync each, and only when
@@ -38,6 +38,13 @@
  * messages of 4 KB.
  */
 #define SPOOLLOG_FILE_SIZE (8U * 1024 * 1024)
+/*
+ * Room kept in a log file for state records and tombstones when the disk
+ * is too full to preallocate a whole file: they then always fit, so
+ * delivered mail can still be removed and its space freed, whereas new
+ * messages get 452 until there is room again.
+ */
+#define SPOOLLOG_RESERVE (64U * 1024)
 /* Messages copied forward per spoollog_maintain() call, so a copy never
  * holds up the commits waiting behind it for long. */
 #define SPOOLLOG_COPY_MAX 64
@@ -91,6 +98,9 @@ struct spoollog {
 	uint32_t wseq;
 	int broken;		/* the newest file failed: start another */
 	int unsynced;		/* it has records written but not synced */
+	int written;		/* the staged records went to the file */
+	size_t prealloc;	/* bytes preallocated in it: file_size, or
+				   less when the disk was nearly full */
 	unsigned char *stage;
 	size_t stagelen, stagecap;
 	struct staged *staged;
@@ -456,8 +466,26 @@ list_files(struct spoollog *log, size_t *n)
 	return seqs;
 }
 
-/* Deletes the oldest files while nothing in them is live, except the one
- * being written. Returns the number deleted. */
+/*
+ * Whether the oldest file may go: nothing live in it and, if it is the one
+ * being written (then the only one), it takes no more messages anyway
+ * (full, failed, or cut short by a full disk). Locked.
+ */
+static int
+oldest_done(struct spoollog *log)
+{
+	struct logfile *f = &log->files[0];
+
+	if (log->nfiles == 0 || f->live > 0)
+		return 0;
+	if (log->wfd == -1 || f->seq != log->wseq)
+		return 1;
+	return log->broken || f->end >= log->file_size ||
+	    log->prealloc < log->file_size;
+}
+
+/* Deletes the oldest files while nothing in them is live (oldest_done).
+ * Returns the number deleted. */
 static size_t
 reclaim(struct spoollog *log)
 {
@@ -467,8 +495,7 @@ reclaim(struct spoollog *log)
 
 	for (;;) {
 		pthread_mutex_lock(&log->mtx);
-		if (log->nfiles == 0 || log->files[0].live > 0 ||
-		    (log->wfd != -1 && log->files[0].seq == log->wseq)) {
+		if (!oldest_done(log)) {
 			pthread_mutex_unlock(&log->mtx);
 			return n;
 		}
@@ -478,6 +505,13 @@ reclaim(struct spoollog *log)
 		log->nfiles--;
 		pthread_mutex_unlock(&log->mtx);
 		close(f.fd);
+		if (log->wfd != -1 && f.seq == log->wseq) {
+			/* Everything in it is dead, its tombstones too:
+			 * no sync needed before it goes. */
+			close(log->wfd);
+			log->wfd = -1;
+			log->unsynced = 0;
+		}
 		file_name(f.seq, name, sizeof(name));
 		/*
 		 * One directory sync per file: the tombstones in a newer file
@@ -751,6 +785,7 @@ file_new(struct spoollog *log)
 {
 	char name[SPOOLLOG_NAME_LEN + 1];
 	uint32_t seq = log->last_seq + 1;
+	size_t prealloc;
 	int wfd = -1, rfd = -1, error;
 
 	file_name(seq, name, sizeof(name));
@@ -758,12 +793,23 @@ file_new(struct spoollog *log)
 	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1)
 		goto fail;
 	log->last_seq = seq;
-	/* Preallocation only saves work later: without it (no support, or
-	 * no room for a whole file) appends grow the file as they go. */
+	/*
+	 * Preallocated so that appends change no size and never run out of
+	 * space. With no room for a whole file, a reserve will do (see
+	 * SPOOLLOG_RESERVE); with no room for that either, no file. Without
+	 * support (or under a file size limit) appends grow the file.
+	 */
+	prealloc = log->file_size;
 	if (fallocate(wfd, 0, 0, (off_t)log->file_size) == -1 &&
-	    errno != EOPNOTSUPP)
-		log_debug("%s/log/%s: fallocate: %s", log->spool, name,
-		    strerror(errno));
+	    (errno == ENOSPC || errno == EDQUOT)) {
+		prealloc = 2 * SPOOLLOG_RESERVE < log->file_size ?
+		    2 * SPOOLLOG_RESERVE : log->file_size;
+		if (fallocate(wfd, 0, 0, (off_t)prealloc) == -1 &&
+		    (errno == ENOSPC || errno == EDQUOT))
+			goto fail_unlink;
+		log_warnx("%s/log/%s: disk nearly full: %zu bytes "
+		    "preallocated", log->spool, name, prealloc);
+	}
 	if ((rfd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC |
 	    O_NOFOLLOW)) == -1 || fsync(log->dir_fd) == -1)
 		goto fail_unlink;
@@ -777,6 +823,7 @@ file_new(struct spoollog *log)
 	log->wfd = wfd;
 	log->wseq = seq;
 	log->broken = 0;
+	log->prealloc = prealloc;
 	pthread_mutex_lock(&log->mtx);
 	file_add(log, seq, rfd);
 	pthread_mutex_unlock(&log->mtx);
@@ -798,6 +845,32 @@ file_new(struct spoollog *log)
 	return -1;
 }
 
+static int
+staged_messages(const struct spoollog *log)
+{
+	size_t i;
+
+	for (i = 0; i < log->nstaged; i++)
+		if (log->staged[i].type == LOGREC_MESSAGE)
+			return 1;
+	return 0;
+}
+
+/*
+ * Whether the staged records, messages among them, go in the newest file
+ * at end: it is not full, and in a file cut short by a full disk they
+ * leave SPOOLLOG_RESERVE for the state records and tombstones to come.
+ * (Those alone always go to the newest file, full or not.)
+ */
+static int
+room_for_messages(const struct spoollog *log, off_t end)
+{
+	if ((size_t)end >= log->file_size)
+		return 0;
+	return log->prealloc >= log->file_size ||
+	    (size_t)end + log->stagelen + SPOOLLOG_RESERVE <= log->prealloc;
+}
+
 int
 spoollog_flush(struct spoollog *log, int sync, off_t *base)
 {
@@ -815,8 +888,9 @@ spoollog_flush(struct spoollog *log, int sync, off_t *base)
 		id_text(log->bury[i], name, sizeof(name));
 		spoollog_add(log, LOGREC_DONE, name, NULL, 0, NULL, 0);
 	}
-	if (f == NULL || log->broken || (size_t)end >= log->file_size ||
-	    (uint64_t)end + log->stagelen > UINT32_MAX) {
+	if (f == NULL || log->broken ||
+	    (uint64_t)end + log->stagelen > UINT32_MAX ||
+	    (staged_messages(log) && !room_for_messages(log, end))) {
 		if (file_new(log) == -1)
 			return -1;
 		end = 0;
@@ -830,6 +904,7 @@ spoollog_flush(struct spoollog *log, int sync, off_t *base)
 	/* From here on a failure leaves bytes that may be torn: the file
 	 * is never appended to again (see spoollog_discard). */
 	log->broken = 1;
+	log->written = 1;
 	file_name(log->wseq, name, sizeof(name));
 	if (fileio_pwrite_all(log->wfd, log->stage, log->stagelen, end) ==
 	    -1) {
@@ -898,6 +973,7 @@ spoollog_commit(struct spoollog *log)
 	log->stagelen = 0;
 	log->nstaged = 0;
 	log->nbury = 0;
+	log->written = 0;
 }
 
 void
@@ -905,8 +981,12 @@ spoollog_discard(struct spoollog *log)
 {
 	size_t i, n = 0;
 
-	if (log->nstaged > 0)
+	/* Records that reached the file, unsynced or torn: never append
+	 * after them. (A failure before the write, such as no room for a
+	 * new file, leaves the newest file as good as it was.) */
+	if (log->written)
 		log->broken = 1;
+	log->written = 0;
 	/* The tombstones already staged for earlier failures stay listed;
 	 * add this flush's messages. */
 	for (i = 0; i < log->nstaged; i++)
