@@ -474,9 +474,12 @@ list_files(struct spoollog *log, size_t *n)
 static int
 oldest_done(struct spoollog *log)
 {
-	struct logfile *f = &log->files[0];
+	struct logfile *f;
 
-	if (log->nfiles == 0 || f->live > 0)
+	if (log->nfiles == 0)
+		return 0;
+	f = &log->files[0];
+	if (f->live > 0)
 		return 0;
 	if (log->wfd == -1 || f->seq != log->wseq)
 		return 1;
