@@ -9,6 +9,19 @@
  *    no live message record is in them (copies forward are synced first).
  * The mutex guards the index and the file table; the commit thread holds it
  * only to change them, never across I/O, so readers wait for microseconds.
+ *
+ * Notes (spoollog_note) are written by another thread, the event loop's,
+ * into the newest file. The write mutex makes the file's writers take
+ * turns: it guards the newest file (wfd, wseq, wend, broken, prealloc,
+ * last_seq) and is held across every write into it, the commit thread's
+ * and the notes', though across a sync only when a file is started (rare:
+ * once per file_size of records, or once after a restart). So every byte
+ * before a
+ * reserved range is written (into the page cache at least) before that
+ * range is, and a sync of the file covers the notes before the records it
+ * was for: a note torn by a power cut is never followed by a record that a
+ * sync acknowledged. A note that fails part-way makes the file broken like
+ * any failed write. Lock order: the write mutex, then the mutex.
  */
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -85,6 +98,7 @@ struct spoollog {
 	int dir_fd;		/* <spool>/log */
 
 	pthread_mutex_t mtx;	/* guards the index and files[] */
+	pthread_mutex_t wmtx;	/* guards the newest file, see above */
 	struct entry *slots;
 	size_t nslots;		/* a power of two, or 0 */
 	size_t nlive;
@@ -92,15 +106,20 @@ struct spoollog {
 	size_t nfiles;
 	unsigned long copied;
 
-	/* Commit thread only. */
+	/* The newest file: written under wmtx, by the commit thread and by
+	 * a note that finds no file (wfd -1); the commit thread may read
+	 * them without it. */
 	uint32_t last_seq;	/* highest seq ever seen or made */
 	int wfd;		/* the newest file, for writing; -1: none */
 	uint32_t wseq;
+	off_t wend;		/* where its next record goes */
 	int broken;		/* the newest file failed: start another */
-	int unsynced;		/* it has records written but not synced */
-	int written;		/* the staged records went to the file */
 	size_t prealloc;	/* bytes preallocated in it: file_size, or
 				   less when the disk was nearly full */
+
+	/* Commit thread only. */
+	int unsynced;		/* it has records written but not synced */
+	int written;		/* the staged records went to the file */
 	unsigned char *stage;
 	size_t stagelen, stagecap;
 	struct staged *staged;
@@ -303,6 +322,7 @@ spoollog_open(int spool_fd, const char *spool, char *err, size_t errlen)
 	log->dir_fd = -1;
 	log->file_size = SPOOLLOG_FILE_SIZE;
 	pthread_mutex_init(&log->mtx, NULL);
+	pthread_mutex_init(&log->wmtx, NULL);
 	if (mkdirat(spool_fd, "log", 0700) == 0)
 		created = 1;
 	else if (errno != EEXIST) {
@@ -341,6 +361,7 @@ spoollog_free(struct spoollog *log)
 	if (log->dir_fd != -1)
 		close(log->dir_fd);
 	pthread_mutex_destroy(&log->mtx);
+	pthread_mutex_destroy(&log->wmtx);
 	free(log->files);
 	free(log->slots);
 	free(log->stage);
@@ -497,9 +518,11 @@ reclaim(struct spoollog *log)
 	size_t n = 0;
 
 	for (;;) {
+		pthread_mutex_lock(&log->wmtx);
 		pthread_mutex_lock(&log->mtx);
 		if (!oldest_done(log)) {
 			pthread_mutex_unlock(&log->mtx);
+			pthread_mutex_unlock(&log->wmtx);
 			return n;
 		}
 		f = log->files[0];
@@ -515,6 +538,7 @@ reclaim(struct spoollog *log)
 			log->wfd = -1;
 			log->unsynced = 0;
 		}
+		pthread_mutex_unlock(&log->wmtx);
 		file_name(f.seq, name, sizeof(name));
 		/*
 		 * One directory sync per file: the tombstones in a newer file
@@ -779,9 +803,12 @@ spoollog_pending(const struct spoollog *log)
 	return log->nstaged > 0;
 }
 
+static int sync_locked(struct spoollog *log);
+
 /*
  * Starts log/<seq>: created, preallocated, and its name made durable by a
- * sync of log/ (once per file, never per message).
+ * sync of log/ (once per file, never per message). Write-locked; a note
+ * calls it only when there is no newest file, so it never syncs one.
  */
 static int
 file_new(struct spoollog *log)
@@ -820,11 +847,12 @@ file_new(struct spoollog *log)
 		/* Tombstones written lazily to the old file: synced before
 		 * anything goes to the new one, so the files never disagree
 		 * about what a power cut kept. */
-		(void)spoollog_sync(log);
+		(void)sync_locked(log);
 		close(log->wfd);
 	}
 	log->wfd = wfd;
 	log->wseq = seq;
+	log->wend = 0;
 	log->broken = 0;
 	log->prealloc = prealloc;
 	pthread_mutex_lock(&log->mtx);
@@ -877,25 +905,26 @@ room_for_messages(const struct spoollog *log, off_t end)
 int
 spoollog_flush(struct spoollog *log, int sync, off_t *base)
 {
-	struct logfile *f;
 	off_t end;
 	size_t i;
 	char name[ENVELOPE_ID_MAX];
-	int error;
+	int error, fd;
 
-	pthread_mutex_lock(&log->mtx);
-	f = log->wfd != -1 ? file_find(log, log->wseq) : NULL;
-	end = f != NULL ? (off_t)f->end : 0;
-	pthread_mutex_unlock(&log->mtx);
 	for (i = 0; i < log->nbury; i++) {
 		id_text(log->bury[i], name, sizeof(name));
 		spoollog_add(log, LOGREC_DONE, name, NULL, 0, NULL, 0);
 	}
-	if (f == NULL || log->broken ||
+	pthread_mutex_lock(&log->wmtx);
+	end = log->wend;
+	if (log->wfd == -1 || log->broken ||
 	    (uint64_t)end + log->stagelen > UINT32_MAX ||
 	    (staged_messages(log) && !room_for_messages(log, end))) {
-		if (file_new(log) == -1)
+		if (file_new(log) == -1) {
+			error = errno;
+			pthread_mutex_unlock(&log->wmtx);
+			errno = error;
 			return -1;
+		}
 		end = 0;
 	}
 	for (i = 0; i < log->nstaged; i++)
@@ -904,27 +933,98 @@ spoollog_flush(struct spoollog *log, int sync, off_t *base)
 	log->flushed_base = end;
 	log->flushed_seq = log->wseq;
 	*base = end;
+	fd = log->wfd;
+	file_name(log->wseq, name, sizeof(name));
 	/* From here on a failure leaves bytes that may be torn: the file
 	 * is never appended to again (see spoollog_discard). */
-	log->broken = 1;
 	log->written = 1;
-	file_name(log->wseq, name, sizeof(name));
-	if (fileio_pwrite_all(log->wfd, log->stage, log->stagelen, end) ==
-	    -1) {
+	log->wend = end + (off_t)log->stagelen;
+	if (fileio_pwrite_all(fd, log->stage, log->stagelen, end) == -1) {
 		error = errno;
+		log->broken = 1;
+		pthread_mutex_unlock(&log->wmtx);
 		log_warn("%s/log/%s: write", log->spool, name);
 		errno = error;
 		return -1;
 	}
-	if (sync && fdatasync(log->wfd) == -1) {
+	pthread_mutex_unlock(&log->wmtx);
+	/* Notes written meanwhile go after these records; this sync covers
+	 * those written before them. */
+	if (sync && fdatasync(fd) == -1) {
 		error = errno;
+		pthread_mutex_lock(&log->wmtx);
+		log->broken = 1;
+		pthread_mutex_unlock(&log->wmtx);
 		log_warn("%s/log/%s: fdatasync", log->spool, name);
 		errno = error;
 		return -1;
 	}
-	log->broken = 0;
 	log->unsynced = !sync;
 	return 0;
+}
+
+int
+spoollog_note(struct spoollog *log, const char *id, const void *text,
+    size_t textlen)
+{
+	unsigned char *rec;
+	struct entry *e;
+	struct logfile *f;
+	uint64_t num = id_number(id);
+	size_t len = LOGREC_HEADER_LEN + textlen;
+	char name[SPOOLLOG_NAME_LEN + 1];
+	off_t at;
+	int error = 0;
+
+	if (textlen > LOGREC_PAYLOAD_MAX) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	rec = xmalloc(len);
+	memcpy(rec + LOGREC_HEADER_LEN, text, textlen);
+	pthread_mutex_lock(&log->wmtx);
+	/* After a restart the first file is started by whichever write
+	 * comes first; after a failure only the commit thread starts one
+	 * (it syncs the old file first). */
+	if (log->wfd == -1 && file_new(log) == -1)
+		error = errno;
+	else if (log->broken)
+		error = EIO;
+	else if ((uint64_t)log->wend + len > UINT32_MAX)
+		error = EFBIG;
+	if (error != 0)
+		goto done;
+	at = log->wend;
+	logrec_header(rec, log->wseq, LOGREC_STATE, num, 0,
+	    rec + LOGREC_HEADER_LEN, (uint32_t)textlen);
+	/* write(2) at the file's end of records: in the page cache when it
+	 * returns, so it outlives the process without a sync. */
+	if (lseek(log->wfd, at, SEEK_SET) == -1 ||
+	    fileio_write_all(log->wfd, rec, len) == -1) {
+		error = errno;
+		/* Part of it may be there: nothing goes after it. */
+		log->broken = 1;
+		file_name(log->wseq, name, sizeof(name));
+		log_warn("%s/log/%s: note %s", log->spool, name, id);
+		goto done;
+	}
+	log->wend = at + (off_t)len;
+	/* Readers see it now, as a restart after a crash of the process
+	 * would. */
+	pthread_mutex_lock(&log->mtx);
+	if ((f = file_find(log, log->wseq)) != NULL &&
+	    f->end < (uint64_t)log->wend)
+		f->end = (uint64_t)log->wend;
+	if ((e = index_find(log, num)) != NULL) {
+		e->st_seq = log->wseq;
+		e->st_off = (uint32_t)at;
+	}
+	pthread_mutex_unlock(&log->mtx);
+ done:
+	pthread_mutex_unlock(&log->wmtx);
+	free(rec);
+	errno = error;
+	return error == 0 ? 0 : -1;
 }
 
 int
@@ -939,8 +1039,9 @@ spoollog_synced(struct spoollog *log)
 	log->unsynced = 0;
 }
 
-int
-spoollog_sync(struct spoollog *log)
+/* spoollog_sync() with the write mutex held. */
+static int
+sync_locked(struct spoollog *log)
 {
 	char name[SPOOLLOG_NAME_LEN + 1];
 
@@ -949,11 +1050,35 @@ spoollog_sync(struct spoollog *log)
 	log->unsynced = 0;
 	if (fdatasync(log->wfd) == 0)
 		return 0;
-	/* Only tombstones wait for this sync: a power cut may now bring
-	 * their messages back, to be delivered once more. */
+	/* Only tombstones and notes wait for this sync: a power cut may now
+	 * bring their messages back, to be delivered once more. */
 	file_name(log->wseq, name, sizeof(name));
 	log_warn("%s/log/%s: fdatasync", log->spool, name);
 	log->broken = 1;
+	return -1;
+}
+
+int
+spoollog_sync(struct spoollog *log)
+{
+	char name[SPOOLLOG_NAME_LEN + 1];
+	int fd;
+
+	/* Only this thread closes or replaces a file it may read here, so
+	 * the sync itself runs without the write mutex. */
+	pthread_mutex_lock(&log->wmtx);
+	fd = log->wfd;
+	file_name(log->wseq, name, sizeof(name));
+	pthread_mutex_unlock(&log->wmtx);
+	if (!log->unsynced || fd == -1)
+		return 0;
+	log->unsynced = 0;
+	if (fdatasync(fd) == 0)
+		return 0;
+	log_warn("%s/log/%s: fdatasync", log->spool, name);
+	pthread_mutex_lock(&log->wmtx);
+	log->broken = 1;
+	pthread_mutex_unlock(&log->wmtx);
 	return -1;
 }
 
@@ -965,7 +1090,9 @@ spoollog_commit(struct spoollog *log)
 	size_t i;
 
 	pthread_mutex_lock(&log->mtx);
-	if ((f = file_find(log, log->flushed_seq)) != NULL)
+	/* Notes may already lie beyond these records. */
+	if ((f = file_find(log, log->flushed_seq)) != NULL &&
+	    f->end < (uint64_t)log->flushed_base + log->stagelen)
 		f->end = (uint64_t)log->flushed_base + log->stagelen;
 	for (i = 0; i < log->nstaged; i++) {
 		st = &log->staged[i];
@@ -987,8 +1114,11 @@ spoollog_discard(struct spoollog *log)
 	/* Records that reached the file, unsynced or torn: never append
 	 * after them. (A failure before the write, such as no room for a
 	 * new file, leaves the newest file as good as it was.) */
-	if (log->written)
+	if (log->written) {
+		pthread_mutex_lock(&log->wmtx);
 		log->broken = 1;
+		pthread_mutex_unlock(&log->wmtx);
+	}
 	log->written = 0;
 	/* The tombstones already staged for earlier failures stay listed;
 	 * add this flush's messages. */
@@ -1103,9 +1233,11 @@ spoollog_maintain(struct spoollog *log)
 	if (log->nstaged > 0)
 		fatalx("%s: records staged", __func__);
 	reclaim(log);
+	pthread_mutex_lock(&log->wmtx);
 	pthread_mutex_lock(&log->mtx);
 	want = copy_wanted(log);
 	pthread_mutex_unlock(&log->mtx);
+	pthread_mutex_unlock(&log->wmtx);
 	if (want) {
 		copy_forward(log);
 		reclaim(log);

@@ -29,8 +29,9 @@
  * at most one half), and one open descriptor per log file.
  *
  * Threads: spoollog_add(), spoollog_flush(), spoollog_maintain() run on one
- * thread (the queue's commit thread); the readers (spoollog_has,
- * spoollog_read, spoollog_body_open, spoollog_foreach) on any thread.
+ * thread (the queue's commit thread); spoollog_note() and the readers
+ * (spoollog_has, spoollog_read, spoollog_body_open, spoollog_foreach) on
+ * any thread.
  */
 #ifndef SMARTHOST_SPOOLLOG_H
 #define SMARTHOST_SPOOLLOG_H
@@ -101,6 +102,23 @@ int spoollog_pending(const struct spoollog *log);
 int spoollog_flush(struct spoollog *log, int sync, off_t *base);
 void spoollog_commit(struct spoollog *log);
 void spoollog_discard(struct spoollog *log);
+/*
+ * Any thread (the event loop's): appends a state record for a live message
+ * to the newest log file at once, with write(2) and without a sync, and
+ * points the index at it. It outlives a crash of the process, where replay
+ * reads it as any state record; a power cut before the file's next sync
+ * may tear it or lose it, and a torn record fails its CRC, which ends the
+ * file's replay there: the message keeps its previous state, and nothing
+ * synced follows a note that was not (the write mutex, see spoollog.c).
+ * A later state record or tombstone of the message must still follow to
+ * make the outcome durable. It waits for a commit thread's write into the
+ * page cache, and after a restart may start the first file itself.
+ * Returns 0, or -1 with errno: EIO (the newest file failed and none was
+ * started since), the write's or the file creation's error (the file is
+ * then never appended to again, so nothing follows a partial note).
+ */
+int spoollog_note(struct spoollog *log, const char *id, const void *text,
+    size_t textlen);
 /*
  * Written without a sync (spoollog_flush with sync 0): spoollog_unsynced()
  * says so until a later flush with sync, spoollog_synced() (the caller
