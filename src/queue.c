@@ -2045,10 +2045,23 @@ queue_note(struct queue *q, const struct envelope *env)
 		errno = EINVAL;
 		return -1;
 	}
-	if ((fd = openat(q->queue_fd, env->id,
-	    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW)) == -1)
-		return -1;
 	record = envelope_state_record(env, &len);
+	/* A message of the log: a state record in the newest log file, read
+	 * back at replay as one the commit thread wrote. */
+	if (spoollog_has(q->log, env->id)) {
+		if (spoollog_note(q->log, env->id, record, len) == -1)
+			error = errno;
+		free(record);
+		errno = error;
+		return error == 0 ? 0 : -1;
+	}
+	if ((fd = openat(q->queue_fd, env->id,
+	    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW)) == -1) {
+		error = errno;
+		free(record);
+		errno = error;
+		return -1;
+	}
 	if (fstat(fd, &st) == -1)
 		error = errno;
 	else if (fileio_write_all(fd, record, len) == -1) {

@@ -143,9 +143,11 @@ typedef void (*queue_done_cb)(int error, void *arg);
 void queue_update(struct queue *q, const struct envelope *env,
     queue_done_cb cb, void *arg);
 /*
- * Appends env's state record to its queue file at once, on the calling
- * thread, without syncing it: a small write into the page cache, which the
- * loop thread may do as it does queue_txn_write(). The record survives the
+ * Appends env's state record to its queue file (or, for a message of the
+ * spool log, to the newest log file: spoollog_note()) at once, on the
+ * calling thread, without syncing it: a small write into the page cache,
+ * which the loop thread may do as it does queue_txn_write(). The record
+ * survives the
  * process (SIGKILL, a crash, the OOM killer) though not a power cut, so a
  * queue_update() or queue_remove() must still follow to make the outcome
  * durable. Call it when an upstream has just accepted recipients, before
@@ -154,7 +156,9 @@ void queue_update(struct queue *q, const struct envelope *env,
  * queue_remove() of the message is in progress, and never with a state the
  * queue must not know before something else is durable (a recipient that
  * failed before its bounce is committed). Returns 0, or -1 with errno
- * (the file is left as it was; the durable write still follows).
+ * (the queue file is left as it was, a log file is written to no more;
+ * either way no partial record is read back, and the durable write still
+ * follows).
  */
 int queue_note(struct queue *q, const struct envelope *env);
 /* Removes a finished message off the loop thread; cb may be NULL. Close

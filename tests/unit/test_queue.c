@@ -2295,3 +2295,141 @@ Test(queue, log_tombstone_shares_the_next_sync_or_waits_briefly)
 	envelope_free(env);
 	free(body);
 }
+
+/* A note of a log message: a state record in the newest log file, written
+ * at once without a sync; read back now and by a restart with no durable
+ * update after it (the daemon's own crash). */
+Test(queue, log_note_is_read_back_without_a_sync)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 2), *c, *l;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(3000);
+	int syncs;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c = log_commit_one(q, env, body, 3000);
+	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok: noted");
+	syncs = __atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST);
+	cr_assert_eq(queue_note(q, c), 0, "note: %s", strerror(errno));
+	cr_assert_eq(__atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST),
+	    syncs, "queue_note synced");
+	cr_assert(!exists("queue", c->id), "a note made a queue file");
+	l = queue_read(q, c->id);
+	cr_assert_not_null(l, "read: %s", strerror(errno));
+	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
+	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
+	assert_body(q, l, body, 3000);
+	envelope_free(l);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	l = ld.env[0];
+	cr_assert_str_eq(l->id, c->id);
+	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
+	cr_assert_str_eq(l->rcpts[0].reply, "250 2.0.0 Ok: noted");
+	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
+	assert_body(q, l, body, 3000);
+	/* The durable update still works after it, now from the first file
+	 * of this run, which the note started. */
+	cr_assert_eq(queue_note(q, c), 0, "note: %s", strerror(errno));
+	c->attempts = 2;
+	cr_assert_eq(update_wait(q, c), 0);
+	queue_close(q);
+	loaded_free(&ld);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	cr_assert_eq(ld.env[0]->rcpts[0].status, RCPT_SENT);
+	cr_assert_eq(ld.env[0]->attempts, 2);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+/* A note that cannot be written whole ends writes to its log file: the
+ * durable update goes to a new file, never after the torn bytes, where
+ * replay would not reach it. */
+Test(queue, log_failed_note_leaves_no_partial_record)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c, *l;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(1000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c = log_commit_one(q, env, body, 1000);
+	cr_assert_eq(count_dir("log"), 1);
+	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok");
+	__atomic_store_n(&fault_write_budget, 5, __ATOMIC_SEQ_CST);
+	errno = 0;
+	cr_assert_eq(queue_note(q, c), -1);
+	cr_assert_eq(errno, ENOSPC);
+	__atomic_store_n(&fault_write_budget, -1, __ATOMIC_SEQ_CST);
+	/* The previous state holds until the durable update. */
+	l = queue_read(q, c->id);
+	cr_assert_not_null(l, "read: %s", strerror(errno));
+	cr_assert_eq(l->rcpts[0].status, RCPT_PENDING);
+	envelope_free(l);
+
+	c->attempts = 3;
+	cr_assert_eq(update_wait(q, c), 0);
+	cr_assert_eq(count_dir("log"), 2);
+	l = queue_read(q, c->id);
+	cr_assert_not_null(l, "read: %s", strerror(errno));
+	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
+	cr_assert_eq(l->attempts, 3);
+	envelope_free(l);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	l = ld.env[0];
+	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
+	cr_assert_eq(l->attempts, 3);
+	assert_body(q, l, body, 1000);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+/* A power cut that tears a note (it was never synced): its CRC fails, the
+ * replay of the file ends there, and the message keeps its previous
+ * state. A duplicate at worst, never a loss. */
+Test(queue, log_torn_note_keeps_previous_state)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 2), *c, *l;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(2000);
+	unsigned char junk[8];
+	off_t note;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c = log_commit_one(q, env, body, 2000);
+	/* The note goes right after the message's record. */
+	note = c->body_offset + c->body_size;
+	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok: torn");
+	cr_assert_eq(queue_note(q, c), 0, "note: %s", strerror(errno));
+	queue_close(q);
+	memset(junk, 'x', sizeof(junk));
+	log_tail_damage(junk, sizeof(junk), note + 40);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	l = ld.env[0];
+	cr_assert_str_eq(l->id, c->id);
+	cr_assert_eq(l->rcpts[0].status, RCPT_PENDING);
+	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
+	assert_body(q, l, body, 2000);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
