@@ -94,7 +94,10 @@
  * losing mail. For the commonest crash, the daemon's own death, it is
  * closed further: queue_note() writes the record into the page cache the
  * moment the 250 arrives, where it outlives the process; only a crash of
- * the machine before the group's sync can still lose it.
+ * the machine before the group's sync can still lose it. A message of the
+ * log gets that record in the newest log file (spoollog_note), written on
+ * the calling thread, not the commit thread, and never behind it: the
+ * log's write mutex orders the two, so whatever sync follows covers it.
  */
 #include <sys/file.h>
 #include <sys/stat.h>

@@ -1161,8 +1161,15 @@ copy_wanted(struct spoollog *log)
 	    dead >= 2 * log->files[0].live_bytes;
 }
 
-/* Copies up to SPOOLLOG_COPY_MAX live messages of the oldest file to the
- * newest, with their current state in the envelope. */
+/*
+ * Copies up to SPOOLLOG_COPY_MAX live messages of the oldest file to the
+ * newest, with their current state in the envelope.
+ * XXX: a note of a message written after its state was read here is
+ * superseded by the copy (a message record resets the state, in the index
+ * and at replay): until the message's durable update, a crash sends the
+ * noted recipients again. A duplicate at worst, and only for a deferred
+ * message delivered while it is being copied.
+ */
 static void
 copy_forward(struct spoollog *log)
 {

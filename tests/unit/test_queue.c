@@ -2433,3 +2433,58 @@ Test(queue, log_torn_note_keeps_previous_state)
 	envelope_free(env);
 	free(body);
 }
+
+/* Notes from the loop while the commit thread writes, syncs and starts
+ * new files (small ones): after a restart every committed message is
+ * there with its body, and every note is read back. */
+Test(queue, log_notes_interleaved_with_commits)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c[20], *l;
+	struct queue_txn *txn[20];
+	struct result r[20];
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(4096);
+	int i;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	queue_log_file_size(q, 32 * 1024);
+	for (i = 0; i < 20; i++)
+		c[i] = log_commit_one(q, env, body, 3000);
+	__atomic_store_n(&fault_sync_delay_ms, 5, __ATOMIC_SEQ_CST);
+	loop_counter = 0;
+	for (i = 0; i < 20; i++) {
+		r[i] = (struct result){ 0, -1, NULL };
+		cr_assert_not_null(txn[i] = queue_txn_begin(q, env));
+		cr_assert_eq(queue_txn_write(txn[i], body, 4096), 0);
+		queue_txn_commit(txn[i], commit_cb, &r[i]);
+		envelope_set_rcpt(c[i], 0, RCPT_SENT, "2.0.0", "250 noted");
+		cr_assert_eq(queue_note(q, c[i]), 0, "note %d: %s", i,
+		    strerror(errno));
+	}
+	run_loop(20);
+	__atomic_store_n(&fault_sync_delay_ms, 0, __ATOMIC_SEQ_CST);
+	for (i = 0; i < 20; i++)
+		cr_assert_eq(r[i].error, 0);
+	cr_assert_geq(count_dir("log"), 2);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 40);
+	for (i = 0; i < 20; i++) {
+		cr_assert_not_null(l = loaded_find(&ld, c[i]->id));
+		cr_assert_eq(l->rcpts[0].status, RCPT_SENT, "note %d lost", i);
+		assert_body(q, l, body, 3000);
+		cr_assert_not_null(l = loaded_find(&ld, r[i].env->id));
+		cr_assert_eq(l->rcpts[0].status, RCPT_PENDING);
+		assert_body(q, l, body, 4096);
+	}
+	queue_close(q);
+	loaded_free(&ld);
+	for (i = 0; i < 20; i++) {
+		envelope_free(c[i]);
+		envelope_free(r[i].env);
+	}
+	envelope_free(env);
+	free(body);
+}
