@@ -1700,8 +1700,13 @@ queue_scan(struct queue *q, void (*each)(const char *id, void *arg),
 	return n + queue_scan_log(q, each, arg);
 }
 
-struct envelope *
-queue_read(struct queue *q, const char *id)
+/*
+ * queue_read() and queue_peek(): the log first, then a file of its own.
+ * Only a reader that may change the spool (readonly 0) moves an unreadable
+ * file to corrupt/.
+ */
+static struct envelope *
+queue_get(struct queue *q, const char *id, int readonly)
 {
 	struct envelope *env;
 	char why[256];
@@ -1711,33 +1716,27 @@ queue_read(struct queue *q, const char *id)
 	    ((env = spoollog_read(q->log, id)) != NULL || errno != ENOENT))
 		return env;
 	why[0] = '\0';
-	if ((env = queue_load_one(q, id, why, sizeof(why), &leave, 0)) !=
-	    NULL)
+	if ((env = queue_load_one(q, id, why, sizeof(why), &leave,
+	    readonly)) != NULL)
 		return env;
-	if (leave == 0) {
+	if (leave == 0 && !readonly) {
 		queue_move_corrupt(q, id, why);
 		queue_sync_corrupt(q);
-		leave = EBADMSG;
 	}
-	errno = leave;
+	errno = leave != 0 ? leave : EBADMSG;
 	return NULL;
+}
+
+struct envelope *
+queue_read(struct queue *q, const char *id)
+{
+	return queue_get(q, id, 0);
 }
 
 struct envelope *
 queue_peek(struct queue *q, const char *id)
 {
-	struct envelope *env;
-	char why[256];
-	int leave;
-
-	if (spoollog_has(q->log, id) &&
-	    ((env = spoollog_read(q->log, id)) != NULL || errno != ENOENT))
-		return env;
-	if ((env = queue_load_one(q, id, why, sizeof(why), &leave, 1)) !=
-	    NULL)
-		return env;
-	errno = leave != 0 ? leave : EBADMSG;
-	return NULL;
+	return queue_get(q, id, 1);
 }
 
 struct log_load {
