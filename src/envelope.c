@@ -227,6 +227,18 @@ envelope_set_rcpt(struct envelope *env, size_t idx, enum rcpt_status status,
 	r->reply = reply != NULL ? xstrdup(reply) : NULL;
 }
 
+uint64_t
+envelope_id_number(const char *id)
+{
+	return strtoull(id, NULL, 16);
+}
+
+void
+envelope_id_text(uint64_t v, char *buf, size_t len)
+{
+	snprintf(buf, len, "%016" PRIX64, v);
+}
+
 char *
 envelope_encode(const struct envelope *env, size_t *len)
 {

@@ -9,6 +9,7 @@
 #define SMARTHOST_ENVELOPE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -65,6 +66,15 @@ size_t envelope_count(const struct envelope *env, enum rcpt_status status);
 /* Sets a recipient's status, reply text (copied, may be NULL) and dsn. */
 void envelope_set_rcpt(struct envelope *env, size_t idx,
     enum rcpt_status status, const char *dsn, const char *reply);
+
+/*
+ * A queue id is a 64-bit number written as 16 upper-case hex digits
+ * (queue.c makes them). envelope_id_number() gives the number of id (as
+ * strtoull() reads its leading hex digits: 0 if there are none);
+ * envelope_id_text() writes the id of v into buf (len bytes; 17 hold it).
+ */
+uint64_t envelope_id_number(const char *id);
+void envelope_id_text(uint64_t v, char *buf, size_t len);
 
 /*
  * Encodes the envelope as text ending with an empty line: every field but

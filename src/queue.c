@@ -324,7 +324,7 @@ queue_id_next(char *id, size_t idlen)
 	    << ID_COUNTER_BITS;
 	v |= id_counter;
 	pthread_mutex_unlock(&id_mtx);
-	snprintf(id, idlen, "%016" PRIX64, v);
+	envelope_id_text(v, id, idlen);
 }
 
 time_t
@@ -332,7 +332,7 @@ queue_id_time(const char *id)
 {
 	uint64_t ms;
 
-	ms = strtoull(id, NULL, 16) >> (ID_PID_BITS + ID_COUNTER_BITS);
+	ms = envelope_id_number(id) >> (ID_PID_BITS + ID_COUNTER_BITS);
 	return (time_t)((ms + ID_EPOCH_MS) / 1000);
 }
 
@@ -342,7 +342,7 @@ queue_id_seen(const char *id)
 {
 	uint64_t ms;
 
-	ms = strtoull(id, NULL, 16) >> (ID_PID_BITS + ID_COUNTER_BITS);
+	ms = envelope_id_number(id) >> (ID_PID_BITS + ID_COUNTER_BITS);
 	pthread_mutex_lock(&id_mtx);
 	if (ms > id_last_ms) {
 		id_last_ms = ms;

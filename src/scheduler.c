@@ -389,18 +389,6 @@ heap_pop(struct scheduler *s)
 
 /* ---- queue ids and relay names in records ---- */
 
-static uint64_t
-id_parse(const char *id)
-{
-	return strtoull(id, NULL, 16);
-}
-
-static void
-id_format(uint64_t id, char *buf, size_t len)
-{
-	snprintf(buf, len, "%016" PRIX64, id);
-}
-
 /* qsort by id, for structs whose first member is their uint64_t id. */
 static int
 id_first_cmp(const void *a, const void *b)
@@ -508,7 +496,7 @@ msg_new(struct scheduler *s, uint64_t id)
 	m = xcalloc(1, sizeof(*m));
 	m->s = s;
 	m->id = id;
-	id_format(id, m->idstr, sizeof(m->idstr));
+	envelope_id_text(id, m->idstr, sizeof(m->idstr));
 	m->state = MSG_LOADING;
 	return m;
 }
@@ -1869,7 +1857,7 @@ scheduler_add(struct scheduler *s, struct envelope *env)
 {
 	struct sched_msg *m;
 
-	m = msg_new(s, id_parse(env->id));
+	m = msg_new(s, envelope_id_number(env->id));
 	m->env = env;
 	msg_link(s, m);
 	if (env->flags & ENVELOPE_HOLD) {
@@ -1896,7 +1884,7 @@ scheduler_add_id(struct scheduler *s, const char *id)
 {
 	struct sched_rec r;
 
-	r.id = id_parse(id);
+	r.id = envelope_id_number(id);
 	r.key = KEY_UNREAD;
 	r.relay = RELAY_UNKNOWN;
 	r.flags = REC_UNREAD;
@@ -2034,7 +2022,7 @@ scheduler_foreach(struct scheduler *s,
 			each(l[i].m->env, arg);
 			continue;
 		}
-		id_format(l[i].id, id, sizeof(id));
+		envelope_id_text(l[i].id, id, sizeof(id));
 		if ((env = queue_read(s->q, id)) == NULL)
 			continue;	/* gone since, or logged */
 		/* Memory knows better than the file when it is due. */
@@ -2139,7 +2127,7 @@ list_work(void *arg)
 		it = &job->items[i];
 		if (it->env != NULL)
 			continue;
-		id_format(it->id, id, sizeof(id));
+		envelope_id_text(it->id, id, sizeof(id));
 		if ((it->env = queue_peek(job->q, id)) == NULL)
 			continue;	/* gone since, or unreadable now */
 		/* Memory knows better than the file when it is due. */
@@ -2281,7 +2269,7 @@ scheduler_oldest(const struct scheduler *s)
 			min = m->id;
 	if (min == UINT64_MAX)
 		return 0;
-	id_format(min, id, sizeof(id));
+	envelope_id_text(min, id, sizeof(id));
 	return queue_id_time(id);
 }
 
@@ -2386,7 +2374,7 @@ id_valid(const char *id)
 	size_t n = strspn(id, "0123456789ABCDEF");
 
 	return n > 0 && n < ENVELOPE_ID_MAX && id[n] == '\0' ?
-	    id_parse(id) : 0;
+	    envelope_id_number(id) : 0;
 }
 
 const char *

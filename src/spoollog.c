@@ -134,18 +134,6 @@ struct spoollog {
 	size_t nbury;
 };
 
-static uint64_t
-id_number(const char *id)
-{
-	return strtoull(id, NULL, 16);
-}
-
-static void
-id_text(uint64_t v, char *buf, size_t len)
-{
-	snprintf(buf, len, "%016" PRIX64, v);
-}
-
 /* splitmix64's finaliser: ids are mostly a clock, so mix them. */
 static size_t
 slot_hash(uint64_t id, size_t mask)
@@ -602,7 +590,7 @@ spoollog_foreach(struct spoollog *log,
 			ids[n++] = log->slots[i].id;
 	pthread_mutex_unlock(&log->mtx);
 	for (i = 0; i < n; i++) {
-		id_text(ids[i], id, sizeof(id));
+		envelope_id_text(ids[i], id, sizeof(id));
 		each(id, arg);
 	}
 	free(ids);
@@ -614,7 +602,7 @@ spoollog_has(struct spoollog *log, const char *id)
 	int found;
 
 	pthread_mutex_lock(&log->mtx);
-	found = index_find(log, id_number(id)) != NULL;
+	found = index_find(log, envelope_id_number(id)) != NULL;
 	pthread_mutex_unlock(&log->mtx);
 	return found;
 }
@@ -684,7 +672,7 @@ entry_read(struct spoollog *log, const struct entry *e, int fd, int st_fd)
 	size_t used;
 	int error = 0;
 
-	id_text(e->id, id, sizeof(id));
+	envelope_id_text(e->id, id, sizeof(id));
 	if ((buf = record_read(log, fd, e->seq, e->off, e->id, e->aux,
 	    &rec)) == NULL) {
 		error = errno;
@@ -733,7 +721,7 @@ spoollog_read(struct spoollog *log, const char *id)
 	struct entry e;
 	int fd, st_fd, error;
 
-	if (entry_take(log, id_number(id), &e, &fd, &st_fd) == -1)
+	if (entry_take(log, envelope_id_number(id), &e, &fd, &st_fd) == -1)
 		return NULL;
 	env = entry_read(log, &e, fd, st_fd);
 	error = errno;
@@ -750,7 +738,7 @@ spoollog_body_open(struct spoollog *log, const char *id, off_t *body_offset)
 	struct entry e;
 	int fd, st_fd;
 
-	if (entry_take(log, id_number(id), &e, &fd, &st_fd) == -1)
+	if (entry_take(log, envelope_id_number(id), &e, &fd, &st_fd) == -1)
 		return -1;
 	if (st_fd != -1)
 		close(st_fd);
@@ -779,7 +767,7 @@ spoollog_add(struct spoollog *log, enum logrec_type type, const char *id,
 	if (bodylen > 0)
 		memcpy(p + LOGREC_HEADER_LEN + textlen, body, bodylen);
 	/* Salted for real once the file is chosen (spoollog_flush). */
-	logrec_header(p, 0, type, id_number(id),
+	logrec_header(p, 0, type, envelope_id_number(id),
 	    type == LOGREC_MESSAGE ? (uint32_t)textlen : 0,
 	    p + LOGREC_HEADER_LEN, (uint32_t)(textlen + bodylen));
 	log->stagelen += need;
@@ -790,7 +778,7 @@ spoollog_add(struct spoollog *log, enum logrec_type type, const char *id,
 	}
 	st = &log->staged[log->nstaged++];
 	st->type = type;
-	st->id = id_number(id);
+	st->id = envelope_id_number(id);
 	st->rel = (uint32_t)rel;
 	st->len = (uint32_t)(textlen + bodylen);
 	st->aux = type == LOGREC_MESSAGE ? (uint32_t)textlen : 0;
@@ -911,7 +899,7 @@ spoollog_flush(struct spoollog *log, int sync, off_t *base)
 	int error, fd;
 
 	for (i = 0; i < log->nbury; i++) {
-		id_text(log->bury[i], name, sizeof(name));
+		envelope_id_text(log->bury[i], name, sizeof(name));
 		spoollog_add(log, LOGREC_DONE, name, NULL, 0, NULL, 0);
 	}
 	pthread_mutex_lock(&log->wmtx);
@@ -970,7 +958,7 @@ spoollog_note(struct spoollog *log, const char *id, const void *text,
 	unsigned char *rec;
 	struct entry *e;
 	struct logfile *f;
-	uint64_t num = id_number(id);
+	uint64_t num = envelope_id_number(id);
 	size_t len = LOGREC_HEADER_LEN + textlen;
 	char name[SPOOLLOG_NAME_LEN + 1];
 	off_t at;
@@ -1208,7 +1196,7 @@ copy_forward(struct spoollog *log)
 		if (st_fd != -1)
 			close(st_fd);
 		if (body != NULL) {
-			id_text(e.id, id, sizeof(id));
+			envelope_id_text(e.id, id, sizeof(id));
 			text = envelope_encode(env, &textlen);
 			spoollog_add(log, LOGREC_MESSAGE, id, text, textlen,
 			    body, (size_t)env->body_size);

@@ -86,6 +86,20 @@ roundtrip(const struct envelope *env)
 	return out;
 }
 
+/* Queue ids as numbers: 16 upper-case hex digits, zero-padded. */
+Test(envelope, id_number_and_text)
+{
+	char buf[ENVELOPE_ID_MAX];
+
+	envelope_id_text(0x1A2B3CULL, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "00000000001A2B3C");
+	cr_assert_eq(envelope_id_number(buf), 0x1A2B3CULL);
+	envelope_id_text(UINT64_MAX, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "FFFFFFFFFFFFFFFF");
+	cr_assert_eq(envelope_id_number(buf), UINT64_MAX);
+	cr_assert_eq(envelope_id_number("zz"), 0);
+}
+
 Test(envelope, roundtrip_basic)
 {
 	struct envelope *env = sample(), *out;
