@@ -127,7 +127,7 @@ struct maildrop {
 	struct import *cur;
 	int dirty;                /* rescan once the list is done */
 	int stopped;
-	unsigned imported, rejected, returned, aside_seq;
+	unsigned aside_seq;       /* numbers names in corrupt/ and DSNs */
 };
 
 static void maildrop_next(struct maildrop *md);
@@ -158,7 +158,6 @@ move_aside(struct maildrop *md, const char *name, uid_t owner,
 		    why);
 		return;
 	}
-	md->rejected++;
 	log_warnx("maildrop: %s (owner uid=%ju): %s; moved to corrupt/%s",
 	    pname(nb, sizeof(nb), name), (uintmax_t)owner, why, target);
 	(void)fsync(md->corruptfd);
@@ -319,14 +318,12 @@ import_end(struct import *im, int ok, int permanent)
 
 	if (ok && im->returning) {
 		import_remove(im, "returned");
-		md->returned++;
 		log_info("maildrop: %s (owner uid=%ju): %s; returned to <%s>: "
 		    "%s", pname(nb, sizeof(nb), im->name),
 		    (uintmax_t)im->df.uid, im->why, im->to[im->next_to - 1],
 		    im->reply);
 	} else if (ok) {
 		import_remove(im, "imported");
-		md->imported++;
 		log_info("maildrop: %s: imported from uid=%ju: %s",
 		    pname(nb, sizeof(nb), im->name), (uintmax_t)im->df.uid,
 		    im->reply);
@@ -927,22 +924,4 @@ maildrop_free(struct maildrop *md)
 	free(md->hostname);
 	free(md->dir);
 	free(md);
-}
-
-unsigned
-maildrop_imported(const struct maildrop *md)
-{
-	return md->imported;
-}
-
-unsigned
-maildrop_rejected(const struct maildrop *md)
-{
-	return md->rejected;
-}
-
-unsigned
-maildrop_returned(const struct maildrop *md)
-{
-	return md->returned;
 }

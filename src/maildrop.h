@@ -47,10 +47,5 @@ void maildrop_set_config(struct maildrop *md, const struct config *cfg);
 void maildrop_stop(struct maildrop *md);
 /* Drops an import in progress (its file stays) and frees. Accepts NULL. */
 void maildrop_free(struct maildrop *md);
-/* Files imported, moved aside and returned to their submitter so far
- * (for tests and status). */
-unsigned maildrop_imported(const struct maildrop *md);
-unsigned maildrop_rejected(const struct maildrop *md);
-unsigned maildrop_returned(const struct maildrop *md);
 
 #endif
