@@ -198,32 +198,29 @@ Test(rewrite, resent_block)
 {
 	/* A message resent by a local user: the resent originator fields
 	 * change like their plain forms; Resent-To, Resent-Cc and the rest
-	 * of the block are recipients or not addresses and stay. */
+	 * of the block are recipients or not addresses and stay, as does
+	 * the body: UNCHANGED ends both the input and the result. */
+#define UNCHANGED \
+	"Resent-To: root\r\n" \
+	"Resent-Cc: root@localhost\r\n" \
+	"Resent-Bcc: root\r\n" \
+	"Resent-Message-ID: <root@localhost>\r\n" \
+	"Resent-Fromage: root\r\n" \
+	"From: other@example.net\r\n" \
+	"\r\n" \
+	"Resent-From: root\r\n"
 	check_headers(
 	    "Resent-From: Root <root>\r\n"
 	    "resent-sender:\r\n"
 	    " cron (the daemon)\r\n"
 	    "Resent-Reply-To: root@localhost, other@example.net\r\n"
-	    "Resent-To: root\r\n"
-	    "Resent-Cc: root@localhost\r\n"
-	    "Resent-Bcc: root\r\n"
-	    "Resent-Message-ID: <root@localhost>\r\n"
-	    "Resent-Fromage: root\r\n"
-	    "From: other@example.net\r\n"
-	    "\r\n"
-	    "Resent-From: root\r\n",
+	    UNCHANGED,
 	    "Resent-From: Root <admin@example.com>\r\n"
 	    "resent-sender:\r\n"
 	    " cron@example.com (the daemon)\r\n"
 	    "Resent-Reply-To: admin@example.com, other@example.net\r\n"
-	    "Resent-To: root\r\n"
-	    "Resent-Cc: root@localhost\r\n"
-	    "Resent-Bcc: root\r\n"
-	    "Resent-Message-ID: <root@localhost>\r\n"
-	    "Resent-Fromage: root\r\n"
-	    "From: other@example.net\r\n"
-	    "\r\n"
-	    "Resent-From: root\r\n");
+	    UNCHANGED);
+#undef UNCHANGED
 	check_headers("Resent-To: root\r\nResent-Date: x\r\n\r\n", NULL);
 }
 
