@@ -395,6 +395,78 @@ commit_one(struct queue *q, const struct envelope *env, const char *body,
 	return r.env;
 }
 
+/* Begins a txn, writes len bytes of body in one piece and asks for the
+ * commit, whose result goes to *r; the caller runs the loop. */
+static void
+commit_start(struct queue *q, const struct envelope *env, const char *body,
+    size_t len, struct result *r)
+{
+	struct queue_txn *txn;
+
+	*r = (struct result){ 0, -1, NULL };
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	cr_assert_eq(queue_txn_write(txn, body, len), 0);
+	queue_txn_commit(txn, commit_cb, r);
+}
+
+/* queue_read() that must find the message. */
+static struct envelope *
+read_ok(struct queue *q, const char *id)
+{
+	struct envelope *env = queue_read(q, id);
+
+	cr_assert_not_null(env, "read: %s", strerror(errno));
+	return env;
+}
+
+/* queue_update() and a wait for its callback; returns its error. */
+static int
+update_wait(struct queue *q, const struct envelope *env)
+{
+	struct result r = { 0, -1, NULL };
+
+	queue_update(q, env, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.called, 1);
+	return r.error;
+}
+
+/* queue_remove() and a wait for its callback; returns its error. */
+static int
+remove_wait(struct queue *q, const char *id)
+{
+	struct result r = { 0, -1, NULL };
+
+	queue_remove(q, id, done_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.called, 1);
+	return r.error;
+}
+
+/* queue_note() that succeeds without a sync. */
+static void
+note_unsynced(struct queue *q, const struct envelope *env)
+{
+	int syncs = __atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST);
+
+	cr_assert_eq(queue_note(q, env), 0, "note: %s", strerror(errno));
+	cr_assert_eq(__atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST),
+	    syncs, "queue_note synced");
+}
+
+/* queue_note() on a disk that fills after 5 bytes: it fails with ENOSPC. */
+static void
+note_fails_enospc(struct queue *q, const struct envelope *env)
+{
+	__atomic_store_n(&fault_write_budget, 5, __ATOMIC_SEQ_CST);
+	errno = 0;
+	cr_assert_eq(queue_note(q, env), -1);
+	cr_assert_eq(errno, ENOSPC);
+	__atomic_store_n(&fault_write_budget, -1, __ATOMIC_SEQ_CST);
+}
+
 static void
 assert_body(struct queue *q, const struct envelope *env, const char *body,
     size_t len)
@@ -449,6 +521,18 @@ loaded_find(struct loaded *l, const char *id)
 	return NULL;
 }
 
+/* Opens the spool with open (open_queue or open_log_queue), as a start
+ * does, and loads every message into *ld: there must be n. */
+static struct queue *
+open_load(struct queue *(*open)(enum spool_sync), struct loaded *ld,
+    size_t n)
+{
+	struct queue *q = open(SPOOL_SYNC_FSYNC);
+
+	cr_assert_eq(queue_load(q, load_each, ld), n);
+	return q;
+}
+
 static int
 valid_id(const char *id)
 {
@@ -463,8 +547,7 @@ Test(queue, commit_then_load_in_fresh_queue)
 	size_t len = 200 * 1024 + 17;
 	char *body = make_body(len);
 
-	q = open_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 0);
+	q = open_load(open_queue, &ld, 0);
 	env = make_env("alice@example.org", 3);
 	env->relay = strdup("upstream");
 	env->flags = ENVELOPE_8BITMIME;
@@ -477,8 +560,7 @@ Test(queue, commit_then_load_in_fresh_queue)
 	assert_body(q, c, body, len);
 	queue_close(q);
 
-	q = open_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_queue, &ld, 1);
 	l = ld.env[0];
 	cr_assert_str_eq(l->id, c->id);
 	cr_assert_str_eq(l->sender, "alice@example.org");
@@ -535,8 +617,7 @@ Test(queue, abort_leaves_nothing)
 	queue_close(q);	/* waits for the unlink */
 	cr_assert_eq(count_dir("tmp"), 0);
 	cr_assert_eq(count_dir("queue"), 0);
-	q = open_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 0);
+	q = open_load(open_queue, &ld, 0);
 	queue_close(q);
 	envelope_free(env);
 }
@@ -592,8 +673,7 @@ Test(queue, update_then_reload_shows_states)
 	cr_assert_gt(file_size("queue", c->id), before);
 	queue_close(q);
 
-	q = open_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_queue, &ld, 1);
 	l = ld.env[0];
 	cr_assert_eq(l->attempts, 2);
 	cr_assert_eq(l->next_try, 1900000000);
@@ -613,19 +693,6 @@ Test(queue, update_then_reload_shows_states)
 	free(body);
 }
 
-/* queue_update() and a wait for its callback; returns its error. */
-static int
-update_wait(struct queue *q, const struct envelope *env)
-{
-	struct result r = { 0, -1, NULL };
-
-	queue_update(q, env, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.called, 1);
-	return r.error;
-}
-
 /* queue_note() writes the record at once, without a sync: a reader (the
  * daemon after its own crash) sees it; the durable update follows. */
 Test(queue, note_is_read_back_without_a_sync)
@@ -634,19 +701,14 @@ Test(queue, note_is_read_back_without_a_sync)
 	struct envelope *env = make_env("a@b", 2), *c, *l;
 	char *body = make_body(3000);
 	off_t before;
-	int syncs;
 
 	q = open_queue(SPOOL_SYNC_FSYNC);
 	c = commit_one(q, env, body, 3000);
 	before = file_size("queue", c->id);
 	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok: queued");
-	syncs = __atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST);
-	cr_assert_eq(queue_note(q, c), 0, "note: %s", strerror(errno));
-	cr_assert_eq(__atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST),
-	    syncs, "queue_note synced");
+	note_unsynced(q, c);
 	cr_assert_gt(file_size("queue", c->id), before);
-	l = queue_read(q, c->id);
-	cr_assert_not_null(l, "read: %s", strerror(errno));
+	l = read_ok(q, c->id);
 	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
 	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
 	assert_body(q, l, body, 3000);
@@ -671,17 +733,12 @@ Test(queue, failed_note_leaves_no_partial_record)
 	c = commit_one(q, env, body, 1000);
 	before = file_size("queue", c->id);
 	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok");
-	__atomic_store_n(&fault_write_budget, 5, __ATOMIC_SEQ_CST);
-	errno = 0;
-	cr_assert_eq(queue_note(q, c), -1);
-	cr_assert_eq(errno, ENOSPC);
-	__atomic_store_n(&fault_write_budget, -1, __ATOMIC_SEQ_CST);
+	note_fails_enospc(q, c);
 	cr_assert_eq(file_size("queue", c->id), before);
 
 	c->attempts = 3;
 	cr_assert_eq(update_wait(q, c), 0);
-	l = queue_read(q, c->id);
-	cr_assert_not_null(l, "read: %s", strerror(errno));
+	l = read_ok(q, c->id);
 	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
 	cr_assert_eq(l->attempts, 3);
 	envelope_free(l);
@@ -696,26 +753,18 @@ Test(queue, remove)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c1, *c2;
 	struct loaded ld = { .n = 0 };
-	struct result r = { 0, -1, NULL }, r2 = { 0, -1, NULL };
 
 	q = open_queue(SPOOL_SYNC_FSYNC);
 	c1 = commit_one(q, env, "one\r\n", 5);
 	c2 = commit_one(q, env, "two\r\n", 5);
-	queue_remove(q, c1->id, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(remove_wait(q, c1->id), 0);
 	cr_assert(!exists("queue", c1->id));
 	cr_assert(exists("queue", c2->id));
 	/* Removing what is gone reports it. */
-	queue_remove(q, c1->id, done_cb, &r2);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r2.error, ENOENT);
+	cr_assert_eq(remove_wait(q, c1->id), ENOENT);
 	queue_close(q);
 
-	q = open_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_queue, &ld, 1);
 	cr_assert_str_eq(ld.env[0]->id, c2->id);
 	queue_close(q);
 	loaded_free(&ld);
@@ -1000,8 +1049,7 @@ Test(queue, corrupt_files_moved_aside)
 
 	/* A second load finds only the good one and moves nothing. */
 	loaded_free(&ld);
-	q = open_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_queue, &ld, 1);
 	queue_close(q);
 	cr_assert_eq(count_dir("corrupt"), 6);
 
@@ -1017,7 +1065,6 @@ Test(queue, torn_state_record_ignored_and_cut)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 2), *c;
 	struct loaded ld = { .n = 0 };
-	struct result r = { 0, -1, NULL };
 	char path[256], log[4096], *rec;
 	size_t reclen;
 	off_t good;
@@ -1027,10 +1074,7 @@ Test(queue, torn_state_record_ignored_and_cut)
 	c = commit_one(q, env, "body\r\n", 6);
 	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 OK");
 	c->attempts = 1;
-	queue_update(q, c, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(update_wait(q, c), 0);
 	queue_close(q);
 	good = file_size("queue", c->id);
 
@@ -1052,11 +1096,7 @@ Test(queue, torn_state_record_ignored_and_cut)
 	cr_assert_eq(file_size("queue", c->id), good, "torn tail not cut");
 
 	/* The next update after the restart lands on a line of its own. */
-	r.called = 0;
-	queue_update(q, c, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(update_wait(q, c), 0);
 	queue_close(q);
 	loaded_free(&ld);
 	q = open_queue(SPOOL_SYNC_FSYNC);
@@ -1336,12 +1376,9 @@ commit_any(struct queue *q, const struct envelope *env, const char *body,
 static void
 remove_one(struct queue *q, const char *id)
 {
-	struct result r = { 0, -1, NULL };
+	int error = remove_wait(q, id);
 
-	queue_remove(q, id, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0, "remove: %s", strerror(r.error));
+	cr_assert_eq(error, 0, "remove: %s", strerror(error));
 	cr_assert(!exists("queue", id));
 }
 
@@ -1351,7 +1388,6 @@ spare_reuse_shorter(enum spool_sync mode)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 2), *old, *c;
 	struct loaded ld = { .n = 0 };
-	struct result r = { 0, -1, NULL };
 	size_t biglen = 50000, len = 300;
 	char *big = make_body(biglen), *body = make_body(len);
 	int reused;
@@ -1361,10 +1397,7 @@ spare_reuse_shorter(enum spool_sync mode)
 	old = commit_one(q, env, big, biglen);
 	envelope_set_rcpt(old, 0, RCPT_SENT, "2.0.0", "250 OK");
 	old->attempts = 7;
-	queue_update(q, old, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(update_wait(q, old), 0);
 	remove_one(q, old->id);
 	cr_assert_eq(count_dir("spare"), 1, "removed file not kept");
 
@@ -1437,8 +1470,7 @@ Test(queue, spare_reused_longer_and_aborted)
 	cr_assert_eq(count_dir("tmp"), 0);
 	cr_assert_eq(count_dir("spare"), 0);
 
-	q = open_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_queue, &ld, 1);
 	assert_body(q, ld.env[0], body, len);
 	queue_close(q);
 	loaded_free(&ld);
@@ -1840,7 +1872,6 @@ Test(queue, log_commits_load_after_reopen_with_state)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 2), *c[5], *l;
 	struct loaded ld = { .n = 0 };
-	struct result r = { 0, -1, NULL };
 	char *body = make_body(4096);
 	size_t i;
 
@@ -1854,14 +1885,10 @@ Test(queue, log_commits_load_after_reopen_with_state)
 	envelope_set_rcpt(c[1], 0, RCPT_SENT, "2.0.0", "250 ok");
 	c[1]->attempts = 1;
 	c[1]->flags |= ENVELOPE_HOLD;
-	queue_update(q, c[1], done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(update_wait(q, c[1]), 0);
 	queue_close(q);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 5);
+	q = open_load(open_log_queue, &ld, 5);
 	for (i = 0; i < 5; i++) {
 		cr_assert_not_null(l = loaded_find(&ld, c[i]->id));
 		assert_body(q, l, body, 100 + i * 900);
@@ -1919,7 +1946,6 @@ Test(queue, log_concurrent_commits_share_one_fdatasync)
 {
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1);
-	struct queue_txn *txn[20];
 	struct result r[20];
 	char *body = make_body(4096);
 	int i;
@@ -1931,10 +1957,7 @@ Test(queue, log_concurrent_commits_share_one_fdatasync)
 	__atomic_store_n(&fault_sync_delay_ms, 50, __ATOMIC_SEQ_CST);
 	loop_counter = 0;
 	for (i = 0; i < 20; i++) {
-		r[i] = (struct result){ 0, -1, NULL };
-		cr_assert_not_null(txn[i] = queue_txn_begin(q, env));
-		cr_assert_eq(queue_txn_write(txn[i], body, 4096), 0);
-		queue_txn_commit(txn[i], commit_cb, &r[i]);
+		commit_start(q, env, body, 4096, &r[i]);
 	}
 	run_loop(20);
 	for (i = 0; i < 20; i++) {
@@ -1954,28 +1977,19 @@ Test(queue, log_removed_never_comes_back)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c1, *c2;
 	struct loaded ld = { .n = 0 };
-	struct result r = { 0, -1, NULL };
 	char *body = make_body(3000);
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
 	c1 = log_commit_one(q, env, body, 3000);
 	c2 = log_commit_one(q, env, body, 2000);
-	queue_remove(q, c1->id, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(remove_wait(q, c1->id), 0);
 	/* Gone for readers at once, and for good. */
 	cr_assert_null(queue_read(q, c1->id));
 	cr_assert_eq(errno, ENOENT);
-	r = (struct result){ 0, -1, NULL };
-	queue_update(q, c1, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, ENOENT);
+	cr_assert_eq(update_wait(q, c1), ENOENT);
 	queue_close(q);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_log_queue, &ld, 1);
 	cr_assert_str_eq(ld.env[0]->id, c2->id);
 	queue_close(q);
 	loaded_free(&ld);
@@ -2002,8 +2016,7 @@ Test(queue, log_large_message_gets_its_own_file)
 	cr_assert_eq(count_dir("queue"), 1);
 	queue_close(q);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 2);
+	q = open_load(open_log_queue, &ld, 2);
 	assert_body(q, loaded_find(&ld, small->id), body, 65536);
 	assert_body(q, loaded_find(&ld, big->id), body, 200000);
 	queue_close(q);
@@ -2019,7 +2032,6 @@ Test(queue, log_and_files_of_earlier_versions_load_together)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *old[3], *c;
 	struct loaded ld = { .n = 0 };
-	struct result r = { 0, -1, NULL };
 	char *body = make_body(4096);
 	int i;
 
@@ -2037,10 +2049,7 @@ Test(queue, log_and_files_of_earlier_versions_load_together)
 		    1000 + (size_t)i);
 	assert_body(q, loaded_find(&ld, c->id), body, 4096);
 	/* Updates and removals of the old files work as before. */
-	queue_remove(q, old[0]->id, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(remove_wait(q, old[0]->id), 0);
 	cr_assert(!exists("queue", old[0]->id));
 	queue_close(q);
 	loaded_free(&ld);
@@ -2090,8 +2099,7 @@ Test(queue, log_torn_tail_ignored)
 	memset(junk, 'x', sizeof(junk));
 	log_tail_damage(junk, sizeof(junk), end + 10);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_log_queue, &ld, 1);
 	cr_assert_str_eq(ld.env[0]->id, c1->id);
 	assert_body(q, ld.env[0], body, 3000);
 	/* New commits go to a fresh file, never after the torn bytes. */
@@ -2101,8 +2109,7 @@ Test(queue, log_torn_tail_ignored)
 	queue_close(q);
 	loaded_free(&ld);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 2);
+	q = open_load(open_log_queue, &ld, 2);
 	queue_close(q);
 	loaded_free(&ld);
 	envelope_free(c1);
@@ -2116,16 +2123,13 @@ Test(queue, log_failed_sync_fails_commit_and_is_buried)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c;
 	struct loaded ld = { .n = 0 };
-	struct queue_txn *txn;
 	struct result r = { 0, -1, NULL };
 	char *body = make_body(2000);
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
 	envelope_free(log_commit_one(q, env, body, 10));
 	__atomic_store_n(&fault_sync_errno, EIO, __ATOMIC_SEQ_CST);
-	cr_assert_not_null(txn = queue_txn_begin(q, env));
-	cr_assert_eq(queue_txn_write(txn, body, 2000), 0);
-	queue_txn_commit(txn, commit_cb, &r);
+	commit_start(q, env, body, 2000, &r);
 	loop_counter = 0;
 	run_loop(1);
 	cr_assert_eq(r.error, EIO);
@@ -2135,8 +2139,7 @@ Test(queue, log_failed_sync_fails_commit_and_is_buried)
 	queue_close(q);
 
 	/* The failed one reached the file, but a tombstone followed it. */
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 2);
+	q = open_load(open_log_queue, &ld, 2);
 	cr_assert_not_null(loaded_find(&ld, c->id));
 	queue_close(q);
 	loaded_free(&ld);
@@ -2158,8 +2161,7 @@ Test(queue, log_abort_leaves_nothing)
 	cr_assert_eq(queue_txn_write(txn, body, 2000), 0);
 	queue_txn_abort(txn);
 	queue_close(q);
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 0);
+	q = open_load(open_log_queue, &ld, 0);
 	queue_close(q);
 	envelope_free(env);
 	free(body);
@@ -2170,7 +2172,6 @@ Test(queue, log_files_reclaimed_and_deferred_mail_copied_forward)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c[200], *kept, *l;
 	struct loaded ld = { .n = 0 };
-	struct result r;
 	char *body = make_body(2000);
 	int i, removed = 0;
 
@@ -2182,20 +2183,12 @@ Test(queue, log_files_reclaimed_and_deferred_mail_copied_forward)
 	/* The first one is deferred, with a state to carry along. */
 	c[0]->attempts = 3;
 	c[0]->next_try = 1900000000;
-	r = (struct result){ 0, -1, NULL };
-	queue_update(q, c[0], done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(update_wait(q, c[0]), 0);
 	/* Read now, copied forward later: the body must still be found. */
 	kept = queue_read(q, c[0]->id);
 	cr_assert_not_null(kept);
 	for (i = 1; i < 200; i++) {
-		r = (struct result){ 0, -1, NULL };
-		queue_remove(q, c[i]->id, done_cb, &r);
-		loop_counter = 0;
-		run_loop(1);
-		cr_assert_eq(r.error, 0);
+		cr_assert_eq(remove_wait(q, c[i]->id), 0);
 		removed++;
 	}
 	/* A few more groups let the commit thread finish reclaiming. */
@@ -2206,8 +2199,7 @@ Test(queue, log_files_reclaimed_and_deferred_mail_copied_forward)
 	assert_body(q, kept, body, 2000);
 	queue_close(q);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 4);
+	q = open_load(open_log_queue, &ld, 4);
 	cr_assert_not_null(l = loaded_find(&ld, c[0]->id));
 	cr_assert_eq(l->attempts, 3);
 	cr_assert_eq(l->next_try, 1900000000);
@@ -2255,17 +2247,13 @@ Test(queue, log_tombstone_shares_the_next_sync_or_waits_briefly)
 	struct envelope *env = make_env("a@b", 1), *c1, *c2;
 	struct loaded ld = { .n = 0 };
 	struct result r = { 0, -1, NULL }, r2 = { 0, -1, NULL };
-	struct queue_txn *txn;
 	struct timespec ts = { 0, 200 * 1000000L };
 	char *body = make_body(1000);
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
 	c1 = log_commit_one(q, env, body, 1000);
 	__atomic_store_n(&count_fdatasync, 0, __ATOMIC_SEQ_CST);
-	queue_remove(q, c1->id, done_cb, &r);
-	loop_counter = 0;
-	run_loop(1);
-	cr_assert_eq(r.error, 0);
+	cr_assert_eq(remove_wait(q, c1->id), 0);
 	/* Written, not synced yet: only a duplicate could come of a power
 	 * cut now, never a loss. */
 	cr_assert_eq(count_fdatasync, 0);
@@ -2276,9 +2264,7 @@ Test(queue, log_tombstone_shares_the_next_sync_or_waits_briefly)
 	c2 = log_commit_one(q, env, body, 1000);
 	__atomic_store_n(&count_fdatasync, 0, __ATOMIC_SEQ_CST);
 	queue_remove(q, c2->id, done_cb, &r);
-	cr_assert_not_null(txn = queue_txn_begin(q, env));
-	cr_assert_eq(queue_txn_write(txn, body, 10), 0);
-	queue_txn_commit(txn, commit_cb, &r2);
+	commit_start(q, env, body, 10, &r2);
 	loop_counter = 0;
 	run_loop(2);
 	cr_assert_eq(r.error, 0);
@@ -2286,8 +2272,7 @@ Test(queue, log_tombstone_shares_the_next_sync_or_waits_briefly)
 	envelope_free(r2.env);
 	cr_assert_eq(count_fdatasync, 1);
 	queue_close(q);
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_log_queue, &ld, 1);
 	queue_close(q);
 	loaded_free(&ld);
 	envelope_free(c1);
@@ -2305,26 +2290,20 @@ Test(queue, log_note_is_read_back_without_a_sync)
 	struct envelope *env = make_env("a@b", 2), *c, *l;
 	struct loaded ld = { .n = 0 };
 	char *body = make_body(3000);
-	int syncs;
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
 	c = log_commit_one(q, env, body, 3000);
 	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok: noted");
-	syncs = __atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST);
-	cr_assert_eq(queue_note(q, c), 0, "note: %s", strerror(errno));
-	cr_assert_eq(__atomic_load_n(&count_fdatasync, __ATOMIC_SEQ_CST),
-	    syncs, "queue_note synced");
+	note_unsynced(q, c);
 	cr_assert(!exists("queue", c->id), "a note made a queue file");
-	l = queue_read(q, c->id);
-	cr_assert_not_null(l, "read: %s", strerror(errno));
+	l = read_ok(q, c->id);
 	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
 	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
 	assert_body(q, l, body, 3000);
 	envelope_free(l);
 	queue_close(q);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_log_queue, &ld, 1);
 	l = ld.env[0];
 	cr_assert_str_eq(l->id, c->id);
 	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
@@ -2339,8 +2318,7 @@ Test(queue, log_note_is_read_back_without_a_sync)
 	queue_close(q);
 	loaded_free(&ld);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_log_queue, &ld, 1);
 	cr_assert_eq(ld.env[0]->rcpts[0].status, RCPT_SENT);
 	cr_assert_eq(ld.env[0]->attempts, 2);
 	queue_close(q);
@@ -2364,29 +2342,22 @@ Test(queue, log_failed_note_leaves_no_partial_record)
 	c = log_commit_one(q, env, body, 1000);
 	cr_assert_eq(count_dir("log"), 1);
 	envelope_set_rcpt(c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok");
-	__atomic_store_n(&fault_write_budget, 5, __ATOMIC_SEQ_CST);
-	errno = 0;
-	cr_assert_eq(queue_note(q, c), -1);
-	cr_assert_eq(errno, ENOSPC);
-	__atomic_store_n(&fault_write_budget, -1, __ATOMIC_SEQ_CST);
+	note_fails_enospc(q, c);
 	/* The previous state holds until the durable update. */
-	l = queue_read(q, c->id);
-	cr_assert_not_null(l, "read: %s", strerror(errno));
+	l = read_ok(q, c->id);
 	cr_assert_eq(l->rcpts[0].status, RCPT_PENDING);
 	envelope_free(l);
 
 	c->attempts = 3;
 	cr_assert_eq(update_wait(q, c), 0);
 	cr_assert_eq(count_dir("log"), 2);
-	l = queue_read(q, c->id);
-	cr_assert_not_null(l, "read: %s", strerror(errno));
+	l = read_ok(q, c->id);
 	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
 	cr_assert_eq(l->attempts, 3);
 	envelope_free(l);
 	queue_close(q);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_log_queue, &ld, 1);
 	l = ld.env[0];
 	cr_assert_eq(l->rcpts[0].status, RCPT_SENT);
 	cr_assert_eq(l->attempts, 3);
@@ -2420,8 +2391,7 @@ Test(queue, log_torn_note_keeps_previous_state)
 	memset(junk, 'x', sizeof(junk));
 	log_tail_damage(junk, sizeof(junk), note + 40);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 1);
+	q = open_load(open_log_queue, &ld, 1);
 	l = ld.env[0];
 	cr_assert_str_eq(l->id, c->id);
 	cr_assert_eq(l->rcpts[0].status, RCPT_PENDING);
@@ -2441,7 +2411,6 @@ Test(queue, log_notes_interleaved_with_commits)
 {
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c[20], *l;
-	struct queue_txn *txn[20];
 	struct result r[20];
 	struct loaded ld = { .n = 0 };
 	char *body = make_body(4096);
@@ -2454,10 +2423,7 @@ Test(queue, log_notes_interleaved_with_commits)
 	__atomic_store_n(&fault_sync_delay_ms, 5, __ATOMIC_SEQ_CST);
 	loop_counter = 0;
 	for (i = 0; i < 20; i++) {
-		r[i] = (struct result){ 0, -1, NULL };
-		cr_assert_not_null(txn[i] = queue_txn_begin(q, env));
-		cr_assert_eq(queue_txn_write(txn[i], body, 4096), 0);
-		queue_txn_commit(txn[i], commit_cb, &r[i]);
+		commit_start(q, env, body, 4096, &r[i]);
 		envelope_set_rcpt(c[i], 0, RCPT_SENT, "2.0.0", "250 noted");
 		cr_assert_eq(queue_note(q, c[i]), 0, "note %d: %s", i,
 		    strerror(errno));
@@ -2469,8 +2435,7 @@ Test(queue, log_notes_interleaved_with_commits)
 	cr_assert_geq(count_dir("log"), 2);
 	queue_close(q);
 
-	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	cr_assert_eq(queue_load(q, load_each, &ld), 40);
+	q = open_load(open_log_queue, &ld, 40);
 	for (i = 0; i < 20; i++) {
 		cr_assert_not_null(l = loaded_find(&ld, c[i]->id));
 		cr_assert_eq(l->rcpts[0].status, RCPT_SENT, "note %d lost", i);
