@@ -40,6 +40,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "strbuf.h"
 #include "xmalloc.h"
 
 /* Stop reading requests while this much output waits for the client. */
@@ -106,31 +107,24 @@ static void reply_line(struct evbuffer *, const char *, ...)
 static void
 reply_line(struct evbuffer *out, const char *fmt, ...)
 {
+	struct strbuf line = STRBUF_INIT;
 	va_list ap;
-	char *line, *safe;
-	int n;
+	char *safe;
 	size_t len;
 
 	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		fatalx("%s: vsnprintf", __func__);
-	line = xmalloc((size_t)n + 1);
-	va_start(ap, fmt);
-	vsnprintf(line, (size_t)n + 1, fmt, ap);
+	strbuf_vaddf(&line, fmt, ap);
 	va_end(ap);
 	/* Addresses and upstream replies reach the line: one line each,
 	 * and nothing a terminal acts on. */
-	safe = xmalloc(4 * (size_t)n + 1);
-	len = escape_printable(safe, 4 * (size_t)n + 1, line, (size_t)n);
-	free(line);
-	line = safe;
-	if (line[0] == '.')
+	safe = xmalloc(4 * line.len + 1);
+	len = escape_printable(safe, 4 * line.len + 1, line.p, line.len);
+	strbuf_free(&line);
+	if (safe[0] == '.')
 		evbuffer_add(out, ".", 1);
-	evbuffer_add(out, line, len);
+	evbuffer_add(out, safe, len);
 	evbuffer_add(out, "\n", 1);
-	free(line);
+	free(safe);
 }
 
 /* A piece of a request, safe to put in an error message. */

@@ -58,21 +58,29 @@ strbuf_adds(struct strbuf *b, const char *s)
 }
 
 void
-strbuf_addf(struct strbuf *b, const char *fmt, ...)
+strbuf_vaddf(struct strbuf *b, const char *fmt, va_list ap)
 {
-	va_list ap;
+	va_list again;
 	int n;
 
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
+	va_copy(again, ap);
+	n = vsnprintf(NULL, 0, fmt, again);
+	va_end(again);
 	if (n < 0)
 		fatalx("%s: vsnprintf failed", __func__);
 	strbuf_reserve(b, (size_t)n);
-	va_start(ap, fmt);
 	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-	va_end(ap);
 	b->len += (size_t)n;
+}
+
+void
+strbuf_addf(struct strbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	strbuf_vaddf(b, fmt, ap);
+	va_end(ap);
 }
 
 char *

@@ -14,6 +14,7 @@
 #ifndef SMARTHOST_STRBUF_H
 #define SMARTHOST_STRBUF_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 struct strbuf {
@@ -33,6 +34,9 @@ void strbuf_adds(struct strbuf *b, const char *s);
 /* Appends printf output. */
 void strbuf_addf(struct strbuf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Appends vprintf output; ap is used up, as by vsnprintf. */
+void strbuf_vaddf(struct strbuf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 /*
  * Hands the bytes over: returns them (a malloc'd string, "" when nothing
  * was added; never NULL), their length in *len when len is not NULL, and
