@@ -170,6 +170,23 @@ status_line(const char *line, void *arg)
 	printf("%s\n", line);
 }
 
+/*
+ * Parses the options of a command whose options are all flags: each entry
+ * of opts points its flag at the int getopt_long sets; anything else is a
+ * usage error. Returns the index of the first operand.
+ */
+static int
+flags_parse(int argc, char **argv, const struct option *opts)
+{
+	int ch;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1)
+		if (ch != 0)
+			usage();
+	return optind;
+}
+
 static int
 cmd_status(int argc, char **argv)
 {
@@ -381,32 +398,20 @@ show_json_line(const char *line, void *arg)
 static int
 cmd_show(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "headers", no_argument, NULL, 'H' },
-		{ "json", no_argument, NULL, 'j' },
+	int json = 0, headers = 0, first, rc;
+	const struct option opts[] = {
+		{ "headers", no_argument, &headers, 1 },
+		{ "json", no_argument, &json, 1 },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct json_lines jl = { 0, 0, NULL };
 	struct evbuffer *out;
 	char req[CONTROL_LINE_MAX - 1] = "show";
-	int ch, json = 0, headers = 0, rc;
 
-	optind = 0;
-	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'H':
-			headers = 1;
-			break;
-		case 'j':
-			json = 1;
-			break;
-		default:
-			usage();
-		}
-	}
-	if (argc - optind != 1)
+	first = flags_parse(argc, argv, opts);
+	if (argc - first != 1)
 		usage();
-	request_add(req, sizeof(req), "", argv[optind]);
+	request_add(req, sizeof(req), "", argv[first]);
 	if (headers)
 		request_add(req, sizeof(req), "", "headers");
 	if (!json)
@@ -772,32 +777,20 @@ credentials_json(const struct authinfo_entry *e, int show, int gpg_token)
 static int
 cmd_credentials(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "show-secret", no_argument, NULL, 's' },
-		{ "json", no_argument, NULL, 'j' },
+	int show = 0, rc, gpg_token, json = 0, first;
+	const struct option opts[] = {
+		{ "show-secret", no_argument, &show, 1 },
+		{ "json", no_argument, &json, 1 },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct authinfo_entry *e = NULL;
 	const char *host, *port, *user = NULL;
 	char err[2048];
-	int ch, show = 0, rc, gpg_token, json = 0;
 	size_t i;
 
-	optind = 0;
-	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		switch (ch) {
-		case 's':
-			show = 1;
-			break;
-		case 'j':
-			json = 1;
-			break;
-		default:
-			usage();
-		}
-	}
-	argc -= optind;
-	argv += optind;
+	first = flags_parse(argc, argv, opts);
+	argc -= first;
+	argv += first;
 	if (argc < 2 || argc > 3)
 		usage();
 	host = argv[0];
@@ -1750,30 +1743,21 @@ check_relay(struct check *ck, const struct relay_config *rc)
 static int
 cmd_check(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
+	int json = 0, first, rc;
+	const struct option opts[] = {
+		{ "json", no_argument, &json, 1 },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct evbuffer *b = NULL;
 	struct check ck;
 	const char *only = NULL;
 	size_t i, nchecked = 0, nfailed = 0;
-	int ch, json = 0, rc;
 
-	optind = 0;
-	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'j':
-			json = 1;
-			break;
-		default:
-			usage();
-		}
-	}
-	if (argc - optind > 1)
+	first = flags_parse(argc, argv, opts);
+	if (argc - first > 1)
 		usage();
-	if (argc - optind == 1)
-		only = argv[optind];
+	if (argc - first == 1)
+		only = argv[first];
 	if (only != NULL && config_relay(cfg, only) == NULL) {
 		errmsg("check: no relay \"%s\" in %s", only, cfg->file);
 		return EX_USAGE;
