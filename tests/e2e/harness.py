@@ -886,6 +886,30 @@ def daemon_spawn(daemon, prefix=(), env=None):
     return daemon.proc
 
 
+# unshare and nsenter as root, or in an unprivileged user namespace.
+NETNS_USER = [] if os.geteuid() == 0 else ["--map-root-user"]
+
+
+def daemon_spawn_in_netns(daemon, addresses=()):
+    """daemon_spawn() in a network namespace of its own, whose loopback
+    device is up and also carries each of addresses (IPv4, as /32): other
+    networks' clients, on loopback."""
+    setup = "".join(f" && ip addr add {a}/32 dev lo" for a in addresses)
+    return daemon_spawn(daemon, prefix=[
+        "unshare", "--net", *NETNS_USER, "sh", "-c",
+        f'ip link set lo up{setup} && exec "$@"', "sh"])
+
+
+def netns_run(daemon, argv):
+    """Runs argv in the network namespace of a daemon started by
+    daemon_spawn_in_netns(); returns the CompletedProcess (text)."""
+    enter = ["nsenter", "--target", str(daemon.pid), "--net"]
+    if NETNS_USER:
+        enter += ["--user", "--preserve-credentials"]
+    return subprocess.run([*enter, *argv], capture_output=True, text=True,
+                          timeout=30)
+
+
 def daemon_wait_started(daemon, timeout=Daemon.START_TIMEOUT):
     """Waits for this run's "started, pid=" line (the pid must be the
     process daemon.proc runs); returns the "listening on" addresses of

@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from harness import (EX_CONFIG, HOSTNAME, RawSMTP, daemon_dropping_to,
-                     delivery_line, make_message, send_message)
+                     daemon_spawn_in_netns, daemon_wait_started,
+                     delivery_line, make_message, netns_run, send_message)
 from localuser import DROP_GROUP, ensure_group
 from test_observe import ctl_metrics, metrics_port, samples_of, scrape_http
 
@@ -235,6 +236,56 @@ def test_any_address_with_allow_networks_serves_loopback(upstream,
         r"serving metrics and health on http://0\.0\.0\.0:(\d+)/",
         since=daemon.run_start).group(1))
     assert get(port, "/health")[:1] == (200,)
+
+
+# One GET from a source address, inside the daemon's network namespace:
+# prints the status, then the body.
+GET_FROM = """
+import http.client, sys
+conn = http.client.HTTPConnection(sys.argv[2], int(sys.argv[3]), timeout=10,
+                                  source_address=(sys.argv[1], 0))
+conn.request("GET", sys.argv[4])
+resp = conn.getresponse()
+print(resp.status)
+sys.stdout.write(resp.read().decode())
+"""
+
+
+def test_peer_outside_allow_networks_gets_403(upstream, daemon_factory):
+    """metrics_listen on every address with allow_networks 10.0.0.0/8,
+    the daemon in a network namespace of its own whose loopback device
+    also has 192.0.2.1 and 10.1.2.3: a scrape from 192.0.2.1 gets 403 and
+    no metrics, one from 10.1.2.3 or from loopback gets them."""
+    daemon = daemon_factory(upstream.port, start=False,
+                            metrics_listen="0.0.0.0:9125",
+                            allow_networks=["10.0.0.0/8"])
+    daemon_spawn_in_netns(daemon, ["192.0.2.1", "10.1.2.3"])
+    daemon_wait_started(daemon)
+    daemon.wait_log(r"serving metrics and health on http://0\.0\.0\.0:9125/",
+                    since=daemon.run_start)
+
+    def get_from(source, path="/metrics", to="192.0.2.1"):
+        done = netns_run(daemon, ["/usr/bin/python3", "-c", GET_FROM,
+                                  source, to, "9125", path])
+        assert done.returncode == 0, done.stderr
+        status, _, body = done.stdout.partition("\n")
+        return int(status), body
+
+    status, body = get_from("192.0.2.1")
+    assert (status, body) == (403, "not in allow_networks\n")
+    assert get_from("192.0.2.1", "/health") == (403,
+                                                "not in allow_networks\n")
+    daemon.wait_log(r"metrics: GET /metrics from 192\.0\.2\.1: 403")
+    for source, to in (("10.1.2.3", "192.0.2.1"), ("127.0.0.1", "127.0.0.1"),
+                       ("192.0.2.1", "127.0.0.1")):
+        status, body = get_from(source, to=to)
+        if source == "192.0.2.1":
+            # A loopback destination does not make the peer loopback.
+            assert status == 403, (source, to, body)
+            continue
+        assert status == 200, (source, to, body)
+        assert "smarthostd_queue_messages" in body, body
+    assert daemon.running()
 
 
 def test_maildrop_imports_count_as_accepted(upstream, daemon_factory,

@@ -17,12 +17,12 @@ import subprocess
 
 import pytest
 
-from harness import (RawSMTP, daemon_dropping_to, daemon_spawn,
+from harness import (RawSMTP, daemon_dropping_to, daemon_spawn_in_netns,
                      daemon_wait_started, delivery_line, make_message,
-                     queue_id, render_config, send_message, wait_until)
+                     netns_run, queue_id, render_config, send_message,
+                     wait_until)
 
 RCPT = "b@example.net"
-USERNS = [] if os.geteuid() == 0 else ["--map-root-user"]
 
 
 def test_default_listeners_are_loopback_only(upstream, daemon_factory):
@@ -33,9 +33,7 @@ def test_default_listeners_are_loopback_only(upstream, daemon_factory):
     del daemon.settings["listen"]
     with open(daemon.config_path, "w", encoding="utf-8") as f:
         f.write(render_config(daemon.settings))
-    daemon_spawn(daemon, prefix=[
-        "unshare", "--net", *USERNS, "sh", "-c",
-        'ip link set lo up && exec "$@"', "sh"])
+    daemon_spawn_in_netns(daemon)
     listening = daemon_wait_started(daemon)
     assert sorted(listening) == ["127.0.0.1:25", "[::1]:25"], listening
     with open(f"/proc/{daemon.pid}/net/tcp", encoding="ascii") as f:
@@ -55,10 +53,7 @@ def test_client_outside_allow_list_gets_554(upstream, daemon_factory):
     daemon = daemon_factory(upstream.port, start=False,
                             listen=[{"address": "0.0.0.0", "port": "2525"}],
                             allow_networks=["10.0.0.0/8"])
-    daemon_spawn(daemon, prefix=[
-        "unshare", "--net", *USERNS, "sh", "-c",
-        "ip link set lo up && ip addr add 192.0.2.1/32 dev lo && "
-        'exec "$@"', "sh"])
+    daemon_spawn_in_netns(daemon, ["192.0.2.1"])
     daemon_wait_started(daemon)
 
     def first_line(source):
@@ -66,11 +61,7 @@ def test_client_outside_allow_list_gets_554(upstream, daemon_factory):
                   f"s.bind(('{source}', 0)); s.settimeout(10); "
                   "s.connect(('192.0.2.1', 2525)); "
                   "print(s.makefile('rb').readline().decode().strip())")
-        enter = ["nsenter", "--target", str(daemon.pid), "--net"]
-        if USERNS:
-            enter += ["--user", "--preserve-credentials"]
-        result = subprocess.run([*enter, "/usr/bin/python3", "-c", script],
-                                capture_output=True, text=True, timeout=30)
+        result = netns_run(daemon, ["/usr/bin/python3", "-c", script])
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
