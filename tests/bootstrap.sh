@@ -41,14 +41,15 @@ top=$(pwd)
 # certificate (tests/reliability/test_upstream_faults.py). iproute2:
 # addresses in a network namespace (tests/reliability/test_security.py).
 # python3-yaml: the compose and Kubernetes examples of doc/container.md
-# (tests/e2e/test_homes.py).
+# (tests/e2e/test_homes.py). gdb: holds the daemon's event loop in a
+# sleep to show that the watchdog pings stop (tests/e2e/test_homes.py).
 # valgrind: make check-valgrind and make bench-callgrind.
 packages="build-essential autoconf automake autoconf-archive libtool
 	pkg-config libevent-dev libssl-dev libconfig-dev libsystemd-dev
 	libcriterion-dev swaks msmtp python3-aiosmtpd python3-pytest openssl
 	ca-certificates emacs-nox gnupg systemd postfix bsd-mailx git
 	git-email libmailtools-perl clang strace faketime iproute2
-	python3-prometheus-client python3-yaml valgrind"
+	python3-prometheus-client python3-yaml valgrind gdb"
 
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null |

@@ -14,6 +14,7 @@ import smtplib
 import socket
 import subprocess
 import textwrap
+import threading
 import time
 
 import pytest
@@ -21,7 +22,8 @@ import yaml
 
 from harness import (HOSTNAME, SOCKET_ACTIVATE, assert_relayed,
                      daemon_spawn, daemon_wait_started, free_port,
-                     make_message, send_message, wait_until, wrapper)
+                     make_message, send_message, wait_until, wrapper,
+                     TIMEOUT_SCALE)
 from authharness import AuthUpstream, authinfo_line, new_password
 from localuser import ensure_user, open_for_user, require_root
 
@@ -161,6 +163,111 @@ def test_watchdog_and_status(upstream, daemon_factory, notify_socket):
     else:
         pytest.fail("no STATUS= with the queued message and the relay "
                     f"down: {notify_socket.received[-10:]}")
+    assert daemon.terminate() == 0
+
+
+# The syscalls sleep(3) ends up in (nanosleep, clock_nanosleep), by
+# machine: what /proc/PID/task/TID/syscall shows while it sleeps.
+SLEEP_SYSCALLS = {"x86_64": {35, 230}, "aarch64": {101, 115}}
+
+
+def test_stuck_loop_stops_the_watchdog(upstream, daemon_factory,
+                                       notify_socket):
+    """The pings come from the event loop: while the loop's thread (the
+    main thread) is held in a 3 s sleep(3), no WATCHDOG=1 arrives, so
+    systemd's WatchdogSec= would restart the daemon; the pings resume
+    when the loop does. The sleep is an inferior call made by gdb in that
+    thread, during which every other thread of the daemon runs (checked:
+    none is stopped by the tracer while the loop thread sleeps), and
+    WATCHDOG_PID names the daemon, as systemd sets it."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.fail("gdb is not installed (tests/bootstrap.sh installs it)")
+    sleeping = SLEEP_SYSCALLS.get(os.uname().machine)
+    if sleeping is None:
+        pytest.fail(f"no sleep syscall numbers for {os.uname().machine}")
+    daemon = daemon_factory(upstream.port, start=False)
+    daemon_spawn(daemon, prefix=["sh", "-c",
+                                 'WATCHDOG_PID=$$; export WATCHDOG_PID; '
+                                 'exec "$@"', "sh"],
+                 env=dict(os.environ, NOTIFY_SOCKET=notify_socket.path,
+                          WATCHDOG_USEC="400000"))
+    notify_socket.wait_for("READY", "1", timeout=10)
+    daemon_wait_started(daemon)
+    daemon.port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)",
+                                daemon.log(daemon.run_start)).group(1))
+    pid = daemon.pid
+
+    pings, stop = [], threading.Event()
+
+    def collect():
+        while not stop.is_set():
+            fields = notify_socket.next(0.05)
+            if fields is not None and fields.get("WATCHDOG") == "1":
+                pings.append(time.monotonic())
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        wait_until(lambda: len(pings) >= 3, 10, "three watchdog pings")
+
+        def task_state(tid):
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+
+        def loop_sleeping():
+            with open(f"/proc/{pid}/task/{pid}/syscall",
+                      encoding="ascii") as f:
+                nr = f.read().split()[0]
+            return (task_state(pid) == "S" and nr.isdigit() and
+                    int(nr) in sleeping)
+
+        not_before = time.monotonic()
+        held = subprocess.Popen(
+            [gdb, "-nx", "-batch", "-p", str(pid), "-ex", "thread 1",
+             "-ex", "call (unsigned int)sleep(3)"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            # The sleep starts after the last look that did not see it
+            # (not_before) and is seen by the time of began: it certainly
+            # lasts from began to not_before + 3 s.
+            deadline = time.monotonic() + 30 * TIMEOUT_SCALE
+            while True:
+                checked = time.monotonic()
+                if loop_sleeping():
+                    break
+                not_before = checked
+                assert held.poll() is None, held.communicate()[0]
+                assert checked < deadline, "the loop thread never slept"
+                time.sleep(0.01)
+            began = time.monotonic()
+            others = {tid: task_state(tid)
+                      for tid in os.listdir(f"/proc/{pid}/task")
+                      if int(tid) != pid}
+            out, _ = held.communicate(timeout=60)
+        finally:
+            if held.poll() is None:
+                held.kill()
+                held.wait()
+        assert held.returncode == 0, out
+        assert others and "t" not in others.values(), others
+        # A ping sent just before the sleep may be read a moment later.
+        window = (began + 0.1, not_before + 3)
+        assert window[1] - window[0] >= 1.5, (window, out)
+        during = [t for t in pings if window[0] <= t <= window[1]]
+        assert during == [], (
+            f"{len(during)} pings while the loop slept: at "
+            f"{[round(t - began, 3) for t in during]} s of "
+            f"{window[1] - began:.2f} s")
+        ended = window[1]
+        wait_until(lambda: len([t for t in pings if t > ended]) >= 3, 10,
+                   "pings again after the loop woke")
+    finally:
+        stop.set()
+        collector.join()
+    assert daemon.running()
+    send_message(daemon, make_message("after the stall", "Still relays.\n"))
+    upstream.wait_messages(1)
     assert daemon.terminate() == 0
 
 
