@@ -583,6 +583,45 @@ Test(deliver, expired_message_bounces_to_sender)
 	envelope_free(dsn);
 }
 
+Test(deliver, held_message_never_expires_until_released)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512], id[ENVELOPE_ID_MAX], dir[256];
+	struct envelope *env, *dsn;
+
+	snprintf(dir, sizeof(dir), "%s/queue", spool);
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; };", closed_port());
+	load_config(relays, "retry_min = 60; retry_max = 600; lifetime = 10;");
+	/* Past its lifetime: one failed attempt would expire it. */
+	env = enqueue("alice@example.org", rcpts,
+	    "Subject: held\r\n\r\nbody\r\n", time(NULL) - 100);
+	snprintf(id, sizeof(id), "%s", env->id);
+	snprintf(watched_path, sizeof(watched_path), "%s/queue/%s", spool,
+	    env->id);
+	watched = envelope_dup(env);
+	scheduler_add(sched, env);
+	cr_assert_eq(scheduler_hold(sched, id), 0, "hold: %s",
+	    strerror(errno));
+	scheduler_flush(sched);
+	run_until(queue_empty, 1);
+	cr_assert_eq(scheduler_count(sched), 1, "expired while held");
+	cr_assert_eq(dir_count(dir, NULL, 0), 1, "a notification was queued");
+	refresh(&watched);
+	cr_assert_eq(watched->attempts, 0);
+	cr_assert(watched->flags & ENVELOPE_HOLD);
+
+	/* Released: tried at once, and the failure is its last. */
+	cr_assert_eq(scheduler_release(sched, id), 0, "release: %s",
+	    strerror(errno));
+	cr_assert(run_until(watched_gone, 10), "not expired once released");
+	reload_queue();
+	cr_assert_eq(nloaded, 1);
+	dsn = loaded[0];
+	cr_assert(dsn->flags & ENVELOPE_BOUNCE);
+	cr_assert_str_eq(dsn->rcpts[0].addr, "alice@example.org");
+}
+
 static unsigned watched_min_attempts;
 
 /* The watched message was tried often enough and its last state record
