@@ -6,6 +6,7 @@ Credentials come from an authinfo file in the test's directory, named in
 the config (authinfo = [ ... ]) so that no test reads the home directory.
 """
 
+import json
 import os
 import re
 import stat
@@ -16,6 +17,7 @@ from authharness import (authinfo_line, ctl_fields, new_password, run_ctl,
                          secret_forms, write_authinfo)
 from harness import (assert_relayed, delivery_line, make_message,
                      send_message)
+from test_observe import ctl_metrics, samples_of
 
 USER = "me@example.com"
 RCPT = "b@example.net"
@@ -545,6 +547,11 @@ def test_wrong_password_then_fixed_file(ctl, auth_upstream_factory,
     assert (("CRAM-MD5", USER, False) in upstream.handler.attempts), \
         upstream.handler.attempts
     assert_still_queued(ctl, daemon, upstream, qid)
+    # Counted once, under the relay's name (a 10-minute backoff: no
+    # second attempt yet).
+    metrics = samples_of(ctl_metrics(daemon))
+    assert metrics[("smarthostd_auth_failures_total",
+                    (("relay", "upstream"),))] == 1, metrics
 
     save_credentials(authinfo, upstream, password)
     relayed = wait_delivered(daemon, upstream, qid, timeout=FIX_TIMEOUT)
@@ -766,6 +773,18 @@ def test_credentials_command(ctl, auth_upstream_factory, daemon_factory,
     fields = ctl_fields(secret.stdout)
     assert fields["password"] == [password]
     assert fields["secret"] == [password]
+
+    shown = run_ctl(ctl, config, "credentials", "--json", "127.0.0.1", port)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {
+        "file": authinfo, "line": 3, "default": False, "host": "127.0.0.1",
+        "port": port, "login": USER, "password": "present",
+        "gpg_token": False, "smtp_auth": None}
+    assert password not in shown.stdout + shown.stderr
+    secret = run_ctl(ctl, config, "credentials", "127.0.0.1", port, USER,
+                     "--json", "--show-secret")
+    assert secret.returncode == 0, secret.stderr
+    assert json.loads(secret.stdout)["password"] == password
 
     other = run_ctl(ctl, config, "credentials", "127.0.0.1", port, "nobody")
     assert other.returncode == 67, (other.stdout, other.stderr)

@@ -1,9 +1,11 @@
 """smarthostctl's queue commands against a running daemon, and the
 -h/--help and -V/--version every program answers."""
 
+import calendar
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -344,6 +346,47 @@ def test_status_json_and_reload(stuck):
     assert ctl_run(daemon, "status").returncode == 0
 
 
+def test_status_shows_sessions_and_backoff(daemon_factory):
+    """A relay session open (an upstream that takes the connection and
+    never greets), then failed: status shows the session, then when the
+    relay is tried again and why."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        daemon = daemon_factory(silent.getsockname()[1], **SLOW_RETRY)
+        send_message(daemon, make_message("waits", "For a greeting.\n"))
+
+        def relay():
+            r = ctl_run(daemon, "status", "--json")
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)["relays"][0]
+        wait_until(lambda: relay()["sessions"] == 1, 10, "one session")
+        assert relay()["backoff_until"] is None
+        text = ctl_fields(ctl_run(daemon, "status").stdout)
+        assert text["relay"] == ["upstream up sessions=1"], text
+        conn, _ = silent.accept()
+        conn.close()
+    finally:
+        silent.close()
+
+    wait_until(lambda: relay()["backoff_until"] is not None, 10,
+               "a backoff")
+    st = relay()
+    assert st["sessions"] == 0
+    now = time.time()
+    until = calendar.timegm(time.strptime(st["backoff_until"],
+                                          "%Y-%m-%dT%H:%M:%SZ"))
+    # retry_min is an hour.
+    assert 3500 < until - now <= 3600, st
+    assert st["last_error"] and st["last_error_at"] is not None, st
+    text = ctl_fields(ctl_run(daemon, "status").stdout)
+    assert re.fullmatch(rf"upstream {st['state']}( since=\S+)? "
+                        rf"retry={st['backoff_until']}",
+                        text["relay"][0]), text
+    assert st["last_error"] in text["relay-stats"][0], text
+
+
 # --------------------------------------------------------------------------
 # Who may use the control socket
 
@@ -569,3 +612,13 @@ def test_check_one_relay_text(relays):
     assert password not in r.stdout + r.stderr
     r = ctl_run(daemon, "check", "nosuchrelay")
     assert r.returncode == 64 and "no relay" in r.stderr, r
+
+    # The configuration first: a broken one is named, with its line, and
+    # no relay is tried.
+    broken = os.path.join(daemon.workdir, "broken.conf")
+    with open(daemon.config_path) as f, open(broken, "w") as out:
+        out.write(f.read() + "\nrelays = (\n")
+    r = run_ctl(program("smarthostctl"), broken, "check")
+    assert r.returncode == 78, r
+    assert re.match(rf"smarthostctl: {re.escape(broken)}:\d+: ", r.stderr), r
+    assert r.stdout == ""

@@ -163,6 +163,32 @@ def test_metrics_count_a_known_mix(upstream_factory, daemon_factory):
                     (("le", "+Inf"),))] == 4
 
 
+def test_metrics_count_expiries(upstream_factory, daemon_factory):
+    """A message that outlives its lifetime with its relay down: each
+    deferral counted under the upstream's host, the expiry under
+    relay="none", as the log lines say."""
+    upstream = upstream_factory(start=False)
+    daemon = daemon_factory(upstream.port,
+                            queue={"lifetime": "2s", "retry_min": 1,
+                                   "retry_max": 1})
+    qid = send_message(daemon, make_message("expires", "Too late.\n"))
+    daemon.wait_log(delivery_line(qid, "b@example.net", "expired"),
+                    timeout=20)
+    daemon.wait_log(rf"{qid}: removed")
+    # The notification to the sender keeps being deferred meanwhile:
+    # the count lies between the log's before and after the scrape.
+    deferrals = r"relay=127\.0\.0\.1\b.*status=deferred"
+    before = len(daemon.log_lines(deferrals))
+    samples = scrape(daemon)
+    after = len(daemon.log_lines(deferrals))
+    assert samples[("smarthostd_expired_total", (("relay", "none"),))] == 1
+    assert before >= 1
+    assert before <= samples[("smarthostd_deferred_total",
+                              (("relay", "127.0.0.1"),))] <= after
+    assert samples.get(("smarthostd_delivered_total",
+                        (("relay", "127.0.0.1"),)), 0) == 0
+
+
 def test_metrics_gauges_see_the_queue(upstream_factory, daemon_factory):
     upstream = upstream_factory(start=False)
     daemon = daemon_factory(upstream.port)
