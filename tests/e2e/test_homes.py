@@ -116,6 +116,28 @@ def units_dir(tmp_path, smarthostd_binary, units):
     return [str(out / os.path.basename(u)) for u in units]
 
 
+def assert_watchdog_restarts(unit):
+    """unit (a path under TOP_SRCDIR) lets systemd restart a daemon whose
+    loop is stuck: Type=notify with the main process's notifications,
+    WatchdogSec= set, and a restart on failure (a watchdog kill is one)."""
+    service, section = {}, None
+    with open(os.path.join(TOP_SRCDIR, unit), encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and "=" in line and \
+                    not line.startswith("#"):
+                key, value = line.split("=", 1)
+                service[key] = value
+    assert service.get("Type") == "notify", service
+    assert service.get("NotifyAccess", "main") == "main", service
+    assert re.fullmatch(r"[1-9]\d*(s|min)", service.get("WatchdogSec", "")), \
+        service
+    assert service.get("Restart") in ("on-failure", "on-abnormal",
+                                      "on-watchdog", "always"), service
+
+
 def test_system_units_verify(tmp_path, smarthostd_binary):
     # systemd-analyze verify needs no systemd as PID 1; --man=no because
     # the man pages are not installed where man(1) would find them.
@@ -124,6 +146,7 @@ def test_system_units_verify(tmp_path, smarthostd_binary):
                        "systemd/smarthostd.socket"])
     done = run("systemd-analyze", "verify", "--man=no", *paths)
     assert "smarthostd" not in done.stderr, done.stderr
+    assert_watchdog_restarts("systemd/smarthostd.service")
 
 
 # --------------------------------------------------------------------------
@@ -746,6 +769,7 @@ def test_user_units_verify(tmp_path, smarthostd_binary):
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "smarthostd" not in done.stderr, done.stderr
+    assert_watchdog_restarts("systemd/user/smarthostd.service")
 
 
 def workstation(tmp_path, pki, upstream, listen, relay_extra=""):
