@@ -36,6 +36,7 @@ Test(config, defaults)
 	cr_assert_eq(c->retry_min, 300);
 	cr_assert_eq(c->retry_max, 4000);
 	cr_assert_eq(c->lifetime, 5 * 86400);
+	cr_assert_eq(c->delay_warning, 4 * 3600);
 	r = config_default_relay(c);
 	cr_assert_str_eq(r->name, "up");
 	cr_assert_eq(r->tls, TLS_MODE_STARTTLS);
@@ -56,7 +57,8 @@ Test(config, full)
 	    "allow_networks = [ \"192.0.2.0/24\" ];\n"
 	    "limits = { max_message_size = \"10M\"; idle_timeout = \"2m\";\n"
 	    "  max_recipients = 5; };\n"
-	    "queue = { retry_min = \"1m\"; retry_max = \"1h\"; lifetime = \"2d\"; };\n"
+	    "queue = { retry_min = \"1m\"; retry_max = \"1h\"; lifetime = \"2d\";\n"
+	    "  delay_warning = 0; };\n"
 	    "default_relay = \"cap\";\n"
 	    "relays = { up = { host = \"mx.example\"; tls = \"implicit\";\n"
 	    "  verify = false; };\n"
@@ -76,6 +78,7 @@ Test(config, full)
 	cr_assert_eq(c->retry_min, 60);
 	cr_assert_eq(c->retry_max, 3600);
 	cr_assert_eq(c->lifetime, 2 * 86400);
+	cr_assert_eq(c->delay_warning, 0, "0 disables the warnings");
 	cr_assert_str_eq(config_default_relay(c)->name, "cap");
 	cr_assert_eq(config_default_relay(c)->type, RELAY_TYPE_MAILDIR);
 	cr_assert_str_eq(config_relay(c, "up")->port, "465");
@@ -402,6 +405,7 @@ Test(config, example_defaults_are_the_defaults)
 	cr_assert_eq(ex->retry_min, def->retry_min);
 	cr_assert_eq(ex->retry_max, def->retry_max);
 	cr_assert_eq(ex->lifetime, def->lifetime);
+	cr_assert_eq(ex->delay_warning, def->delay_warning);
 	cr_assert_eq(ex->delivery_workers, def->delivery_workers);
 	config_free(ex);
 	config_free(def);
