@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "escape.h"
 #include "smtp_proto.h"
 
 int
@@ -126,6 +127,11 @@ smtp_mailbox_valid(const char *addr, int utf8)
 		if (c >= 0x80 && !utf8)
 			return 0;
 	}
+	/* With SMTPUTF8: a stray byte or a C1 control is what the log and
+	 * header escaping would have to catch later, and no upstream takes
+	 * an address that is not UTF-8. */
+	if (utf8 && escape_needed(addr, (size_t)(p - addr)))
+		return 0;
 	for (p = addr; *p != '\0'; p++) {
 		unsigned char c = (unsigned char)*p;
 

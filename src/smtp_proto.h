@@ -38,7 +38,9 @@ int smtp_path_parse(const char *arg, const char *prefix, char *addr,
 
 /* Whether a mailbox has the local@domain syntax we relay (no spaces or
  * control characters, one unquoted '@', non-empty parts). Non-ASCII bytes
- * are allowed only when utf8 is set (SMTPUTF8). */
+ * are allowed only when utf8 is set (SMTPUTF8), and then only as
+ * well-formed UTF-8 of printable characters (RFC 6531 wants UTF-8; a C1
+ * control such as U+009B is a terminal's CSI). */
 int smtp_mailbox_valid(const char *addr, int utf8);
 
 /*

@@ -220,7 +220,16 @@ class RecordingHandler:
         self.mail_commands = 0
         self.data_commands = 0
         self._messages = []
+        self._wires = []
         self._lock = threading.Lock()
+
+    def wire_for(self, connection):
+        """A new record of the bytes one connection sends (after
+        STARTTLS, what the TLS layer decrypted)."""
+        wire = bytearray()
+        with self._lock:
+            self._wires.append(wire)
+        return wire
 
     async def handle_MAIL(self, server, session, envelope, address,
                           mail_options):
@@ -261,10 +270,27 @@ class RecordingHandler:
         with self._lock:
             return list(self._messages)
 
+    @property
+    def wires(self):
+        """What each connection sent, byte for byte, in connection
+        order."""
+        with self._lock:
+            return [bytes(w) for w in self._wires]
+
 
 class _NullSenderSMTP(SMTP):
     """aiosmtpd refuses MAIL FROM:<>; bounces need it, so accept it and
-    record the sender as "<>" (the handler maps it to "")."""
+    record the sender as "<>" (the handler maps it to ""). Every byte the
+    client sends is kept (RecordingHandler.wires) before aiosmtpd parses
+    it: its own parsing unstuffs dots and takes any line for a line."""
+
+    _wire = None
+
+    def data_received(self, data):
+        if self._wire is None:
+            self._wire = self.event_handler.wire_for(self)
+        self._wire += data
+        super().data_received(data)
 
     def _getaddr(self, arg):
         stripped = arg.lstrip()
@@ -274,22 +300,34 @@ class _NullSenderSMTP(SMTP):
 
 
 class _Controller(Controller):
+    def __init__(self, handler, line_length_limit=None, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.protocol = _NullSenderSMTP
+        if line_length_limit is not None:
+            # aiosmtpd takes the limit from the class when it builds
+            # the connection's reader.
+            self.protocol = type("_LongLineSMTP", (_NullSenderSMTP,),
+                                 {"line_length_limit": line_length_limit})
+
     def factory(self):
-        return _NullSenderSMTP(self.handler, **self.SMTP_kwargs)
+        return self.protocol(self.handler, **self.SMTP_kwargs)
 
 
 class Upstream:
     """An SMTP server on 127.0.0.1 that the daemon relays to.
 
     With tls set (a CertPair) it offers STARTTLS with that certificate;
-    with tls None it offers no STARTTLS. The port is chosen at creation so
+    with tls None it offers no STARTTLS. line_length_limit raises
+    aiosmtpd's limit on a line of message data (1001 bytes with CRLF). The port is chosen at creation so
     the daemon can be configured before the upstream starts; start() and
     stop() may be called more than once.
     """
 
-    def __init__(self, tls=None, rcpt_replies=None, data_replies=None):
+    def __init__(self, tls=None, rcpt_replies=None, data_replies=None,
+                 line_length_limit=None):
         self.handler = RecordingHandler(rcpt_replies, data_replies)
         self._tls = tls
+        self._line_length_limit = line_length_limit
         self._controller = None
         self.port = free_port()
 
@@ -298,7 +336,9 @@ class Upstream:
         if self._tls is not None:
             kwargs["tls_context"] = server_tls_context(self._tls)
             kwargs["require_starttls"] = False
-        return _Controller(self.handler, hostname="127.0.0.1",
+        return _Controller(self.handler,
+                           line_length_limit=self._line_length_limit,
+                           hostname="127.0.0.1",
                            port=self.port, ready_timeout=10,
                            server_hostname=UPSTREAM_HOSTNAME,
                            data_size_limit=64 * 1024 * 1024, **kwargs)
@@ -592,6 +632,10 @@ class Daemon:
                 return f.read()
         except FileNotFoundError:
             return b""
+
+    def log_bytes(self, since=0):
+        """The log from byte offset since, as the daemon wrote it."""
+        return self._read_log()[since:]
 
     def log(self, since=0):
         """The log text from byte offset since."""

@@ -29,7 +29,7 @@ libs="$(pkg-config --libs openssl libsystemd libevent libevent_openssl \
 # target: the sources it needs besides its own file ("library": every
 # source of libsmarthost.a)
 targets="smtp_server:library
-smtp_proto:smtp_proto
+smtp_proto:smtp_proto escape
 envelope:envelope strbuf xmalloc log escape
 authinfo:authinfo xmalloc log escape
 sasl:sasl strbuf xmalloc log escape

@@ -94,6 +94,23 @@ Test(mailbox, escaped_bytes_are_checked)
 	cr_assert_not(smtp_mailbox_valid(addr, 1));
 }
 
+/* SMTPUTF8 allows UTF-8, not any byte above 0x7f: a stray byte, an
+ * overlong form, a surrogate or a C1 control (CSI) is refused, quoted and
+ * escaped or not. */
+Test(mailbox, utf8_must_be_well_formed_and_printable)
+{
+	cr_assert(smtp_mailbox_valid("j\xc3\xb6rg@b\xc3\xa9.example", 1));
+	cr_assert(smtp_mailbox_valid("\xf0\x9f\x93\xa7@example.org", 1));
+	cr_assert_not(smtp_mailbox_valid("\"\\\xff\"@b.c", 1));
+	cr_assert_not(smtp_mailbox_valid("\xff@b.c", 1));
+	cr_assert_not(smtp_mailbox_valid("a@b\xff.c", 1));
+	cr_assert_not(smtp_mailbox_valid("\xc3@b.c", 1));
+	cr_assert_not(smtp_mailbox_valid("a\xc0\xae@b.c", 1));
+	cr_assert_not(smtp_mailbox_valid("a\xed\xa0\x80@b.c", 1));
+	cr_assert_not(smtp_mailbox_valid("a\xc2\x9b31m@b.c", 1));
+	cr_assert_not(smtp_mailbox_valid("\"\\\xc2\x85\"@b.c", 1));
+}
+
 Test(params, iterate)
 {
 	const char *cur = "SIZE=100 body=8BITMIME SMTPUTF8";
