@@ -1340,22 +1340,13 @@ sequence_error(struct session *s, const struct command *c)
 	reply_error(s, "503 5.5.1 %s", why);
 }
 
+/* Looks verb up in the command table and runs it, or refuses it. */
 static void
-command_dispatch(struct session *s, char *line, size_t len)
+command_run(struct session *s, const char *verb, const char *arg)
 {
-	char verb[VERB_MAX];
 	const struct command *c = NULL;
-	const char *arg;
 	size_t i;
 
-	/* Trailing blanks are a common client sloppiness; drop them. */
-	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
-		line[--len] = '\0';
-	trace(s, "<", line, len);
-	if (smtp_cmd_split(line, len, verb, sizeof(verb), &arg) == -1) {
-		reply_error(s, "500 5.5.2 Error: bad syntax");
-		return;
-	}
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (strcmp(verb, commands[i].verb) == 0) {
 			c = &commands[i];
@@ -1374,6 +1365,48 @@ command_dispatch(struct session *s, char *line, size_t len)
 		return;
 	}
 	c->action(s, arg);
+}
+
+/*
+ * A DATA that was refused while more input already waits behind it. RFC
+ * 2920 makes DATA the last command of a pipelined group: the client must
+ * wait for the 354. What it sent without waiting is its message, and read
+ * as commands a RCPT and a DATA in that text would queue it, or a part of
+ * it, for whoever the text names. So the session ends instead. Input that
+ * arrives only after the refusal was sent cannot be told apart from
+ * commands; a client that waits as it must sends none.
+ */
+static void
+data_refused(struct session *s)
+{
+	if (s->state == S_QUIT || evbuffer_get_length(s->in) == 0)
+		return;
+	log_info("smtp: client=%s: input pipelined after a refused DATA, "
+	    "closing", s->client);
+	reply(s, "421 4.5.0 Improper command pipelining after DATA, closing "
+	    "connection");
+	txn_free(s->txn);
+	s->txn = NULL;
+	session_enter(s, S_QUIT);
+}
+
+static void
+command_dispatch(struct session *s, char *line, size_t len)
+{
+	char verb[VERB_MAX];
+	const char *arg;
+
+	/* Trailing blanks are a common client sloppiness; drop them. */
+	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+		line[--len] = '\0';
+	trace(s, "<", line, len);
+	if (smtp_cmd_split(line, len, verb, sizeof(verb), &arg) == -1) {
+		reply_error(s, "500 5.5.2 Error: bad syntax");
+		return;
+	}
+	command_run(s, verb, arg);
+	if (strcmp(verb, "DATA") == 0 && s->state != S_DATA)
+		data_refused(s);
 }
 
 /*

@@ -217,3 +217,63 @@ def test_quoted_escapes_and_8bit_in_addresses(lenient, upstream):
     assert relayed.rcpt_tos == ["j\u00f6rg@example.net"]
     daemon.wait_log(delivery_line(qid, "j\u00f6rg@example.net", "sent"))
     assert_log_clean(daemon)
+
+
+SMUGGLED = (b"MAIL FROM:<x@evil.example>\r\n"
+            b"RCPT TO:<victim@example.net>\r\n"
+            b"DATA\r\n"
+            b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n")
+
+
+def replies_until_close(smtp):
+    """Every reply until the server closes the connection."""
+    got = []
+    while True:
+        try:
+            got.append(smtp.reply())
+        except ConnectionError:
+            return got
+
+
+def test_pipelined_garbage_after_the_final_dot(daemon, upstream):
+    """Garbage pipelined behind the final dot (a NUL line, escape
+    sequences, a RCPT and DATA without MAIL, text, a lone dot) waits for
+    the 250 and is then answered line by line as commands, up to the
+    refused DATA with text behind it, which ends the session: none of it
+    joins the message or starts another."""
+    message = make_message("before the garbage", "Body.\n")
+    with greeted(daemon) as smtp:
+        smtp.begin_data()
+        smtp.send(message + b".\r\n" + b"\x00\x1b[2J\r\n\x1b]0;t\x07\r\n"
+                  + SMUGGLED.split(b"\r\n", 1)[1] + b"QUIT\r\n")
+        got = replies_until_close(smtp)
+    # NUL line, escape verb, OSC verb, RCPT and DATA out of sequence,
+    # then the end: text waits behind the refused DATA.
+    assert [r.code for r in got] == [250, 500, 500, 503, 503, 421], got
+    assert queue_id(got[0].text)
+    assert_arrived_exactly(upstream, message)
+    upstream.assert_count_stays(1, settle=1)
+    assert_log_clean(daemon)
+
+
+@pytest.mark.parametrize("refusal", ["no recipient", "bad recipient",
+                                     "DATA argument"])
+def test_data_pipelined_after_a_refused_data(daemon, upstream, refusal):
+    """A client that pipelines its message behind DATA (RFC 2920 says
+    to wait for the 354) and gets DATA refused: its message must not be
+    read as commands, where a RCPT and DATA in the text would send it to
+    another recipient. The daemon answers the DATA and closes."""
+    first = {"no recipient": b"MAIL FROM:<a@example.org>\r\n",
+             "bad recipient": b"MAIL FROM:<a@example.org>\r\n"
+                              b"RCPT TO:<bad\x1b@example.net>\r\n",
+             "DATA argument": b"MAIL FROM:<a@example.org>\r\n"
+                              b"RCPT TO:<b@example.net>\r\n"}[refusal]
+    data = b"DATA x\r\n" if refusal == "DATA argument" else b"DATA\r\n"
+    with greeted(daemon) as smtp:
+        smtp.send(first + data + SMUGGLED + b"QUIT\r\n")
+        got = replies_until_close(smtp)
+    codes = [r.code for r in got]
+    assert 354 not in codes, got
+    assert codes[-1] == 421, got
+    upstream.assert_count_stays(0, settle=1.5)
+    assert_log_clean(daemon)

@@ -500,6 +500,36 @@ Test(smtp_server, bad_sequence)
 	cr_assert_eq(h.nqueued, 0);
 }
 
+/* A message pipelined behind a refused DATA is never read as commands:
+ * the RCPT and DATA in its text would queue it for someone else. */
+Test(smtp_server, data_refused_with_pipelined_input_closes)
+{
+	ehlo();
+	send_str("MAIL FROM:<a@client.test>\r\nDATA\r\n"
+	    "RCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n.\r\n");
+	expect("250 2.1.0");
+	expect("503 5.5.1");
+	expect("421 4.5.0");
+	cr_assert(run_until(is_eof, NULL, WAIT_SECS));
+	cr_assert_eq(h.nqueued, 0);
+}
+
+/* The same refusal with nothing behind it is an ordinary error. */
+Test(smtp_server, data_refused_alone_keeps_the_session)
+{
+	ehlo();
+	send_str("MAIL FROM:<a@client.test>\r\n");
+	expect("250 2.1.0");
+	send_str("DATA\r\n");
+	expect("503 5.5.1");
+	send_str("RCPT TO:<b@example.org>\r\n");
+	expect("250 2.1.5");
+	send_str("DATA x\r\n");
+	expect("501 5.5.4");
+	send_str("DATA\r\n");
+	expect("354");
+}
+
 Test(smtp_server, syntax_errors)
 {
 	ehlo();
