@@ -108,7 +108,7 @@ def secret_forms(user, password):
     """Every form in which a password (or OAuth token) could leak into a
     log: itself, its hex, and base64 of itself and of the PLAIN, LOGIN,
     XOAUTH2 and OAUTHBEARER answers that carry it. SCRAM never sends the
-    password; its proof is derived, so the forms cover it."""
+    password; what it derives from it is in key_forms()."""
     pw = password.encode("utf-8")
     u = user.encode("utf-8")
     blobs = [pw, b"\0" + u + b"\0" + pw, u + b"\0" + u + b"\0" + pw,
@@ -118,6 +118,16 @@ def secret_forms(user, password):
     forms = {password, pw.hex(), f"Bearer {password}"}
     for blob in blobs:
         forms.add(base64.b64encode(blob).decode())
+    return sorted(forms)
+
+
+def key_forms(keys):
+    """The forms in which binary secrets (SCRAM's salted password and the
+    keys derived from it) could leak: hex in either case, base64."""
+    forms = set()
+    for key in keys:
+        forms |= {key.hex(), key.hex().upper(),
+                  base64.b64encode(key).decode()}
     return sorted(forms)
 
 
@@ -415,6 +425,9 @@ class OAuthHandler(AuthHandler):
         super().__init__(users, **kwargs)
         self.tokens = dict(tokens)
         self.oauth_seen = []
+        # What SCRAM derives from the password on both sides: with any
+        # of these a listener could authenticate as the user.
+        self.scram_keys = []
 
     async def auth_XOAUTH2(self, server, args):
         if len(args) > 1:
@@ -510,6 +523,8 @@ class OAuthHandler(AuthHandler):
         if not hmac.compare_digest(proof, want):
             return self._check("SCRAM-SHA-256", user, False)
         server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        with self._slock:
+            self.scram_keys += [salted, client_key, stored, server_key]
         verifier = base64.b64encode(
             hmac.new(server_key, auth_message, "sha256").digest()).decode()
         if await server.challenge_auth(f"v={verifier}") is MISSING:

@@ -13,8 +13,8 @@ import stat
 
 import pytest
 
-from authharness import (authinfo_line, ctl_fields, new_password, run_ctl,
-                         secret_forms, write_authinfo)
+from authharness import (authinfo_line, ctl_fields, key_forms, new_password,
+                         run_ctl, secret_forms, write_authinfo)
 from harness import (assert_relayed, delivery_line, make_message,
                      send_message)
 from test_observe import ctl_metrics, samples_of
@@ -124,21 +124,25 @@ def assert_auth_on_demand(session):
         f"MAIL not sent again after AUTH: {session.describe()}"
 
 
-def assert_no_secret(text, *credentials, where="the daemon's log"):
-    """No form of any (user, password) in credentials occurs in text."""
+def assert_no_secret(text, *credentials, where="the daemon's log",
+                     keys=()):
+    """No form of any (user, password) in credentials, nor of any binary
+    secret in keys (see key_forms), occurs in text."""
     for user, password in credentials:
         for form in secret_forms(user, password):
             assert form not in text, \
                 f"{where} contains the password (as {form!r})"
+    for form in key_forms(keys):
+        assert form not in text, f"{where} contains a derived key ({form})"
 
 
 def assert_no_secret_anywhere(ctl, daemon, *credentials, host="127.0.0.1",
-                              port=None):
-    """No form of any credential in the daemon's log, in any file it keeps
-    (spool, queue and state files; not the config, which may name an
-    oauth_command), or in what smarthostctl's queue, status and
-    credentials commands print."""
-    assert_no_secret(daemon.log(), *credentials)
+                              port=None, keys=()):
+    """No form of any credential (or of keys, binary secrets derived from
+    one) in the daemon's log, in any file it keeps (spool, queue and state
+    files; not the config, which may name an oauth_command), or in what
+    smarthostctl's queue, status and credentials commands print."""
+    assert_no_secret(daemon.log(), *credentials, keys=keys)
     skip = {os.path.realpath(daemon.config_path),
             os.path.realpath(daemon.log_path)}
     scanned = 0
@@ -149,7 +153,7 @@ def assert_no_secret_anywhere(ctl, daemon, *credentials, host="127.0.0.1",
                 continue
             with open(path, "rb") as f:
                 text = f.read().decode("latin-1")
-            assert_no_secret(text, *credentials, where=path)
+            assert_no_secret(text, *credentials, where=path, keys=keys)
             scanned += 1
     assert scanned > 0, "no spool or state file to scan"
     commands = [("queue",), ("status",)]
@@ -158,7 +162,7 @@ def assert_no_secret_anywhere(ctl, daemon, *credentials, host="127.0.0.1",
     for args in commands:
         out = run_ctl(ctl, daemon.config_path, *args)
         assert_no_secret(out.stdout + out.stderr, *credentials,
-                         where=f"smarthostctl {' '.join(args)}")
+                         where=f"smarthostctl {' '.join(args)}", keys=keys)
 
 
 def status_auth_required(ctl, daemon):

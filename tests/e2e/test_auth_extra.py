@@ -100,9 +100,10 @@ def test_oauthbearer_leaves_no_secret(oauth_upstream_factory, ctl,
 def test_scram_leaves_no_secret(oauth_upstream_factory, ctl, daemon_factory,
                                 authinfo, password):
     """SCRAM-SHA-256 against a server that checks the proof and proves
-    itself: the mail arrives, the exchange is in the -d trace, and the
-    password is in no form in the log, spool, state files or
-    smarthostctl's output."""
+    itself: the mail arrives, the exchange is in the -d trace, and neither
+    the password nor what SCRAM derives from it (salted password, client,
+    stored and server keys) is in any form in the log, spool, state files
+    or smarthostctl's output."""
     upstream = oauth_upstream_factory({}, mechanisms=("SCRAM-SHA-256",))
     upstream.handler.users[USER] = password
     save_credentials(authinfo, upstream, password)
@@ -115,8 +116,10 @@ def test_scram_leaves_no_secret(oauth_upstream_factory, ctl, daemon_factory,
         [("SCRAM-SHA-256", 235)], upstream.describe()
     assert re.search(r"AUTH SCRAM-SHA-256\b", daemon.log()), \
         "no protocol trace of AUTH SCRAM-SHA-256 in the -d log"
+    assert len(upstream.handler.scram_keys) == 4
     assert_no_secret_anywhere(ctl, daemon, (USER, password),
-                              port=upstream.port)
+                              port=upstream.port,
+                              keys=upstream.handler.scram_keys)
 
 
 # --------------------------------------------------------------------------

@@ -226,7 +226,7 @@ def test_hold_release_flush(stuck):
     assert r.returncode == 65 and "release it first" in r.stdout, r
 
     # Held across a restart, and never tried by a flush of everything.
-    daemon.terminate()
+    assert daemon.terminate() == 0
     daemon.start()
     assert queue_json(daemon)[held]["held"] is True
     upstream.handler.rcpt_replies[DEFER] = "250 2.1.5 OK"
@@ -270,7 +270,7 @@ def test_delete(stuck):
     assert not [f for f in os.listdir(spool) if f in ids]
     # Deleted, not bounced: nothing went to the sender.
     upstream.assert_count_stays(0, settle=1)
-    daemon.terminate()
+    assert daemon.terminate() == 0
     daemon.start()
     assert queue_json(daemon) == {}
 
@@ -419,7 +419,7 @@ def shared(stuck, tmp_path):
     ensure_user()
     public = tempfile.mkdtemp(prefix="shctl-")
     os.chmod(public, 0o755)
-    daemon.terminate()
+    assert daemon.terminate() == 0
     settings = daemon.settings = dict(
         daemon.settings, control_socket=os.path.join(public, "control.sock"),
         control_admin_group=ADMIN_GROUP, control_read_group=READ_GROUP)

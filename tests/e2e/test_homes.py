@@ -380,8 +380,11 @@ def sidecars():
         made.append(Sidecar(*args, **kwargs))
         return made[-1]
     yield start
-    for sidecar in made:
-        sidecar.stop()
+    # A crash at shutdown, or a daemon that ignores SIGTERM, fails the
+    # test (stop() raises on the latter).
+    statuses = [sidecar.stop() for sidecar in made]
+    assert all(status == 0 for status in statuses), \
+        f"sidecar exit statuses after SIGTERM: {statuses}"
 
 
 def clean_env(**variables):

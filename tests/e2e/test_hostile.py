@@ -453,3 +453,27 @@ def test_overlong_lines_and_messages(daemon_factory, upstream_factory):
     assert_arrived_exactly(upstream, message)
     upstream.assert_count_stays(1, settle=1)
     assert_log_clean(daemon)
+
+
+def test_bare_lf_in_commands(daemon, upstream):
+    """A bare LF ends a command line (lenient, as documented); so a bare
+    LF inside an address cuts it in two lines, each refused, and a bare
+    CR inside one is a control byte, refused. A transaction of bare-LF
+    commands still delivers exactly its message."""
+    with greeted(daemon) as smtp:
+        smtp.send(b'RCPT TO:<"x\ny"@example.net>\r\n')
+        assert [smtp.reply().code, smtp.reply().code] == [503, 500]
+        smtp.send(b"MAIL FROM:<a@example.org>\nRCPT TO:<b@\nexample.net>\n")
+        assert [smtp.reply().code, smtp.reply().code,
+                smtp.reply().code] == [250, 501, 500]
+        smtp.send(b"RCPT TO:<b@example.net>\rDATA\n")
+        assert smtp.reply().code == 501
+        smtp.send(b"RCPT TO:<b@example.net>\nDATA\n")
+        assert [smtp.reply().code, smtp.reply().code] == [250, 354]
+        head = make_message("bare LF commands", "x")[:-3]
+        smtp.send(head + b"one\n.\ntwo\r\n.\r\n")
+        assert smtp.reply().code == 250
+        smtp.command("QUIT")
+    assert_arrived_exactly(upstream, head + b"one\r\n.\r\ntwo\r\n")
+    upstream.assert_count_stays(1, settle=1)
+    assert_log_clean(daemon)

@@ -97,11 +97,14 @@ def start_imported(smarthostd_binary, imported, made):
 
 @pytest.fixture
 def daemons(request):
+    """Daemons to stop when the test ends; as daemon_factory, the test
+    fails when one did not stop cleanly (see Daemon.close)."""
     made = []
     request.node.smarthostd_daemons = made
     yield made
-    for daemon in made:
-        daemon.close()
+    problems = [p for p in (daemon.close() for daemon in made) if p]
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
 
 
 @pytest.fixture

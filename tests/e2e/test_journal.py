@@ -97,8 +97,7 @@ def start_in_journal(request, tmp_path, daemon_factory, relay_port,
     env.pop("JOURNAL_STREAM", None)
 
     def stop():
-        if daemon.running():
-            daemon.terminate()
+        status = daemon.terminate() if daemon.running() else 0
         if os.path.exists(pidfile):
             with open(pidfile, encoding="ascii") as f:
                 pid = int(f.read())
@@ -106,6 +105,9 @@ def start_in_journal(request, tmp_path, daemon_factory, relay_port,
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        # The namespace's shell execs the daemon: a crash at shutdown
+        # shows here.
+        assert status == 0, f"smarthostd exited with {status} after SIGTERM"
 
     request.addfinalizer(stop)
     daemon_spawn(daemon, prefix=["unshare", "--mount",
@@ -212,7 +214,7 @@ def test_journal_entries_carry_the_message_fields(journald_daemon):
             if "QUEUE_ID" not in e and e["MESSAGE"].startswith("listening")]
     assert journal(jdir, "SYSLOG_IDENTIFIER=smarthostd-stream") == []
 
-    daemon.terminate()
+    assert daemon.terminate() == 0
     stops = [e for e in journal(jdir, "SYSLOG_IDENTIFIER=smarthostd")
              if e["MESSAGE"] == "stopped"]
     assert len(stops) == 1 and stops[0]["PRIORITY"] == "6"

@@ -46,7 +46,7 @@ def test_delay_warning_is_sent_once(upstream_factory, daemon_factory):
     upstream.assert_count_stays(1, settle=1)
 
     # ... nor does a restart: the flag is in the queue file.
-    daemon.terminate()
+    assert daemon.terminate() == 0
     daemon.start()
     daemon.flush()
     daemon.wait_log(delivery_line(qid, SLOW, "deferred"),
