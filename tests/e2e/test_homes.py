@@ -431,6 +431,15 @@ def test_sidecar_from_environment_and_flags_as_non_root(
     status = proc_status(sidecar.proc.pid)
     assert status["Uid"].split()[0] == str(user.pw_uid), status["Uid"]
     assert int(status["CapEff"], 16) == 0, status["CapEff"]
+    # Credentials live in its memory: no core file, and not dumpable
+    # (PR_SET_DUMPABLE 0), so other processes of its own user cannot
+    # read that memory either; the kernel then gives the files of
+    # /proc/PID to root instead of the process's user.
+    with open(f"/proc/{sidecar.proc.pid}/limits", encoding="ascii") as f:
+        core, = [line for line in f if line.startswith("Max core file")]
+    assert core.split()[4:6] == ["0", "0"], core
+    owner = os.stat(f"/proc/{sidecar.proc.pid}/environ").st_uid
+    assert owner == 0, f"dumpable: /proc/PID/environ owned by uid {owner}"
 
     with smtplib.SMTP("127.0.0.1", sidecar.port, local_hostname="client.test",
                       timeout=10) as client:
