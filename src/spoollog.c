@@ -250,7 +250,22 @@ file_name(uint32_t seq, char *buf, size_t len)
 	snprintf(buf, len, "%016" PRIX32, seq);
 }
 
-/* Applies one synced (or replayed) record to the index. Locked. */
+/* Whether the record at (seq, off) lies before the one at (seq2, off2) in
+ * the log's order, which is replay's. */
+static int
+pos_before(uint32_t seq, uint32_t off, uint32_t seq2, uint32_t off2)
+{
+	return seq < seq2 || (seq == seq2 && off < off2);
+}
+
+/*
+ * Applies one synced (or replayed) record to the index. Locked. A message
+ * of the index has the state of the last state record after its message
+ * record in the log's order, as replay reads it. Replay applies records
+ * in that order; a commit may not, since a note written after the
+ * commit's records (spoollog_note) can reach the index before them: so a
+ * record changes the state only when it lies after the state's record.
+ */
 static void
 index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
     uint32_t seq, uint32_t off, uint32_t len, uint32_t aux)
@@ -273,15 +288,21 @@ index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
 		e->off = off;
 		e->len = len;
 		e->aux = aux;
-		e->st_seq = 0;
-		e->st_off = 0;
+		if (e->st_seq == 0 || !pos_before(seq, off, e->st_seq,
+		    e->st_off)) {
+			e->st_seq = 0;
+			e->st_off = 0;
+		}
 		if ((f = file_find(log, seq)) != NULL) {
 			f->live++;
 			f->live_bytes += LOGREC_HEADER_LEN + (uint64_t)len;
 		}
 		break;
 	case LOGREC_STATE:
-		if ((e = index_find(log, id)) != NULL) {
+		if ((e = index_find(log, id)) != NULL &&
+		    pos_before(e->seq, e->off, seq, off) &&
+		    (e->st_seq == 0 || pos_before(e->st_seq, e->st_off, seq,
+		    off))) {
 			e->st_seq = seq;
 			e->st_off = off;
 		}
@@ -661,15 +682,36 @@ record_read(struct spoollog *log, int fd, uint32_t seq, uint32_t off,
 	return buf;
 }
 
+/* Reads the state record at (seq, off) of message id, whatever its length;
+ * *len is its payload's. NULL with errno (EBADMSG if it does not check). */
+static unsigned char *
+state_read(struct spoollog *log, int fd, uint32_t seq, uint32_t off,
+    uint64_t id, size_t *len)
+{
+	struct logrec rec;
+	unsigned char hdr[LOGREC_HEADER_LEN], *buf;
+
+	if (fileio_pread_all(fd, hdr, sizeof(hdr), off) == -1)
+		return NULL;
+	if (logrec_header_parse(hdr, seq, &rec) != LOGREC_VALID ||
+	    rec.type != LOGREC_STATE) {
+		errno = EBADMSG;
+		return NULL;
+	}
+	if ((buf = record_read(log, fd, seq, off, id, rec.len, &rec)) != NULL)
+		*len = rec.len;
+	return buf;
+}
+
 /* Decodes a message with its state, from an entry taken by entry_take. */
 static struct envelope *
 entry_read(struct spoollog *log, const struct entry *e, int fd, int st_fd)
 {
 	struct envelope *env = NULL;
-	struct logrec rec, srec;
-	unsigned char *buf = NULL, *sbuf = NULL, hdr[LOGREC_HEADER_LEN];
+	struct logrec rec;
+	unsigned char *buf = NULL, *sbuf = NULL;
 	char id[ENVELOPE_ID_MAX], derr[128];
-	size_t used;
+	size_t used, slen;
 	int error = 0;
 
 	envelope_id_text(e->id, id, sizeof(id));
@@ -690,10 +732,9 @@ entry_read(struct spoollog *log, const struct entry *e, int fd, int st_fd)
 		goto done;
 	}
 	if (st_fd != -1) {
-		if (fileio_pread_all(st_fd, hdr, sizeof(hdr), e->st_off) ==
-		    -1 || logrec_header_parse(hdr, e->st_seq, &srec) !=
-		    LOGREC_VALID || (sbuf = record_read(log, st_fd,
-		    e->st_seq, e->st_off, e->id, srec.len, &srec)) == NULL) {
+		errno = 0;
+		if ((sbuf = state_read(log, st_fd, e->st_seq, e->st_off,
+		    e->id, &slen)) == NULL) {
 			error = errno != 0 ? errno : EIO;
 			log_warn("%s: read state record", id);
 			envelope_free(env);
@@ -701,7 +742,7 @@ entry_read(struct spoollog *log, const struct entry *e, int fd, int st_fd)
 			goto done;
 		}
 		if (envelope_apply_record(env,
-		    (char *)sbuf + LOGREC_HEADER_LEN, srec.len) == -1)
+		    (char *)sbuf + LOGREC_HEADER_LEN, slen) == -1)
 			log_warnx("%s: ignoring malformed state record", id);
 	}
 	env->body_offset = (off_t)e->off + LOGREC_HEADER_LEN + e->aux;
@@ -890,8 +931,66 @@ room_for_messages(const struct spoollog *log, off_t end)
 	    (size_t)end + log->stagelen + SPOOLLOG_RESERVE <= log->prealloc;
 }
 
-int
-spoollog_flush(struct spoollog *log, int sync, off_t *base)
+/*
+ * Stages, after the copies forward staged, the state records that notes
+ * wrote for those messages since copy_forward() read them: a copy
+ * replaces every state before it, so such a note must follow it again.
+ * Write-locked, so no other note comes in before the copies are written;
+ * a note written after them lies after them and needs nothing. Returns
+ * -1 with errno if such a note cannot be read back (then the copies must
+ * not be written: they would undo it).
+ */
+static int
+restate_copies(struct spoollog *log, const struct entry *copies, size_t n)
+{
+	struct entry *e, now;
+	struct logfile *f;
+	unsigned char *buf;
+	size_t i, len;
+	char id[ENVELOPE_ID_MAX];
+	int fd, error;
+
+	for (i = 0; i < n; i++) {
+		fd = -2;
+		error = 0;
+		pthread_mutex_lock(&log->mtx);
+		if ((e = index_find(log, copies[i].id)) != NULL &&
+		    e->st_seq != 0 && (e->st_seq != copies[i].st_seq ||
+		    e->st_off != copies[i].st_off)) {
+			now = *e;
+			if ((f = file_find(log, e->st_seq)) == NULL)
+				error = ENOENT;
+			else if ((fd = dup(f->fd)) == -1)
+				error = errno;
+		}
+		pthread_mutex_unlock(&log->mtx);
+		if (fd == -2)
+			continue;
+		envelope_id_text(copies[i].id, id, sizeof(id));
+		buf = NULL;
+		if (error == 0 && (buf = state_read(log, fd, now.st_seq,
+		    now.st_off, now.id, &len)) == NULL)
+			error = errno;
+		if (fd >= 0)
+			close(fd);
+		if (buf == NULL) {
+			errno = error;
+			log_warn("%s: read a note to copy forward", id);
+			errno = error;
+			return -1;
+		}
+		spoollog_add(log, LOGREC_STATE, id, buf + LOGREC_HEADER_LEN,
+		    len, NULL, 0);
+		free(buf);
+	}
+	return 0;
+}
+
+/* spoollog_flush(), and for copy_forward() the state each copied message
+ * had when it was read (restate_copies). */
+static int
+flush_records(struct spoollog *log, int sync, off_t *base,
+    const struct entry *copies, size_t ncopies)
 {
 	off_t end;
 	size_t i;
@@ -903,6 +1002,12 @@ spoollog_flush(struct spoollog *log, int sync, off_t *base)
 		spoollog_add(log, LOGREC_DONE, name, NULL, 0, NULL, 0);
 	}
 	pthread_mutex_lock(&log->wmtx);
+	if (ncopies > 0 && restate_copies(log, copies, ncopies) == -1) {
+		error = errno;
+		pthread_mutex_unlock(&log->wmtx);
+		errno = error;
+		return -1;
+	}
 	end = log->wend;
 	if (log->wfd == -1 || log->broken ||
 	    (uint64_t)end + log->stagelen > UINT32_MAX ||
@@ -949,6 +1054,12 @@ spoollog_flush(struct spoollog *log, int sync, off_t *base)
 	}
 	log->unsynced = !sync;
 	return 0;
+}
+
+int
+spoollog_flush(struct spoollog *log, int sync, off_t *base)
+{
+	return flush_records(log, sync, base, NULL, 0);
 }
 
 int
@@ -1094,8 +1205,11 @@ spoollog_commit(struct spoollog *log)
 	log->written = 0;
 }
 
-void
-spoollog_discard(struct spoollog *log)
+/* spoollog_discard(); bury 0 for copies forward, whose messages live on
+ * in their older records (a copy that reached the disk anyway is a
+ * harmless duplicate of the message, as it was when read). */
+static void
+discard(struct spoollog *log, int bury)
 {
 	size_t i, n = 0;
 
@@ -1110,16 +1224,22 @@ spoollog_discard(struct spoollog *log)
 	log->written = 0;
 	/* The tombstones already staged for earlier failures stay listed;
 	 * add this flush's messages. */
-	for (i = 0; i < log->nstaged; i++)
+	for (i = 0; bury && i < log->nstaged; i++)
 		if (log->staged[i].type == LOGREC_MESSAGE)
 			n++;
 	log->bury = xreallocarray(log->bury, log->nbury + n + 1,
 	    sizeof(*log->bury));
-	for (i = 0; i < log->nstaged; i++)
+	for (i = 0; bury && i < log->nstaged; i++)
 		if (log->staged[i].type == LOGREC_MESSAGE)
 			log->bury[log->nbury++] = log->staged[i].id;
 	log->stagelen = 0;
 	log->nstaged = 0;
+}
+
+void
+spoollog_discard(struct spoollog *log)
+{
+	discard(log, 1);
 }
 
 void
@@ -1151,12 +1271,12 @@ copy_wanted(struct spoollog *log)
 
 /*
  * Copies up to SPOOLLOG_COPY_MAX live messages of the oldest file to the
- * newest, with their current state in the envelope.
- * XXX: a note of a message written after its state was read here is
- * superseded by the copy (a message record resets the state, in the index
- * and at replay): until the message's durable update, a crash sends the
- * noted recipients again. A duplicate at worst, and only for a deferred
- * message delivered while it is being copied.
+ * newest, with their current state in the envelope. A note (from the
+ * loop) may come in for one of them while it is copied: one written
+ * before the copy is written follows it again (restate_copies), one
+ * written after it lies after it anyway, and the index keeps whichever
+ * state record lies last (index_apply). A copy that fails leaves the
+ * messages where they were, and the next call tries again.
  */
 static void
 copy_forward(struct spoollog *log)
@@ -1201,18 +1321,19 @@ copy_forward(struct spoollog *log)
 			spoollog_add(log, LOGREC_MESSAGE, id, text, textlen,
 			    body, (size_t)env->body_size);
 			free(text);
-			copied++;
+			/* The state it was read with, for restate_copies. */
+			todo[copied++] = e;
 		}
 		free(body);
 		envelope_free(env);
 	}
-	free(todo);
-	if (copied == 0)
-		return;
-	if (spoollog_flush(log, 1, &base) == -1) {
-		spoollog_discard(log);
+	if (copied == 0 || flush_records(log, 1, &base, todo,
+	    (size_t)copied) == -1) {
+		discard(log, 0);
+		free(todo);
 		return;
 	}
+	free(todo);
 	spoollog_commit(log);
 	pthread_mutex_lock(&log->mtx);
 	log->copied += (unsigned long)copied;

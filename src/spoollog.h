@@ -21,9 +21,10 @@
  * come back. A long-deferred message would pin its file, and every newer
  * file behind it, forever: so when the dead bytes behind the oldest file
  * outweigh its live ones, its live messages are copied forward (a new
- * message record with their current state) and, once the copies are
- * synced, the old file goes. Disk use stays within a few times the live
- * data plus two files.
+ * message record with their current state, followed by any note written
+ * for them while they were copied) and, once the copies are synced, the
+ * old file goes. Disk use stays within a few times the live data plus two
+ * files.
  *
  * Memory: 32 bytes per live message in an open-addressing hash table (load
  * at most one half), and one open descriptor per log file.

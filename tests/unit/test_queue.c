@@ -5,6 +5,8 @@
  * -Wl,--wrap=write,--wrap=fdatasync,--wrap=syncfs,--wrap=fsync (Makefile.am),
  * so every call queue.c makes to those goes through the __wrap_ functions
  * below, which pass through to the real call unless a test armed a fault.
+ * envelope_encode is wrapped too, as a point in the commit thread's copy
+ * forward of a log message where a test interleaves a note (copy_hook).
  * Only descriptors above 2 are affected, so log lines still reach stderr.
  * The counting wrappers check what they sync by its identity (device and
  * inode), so syncing the wrong thing does not pass: __wrap_fsync counts
@@ -46,6 +48,8 @@ int __real_syncfs(int fd);
 int __wrap_syncfs(int fd);
 int __real_fsync(int fd);
 int __wrap_fsync(int fd);
+char *__real_envelope_encode(const struct envelope *env, size_t *len);
+char *__wrap_envelope_encode(const struct envelope *env, size_t *len);
 
 static long fault_write_budget = -1;	/* bytes until ENOSPC, -1: off */
 static int fault_sync_errno;		/* fdatasync/syncfs fail with it */
@@ -127,12 +131,71 @@ fault_sync(void)
 	return 0;
 }
 
+/*
+ * A copy forward of one log message (copy_hook.id) on the commit thread,
+ * and something done to it at one of two points: when the commit thread
+ * encodes the copy (it has read the message and its state) or at the
+ * copy's fdatasync (the copy is written, not yet in the index). A note
+ * there comes from the commit thread itself rather than the loop's, which
+ * is the same interleaving made certain.
+ */
+enum copy_hook_at {
+	COPY_NOTE_AFTER_READ,	/* queue_note() when the copy is encoded */
+	COPY_NOTE_AT_SYNC,	/* queue_note() at the copy's fdatasync */
+	COPY_SYNC_FAILS,	/* the copy's fdatasync fails with EIO */
+};
+static struct {
+	int armed;		/* 1: waiting for the encode, 2: for the sync */
+	enum copy_hook_at at;
+	pthread_t loop;		/* the test's thread, never hooked */
+	struct queue *q;
+	const struct envelope *env;	/* noted */
+	int fired;
+	int note_error;		/* queue_note()'s errno, or 0 */
+} copy_hook;
+
+static void
+copy_hook_note(void)
+{
+	copy_hook.note_error = queue_note(copy_hook.q, copy_hook.env) == 0 ?
+	    0 : errno;
+	copy_hook.fired++;
+	__atomic_store_n(&copy_hook.armed, 0, __ATOMIC_SEQ_CST);
+}
+
+char *
+__wrap_envelope_encode(const struct envelope *env, size_t *len)
+{
+	if (__atomic_load_n(&copy_hook.armed, __ATOMIC_SEQ_CST) == 1 &&
+	    !pthread_equal(pthread_self(), copy_hook.loop) &&
+	    strcmp(env->id, copy_hook.env->id) == 0) {
+		if (copy_hook.at == COPY_NOTE_AFTER_READ)
+			copy_hook_note();
+		else
+			__atomic_store_n(&copy_hook.armed, 2,
+			    __ATOMIC_SEQ_CST);
+	}
+	return __real_envelope_encode(env, len);
+}
+
 int
 __wrap_fdatasync(int fd)
 {
 	struct stat st;
 	int i;
 
+	if (__atomic_load_n(&copy_hook.armed, __ATOMIC_SEQ_CST) == 2 &&
+	    !pthread_equal(pthread_self(), copy_hook.loop)) {
+		if (copy_hook.at == COPY_NOTE_AT_SYNC)
+			copy_hook_note();
+		else {
+			copy_hook.fired++;
+			__atomic_store_n(&copy_hook.armed, 0,
+			    __ATOMIC_SEQ_CST);
+			errno = EIO;
+			return -1;
+		}
+	}
 	__atomic_add_fetch(&count_fdatasync, 1, __ATOMIC_SEQ_CST);
 	if (fault_sync() == -1)
 		return -1;
@@ -2451,5 +2514,139 @@ Test(queue, log_notes_interleaved_with_commits)
 		envelope_free(r[i].env);
 	}
 	envelope_free(env);
+	free(body);
+}
+
+/*
+ * A deferred log message copied forward (small log files, the others
+ * removed) while at copy_hook's point something happens to it. Returns
+ * the queue, open; the message, c, was updated to 1 attempt.
+ */
+static struct queue *
+copy_with_hook(enum copy_hook_at at, struct envelope **c, const char *body,
+    size_t len)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 2), *other[40];
+	struct result r;
+	int i;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	queue_log_file_size(q, 32 * 1024);
+	*c = log_commit_one(q, env, body, len);
+	for (i = 1; i < 40; i++)
+		other[i] = log_commit_one(q, env, body, len);
+	cr_assert_geq(count_dir("log"), 2);
+	(*c)->attempts = 1;
+	cr_assert_eq(update_wait(q, *c), 0);
+	envelope_set_rcpt(*c, 0, RCPT_SENT, "2.0.0", "250 2.0.0 Ok: noted");
+	copy_hook.at = at;
+	copy_hook.loop = pthread_self();
+	copy_hook.q = q;
+	copy_hook.env = *c;
+	__atomic_store_n(&copy_hook.armed, 1, __ATOMIC_SEQ_CST);
+	/* Removing the others makes the oldest file's dead bytes worth a
+	 * copy of the one left in it. */
+	for (i = 1; i < 40; i++) {
+		r = (struct result){ 0, -1, NULL };
+		queue_remove(q, other[i]->id, done_cb, &r);
+		loop_counter = 0;
+		run_loop(1);
+		cr_assert_eq(r.error, 0);
+		envelope_free(other[i]);
+	}
+	/* A few more groups for the commit thread to finish reclaiming. */
+	for (i = 0; i < 3; i++)
+		envelope_free(log_commit_one(q, env, body, 10));
+	__atomic_store_n(&copy_hook.armed, 0, __ATOMIC_SEQ_CST);
+	cr_assert_eq(copy_hook.fired, 1, "the message was never copied");
+	envelope_free(env);
+	return q;
+}
+
+/* Checks the message copy_with_hook() copied: its body, 1 attempt, and
+ * the first recipient's state. */
+static void
+assert_copied(struct queue *q, const struct envelope *l, const char *body,
+    size_t len, enum rcpt_status first)
+{
+	cr_assert_eq(l->attempts, 1);
+	cr_assert_eq(l->rcpts[0].status, first, "recipient 0: %d",
+	    (int)l->rcpts[0].status);
+	cr_assert_eq(l->rcpts[1].status, RCPT_PENDING);
+	assert_body(q, l, body, len);
+}
+
+/* A note from the loop at copy_hook's point of a copy forward: read back
+ * now (the index) and after a restart with no durable update (replay). */
+static void
+note_during_copy(enum copy_hook_at at)
+{
+	struct queue *q;
+	struct envelope *c, *l;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(2000);
+
+	q = copy_with_hook(at, &c, body, 2000);
+	cr_assert_eq(copy_hook.note_error, 0, "note: %s",
+	    strerror(copy_hook.note_error));
+	cr_assert_leq(count_dir("log"), 3, "%d log files left",
+	    count_dir("log"));
+	cr_assert_not_null(l = queue_read(q, c->id), "read: %s",
+	    strerror(errno));
+	assert_copied(q, l, body, 2000, RCPT_SENT);
+	envelope_free(l);
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 4);
+	cr_assert_not_null(l = loaded_find(&ld, c->id));
+	assert_copied(q, l, body, 2000, RCPT_SENT);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c);
+	free(body);
+}
+
+/* Written after the copy read the message's state and before the copy
+ * was written: the copy, which replaces every state before it, must not
+ * undo the note. */
+Test(queue, log_note_during_copy_forward_survives)
+{
+	note_during_copy(COPY_NOTE_AFTER_READ);
+}
+
+/* Written after the copy and before the copy is in the index: the index
+ * keeps the note, which lies after the copy (as replay reads it). */
+Test(queue, log_note_before_copy_is_indexed_survives)
+{
+	note_during_copy(COPY_NOTE_AT_SYNC);
+}
+
+/* A copy forward whose sync fails leaves the message where it was (no
+ * tombstone: it is live), and a later copy moves it. */
+Test(queue, log_failed_copy_forward_keeps_the_message)
+{
+	struct queue *q;
+	struct envelope *c, *l;
+	struct loaded ld = { .n = 0 };
+	char *body = make_body(2000);
+
+	q = copy_with_hook(COPY_SYNC_FAILS, &c, body, 2000);
+	cr_assert_not_null(l = queue_read(q, c->id), "read: %s",
+	    strerror(errno));
+	assert_copied(q, l, body, 2000, RCPT_PENDING);
+	envelope_free(l);
+	cr_assert_leq(count_dir("log"), 3, "%d log files left",
+	    count_dir("log"));
+	queue_close(q);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_eq(queue_load(q, load_each, &ld), 4);
+	cr_assert_not_null(l = loaded_find(&ld, c->id), "the message is lost");
+	assert_copied(q, l, body, 2000, RCPT_PENDING);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(c);
 	free(body);
 }
