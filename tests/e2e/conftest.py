@@ -44,7 +44,7 @@ def pki(tmp_path_factory):
 class ServerFactory:
     """A test's server factory: calling it builds a server with build(),
     starts it unless start=False, and remembers it; stop_all() stops
-    every one when the test ends."""
+    every one (and lets its port go) when the test ends."""
 
     def __init__(self, build):
         self.build = build
@@ -59,7 +59,7 @@ class ServerFactory:
 
     def stop_all(self):
         for server in self.made:
-            server.stop()
+            server.close()
 
 
 def _pair(pki, tls):

@@ -329,7 +329,29 @@ class Upstream:
         self._tls = tls
         self._line_length_limit = line_length_limit
         self._controller = None
-        self.port = free_port()
+        self._reserved = None
+        self.port = None
+        self._reserve()
+
+    def _reserve(self):
+        """Holds the port with a socket bound to it (not listening, so a
+        connection to it is still refused) while the server is not
+        running: the kernel then gives it to no other socket bound to
+        port 0, such as a daemon's own listener started in between."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", self.port or 0))
+        except OSError:
+            sock.close()
+            return
+        self.port = sock.getsockname()[1]
+        self._reserved = sock
+
+    def _release(self):
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
 
     def _make_controller(self):
         kwargs = {}
@@ -348,6 +370,7 @@ class Upstream:
         the meantime, picks another when may_move (nobody was told the
         port yet), else retries for a while."""
         assert self._controller is None, "upstream already running"
+        self._release()
         for _ in range(10):
             controller = self._make_controller()
             try:
@@ -368,6 +391,12 @@ class Upstream:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+            self._reserve()
+
+    def close(self):
+        """Stops the server and lets its port go."""
+        self.stop()
+        self._release()
 
     @property
     def messages(self):

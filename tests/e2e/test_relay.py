@@ -1,6 +1,10 @@
 """Retries, bounces and crash safety of the queue and relay."""
 
+import errno
 import re
+import socket
+
+import pytest
 
 from harness import (RecordingHandler, assert_relayed, delivery_line,
                      dsn_recipient_fields, make_message, send_message,
@@ -124,6 +128,26 @@ def test_crash_right_after_acceptance(upstream_factory, daemon_factory):
     assert_relayed(msg, message)
     daemon.wait_log(delivery_line(qid, RCPT, "sent"), since=daemon.run_start)
     upstream.assert_count_stays(1, settle=3)
+
+
+def test_upstream_down_keeps_its_port(upstream_factory):
+    """An upstream not running holds its port, refusing connections, so a
+    daemon started meanwhile cannot get it for its own listener (port 0):
+    test_crash_right_after_acceptance once failed so, its restarted daemon
+    listening on the port its upstream was to start on."""
+    upstream = upstream_factory(start=False)
+    for _ in range(2):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            with pytest.raises(OSError) as e:
+                other.bind(("127.0.0.1", upstream.port))
+            assert e.value.errno == errno.EADDRINUSE
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", upstream.port),
+                                     timeout=5).close()
+        upstream.start()
+        socket.create_connection(("127.0.0.1", upstream.port),
+                                 timeout=5).close()
+        upstream.stop()
 
 
 def test_restart_keeps_recipient_state(upstream_factory, daemon_factory):
