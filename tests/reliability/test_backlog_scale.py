@@ -5,10 +5,10 @@ and the daemon's descriptors stay bounded whatever the backlog; restart
 time, RSS, descriptors and drain rate are recorded, never asserted.
 
 Short (make check): 5,000 messages written into the spool. Long (make
-check-reliability): 1,000 and 100,000 submitted over SMTP (Postfix's
-smtp-source when installed, else Python's smtplib), then 1,000,000
-written into the spool (submitting a million through SMTP takes longer
-than the suite should).
+check-reliability): 1,000, 100,000 and 1,000,000 submitted over SMTP
+(Postfix's smtp-source when installed, else Python's smtplib), so that the
+large backlogs are in the spool log as the daemon writes it; the million
+takes most of an hour on two cores.
 """
 
 import os
@@ -25,7 +25,7 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 # Sessions, connections and a fixed spool share (backlog.py --check).
 MAX_FDS = 300
 
-RUNS = ([(1000, "smtp"), (100000, "smtp"), (1000000, "prefill")] if LONG
+RUNS = ([(1000, "smtp"), (100000, "smtp"), (1000000, "smtp")] if LONG
         else [(5000, "prefill")])
 
 
@@ -48,7 +48,7 @@ def test_backlog_exactly_once_bounded(smarthostd_binary, tmp_path, figures,
         args += ["--client", "python"]
     r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        env=dict(os.environ, TMPDIR=str(tmp_path)),
-                       timeout=max(1200, messages // 50))
+                       timeout=max(1200, messages // 20))
     out = r.stdout.decode(errors="replace")
     print(out)
     assert r.returncode == 0, out
