@@ -128,9 +128,11 @@ def test_queue_listing_streams_while_clients_are_served(daemon_factory,
     status, lines = control(control_path(daemon), "delete all")
     assert status == "ok", status
     assert lines == [f"{qid}: deleted" for qid in listed], lines[:3]
+    # A removal is an unlink and a directory sync per group: 12,000 took
+    # over 30 s under ASan on a loaded machine (8,065 done by then).
     wait_until(lambda: not os.listdir(os.path.join(spool_of(daemon),
                                                    "queue")),
-               max(30, N / 500), "the spool to empty")
+               max(120, N / 100), "the spool to empty")
     # The daemon counts a message until its removal's callback ran.
     wait_until(lambda: "queued: 0" in control(control_path(daemon),
                                               "status")[1],
