@@ -82,7 +82,18 @@
  * leaves their sync to the next group's records, or to QUEUE_LOG_LAZY_MS
  * of quiet: the page cache keeps them across a crash of the process, and a
  * power cut in between can only deliver such a message once more, never
- * lose one. Between groups the thread lets the log reclaim its oldest
+ * lose one. The removal of a log message does not even wake the commit
+ * thread: it waits in the FIFO for the next operation that does (at one
+ * client, the next message's commit, which then writes and syncs both in
+ * one pwrite and one fdatasync), or for QUEUE_REMOVE_WAIT_MS on a timer of
+ * the loop, which wakes the thread to write it (synced as above). Waking
+ * the thread and then the loop for each removal cost two thread hops per
+ * message, as many as the commit itself. Until its tombstone is
+ * written the message is live in the log, so a crash of the process then
+ * replays it: with the upstream's 250 in its state (queue_note) it is only
+ * removed, but a recipient that failed (its bounce committed) is tried
+ * again. That window was there before, a removal waiting behind a
+ * group's sync; the timer keeps it that short. Between groups the thread lets the log reclaim its oldest
  * files (spoollog_maintain). Files in queue/ are read as ever, so a spool
  * of an earlier version loses nothing.
  *
@@ -161,6 +172,9 @@
 #define QUEUE_OPEN_TRIES 11
 /* A tombstone waits at most this long for a sync it can share. */
 #define QUEUE_LOG_LAZY_MS 20
+/* The removal of a log message waits at most this long for an operation
+ * that wakes the commit thread (see "The spool log" above). */
+#define QUEUE_REMOVE_WAIT_MS 5
 /* Messages up to this many bytes go to the spool log unless
  * queue_log_max() says otherwise. */
 #define QUEUE_LOG_MAX (64 * 1024)
@@ -247,6 +261,8 @@ struct queue {
 	pthread_t thread;
 	int thread_started;
 	struct event *ev_done;
+	struct event *ev_lazy;	/* loop: wakes the thread for removals
+				   queued without waking it */
 
 	/* SPOOL_SYNC_FSYNC: helpers that fdatasync a group's files in
 	 * parallel with the commit thread; see sync_parallel(). */
@@ -1148,15 +1164,37 @@ queue_done_ev(evutil_socket_t fd, short events, void *arg)
 	queue_run_done(arg);
 }
 
+/* Hands op to the commit thread; wake 0 leaves it for the next operation
+ * that wakes the thread, or for the loop's timer (ev_lazy). */
 static void
-queue_submit(struct queue *q, struct qop *op)
+queue_submit_wake(struct queue *q, struct qop *op, int wake)
 {
 	op->fd = -1;
 	pthread_mutex_lock(&q->mtx);
 	if (q->stopping)
 		fatalx("%s: queue is closed", __func__);
 	qop_list_push(&q->pending, op);
-	pthread_cond_signal(&q->cv_work);
+	if (wake)
+		pthread_cond_signal(&q->cv_work);
+	pthread_mutex_unlock(&q->mtx);
+}
+
+static void
+queue_submit(struct queue *q, struct qop *op)
+{
+	queue_submit_wake(q, op, 1);
+}
+
+/* The loop's timer: removals queued without waking the thread have waited
+ * long enough. */
+static void
+queue_lazy_ev(evutil_socket_t fd, short events, void *arg)
+{
+	struct queue *q = arg;
+
+	pthread_mutex_lock(&q->mtx);
+	if (q->pending.head != NULL)
+		pthread_cond_signal(&q->cv_work);
 	pthread_mutex_unlock(&q->mtx);
 }
 
@@ -1250,7 +1288,8 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	 * clock keeps clear of any a previous run left there. */
 	q->spare_seq = (unsigned long)time(NULL) << 16;
 	q->group_max = QUEUE_GROUP_MAX;
-	if ((q->ev_done = event_new(base, -1, 0, queue_done_ev, q)) == NULL) {
+	if ((q->ev_done = event_new(base, -1, 0, queue_done_ev, q)) == NULL ||
+	    (q->ev_lazy = evtimer_new(base, queue_lazy_ev, q)) == NULL) {
 		snprintf(err, errlen, "event_new failed");
 		goto fail;
 	}
@@ -1291,6 +1330,9 @@ queue_close(struct queue *q)
 		 */
 		for (;;) {
 			pthread_mutex_lock(&q->mtx);
+			/* Removals may wait for a wake-up (queue_remove). */
+			if (q->pending.head != NULL)
+				pthread_cond_signal(&q->cv_work);
 			while (q->pending.head != NULL || q->busy)
 				pthread_cond_wait(&q->cv_idle, &q->mtx);
 			idle = q->done.head == NULL;
@@ -1317,6 +1359,8 @@ queue_close(struct queue *q)
 	spoollog_free(q->log);
 	if (q->ev_done != NULL)
 		event_free(q->ev_done);
+	if (q->ev_lazy != NULL)
+		event_free(q->ev_lazy);
 	if (q->spare_fd != -1)
 		close(q->spare_fd);
 	if (q->corrupt_fd != -1)
@@ -2091,7 +2135,17 @@ queue_remove(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 	snprintf(op->id, sizeof(op->id), "%s", id);
 	op->done_cb = cb;
 	op->arg = arg;
-	queue_submit(q, op);
+	/* A tombstone is written lazily anyway: it need not wake the
+	 * thread (see "The spool log" above). A file's removal does. */
+	if (spoollog_has(q->log, id)) {
+		queue_submit_wake(q, op, 0);
+		if (!evtimer_pending(q->ev_lazy, NULL)) {
+			struct timeval tv = { 0, QUEUE_REMOVE_WAIT_MS * 1000 };
+
+			evtimer_add(q->ev_lazy, &tv);
+		}
+	} else
+		queue_submit(q, op);
 }
 
 void

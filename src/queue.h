@@ -163,7 +163,9 @@ void queue_update(struct queue *q, const struct envelope *env,
 int queue_note(struct queue *q, const struct envelope *env);
 /* Removes a finished message off the loop thread; cb may be NULL. Close
  * every queue_body_open() descriptor of the message first: its file may
- * be reused for another message once cb ran. */
+ * be reused for another message once cb ran. The removal of a message of
+ * the log waits for the next operation that wakes the commit thread, or
+ * 5 ms, so cb may come that much later. Call it on the loop thread. */
 void queue_remove(struct queue *q, const char *id, queue_done_cb cb,
     void *arg);
 
