@@ -727,15 +727,25 @@ commit_done(int error, struct envelope *env, void *arg)
  * after a bare LF as well is harmless because the encoder re-stuffs every
  * line that starts with '.'. A bare CR inside a line is stored as is: the
  * upstream encoder turns it into CRLF and stuffs what follows.
+ *
+ * Most lines are stored exactly as they came (ended by CRLF, no leading
+ * dot to remove): a run of such lines goes to txn_body() in one piece, not
+ * line by line, which cost a sixth of the loop's instructions per message.
  */
 static size_t
 data_scan(struct session *s, const char *buf, size_t len, int full, int *eod)
 {
 	struct txn *t = s->txn;
-	size_t pos = 0, n, clen, skip;
+	size_t pos = 0, run = 0, n, clen, skip;
 	const char *line, *lf;
 	int crlf;
 
+	/* buf[run..pos) holds lines stored as they are, not yet passed on. */
+#define RUN_FLUSH()                                                     \
+	do {                                                            \
+		if (pos > run)                                          \
+			txn_body(s, buf + run, pos - run);              \
+	} while (0)
 	*eod = 0;
 	while (pos < len) {
 		line = buf + pos;
@@ -754,27 +764,34 @@ data_scan(struct session *s, const char *buf, size_t len, int full, int *eod)
 			skip = t->at_bol && line[0] == '.';
 			txn_body(s, line + skip, n - skip);
 			t->at_bol = 0;
-			pos = n;
-			break;
+			return n;
 		}
 		n = (size_t)(lf - line) + 1;
 		crlf = n >= 2 && lf[-1] == '\r';
 		clen = n - 1 - (size_t)crlf;
-		if (t->at_bol && clen == 1 && line[0] == '.') {
+		if (crlf && !(t->at_bol && clen >= 1 && line[0] == '.')) {
+			/* Stored as it is: the run grows. */
+		} else if (t->at_bol && clen == 1 && line[0] == '.') {
+			RUN_FLUSH();
 			if (crlf && t->prev_crlf) {
 				*eod = 1;
 				return pos + n;
 			}
 			txn_body(s, ".\r\n", 3); /* see above: not the end */
+			run = pos + n;
 		} else {
+			RUN_FLUSH();
 			skip = t->at_bol && clen > 1 && line[0] == '.';
 			txn_body(s, line + skip, clen - skip);
 			txn_body(s, "\r\n", 2);
+			run = pos + n;
 		}
 		t->at_bol = 1;
 		t->prev_crlf = crlf;
 		pos += n;
 	}
+	RUN_FLUSH();
+#undef RUN_FLUSH
 	return pos;
 }
 
