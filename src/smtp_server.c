@@ -76,14 +76,16 @@
  * our buffers); commands stop being processed while more than OUT_HIWAT
  * bytes of replies wait for a client that pipelines but does not read.
  * DATA is scanned DATA_CHUNK bytes at a time, so a line longer than that
- * is stored in pieces; body bytes are gathered into BODY_BUFSIZE before a
- * queue write.
+ * is stored in pieces; pieces of body smaller than BODY_BUFSIZE are
+ * gathered into a buffer of that size before a queue write (larger ones,
+ * the runs of lines data_scan() finds in a big message, go straight on).
+ * Small: each transaction in flight holds one, twenty clients twenty.
  */
 #define READ_HIWAT (256 * 1024)
 #define READ_SIZE (16 * 1024)
 #define OUT_HIWAT (64 * 1024)
 #define DATA_CHUNK (64 * 1024)
-#define BODY_BUFSIZE (64 * 1024)
+#define BODY_BUFSIZE (8 * 1024)
 #define HELO_MAX 255
 /* The header section is held back until its end (for sender rewriting)
  * up to this many bytes, Postfix's header_size_limit; what follows a
@@ -426,12 +428,14 @@ txn_write(struct txn *t, const void *p, size_t len)
 		txn_flush(t);
 		if (t->write_error)
 			return;
-		if (len >= BODY_BUFSIZE) {
+		if (len >= BODY_BUFSIZE / 2) {
 			if (queue_txn_write(t->qtxn, p, len) == -1)
 				t->write_error = errno != 0 ? errno : EIO;
 			return;
 		}
 	}
+	if (t->buf == NULL)
+		t->buf = xmalloc(BODY_BUFSIZE);
 	memcpy(t->buf + t->buflen, p, len);
 	t->buflen += len;
 }
@@ -547,7 +551,6 @@ txn_start(struct session *s)
 	if ((t->qtxn = queue_txn_begin(s->srv->params.queue, t->env)) == NULL)
 		return -1;
 	id = queue_txn_id(t->qtxn);
-	t->buf = xmalloc(BODY_BUFSIZE);
 
 	/* Not strftime(): its tzset() rereads /etc/localtime each time. */
 	message_date(now, date, sizeof(date));
