@@ -678,9 +678,17 @@ commit_done(int error, struct envelope *env, void *arg)
 		log_info("%s: from=<%s>, size=%lld, nrcpt=%zu (queued)",
 		    env->id, env->sender != NULL ? env->sender : "",
 		    (long long)env->body_size, env->nrcpts);
-		if (s != NULL)
+		if (s != NULL) {
 			reply(s, "250 2.0.0 Ok: queued as %s", env->id);
-		else
+			/*
+			 * Out now, not after the other completions of this
+			 * group and the resume pass: the client waits for
+			 * nothing else. With pipelined commands waiting,
+			 * their replies follow it in one write instead.
+			 */
+			if (evbuffer_get_length(s->in) == 0)
+				(void)session_flush(s);
+		} else
 			log_info("%s: client went away before the reply; "
 			    "delivering anyway", env->id);
 		/* The message is durable: even without a session to answer
