@@ -88,14 +88,14 @@
  * one pwrite and one fdatasync), or for QUEUE_REMOVE_WAIT_MS on a timer of
  * the loop, which wakes the thread to write it (synced as above). Waking
  * the thread and then the loop for each removal cost two thread hops per
- * message, as many as the commit itself. Until its tombstone is
- * written the message is live in the log, so a crash of the process then
- * replays it: with the upstream's 250 in its state (queue_note) it is only
+ * message, as many as the commit itself. Until its tombstone is written
+ * the message is live in the log, so a crash of the process then replays
+ * it: with the upstream's 250 in its state (queue_note) it is only
  * removed, but a recipient that failed (its bounce committed) is tried
- * again. That window was there before, a removal waiting behind a
- * group's sync; the timer keeps it that short. Between groups the thread lets the log reclaim its oldest
- * files (spoollog_maintain). Files in queue/ are read as ever, so a spool
- * of an earlier version loses nothing.
+ * again. That window was there before, a removal waiting behind a group's
+ * sync; the timer keeps it that short. Between groups the thread lets the
+ * log reclaim its oldest files (spoollog_maintain). Files in queue/ are
+ * read as ever, so a spool of an earlier version loses nothing.
  *
  * The duplicate window: a message whose upstream said 250 is marked sent
  * durably only when its state record is synced. A crash in between, or a
