@@ -17,7 +17,8 @@ import pytest
 
 from harness import (EX_CONFIG, HOSTNAME, RawSMTP, daemon_dropping_to,
                      daemon_spawn_in_netns, daemon_wait_started,
-                     delivery_line, make_message, netns_run, send_message)
+                     delivery_line, make_message, netns_run, send_message,
+                     wait_until)
 from localuser import DROP_GROUP, ensure_group
 from test_observe import ctl_metrics, metrics_port, samples_of, scrape_http
 
@@ -308,6 +309,11 @@ def test_maildrop_imports_count_as_accepted(upstream, daemon_factory,
     upstream.wait_messages(1, timeout=20)
     send_message(daemon, make_message("smtp", "Over SMTP.\n"))
     upstream.wait_messages(2, timeout=20)
+    # A delivered message stays queued until its removal is written,
+    # a few milliseconds after the upstream's reply: two scrapes agree
+    # only once nothing moves.
+    wait_until(lambda: len(daemon.log_lines(r": removed")) == 2, 20,
+               "2 removals")
     samples = samples_of(scrape_http(port)[1])
     assert samples[("smarthostd_accepted_total",
                     (("source", "maildrop"),))] == 1
