@@ -26,8 +26,13 @@
  * nobody can be told about (no passwd entry, no address takes the
  * notification) is moved aside like a corrupt one.
  *
- * Reading a file's header (at most 1 MiB) happens on the loop thread: the
- * maildrop is on a local disk and imports are rare.
+ * The loop thread holds the SMTP conversations only. Every step that
+ * touches the disk or the passwd database (listing the directory, opening
+ * and checking a file, moving it aside with the sync of corrupt/, removing
+ * it, looking up its owner and reading its header for a return) is a job
+ * on the worker pool, one at a time (md->job): the next step starts from
+ * the job's done() on the loop. maildrop_free() with a job in flight
+ * leaves the freeing to that done(), which worker_free() runs.
  */
 #include <sys/inotify.h>
 #include <sys/socket.h>
@@ -59,6 +64,7 @@
 #include "log.h"
 #include "maildrop.h"
 #include "smtp_proto.h"
+#include "worker.h"
 #include "xmalloc.h"
 
 #define IMPORT_TIMEOUT 120       /* seconds for any one reply */
@@ -105,12 +111,15 @@ struct import {
 	int returning;            /* the session returning it runs */
 	char *to[2];              /* who may take the notification */
 	size_t nto, next_to;
+	char *head;               /* the message's header section */
+	size_t headlen;
 	char *notice;             /* the notification being sent */
 	size_t noticelen;
 };
 
 struct maildrop {
 	struct event_base *base;
+	struct worker *w;
 	struct smtp_server *srv;
 	const struct localaddr *local; /* the config's, kept by the daemon */
 	char *hostname;
@@ -125,12 +134,44 @@ struct maildrop {
 	char **names;             /* the current scan's list */
 	size_t nnames, next;
 	struct import *cur;
+	struct md_job *job;       /* the blocking step in flight, or NULL */
 	int dirty;                /* rescan once the list is done */
 	int stopped;
-	unsigned aside_seq;       /* numbers names in corrupt/ and DSNs */
+	int dying;                /* maildrop_free() waits for job */
+	unsigned aside_seq;       /* numbers names in corrupt/ and DSNs;
+	                             atomic: a job and the loop use it */
+};
+
+/* The blocking steps, run on the worker pool. */
+enum md_job_kind {
+	JOB_SCAN,   /* list the directory: names */
+	JOB_OPEN,   /* open and check name: im, or NULL (gone or aside) */
+	JOB_END,    /* remove name (its message is queued) or move it aside */
+	JOB_RETURN, /* im's owner's name (pw_name) and header section */
+};
+
+struct md_job {
+	struct maildrop *md;
+	enum md_job_kind kind;
+	char *name;
+	/* JOB_OPEN: the limits when it started (a reload may change md's). */
+	uint64_t max_size;
+	unsigned max_rcpts;
+	/* JOB_END */
+	int aside;
+	uid_t owner;
+	char *why;
+	/* Results. */
+	char **names;
+	size_t nnames;
+	struct import *im;
+	char *pw_name;
+	int error;
+	struct import *ret;       /* JOB_RETURN: md->cur, borrowed */
 };
 
 static void maildrop_next(struct maildrop *md);
+static void job_start(struct md_job *job);
 
 /* A file name made printable for the log. */
 static const char *
@@ -140,7 +181,7 @@ pname(char *buf, size_t size, const char *name)
 }
 
 /*
- * Moves name out of the maildrop into <spool>/corrupt as
+ * Worker pool. Moves name out of the maildrop into <spool>/corrupt as
  * maildrop.<time>.<pid>.<n> (the original name is in the log line; a
  * user-chosen name never becomes a path of ours).
  */
@@ -151,7 +192,8 @@ move_aside(struct maildrop *md, const char *name, uid_t owner,
 	char target[96], nb[128];
 
 	snprintf(target, sizeof(target), "maildrop.%jd.%ld.%u",
-	    (intmax_t)time(NULL), (long)getpid(), ++md->aside_seq);
+	    (intmax_t)time(NULL), (long)getpid(),
+	    __atomic_add_fetch(&md->aside_seq, 1, __ATOMIC_RELAXED));
 	if (renameat(md->dirfd, name, md->corruptfd, target) == -1) {
 		log_warn("maildrop: %s (owner uid=%ju): %s; cannot move it "
 		    "aside", pname(nb, sizeof(nb), name), (uintmax_t)owner,
@@ -184,17 +226,20 @@ import_free(struct import *im)
 	for (i = 0; i < im->nto; i++)
 		free(im->to[i]);
 	free(im->notice);
+	free(im->head);
 	dropfile_clear(&im->df);
 	free(im->name);
 	free(im);
 }
 
 /*
- * Opens and checks name. Returns the import ready to send, or NULL when
- * the file is gone or was moved aside.
+ * Worker pool. Opens and checks name against the limits max_size and
+ * max_rcpts. Returns the import ready to send, or NULL when the file is
+ * gone or was moved aside.
  */
 static struct import *
-import_open(struct maildrop *md, const char *name)
+import_open(struct maildrop *md, const char *name, uint64_t max_size,
+    unsigned max_rcpts)
 {
 	struct import *im;
 	struct stat st;
@@ -231,8 +276,8 @@ import_open(struct maildrop *md, const char *name)
 		    (uintmax_t)st.st_nlink);
 		goto aside;
 	}
-	if ((uint64_t)st.st_size > md->max_message_size +
-	    DROPFILE_HEADER_MAX + DROPFILE_TRAILER_MAX) {
+	if ((uint64_t)st.st_size > max_size + DROPFILE_HEADER_MAX +
+	    DROPFILE_TRAILER_MAX) {
 		snprintf(err, sizeof(err), "too large (%jd bytes)",
 		    (intmax_t)st.st_size);
 		goto aside;
@@ -252,7 +297,7 @@ import_open(struct maildrop *md, const char *name)
 		    "uid %ju", (uintmax_t)im->df.uid, (uintmax_t)st.st_uid);
 		goto aside;
 	}
-	if (im->df.nrcpts > md->max_recipients) {
+	if (im->df.nrcpts > max_rcpts) {
 		snprintf(err, sizeof(err), "%zu recipients, more than "
 		    "max_recipients", im->df.nrcpts);
 		goto aside;
@@ -296,58 +341,56 @@ import_send(struct import *im, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
-/* Removes the file once its message is queued (imported, or returned);
- * what says which, for the log. */
-static void
-import_remove(struct import *im, const char *what)
-{
-	char nb[128];
+static struct md_job *job_new(struct maildrop *md, enum md_job_kind kind,
+    const char *name);
 
-	if (unlinkat(im->md->dirfd, im->name, 0) == -1)
-		log_warn("maildrop: %s: %s but cannot remove it (it will be "
-		    "imported again)", pname(nb, sizeof(nb), im->name), what);
-}
-
-/* The import ended: ok (imported, or returned), permanent (move aside)
- * or neither (leave the file for the next scan). */
+/* The import ended: ok (imported, or returned: the file goes), permanent
+ * (it is moved aside) or neither (it stays for the next scan). */
 static void
 import_end(struct import *im, int ok, int permanent)
 {
 	struct maildrop *md = im->md;
+	struct md_job *job = NULL;
 	char nb[128], why[2 * REPLY_MAX + 96];
 
-	if (ok && im->returning) {
-		import_remove(im, "returned");
+	why[0] = '\0';
+	if (ok && im->returning)
 		log_info("maildrop: %s (owner uid=%ju): %s; returned to <%s>: "
 		    "%s", pname(nb, sizeof(nb), im->name),
 		    (uintmax_t)im->df.uid, im->why, im->to[im->next_to - 1],
 		    im->reply);
-	} else if (ok) {
-		import_remove(im, "imported");
+	else if (ok)
 		log_info("maildrop: %s: imported from uid=%ju: %s",
 		    pname(nb, sizeof(nb), im->name), (uintmax_t)im->df.uid,
 		    im->reply);
-	} else if (permanent && im->returning && im->nto == 0) {
+	else if (permanent && im->returning && im->nto == 0)
 		snprintf(why, sizeof(why), "%s; cannot be returned: uid %ju "
 		    "has no passwd entry", im->why, (uintmax_t)im->df.uid);
-		move_aside(md, im->name, im->df.uid, why);
-	} else if (permanent && im->returning) {
+	else if (permanent && im->returning)
 		snprintf(why, sizeof(why), "%s; cannot be returned: refused "
 		    "at %s: %s", im->why, import_state_names[im->state],
 		    im->reply);
-		move_aside(md, im->name, im->df.uid, why);
-	} else if (permanent) {
+	else if (permanent)
 		snprintf(why, sizeof(why), "refused at %s: %s",
 		    import_state_names[im->state], im->reply);
-		move_aside(md, im->name, im->df.uid, why);
-	} else
+	else
 		log_warnx("maildrop: %s: deferred at %s: %s",
 		    pname(nb, sizeof(nb), im->name),
 		    import_state_names[im->state],
 		    im->reply[0] != '\0' ? im->reply : "connection lost");
+	if (ok || permanent) {
+		job = job_new(md, JOB_END, im->name);
+		job->aside = !ok;
+		job->owner = im->df.uid;
+		job->why = xstrdup(ok ? (im->returning ? "returned" :
+		    "imported") : why);
+	}
 	md->cur = NULL;
 	import_free(im);
-	maildrop_next(md);
+	if (job != NULL)
+		job_start(job);
+	else
+		maildrop_next(md);
 }
 
 /* Sends the message: BDAT with its exact length, then its bytes. */
@@ -372,21 +415,20 @@ static int import_start(struct import *im, uid_t uid);
 /* ---- returning a refused message ---- */
 
 /*
- * Where the notification may go: the submitter's local name, then the
- * address sender rewriting makes of it, when that is not local. None when
- * the uid has no passwd entry.
+ * Where the notification may go: the submitter's local name (user, NULL
+ * when the uid has no passwd entry), then the address sender rewriting
+ * makes of it, when that is not local.
  */
 static void
-return_addresses(struct import *im)
+return_addresses(struct import *im, const char *user)
 {
-	struct passwd *pw = getpwuid(im->df.uid);
 	char *mapped;
 
-	if (pw == NULL)
+	if (user == NULL)
 		return;
-	im->to[im->nto++] = xstrdup(pw->pw_name);
+	im->to[im->nto++] = xstrdup(user);
 	mapped = im->md->local != NULL ? localaddr_sender(im->md->local,
-	    pw->pw_name) : NULL;
+	    user) : NULL;
 	if (mapped != NULL && !localaddr_is_local(im->md->local, mapped))
 		im->to[im->nto++] = mapped;
 	else
@@ -410,26 +452,17 @@ reply_status(const char *reply, char *status, size_t size)
 /*
  * Composes the notification for the refused message into im->notice: to
  * im->to[im->next_to - 1], one entry per recipient, with the original
- * header section. Returns 0, or -1 with errno when the file cannot be
- * read.
+ * header section (im->head, read by the JOB_RETURN job).
  */
-static int
+static void
 return_compose(struct import *im)
 {
 	struct maildrop *md = im->md;
 	struct envelope *orig;
 	struct dsn_rcpt *dr;
-	char (*status)[16], id[ENVELOPE_ID_MAX], *head;
-	size_t i, hlen, n;
+	char (*status)[16], id[ENVELOPE_ID_MAX];
+	size_t i;
 
-	n = (size_t)im->size < DSN_HEADERS_MAX ? (size_t)im->size :
-	    DSN_HEADERS_MAX;
-	head = xmalloc(n + 1);
-	if (fileio_pread_all(im->fd, head, n, (off_t)im->hdrlen) == -1) {
-		free(head);
-		return -1;
-	}
-	hlen = dsn_header_length(head, n);
 	orig = envelope_new();
 	free(orig->sender);
 	/* The To: of the notification: a local name gets our host name. */
@@ -458,26 +491,24 @@ return_compose(struct import *im)
 		dr[i].status = status[i];
 	}
 	snprintf(id, sizeof(id), "md%jx.%u", (uintmax_t)time(NULL),
-	    ++md->aside_seq);
+	    __atomic_add_fetch(&md->aside_seq, 1, __ATOMIC_RELAXED));
 	free(im->notice);
-	im->notice = dsn_compose(orig, dr, im->df.nrcpts, head, hlen,
-	    md->hostname, id, time(NULL), &im->noticelen);
+	im->notice = dsn_compose(orig, dr, im->df.nrcpts, im->head,
+	    im->headlen, md->hostname, id, time(NULL), &im->noticelen);
 	free(status);
 	free(dr);
 	envelope_free(orig);
-	free(head);
-	return 0;
 }
 
 /*
- * Ends the session that refused the message and starts the one that
- * returns it, as the daemon's own user. Returns -1 when the import ended
- * (im freed), else 0.
+ * Ends the session that refused the message and looks up where to return
+ * it (JOB_RETURN); return_looked_up() goes on. Returns -1: this session
+ * is over.
  */
 static int
 import_return(struct import *im)
 {
-	struct maildrop *md = im->md;
+	struct md_job *job;
 	char nb[128];
 
 	log_info("maildrop: %s (owner uid=%ju): %s; returning it",
@@ -485,23 +516,75 @@ import_return(struct import *im)
 	bufferevent_free(im->bev);
 	im->bev = NULL;
 	im->returning = 1;
-	return_addresses(im);
+	job = job_new(im->md, JOB_RETURN, NULL);
+	job->ret = im;
+	job_start(job);
+	return -1;
+}
+
+/* Worker pool: the owner's user name and the message's header section,
+ * for the notification. */
+static void
+return_lookup(struct md_job *job)
+{
+	struct import *im = job->ret;
+	struct passwd pw, *found = NULL;
+	char *buf = NULL;
+	size_t buflen = 1024, n;
+	int error;
+
+	do {
+		buflen *= 2;
+		buf = xreallocarray(buf, buflen, 1);
+		error = getpwuid_r(im->df.uid, &pw, buf, buflen, &found);
+	} while (error == ERANGE && buflen < 1024 * 1024);
+	if (error != 0) {
+		job->error = error;
+		snprintf(im->reply, sizeof(im->reply), "cannot look up uid "
+		    "%ju: %s", (uintmax_t)im->df.uid, strerror(error));
+		free(buf);
+		return;
+	}
+	if (found != NULL)
+		job->pw_name = xstrdup(pw.pw_name);
+	free(buf);
+	n = (size_t)im->size < DSN_HEADERS_MAX ? (size_t)im->size :
+	    DSN_HEADERS_MAX;
+	im->head = xmalloc(n + 1);
+	if (fileio_pread_all(im->fd, im->head, n, (off_t)im->hdrlen) == -1) {
+		job->error = errno;
+		snprintf(im->reply, sizeof(im->reply), "cannot read the "
+		    "message: %s", strerror(errno));
+		return;
+	}
+	im->headlen = dsn_header_length(im->head, n);
+}
+
+/* Loop: starts the session that returns the message, as the daemon's own
+ * user, or ends the import. */
+static void
+return_looked_up(struct import *im, const struct md_job *job)
+{
+	struct maildrop *md = im->md;
+
+	if (job->error != 0) {
+		import_end(im, 0, 0);
+		return;
+	}
+	return_addresses(im, job->pw_name);
 	if (im->nto == 0) {
 		import_end(im, 0, 1);
-		return -1;
+		return;
 	}
-	if (import_start(im, getuid()) == -1) {
-		/* The file stays for the next scan. */
-		maildrop_next(md);
-		return -1;
-	}
-	return 0;
+	if (import_start(im, getuid()) == -1)
+		maildrop_next(md); /* the file stays for the next scan */
 }
 
 /*
  * The session refused the message for good at im->state: remembers why;
  * once every recipient had its say, returns the message. Returns 0 to go
- * on, or -1 when the import ended (im freed).
+ * on, or -1 when this session is over (the import ended and im is freed,
+ * or a job looks up where to return it).
  */
 static int
 import_refused(struct import *im)
@@ -524,17 +607,11 @@ import_refused(struct import *im)
 	return import_return(im);
 }
 
-/* Sends the notification once its address was accepted. Returns 0, or
- * -1 when the import ended. */
+/* Sends the notification once its address was accepted. */
 static int
 return_send(struct import *im)
 {
-	if (return_compose(im) == -1) {
-		snprintf(im->reply, sizeof(im->reply), "cannot read the "
-		    "message: %s", strerror(errno));
-		import_end(im, 0, 0);
-		return -1;
-	}
+	return_compose(im);
 	import_send(im, "BDAT %zu LAST", im->noticelen);
 	evbuffer_add(bufferevent_get_output(im->bev), im->notice,
 	    im->noticelen);
@@ -545,8 +622,8 @@ return_send(struct import *im)
 /* ---- the import's replies ---- */
 
 /* The next command after a 2xx reply in state im->state, of the import
- * or of the session returning the message. Returns 0, or -1 when the
- * import ended. */
+ * or of the session returning the message. Returns 0, or -1 when this
+ * session is over (as import_refused()). */
 static int
 import_next(struct import *im)
 {
@@ -596,8 +673,8 @@ import_next(struct import *im)
 	return 0;
 }
 
-/* Acts on a complete reply with code; returns 0 to go on, or ends the
- * import (which frees im) and returns -1. */
+/* Acts on a complete reply with code; returns 0 to go on, or -1 when
+ * this session is over (as import_refused()). */
 static int
 import_reply(struct import *im, int code)
 {
@@ -649,7 +726,7 @@ import_read_cb(struct bufferevent *bev, void *arg)
 		if (code < 200 || code > 599)
 			code = 451;
 		if (import_reply(im, code) == -1)
-			return; /* im is gone */
+			return; /* this session is over */
 	}
 }
 
@@ -714,7 +791,8 @@ name_cmp(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* A postdrop temporary file that outlived any postdrop run. */
+/* Worker pool. A postdrop temporary file that outlived any postdrop run
+ * is moved aside. */
 static void
 stale_tmp(struct maildrop *md, const char *name)
 {
@@ -727,17 +805,16 @@ stale_tmp(struct maildrop *md, const char *name)
 	move_aside(md, name, st.st_uid, "stale temporary file");
 }
 
-/* Lists the directory into md->names. */
+/* Worker pool. Lists the directory into job->names, sorted. */
 static void
-scan(struct maildrop *md)
+scan(struct md_job *job)
 {
+	struct maildrop *md = job->md;
 	struct dirent *de;
 	DIR *dir;
 	int fd;
 	size_t cap = 0;
 
-	names_clear(md);
-	md->dirty = 0;
 	if ((fd = openat(md->dirfd, ".", O_RDONLY | O_DIRECTORY |
 	    O_CLOEXEC)) == -1 || (dir = fdopendir(fd)) == NULL) {
 		log_warn("maildrop: cannot list %s", md->dir);
@@ -750,39 +827,150 @@ scan(struct maildrop *md)
 			stale_tmp(md, de->d_name);
 			continue;
 		}
-		if (md->nnames == cap) {
+		if (job->nnames == cap) {
 			cap = cap == 0 ? 16 : cap * 2;
-			md->names = xreallocarray(md->names, cap,
-			    sizeof(*md->names));
+			job->names = xreallocarray(job->names, cap,
+			    sizeof(*job->names));
 		}
-		md->names[md->nnames++] = xstrdup(de->d_name);
+		job->names[job->nnames++] = xstrdup(de->d_name);
 	}
 	closedir(dir);
-	if (md->nnames > 1) /* names is NULL for an empty directory */
-		qsort(md->names, md->nnames, sizeof(*md->names), name_cmp);
-	if (md->nnames > 0)
-		log_debug("maildrop: %zu file%s to import", md->nnames,
-		    md->nnames == 1 ? "" : "s");
+	if (job->nnames > 1) /* names is NULL for an empty directory */
+		qsort(job->names, job->nnames, sizeof(*job->names), name_cmp);
 }
 
-/* Imports the next file of the list, rescanning when it is done and the
- * directory changed meanwhile. */
+/* ---- the blocking steps ---- */
+
+static struct md_job *
+job_new(struct maildrop *md, enum md_job_kind kind, const char *name)
+{
+	struct md_job *job;
+
+	job = xcalloc(1, sizeof(*job));
+	job->md = md;
+	job->kind = kind;
+	job->name = name != NULL ? xstrdup(name) : NULL;
+	return job;
+}
+
+static void
+job_free(struct md_job *job)
+{
+	size_t i;
+
+	for (i = 0; i < job->nnames; i++)
+		free(job->names[i]);
+	free(job->names);
+	import_free(job->im);
+	free(job->pw_name);
+	free(job->why);
+	free(job->name);
+	free(job);
+}
+
+static void
+job_work(void *arg)
+{
+	struct md_job *job = arg;
+	struct maildrop *md = job->md;
+	char nb[128];
+
+	switch (job->kind) {
+	case JOB_SCAN:
+		scan(job);
+		break;
+	case JOB_OPEN:
+		job->im = import_open(md, job->name, job->max_size,
+		    job->max_rcpts);
+		break;
+	case JOB_END:
+		if (job->aside)
+			move_aside(md, job->name, job->owner, job->why);
+		else if (unlinkat(md->dirfd, job->name, 0) == -1)
+			log_warn("maildrop: %s: %s but cannot remove it (it "
+			    "will be imported again)",
+			    pname(nb, sizeof(nb), job->name), job->why);
+		break;
+	case JOB_RETURN:
+		return_lookup(job);
+		break;
+	}
+}
+
+static void maildrop_destroy(struct maildrop *md);
+
+static void
+job_done(void *arg)
+{
+	struct md_job *job = arg;
+	struct maildrop *md = job->md;
+	struct import *im;
+
+	md->job = NULL;
+	if (md->dying) {
+		job_free(job);
+		maildrop_destroy(md);
+		return;
+	}
+	switch (job->kind) {
+	case JOB_SCAN:
+		names_clear(md);
+		md->names = job->names;
+		md->nnames = job->nnames;
+		job->names = NULL;
+		job->nnames = 0;
+		if (md->nnames > 0)
+			log_debug("maildrop: %zu file%s to import",
+			    md->nnames, md->nnames == 1 ? "" : "s");
+		break;
+	case JOB_OPEN:
+		im = job->im;
+		job->im = NULL;
+		if (im != NULL && md->stopped)
+			import_free(im);
+		else if (im != NULL)
+			(void)import_start(im, im->df.uid);
+		break;
+	case JOB_END:
+		break;
+	case JOB_RETURN:
+		/* The import goes on from here, or ends. */
+		return_looked_up(job->ret, job);
+		job_free(job);
+		return;
+	}
+	job_free(job);
+	maildrop_next(md);
+}
+
+static void
+job_start(struct md_job *job)
+{
+	struct maildrop *md = job->md;
+
+	if (md->job != NULL)
+		fatalx("maildrop: two blocking steps at once");
+	md->job = job;
+	worker_run(md->w, job_work, job_done, job);
+}
+
+/* Starts the next step unless one is under way: the next file of the
+ * list, or a scan when the list is done and the directory changed. */
 static void
 maildrop_next(struct maildrop *md)
 {
-	struct import *im;
+	struct md_job *job;
 
-	while (!md->stopped && md->cur == NULL) {
-		if (md->next == md->nnames) {
-			if (!md->dirty)
-				return;
-			scan(md);
-			if (md->nnames == 0)
-				return;
-		}
-		im = import_open(md, md->names[md->next++]);
-		if (im != NULL)
-			(void)import_start(im, im->df.uid);
+	if (md->stopped || md->cur != NULL || md->job != NULL)
+		return;
+	if (md->next < md->nnames) {
+		job = job_new(md, JOB_OPEN, md->names[md->next++]);
+		job->max_size = md->max_message_size;
+		job->max_rcpts = md->max_recipients;
+		job_start(job);
+	} else if (md->dirty) {
+		md->dirty = 0;
+		job_start(job_new(md, JOB_SCAN, NULL));
 	}
 }
 
@@ -827,8 +1015,9 @@ inotify_cb(evutil_socket_t fd, short what, void *arg)
 /* ---- the public interface ---- */
 
 struct maildrop *
-maildrop_open(struct event_base *base, const struct config *cfg,
-    struct smtp_server *srv, char *err, size_t errlen)
+maildrop_open(struct event_base *base, struct worker *w,
+    const struct config *cfg, struct smtp_server *srv, char *err,
+    size_t errlen)
 {
 	struct maildrop *md;
 	struct timeval now = { 0, 0 };
@@ -836,6 +1025,7 @@ maildrop_open(struct event_base *base, const struct config *cfg,
 
 	md = xcalloc(1, sizeof(*md));
 	md->base = base;
+	md->w = w;
 	md->srv = srv;
 	md->dir = xstrdup(cfg->maildrop);
 	md->inotify_fd = -1;
@@ -909,6 +1099,18 @@ maildrop_free(struct maildrop *md)
 {
 	if (md == NULL)
 		return;
+	if (md->job != NULL) {
+		/* The job uses md's descriptors: its done() frees md. */
+		maildrop_stop(md);
+		md->dying = 1;
+		return;
+	}
+	maildrop_destroy(md);
+}
+
+static void
+maildrop_destroy(struct maildrop *md)
+{
 	import_free(md->cur);
 	names_clear(md);
 	if (md->inotify_ev != NULL)

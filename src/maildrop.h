@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "smtp_server.h"
+#include "worker.h"
 
 struct maildrop;
 
@@ -35,17 +36,21 @@ struct maildrop;
 
 /*
  * Opens cfg->maildrop and <cfg->spool>/corrupt (both must exist), starts
- * watching and schedules the first scan at once. Returns NULL with a
- * message in err.
+ * watching and schedules the first scan at once. The blocking steps of
+ * an import (listing, checking, moving aside, removing, the owner's passwd
+ * entry) run on w's threads, one at a time. Returns NULL with a message
+ * in err.
  */
-struct maildrop *maildrop_open(struct event_base *base,
+struct maildrop *maildrop_open(struct event_base *base, struct worker *w,
     const struct config *cfg, struct smtp_server *srv, char *err,
     size_t errlen);
 /* New imports use cfg's limits from now on (the directory stays). */
 void maildrop_set_config(struct maildrop *md, const struct config *cfg);
 /* Stops watching and starting imports; an import in progress finishes. */
 void maildrop_stop(struct maildrop *md);
-/* Drops an import in progress (its file stays) and frees. Accepts NULL. */
+/* Drops an import in progress (its file stays) and frees; with a blocking
+ * step under way, that step's completion frees, so call it before
+ * worker_free(). Accepts NULL. */
 void maildrop_free(struct maildrop *md);
 
 #endif

@@ -702,7 +702,7 @@ main(int argc, char *argv[])
 		log_info("found %zu queued message%s", n, n == 1 ? "" : "s");
 	/* After the queue is scanned: the first scan of the maildrop runs
 	 * from the loop and imports through the server. */
-	if ((d.maildrop = maildrop_open(d.base, d.cfg, d.server, err,
+	if ((d.maildrop = maildrop_open(d.base, d.worker, d.cfg, d.server, err,
 	    sizeof(err))) == NULL)
 		fatalx_code(EX_CANTCREAT, "%s", err);
 	if (listeners_start(d.listeners, d.base, d.server) == -1)

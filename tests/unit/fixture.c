@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <netinet/in.h>
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <string.h>
@@ -28,6 +29,23 @@ fixture_rmtree(const char *dir)
 {
 	if (dir != NULL && dir[0] != '\0')
 		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int
+fixture_count_dir(const char *dir)
+{
+	struct dirent *de;
+	DIR *d;
+	int n = 0;
+
+	if ((d = opendir(dir)) == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 &&
+		    strcmp(de->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
 }
 
 void

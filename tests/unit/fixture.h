@@ -13,6 +13,8 @@ struct worker;
 
 /* Removes dir and everything below it; NULL or "" does nothing. */
 void fixture_rmtree(const char *dir);
+/* The entries of dir but "." and "..", or -1 when it cannot be read. */
+int fixture_count_dir(const char *dir);
 /*
  * Frees *w, *q and *s (any may be NULL) in the daemon's teardown order:
  * the worker and the queue first, because their pending callbacks drain

@@ -350,16 +350,10 @@ static int
 count_dir(const char *sub)
 {
 	char path[256];
-	DIR *d;
-	struct dirent *de;
-	int n = 0;
+	int n;
 
 	snprintf(path, sizeof(path), "%s/%s", spool, sub);
-	cr_assert_not_null(d = opendir(path), "%s", path);
-	while ((de = readdir(d)) != NULL)
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-			n++;
-	closedir(d);
+	cr_assert_geq(n = fixture_count_dir(path), 0, "%s", path);
 	return n;
 }
 
