@@ -541,100 +541,120 @@ group_log_commit(struct queue *q, struct qop *op)
 	free(text);
 }
 
-static void
-group_write(struct queue *q, struct qop *group, struct qop *op)
+/* Phase 1 of a commit: its preamble (a reused spare cut to length), or
+ * its record in the log. Returns 1 when it wrote a file of its own. */
+static int
+group_write_commit(struct queue *q, struct qop *op)
 {
 	struct queue_txn *txn = op->txn;
 	char pre[PREAMBLE_LEN];
+	off_t end;
+
+	op->fd = txn->fd;
+	txn->fd = -1;
+	if ((op->error = txn->error) != 0)
+		return 0;
+	if (txn->inmem) {
+		group_log_commit(q, op);
+		return 0;
+	}
+	preamble_format(pre, txn->body_offset, txn->size);
+	if (fileio_pwrite_all(op->fd, pre, sizeof(pre), 0) == -1) {
+		op->error = errno;
+		log_warn("%s: queue file preamble", op->id);
+		return 0;
+	}
+	end = txn->body_offset + txn->size;
+	/*
+	 * A reused spare may be longer than this message: cut the old tail
+	 * off before the sync, so the size the loader sees (and fdatasync
+	 * persists, as it does any size change) is this message's, with
+	 * nothing of the old one (its state records least of all) after
+	 * the new body.
+	 */
+	if (txn->old_size > end && ftruncate(op->fd, end) == -1) {
+		op->error = errno;
+		log_warn("%s: truncate reused spool file", op->id);
+		return 0;
+	}
+	return 1;
+}
+
+/* Phase 1 of an update: its state record appended to the message's file,
+ * or to the log. Returns 1 when it wrote a file of its own. */
+static int
+group_write_update(struct queue *q, struct qop *group, struct qop *op)
+{
 	struct stat st;
 	struct qop *p;
-	off_t end;
+
+	/*
+	 * Removals only take effect in phase 3: an update asked for after a
+	 * removal of the same message in this group must fail as it would
+	 * have in a later group.
+	 */
+	for (p = group; p != op; p = p->next) {
+		if (p->type == QOP_REMOVE && strcmp(p->id, op->id) == 0) {
+			op->error = ENOENT;
+			return 0;
+		}
+	}
+	if (spoollog_has(q->log, op->id)) {
+		spoollog_add(q->log, LOGREC_STATE, op->id, op->record,
+		    op->reclen, NULL, 0);
+		op->logged = 1;
+		return 0;
+	}
+	/*
+	 * Out of descriptors with files of this group open: waiting would
+	 * not help (they close only after the sync), so the caller ends the
+	 * group here and retries the rest in the next one. The first of a
+	 * group waits for others to close theirs.
+	 */
+	if (op == group)
+		op->fd = openat_wait(q->queue_fd, op->id,
+		    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+	else
+		op->fd = openat(q->queue_fd, op->id,
+		    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+	if (op->fd == -1 && op != group &&
+	    (errno == EMFILE || errno == ENFILE)) {
+		op->error = errno;
+		return 0;
+	}
+	if (op->fd == -1 || fstat(op->fd, &st) == -1) {
+		op->error = errno;
+		if (errno != ENOENT)
+			log_warn("%s: open for update", op->id);
+		return 0;
+	}
+	op->old_size = st.st_size;
+	if (fileio_write_all(op->fd, op->record, op->reclen) == -1) {
+		op->error = errno;
+		log_warn("%s: state record", op->id);
+		/*
+		 * Cut off a partial record, so the next one starts on a line
+		 * of its own instead of being glued to garbage and lost with
+		 * it.
+		 */
+		update_undo(op);
+		return 0;
+	}
+	return 1;
+}
+
+/* Phase 1: what op writes before the group's sync. */
+static void
+group_write(struct queue *q, struct qop *group, struct qop *op)
+{
+	int wrote = 0;
 
 	switch (op->type) {
 	case QOP_COMMIT:
-		op->fd = txn->fd;
-		txn->fd = -1;
-		if ((op->error = txn->error) != 0)
-			return;
-		if (txn->inmem) {
-			group_log_commit(q, op);
-			return;
-		}
-		preamble_format(pre, txn->body_offset, txn->size);
-		if (fileio_pwrite_all(op->fd, pre, sizeof(pre), 0) == -1) {
-			op->error = errno;
-			log_warn("%s: queue file preamble", op->id);
-			return;
-		}
-		end = txn->body_offset + txn->size;
-		/*
-		 * A reused spare may be longer than this message: cut the
-		 * old tail off before the sync, so the size the loader sees
-		 * (and fdatasync persists, as it does any size change) is
-		 * this message's, with nothing of the old one (its state
-		 * records least of all) after the new body.
-		 */
-		if (txn->old_size > end && ftruncate(op->fd, end) == -1) {
-			op->error = errno;
-			log_warn("%s: truncate reused spool file", op->id);
-			return;
-		}
+		wrote = group_write_commit(q, op);
 		break;
 	case QOP_UPDATE:
-		/*
-		 * Removals only take effect in phase 3: an update asked for
-		 * after a removal of the same message in this group must
-		 * fail as it would have in a later group.
-		 */
-		for (p = group; p != op; p = p->next) {
-			if (p->type == QOP_REMOVE &&
-			    strcmp(p->id, op->id) == 0) {
-				op->error = ENOENT;
-				return;
-			}
-		}
-		if (spoollog_has(q->log, op->id)) {
-			spoollog_add(q->log, LOGREC_STATE, op->id, op->record,
-			    op->reclen, NULL, 0);
-			op->logged = 1;
-			return;
-		}
-		/*
-		 * Out of descriptors with files of this group open: waiting
-		 * would not help (they close only after the sync), so the
-		 * caller ends the group here and retries the rest in the
-		 * next one. The first of a group waits for others to close
-		 * theirs.
-		 */
-		if (op == group)
-			op->fd = openat_wait(q->queue_fd, op->id,
-			    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
-		else
-			op->fd = openat(q->queue_fd, op->id,
-			    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
-		if (op->fd == -1 && op != group &&
-		    (errno == EMFILE || errno == ENFILE)) {
-			op->error = errno;
-			return;
-		}
-		if (op->fd == -1 || fstat(op->fd, &st) == -1) {
-			op->error = errno;
-			if (errno != ENOENT)
-				log_warn("%s: open for update", op->id);
-			return;
-		}
-		op->old_size = st.st_size;
-		if (fileio_write_all(op->fd, op->record, op->reclen) == -1) {
-			op->error = errno;
-			log_warn("%s: state record", op->id);
-			/*
-			 * Cut off a partial record, so the next one starts
-			 * on a line of its own instead of being glued to
-			 * garbage and lost with it.
-			 */
-			update_undo(op);
-			return;
-		}
+		wrote = group_write_update(q, group, op);
 		break;
 	case QOP_REMOVE:
 		/* A tombstone buries a message of the log. */
@@ -643,16 +663,16 @@ group_write(struct queue *q, struct qop *group, struct qop *op)
 			    0);
 			op->logged = 1;
 		}
-		return;
+		break;
 	case QOP_ABORT:
-		return;
+		break;
 	}
 	/*
 	 * Start write-back now, for the whole group, so that the
 	 * fdatasync()s below mostly wait for I/O already in flight instead
 	 * of issuing it one file at a time. Errors surface in fdatasync.
 	 */
-	if (q->sync == SPOOL_SYNC_FSYNC)
+	if (wrote && q->sync == SPOOL_SYNC_FSYNC)
 		(void)sync_file_range(op->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 
@@ -891,32 +911,19 @@ group_log_done(struct queue *q, struct qop *group, int error, off_t base)
 	}
 }
 
+/*
+ * Phase 2: the log's records of the whole group, one write and one sync,
+ * and the sync of the group's files. Only tombstones: written now, synced
+ * with the next group's records or after QUEUE_LOG_LAZY_MS of quiet (see
+ * "The spool log" above).
+ */
 static void
-group_run(struct queue *q, struct qop *group, int *ncommitted)
+group_sync(struct queue *q, struct qop *group)
 {
-	struct qop *op, *prev;
-	struct spare *sp, *newspares = NULL;
-	unsigned nnew = 0;
-	int dirty = 0, error, logged, lazy, log_error = 0;
+	struct qop *op;
+	int error, logged, lazy = 1, log_error = 0;
 	off_t log_base = 0;
 
-	*ncommitted = 0;
-	q->group_first = group;
-	for (prev = NULL, op = group; op != NULL; prev = op, op = op->next) {
-		group_write(q, group, op);
-		if (prev != NULL && op->fd == -1 && (op->error == EMFILE ||
-		    op->error == ENFILE)) {
-			group_split(q, prev);
-			break;
-		}
-	}
-
-	/*
-	 * The log's records of the whole group: one write, one sync. Only
-	 * tombstones: written now, synced with the next group's records or
-	 * after QUEUE_LOG_LAZY_MS of quiet (see "The spool log" above).
-	 */
-	lazy = 1;
 	for (op = group; op != NULL; op = op->next)
 		if (op->logged && op->type != QOP_REMOVE)
 			lazy = 0;
@@ -955,6 +962,21 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 	}
 	if (logged)
 		group_log_done(q, group, log_error, log_base);
+}
+
+/*
+ * Phase 3: closes the group's files and gives the messages of files their
+ * names: commits renamed into queue/, aborts unlinked, removals moved to
+ * spare/ (returned in *newspares, not yet in the pool) or unlinked.
+ * Returns 1 when queue/ changed and needs its sync.
+ */
+static int
+group_place(struct queue *q, struct qop *group, struct spare **newspares)
+{
+	struct qop *op;
+	struct spare *sp;
+	unsigned nnew = 0;
+	int dirty = 0;
 
 	for (op = group; op != NULL; op = op->next) {
 		if (op->fd != -1) {
@@ -987,8 +1009,8 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 				break;
 			}
 			if (sp != NULL) {
-				sp->next = newspares;
-				newspares = sp;
+				sp->next = *newspares;
+				*newspares = sp;
 				nnew++;
 				dirty = 1;
 				break;
@@ -1004,6 +1026,18 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 			break;
 		}
 	}
+	return dirty;
+}
+
+/* Phase 4: the sync of queue/ (when dirty) that makes phase 3 durable;
+ * then the new spares join the pool. */
+static void
+group_dir_sync(struct queue *q, struct qop *group, struct spare *newspares,
+    int dirty)
+{
+	struct qop *op;
+	struct spare *sp;
+	int error;
 
 	if (dirty && fsync(q->queue_fd) == -1) {
 		error = errno;
@@ -1040,7 +1074,28 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		}
 		pthread_mutex_unlock(&q->mtx);
 	}
+}
 
+static void
+group_run(struct queue *q, struct qop *group, int *ncommitted)
+{
+	struct qop *op, *prev;
+	struct spare *newspares = NULL;
+	int dirty;
+
+	*ncommitted = 0;
+	q->group_first = group;
+	for (prev = NULL, op = group; op != NULL; prev = op, op = op->next) {
+		group_write(q, group, op);
+		if (prev != NULL && op->fd == -1 && (op->error == EMFILE ||
+		    op->error == ENFILE)) {
+			group_split(q, prev);
+			break;
+		}
+	}
+	group_sync(q, group);
+	dirty = group_place(q, group, &newspares);
+	group_dir_sync(q, group, newspares, dirty);
 	for (op = group; op != NULL; op = op->next)
 		if (op->type == QOP_COMMIT && (op->renamed ||
 		    (op->logged && op->error == 0)))
@@ -1445,6 +1500,101 @@ queue_apply_records(const char *id, struct envelope *env, const char *buf,
 }
 
 /*
+ * Checks fd's size and preamble: the body's offset and size, within the
+ * file. Returns 0, or -1 with why set (the file is bad) or *leave set (a
+ * transient error, logged).
+ */
+static int
+queue_file_layout(int fd, const char *name, off_t *size,
+    uint64_t *body_offset, uint64_t *body_size, char *why, size_t whylen,
+    int *leave)
+{
+	struct stat st;
+	char pre[PREAMBLE_LEN];
+
+	if (fstat(fd, &st) == -1) {
+		*leave = errno != 0 ? errno : EIO;
+		log_warn("%s: fstat", name);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(why, whylen, "not a regular file");
+		return -1;
+	}
+	if (st.st_size < PREAMBLE_LEN) {
+		snprintf(why, whylen, "short file (%jd bytes)",
+		    (intmax_t)st.st_size);
+		return -1;
+	}
+	if (fileio_pread_all(fd, pre, sizeof(pre), 0) == -1) {
+		*leave = errno != 0 ? errno : EIO;
+		log_warn("%s: read", name);
+		return -1;
+	}
+	if (preamble_parse(pre, body_offset, body_size) == -1) {
+		snprintf(why, whylen, "bad preamble");
+		return -1;
+	}
+	if (*body_offset < PREAMBLE_LEN ||
+	    *body_offset > (uint64_t)st.st_size) {
+		snprintf(why, whylen, "body offset past end of file");
+		return -1;
+	}
+	if (*body_size > (uint64_t)st.st_size - *body_offset) {
+		snprintf(why, whylen, "body length past end of file "
+		    "(%" PRIu64 "+%" PRIu64 " > %jd)", *body_offset,
+		    *body_size, (intmax_t)st.st_size);
+		return -1;
+	}
+	*size = st.st_size;
+	return 0;
+}
+
+/*
+ * Applies the state records that follow env's body in fd (size bytes in
+ * all). A torn last record is cut off unless readonly. Returns 0, or -1
+ * with why or *leave set, as queue_file_layout().
+ */
+static int
+queue_file_records(int fd, const char *name, struct envelope *env,
+    off_t size, int readonly, char *why, size_t whylen, int *leave)
+{
+	off_t end = env->body_offset + env->body_size;
+	uint64_t reclen = (uint64_t)(size - end);
+	char *recs;
+	size_t good;
+
+	if (reclen > RECORDS_MAX) {
+		snprintf(why, whylen, "state records too large");
+		return -1;
+	}
+	if (reclen == 0)
+		return 0;
+	recs = xmalloc(reclen);
+	if (fileio_pread_all(fd, recs, reclen, end) == -1) {
+		*leave = errno != 0 ? errno : EIO;
+		log_warn("%s: read", name);
+		free(recs);
+		return -1;
+	}
+	good = queue_apply_records(name, env, recs, reclen, end);
+	if (good != reclen && !readonly) {
+		/*
+		 * A crash while appending: the last record has no '\n' and
+		 * never counted. Cut it off so the next update starts on a
+		 * fresh line.
+		 */
+		log_warnx("%s: ignoring torn state record at offset %jd",
+		    name, (intmax_t)(end + (off_t)good));
+		if (ftruncate(fd, end + (off_t)good) == -1 ||
+		    fdatasync(fd) == -1)
+			log_warn("%s: truncate torn record", name);
+	}
+	free(recs);
+	return 0;
+}
+
+/*
  * Reads one queue file. Returns the envelope, or NULL with a reason for
  * corrupt/ in why, or NULL with *leave set to an errno value when the file
  * should be left alone: ENOENT (gone, not logged) or a transient failure
@@ -1457,10 +1607,10 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
     int *leave, int readonly)
 {
 	struct envelope *env = NULL;
-	struct stat st;
-	char pre[PREAMBLE_LEN], derr[128], *text = NULL, *recs = NULL;
-	uint64_t body_offset, body_size, envlen, reclen;
-	size_t used, good;
+	char derr[128], *text = NULL;
+	uint64_t body_offset, body_size, envlen;
+	off_t size;
+	size_t used;
 	int fd;
 
 	*leave = 0;
@@ -1479,39 +1629,9 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 			log_warn("%s: open", name);
 		return NULL;
 	}
-	if (fstat(fd, &st) == -1) {
-		*leave = errno != 0 ? errno : EIO;
-		log_warn("%s: fstat", name);
+	if (queue_file_layout(fd, name, &size, &body_offset, &body_size, why,
+	    whylen, leave) == -1)
 		goto done;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		snprintf(why, whylen, "not a regular file");
-		goto done;
-	}
-	if (st.st_size < PREAMBLE_LEN) {
-		snprintf(why, whylen, "short file (%jd bytes)",
-		    (intmax_t)st.st_size);
-		goto done;
-	}
-	if (fileio_pread_all(fd, pre, sizeof(pre), 0) == -1) {
-		*leave = errno != 0 ? errno : EIO;
-		log_warn("%s: read", name);
-		goto done;
-	}
-	if (preamble_parse(pre, &body_offset, &body_size) == -1) {
-		snprintf(why, whylen, "bad preamble");
-		goto done;
-	}
-	if (body_offset < PREAMBLE_LEN || body_offset > (uint64_t)st.st_size) {
-		snprintf(why, whylen, "body offset past end of file");
-		goto done;
-	}
-	if (body_size > (uint64_t)st.st_size - body_offset) {
-		snprintf(why, whylen, "body length past end of file "
-		    "(%" PRIu64 "+%" PRIu64 " > %jd)", body_offset, body_size,
-		    (intmax_t)st.st_size);
-		goto done;
-	}
 	envlen = body_offset - PREAMBLE_LEN;
 	if (envlen > ENVELOPE_MAX) {
 		snprintf(why, whylen, "envelope too large");
@@ -1538,43 +1658,15 @@ queue_load_one(struct queue *q, const char *name, char *why, size_t whylen,
 	}
 	env->body_offset = (off_t)body_offset;
 	env->body_size = (off_t)body_size;
-
-	reclen = (uint64_t)st.st_size - body_offset - body_size;
-	if (reclen > RECORDS_MAX) {
-		snprintf(why, whylen, "state records too large");
+	if (queue_file_records(fd, name, env, size, readonly, why, whylen,
+	    leave) == -1)
 		goto fail;
-	}
-	if (reclen > 0) {
-		recs = xmalloc(reclen);
-		if (fileio_pread_all(fd, recs, reclen,
-		    (off_t)(body_offset + body_size)) == -1) {
-			*leave = errno != 0 ? errno : EIO;
-			log_warn("%s: read", name);
-			goto fail;
-		}
-		good = queue_apply_records(name, env, recs, reclen,
-		    (off_t)(body_offset + body_size));
-		if (good != reclen && !readonly) {
-			/*
-			 * A crash while appending: the last record has no
-			 * '\n' and never counted. Cut it off so the next
-			 * update starts on a fresh line.
-			 */
-			log_warnx("%s: ignoring torn state record at offset "
-			    "%jd", name, (intmax_t)(body_offset + body_size +
-			    good));
-			if (ftruncate(fd, (off_t)(body_offset + body_size +
-			    good)) == -1 || fdatasync(fd) == -1)
-				log_warn("%s: truncate torn record", name);
-		}
-	}
 	goto done;
 
  fail:
 	envelope_free(env);
 	env = NULL;
  done:
-	free(recs);
 	free(text);
 	close(fd);
 	return env;
