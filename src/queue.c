@@ -63,7 +63,7 @@
  * removal from queue/ durable, so a crash can never bring the old name back
  * pointing at the new content; spare/ is emptied by queue_load(), which
  * also covers a rename to spare/ that a crash half-applied. At most
- * QUEUE_SPARES are kept; further removals unlink as before. A reader of a
+ * QUEUE_SPARES are kept; further removals unlink their file. A reader of a
  * removed message must have closed its queue_body_open() descriptor before
  * asking for the removal (the scheduler removes only after the attempt,
  * and with it the read, finished).
