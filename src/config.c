@@ -83,6 +83,37 @@ get_string(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
 	return 0;
 }
 
+/*
+ * A string setting that must be one of names[] (NULL-terminated), already
+ * read into value: *choice is its index, 0 (the default) when value is
+ * NULL. what names the setting in the error, which lists the names:
+ * "relay x: tls must be "starttls", "implicit" or "none"".
+ */
+static int
+get_choice(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
+    const char *what, const char *const *names, const char *value,
+    int *choice)
+{
+	char list[256];
+	size_t i, n = 0;
+
+	*choice = 0;
+	if (value == NULL)
+		return 0;
+	for (i = 0; names[i] != NULL; i++)
+		if (strcmp(value, names[i]) == 0) {
+			*choice = (int)i;
+			return 0;
+		}
+	list[0] = '\0';
+	for (i = 0; names[i] != NULL && n < sizeof(list); i++)
+		n += (size_t)snprintf(list + n, sizeof(list) - n, "%s\"%s\"",
+		    i == 0 ? "" : names[i + 1] == NULL ? " or " : ", ",
+		    names[i]);
+	return cfg_fail(ctx, config_setting_get_member(grp, key),
+	    "%s must be %s", what, list);
+}
+
 static int
 get_bool(struct cfgctx *ctx, const config_setting_t *grp, const char *key,
     int *out)
@@ -402,13 +433,48 @@ static const char *const relay_keys[] = { "type", "host", "port", "tls",
 	"password_command", "oauth_command", "backup", "failover_after",
 	NULL };
 
+/* In the order of their enums: the first is the default. */
+static const char *const relay_type_names[] = { "smtp", "maildir", NULL };
+static const char *const tls_mode_names[] = { "starttls", "implicit",
+	"none", NULL };
+static const char *const auth_policy_names[] = { "auto", "always", "never",
+	NULL };
+_Static_assert(RELAY_TYPE_SMTP == 0 && RELAY_TYPE_MAILDIR == 1,
+    "relay_type_names out of step with enum relay_type");
+_Static_assert(TLS_MODE_STARTTLS == 0 && TLS_MODE_IMPLICIT == 1 &&
+    TLS_MODE_NONE == 2, "tls_mode_names out of step with enum tls_mode");
+_Static_assert(AUTH_POLICY_AUTO == 0 && AUTH_POLICY_ALWAYS == 1 &&
+    AUTH_POLICY_NEVER == 2,
+    "auth_policy_names out of step with enum auth_policy");
+
+/* Upper-cases r's mechanism names, which must be SASL mechanism names. */
+static int
+relay_mechanisms(struct cfgctx *ctx, const config_setting_t *s,
+    struct relay_config *r)
+{
+	size_t i;
+	char *m;
+
+	for (i = 0; i < r->nmechanisms; i++) {
+		for (m = r->mechanisms[i]; *m != '\0'; m++) {
+			*m = (char)toupper((unsigned char)*m);
+			if (!isalnum((unsigned char)*m) && *m != '-' &&
+			    *m != '_')
+				return cfg_fail(ctx, config_setting_get_member(
+				    s, "mechanisms"), "relay %s: \"%s\" is "
+				    "not a SASL mechanism name", r->name,
+				    r->mechanisms[i]);
+		}
+	}
+	return 0;
+}
+
 static int
 parse_relay(struct cfgctx *ctx, const config_setting_t *s,
     struct relay_config *r)
 {
-	char *type = NULL, *tls = NULL, *auth = NULL;
-	int rc = -1;
-	size_t i;
+	char *type = NULL, *tls = NULL, *auth = NULL, what[300];
+	int rc = -1, type_i, tls_i, auth_i;
 
 	relay_defaults(r);
 	r->name = xstrdup(config_setting_name(s));
@@ -449,54 +515,21 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 	    get_uint(ctx, s, "failover_after", duration_units, 0, 30 * 86400,
 	    &r->failover_after) == -1)
 		goto out;
-	if (type == NULL || strcmp(type, "smtp") == 0)
-		r->type = RELAY_TYPE_SMTP;
-	else if (strcmp(type, "maildir") == 0)
-		r->type = RELAY_TYPE_MAILDIR;
-	else {
-		cfg_fail(ctx, config_setting_get_member(s, "type"),
-		    "relay %s: type must be \"smtp\" or \"maildir\"", r->name);
+	snprintf(what, sizeof(what), "relay %s: type", r->name);
+	if (get_choice(ctx, s, "type", what, relay_type_names, type,
+	    &type_i) == -1)
 		goto out;
-	}
-	if (tls == NULL || strcmp(tls, "starttls") == 0)
-		r->tls = TLS_MODE_STARTTLS;
-	else if (strcmp(tls, "implicit") == 0)
-		r->tls = TLS_MODE_IMPLICIT;
-	else if (strcmp(tls, "none") == 0)
-		r->tls = TLS_MODE_NONE;
-	else {
-		cfg_fail(ctx, config_setting_get_member(s, "tls"),
-		    "relay %s: tls must be \"starttls\", \"implicit\" or "
-		    "\"none\"", r->name);
+	snprintf(what, sizeof(what), "relay %s: tls", r->name);
+	if (get_choice(ctx, s, "tls", what, tls_mode_names, tls, &tls_i) ==
+	    -1)
 		goto out;
-	}
-	if (auth == NULL || strcmp(auth, "auto") == 0)
-		r->auth = AUTH_POLICY_AUTO;
-	else if (strcmp(auth, "always") == 0)
-		r->auth = AUTH_POLICY_ALWAYS;
-	else if (strcmp(auth, "never") == 0)
-		r->auth = AUTH_POLICY_NEVER;
-	else {
-		cfg_fail(ctx, config_setting_get_member(s, "auth"),
-		    "relay %s: auth must be \"auto\", \"always\" or "
-		    "\"never\"", r->name);
+	snprintf(what, sizeof(what), "relay %s: auth", r->name);
+	if (get_choice(ctx, s, "auth", what, auth_policy_names, auth,
+	    &auth_i) == -1 || relay_mechanisms(ctx, s, r) == -1)
 		goto out;
-	}
-	for (i = 0; i < r->nmechanisms; i++) {
-		char *m;
-
-		for (m = r->mechanisms[i]; *m != '\0'; m++) {
-			*m = (char)toupper((unsigned char)*m);
-			if (!isalnum((unsigned char)*m) && *m != '-' &&
-			    *m != '_') {
-				cfg_fail(ctx, config_setting_get_member(s,
-				    "mechanisms"), "relay %s: \"%s\" is not "
-				    "a SASL mechanism name", r->name,
-				    r->mechanisms[i]);
-				goto out;
-			}
-		}
-	}
+	r->type = (enum relay_type)type_i;
+	r->tls = (enum tls_mode)tls_i;
+	r->auth = (enum auth_policy)auth_i;
 	if (r->type == RELAY_TYPE_SMTP && r->host == NULL) {
 		cfg_fail(ctx, s, "relay %s: host is required", r->name);
 		goto out;
@@ -1030,6 +1063,12 @@ out:
  * exempt = [ "root", "%wheel" ]; }. The map is read now, so a reload
  * picks up its changes and a broken map fails like a broken config.
  */
+static const char *const sender_policy_mode_names[] = { "any", "own", "map",
+	NULL };
+_Static_assert(SENDER_POLICY_ANY == 0 && SENDER_POLICY_OWN == 1 &&
+    SENDER_POLICY_MAP == 2,
+    "sender_policy_mode_names out of step with enum sender_policy_mode");
+
 static int
 parse_sender_policy(struct cfgctx *ctx, const config_setting_t *root,
     struct config *cfg)
@@ -1037,8 +1076,8 @@ parse_sender_policy(struct cfgctx *ctx, const config_setting_t *root,
 	const config_setting_t *grp;
 	char *mode = NULL, *map = NULL, **exempt = NULL;
 	size_t nexempt = 0, i;
-	enum sender_policy_mode m = SENDER_POLICY_ANY;
-	int rc = -1, exempt_set;
+	enum sender_policy_mode m;
+	int rc = -1, exempt_set, mode_i;
 
 	grp = config_setting_get_member(root, "sender_policy");
 	if (grp == NULL) {
@@ -1053,18 +1092,10 @@ parse_sender_policy(struct cfgctx *ctx, const config_setting_t *root,
 	    get_string(ctx, grp, "map", &map) == -1 ||
 	    get_string_list(ctx, grp, "exempt", &exempt, &nexempt) == -1)
 		goto out;
-	if (mode == NULL || strcmp(mode, "any") == 0)
-		m = SENDER_POLICY_ANY;
-	else if (strcmp(mode, "own") == 0)
-		m = SENDER_POLICY_OWN;
-	else if (strcmp(mode, "map") == 0)
-		m = SENDER_POLICY_MAP;
-	else {
-		cfg_fail(ctx, config_setting_get_member(grp, "mode"),
-		    "sender_policy: mode must be \"any\", \"own\" or "
-		    "\"map\"");
+	if (get_choice(ctx, grp, "mode", "sender_policy: mode",
+	    sender_policy_mode_names, mode, &mode_i) == -1)
 		goto out;
-	}
+	m = (enum sender_policy_mode)mode_i;
 	if ((m == SENDER_POLICY_MAP) != (map != NULL)) {
 		cfg_fail(ctx, grp, m == SENDER_POLICY_MAP ?
 		    "sender_policy: mode \"map\" needs map = \"FILE\"" :
@@ -1132,6 +1163,10 @@ config_set_defaults(struct config *cfg)
  * caller's to free; checked once the relays are known). Unknown top-level
  * keys are refused here.
  */
+static const char *const spool_sync_names[] = { "fsync", "syncfs", NULL };
+_Static_assert(SPOOL_SYNC_FSYNC == 0 && SPOOL_SYNC_SYNCFS == 1,
+    "spool_sync_names out of step with enum spool_sync");
+
 static int
 parse_top(struct cfgctx *ctx, const config_setting_t *root,
     struct config *cfg, char **defrelay)
@@ -1139,7 +1174,7 @@ parse_top(struct cfgctx *ctx, const config_setting_t *root,
 	unsigned long long size;
 	char *sync = NULL;
 	char host[256];
-	int rc = -1;
+	int rc = -1, sync_i;
 
 	if (check_known(ctx, root, top_keys, "") == -1 ||
 	    get_string(ctx, root, "hostname", &cfg->hostname) == -1 ||
@@ -1155,15 +1190,10 @@ parse_top(struct cfgctx *ctx, const config_setting_t *root,
 	    16 * 1024 * 1024, &size) == -1)
 		goto out;
 	cfg->spool_log_max = (size_t)size;
-	if (sync == NULL || strcmp(sync, "fsync") == 0)
-		cfg->spool_sync = SPOOL_SYNC_FSYNC;
-	else if (strcmp(sync, "syncfs") == 0)
-		cfg->spool_sync = SPOOL_SYNC_SYNCFS;
-	else {
-		cfg_fail(ctx, config_setting_get_member(root, "spool_sync"),
-		    "spool_sync must be \"fsync\" or \"syncfs\"");
+	if (get_choice(ctx, root, "spool_sync", "spool_sync",
+	    spool_sync_names, sync, &sync_i) == -1)
 		goto out;
-	}
+	cfg->spool_sync = (enum spool_sync)sync_i;
 	if (cfg->hostname == NULL) {
 		if (gethostname(host, sizeof(host)) == -1 || host[0] == '\0')
 			strcpy(host, "localhost");

@@ -137,6 +137,30 @@ Test(config, errors_name_file_and_line)
 	expect_errors(bad, sizeof(bad) / sizeof(*bad));
 }
 
+/* A setting of a fixed set of words names the setting, its line and
+ * every word it takes. */
+Test(config, choices_list_what_they_take)
+{
+	static const struct bad bad[] = {
+		{ "relays = { up = {\n type = \"mx\"; }; };\n",
+		    "test.conf:2: relay up: type must be \"smtp\" or "
+		    "\"maildir\"" },
+		{ "relays = { up = { host = \"a\";\n tls = \"maybe\"; }; };\n",
+		    "test.conf:2: relay up: tls must be \"starttls\", "
+		    "\"implicit\" or \"none\"" },
+		{ "relays = { up = { host = \"a\";\n auth = \"yes\"; }; };\n",
+		    "test.conf:2: relay up: auth must be \"auto\", \"always\" "
+		    "or \"never\"" },
+		{ RELAY "spool_sync = \"sometimes\";\n",
+		    "test.conf:2: spool_sync must be \"fsync\" or \"syncfs\"" },
+		{ RELAY "sender_policy = {\n mode = \"all\"; };\n",
+		    "test.conf:3: sender_policy: mode must be \"any\", \"own\" "
+		    "or \"map\"" },
+	};
+
+	expect_errors(bad, sizeof(bad) / sizeof(*bad));
+}
+
 Test(config, load_reports_missing_file)
 {
 	cr_assert_null(config_load("/nonexistent/smarthostd.conf", err,
