@@ -272,7 +272,6 @@ struct scheduler {
 	size_t nunread;               /* found at start, not read yet */
 
 	TAILQ_HEAD(, sched_relay) relays;
-	unsigned nsessions;
 
 	int stopping;
 	void (*done)(void *);
@@ -1155,7 +1154,18 @@ session_unlink(struct scheduler *s, struct sched_session *ss)
 {
 	TAILQ_REMOVE(&ss->sr->sessions, ss, entry);
 	ss->sr->nsessions--;
-	s->nsessions--;
+}
+
+/* Relay sessions open, of every relay. */
+static unsigned
+sessions_open(const struct scheduler *s)
+{
+	const struct sched_relay *sr;
+	unsigned n = 0;
+
+	TAILQ_FOREACH(sr, &s->relays, entry)
+		n += sr->nsessions;
+	return n;
 }
 
 /* Drops a session now; its messages go back to the heap untouched. */
@@ -1176,7 +1186,7 @@ shutdown_check(struct scheduler *s)
 {
 	const struct timeval now = { 0, 0 };
 
-	if (s->stopping && s->nsessions == 0 && s->done != NULL)
+	if (s->stopping && s->done != NULL && sessions_open(s) == 0)
 		evtimer_add(s->ev_stopped, &now);
 }
 
@@ -1480,7 +1490,6 @@ session_open(struct scheduler *s, struct sched_relay *sr,
 	ss->max_msgs = rc->max_msgs_per_conn > 0 ? rc->max_msgs_per_conn : 1;
 	TAILQ_INSERT_TAIL(&sr->sessions, ss, entry);
 	sr->nsessions++;
-	s->nsessions++;
 	ss->rs = relay_session_new(sr->relay, s->cfg, rc, &sess_cb, ss);
 }
 
@@ -1752,11 +1761,11 @@ sched_deadline(evutil_socket_t fd, short what, void *arg)
 	struct scheduler *s = arg;
 	struct sched_relay *sr;
 	struct sched_session *ss;
+	unsigned n = sessions_open(s);
 
-	if (s->nsessions > 0)
+	if (n > 0)
 		log_warnx("shutdown: aborting %u relay session%s; their "
-		    "messages stay queued", s->nsessions,
-		    s->nsessions == 1 ? "" : "s");
+		    "messages stay queued", n, n == 1 ? "" : "s");
 	TAILQ_FOREACH(sr, &s->relays, entry)
 		while ((ss = TAILQ_FIRST(&sr->sessions)) != NULL)
 			session_abort(s, ss);
@@ -1971,7 +1980,7 @@ scheduler_shutdown(struct scheduler *s, unsigned timeout,
 				session_abort(s, ss);
 		}
 	}
-	if (s->nsessions > 0)
+	if (sessions_open(s) > 0)
 		evtimer_add(s->ev_deadline, &deadline);
 	shutdown_check(s);
 }
