@@ -298,6 +298,10 @@ client_teardown(struct smtp_client *c)
 		c->ai = c->ai_next = NULL;
 	}
 	if (c->bev != NULL) {
+		/* A TLS error invalidated the session inside OpenSSL;
+		 * anything else leaves it good for the next connection. */
+		if (c->tls_active)
+			tls_session_end(bufferevent_openssl_get_ssl(c->bev));
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 	}
@@ -509,7 +513,7 @@ client_connected(struct smtp_client *c, int fd)
 	log_debug("%s: connected", c->peer);
 
 	if (c->tls == TLS_MODE_IMPLICIT) {
-		if ((ssl = tls_client_ssl_new(c->ssl_ctx, c->host,
+		if ((ssl = tls_client_ssl_new(c->ssl_ctx, c->host, c->port,
 		    c->verify)) == NULL) {
 			close(fd);
 			client_close_msg(c, OC_TLS, "TLS: %s",
@@ -711,8 +715,8 @@ client_starttls(struct smtp_client *c)
 		    "reply to STARTTLS");
 		return;
 	}
-	if ((ssl = tls_client_ssl_new(c->ssl_ctx, c->host, c->verify)) ==
-	    NULL) {
+	if ((ssl = tls_client_ssl_new(c->ssl_ctx, c->host, c->port,
+	    c->verify)) == NULL) {
 		client_close_msg(c, OC_TLS, "TLS: %s",
 		    tls_handshake_error(NULL, 0, why, sizeof(why)));
 		return;
@@ -745,9 +749,10 @@ client_tls_up(struct smtp_client *c)
 	char desc[128];
 
 	c->tls_active = 1;
-	log_debug("%s: TLS established: %s", c->peer,
+	log_debug("%s: TLS established: %s%s", c->peer,
 	    tls_describe(bufferevent_openssl_get_ssl(c->bev), desc,
-	    sizeof(desc)));
+	    sizeof(desc)), tls_session_reused(bufferevent_openssl_get_ssl(
+	    c->bev)) ? " (session resumed)" : "");
 	if (c->greeted) {
 		client_enter(c, CS_EHLO);
 		return;
@@ -1918,6 +1923,9 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 		break;
 	case CS_HANDSHAKE:
 		ssl = bufferevent_openssl_get_ssl(bev);
+		/* Whatever broke it, the next connection starts afresh
+		 * rather than offer the same session again. */
+		tls_session_forget(ssl);
 		if (first != 0 || (c->verify && tls_verify_error(ssl) != NULL))
 			client_close_msg(c, OC_TLS, "TLS: %s",
 			    tls_handshake_error(ssl, first, why, sizeof(why)));
@@ -2095,6 +2103,8 @@ client_timer_cb(evutil_socket_t fd, short what, void *arg)
 		client_close(c, &c->final);
 		goto out;
 	}
+	if (c->state == CS_HANDSHAKE)
+		tls_session_forget(bufferevent_openssl_get_ssl(c->bev));
 	secs = c->state == CS_EOM ? c->timeout_data : c->timeout_command;
 	client_close_msg(c, OC_TIMEOUT, "timeout after %us waiting for %s%s",
 	    secs, client_state_waiting(c->state), client_eom_note(c));

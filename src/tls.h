@@ -4,8 +4,19 @@
  * connection with SNI and the host name (or IP address) check, and the
  * words to say why a handshake failed. The bufferevent plumbing (implicit
  * TLS from the first byte, STARTTLS as a filter over the plain connection)
- * lives in smtp_client.c; nothing here does I/O or keeps global state, so
- * these functions may be called from any thread.
+ * lives in smtp_client.c; nothing here does I/O, and the only global state
+ * is two OpenSSL ex_data indices made once, so these functions may be
+ * called from any thread.
+ *
+ * Session resumption: every context keeps the newest session per peer
+ * (host and port) that a server gave it, TLS 1.3 tickets included, and a
+ * new SSL for the same peer offers it. OpenSSL does not verify the
+ * certificate of a resumed session again; it inherits the verify result,
+ * host name check included, of the full handshake that made it. So a
+ * session is only ever offered to the peer it was made with, by the
+ * context that made it (its CAs and verify mode), and a verifying context
+ * keeps only sessions that passed verification. Whoever changes the CAs or
+ * verify mode makes a new context, which starts with an empty cache.
  */
 #ifndef SMARTHOST_TLS_H
 #define SMARTHOST_TLS_H
@@ -39,10 +50,30 @@ int tls_ctx_verifies(SSL_CTX *ctx);
  * SNI and, when verify is set, the name the certificate must carry (no
  * partial wildcards); for an address it sets no SNI (RFC 6066 forbids
  * literals) and, when verify is set, the address the certificate's IP
- * subjectAltName must match. Returns the SSL (the caller, or the
- * bufferevent it is handed to, frees it), or NULL if OpenSSL fails.
+ * subjectAltName must match. With a port too, the SSL belongs to the peer
+ * "host port": it offers that peer's cached session, if any and not
+ * expired, and the sessions the server gives it go to ctx's cache. The
+ * server may refuse the session; then the handshake is a full one (and
+ * verifies) as if none had been offered. Returns the SSL (the caller, or
+ * the bufferevent it is handed to, frees it), or NULL if OpenSSL fails.
  */
-SSL *tls_client_ssl_new(SSL_CTX *ctx, const char *host, int verify);
+SSL *tls_client_ssl_new(SSL_CTX *ctx, const char *host, const char *port,
+    int verify);
+
+/* 1 if ssl's handshake resumed a session, 0 if it was a full one. */
+int tls_session_reused(const SSL *ssl);
+/*
+ * The connection on ssl ends without a TLS error (after QUIT, or an SMTP
+ * level failure): its session stays resumable. Call it before the SSL is
+ * freed: libevent frees SSLs without SSL_shutdown, and OpenSSL takes an SSL
+ * freed that way for a broken connection and makes its session (the one
+ * in the cache too) unresumable. A fatal TLS alert invalidates the session
+ * inside OpenSSL whatever this says. Accepts NULL.
+ */
+void tls_session_end(SSL *ssl);
+/* Drops the cached session of ssl's peer, after a handshake that failed,
+ * so that the next connection makes a full handshake. Accepts NULL. */
+void tls_session_forget(const SSL *ssl);
 
 /*
  * The reason the peer's certificate was rejected, as OpenSSL words it

@@ -2212,9 +2212,9 @@ Test(tls, ssl_sni_for_names_only)
 {
 	char err[256];
 	SSL_CTX *ctx = tls_client_ctx_new(NULL, 1, err, sizeof(err));
-	SSL *a = tls_client_ssl_new(ctx, "mx.example.org", 1);
-	SSL *b = tls_client_ssl_new(ctx, "192.0.2.1", 1);
-	SSL *c = tls_client_ssl_new(ctx, "2001:db8::1", 1);
+	SSL *a = tls_client_ssl_new(ctx, "mx.example.org", "25", 1);
+	SSL *b = tls_client_ssl_new(ctx, "192.0.2.1", "25", 1);
+	SSL *c = tls_client_ssl_new(ctx, "2001:db8::1", NULL, 1);
 	char *ip;
 
 	cr_assert_str_eq(SSL_get_servername(a, TLSEXT_NAMETYPE_host_name),
@@ -3323,4 +3323,190 @@ Test(smtp_client, on_demand_auth_without_tls_is_refused)
 	assert_plaintext_refused(&r, &p);
 	run_fini(&r);
 	close(fd);
+}
+
+/* ---- session resumption (tls.c), over memory BIOs ---- */
+
+/* A server context with k's certificate: a new one has new ticket keys,
+ * so it refuses every session another context gave. */
+static SSL_CTX *
+server_ctx(struct pki *k, int max_version)
+{
+	SSL_CTX *s = SSL_CTX_new(TLS_server_method());
+
+	cr_assert_not_null(s);
+	cr_assert_eq(SSL_CTX_use_certificate(s, k->leaf), 1);
+	cr_assert_eq(SSL_CTX_use_PrivateKey(s, k->key), 1);
+	if (max_version != 0)
+		cr_assert_eq(SSL_CTX_set_max_proto_version(s, max_version), 1);
+	return s;
+}
+
+/*
+ * One connection from a new client SSL for host and port to a server of
+ * sctx through a BIO pair: the handshake, then a few bytes from the server,
+ * which the client reads (and with them, in TLS 1.3, the session tickets
+ * the server sent after the handshake). Returns 1 when the handshake
+ * completed and the session was resumed, 0 when it completed in full, -1
+ * when it failed; *verr gets the client's verify result.
+ */
+static int
+mem_connect(SSL_CTX *ctx, SSL_CTX *sctx, const char *host, const char *port,
+    long *verr)
+{
+	SSL *cl, *sv;
+	BIO *cb, *sb;
+	char buf[16];
+	int i, n, cdone = 0, sdone = 0, ret = -1;
+
+	cl = tls_client_ssl_new(ctx, host, port, tls_ctx_verifies(ctx));
+	cr_assert_not_null(cl);
+	sv = SSL_new(sctx);
+	cr_assert_not_null(sv);
+	cr_assert_eq(BIO_new_bio_pair(&cb, 0, &sb, 0), 1);
+	SSL_set_bio(cl, cb, cb);
+	SSL_set_bio(sv, sb, sb);
+	SSL_set_accept_state(sv);
+	for (i = 0; i < 50 && !(cdone && sdone); i++) {
+		if (!cdone && (n = SSL_do_handshake(cl)) != 1 &&
+		    SSL_get_error(cl, n) != SSL_ERROR_WANT_READ)
+			break;
+		cdone = cdone || n == 1;
+		if (!sdone && (n = SSL_do_handshake(sv)) != 1 &&
+		    SSL_get_error(sv, n) != SSL_ERROR_WANT_READ)
+			break;
+		sdone = sdone || n == 1;
+	}
+	*verr = SSL_get_verify_result(cl);
+	if (cdone && sdone) {
+		cr_assert_eq(SSL_write(sv, "hello", 5), 5);
+		cr_assert_eq(SSL_read(cl, buf, sizeof(buf)), 5);
+		ret = tls_session_reused(cl);
+		cr_assert_eq(ret, SSL_session_reused(sv));
+		tls_session_end(cl);
+	}
+	ERR_clear_error();
+	SSL_free(sv);
+	SSL_free(cl);
+	return ret;
+}
+
+Test(tls, second_connection_resumes_and_stays_verified)
+{
+	struct pki k;
+	SSL_CTX *ctx;
+	long verr;
+
+	pki_init(&k);
+	ctx = client_ctx(k.cafile, 1);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "127.0.0.1", "587", &verr), 0);
+	cr_assert_eq(verr, X509_V_OK);
+	/* TLS 1.3: the ticket came after the handshake, and is offered */
+	cr_assert_eq(mem_connect(ctx, k.sctx, "127.0.0.1", "587", &verr), 1);
+	cr_assert_eq(verr, X509_V_OK);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "127.0.0.1", "587", &verr), 1);
+	tls_ctx_free(ctx);
+	pki_fini(&k);
+}
+
+Test(tls, tls12_session_resumes)
+{
+	struct pki k;
+	SSL_CTX *ctx, *s12;
+	long verr;
+
+	pki_init(&k);
+	s12 = server_ctx(&k, TLS1_2_VERSION);
+	ctx = client_ctx(k.cafile, 1);
+	cr_assert_eq(mem_connect(ctx, s12, "mx.test", "25", &verr), 0);
+	cr_assert_eq(mem_connect(ctx, s12, "mx.test", "25", &verr), 1);
+	cr_assert_eq(verr, X509_V_OK);
+	tls_ctx_free(ctx);
+	SSL_CTX_free(s12);
+	pki_fini(&k);
+}
+
+/* The certificate is for mx.test and 127.0.0.1: a session made with
+ * mx.test must not let other.test skip the name check. */
+Test(tls, session_never_offered_to_another_name_or_port)
+{
+	struct pki k;
+	SSL_CTX *ctx;
+	long verr;
+
+	pki_init(&k);
+	ctx = client_ctx(k.cafile, 1);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "mx.test", "25", &verr), 0);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "other.test", "25", &verr), -1);
+	cr_assert_eq(verr, X509_V_ERR_HOSTNAME_MISMATCH);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "mx.test", "587", &verr), 0);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "mx.test", "25", &verr), 1);
+	/* a failed handshake of another peer left mx.test's alone, and
+	 * none was cached for other.test */
+	cr_assert_eq(mem_connect(ctx, k.sctx, "other.test", "25", &verr), -1);
+	cr_assert_eq(verr, X509_V_ERR_HOSTNAME_MISMATCH);
+	tls_ctx_free(ctx);
+	pki_fini(&k);
+}
+
+/* A new context (what relay.c makes when the CA file or verify changes,
+ * and after a reload) starts with nothing to resume. */
+Test(tls, new_context_never_resumes)
+{
+	struct pki k;
+	SSL_CTX *a, *b;
+	long verr;
+
+	pki_init(&k);
+	a = client_ctx(k.cafile, 1);
+	b = client_ctx(k.cafile, 1);
+	cr_assert_eq(mem_connect(a, k.sctx, "mx.test", "25", &verr), 0);
+	cr_assert_eq(mem_connect(b, k.sctx, "mx.test", "25", &verr), 0);
+	cr_assert_eq(mem_connect(a, k.sctx, "mx.test", "25", &verr), 1);
+	tls_ctx_free(a);
+	tls_ctx_free(b);
+	pki_fini(&k);
+}
+
+/* A server that does not know the session (restarted, new ticket keys)
+ * gets a full, verified handshake; the session it gives is used next. */
+Test(tls, refused_session_falls_back_to_full_handshake)
+{
+	struct pki k;
+	SSL_CTX *ctx, *other;
+	long verr;
+
+	pki_init(&k);
+	other = server_ctx(&k, 0);
+	ctx = client_ctx(k.cafile, 1);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "mx.test", "25", &verr), 0);
+	cr_assert_eq(mem_connect(ctx, other, "mx.test", "25", &verr), 0);
+	cr_assert_eq(verr, X509_V_OK);
+	cr_assert_eq(mem_connect(ctx, other, "mx.test", "25", &verr), 1);
+	tls_ctx_free(ctx);
+	SSL_CTX_free(other);
+	pki_fini(&k);
+}
+
+Test(tls, forgotten_session_is_not_offered)
+{
+	struct pki k;
+	SSL_CTX *ctx;
+	SSL *ssl;
+	long verr;
+
+	pki_init(&k);
+	ctx = client_ctx(k.cafile, 1);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "mx.test", "25", &verr), 0);
+	ssl = tls_client_ssl_new(ctx, "mx.test", "25", 1);
+	cr_assert_not_null(SSL_get_session(ssl), "a session is offered");
+	tls_session_forget(ssl);
+	SSL_free(ssl);
+	ssl = tls_client_ssl_new(ctx, "mx.test", "25", 1);
+	cr_assert_null(SSL_get_session(ssl));
+	SSL_free(ssl);
+	tls_session_forget(NULL);
+	cr_assert_eq(mem_connect(ctx, k.sctx, "mx.test", "25", &verr), 0);
+	tls_ctx_free(ctx);
+	pki_fini(&k);
 }
