@@ -420,6 +420,7 @@ relay_defaults(struct relay_config *r)
 	r->tls_verify = 1;
 	r->max_connections = 4;
 	r->max_msgs_per_conn = 100;
+	r->timeout_idle = 2;
 	r->timeout_connect = 30;
 	r->timeout_command = 300;
 	r->timeout_data = 600;
@@ -428,8 +429,8 @@ relay_defaults(struct relay_config *r)
 
 static const char *const relay_keys[] = { "type", "host", "port", "tls",
 	"verify", "ca_file", "helo", "user", "max_connections",
-	"max_messages_per_connection", "timeout_connect", "timeout_command",
-	"timeout_data", "path", "auth", "allow_plaintext_auth", "mechanisms",
+	"max_messages_per_connection", "timeout_idle", "timeout_connect",
+	"timeout_command", "timeout_data", "path", "auth", "allow_plaintext_auth", "mechanisms",
 	"password_command", "oauth_command", "backup", "failover_after",
 	NULL };
 
@@ -505,6 +506,8 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 	    &r->max_connections) == -1 ||
 	    get_uint(ctx, s, "max_messages_per_connection", NULL, 1, 1000000,
 	    &r->max_msgs_per_conn) == -1 ||
+	    get_uint(ctx, s, "timeout_idle", duration_units, 0, 300,
+	    &r->timeout_idle) == -1 ||
 	    get_uint(ctx, s, "timeout_connect", duration_units, 1, 3600,
 	    &r->timeout_connect) == -1 ||
 	    get_uint(ctx, s, "timeout_command", duration_units, 1, 3600,

@@ -57,6 +57,9 @@ struct relay_config {
 	char *oauth_command;    /* shell command printing an OAuth2 token */
 	unsigned max_connections;     /* parallel sessions to this relay */
 	unsigned max_msgs_per_conn;   /* messages per session before QUIT */
+	unsigned timeout_idle;        /* seconds a session with nothing to
+	                                 send stays open (default 2); 0:
+	                                 QUIT at once */
 	unsigned timeout_connect;     /* seconds */
 	unsigned timeout_command;     /* greeting, EHLO, MAIL, RCPT, ... */
 	unsigned timeout_data;        /* DATA ".": RFC 5321 says 10 min */

@@ -48,6 +48,17 @@ struct relay_counts {
 	char name[METRICS_LABEL_LEN];
 	unsigned long long rcpts[OUT__COUNT];
 	unsigned long long auth_failures;
+	unsigned long long connections;
+	unsigned long long tls_resumed;
+};
+
+/* The per-relay counters beyond the recipient outcomes, as indices
+ * after OUT__COUNT for out_relay_counter. */
+enum relay_extra {
+	REL_AUTH_FAILURES = OUT__COUNT,
+	REL_CONNECTIONS,
+	REL_TLS_RESUMED,
+	REL__END
 };
 
 #define HIST_MAX 12
@@ -179,6 +190,16 @@ metrics_auth_failure(const char *relay)
 }
 
 void
+metrics_relay_connection(const char *relay, int tls_resumed)
+{
+	struct relay_counts *r = relay_get(relay, strlen(relay));
+
+	r->connections++;
+	if (tls_resumed)
+		r->tls_resumed++;
+}
+
+void
 metrics_reset(void)
 {
 	memset(&m, 0, sizeof(m));
@@ -243,29 +264,60 @@ out_head(struct out *o, const char *name, const char *type, const char *help)
 	out_addf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+static unsigned long long
+relay_value(const struct relay_counts *r, size_t what)
+{
+	switch (what) {
+	case REL_AUTH_FAILURES:
+		return r->auth_failures;
+	case REL_CONNECTIONS:
+		return r->connections;
+	case REL_TLS_RESUMED:
+		return r->tls_resumed;
+	}
+	return r->rcpts[what];
+}
+
+static const struct {
+	const char *name;
+	const char *help;
+} relay_extra_metric[] = {
+	[REL_AUTH_FAILURES - OUT__COUNT] = { "smarthostd_auth_failures_total",
+	    "Credentials rejected by the upstream, per relay." },
+	[REL_CONNECTIONS - OUT__COUNT] = {
+	    "smarthostd_relay_connections_total",
+	    "Upstream connections that became ready for mail (connected, "
+	    "TLS, EHLO), per relay." },
+	[REL_TLS_RESUMED - OUT__COUNT] = {
+	    "smarthostd_relay_tls_resumed_total",
+	    "Of those, connections whose TLS handshake resumed an earlier "
+	    "session, per relay." },
+};
+_Static_assert(sizeof(relay_extra_metric) / sizeof(*relay_extra_metric) ==
+    REL__END - OUT__COUNT, "relay_extra_metric out of date");
+
 static void
 out_relay_counter(struct out *o, size_t what)
 {
-	char name[96], help[128], label[METRICS_LABEL_LEN * 2];
+	char name[96], help[160], label[METRICS_LABEL_LEN * 2];
 	size_t i;
 
-	snprintf(name, sizeof(name), "smarthostd_%s_total", what == OUT__COUNT ?
-	    "auth_failures" : outcome_metric[what]);
-	if (what == OUT__COUNT)
-		snprintf(help, sizeof(help), "Credentials rejected by the "
-		    "upstream, per relay.");
-	else
+	if (what >= OUT__COUNT) {
+		snprintf(name, sizeof(name), "%s",
+		    relay_extra_metric[what - OUT__COUNT].name);
+		snprintf(help, sizeof(help), "%s",
+		    relay_extra_metric[what - OUT__COUNT].help);
+	} else {
+		snprintf(name, sizeof(name), "smarthostd_%s_total",
+		    outcome_metric[what]);
 		snprintf(help, sizeof(help), "Recipients %s (log status=%s), "
 		    "per relay.", outcome_metric[what], outcome_status[what]);
-	out_head(o, name, "counter", help);
-	for (i = 0; i < m.nrelays; i++) {
-		const struct relay_counts *r = &m.relays[i];
-		unsigned long long v = what == OUT__COUNT ? r->auth_failures :
-		    r->rcpts[what];
-
-		out_addf(o, "%s{relay=\"%s\"} %llu\n", name,
-		    metrics_label_escape(label, sizeof(label), r->name), v);
 	}
+	out_head(o, name, "counter", help);
+	for (i = 0; i < m.nrelays; i++)
+		out_addf(o, "%s{relay=\"%s\"} %llu\n", name,
+		    metrics_label_escape(label, sizeof(label),
+		    m.relays[i].name), relay_value(&m.relays[i], what));
 }
 
 static void
@@ -306,9 +358,8 @@ metrics_format(const struct metrics_gauges *g)
 		out_addf(&o, "smarthostd_accepted_total{source=\"%s\"} %llu\n",
 		    metrics_label_escape(label, sizeof(label),
 		    m.sources[i].name), m.sources[i].accepted);
-	for (i = 0; i < OUT__COUNT; i++)
+	for (i = 0; i < REL__END; i++)
 		out_relay_counter(&o, i);
-	out_relay_counter(&o, OUT__COUNT);
 	out_head(&o, "smarthostd_sessions_total", "counter",
 	    "Inbound SMTP sessions since start.");
 	out_addf(&o, "smarthostd_sessions_total %llu\n", m.sessions);

@@ -6,7 +6,8 @@
  * see an event count it (smtp_server: sessions, accepted messages and the
  * commit latency; relay_log_rcpt: every recipient outcome, per relay, and
  * the delivery latency of the sent ones; the scheduler: rejected
- * credentials per relay). Gauges are read at exposition time
+ * credentials per relay; relay.c: upstream connections and TLS sessions
+ * resumed, per relay). Gauges are read at exposition time
  * (metrics_collect). Counts start at 0 with the process.
  */
 #ifndef SMARTHOST_METRICS_H
@@ -32,6 +33,9 @@ void metrics_accepted(const char *source, double commit_seconds);
 void metrics_rcpt(const char *relay, const char *status, double seconds);
 /* The upstream relay (its configured name) rejected our credentials. */
 void metrics_auth_failure(const char *relay);
+/* A connection to relay (its configured name) became ready for mail;
+ * tls_resumed when its TLS handshake resumed a session. */
+void metrics_relay_connection(const char *relay, int tls_resumed);
 
 /* Values read when the exposition is made. */
 struct metrics_gauges {

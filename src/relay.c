@@ -143,7 +143,8 @@ struct check_job {
 
 enum rs_state {
 	RS_CONNECTING, /* start event pending, or smtp_client connecting */
-	RS_READY,      /* inside the owner's ready(): send or quit comes */
+	RS_READY,      /* inside the owner's ready(): send, idle or quit */
+	RS_IDLE,       /* open with nothing to send: send or quit comes */
 	RS_SENDING,    /* a message is in flight */
 	RS_RESETTING,  /* transaction over, waiting for the client's ready */
 	RS_QUITTING,   /* quit requested, closed() comes */
@@ -154,6 +155,7 @@ enum rs_state {
 static const char *const rs_state_names[] = {
 	[RS_CONNECTING] = "connecting",
 	[RS_READY] = "ready",
+	[RS_IDLE] = "idle",
 	[RS_SENDING] = "sending",
 	[RS_RESETTING] = "resetting",
 	[RS_QUITTING] = "quitting",
@@ -286,6 +288,15 @@ relay_destroy(struct relay *r)
 	gpg_files_clear(r);
 	pthread_mutex_destroy(&r->gpg_mtx);
 	free(r);
+}
+
+void
+relay_tls_flush(struct relay *r)
+{
+	tls_ctx_free(r->ssl_ctx);
+	r->ssl_ctx = NULL;
+	free(r->ca_file);
+	r->ca_file = NULL;
 }
 
 void
@@ -1126,11 +1137,32 @@ rs_fail_after(struct relay_session *rs, const struct outcome *o)
 	rs->have_fail_after = 1;
 }
 
+/* The connection became ready: says how (TLS, and whether the session
+ * was resumed) and counts it. */
+static void
+rs_connected(struct relay_session *rs)
+{
+	const SSL *ssl = smtp_client_ssl(rs->client);
+	int resumed = tls_session_reused(ssl);
+	char desc[128];
+
+	metrics_relay_connection(rs->name, resumed);
+	if (ssl != NULL)
+		log_info("relay=%s connected, %s, %s", relay_session_peer(rs),
+		    tls_describe(ssl, desc, sizeof(desc)), resumed ?
+		    "session resumed" : "full handshake");
+	else
+		log_debug("relay=%s connected, no TLS",
+		    relay_session_peer(rs));
+}
+
 static void
 client_ready(struct smtp_client *c, void *arg)
 {
 	struct relay_session *rs = arg;
 
+	if (rs->state == RS_CONNECTING)
+		rs_connected(rs);
 	if (rs->have_fail_after) {
 		rs_set_state(rs, RS_QUITTING);
 		smtp_client_quit(c);
@@ -1249,6 +1281,14 @@ client_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 			    o->text);
 		outcome_set(&ok, OUTCOME_OK, OC_NONE, "closed");
 		o = rs->have_fail_after ? &rs->fail_after : &ok;
+		break;
+	case RS_IDLE:
+		/* The server's own idle timeout, a 421, a restart: nothing
+		 * was in flight, and it says nothing about the relay. */
+		log_debug("relay %s: idle connection closed: %s", rs->name,
+		    o->text);
+		outcome_set(&ok, OUTCOME_OK, OC_NONE, "closed while idle");
+		o = &ok;
 		break;
 	case RS_CONNECTING:
 	case RS_READY:
@@ -1516,6 +1556,7 @@ rs_event(evutil_socket_t fd, short what, void *arg)
 		rs->cb->closed(rs, &ok, rs->arg);
 		break;
 	case RS_READY:
+	case RS_IDLE:
 	case RS_SENDING:
 	case RS_RESETTING:
 	case RS_CLOSED:
@@ -1595,7 +1636,7 @@ relay_session_send(struct relay_session *rs, struct envelope *env)
 	struct outcome o;
 	int error;
 
-	if (rs->state != RS_READY)
+	if (rs->state != RS_READY && rs->state != RS_IDLE)
 		fatalx("%s: session is %s", __func__,
 		    rs_state_names[rs->state]);
 	if (txn_begin(rs, env) == 0) {
@@ -1638,11 +1679,20 @@ relay_session_send(struct relay_session *rs, struct envelope *env)
 }
 
 void
+relay_session_idle(struct relay_session *rs)
+{
+	if (rs->state != RS_READY)
+		fatalx("%s: session is %s", __func__,
+		    rs_state_names[rs->state]);
+	rs_set_state(rs, RS_IDLE);
+}
+
+void
 relay_session_quit(struct relay_session *rs)
 {
 	const struct timeval now = { 0, 0 };
 
-	if (rs->state != RS_READY)
+	if (rs->state != RS_READY && rs->state != RS_IDLE)
 		fatalx("%s: session is %s", __func__,
 		    rs_state_names[rs->state]);
 	rs_set_state(rs, RS_QUITTING);

@@ -62,6 +62,10 @@ void relay_free(struct relay *r);
 /* Forgets the parsed credential files (HUP, smarthostctl login): the next
  * lookup reads them again. */
 void relay_credentials_flush(struct relay *r);
+/* Forgets the TLS context, and with it the TLS sessions it would resume
+ * (a reload): the next session makes a new one from the configuration of
+ * the day, reading the CA file again. Sessions open now keep theirs. */
+void relay_tls_flush(struct relay *r);
 
 /*
  * Whether the credentials for rc changed since the relay last looked them
@@ -84,7 +88,8 @@ struct relay_session_cb {
 	/* The session can take a message: the first call comes once the
 	 * session is up (connected, TLS, EHLO; at once for a maildir), then
 	 * one after each delivered(). The callee must call
-	 * relay_session_send() or relay_session_quit() before returning. */
+	 * relay_session_send(), relay_session_idle() or relay_session_quit()
+	 * before returning. */
 	void (*ready)(struct relay_session *rs, void *arg);
 	/* The attempt for env ended. Every recipient that was pending when
 	 * it was sent now has its new status, dsn and reply, and was logged.
@@ -113,7 +118,7 @@ struct relay_session *relay_session_new(struct relay *r,
     const struct relay_session_cb *cb, void *arg);
 /*
  * Starts the attempt for env's pending recipients; only valid from inside
- * ready(). env is borrowed until delivered(). Returns 0 (delivered()
+ * ready() or while the session is idle. env is borrowed until delivered(). Returns 0 (delivered()
  * follows, never from inside this call), or -1 when the attempt could not
  * start (the body cannot be opened, ...): then the pending recipients were
  * already updated and logged as deferred, delivered() does not follow and
@@ -122,8 +127,17 @@ struct relay_session *relay_session_new(struct relay *r,
  * updated: the caller tries the message again later, not as an attempt.
  */
 int relay_session_send(struct relay_session *rs, struct envelope *env);
+/*
+ * Keeps the session open with nothing to send; only valid from inside
+ * ready(). Nothing is sent until relay_session_send() or
+ * relay_session_quit(), which the owner may call at any time (and which
+ * it must call in the end: the owner times the wait). If the server
+ * closes the connection meanwhile (its own idle timeout, a 421, a
+ * restart), closed() follows with OUTCOME_OK: nothing was in flight.
+ */
+void relay_session_idle(struct relay_session *rs);
 /* Ends the session politely (QUIT); closed() follows. Only valid from
- * inside ready(). */
+ * inside ready() or while the session is idle. */
 void relay_session_quit(struct relay_session *rs);
 /* Drops the session at once, without callbacks. A message in flight keeps
  * the recipient states it had when it was sent. Accepts NULL. */

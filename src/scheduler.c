@@ -23,7 +23,17 @@
  *
  * Per relay, at most max_connections sessions run; a session takes the
  * relay's due messages one after another (connection reuse) up to
- * max_messages_per_connection, then QUITs. When a session fails to connect
+ * max_messages_per_connection, then QUITs. A session that finds nothing
+ * to send waits idle for the relay's timeout_idle (its ev_idle) before it
+ * QUITs, and a message due meanwhile goes to it before any new session
+ * is opened: a lone client's messages, each due after the last was
+ * relayed, then share one connection (and one TLS handshake) instead of
+ * paying for one each. A reload or a shutdown ends idle sessions at once.
+ * XXX: a message given to an idle session just as the server closed it
+ * fails with the connection and waits retry_min, where Postfix would try
+ * a new connection at once; timeout_idle being far below servers' own
+ * idle timeouts (Postfix's smtpd: 300 s) keeps that rare.
+ * When a session fails to connect
  * (DNS, connect, TLS, timeout) the relay itself backs off, with the same
  * doubling as messages, and everything waiting for it is deferred with the
  * same reason, as Postfix does for a dead site; a session that comes up
@@ -242,7 +252,10 @@ struct sched_session {
 	struct sched_msg *cur;   /* in flight */
 	unsigned sent;
 	unsigned max_msgs;
+	unsigned idle_time;      /* the relay's timeout_idle at the start */
 	int ready;               /* got as far as ready(): reachable */
+	int idle;                /* relay_session_idle: waiting for mail */
+	struct event *ev_idle;   /* the end of that wait */
 };
 
 struct scheduler {
@@ -1168,6 +1181,15 @@ sessions_open(const struct scheduler *s)
 	return n;
 }
 
+static void
+session_free(struct sched_session *ss)
+{
+	relay_session_free(ss->rs);
+	if (ss->ev_idle != NULL)
+		event_free(ss->ev_idle);
+	free(ss);
+}
+
 /* Drops a session now; its messages go back to the heap untouched. */
 static void
 session_abort(struct scheduler *s, struct sched_session *ss)
@@ -1177,8 +1199,43 @@ session_abort(struct scheduler *s, struct sched_session *ss)
 	if (ss->cur != NULL)
 		msg_requeue(s, ss->cur, 0);
 	session_unlink(s, ss);
-	relay_session_free(ss->rs);
-	free(ss);
+	session_free(ss);
+}
+
+/* An idle session QUITs: its wait ended, or a reload or shutdown came. */
+static void
+session_idle_end(struct sched_session *ss)
+{
+	if (!ss->idle)
+		return;
+	ss->idle = 0;
+	evtimer_del(ss->ev_idle);
+	log_debug("relay %s: idle session closes", ss->sr->name);
+	relay_session_quit(ss->rs);
+}
+
+static void
+session_idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+	session_idle_end(arg);
+}
+
+/* Nothing to send now: wait for mail for timeout_idle, or QUIT. */
+static void
+session_wait(struct scheduler *s, struct sched_session *ss)
+{
+	struct timeval tv = { (time_t)ss->idle_time, 0 };
+
+	if (s->stopping || ss->idle_time == 0 || ss->sent >= ss->max_msgs) {
+		relay_session_quit(ss->rs);
+		return;
+	}
+	if (ss->ev_idle == NULL &&
+	    (ss->ev_idle = evtimer_new(s->base, session_idle_cb, ss)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	relay_session_idle(ss->rs);
+	ss->idle = 1;
+	evtimer_add(ss->ev_idle, &tv);
 }
 
 static void
@@ -1190,16 +1247,18 @@ shutdown_check(struct scheduler *s)
 		evtimer_add(s->ev_stopped, &now);
 }
 
+/*
+ * Gives the session its next message: its first, else the relay's next
+ * ready one; with none (or its limit reached, or a shutdown) it waits
+ * idle or QUITs. Called from ready() and for a session woken from idle.
+ */
 static void
-sess_ready(struct relay_session *rs, void *arg)
+sess_feed(struct scheduler *s, struct sched_session *ss)
 {
-	struct sched_session *ss = arg;
-	struct scheduler *s = ss->s;
+	struct relay_session *rs = ss->rs;
 	struct sched_relay *sr = ss->sr;
 	struct sched_msg *m;
 
-	ss->ready = 1;
-	relay_ok(s, sr);
 	for (;;) {
 		if ((m = ss->first) != NULL) {
 			ss->first = NULL;
@@ -1211,7 +1270,7 @@ sess_ready(struct relay_session *rs, void *arg)
 		} else {
 			if (s->stopping || ss->sent >= ss->max_msgs ||
 			    (m = TAILQ_FIRST(&sr->ready)) == NULL) {
-				relay_session_quit(rs);
+				session_wait(s, ss);
 				return;
 			}
 			TAILQ_REMOVE(&sr->ready, m, ready);
@@ -1234,6 +1293,16 @@ sess_ready(struct relay_session *rs, void *arg)
 		/* Not started (body unreadable): already deferred. */
 		msg_attempted(s, m, NULL);
 	}
+}
+
+static void
+sess_ready(struct relay_session *rs, void *arg)
+{
+	struct sched_session *ss = arg;
+
+	ss->ready = 1;
+	relay_ok(ss->s, ss->sr);
+	sess_feed(ss->s, ss);
 }
 
 /* Counts the recipients this attempt through sr sent, deferred or
@@ -1405,8 +1474,7 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 			relay_backoff(s, ss->sr, o, relay_session_peer(rs));
 	}
 	session_unlink(s, ss);
-	relay_session_free(rs);
-	free(ss);
+	session_free(ss);
 	if (s->stopping)
 		shutdown_check(s);
 	else
@@ -1488,6 +1556,7 @@ session_open(struct scheduler *s, struct sched_relay *sr,
 	ss->sr = sr;
 	ss->first = first;
 	ss->max_msgs = rc->max_msgs_per_conn > 0 ? rc->max_msgs_per_conn : 1;
+	ss->idle_time = rc->timeout_idle;
 	TAILQ_INSERT_TAIL(&sr->sessions, ss, entry);
 	sr->nsessions++;
 	ss->rs = relay_session_new(sr->relay, s->cfg, rc, &sess_cb, ss);
@@ -1669,6 +1738,7 @@ static void
 relay_start(struct scheduler *s, struct sched_relay *sr, time_t now)
 {
 	const struct relay_config *rc;
+	struct sched_session *ss;
 	struct sched_msg *m;
 	struct outcome o;
 	unsigned max;
@@ -1697,6 +1767,16 @@ relay_start(struct scheduler *s, struct sched_relay *sr, time_t now)
 	}
 	if (sr->backoff_until > now)
 		return;
+	/* Idle sessions first: they are up already. */
+	TAILQ_FOREACH(ss, &sr->sessions, entry) {
+		if (TAILQ_EMPTY(&sr->ready))
+			return;
+		if (!ss->idle)
+			continue;
+		ss->idle = 0;
+		evtimer_del(ss->ev_idle);
+		sess_feed(s, ss);
+	}
 	max = rc->max_connections > 0 ? rc->max_connections : 1;
 	if (sr->cap > 0 && sr->cap < max)
 		max = sr->cap;
@@ -1827,8 +1907,7 @@ scheduler_free(struct scheduler *s)
 	while ((sr = TAILQ_FIRST(&s->relays)) != NULL) {
 		while ((ss = TAILQ_FIRST(&sr->sessions)) != NULL) {
 			TAILQ_REMOVE(&sr->sessions, ss, entry);
-			relay_session_free(ss->rs);
-			free(ss);
+			session_free(ss);
 		}
 		TAILQ_REMOVE(&s->relays, sr, entry);
 		relay_free(sr->relay);
@@ -1931,6 +2010,7 @@ void
 scheduler_set_config(struct scheduler *s, const struct config *cfg)
 {
 	struct sched_relay *sr;
+	struct sched_session *ss;
 	size_t i;
 
 	s->cfg = cfg;
@@ -1942,9 +2022,16 @@ scheduler_set_config(struct scheduler *s, const struct config *cfg)
 			s->heap[i].relay = RELAY_UNKNOWN;
 	/* HUP re-reads the credential files, whatever their mtime says,
 	 * and mail waiting for credentials is checked now rather than at
-	 * the next tick. */
-	TAILQ_FOREACH(sr, &s->relays, entry)
+	 * the next tick. The TLS context is made again too (the CA file
+	 * may have changed under the same name), so no session is resumed
+	 * across a reload, and idle sessions, made with the old settings,
+	 * close. */
+	TAILQ_FOREACH(sr, &s->relays, entry) {
 		relay_credentials_flush(sr->relay);
+		relay_tls_flush(sr->relay);
+		TAILQ_FOREACH(ss, &sr->sessions, entry)
+			session_idle_end(ss);
+	}
 	if (!s->stopping && cred_waiting(s)) {
 		evtimer_del(s->ev_cred);
 		event_active(s->ev_cred, EV_TIMEOUT, 0);
@@ -1972,12 +2059,14 @@ scheduler_shutdown(struct scheduler *s, unsigned timeout,
 	evtimer_del(s->ev_timer);
 	evtimer_del(s->ev_cred);
 	/* Sessions still connecting (probes too) carry no transaction yet:
-	 * drop them. */
+	 * drop them. Idle ones QUIT now. */
 	TAILQ_FOREACH(sr, &s->relays, entry) {
 		for (ss = TAILQ_FIRST(&sr->sessions); ss != NULL; ss = next) {
 			next = TAILQ_NEXT(ss, entry);
 			if (!ss->ready)
 				session_abort(s, ss);
+			else
+				session_idle_end(ss);
 		}
 	}
 	if (sessions_open(s) > 0)

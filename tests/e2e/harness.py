@@ -187,13 +187,18 @@ NULL_SENDER = "<>"
 @dataclass
 class RelayedMessage:
     """One message the upstream accepted. mail_from is "" for <>; tls
-    tells whether the session had done STARTTLS; at is when the final dot
-    was handled (time.monotonic(), just before the reply was sent)."""
+    tells whether the session had done STARTTLS, tls_resumed whether its
+    handshake resumed a TLS session (the server's own word); peer is the
+    client's (address, port), the same for messages of one connection; at
+    is when the final dot was handled (time.monotonic(), just before the
+    reply was sent)."""
     mail_from: str
     rcpt_tos: list
     content: bytes
     tls: bool
     at: float = 0.0
+    tls_resumed: bool = False
+    peer: tuple = None
 
     def parsed(self):
         return email.message_from_bytes(self.content,
@@ -255,11 +260,16 @@ class RecordingHandler:
             if not reply.startswith("2") and reply != self.STORE_THEN_DROP:
                 return reply
             sender = envelope.mail_from
+            ssl_object = (session.ssl.get("ssl_object")
+                          if session.ssl is not None else None)
             self._messages.append(RelayedMessage(
                 mail_from="" if sender == NULL_SENDER else sender,
                 rcpt_tos=list(envelope.rcpt_tos),
                 content=bytes(envelope.original_content),
-                tls=session.ssl is not None, at=time.monotonic()))
+                tls=session.ssl is not None, at=time.monotonic(),
+                tls_resumed=bool(ssl_object is not None
+                                 and ssl_object.session_reused),
+                peer=tuple(session.peer)))
         if reply == self.STORE_THEN_DROP:
             server.transport.abort()
             return "250 2.0.0 OK (never sent: the connection is gone)"

@@ -101,10 +101,12 @@ def test_upstream_faults(daemon_factory, upstream_factory, pki, tmp_path,
     fault = FaultServer(upstream.port, pki.good,
                         expired_cert(pki.good, str(tmp_path)), pki.misnamed)
     try:
+        # Each fault belongs to a connection, set when it is accepted:
+        # every message opens its own (no idle connection to reuse).
         daemon = daemon_factory(
             fault.port,
             relays={"upstream": {"timeout_connect": 3, "timeout_command": 3,
-                                 "timeout_data": 3}},
+                                 "timeout_data": 3, "timeout_idle": 0}},
             queue={"retry_min": 1, "retry_max": 2})
         run = Run(daemon, upstream, fault)
         normal = [run.submit("normal")[1] for _ in range(per_fault + 3)]

@@ -506,6 +506,34 @@ Test(config, backup_and_failover_after)
 	config_free(c);
 }
 
+/* The timeout_idle of relay "up" in a config with that line, or -1 when
+ * the config is refused (err says why). */
+static long
+idle_of(const char *line)
+{
+	char text[256];
+	struct config *c;
+	long v;
+
+	snprintf(text, sizeof(text), "relays = { up = { host = \"x\";\n%s "
+	    "}; };\n", line);
+	if ((c = parse(text)) == NULL)
+		return -1;
+	v = (long)config_relay(c, "up")->timeout_idle;
+	config_free(c);
+	return v;
+}
+
+Test(config, timeout_idle)
+{
+	cr_assert_eq(idle_of(""), 2, "%s", err);
+	cr_assert_eq(idle_of("timeout_idle = 0;"), 0, "%s", err);
+	cr_assert_eq(idle_of("timeout_idle = \"5m\";"), 300, "%s", err);
+	cr_assert_eq(idle_of("timeout_idle = 301;"), -1);
+	cr_assert_not_null(strstr(err, "test.conf:2: "), "%s", err);
+	cr_assert_not_null(strstr(err, "timeout_idle"), "%s", err);
+}
+
 Test(config, route_and_backup_errors_name_file_and_line)
 {
 	static const struct bad bad[] = {
