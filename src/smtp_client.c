@@ -41,6 +41,9 @@
  *   owner callback, code checks c->dying before touching the session.
  * - The message body is streamed: at most BODY_HIWAT plus one encoded
  *   chunk sits in the output buffer, whatever the message size.
+ * - While c->direct, EV_WRITE is off on the socket's bufferevent unless
+ *   its output (or the TLS filter's) holds bytes the socket did not take;
+ *   every entry point ends in client_flush() (see "direct writes").
  *
  * A timeout of 0 in the parameters means the RFC 5321 default (connect 30s,
  * commands 5 min, final "." 10 min).
@@ -182,6 +185,10 @@ struct smtp_client {
 
 	/* session */
 	struct bufferevent *bev;
+	struct bufferevent *sock;  /* the socket's: bev, or the TLS filter's
+	                              underlying one; NULL for implicit TLS */
+	struct evbuffer_cb_entry *drain_cb; /* on sock's output */
+	int direct;           /* we write sock's output (client_flush) */
 	int tls_active;
 	int greeted;
 	struct event *ev_timer;
@@ -240,6 +247,8 @@ static void client_read_replies(struct smtp_client *, struct bufferevent *);
 static void client_auth_clear(struct smtp_client *);
 static void client_unexpected(struct smtp_client *, const struct smtp_reply *);
 static void client_txn_end(struct smtp_client *, const struct outcome *, int);
+static void client_body_fill(struct smtp_client *);
+static void client_flush(struct smtp_client *);
 
 /* ---- lifetime ---- */
 
@@ -265,10 +274,13 @@ client_destroy(struct smtp_client *c)
 	free(c);
 }
 
-/* Ends an entry point; c may be gone afterwards. */
+/* Ends an entry point, writing what it queued; c may be gone
+ * afterwards. */
 static void
 client_release(struct smtp_client *c)
 {
+	if (c->refs == 1 && !c->dying)
+		client_flush(c);
 	if (--c->refs == 0 && c->dying)
 		client_destroy(c);
 }
@@ -297,6 +309,12 @@ client_teardown(struct smtp_client *c)
 		evutil_freeaddrinfo(c->ai);
 		c->ai = c->ai_next = NULL;
 	}
+	if (c->sock != NULL && c->drain_cb != NULL)
+		evbuffer_remove_cb_entry(bufferevent_get_output(c->sock),
+		    c->drain_cb);
+	c->sock = NULL;
+	c->drain_cb = NULL;
+	c->direct = 0;
 	if (c->bev != NULL) {
 		/* A TLS error invalidated the session inside OpenSSL;
 		 * anything else leaves it good for the next connection. */
@@ -464,6 +482,90 @@ client_cmd_secret(struct smtp_client *c, const char *trace,
 		fatalx("%s: out of memory", __func__);
 }
 
+/*
+ * ---- direct writes ----
+ *
+ * libevent's socket bufferevent asks epoll for a write event whenever bytes
+ * are added to its output and drops it once the output drained: two
+ * epoll_ctl calls per batch of commands, four per message on a reused
+ * connection, although the socket almost always takes a whole batch at
+ * once. So once the session is past connecting and the TLS handshake,
+ * EV_WRITE stays off on the socket's bufferevent, and every entry point
+ * ends in client_flush(), which writes that output straight to the socket
+ * (through the TLS filter, the commands were encrypted into it when they
+ * were queued). Only what the socket does not take (a large body, a slow
+ * server) is left to libevent: EV_WRITE goes on until the output drained,
+ * and client_sock_drained() turns it off again. A write error is left to
+ * libevent too, which reports it through the event callback as before.
+ * During the handshake libevent writes on its own: OpenSSL writes its
+ * flights from inside libevent's callbacks, not ours. Implicit TLS (the
+ * SSL is the socket's bufferevent) is left to libevent throughout.
+ */
+
+/* sock's output lost bytes: if nothing is left to write, anywhere, write
+ * events go off again. */
+static void
+client_sock_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info,
+    void *arg)
+{
+	struct smtp_client *c = arg;
+
+	if (!c->direct || info->n_deleted == 0 || evbuffer_get_length(buf) > 0)
+		return;
+	if (c->bev != c->sock &&
+	    evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+		return;	/* the filter has more to encrypt into it */
+	if (bufferevent_get_enabled(c->sock) & EV_WRITE)
+		bufferevent_disable(c->sock, EV_WRITE);
+}
+
+/* From now on we write sock's output ourselves. */
+static void
+client_direct(struct smtp_client *c, struct bufferevent *sock)
+{
+	if (c->drain_cb == NULL) {
+		c->drain_cb = evbuffer_add_cb(bufferevent_get_output(sock),
+		    client_sock_drained, c);
+		if (c->drain_cb == NULL)
+			fatalx("%s: evbuffer_add_cb", __func__);
+	}
+	c->sock = sock;
+	c->direct = 1;
+	if (evbuffer_get_length(bufferevent_get_output(sock)) == 0 &&
+	    (bufferevent_get_enabled(sock) & EV_WRITE))
+		bufferevent_disable(sock, EV_WRITE);
+}
+
+/* Writes what the entry point queued; see above. */
+static void
+client_flush(struct smtp_client *c)
+{
+	struct evbuffer *out;
+
+	while (c->direct && c->sock != NULL && !c->dying &&
+	    c->state != CS_CLOSED) {
+		if (bufferevent_get_enabled(c->sock) & EV_WRITE)
+			return;	/* libevent's until the output drained */
+		out = bufferevent_get_output(c->sock);
+		if (evbuffer_get_length(out) > 0) {
+			/* libevent freezes the front of a socket's output
+			 * against readers, and lifts it to write, as here */
+			evbuffer_unfreeze(out, 1);
+			(void)evbuffer_write(out, bufferevent_getfd(c->sock));
+			evbuffer_freeze(out, 1);
+		}
+		if (evbuffer_get_length(out) > 0 || (c->bev != c->sock &&
+		    evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)) {
+			bufferevent_enable(c->sock, EV_WRITE);
+			return;
+		}
+		/* The socket took everything: more body, if any. */
+		if (c->state != CS_BODY)
+			return;
+		client_body_fill(c);
+	}
+}
+
 /* ---- connecting ---- */
 
 static void
@@ -481,15 +583,18 @@ client_set_peer(struct smtp_client *c, const struct sockaddr *sa,
 	snprintf(c->peer, sizeof(c->peer), "%s[%s]:%s", c->host, addr, port);
 }
 
+/* events: what to enable; EV_WRITE only where libevent writes (TLS). */
 static void
-client_bev_setup(struct smtp_client *c)
+client_bev_setup(struct smtp_client *c, short events)
 {
 	bufferevent_setcb(c->bev, client_read_cb, client_write_cb,
 	    client_event_cb, c);
 	/* The write callback refills the body when the output drains to
 	 * BODY_LOWAT; outside CS_BODY it does nothing. */
 	bufferevent_setwatermark(c->bev, EV_WRITE, BODY_LOWAT, 0);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	if (!(events & EV_WRITE))
+		bufferevent_disable(c->bev, EV_WRITE);
+	bufferevent_enable(c->bev, events);
 }
 
 static void
@@ -529,7 +634,7 @@ client_connected(struct smtp_client *c, int fd)
 			fatalx("%s: bufferevent_openssl_socket_new", __func__);
 		}
 		bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-		client_bev_setup(c);
+		client_bev_setup(c, EV_READ | EV_WRITE);
 		client_enter(c, CS_HANDSHAKE);
 		return;
 	}
@@ -539,7 +644,8 @@ client_connected(struct smtp_client *c, int fd)
 		close(fd);
 		fatalx("%s: bufferevent_socket_new", __func__);
 	}
-	client_bev_setup(c);
+	client_bev_setup(c, EV_READ);
+	client_direct(c, c->bev);
 	client_enter(c, CS_GREETING);
 }
 
@@ -721,6 +827,9 @@ client_starttls(struct smtp_client *c)
 		    tls_handshake_error(NULL, 0, why, sizeof(why)));
 		return;
 	}
+	/* The handshake is libevent's to write (the filter turns write
+	 * events on for the socket). */
+	c->direct = 0;
 	tlsbev = bufferevent_openssl_filter_new(c->base, c->bev, ssl,
 	    BUFFEREVENT_SSL_CONNECTING,
 	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -739,7 +848,7 @@ client_starttls(struct smtp_client *c)
 	 * itself (BEV_OPT_CLOSE_ON_FREE). */
 	c->bev = tlsbev;
 	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-	client_bev_setup(c);
+	client_bev_setup(c, EV_READ | EV_WRITE);
 	client_enter(c, CS_HANDSHAKE);
 }
 
@@ -749,6 +858,8 @@ client_tls_up(struct smtp_client *c)
 	char desc[128];
 
 	c->tls_active = 1;
+	if (c->tls == TLS_MODE_STARTTLS)
+		client_direct(c, bufferevent_get_underlying(c->bev));
 	log_debug("%s: TLS established: %s%s", c->peer,
 	    tls_describe(bufferevent_openssl_get_ssl(c->bev), desc,
 	    sizeof(desc)), tls_session_reused(bufferevent_openssl_get_ssl(
