@@ -15,7 +15,10 @@
 #   via a STARTTLS upstream        a second Postfix instance (smtpd with
 #                                  TLS, passing each message straight to
 #                                  the sink as a before-queue proxy filter)
-#                                  as the upstream of both, c=20
+#                                  as the upstream of both, c=1 and c=20;
+#                                  the TLS connections the upstream counted
+#                                  in each phase, and how many of
+#                                  smarthostd's resumed a session (its log)
 # For each: accept/s (messages over the time smtp-source took; every one
 # was answered 250), end to end/s (until the sink had them all), CPU ms per
 # message (user + system of all the relay's processes, reaped children
@@ -30,6 +33,8 @@
 # for at most 5 s).
 #
 # Postfix needs root (postfix start); without root its rows are skipped.
+# BENCH_PHASES=tls runs only the STARTTLS phases (with Postfix: root), and
+# no latency, big message or disk probes.
 # Environment: SMARTHOSTD (required), BENCH_RUNS, BENCH_MSGS, BENCH_SIZE,
 # BENCH_LATENCY_MSGS, BENCH_BIG_MB, BENCH_DRAIN_TIMEOUT (300 s),
 # BENCH_SPOOL_SYNC (fsync or syncfs), TMPDIR (the disk measured).
@@ -43,6 +48,7 @@ latency_msgs=${BENCH_LATENCY_MSGS:-30}
 big_mb=${BENCH_BIG_MB:-50}
 drain_timeout=${BENCH_DRAIN_TIMEOUT:-300}
 spool_sync=${BENCH_SPOOL_SYNC:-fsync}
+phases=${BENCH_PHASES:-all}
 work=$(mktemp -d "${TMPDIR:-/tmp}/shd-bench.XXXXXX")
 # Postfix's daemons run as postfix and must reach their queue below it.
 chmod 711 "$work"
@@ -52,6 +58,10 @@ sampler_pid=
 pf_dirs=
 . "$(dirname "$0")/lib.sh"
 need_postfix_tools
+case $phases in
+all | tls) ;;
+*) fail "BENCH_PHASES must be all or tls" ;;
+esac
 probe="$python $bench_dir/probe.py"
 results=$work/results
 : >"$results"
@@ -184,7 +194,24 @@ ceiling() {
 	record sink "accept$1" "$(per_second "$msgs" "$t0" "$t1")"
 }
 
+# TLS connections the STARTTLS upstream logged so far.
+upstream_tls() {
+	grep -c 'TLS connection established' "$work/tlsup/maillog" \
+	    2>/dev/null || echo 0
+}
+
+# measure_tls CASE CLIENTS TARGET ROOT_PID: measure, and the upstream's
+# TLS connections of the phase (postlogd writes them a little later).
+measure_tls() {
+	_up0=$(upstream_tls)
+	measure "$@"
+	sleep 1
+	record "$1" "conns$2" $(($(upstream_tls) - _up0))
+}
+
 # smarthostd_phase CASE NAME CLIENTS TCP|UNIX [RELAY_PORT RELAY_OPTIONS]
+# With a relay port (the STARTTLS upstream), the phase's TLS connections
+# are counted, and the resumed ones from the daemon's log.
 smarthostd_phase() {
 	daemon_conf "$2" "${5:-$sink_port}" "${6:-}"
 	start_daemon "$2"
@@ -193,7 +220,13 @@ smarthostd_phase() {
 	else
 		_target=127.0.0.1:$daemon_port
 	fi
-	measure "$1" "$3" "$_target" "$daemon_pid"
+	if [ -n "${5:-}" ]; then
+		measure_tls "$1" "$3" "$_target" "$daemon_pid"
+		record "$1" "resumed$3" "$(grep -c 'connected, TLS.*session resumed' \
+		    "$work/daemon.log" || true)"
+	else
+		measure "$1" "$3" "$_target" "$daemon_pid"
+	fi
 	stop_daemon
 }
 
@@ -291,20 +324,31 @@ smd_tls="tls = \"starttls\"; ca_file = \"$work/ca.pem\";"
 r=1
 while [ $r -le "$runs" ]; do
 	echo "run $r of $runs ..."
-	ceiling 1
-	ceiling 20
-	if [ -n "$have_postfix" ]; then
+	if [ "$phases" = all ]; then
+		ceiling 1
+		ceiling 20
+	fi
+	if [ -n "$have_postfix" ] && [ "$phases" = all ]; then
 		measure postfix 1 "127.0.0.1:$pf_port" "$pf_pid"
 		measure postfix 20 "127.0.0.1:$pf_port" "$pf_pid"
 	fi
-	smarthostd_phase smarthostd "tcp$r-1" 1 TCP
-	smarthostd_phase smarthostd "tcp$r-20" 20 TCP
-	smarthostd_phase unix "unix$r-1" 1 UNIX
-	smarthostd_phase unix "unix$r-20" 20 UNIX
+	if [ "$phases" = all ]; then
+		smarthostd_phase smarthostd "tcp$r-1" 1 TCP
+		smarthostd_phase smarthostd "tcp$r-20" 20 TCP
+		smarthostd_phase unix "unix$r-1" 1 UNIX
+		smarthostd_phase unix "unix$r-20" 20 UNIX
+	fi
 	if [ -n "$have_postfix" ]; then
-		measure postfix-tls 20 "127.0.0.1:$pftls_port" "$pftls_pid"
-		smarthostd_phase smarthostd-tls "tls$r-20" 20 TCP "$tls_port" \
-		    "$smd_tls"
+		for c in 1 20; do
+			measure_tls postfix-tls $c "127.0.0.1:$pftls_port" \
+			    "$pftls_pid"
+			smarthostd_phase smarthostd-tls "tls$r-$c" $c TCP \
+			    "$tls_port" "$smd_tls"
+		done
+	fi
+	if [ "$phases" = tls ]; then
+		r=$((r + 1))
+		continue
 	fi
 	mkdir "$work/disk$r"
 	set -- $($probe disk "$work/disk$r" "$msgs")
@@ -315,44 +359,48 @@ while [ $r -le "$runs" ]; do
 	r=$((r + 1))
 done
 
-echo "latency probes ..."
-latency() {
-	record "$1" latency "$($probe latency "$2" "$work/sink.out" \
-	    "$latency_msgs" "$size")" || fail "latency probe $1"
-}
-latency sink "127.0.0.1:$sink_port"
-[ -z "$have_postfix" ] || latency postfix "127.0.0.1:$pf_port"
-daemon_conf lat "$sink_port"
-start_daemon lat
-latency smarthostd "127.0.0.1:$daemon_port"
-latency unix "unix:$work/lat.sock"
-stop_daemon
+big_rate=- big_growth=- cat_rate=-
+# latency and the big message: not with BENCH_PHASES=tls
+if [ "$phases" = all ]; then
+	echo "latency probes ..."
+	latency() {
+		record "$1" latency "$($probe latency "$2" "$work/sink.out" \
+		    "$latency_msgs" "$size")" || fail "latency probe $1"
+	}
+	latency sink "127.0.0.1:$sink_port"
+	[ -z "$have_postfix" ] || latency postfix "127.0.0.1:$pf_port"
+	daemon_conf lat "$sink_port"
+	start_daemon lat
+	latency smarthostd "127.0.0.1:$daemon_port"
+	latency unix "unix:$work/lat.sock"
+	stop_daemon
 
-echo "a ${big_mb} MB message ..."
-daemon_conf big "$sink_port"
-sed -i 's/max_sessions = 200;/max_sessions = 200; max_message_size = "1G";/' \
-    "$work/big.conf"
-start_daemon big
-set -- $($probe rss "$daemon_pid")
-rss0=$1
-before=$(sink_count)
-big_bytes=$((big_mb * 1048576))
-t0=$(now)
-timeout 600 "$smtp_source" -s 1 -m 1 -l "$big_bytes" \
-    -f from@example.org -t to@example.net "127.0.0.1:$daemon_port" ||
-    fail "smtp-source: the big message failed"
-t1=$(now)
-wait_sink $((before + 1)) "$drain_timeout" || fail "the big message"
-set -- $($probe rss "$daemon_pid")
-big_growth=$(awk -v a="$rss0" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1024 }')
-big_rate=$(awk -v n="$big_bytes" -v a="$t0" -v b="$t1" \
-    'BEGIN { printf "%.0f", n / 1e6 / (b - a) }')
-stop_daemon
-rm -rf "$work"/spool-*
-dd if=/dev/zero of="$work/catfile" bs=1M count="$big_mb" conv=fsync \
-    2>/dev/null || fail "dd"
-cat_rate=$($probe cold-read "$work/catfile")
-rm -f "$work/catfile"
+	echo "a ${big_mb} MB message ..."
+	daemon_conf big "$sink_port"
+	sed -i 's/max_sessions = 200;/max_sessions = 200; max_message_size = "1G";/' \
+	    "$work/big.conf"
+	start_daemon big
+	set -- $($probe rss "$daemon_pid")
+	rss0=$1
+	before=$(sink_count)
+	big_bytes=$((big_mb * 1048576))
+	t0=$(now)
+	timeout 600 "$smtp_source" -s 1 -m 1 -l "$big_bytes" \
+	    -f from@example.org -t to@example.net "127.0.0.1:$daemon_port" ||
+	    fail "smtp-source: the big message failed"
+	t1=$(now)
+	wait_sink $((before + 1)) "$drain_timeout" || fail "the big message"
+	set -- $($probe rss "$daemon_pid")
+	big_growth=$(awk -v a="$rss0" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1024 }')
+	big_rate=$(awk -v n="$big_bytes" -v a="$t0" -v b="$t1" \
+	    'BEGIN { printf "%.0f", n / 1e6 / (b - a) }')
+	stop_daemon
+	rm -rf "$work"/spool-*
+	dd if=/dev/zero of="$work/catfile" bs=1M count="$big_mb" conv=fsync \
+	    2>/dev/null || fail "dd"
+	cat_rate=$($probe cold-read "$work/catfile")
+	rm -f "$work/catfile"
+fi
 
 # ---- the report ----
 
@@ -386,10 +434,13 @@ row postfix-tls "Postfix, STARTTLS upstream"
 row smarthostd-tls "smarthostd, STARTTLS upst."
 echo
 if [ -n "$have_postfix" ]; then
-	up=$work/tlsup/maillog
-	echo "STARTTLS upstream: $(grep -c 'TLS connection established' \
-	    "$up" 2>/dev/null || echo 0) TLS connections for" \
-	    "$((2 * runs * msgs)) messages (Postfix's and smarthostd's)"
+	echo "STARTTLS upstream, TLS connections it counted per phase of" \
+	    "$msgs messages (medians):"
+	echo "  Postfix c=1 $(v postfix-tls conns1), c=20" \
+	    "$(v postfix-tls conns20)"
+	echo "  smarthostd c=1 $(v smarthostd-tls conns1)" \
+	    "($(v smarthostd-tls resumed1) resumed), c=20" \
+	    "$(v smarthostd-tls conns20) ($(v smarthostd-tls resumed20) resumed)"
 fi
 echo "a $big_mb MB message: $big_rate MB/s accepted, daemon RSS grew" \
     "$big_growth MiB; cold cat of a $big_mb MB file on the spool's disk:" \
@@ -424,6 +475,10 @@ target "Unix socket vs TCP, accept c=20" \
     "$(ratio "$(v unix accept20)" "$s20")" ">=" 1
 target "STARTTLS upstream: e2e c=20 vs Postfix" \
     "$(ratio "$(v smarthostd-tls e2e20)" "$(v postfix-tls e2e20)")" ">=" 8
+echo "  STARTTLS upstream: accept c=1 vs Postfix" \
+    "$(ratio "$(v smarthostd-tls accept1)" "$(v postfix-tls accept1)")," \
+    "CPU/msg c=1 vs Postfix" \
+    "$(ratio "$(v smarthostd-tls cpu1)" "$(v postfix-tls cpu1)" %.3f)"
 target "50 MB message: RSS growth MiB" "$big_growth" "<=" 1
 echo "  accept c=1 vs the disk's file + fsync + dir fsync limit:" \
     "$(ratio "$s1" "$disk_files")"
