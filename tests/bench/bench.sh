@@ -196,8 +196,9 @@ ceiling() {
 
 # TLS connections the STARTTLS upstream logged so far.
 upstream_tls() {
-	grep -c 'TLS connection established' "$work/tlsup/maillog" \
-	    2>/dev/null || echo 0
+	_n=$(grep -c 'TLS connection established' "$work/tlsup/maillog" \
+	    2>/dev/null || true)
+	echo "${_n:-0}"
 }
 
 # measure_tls CASE CLIENTS TARGET ROOT_PID: measure, and the upstream's
