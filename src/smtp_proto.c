@@ -378,6 +378,37 @@ smtp_body_encoder_init(struct smtp_body_encoder *e)
 {
 	e->at_bol = 1;
 	e->saw_cr = 0;
+	e->limit = 0;
+	e->col = 0;
+	e->folds = 0;
+}
+
+void
+smtp_body_encoder_fold(struct smtp_body_encoder *e, size_t limit)
+{
+	e->limit = limit == 1 ? 2 : limit;
+}
+
+size_t
+smtp_body_encode_space(const struct smtp_body_encoder *e, size_t len)
+{
+	/* Each byte makes at most two (CRLF for a CR or LF, ".." for a
+	 * leading dot). Breaks are at least limit - 1 characters apart,
+	 * and one may come before the first character (the line reached
+	 * the limit at the end of the last piece). */
+	if (e->limit == 0)
+		return 2 * len + 2;
+	return 2 * len + 2 + 3 * (1 + len / (e->limit - 1));
+}
+
+unsigned long long
+smtp_body_fold_bound(unsigned long long size, size_t limit)
+{
+	if (limit == 0 || size <= limit)
+		return 0;
+	if (limit == 1)
+		limit = 2;
+	return (size - 2) / (limit - 1);
 }
 
 /* The bytes from p (at most len) before the first CR, LF or NUL. */
@@ -393,6 +424,38 @@ plain_span(const char *p, size_t len)
 	if ((q = memchr(p, '\0', len)) != NULL)
 		len = (size_t)(q - p);
 	return len;
+}
+
+/* Copies span characters of one line to out, breaking it with "\r\n "
+ * each time it has e->limit characters and goes on. Returns bytes
+ * written. */
+static size_t
+copy_folded(struct smtp_body_encoder *e, const char *in, size_t span,
+    char *out)
+{
+	size_t n = 0, take;
+
+	if (e->limit == 0) {
+		memcpy(out, in, span);
+		return span;
+	}
+	while (span > 0) {
+		if (e->col == e->limit) {
+			memcpy(out + n, "\r\n ", 3);
+			n += 3;
+			e->col = 1;
+			e->folds++;
+		}
+		take = e->limit - e->col;
+		if (take > span)
+			take = span;
+		memcpy(out + n, in, take);
+		n += take;
+		in += take;
+		span -= take;
+		e->col += take;
+	}
+	return n;
 }
 
 size_t
@@ -417,6 +480,7 @@ smtp_body_encode(struct smtp_body_encoder *e, const char *in, size_t len,
 			out[n++] = '\n';
 			e->saw_cr = c == '\r';
 			e->at_bol = 1;
+			e->col = 0;
 			i++;
 			continue;
 		}
@@ -433,8 +497,7 @@ smtp_body_encode(struct smtp_body_encoder *e, const char *in, size_t len,
 		/* The rest of the line up to a byte that needs a look of
 		 * its own goes in one copy: the body is mostly such runs. */
 		span = plain_span(in + i, len - i);
-		memcpy(out + n, in + i, span);
-		n += span;
+		n += copy_folded(e, in + i, span, out + n);
 		i += span;
 	}
 	return n;
@@ -451,6 +514,8 @@ smtp_body_encode_finish(struct smtp_body_encoder *e, char *out)
 	}
 	memcpy(out + n, ".\r\n", 3);
 	n += 3;
-	smtp_body_encoder_init(e);
+	e->at_bol = 1;
+	e->saw_cr = 0;
+	e->col = 0;
 	return n;
 }

@@ -119,17 +119,49 @@ void smtp_ehlo_parse(const char *text, struct smtp_ehlo *out);
  * refuses them, so only a spool file from elsewhere has any) and doubles a
  * leading '.' on every line, after any dropped NUL. Feed the body in
  * pieces of any size; smtp_body_encode_finish() adds a CRLF if the body
- * did not end with one, then ".\r\n". out must have room for 2 * len + 2
- * bytes (encode) or 5 bytes (finish). Returns bytes written.
+ * did not end with one, then ".\r\n". out must have room for
+ * smtp_body_encode_space(e, len) bytes (encode) or 5 bytes (finish).
+ * Returns bytes written.
+ *
+ * With a line limit set (smtp_body_encoder_fold), a line of more than
+ * limit characters is broken as Postfix's smtp_line_length_limit breaks
+ * it, header and body alike: after limit characters "\r\n " is inserted
+ * and the line goes on, so every line sent holds at most limit
+ * characters before its CRLF (RFC 5321 4.5.3.1.6: 998 with limit 998). The
+ * stuffed dot is not counted (RFC 5321 does not count it either) and
+ * dropped NULs are not characters. A line of exactly limit characters is
+ * left alone: the break is made only once the next character shows that
+ * the line goes on, which may be in the next piece. A continuation starts
+ * with the space, so it is never dot-stuffed and never a lone ".".
  */
 struct smtp_body_encoder {
 	int at_bol;   /* next byte starts a line */
 	int saw_cr;   /* previous byte was a CR */
+	size_t limit; /* characters per line before a break; 0: none */
+	size_t col;   /* characters of the current line sent so far */
+	unsigned long long folds; /* "\r\n " inserted since init */
 };
 
+/* Starts a body: no line limit, no folds counted. */
 void smtp_body_encoder_init(struct smtp_body_encoder *e);
+/* Sets the line limit (0: lines go as they are). A limit of 1 is taken
+ * as 2: a continuation needs room for its space and one character. */
+void smtp_body_encoder_fold(struct smtp_body_encoder *e, size_t limit);
+/* The most bytes encoding len input bytes may write with e's limit. */
+size_t smtp_body_encode_space(const struct smtp_body_encoder *e,
+    size_t len);
 size_t smtp_body_encode(struct smtp_body_encoder *e, const char *in,
     size_t len, char *out);
+/* Ends the body and starts the next one; the limit and the fold count
+ * stay. */
 size_t smtp_body_encode_finish(struct smtp_body_encoder *e, char *out);
+/*
+ * The most "\r\n " breaks a body of size bytes can get with limit (0:
+ * none): a line of n > limit characters gets ceil((n - limit) / (limit -
+ * 1)), which is at most (n - 2) / (limit - 1), and the lines' lengths add
+ * up to at most size. So size + 3 * this bounds the folded message.
+ */
+unsigned long long smtp_body_fold_bound(unsigned long long size,
+    size_t limit);
 
 #endif

@@ -269,3 +269,301 @@ Test(body, nul_then_dot_is_stuffed)
 	cr_assert_eq(len, strlen("a\r\n..\r\nbc\r\n..x\r\n.\r\n"));
 	cr_assert_eq(memcmp(out, "a\r\n..\r\nbc\r\n..x\r\n.\r\n", len), 0);
 }
+
+/* ---- line folding ---- */
+
+/* Encodes in[0..len) with limit, fed in pieces of piece bytes, and ends
+ * the body. Caller frees; *outlen gets the length, *folds the breaks. */
+static char *
+fold_all(const char *in, size_t len, size_t limit, size_t piece,
+    size_t *outlen, unsigned long long *folds)
+{
+	struct smtp_body_encoder e;
+	size_t off, n, space, total = 0;
+	char *out;
+
+	smtp_body_encoder_init(&e);
+	smtp_body_encoder_fold(&e, limit);
+	/* the sum of the pieces' spaces bounds the whole */
+	space = 5;
+	for (off = 0; off < len; off += n) {
+		n = len - off < piece ? len - off : piece;
+		space += smtp_body_encode_space(&e, n);
+	}
+	out = malloc(space + 1);
+	cr_assert_not_null(out);
+	for (off = 0; off < len; off += n) {
+		n = len - off < piece ? len - off : piece;
+		total += smtp_body_encode(&e, in + off, n, out + total);
+	}
+	total += smtp_body_encode_finish(&e, out + total);
+	cr_assert_leq(total, space);
+	out[total] = '\0';
+	*outlen = total;
+	*folds = e.folds;
+	return out;
+}
+
+/* A string of n copies of c, then tail. Caller frees. */
+static char *
+run_of(char c, size_t n, const char *tail)
+{
+	size_t t = strlen(tail);
+	char *s = malloc(n + t + 1);
+
+	cr_assert_not_null(s);
+	memset(s, c, n);
+	memcpy(s + n, tail, t + 1);
+	return s;
+}
+
+/* Checks that out, a folded and ended body, has no line over limit
+ * characters (a stuffed dot not counted) and that removing every "\r\n "
+ * break after a full line and the stuffing gives back want. */
+static void
+check_folded(const char *out, size_t outlen, size_t limit, const char *want)
+{
+	size_t i = 0, col, wn = 0, wantlen = strlen(want);
+	char *back = malloc(outlen + 1);
+	int cont = 0;   /* the line is a continuation: its space counts */
+
+	cr_assert_not_null(back);
+	while (i < outlen) {
+		size_t start = i;
+
+		if (out[i] == '.' && i + 1 < outlen && out[i + 1] == '.')
+			i++;    /* the stuffing */
+		else if (out[i] == '.' && strcmp(out + i, ".\r\n") == 0)
+			break;  /* the end of data */
+		for (col = cont; i < outlen && out[i] != '\r'; i++, col++)
+			back[wn++] = out[i];
+		cr_assert_leq(col, limit, "line at %zu has %zu characters",
+		    start, col);
+		cr_assert(i + 1 < outlen && out[i + 1] == '\n');
+		i += 2;
+		cont = col == limit && i < outlen && out[i] == ' ';
+		if (cont) {
+			i++;    /* a break: the line goes on */
+		} else {
+			memcpy(back + wn, "\r\n", 2);
+			wn += 2;
+		}
+	}
+	cr_assert_eq(wn, wantlen, "unfolded %zu bytes, want %zu", wn,
+	    wantlen);
+	cr_assert_eq(memcmp(back, want, wn), 0);
+	free(back);
+}
+
+Test(fold, boundaries_997_998_999)
+{
+	char *in, *out, *want;
+	size_t len, n;
+	unsigned long long folds;
+
+	for (n = 997; n <= 998; n++) {
+		in = run_of('a', n, "\r\nb\r\n");
+		out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
+		want = run_of('a', n, "\r\nb\r\n.\r\n");
+		cr_assert_str_eq(out, want, "%zu characters changed", n);
+		cr_assert_eq(folds, 0);
+		free(in);
+		free(out);
+		free(want);
+	}
+	in = run_of('a', 999, "\r\nb\r\n");
+	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
+	want = run_of('a', 998, "\r\n a\r\nb\r\n.\r\n");
+	cr_assert_str_eq(out, want);
+	cr_assert_eq(folds, 1);
+	free(in);
+	free(out);
+	free(want);
+}
+
+/* Exactly 998 and the end of the body, with and without a line end. */
+Test(fold, exactly_the_limit_at_the_end)
+{
+	char *in, *out, *want;
+	size_t len;
+	unsigned long long folds;
+
+	in = run_of('x', 998, "\r\n");
+	want = run_of('x', 998, "\r\n.\r\n");
+	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
+	cr_assert_str_eq(out, want);
+	free(out);
+	out = fold_all(in, 998, 998, 65536, &len, &folds);
+	cr_assert_str_eq(out, want);
+	cr_assert_eq(folds, 0);
+	free(out);
+	free(in);
+	free(want);
+}
+
+Test(fold, long_lines)
+{
+	static const size_t sizes[] = { 5000, 1000000 };
+	size_t i, len;
+	unsigned long long folds;
+	char *in, *out;
+
+	for (i = 0; i < sizeof(sizes) / sizeof(*sizes); i++) {
+		size_t n = sizes[i];
+
+		in = run_of('h', n, "\r\nend\r\n");
+		out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
+		/* 998, then 997 after each space */
+		cr_assert_eq(folds, (n - 998 + 996) / 997);
+		cr_assert_eq(len, strlen(in) + 3 * folds + 3);
+		cr_assert_leq(folds, smtp_body_fold_bound(strlen(in), 998));
+		check_folded(out, len, 998, in);
+		free(in);
+		free(out);
+	}
+}
+
+/* The same output whatever the pieces, also when one ends right at the
+ * limit, between a CR and its LF, or before the byte that forces the
+ * break. */
+Test(fold, pieces_of_any_size)
+{
+	static const size_t pieces[] = { 1, 2, 3, 997, 998, 999, 1000, 4096 };
+	char *in, *one, *out;
+	size_t i, len, onelen;
+	unsigned long long folds, onefolds;
+
+	in = run_of('p', 2500, "\r\n.dot\r\n");
+	/* "...\r" at 998, then a bare CR and a bare LF */
+	memcpy(in + 997, "\r", 1);
+	memcpy(in + 1995, "\n", 1);
+	one = fold_all(in, strlen(in), 998, 1 << 20, &onelen, &onefolds);
+	for (i = 0; i < sizeof(pieces) / sizeof(*pieces); i++) {
+		out = fold_all(in, strlen(in), 998, pieces[i], &len, &folds);
+		cr_assert_eq(len, onelen, "pieces of %zu", pieces[i]);
+		cr_assert_eq(memcmp(out, one, len), 0, "pieces of %zu",
+		    pieces[i]);
+		cr_assert_eq(folds, onefolds);
+		free(out);
+	}
+	/* 997 p CRLF, 997 p CRLF, 505 p CRLF .dot: nothing over 998 */
+	cr_assert_eq(onefolds, 0);
+	free(in);
+	free(one);
+}
+
+/* Lines starting with '.': the stuffed dot is not counted, a break that
+ * leaves a '.' at the start of the continuation stuffs nothing, and the
+ * stuffing of the next real line is not disturbed. */
+Test(fold, dots)
+{
+	char *in, *out, *want, *tail;
+	size_t len;
+	unsigned long long folds;
+
+	in = run_of('.', 999, "\r\n.\r\n");
+	out = fold_all(in, strlen(in), 998, 7, &len, &folds);
+	tail = run_of('.', 998, "\r\n .\r\n..\r\n.\r\n");
+	want = malloc(strlen(tail) + 2);
+	want[0] = '.';
+	strcpy(want + 1, tail);
+	cr_assert_str_eq(out, want);
+	check_folded(out, len, 998, in);
+	free(in);
+	free(out);
+	free(want);
+	free(tail);
+
+	/* 998 characters then ".": the continuation " ." is no end */
+	in = run_of('y', 998, ".\r\n.x");
+	out = fold_all(in, strlen(in), 998, 998, &len, &folds);
+	want = run_of('y', 998, "\r\n .\r\n..x\r\n.\r\n");
+	cr_assert_str_eq(out, want);
+	free(in);
+	free(out);
+	free(want);
+}
+
+/* Bare CR and bare LF end a line as CRLF does, and reset the count; a
+ * NUL is dropped and is not a character. */
+Test(fold, bare_line_ends_and_nul)
+{
+	char *in, *out, *want;
+	size_t len;
+	unsigned long long folds;
+
+	in = run_of('c', 999, "\ra\nb");
+	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
+	want = run_of('c', 998, "\r\n c\r\na\r\nb\r\n.\r\n");
+	cr_assert_str_eq(out, want);
+	free(in);
+	free(out);
+	free(want);
+
+	in = run_of('d', 999, "\n");
+	in[500] = '\0';
+	out = fold_all(in, 1000, 998, 65536, &len, &folds);
+	want = run_of('d', 998, "\r\n.\r\n");
+	cr_assert_str_eq(out, want);
+	cr_assert_eq(folds, 0);
+	free(in);
+	free(out);
+	free(want);
+}
+
+Test(fold, limit_zero_sends_lines_as_they_are)
+{
+	char *in, *out, *want;
+	size_t len;
+	unsigned long long folds;
+
+	in = run_of('z', 5000, "\r\n");
+	out = fold_all(in, strlen(in), 0, 1000, &len, &folds);
+	want = run_of('z', 5000, "\r\n.\r\n");
+	cr_assert_str_eq(out, want);
+	cr_assert_eq(folds, 0);
+	free(in);
+	free(out);
+	free(want);
+}
+
+/* Headers are broken like body lines (Postfix does the same): the
+ * continuation's leading space makes it a folded header line. */
+Test(fold, header_line)
+{
+	char *in, *out, *want;
+	size_t len;
+	unsigned long long folds;
+
+	in = run_of('r', 1200, "\r\n\r\nbody\r\n");
+	memcpy(in, "To: ", 4);
+	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
+	want = run_of('r', 1203, "\r\n\r\nbody\r\n.\r\n");
+	memcpy(want, "To: ", 4);
+	memcpy(want + 998, "\r\n ", 3);
+	cr_assert_str_eq(out, want);
+	free(in);
+	free(out);
+	free(want);
+}
+
+/* The bound MAIL's SIZE uses holds for the worst lines. */
+Test(fold, bound)
+{
+	static const size_t lens[] = { 999, 1000, 1995, 1996, 1997, 5000,
+		100000 };
+	size_t i, len;
+	unsigned long long folds;
+	char *in, *out;
+
+	cr_assert_eq(smtp_body_fold_bound(998, 998), 0);
+	cr_assert_eq(smtp_body_fold_bound(1 << 20, 0), 0);
+	for (i = 0; i < sizeof(lens) / sizeof(*lens); i++) {
+		in = run_of('b', lens[i], "");
+		out = fold_all(in, lens[i], 998, 65536, &len, &folds);
+		cr_assert_leq(folds, smtp_body_fold_bound(lens[i], 998),
+		    "%zu characters", lens[i]);
+		free(in);
+		free(out);
+	}
+}
