@@ -437,6 +437,7 @@ copy_folded(struct smtp_body_encoder *e, const char *in, size_t span,
 
 	if (e->limit == 0) {
 		memcpy(out, in, span);
+		e->col += span;
 		return span;
 	}
 	while (span > 0) {

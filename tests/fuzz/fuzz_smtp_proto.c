@@ -3,7 +3,8 @@
  * (fed line by line), the EHLO keyword parser, command splitting, path and
  * parameter parsing, mailbox checks and the body encoder, whose output
  * must stay within the bound its header promises, be CRLF-only and match
- * a byte-at-a-time reference.
+ * a byte-at-a-time reference, with and without a line limit (a small one
+ * taken from the input, so short inputs reach the breaks).
  */
 #include <assert.h>
 #include <stdint.h>
@@ -78,6 +79,7 @@ body_reference(struct smtp_body_encoder *e, const char *in, size_t len,
 			out[n++] = '\n';
 			e->saw_cr = c == '\r';
 			e->at_bol = 1;
+			e->col = 0;
 			continue;
 		}
 		if (c == '\0')
@@ -85,39 +87,86 @@ body_reference(struct smtp_body_encoder *e, const char *in, size_t len,
 		if (e->at_bol && c == '.')
 			out[n++] = '.';
 		e->at_bol = 0;
+		if (e->limit > 0 && e->col == e->limit) {
+			memcpy(out + n, "\r\n ", 3);
+			n += 3;
+			e->col = 1;
+			e->folds++;
+		}
 		out[n++] = c;
+		e->col++;
 	}
 	return n;
+}
+
+/* Every LF is preceded by CR, every CR followed by LF; with a limit, no
+ * line holds more than limit characters besides a stuffed dot. */
+static void
+body_check_lines(const char *out, size_t n, size_t limit)
+{
+	size_t i, col = 0;
+	int bol = 1;
+
+	for (i = 0; i < n; i++) {
+		if (out[i] == '\n') {
+			assert(i > 0 && out[i - 1] == '\r');
+			col = 0;
+			bol = 1;
+			continue;
+		}
+		if (out[i] == '\r') {
+			assert(i + 1 < n && out[i + 1] == '\n');
+			continue;
+		}
+		/* a stuffed dot is not counted; the one after it is */
+		if (!(bol && out[i] == '.' && i + 1 < n && out[i + 1] == '.'))
+			col++;
+		bol = 0;
+		assert(limit == 0 || col <= limit);
+	}
+}
+
+static void
+fuzz_body_limit(const char *data, size_t size, size_t limit)
+{
+	struct smtp_body_encoder e, r;
+	size_t n, rn, half = size / 2, cap;
+	char *out, *ref;
+
+	smtp_body_encoder_init(&e);
+	smtp_body_encoder_fold(&e, limit);
+	cap = smtp_body_encode_space(&e, half) +
+	    smtp_body_encode_space(&e, size - half) + 5;
+	out = malloc(cap);
+	ref = malloc(cap);
+	n = smtp_body_encode(&e, data, half, out);
+	assert(n <= smtp_body_encode_space(&e, half));
+	rn = smtp_body_encode(&e, data + half, size - half, out + n);
+	assert(rn <= smtp_body_encode_space(&e, size - half));
+	n += rn;
+	smtp_body_encoder_init(&r);
+	smtp_body_encoder_fold(&r, limit);
+	rn = body_reference(&r, data, half, ref);
+	rn += body_reference(&r, data + half, size - half, ref + rn);
+	assert(rn == n && memcmp(ref, out, n) == 0);
+	assert(r.at_bol == e.at_bol && r.saw_cr == e.saw_cr &&
+	    r.col == e.col && r.folds == e.folds);
+	assert(e.folds <= smtp_body_fold_bound(size, limit));
+	n += smtp_body_encode_finish(&e, out + n);
+	assert(n <= cap);
+	body_check_lines(out, n, e.limit);
+	assert(n >= 3 && memcmp(out + n - 3, ".\r\n", 3) == 0);
+	free(out);
+	free(ref);
 }
 
 static void
 fuzz_body(const char *data, size_t size)
 {
-	struct smtp_body_encoder e, r;
-	char *out = malloc(2 * size + 8), *ref = malloc(2 * size + 8);
-	size_t n, rn, i, half = size / 2;
-
-	smtp_body_encoder_init(&e);
-	n = smtp_body_encode(&e, data, half, out);
-	n += smtp_body_encode(&e, data + half, size - half, out + n);
-	assert(n <= 2 * size);
-	smtp_body_encoder_init(&r);
-	rn = body_reference(&r, data, half, ref);
-	rn += body_reference(&r, data + half, size - half, ref + rn);
-	assert(rn == n && memcmp(ref, out, n) == 0);
-	assert(r.at_bol == e.at_bol && r.saw_cr == e.saw_cr);
-	n += smtp_body_encode_finish(&e, out + n);
-	assert(n <= 2 * size + 5);
-	/* Every LF is preceded by CR, every CR followed by LF. */
-	for (i = 0; i < n; i++) {
-		if (out[i] == '\n')
-			assert(i > 0 && out[i - 1] == '\r');
-		if (out[i] == '\r')
-			assert(i + 1 < n && out[i + 1] == '\n');
-	}
-	assert(n >= 3 && memcmp(out + n - 3, ".\r\n", 3) == 0);
-	free(out);
-	free(ref);
+	fuzz_body_limit(data, size, 0);
+	fuzz_body_limit(data, size, size > 0 ?
+	    1 + (unsigned char)data[0] % 32 : 998);
+	fuzz_body_limit(data, size, 998);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
