@@ -424,15 +424,16 @@ relay_defaults(struct relay_config *r)
 	r->timeout_connect = 30;
 	r->timeout_command = 300;
 	r->timeout_data = 600;
+	r->line_length_limit = 998;
 	r->failover_after = 600;
 }
 
 static const char *const relay_keys[] = { "type", "host", "port", "tls",
 	"verify", "ca_file", "helo", "user", "max_connections",
 	"max_messages_per_connection", "timeout_idle", "timeout_connect",
-	"timeout_command", "timeout_data", "path", "auth", "allow_plaintext_auth", "mechanisms",
-	"password_command", "oauth_command", "backup", "failover_after",
-	NULL };
+	"timeout_command", "timeout_data", "line_length_limit", "path", "auth",
+	"allow_plaintext_auth", "mechanisms", "password_command",
+	"oauth_command", "backup", "failover_after", NULL };
 
 /* In the order of their enums: the first is the default. */
 static const char *const relay_type_names[] = { "smtp", "maildir", NULL };
@@ -514,6 +515,8 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 	    &r->timeout_command) == -1 ||
 	    get_uint(ctx, s, "timeout_data", duration_units, 1, 7200,
 	    &r->timeout_data) == -1 ||
+	    get_uint(ctx, s, "line_length_limit", NULL, 0, 1000000,
+	    &r->line_length_limit) == -1 ||
 	    get_string_list(ctx, s, "backup", &r->backup, &r->nbackup) == -1 ||
 	    get_uint(ctx, s, "failover_after", duration_units, 0, 30 * 86400,
 	    &r->failover_after) == -1)
@@ -533,6 +536,14 @@ parse_relay(struct cfgctx *ctx, const config_setting_t *s,
 	r->type = (enum relay_type)type_i;
 	r->tls = (enum tls_mode)tls_i;
 	r->auth = (enum auth_policy)auth_i;
+	/* Below 78, RFC 5322's recommended length, nearly every line of
+	 * ordinary mail would be broken: surely a typo. */
+	if (r->line_length_limit > 0 && r->line_length_limit < 78) {
+		cfg_fail(ctx, config_setting_get_member(s,
+		    "line_length_limit"), "relay %s: line_length_limit must "
+		    "be 0 (no limit) or at least 78", r->name);
+		goto out;
+	}
 	if (r->type == RELAY_TYPE_SMTP && r->host == NULL) {
 		cfg_fail(ctx, s, "relay %s: host is required", r->name);
 		goto out;

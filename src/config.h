@@ -63,6 +63,9 @@ struct relay_config {
 	unsigned timeout_connect;     /* seconds */
 	unsigned timeout_command;     /* greeting, EHLO, MAIL, RCPT, ... */
 	unsigned timeout_data;        /* DATA ".": RFC 5321 says 10 min */
+	unsigned line_length_limit;   /* characters per line sent; longer
+	                                 lines are broken with CRLF SP
+	                                 (default 998); 0: sent as they are */
 	/* Failover: names of relays (validated, never this one) that take
 	 * this relay's mail, in order, once it has been unreachable for
 	 * failover_after seconds (default 600); see failover.h. */

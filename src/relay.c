@@ -200,6 +200,7 @@ struct relay_session {
 	unsigned timeout_connect;
 	unsigned timeout_command;
 	unsigned timeout_data;
+	unsigned line_limit;
 	SSL_CTX *ssl_ctx;        /* our own reference; NULL without TLS */
 	struct outcome start_error;
 	int start_failed;
@@ -1410,6 +1411,7 @@ rs_connect(struct relay_session *rs, const struct smtp_client_auth *auth)
 	p.timeout_connect = rs->timeout_connect;
 	p.timeout_command = rs->timeout_command;
 	p.timeout_data = rs->timeout_data;
+	p.line_limit = rs->line_limit;
 	p.worker = rs->relay->w;
 	rs->client = smtp_client_new(rs->relay->base, rs->relay->dns, &p,
 	    &client_cb, rs);
@@ -1587,6 +1589,7 @@ relay_session_new(struct relay *r, const struct config *cfg,
 	rs->timeout_connect = rc->timeout_connect;
 	rs->timeout_command = rc->timeout_command;
 	rs->timeout_data = rc->timeout_data;
+	rs->line_limit = rc->line_length_limit;
 	switch (rc->type) {
 	case RELAY_TYPE_SMTP:
 		rs->host = xstrdup(rc->host);

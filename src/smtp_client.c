@@ -163,6 +163,7 @@ struct smtp_client {
 	unsigned timeout_connect;
 	unsigned timeout_command;
 	unsigned timeout_data;
+	size_t line_limit;    /* fold lines longer than this; 0: never */
 	struct smtp_client_cb cb;
 	void *arg;
 
@@ -233,6 +234,8 @@ struct smtp_client {
 	off_t body_pos;
 	off_t body_end;
 	off_t body_wire;      /* encoded bytes sent, for the trace */
+	off_t wire_size;      /* the SIZE declared: the body with the bytes
+	                         folding inserts, or a bound of them */
 	char *rbuf;           /* BODY_CHUNK bytes while in CS_BODY */
 };
 
@@ -922,7 +925,7 @@ client_send_mail(struct smtp_client *c)
 	params[0] = '\0';
 	if (c->ehlo.exts & SMTP_EXT_SIZE)
 		n += snprintf(params + n, sizeof(params) - n, " SIZE=%lld",
-		    (long long)m->body_size);
+		    (long long)c->wire_size);
 	/*
 	 * 8-bit data to a server that does not offer 8BITMIME goes as is,
 	 * without BODY=. RFC 6152 would have the client convert it to 7 bit
@@ -987,11 +990,43 @@ static void
 client_body_start(struct smtp_client *c)
 {
 	smtp_body_encoder_init(&c->enc);
+	smtp_body_encoder_fold(&c->enc, c->line_limit);
 	c->body_pos = c->msg.body_offset;
 	c->body_end = c->msg.body_offset + c->msg.body_size;
 	c->body_wire = 0;
 	if (c->rbuf == NULL)
 		c->rbuf = xmalloc(BODY_CHUNK);
+}
+
+/* Reads want bytes of the body file at pos into buf. Returns 0, or -1
+ * with the reason in why. */
+static int
+client_body_read(struct smtp_client *c, char *buf, size_t want, off_t pos,
+    char *why, size_t whylen)
+{
+	size_t got;
+	ssize_t n;
+
+	for (got = 0; got < want; got += (size_t)n) {
+		n = pread(c->msg.body_fd, buf + got, want - got,
+		    pos + (off_t)got);
+		if (n == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n == -1) {
+			snprintf(why, whylen, "read message body: %s",
+			    strerror(errno));
+			return -1;
+		}
+		if (n == 0) {
+			snprintf(why, whylen, "read message body: file "
+			    "shorter than %lld bytes",
+			    (long long)c->msg.body_size);
+			return -1;
+		}
+	}
+	return 0;
 }
 
 /*
@@ -1006,40 +1041,27 @@ client_body_fill(struct smtp_client *c)
 {
 	struct evbuffer *out;
 	struct evbuffer_iovec vec;
-	size_t want, got, enc;
-	ssize_t n;
+	char why[OUTCOME_TEXT_MAX];
+	size_t got, enc;
 	int last;
 
 	out = bufferevent_get_output(c->bev);
 	while (evbuffer_get_length(out) < BODY_HIWAT) {
-		want = BODY_CHUNK;
-		if ((off_t)want > c->body_end - c->body_pos)
-			want = (size_t)(c->body_end - c->body_pos);
-		for (got = 0; got < want; got += (size_t)n) {
-			n = pread(c->msg.body_fd, c->rbuf + got, want - got,
-			    c->body_pos + (off_t)got);
-			if (n == -1 && errno == EINTR) {
-				n = 0;
-				continue;
-			}
-			/* A half-sent body cannot be taken back: drop the
-			 * connection so the server discards it. */
-			if (n == -1) {
-				client_close_msg(c, OC_LOCAL, "read message "
-				    "body: %s", strerror(errno));
-				return;
-			}
-			if (n == 0) {
-				client_close_msg(c, OC_LOCAL, "read message "
-				    "body: file shorter than %lld bytes",
-				    (long long)c->msg.body_size);
-				return;
-			}
+		got = BODY_CHUNK;
+		if ((off_t)got > c->body_end - c->body_pos)
+			got = (size_t)(c->body_end - c->body_pos);
+		/* A half-sent body cannot be taken back: drop the
+		 * connection so the server discards it. */
+		if (client_body_read(c, c->rbuf, got, c->body_pos, why,
+		    sizeof(why)) == -1) {
+			client_close_msg(c, OC_LOCAL, "%s", why);
+			return;
 		}
 		c->body_pos += (off_t)got;
 		last = c->body_pos == c->body_end;
-		/* smtp_body_encode needs 2 * len + 2, the finish 5 */
-		if (evbuffer_reserve_space(out, 2 * got + 7, &vec, 1) < 1)
+		/* the finish needs 5 */
+		if (evbuffer_reserve_space(out, smtp_body_encode_space(&c->enc,
+		    got) + 5, &vec, 1) < 1)
 			fatalx("%s: evbuffer_reserve_space", __func__);
 		enc = smtp_body_encode(&c->enc, c->rbuf, got, vec.iov_base);
 		if (last)
@@ -1051,15 +1073,60 @@ client_body_fill(struct smtp_client *c)
 		c->body_wire += (off_t)enc;
 		if (last) {
 			log_debug("%s: >>> [body: %lld bytes from file, %lld "
-			    "on the wire, \".\" included]", c->peer,
-			    (long long)c->msg.body_size,
-			    (long long)c->body_wire);
+			    "on the wire, \".\" included, %llu long line "
+			    "breaks]", c->peer, (long long)c->msg.body_size,
+			    (long long)c->body_wire, c->enc.folds);
 			client_enter(c, CS_EOM);
 			return;
 		}
 	}
 	/* progress: the data block timeout starts again */
 	client_timer(c, c->timeout_command);
+}
+
+/*
+ * The size of the message as it will be sent, for MAIL's SIZE and the
+ * check against the server's limit: the body plus 3 bytes per "\r\n "
+ * that folding will insert. A bound of the breaks costs nothing and is
+ * used unless it alone would exceed the server's limit; then the body is
+ * encoded once without sending to count them exactly, so a message that
+ * fits is never refused for the bound's sake. Returns 0, or -1 with the
+ * reason in why.
+ */
+static int
+client_wire_size(struct smtp_client *c, off_t *size, char *why,
+    size_t whylen)
+{
+	struct smtp_body_encoder e;
+	off_t pos, end;
+	size_t want;
+	char *out;
+
+	*size = c->msg.body_size + 3 * (off_t)smtp_body_fold_bound(
+	    (unsigned long long)c->msg.body_size, c->line_limit);
+	if (*size == c->msg.body_size || !(c->ehlo.exts & SMTP_EXT_SIZE) ||
+	    c->ehlo.size == 0 || (unsigned long long)*size <= c->ehlo.size)
+		return 0;
+	smtp_body_encoder_init(&e);
+	smtp_body_encoder_fold(&e, c->line_limit);
+	if (c->rbuf == NULL)
+		c->rbuf = xmalloc(BODY_CHUNK);
+	out = xmalloc(smtp_body_encode_space(&e, BODY_CHUNK));
+	end = c->msg.body_offset + c->msg.body_size;
+	for (pos = c->msg.body_offset; pos < end; pos += (off_t)want) {
+		want = BODY_CHUNK;
+		if ((off_t)want > end - pos)
+			want = (size_t)(end - pos);
+		if (client_body_read(c, c->rbuf, want, pos, why, whylen) ==
+		    -1) {
+			free(out);
+			return -1;
+		}
+		smtp_body_encode(&e, c->rbuf, want, out);
+	}
+	free(out);
+	*size = c->msg.body_size + 3 * (off_t)e.folds;
+	return 0;
 }
 
 /* ---- authentication ---- */
@@ -2305,6 +2372,7 @@ smtp_client_new(struct event_base *base, struct evdns_base *dns,
 	    DEFAULT_TIMEOUT_COMMAND;
 	c->timeout_data = params->timeout_data ? params->timeout_data :
 	    DEFAULT_TIMEOUT_DATA;
+	c->line_limit = params->line_limit;
 	c->worker = params->worker;
 	c->cb = *cb;
 	c->arg = arg;
@@ -2349,13 +2417,14 @@ client_addr_sane(const char *a)
 }
 
 static void
-client_refuse(struct smtp_client *c, enum outcome_class class, int code,
-    const char *enhanced, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+client_refuse(struct smtp_client *c, enum outcome_status status,
+    enum outcome_class class, int code, const char *enhanced,
+    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 static void
-client_refuse(struct smtp_client *c, enum outcome_class class, int code,
-    const char *enhanced, const char *fmt, ...)
+client_refuse(struct smtp_client *c, enum outcome_status status,
+    enum outcome_class class, int code, const char *enhanced,
+    const char *fmt, ...)
 {
 	char text[OUTCOME_TEXT_MAX];
 	va_list ap;
@@ -2363,7 +2432,7 @@ client_refuse(struct smtp_client *c, enum outcome_class class, int code,
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
-	outcome_set(&c->txn, OUTCOME_PERMANENT, class, "%s", text);
+	outcome_set(&c->txn, status, class, "%s", text);
 	c->txn.code = code;
 	snprintf(c->txn.enhanced, sizeof(c->txn.enhanced), "%s", enhanced);
 	client_enter(c, CS_REFUSED);
@@ -2372,6 +2441,7 @@ client_refuse(struct smtp_client *c, enum outcome_class class, int code,
 int
 smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg)
 {
+	char why[OUTCOME_TEXT_MAX];
 	size_t i;
 	int sane;
 
@@ -2392,16 +2462,21 @@ smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg)
 	for (i = 0; sane && i < msg->nrcpts; i++)
 		sane = client_addr_sane(msg->rcpts[i]);
 	if (!sane) {
-		client_refuse(c, OC_LOCAL, 0, "5.1.3", "address unfit for the "
-		    "SMTP command line");
+		client_refuse(c, OUTCOME_PERMANENT, OC_LOCAL, 0, "5.1.3",
+		    "address unfit for the SMTP command line");
 	} else if (msg->smtputf8 && !(c->ehlo.exts & SMTP_EXT_SMTPUTF8)) {
-		client_refuse(c, OC_REPLY, 554, "5.6.7", "SMTPUTF8 is "
-		    "required, but was not offered by host %s", c->peer);
+		client_refuse(c, OUTCOME_PERMANENT, OC_REPLY, 554, "5.6.7",
+		    "SMTPUTF8 is required, but was not offered by host %s",
+		    c->peer);
+	} else if (client_wire_size(c, &c->wire_size, why, sizeof(why)) ==
+	    -1) {
+		client_refuse(c, OUTCOME_TEMPORARY, OC_LOCAL, 0, "4.3.0",
+		    "%s", why);
 	} else if ((c->ehlo.exts & SMTP_EXT_SIZE) && c->ehlo.size > 0 &&
-	    (unsigned long long)msg->body_size > c->ehlo.size) {
-		client_refuse(c, OC_REPLY, 552, "5.3.4", "message size %lld "
-		    "exceeds size limit %lu of host %s",
-		    (long long)msg->body_size, c->ehlo.size, c->peer);
+	    (unsigned long long)c->wire_size > c->ehlo.size) {
+		client_refuse(c, OUTCOME_PERMANENT, OC_REPLY, 552, "5.3.4",
+		    "message size %lld exceeds size limit %lu of host %s",
+		    (long long)c->wire_size, c->ehlo.size, c->peer);
 	} else {
 		client_enter(c, CS_MAIL);
 	}

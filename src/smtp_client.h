@@ -36,6 +36,12 @@ struct smtp_client_params {
 	unsigned timeout_connect;
 	unsigned timeout_command;
 	unsigned timeout_data;
+	/* Message lines longer than this many characters are broken with
+	 * "\r\n " as smtp_proto.h describes; 0: sent as they are. MAIL's
+	 * SIZE counts the inserted bytes: a bound, or, when the bound is
+	 * over the server's limit, the exact count (the body is read once
+	 * more for it). */
+	size_t line_limit;
 	/* Where slow computations run (SCRAM's PBKDF2); borrowed, must
 	 * outlive the client. NULL: on the caller's thread. */
 	struct worker *worker;

@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -506,10 +507,10 @@ Test(config, backup_and_failover_after)
 	config_free(c);
 }
 
-/* The timeout_idle of relay "up" in a config with that line, or -1 when
- * the config is refused (err says why). */
+/* The unsigned setting at offset field of relay "up" in a config with
+ * that line, or -1 when the config is refused (err says why). */
 static long
-idle_of(const char *line)
+up_uint(const char *line, size_t field)
 {
 	char text[256];
 	struct config *c;
@@ -519,9 +520,16 @@ idle_of(const char *line)
 	    "}; };\n", line);
 	if ((c = parse(text)) == NULL)
 		return -1;
-	v = (long)config_relay(c, "up")->timeout_idle;
+	v = (long)*(const unsigned *)(const void *)((const char *)
+	    config_relay(c, "up") + field);
 	config_free(c);
 	return v;
+}
+
+static long
+idle_of(const char *line)
+{
+	return up_uint(line, offsetof(struct relay_config, timeout_idle));
 }
 
 Test(config, timeout_idle)
@@ -532,6 +540,27 @@ Test(config, timeout_idle)
 	cr_assert_eq(idle_of("timeout_idle = 301;"), -1);
 	cr_assert_not_null(strstr(err, "test.conf:2: "), "%s", err);
 	cr_assert_not_null(strstr(err, "timeout_idle"), "%s", err);
+}
+
+static long
+line_limit_of(const char *line)
+{
+	return up_uint(line, offsetof(struct relay_config,
+	    line_length_limit));
+}
+
+/* 998 by default, 0 for none, 78 up; below 78 is refused. */
+Test(config, line_length_limit)
+{
+	cr_assert_eq(line_limit_of(""), 998, "%s", err);
+	cr_assert_eq(line_limit_of("line_length_limit = 0;"), 0, "%s", err);
+	cr_assert_eq(line_limit_of("line_length_limit = 78;"), 78, "%s", err);
+	cr_assert_eq(line_limit_of("line_length_limit = 5000;"), 5000, "%s",
+	    err);
+	cr_assert_eq(line_limit_of("line_length_limit = 77;"), -1);
+	cr_assert_not_null(strstr(err, "test.conf:2: "), "%s", err);
+	cr_assert_not_null(strstr(err, "line_length_limit"), "%s", err);
+	cr_assert_eq(line_limit_of("line_length_limit = -1;"), -1);
 }
 
 Test(config, route_and_backup_errors_name_file_and_line)
