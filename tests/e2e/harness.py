@@ -328,16 +328,19 @@ class Upstream:
 
     With tls set (a CertPair) it offers STARTTLS with that certificate;
     with tls None it offers no STARTTLS. line_length_limit raises
-    aiosmtpd's limit on a line of message data (1001 bytes with CRLF). The port is chosen at creation so
+    aiosmtpd's limit on a line of message data (1001 bytes with CRLF, the
+    stuffed dot counted; a longer line gets 500). size_limit is the SIZE
+    it offers and enforces (64 MiB). The port is chosen at creation so
     the daemon can be configured before the upstream starts; start() and
     stop() may be called more than once.
     """
 
     def __init__(self, tls=None, rcpt_replies=None, data_replies=None,
-                 line_length_limit=None):
+                 line_length_limit=None, size_limit=64 * 1024 * 1024):
         self.handler = RecordingHandler(rcpt_replies, data_replies)
         self._tls = tls
         self._line_length_limit = line_length_limit
+        self._size_limit = size_limit
         self._controller = None
         self._reserved = None
         self.port = None
@@ -373,7 +376,7 @@ class Upstream:
                            hostname="127.0.0.1",
                            port=self.port, ready_timeout=10,
                            server_hostname=UPSTREAM_HOSTNAME,
-                           data_size_limit=64 * 1024 * 1024, **kwargs)
+                           data_size_limit=self._size_limit, **kwargs)
 
     def start(self, may_move=False):
         """Starts listening on self.port. If something took that port in
