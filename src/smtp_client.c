@@ -1092,6 +1092,10 @@ client_body_fill(struct smtp_client *c)
  * encoded once without sending to count them exactly, so a message that
  * fits is never refused for the bound's sake. Returns 0, or -1 with the
  * reason in why.
+ * XXX: the count reads and encodes the whole body on the loop in one go
+ * (27 to 56 ms for 50 MB from the page cache on a busy 2-core VM), and
+ * only for a message within 3 bytes per (limit - 1) of the server's
+ * limit.
  */
 static int
 client_wire_size(struct smtp_client *c, off_t *size, char *why,

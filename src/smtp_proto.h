@@ -133,6 +133,9 @@ void smtp_ehlo_parse(const char *text, struct smtp_ehlo *out);
  * left alone: the break is made only once the next character shows that
  * the line goes on, which may be in the next piece. A continuation starts
  * with the space, so it is never dot-stuffed and never a lone ".".
+ * XXX: a break may fall inside a multi-byte UTF-8 character, as in
+ * Postfix; avoiding it would mean holding back up to 3 bytes across
+ * pieces.
  */
 struct smtp_body_encoder {
 	int at_bol;   /* next byte starts a line */
