@@ -8,6 +8,7 @@ import re
 
 from harness import (assert_relayed, delivery_line, make_message,
                      random_body, send_message)
+from test_delivery import MIB, SMALL_QUARANTINE
 
 SENDER = "a@example.org"
 RCPT = "b@example.net"
@@ -139,3 +140,26 @@ def test_folding_that_passes_the_limit_is_refused(upstream_factory,
     bounce, = upstream.wait_messages(1, timeout=20)
     assert bounce.mail_from == "" and bounce.rcpt_tos == [SENDER]
     upstream.assert_count_stays(1, settle=1)
+
+
+def test_one_line_of_20_mib_is_folded_while_it_streams(daemon_factory,
+                                                       upstream):
+    """A single-line body of 20 MiB (a script's one-line HTML, grown) is
+    folded on the way without the daemon holding it: its peak RSS grows
+    by far less than the message."""
+    daemon = daemon_factory(upstream.port, env=SMALL_QUARANTINE)
+    send_message(daemon, make_message("warm-up", "Small one first.\n"))
+    upstream.wait_messages(1)
+    baseline = daemon.vmhwm_kib()
+
+    line = random_body(20 * MIB).replace(b"\r\n", b"")
+    message = make_message("one line", b"<p>" + line + b"</p>\r\n")
+    qid = send_message(daemon, message, timeout=120)
+    relayed = upstream.wait_messages(2, timeout=120)[1]
+    daemon.wait_log(rf"{qid}: removed", timeout=30)
+    assert_relayed(relayed, fold(message))
+    growth = daemon.vmhwm_kib() - baseline
+    print(f"peak RSS growth for a 20 MiB line: {growth} KiB")
+    assert growth < 8 * 1024, (
+        f"peak RSS grew by {growth} KiB for a {len(message) >> 20} MiB "
+        "line: the body is held in memory")
