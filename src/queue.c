@@ -37,8 +37,33 @@
  * spool filesystem), renames them all and syncs the queue directory once.
  * While one group syncs, the next accumulates, so the group size adapts to
  * the load by itself: one client sees single-message latency, twenty
- * clients share one directory sync per round. The loop thread never waits
- * on the disk: completions come back through an event.
+ * clients share one directory sync per round. Completions come back to
+ * the loop through an event.
+ *
+ * The lone commit. At one client the two thread hops of a commit (the loop
+ * waking the commit thread, the thread waking the loop) cost about as much
+ * as the write and the fdatasync they wrap: each is a futex or an eventfd,
+ * a context switch, and on a busy machine a wait for a core (see
+ * doc/PERFORMANCE.md, "One client"). So queue_txn_commit_alone(), which the
+ * server calls when its session is the only one, runs the group on the
+ * calling thread instead when nothing could be held up by that: the
+ * message goes to the log, the commit thread is idle, and only removals
+ * queued without waking it (which then share the sync) wait in the FIFO.
+ * The group is the same group_run() the thread runs, so the durability
+ * contract is the same: the callback, still run from ev_done and never from
+ * inside the call, hears of the commit only after the sync returned, or of
+ * its error. The cost is that the loop waits for that sync and so does
+ * everything else on it (the relay, a connection arriving meanwhile). That
+ * is bounded: only when the disk was fast lately. A group whose disk work
+ * took QUEUE_INLINE_SLOW_MS or more, on either thread, sends every commit
+ * through the commit thread for QUEUE_INLINE_BACKOFF_MS, so a disk that
+ * stalls freezes the loop for at most the one sync that found it out, and
+ * once in a while after that. The busy flag is what keeps the two threads
+ * apart: whichever set it under the mutex owns the log's writing side and
+ * the group until it clears it, and the thread takes no group meanwhile.
+ * The thread still reclaims log files (spoollog_maintain) after inline
+ * groups, woken by a timer on the loop (QUEUE_MAINTAIN_WAIT_MS), not per
+ * message.
  *
  * Updates (state records), removals and aborts go through the same thread
  * and the same FIFO, so the operations on one message apply in the order
@@ -175,6 +200,15 @@
 /* The removal of a log message waits at most this long for an operation
  * that wakes the commit thread (see "The spool log" above). */
 #define QUEUE_REMOVE_WAIT_MS 5
+/* A group whose disk work took this long makes the disk slow: commits
+ * skip the lone path (see "The lone commit" above) for the backoff after.
+ * Far above what a loaded disk takes here (the 99th percentile of its
+ * fdatasyncs was 15 ms, the slowest of 2,000 60 ms), far below a stall. */
+#define QUEUE_INLINE_SLOW_MS 50
+#define QUEUE_INLINE_BACKOFF_MS 30000
+/* After a lone commit the commit thread reclaims log files within this
+ * long, instead of being woken for every message. */
+#define QUEUE_MAINTAIN_WAIT_MS 100
 /* Messages up to this many bytes go to the spool log unless
  * queue_log_max() says otherwise. */
 #define QUEUE_LOG_MAX (64 * 1024)
@@ -228,6 +262,7 @@ struct qop {
 	int error;
 	int renamed;		/* COMMIT: now in queue/ */
 	int logged;		/* a record in the spool log, not a file */
+	int lazy;		/* queued without waking the thread */
 	off_t log_body;		/* logged COMMIT: body offset in the log */
 	size_t log_rel;		/* its record's offset in the staged bytes */
 	size_t log_envlen;
@@ -263,6 +298,8 @@ struct queue {
 	struct event *ev_done;
 	struct event *ev_lazy;	/* loop: wakes the thread for removals
 				   queued without waking it */
+	struct event *ev_maint;	/* loop: wakes the thread to reclaim log
+				   files after lone commits */
 
 	/* SPOOL_SYNC_FSYNC: helpers that fdatasync a group's files in
 	 * parallel with the commit thread; see sync_parallel(). */
@@ -283,10 +320,15 @@ struct queue {
 	pthread_cond_t cv_idle;	/* a group finished */
 	struct qop_list pending;
 	struct qop_list done;
-	int busy;		/* the thread is working on a group */
+	int busy;		/* a group is being worked on, by the thread
+				   or by a lone commit on the loop */
 	int stopping;
+	int maintain_due;	/* the thread should reclaim log files */
+	uint64_t slow_until;	/* ms (CLOCK_MONOTONIC): no lone commits
+				   before then, the disk was slow */
 	unsigned long commits;
 	unsigned long sync_groups;
+	unsigned long lone_groups;
 	struct spare *spares;	/* idle spares, most recent first */
 	unsigned nspares;
 };
@@ -1076,11 +1118,23 @@ group_dir_sync(struct queue *q, struct qop *group, struct spare *newspares,
 	}
 }
 
-static void
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Runs a group on the calling thread, which owns it (q->busy). Returns the
+ * milliseconds its disk work took, phases 2 to 4. */
+static uint64_t
 group_run(struct queue *q, struct qop *group, int *ncommitted)
 {
 	struct qop *op, *prev;
 	struct spare *newspares = NULL;
+	uint64_t t0;
 	int dirty;
 
 	*ncommitted = 0;
@@ -1093,6 +1147,7 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 			break;
 		}
 	}
+	t0 = mono_ms();
 	group_sync(q, group);
 	dirty = group_place(q, group, &newspares);
 	group_dir_sync(q, group, newspares, dirty);
@@ -1100,6 +1155,86 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		if (op->type == QOP_COMMIT && (op->renamed ||
 		    (op->logged && op->error == 0)))
 			(*ncommitted)++;
+	return mono_ms() - t0;
+}
+
+/*
+ * Called with mtx held once a group ran: counts it, notes a slow disk (see
+ * "The lone commit" above) and hands the group's completions to the loop.
+ */
+static void
+group_finish(struct queue *q, struct qop *group, int n, uint64_t ms)
+{
+	uint64_t now;
+	int wake;
+
+	if (n > 0) {
+		q->commits += (unsigned long)n;
+		q->sync_groups++;
+	}
+	if (ms >= QUEUE_INLINE_SLOW_MS) {
+		now = mono_ms();
+		if (q->slow_until <= now)
+			log_debug("%s: a sync took %ju ms; no lone commits for "
+			    "%d s", q->spool, (uintmax_t)ms,
+			    QUEUE_INLINE_BACKOFF_MS / 1000);
+		q->slow_until = now + QUEUE_INLINE_BACKOFF_MS;
+	}
+	wake = q->done.head == NULL;
+	*q->done.tailp = group;
+	while (*q->done.tailp != NULL)
+		q->done.tailp = &(*q->done.tailp)->next;
+	if (wake)
+		event_active(q->ev_done, EV_READ, 0);
+}
+
+/*
+ * Waits with mtx held until there is work for the thread: a group to take,
+ * log files to reclaim, or the end. Writes the log's lazy tombstones to
+ * disk after QUEUE_LOG_LAZY_MS of quiet. Never while a lone commit owns
+ * the log (busy): the thread takes nothing then.
+ */
+static void
+queue_thread_wait(struct queue *q)
+{
+	struct timespec ts;
+
+	while (!q->stopping && (q->busy || (q->pending.head == NULL &&
+	    !q->maintain_due))) {
+		if (q->busy || !spoollog_unsynced(q->log)) {
+			pthread_cond_wait(&q->cv_work, &q->mtx);
+			continue;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += QUEUE_LOG_LAZY_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		if (pthread_cond_timedwait(&q->cv_work, &q->mtx, &ts) ==
+		    ETIMEDOUT && q->pending.head == NULL && !q->busy) {
+			q->busy = 1;
+			pthread_mutex_unlock(&q->mtx);
+			(void)spoollog_sync(q->log);
+			pthread_mutex_lock(&q->mtx);
+			q->busy = 0;
+			pthread_cond_broadcast(&q->cv_idle);
+		}
+	}
+}
+
+/* Reclaims log files (spoollog_maintain) with mtx held on entry and
+ * return, owning the log meanwhile. */
+static void
+queue_thread_maintain(struct queue *q)
+{
+	q->maintain_due = 0;
+	q->busy = 1;
+	pthread_mutex_unlock(&q->mtx);
+	spoollog_maintain(q->log);
+	pthread_mutex_lock(&q->mtx);
+	q->busy = 0;
+	pthread_cond_broadcast(&q->cv_idle);
 }
 
 static void *
@@ -1107,66 +1242,39 @@ queue_thread(void *arg)
 {
 	struct queue *q = arg;
 	struct qop *group;
-	struct timespec ts;
+	uint64_t ms;
 	size_t max;
-	int n, wake;
+	int n;
 
 	pthread_mutex_lock(&q->mtx);
 	for (;;) {
-		while (q->pending.head == NULL && !q->stopping) {
-			if (!spoollog_unsynced(q->log)) {
-				pthread_cond_wait(&q->cv_work, &q->mtx);
-				continue;
-			}
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += QUEUE_LOG_LAZY_MS * 1000000L;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
-			if (pthread_cond_timedwait(&q->cv_work, &q->mtx, &ts) ==
-			    ETIMEDOUT && q->pending.head == NULL) {
-				pthread_mutex_unlock(&q->mtx);
-				(void)spoollog_sync(q->log);
-				pthread_mutex_lock(&q->mtx);
-			}
-		}
-		if (q->pending.head == NULL) {
-			/* Stopping, and nothing left to do. */
+		queue_thread_wait(q);
+		if (q->pending.head == NULL && q->stopping) {
+			/* Nothing left to do. */
 			pthread_mutex_unlock(&q->mtx);
 			(void)spoollog_sync(q->log);
 			pthread_mutex_lock(&q->mtx);
 			break;
+		}
+		if (q->pending.head == NULL) {
+			queue_thread_maintain(q);
+			continue;
 		}
 		group = qop_list_take_max(&q->pending, q->group_max);
 		q->busy = 1;
 		pthread_mutex_unlock(&q->mtx);
 
 		max = q->group_max;
-		group_run(q, group, &n);
+		ms = group_run(q, group, &n);
 		if (q->group_max == max && max < QUEUE_GROUP_MAX)
 			q->group_max = max * 2 < QUEUE_GROUP_MAX ? max * 2 :
 			    QUEUE_GROUP_MAX;
 
 		pthread_mutex_lock(&q->mtx);
-		if (n > 0) {
-			q->commits += (unsigned long)n;
-			q->sync_groups++;
-		}
-		wake = q->done.head == NULL;
-		*q->done.tailp = group;
-		while (*q->done.tailp != NULL)
-			q->done.tailp = &(*q->done.tailp)->next;
-		if (wake)
-			event_active(q->ev_done, EV_READ, 0);
+		group_finish(q, group, n, ms);
 		/* Reclaiming the log waits until the group's callbacks are
 		 * on their way, and holds up only the next group. */
-		q->busy = 1;
-		pthread_mutex_unlock(&q->mtx);
-		spoollog_maintain(q->log);
-		pthread_mutex_lock(&q->mtx);
-		q->busy = 0;
-		pthread_cond_broadcast(&q->cv_idle);
+		queue_thread_maintain(q);
 	}
 	pthread_mutex_unlock(&q->mtx);
 	return NULL;
@@ -1225,6 +1333,7 @@ static void
 queue_submit_wake(struct queue *q, struct qop *op, int wake)
 {
 	op->fd = -1;
+	op->lazy = !wake;
 	pthread_mutex_lock(&q->mtx);
 	if (q->stopping)
 		fatalx("%s: queue is closed", __func__);
@@ -1250,6 +1359,18 @@ queue_lazy_ev(evutil_socket_t fd, short events, void *arg)
 	pthread_mutex_lock(&q->mtx);
 	if (q->pending.head != NULL)
 		pthread_cond_signal(&q->cv_work);
+	pthread_mutex_unlock(&q->mtx);
+}
+
+/* The loop's timer after lone commits: the thread reclaims log files. */
+static void
+queue_maint_ev(evutil_socket_t fd, short events, void *arg)
+{
+	struct queue *q = arg;
+
+	pthread_mutex_lock(&q->mtx);
+	q->maintain_due = 1;
+	pthread_cond_signal(&q->cv_work);
 	pthread_mutex_unlock(&q->mtx);
 }
 
@@ -1344,7 +1465,8 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	q->spare_seq = (unsigned long)time(NULL) << 16;
 	q->group_max = QUEUE_GROUP_MAX;
 	if ((q->ev_done = event_new(base, -1, 0, queue_done_ev, q)) == NULL ||
-	    (q->ev_lazy = evtimer_new(base, queue_lazy_ev, q)) == NULL) {
+	    (q->ev_lazy = evtimer_new(base, queue_lazy_ev, q)) == NULL ||
+	    (q->ev_maint = evtimer_new(base, queue_maint_ev, q)) == NULL) {
 		snprintf(err, errlen, "event_new failed");
 		goto fail;
 	}
@@ -1416,6 +1538,8 @@ queue_close(struct queue *q)
 		event_free(q->ev_done);
 	if (q->ev_lazy != NULL)
 		event_free(q->ev_lazy);
+	if (q->ev_maint != NULL)
+		event_free(q->ev_maint);
 	if (q->spare_fd != -1)
 		close(q->spare_fd);
 	if (q->corrupt_fd != -1)
@@ -2091,8 +2215,8 @@ queue_txn_size(const struct queue_txn *txn)
 	return txn->size;
 }
 
-void
-queue_txn_commit(struct queue_txn *txn, queue_commit_cb cb, void *arg)
+static struct qop *
+commit_op_new(struct queue_txn *txn, queue_commit_cb cb, void *arg)
 {
 	struct qop *op;
 
@@ -2102,7 +2226,74 @@ queue_txn_commit(struct queue_txn *txn, queue_commit_cb cb, void *arg)
 	op->txn = txn;
 	op->commit_cb = cb;
 	op->arg = arg;
-	queue_submit(txn->q, op);
+	op->fd = -1;
+	return op;
+}
+
+void
+queue_txn_commit(struct queue_txn *txn, queue_commit_cb cb, void *arg)
+{
+	queue_submit(txn->q, commit_op_new(txn, cb, arg));
+}
+
+/*
+ * Takes the group of a lone commit (see "The lone commit" above): the lazy
+ * removals waiting in the FIFO, then op. Returns NULL, leaving everything
+ * as it was, when the commit must go through the thread.
+ */
+static struct qop *
+lone_take(struct queue *q, struct qop *op)
+{
+	struct qop *p, *group;
+	size_t n = 1;
+
+	pthread_mutex_lock(&q->mtx);
+	if (q->stopping)
+		fatalx("%s: queue is closed", __func__);
+	if (q->busy || mono_ms() < q->slow_until)
+		goto no;
+	for (p = q->pending.head; p != NULL; p = p->next)
+		if (!p->lazy || ++n > q->group_max)
+			goto no;
+	q->busy = 1;
+	if ((group = qop_list_take(&q->pending)) == NULL)
+		group = op;
+	else {
+		for (p = group; p->next != NULL; p = p->next)
+			;
+		p->next = op;
+	}
+	pthread_mutex_unlock(&q->mtx);
+	return group;
+ no:
+	pthread_mutex_unlock(&q->mtx);
+	return NULL;
+}
+
+void
+queue_txn_commit_alone(struct queue_txn *txn, queue_commit_cb cb, void *arg)
+{
+	struct queue *q = txn->q;
+	struct qop *op, *group;
+	struct timeval tv = { 0, QUEUE_MAINTAIN_WAIT_MS * 1000 };
+	uint64_t ms;
+	int n;
+
+	op = commit_op_new(txn, cb, arg);
+	if (!txn->inmem || txn->error != 0 ||
+	    (group = lone_take(q, op)) == NULL) {
+		queue_submit(q, op);
+		return;
+	}
+	ms = group_run(q, group, &n);
+	pthread_mutex_lock(&q->mtx);
+	group_finish(q, group, n, ms);
+	q->lone_groups++;
+	q->busy = 0;
+	pthread_cond_broadcast(&q->cv_idle);
+	pthread_mutex_unlock(&q->mtx);
+	if (!evtimer_pending(q->ev_maint, NULL))
+		evtimer_add(q->ev_maint, &tv);
 }
 
 void
@@ -2263,5 +2454,6 @@ queue_stats(const struct queue *q, struct queue_stats *out)
 	pthread_mutex_lock(&mq->mtx);
 	out->commits = q->commits;
 	out->sync_groups = q->sync_groups;
+	out->lone_groups = q->lone_groups;
 	pthread_mutex_unlock(&mq->mtx);
 }

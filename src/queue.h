@@ -120,6 +120,17 @@ off_t queue_txn_size(const struct queue_txn *txn);
 typedef void (*queue_commit_cb)(int error, struct envelope *env, void *arg);
 /* Finishes the message durably in the background; consumes txn. */
 void queue_txn_commit(struct queue_txn *txn, queue_commit_cb cb, void *arg);
+/*
+ * The same for a caller with nothing else waiting on its thread (the
+ * server's only session), on the loop thread: when the message is one for
+ * the spool log, the commit thread is idle and no sync took long lately,
+ * the commit is written and synced on the calling thread before this
+ * returns, which saves two thread hops but blocks the caller for the sync
+ * (see "The lone commit" in queue.c). Otherwise as queue_txn_commit().
+ * Either way cb runs later from the loop, never from inside this call.
+ */
+void queue_txn_commit_alone(struct queue_txn *txn, queue_commit_cb cb,
+    void *arg);
 /* Drops the message and its temporary file; consumes txn. */
 void queue_txn_abort(struct queue_txn *txn);
 
@@ -185,6 +196,8 @@ struct queue_stats {
 	unsigned long commits;      /* messages committed */
 	unsigned long sync_groups;  /* sync rounds; commits/sync_groups is
 	                               the mean group size */
+	unsigned long lone_groups;  /* of them, run on the caller's thread
+	                               by queue_txn_commit_alone() */
 };
 void queue_stats(const struct queue *q, struct queue_stats *out);
 

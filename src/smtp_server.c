@@ -643,7 +643,17 @@ txn_finish(struct session *s)
 	t->qtxn = NULL;
 	session_enter(s, S_COMMIT);
 	session_update_read(s);
-	queue_txn_commit(qtxn, commit_done, c);
+	/*
+	 * The only session: nothing of ours waits for the loop, so the
+	 * queue may sync on it and spare the two thread hops, which at one
+	 * client cost as much as the sync ("The lone commit" in queue.c).
+	 * With others connected the loop must stay free for them, and their
+	 * commits share the commit thread's syncs.
+	 */
+	if (s->srv->nsessions == 1)
+		queue_txn_commit_alone(qtxn, commit_done, c);
+	else
+		queue_txn_commit(qtxn, commit_done, c);
 }
 
 /* Runs on the loop thread once the queue has the message on disk (or

@@ -30,7 +30,9 @@
  * at most one half), and one open descriptor per log file.
  *
  * Threads: spoollog_add(), spoollog_flush(), spoollog_maintain() run on one
- * thread (the queue's commit thread); spoollog_note() and the readers
+ * thread at a time (the queue's commit thread, or the loop for a lone
+ * commit; queue.c hands the log from one to the other under its mutex,
+ * never both at once); spoollog_note() and the readers
  * (spoollog_has, spoollog_read, spoollog_body_open, spoollog_foreach) on
  * any thread.
  */

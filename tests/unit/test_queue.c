@@ -56,6 +56,8 @@ static long fault_write_budget = -1;	/* bytes until ENOSPC, -1: off */
 static int fault_sync_errno;		/* fdatasync/syncfs fail with it */
 static int fault_sync_delay_ms;		/* a slow disk */
 static int count_fdatasync;
+static int count_fdatasync_loop;	/* of them, on the test's thread */
+static pthread_t test_thread;		/* the loop's */
 static int count_syncfs;		/* of the spool's filesystem */
 static int count_dir_fsync;		/* fsync()s of queue/ itself */
 static int count_log_dir_fsync;		/* fsync()s of log/ itself */
@@ -198,6 +200,8 @@ __wrap_fdatasync(int fd)
 		}
 	}
 	__atomic_add_fetch(&count_fdatasync, 1, __ATOMIC_SEQ_CST);
+	if (pthread_equal(pthread_self(), test_thread))
+		__atomic_add_fetch(&count_fdatasync_loop, 1, __ATOMIC_SEQ_CST);
 	if (fault_sync() == -1)
 		return -1;
 	if (__real_fdatasync(fd) == -1)
@@ -263,6 +267,7 @@ setup(void)
 	snprintf(spool, sizeof(spool), "%s/spool", topdir);
 	cr_assert_eq(evthread_use_pthreads(), 0);
 	cr_assert_not_null(base = event_base_new());
+	test_thread = pthread_self();
 }
 
 static void
@@ -493,16 +498,43 @@ commit_one(struct queue *q, const struct envelope *env, const char *body,
 
 /* Begins a txn, writes len bytes of body in one piece and asks for the
  * commit, whose result goes to *r; the caller runs the loop. */
+static struct queue_txn *
+txn_written(struct queue *q, const struct envelope *env, const char *body,
+    size_t len)
+{
+	struct queue_txn *txn;
+
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	cr_assert_eq(queue_txn_write(txn, body, len), 0);
+	return txn;
+}
+
 static void
 commit_start(struct queue *q, const struct envelope *env, const char *body,
     size_t len, struct result *r)
 {
-	struct queue_txn *txn;
-
 	*r = (struct result){ 0, -1, NULL };
-	cr_assert_not_null(txn = queue_txn_begin(q, env));
-	cr_assert_eq(queue_txn_write(txn, body, len), 0);
-	queue_txn_commit(txn, commit_cb, r);
+	queue_txn_commit(txn_written(q, env, body, len), commit_cb, r);
+}
+
+/* The same through queue_txn_commit_alone(), as for the only session. */
+static void
+lone_start(struct queue *q, const struct envelope *env, const char *body,
+    size_t len, struct result *r)
+{
+	*r = (struct result){ 0, -1, NULL };
+	queue_txn_commit_alone(txn_written(q, env, body, len), commit_cb, r);
+}
+
+/* lone_start() and a wait for a successful callback. */
+static void
+lone_wait(struct queue *q, const struct envelope *env, const char *body,
+    size_t len, struct result *r)
+{
+	lone_start(q, env, body, len, r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r->error, 0, "commit: %s", strerror(r->error));
 }
 
 /* queue_read() that must find the message. */
@@ -2700,5 +2732,244 @@ Test(queue, log_failed_copy_forward_keeps_the_message)
 	queue_close(q);
 	loaded_free(&ld);
 	envelope_free(c);
+	free(body);
+}
+
+/*
+ * The lone commit (queue_txn_commit_alone): on an idle queue the group is
+ * written and synced on the caller's thread, before the call returns, and
+ * the callback still comes from the loop afterwards, never from inside
+ * the call. The message is as durable as any: a fresh queue loads it.
+ */
+Test(queue, lone_commit_syncs_on_the_caller)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct loaded ld = { .n = 0 };
+	struct queue_stats stats;
+	struct result r;
+	char *body = make_body(3000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	lone_start(q, env, body, 3000, &r);
+	cr_assert_eq(count_fdatasync_loop, 1, "not synced on the caller");
+	cr_assert_eq(r.called, 0, "called back from inside the call");
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0, "commit: %s", strerror(r.error));
+	cr_assert_eq(r.env->body_size, 3000);
+	assert_body(q, r.env, body, 3000);
+	queue_stats(q, &stats);
+	cr_assert_eq(stats.commits, 1);
+	cr_assert_eq(stats.lone_groups, 1);
+	queue_close(q);
+
+	q = open_load(open_log_queue, &ld, 1);
+	cr_assert_str_eq(ld.env[0]->id, r.env->id);
+	assert_body(q, ld.env[0], body, 3000);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(r.env);
+	envelope_free(env);
+	free(body);
+}
+
+/* A lone commit whose sync fails is reported failed, and the record that
+ * reached the file anyway is buried: a restart does not take it for mail. */
+Test(queue, lone_commit_sync_failure_fails_it)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct loaded ld = { .n = 0 };
+	struct result r, r2;
+	char *body = make_body(2000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	__atomic_store_n(&fault_sync_errno, EIO, __ATOMIC_SEQ_CST);
+	lone_start(q, env, body, 2000, &r);
+	__atomic_store_n(&fault_sync_errno, 0, __ATOMIC_SEQ_CST);
+	cr_assert_eq(count_fdatasync_loop, 1);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, EIO);
+	cr_assert_null(r.env);
+	lone_wait(q, env, body, 1000, &r2);
+	queue_close(q);
+
+	q = open_load(open_log_queue, &ld, 1);
+	cr_assert_str_eq(ld.env[0]->id, r2.env->id);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(r2.env);
+	envelope_free(env);
+	free(body);
+}
+
+/* With a commit in the thread's hands (waiting, or being synced), a lone
+ * commit goes behind it through the thread: the loop never waits for
+ * someone else's sync, and the order of commits holds. */
+Test(queue, lone_commit_goes_behind_a_busy_thread)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct queue_stats stats;
+	struct result r1, r2;
+	char *body = make_body(2000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	__atomic_store_n(&fault_sync_delay_ms, 20, __ATOMIC_SEQ_CST);
+	commit_start(q, env, body, 2000, &r1);
+	lone_start(q, env, body, 1000, &r2);
+	cr_assert_eq(r2.called, 0);
+	loop_counter = 0;
+	run_loop(2);
+	__atomic_store_n(&fault_sync_delay_ms, 0, __ATOMIC_SEQ_CST);
+	cr_assert_eq(r1.error, 0);
+	cr_assert_eq(r2.error, 0);
+	cr_assert_lt(strcmp(r1.env->id, r2.env->id), 0);
+	cr_assert_eq(count_fdatasync_loop, 0, "the loop synced");
+	queue_stats(q, &stats);
+	cr_assert_eq(stats.lone_groups, 0);
+	queue_close(q);
+	envelope_free(r1.env);
+	envelope_free(r2.env);
+	envelope_free(env);
+	free(body);
+}
+
+/* The bound on the loop's wait: after a sync as slow as a stalling disk's,
+ * lone commits go through the thread (for QUEUE_INLINE_BACKOFF_MS). */
+Test(queue, lone_commit_goes_to_the_thread_after_a_slow_sync)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct queue_stats stats;
+	struct result r1, r2;
+	char *body = make_body(2000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	__atomic_store_n(&fault_sync_delay_ms, 60, __ATOMIC_SEQ_CST);
+	lone_start(q, env, body, 2000, &r1);
+	__atomic_store_n(&fault_sync_delay_ms, 0, __ATOMIC_SEQ_CST);
+	cr_assert_eq(count_fdatasync_loop, 1);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r1.error, 0);
+	lone_wait(q, env, body, 1000, &r2);
+	cr_assert_eq(count_fdatasync_loop, 1, "the loop synced again");
+	queue_stats(q, &stats);
+	cr_assert_eq(stats.commits, 2);
+	cr_assert_eq(stats.lone_groups, 1);
+	queue_close(q);
+	envelope_free(r1.env);
+	envelope_free(r2.env);
+	envelope_free(env);
+	free(body);
+}
+
+/* A removal waiting in the FIFO without a wake-up shares the lone
+ * commit's write and sync, as it would the thread's. */
+Test(queue, lone_commit_carries_a_waiting_removal)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct loaded ld = { .n = 0 };
+	struct queue_stats stats;
+	struct result r1, r2, rm = { 0, -1, NULL };
+	char *body = make_body(2000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	lone_wait(q, env, body, 2000, &r1);
+	__atomic_store_n(&count_fdatasync, 0, __ATOMIC_SEQ_CST);
+	queue_remove(q, r1.env->id, done_cb, &rm);
+	lone_start(q, env, body, 1000, &r2);
+	cr_assert_eq(count_fdatasync, 1);
+	cr_assert_eq(log_tombstones(), 1);
+	loop_counter = 0;
+	run_loop(2);
+	cr_assert_eq(rm.error, 0);
+	cr_assert_eq(r2.error, 0);
+	cr_assert_eq(count_fdatasync, 1);
+	queue_stats(q, &stats);
+	cr_assert_eq(stats.lone_groups, 2);
+	queue_close(q);
+
+	q = open_load(open_log_queue, &ld, 1);
+	cr_assert_str_eq(ld.env[0]->id, r2.env->id);
+	queue_close(q);
+	loaded_free(&ld);
+	envelope_free(r1.env);
+	envelope_free(r2.env);
+	envelope_free(env);
+	free(body);
+}
+
+/* A message too large for the log needs its file renamed and the
+ * directory synced: that stays on the commit thread. */
+Test(queue, lone_commit_of_a_file_goes_to_the_thread)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	struct queue_txn *txn;
+	struct result r = { 0, -1, NULL };
+	char *body = make_body(200000), id[ENVELOPE_ID_MAX];
+	size_t off;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	cr_assert_not_null(txn = queue_txn_begin(q, env));
+	snprintf(id, sizeof(id), "%s", queue_txn_id(txn));
+	for (off = 0; off < 200000; off += 1000)
+		cr_assert_eq(queue_txn_write(txn, body + off, 1000), 0);
+	queue_txn_commit_alone(txn, commit_cb, &r);
+	loop_counter = 0;
+	run_loop(1);
+	cr_assert_eq(r.error, 0);
+	cr_assert_eq(count_fdatasync_loop, 0);
+	cr_assert(exists("queue", id));
+	queue_close(q);
+	envelope_free(r.env);
+	envelope_free(env);
+	free(body);
+}
+
+/* Whether log/ has at most *arg files, after a moment of the loop. */
+static int
+log_files_at_most(void *arg)
+{
+	return count_dir("log") <= *(int *)arg;
+}
+
+/* Log files are still reclaimed when every commit is a lone one, carrying
+ * the removals, and the commit thread runs no group: the loop's timer
+ * wakes it for that. */
+Test(queue, lone_commits_still_reclaim_log_files)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c[100];
+	struct result r, rm;
+	char *body = make_body(2000);
+	int i, three = 3;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	queue_log_file_size(q, 32 * 1024);
+	for (i = 0; i < 100; i++)
+		c[i] = log_commit_one(q, env, body, 2000);
+	cr_assert_geq(count_dir("log"), 5);
+	for (i = 0; i < 100; i++) {
+		rm = (struct result){ 0, -1, NULL };
+		queue_remove(q, c[i]->id, done_cb, &rm);
+		lone_start(q, env, body, 10, &r);
+		loop_counter = 0;
+		run_loop(2);
+		cr_assert_eq(rm.error, 0);
+		cr_assert_eq(r.error, 0);
+		envelope_free(r.env);
+	}
+	cr_assert(fixture_run_until(base, log_files_at_most, &three, 5.0, 20),
+	    "%d log files left", count_dir("log"));
+	queue_close(q);
+	for (i = 0; i < 100; i++)
+		envelope_free(c[i]);
+	envelope_free(env);
 	free(body);
 }

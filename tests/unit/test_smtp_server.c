@@ -1575,6 +1575,7 @@ static int sync_held;      /* calls waiting now */
 static int sync_errno;     /* SYNC_* calls fail with it (0: pass) */
 static int sync_fail;      /* which calls sync_errno applies to */
 static int sync_done;      /* held-kind calls that returned */
+static pthread_t sync_thread; /* the thread of the last gated call */
 
 static int
 sync_gate(int kind, int fd, int (*real)(int))
@@ -1582,6 +1583,7 @@ sync_gate(int kind, int fd, int (*real)(int))
 	int e, r;
 
 	pthread_mutex_lock(&sync_mtx);
+	sync_thread = pthread_self();
 	if (sync_hold & kind) {
 		sync_held++;
 		while (sync_hold & kind)
@@ -1639,17 +1641,46 @@ sync_is_held(void *arg)
 	return n > 0;
 }
 
+/* Whether the last sync (of a kind the tests gate) ran on this thread,
+ * the loop's: a lone session's commit does (see queue.c, "The lone
+ * commit"), any other on the queue's commit thread. */
+static int
+sync_was_on_loop(void)
+{
+	int r;
+
+	pthread_mutex_lock(&sync_mtx);
+	r = pthread_equal(sync_thread, pthread_self());
+	pthread_mutex_unlock(&sync_mtx);
+	return r;
+}
+
+/* A second client, greeted: with it connected no session is alone. */
+static int
+bystander(void)
+{
+	int fd = connect_pair();
+
+	cr_assert(strncmp(first_line(fd), "220 ", 4) == 0);
+	return fd;
+}
+
 /*
  * The 250 waits for the sync: with the file's fdatasync (or the queue
  * directory's fsync, which makes the rename durable) held, no reply comes
  * however long the loop runs; the moment the sync returns, the 250 does.
+ * Another client is connected, so the commit goes through the commit
+ * thread, and the loop serves that client while the sync is held: a
+ * stalled disk does not freeze the other sessions.
  */
 static void
 reply_waits_for(int kind)
 {
 	char id[ENVELOPE_ID_MAX], *r = NULL;
 	size_t one = 1;
+	int other;
 
+	other = bystander();
 	ehlo();
 	data_begin();
 	sync_set(kind, 0, 0);
@@ -1659,9 +1690,14 @@ reply_waits_for(int kind)
 	run_until(reply_ready, &r, 0.5);
 	cr_assert_null(r, "replied while the sync was held: %s", r);
 	cr_assert_eq(h.nqueued, 0);
+	cr_assert_eq(write(other, "NOOP\r\n", 6), 6);
+	cr_assert(strncmp(first_line(other), "250 ", 4) == 0,
+	    "the other session was not served during the sync");
 	sync_set(0, 0, 0);
 	expect_queued(id);
+	cr_assert(!sync_was_on_loop());
 	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+	close(other);
 }
 
 Test(smtp_server, reply_waits_for_file_sync)
@@ -1674,19 +1710,64 @@ Test(smtp_server, reply_waits_for_directory_sync)
 	reply_waits_for(SYNC_DIR);
 }
 
-/* A sync that fails is a refusal the client can retry: 451 (I/O error)
- * or 452 (no space); nothing is queued, and the session goes on. */
-static void
-sync_failure_refuses(int kind, int error, const char *want)
+/*
+ * A lone session's commit is synced on the loop, and still answered only
+ * after the sync returned: with the fdatasync held on the loop and let go
+ * from another thread, the 250 comes after the release.
+ */
+static double lone_released;
+
+static void *
+lone_release(void *arg)
+{
+	double deadline = now() + WAIT_SECS;
+
+	while (!sync_is_held(NULL) && now() < deadline)
+		usleep(1000);
+	usleep(200000);
+	lone_released = now();
+	sync_set(0, 0, 0);
+	return NULL;
+}
+
+Test(smtp_server, lone_reply_waits_for_sync_on_loop)
 {
 	char id[ENVELOPE_ID_MAX];
 	size_t one = 1;
+	pthread_t t;
+	double got;
+
+	ehlo();
+	data_begin();
+	sync_set(SYNC_FILE, 0, 0);
+	cr_assert_eq(pthread_create(&t, NULL, lone_release, NULL), 0);
+	send_str("alone\r\n.\r\n");
+	expect_queued(id);
+	got = now();
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	cr_assert(sync_was_on_loop(), "the lone commit went to the thread");
+	cr_assert_gt(lone_released, 0);
+	cr_assert_geq(got, lone_released, "replied before the sync returned");
+	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+}
+
+/* A sync that fails is a refusal the client can retry: 451 (I/O error)
+ * or 452 (no space); nothing is queued, and the session goes on. Alone,
+ * the sync that fails is the loop's; with another client connected
+ * (others), the commit thread's. */
+static void
+sync_failure_refuses(int kind, int error, const char *want, int others)
+{
+	char id[ENVELOPE_ID_MAX];
+	size_t one = 1;
+	int other = others ? bystander() : -1;
 
 	ehlo();
 	data_begin();
 	sync_set(0, kind, error);
 	send_str("lost to the disk\r\n.\r\n");
 	expect(want);
+	cr_assert(sync_was_on_loop() == !others);
 	cr_assert_eq(h.nqueued, 0);
 	cr_assert(spool_dir_empty("queue"));
 	sync_set(0, 0, 0);
@@ -1694,21 +1775,38 @@ sync_failure_refuses(int kind, int error, const char *want)
 	send_str("fine\r\n.\r\n");
 	expect_queued(id);
 	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+	if (other != -1)
+		close(other);
 }
 
 Test(smtp_server, file_sync_failure_gives_451)
 {
-	sync_failure_refuses(SYNC_FILE, EIO, "451 4.3.0");
+	sync_failure_refuses(SYNC_FILE, EIO, "451 4.3.0", 0);
+}
+
+Test(smtp_server, file_sync_failure_gives_451_with_others)
+{
+	sync_failure_refuses(SYNC_FILE, EIO, "451 4.3.0", 1);
 }
 
 Test(smtp_server, file_sync_enospc_gives_452)
 {
-	sync_failure_refuses(SYNC_FILE, ENOSPC, "452 4.3.1");
+	sync_failure_refuses(SYNC_FILE, ENOSPC, "452 4.3.1", 0);
+}
+
+Test(smtp_server, file_sync_enospc_gives_452_with_others)
+{
+	sync_failure_refuses(SYNC_FILE, ENOSPC, "452 4.3.1", 1);
 }
 
 Test(smtp_server, directory_sync_failure_gives_451)
 {
-	sync_failure_refuses(SYNC_DIR, EIO, "451 4.3.0");
+	sync_failure_refuses(SYNC_DIR, EIO, "451 4.3.0", 0);
+}
+
+Test(smtp_server, directory_sync_failure_gives_451_with_others)
+{
+	sync_failure_refuses(SYNC_DIR, EIO, "451 4.3.0", 1);
 }
 
 /* A full disk: the write fails (EFBIG under RLIMIT_FSIZE here, ENOSPC in
