@@ -56,9 +56,11 @@
  * everything else on it (the relay, a connection arriving meanwhile). That
  * is bounded: only when the disk was fast lately. A group whose disk work
  * took QUEUE_INLINE_SLOW_MS or more, on either thread, sends every commit
- * through the commit thread for QUEUE_INLINE_BACKOFF_MS, so a disk that
- * stalls freezes the loop for at most the one sync that found it out, and
- * once in a while after that. The busy flag is what keeps the two threads
+ * through the commit thread for a backoff (5 s, doubled up to 5 minutes
+ * while lone commits keep finding the disk slow), so a disk that stalls
+ * freezes the loop for the one sync that found it out, then for one sync
+ * after 5 s, 10 s, 20 s and so on; slow syncs of the thread's groups meanwhile
+ * keep the path closed without freezing anything. The busy flag is what keeps the two threads
  * apart: whichever set it under the mutex owns the log's writing side and
  * the group until it clears it, and the thread takes no group meanwhile.
  * The thread still reclaims log files (spoollog_maintain) after inline
@@ -200,12 +202,19 @@
 /* The removal of a log message waits at most this long for an operation
  * that wakes the commit thread (see "The spool log" above). */
 #define QUEUE_REMOVE_WAIT_MS 5
-/* A group whose disk work took this long makes the disk slow: commits
- * skip the lone path (see "The lone commit" above) for the backoff after.
- * Far above what a loaded disk takes here (the 99th percentile of its
- * fdatasyncs was 15 ms, the slowest of 2,000 60 ms), far below a stall. */
-#define QUEUE_INLINE_SLOW_MS 50
-#define QUEUE_INLINE_BACKOFF_MS 30000
+/*
+ * A group whose disk work took this long makes the disk slow: commits skip
+ * the lone path (see "The lone commit" above) for a backoff after it, which
+ * starts at QUEUE_INLINE_BACKOFF_MS and doubles, up to
+ * QUEUE_INLINE_BACKOFF_MAX_MS, each time a lone commit finds the disk slow
+ * again; a fast lone commit resets it. The threshold is above anything the
+ * shared disk of the reference machine took under a load average of 10 to
+ * 15 (over 2,000 fdatasyncs: 99th percentile 15 ms, slowest 60 to 85 ms)
+ * and far below a stall (seconds).
+ */
+#define QUEUE_INLINE_SLOW_MS 100
+#define QUEUE_INLINE_BACKOFF_MS 5000
+#define QUEUE_INLINE_BACKOFF_MAX_MS (300 * 1000)
 /* After a lone commit the commit thread reclaims log files within this
  * long, instead of being woken for every message. */
 #define QUEUE_MAINTAIN_WAIT_MS 100
@@ -326,6 +335,7 @@ struct queue {
 	int maintain_due;	/* the thread should reclaim log files */
 	uint64_t slow_until;	/* ms (CLOCK_MONOTONIC): no lone commits
 				   before then, the disk was slow */
+	uint64_t backoff;	/* ms: the next slow_until - now */
 	unsigned long commits;
 	unsigned long sync_groups;
 	unsigned long lone_groups;
@@ -1159,11 +1169,13 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 }
 
 /*
- * Called with mtx held once a group ran: counts it, notes a slow disk (see
- * "The lone commit" above) and hands the group's completions to the loop.
+ * Called with mtx held once a group ran (lone: on the loop): counts it,
+ * notes a slow disk (see "The lone commit" above) and hands the group's
+ * completions to the loop.
  */
 static void
-group_finish(struct queue *q, struct qop *group, int n, uint64_t ms)
+group_finish(struct queue *q, struct qop *group, int n, uint64_t ms,
+    int lone)
 {
 	uint64_t now;
 	int wake;
@@ -1175,11 +1187,14 @@ group_finish(struct queue *q, struct qop *group, int n, uint64_t ms)
 	if (ms >= QUEUE_INLINE_SLOW_MS) {
 		now = mono_ms();
 		if (q->slow_until <= now)
-			log_debug("%s: a sync took %ju ms; no lone commits for "
-			    "%d s", q->spool, (uintmax_t)ms,
-			    QUEUE_INLINE_BACKOFF_MS / 1000);
-		q->slow_until = now + QUEUE_INLINE_BACKOFF_MS;
-	}
+			log_info("%s: a sync took %ju ms; commits stay off the loop for "
+			    "%ju s", q->spool, (uintmax_t)ms,
+			    (uintmax_t)q->backoff / 1000);
+		q->slow_until = now + q->backoff;
+		if (lone && q->backoff < QUEUE_INLINE_BACKOFF_MAX_MS)
+			q->backoff *= 2;
+	} else if (lone)
+		q->backoff = QUEUE_INLINE_BACKOFF_MS;
 	wake = q->done.head == NULL;
 	*q->done.tailp = group;
 	while (*q->done.tailp != NULL)
@@ -1271,7 +1286,7 @@ queue_thread(void *arg)
 			    QUEUE_GROUP_MAX;
 
 		pthread_mutex_lock(&q->mtx);
-		group_finish(q, group, n, ms);
+		group_finish(q, group, n, ms, 0);
 		/* Reclaiming the log waits until the group's callbacks are
 		 * on their way, and holds up only the next group. */
 		queue_thread_maintain(q);
@@ -1464,6 +1479,7 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	 * clock keeps clear of any a previous run left there. */
 	q->spare_seq = (unsigned long)time(NULL) << 16;
 	q->group_max = QUEUE_GROUP_MAX;
+	q->backoff = QUEUE_INLINE_BACKOFF_MS;
 	if ((q->ev_done = event_new(base, -1, 0, queue_done_ev, q)) == NULL ||
 	    (q->ev_lazy = evtimer_new(base, queue_lazy_ev, q)) == NULL ||
 	    (q->ev_maint = evtimer_new(base, queue_maint_ev, q)) == NULL) {
@@ -2287,7 +2303,7 @@ queue_txn_commit_alone(struct queue_txn *txn, queue_commit_cb cb, void *arg)
 	}
 	ms = group_run(q, group, &n);
 	pthread_mutex_lock(&q->mtx);
-	group_finish(q, group, n, ms);
+	group_finish(q, group, n, ms, 1);
 	q->lone_groups++;
 	q->busy = 0;
 	pthread_cond_broadcast(&q->cv_idle);

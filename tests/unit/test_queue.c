@@ -2837,8 +2837,8 @@ Test(queue, lone_commit_goes_behind_a_busy_thread)
 	free(body);
 }
 
-/* The bound on the loop's wait: after a sync as slow as a stalling disk's,
- * lone commits go through the thread (for QUEUE_INLINE_BACKOFF_MS). */
+/* The bound on the loop's wait: after a sync as slow as a stalling disk's
+ * (100 ms or more), lone commits go through the thread for a while. */
 Test(queue, lone_commit_goes_to_the_thread_after_a_slow_sync)
 {
 	struct queue *q;
@@ -2848,7 +2848,7 @@ Test(queue, lone_commit_goes_to_the_thread_after_a_slow_sync)
 	char *body = make_body(2000);
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	__atomic_store_n(&fault_sync_delay_ms, 60, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&fault_sync_delay_ms, 120, __ATOMIC_SEQ_CST);
 	lone_start(q, env, body, 2000, &r1);
 	__atomic_store_n(&fault_sync_delay_ms, 0, __ATOMIC_SEQ_CST);
 	cr_assert_eq(count_fdatasync_loop, 1);
