@@ -59,10 +59,11 @@
  * through the commit thread for a backoff (5 s, doubled up to 5 minutes
  * while lone commits keep finding the disk slow), so a disk that stalls
  * freezes the loop for the one sync that found it out, then for one sync
- * after 5 s, 10 s, 20 s and so on; slow syncs of the thread's groups meanwhile
- * keep the path closed without freezing anything. The busy flag is what keeps the two threads
- * apart: whichever set it under the mutex owns the log's writing side and
- * the group until it clears it, and the thread takes no group meanwhile.
+ * after 5 s, 10 s, 20 s and so on; slow syncs of the thread's groups
+ * meanwhile keep the path closed without freezing anything. The busy flag
+ * is what keeps the two threads apart: whichever set it under the mutex
+ * owns the log's writing side and the group until it clears it, and the
+ * thread takes no group meanwhile.
  * The thread still reclaims log files (spoollog_maintain) after inline
  * groups, woken by a timer on the loop (QUEUE_MAINTAIN_WAIT_MS), not per
  * message.
@@ -209,7 +210,7 @@
  * QUEUE_INLINE_BACKOFF_MAX_MS, each time a lone commit finds the disk slow
  * again; a fast lone commit resets it. The threshold is above anything the
  * shared disk of the reference machine took under a load average of 10 to
- * 15 (over 2,000 fdatasyncs: 99th percentile 15 ms, slowest 60 to 85 ms)
+ * 20 (over 2,000 fdatasyncs: 99th percentile 15 ms, slowest 60 to 85 ms)
  * and far below a stall (seconds).
  */
 #define QUEUE_INLINE_SLOW_MS 100
@@ -1187,8 +1188,8 @@ group_finish(struct queue *q, struct qop *group, int n, uint64_t ms,
 	if (ms >= QUEUE_INLINE_SLOW_MS) {
 		now = mono_ms();
 		if (q->slow_until <= now)
-			log_info("%s: a sync took %ju ms; commits stay off the loop for "
-			    "%ju s", q->spool, (uintmax_t)ms,
+			log_info("%s: a sync took %ju ms; commits stay off "
+			    "the loop for %ju s", q->spool, (uintmax_t)ms,
 			    (uintmax_t)q->backoff / 1000);
 		q->slow_until = now + q->backoff;
 		if (lone && q->backoff < QUEUE_INLINE_BACKOFF_MAX_MS)
