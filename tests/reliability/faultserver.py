@@ -16,8 +16,8 @@ import time
 from harness import server_tls_context
 
 FAULTS = ("close_mid_data", "close_after_dot", "greet_421", "stall_silent",
-          "stall_trickle", "endless_multiline", "no_crlf", "tls_garbage",
-          "tls_expired", "tls_wrong_host")
+          "stall_trickle", "stall_mid_data", "endless_multiline", "no_crlf",
+          "tls_garbage", "tls_expired", "tls_wrong_host")
 
 # How long a stalling session is kept up at most (the daemon should give
 # up long before).
@@ -202,6 +202,19 @@ class FaultServer:
                 return
             conn.sendall(text[i:i + 1])
             time.sleep(1)
+
+    def _stall_mid_data(self, conn):
+        # Answers DATA with 354 and then reads nothing more: once the
+        # socket buffers are full, the client's writes of a large body
+        # block. The receive buffer is made small so that they fill
+        # early; the connection is held open, unread.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Kept: the session's TLS socket closes when it is collected.
+        d = self._session(conn)
+        deadline = time.monotonic() + STALL_LIMIT
+        while time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.2)
+        d.sock.close()
 
     def _endless_multiline(self, conn):
         d = Dialogue(conn)

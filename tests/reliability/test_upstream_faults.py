@@ -1,8 +1,9 @@
 """Upstream faults, each in turn: the upstream closes mid-DATA, closes after
-the final dot before replying, says 421 at connect, stalls (reads nothing,
-or sends one byte a second), sends an endless multi-line reply, a reply
-without a line end, fails the TLS handshake, presents an expired or a
-wrong-host certificate; and a relay name that does not resolve. For each:
+the final dot before replying, says 421 at connect, stalls (says nothing,
+sends one byte a second, or stops reading in the middle of a large
+message), sends an endless multi-line reply, a reply without a line end,
+fails the TLS handshake, presents an expired or a wrong-host certificate;
+and a relay name that does not resolve. For each:
 the mail is deferred (logged status=deferred), then delivered once the
 upstream behaves; the acceptance latency of clients during the fault is
 measured against normal (figures; not asserted, as speed never is).
@@ -19,8 +20,8 @@ import time
 
 from conftest import scale
 from faultserver import FAULTS, FaultServer
-from harness import (CertPair, delivery_line, make_message, render_config,
-                     rewrite_config, send_message, wait_until)
+from harness import (CertPair, delivery_line, make_message, random_body,
+                     render_config, rewrite_config, send_message, wait_until)
 
 TOKEN_RE = re.compile(rb"Subject: fault (\S+)\r\n")
 # The reason each fault must be deferred for, as the log line gives it.
@@ -30,6 +31,7 @@ REASONS = {
     "greet_421": r"421 4\.3\.2 fault\.test busy",
     "stall_silent": r"timeout .* greeting",
     "stall_trickle": r"timeout .* greeting",
+    "stall_mid_data": r"timeout .* to take the message body",
     "endless_multiline": r"timeout .* EHLO|too long|too many",
     "no_crlf": r"timeout .* greeting",
     "tls_garbage": r"TLS",
@@ -38,6 +40,11 @@ REASONS = {
     "unresolvable": r"cannot resolve relay\.invalid",
 }
 RCPT = "b@example.net"
+# The faults whose first message is large: its body must outgrow the
+# socket buffers between the daemon and the upstream (the daemon's send
+# buffer grows to 4 MiB, net.ipv4.tcp_wmem), so that the daemon is left
+# with part of it unsent when the upstream stops reading.
+LARGE_FIRST = {"stall_mid_data": 12 * 1024 * 1024}
 
 
 def expired_cert(ca_pair, directory):
@@ -71,10 +78,12 @@ class Run:
         self.fault = fault
         self.sent = {}
 
-    def submit(self, label):
-        """One message; returns (qid, seconds the transaction took)."""
+    def submit(self, label, size=None):
+        """One message (a random body of about size bytes if given);
+        returns (qid, seconds the transaction took)."""
         token = f"{label}-{os.urandom(4).hex()}"
-        message = make_message(f"fault {token}", "A fault test.\n")
+        message = make_message(f"fault {token}", "A fault test.\n"
+                               if size is None else random_body(size))
         started = time.monotonic()
         qid = send_message(self.daemon, message, timeout=30)
         took = time.monotonic() - started
@@ -161,14 +170,19 @@ def one_fault(run, mode, count):
     else:
         run.fault.mode = mode
     started = time.monotonic()
-    qid, first = run.submit(mode)
-    latencies = [first]
+    qid, first = run.submit(mode, LARGE_FIRST.get(mode))
+    # A large message takes longer to submit for its size alone: only the
+    # small ones after it say how the fault delays acceptance.
+    latencies = [] if mode in LARGE_FIRST else [first]
     # While the daemon is stuck on (or backing off from) the fault.
     for _ in range(count - 1):
         latencies.append(run.submit(mode)[1])
     line = daemon.wait_log(delivery_line(qid, RCPT, "deferred") + ".*",
                            timeout=60, since=since).group(0)
     assert re.search(REASONS[mode], line), f"{mode}: {line}"
+    if mode in LARGE_FIRST:
+        # The end of the data never left the daemon: no duplicate window.
+        assert "may deliver it twice" not in line, f"{mode}: {line}"
     deferred_after = time.monotonic() - started
     assert not any(TOKEN_RE.search(m.content).group(1).decode().startswith(
         mode + "-") for m in run.upstream.messages), \
