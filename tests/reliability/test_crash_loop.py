@@ -27,8 +27,7 @@ import time
 from collections import Counter
 
 from conftest import scale
-from harness import (CLIENT_HOSTNAME, free_port, make_message, random_body,
-                     wait_until)
+from harness import CLIENT_HOSTNAME, free_port, make_message, random_body
 from spoolread import live_ids
 
 TOKEN_RE = re.compile(rb"^Subject: crash (\S+)\r$", re.MULTILINE)
@@ -99,6 +98,47 @@ class Clients:
                     self.refused += 1
             finally:
                 client.close()
+
+
+class Arrivals:
+    """The upstream's messages by token, read incrementally: the upstream
+    runs in this process, so a poll that scanned every message again
+    would take the interpreter from it, on a loaded machine for long
+    enough that its greetings time out."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.by_token = {}
+        self.seen = 0
+
+    def update(self):
+        messages = self.upstream.messages
+        for m in messages[self.seen:]:
+            match = TOKEN_RE.search(m.content)
+            assert match, \
+                f"relayed message without a token: {m.content[:300]!r}"
+            self.by_token.setdefault(match.group(1).decode(), []).append(m)
+        self.seen = len(messages)
+        return self.by_token
+
+
+def wait_while_delivering(predicate, arrivals, quiet, what):
+    """Polls predicate() until it returns something true, and returns it;
+    fails once quiet seconds have passed with no new message at the
+    upstream. How long the whole takes is the machine's speed (under a
+    load average of 18 a run took over 180 s to drain): only a drain that
+    stopped is a failure."""
+    last, count = time.monotonic(), arrivals.seen
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if arrivals.seen != count:
+            last, count = time.monotonic(), arrivals.seen
+        elif time.monotonic() - last > quiet:
+            raise AssertionError(f"no delivery for {quiet} s waiting for "
+                                 f"{what}")
+        time.sleep(0.2)
 
 
 def spool_files(daemon, sub):
@@ -190,27 +230,24 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     accepted = clients.accepted
     daemon.flush()
 
+    arrivals = Arrivals(upstream)
+
     def arrived():
-        got = {}
-        for m in upstream.messages:
-            match = TOKEN_RE.search(m.content)
-            assert match, f"relayed message without a token: {m.content[:300]!r}"
-            got.setdefault(match.group(1).decode(), []).append(m)
-        missing = set(accepted) - set(got)
-        if missing or spool_files(daemon, "queue") or \
-                live_ids(daemon.settings["spool"]):
+        got = arrivals.update()
+        if not set(accepted) <= set(got) or spool_files(daemon, "queue") \
+                or live_ids(daemon.settings["spool"]):
             return None
         return got
 
+    drain_started = time.monotonic()
     try:
-        got = wait_until(arrived, 180, "every accepted message upstream, "
-                         "an empty queue/ and nothing in the log")
+        got = wait_while_delivering(arrived, arrivals, 180,
+                                    "every accepted message upstream, an "
+                                    "empty queue/ and nothing in the log")
     except AssertionError:
         got = None
-    got_now = {}
-    for m in upstream.messages:
-        match = TOKEN_RE.search(m.content)
-        got_now.setdefault(match.group(1).decode(), []).append(m)
+    got_now = {t: list(c) for t, c in arrivals.update().items()}
+    drain_seconds = time.monotonic() - drain_started
     lost = sorted(set(accepted) - set(got_now))
     corrupted = [t for t in accepted if t in got_now and not all(
         m.content.endswith(accepted[t]) and m.rcpt_tos == ["b@example.net"]
@@ -260,6 +297,7 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
                 1000 * to_kill[len(to_kill) // 2], 1) if to_kill else None,
             delivered_to_kill_ms_max=round(1000 * to_kill[-1], 1)
             if to_kill else None,
+            drain_seconds=round(drain_seconds, 1),
             seconds=round(time.monotonic() - started, 1))
     assert not lost, f"{len(lost)} accepted messages lost: {lost[:10]}"
     assert not corrupted, f"corrupted in transit: {corrupted[:10]}"
