@@ -10,6 +10,11 @@
  *   MAIL reject  applies to every recipient, like a DATA reply
  *   session gone every recipient not yet settled stays pending
  *
+ * except when a reused connection was gone before the server answered
+ * anything of the transaction (smtp_client_stale()): then the server has
+ * no part of the message, no recipient is touched, and unsent() hands it
+ * back to the scheduler, which sends it again on a new connection.
+ *
  * Only a 5xx (or the client refusing the message itself) makes a
  * recipient fail: a TLS, authentication or DNS problem is something an
  * operator fixes, so it defers and never bounces. States are kept aside
@@ -1250,6 +1255,25 @@ client_done(struct smtp_client *c, const struct outcome *o, void *arg)
 	txn_finish(rs, o, 0);
 }
 
+/*
+ * The reused connection broke before the server said anything about the
+ * message in flight (smtp_client_stale()): the envelope is handed back
+ * untouched, nothing logged per recipient, and the owner decides whether
+ * it goes again at once. Like a close while idle, this says nothing about
+ * the relay, so closed() then follows with OUTCOME_OK.
+ */
+static void
+rs_unsent(struct relay_session *rs, const struct outcome *o)
+{
+	struct envelope *env = rs->env;
+
+	log_debug("relay %s: reused connection gone before a reply: %s",
+	    rs->name, o->text);
+	txn_clear(rs);
+	rs_set_state(rs, RS_CLOSED);
+	rs->cb->unsent(rs, env, o, rs->arg);
+}
+
 static void
 client_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 {
@@ -1266,6 +1290,13 @@ client_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 		rs_log_fix(rs);
 	switch (rs->state) {
 	case RS_SENDING:
+		if (smtp_client_stale(c)) {
+			rs_unsent(rs, o);
+			outcome_set(&ok, OUTCOME_OK, OC_NONE, "reused "
+			    "connection gone");
+			o = &ok;
+			break;
+		}
 		if (o->status == OUTCOME_OK) {
 			outcome_set(&broke, OUTCOME_TEMPORARY, OC_PROTOCOL,
 			    "connection closed during the transaction");

@@ -98,11 +98,22 @@ struct relay_session_cb {
 	 * the session (then closed() follows with it). */
 	void (*delivered)(struct relay_session *rs, struct envelope *env,
 	    const struct outcome *o, void *arg);
+	/* The attempt for env did not happen after all: the session's
+	 * reused connection was closed, reset or given a 421 before the
+	 * server answered the transaction's first command
+	 * (smtp_client_stale()), so the server has no part of the message.
+	 * env is as it was before relay_session_send(): no recipient was
+	 * updated or logged. o says what broke. The owner sends env again
+	 * (on another session: closed() follows at once, with OUTCOME_OK
+	 * since this says nothing about the relay) or defers it with
+	 * relay_defer_all(). */
+	void (*unsent)(struct relay_session *rs, struct envelope *env,
+	    const struct outcome *o, void *arg);
 	/* The session ended: o->status is OUTCOME_OK after a requested
 	 * quit, else the failure (class OC_CONNECT, OC_TLS, ...). A message
-	 * in flight was reported through delivered() first. Last callback;
-	 * the callee frees the session with relay_session_free(), which it
-	 * may do from inside this callback. */
+	 * in flight was reported through delivered() or unsent() first.
+	 * Last callback; the callee frees the session with
+	 * relay_session_free(), which it may do from inside this callback. */
 	void (*closed)(struct relay_session *rs, const struct outcome *o,
 	    void *arg);
 };

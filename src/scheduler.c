@@ -29,10 +29,14 @@
  * is opened: a lone client's messages, each due after the last was
  * relayed, then share one connection (and one TLS handshake) instead of
  * paying for one each. A reload or a shutdown ends idle sessions at once.
- * XXX: a message given to an idle session just as the server closed it
- * fails with the connection and waits retry_min, where Postfix would try
- * a new connection at once; timeout_idle being far below servers' own
- * idle timeouts (Postfix's smtpd: 300 s) keeps that rare.
+ * A message given to a reused session just as the server closed that
+ * connection (its idle timeout struck as our MAIL left) is not failed
+ * with it: when the connection is closed, reset or given a 421 before the
+ * server answered anything of the transaction (relay.h's unsent()), the
+ * server has no part of the message, so it is not an attempt and goes
+ * first on a new session opened at once in the old one's place, as
+ * Postfix does with a cached connection found dead. Once per message
+ * while active (sess_unsent): a second such end is a failed attempt.
  * When a session fails to connect
  * (DNS, connect, TLS, timeout) the relay itself backs off, with the same
  * doubling as messages, and everything waiting for it is deferred with the
@@ -211,6 +215,9 @@ struct sched_msg {
 	int auth_retried;        /* ... and so did the one before, which was
 	                            retried at once: no second time in a
 	                            row */
+	int stale_retried;       /* sent again at once after a reused
+	                            connection was found gone (sess_unsent):
+	                            not twice while it is active */
 	unsigned char *tried;    /* per recipient, for this attempt */
 	struct dsn_job *dsn;     /* bounce or delay warning in progress */
 	TAILQ_ENTRY(sched_msg) all;
@@ -250,6 +257,8 @@ struct sched_session {
 	struct relay_session *rs;
 	struct sched_msg *first; /* given at start, sent at the first ready */
 	struct sched_msg *cur;   /* in flight */
+	struct sched_msg *again; /* handed back by unsent(): goes first on
+	                            a new session once this one closed */
 	unsigned sent;
 	unsigned max_msgs;
 	unsigned idle_time;      /* the relay's timeout_idle at the start */
@@ -985,6 +994,8 @@ relay_mail_due(struct scheduler *s, struct sched_relay *sr)
 }
 
 static void msg_route(struct scheduler *, struct sched_msg *);
+static void session_open(struct scheduler *, struct sched_relay *,
+    const struct relay_config *, struct sched_msg *);
 
 /*
  * Applies verdict v about sr's reachability to its failover state. When
@@ -1198,6 +1209,8 @@ session_abort(struct scheduler *s, struct sched_session *ss)
 		msg_requeue(s, ss->first, 0);
 	if (ss->cur != NULL)
 		msg_requeue(s, ss->cur, 0);
+	if (ss->again != NULL)
+		msg_requeue(s, ss->again, 0);
 	session_unlink(s, ss);
 	session_free(ss);
 }
@@ -1392,6 +1405,60 @@ sess_delivered(struct relay_session *rs, struct envelope *env,
 }
 
 /*
+ * The session's reused connection was gone before the server answered
+ * anything of m's transaction (the server closed it for being idle just
+ * as m was given to it): the server has no part of m, so this is not an
+ * attempt. m goes first on a new session, opened at once in this one's
+ * place when it closes (sess_closed, sess_again), instead of waiting
+ * retry_min as a failed attempt would. Once per message while it is
+ * active: a second such end in a row is deferred as a failed attempt, so
+ * a server that drops every reused connection cannot keep a message
+ * going round (and the new session's first transaction is never on a
+ * reused connection anyway).
+ */
+static void
+sess_unsent(struct relay_session *rs, struct envelope *env,
+    const struct outcome *o, void *arg)
+{
+	struct sched_session *ss = arg;
+	struct sched_msg *m = ss->cur;
+	char text[OUTCOME_TEXT_MAX + 8];
+
+	if (m == NULL || m->env != env)
+		fatalx("%s: unsent report for a message not in flight",
+		    __func__);
+	ss->cur = NULL;
+	if (m->stale_retried) {
+		relay_defer_all(m->env, relay_session_peer(rs), o);
+		relay_count(ss->sr, m);
+		msg_attempted(ss->s, m, NULL);
+		return;
+	}
+	m->stale_retried = 1;
+	relay_outcome_text(o, text, sizeof(text));
+	log_info("%s: relay=%s: the reused connection was gone before the "
+	    "server answered (%s); not an attempt, sending it again at once "
+	    "on a new connection", m->idstr, relay_session_peer(rs), text);
+	ss->again = m;
+}
+
+/* m, handed back by sess_unsent, goes first on a new session to sr; or,
+ * when sr takes no new session now (shutdown, backoff, removed by a
+ * reload), back to the heap untouched, due at once. */
+static void
+sess_again(struct scheduler *s, struct sched_relay *sr, struct sched_msg *m)
+{
+	const struct relay_config *rc;
+
+	if (s->stopping || sr->backoff_until > time(NULL) ||
+	    (rc = config_relay(s->cfg, sr->name)) == NULL) {
+		msg_requeue(s, m, 0);
+		return;
+	}
+	session_open(s, sr, rc, m);
+}
+
+/*
  * A session failed before it was ready, but sr has other sessions open:
  * one refused or dropped connection while others are up or on their way
  * says that connection failed (a limit of the upstream's, a transient
@@ -1474,6 +1541,10 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 			relay_backoff(s, ss->sr, o, relay_session_peer(rs));
 	}
 	session_unlink(s, ss);
+	if ((m = ss->again) != NULL) {
+		ss->again = NULL;
+		sess_again(s, ss->sr, m);
+	}
 	session_free(ss);
 	if (s->stopping)
 		shutdown_check(s);
@@ -1484,6 +1555,7 @@ sess_closed(struct relay_session *rs, const struct outcome *o, void *arg)
 static const struct relay_session_cb sess_cb = {
 	.ready = sess_ready,
 	.delivered = sess_delivered,
+	.unsent = sess_unsent,
 	.closed = sess_closed,
 };
 

@@ -25,6 +25,12 @@
  * OC_AUTH_RETRY: the owner learned the demand, so it can try again at once.
  * Without TLS no AUTH is sent at all unless allow_plaintext.
  *
+ * A reused connection can be gone by the time a transaction starts on it
+ * (the server's idle timeout struck as MAIL left). When it breaks before
+ * any reply to that transaction came, smtp_client_stale() says so
+ * (client_is_stale()), and the owner may send the message again at once
+ * on a new connection: the server took no part of it.
+ *
  * Invariants:
  * - c->state says what the session waits for. client_enter() is the only
  *   place that sends commands and arms the timer (the body streamer it
@@ -192,6 +198,8 @@ struct smtp_client {
 	int direct;           /* we write sock's output (client_flush) */
 	int tls_active;
 	int greeted;
+	unsigned ntxn;        /* transactions ended on this connection */
+	int stale;            /* it broke as client_is_stale() says */
 	struct event *ev_timer;
 	struct event *ev_defer;
 	struct smtp_reply_parser parser;
@@ -224,6 +232,7 @@ struct smtp_client {
 	                         wait in held[] until the last RCPT reply */
 	struct outcome *held; /* nrcpts entries while hold */
 	int auth_redo;        /* demanded: drain, RSET, AUTH, send again */
+	int heard;            /* a reply came since smtp_client_send */
 	int mail_ok;
 	size_t rcpt_idx;
 	size_t rcpt_ok;
@@ -891,6 +900,7 @@ client_txn_clear(struct smtp_client *c)
 	c->auth_redo = 0;
 	free(c->held);
 	c->held = NULL;
+	c->heard = 0;
 	c->mail_ok = 0;
 	c->rcpt_idx = 0;
 	c->rcpt_ok = 0;
@@ -907,6 +917,7 @@ client_txn_end(struct smtp_client *c, const struct outcome *o, int rset)
 {
 	log_debug("%s: transaction %s: %s", c->peer,
 	    outcome_status_name(o->status), o->text);
+	c->ntxn++;
 	c->cb.done(c, o, c->arg);
 	if (c->dying || c->state == CS_CLOSED)
 		return;
@@ -1724,6 +1735,24 @@ client_unexpected(struct smtp_client *c, const struct smtp_reply *r)
 }
 
 /*
+ * Whether a break now would be a reused connection found gone: a
+ * transaction ended on this connection before, the current one's first
+ * command (MAIL, with the RCPTs and DATA when pipelined) is out, and no
+ * reply to it came. That is what a server's idle timeout that struck
+ * just as the command left looks like: the close (or the reset our
+ * command drew, or the 421 the server sent before closing) says nothing
+ * about the message, which the server never took any part of, so the
+ * owner may send it again at once on a new connection. A timeout is not
+ * such a break: a server that takes the command and stalls says nothing
+ * about a connection gone stale.
+ */
+static int
+client_is_stale(const struct smtp_client *c)
+{
+	return c->state == CS_MAIL && c->ntxn > 0 && !c->heard;
+}
+
+/*
  * 421 may come at any time (shutdown, idle timeout) and ends the session;
  * a transaction in progress gets it as its outcome.
  */
@@ -1732,6 +1761,7 @@ client_reply_421(struct smtp_client *c, const struct smtp_reply *r)
 {
 	struct outcome o;
 
+	c->stale = client_is_stale(c);
 	outcome_from_reply(&o, r->code, r->enhanced, r->text);
 	/* after a demand for AUTH, that is what the mail waits for */
 	if (c->auth_demanded && c->authed == NULL)
@@ -1944,6 +1974,7 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 		client_reply_421(c, r);
 		return;
 	}
+	c->heard = 1;
 
 	switch (c->state) {
 	case CS_GREETING:
@@ -2098,6 +2129,7 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 		if (first == 0)
 			first = e;
 
+	c->stale = client_is_stale(c);
 	switch (c->state) {
 	case CS_QUIT:
 		/* the server hung up instead of (or after) its 221 */
@@ -2455,6 +2487,7 @@ smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg)
 	client_hold(c);
 	c->msg = *msg;
 	c->pipelined = c->mail_ok = c->abandon = c->rcpt_temp = 0;
+	c->heard = 0;
 	c->data_piped = c->auth_redo = 0;
 	c->rcpt_idx = c->rcpt_ok = 0;
 	free(c->held);
@@ -2583,6 +2616,12 @@ const char *
 smtp_client_auth_mech(const struct smtp_client *c)
 {
 	return c->authed;
+}
+
+int
+smtp_client_stale(const struct smtp_client *c)
+{
+	return c->stale;
 }
 
 const SSL *

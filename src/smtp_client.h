@@ -135,6 +135,18 @@ void smtp_client_set_auth(struct smtp_client *c,
     const struct smtp_client_auth *auth);
 /* The mechanism this session authenticated with, or NULL. */
 const char *smtp_client_auth_mech(const struct smtp_client *c);
+/*
+ * Inside closed() (or after it): 1 when the session broke on a reused
+ * connection before the server said anything about the transaction in
+ * progress, else 0. That is: a transaction had ended on this connection,
+ * the current one's first command had left, and then the connection was
+ * closed or reset, or a 421 came, with no reply to that command before.
+ * So does a connection look that the server closed for its own idle
+ * timeout just as the command left. The server has no part of the
+ * message: sending it again at once on a new connection cannot deliver
+ * it twice. A timeout is never stale.
+ */
+int smtp_client_stale(const struct smtp_client *c);
 /* The session's TLS connection (borrowed, valid until the session
  * closes), or NULL when the session has no TLS (yet). */
 const SSL *smtp_client_ssl(const struct smtp_client *c);

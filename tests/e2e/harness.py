@@ -224,6 +224,7 @@ class RecordingHandler:
         self.data_replies = list(data_replies or [])
         self.mail_commands = 0
         self.data_commands = 0
+        self.idle_drops = 0
         self._messages = []
         self._wires = []
         self._lock = threading.Lock()
@@ -235,6 +236,11 @@ class RecordingHandler:
         with self._lock:
             self._wires.append(wire)
         return wire
+
+    def note_idle_drop(self):
+        """Counts a MAIL that an idle limit hung up on."""
+        with self._lock:
+            self.idle_drops += 1
 
     async def handle_MAIL(self, server, session, envelope, address,
                           mail_options):
@@ -309,14 +315,49 @@ class _NullSenderSMTP(SMTP):
         return super()._getaddr(arg)
 
 
+class _IdleLimitSMTP(_NullSenderSMTP):
+    """A server whose idle timeout (idle_limit seconds since its last
+    reply) strikes just as the next transaction's MAIL arrives on a
+    connection that already carried one: it hangs up on that MAIL without
+    a reply (with a reset when idle_reset), the race a client that holds
+    connections open between messages must survive. The first MAIL of a
+    connection is always served."""
+
+    idle_limit = None
+    idle_reset = False
+    _quiet_since = None
+    _mails = 0
+
+    async def push(self, status):
+        self._quiet_since = time.monotonic()
+        return await super().push(status)
+
+    async def smtp_MAIL(self, arg):
+        self._mails += 1
+        if (self._mails > 1 and time.monotonic() - self._quiet_since
+                > self.idle_limit):
+            self.event_handler.note_idle_drop()
+            if self.idle_reset:
+                self.transport.abort()
+            else:
+                self.transport.close()
+            return
+        await super().smtp_MAIL(arg)
+
+
 class _Controller(Controller):
-    def __init__(self, handler, line_length_limit=None, **kwargs):
+    def __init__(self, handler, line_length_limit=None, idle_limit=None,
+                 idle_reset=False, **kwargs):
         super().__init__(handler, **kwargs)
         self.protocol = _NullSenderSMTP
+        if idle_limit is not None:
+            self.protocol = type("_IdleSMTP", (_IdleLimitSMTP,),
+                                 {"idle_limit": idle_limit,
+                                  "idle_reset": idle_reset})
         if line_length_limit is not None:
             # aiosmtpd takes the limit from the class when it builds
             # the connection's reader.
-            self.protocol = type("_LongLineSMTP", (_NullSenderSMTP,),
+            self.protocol = type("_LongLineSMTP", (self.protocol,),
                                  {"line_length_limit": line_length_limit})
 
     def factory(self):
@@ -330,17 +371,23 @@ class Upstream:
     with tls None it offers no STARTTLS. line_length_limit raises
     aiosmtpd's limit on a line of message data (1001 bytes with CRLF, the
     stuffed dot counted; a longer line gets 500). size_limit is the SIZE
-    it offers and enforces (64 MiB). The port is chosen at creation so
+    it offers and enforces (64 MiB). idle_limit (seconds) hangs up on a
+    connection's second and later MAIL when it comes after that long
+    without a reply (idle_reset: with a reset), as _IdleLimitSMTP says.
+    The port is chosen at creation so
     the daemon can be configured before the upstream starts; start() and
     stop() may be called more than once.
     """
 
     def __init__(self, tls=None, rcpt_replies=None, data_replies=None,
-                 line_length_limit=None, size_limit=64 * 1024 * 1024):
+                 line_length_limit=None, size_limit=64 * 1024 * 1024,
+                 idle_limit=None, idle_reset=False):
         self.handler = RecordingHandler(rcpt_replies, data_replies)
         self._tls = tls
         self._line_length_limit = line_length_limit
         self._size_limit = size_limit
+        self._idle_limit = idle_limit
+        self._idle_reset = idle_reset
         self._controller = None
         self._reserved = None
         self.port = None
@@ -373,6 +420,8 @@ class Upstream:
             kwargs["require_starttls"] = False
         return _Controller(self.handler,
                            line_length_limit=self._line_length_limit,
+                           idle_limit=self._idle_limit,
+                           idle_reset=self._idle_reset,
                            hostname="127.0.0.1",
                            port=self.port, ready_timeout=10,
                            server_hostname=UPSTREAM_HOSTNAME,

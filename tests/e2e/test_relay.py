@@ -3,6 +3,7 @@
 import errno
 import re
 import socket
+import time
 
 import pytest
 
@@ -202,3 +203,40 @@ def test_drop_after_final_dot_is_retried_and_counted(upstream_factory,
         assert_relayed(relayed, message)
     duplicates = len(messages) - 1
     assert duplicates == 1, f"{duplicates} duplicates"
+
+
+@pytest.mark.parametrize("tls, reset", [("good", False), (None, True)],
+                         ids=["starttls-close", "plain-reset"])
+def test_reused_connection_gone_sends_again_at_once(upstream_factory,
+                                                    daemon_factory, tls,
+                                                    reset):
+    """The upstream's idle timeout (0.5 s) strikes just as the next
+    message's MAIL arrives on the connection the relay held open
+    (timeout_idle 30 s): the server hangs up on it without a word. The
+    message is no attempt: it goes at once on a new connection instead of
+    waiting retry_min (600 s), arrives once, and is never logged
+    deferred."""
+    upstream = upstream_factory(tls=tls, idle_limit=0.5, idle_reset=reset)
+    relay = {"timeout_idle": 30}
+    if tls is None:
+        relay["tls"] = "none"
+    daemon = daemon_factory(upstream.port, relays={"upstream": relay},
+                            queue={"retry_min": 600, "retry_max": 3600})
+    first = make_message("first", "On a new connection.\n")
+    qid1 = send_message(daemon, first)
+    daemon.wait_log(delivery_line(qid1, RCPT, "sent"))
+    time.sleep(1.0)
+
+    second = make_message("second", "On the held one, then a new one.\n")
+    qid2 = send_message(daemon, second)
+    # far below retry_min: not deferred
+    got = upstream.wait_messages(2, timeout=10)
+    daemon.wait_log(delivery_line(qid2, RCPT, "sent"))
+    assert upstream.handler.idle_drops == 1
+    assert_relayed(got[0], first)
+    assert_relayed(got[1], second)
+    assert got[0].peer != got[1].peer, "the second on a new connection"
+    daemon.wait_log(rf"{qid2}: relay=\S+: the reused connection was gone "
+                    r"before the server answered \(.*\); not an attempt")
+    assert not daemon.log_lines(rf"{qid2}: .*status=deferred")
+    upstream.assert_count_stays(2, settle=1.0)

@@ -796,6 +796,9 @@ static struct {
 	int active;           /* connections open now */
 	int max_active;       /* ... at most, so far */
 	const char *greeting; /* NULL: 220 */
+	int drop_reused_mail; /* hang up on this many MAILs, without a
+	                         reply, on connections that took a message */
+	int ndropped;
 } fake;
 
 #define FAKE_CHALLENGE "<4711.1234567890@fake.test>"
@@ -807,6 +810,7 @@ struct fake_conn {
 	int auth_step;        /* CRAM-MD5 challenge sent */
 	int in_data;
 	int closing;
+	int drop;             /* hang up now, without a reply */
 	int nok;
 	char from[256];
 	char rcpts[512];
@@ -940,6 +944,12 @@ fake_line(struct bufferevent *bev, struct fake_conn *fc, const char *line)
 			fake.close_after_530--;
 			fc->closing = 1;
 		}
+	} else if (strncasecmp(line, "MAIL FROM:", 10) == 0 &&
+	    fake.drop_reused_mail > 0 && fake.per_conn[fc->id] > 0) {
+		/* an idle timeout that struck as MAIL came */
+		fake.drop_reused_mail--;
+		fake.ndropped++;
+		fc->closing = fc->drop = 1;
 	} else if (strncasecmp(line, "MAIL FROM:", 10) == 0) {
 		if (!fake.saw_mail[fc->id] && fc->authed)
 			fake.authed_before_mail[fc->id] = 1;
@@ -993,6 +1003,8 @@ fake_read_cb(struct bufferevent *bev, void *arg)
 		fake_line(bev, fc, line);
 		free(line);
 	}
+	if (fc->drop)
+		fake_free(bev, fc);
 }
 
 static void
@@ -1229,6 +1241,44 @@ Test(deliver, timeout_idle_0_quits_at_once)
 	cr_assert_eq(idle_run(0, &closed_after), 2, "%d connections",
 	    fake.nconn);
 	cr_assert_lt(closed_after, 0.5, "closed after %.2f s", closed_after);
+}
+
+/*
+ * The server closes the idle connection just as the next message's MAIL
+ * comes (its idle timeout, struck at that moment): the message is not
+ * an attempt and goes at once on a new connection, once, instead of
+ * waiting retry_min.
+ */
+Test(deliver, reused_connection_gone_sends_the_message_again_at_once)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	char relays[512];
+	double t0;
+
+	fake_start();
+	fake.drop_reused_mail = 1;
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; timeout_idle = 30; };",
+	    fake.port);
+	load_config(relays, "retry_min = 600;");
+	scheduler_add(sched, enqueue("alice@example.org", rcpts,
+	    "Subject: 1\r\n\r\n1\r\n", time(NULL)));
+	cr_assert(run_until(one_message_seen, 10), "first not relayed");
+	t0 = now_mono();
+	scheduler_add(sched, enqueue("alice@example.org", rcpts,
+	    "Subject: 2\r\n\r\n2\r\n", time(NULL)));
+	cr_assert(run_until(two_messages_seen_queue_empty, 10),
+	    "second not relayed: %d messages, %d dropped, %zu queued",
+	    fake.nmsgs, fake.ndropped, scheduler_count(sched));
+	cr_assert_lt(now_mono() - t0, 5.0, "it waited");
+	cr_assert_eq(fake.ndropped, 1);
+	cr_assert_eq(fake.nconn, 2, "%d connections", fake.nconn);
+	cr_assert_eq(fake.per_conn[0], 1);
+	cr_assert_eq(fake.per_conn[1], 1, "the second went on a new one");
+	cr_assert_eq(fake.nmsgs, 2, "sent once each");
+	free(fake.msgs[0].data);
+	free(fake.msgs[1].data);
+	evconnlistener_free(fake.l);
 }
 
 static int session_done;

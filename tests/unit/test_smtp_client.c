@@ -348,6 +348,7 @@ struct run {
 	struct outcome done[4];
 	int nclosed;
 	struct outcome closed;
+	int stale;           /* smtp_client_stale() in closed() */
 	char peer_at_close[1200];
 	double elapsed;
 	/* authentication */
@@ -416,6 +417,7 @@ cb_closed(struct smtp_client *c, const struct outcome *o, void *arg)
 
 	r->nclosed++;
 	r->closed = *o;
+	r->stale = smtp_client_stale(c);
 	snprintf(r->peer_at_close, sizeof(r->peer_at_close), "%s",
 	    smtp_client_peer(c));
 	/* freeing from inside the last callback is allowed */
@@ -1206,6 +1208,7 @@ Test(smtp_client, unexpected_close_is_protocol_error)
 	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
 	cr_assert_eq(r.closed.class, OC_PROTOCOL);
 	cr_assert_str_eq(r.closed.text, "connection closed by server");
+	cr_assert_eq(r.stale, 0, "the first transaction of a connection");
 	close(fd);
 	run_fini(&r);
 }
@@ -1412,6 +1415,109 @@ Test(smtp_client, two_messages_one_session)
 	cr_assert_eq(r.closed.status, OUTCOME_OK);
 	close(fd1);
 	close(fd2);
+	run_fini(&r);
+}
+
+/* ---- a reused connection found gone ---- */
+
+/* ends: how the server ends the second transaction of a connection */
+enum second_end {
+	END_CLOSE,        /* hang up on its MAIL without a word */
+	END_RESET,        /* the same with a reset */
+	END_421,          /* 421 to its MAIL, then hang up */
+	END_CLOSE_IN_RCPT, /* MAIL 250, then hang up on its RCPT */
+};
+
+static enum second_end second_end;
+
+/* One message delivered, then the second transaction's MAIL meets what
+ * second_end says; PIPELINING is not offered, so MAIL goes alone. */
+static void
+script_second_transaction_ends(struct peer *p)
+{
+	struct linger lg = { 1, 0 };
+
+	if (peer_greet(p, "EHLO", "250 mx.test\r\n") ||
+	    peer_expect(p, "MAIL") || peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "RCPT") || peer_send(p, "250 Ok\r\n") ||
+	    peer_expect(p, "DATA") || peer_send(p, "354 go\r\n") ||
+	    peer_data(p) || peer_send(p, "250 2.0.0 Ok: queued\r\n") ||
+	    peer_expect(p, "MAIL"))
+		return;
+	switch (second_end) {
+	case END_CLOSE:
+		break;
+	case END_RESET:
+		setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		break;
+	case END_421:
+		peer_send(p, "421 4.4.2 mx.test Error: timeout exceeded\r\n");
+		break;
+	case END_CLOSE_IN_RCPT:
+		if (peer_send(p, "250 Ok\r\n") || peer_expect(p, "RCPT"))
+			return;
+		break;
+	}
+}
+
+/* Two messages on one connection, the second ended by end: returns the
+ * session's outcome; r says the rest. */
+static void
+second_transaction_run(struct run *r, enum second_end end)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	int fd;
+
+	second_end = end;
+	fd = one_msg_init(&p, r, script_second_transaction_ends,
+	    TLS_MODE_NONE, rcpts, 1);
+	msg_init(&r->msgs[1], "a@example.org", rcpts, 1, fd, 3);
+	r->nmsgs = 2;
+	session_go(&p, r);
+	close(fd);
+	cr_assert_eq(r->ndone, 1, "the first message was done");
+	cr_assert_eq(r->done[0].status, OUTCOME_OK);
+	cr_assert_eq(r->nclosed, 1);
+	cr_assert_eq(r->closed.status, OUTCOME_TEMPORARY);
+}
+
+Test(smtp_client, close_on_a_reused_connections_mail_is_stale)
+{
+	struct run r;
+
+	second_transaction_run(&r, END_CLOSE);
+	cr_assert_eq(r.closed.class, OC_PROTOCOL, "%s", r.closed.text);
+	cr_assert_eq(r.stale, 1, "%s", r.closed.text);
+	run_fini(&r);
+}
+
+Test(smtp_client, reset_on_a_reused_connections_mail_is_stale)
+{
+	struct run r;
+
+	second_transaction_run(&r, END_RESET);
+	cr_assert_eq(r.stale, 1, "%s", r.closed.text);
+	run_fini(&r);
+}
+
+Test(smtp_client, a_421_to_a_reused_connections_mail_is_stale)
+{
+	struct run r;
+
+	second_transaction_run(&r, END_421);
+	cr_assert_eq(r.closed.code, 421, "%s", r.closed.text);
+	cr_assert_eq(r.stale, 1, "%s", r.closed.text);
+	run_fini(&r);
+}
+
+Test(smtp_client, a_close_after_the_mail_reply_is_not_stale)
+{
+	struct run r;
+
+	second_transaction_run(&r, END_CLOSE_IN_RCPT);
+	cr_assert_eq(r.closed.class, OC_PROTOCOL, "%s", r.closed.text);
+	cr_assert_eq(r.stale, 0, "the server had answered MAIL");
 	run_fini(&r);
 }
 
