@@ -15,8 +15,10 @@
  * the same rules for the same name, hence the rules here: a session is
  * offered only to the peer it was made with, only by the context (CAs and
  * verify mode) that made it, and a context that verifies caches only
- * sessions whose verification passed. The cache has its own mutex, so the
- * "any thread" promise of tls.h still holds.
+ * sessions whose verification passed. Each connection is offered a copy
+ * of the cached session (tls_cache_offer), so one session serves every
+ * connection until it expires or the server gives a newer one. The cache
+ * has its own mutex, so the "any thread" promise of tls.h still holds.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -169,14 +171,25 @@ tls_new_session(SSL *ssl, SSL_SESSION *sess)
 }
 
 /*
- * Offers ssl the cached session of peer, if there is one still valid.
- * An expired one is dropped (a TLS 1.2 server would refuse it anyway).
+ * Offers ssl a copy of the cached session of peer, if there is one still
+ * valid. An expired one is dropped (a TLS 1.2 server would refuse it
+ * anyway). A copy, because OpenSSL 3 marks a TLS 1.3 session it resumed
+ * not resumable once the handshake is done (it would have each ticket
+ * used once): offering the cached object itself would spend it on one
+ * connection, and against a server that sends no new ticket after a
+ * resumption (Postfix's smtpd) every other connection would then make a
+ * full handshake. The copy carries the same ticket, so the server sees
+ * it again; that only lets it link our connections, which come from one
+ * client to its own relay anyway (Postfix's client reuses its cached
+ * sessions the same way). A server that takes each ticket once refuses
+ * it and the handshake is a full one, whose ticket replaces it here.
  */
 static void
 tls_cache_offer(SSL_CTX *ctx, SSL *ssl, const char *peer)
 {
 	struct tls_cache *cache = tls_cache_of(ctx);
 	struct tls_cache_entry *e;
+	SSL_SESSION *copy = NULL;
 	long now = (long)time(NULL);
 
 	if (cache == NULL)
@@ -186,10 +199,13 @@ tls_cache_offer(SSL_CTX *ctx, SSL *ssl, const char *peer)
 		if (SSL_SESSION_get_time(e->sess) +
 		    SSL_SESSION_get_timeout(e->sess) < now)
 			tls_cache_entry_clear(e);
-		else if (SSL_set_session(ssl, e->sess) != 1)
+		else if ((copy = SSL_SESSION_dup(e->sess)) == NULL ||
+		    SSL_set_session(ssl, copy) != 1)
 			ERR_clear_error();
 	}
 	pthread_mutex_unlock(&cache->mtx);
+	/* ssl holds its own reference */
+	SSL_SESSION_free(copy);
 }
 
 static void

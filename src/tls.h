@@ -51,8 +51,9 @@ int tls_ctx_verifies(SSL_CTX *ctx);
  * partial wildcards); for an address it sets no SNI (RFC 6066 forbids
  * literals) and, when verify is set, the address the certificate's IP
  * subjectAltName must match. With a port too, the SSL belongs to the peer
- * "host port": it offers that peer's cached session, if any and not
- * expired, and the sessions the server gives it go to ctx's cache. The
+ * "host port": it offers a copy of that peer's cached session, if any and
+ * not expired (so a TLS 1.3 ticket serves every connection, not one), and
+ * the sessions the server gives it go to ctx's cache. The
  * server may refuse the session; then the handshake is a full one (and
  * verifies) as if none had been offered. Returns the SSL (the caller, or
  * the bufferevent it is handed to, frees it), or NULL if OpenSSL fails.

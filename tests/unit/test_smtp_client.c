@@ -30,7 +30,9 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/core_names.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -3512,6 +3514,67 @@ Test(tls, second_connection_resumes_and_stays_verified)
 	cr_assert_eq(verr, X509_V_OK);
 	cr_assert_eq(mem_connect(ctx, k.sctx, "127.0.0.1", "587", &verr), 1);
 	tls_ctx_free(ctx);
+	pki_fini(&k);
+}
+
+/*
+ * Postfix's smtpd keeps its own ticket keys and never asks for a ticket
+ * to be renewed: one ticket after a full handshake, none after a
+ * resumption. This callback does the same with one fixed key.
+ */
+static int
+ticket_key_once(SSL *s, unsigned char name[16], unsigned char *iv,
+    EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
+{
+	static const unsigned char key_name[16] = "ticket-key-test";
+	static unsigned char aes[32] = { 1 }, mac[32] = { 2 };
+	static char digest[] = "SHA256";
+	OSSL_PARAM params[3];
+
+	if (enc) {
+		memcpy(name, key_name, sizeof(key_name));
+		if (RAND_bytes(iv, 16) != 1 || EVP_EncryptInit_ex(cctx,
+		    EVP_aes_256_cbc(), NULL, aes, iv) != 1)
+			return -1;
+	} else {
+		if (memcmp(name, key_name, sizeof(key_name)) != 0)
+			return 0;
+		if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, aes,
+		    iv) != 1)
+			return -1;
+	}
+	params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
+	    mac, sizeof(mac));
+	params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+	    digest, 0);
+	params[2] = OSSL_PARAM_construct_end();
+	return EVP_MAC_CTX_set_params(hctx, params) == 1 ? 1 : -1;
+}
+
+/* Against such a server every later connection resumes: each is offered
+ * the one ticket the first full handshake gave, which OpenSSL would
+ * otherwise spend on the first resumption. */
+Test(tls, one_ticket_serves_every_later_connection)
+{
+	struct pki k;
+	SSL_CTX *ctx, *once;
+	long verr;
+	int i;
+
+	pki_init(&k);
+	once = server_ctx(&k, 0);
+	cr_assert_eq(SSL_CTX_set_num_tickets(once, 1), 1);
+	cr_assert_eq(SSL_CTX_set_tlsext_ticket_key_evp_cb(once,
+	    ticket_key_once), 1);
+	ctx = client_ctx(k.cafile, 1);
+	cr_assert_eq(mem_connect(ctx, once, "mx.test", "25", &verr), 0);
+	for (i = 0; i < 4; i++) {
+		cr_assert_eq(mem_connect(ctx, once, "mx.test", "25", &verr),
+		    1, "connection %d after the first", i + 1);
+		cr_assert_eq(verr, X509_V_OK);
+	}
+	tls_ctx_free(ctx);
+	SSL_CTX_free(once);
 	pki_fini(&k);
 }
 
