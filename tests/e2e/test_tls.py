@@ -7,7 +7,8 @@ import signal
 
 from authharness import run_ctl, smarthostctl_binary
 from harness import (delivery_line, make_message, merge_settings,
-                     render_config, rewrite_config, send_message)
+                     render_config, rewrite_config, send_message,
+                     smtp_client, submit)
 
 RCPT = "b@example.net"
 
@@ -141,3 +142,34 @@ def test_one_connection_for_a_lone_clients_messages(upstream,
     assert len(daemon.log_lines(r"relay=\S+ connected, TLS")) == 1
     daemon.wait_log(r"idle session closes", timeout=10)
     daemon.wait_log(r"relay upstream: session \w+ -> closed", timeout=10)
+
+
+def test_first_connections_wait_for_a_session_to_resume(upstream_factory,
+                                                        daemon_factory):
+    """Six messages due at once (a flush after the upstream came back)
+    for a relay with no TLS session yet, one connection each
+    (max_messages_per_connection 1, max_connections 4): the first
+    connection makes the only full handshake; the others open once it is
+    up, and resume the session it got."""
+    upstream = upstream_factory(start=False)
+    daemon = daemon_factory(upstream.port,
+                            queue={"retry_min": 600, "retry_max": 3600},
+                            relays={"upstream": {
+                                "max_connections": 4,
+                                "max_messages_per_connection": 1}})
+    client = smtp_client(daemon)
+    qids = [submit(client, "a@example.org", [RCPT],
+                   make_message(f"at once {i}", "Hi.\n"))
+            for i in range(6)]
+    client.quit()
+    daemon.wait_log(delivery_line(qids[0], RCPT, "deferred"))
+
+    upstream.start()
+    daemon.flush()
+    got = upstream.wait_messages(6)
+    for qid in qids:
+        daemon.wait_log(delivery_line(qid, RCPT, "sent"))
+    assert len({m.peer for m in got}) == 6, "one connection per message"
+    assert sorted(m.tls_resumed for m in got) == [False] + [True] * 5
+    assert len(daemon.log_lines(r"relay=\S+ connected, TLS\S* \S+, "
+                                r"full handshake")) == 1
