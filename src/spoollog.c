@@ -65,15 +65,39 @@
 #define SPOOLLOG_SCAN_WINDOW (1024 * 1024)
 #define SPOOLLOG_NAME_LEN 16
 
-/* A live message: where its message record and latest state record are. */
-struct entry {
+/*
+ * A live message: where its message record and latest state record are.
+ * Packed to 28 bytes (4-byte aligned): the index holds one per queued
+ * message, so it is most of what a large backlog costs in memory. The
+ * envelope's length (the record header's aux) is not kept: it is read
+ * with the header when the record is.
+ */
+struct __attribute__((packed, aligned(4))) entry {
 	uint64_t id;		/* 0: free slot */
 	uint32_t seq;		/* file of the message record */
 	uint32_t off;		/* offset of its header */
 	uint32_t len;		/* payload length */
-	uint32_t aux;		/* envelope length at the start of it */
 	uint32_t st_seq;	/* file of the latest state record, 0: none */
 	uint32_t st_off;
+};
+_Static_assert(sizeof(struct entry) == 28, "struct entry is 28 bytes");
+
+/*
+ * The index is SPOOLLOG_SHARDS open-addressing tables (linear probing),
+ * a message's shard chosen by its hash. A table grows by a quarter when
+ * it is 7/8 full, so the index costs 32 to 40 bytes a message; and since
+ * each shard grows on its own, the old and new arrays that coexist
+ * while one is rehashed are a 64th of the index, not all of it twice
+ * over (a single table of a million messages would peak near 65 MB
+ * there).
+ */
+#define SPOOLLOG_SHARDS 64
+#define SPOOLLOG_SHARD_MIN 16
+
+struct shard {
+	struct entry *slots;
+	uint32_t nslots;	/* any size, or 0 */
+	uint32_t nlive;
 };
 
 struct logfile {
@@ -99,8 +123,7 @@ struct spoollog {
 
 	pthread_mutex_t mtx;	/* guards the index and files[] */
 	pthread_mutex_t wmtx;	/* guards the newest file, see above */
-	struct entry *slots;
-	size_t nslots;		/* a power of two, or 0 */
+	struct shard shards[SPOOLLOG_SHARDS];
 	size_t nlive;
 	struct logfile *files;	/* by seq, oldest first */
 	size_t nfiles;
@@ -135,95 +158,123 @@ struct spoollog {
 };
 
 /* splitmix64's finaliser: ids are mostly a clock, so mix them. */
-static size_t
-slot_hash(uint64_t id, size_t mask)
+static uint64_t
+id_hash(uint64_t id)
 {
 	id ^= id >> 30;
 	id *= 0xbf58476d1ce4e5b9ULL;
 	id ^= id >> 27;
 	id *= 0x94d049bb133111ebULL;
 	id ^= id >> 31;
-	return (size_t)id & mask;
+	return id;
+}
+
+/* The hash's low bits pick the shard, its high 32 bits the home slot
+ * (scaled to the table's size, which need not be a power of two). */
+static struct shard *
+id_shard(struct spoollog *log, uint64_t h)
+{
+	return &log->shards[h % SPOOLLOG_SHARDS];
+}
+
+static uint32_t
+id_home(uint64_t h, uint32_t nslots)
+{
+	return (uint32_t)(((h >> 32) * nslots) >> 32);
+}
+
+static uint32_t
+slot_next(const struct shard *sh, uint32_t i)
+{
+	return i + 1 < sh->nslots ? i + 1 : 0;
 }
 
 static struct entry *
 index_find(struct spoollog *log, uint64_t id)
 {
-	size_t mask, i;
+	uint64_t h = id_hash(id);
+	struct shard *sh = id_shard(log, h);
+	uint32_t i;
 
-	if (log->nslots == 0)
+	if (sh->nslots == 0)
 		return NULL;
-	mask = log->nslots - 1;
-	for (i = slot_hash(id, mask); log->slots[i].id != 0;
-	    i = (i + 1) & mask)
-		if (log->slots[i].id == id)
-			return &log->slots[i];
+	for (i = id_home(h, sh->nslots); sh->slots[i].id != 0;
+	    i = slot_next(sh, i))
+		if (sh->slots[i].id == id)
+			return &sh->slots[i];
 	return NULL;
 }
 
-static void index_grow(struct spoollog *log);
+/* Places e in a table known to have room and not to hold its id. */
+static struct entry *
+shard_place(struct shard *sh, const struct entry *e)
+{
+	uint32_t i;
+
+	for (i = id_home(id_hash(e->id), sh->nslots); sh->slots[i].id != 0;
+	    i = slot_next(sh, i))
+		;
+	sh->slots[i] = *e;
+	return &sh->slots[i];
+}
+
+static void
+shard_grow(struct shard *sh)
+{
+	struct entry *old = sh->slots;
+	uint32_t n = sh->nslots, i;
+
+	if (n > UINT32_MAX / 5 * 4)
+		fatalx("%s: %" PRIu32 " slots", __func__, n);
+	sh->nslots = n < SPOOLLOG_SHARD_MIN ? SPOOLLOG_SHARD_MIN : n + n / 4;
+	sh->slots = xcalloc(sh->nslots, sizeof(*sh->slots));
+	for (i = 0; i < n; i++)
+		if (old[i].id != 0)
+			shard_place(sh, &old[i]);
+	free(old);
+}
 
 /* Returns the entry for id, a new zeroed one (id set) if absent. */
 static struct entry *
 index_get(struct spoollog *log, uint64_t id, int *created)
 {
-	struct entry *e;
-	size_t mask, i;
+	struct shard *sh = id_shard(log, id_hash(id));
+	struct entry *e, fresh;
 
 	*created = 0;
 	if ((e = index_find(log, id)) != NULL)
 		return e;
-	if ((log->nlive + 1) * 2 > log->nslots)
-		index_grow(log);
-	mask = log->nslots - 1;
-	for (i = slot_hash(id, mask); log->slots[i].id != 0;
-	    i = (i + 1) & mask)
-		;
-	memset(&log->slots[i], 0, sizeof(log->slots[i]));
-	log->slots[i].id = id;
+	if (((uint64_t)sh->nlive + 1) * 8 > (uint64_t)sh->nslots * 7)
+		shard_grow(sh);
+	memset(&fresh, 0, sizeof(fresh));
+	fresh.id = id;
+	sh->nlive++;
 	log->nlive++;
 	*created = 1;
-	return &log->slots[i];
-}
-
-static void
-index_grow(struct spoollog *log)
-{
-	struct entry *old = log->slots;
-	size_t n = log->nslots, i, j, mask;
-
-	log->nslots = n == 0 ? 1024 : n * 2;
-	log->slots = xcalloc(log->nslots, sizeof(*log->slots));
-	mask = log->nslots - 1;
-	for (i = 0; i < n; i++) {
-		if (old[i].id == 0)
-			continue;
-		for (j = slot_hash(old[i].id, mask); log->slots[j].id != 0;
-		    j = (j + 1) & mask)
-			;
-		log->slots[j] = old[i];
-	}
-	free(old);
+	return shard_place(sh, &fresh);
 }
 
 /* Linear probing's deletion: shift later members of the run back. */
 static void
 index_delete(struct spoollog *log, struct entry *e)
 {
-	size_t mask = log->nslots - 1, i, j, k;
+	struct shard *sh = id_shard(log, id_hash(e->id));
+	uint32_t i, j, k;
 
-	i = (size_t)(e - log->slots);
-	log->slots[i].id = 0;
-	for (j = (i + 1) & mask; log->slots[j].id != 0; j = (j + 1) & mask) {
-		k = slot_hash(log->slots[j].id, mask);
+	i = (uint32_t)(e - sh->slots);
+	sh->slots[i].id = 0;
+	for (j = slot_next(sh, i); sh->slots[j].id != 0;
+	    j = slot_next(sh, j)) {
+		k = id_home(id_hash(sh->slots[j].id), sh->nslots);
 		/* Move j to i unless its home k lies cyclically in (i, j]. */
 		if ((j > i && (k <= i || k > j)) ||
 		    (j < i && (k <= i && k > j))) {
-			log->slots[i] = log->slots[j];
-			log->slots[j].id = 0;
+			sh->slots[i] = sh->slots[j];
+			sh->slots[j].id = 0;
 			i = j;
 		}
 	}
+	sh->nlive--;
 	log->nlive--;
 }
 
@@ -268,7 +319,7 @@ pos_before(uint32_t seq, uint32_t off, uint32_t seq2, uint32_t off2)
  */
 static void
 index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
-    uint32_t seq, uint32_t off, uint32_t len, uint32_t aux)
+    uint32_t seq, uint32_t off, uint32_t len)
 {
 	struct entry *e;
 	struct logfile *f;
@@ -287,7 +338,6 @@ index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
 		e->seq = seq;
 		e->off = off;
 		e->len = len;
-		e->aux = aux;
 		if (e->st_seq == 0 || !pos_before(seq, off, e->st_seq,
 		    e->st_off)) {
 			e->st_seq = 0;
@@ -372,7 +422,8 @@ spoollog_free(struct spoollog *log)
 	pthread_mutex_destroy(&log->mtx);
 	pthread_mutex_destroy(&log->wmtx);
 	free(log->files);
-	free(log->slots);
+	for (i = 0; i < SPOOLLOG_SHARDS; i++)
+		free(log->shards[i].slots);
 	free(log->stage);
 	free(log->staged);
 	free(log->bury);
@@ -408,7 +459,7 @@ replay_one(const struct logrec *rec, const unsigned char *payload,
 	struct replay *r = arg;
 
 	index_apply(r->log, rec->type, rec->id, r->seq,
-	    (uint32_t)(r->base + (off_t)offset), rec->len, rec->aux);
+	    (uint32_t)(r->base + (off_t)offset), rec->len);
 	return 0;
 }
 
@@ -601,14 +652,19 @@ spoollog_foreach(struct spoollog *log,
 {
 	char id[ENVELOPE_ID_MAX];
 	uint64_t *ids = NULL;
+	const struct shard *sh;
 	size_t i, n = 0;
+	uint32_t j;
 
 	pthread_mutex_lock(&log->mtx);
 	if (log->nlive > 0)
 		ids = xreallocarray(NULL, log->nlive, sizeof(*ids));
-	for (i = 0; i < log->nslots; i++)
-		if (log->slots[i].id != 0)
-			ids[n++] = log->slots[i].id;
+	for (i = 0; i < SPOOLLOG_SHARDS; i++) {
+		sh = &log->shards[i];
+		for (j = 0; j < sh->nslots; j++)
+			if (sh->slots[j].id != 0)
+				ids[n++] = sh->slots[j].id;
+	}
 	pthread_mutex_unlock(&log->mtx);
 	for (i = 0; i < n; i++) {
 		envelope_id_text(ids[i], id, sizeof(id));
@@ -682,6 +738,24 @@ record_read(struct spoollog *log, int fd, uint32_t seq, uint32_t off,
 	return buf;
 }
 
+/* Reads and checks the header of message id's record of the given type
+ * at (seq, off). -1 with errno (EBADMSG if it does not check). */
+static int
+header_read(int fd, uint32_t seq, uint32_t off, uint64_t id,
+    enum logrec_type type, struct logrec *rec)
+{
+	unsigned char hdr[LOGREC_HEADER_LEN];
+
+	if (fileio_pread_all(fd, hdr, sizeof(hdr), off) == -1)
+		return -1;
+	if (logrec_header_parse(hdr, seq, rec) != LOGREC_VALID ||
+	    rec->type != type || rec->id != id || rec->aux > rec->len) {
+		errno = EBADMSG;
+		return -1;
+	}
+	return 0;
+}
+
 /* Reads the state record at (seq, off) of message id, whatever its length;
  * *len is its payload's. NULL with errno (EBADMSG if it does not check). */
 static unsigned char *
@@ -689,15 +763,10 @@ state_read(struct spoollog *log, int fd, uint32_t seq, uint32_t off,
     uint64_t id, size_t *len)
 {
 	struct logrec rec;
-	unsigned char hdr[LOGREC_HEADER_LEN], *buf;
+	unsigned char *buf;
 
-	if (fileio_pread_all(fd, hdr, sizeof(hdr), off) == -1)
+	if (header_read(fd, seq, off, id, LOGREC_STATE, &rec) == -1)
 		return NULL;
-	if (logrec_header_parse(hdr, seq, &rec) != LOGREC_VALID ||
-	    rec.type != LOGREC_STATE) {
-		errno = EBADMSG;
-		return NULL;
-	}
 	if ((buf = record_read(log, fd, seq, off, id, rec.len, &rec)) != NULL)
 		*len = rec.len;
 	return buf;
@@ -715,14 +784,17 @@ entry_read(struct spoollog *log, const struct entry *e, int fd, int st_fd)
 	int error = 0;
 
 	envelope_id_text(e->id, id, sizeof(id));
-	if ((buf = record_read(log, fd, e->seq, e->off, e->id, e->aux,
-	    &rec)) == NULL) {
+	/* The header first, for the envelope's length: then the envelope
+	 * alone (the body is read when it is sent). */
+	if (header_read(fd, e->seq, e->off, e->id, LOGREC_MESSAGE,
+	    &rec) == -1 || (buf = record_read(log, fd, e->seq, e->off, e->id,
+	    rec.aux, &rec)) == NULL) {
 		error = errno;
 		log_warn("%s: read log record", id);
 		goto done;
 	}
-	if ((env = envelope_decode((char *)buf + LOGREC_HEADER_LEN, e->aux,
-	    &used, derr, sizeof(derr))) == NULL || used != e->aux ||
+	if ((env = envelope_decode((char *)buf + LOGREC_HEADER_LEN, rec.aux,
+	    &used, derr, sizeof(derr))) == NULL || used != rec.aux ||
 	    strcmp(env->id, id) != 0) {
 		log_warnx("%s: log record does not decode: %s", id,
 		    env == NULL ? derr : "bad envelope");
@@ -745,8 +817,8 @@ entry_read(struct spoollog *log, const struct entry *e, int fd, int st_fd)
 		    (char *)sbuf + LOGREC_HEADER_LEN, slen) == -1)
 			log_warnx("%s: ignoring malformed state record", id);
 	}
-	env->body_offset = (off_t)e->off + LOGREC_HEADER_LEN + e->aux;
-	env->body_size = (off_t)(e->len - e->aux);
+	env->body_offset = (off_t)e->off + LOGREC_HEADER_LEN + rec.aux;
+	env->body_size = (off_t)(rec.len - rec.aux);
  done:
 	free(buf);
 	free(sbuf);
@@ -777,13 +849,20 @@ int
 spoollog_body_open(struct spoollog *log, const char *id, off_t *body_offset)
 {
 	struct entry e;
-	int fd, st_fd;
+	struct logrec rec;
+	int fd, st_fd, error;
 
 	if (entry_take(log, envelope_id_number(id), &e, &fd, &st_fd) == -1)
 		return -1;
 	if (st_fd != -1)
 		close(st_fd);
-	*body_offset = (off_t)e.off + LOGREC_HEADER_LEN + e.aux;
+	if (header_read(fd, e.seq, e.off, e.id, LOGREC_MESSAGE, &rec) == -1) {
+		error = errno;
+		close(fd);
+		errno = error;
+		return -1;
+	}
+	*body_offset = (off_t)e.off + LOGREC_HEADER_LEN + rec.aux;
 	return fd;
 }
 
@@ -1196,7 +1275,7 @@ spoollog_commit(struct spoollog *log)
 	for (i = 0; i < log->nstaged; i++) {
 		st = &log->staged[i];
 		index_apply(log, st->type, st->id, log->flushed_seq,
-		    (uint32_t)log->flushed_base + st->rel, st->len, st->aux);
+		    (uint32_t)log->flushed_base + st->rel, st->len);
 	}
 	pthread_mutex_unlock(&log->mtx);
 	log->stagelen = 0;
@@ -1269,6 +1348,32 @@ copy_wanted(struct spoollog *log)
 	    dead >= 2 * log->files[0].live_bytes;
 }
 
+/* Copies of up to max entries whose message record is in file f, in *n.
+ * Locked. */
+static struct entry *
+index_collect(struct spoollog *log, const struct logfile *f, size_t max,
+    size_t *n)
+{
+	struct entry *out = NULL;
+	const struct shard *sh;
+	size_t i;
+	uint32_t j;
+
+	*n = 0;
+	if (max > f->live)
+		max = f->live;
+	for (i = 0; i < SPOOLLOG_SHARDS && *n < max; i++) {
+		sh = &log->shards[i];
+		for (j = 0; j < sh->nslots && *n < max; j++) {
+			if (sh->slots[j].id == 0 || sh->slots[j].seq != f->seq)
+				continue;
+			out = xreallocarray(out, *n + 1, sizeof(*out));
+			out[(*n)++] = sh->slots[j];
+		}
+	}
+	return out;
+}
+
 /*
  * Copies up to SPOOLLOG_COPY_MAX live messages of the oldest file to the
  * newest, with their current state in the envelope. A note (from the
@@ -1281,22 +1386,15 @@ copy_wanted(struct spoollog *log)
 static void
 copy_forward(struct spoollog *log)
 {
-	struct entry *todo = NULL, e;
+	struct entry *todo, e;
 	struct envelope *env;
-	uint32_t seq;
-	size_t i, n = 0, textlen;
+	size_t i, n, textlen;
 	char id[ENVELOPE_ID_MAX], *text, *body;
 	int fd, st_fd, copied = 0;
 	off_t base;
 
 	pthread_mutex_lock(&log->mtx);
-	seq = log->files[0].seq;
-	for (i = 0; i < log->nslots && n < SPOOLLOG_COPY_MAX; i++) {
-		if (log->slots[i].id == 0 || log->slots[i].seq != seq)
-			continue;
-		todo = xreallocarray(todo, n + 1, sizeof(*todo));
-		todo[n++] = log->slots[i];
-	}
+	todo = index_collect(log, &log->files[0], SPOOLLOG_COPY_MAX, &n);
 	pthread_mutex_unlock(&log->mtx);
 	for (i = 0; i < n; i++) {
 		if (entry_take(log, todo[i].id, &e, &fd, &st_fd) == -1)

@@ -26,8 +26,9 @@
  * old file goes. Disk use stays within a few times the live data plus two
  * files.
  *
- * Memory: 32 bytes per live message in an open-addressing hash table (load
- * at most one half), and one open descriptor per log file.
+ * Memory: a 28-byte entry per live message in open-addressing hash tables
+ * (64 shards, each grown by a quarter when 7/8 full: 32 to 40 bytes a
+ * message), and one open descriptor per log file.
  *
  * Threads: spoollog_add(), spoollog_flush(), spoollog_maintain() run on one
  * thread at a time (the queue's commit thread, or the loop for a lone
@@ -80,7 +81,8 @@ struct envelope *spoollog_read(struct spoollog *log, const char *id);
  * Opens the log file that holds the message's body now and stores where
  * the body starts in it in *body_offset (it moves when the message is
  * copied forward). Returns a descriptor the caller closes, or -1 with
- * errno (ENOENT: not in the log).
+ * errno (ENOENT: not in the log; EBADMSG: its record's header does not
+ * check; or a read error).
  */
 int spoollog_body_open(struct spoollog *log, const char *id,
     off_t *body_offset);

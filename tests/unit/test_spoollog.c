@@ -1,0 +1,160 @@
+/*
+ * The spool log's index at a size where its tables grow many times and
+ * deletions shift long runs of linear probing: every live message is found
+ * (and read back, its envelope's length coming from the record header),
+ * no dead one is, before and after a replay from disk.
+ */
+#include <sys/stat.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "envelope.h"
+#include "fixture.h"
+#include "spoollog.h"
+
+#define NMSG 30000
+#define BATCH 500
+/* Ids as queue.c makes them: a millisecond clock in the high bits, so
+ * consecutive ones differ in few bits. */
+#define ID(i) ((((uint64_t)1 << 40) + (uint64_t)(i) / 7) << 22 | (i) % 7)
+
+static char spool[] = "/tmp/test_spoollog.XXXXXX";
+static int spool_fd = -1;
+
+static void
+setup(void)
+{
+	cr_assert_not_null(mkdtemp(spool));
+	spool_fd = open(spool, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_neq(spool_fd, -1);
+}
+
+static void
+teardown(void)
+{
+	if (spool_fd != -1)
+		close(spool_fd);
+	fixture_rmtree(spool);
+}
+
+TestSuite(spoollog, .init = setup, .fini = teardown);
+
+static struct spoollog *
+open_log(void)
+{
+	struct spoollog *log;
+	char err[256];
+
+	log = spoollog_open(spool_fd, spool, err, sizeof(err));
+	cr_assert_not_null(log, "spoollog_open: %s", err);
+	return log;
+}
+
+static void
+flush_commit(struct spoollog *log)
+{
+	off_t base;
+
+	cr_assert_eq(spoollog_flush(log, 0, &base), 0);
+	spoollog_commit(log);
+}
+
+/* Stages message i: an envelope naming it, and a body of i % 50 + 1
+ * bytes. */
+static void
+add_message(struct spoollog *log, size_t i)
+{
+	struct envelope *env = envelope_new();
+	char body[64], *text;
+	size_t len;
+
+	envelope_id_text(ID(i), env->id, sizeof(env->id));
+	free(env->sender);
+	env->sender = strdup("a@example.org");
+	env->client = strdup("localhost[127.0.0.1]");
+	envelope_add_rcpt(env, "b@example.org");
+	memset(body, 'x', sizeof(body));
+	text = envelope_encode(env, &len);
+	spoollog_add(log, LOGREC_MESSAGE, env->id, text, len, body,
+	    i % 50 + 1);
+	free(text);
+	envelope_free(env);
+}
+
+static int
+is_dead(size_t i)
+{
+	return i % 3 == 1;
+}
+
+static void
+count_one(const char *id, void *arg)
+{
+	(*(size_t *)arg)++;
+}
+
+/* Every message alive unless is_dead(), and a sample read back whole. */
+static void
+assert_index(struct spoollog *log)
+{
+	struct envelope *env;
+	char id[ENVELOPE_ID_MAX];
+	size_t i, n = 0;
+
+	for (i = 0; i < NMSG; i++) {
+		envelope_id_text(ID(i), id, sizeof(id));
+		cr_assert_eq(spoollog_has(log, id), !is_dead(i), "message %zu",
+		    i);
+	}
+	spoollog_foreach(log, count_one, &n);
+	cr_assert_eq(n, NMSG - (NMSG + 1) / 3);
+	for (i = 0; i < NMSG; i += 997) {
+		if (is_dead(i))
+			continue;
+		envelope_id_text(ID(i), id, sizeof(id));
+		cr_assert_not_null(env = spoollog_read(log, id), "read %s", id);
+		cr_assert_str_eq(env->id, id);
+		cr_assert_eq(env->nrcpts, 1);
+		cr_assert_eq(env->body_size, (off_t)(i % 50 + 1));
+		envelope_free(env);
+	}
+}
+
+Test(spoollog, index_holds_thousands_through_growth_and_deletion)
+{
+	struct spoollog *log;
+	struct spoollog_stats st;
+	char id[ENVELOPE_ID_MAX];
+	size_t i;
+
+	log = open_log();
+	cr_assert_eq(spoollog_recover(log), 0);
+	for (i = 0; i < NMSG; i++) {
+		add_message(log, i);
+		if ((i + 1) % BATCH == 0)
+			flush_commit(log);
+	}
+	flush_commit(log);
+	for (i = 0; i < NMSG; i++) {
+		if (!is_dead(i))
+			continue;
+		envelope_id_text(ID(i), id, sizeof(id));
+		spoollog_add(log, LOGREC_DONE, id, NULL, 0, NULL, 0);
+	}
+	flush_commit(log);
+	assert_index(log);
+	spoollog_stats(log, &st);
+	cr_assert_eq(st.messages, NMSG - (NMSG + 1) / 3);
+	spoollog_free(log);
+
+	log = open_log();
+	cr_assert_eq(spoollog_recover(log), NMSG - (NMSG + 1) / 3);
+	assert_index(log);
+	spoollog_free(log);
+}
