@@ -1,7 +1,7 @@
 /*
  * The scheduler knows every queued message while the daemon runs and decides
  * when each is tried. Its memory and descriptors do not grow with the
- * queue: a message that waits is a 24-byte record (struct sched_rec: id,
+ * queue: a message that waits is a 16-byte record (struct sched_rec: id,
  * next try, relay, flags) in a binary heap ordered by next try, with one
  * timer for the top, and its envelope stays on disk. Held messages
  * (ENVELOPE_HOLD) are records that are never due. Only the active set,
@@ -183,13 +183,18 @@ enum {
  */
 struct sched_rec {
 	uint64_t id;             /* the queue id as a number */
-	int64_t key;             /* next try; REC_HELD: INT64_MAX */
-	uint32_t relay;          /* its primary relay when it went to wait:
+	uint32_t key;            /* next try (seconds since the epoch, which
+	                            fit until 2106; key_of() clamps); REC_HELD:
+	                            KEY_HELD */
+	uint16_t relay;          /* its primary relay when it went to wait:
 	                            index into s->rnames; RELAY_UNKNOWN when
 	                            not known (not read yet, or a reload
 	                            may have re-routed it) */
-	uint32_t flags;          /* REC_* */
+	uint16_t flags;          /* REC_* */
 };
+/* One per waiting message: the heap's array is most of what a backlog
+ * costs besides the spool log's index. */
+_Static_assert(sizeof(struct sched_rec) == 16, "struct sched_rec is 16 bytes");
 
 enum {
 	REC_UNREAD = 1 << 0, /* not read since start: key is a guess (due) */
@@ -198,9 +203,23 @@ enum {
 	REC_PINNED = 1 << 3, /* its envelope names its relay: no route, so
 	                        a reload leaves relay alone */
 };
-#define RELAY_UNKNOWN UINT32_MAX
+#define RELAY_UNKNOWN UINT16_MAX
 /* The key of an unread message: due, but after new mail (key 0). */
 #define KEY_UNREAD 1
+/* The key of a held message: never due. */
+#define KEY_HELD UINT32_MAX
+
+/* A record's key for a next try: before the epoch is due now, after 2106
+ * the latest time a key holds. */
+static uint32_t
+key_of(int64_t t)
+{
+	if (t < 0)
+		return 0;
+	if (t >= (int64_t)KEY_HELD)
+		return KEY_HELD - 1;
+	return (uint32_t)t;
+}
 
 /* An active message: taken from the heap, with its envelope in memory. */
 struct sched_msg {
@@ -427,21 +446,21 @@ id_first_cmp(const void *a, const void *b)
 }
 
 /* The index of a relay's name in s->rnames, added if new. */
-static uint32_t
+static uint16_t
 rname_index(struct scheduler *s, const char *name)
 {
 	uint32_t i;
 
 	for (i = 0; i < s->nrnames; i++)
 		if (strcmp(s->rnames[i], name) == 0)
-			return i;
+			return (uint16_t)i;
 	/* Each relay name a message was routed to: a handful. */
 	if (s->nrnames == RELAY_UNKNOWN - 1)
 		return RELAY_UNKNOWN;
 	s->rnames = xreallocarray(s->rnames, s->nrnames + 1,
 	    sizeof(*s->rnames));
 	s->rnames[s->nrnames] = xstrdup(name);
-	return s->nrnames++;
+	return (uint16_t)s->nrnames++;
 }
 
 /* The relay m goes to before any failover: the one pinned in its
@@ -457,7 +476,7 @@ msg_primary(const struct scheduler *s, const struct sched_msg *m)
 
 /* For m's record: the index of its primary relay's name, or
  * RELAY_UNKNOWN. */
-static uint32_t
+static uint16_t
 msg_primary_index(struct scheduler *s, const struct sched_msg *m)
 {
 	const struct relay_config *rc = msg_primary(s, m);
@@ -548,16 +567,16 @@ msg_park(struct scheduler *s, struct sched_msg *m, int64_t key)
 	struct sched_rec r;
 
 	r.id = m->id;
-	r.flags = m->env == NULL ? m->rec_flags & (REC_UNREAD | REC_FLUSHED) :
-	    0;
+	r.flags = m->env == NULL ?
+	    (uint16_t)(m->rec_flags & (REC_UNREAD | REC_FLUSHED)) : 0;
 	r.relay = m->env == NULL ? RELAY_UNKNOWN : msg_primary_index(s, m);
 	if (m->env != NULL && m->env->relay != NULL)
 		r.flags |= REC_PINNED;
 	if (m->env != NULL && (m->env->flags & ENVELOPE_HOLD)) {
 		r.flags |= REC_HELD;
-		key = INT64_MAX;
-	}
-	r.key = key;
+		r.key = KEY_HELD;
+	} else
+		r.key = key_of(key);
 	log_debug("%s: scheduler %s -> %s", m->idstr,
 	    msg_state_names[m->state], (r.flags & REC_HELD) ? "held" :
 	    "waiting");
@@ -1796,7 +1815,7 @@ sched_take(struct scheduler *s, time_t now)
 			break;
 		r = heap_pop(s);
 		if ((until = rec_relay_backoff(s, &r, now)) != 0) {
-			r.key = (int64_t)until;
+			r.key = key_of((int64_t)until);
 			heap_push(s, &r);
 			continue;
 		}
@@ -1902,7 +1921,7 @@ sched_dispatch(evutil_socket_t fd, short what, void *arg)
 	/* A due record that could not be taken waits for a place in the
 	 * active set or a load job: their ends kick the dispatcher. */
 	if (s->nheap > 0 && s->heap[0].key > (int64_t)now &&
-	    s->heap[0].key != INT64_MAX)
+	    s->heap[0].key != KEY_HELD)
 		wake = (time_t)s->heap[0].key;
 	TAILQ_FOREACH(sr, &s->relays, entry) {
 		if (!TAILQ_EMPTY(&sr->ready) && sr->backoff_until > now &&
@@ -2550,7 +2569,7 @@ rec_find(const struct scheduler *s, uint64_t id)
 
 	for (i = 0; i < s->nheap; i++)
 		if (s->heap[i].id == id)
-			return i;
+			return (uint16_t)i;
 	return SIZE_MAX;
 }
 
