@@ -100,9 +100,11 @@ struct shard {
 	uint32_t nlive;
 };
 
+/* A log file. None is held open for reading: a reader opens the one it
+ * needs (file_open) under the mutex, so one descriptor per file (a
+ * million messages of 4 KB fill about 530) never accrues. */
 struct logfile {
 	uint32_t seq;
-	int fd;			/* read-only */
 	uint64_t end;		/* bytes of valid records */
 	uint64_t live_bytes;	/* of live message records */
 	size_t live;		/* live message records */
@@ -413,8 +415,6 @@ spoollog_free(struct spoollog *log)
 
 	if (log == NULL)
 		return;
-	for (i = 0; i < log->nfiles; i++)
-		close(log->files[i].fd);
 	if (log->wfd != -1)
 		close(log->wfd);
 	if (log->dir_fd != -1)
@@ -433,7 +433,7 @@ spoollog_free(struct spoollog *log)
 
 /* Adds a file to the table (seq above every other). Locked. */
 static struct logfile *
-file_add(struct spoollog *log, uint32_t seq, int fd)
+file_add(struct spoollog *log, uint32_t seq)
 {
 	struct logfile *f;
 
@@ -442,8 +442,19 @@ file_add(struct spoollog *log, uint32_t seq, int fd)
 	f = &log->files[log->nfiles++];
 	memset(f, 0, sizeof(*f));
 	f->seq = seq;
-	f->fd = fd;
 	return f;
+}
+
+/* Opens log file seq for reading: with the mutex held, while the file is
+ * in the table, so it is not deleted yet (reclaim unlinks a file only
+ * after taking it out of the table). -1 with errno. */
+static int
+file_open(struct spoollog *log, uint32_t seq)
+{
+	char name[SPOOLLOG_NAME_LEN + 1];
+
+	file_name(seq, name, sizeof(name));
+	return openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 }
 
 struct replay {
@@ -465,7 +476,7 @@ replay_one(const struct logrec *rec, const unsigned char *payload,
 
 /* Replays one file up to its first record that does not validate. */
 static void
-file_replay(struct spoollog *log, struct logfile *f)
+file_replay(struct spoollog *log, struct logfile *f, int fd)
 {
 	struct replay r = { log, f->seq, 0 };
 	struct logrec rec;
@@ -476,7 +487,7 @@ file_replay(struct spoollog *log, struct logfile *f)
 
 	buf = xmalloc(cap);
 	for (;;) {
-		if ((n = pread(f->fd, buf, cap, r.base)) == -1) {
+		if ((n = pread(fd, buf, cap, r.base)) == -1) {
 			file_name(f->seq, name, sizeof(name));
 			log_warn("%s/log/%s: read", log->spool, name);
 			break;
@@ -590,7 +601,6 @@ reclaim(struct spoollog *log)
 		    (log->nfiles - 1) * sizeof(*log->files));
 		log->nfiles--;
 		pthread_mutex_unlock(&log->mtx);
-		close(f.fd);
 		if (log->wfd != -1 && f.seq == log->wseq) {
 			/* Everything in it is dead, its tombstones too:
 			 * no sync needed before it goes. */
@@ -634,9 +644,10 @@ spoollog_recover(struct spoollog *log)
 			continue;
 		}
 		pthread_mutex_lock(&log->mtx);
-		file_add(log, seqs[i], fd);
+		file_add(log, seqs[i]);
 		pthread_mutex_unlock(&log->mtx);
-		file_replay(log, &log->files[log->nfiles - 1]);
+		file_replay(log, &log->files[log->nfiles - 1], fd);
+		close(fd);
 	}
 	free(seqs);
 	reclaim(log);
@@ -684,8 +695,9 @@ spoollog_has(struct spoollog *log, const char *id)
 	return found;
 }
 
-/* A copy of id's entry and descriptors (dup'ed) of its files, taken under
- * the lock so a file deleted right after stays readable. */
+/* A copy of id's entry and descriptors of its files (opened for the
+ * caller), taken under the lock so a file deleted right after stays
+ * readable. */
 static int
 entry_take(struct spoollog *log, uint64_t id, struct entry *out, int *fd,
     int *st_fd)
@@ -700,8 +712,8 @@ entry_take(struct spoollog *log, uint64_t id, struct entry *out, int *fd,
 	    (f = file_find(log, e->seq)) == NULL ||
 	    (e->st_seq != 0 && (sf = file_find(log, e->st_seq)) == NULL))
 		error = ENOENT;
-	else if ((*fd = dup(f->fd)) == -1 ||
-	    (sf != NULL && (*st_fd = dup(sf->fd)) == -1))
+	else if ((*fd = file_open(log, f->seq)) == -1 ||
+	    (sf != NULL && (*st_fd = file_open(log, sf->seq)) == -1))
 		error = errno;
 	else
 		*out = *e;
@@ -924,7 +936,7 @@ file_new(struct spoollog *log)
 	char name[SPOOLLOG_NAME_LEN + 1];
 	uint32_t seq = log->last_seq + 1;
 	size_t prealloc;
-	int wfd = -1, rfd = -1, error;
+	int wfd = -1, error;
 
 	file_name(seq, name, sizeof(name));
 	if ((wfd = openat(log->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL |
@@ -948,8 +960,7 @@ file_new(struct spoollog *log)
 		log_warnx("%s/log/%s: disk nearly full: %zu bytes "
 		    "preallocated", log->spool, name, prealloc);
 	}
-	if ((rfd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC |
-	    O_NOFOLLOW)) == -1 || fsync(log->dir_fd) == -1)
+	if (fsync(log->dir_fd) == -1)
 		goto fail_unlink;
 	if (log->wfd != -1) {
 		/* Tombstones written lazily to the old file: synced before
@@ -964,7 +975,7 @@ file_new(struct spoollog *log)
 	log->broken = 0;
 	log->prealloc = prealloc;
 	pthread_mutex_lock(&log->mtx);
-	file_add(log, seq, rfd);
+	file_add(log, seq);
 	pthread_mutex_unlock(&log->mtx);
 	log_debug("%s/log/%s: started", log->spool, name);
 	return 0;
@@ -978,8 +989,6 @@ file_new(struct spoollog *log)
 	log_warn("%s/log/%s: create", log->spool, name);
 	if (wfd != -1)
 		close(wfd);
-	if (rfd != -1)
-		close(rfd);
 	errno = error;
 	return -1;
 }
@@ -1039,7 +1048,7 @@ restate_copies(struct spoollog *log, const struct entry *copies, size_t n)
 			now = *e;
 			if ((f = file_find(log, e->st_seq)) == NULL)
 				error = ENOENT;
-			else if ((fd = dup(f->fd)) == -1)
+			else if ((fd = file_open(log, f->seq)) == -1)
 				error = errno;
 		}
 		pthread_mutex_unlock(&log->mtx);

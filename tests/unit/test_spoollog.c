@@ -2,10 +2,12 @@
  * The spool log's index at a size where its tables grow many times and
  * deletions shift long runs of linear probing: every live message is found
  * (and read back, its envelope's length coming from the record header),
- * no dead one is, before and after a replay from disk.
+ * no dead one is, before and after a replay from disk; and the log's many
+ * files hold no descriptor each.
  */
 #include <sys/stat.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +89,20 @@ add_message(struct spoollog *log, size_t i)
 	envelope_free(env);
 }
 
+/* The descriptors this process has open. */
+static int
+open_fds(void)
+{
+	DIR *d;
+	int n = 0;
+
+	cr_assert_not_null(d = opendir("/proc/self/fd"));
+	while (readdir(d) != NULL)
+		n++;
+	closedir(d);
+	return n - 3;	/* ".", ".." and d's own */
+}
+
 static int
 is_dead(size_t i)
 {
@@ -132,8 +148,12 @@ Test(spoollog, index_holds_thousands_through_growth_and_deletion)
 	struct spoollog_stats st;
 	char id[ENVELOPE_ID_MAX];
 	size_t i;
+	int fds;
 
+	fds = open_fds();
 	log = open_log();
+	/* Files of 64 KB: dozens of them. */
+	spoollog_file_size(log, 64 * 1024);
 	cr_assert_eq(spoollog_recover(log), 0);
 	for (i = 0; i < NMSG; i++) {
 		add_message(log, i);
@@ -151,10 +171,16 @@ Test(spoollog, index_holds_thousands_through_growth_and_deletion)
 	assert_index(log);
 	spoollog_stats(log, &st);
 	cr_assert_eq(st.messages, NMSG - (NMSG + 1) / 3);
+	cr_assert_gt(st.files, 40);
+	/* log/ and the file being written, none per file. */
+	cr_assert_leq(open_fds(), fds + 2, "%d descriptors for %zu files",
+	    open_fds() - fds, st.files);
 	spoollog_free(log);
+	cr_assert_eq(open_fds(), fds);
 
 	log = open_log();
 	cr_assert_eq(spoollog_recover(log), NMSG - (NMSG + 1) / 3);
 	assert_index(log);
+	cr_assert_leq(open_fds(), fds + 2);
 	spoollog_free(log);
 }
