@@ -1192,8 +1192,10 @@ group_finish(struct queue *q, struct qop *group, int n, uint64_t ms,
 			    "the loop for %ju s", q->spool, (uintmax_t)ms,
 			    (uintmax_t)q->backoff / 1000);
 		q->slow_until = now + q->backoff;
-		if (lone && q->backoff < QUEUE_INLINE_BACKOFF_MAX_MS)
-			q->backoff *= 2;
+		/* Doubled but clamped: 160 s doubled is over the cap. */
+		if (lone)
+			q->backoff = q->backoff > QUEUE_INLINE_BACKOFF_MAX_MS / 2 ?
+			    QUEUE_INLINE_BACKOFF_MAX_MS : q->backoff * 2;
 	} else if (lone)
 		q->backoff = QUEUE_INLINE_BACKOFF_MS;
 	wake = q->done.head == NULL;

@@ -6,7 +6,9 @@
  * so every call queue.c makes to those goes through the __wrap_ functions
  * below, which pass through to the real call unless a test armed a fault.
  * envelope_encode is wrapped too, as a point in the commit thread's copy
- * forward of a log message where a test interleaves a note (copy_hook).
+ * forward of a log message where a test interleaves a note (copy_hook),
+ * and clock_gettime, so that a test can run queue.c on a fake monotonic
+ * clock (fake_mono_ms) that only it and the loop's syncs move.
  * Only descriptors above 2 are affected, so log lines still reach stderr.
  * The counting wrappers check what they sync by its identity (device and
  * inode), so syncing the wrong thing does not pass: __wrap_fsync counts
@@ -22,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +54,8 @@ int __real_fsync(int fd);
 int __wrap_fsync(int fd);
 char *__real_envelope_encode(const struct envelope *env, size_t *len);
 char *__wrap_envelope_encode(const struct envelope *env, size_t *len);
+int __real_clock_gettime(clockid_t clk, struct timespec *ts);
+int __wrap_clock_gettime(clockid_t clk, struct timespec *ts);
 
 static long fault_write_budget = -1;	/* bytes until ENOSPC, -1: off */
 static int fault_sync_errno;		/* fdatasync/syncfs fail with it */
@@ -62,6 +67,10 @@ static int count_syncfs;		/* of the spool's filesystem */
 static int count_dir_fsync;		/* fsync()s of queue/ itself */
 static int count_log_dir_fsync;		/* fsync()s of log/ itself */
 static int fault_dirsync_delay_ms;	/* a slow directory fsync */
+/* CLOCK_MONOTONIC in ms when not 0, and what each fdatasync on the loop's
+ * thread adds to it (a sync that took that long). */
+static uint64_t fake_mono_ms;
+static uint64_t fake_loop_sync_ms;
 #define SYNCED_MAX 1024
 static ino_t synced_ino[SYNCED_MAX];	/* files fdatasync()ed, in order */
 static int nsynced;
@@ -185,6 +194,7 @@ int
 __wrap_fdatasync(int fd)
 {
 	struct stat st;
+	uint64_t took;
 	int i;
 
 	if (__atomic_load_n(&copy_hook.armed, __ATOMIC_SEQ_CST) == 2 &&
@@ -200,8 +210,13 @@ __wrap_fdatasync(int fd)
 		}
 	}
 	__atomic_add_fetch(&count_fdatasync, 1, __ATOMIC_SEQ_CST);
-	if (pthread_equal(pthread_self(), test_thread))
+	if (pthread_equal(pthread_self(), test_thread)) {
 		__atomic_add_fetch(&count_fdatasync_loop, 1, __ATOMIC_SEQ_CST);
+		took = __atomic_load_n(&fake_loop_sync_ms, __ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&fake_mono_ms, __ATOMIC_SEQ_CST) != 0)
+			__atomic_add_fetch(&fake_mono_ms, took,
+			    __ATOMIC_SEQ_CST);
+	}
 	if (fault_sync() == -1)
 		return -1;
 	if (__real_fdatasync(fd) == -1)
@@ -226,6 +241,18 @@ __wrap_syncfs(int fd)
 	if (fault_sync() == -1)
 		return -1;
 	return __real_syncfs(fd);
+}
+
+int
+__wrap_clock_gettime(clockid_t clk, struct timespec *ts)
+{
+	uint64_t ms = __atomic_load_n(&fake_mono_ms, __ATOMIC_SEQ_CST);
+
+	if (clk != CLOCK_MONOTONIC || ms == 0)
+		return __real_clock_gettime(clk, ts);
+	ts->tv_sec = (time_t)(ms / 1000);
+	ts->tv_nsec = (long)(ms % 1000) * 1000000L;
+	return 0;
 }
 
 /* Counts fsync()s of queue/ (not of tmp/ or any other directory);
@@ -2970,6 +2997,73 @@ Test(queue, lone_commits_still_reclaim_log_files)
 	queue_close(q);
 	for (i = 0; i < 100; i++)
 		envelope_free(c[i]);
+	envelope_free(env);
+	free(body);
+}
+
+/*
+ * Commits a message through queue_txn_commit_alone() until one runs on the
+ * loop, at most tries times; returns whether one did. A commit also goes
+ * through the thread while the thread owns the log, reclaiming log files
+ * after a group of its own, so one commit through the thread right after
+ * another is no proof that the lone path is closed; tries of them are.
+ */
+static int
+lone_commit_on_loop(struct queue *q, const struct envelope *env,
+    const char *body, int tries)
+{
+	struct queue_stats before, after;
+	struct result r;
+	int i;
+
+	for (i = 0; i < tries; i++) {
+		queue_stats(q, &before);
+		lone_wait(q, env, body, 100, &r);
+		envelope_free(r.env);
+		queue_stats(q, &after);
+		if (after.lone_groups > before.lone_groups)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * The backoff of the lone path on a fake monotonic clock: every sync on the
+ * loop takes 150 ms, so every lone commit finds the disk slow, and the
+ * path stays closed 5 s after the first, then 10 s, 20 s, 40 s, 80 s,
+ * 160 s, and then 5 minutes each time, never longer: a commit a
+ * millisecond before the window ends goes through the thread, one at its
+ * end runs on the loop again.
+ */
+Test(queue, lone_commit_backoff_stops_at_five_minutes)
+{
+	static const uint64_t window_s[] = { 5, 10, 20, 40, 80, 160, 300, 300,
+		300 };
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1);
+	char *body = make_body(100);
+	uint64_t slow_at;
+	size_t i;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	__atomic_store_n(&fake_loop_sync_ms, 150, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&fake_mono_ms, 1000000, __ATOMIC_SEQ_CST);
+	cr_assert(lone_commit_on_loop(q, env, body, 1));
+	for (i = 0; i < sizeof(window_s) / sizeof(window_s[0]); i++) {
+		slow_at = __atomic_load_n(&fake_mono_ms, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&fake_mono_ms, slow_at + window_s[i] * 1000 - 1,
+		    __ATOMIC_SEQ_CST);
+		cr_assert(!lone_commit_on_loop(q, env, body, 5),
+		    "slow sync %zu: the loop synced before %ju s", i + 1,
+		    (uintmax_t)window_s[i]);
+		__atomic_store_n(&fake_mono_ms, slow_at + window_s[i] * 1000,
+		    __ATOMIC_SEQ_CST);
+		cr_assert(lone_commit_on_loop(q, env, body, 50),
+		    "slow sync %zu: commits stay off the loop past %ju s",
+		    i + 1, (uintmax_t)window_s[i]);
+	}
+	queue_close(q);
+	__atomic_store_n(&fake_mono_ms, 0, __ATOMIC_SEQ_CST);
 	envelope_free(env);
 	free(body);
 }
