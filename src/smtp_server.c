@@ -465,19 +465,37 @@ txn_header_flush(struct session *s, size_t upto)
 	t->hdr = NULL;
 }
 
-/* Message bytes for the spool: held back until the header section is
- * complete (or HEADER_MAX bytes long), then streamed. */
+/*
+ * Message bytes for the spool: held back until the header section is
+ * complete (or HEADER_MAX bytes long), then streamed.
+ *
+ * A message whose first line starts with SP or HTAB would continue the
+ * last field before it, our Received: header (RFC 5322 2.2.3): the client
+ * could write into our trace field. A header section cannot start with a
+ * continuation line, so such a message has none of its own: an empty line
+ * goes first and the client's text is all body, as Postfix's smtpd does.
+ * The empty line is ours, like the Received: header: it counts towards
+ * neither max_message_size nor the octets a BDAT reply reports.
+ */
 static void
 txn_message(struct session *s, const void *p, size_t len)
 {
 	struct txn *t = s->txn;
 	size_t take;
+	char first;
 
 	/* Nothing to add (an empty piece), and t->hdr may still be NULL:
 	 * even t->hdr + 0 would be undefined then. */
 	if (len == 0)
 		return;
 	if (t->hdr_done) {
+		txn_write(t, p, len);
+		return;
+	}
+	first = *(const char *)p;
+	if (t->hdrlen == 0 && (first == ' ' || first == '\t')) {
+		t->hdr_done = 1;
+		txn_write(t, "\r\n", 2);
 		txn_write(t, p, len);
 		return;
 	}

@@ -479,3 +479,59 @@ def test_bare_lf_in_commands(daemon, upstream):
     assert_arrived_exactly(upstream, head + b"one\r\n.\r\ntwo\r\n")
     upstream.assert_count_stays(1, settle=1)
     assert_log_clean(daemon)
+
+
+# Our Received: header as smtp_server.c writes it for one recipient: three
+# lines, the id the client was given in the second.
+RECEIVED_RE = re.compile(
+    rb"Received: from client\.test \(\S+ \[[^]\r\n]+\]\)\r\n"
+    rb"\tby \S+ \(smarthostd(?:, from userid \d+)?\) with ESMTP"
+    rb" id ([0-9A-F]{16})\r\n"
+    rb"\tfor <b@example\.net>; [^\r\n]+\r\n")
+
+
+def test_leading_blank_cannot_continue_received(daemon, upstream):
+    """A message whose first line starts with SP or HTAB would be read as
+    a folded continuation of our Received: header, in DATA (also a first
+    line ". x", a space after unstuffing) and in BDAT. The daemon puts an
+    empty line before it, as Postfix's smtpd does: the upstream sees our
+    Received: header as we wrote it, with the client's queue id and
+    nothing of the client's in it, and the client's text after an empty
+    line, as body. The BDAT reply counts the client's octets only."""
+    rest = b"Subject: leading blank\r\n\r\nbody\r\n"
+    meant = {}      # queue id -> the message as the client meant it
+    with greeted(daemon) as smtp:
+        for first, stored in ((b" X-Injected: yes\r\n", None),
+                              (b"\tby evil.example id 0\r\n", None),
+                              (b". X-Dot: yes\r\n", b" X-Dot: yes\r\n")):
+            smtp.begin_data()
+            smtp.send(first + rest + b".\r\n")
+            reply = smtp.reply()
+            assert reply.code == 250, (first, reply)
+            meant[queue_id(reply.text)] = (stored or first) + rest
+        assert code(smtp, f"MAIL FROM:<{SENDER}>") == 250
+        assert code(smtp, f"RCPT TO:<{RCPT}>") == 250
+        chunk = b"\tX-Chunk: yes\r\n"
+        smtp.send(f"BDAT {len(chunk)}\r\n".encode() + chunk)
+        reply = smtp.reply()
+        assert (reply.code, reply.text) == (
+            250, f"2.0.0 Ok: {len(chunk)} octets received"), reply
+        smtp.send(f"BDAT {len(rest)} LAST\r\n".encode() + rest)
+        reply = smtp.reply()
+        assert reply.code == 250, reply
+        meant[queue_id(reply.text)] = chunk + rest
+        smtp.command("QUIT")
+    upstream.wait_messages(len(meant))
+    for m in upstream.assert_count_stays(len(meant), settle=1):
+        received = RECEIVED_RE.match(m.content)
+        assert received, m.content[:300]
+        qid = received.group(1).decode()
+        assert m.content[received.end():] == b"\r\n" + meant.pop(qid), \
+            m.content[:300]
+        parsed = m.parsed()
+        assert parsed.get_all("Received") == [
+            received.group(0)[len(b"Received: "):-2].decode()], \
+            parsed.get_all("Received")
+        assert parsed.keys() == ["Received"], parsed.keys()
+    assert not meant, f"not relayed: {list(meant)}"
+    assert_log_clean(daemon)

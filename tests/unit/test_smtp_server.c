@@ -933,6 +933,67 @@ Test(smtp_server, bdat)
 	cr_assert(run_until(is_eof, NULL, WAIT_SECS));
 }
 
+/*
+ * A message whose first line starts with SP or HTAB (in DATA, also after
+ * dot-unstuffing, and in a BDAT chunk) cannot continue our Received:
+ * header: an empty line goes before it, so the client's text is body. The
+ * empty line is not the client's: the BDAT reply counts the chunk's octets
+ * only, and a message of exactly max_message_size (2048) is taken.
+ */
+Test(smtp_server, leading_blank_is_body_not_received)
+{
+	static const char *const first[] = { " X-Injected: yes\r\n",
+		"\tby evil.example\r\n", ". X-Dot: yes\r\n" };
+	static const char rest[] = "Subject: s\r\n\r\nbody\r\n";
+	char id[ENVELOPE_ID_MAX], *body, big[2048], want[2048 + 3];
+	size_t i, n = 0;
+
+	ehlo();
+	for (i = 0; i < 3; i++) {
+		data_begin();
+		send_str(first[i]);
+		send_str(rest);
+		send_str(".\r\n");
+		expect_queued(id);
+		n++;
+		cr_assert(run_until(nqueued_is, &n, WAIT_SECS));
+		body = body_read(h.queued[n - 1]);
+		snprintf(want, sizeof(want), "\r\n%s%s",
+		    first[i] + (first[i][0] == '.'), rest);
+		cr_assert_str_eq(after_received(body), want);
+		free(body);
+	}
+	send_str("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n");
+	expect("250");
+	expect("250");
+	send_str("BDAT 4\r\n\tx\r\n");
+	expect("250 2.0.0 Ok: 4 octets received");
+	send_str("BDAT 3 LAST\r\ny\r\n");
+	expect_queued(id);
+	n++;
+	cr_assert(run_until(nqueued_is, &n, WAIT_SECS));
+	body = body_read(h.queued[n - 1]);
+	cr_assert_str_eq(after_received(body), "\r\n\tx\r\ny\r\n");
+	free(body);
+
+	memset(big, 'x', sizeof(big));
+	big[0] = ' ';
+	memcpy(big + sizeof(big) - 2, "\r\n", 2);
+	data_begin();
+	send_buf(big, sizeof(big));
+	send_str(".\r\n");
+	expect_queued(id);
+	n++;
+	cr_assert(run_until(nqueued_is, &n, WAIT_SECS));
+	body = body_read(h.queued[n - 1]);
+	want[0] = '\r';
+	want[1] = '\n';
+	memcpy(want + 2, big, sizeof(big));
+	want[sizeof(want) - 1] = '\0';
+	cr_assert_str_eq(after_received(body), want);
+	free(body);
+}
+
 /* NUL bytes are refused, in DATA (also before a "." that would end the
  * message for an upstream that drops NUL) and in BDAT; the session goes
  * on and nothing is queued. */
