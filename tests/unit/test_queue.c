@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -688,6 +689,27 @@ open_load(struct queue *(*open)(enum spool_sync), struct loaded *ld,
 	return q;
 }
 
+/* Opens the spool with open, as a start does, checks that it loads the n
+ * messages whose ids follow and nothing else, and closes it. */
+static void
+assert_loads_only(struct queue *(*open)(enum spool_sync), size_t n, ...)
+{
+	struct loaded ld = { .n = 0 };
+	struct queue *q = open_load(open, &ld, n);
+	const char *id;
+	va_list ap;
+	size_t i;
+
+	va_start(ap, n);
+	for (i = 0; i < n; i++) {
+		id = va_arg(ap, const char *);
+		cr_assert_not_null(loaded_find(&ld, id), "%s not loaded", id);
+	}
+	va_end(ap);
+	queue_close(q);
+	loaded_free(&ld);
+}
+
 static int
 valid_id(const char *id)
 {
@@ -760,7 +782,6 @@ Test(queue, abort_leaves_nothing)
 	struct queue *q;
 	struct queue_txn *txn;
 	struct envelope *env = make_env("a@b", 1);
-	struct loaded ld = { .n = 0 };
 	char id[ENVELOPE_ID_MAX];
 
 	q = open_queue(SPOOL_SYNC_FSYNC);
@@ -772,8 +793,7 @@ Test(queue, abort_leaves_nothing)
 	queue_close(q);	/* waits for the unlink */
 	cr_assert_eq(count_dir("tmp"), 0);
 	cr_assert_eq(count_dir("queue"), 0);
-	q = open_load(open_queue, &ld, 0);
-	queue_close(q);
+	assert_loads_only(open_queue, 0);
 	envelope_free(env);
 }
 
@@ -907,7 +927,6 @@ Test(queue, remove)
 {
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c1, *c2;
-	struct loaded ld = { .n = 0 };
 
 	q = open_queue(SPOOL_SYNC_FSYNC);
 	c1 = commit_one(q, env, "one\r\n", 5);
@@ -919,10 +938,7 @@ Test(queue, remove)
 	cr_assert_eq(remove_wait(q, c1->id), ENOENT);
 	queue_close(q);
 
-	q = open_load(open_queue, &ld, 1);
-	cr_assert_str_eq(ld.env[0]->id, c2->id);
-	queue_close(q);
-	loaded_free(&ld);
+	assert_loads_only(open_queue, 1, c2->id);
 	envelope_free(c1);
 	envelope_free(c2);
 	envelope_free(env);
@@ -2131,7 +2147,6 @@ Test(queue, log_removed_never_comes_back)
 {
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c1, *c2;
-	struct loaded ld = { .n = 0 };
 	char *body = make_body(3000);
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
@@ -2144,10 +2159,7 @@ Test(queue, log_removed_never_comes_back)
 	cr_assert_eq(update_wait(q, c1), ENOENT);
 	queue_close(q);
 
-	q = open_load(open_log_queue, &ld, 1);
-	cr_assert_str_eq(ld.env[0]->id, c2->id);
-	queue_close(q);
-	loaded_free(&ld);
+	assert_loads_only(open_log_queue, 1, c2->id);
 	envelope_free(c1);
 	envelope_free(c2);
 	envelope_free(env);
@@ -2264,9 +2276,7 @@ Test(queue, log_torn_tail_ignored)
 	queue_close(q);
 	loaded_free(&ld);
 
-	q = open_load(open_log_queue, &ld, 2);
-	queue_close(q);
-	loaded_free(&ld);
+	assert_loads_only(open_log_queue, 2, c1->id, c2->id);
 	envelope_free(c1);
 	envelope_free(c2);
 	envelope_free(env);
@@ -2276,13 +2286,12 @@ Test(queue, log_torn_tail_ignored)
 Test(queue, log_failed_sync_fails_commit_and_is_buried)
 {
 	struct queue *q;
-	struct envelope *env = make_env("a@b", 1), *c;
-	struct loaded ld = { .n = 0 };
+	struct envelope *env = make_env("a@b", 1), *c0, *c;
 	struct result r = { 0, -1, NULL };
 	char *body = make_body(2000);
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
-	envelope_free(log_commit_one(q, env, body, 10));
+	c0 = log_commit_one(q, env, body, 10);
 	__atomic_store_n(&fault_sync_errno, EIO, __ATOMIC_SEQ_CST);
 	commit_start(q, env, body, 2000, &r);
 	loop_counter = 0;
@@ -2294,10 +2303,8 @@ Test(queue, log_failed_sync_fails_commit_and_is_buried)
 	queue_close(q);
 
 	/* The failed one reached the file, but a tombstone followed it. */
-	q = open_load(open_log_queue, &ld, 2);
-	cr_assert_not_null(loaded_find(&ld, c->id));
-	queue_close(q);
-	loaded_free(&ld);
+	assert_loads_only(open_log_queue, 2, c0->id, c->id);
+	envelope_free(c0);
 	envelope_free(c);
 	envelope_free(env);
 	free(body);
@@ -2308,7 +2315,6 @@ Test(queue, log_abort_leaves_nothing)
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1);
 	struct queue_txn *txn;
-	struct loaded ld = { .n = 0 };
 	char *body = make_body(2000);
 
 	q = open_log_queue(SPOOL_SYNC_FSYNC);
@@ -2316,8 +2322,7 @@ Test(queue, log_abort_leaves_nothing)
 	cr_assert_eq(queue_txn_write(txn, body, 2000), 0);
 	queue_txn_abort(txn);
 	queue_close(q);
-	q = open_load(open_log_queue, &ld, 0);
-	queue_close(q);
+	assert_loads_only(open_log_queue, 0);
 	envelope_free(env);
 	free(body);
 }
@@ -2400,7 +2405,6 @@ Test(queue, log_tombstone_shares_the_next_sync_or_waits_for_a_timer)
 {
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1), *c1, *c2;
-	struct loaded ld = { .n = 0 };
 	struct result r = { 0, -1, NULL }, r2 = { 0, -1, NULL };
 	struct timespec ts = { 0, 200 * 1000000L }, t0, t1;
 	char *body = make_body(1000);
@@ -2443,12 +2447,10 @@ Test(queue, log_tombstone_shares_the_next_sync_or_waits_for_a_timer)
 	run_loop(2);
 	cr_assert_eq(r.error, 0);
 	cr_assert_eq(r2.error, 0);
-	envelope_free(r2.env);
 	cr_assert_eq(count_fdatasync, 1);
 	queue_close(q);
-	q = open_load(open_log_queue, &ld, 1);
-	queue_close(q);
-	loaded_free(&ld);
+	assert_loads_only(open_log_queue, 1, r2.env->id);
+	envelope_free(r2.env);
 	envelope_free(c1);
 	envelope_free(c2);
 	envelope_free(env);
@@ -2807,7 +2809,6 @@ Test(queue, lone_commit_sync_failure_fails_it)
 {
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1);
-	struct loaded ld = { .n = 0 };
 	struct result r, r2;
 	char *body = make_body(2000);
 
@@ -2823,10 +2824,7 @@ Test(queue, lone_commit_sync_failure_fails_it)
 	lone_wait(q, env, body, 1000, &r2);
 	queue_close(q);
 
-	q = open_load(open_log_queue, &ld, 1);
-	cr_assert_str_eq(ld.env[0]->id, r2.env->id);
-	queue_close(q);
-	loaded_free(&ld);
+	assert_loads_only(open_log_queue, 1, r2.env->id);
 	envelope_free(r2.env);
 	envelope_free(env);
 	free(body);
@@ -2900,7 +2898,6 @@ Test(queue, lone_commit_carries_a_waiting_removal)
 {
 	struct queue *q;
 	struct envelope *env = make_env("a@b", 1);
-	struct loaded ld = { .n = 0 };
 	struct queue_stats stats;
 	struct result r1, r2, rm = { 0, -1, NULL };
 	char *body = make_body(2000);
@@ -2921,10 +2918,7 @@ Test(queue, lone_commit_carries_a_waiting_removal)
 	cr_assert_eq(stats.lone_groups, 2);
 	queue_close(q);
 
-	q = open_load(open_log_queue, &ld, 1);
-	cr_assert_str_eq(ld.env[0]->id, r2.env->id);
-	queue_close(q);
-	loaded_free(&ld);
+	assert_loads_only(open_log_queue, 1, r2.env->id);
 	envelope_free(r1.env);
 	envelope_free(r2.env);
 	envelope_free(env);
