@@ -606,6 +606,7 @@ expand_one(struct expansion *x, const char *addr)
 	enum aliases_result res;
 	char name[1024];
 	size_t i;
+	int postmaster;
 
 	if (!x->r->local_name(addr, name, sizeof(name), x->r->arg))
 		return expand_add(x, addr);
@@ -614,13 +615,17 @@ expand_one(struct expansion *x, const char *addr)
 		    "look-ups", ALIASES_MAX_STEPS);
 	/* RFC 5321 4.5.1: mail to postmaster must be accepted; without an
 	 * alias of its own it goes where root's goes, as in the aliases
-	 * file Debian ships. */
-	if ((e = entry_find(x->r->aliases, name)) == NULL &&
-	    strcmp(name, "postmaster") == 0)
+	 * file Debian ships, and where nothing takes root's mail, to the
+	 * resolver's postmaster (the name local_name() gives is
+	 * lower-cased, so this is case-insensitive). */
+	postmaster = strcmp(name, "postmaster") == 0;
+	if ((e = entry_find(x->r->aliases, name)) == NULL && postmaster)
 		e = entry_find(x->r->aliases, "root");
 	if (e == NULL) {
 		if (x->r->catch_all != NULL)
 			return expand_add(x, x->r->catch_all);
+		if (postmaster && x->r->postmaster != NULL)
+			return expand_add(x, x->r->postmaster);
 		return expand_fail(x, ALIASES_UNKNOWN, "no such local user %s "
 		    "(no alias)", name);
 	}

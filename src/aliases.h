@@ -84,13 +84,18 @@ struct aliases_resolver {
 	/* Where local names without an alias go; NULL: they are refused.
 	 * Must not itself be local. */
 	const char *catch_all;
+	/* Where postmaster goes when neither it nor root has an alias and
+	 * there is no catch-all (RFC 5321 4.5.1: it must be accepted);
+	 * taken as it is, never looked up. NULL: refused like any name. */
+	const char *postmaster;
 	size_t max_results;
 };
 
 /*
  * Expands addr: a remote address is itself; a local one is replaced by its
  * alias targets, recursively; a local name without an alias becomes the
- * catch-all, or fails. The result is de-duplicated (domains compared
+ * catch-all, or fails. postmaster (any case) without an alias of its own
+ * is root, and without that either the catch-all, then r->postmaster. The result is de-duplicated (domains compared
  * case-insensitively) and in first-seen order.
  *
  * On ALIASES_OK, *out is a malloc'd array of *nout malloc'd strings that

@@ -22,6 +22,7 @@ struct localaddr {
 	size_t ndomains;
 	char *mail_domain;
 	char *catch_all;
+	char *postmaster; /* postmaster@mail_domain */
 	struct aliases *aliases;
 	struct aliases *sender_map;
 	int masquerade;
@@ -147,6 +148,7 @@ localaddr_new(const struct localaddr_params *p, char *err, size_t errlen)
 	la->mail_domain = xstrdup(p->mail_domain != NULL ? p->mail_domain :
 	    p->hostname);
 	la->catch_all = p->catch_all != NULL ? xstrdup(p->catch_all) : NULL;
+	la->postmaster = xasprintf("postmaster@%s", la->mail_domain);
 	la->masquerade = p->masquerade;
 	if (p->aliases_file != NULL && (la->aliases =
 	    aliases_load(p->aliases_file, err, errlen)) == NULL)
@@ -174,6 +176,7 @@ localaddr_free(struct localaddr *la)
 	free(la->domains);
 	free(la->mail_domain);
 	free(la->catch_all);
+	free(la->postmaster);
 	aliases_free(la->aliases);
 	aliases_free(la->sender_map);
 	free(la);
@@ -198,6 +201,10 @@ localaddr_rcpt(const struct localaddr *la, const char *addr, size_t max,
 	r.local_name = resolver_local_name;
 	r.arg = (void *)(uintptr_t)la;
 	r.catch_all = la->catch_all;
+	/* A relay has no local mailbox: postmaster without an alias goes
+	 * where Postfix's null client sends it, qualified with the domain
+	 * of local users' addresses (myorigin there), to the upstream. */
+	r.postmaster = la->postmaster;
 	r.max_results = max;
 	switch (aliases_expand(&r, addr, out, nout, why, sizeof(why))) {
 	case ALIASES_OK:

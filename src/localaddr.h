@@ -45,7 +45,10 @@ int localaddr_unqualified_ok(const char *addr, int utf8);
 
 /*
  * The recipients that RCPT TO:<addr> stands for: addr itself when it is
- * not local, else its alias expansion. At most max addresses.
+ * not local, else its alias expansion. At most max addresses. postmaster
+ * (in any case, bare or in a local domain) is never unknown: without an
+ * alias of its own or root's and without a catch-all it is
+ * postmaster@mail_domain.
  *
  * Returns 0 with a malloc'd array of *nout malloc'd addresses in *out
  * (free with localaddr_list_free()), or -1 with a complete SMTP reply in

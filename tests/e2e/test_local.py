@@ -101,6 +101,29 @@ def test_without_aliases_file_local_names_are_refused(daemon, upstream):
     assert "no such local user root (no alias)" in reply.text
 
 
+def test_postmaster_accepted_without_aliases(daemon, upstream):
+    """RFC 5321 4.5.1: RCPT TO:<postmaster> (any case, no domain) is
+    accepted without an aliases file or a catch-all, and relayed as
+    postmaster@mail_domain (here the default, the daemon's hostname);
+    other local names are still refused."""
+    result = subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", str(daemon.port),
+         "--from", "a@example.org", "--to", "postmaster",
+         "--header", "Subject: to the postmaster", "--timeout", "10"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout
+    assert " -> RCPT TO:<postmaster>\n<-  250 2.1.5 Ok" in result.stdout, \
+        result.stdout
+    send_message(daemon, make_message("PostMaster", "x\n"),
+                 recipients=("PostMaster",))
+    msgs = upstream.wait_messages(2)
+    assert [m.rcpt_tos for m in msgs] == [[f"postmaster@{HOSTNAME}"]] * 2
+    assert sorted(m.parsed()["Subject"] for m in msgs) == [
+        "PostMaster", "to the postmaster"]
+    assert rcpt_reply(daemon, "root").code == 550
+    upstream.assert_count_stays(2, settle=1)
+
+
 def test_catch_all(daemon_factory, upstream, aliases_file):
     daemon = daemon_factory(upstream.port, aliases=aliases_file,
                             local_catch_all="catch@example.com")

@@ -153,13 +153,22 @@ local_name(const char *addr, char *name, size_t namesize, void *arg)
 
 static char why[512];
 
+/* aliases_expand() with postmaster's last resort pm (NULL: none). */
+static enum aliases_result
+expand_pm(const struct aliases *al, const char *catch_all, const char *pm,
+    size_t max, const char *addr, char ***out, size_t *n)
+{
+	struct aliases_resolver r = { .aliases = al, .local_name = local_name,
+		.catch_all = catch_all, .postmaster = pm, .max_results = max };
+
+	return aliases_expand(&r, addr, out, n, why, sizeof(why));
+}
+
 static enum aliases_result
 expand(const struct aliases *al, const char *catch_all, size_t max,
     const char *addr, char ***out, size_t *n)
 {
-	struct aliases_resolver r = { al, local_name, NULL, catch_all, max };
-
-	return aliases_expand(&r, addr, out, n, why, sizeof(why));
+	return expand_pm(al, catch_all, NULL, max, addr, out, n);
 }
 
 static void
@@ -252,6 +261,49 @@ Test(aliases, postmaster_goes_where_root_goes)
 	aliases_free(al);
 	aliases_free(own);
 	aliases_free(none);
+}
+
+/* RFC 5321 4.5.1: with a last resort for postmaster, RCPT TO:<postmaster>
+ * in any case, bare, in a local domain or reached through an alias, is
+ * never unknown; its alias, root's and the catch-all still come first,
+ * and no other name gets the last resort. */
+Test(aliases, postmaster_always_accepted)
+{
+	struct aliases *root = parse("root: admin@example.com\n");
+	struct aliases *abuse = parse("abuse: postmaster\n");
+	static const char *const pm[] = { "postmaster@example.org" };
+	static const char *const admin[] = { "admin@example.com" };
+	static const char *const catch[] = { "catch@example.com" };
+	static const char *const names[] = { "postmaster", "PostMaster",
+		"POSTMASTER@localhost", "abuse" };
+	char **out;
+	size_t n, i;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		cr_assert_eq(expand_pm(abuse, NULL, pm[0], 100, names[i], &out,
+		    &n), ALIASES_OK, "%s: %s", names[i], why);
+		assert_list(out, n, pm, 1);
+		aliases_list_free(out, n);
+	}
+	cr_assert_eq(expand_pm(NULL, NULL, pm[0], 100, "postmaster", &out, &n),
+	    ALIASES_OK, "%s", why);
+	assert_list(out, n, pm, 1);
+	aliases_list_free(out, n);
+	cr_assert_eq(expand_pm(root, NULL, pm[0], 100, "postmaster", &out, &n),
+	    ALIASES_OK, "%s", why);
+	assert_list(out, n, admin, 1);
+	aliases_list_free(out, n);
+	cr_assert_eq(expand_pm(NULL, catch[0], pm[0], 100, "postmaster", &out,
+	    &n), ALIASES_OK, "%s", why);
+	assert_list(out, n, catch, 1);
+	aliases_list_free(out, n);
+	cr_assert_eq(expand_pm(NULL, NULL, pm[0], 100, "root", &out, &n),
+	    ALIASES_UNKNOWN);
+	cr_assert_str_eq(why, "no such local user root (no alias)");
+	cr_assert_eq(expand_pm(NULL, NULL, pm[0], 100, "postmistress", &out,
+	    &n), ALIASES_UNKNOWN);
+	aliases_free(root);
+	aliases_free(abuse);
 }
 
 Test(aliases, expand_loops)

@@ -272,6 +272,30 @@ Test(localaddr, config_defaults)
 	config_free(c);
 }
 
+/* RFC 5321 4.5.1: with no aliases and no catch-all, postmaster (any case,
+ * bare, quoted or in a local domain) is accepted as
+ * postmaster@mail_domain; other local names are still refused. */
+Test(localaddr, postmaster_without_aliases)
+{
+	static const char *const forms[] = { "postmaster", "PostMaster",
+		"POSTMASTER@localhost", "\"postmaster\"@mx.example.org" };
+	struct config *c = parse("hostname = \"mx.example.org\";\n" RELAY);
+	size_t i;
+
+	cr_assert_not_null(c, "%s", err);
+	for (i = 0; i < sizeof(forms) / sizeof(forms[0]); i++)
+		assert_rcpt(c->local, forms[i], 10, "postmaster@mx.example.org",
+		    1);
+	assert_refused(c->local, "root", 10, "550 5.1.1 <root>: no such "
+	    "local user root (no alias)");
+	config_free(c);
+	c = parse("hostname = \"mx.example.org\";\n"
+	    "mail_domain = \"example.com\";\n" RELAY);
+	cr_assert_not_null(c, "%s", err);
+	assert_rcpt(c->local, "postmaster", 10, "postmaster@example.com", 1);
+	config_free(c);
+}
+
 Test(localaddr, config_settings, .fini = cleanup)
 {
 	struct config *c;
@@ -292,6 +316,7 @@ Test(localaddr, config_settings, .fini = cleanup)
 	cr_assert(localaddr_is_local(c->local, "x@box.example"));
 	assert_rcpt(c->local, "root@box.example", 10, "admin@example.com", 1);
 	assert_rcpt(c->local, "nobody", 10, "catch@example.com", 1);
+	assert_rcpt(c->local, "postmaster", 10, "admin@example.com", 1);
 	assert_sender(c->local, "root", "boss@example.com");
 	assert_sender(c->local, "joe@localhost", "joe@example.com");
 	config_free(c);
