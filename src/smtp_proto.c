@@ -3,6 +3,9 @@
  * every function works on caller buffers and either succeeds or reports a
  * syntax error the caller turns into a reply or an outcome.
  */
+#include <sys/socket.h>
+#include <arpa/inet.h>
+
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,10 +111,146 @@ smtp_path_parse(const char *arg, const char *prefix, char *addr,
 	return 0;
 }
 
+/* RFC 5322 3.2.3 atext, the characters of a Dot-string's atoms. */
+static int
+is_atext(unsigned char c)
+{
+	return isalnum(c) || (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c));
+}
+
+/*
+ * RFC 5321 Local-part: a Dot-string (atoms of atext joined by single dots)
+ * or a Quoted-string (printable ASCII, '"' and '\' only escaped), at most
+ * SMTP_LOCAL_MAX octets as written; with utf8, RFC 6531 adds UTF-8 (the
+ * caller checked that it is well formed) to both.
+ */
+static int
+local_part_valid(const char *s, size_t len, int utf8)
+{
+	size_t i;
+
+	if (len == 0 || len > SMTP_LOCAL_MAX)
+		return 0;
+	if (s[0] == '"') {
+		for (i = 1; i < len - 1; i++)
+			if (s[i] == '\\')
+				i++; /* the escaped byte was checked */
+			else if (s[i] == '"')
+				return 0;
+		return len >= 2 && i == len - 1 && s[len - 1] == '"';
+	}
+	if (s[0] == '.' || s[len - 1] == '.')
+		return 0;
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '.' ? s[i + 1] == '.' :
+		    !is_atext(c) && !(utf8 && c >= 0x80))
+			return 0;
+	}
+	return 1;
+}
+
+/* RFC 5321 Snum: 1 to 3 digits, at most 255. Returns the digits taken, or
+ * 0. */
+static size_t
+snum_len(const char *s, size_t len)
+{
+	size_t i;
+	int v = 0;
+
+	for (i = 0; i < len && i < 3 && isdigit((unsigned char)s[i]); i++)
+		v = v * 10 + (s[i] - '0');
+	return v <= 255 ? i : 0;
+}
+
+/*
+ * RFC 5321 address-literal, without its brackets: an IPv4 address
+ * (four Snums), "IPv6:" and an address inet_pton() takes, or a
+ * General-address-literal (an Ldh-str tag, ':', and printable ASCII but
+ * '[', '\' and ']').
+ */
+static int
+literal_valid(const char *s, size_t len)
+{
+	char buf[64];
+	unsigned char a6[16];
+	size_t i, n;
+	int part;
+
+	if (len > 5 && strncasecmp(s, "IPv6:", 5) == 0) {
+		if (len - 5 >= sizeof(buf))
+			return 0;
+		memcpy(buf, s + 5, len - 5);
+		buf[len - 5] = '\0';
+		return inet_pton(AF_INET6, buf, a6) == 1;
+	}
+	if (len > 0 && isdigit((unsigned char)s[0])) {
+		for (i = 0, part = 0; part < 4; part++) {
+			if (part > 0 && (i >= len || s[i++] != '.'))
+				return 0;
+			if ((n = snum_len(s + i, len - i)) == 0)
+				return 0;
+			i += n;
+		}
+		return i == len;
+	}
+	for (i = 0; i < len && (isalnum((unsigned char)s[i]) || s[i] == '-');
+	    i++)
+		;
+	if (i == 0 || i == len || s[i] != ':' || s[i - 1] == '-' ||
+	    i + 1 == len)
+		return 0;
+	for (i++; i < len; i++)
+		if (s[i] < 33 || s[i] > 126 || s[i] == '[' || s[i] == '\\' ||
+		    s[i] == ']')
+			return 0;
+	return 1;
+}
+
+/*
+ * RFC 5321 Domain: labels of letters, digits and inner hyphens, joined by
+ * single dots, at most 255 octets, each label at most 63; or an
+ * address-literal in brackets. Lenient where mail systems are: an
+ * underscore counts as a letter (host names with one are common enough,
+ * and Postfix takes them), and with utf8 a label may hold UTF-8 (an
+ * RFC 6531 U-label, whose length DNS counts in its A-label form).
+ */
+static int
+domain_valid(const char *s, size_t len, int utf8)
+{
+	size_t i, label = 0;
+	int ascii = 1;
+
+	if (len == 0 || len > SMTP_DOMAIN_MAX)
+		return 0;
+	if (s[0] == '[')
+		return len >= 2 && s[len - 1] == ']' &&
+		    literal_valid(s + 1, len - 2);
+	for (i = 0; i <= len; i++) {
+		unsigned char c = i < len ? (unsigned char)s[i] : '.';
+
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-' ||
+			    (ascii && label > 63))
+				return 0;
+			label = 0;
+			ascii = 1;
+			continue;
+		}
+		if (c >= 0x80 && utf8)
+			ascii = 0;
+		else if (c == '-' ? label == 0 : !isalnum(c) && c != '_')
+			return 0;
+		label++;
+	}
+	return 1;
+}
+
 int
 smtp_mailbox_valid(const char *addr, int utf8)
 {
-	const char *at = NULL, *p;
+	const char *at, *p;
 	int quoted = 0;
 
 	if (*addr == '\0')
@@ -132,35 +271,20 @@ smtp_mailbox_valid(const char *addr, int utf8)
 	 * an address that is not UTF-8. */
 	if (utf8 && escape_needed(addr, (size_t)(p - addr)))
 		return 0;
-	for (p = addr; *p != '\0'; p++) {
-		unsigned char c = (unsigned char)*p;
-
-		if (c == '\\' && quoted && p[1] != '\0') {
-			p++;
-			continue;
-		}
-		if (c == '"') {
+	/* The '@' after the local part: the first one outside quotes (a
+	 * Dot-string has none, a Quoted-string may). */
+	for (at = addr; *at != '\0'; at++) {
+		if (*at == '\\' && quoted && at[1] != '\0')
+			at++;
+		else if (*at == '"')
 			quoted = !quoted;
-			continue;
-		}
-		if (quoted)
-			continue;
-		if (c == ' ' || c == '<' || c == '>' || c == ',' || c == ';')
-			return 0;
-		if (c == '@') {
-			if (at != NULL)
-				return 0;
-			at = p;
-		}
+		else if (*at == '@' && !quoted)
+			break;
 	}
-	if (quoted || at == NULL || at == addr || at[1] == '\0')
+	if (*at != '@')
 		return 0;
-	/* The domain part: a dotted name or an address literal. */
-	if (at[1] == '[')
-		return p[-1] == ']';
-	if (at[1] == '.' || p[-1] == '.' || strstr(at, "..") != NULL)
-		return 0;
-	return 1;
+	return local_part_valid(addr, (size_t)(at - addr), utf8) &&
+	    domain_valid(at + 1, strlen(at + 1), utf8);
 }
 
 int

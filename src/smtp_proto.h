@@ -10,6 +10,8 @@
 #include <stddef.h>
 
 #define SMTP_PATH_MAX 256     /* RFC 5321 4.5.3.1.3 path length */
+#define SMTP_LOCAL_MAX 64     /* 4.5.3.1.1 local-part length */
+#define SMTP_DOMAIN_MAX 255   /* 4.5.3.1.2 domain length */
 #define SMTP_REPLY_LINE_MAX 512
 
 /* ---- commands (server side) ---- */
@@ -36,11 +38,18 @@ int smtp_cmd_split(const char *line, size_t len, char *verb, size_t verbsize,
 int smtp_path_parse(const char *arg, const char *prefix, char *addr,
     size_t addrsize, const char **params, const char **why);
 
-/* Whether a mailbox has the local@domain syntax we relay (no spaces or
- * control characters, one unquoted '@', non-empty parts). Non-ASCII bytes
- * are allowed only when utf8 is set (SMTPUTF8), and then only as
- * well-formed UTF-8 of printable characters (RFC 6531 wants UTF-8; a C1
- * control such as U+009B is a terminal's CSI). */
+/*
+ * Whether a mailbox has RFC 5321's syntax (4.1.2 Mailbox): a Local-part
+ * that is a Dot-string (atoms of RFC 5322 atext joined by single dots) or
+ * a Quoted-string, of at most SMTP_LOCAL_MAX octets, then '@' and a Domain
+ * (letters, digits and inner hyphens in labels of at most 63 octets,
+ * single dots, at most SMTP_DOMAIN_MAX octets; an underscore is taken as a
+ * letter) or an address literal ([192.0.2.1], [IPv6:2001:db8::1], or
+ * [tag:text]). No control character anywhere, escaped or not. Non-ASCII
+ * bytes are allowed only when utf8 is set (SMTPUTF8, RFC 6531: in atoms,
+ * quoted strings and domain labels), and then only as well-formed UTF-8 of
+ * printable characters (a C1 control such as U+009B is a terminal's CSI).
+ */
 int smtp_mailbox_valid(const char *addr, int utf8);
 
 /*

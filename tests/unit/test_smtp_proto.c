@@ -1,4 +1,5 @@
 /* Unit tests for the SMTP syntax shared by both directions. */
+#include <stdio.h>
 #include <string.h>
 
 #include <criterion/criterion.h>
@@ -70,6 +71,86 @@ Test(mailbox, validity)
 	cr_assert_not(smtp_mailbox_valid("a@b..c", 0));
 	cr_assert_not(smtp_mailbox_valid("j\xc3\xb6@example.org", 0));
 	cr_assert(smtp_mailbox_valid("j\xc3\xb6@example.org", 1));
+}
+
+/* Addresses RFC 5321 4.1.2 and 4.5.3.1 allow are taken, each as a
+ * whole mailbox and at the length limits; the lenient extras are the
+ * underscore in a domain and, with SMTPUTF8, UTF-8 in atoms, quoted
+ * strings and labels. */
+Test(mailbox, valid_grammar_accepted)
+{
+	static const char *const good[] = {
+		"a@b", "A.B.C@example.org", "x!#$%&'*+-/=?^_`{|}~y@example.org",
+		"\"\"@example.org", "\"a..b\"@example.org", "\".a\"@y.z",
+		"\"a@b\"@example.org", "\"a\\\\b\"@example.org",
+		"\"a\\ b\"@example.org", "a@[192.0.2.1]", "a@[0.00.255.001]",
+		"a@[IPv6:2001:db8::1]", "a@[ipv6:::1]",
+		"a@[IPv6:::ffff:192.0.2.1]", "a@[x-tag:some@text!]",
+		"a@1.2.3.4", "a@x-y.example", "a@x--y.example", "a@b_c.example",
+		"a@123.example", "a@EXAMPLE.ORG",
+	};
+	char local[SMTP_LOCAL_MAX + 1], label[64], addr[512];
+	size_t i;
+
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		cr_assert(smtp_mailbox_valid(good[i], 0), "%s refused",
+		    good[i]);
+	memset(local, 'l', SMTP_LOCAL_MAX);
+	local[SMTP_LOCAL_MAX] = '\0';
+	snprintf(addr, sizeof(addr), "%s@y.z", local);
+	cr_assert(smtp_mailbox_valid(addr, 0), "64-octet local part refused");
+	memset(label, 'd', 63);
+	label[63] = '\0';
+	snprintf(addr, sizeof(addr), "a@%s.%s.%s.%s", label, label, label,
+	    label);
+	cr_assert_eq(strlen(addr), 2 + SMTP_DOMAIN_MAX);
+	cr_assert(smtp_mailbox_valid(addr, 0), "a 255-octet domain refused");
+	cr_assert(smtp_mailbox_valid("j\xc3\xb6rg.x@b\xc3\xbc" "cher.example",
+	    1));
+	cr_assert(smtp_mailbox_valid("\"j\xc3\xb6 rg\"@example.org", 1));
+}
+
+/* What the grammar refuses: dots out of place in a Dot-string, bytes no
+ * atom may hold, a quoted string that is not the whole local part, a
+ * local part over 64 octets, labels with a hyphen at either end, over 63
+ * octets or empty, and malformed address literals. */
+Test(mailbox, malformed_refused)
+{
+	static const char *const bad[] = {
+		".a@y.z", "a.@y.z", "a..b@y.z", "a(b)@y.z", "a\\b@y.z",
+		"a:b@y.z", "a[b]@y.z", "\"a\"b@y.z", "a\"b\"@y.z",
+		"\"a\".\"b\"@y.z", "\"a\\\"@y.z", "\"a@y.z", "a@-y.z", "a@y-.z",
+		"a@y.-z", "a@y.z-", "a@.y.z", "a@y.z.", "a@y..z", "a@y!.z",
+		"a@y z", "a@y,z", "a@[1.2.3.4\\]", "a@[1.2.3.4", "a@[1.2.3]",
+		"a@[1.2.3.4.5]", "a@[1.2.3.256]", "a@[1.2.3.1234]",
+		"a@[IPv6:1.2.3.4]", "a@[IPv6:2001:db8::g]", "a@[IPv6:]",
+		"a@[]", "a@[tag]", "a@[tag:]", "a@[tag-:x]", "a@[:x]",
+		"a@[tag:a[b]", "a@[tag:a\\b]", "a@[tag:a]b]", "a@[1.2.3.4]x",
+	};
+	char local[SMTP_LOCAL_MAX + 2], addr[512];
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		cr_assert_not(smtp_mailbox_valid(bad[i], 0), "%s taken",
+		    bad[i]);
+		cr_assert_not(smtp_mailbox_valid(bad[i], 1), "%s taken with "
+		    "SMTPUTF8", bad[i]);
+	}
+	memset(local, 'l', SMTP_LOCAL_MAX + 1);
+	local[SMTP_LOCAL_MAX + 1] = '\0';
+	snprintf(addr, sizeof(addr), "%s@y.z", local);
+	cr_assert_not(smtp_mailbox_valid(addr, 0), "65-octet local part");
+	snprintf(addr, sizeof(addr), "\"%.*s\"@y.z", SMTP_LOCAL_MAX - 1,
+	    local);
+	cr_assert_not(smtp_mailbox_valid(addr, 0), "65 octets with quotes");
+	memset(local, 'd', 64);
+	local[64] = '\0';
+	snprintf(addr, sizeof(addr), "a@%s.z", local);
+	cr_assert_not(smtp_mailbox_valid(addr, 0), "64-octet label");
+	snprintf(addr, sizeof(addr), "a@%.63s.%.63s.%.63s.%.61s.zz", local,
+	    local, local, local);
+	cr_assert_eq(strlen(addr), 2 + SMTP_DOMAIN_MAX + 1);
+	cr_assert_not(smtp_mailbox_valid(addr, 0), "a 256-octet domain");
 }
 
 /* A quoted-pair escapes syntax, not the byte checks: an escaped CR or

@@ -548,6 +548,38 @@ Test(smtp_server, syntax_errors)
 	cr_assert(run_until(is_eof, NULL, WAIT_SECS));
 }
 
+/* Addresses RFC 5321's grammar refuses get 501 at MAIL and RCPT; a
+ * quoted local part and an IPv6 literal still pass. */
+Test(smtp_server, malformed_addresses_refused)
+{
+	static const char *const bad[] = { "a@[1.2.3.4\\]", "a@-y.z",
+		".a@y.z", "a..b@y.z",
+		"lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll"
+		"llll@y.z" };
+	char cmd[256];
+	size_t i;
+
+	teardown();
+	setup_with("max_errors = 20; max_recipients = 3;");
+	ehlo();
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "MAIL FROM:<%s>\r\n", bad[i]);
+		send_str(cmd);
+		expect("501 5.1.7");
+	}
+	send_str("MAIL FROM:<a@client.test>\r\n");
+	expect("250 2.1.0");
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "RCPT TO:<%s>\r\n", bad[i]);
+		send_str(cmd);
+		expect("501 5.1.3");
+	}
+	send_str("RCPT TO:<\"a b\"@example.org>\r\n"
+	    "RCPT TO:<c@[IPv6:2001:db8::1]>\r\n");
+	expect("250 2.1.5");
+	expect("250 2.1.5");
+}
+
 Test(smtp_server, utf8_needs_smtputf8)
 {
 	ehlo();
