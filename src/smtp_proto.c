@@ -120,8 +120,8 @@ is_atext(unsigned char c)
 
 /*
  * RFC 5321 Local-part: a Dot-string (atoms of atext joined by single dots)
- * or a Quoted-string (printable ASCII, '"' and '\' only escaped), at most
- * SMTP_LOCAL_MAX octets as written; with utf8, RFC 6531 adds UTF-8 (the
+ * or a Quoted-string (printable ASCII, '"' and '\' only escaped), of any
+ * length (see smtp_mailbox_valid()); with utf8, RFC 6531 adds UTF-8 (the
  * caller checked that it is well formed) to both.
  */
 static int
@@ -129,7 +129,7 @@ local_part_valid(const char *s, size_t len, int utf8)
 {
 	size_t i;
 
-	if (len == 0 || len > SMTP_LOCAL_MAX)
+	if (len == 0)
 		return 0;
 	if (s[0] == '"') {
 		for (i = 1; i < len - 1; i++)

@@ -10,7 +10,6 @@
 #include <stddef.h>
 
 #define SMTP_PATH_MAX 256     /* RFC 5321 4.5.3.1.3 path length */
-#define SMTP_LOCAL_MAX 64     /* 4.5.3.1.1 local-part length */
 #define SMTP_DOMAIN_MAX 255   /* 4.5.3.1.2 domain length */
 #define SMTP_REPLY_LINE_MAX 512
 
@@ -41,7 +40,9 @@ int smtp_path_parse(const char *arg, const char *prefix, char *addr,
 /*
  * Whether a mailbox has RFC 5321's syntax (4.1.2 Mailbox): a Local-part
  * that is a Dot-string (atoms of RFC 5322 atext joined by single dots) or
- * a Quoted-string, of at most SMTP_LOCAL_MAX octets, then '@' and a Domain
+ * a Quoted-string (of any length within SMTP_PATH_MAX: RFC 5321 4.5.3.1
+ * asks for no limit where none is needed, long VERP and SRS senders
+ * exceed its 64 octets, and Postfix takes them), then '@' and a Domain
  * (letters, digits and inner hyphens in labels of at most 63 octets,
  * single dots, at most SMTP_DOMAIN_MAX octets; an underscore is taken as a
  * letter) or an address literal ([192.0.2.1], [IPv6:2001:db8::1], or

@@ -89,16 +89,19 @@ Test(mailbox, valid_grammar_accepted)
 		"a@1.2.3.4", "a@x-y.example", "a@x--y.example", "a@b_c.example",
 		"a@123.example", "a@EXAMPLE.ORG",
 	};
-	char local[SMTP_LOCAL_MAX + 1], label[64], addr[512];
+	char local[201], label[64], addr[512];
 	size_t i;
 
 	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++)
 		cr_assert(smtp_mailbox_valid(good[i], 0), "%s refused",
 		    good[i]);
-	memset(local, 'l', SMTP_LOCAL_MAX);
-	local[SMTP_LOCAL_MAX] = '\0';
+	memset(local, 'l', 200);
+	local[200] = '\0';
 	snprintf(addr, sizeof(addr), "%s@y.z", local);
-	cr_assert(smtp_mailbox_valid(addr, 0), "64-octet local part refused");
+	cr_assert(smtp_mailbox_valid(addr, 0), "a 200-octet local part (a "
+	    "VERP sender, say) refused");
+	snprintf(addr, sizeof(addr), "\"%.*s\"@y.z", 100, local);
+	cr_assert(smtp_mailbox_valid(addr, 0), "a long quoted local part");
 	memset(label, 'd', 63);
 	label[63] = '\0';
 	snprintf(addr, sizeof(addr), "a@%s.%s.%s.%s", label, label, label,
@@ -112,7 +115,7 @@ Test(mailbox, valid_grammar_accepted)
 
 /* What the grammar refuses: dots out of place in a Dot-string, bytes no
  * atom may hold, a quoted string that is not the whole local part, a
- * local part over 64 octets, labels with a hyphen at either end, over 63
+ * labels with a hyphen at either end, over 63
  * octets or empty, and malformed address literals. */
 Test(mailbox, malformed_refused)
 {
@@ -127,7 +130,7 @@ Test(mailbox, malformed_refused)
 		"a@[]", "a@[tag]", "a@[tag:]", "a@[tag-:x]", "a@[:x]",
 		"a@[tag:a[b]", "a@[tag:a\\b]", "a@[tag:a]b]", "a@[1.2.3.4]x",
 	};
-	char local[SMTP_LOCAL_MAX + 2], addr[512];
+	char local[65], addr[512];
 	size_t i;
 
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -136,13 +139,6 @@ Test(mailbox, malformed_refused)
 		cr_assert_not(smtp_mailbox_valid(bad[i], 1), "%s taken with "
 		    "SMTPUTF8", bad[i]);
 	}
-	memset(local, 'l', SMTP_LOCAL_MAX + 1);
-	local[SMTP_LOCAL_MAX + 1] = '\0';
-	snprintf(addr, sizeof(addr), "%s@y.z", local);
-	cr_assert_not(smtp_mailbox_valid(addr, 0), "65-octet local part");
-	snprintf(addr, sizeof(addr), "\"%.*s\"@y.z", SMTP_LOCAL_MAX - 1,
-	    local);
-	cr_assert_not(smtp_mailbox_valid(addr, 0), "65 octets with quotes");
 	memset(local, 'd', 64);
 	local[64] = '\0';
 	snprintf(addr, sizeof(addr), "a@%s.z", local);
