@@ -1070,9 +1070,8 @@ client_body_fill(struct smtp_client *c)
 		}
 		c->body_pos += (off_t)got;
 		last = c->body_pos == c->body_end;
-		/* the finish needs 5 */
 		if (evbuffer_reserve_space(out, smtp_body_encode_space(&c->enc,
-		    got) + 5, &vec, 1) < 1)
+		    got) + SMTP_BODY_FINISH_MAX, &vec, 1) < 1)
 			fatalx("%s: evbuffer_reserve_space", __func__);
 		enc = smtp_body_encode(&c->enc, c->rbuf, got, vec.iov_base);
 		if (last)

@@ -504,6 +504,7 @@ smtp_body_encoder_init(struct smtp_body_encoder *e)
 	e->saw_cr = 0;
 	e->limit = 0;
 	e->col = 0;
+	e->nheld = 0;
 	e->folds = 0;
 }
 
@@ -513,16 +514,32 @@ smtp_body_encoder_fold(struct smtp_body_encoder *e, size_t limit)
 	e->limit = limit == 1 ? 2 : limit;
 }
 
+/* Whether breaks keep UTF-8 characters whole: a continuation must have
+ * room for its space and a 4-byte character. */
+static int
+fold_utf8(size_t limit)
+{
+	return limit >= SMTP_FOLD_UTF8_MIN;
+}
+
+/* The fewest characters of the message a continuation line carries. */
+static size_t
+fold_min(size_t limit)
+{
+	return fold_utf8(limit) ? limit - 4 : limit - 1;
+}
+
 size_t
 smtp_body_encode_space(const struct smtp_body_encoder *e, size_t len)
 {
 	/* Each byte makes at most two (CRLF for a CR or LF, ".." for a
-	 * leading dot). Breaks are at least limit - 1 characters apart,
-	 * and one may come before the first character (the line reached
-	 * the limit at the end of the last piece). */
+	 * leading dot), and up to 3 bytes held back by the last piece may
+	 * go out. Breaks are at least fold_min() characters apart, and one
+	 * may come before the first character (the line reached the limit
+	 * at the end of the last piece). */
 	if (e->limit == 0)
 		return 2 * len + 2;
-	return 2 * len + 2 + 3 * (1 + len / (e->limit - 1));
+	return 2 * len + 2 + 3 + 3 * (1 + (len + 3) / fold_min(e->limit));
 }
 
 unsigned long long
@@ -532,7 +549,105 @@ smtp_body_fold_bound(unsigned long long size, size_t limit)
 		return 0;
 	if (limit == 1)
 		limit = 2;
-	return (size - 2) / (limit - 1);
+	return (size - 2) / fold_min(limit);
+}
+
+/*
+ * The length (2 to 4) of the UTF-8 character whose first n bytes are s,
+ * when those bytes can start a well-formed one (RFC 3629: no overlong
+ * form, no surrogate, nothing over U+10FFFF), else 0.
+ */
+static size_t
+utf8_prefix(const unsigned char *s, size_t n)
+{
+	size_t len, i;
+	unsigned char lo = 0x80, hi = 0xbf;
+
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		len = 3;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (n > len)
+		return 0;
+	/* the second byte's range depends on the first */
+	if (s[0] == 0xe0)
+		lo = 0xa0;
+	else if (s[0] == 0xed)
+		hi = 0x9f;
+	else if (s[0] == 0xf0)
+		lo = 0x90;
+	else if (s[0] == 0xf4)
+		hi = 0x8f;
+	if (n > 1 && (s[1] < lo || s[1] > hi))
+		return 0;
+	for (i = 2; i < n; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return len;
+}
+
+/* Sends the bytes held back at the end of the line as they are. */
+static size_t
+fold_release(struct smtp_body_encoder *e, char *out)
+{
+	size_t n = e->nheld;
+
+	memcpy(out, e->held, n);
+	e->nheld = 0;
+	return n;
+}
+
+/*
+ * One character of a line near its limit, where a break may be due. A
+ * character the line has no room for starts a continuation. A UTF-8
+ * lead byte whose character would not end by the limit is held back with
+ * what follows of it; when the limit is reached and the next byte still
+ * continues it, the break goes before it and the character moves whole
+ * to the continuation. Anything else releases the held bytes where they
+ * are: they were ill-formed, and may be cut. Returns bytes written.
+ */
+static size_t
+fold_char(struct smtp_body_encoder *e, unsigned char c, char *out)
+{
+	size_t n = 0, len;
+
+	if (e->nheld > 0) {
+		e->held[e->nheld] = c;
+		if (utf8_prefix(e->held, e->nheld + 1) != 0) {
+			if (e->col < e->limit) {
+				e->nheld++;
+				e->col++;
+				return 0;
+			}
+			memcpy(out, "\r\n ", 3);
+			memcpy(out + 3, e->held, e->nheld + 1);
+			n = 3 + e->nheld + 1;
+			e->col = 1 + e->nheld + 1;
+			e->nheld = 0;
+			e->folds++;
+			return n;
+		}
+		n = fold_release(e, out);
+	}
+	if (e->col == e->limit) {
+		memcpy(out + n, "\r\n ", 3);
+		n += 3;
+		e->col = 1;
+		e->folds++;
+	}
+	e->col++;
+	if (fold_utf8(e->limit) && (len = utf8_prefix(&c, 1)) != 0 &&
+	    e->col + len - 1 > e->limit) {
+		e->held[0] = c;
+		e->nheld = 1;
+		return n;
+	}
+	out[n++] = (char)c;
+	return n;
 }
 
 /* The bytes from p (at most len) before the first CR, LF or NUL. */
@@ -550,35 +665,36 @@ plain_span(const char *p, size_t len)
 	return len;
 }
 
-/* Copies span characters of one line to out, breaking it with "\r\n "
- * each time it has e->limit characters and goes on. Returns bytes
- * written. */
+/* Copies span characters of one line to out, breaking it as the header
+ * says each time it reaches e->limit characters and goes on. Returns
+ * bytes written. */
 static size_t
 copy_folded(struct smtp_body_encoder *e, const char *in, size_t span,
     char *out)
 {
-	size_t n = 0, take;
+	size_t n = 0, take, i, near;
 
 	if (e->limit == 0) {
 		memcpy(out, in, span);
 		e->col += span;
 		return span;
 	}
-	while (span > 0) {
-		if (e->col == e->limit) {
-			memcpy(out + n, "\r\n ", 3);
-			n += 3;
-			e->col = 1;
-			e->folds++;
+	/* No character that starts before the last 3 of the line can
+	 * cross the limit: those go in one copy, the rest one by one. */
+	near = fold_utf8(e->limit) ? e->limit - 3 : e->limit;
+	i = 0;
+	while (i < span) {
+		if (e->nheld == 0 && e->col < near) {
+			take = near - e->col;
+			if (take > span - i)
+				take = span - i;
+			memcpy(out + n, in + i, take);
+			n += take;
+			i += take;
+			e->col += take;
+			continue;
 		}
-		take = e->limit - e->col;
-		if (take > span)
-			take = span;
-		memcpy(out + n, in, take);
-		n += take;
-		in += take;
-		span -= take;
-		e->col += take;
+		n += fold_char(e, (unsigned char)in[i++], out + n);
 	}
 	return n;
 }
@@ -601,6 +717,7 @@ smtp_body_encode(struct smtp_body_encoder *e, const char *in, size_t len,
 			}
 		}
 		if (c == '\r' || c == '\n') {
+			n += fold_release(e, out + n);
 			out[n++] = '\r';
 			out[n++] = '\n';
 			e->saw_cr = c == '\r';
@@ -634,6 +751,7 @@ smtp_body_encode_finish(struct smtp_body_encoder *e, char *out)
 	size_t n = 0;
 
 	if (!e->at_bol) {
+		n += fold_release(e, out);
 		out[n++] = '\r';
 		out[n++] = '\n';
 	}

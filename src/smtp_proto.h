@@ -130,8 +130,8 @@ void smtp_ehlo_parse(const char *text, struct smtp_ehlo *out);
  * leading '.' on every line, after any dropped NUL. Feed the body in
  * pieces of any size; smtp_body_encode_finish() adds a CRLF if the body
  * did not end with one, then ".\r\n". out must have room for
- * smtp_body_encode_space(e, len) bytes (encode) or 5 bytes (finish).
- * Returns bytes written.
+ * smtp_body_encode_space(e, len) bytes (encode) or SMTP_BODY_FINISH_MAX
+ * bytes (finish). Returns bytes written.
  *
  * With a line limit set (smtp_body_encoder_fold), a line of more than
  * limit characters is broken as Postfix's smtp_line_length_limit breaks
@@ -143,15 +143,33 @@ void smtp_ehlo_parse(const char *text, struct smtp_ehlo *out);
  * left alone: the break is made only once the next character shows that
  * the line goes on, which may be in the next piece. A continuation starts
  * with the space, so it is never dot-stuffed and never a lone ".".
- * XXX: a break may fall inside a multi-byte UTF-8 character, as in
- * Postfix; avoiding it would mean holding back up to 3 bytes across
- * pieces.
+ *
+ * Unlike Postfix, a break never falls inside a well-formed UTF-8
+ * character (RFC 3629; dropped NULs do not count between its bytes): when
+ * one would straddle the limit, the break comes before it, up to 3
+ * characters early, and the character starts the continuation. For that
+ * the encoder holds back the (at most 3) bytes of a character that starts
+ * in the last 3 columns and cannot end by the limit, until the next byte
+ * says where the break goes; a line end or the finish sends them as they
+ * are. Bytes that are not part of a well-formed character (Latin-1, a cut
+ * sequence) may be broken anywhere. A limit under SMTP_FOLD_UTF8_MIN has
+ * no room for a space and a 4-byte character, and breaks there at the
+ * limit, whatever the bytes.
  */
+#define SMTP_FOLD_UTF8_MIN 5
+/* The most smtp_body_encode_finish() writes: held-back bytes, CRLF, and
+ * ".\r\n". */
+#define SMTP_BODY_FINISH_MAX 8
+
 struct smtp_body_encoder {
 	int at_bol;   /* next byte starts a line */
 	int saw_cr;   /* previous byte was a CR */
 	size_t limit; /* characters per line before a break; 0: none */
-	size_t col;   /* characters of the current line sent so far */
+	size_t col;   /* characters of the current line so far, the held
+	                 ones included */
+	unsigned char held[4]; /* the start of a UTF-8 character at the
+	                 limit, not yet written (room for the next byte) */
+	size_t nheld; /* 0 to 3 */
 	unsigned long long folds; /* "\r\n " inserted since init */
 };
 
@@ -170,9 +188,14 @@ size_t smtp_body_encode(struct smtp_body_encoder *e, const char *in,
 size_t smtp_body_encode_finish(struct smtp_body_encoder *e, char *out);
 /*
  * The most "\r\n " breaks a body of size bytes can get with limit (0:
- * none): a line of n > limit characters gets ceil((n - limit) / (limit -
- * 1)), which is at most (n - 2) / (limit - 1), and the lines' lengths add
- * up to at most size. So size + 3 * this bounds the folded message.
+ * none). A line of n > limit characters has at least limit - 3 of them
+ * before its first break (a character moved whole to the continuation
+ * has at most 3 bytes on the line it leaves) and limit - 4 on each full
+ * continuation (whose space takes one column), and at least one after
+ * its last break; so it gets at most (n - 2) / (limit - 4) breaks, and
+ * (n - 2) / (limit - 1) under SMTP_FOLD_UTF8_MIN, where breaks are always
+ * at the limit. The lines' lengths add up to at most size, so size + 3 *
+ * this bounds the folded message. With limit 998: 3 bytes per 994.
  */
 unsigned long long smtp_body_fold_bound(unsigned long long size,
     size_t limit);

@@ -81,8 +81,9 @@ def test_long_lines_are_folded(daemon, upstream):
     assert b"." + b"." + b"e" * 997 in lines
     size = declared_size(wire)
     assert len(msg.content) <= size, (len(msg.content), size)
-    # the bound: 3 bytes per 997 of the message, at most
-    assert size - len(msg.content) <= 3 * len(msg.content) // 997
+    # the bound: 3 bytes per 994 of the message, at most (a break may
+    # come up to 3 characters early to keep a UTF-8 character whole)
+    assert size - len(msg.content) <= 3 * len(msg.content) // 994
 
 
 def test_limit_zero_relays_lines_as_they_came(upstream_factory,
@@ -123,7 +124,7 @@ def test_size_near_the_limit_is_counted_exactly(upstream_factory,
     wire, = upstream.handler.wires
     assert declared_size(wire) == len(msg.content)
     # what the bound would have declared is over the limit
-    assert len(msg.content) + 3 * ((len(msg.content) - 2) // 997) > \
+    assert len(msg.content) + 3 * ((len(msg.content) - 2) // 994) > \
         len(message) + 1000
 
 
@@ -163,3 +164,36 @@ def test_one_line_of_20_mib_is_folded_while_it_streams(daemon_factory,
     assert growth < 8 * 1024, (
         f"peak RSS grew by {growth} KiB for a {len(message) >> 20} MiB "
         "line: the body is held in memory")
+
+
+def test_breaks_never_cut_utf8_characters(daemon, upstream):
+    """A long line of 1- to 4-byte UTF-8 characters: every line the
+    upstream receives is valid UTF-8 of at most 998 bytes, some break came
+    early to keep a character whole, and removing the breaks gives back
+    the message."""
+    unit = "aé€😀".encode()                 # 1 + 2 + 3 + 4 bytes
+    body = b"\r\n".join([
+        unit * 1000,
+        b"x" * 997 + "😀".encode() + b"y" * 10,   # straddles 998..1001
+        "€".encode() * 2000,
+        b"end",
+    ]) + b"\r\n"
+    message = make_message("utf-8", body)
+    qid = send_message(daemon, message)
+    msg, = upstream.wait_messages(1, timeout=20)
+    daemon.wait_log(delivery_line(qid, RCPT, "sent"))
+
+    wire, = upstream.handler.wires
+    lines = data_lines(wire)
+    for line in lines:
+        line.decode("utf-8")            # raises on a cut character
+        unstuffed = line[1:] if line.startswith(b"..") else line
+        assert len(unstuffed) <= LIMIT, line[:40]
+    for line in msg.content.split(b"\r\n"):
+        line.decode("utf-8")
+    # a break before a character that would have crossed the limit
+    assert b"x" * 997 in lines
+    assert b" " + "😀".encode() + b"y" * 10 in lines
+    assert any(LIMIT - 3 <= len(line) < LIMIT for line in lines)
+    assert msg.content.replace(b"\r\n ", b"").endswith(message)
+    assert declared_size(wire) >= len(msg.content)

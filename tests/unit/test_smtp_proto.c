@@ -1,9 +1,11 @@
 /* Unit tests for the SMTP syntax shared by both directions. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <criterion/criterion.h>
 
+#include "escape.h"
 #include "smtp_proto.h"
 
 Test(cmd, split_upper_cases_verb)
@@ -349,11 +351,12 @@ Test(body, nul_then_dot_is_stuffed)
 
 /* ---- line folding ---- */
 
-/* Encodes in[0..len) with limit, fed in pieces of piece bytes, and ends
- * the body. Caller frees; *outlen gets the length, *folds the breaks. */
+/* Encodes in[0..len) with limit, fed as a first piece of first bytes,
+ * then pieces of piece bytes, and ends the body. Caller frees; *outlen
+ * gets the length, *folds the breaks. */
 static char *
-fold_all(const char *in, size_t len, size_t limit, size_t piece,
-    size_t *outlen, unsigned long long *folds)
+fold_cut(const char *in, size_t len, size_t limit, size_t first,
+    size_t piece, size_t *outlen, unsigned long long *folds)
 {
 	struct smtp_body_encoder e;
 	size_t off, n, space, total = 0;
@@ -362,16 +365,21 @@ fold_all(const char *in, size_t len, size_t limit, size_t piece,
 	smtp_body_encoder_init(&e);
 	smtp_body_encoder_fold(&e, limit);
 	/* the sum of the pieces' spaces bounds the whole */
-	space = 5;
+	space = SMTP_BODY_FINISH_MAX;
 	for (off = 0; off < len; off += n) {
-		n = len - off < piece ? len - off : piece;
+		n = off == 0 ? first : piece;
+		if (n > len - off)
+			n = len - off;
 		space += smtp_body_encode_space(&e, n);
 	}
 	out = malloc(space + 1);
 	cr_assert_not_null(out);
 	for (off = 0; off < len; off += n) {
-		n = len - off < piece ? len - off : piece;
+		n = off == 0 ? first : piece;
+		if (n > len - off)
+			n = len - off;
 		total += smtp_body_encode(&e, in + off, n, out + total);
+		cr_assert_leq(total, space);
 	}
 	total += smtp_body_encode_finish(&e, out + total);
 	cr_assert_leq(total, space);
@@ -379,6 +387,99 @@ fold_all(const char *in, size_t len, size_t limit, size_t piece,
 	*outlen = total;
 	*folds = e.folds;
 	return out;
+}
+
+/* fold_cut() with every piece the same size. */
+static char *
+fold_all(const char *in, size_t len, size_t limit, size_t piece,
+    size_t *outlen, unsigned long long *folds)
+{
+	return fold_cut(in, len, limit, piece, piece, outlen, folds);
+}
+
+/* The well-formed UTF-8 characters of s[0..len), NULs not counted (the
+ * encoder drops them), as escape.c's decoder finds them. */
+static size_t
+utf8_chars(const char *s, size_t len)
+{
+	char *t = malloc(len + 1);
+	size_t i, n = 0, count = 0, l;
+
+	cr_assert_not_null(t);
+	for (i = 0; i < len; i++)
+		if (s[i] != '\0')
+			t[n++] = s[i];
+	for (i = 0; i < n; i += l > 0 ? l : 1)
+		if ((l = escape_utf8_len(t + i, n - i)) > 0)
+			count++;
+	free(t);
+	return count;
+}
+
+/* No line of out, a folded and ended body, is over limit characters (a
+ * stuffed dot not counted). */
+static void
+check_lines(const char *out, size_t len, size_t limit)
+{
+	const char *p = out, *end = out + len, *eol;
+	size_t n;
+
+	while (p < end) {
+		eol = memchr(p, '\r', (size_t)(end - p));
+		cr_assert_not_null(eol);
+		cr_assert(eol + 1 < end && eol[1] == '\n');
+		n = (size_t)(eol - p);
+		if (n >= 2 && p[0] == '.' && p[1] == '.')
+			n--;
+		cr_assert_leq(n, limit, "line at %zu has %zu characters",
+		    (size_t)(p - out), n);
+		p = eol + 2;
+	}
+}
+
+/*
+ * Encodes in[0..inlen) with limit in one piece, in two at every split
+ * point and a byte at a time, and checks that each gives want (the body
+ * ended with its "."), with no line over the limit and every well-formed
+ * UTF-8 character of in still whole. Returns the breaks made.
+ */
+static unsigned long long
+fold_expect(const char *in, size_t inlen, size_t limit, const char *want,
+    size_t wantlen)
+{
+	unsigned long long folds, first = 0;
+	size_t cut, len;
+	char *out;
+
+	for (cut = 0; cut <= inlen; cut++) {
+		/* cut 0: one piece; else cut, then the rest at once or a
+		 * byte at a time */
+		out = fold_cut(in, inlen, limit, cut > 0 ? cut : inlen + 1,
+		    cut == 1 ? 1 : inlen + 1, &len, &folds);
+		cr_assert_eq(len, wantlen, "split at %zu: %zu bytes, want "
+		    "%zu:\n%s", cut, len, wantlen, out);
+		cr_assert_eq(memcmp(out, want, len), 0, "split at %zu:\n%s\n"
+		    "want:\n%s", cut, out, want);
+		if (cut == 0) {
+			first = folds;
+			check_lines(out, len, limit > 0 ? limit : len);
+			cr_assert_eq(utf8_chars(out, len),
+			    utf8_chars(in, inlen), "a character was cut:\n%s",
+			    out);
+			cr_assert_leq(folds, smtp_body_fold_bound(inlen,
+			    limit));
+		}
+		cr_assert_eq(folds, first, "split at %zu", cut);
+		free(out);
+	}
+	return first;
+}
+
+/* fold_expect() for NUL-terminated strings. */
+static unsigned long long
+fold_expect_str(const char *in, size_t limit, const char *want)
+{
+	return fold_expect(in, strlen(in), limit, want, strlen(want));
 }
 
 /* A string of n copies of c, then tail. Caller frees. */
@@ -434,46 +535,32 @@ check_folded(const char *out, size_t outlen, size_t limit, const char *want)
 
 Test(fold, boundaries_997_998_999)
 {
-	char *in, *out, *want;
-	size_t len, n;
-	unsigned long long folds;
+	char *in, *want;
+	size_t n;
 
 	for (n = 997; n <= 998; n++) {
 		in = run_of('a', n, "\r\nb\r\n");
-		out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
 		want = run_of('a', n, "\r\nb\r\n.\r\n");
-		cr_assert_str_eq(out, want, "%zu characters changed", n);
-		cr_assert_eq(folds, 0);
+		cr_assert_eq(fold_expect_str(in, 998, want), 0);
 		free(in);
-		free(out);
 		free(want);
 	}
 	in = run_of('a', 999, "\r\nb\r\n");
-	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
 	want = run_of('a', 998, "\r\n a\r\nb\r\n.\r\n");
-	cr_assert_str_eq(out, want);
-	cr_assert_eq(folds, 1);
+	cr_assert_eq(fold_expect_str(in, 998, want), 1);
 	free(in);
-	free(out);
 	free(want);
 }
 
 /* Exactly 998 and the end of the body, with and without a line end. */
 Test(fold, exactly_the_limit_at_the_end)
 {
-	char *in, *out, *want;
-	size_t len;
-	unsigned long long folds;
+	char *in, *want;
 
 	in = run_of('x', 998, "\r\n");
 	want = run_of('x', 998, "\r\n.\r\n");
-	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
-	cr_assert_str_eq(out, want);
-	free(out);
-	out = fold_all(in, 998, 998, 65536, &len, &folds);
-	cr_assert_str_eq(out, want);
-	cr_assert_eq(folds, 0);
-	free(out);
+	cr_assert_eq(fold_expect_str(in, 998, want), 0);
+	cr_assert_eq(fold_expect(in, 998, 998, want, strlen(want)), 0);
 	free(in);
 	free(want);
 }
@@ -539,12 +626,12 @@ Test(fold, dots)
 	unsigned long long folds;
 
 	in = run_of('.', 999, "\r\n.\r\n");
-	out = fold_all(in, strlen(in), 998, 7, &len, &folds);
 	tail = run_of('.', 998, "\r\n .\r\n..\r\n.\r\n");
 	want = malloc(strlen(tail) + 2);
 	want[0] = '.';
 	strcpy(want + 1, tail);
-	cr_assert_str_eq(out, want);
+	fold_expect_str(in, 998, want);
+	out = fold_all(in, strlen(in), 998, 7, &len, &folds);
 	check_folded(out, len, 998, in);
 	free(in);
 	free(out);
@@ -553,11 +640,9 @@ Test(fold, dots)
 
 	/* 998 characters then ".": the continuation " ." is no end */
 	in = run_of('y', 998, ".\r\n.x");
-	out = fold_all(in, strlen(in), 998, 998, &len, &folds);
 	want = run_of('y', 998, "\r\n .\r\n..x\r\n.\r\n");
-	cr_assert_str_eq(out, want);
+	fold_expect_str(in, 998, want);
 	free(in);
-	free(out);
 	free(want);
 }
 
@@ -565,42 +650,30 @@ Test(fold, dots)
  * NUL is dropped and is not a character. */
 Test(fold, bare_line_ends_and_nul)
 {
-	char *in, *out, *want;
-	size_t len;
-	unsigned long long folds;
+	char *in, *want;
 
 	in = run_of('c', 999, "\ra\nb");
-	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
 	want = run_of('c', 998, "\r\n c\r\na\r\nb\r\n.\r\n");
-	cr_assert_str_eq(out, want);
+	fold_expect_str(in, 998, want);
 	free(in);
-	free(out);
 	free(want);
 
 	in = run_of('d', 999, "\n");
 	in[500] = '\0';
-	out = fold_all(in, 1000, 998, 65536, &len, &folds);
 	want = run_of('d', 998, "\r\n.\r\n");
-	cr_assert_str_eq(out, want);
-	cr_assert_eq(folds, 0);
+	cr_assert_eq(fold_expect(in, 1000, 998, want, strlen(want)), 0);
 	free(in);
-	free(out);
 	free(want);
 }
 
 Test(fold, limit_zero_sends_lines_as_they_are)
 {
-	char *in, *out, *want;
-	size_t len;
-	unsigned long long folds;
+	char *in, *want;
 
 	in = run_of('z', 5000, "\r\n");
-	out = fold_all(in, strlen(in), 0, 1000, &len, &folds);
 	want = run_of('z', 5000, "\r\n.\r\n");
-	cr_assert_str_eq(out, want);
-	cr_assert_eq(folds, 0);
+	cr_assert_eq(fold_expect_str(in, 0, want), 0);
 	free(in);
-	free(out);
 	free(want);
 }
 
@@ -608,19 +681,15 @@ Test(fold, limit_zero_sends_lines_as_they_are)
  * continuation's leading space makes it a folded header line. */
 Test(fold, header_line)
 {
-	char *in, *out, *want;
-	size_t len;
-	unsigned long long folds;
+	char *in, *want;
 
 	in = run_of('r', 1200, "\r\n\r\nbody\r\n");
 	memcpy(in, "To: ", 4);
-	out = fold_all(in, strlen(in), 998, 65536, &len, &folds);
 	want = run_of('r', 1203, "\r\n\r\nbody\r\n.\r\n");
 	memcpy(want, "To: ", 4);
 	memcpy(want + 998, "\r\n ", 3);
-	cr_assert_str_eq(out, want);
+	fold_expect_str(in, 998, want);
 	free(in);
-	free(out);
 	free(want);
 }
 
@@ -643,4 +712,226 @@ Test(fold, bound)
 		free(in);
 		free(out);
 	}
+}
+
+/* ---- line folding and UTF-8 ---- */
+
+/* Limit 10 keeps the lines readable: "abcdefgh" leaves room for 2. */
+#define L10 10
+
+struct fold_case {
+	const char *in;
+	const char *want;   /* the body as sent, its "." included */
+	unsigned long long folds;
+};
+
+/* fold_expect() of each case with limit 10. */
+static void
+fold_cases(const struct fold_case *c, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		cr_assert_eq(fold_expect_str(c[i].in, L10, c[i].want),
+		    c[i].folds, "case %zu", i);
+}
+
+/* A 2-byte character (é, C3 A9) over the limit moves whole; one that
+ * ends on it stays. */
+Test(fold_utf8, two_byte_character_straddling_the_break)
+{
+	static const struct fold_case cases[] = {
+		{ "abcdefghi\xc3\xa9z",
+		    "abcdefghi\r\n \xc3\xa9z\r\n.\r\n", 1 },
+		{ "abcdefgh\xc3\xa9z",
+		    "abcdefgh\xc3\xa9\r\n z\r\n.\r\n", 1 },
+		{ "abcdefgh\xc3\xa9",
+		    "abcdefgh\xc3\xa9\r\n.\r\n", 0 },
+	};
+
+	fold_cases(cases, sizeof(cases) / sizeof(*cases));
+}
+
+/* A 3-byte character (€, E2 82 AC) starting at each of the last two
+ * columns. */
+Test(fold_utf8, three_byte_character_straddling_the_break)
+{
+	static const struct fold_case cases[] = {
+		{ "abcdefgh\xe2\x82\xacz",
+		    "abcdefgh\r\n \xe2\x82\xacz\r\n.\r\n", 1 },
+		{ "abcdefghi\xe2\x82\xac",
+		    "abcdefghi\r\n \xe2\x82\xac\r\n.\r\n", 1 },
+		{ "abcdefg\xe2\x82\xacz",
+		    "abcdefg\xe2\x82\xac\r\n z\r\n.\r\n", 1 },
+	};
+
+	fold_cases(cases, sizeof(cases) / sizeof(*cases));
+}
+
+/* A 4-byte character (U+1F600, F0 9F 98 80) starting at each of the last
+ * three columns, and one that ends on the limit. */
+Test(fold_utf8, four_byte_character_straddling_the_break)
+{
+	static const struct fold_case cases[] = {
+		{ "abcdefg\xf0\x9f\x98\x80z",
+		    "abcdefg\r\n \xf0\x9f\x98\x80z\r\n.\r\n", 1 },
+		{ "abcdefgh\xf0\x9f\x98\x80z",
+		    "abcdefgh\r\n \xf0\x9f\x98\x80z\r\n.\r\n", 1 },
+		{ "abcdefghi\xf0\x9f\x98\x80z",
+		    "abcdefghi\r\n \xf0\x9f\x98\x80z\r\n.\r\n", 1 },
+		{ "abcdef\xf0\x9f\x98\x80z",
+		    "abcdef\xf0\x9f\x98\x80\r\n z\r\n.\r\n", 1 },
+	};
+
+	fold_cases(cases, sizeof(cases) / sizeof(*cases));
+}
+
+/* A line of nothing but multi-byte characters breaks only between them,
+ * on every continuation, and a dot-stuffed start does not shift it. */
+Test(fold_utf8, runs_of_characters)
+{
+	static const struct fold_case cases[] = {
+		{ "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+		    "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac",
+		    "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\r\n"
+		    " \xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\r\n"
+		    " \xe2\x82\xac\r\n.\r\n", 2 },
+		{ ".abcdefgh\xc3\xa9",
+		    "..abcdefgh\r\n \xc3\xa9\r\n.\r\n", 1 },
+	};
+
+	fold_cases(cases, sizeof(cases) / sizeof(*cases));
+}
+
+/* Bytes that are no well-formed character may be cut anywhere: a lone
+ * lead byte, Latin-1, a surrogate, an overlong form, F5. A prefix that is
+ * well-formed as far as the break moves with it, whatever follows. */
+Test(fold_utf8, ill_formed_bytes)
+{
+	static const struct fold_case cases[] = {
+		{ "abcdefghi\xe2z",
+		    "abcdefghi\xe2\r\n z\r\n.\r\n", 1 },
+		{ "abcdefghi\xe9\xe9\xe9",
+		    "abcdefghi\xe9\r\n \xe9\xe9\r\n.\r\n", 1 },
+		{ "abcdefgh\xed\xa0\x80",
+		    "abcdefgh\xed\xa0\r\n \x80\r\n.\r\n", 1 },
+		{ "abcdefghi\xc0\x80",
+		    "abcdefghi\xc0\r\n \x80\r\n.\r\n", 1 },
+		{ "abcdefgh\xf5\x80\x80",
+		    "abcdefgh\xf5\x80\r\n \x80\r\n.\r\n", 1 },
+		{ "abcdefghi\xe2\x82z",
+		    "abcdefghi\r\n \xe2\x82z\r\n.\r\n", 1 },
+		/* ... but bytes held for a character that the byte at
+		 * the break shows to be ill-formed stay */
+		{ "abcdefgh\xe2\x82z",
+		    "abcdefgh\xe2\x82\r\n z\r\n.\r\n", 1 },
+		/* a stray continuation byte is a character of its own */
+		{ "abcdefghi\x80\x80",
+		    "abcdefghi\x80\r\n \x80\r\n.\r\n", 1 },
+	};
+
+	fold_cases(cases, sizeof(cases) / sizeof(*cases));
+}
+
+/* Held bytes go out as they are at a line end or the end of the body,
+ * and a dropped NUL inside a character does not split it. */
+Test(fold_utf8, line_end_nul_and_finish)
+{
+	static const struct fold_case cases[] = {
+		{ "abcdefghi\xe2\r\nx",
+		    "abcdefghi\xe2\r\nx\r\n.\r\n", 0 },
+		{ "abcdefghi\xe2\nx",
+		    "abcdefghi\xe2\r\nx\r\n.\r\n", 0 },
+		{ "abcdefg\xf0\x9f\x98",
+		    "abcdefg\xf0\x9f\x98\r\n.\r\n", 0 },
+	};
+
+	fold_cases(cases, sizeof(cases) / sizeof(*cases));
+	cr_assert_eq(fold_expect(
+	    "abcdefgh\xe2\0\x82\0\xac", 13, L10,
+	    "abcdefgh\r\n \xe2\x82\xac\r\n.\r\n", 19), 1);
+}
+
+/* At the real limit, each kind of character at each offset from ending
+ * on column 998 to starting after it: it stays when it ends by the limit
+ * (the "z" after it is broken off), else it starts the continuation. */
+Test(fold_utf8, at_998)
+{
+	static const char *const chars[] = { "\xc3\xa9", "\xe2\x82\xac",
+		"\xf0\x9f\x98\x80" };
+	static char in[1024], want[1024];
+	size_t i, before, clen;
+
+	for (i = 0; i < 3; i++) {
+		clen = strlen(chars[i]);
+		for (before = 998 - clen; before <= 998; before++) {
+			memset(in, 'a', before);
+			memcpy(in + before, chars[i], clen);
+			memcpy(in + before + clen, "z", 2);
+			memcpy(want, in, before);
+			if (before + clen <= 998)
+				memcpy(want + before, "", 1);
+			else
+				memcpy(want + before, "\r\n ", 4);
+			strcat(want, chars[i]);
+			strcat(want, before + clen <= 998 ? "\r\n z" : "z");
+			strcat(want, "\r\n.\r\n");
+			cr_assert_eq(fold_expect_str(in, 998, want), 1,
+			    "%zu before a %zu-byte character", before, clen);
+		}
+	}
+}
+
+/* The bound is reached: a first line of limit - 3 characters, then
+ * continuations that each give up their last 3 columns to a 4-byte
+ * character: limit - 4 characters of the message per break. */
+Test(fold_utf8, bound_is_reached)
+{
+	static const char smile[] = "\xf0\x9f\x98\x80";
+	size_t k = 50, unit = 4 + 990, n = 995 + (k - 1) * unit + 4, i;
+	char *in = malloc(n + 1), *out, *p;
+	unsigned long long folds;
+	size_t len;
+
+	cr_assert_not_null(in);
+	memset(in, 'a', 995);
+	p = in + 995;
+	for (i = 0; i < k; i++) {
+		memcpy(p, smile, 4);
+		p += 4;
+		if (i + 1 < k) {
+			memset(p, 'a', 990);
+			p += 990;
+		}
+	}
+	cr_assert_eq((size_t)(p - in), n);
+	out = fold_all(in, n, 998, 65536, &len, &folds);
+	cr_assert_eq(folds, k);
+	cr_assert_eq(folds, smtp_body_fold_bound(n, 998));
+	cr_assert_eq(len, n + 3 * k + 5);
+	cr_assert_eq(utf8_chars(out, len), k);
+	check_lines(out, len, 998);
+	free(out);
+	free(in);
+}
+
+/* Under SMTP_FOLD_UTF8_MIN a continuation has no room for its space and
+ * a 4-byte character: breaks stay at the limit, whatever the bytes. */
+Test(fold_utf8, small_limit_breaks_at_the_limit)
+{
+	static const char in[] = "abc\xe2\x82\xac";
+	static const char want[] = "abc\xe2\r\n \x82\xac\r\n.\r\n";
+	unsigned long long folds;
+	size_t len;
+	char *out;
+
+	cr_assert_eq(SMTP_FOLD_UTF8_MIN, 5);
+	out = fold_all(in, strlen(in), 4, 1, &len, &folds);
+	cr_assert_eq(len, strlen(want));
+	cr_assert_eq(memcmp(out, want, len), 0);
+	cr_assert_eq(folds, 1);
+	free(out);
+	/* at 5 it moves whole */
+	cr_assert_eq(fold_expect_str("abcd\xe2\x82\xac", 5,
+	    "abcd\r\n \xe2\x82\xac\r\n.\r\n"), 1);
 }
