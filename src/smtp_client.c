@@ -40,11 +40,14 @@
  * - Nothing is sent in clear text after EHLO in STARTTLS mode unless TLS is
  *   up; a missing STARTTLS ends the session before MAIL.
  * - After closed() (state CLOSED) no callback follows and no I/O remains.
- * - The struct outlives every one of our functions that is running: each
- *   entry point (libevent callback or public function) holds a reference,
- *   and smtp_client_free() drops the connection at once but frees the
- *   memory only when the outermost entry point returns. After calling an
- *   owner callback, code checks c->dying before touching the session.
+ * - The struct outlives every one of our functions that is running and
+ *   every job of ours on the worker pool: each entry point (libevent
+ *   callback or public function) holds a reference (refs), each job another
+ *   (jobs), and smtp_client_free() drops the connection at once but frees
+ *   the memory only when the outermost entry point returned and the last
+ *   job came back. Only refs says whether an outer entry point will flush
+ *   what an inner one queued. After calling an owner callback, code checks
+ *   c->dying before touching the session.
  * - The message body is streamed: at most BODY_HIWAT plus one encoded
  *   chunk sits in the output buffer, whatever the message size.
  * - While c->direct, EV_WRITE is off on the socket's bufferevent unless
@@ -59,6 +62,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -109,6 +113,7 @@ enum client_state {
 	CS_AUTH_STEP,   /* a response to a 334 challenge sent */
 	CS_AUTH_CANCEL, /* "*" sent: this mechanism failed; 501 comes */
 	CS_READY,     /* idle between transactions; ready() was called */
+	CS_SIZE,      /* counting the message's size on the worker pool */
 	CS_MAIL,
 	CS_RCPT,      /* c->rcpt_idx is the RCPT whose reply is next */
 	CS_DATA,      /* waiting for 354 */
@@ -134,6 +139,7 @@ static const char *const client_state_names[] = {
 	[CS_AUTH_STEP] = "AUTH_STEP",
 	[CS_AUTH_CANCEL] = "AUTH_CANCEL",
 	[CS_READY] = "READY",
+	[CS_SIZE] = "SIZE",
 	[CS_MAIL] = "MAIL",
 	[CS_RCPT] = "RCPT",
 	[CS_DATA] = "DATA",
@@ -175,6 +181,7 @@ struct smtp_client {
 
 	enum client_state state;
 	int refs;            /* entry points running */
+	int jobs;            /* worker jobs that will come back to us */
 	int dying;           /* smtp_client_free was called */
 	int quit_requested;  /* QUIT when the session is next idle */
 	int close_pending;   /* closed(&final) is due from ev_defer */
@@ -239,6 +246,7 @@ struct smtp_client {
 	int rcpt_temp;        /* some RCPT got a 4xx */
 	int abandon;          /* "." sent only to end a DATA that got 354 */
 	struct outcome txn;   /* outcome when the transaction ends early */
+	struct size_job *size_job; /* the count in CS_SIZE, or NULL */
 	struct smtp_body_encoder enc;
 	off_t body_pos;
 	off_t body_end;
@@ -261,6 +269,9 @@ static void client_unexpected(struct smtp_client *, const struct smtp_reply *);
 static void client_txn_end(struct smtp_client *, const struct outcome *, int);
 static void client_body_fill(struct smtp_client *);
 static void client_flush(struct smtp_client *);
+static void client_refuse(struct smtp_client *, enum outcome_status,
+    enum outcome_class, int, const char *, const char *, ...)
+    __attribute__((format(printf, 6, 7)));
 
 /* ---- lifetime ---- */
 
@@ -293,8 +304,24 @@ client_release(struct smtp_client *c)
 {
 	if (c->refs == 1 && !c->dying)
 		client_flush(c);
-	if (--c->refs == 0 && c->dying)
+	if (--c->refs == 0 && c->jobs == 0 && c->dying)
 		client_destroy(c);
+}
+
+/* A job goes to the worker pool; c stays until it is back. */
+static void
+client_job_start(struct smtp_client *c)
+{
+	c->jobs++;
+}
+
+/* A job's done() starts: it is an entry point from here on, and ends
+ * with client_release(). */
+static void
+client_job_back(struct smtp_client *c)
+{
+	client_hold(c);
+	c->jobs--;
 }
 
 /* Drops every I/O resource; no libevent callback reaches c afterwards. */
@@ -1009,18 +1036,18 @@ client_body_start(struct smtp_client *c)
 		c->rbuf = xmalloc(BODY_CHUNK);
 }
 
-/* Reads want bytes of the body file at pos into buf. Returns 0, or -1
- * with the reason in why. */
+/* Reads want bytes at pos of fd, a body file of size bytes, into buf.
+ * Touches no session: the size count runs it on a pool thread. Returns 0,
+ * or -1 with the reason in why. */
 static int
-client_body_read(struct smtp_client *c, char *buf, size_t want, off_t pos,
-    char *why, size_t whylen)
+body_read(int fd, off_t size, char *buf, size_t want, off_t pos, char *why,
+    size_t whylen)
 {
 	size_t got;
 	ssize_t n;
 
 	for (got = 0; got < want; got += (size_t)n) {
-		n = pread(c->msg.body_fd, buf + got, want - got,
-		    pos + (off_t)got);
+		n = pread(fd, buf + got, want - got, pos + (off_t)got);
 		if (n == -1 && errno == EINTR) {
 			n = 0;
 			continue;
@@ -1032,8 +1059,7 @@ client_body_read(struct smtp_client *c, char *buf, size_t want, off_t pos,
 		}
 		if (n == 0) {
 			snprintf(why, whylen, "read message body: file "
-			    "shorter than %lld bytes",
-			    (long long)c->msg.body_size);
+			    "shorter than %lld bytes", (long long)size);
 			return -1;
 		}
 	}
@@ -1063,8 +1089,8 @@ client_body_fill(struct smtp_client *c)
 			got = (size_t)(c->body_end - c->body_pos);
 		/* A half-sent body cannot be taken back: drop the
 		 * connection so the server discards it. */
-		if (client_body_read(c, c->rbuf, got, c->body_pos, why,
-		    sizeof(why)) == -1) {
+		if (body_read(c->msg.body_fd, c->msg.body_size, c->rbuf, got,
+		    c->body_pos, why, sizeof(why)) == -1) {
 			client_close_msg(c, OC_LOCAL, "%s", why);
 			return;
 		}
@@ -1098,49 +1124,141 @@ client_body_fill(struct smtp_client *c)
  * The size of the message as it will be sent, for MAIL's SIZE and the
  * check against the server's limit: the body plus 3 bytes per "\r\n "
  * that folding will insert. A bound of the breaks costs nothing and is
- * used unless it alone would exceed the server's limit; then the body is
- * encoded once without sending to count them exactly, so a message that
- * fits is never refused for the bound's sake. Returns 0, or -1 with the
- * reason in why.
- * XXX: the count reads and encodes the whole body on the loop in one go
- * (27 to 56 ms for 50 MB from the page cache on a busy 2-core VM), and
- * only for a message within 3 bytes per (limit - 1) of the server's
- * limit.
+ * used unless it alone would exceed the server's limit (only a message
+ * within 3 bytes per limit - 4 of it); then the body is encoded once
+ * without sending to count them exactly (CS_SIZE), so a message that
+ * fits is never refused for the bound's sake. Returns 1 when that count
+ * is needed, else 0 with c->wire_size set.
  */
 static int
-client_wire_size(struct smtp_client *c, off_t *size, char *why,
-    size_t whylen)
+client_wire_size(struct smtp_client *c)
 {
-	struct smtp_body_encoder e;
-	off_t pos, end;
-	size_t want;
-	char *out;
-
-	*size = c->msg.body_size + 3 * (off_t)smtp_body_fold_bound(
+	c->wire_size = c->msg.body_size + 3 * (off_t)smtp_body_fold_bound(
 	    (unsigned long long)c->msg.body_size, c->line_limit);
-	if (*size == c->msg.body_size || !(c->ehlo.exts & SMTP_EXT_SIZE) ||
-	    c->ehlo.size == 0 || (unsigned long long)*size <= c->ehlo.size)
-		return 0;
+	return c->wire_size > c->msg.body_size &&
+	    (c->ehlo.exts & SMTP_EXT_SIZE) && c->ehlo.size > 0 &&
+	    (unsigned long long)c->wire_size > c->ehlo.size;
+}
+
+/* With c->wire_size known: refused when over the server's limit, else
+ * MAIL. */
+static void
+client_size_check(struct smtp_client *c)
+{
+	if ((c->ehlo.exts & SMTP_EXT_SIZE) && c->ehlo.size > 0 &&
+	    (unsigned long long)c->wire_size > c->ehlo.size)
+		client_refuse(c, OUTCOME_PERMANENT, OC_REPLY, 552, "5.3.4",
+		    "message size %lld exceeds size limit %lu of host %s",
+		    (long long)c->wire_size, c->ehlo.size, c->peer);
+	else
+		client_enter(c, CS_MAIL);
+}
+
+/*
+ * The exact count runs on the worker pool: it reads and encodes the whole
+ * body (27 to 56 ms for 50 MB from the page cache on a busy 2-core VM,
+ * far longer from a cold disk), and on the loop every other session would
+ * wait that long. The job has a descriptor of its own (a dup of the
+ * body's, which the owner may close once the session closed) and holds a
+ * reference on the client, so the session may be closed (a 421, a drop,
+ * the command timeout, smtp_client_free) while it runs: back on the loop,
+ * a result for a session no longer waiting for it is dropped. The worker
+ * thread touches nothing but the job.
+ */
+struct size_job {
+	struct smtp_client *c;  /* read on the loop only */
+	int fd;
+	off_t offset;
+	off_t size;
+	size_t limit;
+	unsigned long long folds;
+	int failed;
+	char why[OUTCOME_TEXT_MAX];
+};
+
+static void
+client_size_run(void *arg)
+{
+	struct size_job *j = arg;
+	struct smtp_body_encoder e;
+	off_t pos, end = j->offset + j->size;
+	size_t want;
+	char *in, *out;
+
 	smtp_body_encoder_init(&e);
-	smtp_body_encoder_fold(&e, c->line_limit);
-	if (c->rbuf == NULL)
-		c->rbuf = xmalloc(BODY_CHUNK);
+	smtp_body_encoder_fold(&e, j->limit);
+	in = xmalloc(BODY_CHUNK);
 	out = xmalloc(smtp_body_encode_space(&e, BODY_CHUNK));
-	end = c->msg.body_offset + c->msg.body_size;
-	for (pos = c->msg.body_offset; pos < end; pos += (off_t)want) {
+	for (pos = j->offset; pos < end; pos += (off_t)want) {
 		want = BODY_CHUNK;
 		if ((off_t)want > end - pos)
 			want = (size_t)(end - pos);
-		if (client_body_read(c, c->rbuf, want, pos, why, whylen) ==
-		    -1) {
-			free(out);
-			return -1;
+		if (body_read(j->fd, j->size, in, want, pos, j->why,
+		    sizeof(j->why)) == -1) {
+			j->failed = 1;
+			break;
 		}
-		smtp_body_encode(&e, c->rbuf, want, out);
+		smtp_body_encode(&e, in, want, out);
 	}
+	j->folds = e.folds;
 	free(out);
-	*size = c->msg.body_size + 3 * (off_t)e.folds;
-	return 0;
+	free(in);
+}
+
+static void
+client_size_done(void *arg)
+{
+	struct size_job *j = arg;
+	struct smtp_client *c = j->c;
+
+	client_job_back(c);
+	close(j->fd);
+	if (c->size_job != j || c->dying || c->state != CS_SIZE) {
+		log_debug("%s: size count done after the session moved on; "
+		    "dropped", c->peer);
+	} else if (j->failed) {
+		c->size_job = NULL;
+		client_refuse(c, OUTCOME_TEMPORARY, OC_LOCAL, 0, "4.3.0",
+		    "%s", j->why);
+	} else {
+		c->size_job = NULL;
+		c->wire_size = c->msg.body_size + 3 * (off_t)j->folds;
+		log_debug("%s: message size counted: %lld bytes, %llu long "
+		    "line breaks", c->peer, (long long)c->wire_size,
+		    j->folds);
+		client_size_check(c);
+	}
+	free(j);
+	client_release(c);
+}
+
+/* Starts the count; without a worker pool it runs here and now. */
+static void
+client_size_start(struct smtp_client *c)
+{
+	struct size_job *j;
+	int fd;
+
+	if ((fd = fcntl(c->msg.body_fd, F_DUPFD_CLOEXEC, 0)) == -1) {
+		client_refuse(c, OUTCOME_TEMPORARY, errno == EMFILE ||
+		    errno == ENFILE ? OC_RESOURCE : OC_LOCAL, 0, "4.3.0",
+		    "count the message size: %s", strerror(errno));
+		return;
+	}
+	j = xcalloc(1, sizeof(*j));
+	j->c = c;
+	j->fd = fd;
+	j->offset = c->msg.body_offset;
+	j->size = c->msg.body_size;
+	j->limit = c->line_limit;
+	c->size_job = j;
+	client_job_start(c);
+	if (c->worker == NULL) {
+		client_size_run(j);
+		client_size_done(j);
+		return;
+	}
+	worker_run(c->worker, client_size_run, client_size_done, j);
 }
 
 /* ---- authentication ---- */
@@ -1389,6 +1507,7 @@ client_auth_work_done(void *arg)
 	struct smtp_client *c = j->c;
 	enum sasl_status st;
 
+	client_job_back(c);
 	c->auth_working = 0;
 	if (c->dying || c->state == CS_CLOSED) {
 		sasl_free(j->sasl);
@@ -1414,7 +1533,7 @@ client_auth_work(struct smtp_client *c)
 	j->sasl = c->sasl;
 	c->sasl = NULL;
 	c->auth_working = 1;
-	client_hold(c);
+	client_job_start(c);
 	worker_run(c->worker, client_auth_work_run, client_auth_work_done, j);
 }
 
@@ -1653,6 +1772,10 @@ client_enter(struct smtp_client *c, enum client_state s)
 		 * after this call may touch c. */
 		c->cb.ready(c, c->arg);
 		break;
+	case CS_SIZE:
+		client_timer(c, c->timeout_command);
+		client_size_start(c);
+		break;
 	case CS_MAIL:
 		client_send_mail(c);
 		client_timer(c, c->timeout_command);
@@ -1743,12 +1866,15 @@ client_unexpected(struct smtp_client *c, const struct smtp_reply *r)
  * about the message, which the server never took any part of, so the
  * owner may send it again at once on a new connection. A timeout is not
  * such a break: a server that takes the command and stalls says nothing
- * about a connection gone stale.
+ * about a connection gone stale. The same holds while the message's size
+ * is still being counted (CS_SIZE), before MAIL left: a connection that
+ * breaks then had nothing of the transaction.
  */
 static int
 client_is_stale(const struct smtp_client *c)
 {
-	return c->state == CS_MAIL && c->ntxn > 0 && !c->heard;
+	return (c->state == CS_MAIL || c->state == CS_SIZE) && c->ntxn > 0 &&
+	    !c->heard;
 }
 
 /*
@@ -2018,6 +2144,7 @@ client_reply(struct smtp_client *c, const struct smtp_reply *r)
 	case CS_CONNECT:
 	case CS_HANDSHAKE:
 	case CS_READY:
+	case CS_SIZE:
 	case CS_BODY:
 	case CS_REFUSED:
 	case CS_CLOSED:
@@ -2160,6 +2287,7 @@ client_io_failed(struct smtp_client *c, struct bufferevent *bev, short what)
 	case CS_AUTH_STEP:
 	case CS_AUTH_CANCEL:
 	case CS_READY:
+	case CS_SIZE:
 	case CS_MAIL:
 	case CS_RCPT:
 	case CS_DATA:
@@ -2285,6 +2413,8 @@ client_state_waiting(enum client_state s)
 		return "the reply to an AUTH response";
 	case CS_AUTH_CANCEL:
 		return "the reply to a cancelled AUTH";
+	case CS_SIZE:
+		return "the message size to be counted";
 	case CS_MAIL:
 		return "the reply to MAIL";
 	case CS_RCPT:
@@ -2307,6 +2437,7 @@ static void
 client_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct smtp_client *c = arg;
+	struct outcome o;
 	unsigned secs;
 
 	client_hold(c);
@@ -2314,6 +2445,16 @@ client_timer_cb(evutil_socket_t fd, short what, void *arg)
 		goto out;
 	if (c->state == CS_QUIT) {
 		client_close(c, &c->final);
+		goto out;
+	}
+	if (c->state == CS_SIZE) {
+		/* our own slowness (a stalled disk, a busy pool): the
+		 * server did nothing wrong and gets a QUIT; the count's
+		 * result is dropped when it comes */
+		outcome_set(&o, OUTCOME_TEMPORARY, OC_LOCAL, "timeout after "
+		    "%us waiting for %s", c->timeout_command,
+		    client_state_waiting(c->state));
+		client_cancel(c, &o);
 		goto out;
 	}
 	if (c->state == CS_HANDSHAKE)
@@ -2362,6 +2503,7 @@ client_defer_cb(evutil_socket_t fd, short what, void *arg)
 	case CS_AUTH_STEP:
 	case CS_AUTH_CANCEL:
 	case CS_READY:
+	case CS_SIZE:
 	case CS_MAIL:
 	case CS_RCPT:
 	case CS_DATA:
@@ -2454,11 +2596,6 @@ client_addr_sane(const char *a)
 static void
 client_refuse(struct smtp_client *c, enum outcome_status status,
     enum outcome_class class, int code, const char *enhanced,
-    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-
-static void
-client_refuse(struct smtp_client *c, enum outcome_status status,
-    enum outcome_class class, int code, const char *enhanced,
     const char *fmt, ...)
 {
 	char text[OUTCOME_TEXT_MAX];
@@ -2476,7 +2613,6 @@ client_refuse(struct smtp_client *c, enum outcome_status status,
 int
 smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg)
 {
-	char why[OUTCOME_TEXT_MAX];
 	size_t i;
 	int sane;
 
@@ -2504,17 +2640,10 @@ smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg)
 		client_refuse(c, OUTCOME_PERMANENT, OC_REPLY, 554, "5.6.7",
 		    "SMTPUTF8 is required, but was not offered by host %s",
 		    c->peer);
-	} else if (client_wire_size(c, &c->wire_size, why, sizeof(why)) ==
-	    -1) {
-		client_refuse(c, OUTCOME_TEMPORARY, OC_LOCAL, 0, "4.3.0",
-		    "%s", why);
-	} else if ((c->ehlo.exts & SMTP_EXT_SIZE) && c->ehlo.size > 0 &&
-	    (unsigned long long)c->wire_size > c->ehlo.size) {
-		client_refuse(c, OUTCOME_PERMANENT, OC_REPLY, 552, "5.3.4",
-		    "message size %lld exceeds size limit %lu of host %s",
-		    (long long)c->wire_size, c->ehlo.size, c->peer);
+	} else if (client_wire_size(c)) {
+		client_enter(c, CS_SIZE);
 	} else {
-		client_enter(c, CS_MAIL);
+		client_size_check(c);
 	}
 	client_release(c);
 	return 0;
@@ -2548,6 +2677,7 @@ smtp_client_quit(struct smtp_client *c)
 	case CS_AUTH:
 	case CS_AUTH_STEP:
 	case CS_AUTH_CANCEL:
+	case CS_SIZE:
 	case CS_MAIL:
 	case CS_RCPT:
 	case CS_DATA:
@@ -2578,7 +2708,7 @@ smtp_client_free(struct smtp_client *c)
 	c->state = CS_CLOSED;
 	c->close_pending = 0;
 	c->dying = 1;
-	if (c->refs == 0)
+	if (c->refs == 0 && c->jobs == 0)
 		client_destroy(c);
 }
 

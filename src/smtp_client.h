@@ -40,10 +40,13 @@ struct smtp_client_params {
 	 * "\r\n " as smtp_proto.h describes; 0: sent as they are. MAIL's
 	 * SIZE counts the inserted bytes: a bound, or, when the bound is
 	 * over the server's limit, the exact count (the body is read once
-	 * more for it). */
+	 * more for it, on the worker pool; the command timeout bounds the
+	 * wait). */
 	size_t line_limit;
-	/* Where slow computations run (SCRAM's PBKDF2); borrowed, must
-	 * outlive the client. NULL: on the caller's thread. */
+	/* Where slow computations run (SCRAM's PBKDF2, the exact SIZE
+	 * count); borrowed, must outlive the client: a job still running
+	 * when the client is freed finishes on it. NULL: on the caller's
+	 * thread. */
 	struct worker *worker;
 };
 
@@ -139,8 +142,9 @@ const char *smtp_client_auth_mech(const struct smtp_client *c);
  * Inside closed() (or after it): 1 when the session broke on a reused
  * connection before the server said anything about the transaction in
  * progress, else 0. That is: a transaction had ended on this connection,
- * the current one's first command had left, and then the connection was
- * closed or reset, or a 421 came, with no reply to that command before.
+ * the current one's first command had left (or its size was still being
+ * counted, before any command), and then the connection was closed or
+ * reset, or a 421 came, with no reply to that command before.
  * So does a connection look that the server closed for its own idle
  * timeout just as the command left. The server has no part of the
  * message: sending it again at once on a new connection cannot deliver

@@ -3679,3 +3679,316 @@ Test(tls, forgotten_session_is_not_offered)
 	tls_ctx_free(ctx);
 	pki_fini(&k);
 }
+
+/* ---- the exact SIZE count on the worker pool ---- */
+
+/*
+ * A job that keeps the pool's only thread until released (bounded by
+ * PEER_TIMEOUT), so a count queued behind it waits as long as the test
+ * wants: as if the disk stalled.
+ */
+struct blocker {
+	int fds[2];
+};
+
+static void
+blocker_work(void *arg)
+{
+	struct blocker *b = arg;
+	struct pollfd pfd = { .fd = b->fds[0], .events = POLLIN };
+
+	(void)poll(&pfd, 1, PEER_TIMEOUT * 1000);
+}
+
+static struct worker *
+blocked_worker(struct run *r, struct blocker *b)
+{
+	struct worker *w = worker_new(r->base, 1);
+
+	cr_assert_eq(pipe(b->fds), 0);
+	worker_run(w, blocker_work, NULL, b);
+	return w;
+}
+
+static void
+blocker_release(struct blocker *b)
+{
+	if (b->fds[1] != -1)
+		cr_assert_eq(write(b->fds[1], "x", 1), 1);
+	b->fds[1] = -1;
+}
+
+/* Releases the pool, lets the jobs' done() run (the count's on a session
+ * long gone, maybe), and frees it. */
+static void
+blocked_worker_free(struct worker *w, struct blocker *b)
+{
+	int wfd = b->fds[1];
+
+	blocker_release(b);
+	worker_free(w);
+	close(b->fds[0]);
+	if (wfd != -1)
+		close(wfd);
+}
+
+/*
+ * A body whose bound on the breaks is over the server's SIZE limit while
+ * its exact size is not: one line of 2500 characters (2 breaks), then
+ * short lines. count_ehlo offers SIZE with 4 bytes to spare; count_mail
+ * is the MAIL line with the exact size.
+ */
+static char count_body[20000];
+static char count_ehlo[128];
+static char count_mail[128];
+static int count_mail_seen;  /* the server read MAIL (atomic) */
+
+static int
+count_msg_init(struct run *r, const char *const *rcpts)
+{
+	size_t i, n = 0;
+	int fd;
+
+	memset(count_body, 'x', 2500);
+	memcpy(count_body + 2500, "\r\n", 2);
+	for (i = 2502; i + 77 <= sizeof(count_body); i += 77) {
+		memset(count_body + i, 'y', 75);
+		memcpy(count_body + i + 75, "\r\n", 2);
+	}
+	n = i;
+	snprintf(count_ehlo, sizeof(count_ehlo), "250-mx.test\r\n"
+	    "250 SIZE %zu\r\n", n + 6 + 4);
+	snprintf(count_mail, sizeof(count_mail), "MAIL FROM:<a@example.org> "
+	    "SIZE=%zu", n + 6);
+	cr_assert_gt(n + 3 * smtp_body_fold_bound(n, 998), n + 6 + 4,
+	    "the bound alone must be over the limit");
+	__atomic_store_n(&count_mail_seen, 0, __ATOMIC_SEQ_CST);
+	fd = body_fd(count_body, n);
+	msg_init(&r->msgs[0], "a@example.org", rcpts, 1, fd, (off_t)n);
+	r->nmsgs = 1;
+	r->params.line_limit = 998;
+	return fd;
+}
+
+static void
+script_counted(struct peer *p)
+{
+	if (peer_greet(p, "EHLO client.example", count_ehlo) ||
+	    peer_expect_eq(p, count_mail))
+		return;
+	__atomic_store_n(&count_mail_seen, 1, __ATOMIC_SEQ_CST);
+	if (peer_send(p, "250 2.1.0 Ok\r\n") ||
+	    peer_expect(p, "RCPT TO:<b@example.net>") ||
+	    peer_send(p, "250 2.1.5 Ok\r\n") ||
+	    peer_expect(p, "DATA") ||
+	    peer_send(p, "354 go ahead\r\n") ||
+	    peer_data(p) ||
+	    peer_send(p, "250 2.0.0 Ok\r\n") ||
+	    peer_quit(p))
+		return;
+	peer_drain(p);
+}
+
+/* Without a pool the count runs at once, on the caller's thread. */
+Test(smtp_client, size_counted_exactly_without_a_worker)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_counted);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = count_msg_init(&r, rcpts);
+	session_go(&p, &r);
+
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
+	close(fd);
+	run_fini(&r);
+}
+
+/* What the loop saw while the count was held. */
+struct count_tick {
+	struct event *ev;
+	struct blocker *b;
+	struct run *r;
+	int ticks;
+	int mail_seen;       /* the server had MAIL at the tick */
+	int free_client;     /* drop the session at the tick */
+	int body_fd;         /* ... and close the body's descriptor */
+};
+
+static void
+count_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct count_tick *t = arg;
+
+	t->ticks++;
+	t->mail_seen = __atomic_load_n(&count_mail_seen, __ATOMIC_SEQ_CST);
+	if (t->free_client) {
+		smtp_client_free(t->r->c);
+		t->r->c = NULL;
+		close(t->body_fd);
+		event_base_loopbreak(t->r->base);
+		return;
+	}
+	blocker_release(t->b);
+}
+
+static void
+count_tick_start(struct count_tick *t, struct run *r, struct blocker *b)
+{
+	struct timeval tv = { 0, 200000 };
+
+	t->r = r;
+	t->b = b;
+	t->ev = evtimer_new(r->base, count_tick_cb, t);
+	cr_assert_not_null(t->ev);
+	evtimer_add(t->ev, &tv);
+}
+
+/*
+ * The count waits on the pool (held by a job ahead of it) while the loop
+ * goes on: a timer fires 200 ms in, MAIL has not left yet, and once the
+ * pool is free the session sends the exact SIZE and delivers.
+ */
+Test(smtp_client, size_count_runs_off_the_loop_and_the_session_goes_on)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct count_tick t = { 0 };
+	struct blocker b;
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_counted);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = count_msg_init(&r, rcpts);
+	r.params.worker = blocked_worker(&r, &b);
+	count_tick_start(&t, &r, &b);
+	session_go(&p, &r);
+	event_free(t.ev);
+	blocked_worker_free(r.params.worker, &b);
+
+	cr_assert_eq(t.ticks, 1, "the loop stood still while counting");
+	cr_assert_eq(t.mail_seen, 0, "MAIL left before the count was done");
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
+	cr_assert_eq(r.closed.status, OUTCOME_OK, "%s", r.closed.text);
+	close(fd);
+	run_fini(&r);
+}
+
+static void
+script_421_while_counting(struct peer *p)
+{
+	if (peer_greet(p, "EHLO client.example", count_ehlo) ||
+	    peer_send(p, "421 4.3.2 shutting down\r\n"))
+		return;
+	peer_drain(p);
+}
+
+static void
+script_wait_while_counting(struct peer *p)
+{
+	if (peer_greet(p, "EHLO client.example", count_ehlo))
+		return;
+	peer_drain(p);
+}
+
+/*
+ * The session goes away while its count waits on the pool: a 421 from
+ * the server (closed(), which frees the client), or the owner's
+ * smtp_client_free with the body's descriptor closed at once. The count
+ * then runs on its own descriptor and its result is dropped: nothing
+ * else reaches the owner, nothing touches freed memory (ASan), MAIL never
+ * leaves.
+ */
+Test(smtp_client, close_while_counting_is_safe)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	static const peer_script scripts[] = { script_421_while_counting,
+		script_wait_while_counting };
+	struct peer p;
+	struct count_tick t;
+	struct blocker b;
+	struct run r;
+	size_t i;
+	int fd;
+
+	for (i = 0; i < 2; i++) {
+		memset(&p, 0, sizeof(p));
+		memset(&t, 0, sizeof(t));
+		peer_start(&p, scripts[i]);
+		run_init(&r, p.port, TLS_MODE_NONE);
+		fd = count_msg_init(&r, rcpts);
+		r.params.worker = blocked_worker(&r, &b);
+		if (i == 1) {
+			t.free_client = 1;
+			t.body_fd = fd;
+			count_tick_start(&t, &r, &b);
+		}
+		session_go(&p, &r);
+		if (t.ev != NULL)
+			event_free(t.ev);
+		if (i == 0)
+			close(fd);
+		blocked_worker_free(r.params.worker, &b);
+
+		cr_assert_eq(__atomic_load_n(&count_mail_seen,
+		    __ATOMIC_SEQ_CST), 0);
+		cr_assert_eq(r.ndone, 0);
+		if (i == 0) {
+			cr_assert_eq(r.nclosed, 1);
+			cr_assert_eq(r.closed.code, 421, "%s", r.closed.text);
+			cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+		} else {
+			cr_assert_eq(t.ticks, 1);
+			cr_assert_eq(r.nclosed, 0);
+		}
+		cr_assert_null(strstr(p.rx, "MAIL"), "%s", p.rx);
+		run_fini(&r);
+	}
+}
+
+static void
+script_quit_while_counting(struct peer *p)
+{
+	if (peer_greet(p, "EHLO client.example", count_ehlo) ||
+	    peer_quit(p))
+		return;
+	peer_drain(p);
+}
+
+/* A count that does not come back within the command timeout ends the
+ * session politely (QUIT): our slowness, not the server's, so OC_LOCAL,
+ * and temporary. */
+Test(smtp_client, count_that_does_not_come_back_times_out)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct blocker b;
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_quit_while_counting);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = count_msg_init(&r, rcpts);
+	r.params.timeout_command = 1;
+	r.params.worker = blocked_worker(&r, &b);
+	session_go(&p, &r);
+	close(fd);
+	blocked_worker_free(r.params.worker, &b);
+
+	cr_assert_eq(r.ndone, 0);
+	cr_assert_eq(r.nclosed, 1);
+	cr_assert_eq(r.closed.status, OUTCOME_TEMPORARY);
+	cr_assert_eq(r.closed.class, OC_LOCAL, "%s", r.closed.text);
+	cr_assert_not_null(strstr(r.closed.text, "counted"), "%s",
+	    r.closed.text);
+	cr_assert_geq(r.elapsed, 0.9);
+	cr_assert_lt(r.elapsed, 5.0);
+	cr_assert_null(strstr(p.rx, "MAIL"), "%s", p.rx);
+	run_fini(&r);
+}
