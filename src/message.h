@@ -15,7 +15,8 @@
  *   line is broken with a bare CRLF, which adds a line break and no
  *   character to the text. (Postfix's smtp_line_length_limit, which the
  *   relay's line_length_limit follows, inserts CRLF SP in the body too;
- *   the relay folds only what is still too long when it sends.)
+ *   the relay folds only what is still too long when it sends, and, unlike
+ *   this split and Postfix, never inside a UTF-8 character.)
  * - The header section ends at the first empty line; or at the first line
  *   that is neither a header field ("Name: value") nor a continuation of
  *   one, which starts the body (an empty line is put before it); or at

@@ -1210,18 +1210,19 @@ client_size_done(void *arg)
 {
 	struct size_job *j = arg;
 	struct smtp_client *c = j->c;
+	int current;
 
 	client_job_back(c);
 	close(j->fd);
-	if (c->size_job != j || c->dying || c->state != CS_SIZE) {
+	if ((current = c->size_job == j))
+		c->size_job = NULL;
+	if (!current || c->dying || c->state != CS_SIZE) {
 		log_debug("%s: size count done after the session moved on; "
 		    "dropped", c->peer);
 	} else if (j->failed) {
-		c->size_job = NULL;
 		client_refuse(c, OUTCOME_TEMPORARY, OC_LOCAL, 0, "4.3.0",
 		    "%s", j->why);
 	} else {
-		c->size_job = NULL;
 		c->wire_size = c->msg.body_size + 3 * (off_t)j->folds;
 		log_debug("%s: message size counted: %lld bytes, %llu long "
 		    "line breaks", c->peer, (long long)c->wire_size,

@@ -147,8 +147,10 @@ body_reference(struct smtp_body_encoder *e, const char *in, size_t len,
 			e->folds++;
 		}
 		e->col++;
-		/* a character that cannot end by the limit waits */
-		if (utf8 && (clen = ref_prefix(&c, 1)) > 0 &&
+		/* a character that cannot end by the limit waits (none
+		 * is longer than 4: the decoder is asked only near it) */
+		if (utf8 && e->col + 3 > e->limit &&
+		    (clen = ref_prefix(&c, 1)) > 0 &&
 		    e->col + clen - 1 > e->limit) {
 			e->held[0] = c;
 			e->nheld = 1;
