@@ -32,9 +32,15 @@
 # append-only log with one fdatasync per commit, and per 8 commits; each
 # for at most 5 s).
 #
+# Every smarthostd phase also counts the upstream connections it opened
+# (the daemon's smarthostd_relay_connections_total, read through
+# smarthostctl before it stops), printed per phase as medians.
+#
 # Postfix needs root (postfix start); without root its rows are skipped.
 # BENCH_PHASES=tls runs only the STARTTLS phases (with Postfix: root), and
-# no latency, big message or disk probes.
+# no latency, big message or disk probes; BENCH_PHASES=relay only
+# smarthostd's clear-text phases (TCP and Unix socket, c=1 and c=20),
+# without Postfix, the load generator's limit or any probe.
 # Environment: SMARTHOSTD (required), BENCH_RUNS, BENCH_MSGS, BENCH_SIZE,
 # BENCH_LATENCY_MSGS, BENCH_BIG_MB, BENCH_DRAIN_TIMEOUT (300 s),
 # BENCH_SPOOL_SYNC (fsync or syncfs), TMPDIR (the disk measured).
@@ -59,10 +65,12 @@ pf_dirs=
 . "$(dirname "$0")/lib.sh"
 need_postfix_tools
 case $phases in
-all | tls) ;;
-*) fail "BENCH_PHASES must be all or tls" ;;
+all | tls | relay) ;;
+*) fail "BENCH_PHASES must be all, tls or relay" ;;
 esac
 probe="$python $bench_dir/probe.py"
+smarthostctl=$(dirname "$SMARTHOSTD")/smarthostctl
+[ -x "$smarthostctl" ] || fail "no smarthostctl beside $SMARTHOSTD"
 results=$work/results
 : >"$results"
 
@@ -210,6 +218,14 @@ measure_tls() {
 	record "$1" "conns$2" $(($(upstream_tls) - _up0))
 }
 
+# relay_connections NAME: upstream connections the running daemon on
+# $work/NAME.conf has opened since it started (every relay's).
+relay_connections() {
+	"$smarthostctl" -c "$work/$1.conf" metrics |
+	    awk '/^smarthostd_relay_connections_total[{ ]/ { n += $NF }
+	    END { printf "%d\n", n }'
+}
+
 # smarthostd_phase CASE NAME CLIENTS TCP|UNIX [RELAY_PORT RELAY_OPTIONS]
 # With a relay port (the STARTTLS upstream), the phase's TLS connections
 # are counted, and the resumed ones from the daemon's log.
@@ -228,6 +244,7 @@ smarthostd_phase() {
 	else
 		measure "$1" "$3" "$_target" "$daemon_pid"
 	fi
+	record "$1" "upconns$3" "$(relay_connections "$2")"
 	stop_daemon
 }
 
@@ -273,7 +290,9 @@ echo "$runs runs, $msgs messages of $size bytes per phase," \
     "spool_sync = $spool_sync"
 
 have_postfix=
-if [ "$(id -u)" -eq 0 ] && command -v postfix >/dev/null; then
+if [ "$phases" = relay ]; then
+	: # smarthostd's phases alone
+elif [ "$(id -u)" -eq 0 ] && command -v postfix >/dev/null; then
 	have_postfix=yes
 else
 	echo "bench: Postfix rows need root and postfix(1): skipped" >&2
@@ -333,7 +352,7 @@ while [ $r -le "$runs" ]; do
 		measure postfix 1 "127.0.0.1:$pf_port" "$pf_pid"
 		measure postfix 20 "127.0.0.1:$pf_port" "$pf_pid"
 	fi
-	if [ "$phases" = all ]; then
+	if [ "$phases" != tls ]; then
 		smarthostd_phase smarthostd "tcp$r-1" 1 TCP
 		smarthostd_phase smarthostd "tcp$r-20" 20 TCP
 		smarthostd_phase unix "unix$r-1" 1 UNIX
@@ -347,7 +366,7 @@ while [ $r -le "$runs" ]; do
 			    "$tls_port" "$smd_tls"
 		done
 	fi
-	if [ "$phases" = tls ]; then
+	if [ "$phases" != all ]; then
 		r=$((r + 1))
 		continue
 	fi
@@ -361,7 +380,7 @@ while [ $r -le "$runs" ]; do
 done
 
 big_rate=- big_growth=- cat_rate=-
-# latency and the big message: not with BENCH_PHASES=tls
+# latency and the big message: only with BENCH_PHASES=all
 if [ "$phases" = all ]; then
 	echo "latency probes ..."
 	latency() {
@@ -443,6 +462,11 @@ if [ -n "$have_postfix" ]; then
 	    "($(v smarthostd-tls resumed1) resumed), c=20" \
 	    "$(v smarthostd-tls conns20) ($(v smarthostd-tls resumed20) resumed)"
 fi
+echo "upstream connections per phase of $msgs messages (medians):"
+echo "  smarthostd (TCP) c=1 $(v smarthostd upconns1), c=20" \
+    "$(v smarthostd upconns20); (Unix socket) c=1 $(v unix upconns1)," \
+    "c=20 $(v unix upconns20); STARTTLS upstream c=1" \
+    "$(v smarthostd-tls upconns1), c=20 $(v smarthostd-tls upconns20)"
 echo "a $big_mb MB message: $big_rate MB/s accepted, daemon RSS grew" \
     "$big_growth MiB; cold cat of a $big_mb MB file on the spool's disk:" \
     "$cat_rate MB/s"
