@@ -24,7 +24,9 @@ int peercred_unix(int fd, uid_t *uid);
  * Both must be loopback addresses of the same family (an IPv4-mapped IPv6
  * pair is looked up as IPv4). One netlink request and reply to the kernel,
  * bounded by a 250 ms receive timeout, so it cannot stall the caller for
- * long. Returns 0, or -1 with errno set: EINVAL for a non-loopback or
+ * long, on a netlink socket that the first lookup opens and later ones
+ * reuse (one descriptor, close-on-exec, held while the process runs; any
+ * thread may call). Returns 0, or -1 with errno set: EINVAL for a non-loopback or
  * unsupported address, ENOENT when the kernel has no such socket (the
  * client already closed it), anything else when sock_diag is unusable.
  */

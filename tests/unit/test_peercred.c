@@ -5,11 +5,17 @@
  * user and not ours.
  */
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/inet_diag.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -172,4 +178,148 @@ Test(peercred, unix_socketpair)
 	cr_assert_eq(uid, geteuid());
 	close(sv[0]);
 	close(sv[1]);
+}
+
+/* The process's netlink sockets: how many, and the last one's descriptor
+ * and inode in *fd and *ino. */
+static int
+netlink_sockets(int *fd, ino_t *ino)
+{
+	DIR *d;
+	struct dirent *de;
+	struct stat st;
+	int n = 0, i, dom;
+	socklen_t len;
+
+	cr_assert_not_null(d = opendir("/proc/self/fd"));
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		i = atoi(de->d_name);
+		len = sizeof(dom);
+		if (i == dirfd(d) || fstat(i, &st) == -1 ||
+		    !S_ISSOCK(st.st_mode) ||
+		    getsockopt(i, SOL_SOCKET, SO_DOMAIN, &dom, &len) == -1 ||
+		    dom != AF_NETLINK)
+			continue;
+		n++;
+		*fd = i;
+		*ino = st.st_ino;
+	}
+	closedir(d);
+	return n;
+}
+
+/* A connected loopback pair: the accepted end's addresses in local and
+ * peer; the client's descriptor is returned, the others closed. */
+static int
+tcp_pair(struct sockaddr_in *local, struct sockaddr_in *peer)
+{
+	struct sockaddr_storage ss;
+	socklen_t len, ll = sizeof(*local), pl = sizeof(*peer);
+	int lfd, cfd, afd;
+
+	cr_assert_neq(lfd = listen_loopback(AF_INET, &ss, &len), -1);
+	cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0);
+	cr_assert_neq(afd = accept(lfd, (struct sockaddr *)peer, &pl), -1);
+	cr_assert_eq(getsockname(afd, (struct sockaddr *)local, &ll), 0);
+	close(afd);
+	close(lfd);
+	return cfd;
+}
+
+Test(peercred, tcp_lookups_keep_one_socket)
+{
+	struct sockaddr_in local, peer;
+	uid_t uid;
+	ino_t ino, ino2;
+	int cfd, fd = -1, fd2 = -1, i;
+
+	cr_assert_eq(netlink_sockets(&fd, &ino), 0);
+	cfd = tcp_pair(&local, &peer);
+	cr_assert_eq(peercred_tcp((struct sockaddr *)&local,
+	    (struct sockaddr *)&peer, &uid), 0, "%s", strerror(errno));
+	cr_assert_eq(netlink_sockets(&fd, &ino), 1, "no socket kept");
+	for (i = 0; i < 20; i++) {
+		cr_assert_eq(peercred_tcp((struct sockaddr *)&local,
+		    (struct sockaddr *)&peer, &uid), 0, "%s", strerror(errno));
+		cr_assert_eq(uid, geteuid());
+	}
+	/* A lookup the kernel answers with an error keeps it too. */
+	peer.sin_port = htons(1);
+	cr_assert_eq(peercred_tcp((struct sockaddr *)&local,
+	    (struct sockaddr *)&peer, &uid), -1);
+	cr_assert_eq(errno, ENOENT);
+	cr_assert_eq(netlink_sockets(&fd2, &ino2), 1);
+	cr_assert_eq(fd2, fd);
+	cr_assert_eq(ino2, ino, "the socket was replaced");
+	close(cfd);
+}
+
+/* Sends on peercred's own socket a request for local and peer whose reply
+ * no lookup reads: what a lookup that timed out leaves behind. */
+static void
+plant_reply(int fd, const struct sockaddr_in *local,
+    const struct sockaddr_in *peer)
+{
+	struct {
+		struct nlmsghdr h;
+		struct inet_diag_req_v2 r;
+	} req;
+	struct sockaddr_nl nl;
+
+	memset(&req, 0, sizeof(req));
+	req.h.nlmsg_len = sizeof(req);
+	req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+	req.h.nlmsg_flags = NLM_F_REQUEST;
+	req.h.nlmsg_seq = 0xfee1dead;
+	req.r.sdiag_family = AF_INET;
+	req.r.sdiag_protocol = IPPROTO_TCP;
+	req.r.idiag_states = ~0u;
+	req.r.id.idiag_sport = peer->sin_port;
+	memcpy(req.r.id.idiag_src, &peer->sin_addr, 4);
+	req.r.id.idiag_dport = local->sin_port;
+	memcpy(req.r.id.idiag_dst, &local->sin_addr, 4);
+	req.r.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+	req.r.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+	memset(&nl, 0, sizeof(nl));
+	nl.nl_family = AF_NETLINK;
+	cr_assert_eq(sendto(fd, &req, sizeof(req), 0, (struct sockaddr *)&nl,
+	    sizeof(nl)), (ssize_t)sizeof(req));
+}
+
+/*
+ * A reply waiting in the shared socket from an earlier request is never
+ * taken for the next lookup's: an answer that found a socket does not
+ * make a lookup of a closed one succeed, and an error does not fail a
+ * lookup of a live one.
+ */
+Test(peercred, tcp_stale_reply_is_not_taken)
+{
+	struct sockaddr_in local, peer, gone;
+	uid_t uid = 4242;
+	ino_t ino;
+	int cfd, fd = -1;
+
+	cfd = tcp_pair(&local, &peer);
+	cr_assert_eq(peercred_tcp((struct sockaddr *)&local,
+	    (struct sockaddr *)&peer, &uid), 0, "%s", strerror(errno));
+	cr_assert_eq(netlink_sockets(&fd, &ino), 1);
+	gone = peer;
+	gone.sin_port = htons(1); /* nothing connects from port 1 */
+
+	plant_reply(fd, &local, &peer);
+	uid = 4242;
+	cr_assert_eq(peercred_tcp((struct sockaddr *)&local,
+	    (struct sockaddr *)&gone, &uid), -1, "took the stale reply");
+	cr_assert_eq(errno, ENOENT, "%s", strerror(errno));
+	cr_assert_eq(uid, 4242);
+
+	plant_reply(fd, &local, &gone);
+	cr_assert_eq(peercred_tcp((struct sockaddr *)&local,
+	    (struct sockaddr *)&peer, &uid), 0, "took the stale error: %s",
+	    strerror(errno));
+	cr_assert_eq(uid, geteuid());
+	close(cfd);
 }
