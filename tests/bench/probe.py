@@ -18,6 +18,14 @@
                       same with one fdatasync per 8 commits; prints commits/s
   cold-read FILE      drops FILE from the page cache, times reading it;
                       prints MB/s
+  tls-front CERT KEY PORT READY
+                      an implicit TLS (port 465 style) front for the
+                      clear-text server on 127.0.0.1:PORT (smtp-sink has no
+                      TLS): listens on a free loopback port, writes it to
+                      the file READY, and for each connection makes the
+                      TLS handshake with CERT and KEY and then copies bytes
+                      both ways to a connection of its own to PORT; runs
+                      until killed
 """
 import os
 import re
@@ -197,6 +205,46 @@ def cold_read(path):
     print("%.0f" % (size / 1e6 / t))
 
 
+def tls_front(cert, key, port, ready):
+    import asyncio
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+
+    async def pipe(reader, writer):
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve(creader, cwriter):
+        try:
+            ureader, uwriter = await asyncio.open_connection("127.0.0.1",
+                                                             port)
+        except OSError:
+            cwriter.close()
+            return
+        await asyncio.gather(pipe(creader, uwriter), pipe(ureader, cwriter))
+
+    async def run():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
+        with open(ready + ".tmp", "w") as f:
+            f.write("%d\n" % server.sockets[0].getsockname()[1])
+        os.rename(ready + ".tmp", ready)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(run())
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "cpu":
@@ -211,6 +259,8 @@ def main(argv):
         disk(argv[2], int(argv[3]))
     elif cmd == "cold-read":
         cold_read(argv[2])
+    elif cmd == "tls-front":
+        tls_front(argv[2], argv[3], int(argv[4]), argv[5])
     else:
         sys.exit(__doc__)
 
