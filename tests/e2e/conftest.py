@@ -69,7 +69,7 @@ def _pair(pki, tls):
 @pytest.fixture
 def upstream_factory(pki):
     """upstream_factory(tls="good"|"rogue"|"misnamed"|None, start=True,
-    rcpt_replies=..., data_replies=...) -> Upstream."""
+    implicit=False, rcpt_replies=..., data_replies=...) -> Upstream."""
     factory = ServerFactory(lambda tls="good", **handler_args: Upstream(
         tls=_pair(pki, tls), **handler_args))
     yield factory

@@ -266,13 +266,15 @@ class RecordingHandler:
             if not reply.startswith("2") and reply != self.STORE_THEN_DROP:
                 return reply
             sender = envelope.mail_from
+            # STARTTLS: the session's; implicit TLS: the transport's
             ssl_object = (session.ssl.get("ssl_object")
-                          if session.ssl is not None else None)
+                          if session.ssl is not None else
+                          server.transport.get_extra_info("ssl_object"))
             self._messages.append(RelayedMessage(
                 mail_from="" if sender == NULL_SENDER else sender,
                 rcpt_tos=list(envelope.rcpt_tos),
                 content=bytes(envelope.original_content),
-                tls=session.ssl is not None, at=time.monotonic(),
+                tls=ssl_object is not None, at=time.monotonic(),
                 tls_resumed=bool(ssl_object is not None
                                  and ssl_object.session_reused),
                 peer=tuple(session.peer)))
@@ -367,8 +369,9 @@ class _Controller(Controller):
 class Upstream:
     """An SMTP server on 127.0.0.1 that the daemon relays to.
 
-    With tls set (a CertPair) it offers STARTTLS with that certificate;
-    with tls None it offers no STARTTLS. line_length_limit raises
+    With tls set (a CertPair) it offers STARTTLS with that certificate,
+    or with implicit speaks TLS from the first byte (port 465 style); with
+    tls None it offers no STARTTLS. line_length_limit raises
     aiosmtpd's limit on a line of message data (1001 bytes with CRLF, the
     stuffed dot counted; a longer line gets 500). size_limit is the SIZE
     it offers and enforces (64 MiB). idle_limit (seconds) hangs up on a
@@ -381,9 +384,10 @@ class Upstream:
 
     def __init__(self, tls=None, rcpt_replies=None, data_replies=None,
                  line_length_limit=None, size_limit=64 * 1024 * 1024,
-                 idle_limit=None, idle_reset=False):
+                 idle_limit=None, idle_reset=False, implicit=False):
         self.handler = RecordingHandler(rcpt_replies, data_replies)
         self._tls = tls
+        self._implicit = implicit
         self._line_length_limit = line_length_limit
         self._size_limit = size_limit
         self._idle_limit = idle_limit
@@ -415,7 +419,9 @@ class Upstream:
 
     def _make_controller(self):
         kwargs = {}
-        if self._tls is not None:
+        if self._tls is not None and self._implicit:
+            kwargs["ssl_context"] = server_tls_context(self._tls)
+        elif self._tls is not None:
             kwargs["tls_context"] = server_tls_context(self._tls)
             kwargs["require_starttls"] = False
         return _Controller(self.handler,

@@ -36,6 +36,16 @@ def test_certificate_for_another_host(upstream_factory, daemon_factory):
     submit_and_expect_deferral(upstream, daemon, r"TLS\b.*mismatch")
 
 
+def test_implicit_tls_from_an_unknown_ca(upstream_factory, daemon_factory):
+    """TLS from the first byte (port 465 style) verifies the certificate
+    as STARTTLS does: nothing is sent to a server it cannot trust."""
+    upstream = upstream_factory(tls="rogue", implicit=True)
+    daemon = daemon_factory(upstream.port,
+                            relays={"upstream": {"tls": "implicit"}})
+    submit_and_expect_deferral(upstream, daemon,
+                               r".*certificate verify failed")
+
+
 def test_starttls_not_offered(upstream_factory, daemon_factory):
     upstream = upstream_factory(tls=None)
     daemon = daemon_factory(upstream.port)
@@ -64,8 +74,9 @@ def no_reuse(**relay):
     return {"relays": {"upstream": {"timeout_idle": 0, **relay}}}
 
 
-def test_later_connections_resume_the_tls_session(upstream, daemon_factory):
-    daemon = daemon_factory(upstream.port, **no_reuse())
+def three_connections_two_resumed(daemon, upstream):
+    """Three messages, one connection each: the first makes the full
+    handshake, the two others resume its session."""
     got = send_in_turn(daemon, upstream, 3, "resume")
     assert len({m.peer for m in got}) == 3, "one connection per message"
     assert all(m.tls for m in got)
@@ -74,12 +85,24 @@ def test_later_connections_resume_the_tls_session(upstream, daemon_factory):
                                 r"full handshake")) == 1
     assert len(daemon.log_lines(r"relay=\S+ connected, TLSv1\.3 \S+, "
                                 r"session resumed")) == 2
+
+
+def test_later_connections_resume_the_tls_session(upstream, daemon_factory):
+    daemon = daemon_factory(upstream.port, **no_reuse())
+    three_connections_two_resumed(daemon, upstream)
     done = run_ctl(smarthostctl_binary(), daemon.config_path, "metrics")
     assert done.returncode == 0, done.stderr
     assert ('smarthostd_relay_connections_total{relay="upstream"} 3\n'
             in done.stdout), done.stdout
     assert ('smarthostd_relay_tls_resumed_total{relay="upstream"} 2\n'
             in done.stdout), done.stdout
+
+
+def test_implicit_tls_connections_resume_the_session(upstream_factory,
+                                                     daemon_factory):
+    upstream = upstream_factory(implicit=True)
+    daemon = daemon_factory(upstream.port, **no_reuse(tls="implicit"))
+    three_connections_two_resumed(daemon, upstream)
 
 
 def test_restarted_upstream_gets_a_full_handshake(upstream, daemon_factory):
