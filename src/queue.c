@@ -156,6 +156,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "fileio.h"
 #include "log.h"
@@ -1129,15 +1130,6 @@ group_dir_sync(struct queue *q, struct qop *group, struct spare *newspares,
 	}
 }
 
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Runs a group on the calling thread, which owns it (q->busy). Returns the
  * milliseconds its disk work took, phases 2 to 4. */
 static uint64_t
@@ -1158,7 +1150,7 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 			break;
 		}
 	}
-	t0 = mono_ms();
+	t0 = clock_mono_ms();
 	group_sync(q, group);
 	dirty = group_place(q, group, &newspares);
 	group_dir_sync(q, group, newspares, dirty);
@@ -1166,7 +1158,7 @@ group_run(struct queue *q, struct qop *group, int *ncommitted)
 		if (op->type == QOP_COMMIT && (op->renamed ||
 		    (op->logged && op->error == 0)))
 			(*ncommitted)++;
-	return mono_ms() - t0;
+	return clock_mono_ms() - t0;
 }
 
 /*
@@ -1186,7 +1178,7 @@ group_finish(struct queue *q, struct qop *group, int n, uint64_t ms,
 		q->sync_groups++;
 	}
 	if (ms >= QUEUE_INLINE_SLOW_MS) {
-		now = mono_ms();
+		now = clock_mono_ms();
 		if (q->slow_until <= now)
 			log_info("%s: a sync took %ju ms; commits stay off "
 			    "the loop for %ju s", q->spool, (uintmax_t)ms,
@@ -2269,7 +2261,7 @@ lone_take(struct queue *q, struct qop *op)
 	pthread_mutex_lock(&q->mtx);
 	if (q->stopping)
 		fatalx("%s: queue is closed", __func__);
-	if (q->busy || mono_ms() < q->slow_until)
+	if (q->busy || clock_mono_ms() < q->slow_until)
 		goto no;
 	for (p = q->pending.head; p != NULL; p = p->next)
 		if (!p->lazy || ++n > q->group_max)
