@@ -2,9 +2,10 @@
  * When to try what. The scheduler knows every queued message, ordered by
  * next try (a small record each; envelopes are read from the queue only for
  * the messages being delivered), and starts delivery attempts through
- * relay.c within each relay's connection limit. After an attempt it
- * persists the outcome (queue_update) or removes the finished message
- * (queue_remove), computes the next try with exponential backoff clamped
+ * relay.c within each relay's connection limit, opening a new connection
+ * only for the mail that the open ones will not carry sooner. After an
+ * attempt it persists the outcome (queue_update) or removes the finished
+ * message (queue_remove), computes the next try with exponential backoff clamped
  * between retry_min and retry_max, backs a whole relay off after
  * connection failures, and bounces what outlived the configured lifetime.
  * New mail is tried at once.
@@ -52,6 +53,9 @@ void scheduler_shutdown(struct scheduler *s, unsigned timeout,
     void (*done)(void *arg), void *arg);
 /* Messages queued (waiting, held, in flight or finishing). */
 size_t scheduler_count(const struct scheduler *s);
+/* Upstream sessions open now, of every relay: connecting, sending, idle
+ * or quitting. */
+unsigned scheduler_sessions_open(const struct scheduler *s);
 /*
  * Calls each(env, arg) for every queued message (held, waiting, in flight
  * or finishing), in arrival order. Envelopes of waiting messages are read

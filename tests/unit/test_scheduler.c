@@ -764,7 +764,7 @@ Test(delay_warning, due_rules)
 
 /* ---- a scripted SMTP server on the test's own loop ---- */
 
-#define FAKE_MAX 16
+#define FAKE_MAX 96
 
 struct fake_msg {
 	int conn;
@@ -799,6 +799,9 @@ static struct {
 	int drop_reused_mail; /* hang up on this many MAILs, without a
 	                         reply, on connections that took a message */
 	int ndropped;
+	int greeting_delay_ms; /* a slow connection set-up */
+	int eom_stall;        /* the next this many "." get no reply */
+	int nstalled;         /* ... so far: not in nmsgs */
 } fake;
 
 #define FAKE_CHALLENGE "<4711.1234567890@fake.test>"
@@ -806,6 +809,8 @@ static struct {
 
 struct fake_conn {
 	int id;
+	struct bufferevent *bev;
+	struct event *ev_greet; /* greeting_delay_ms */
 	int authed;
 	int auth_step;        /* CRAM-MD5 challenge sent */
 	int in_data;
@@ -827,6 +832,8 @@ static void
 fake_free(struct bufferevent *bev, struct fake_conn *fc)
 {
 	fake.active--;
+	if (fc->ev_greet != NULL)
+		event_free(fc->ev_greet);
 	evbuffer_free(fc->data);
 	free(fc);
 	bufferevent_free(bev);
@@ -863,6 +870,11 @@ fake_line(struct bufferevent *bev, struct fake_conn *fc, const char *line)
 	if (fc->in_data) {
 		if (strcmp(line, ".") == 0) {
 			fc->in_data = 0;
+			if (fake.eom_stall > 0) {
+				fake.eom_stall--;
+				fake.nstalled++;
+				return;
+			}
 			if (fake.eom_delay_ms != 0) {
 				struct timeval tv = { 0,
 				    fake.eom_delay_ms * 1000 };
@@ -1008,11 +1020,21 @@ fake_read_cb(struct bufferevent *bev, void *arg)
 }
 
 static void
+fake_greet(evutil_socket_t fd, short what, void *arg)
+{
+	struct fake_conn *fc = arg;
+
+	fake_reply(fc->bev, fake.greeting != NULL ? fake.greeting :
+	    "220 fake.test ESMTP\r\n");
+}
+
+static void
 fake_accept(struct evconnlistener *l, evutil_socket_t fd,
     struct sockaddr *sa, int salen, void *arg)
 {
 	struct bufferevent *bev;
 	struct fake_conn *fc;
+	struct timeval tv;
 
 	bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
 	fc = xcalloc(1, sizeof(*fc));
@@ -1021,10 +1043,17 @@ fake_accept(struct evconnlistener *l, evutil_socket_t fd,
 	if (++fake.active > fake.max_active)
 		fake.max_active = fake.active;
 	fc->data = evbuffer_new();
+	fc->bev = bev;
 	bufferevent_setcb(bev, fake_read_cb, fake_write_cb, fake_event_cb, fc);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
-	fake_reply(bev, fake.greeting != NULL ? fake.greeting :
-	    "220 fake.test ESMTP\r\n");
+	if (fake.greeting_delay_ms > 0) {
+		tv.tv_sec = fake.greeting_delay_ms / 1000;
+		tv.tv_usec = fake.greeting_delay_ms % 1000 * 1000;
+		cr_assert_not_null(fc->ev_greet = evtimer_new(base, fake_greet,
+		    fc));
+		evtimer_add(fc->ev_greet, &tv);
+	} else
+		fake_greet(-1, 0, fc);
 }
 
 /* Listens on 127.0.0.1:port (0: any), keeping what fake recorded. */
@@ -1773,6 +1802,18 @@ Test(deliver, close_after_530_retries_at_once_authenticating_first)
 	evconnlistener_free(fake.l);
 }
 
+/* The fake server as relay "up", in clear text, with more relay settings
+ * in opts. */
+static void
+load_fake_relay(const char *opts, const char *queue_opts)
+{
+	char relays[512];
+
+	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
+	    "port = \"%d\"; tls = \"none\"; %s };", fake.port, opts);
+	load_config(relays, queue_opts);
+}
+
 static int
 six_delivered(void)
 {
@@ -1783,16 +1824,13 @@ Test(deliver, max_connections_bounds_concurrent_sessions)
 {
 	static const char *const rcpts[] = { "bob@example.net", NULL };
 	struct envelope *env;
-	char relays[512];
 	int i;
 
 	fake_start();
 	/* slow final replies keep sessions open side by side */
 	fake.eom_delay_ms = 200;
-	snprintf(relays, sizeof(relays), "up = { host = \"127.0.0.1\"; "
-	    "port = \"%d\"; tls = \"none\"; max_connections = 2; "
-	    "max_messages_per_connection = 1; };", fake.port);
-	load_config(relays, "retry_min = 60; retry_max = 600;");
+	load_fake_relay("max_connections = 2; max_messages_per_connection = 1;",
+	    "retry_min = 60; retry_max = 600;");
 	for (i = 0; i < 6; i++) {
 		env = enqueue("alice@example.org", rcpts,
 		    "Subject: c\r\n\r\nc\r\n", time(NULL));
@@ -1805,6 +1843,161 @@ Test(deliver, max_connections_bounds_concurrent_sessions)
 	    fake.max_active);
 	cr_assert_eq(fake.max_active, 2, "the limit was never reached");
 	evconnlistener_free(fake.l);
+}
+
+/* ---- carrying mail on open sessions ---- */
+
+static int carry_want;
+
+static int
+carry_delivered(void)
+{
+	return fake.nmsgs >= carry_want && scheduler_count(sched) == 0;
+}
+
+/*
+ * A relay whose connections take 50 ms to set up (a slow greeting, as a
+ * distant or TLS server's), at most 4 of them, and one message through
+ * it first: the scheduler has then measured a set-up and a transaction,
+ * and the session waits idle.
+ */
+static void
+carry_setup(void)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+
+	fake_start();
+	fake.greeting_delay_ms = 50;
+	load_fake_relay("max_connections = 4; timeout_idle = 30;",
+	    "retry_min = 60;");
+	scheduler_add(sched, enqueue("alice@example.org", rcpts,
+	    "Subject: warm\r\n\r\nw\r\n", time(NULL)));
+	carry_want = 1;
+	cr_assert(run_until(carry_delivered, 10), "first not relayed");
+	cr_assert_eq(fake.nconn, 1);
+}
+
+/* Commits n messages into env. */
+static void
+carry_commit(struct envelope **env, int n)
+{
+	static const char *const rcpts[] = { "bob@example.net", NULL };
+	int i;
+
+	for (i = 0; i < n; i++)
+		env[i] = enqueue("alice@example.org", rcpts,
+		    "Subject: c\r\n\r\nc\r\n", time(NULL));
+}
+
+/* Hands n committed messages to the scheduler at once. */
+static void
+carry_add(struct envelope **env, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		scheduler_add(sched, env[i]);
+}
+
+static void
+carry_free(void)
+{
+	int i;
+
+	for (i = 0; i < fake.nmsgs; i++)
+		free(fake.msgs[i].data);
+	evconnlistener_free(fake.l);
+}
+
+/*
+ * A steady stream, two messages at a time once the last ones were
+ * relayed: the idle session takes the first of each pair at once, and
+ * the second waits for that session, which will be free long before a
+ * new connection could be up. One connection carries the stream.
+ */
+Test(deliver, steady_stream_uses_one_connection)
+{
+	struct envelope *env[2];
+	int round;
+
+	carry_setup();
+	for (round = 1; round <= 6; round++) {
+		carry_commit(env, 2);
+		carry_add(env, 2);
+		carry_want = 1 + 2 * round;
+		cr_assert(run_until(carry_delivered, 10), "round %d: %d "
+		    "relayed", round, fake.nmsgs);
+		cr_assert_eq(scheduler_sessions_open(sched), 1, "round %d",
+		    round);
+	}
+	cr_assert_eq(fake.nconn, 1, "%d connections", fake.nconn);
+	cr_assert_eq(fake.per_conn[0], 13);
+	carry_free();
+}
+
+/*
+ * A burst: more mail at once than the busy session would get to before
+ * a new connection could be up (and more than it is ever counted on
+ * for) opens as many connections as max_connections allows.
+ */
+Test(deliver, burst_opens_max_connections)
+{
+	struct envelope *env[60];
+	int i;
+
+	carry_setup();
+	carry_commit(env, 60);
+	carry_add(env, 60);
+	carry_want = 61;
+	cr_assert(run_until(carry_delivered, 30), "%d relayed, %zu queued",
+	    fake.nmsgs, scheduler_count(sched));
+	cr_assert_eq(fake.max_active, 4, "%d sessions at once",
+	    fake.max_active);
+	cr_assert_eq(fake.nconn, 4, "%d connections", fake.nconn);
+	for (i = 0; i < 4; i++)
+		cr_assert_gt(fake.per_conn[i], 0, "connection %d idle", i);
+	carry_free();
+}
+
+static int
+one_stalled(void)
+{
+	return fake.nstalled == 1;
+}
+
+static int
+second_relayed(void)
+{
+	return fake.nmsgs >= 2;
+}
+
+/*
+ * A transaction that gets no reply (a stuck server) holds no mail behind
+ * it: the next message, which waits at first for the busy session, gets
+ * a new connection once that session is late, well before the longest
+ * wait (SCHED_BUSY_WAIT_MS, 1 s).
+ */
+Test(deliver, message_behind_a_slow_transaction_gets_a_new_connection)
+{
+	struct envelope *env[1];
+	double t0, took;
+
+	carry_setup();
+	fake.eom_stall = 1;
+	carry_commit(env, 1);
+	carry_add(env, 1);
+	cr_assert(run_until(one_stalled, 10), "never reached the end of data");
+	carry_commit(env, 1);
+	t0 = now_mono();
+	carry_add(env, 1);
+	cr_assert(run_until(second_relayed, 5), "the second waits: %d "
+	    "relayed, %d connections", fake.nmsgs, fake.nconn);
+	took = now_mono() - t0;
+	cr_assert_lt(took, 0.8, "relayed after %.3f s", took);
+	cr_assert_eq(fake.nconn, 2, "%d connections", fake.nconn);
+	cr_assert_eq(fake.msgs[1].conn, 1, "not on the new connection");
+	cr_assert_eq(scheduler_count(sched), 1, "the stuck one is done");
+	carry_free();
 }
 
 Test(deliver, rejected_password_defers_then_fixed_file_delivers)
