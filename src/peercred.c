@@ -166,6 +166,7 @@ static int
 diag_lookup(struct nlmsghdr *req, size_t len, uid_t *uid)
 {
 	struct sockaddr_nl nl;
+	ssize_t n;
 	int fd, r, saved, broken = 0;
 
 	if ((fd = diag_socket()) == -1)
@@ -173,10 +174,10 @@ diag_lookup(struct nlmsghdr *req, size_t len, uid_t *uid)
 	memset(&nl, 0, sizeof(nl));
 	nl.nl_family = AF_NETLINK;
 	req->nlmsg_seq = ++diag_seq;
-	if (sendto(fd, req, len, 0, (struct sockaddr *)&nl, sizeof(nl)) !=
-	    (ssize_t)len) {
-		if (errno == 0)
-			errno = EPROTO;
+	if ((n = sendto(fd, req, len, 0, (struct sockaddr *)&nl,
+	    sizeof(nl))) != (ssize_t)len) {
+		if (n != -1)
+			errno = EPROTO;	/* a datagram is never cut */
 		broken = 1;
 		r = -1;
 	} else
