@@ -2456,6 +2456,12 @@ queue_log_file_size(struct queue *q, size_t size)
 }
 
 void
+queue_log_clock(struct queue *q, int64_t (*clock)(void))
+{
+	spoollog_clock(q->log, clock);
+}
+
+void
 queue_stats(const struct queue *q, struct queue_stats *out)
 {
 	struct queue *mq = (struct queue *)(uintptr_t)q;

@@ -27,6 +27,7 @@
 #define SMARTHOST_QUEUE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <event2/event.h>
 
@@ -190,6 +191,9 @@ void queue_log_max(struct queue *q, size_t max);
 /* The size at which a log file is full and the next is started (8 MB by
  * default). Call before the first commit; tests use small ones. */
 void queue_log_file_size(struct queue *q, size_t size);
+/* The log's clock (spoollog_clock()): a log file's mail is copied forward
+ * only when none of it was delivered for 30 s of it. For tests. */
+void queue_log_clock(struct queue *q, int64_t (*clock)(void));
 
 /* Counters for status and benchmarks. */
 struct queue_stats {

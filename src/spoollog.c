@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "envelope.h"
@@ -61,6 +62,20 @@
 /* Messages copied forward per spoollog_maintain() call, so a copy never
  * holds up the commits waiting behind it for long. */
 #define SPOOLLOG_COPY_MAX 64
+/*
+ * Seconds the oldest file must go without a delivery (a tombstone of one
+ * of its messages) before its live messages are copied forward. A file
+ * being drained loses its messages to delivery within seconds anyway:
+ * copying them first wrote them twice and held the drain up behind the
+ * copies' syncs (29,495 of a 100,000 backlog were copied during its
+ * drain). A file whose messages wait (deferred, the upstream down) sees
+ * no delivery, so it is compacted after this long, a short delay beside
+ * the minutes such mail waits (retry_min is 5 minutes by default) and far
+ * longer than the gap between two deliveries of a queue that drains.
+ * State records do not count: a deferred message gets one at each retry
+ * without leaving its file.
+ */
+#define SPOOLLOG_COPY_IDLE 30
 /* Window for replaying a file at start-up. */
 #define SPOOLLOG_SCAN_WINDOW (1024 * 1024)
 #define SPOOLLOG_NAME_LEN 16
@@ -108,6 +123,8 @@ struct logfile {
 	uint64_t end;		/* bytes of valid records */
 	uint64_t live_bytes;	/* of live message records */
 	size_t live;		/* live message records */
+	int64_t delivered;	/* log->clock when a message of it was last
+				   done, or it was added (see copy_wanted) */
 };
 
 /* A record staged for the next flush. */
@@ -130,6 +147,9 @@ struct spoollog {
 	struct logfile *files;	/* by seq, oldest first */
 	size_t nfiles;
 	unsigned long copied;
+	int64_t (*clock)(void);	/* seconds, monotonic; tests set another */
+	int64_t now;		/* clock() when the records being applied
+				   to the index were committed */
 
 	/* The newest file: written under wmtx, by the commit thread and by
 	 * a note that finds no file (wfd -1); the commit thread may read
@@ -158,6 +178,15 @@ struct spoollog {
 	uint64_t *bury;
 	size_t nbury;
 };
+
+static int64_t
+clock_monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec;
+}
 
 /* splitmix64's finaliser: ids are mostly a clock, so mix them. */
 static uint64_t
@@ -365,6 +394,7 @@ index_apply(struct spoollog *log, enum logrec_type type, uint64_t id,
 		if ((f = file_find(log, e->seq)) != NULL) {
 			f->live--;
 			f->live_bytes -= LOGREC_HEADER_LEN + (uint64_t)e->len;
+			f->delivered = log->now;
 		}
 		index_delete(log, e);
 		break;
@@ -382,6 +412,7 @@ spoollog_open(int spool_fd, const char *spool, char *err, size_t errlen)
 	log->wfd = -1;
 	log->dir_fd = -1;
 	log->file_size = SPOOLLOG_FILE_SIZE;
+	log->clock = clock_monotonic;
 	pthread_mutex_init(&log->mtx, NULL);
 	pthread_mutex_init(&log->wmtx, NULL);
 	if (mkdirat(spool_fd, "log", 0700) == 0)
@@ -442,6 +473,7 @@ file_add(struct spoollog *log, uint32_t seq)
 	f = &log->files[log->nfiles++];
 	memset(f, 0, sizeof(*f));
 	f->seq = seq;
+	f->delivered = log->clock();
 	return f;
 }
 
@@ -600,6 +632,12 @@ reclaim(struct spoollog *log)
 		memmove(log->files, log->files + 1,
 		    (log->nfiles - 1) * sizeof(*log->files));
 		log->nfiles--;
+		/* A drain that emptied f goes on into the next file: from
+		 * its first delivery there it has SPOOLLOG_COPY_IDLE, not
+		 * from when it became the oldest. A file emptied by copies
+		 * passes on nothing newer than the next one has. */
+		if (log->nfiles > 0 && log->files[0].delivered < f.delivered)
+			log->files[0].delivered = f.delivered;
 		pthread_mutex_unlock(&log->mtx);
 		if (log->wfd != -1 && f.seq == log->wseq) {
 			/* Everything in it is dead, its tombstones too:
@@ -633,6 +671,9 @@ spoollog_recover(struct spoollog *log)
 	char name[SPOOLLOG_NAME_LEN + 1];
 	int fd;
 
+	pthread_mutex_lock(&log->mtx);
+	log->now = log->clock();
+	pthread_mutex_unlock(&log->mtx);
 	seqs = list_files(log, &n);
 	for (i = 0; i < n; i++) {
 		file_name(seqs[i], name, sizeof(name));
@@ -1277,6 +1318,7 @@ spoollog_commit(struct spoollog *log)
 	size_t i;
 
 	pthread_mutex_lock(&log->mtx);
+	log->now = log->clock();
 	/* Notes may already lie beyond these records. */
 	if ((f = file_find(log, log->flushed_seq)) != NULL &&
 	    f->end < (uint64_t)log->flushed_base + log->stagelen)
@@ -1336,11 +1378,21 @@ spoollog_file_size(struct spoollog *log, size_t size)
 	log->file_size = size;
 }
 
+void
+spoollog_clock(struct spoollog *log, int64_t (*clock)(void))
+{
+	pthread_mutex_lock(&log->mtx);
+	log->clock = clock;
+	pthread_mutex_unlock(&log->mtx);
+}
+
 /*
- * Whether to copy the oldest file's live messages forward: when the dead
- * bytes in the files (other than the newest) are at least twice its live
- * bytes and at least a file's worth, so that copying frees more than it
- * writes and a small spool is left alone. Locked.
+ * Whether to copy the oldest file's live messages forward: when no
+ * message of it was delivered for SPOOLLOG_COPY_IDLE (its messages wait;
+ * a file being drained is left to the drain), and the dead bytes in the
+ * files (other than the newest) are at least twice its live bytes and at
+ * least a file's worth, so that copying frees more than it writes and a
+ * small spool is left alone. Locked.
  */
 static int
 copy_wanted(struct spoollog *log)
@@ -1348,7 +1400,8 @@ copy_wanted(struct spoollog *log)
 	uint64_t dead = 0;
 	size_t i;
 
-	if (log->nfiles < 2 || log->files[0].seq == log->wseq)
+	if (log->nfiles < 2 || log->files[0].seq == log->wseq ||
+	    log->clock() - log->files[0].delivered < SPOOLLOG_COPY_IDLE)
 		return 0;
 	for (i = 0; i < log->nfiles; i++)
 		if (log->files[i].seq != log->wseq)

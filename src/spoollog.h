@@ -20,11 +20,14 @@
  * so a tombstone never disappears while the message it buries can still
  * come back. A long-deferred message would pin its file, and every newer
  * file behind it, forever: so when the dead bytes behind the oldest file
- * outweigh its live ones, its live messages are copied forward (a new
- * message record with their current state, followed by any note written
- * for them while they were copied) and, once the copies are synced, the
- * old file goes. Disk use stays within a few times the live data plus two
- * files.
+ * outweigh its live ones and none of its messages was delivered for 30
+ * seconds, its live messages are copied forward (a new message record
+ * with their current state, followed by any note written for them while
+ * they were copied) and, once the copies are synced, the old file goes.
+ * A file being drained is left alone: its messages are delivered from
+ * where they are, rather than written twice. Disk use stays within a few
+ * times the live data plus two files, once the mail that waits has
+ * waited 30 seconds.
  *
  * Memory: a 28-byte entry per live message in open-addressing hash tables
  * (64 shards, each grown by a quarter when 7/8 full: 32 to 40 bytes a
@@ -146,6 +149,10 @@ void spoollog_maintain(struct spoollog *log);
 /* The size at which a log file is full (8 MB unless set; tests use
  * small ones to exercise reclaiming). */
 void spoollog_file_size(struct spoollog *log, size_t size);
+/* The clock, in seconds, that says how long a file went without a
+ * delivery (CLOCK_MONOTONIC's unless set; tests set their own). Called on
+ * any thread, with the log's mutex held. */
+void spoollog_clock(struct spoollog *log, int64_t (*clock)(void));
 
 struct spoollog_stats {
 	size_t messages;	/* live messages */

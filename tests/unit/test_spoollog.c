@@ -184,3 +184,105 @@ Test(spoollog, index_holds_thousands_through_growth_and_deletion)
 	cr_assert_leq(open_fds(), fds + 2);
 	spoollog_free(log);
 }
+
+/* The log's clock in the tests below, moved by hand. */
+static int64_t fake_now = 1000000;
+
+static int64_t
+fake_clock(void)
+{
+	return __atomic_load_n(&fake_now, __ATOMIC_SEQ_CST);
+}
+
+static void
+fake_advance(int64_t secs)
+{
+	__atomic_add_fetch(&fake_now, secs, __ATOMIC_SEQ_CST);
+}
+
+static void
+bury(struct spoollog *log, size_t i)
+{
+	char id[ENVELOPE_ID_MAX];
+
+	envelope_id_text(ID(i), id, sizeof(id));
+	spoollog_add(log, LOGREC_DONE, id, NULL, 0, NULL, 0);
+}
+
+#define DRAIN_MSG 3000
+#define DRAIN_ROUNDS 60
+/* The mail that waits (deferred): in every file. */
+#define WAITS(i) ((i) % 100 == 0)
+
+/*
+ * A backlog drained over a minute, a second per round, every file losing
+ * messages in every round: none is copied forward, though the dead bytes
+ * would long have paid for it. The mail that waits afterwards, spread
+ * over every file, is copied forward once 30 s passed without a delivery
+ * (not at 29 s), and the files it pinned go.
+ */
+Test(spoollog, draining_file_left_alone_waiting_messages_copied)
+{
+	struct spoollog *log;
+	struct spoollog_stats st;
+	struct envelope *env;
+	char id[ENVELOPE_ID_MAX];
+	size_t i, r, waiting = 0, files;
+	int k;
+
+	log = open_log();
+	spoollog_clock(log, fake_clock);
+	spoollog_file_size(log, 64 * 1024);
+	cr_assert_eq(spoollog_recover(log), 0);
+	for (i = 0; i < DRAIN_MSG; i++) {
+		add_message(log, i);
+		if ((i + 1) % 100 == 0)
+			flush_commit(log);
+		waiting += WAITS(i);
+	}
+	spoollog_stats(log, &st);
+	files = st.files;
+	cr_assert_geq(files, 8);
+	for (r = 0; r < DRAIN_ROUNDS; r++) {
+		for (i = r; i < DRAIN_MSG; i += DRAIN_ROUNDS)
+			if (!WAITS(i))
+				bury(log, i);
+		flush_commit(log);
+		fake_advance(1);
+		spoollog_maintain(log);
+		spoollog_stats(log, &st);
+		cr_assert_eq(st.copied, 0, "round %zu: %lu copied while "
+		    "draining", r, st.copied);
+	}
+	cr_assert_eq(st.messages, waiting);
+	cr_assert_geq(st.files, files, "a file pinned by waiting mail went");
+	cr_assert_geq(st.bytes - st.live_bytes, 4 * 64 * 1024,
+	    "too few dead bytes to want a copy");
+
+	/* 29 s after the last delivery, then 31 s. */
+	fake_advance(28);
+	spoollog_maintain(log);
+	spoollog_stats(log, &st);
+	cr_assert_eq(st.copied, 0, "copied before 30 s without delivery");
+	fake_advance(2);
+	for (k = 0; k < 100 && (st.copied < waiting || st.files > 2); k++) {
+		spoollog_maintain(log);
+		spoollog_stats(log, &st);
+	}
+	cr_assert_eq(st.copied, waiting);
+	cr_assert_leq(st.files, 2, "%zu files left", st.files);
+	spoollog_free(log);
+
+	log = open_log();
+	cr_assert_eq(spoollog_recover(log), waiting);
+	for (i = 0; i < DRAIN_MSG; i++) {
+		envelope_id_text(ID(i), id, sizeof(id));
+		cr_assert_eq(spoollog_has(log, id), WAITS(i), "message %zu", i);
+		if (!WAITS(i))
+			continue;
+		cr_assert_not_null(env = spoollog_read(log, id), "read %s", id);
+		cr_assert_eq(env->body_size, (off_t)(i % 50 + 1));
+		envelope_free(env);
+	}
+	spoollog_free(log);
+}
