@@ -506,8 +506,11 @@ replay_one(const struct logrec *rec, const unsigned char *payload,
 	return 0;
 }
 
-/* Replays one file up to its first record that does not validate. */
-static void
+/* Replays one file up to its first record that does not validate.
+ * Returns 1 if what follows there is zeros (the unused preallocated
+ * tail), 0 otherwise (the end of the file, a torn or foreign record, or a
+ * read error: then f->end may be short of the valid records). */
+static int
 file_replay(struct spoollog *log, struct logfile *f, int fd)
 {
 	struct replay r = { log, f->seq, 0 };
@@ -516,6 +519,7 @@ file_replay(struct spoollog *log, struct logfile *f, int fd)
 	size_t cap = SPOOLLOG_SCAN_WINDOW, valid;
 	ssize_t n;
 	char name[SPOOLLOG_NAME_LEN + 1];
+	int zeros = 0;
 
 	buf = xmalloc(cap);
 	for (;;) {
@@ -538,10 +542,35 @@ file_replay(struct spoollog *log, struct logfile *f, int fd)
 			buf = xreallocarray(buf, cap, 1);
 			continue;
 		}
+		zeros = (size_t)n >= LOGREC_HEADER_LEN &&
+		    logrec_header_parse(buf, f->seq, &rec) == LOGREC_ZERO;
 		break;
 	}
 	free(buf);
 	f->end = (uint64_t)r.base;
+	return zeros;
+}
+
+/*
+ * Gives back the preallocated space after a replayed file's records: no
+ * record is ever appended to it again (a start writes to a new file,
+ * seq above every file replayed, and the spool's lock keeps any other
+ * process out), so the zeros after f->end are of no use. Only bytes that
+ * replay ignores go, so a crash before, during or after the truncation,
+ * or a power cut that forgets it, leaves the same records to the next
+ * start, which truncates again. Not synced for that reason.
+ */
+static void
+file_trim(struct spoollog *log, const struct logfile *f, int fd)
+{
+	struct stat st;
+	char name[SPOOLLOG_NAME_LEN + 1];
+
+	if (fstat(fd, &st) == -1 || st.st_size <= (off_t)f->end ||
+	    ftruncate(fd, (off_t)f->end) == 0)
+		return;
+	file_name(f->seq, name, sizeof(name));
+	log_warn("%s/log/%s: truncate", log->spool, name);
 }
 
 static int
@@ -666,6 +695,7 @@ reclaim(struct spoollog *log)
 size_t
 spoollog_recover(struct spoollog *log)
 {
+	struct logfile *f;
 	uint32_t *seqs;
 	size_t n, i, live;
 	char name[SPOOLLOG_NAME_LEN + 1];
@@ -679,15 +709,17 @@ spoollog_recover(struct spoollog *log)
 		file_name(seqs[i], name, sizeof(name));
 		if (seqs[i] > log->last_seq)
 			log->last_seq = seqs[i];
+		/* Read-write, for file_trim. */
 		if ((fd = openat(log->dir_fd, name,
-		    O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
+		    O_RDWR | O_CLOEXEC | O_NOFOLLOW)) == -1) {
 			log_warn("%s/log/%s: open", log->spool, name);
 			continue;
 		}
 		pthread_mutex_lock(&log->mtx);
-		file_add(log, seqs[i]);
+		f = file_add(log, seqs[i]);
 		pthread_mutex_unlock(&log->mtx);
-		file_replay(log, &log->files[log->nfiles - 1], fd);
+		if (file_replay(log, f, fd))
+			file_trim(log, f, fd);
 		close(fd);
 	}
 	free(seqs);

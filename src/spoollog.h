@@ -6,7 +6,8 @@
  * <spool>/log and an index of the messages in it.
  *
  * The log is a sequence of files log/<seq> (16 hex digits, seq counting up
- * from 1), each preallocated when created and its directory synced once,
+ * from 1), each preallocated when created (the space it did not use is
+ * given back at the next start) and its directory synced once,
  * holding records (logrec.h) salted with seq: a message (its envelope text,
  * state included, then its body), a state record for a message (replacing
  * the state of any earlier record of it), or a tombstone (the message is
@@ -60,9 +61,11 @@ struct spoollog *spoollog_open(int spool_fd, const char *spool, char *err,
 void spoollog_free(struct spoollog *log);
 
 /*
- * Replays every log file (see above), builds the index, deletes files
- * with nothing live in them, and returns the number of live messages. Call
- * once, before anything else. Unreadable files are logged and kept.
+ * Replays every log file (see above), builds the index, truncates each
+ * file's unused preallocated tail (the zeros after its records: no file
+ * replayed is appended to again), deletes files with nothing live in
+ * them, and returns the number of live messages. Call once, before
+ * anything else. Unreadable files are logged and kept.
  */
 size_t spoollog_recover(struct spoollog *log);
 

@@ -286,3 +286,68 @@ Test(spoollog, draining_file_left_alone_waiting_messages_copied)
 	}
 	spoollog_free(log);
 }
+
+/* Allocated bytes of the log files. */
+static long long
+log_blocks(void)
+{
+	struct dirent *de;
+	struct stat sb;
+	long long bytes = 0;
+	DIR *d;
+	int fd;
+
+	cr_assert_neq(fd = openat(spool_fd, "log", O_RDONLY | O_DIRECTORY),
+	    -1);
+	cr_assert_not_null(d = fdopendir(fd));
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		cr_assert_eq(fstatat(fd, de->d_name, &sb, 0), 0);
+		bytes += (long long)sb.st_blocks * 512;
+	}
+	closedir(d);
+	return bytes;
+}
+
+/*
+ * A file preallocated at 1 MB and holding a few KB: a restart truncates
+ * the zeros after its records, and the messages in it read back as
+ * before, then and after another restart.
+ */
+Test(spoollog, restart_gives_back_the_preallocation_of_old_files)
+{
+	struct spoollog *log;
+	struct envelope *env;
+	char id[ENVELOPE_ID_MAX];
+	long long before, after;
+	size_t i;
+	int run;
+
+	log = open_log();
+	spoollog_file_size(log, 1024 * 1024);
+	cr_assert_eq(spoollog_recover(log), 0);
+	for (i = 0; i < 20; i++)
+		add_message(log, i);
+	flush_commit(log);
+	spoollog_free(log);
+	before = log_blocks();
+	cr_assert_geq(before, 1024 * 1024, "not preallocated: %lld bytes",
+	    before);
+
+	for (run = 0; run < 2; run++) {
+		log = open_log();
+		cr_assert_eq(spoollog_recover(log), 20);
+		after = log_blocks();
+		cr_assert_leq(after, 64 * 1024, "%lld bytes still allocated",
+		    after);
+		for (i = 0; i < 20; i++) {
+			envelope_id_text(ID(i), id, sizeof(id));
+			cr_assert_not_null(env = spoollog_read(log, id),
+			    "read %s", id);
+			cr_assert_eq(env->body_size, (off_t)(i % 50 + 1));
+			envelope_free(env);
+		}
+		spoollog_free(log);
+	}
+}
