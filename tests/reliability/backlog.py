@@ -11,17 +11,22 @@ restart on the same spool, then the upstream comes back.
      the spool format, each after one failed attempt with its next try an
      hour away (for sizes where submitting through SMTP takes too long);
   3. smarthostd is stopped (SIGTERM) and started again on the same spool,
-     and reads every message it found there (upstream still down);
+     and reads every message it found there (upstream still down); with
+     --cold it is then stopped once more, the spool's files are dropped
+     from the page cache (fsync, then posix_fadvise DONTNEED, as after a
+     reboot) and it is started again, both restarts timed;
   4. an aiosmtpd upstream starts on the relay port and the queue is flushed
      (SIGUSR1);
   5. the run ends when queue/ is empty.
 
 Prints: restart time (exec to "started"), the time until every message
-found at start was read and the RSS then, peak descriptors (from
-/proc/PID/fd, sampled), peak RSS (VmHWM), drain rate (messages over the
-time from the flush to an empty queue) and what the upstream saw: messages,
-unique Message-Ids, duplicates. Exactly once means unique == N and
-duplicates == 0.
+found at start was read and the RSS then, the spool log's files and the
+disk they hold after the restart, peak descriptors (from /proc/PID/fd,
+sampled), peak RSS (VmHWM), drain rate (messages over the time from the
+flush to an empty queue), the messages the spool log copied forward
+during the drain (the daemon's last log line about it) and what the
+upstream saw: messages, unique Message-Ids, duplicates. Exactly once
+means unique == N and duplicates == 0.
 
 The drain is watched at no cost to the daemon that grows with the
 backlog: the upstream's record of deliveries is read as it grows, and only
@@ -240,6 +245,44 @@ relays = {{
     def log_count(self, pattern):
         with open(self.log, "rb") as f:
             return f.read().count(pattern.encode())
+
+    def copied_forward(self):
+        """Messages the spool log copied forward in the daemon's last
+        run (its line at shutdown), or None."""
+        with open(self.log, "rb") as f:
+            found = re.findall(rb"spool log: (\d+) messages copied forward",
+                               f.read())
+        return int(found[-1]) if found else None
+
+    def log_files(self):
+        """The spool log's files and the bytes of disk they hold."""
+        d = os.path.join(self.spool, "log")
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return 0, 0
+        blocks = 0
+        for name in names:
+            try:
+                blocks += os.stat(os.path.join(d, name)).st_blocks
+            except FileNotFoundError:
+                pass
+        return len(names), blocks * 512
+
+    def drop_cache(self):
+        """Drops the spool's files from the page cache, as a reboot
+        would: written back first (DONTNEED drops clean pages only)."""
+        for top, dirs, files in os.walk(self.spool):
+            for name in files + dirs:
+                try:
+                    fd = os.open(os.path.join(top, name), os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.fsync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
 
 
 def submit_python(port, n, clients, size):
@@ -480,6 +523,9 @@ def main():
     ap.add_argument("--drain-timeout", type=float, default=3600)
     ap.add_argument("--prefill", action="store_true",
                     help="write the queue files directly (no first run)")
+    ap.add_argument("--cold", action="store_true",
+                    help="restart once more with the spool dropped from "
+                    "the page cache, and time both restarts")
     ap.add_argument("--no-drain", action="store_true",
                     help="stop after the restart and the reading")
     ap.add_argument("--probe-listing", action="store_true",
@@ -528,7 +574,18 @@ def main():
         if not args.prefill:
             daemon.stop()
 
+        read_line = "every message found at start has been read"
+        reads_before = daemon.log_count(read_line)
         restart = daemon.start()
+        if args.cold:
+            # The warm restart's time, then a start as after a reboot.
+            warm = restart
+            daemon.stop()
+            daemon.drop_cache()
+            reads_before = daemon.log_count(read_line)
+            restart = daemon.start()
+            print(f"restart warm      {warm:.2f} s; cold (spool dropped "
+                  f"from the page cache) {restart:.2f} s", flush=True)
         t_start = time.monotonic()
         sampler = Sampler(daemon.proc.pid)
         sampler.start()
@@ -536,8 +593,7 @@ def main():
         # down: the moment the issue's descriptors piled up.
         t_read = None
         while time.monotonic() - t_start < args.drain_timeout:
-            if daemon.log_count("every message found at start has been "
-                                "read") > 0:
+            if daemon.log_count(read_line) > reads_before:
                 t_read = time.monotonic() - t_start
                 break
             if daemon.proc.poll() is not None:
@@ -548,6 +604,9 @@ def main():
         rss_read = sampler.peak_rss_kib
         fds_idle = sampler.peak_fds
         print(f"restart           {restart:.2f} s (exec to accepting mail)")
+        nlog, logbytes = daemon.log_files()
+        print(f"log files         {nlog}, {logbytes / 1048576:.1f} MiB of "
+              f"disk after the restart")
         print("read all          " + (f"{t_read:.1f} s after start"
               if t_read is not None else "not within the timeout") +
               f", peak RSS by then {rss_read / 1024:.1f} MiB, peak "
@@ -624,6 +683,9 @@ def main():
         if t_n is not None:
             print(f"last delivery     {t_n - t_flush:.1f} s after the flush; "
                   f"queue empty {t_drain:.1f} s")
+        copied = daemon.copied_forward()
+        print("copied forward    " + ("(not logged)" if copied is None else
+              f"{copied} messages during the drain"))
         print(f"upstream got      {total} messages, {len(ids)} unique, "
               f"{dups} duplicates")
         print(f"state write errors {errors}")
