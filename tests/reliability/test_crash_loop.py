@@ -195,6 +195,11 @@ def explain(qid, ncopies, runs):
     return windows[:extra] + [UNEXPLAINED] * max(0, extra - len(windows))
 
 
+def median_ms(seconds):
+    return round(1000 * sorted(seconds)[len(seconds) // 2], 1) \
+        if seconds else None
+
+
 def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     kills = scale(10, 200)
     rng = random.Random(os.environ.get("RELIABILITY_SEED") or None)
@@ -212,6 +217,10 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     clients = Clients(port, scale(4, 6), rng)
     clients.start()
     upstream_restarts = 0
+    # Each restart's time (exec to "started", as the harness polls it) and
+    # the log files it found: a loop of crashes must not make either grow
+    # (a restart starts a new log file, and the old ones must still go).
+    restarts, log_files = [], []
     try:
         for _ in range(kills):
             time.sleep(rng.uniform(0.01, 0.5))
@@ -223,7 +232,9 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
                 time.sleep(rng.uniform(0, 0.5))
                 upstream.start()
             runs.append(Run(time.monotonic()))
+            log_files.append(len(spool_files(daemon, "log")))
             daemon.start()
+            restarts.append(time.monotonic() - runs[-1].started)
             log_from.append(daemon.run_start)
     finally:
         clients.stop()
@@ -284,7 +295,13 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     unrecorded = [sum(1 for q in r.sent if q not in r.removed)
                   for r in runs if r.killed is not None]
     to_kill.sort()
-    figures(kills=kills, upstream_restarts=upstream_restarts,
+    quarter = max(1, len(restarts) // 4)
+    figures(restart_ms_median_first_quarter=median_ms(restarts[:quarter]),
+            restart_ms_median_last_quarter=median_ms(restarts[-quarter:]),
+            log_files_at_restart_max=max(log_files, default=0),
+            log_files_at_restart_last_quarter_max=max(
+                log_files[-quarter:], default=0),
+            kills=kills, upstream_restarts=upstream_restarts,
             messages_accepted=len(accepted), submissions=clients.attempts,
             sessions_cut=clients.refused,
             arrived_without_250=unacknowledged, lost=len(lost),
