@@ -23,7 +23,9 @@ Prints: restart time (exec to "started"), the time until every message
 found at start was read and the RSS then, the spool log's files and the
 disk they hold after the restart, peak descriptors (from /proc/PID/fd,
 sampled), peak RSS (VmHWM), drain rate (messages over the time from the
-flush to an empty queue), the messages the spool log copied forward
+flush to an empty queue) and the daemon's CPU time and disk writes
+meanwhile (less at the mercy of other load than the rate), the messages
+the spool log copied forward
 during the drain (the daemon's last log line about it) and what the
 upstream saw: messages, unique Message-Ids, duplicates. Exactly once
 means unique == N and duplicates == 0.
@@ -283,6 +285,21 @@ relays = {{
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
+
+
+def usage(pid):
+    """(CPU seconds, bytes written to the disk) of a process so far,
+    all its threads: /proc/PID/stat's utime + stime, /proc/PID/io's
+    write_bytes."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    written = 0
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                written = int(line.split()[1])
+    return cpu, written
 
 
 def submit_python(port, n, clients, size):
@@ -624,6 +641,7 @@ def main():
         if upstream.stdout.readline().strip() != b"ready":
             fail("the upstream did not start")
         deliveries = Deliveries(received)
+        cpu0, written0 = usage(daemon.proc.pid)
         t_flush = time.monotonic()
         daemon.proc.send_signal(signal.SIGUSR1)
         deadline = t_flush + args.drain_timeout
@@ -639,6 +657,7 @@ def main():
                 break
             time.sleep(0.05)
         t_drain = time.monotonic() - t_flush
+        cpu1, written1 = usage(daemon.proc.pid)
         sampler.stop()
         daemon.stop()
         upstream.send_signal(signal.SIGTERM)
@@ -664,6 +683,10 @@ def main():
         print(f"peak RSS          {sampler.peak_rss_kib / 1024:.1f} MiB")
         print(f"drain             {t_drain:.1f} s, "
               f"{n / t_drain:.0f} msgs/s")
+        # Less at the mercy of other load on the machine than the rate.
+        print(f"drain cost        {1000 * (cpu1 - cpu0) / n:.3f} ms of CPU "
+              f"a message, {(written1 - written0) / 1048576:.1f} MiB "
+              f"written by the daemon")
         t_first = deliveries.time_of(1)
         if t_first is not None and t_flush + t_drain > t_first:
             # Without the fixed cost of starting: reading the first
