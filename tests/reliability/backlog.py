@@ -245,8 +245,11 @@ relays = {{
         fail(f"no queue gauge in the metrics ({status})")
 
     def log_count(self, pattern):
-        with open(self.log, "rb") as f:
-            return f.read().count(pattern.encode())
+        try:
+            with open(self.log, "rb") as f:
+                return f.read().count(pattern.encode())
+        except FileNotFoundError:
+            return 0    # not started yet (--prefill)
 
     def copied_forward(self):
         """Messages the spool log copied forward in the daemon's last
