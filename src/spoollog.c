@@ -73,7 +73,10 @@
  * the minutes such mail waits (retry_min is 5 minutes by default) and far
  * longer than the gap between two deliveries of a queue that drains.
  * State records do not count: a deferred message gets one at each retry
- * without leaving its file.
+ * without leaving its file. A start counts as a delivery in every file,
+ * so a backlog flushed soon after a restart is not copied before its
+ * drain reaches it (the cost: a daemon restarted more often than this
+ * never compacts).
  */
 #define SPOOLLOG_COPY_IDLE 30
 /* Window for replaying a file at start-up. */
