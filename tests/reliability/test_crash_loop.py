@@ -149,6 +149,10 @@ def spool_files(daemon, sub):
         return []
 
 
+# Logged once a run has read every message it found at start.
+READ_ALL = "every message found at start has been read"
+
+
 class Run:
     """One run of the daemon: when it started and was killed, and what its
     log says it did with each message."""
@@ -159,6 +163,7 @@ class Run:
         self.inflight = self.noted = self.removed = frozenset()
         self.sent = {}
         self.no_reply = {}
+        self.read_all = False
 
     def read_log(self, text):
         self.inflight = frozenset(INFLIGHT_RE.findall(text))
@@ -166,6 +171,7 @@ class Run:
         self.removed = frozenset(REMOVED_RE.findall(text))
         self.sent = Counter(SENT_RE.findall(text))
         self.no_reply = Counter(NO_REPLY_RE.findall(text))
+        self.read_all = READ_ALL in text
 
 
 # Why a message arrived once more.
@@ -301,6 +307,8 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
             log_files_at_restart_max=max(log_files, default=0),
             log_files_at_restart_last_quarter_max=max(
                 log_files[-quarter:], default=0),
+            runs_killed_before_reading_all=sum(
+                1 for r in runs if r.killed is not None and not r.read_all),
             kills=kills, upstream_restarts=upstream_restarts,
             messages_accepted=len(accepted), submissions=clients.attempts,
             sessions_cut=clients.refused,
