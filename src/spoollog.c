@@ -34,9 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "fileio.h"
 #include "log.h"
@@ -185,10 +185,7 @@ struct spoollog {
 static int64_t
 clock_monotonic(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec;
+	return (int64_t)(clock_mono_ms() / 1000);
 }
 
 /* splitmix64's finaliser: ids are mostly a clock, so mix them. */
