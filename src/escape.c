@@ -39,6 +39,21 @@ escape_utf8_len(const char *in, size_t len)
 	return n;
 }
 
+int
+escape_utf8_whole(const char *in, size_t len)
+{
+	size_t i = 0, n;
+
+	while (i < len) {
+		if ((unsigned char)in[i] < 0x80)
+			n = 1;
+		else if ((n = escape_utf8_len(in + i, len - i)) == 0)
+			return 0;
+		i += n;
+	}
+	return 1;
+}
+
 /* The length of the well-formed UTF-8 sequence at s (at most len bytes)
  * encoding a printable code point (U+00A0 and up), or 0: the C1 controls
  * U+0080..U+009F are C2 80..C2 9F. */

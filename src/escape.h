@@ -34,6 +34,10 @@ size_t escape_str(char *out, size_t outsize, const char *in);
  * from U+0080 up at in (len > 0 bytes there), or 0 when there is none. */
 size_t escape_utf8_len(const char *in, size_t len);
 
+/* Returns 1 if in[0..len) is all ASCII and well-formed UTF-8 sequences,
+ * none cut at either end; 0 otherwise. */
+int escape_utf8_whole(const char *in, size_t len);
+
 /* 1 when in[0..len) has a byte that escape_printable() would escape. */
 int escape_needed(const char *in, size_t len);
 

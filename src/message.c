@@ -92,6 +92,25 @@ field_name_len(const char *line, size_t n)
 	return 0;
 }
 
+/*
+ * Where to break a line longer than room bytes that has no blank to fold
+ * at: room, or, when that would cut a UTF-8 character, the start of that
+ * character (at most 3 bytes back), so each piece stays valid UTF-8 when
+ * the line was. Text that is not UTF-8 there (Latin-1, a continuation
+ * byte without its lead) is broken at room.
+ */
+static size_t
+char_cut(const char *line, size_t room)
+{
+	size_t cut = room;
+	unsigned char lead;
+
+	while (cut + 3 > room && ((unsigned char)line[cut] & 0xc0) == 0x80)
+		cut--;
+	lead = (unsigned char)line[cut];
+	return cut < room && lead >= 0xc2 && lead <= 0xf4 ? cut : room;
+}
+
 /* Appends a header line, folded where it is too long: at the last blank
  * within the limit when there is one (nothing inserted), else by
  * inserting CRLF SP. */
@@ -111,10 +130,11 @@ add_header_line(struct strbuf *b, const char *line, size_t n)
 			n -= cut;
 			room = MESSAGE_LINE_MAX;
 		} else {
-			strbuf_add(b, line, room);
+			cut = char_cut(line, room);
+			strbuf_add(b, line, cut);
 			strbuf_add(b, "\r\n ", 3);
-			line += room;
-			n -= room;
+			line += cut;
+			n -= cut;
 			room = MESSAGE_LINE_MAX - 1;
 		}
 	}
@@ -122,15 +142,19 @@ add_header_line(struct strbuf *b, const char *line, size_t n)
 	strbuf_add(b, "\r\n", 2);
 }
 
-/* Appends a body line, broken into pieces of at most the limit. */
+/* Appends a body line, broken into pieces of at most the limit, never
+ * inside a UTF-8 character. */
 static void
 add_body_line(struct strbuf *b, const char *line, size_t n)
 {
+	size_t cut;
+
 	while (n > MESSAGE_LINE_MAX) {
-		strbuf_add(b, line, MESSAGE_LINE_MAX);
+		cut = char_cut(line, MESSAGE_LINE_MAX);
+		strbuf_add(b, line, cut);
 		strbuf_add(b, "\r\n", 2);
-		line += MESSAGE_LINE_MAX;
-		n -= MESSAGE_LINE_MAX;
+		line += cut;
+		n -= cut;
 	}
 	strbuf_add(b, line, n);
 	strbuf_add(b, "\r\n", 2);

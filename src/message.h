@@ -11,12 +11,14 @@
  *   travel through SMTP intact, and dropping or replacing it silently
  *   would change the mail behind the caller's back.
  * - A line longer than MESSAGE_LINE_MAX bytes (RFC 5322's 998, CRLF not
- *   counted) is split: a header line is folded (CRLF SP inserted), a body
- *   line is broken with a bare CRLF, which adds a line break and no
- *   character to the text. (Postfix's smtp_line_length_limit, which the
- *   relay's line_length_limit follows, inserts CRLF SP in the body too;
- *   the relay folds only what is still too long when it sends, and, unlike
- *   this split and Postfix, never inside a UTF-8 character.)
+ *   counted) is split: a header line is folded (at its last blank within
+ *   the limit, else CRLF SP inserted), a body line is broken with a bare
+ *   CRLF, which adds a line break and no character to the text. Neither
+ *   break falls inside a UTF-8 character: it moves back to the
+ *   character's first byte. (Postfix's smtp_line_length_limit, which the
+ *   relay's line_length_limit follows, inserts CRLF SP in the body too,
+ *   and may cut a character; the relay folds only what is still too long
+ *   when it sends, never inside a UTF-8 character either.)
  * - The header section ends at the first empty line; or at the first line
  *   that is neither a header field ("Name: value") nor a continuation of
  *   one, which starts the body (an empty line is put before it); or at

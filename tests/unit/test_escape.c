@@ -49,6 +49,19 @@ Test(escape, controls_and_bad_bytes_escaped)
 	cr_assert(escape_needed("a\rb", 3));
 }
 
+Test(escape, utf8_whole)
+{
+	cr_assert(escape_utf8_whole("", 0));
+	cr_assert(escape_utf8_whole("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
+	/* Cut at either end, a lone continuation byte, Latin-1, an overlong
+	 * form and a surrogate. */
+	cr_assert_not(escape_utf8_whole("a\xc3", 2));
+	cr_assert_not(escape_utf8_whole("\xa9a", 2));
+	cr_assert_not(escape_utf8_whole("\xe9t\xe9", 3));
+	cr_assert_not(escape_utf8_whole("\xe0\x80\xaf", 3));
+	cr_assert_not(escape_utf8_whole("\xed\xa0\x80", 3));
+}
+
 Test(escape, truncates_whole_units)
 {
 	char out[8];

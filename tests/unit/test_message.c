@@ -1,12 +1,14 @@
 /* Unit tests for the message sendmail reads: line ends, the header/body
  * split, overlong lines, NUL bytes, -t address extraction, Bcc removal
  * and the fields sendmail adds. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <criterion/criterion.h>
 
+#include "escape.h"
 #include "message.h"
 
 static char *
@@ -169,6 +171,82 @@ Test(message, overlong_header_is_folded)
 	free(out);
 	message_clear(&m);
 	free(in);
+}
+
+/* Checks that every line of out (CRLF-ended) is whole UTF-8 and that out
+ * without its line breaks (and fold's inserted space, when fold) is
+ * want. */
+static void
+assert_breaks_keep_chars(const char *out, const char *want, int fold)
+{
+	const char *p = out, *e;
+	char *joined = malloc(strlen(out) + 1), *q = joined;
+
+	while ((e = strstr(p, "\r\n")) != NULL) {
+		cr_assert(escape_utf8_whole(p, (size_t)(e - p)),
+		    "line cut inside a character: %.*s", (int)(e - p), p);
+		cr_assert_leq(e - p, 998);
+		if (p != out && fold && *p == ' ')
+			p++;
+		memcpy(q, p, (size_t)(e - p));
+		q += e - p;
+		p = e + 2;
+	}
+	*q = '\0';
+	cr_assert_str_eq(joined, want);
+	free(joined);
+}
+
+Test(message, overlong_lines_are_not_cut_inside_a_character)
+{
+	/* Two-byte characters after one ASCII byte put byte 998 inside a
+	 * character; four-byte ones (U+1F600) after two put it inside one
+	 * at each of the three positions over the pieces. */
+	static const char *pre[] = { "a", "ab", "" };
+	static const char *chr[] = { "\xc3\xa9", "\xf0\x9f\x98\x80",
+	    "\xe2\x82\xac" };
+	size_t i, k, len, clen;
+	char *body, *in, *out;
+
+	for (i = 0; i < 3; i++) {
+		clen = strlen(chr[i]);
+		len = strlen(pre[i]) + 1500 * clen;
+		body = malloc(len + 1);
+		strcpy(body, pre[i]);
+		for (k = 0; k < 1500; k++)
+			memcpy(body + strlen(pre[i]) + k * clen, chr[i], clen);
+		body[len] = '\0';
+		/* In the body: broken with a bare CRLF. */
+		in = malloc(len + 16);
+		snprintf(in, len + 16, "\n%s\n", body);
+		out = roundtrip(in, strlen(in));
+		cr_assert(strncmp(out, "\r\n", 2) == 0);
+		assert_breaks_keep_chars(out + 2, body, 0);
+		free(out);
+		/* In a header without a blank: folded with CRLF SP. */
+		snprintf(in, len + 16, "X:%s\n\nb\n", body);
+		out = roundtrip(in, strlen(in));
+		strstr(out, "\r\n\r\n")[2] = '\0';
+		cr_assert(strncmp(out, "X:", 2) == 0);
+		assert_breaks_keep_chars(out + 2, body, 1);
+		free(out);
+		free(in);
+		free(body);
+	}
+}
+
+Test(message, overlong_latin1_line_is_broken_at_the_limit)
+{
+	/* Bytes that are not UTF-8 (Latin-1 e-acute) are broken at 998. */
+	char in[2003], *out;
+
+	in[0] = '\n';
+	memset(in + 1, '\xe9', 2000);
+	in[2001] = '\n';
+	in[2002] = '\0';
+	out = roundtrip(in, 2002);
+	cr_assert_eq(strstr(out + 2, "\r\n") - (out + 2), 998);
+	free(out);
 }
 
 Test(message, dot_end)
