@@ -6,7 +6,10 @@
  *    write or sync it is abandoned: the next flush starts a new file, so a
  *    record never follows bytes that may be torn;
  *  - files are deleted oldest first, one directory sync each, and only when
- *    no live message record is in them (copies forward are synced first).
+ *    no live message record is in them (copies forward are synced first);
+ *  - a start appends to a replayed file only after cutting it at the end
+ *    of its valid records and syncing that (file_continue), so nothing of
+ *    an earlier run beyond those records is ever read after a new one.
  * The mutex guards the index and the file table; the commit thread holds it
  * only to change them, never across I/O, so readers wait for microseconds.
  *
@@ -73,10 +76,9 @@
  * the minutes such mail waits (retry_min is 5 minutes by default) and far
  * longer than the gap between two deliveries of a queue that drains.
  * State records do not count: a deferred message gets one at each retry
- * without leaving its file. A start counts as a delivery in every file,
- * so a backlog flushed soon after a restart is not copied before its
- * drain reaches it (the cost: a daemon restarted more often than this
- * never compacts).
+ * without leaving its file. The files found at start count as idle for
+ * this long already (start_idle), so a daemon restarted more often than
+ * this still compacts.
  */
 #define SPOOLLOG_COPY_IDLE 30
 /* Window for replaying a file at start-up. */
@@ -552,13 +554,13 @@ file_replay(struct spoollog *log, struct logfile *f, int fd)
 }
 
 /*
- * Gives back the preallocated space after a replayed file's records: no
- * record is ever appended to it again (a start writes to a new file,
- * seq above every file replayed, and the spool's lock keeps any other
- * process out), so the zeros after f->end are of no use. Only bytes that
- * replay ignores go, so a crash before, during or after the truncation,
- * or a power cut that forgets it, leaves the same records to the next
- * start, which truncates again. Not synced for that reason.
+ * Gives back the preallocated space after the records of a replayed file
+ * that is not the newest: no record is ever appended to it again (a start
+ * goes on in the newest file or a new one, and the spool's lock keeps any
+ * other process out), so the zeros after f->end are of no use. Only bytes
+ * that replay ignores go, so a crash before, during or after the
+ * truncation, or a power cut that forgets it, leaves the same records to
+ * the next start, which truncates again. Not synced for that reason.
  */
 static void
 file_trim(struct spoollog *log, const struct logfile *f, int fd)
@@ -571,6 +573,56 @@ file_trim(struct spoollog *log, const struct logfile *f, int fd)
 		return;
 	file_name(f->seq, name, sizeof(name));
 	log_warn("%s/log/%s: truncate", log->spool, name);
+}
+
+/*
+ * Makes the newest replayed file, whose records end cleanly (zeros or the
+ * file's end follow them: see file_replay), the file the next records go
+ * to, instead of starting a new file at every start: a daemon restarted
+ * again and again (a crash loop) otherwise made a file per run, each
+ * replayed at every later start until the oldest live message in them
+ * went. Everything after f->end is cut off and the file preallocated
+ * again (zeros), and that is synced before anything is appended: bytes of
+ * the last run beyond its valid records (records written after one that a
+ * power cut lost, never synced, so never promised) can then never be read
+ * as records after the ones this run writes. The records before f->end,
+ * some maybe never synced by the run that wrote them, are in the page
+ * cache and go to disk with this sync. A file that is full, whose
+ * records end in a torn or foreign record (a media error there would
+ * leave records after it that a human may want), or that cannot be
+ * preallocated again, is left to replay as before, and the first write
+ * starts a new file. Returns 0 if fd is now the newest file's (the log
+ * keeps it), -1 if not.
+ */
+static int
+file_continue(struct spoollog *log, struct logfile *f, int fd, int clean)
+{
+	struct stat st;
+	char name[SPOOLLOG_NAME_LEN + 1];
+
+	if (!clean && (fstat(fd, &st) == -1 || st.st_size != (off_t)f->end))
+		return -1;
+	if (f->end >= log->file_size)
+		return -1;
+	file_name(f->seq, name, sizeof(name));
+	/* As file_new: without room for the whole file, a new one (with its
+	 * reserve) will do; without support, appends grow the file. */
+	if (ftruncate(fd, (off_t)f->end) == -1 ||
+	    (fallocate(fd, 0, 0, (off_t)log->file_size) == -1 &&
+	    (errno == ENOSPC || errno == EDQUOT)) || fsync(fd) == -1) {
+		log_warn("%s/log/%s: continue", log->spool, name);
+		return -1;
+	}
+	pthread_mutex_lock(&log->wmtx);
+	log->wfd = fd;
+	log->wseq = f->seq;
+	log->wend = (off_t)f->end;
+	log->broken = 0;
+	log->prealloc = log->file_size;
+	pthread_mutex_unlock(&log->wmtx);
+	log_debug("%s/log/%s: continued at %" PRIu64, log->spool, name,
+	    f->end);
+	return 0;
 }
 
 static int
@@ -692,6 +744,29 @@ reclaim(struct spoollog *log)
 	}
 }
 
+/*
+ * The files found at start count as not delivered from for
+ * SPOOLLOG_COPY_IDLE already: a start does not know when they last were,
+ * and taking it as now (as before) meant that a daemon restarted more
+ * often than every 30 s compacted nothing, so a message that waited
+ * pinned its file and every later one for as long as the restarts went
+ * on. A backlog found at start is still drained where it is: copy_wanted()
+ * wants dead bytes a file's worth and twice the oldest file's live ones,
+ * which a backlog does not have, and the first delivery from the oldest
+ * file (the scheduler takes the messages found at start oldest first)
+ * gives it its 30 s again; at most a copy's batch can go before it.
+ */
+static void
+start_idle(struct spoollog *log)
+{
+	size_t i;
+
+	pthread_mutex_lock(&log->mtx);
+	for (i = 0; i < log->nfiles; i++)
+		log->files[i].delivered = log->clock() - SPOOLLOG_COPY_IDLE;
+	pthread_mutex_unlock(&log->mtx);
+}
+
 size_t
 spoollog_recover(struct spoollog *log)
 {
@@ -699,7 +774,7 @@ spoollog_recover(struct spoollog *log)
 	uint32_t *seqs;
 	size_t n, i, live;
 	char name[SPOOLLOG_NAME_LEN + 1];
-	int fd;
+	int fd, clean;
 
 	pthread_mutex_lock(&log->mtx);
 	log->now = log->clock();
@@ -709,7 +784,7 @@ spoollog_recover(struct spoollog *log)
 		file_name(seqs[i], name, sizeof(name));
 		if (seqs[i] > log->last_seq)
 			log->last_seq = seqs[i];
-		/* Read-write, for file_trim. */
+		/* Read-write, for file_trim and file_continue. */
 		if ((fd = openat(log->dir_fd, name,
 		    O_RDWR | O_CLOEXEC | O_NOFOLLOW)) == -1) {
 			log_warn("%s/log/%s: open", log->spool, name);
@@ -718,11 +793,15 @@ spoollog_recover(struct spoollog *log)
 		pthread_mutex_lock(&log->mtx);
 		f = file_add(log, seqs[i]);
 		pthread_mutex_unlock(&log->mtx);
-		if (file_replay(log, f, fd))
+		clean = file_replay(log, f, fd);
+		if (i + 1 == n && file_continue(log, f, fd, clean) == 0)
+			continue;	/* fd is the newest file's now */
+		if (clean)
 			file_trim(log, f, fd);
 		close(fd);
 	}
 	free(seqs);
+	start_idle(log);
 	reclaim(log);
 	pthread_mutex_lock(&log->mtx);
 	live = log->nlive;

@@ -11,7 +11,9 @@
  * holding records (logrec.h) salted with seq: a message (its envelope text,
  * state included, then its body), a state record for a message (replacing
  * the state of any earlier record of it), or a tombstone (the message is
- * done). Only the newest file is appended to; a restart starts a new one.
+ * done). Only the newest file is appended to; a restart goes on appending
+ * to it when its records end cleanly, else starts a new one (see
+ * spoollog_recover), so restarts do not add files.
  * Replaying every file in seq order, each up to its first record that does
  * not validate, gives the live messages: a message record adds its id (or
  * moves it, when it is a copy), a tombstone removes it.
@@ -22,7 +24,8 @@
  * come back. A long-deferred message would pin its file, and every newer
  * file behind it, forever: so when the dead bytes behind the oldest file
  * outweigh its live ones and none of its messages was delivered for 30
- * seconds, its live messages are copied forward (a new message record
+ * seconds (the files found at start count as idle that long already), its
+ * live messages are copied forward (a new message record
  * with their current state, followed by any note written for them while
  * they were copied) and, once the copies are synced, the old file goes.
  * A file being drained is left alone: its messages are delivered from
@@ -61,11 +64,16 @@ struct spoollog *spoollog_open(int spool_fd, const char *spool, char *err,
 void spoollog_free(struct spoollog *log);
 
 /*
- * Replays every log file (see above), builds the index, truncates each
- * file's unused preallocated tail (the zeros after its records: no file
- * replayed is appended to again), deletes files with nothing live in
- * them, and returns the number of live messages. Call once, before
- * anything else. Unreadable files are logged and kept.
+ * Replays every log file (see above), builds the index, and returns the
+ * number of live messages. The newest file, if its records end cleanly
+ * (zeros or the file's end follow them) and it is not full, is the one
+ * written next: what lies after its records is cut off, it is
+ * preallocated again and synced before anything is appended, so no stale
+ * byte of it can ever be read after a new record. The other files' unused
+ * preallocated tails (the zeros after their records: they are never
+ * appended to again) are truncated, and files with nothing live in them
+ * are deleted. Call once, before anything else. Unreadable files are
+ * logged and kept.
  */
 size_t spoollog_recover(struct spoollog *log);
 
