@@ -59,29 +59,36 @@ def records(data, salt, check_payload=True):
         off = start + length
 
 
-def live_ids(spool, check_payload=True):
-    """The ids of the messages the log under spool holds (with
-    check_payload=False, without checking the payloads' CRCs: the headers'
-    are still checked, and they are a small part of the bytes)."""
+def live_files(spool, check_payload=True):
+    """Replays the log under spool as the daemon does at start: a dict of
+    the live messages' ids, each to (the name of the file that holds its
+    message record, the record's length). With check_payload=False the
+    payloads' CRCs are not checked (the headers' still are, and they are a
+    small part of the bytes)."""
     logdir = os.path.join(spool, "log")
     try:
         names = sorted(os.listdir(logdir))
     except FileNotFoundError:
-        return set()
-    live = set()
+        return {}
+    live = {}
     for name in names:
         try:
             with open(os.path.join(logdir, name), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             continue
-        for typ, qid, _, _, _ in records(data, int(name, 16),
-                                         check_payload):
+        for typ, qid, _, payload, _ in records(data, int(name, 16),
+                                               check_payload):
             if typ == MESSAGE:
-                live.add(qid)
+                live[qid] = (name, HEADER.size + len(payload))
             elif typ == DONE:
-                live.discard(qid)
+                live.pop(qid, None)
     return live
+
+
+def live_ids(spool, check_payload=True):
+    """The ids of the messages the log under spool holds."""
+    return set(live_files(spool, check_payload))
 
 
 def tombstones(data, salt):

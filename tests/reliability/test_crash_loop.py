@@ -18,6 +18,7 @@ names. Any other copy (one sent again after its delivery was noted or its
 removal logged, or two "status=sent" lines in one run) is a bug.
 """
 
+import json
 import os
 import random
 import re
@@ -28,7 +29,7 @@ from collections import Counter
 
 from conftest import scale
 from harness import CLIENT_HOSTNAME, free_port, make_message, random_body
-from spoolread import live_ids
+from spoolread import live_files, live_ids
 
 TOKEN_RE = re.compile(rb"^Subject: crash (\S+)\r$", re.MULTILINE)
 # The queue id in smarthostd's own Received: header.
@@ -201,6 +202,41 @@ def explain(qid, ncopies, runs):
     return windows[:extra] + [UNEXPLAINED] * max(0, extra - len(windows))
 
 
+def spool_snapshot(daemon, first_seen, index):
+    """What the stopped daemon's spool holds: the messages live in the log
+    and their bytes, the log files that hold one, the messages in queue/,
+    and how many restarts ago the oldest live message was first found
+    (first_seen, updated, maps an id to that restart's index)."""
+    live = live_files(daemon.settings["spool"], check_payload=False)
+    for qid in live:
+        first_seen.setdefault(qid, index)
+    return {"live": len(live),
+            "live_bytes": sum(size for _, size in live.values()),
+            "files_with_live": len({name for name, _ in live.values()}),
+            "queue_files": len(spool_files(daemon, "queue")),
+            "oldest_age": max((index - first_seen[q] for q in live),
+                              default=0),
+            "oldest": min(live, key=lambda q: (first_seen[q], q),
+                          default=None)}
+
+
+# The size of a spool log file (SPOOLLOG_FILE_SIZE in spoollog.c).
+LOG_FILE_SIZE = 8 << 20
+
+
+def log_files_bound(live_bytes):
+    """The most log files a restart may find for live_bytes of live
+    message records: the log copies the oldest file's messages forward
+    once the dead bytes behind it are a file's worth and twice its live
+    ones, so it holds the live bytes, up to twice as many dead ones, and
+    the file being written and the one before it, each partly filled (the
+    unit test crash_loop_keeps_files_bounded_by_live_data checks the same
+    bound with small files). A log that starts a file at every restart
+    and keeps it while an older message lives exceeds it within a few
+    kills."""
+    return 3 + -(-3 * live_bytes // LOG_FILE_SIZE)
+
+
 def median_ms(seconds):
     return round(1000 * sorted(seconds)[len(seconds) // 2], 1) \
         if seconds else None
@@ -227,6 +263,9 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
     # the log files it found: a loop of crashes must not make either grow
     # (a restart starts a new log file, and the old ones must still go).
     restarts, log_files = [], []
+    # What the spool held at each restart (spool_snapshot), and the restart
+    # at which each live message was first found.
+    spool_at_restart, first_seen = [], {}
     try:
         for _ in range(kills):
             time.sleep(rng.uniform(0.01, 0.5))
@@ -239,6 +278,8 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
                 upstream.start()
             runs.append(Run(time.monotonic()))
             log_files.append(len(spool_files(daemon, "log")))
+            spool_at_restart.append(spool_snapshot(daemon, first_seen,
+                                                   len(restarts)))
             daemon.start()
             restarts.append(time.monotonic() - runs[-1].started)
             log_from.append(daemon.run_start)
@@ -302,11 +343,37 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
                   for r in runs if r.killed is not None]
     to_kill.sort()
     quarter = max(1, len(restarts) // 4)
+    if os.environ.get("CRASH_LOOP_TRACE"):
+        # Each restart's time, log files and spool_snapshot(), one JSON
+        # object a line, for a closer look than the figures give.
+        with open(os.environ["CRASH_LOOP_TRACE"], "w",
+                  encoding="utf-8") as trace:
+            for t, n, snap in zip(restarts, log_files, spool_at_restart):
+                trace.write(json.dumps(dict(snap, restart_ms=round(
+                    1000 * t, 1), log_files=n)) + "\n")
+        with open(os.environ["CRASH_LOOP_TRACE"] + ".log", "wb") as copy:
+            copy.write(raw)
     figures(restart_ms_median_first_quarter=median_ms(restarts[:quarter]),
             restart_ms_median_last_quarter=median_ms(restarts[-quarter:]),
             log_files_at_restart_max=max(log_files, default=0),
+            log_files_beyond_bound=sum(
+                1 for n, snap in zip(log_files, spool_at_restart)
+                if n > log_files_bound(snap["live_bytes"])),
             log_files_at_restart_last_quarter_max=max(
                 log_files[-quarter:], default=0),
+            live_at_restart_last_quarter_max=max(
+                (a["live"] for a in spool_at_restart[-quarter:]), default=0),
+            live_kib_at_restart_last_quarter_max=max(
+                (a["live_bytes"] // 1024 for a in spool_at_restart[-quarter:]),
+                default=0),
+            files_with_live_at_restart_last_quarter_max=max(
+                (a["files_with_live"] for a in spool_at_restart[-quarter:]),
+                default=0),
+            queue_files_at_restart_last_quarter_max=max(
+                (a["queue_files"] for a in spool_at_restart[-quarter:]),
+                default=0),
+            oldest_live_age_in_restarts_max=max(
+                (a["oldest_age"] for a in spool_at_restart), default=0),
             runs_killed_before_reading_all=sum(
                 1 for r in runs if r.killed is not None and not r.read_all),
             kills=kills, upstream_restarts=upstream_restarts,
@@ -325,6 +392,11 @@ def test_crash_loop(daemon_factory, upstream_factory, tmp_path, figures):
             drain_seconds=round(drain_seconds, 1),
             seconds=round(time.monotonic() - started, 1))
     assert not lost, f"{len(lost)} accepted messages lost: {lost[:10]}"
+    too_many = [(i + 1, n, snap["live_bytes"]) for i, (n, snap) in
+                enumerate(zip(log_files, spool_at_restart))
+                if n > log_files_bound(snap["live_bytes"])]
+    assert not too_many, "log files beyond the live data's bound at " \
+        f"restarts (restart, files, live bytes): {too_many[:10]}"
     assert not corrupted, f"corrupted in transit: {corrupted[:10]}"
     assert not unexplained, "copies not explained by a crash window " \
         f"(token, queue id, copies): {unexplained[:10]}"
