@@ -158,7 +158,13 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
     daemon = daemon_factory(upstream.port,
                             relays={"upstream": {"tls": "none"}},
                             queue={"retry_min": 1, "retry_max": 1})
-    # The spool's directories exist, durably, before the traced run.
+    # The spool's directories exist, durably, before the traced run, and
+    # a log file with a message in it (the upstream is down): the traced
+    # start goes on writing in that file (spoollog.c, file_continue), so
+    # its cut, preallocation and sync are in the model too.
+    first = make_message(f"cut m-first-{os.urandom(3).hex()}",
+                         random_body(200))
+    first_qid = send_message(daemon, first, timeout=60)
     assert daemon.terminate() == 0
     spool = daemon.settings["spool"]
     os.sync()
@@ -166,6 +172,7 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
     trace = tmp_path / "trace"
     started = time.monotonic()
     accepted = run_traced(daemon, upstream, count, trace)
+    accepted[first_qid] = first
 
     tracer = Tracer(os.path.realpath(spool), initial, initial_dirs)
     with open(trace, encoding="ascii", errors="replace") as f:
@@ -179,12 +186,20 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
         p: hashlib.sha256(c).hexdigest() for p, c in final.items()}, \
         "the trace model disagrees with the spool the daemon left"
     queued_at = {op.qid: i for i, op in enumerate(ops) if op.kind == "queued"}
+    queued_at[first_qid] = -1       # answered before the trace
     assert set(queued_at) == set(accepted), "250 replies missing in trace"
     # Where each message's removal starts: its file leaves queue/, or a
     # tombstone for it is written to the log.
     removed_at = {}
     log_files = {op.inode: int(op.name, 16) for op in ops
                  if op.kind == "link" and op.dir == "log"}
+    first_files = {inode: int(os.path.basename(path), 16)
+                   for path, inode in tracer.initial_names.items()
+                   if os.path.dirname(path) == "log"}
+    log_files.update(first_files)
+    assert any(op.kind == "write" and op.inode in first_files
+               for op in ops), "the start did not go on in the log file " \
+        "it found"
     for i, op in enumerate(ops):
         if op.kind == "unlink" and op.dir == "queue":
             removed_at.setdefault(op.name, i)
