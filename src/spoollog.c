@@ -83,6 +83,15 @@
 #define SPOOLLOG_COPY_IDLE 30
 /* Window for replaying a file at start-up. */
 #define SPOOLLOG_SCAN_WINDOW (1024 * 1024)
+/*
+ * Log files kept open for readers (file_open). A delivery reads its
+ * message's envelope on the worker pool, then opens the body to send it:
+ * each an openat(2) of the log file, about 2 % of a drain's CPU between
+ * them (perf, doc/RELIABILITY.md). A drain reads the messages in the
+ * order they came, so nearly every read is of one of the last few files
+ * read, and a dup(2) of a kept descriptor does instead.
+ */
+#define SPOOLLOG_READ_FDS 4
 #define SPOOLLOG_NAME_LEN 16
 
 /*
@@ -120,9 +129,9 @@ struct shard {
 	uint32_t nlive;
 };
 
-/* A log file. None is held open for reading: a reader opens the one it
- * needs (file_open) under the mutex, so one descriptor per file (a
- * million messages of 4 KB fill about 530) never accrues. */
+/* A log file. At most SPOOLLOG_READ_FDS are held open for reading (the
+ * ones read last, see file_open), so one descriptor per file (a million
+ * messages of 4 KB fill about 530) never accrues. */
 struct logfile {
 	uint32_t seq;
 	uint64_t end;		/* bytes of valid records */
@@ -141,9 +150,18 @@ struct staged {
 	uint32_t aux;
 };
 
+/* A log file kept open for readers; fd -1: a free slot. */
+struct readfd {
+	uint32_t seq;
+	int fd;
+	uint64_t used;		/* log->readtick when last taken */
+};
+
 struct spoollog {
 	char *spool;
 	int dir_fd;		/* <spool>/log */
+	struct readfd readfds[SPOOLLOG_READ_FDS]; /* under mtx */
+	uint64_t readtick;
 
 	pthread_mutex_t mtx;	/* guards the index and files[] */
 	pthread_mutex_t wmtx;	/* guards the newest file, see above */
@@ -407,12 +425,15 @@ struct spoollog *
 spoollog_open(int spool_fd, const char *spool, char *err, size_t errlen)
 {
 	struct spoollog *log;
+	size_t i;
 	int created = 0;
 
 	log = xcalloc(1, sizeof(*log));
 	log->spool = xstrdup(spool);
 	log->wfd = -1;
 	log->dir_fd = -1;
+	for (i = 0; i < SPOOLLOG_READ_FDS; i++)
+		log->readfds[i].fd = -1;
 	log->file_size = SPOOLLOG_FILE_SIZE;
 	log->clock = clock_monotonic;
 	pthread_mutex_init(&log->mtx, NULL);
@@ -452,6 +473,9 @@ spoollog_free(struct spoollog *log)
 		close(log->wfd);
 	if (log->dir_fd != -1)
 		close(log->dir_fd);
+	for (i = 0; i < SPOOLLOG_READ_FDS; i++)
+		if (log->readfds[i].fd != -1)
+			close(log->readfds[i].fd);
 	pthread_mutex_destroy(&log->mtx);
 	pthread_mutex_destroy(&log->wmtx);
 	free(log->files);
@@ -479,16 +503,55 @@ file_add(struct spoollog *log, uint32_t seq)
 	return f;
 }
 
-/* Opens log file seq for reading: with the mutex held, while the file is
- * in the table, so it is not deleted yet (reclaim unlinks a file only
- * after taking it out of the table). -1 with errno. */
+/*
+ * Opens log file seq for reading, for the caller to close: with the mutex
+ * held, while the file is in the table, so it is not deleted yet (reclaim
+ * unlinks a file only after taking it out of the table, and closes its
+ * kept descriptor then: file_forget). The descriptor is a duplicate of
+ * one kept in log->readfds, which holds the files read last (the least
+ * recently taken goes). Reads use pread, so the shared offset does not
+ * matter. -1 with errno.
+ */
 static int
 file_open(struct spoollog *log, uint32_t seq)
 {
+	struct readfd *r, *victim = &log->readfds[0];
 	char name[SPOOLLOG_NAME_LEN + 1];
+	size_t i;
+	int fd;
 
+	for (i = 0; i < SPOOLLOG_READ_FDS; i++) {
+		r = &log->readfds[i];
+		if (r->fd != -1 && r->seq == seq) {
+			r->used = ++log->readtick;
+			return fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+		}
+		if (victim->fd != -1 && (r->fd == -1 || r->used < victim->used))
+			victim = r;
+	}
 	file_name(seq, name, sizeof(name));
-	return openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if ((fd = openat(log->dir_fd, name, O_RDONLY | O_CLOEXEC |
+	    O_NOFOLLOW)) == -1)
+		return -1;
+	if (victim->fd != -1)
+		close(victim->fd);
+	victim->seq = seq;
+	victim->fd = fd;
+	victim->used = ++log->readtick;
+	return fcntl(fd, F_DUPFD_CLOEXEC, 0);
+}
+
+/* Closes the kept descriptor of file seq, if any. Locked. */
+static void
+file_forget(struct spoollog *log, uint32_t seq)
+{
+	size_t i;
+
+	for (i = 0; i < SPOOLLOG_READ_FDS; i++)
+		if (log->readfds[i].fd != -1 && log->readfds[i].seq == seq) {
+			close(log->readfds[i].fd);
+			log->readfds[i].fd = -1;
+		}
 }
 
 struct replay {
@@ -713,6 +776,7 @@ reclaim(struct spoollog *log)
 		memmove(log->files, log->files + 1,
 		    (log->nfiles - 1) * sizeof(*log->files));
 		log->nfiles--;
+		file_forget(log, f.seq);
 		/* A drain that emptied f goes on into the next file: from
 		 * its first delivery there it has SPOOLLOG_COPY_IDLE, not
 		 * from when it became the oldest. A file emptied by copies

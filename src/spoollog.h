@@ -35,8 +35,10 @@
  *
  * Memory: a 28-byte entry per live message in open-addressing hash tables
  * (64 shards, each grown by a quarter when 7/8 full: 32 to 40 bytes a
- * message). Only the newest log file is held open (for writing); readers
- * open the file they need, so descriptors do not grow with the log.
+ * message). Only the newest log file is held open for writing, and the
+ * four files read last for readers (a read takes a duplicate of a kept
+ * descriptor, or opens the file it needs), so descriptors do not grow
+ * with the log.
  *
  * Threads: spoollog_add(), spoollog_flush(), spoollog_maintain() run on one
  * thread at a time (the queue's commit thread, or the loop for a lone

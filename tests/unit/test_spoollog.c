@@ -172,8 +172,9 @@ Test(spoollog, index_holds_thousands_through_growth_and_deletion)
 	spoollog_stats(log, &st);
 	cr_assert_eq(st.messages, NMSG - (NMSG + 1) / 3);
 	cr_assert_gt(st.files, 40);
-	/* log/ and the file being written, none per file. */
-	cr_assert_leq(open_fds(), fds + 2, "%d descriptors for %zu files",
+	/* log/, the file being written and the four kept for readers, none
+	 * per file. */
+	cr_assert_leq(open_fds(), fds + 6, "%d descriptors for %zu files",
 	    open_fds() - fds, st.files);
 	spoollog_free(log);
 	cr_assert_eq(open_fds(), fds);
@@ -181,7 +182,7 @@ Test(spoollog, index_holds_thousands_through_growth_and_deletion)
 	log = open_log();
 	cr_assert_eq(spoollog_recover(log), NMSG - (NMSG + 1) / 3);
 	assert_index(log);
-	cr_assert_leq(open_fds(), fds + 2);
+	cr_assert_leq(open_fds(), fds + 6);
 	spoollog_free(log);
 }
 
@@ -457,4 +458,54 @@ Test(spoollog, crash_loop_keeps_files_bounded_by_live_data)
 	spoollog_free(log);
 	cr_log_info("most files at a restart: %zu, %lu copied forward", most,
 	    copied);
+}
+
+/*
+ * Readers keep at most four log files open between them (the ones read
+ * last), whatever the number of files read: each read and body open
+ * takes a duplicate of a kept descriptor or opens its file. A file's
+ * kept descriptor goes with the file.
+ */
+Test(spoollog, readers_keep_a_few_descriptors_closed_with_their_file)
+{
+	struct spoollog *log;
+	struct spoollog_stats st;
+	struct envelope *env;
+	char id[ENVELOPE_ID_MAX];
+	size_t i;
+	off_t off;
+	int fds, fd;
+
+	fds = open_fds();
+	log = open_log();
+	spoollog_file_size(log, 64 * 1024);
+	cr_assert_eq(spoollog_recover(log), 0);
+	for (i = 0; i < 3000; i++) {
+		add_message(log, i);
+		if ((i + 1) % 100 == 0)
+			flush_commit(log);
+	}
+	spoollog_stats(log, &st);
+	cr_assert_geq(st.files, 8);
+	for (i = 0; i < 3000; i++) {
+		envelope_id_text(ID(i), id, sizeof(id));
+		cr_assert_not_null(env = spoollog_read(log, id), "read %s", id);
+		cr_assert_neq(fd = spoollog_body_open(log, id, &off), -1);
+		cr_assert_eq(off, env->body_offset);
+		close(fd);
+		envelope_free(env);
+		cr_assert_leq(open_fds(), fds + 6, "%d descriptors after %zu "
+		    "reads", open_fds() - fds, i + 1);
+	}
+	for (i = 0; i < 3000; i++)
+		bury(log, i);
+	flush_commit(log);
+	spoollog_maintain(log);
+	spoollog_stats(log, &st);
+	cr_assert_leq(st.files, 1, "%zu files left", st.files);
+	/* log/ and the file being written, if it was not full. */
+	cr_assert_leq(open_fds(), fds + 2, "%d descriptors for one file",
+	    open_fds() - fds);
+	spoollog_free(log);
+	cr_assert_eq(open_fds(), fds);
 }
