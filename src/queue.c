@@ -1547,10 +1547,13 @@ queue_close(struct queue *q)
 	spares_free(q);
 	if (q->log != NULL) {
 		/* What compaction cost this run, for the backlog benchmark
-		 * and the administrator: a message copied is written twice. */
+		 * and the administrator: a message copied is written twice,
+		 * and so is a byte of zeros written ahead in a fresh file. */
 		spoollog_stats(q->log, &lst);
 		log_info("spool log: %lu messages copied forward since start, "
-		    "%zu files left", lst.copied, lst.files);
+		    "%zu files left, %lu files reused, %zu kept for reuse, "
+		    "%" PRIu64 " bytes of zeros written ahead", lst.copied,
+		    lst.files, lst.recycled, lst.spares, lst.zeroed);
 	}
 	spoollog_free(q->log);
 	if (q->ev_done != NULL)

@@ -5,8 +5,13 @@
  *  - only the newest file (log->wfd) is ever written to, and after a failed
  *    write or sync it is abandoned: the next flush starts a new file, so a
  *    record never follows bytes that may be torn;
- *  - files are deleted oldest first, one directory sync each, and only when
- *    no live message record is in them (copies forward are synced first);
+ *  - files are retired (deleted, or renamed to a seq above every other's
+ *    as a spare, see file_retire) oldest first, one directory sync each,
+ *    and only when no live message record is in them (copies forward are
+ *    synced first);
+ *  - a spare's new name is durable before a record salted with it is
+ *    written, and seqs are never given twice, so the only records of a
+ *    file's seq in it are those written since it took that seq;
  *  - a start appends to a replayed file only after cutting it at the end
  *    of its valid records and syncing that (file_continue), so nothing of
  *    an earlier run beyond those records is ever read after a new one.
@@ -16,10 +21,10 @@
  * Notes (spoollog_note) are written by another thread, the event loop's,
  * into the newest file. The write mutex makes the file's writers take
  * turns: it guards the newest file (wfd, wseq, wend, broken, prealloc,
- * last_seq) and is held across every write into it, the commit thread's
- * and the notes', though across a sync only when a file is started (rare:
- * once per file_size of records, or once after a restart). So every byte
- * before a
+ * wzero, last_seq) and the spares, and is held across every write into
+ * it, the commit thread's and the notes', though across a sync only when
+ * a file is started or retired (rare: about once per file_size of
+ * records, or once after a restart). So every byte before a
  * reserved range is written (into the page cache at least) before that
  * range is, and a sync of the file covers the notes before the records it
  * was for: a note torn by a power cut is never followed by a record that a
@@ -49,7 +54,8 @@
 
 /*
  * Bytes after which a log file is full and the next flush starts another.
- * Preallocated at creation, so appends do not change the file's size. Small
+ * Preallocated at creation (or reused whole), so appends do not change the
+ * file's size. Small
  * enough that a file is freed soon after its messages are delivered, large
  * enough that creating one (with its directory sync) is rare: about 2,000
  * messages of 4 KB.
@@ -81,6 +87,26 @@
  * this still compacts.
  */
 #define SPOOLLOG_COPY_IDLE 30
+/*
+ * Dead log files kept for reuse (see file_retire). Writing into blocks
+ * that were written and synced before costs fdatasync the data and a
+ * cache flush; writing into preallocated (unwritten) blocks also commits
+ * the file system's journal for the extents it converts, at every sync
+ * (doc/PERFORMANCE.md: 1.3 times the commits a second on ext4 for the
+ * former). One dead file a file's worth of records makes the steady state;
+ * the second absorbs a burst. Each holds file_size of disk.
+ */
+#define SPOOLLOG_SPARES 2
+/*
+ * A newest file whose blocks were not written before (a fresh file, or the
+ * part of a reused one its previous records never reached) is written with
+ * zeros up to this far ahead of its records, in one write once the records
+ * come within half of it of the zeros' end: the sync of that group
+ * converts the extents once for SPOOLLOG_FILL_AHEAD bytes of records, not
+ * once per group. The cost is the zeros written (up to a file's worth,
+ * once per fresh file; nothing for a file reused whole).
+ */
+#define SPOOLLOG_FILL_AHEAD (1024U * 1024)
 /* Window for replaying a file at start-up. */
 #define SPOOLLOG_SCAN_WINDOW (1024 * 1024)
 /*
@@ -139,6 +165,15 @@ struct logfile {
 	size_t live;		/* live message records */
 	int64_t delivered;	/* log->clock when a message of it was last
 				   done, or it was added (see copy_wanted) */
+	uint64_t written;	/* bytes from its start known written (records
+				   or zeros), for file_retire */
+};
+
+/* A dead file renamed to a seq above every file's, to become the newest
+ * file later (file_retire). */
+struct spare {
+	uint32_t seq;
+	uint64_t written;	/* as struct logfile's */
 };
 
 /* A record staged for the next flush. */
@@ -184,6 +219,11 @@ struct spoollog {
 	int broken;		/* the newest file failed: start another */
 	size_t prealloc;	/* bytes preallocated in it: file_size, or
 				   less when the disk was nearly full */
+	uint64_t wzero;		/* bytes from its start known written */
+	struct spare spares[SPOOLLOG_SPARES];	/* ascending seq */
+	size_t nspares;
+	unsigned long recycled;	/* files reused since start */
+	uint64_t zeroed;	/* bytes of zeros written ahead since start */
 
 	/* Commit thread only. */
 	int unsynced;		/* it has records written but not synced */
@@ -503,6 +543,18 @@ file_add(struct spoollog *log, uint32_t seq)
 	return f;
 }
 
+/* Notes in the newest file's entry how much of it is written, for when it
+ * is retired (file_retire). Write-locked and locked. */
+static void
+file_keep_written(struct spoollog *log)
+{
+	struct logfile *f;
+
+	if ((f = file_find(log, log->wseq)) != NULL)
+		f->written = log->wzero > (uint64_t)log->wend ? log->wzero :
+		    (uint64_t)log->wend;
+}
+
 /*
  * Opens log file seq for reading, for the caller to close: with the mutex
  * held, while the file is in the table, so it is not deleted yet (reclaim
@@ -680,6 +732,7 @@ file_continue(struct spoollog *log, struct logfile *f, int fd, int clean)
 	log->wfd = fd;
 	log->wseq = f->seq;
 	log->wend = (off_t)f->end;
+	log->wzero = f->end;	/* the blocks after it were preallocated */
 	log->broken = 0;
 	log->prealloc = log->file_size;
 	pthread_mutex_unlock(&log->wmtx);
@@ -755,14 +808,78 @@ oldest_done(struct spoollog *log)
 	    log->prealloc < log->file_size;
 }
 
-/* Deletes the oldest files while nothing in them is live (oldest_done).
- * Returns the number deleted. */
+/*
+ * Takes a file out of the log for good: renamed to the seq after every
+ * other (last_seq + 1) as a spare, to become a newest file later without
+ * a new inode or a preallocation (file_new), while fewer than
+ * SPOOLLOG_SPARES wait and it has a whole file's blocks; otherwise
+ * deleted. Either way log/ is synced before it returns, so the file's old
+ * name never comes back after a crash once a newer file (with the
+ * tombstones that bury its messages) may go, and a spare's new name is
+ * durable before a record salted with it is written.
+ *
+ * Why a renamed file's old records are never replayed: they are salted
+ * with its old seq (logrec.h), so under its new name the first of them
+ * fails its header's checksum and ends the file's records, exactly as the
+ * zeros after the end of a fresh file do; and a record salted with its new
+ * seq can only have been written under that name, since seqs are never
+ * given twice (every file, spares included, has a log/ name, so a start
+ * finds last_seq above them all). A power cut after the rename and before
+ * the first new record leaves a file with no valid record (retired again
+ * at the next start); one that tears a new record, or keeps a later write
+ * of it but not an earlier one, ends the records there as in a fresh file:
+ * whatever follows, stale or new, is never read. Write-locked; f is out of
+ * the table. Returns 0, or -1 with errno (logged).
+ */
+static int
+file_retire(struct spoollog *log, uint32_t seq, uint64_t written)
+{
+	char name[SPOOLLOG_NAME_LEN + 1], spare[SPOOLLOG_NAME_LEN + 1];
+	struct stat st;
+	uint32_t to = log->last_seq + 1;
+
+	file_name(seq, name, sizeof(name));
+	if (log->nspares < SPOOLLOG_SPARES &&
+	    fstatat(log->dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode) && (uint64_t)st.st_size >= log->file_size &&
+	    (uint64_t)st.st_blocks * 512 >= log->file_size) {
+		file_name(to, spare, sizeof(spare));
+		if (renameat(log->dir_fd, name, log->dir_fd, spare) == 0) {
+			log->last_seq = to;
+			if (fsync(log->dir_fd) == -1) {
+				/* It may come back under either name: as a
+				 * file with no valid record under the new
+				 * one, at the next start. */
+				log_warn("%s/log/%s: recycle", log->spool,
+				    name);
+				return -1;
+			}
+			log->spares[log->nspares].seq = to;
+			log->spares[log->nspares].written = written;
+			log->nspares++;
+			log_debug("%s/log/%s: kept as %s", log->spool, name,
+			    spare);
+			return 0;
+		}
+		log_warn("%s/log/%s: rename to %s", log->spool, name, spare);
+	}
+	if (unlinkat(log->dir_fd, name, 0) == -1 ||
+	    fsync(log->dir_fd) == -1) {
+		log_warn("%s/log/%s: delete", log->spool, name);
+		return -1;
+	}
+	log_debug("%s/log/%s: deleted", log->spool, name);
+	return 0;
+}
+
+/* Retires the oldest files (file_retire) while nothing in them is live
+ * (oldest_done). Returns the number retired. */
 static size_t
 reclaim(struct spoollog *log)
 {
 	struct logfile f;
-	char name[SPOOLLOG_NAME_LEN + 1];
 	size_t n = 0;
+	int error;
 
 	for (;;) {
 		pthread_mutex_lock(&log->wmtx);
@@ -787,23 +904,18 @@ reclaim(struct spoollog *log)
 		if (log->wfd != -1 && f.seq == log->wseq) {
 			/* Everything in it is dead, its tombstones too:
 			 * no sync needed before it goes. */
+			f.written = log->wzero > (uint64_t)log->wend ?
+			    log->wzero : (uint64_t)log->wend;
 			close(log->wfd);
 			log->wfd = -1;
 			log->unsynced = 0;
 		}
+		/* Under the write mutex: a spare's seq must stay above the
+		 * newest file's, which a note may start meanwhile. */
+		error = file_retire(log, f.seq, f.written);
 		pthread_mutex_unlock(&log->wmtx);
-		file_name(f.seq, name, sizeof(name));
-		/*
-		 * One directory sync per file: the tombstones in a newer file
-		 * must not be gone while an older file, with the messages
-		 * they bury, could come back.
-		 */
-		if (unlinkat(log->dir_fd, name, 0) == -1 ||
-		    fsync(log->dir_fd) == -1) {
-			log_warn("%s/log/%s: delete", log->spool, name);
+		if (error == -1)
 			return n;
-		}
-		log_debug("%s/log/%s: deleted", log->spool, name);
 		n++;
 	}
 }
@@ -829,6 +941,38 @@ start_idle(struct spoollog *log)
 	for (i = 0; i < log->nfiles; i++)
 		log->files[i].delivered = log->clock() - SPOOLLOG_COPY_IDLE;
 	pthread_mutex_unlock(&log->mtx);
+}
+
+/*
+ * Retires the files that replay found no valid record in (a spare, a file
+ * renamed or started just before a crash): they add nothing to the index
+ * and bury nothing, so they may go in any order, and as spares they are
+ * reused rather than left behind live files. Called by spoollog_recover.
+ */
+static void
+retire_empty(struct spoollog *log)
+{
+	struct logfile f;
+	size_t i = 0;
+
+	pthread_mutex_lock(&log->wmtx);
+	for (;;) {
+		pthread_mutex_lock(&log->mtx);
+		while (i < log->nfiles && log->files[i].end > 0)
+			i++;
+		if (i == log->nfiles) {
+			pthread_mutex_unlock(&log->mtx);
+			break;
+		}
+		f = log->files[i];
+		memmove(log->files + i, log->files + i + 1,
+		    (log->nfiles - i - 1) * sizeof(*log->files));
+		log->nfiles--;
+		pthread_mutex_unlock(&log->mtx);
+		if (file_retire(log, f.seq, 0) == -1)
+			break;
+	}
+	pthread_mutex_unlock(&log->wmtx);
 }
 
 size_t
@@ -858,13 +1002,18 @@ spoollog_recover(struct spoollog *log)
 		f = file_add(log, seqs[i]);
 		pthread_mutex_unlock(&log->mtx);
 		clean = file_replay(log, f, fd);
-		if (i + 1 == n && file_continue(log, f, fd, clean) == 0)
+		f->written = f->end;
+		/* An empty newest file is retired below, like any empty one. */
+		if (i + 1 == n && f->end > 0 &&
+		    file_continue(log, f, fd, clean) == 0)
 			continue;	/* fd is the newest file's now */
-		if (clean)
+		/* A file with no record is retired below, whole. */
+		if (clean && f->end > 0)
 			file_trim(log, f, fd);
 		close(fd);
 	}
 	free(seqs);
+	retire_empty(log);
 	start_idle(log);
 	reclaim(log);
 	pthread_mutex_lock(&log->mtx);
@@ -1142,7 +1291,35 @@ spoollog_pending(const struct spoollog *log)
 static int sync_locked(struct spoollog *log);
 
 /*
- * Starts log/<seq>: created, preallocated, and its name made durable by a
+ * Opens the oldest spare as the newest file: its name was made durable when
+ * it was renamed (file_retire), so this costs no directory sync. Returns the
+ * descriptor, or -1 (logged) when none is left or it cannot be opened (it
+ * is then dropped, and the caller creates a file as if none had been
+ * there). Write-locked.
+ */
+static int
+spare_take(struct spoollog *log, struct spare *sp)
+{
+	char name[SPOOLLOG_NAME_LEN + 1];
+	int wfd;
+
+	while (log->nspares > 0) {
+		*sp = log->spares[0];
+		memmove(log->spares, log->spares + 1,
+		    --log->nspares * sizeof(*log->spares));
+		file_name(sp->seq, name, sizeof(name));
+		if ((wfd = openat(log->dir_fd, name, O_WRONLY | O_CLOEXEC |
+		    O_NOFOLLOW)) != -1)
+			return wfd;
+		/* Its seq stays used: last_seq is above it already. */
+		log_warn("%s/log/%s: open spare", log->spool, name);
+	}
+	return -1;
+}
+
+/*
+ * Starts the next log file: a spare (see file_retire) when there is one,
+ * otherwise log/<seq> created, preallocated, and its name made durable by a
  * sync of log/ (once per file, never per message). Write-locked; a note
  * calls it only when there is no newest file, so it never syncs one.
  */
@@ -1150,10 +1327,20 @@ static int
 file_new(struct spoollog *log)
 {
 	char name[SPOOLLOG_NAME_LEN + 1];
+	struct spare sp;
 	uint32_t seq = log->last_seq + 1;
 	size_t prealloc;
+	uint64_t wzero = 0;
 	int wfd = -1, error;
 
+	if ((wfd = spare_take(log, &sp)) != -1) {
+		seq = sp.seq;
+		wzero = sp.written;
+		prealloc = log->file_size;
+		log->recycled++;
+		file_name(seq, name, sizeof(name));
+		goto started;
+	}
 	file_name(seq, name, sizeof(name));
 	if ((wfd = openat(log->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL |
 	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1)
@@ -1178,6 +1365,7 @@ file_new(struct spoollog *log)
 	}
 	if (fsync(log->dir_fd) == -1)
 		goto fail_unlink;
+ started:
 	if (log->wfd != -1) {
 		/* Tombstones written lazily to the old file: synced before
 		 * anything goes to the new one, so the files never disagree
@@ -1185,15 +1373,18 @@ file_new(struct spoollog *log)
 		(void)sync_locked(log);
 		close(log->wfd);
 	}
+	pthread_mutex_lock(&log->mtx);
+	file_keep_written(log);
+	file_add(log, seq);
+	pthread_mutex_unlock(&log->mtx);
 	log->wfd = wfd;
 	log->wseq = seq;
 	log->wend = 0;
+	log->wzero = wzero;
 	log->broken = 0;
 	log->prealloc = prealloc;
-	pthread_mutex_lock(&log->mtx);
-	file_add(log, seq);
-	pthread_mutex_unlock(&log->mtx);
-	log_debug("%s/log/%s: started", log->spool, name);
+	log_debug("%s/log/%s: started%s", log->spool, name,
+	    wzero > 0 ? " (reused)" : "");
 	return 0;
 
  fail_unlink:
@@ -1207,6 +1398,46 @@ file_new(struct spoollog *log)
 		close(wfd);
 	errno = error;
 	return -1;
+}
+
+/*
+ * Writes zeros ahead of the newest file's records (SPOOLLOG_FILL_AHEAD)
+ * where its blocks were not written before, so that the next groups'
+ * syncs find them written. Only bytes after every record are written, and
+ * zeros there read as the end of the records, as the preallocation did, so
+ * a power cut that keeps any part of this write, or none, changes nothing
+ * replay sees. A failure only ends the filling of this file. Write-locked,
+ * with the file's records written up to wend.
+ */
+static void
+fill_ahead(struct spoollog *log)
+{
+	static const unsigned char zeros[64 * 1024];
+	char name[SPOOLLOG_NAME_LEN + 1];
+	uint64_t from, to, end = (uint64_t)log->wend;
+	size_t n;
+
+	if (log->wzero < end)
+		log->wzero = end;
+	if (log->wzero >= log->prealloc ||
+	    log->wzero >= end + SPOOLLOG_FILL_AHEAD / 2)
+		return;
+	from = log->wzero;
+	to = end + SPOOLLOG_FILL_AHEAD;
+	if (to > log->prealloc)
+		to = log->prealloc;
+	for (; from < to; from += n) {
+		n = to - from < sizeof(zeros) ? (size_t)(to - from) :
+		    sizeof(zeros);
+		if (fileio_pwrite_all(log->wfd, zeros, n, (off_t)from) == -1) {
+			file_name(log->wseq, name, sizeof(name));
+			log_warn("%s/log/%s: write zeros", log->spool, name);
+			to = log->prealloc;
+			break;
+		}
+		log->zeroed += n;
+	}
+	log->wzero = to;
 }
 
 static int
@@ -1344,6 +1575,7 @@ flush_records(struct spoollog *log, int sync, off_t *base,
 		errno = error;
 		return -1;
 	}
+	fill_ahead(log);
 	pthread_mutex_unlock(&log->wmtx);
 	/* Notes written meanwhile go after these records; this sync covers
 	 * those written before them. */
@@ -1701,6 +1933,11 @@ spoollog_stats(struct spoollog *log, struct spoollog_stats *out)
 	size_t i;
 
 	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&log->wmtx);
+	out->spares = log->nspares;
+	out->recycled = log->recycled;
+	out->zeroed = log->zeroed;
+	pthread_mutex_unlock(&log->wmtx);
 	pthread_mutex_lock(&log->mtx);
 	out->messages = log->nlive;
 	out->files = log->nfiles;

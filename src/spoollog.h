@@ -6,22 +6,31 @@
  * <spool>/log and an index of the messages in it.
  *
  * The log is a sequence of files log/<seq> (16 hex digits, seq counting up
- * from 1), each preallocated when created (the space it did not use is
- * given back at the next start) and its directory synced once,
- * holding records (logrec.h) salted with seq: a message (its envelope text,
- * state included, then its body), a state record for a message (replacing
- * the state of any earlier record of it), or a tombstone (the message is
- * done). Only the newest file is appended to; a restart goes on appending
- * to it when its records end cleanly, else starts a new one (see
- * spoollog_recover), so restarts do not add files.
- * Replaying every file in seq order, each up to its first record that does
- * not validate, gives the live messages: a message record adds its id (or
- * moves it, when it is a copy), a tombstone removes it.
+ * from 1, never given twice), holding records (logrec.h) salted with seq: a
+ * message (its envelope text, state included, then its body), a state
+ * record for a message (replacing the state of any earlier record of it),
+ * or a tombstone (the message is done). Only the newest file is appended
+ * to; a restart goes on appending to it when its records end cleanly, else
+ * the next newest file is started (see spoollog_recover), so restarts do
+ * not add files. Replaying every file in seq order, each up to its first
+ * record that does not validate, gives the live messages: a message record
+ * adds its id (or moves it, when it is a copy), a tombstone removes it.
  *
- * Reclaiming. A file is deleted when it is the oldest and none of its
- * messages is live, and the directory is synced before the next deletion,
+ * A newest file is a dead one reused when there is one (see Reclaiming),
+ * its blocks written and synced in its earlier life, so a commit's
+ * fdatasync writes the data and flushes the cache but changes no extent;
+ * otherwise a new file, preallocated (the space it did not use is given
+ * back at the next start), its name made durable by one directory sync,
+ * and written with zeros a little ahead of its records, so that not every
+ * sync has to convert preallocated extents in the file system's journal.
+ *
+ * Reclaiming. A file is retired when it is the oldest and none of its
+ * messages is live, and the directory is synced before the next one goes,
  * so a tombstone never disappears while the message it buries can still
- * come back. A long-deferred message would pin its file, and every newer
+ * come back. Up to two retired files are kept as spares: renamed to the
+ * seqs after the newest (their old records, salted with their old seq,
+ * then end their replay as zeros would), to be the next newest files. The
+ * others are deleted. A long-deferred message would pin its file, and every newer
  * file behind it, forever: so when the dead bytes behind the oldest file
  * outweigh its live ones and none of its messages was delivered for 30
  * seconds (the files found at start count as idle that long already), its
@@ -67,15 +76,15 @@ void spoollog_free(struct spoollog *log);
 
 /*
  * Replays every log file (see above), builds the index, and returns the
- * number of live messages. The newest file, if its records end cleanly
- * (zeros or the file's end follow them) and it is not full, is the one
- * written next: what lies after its records is cut off, it is
+ * number of live messages. The newest file, if it has records, they end
+ * cleanly (zeros or the file's end follow them) and it is not full, is
+ * the one written next: what lies after its records is cut off, it is
  * preallocated again and synced before anything is appended, so no stale
  * byte of it can ever be read after a new record. The other files' unused
  * preallocated tails (the zeros after their records: they are never
  * appended to again) are truncated, and files with nothing live in them
- * are deleted. Call once, before anything else. Unreadable files are
- * logged and kept.
+ * are retired (spares kept from the last run among them: renamed again).
+ * Call once, before anything else. Unreadable files are logged and kept.
  */
 size_t spoollog_recover(struct spoollog *log);
 
@@ -152,7 +161,7 @@ void spoollog_synced(struct spoollog *log);
 int spoollog_sync(struct spoollog *log);
 
 /*
- * Commit thread, between groups: deletes the oldest files while nothing
+ * Commit thread, between groups: retires the oldest files while nothing
  * in them is live, and copies a bounded number of the oldest file's live
  * messages forward when that frees enough. Errors are logged and retried
  * on the next call.
@@ -173,6 +182,9 @@ struct spoollog_stats {
 	uint64_t bytes;		/* bytes of records in them */
 	uint64_t live_bytes;	/* of which live message records */
 	unsigned long copied;	/* messages copied forward since start */
+	size_t spares;		/* dead files kept for reuse, not in files */
+	unsigned long recycled;	/* newest files that were spares, since start */
+	uint64_t zeroed;	/* bytes of zeros written ahead, since start */
 };
 void spoollog_stats(struct spoollog *log, struct spoollog_stats *out);
 

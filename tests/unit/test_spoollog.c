@@ -288,6 +288,36 @@ Test(spoollog, draining_file_left_alone_waiting_messages_copied)
 	spoollog_free(log);
 }
 
+/* The log files in log/: their number, and in *seqs (if not NULL, up to
+ * 16) their seqs, ascending as readdir need not give them. */
+static int
+log_files(uint32_t *seqs)
+{
+	struct dirent *de;
+	uint32_t t;
+	DIR *d;
+	int fd, n = 0, i, j;
+
+	cr_assert_neq(fd = openat(spool_fd, "log", O_RDONLY | O_DIRECTORY),
+	    -1);
+	cr_assert_not_null(d = fdopendir(fd));
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (seqs != NULL && n < 16)
+			seqs[n] = (uint32_t)strtoul(de->d_name, NULL, 16);
+		n++;
+	}
+	closedir(d);
+	for (i = 1; seqs != NULL && i < n && i < 16; i++)
+		for (j = i; j > 0 && seqs[j - 1] > seqs[j]; j--) {
+			t = seqs[j];
+			seqs[j] = seqs[j - 1];
+			seqs[j - 1] = t;
+		}
+	return n;
+}
+
 /* Blocks allocated to log file seq. */
 static long long
 file_blocks(uint32_t seq)
@@ -348,16 +378,17 @@ Test(spoollog, restart_continues_the_newest_file)
 /*
  * A file that is not the newest, preallocated at 1 MB and holding a few
  * KB: a restart truncates the zeros after its records, and its messages
- * read back as before, then and after another restart. (The newest file
- * here ends in a torn record, so it is not continued either: the next
- * write starts a new file.)
+ * read back. The newest file here holds only a torn record: it is retired
+ * at that start (too small to be kept as a spare), so at the next start
+ * the first file is the newest, ends cleanly, and is continued:
+ * preallocated again and written to.
  */
 Test(spoollog, restart_gives_back_the_preallocation_of_old_files)
 {
 	struct spoollog *log;
 	struct spoollog_stats st;
 	unsigned char torn[100];
-	int run, fd;
+	int fd;
 
 	log = open_log();
 	spoollog_file_size(log, 1024 * 1024);
@@ -373,23 +404,26 @@ Test(spoollog, restart_gives_back_the_preallocation_of_old_files)
 	cr_assert_eq(write(fd, torn, sizeof(torn)), (ssize_t)sizeof(torn));
 	close(fd);
 
-	for (run = 0; run < 2; run++) {
-		log = open_log();
-		spoollog_file_size(log, 1024 * 1024);
-		cr_assert_eq(spoollog_recover(log), 20);
-		cr_assert_leq(file_blocks(1), 64 * 1024,
-		    "%lld bytes still allocated", file_blocks(1));
-		assert_readable(log, 0, 20);
-		spoollog_stats(log, &st);
-		cr_assert_eq(st.files, 2);
-		spoollog_free(log);
-	}
 	log = open_log();
+	spoollog_file_size(log, 1024 * 1024);
 	cr_assert_eq(spoollog_recover(log), 20);
+	cr_assert_leq(file_blocks(1), 64 * 1024, "%lld bytes still allocated",
+	    file_blocks(1));
+	assert_readable(log, 0, 20);
+	spoollog_stats(log, &st);
+	cr_assert_eq(st.files, 1);
+	cr_assert_eq(faccessat(spool_fd, "log/0000000000000002", F_OK, 0), -1,
+	    "the file of a torn record was kept");
+	spoollog_free(log);
+
+	log = open_log();
+	spoollog_file_size(log, 1024 * 1024);
+	cr_assert_eq(spoollog_recover(log), 20);
+	cr_assert_geq(file_blocks(1), 1024 * 1024, "not preallocated again");
 	add_message(log, 20);
 	flush_commit(log);
 	spoollog_stats(log, &st);
-	cr_assert_eq(st.files, 3, "the torn file was appended to");
+	cr_assert_eq(st.files, 1, "%zu files", st.files);
 	assert_readable(log, 0, 21);
 	spoollog_free(log);
 }
@@ -508,4 +542,235 @@ Test(spoollog, readers_keep_a_few_descriptors_closed_with_their_file)
 	    open_fds() - fds);
 	spoollog_free(log);
 	cr_assert_eq(open_fds(), fds);
+}
+
+#define RECYCLE_SIZE (16 * 1024)
+
+/*
+ * A log of files of RECYCLE_SIZE with messages 0..n-1 committed a batch of
+ * 10 at a time, then every one buried: the full files among them are dead
+ * and retired at the spoollog_maintain() that follows, two kept as spares;
+ * the newest (not full) stays. Its stats in *st.
+ */
+static struct spoollog *
+open_buried(size_t n, struct spoollog_stats *st)
+{
+	struct spoollog *log;
+	size_t i;
+
+	log = open_log();
+	spoollog_file_size(log, RECYCLE_SIZE);
+	cr_assert_eq(spoollog_recover(log), 0);
+	for (i = 0; i < n; i++) {
+		add_message(log, i);
+		if ((i + 1) % 10 == 0)
+			flush_commit(log);
+	}
+	flush_commit(log);
+	for (i = 0; i < n; i++)
+		bury(log, i);
+	flush_commit(log);
+	spoollog_maintain(log);
+	spoollog_stats(log, st);
+	cr_assert_eq(st->messages, 0);
+	cr_assert_eq(st->spares, 2, "%zu spares", st->spares);
+	return log;
+}
+
+/* None of the buried messages 0..n-1 is back. */
+static void
+assert_none_back(struct spoollog *log, size_t n)
+{
+	char id[ENVELOPE_ID_MAX];
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		envelope_id_text(ID(i), id, sizeof(id));
+		cr_assert(!spoollog_has(log, id), "stale message %zu back", i);
+	}
+}
+
+/* The bytes of log/<seq>, and their length in *len. */
+static unsigned char *
+log_file_read(uint32_t seq, size_t *len)
+{
+	char name[32];
+	struct stat sb;
+	unsigned char *buf;
+	int dfd, fd;
+
+	snprintf(name, sizeof(name), "log/%016X", seq);
+	cr_assert_neq(dfd = openat(spool_fd, ".", O_RDONLY | O_DIRECTORY),
+	    -1);
+	cr_assert_neq(fd = openat(dfd, name, O_RDONLY), -1, "%s", name);
+	close(dfd);
+	cr_assert_eq(fstat(fd, &sb), 0);
+	*len = (size_t)sb.st_size;
+	cr_assert_not_null(buf = malloc(*len + 1));
+	cr_assert_eq(pread(fd, buf, *len, 0), (ssize_t)*len);
+	close(fd);
+	return buf;
+}
+
+struct offsets {
+	size_t off[64];
+	size_t n;
+};
+
+static int
+note_offset(const struct logrec *rec, const unsigned char *payload,
+    size_t offset, void *arg)
+{
+	struct offsets *o = arg;
+
+	if (o->n < 64)
+		o->off[o->n++] = offset;
+	return 0;
+}
+
+/*
+ * A dead file is renamed to become a later newest file, its old records
+ * left in place: new records go over them from the start, and a replay
+ * reads only the new ones. With the second new record torn (what a power
+ * cut can leave), the replay ends there: neither the new records after it
+ * nor the stale ones beyond come back, and nothing of the buried messages
+ * does.
+ */
+Test(spoollog, recycled_file_replays_only_its_new_records)
+{
+	struct spoollog *log;
+	struct spoollog_stats st;
+	struct offsets offs = { .n = 0 };
+	unsigned char *buf;
+	char id[ENVELOPE_ID_MAX];
+	uint32_t seqs[16], reused;
+	size_t i, len, valid, first = 0, last;
+	int dfd;
+
+	log = open_buried(200, &st);
+	cr_assert_eq(st.files, 1, "%zu files", st.files);
+	cr_assert_eq(log_files(seqs), 3);
+	reused = seqs[1];
+	/* One message per group until the next file is the first spare,
+	 * then five more into it. */
+	for (i = 1000; i < 1400; i++) {
+		add_message(log, i);
+		flush_commit(log);
+		spoollog_stats(log, &st);
+		if (st.recycled == 1 && first == 0)
+			first = i;
+		if (first != 0 && i == first + 5)
+			break;
+	}
+	cr_assert_neq(first, 0, "no file was reused");
+	last = i;
+	spoollog_stats(log, &st);
+	cr_assert_eq(st.recycled, 1);
+	cr_assert_eq(st.spares, 1);
+	spoollog_free(log);
+
+	/* The reused file: six new records, then the old file's. */
+	buf = log_file_read(reused, &len);
+	valid = logrec_scan(buf, len, reused, note_offset, &offs);
+	cr_assert_eq(offs.n, 6, "%zu records", offs.n);
+	cr_assert_lt(valid, len);
+	cr_assert_not_null(memmem(buf + valid, len - valid, "SHLG", 4),
+	    "no stale record after the new ones");
+	cr_assert_eq(logrec_scan(buf + valid, len - valid, reused, NULL,
+	    NULL), 0);
+
+	log = open_log();
+	cr_assert_eq(spoollog_recover(log), last - 1000 + 1);
+	assert_none_back(log, 200);
+	spoollog_free(log);
+
+	/* The second new record torn. */
+	buf[offs.off[1] + LOGREC_HEADER_LEN + 3] ^= 0x55;
+	cr_assert_neq(dfd = openat(spool_fd, "log", O_RDONLY | O_DIRECTORY),
+	    -1);
+	{
+		char name[32];
+		int fd;
+
+		snprintf(name, sizeof(name), "%016X", reused);
+		cr_assert_neq(fd = openat(dfd, name, O_WRONLY), -1);
+		cr_assert_eq(pwrite(fd, buf, len, 0), (ssize_t)len);
+		close(fd);
+	}
+	close(dfd);
+	free(buf);
+	log = open_log();
+	cr_assert_eq(spoollog_recover(log), first - 1000 + 1);
+	for (i = 1000; i <= last; i++) {
+		envelope_id_text(ID(i), id, sizeof(id));
+		cr_assert_eq(spoollog_has(log, id), i <= first,
+		    "message %zu", i);
+	}
+	assert_none_back(log, 200);
+	spoollog_free(log);
+}
+
+/*
+ * A crash after dead files were renamed into spares and before any record
+ * went into them: the next start finds files with only stale records,
+ * replays none of them, keeps them as spares again (renamed once more)
+ * and deletes the rest.
+ */
+Test(spoollog, crash_after_recycling_before_first_record)
+{
+	struct spoollog *log;
+	struct spoollog_stats st;
+	uint32_t before[16], after[16];
+	size_t i;
+
+	log = open_buried(200, &st);
+	cr_assert_eq(log_files(before), 3);
+	spoollog_free(log);
+
+	log = open_log();
+	spoollog_file_size(log, RECYCLE_SIZE);
+	cr_assert_eq(spoollog_recover(log), 0);
+	assert_none_back(log, 200);
+	spoollog_stats(log, &st);
+	cr_assert_eq(st.spares, 2, "%zu spares", st.spares);
+	cr_assert_eq(st.files, 0);
+	/* The two spares under new names above the old ones; the file
+	 * with the tombstones gone. */
+	cr_assert_eq(log_files(after), 2);
+	cr_assert_gt(after[0], before[2]);
+	/* And they are used, under those names. */
+	for (i = 300; i < 400; i++) {
+		add_message(log, i);
+		flush_commit(log);
+	}
+	spoollog_stats(log, &st);
+	cr_assert_geq(st.recycled, 1);
+	spoollog_free(log);
+	log = open_log();
+	cr_assert_eq(spoollog_recover(log), 100);
+	spoollog_free(log);
+}
+
+/*
+ * However many files die at once, at most two are kept: the rest are
+ * deleted, and once the spares are used up the next file is a fresh one.
+ */
+Test(spoollog, recycling_is_bounded)
+{
+	struct spoollog *log;
+	struct spoollog_stats st;
+	size_t i, files;
+
+	log = open_buried(2000, &st);
+	cr_assert_leq(log_files(NULL), 3, "%d files", log_files(NULL));
+	files = st.files;
+	for (i = 3000; i < 3400 && st.files < files + 3; i++) {
+		add_message(log, i);
+		flush_commit(log);
+		spoollog_stats(log, &st);
+	}
+	cr_assert_eq(st.files, files + 3);
+	cr_assert_eq(st.recycled, 2);
+	cr_assert_eq(st.spares, 0);
+	spoollog_free(log);
 }
