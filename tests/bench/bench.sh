@@ -29,8 +29,11 @@
 # MB message (the daemon's RSS growth and MB/s, beside a cold `cat` of a
 # file that size on the spool's disk). The disk's limits are probed in
 # every run too (a file + fsync + directory fsync per message; an
-# append-only log with one fdatasync per commit, and per 8 commits; each
-# for at most 5 s).
+# append-only log with one fdatasync per commit, and per 8 commits; a log
+# written in place into a preallocated file and into blocks written before,
+# one fdatasync per commit; each for at most 5 s), and from them the most
+# one client can get from a relay that syncs before its 250: 1 / (the
+# time smtp-source -> smtp-sink takes per message + one fdatasync).
 #
 # Every smarthostd phase also counts the upstream connections it opened
 # (the daemon's smarthostd_relay_connections_total, read through
@@ -40,7 +43,10 @@
 # BENCH_PHASES=tls runs only the STARTTLS phases (with Postfix: root), and
 # no latency, big message or disk probes; BENCH_PHASES=relay only
 # smarthostd's clear-text phases (TCP and Unix socket, c=1 and c=20),
-# without Postfix, the load generator's limit or any probe.
+# without Postfix, the load generator's limit or any probe;
+# BENCH_PHASES=accept what "all" runs but the STARTTLS phases, the latency
+# probes and the big message: the load generator's limit, Postfix and
+# smarthostd's clear-text phases, and the disk probes.
 # Environment: SMARTHOSTD (required), BENCH_RUNS, BENCH_MSGS, BENCH_SIZE,
 # BENCH_LATENCY_MSGS, BENCH_BIG_MB, BENCH_DRAIN_TIMEOUT (300 s),
 # BENCH_SPOOL_SYNC (fsync or syncfs), TMPDIR (the disk measured).
@@ -65,8 +71,8 @@ pf_dirs=
 . "$(dirname "$0")/lib.sh"
 need_postfix_tools
 case $phases in
-all | tls | relay) ;;
-*) fail "BENCH_PHASES must be all, tls or relay" ;;
+all | tls | relay | accept) ;;
+*) fail "BENCH_PHASES must be all, tls, relay or accept" ;;
 esac
 probe="$python $bench_dir/probe.py"
 smarthostctl=$(dirname "$SMARTHOSTD")/smarthostctl
@@ -344,11 +350,12 @@ smd_tls="tls = \"starttls\"; ca_file = \"$work/ca.pem\";"
 r=1
 while [ $r -le "$runs" ]; do
 	echo "run $r of $runs ..."
-	if [ "$phases" = all ]; then
+	if [ "$phases" = all ] || [ "$phases" = accept ]; then
 		ceiling 1
 		ceiling 20
 	fi
-	if [ -n "$have_postfix" ] && [ "$phases" = all ]; then
+	if [ -n "$have_postfix" ] &&
+	    { [ "$phases" = all ] || [ "$phases" = accept ]; }; then
 		measure postfix 1 "127.0.0.1:$pf_port" "$pf_pid"
 		measure postfix 20 "127.0.0.1:$pf_port" "$pf_pid"
 	fi
@@ -358,7 +365,7 @@ while [ $r -le "$runs" ]; do
 		smarthostd_phase unix "unix$r-1" 1 UNIX
 		smarthostd_phase unix "unix$r-20" 20 UNIX
 	fi
-	if [ -n "$have_postfix" ]; then
+	if [ -n "$have_postfix" ] && [ "$phases" != accept ]; then
 		for c in 1 20; do
 			measure_tls postfix-tls $c "127.0.0.1:$pftls_port" \
 			    "$pftls_pid"
@@ -366,7 +373,7 @@ while [ $r -le "$runs" ]; do
 			    "$tls_port" "$smd_tls"
 		done
 	fi
-	if [ "$phases" != all ]; then
+	if [ "$phases" != all ] && [ "$phases" != accept ]; then
 		r=$((r + 1))
 		continue
 	fi
@@ -376,6 +383,8 @@ while [ $r -le "$runs" ]; do
 	record disk files "$1"
 	record disk log "$2"
 	record disk log8 "$3"
+	record disk prealloc "$4"
+	record disk written "$5"
 	r=$((r + 1))
 done
 
@@ -430,6 +439,15 @@ v() {
 disk_files=$(v disk files)
 disk_log=$(v disk log)
 disk_log8=$(v disk log8)
+disk_prealloc=$(v disk prealloc)
+disk_written=$(v disk written)
+# bound SYNCS_PER_S: 1 / (t_sink + t_fdatasync) with the sink's c=1 rate.
+bound() {
+	awk -v s="$(v sink accept1)" -v d="$1" 'BEGIN {
+		if (s == "-" || d == "-" || s + 0 == 0 || d + 0 == 0) print "-"
+		else printf "%.0f\n", 1 / (1 / s + 1 / d)
+	}'
+}
 echo
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
@@ -472,7 +490,11 @@ echo "a $big_mb MB message: $big_rate MB/s accepted, daemon RSS grew" \
     "$cat_rate MB/s"
 echo "disk limits: file + fsync + directory fsync $disk_files/s;" \
     "append-only log, fdatasync per commit $disk_log/s, per 8 commits" \
-    "$disk_log8/s"
+    "$disk_log8/s; in place, preallocated $disk_prealloc/s, into blocks" \
+    "written before $disk_written/s"
+echo "one client's bound, 1 / (t_sink + t_fdatasync): appended" \
+    "$(bound "$disk_log")/s, preallocated $(bound "$disk_prealloc")/s," \
+    "blocks written before $(bound "$disk_written")/s"
 echo
 
 s1=$(v smarthostd accept1)
@@ -509,6 +531,11 @@ echo "  accept c=1 vs the disk's file + fsync + dir fsync limit:" \
     "$(ratio "$s1" "$disk_files")"
 echo "  accept c=1 vs the disk's log + fdatasync limit:" \
     "$(ratio "$s1" "$disk_log")"
+b1=$(bound "$disk_written")
+echo "  one client's bound (blocks written before) vs Postfix:" \
+    "$(ratio "$b1" "$p1"), vs smtp-source -> smtp-sink:" \
+    "$(ratio "$b1" "$(v sink accept1)"); accept c=1 vs that bound:" \
+    "$(ratio "$s1" "$b1")"
 echo
 echo "every run (case metric: values in run order):"
 awk '{

@@ -15,7 +15,11 @@
   disk DIR N          the disk's limits for N 4 KB commits in DIR: one file
                       + fsync + directory fsync each, from one thread; an
                       append-only log with one fdatasync per commit; the
-                      same with one fdatasync per 8 commits; prints commits/s
+                      same with one fdatasync per 8 commits; a log written
+                      into a preallocated file (fallocate: unwritten
+                      extents, as a fresh log file of the daemon's) and
+                      into blocks already written and synced (a reused
+                      one's), one fdatasync per commit; prints commits/s
   cold-read FILE      drops FILE from the page cache, times reading it;
                       prints MB/s
   tls-front CERT KEY PORT READY
@@ -189,7 +193,39 @@ def disk(top, n):
 
         logs.append(timed(max(1, n // batch), commit) * batch)
         os.close(fd)
-    print("%.0f %.0f %.0f" % (files, logs[0], logs[1]))
+    for written in (False, True):
+        logs.append(in_place(top, block, n, written))
+    print("%.0f %.0f %.0f %.0f %.0f" % (files, logs[0], logs[1], logs[2],
+                                        logs[3]))
+
+
+def in_place(top, block, n, written):
+    """Commits/s of a log whose records go with pwrite into a file of its
+    final size, one fdatasync each: preallocated with fallocate (its
+    extents unwritten, so each sync also commits their conversion in the
+    file system's journal), or with every block written and synced before
+    (a sync then writes the data and flushes the disk's cache)."""
+    path = os.path.join(top, "probe-inplace-%d" % written)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    size = n * len(block)
+    os.posix_fallocate(fd, 0, size)
+    if written:
+        zeros = bytes(1 << 20)
+        for off in range(0, size, len(zeros)):
+            os.pwrite(fd, zeros[:size - off], off)
+    os.fsync(fd)
+    pdfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(pdfd)
+    os.close(pdfd)
+
+    def commit(i):
+        os.pwrite(fd, block, i * len(block))
+        os.fdatasync(fd)
+
+    rate = timed(n, commit)
+    os.close(fd)
+    os.unlink(path)
+    return rate
 
 
 def cold_read(path):
