@@ -715,7 +715,7 @@ parse_metrics_listen(struct cfgctx *ctx, const config_setting_t *root,
 }
 
 static const char *const top_keys[] = { "hostname", "user", "spool",
-	"spool_sync", "spool_log_max", "shutdown_timeout", "listen", "allow_networks", "limits",
+	"spool_sync", "spool_log_max", "spool_log_file_size", "shutdown_timeout", "listen", "allow_networks", "limits",
 	"queue", "default_relay", "relays", "auth_first", "authinfo",
 	"state_dir", "control_socket", "control_admin_group",
 	"control_read_group", "routes", "mail_domain",
@@ -1169,11 +1169,12 @@ config_set_defaults(struct config *cfg)
 	cfg->delivery_workers = 4;
 	cfg->shutdown_timeout = 30;
 	cfg->spool_log_max = 64 * 1024;
+	cfg->spool_log_file_size = 8 * 1024 * 1024;
 }
 
 /*
  * The top-level scalars: hostname, user, spool, spool_sync,
- * spool_log_max, shutdown_timeout, and default_relay (into *defrelay, the
+ * spool_log_max, spool_log_file_size, shutdown_timeout, and default_relay (into *defrelay, the
  * caller's to free; checked once the relays are known). Unknown top-level
  * keys are refused here.
  */
@@ -1204,6 +1205,11 @@ parse_top(struct cfgctx *ctx, const config_setting_t *root,
 	    16 * 1024 * 1024, &size) == -1)
 		goto out;
 	cfg->spool_log_max = (size_t)size;
+	size = cfg->spool_log_file_size;
+	if (get_number(ctx, root, "spool_log_file_size", size_units, 4096,
+	    1024 * 1024 * 1024, &size) == -1)
+		goto out;
+	cfg->spool_log_file_size = (size_t)size;
 	if (get_choice(ctx, root, "spool_sync", "spool_sync",
 	    spool_sync_names, sync, &sync_i) == -1)
 		goto out;

@@ -107,6 +107,8 @@ struct config {
 	enum spool_sync spool_sync;
 	size_t spool_log_max; /* messages up to this size go to the spool log;
 	                         0: each to a file of its own (65536) */
+	size_t spool_log_file_size; /* bytes of records per spool log file
+	                               (8 MB) */
 
 	struct listen_config *listen;
 	size_t nlisten;

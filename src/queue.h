@@ -189,7 +189,8 @@ void queue_remove(struct queue *q, const char *id, queue_done_cb cb,
 void queue_log_max(struct queue *q, size_t max);
 
 /* The size at which a log file is full and the next is started (8 MB by
- * default). Call before the first commit; tests use small ones. */
+ * default; spool_log_file_size). Call before the first commit; tests use
+ * small ones. */
 void queue_log_file_size(struct queue *q, size_t size);
 /* The log's clock (spoollog_clock()): a log file's mail is copied forward
  * only when none of it was delivered for 30 s of it. For tests. */

@@ -660,6 +660,7 @@ main(int argc, char *argv[])
 	    sizeof(err))) == NULL)
 		fatalx_code(EX_CANTCREAT, "%s", err);
 	queue_log_max(d.queue, d.cfg->spool_log_max);
+	queue_log_file_size(d.queue, d.cfg->spool_log_file_size);
 	d.dns = dns_open(d.base);
 	d.worker = worker_new(d.base, d.cfg->delivery_workers);
 	d.scheduler = scheduler_new(d.base, d.dns, d.queue, d.worker, d.cfg);

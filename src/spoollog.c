@@ -167,6 +167,7 @@ struct logfile {
 				   done, or it was added (see copy_wanted) */
 	uint64_t written;	/* bytes from its start known written (records
 				   or zeros), for file_retire */
+	int unread;		/* replay could not read it to its end */
 };
 
 /* A dead file renamed to a seq above every file's, to become the newest
@@ -643,6 +644,7 @@ file_replay(struct spoollog *log, struct logfile *f, int fd)
 		if ((n = pread(fd, buf, cap, r.base)) == -1) {
 			file_name(f->seq, name, sizeof(name));
 			log_warn("%s/log/%s: read", log->spool, name);
+			f->unread = 1;
 			break;
 		}
 		pthread_mutex_lock(&log->mtx);
@@ -828,8 +830,13 @@ oldest_done(struct spoollog *log)
  * the first new record leaves a file with no valid record (retired again
  * at the next start); one that tears a new record, or keeps a later write
  * of it but not an earlier one, ends the records there as in a fresh file:
- * whatever follows, stale or new, is never read. Write-locked; f is out of
- * the table. Returns 0, or -1 with errno (logged).
+ * whatever follows, stale or new, is never read.
+ *
+ * Called write-locked, f out of the table; returns unlocked. A rename
+ * holds the write mutex across its directory sync (a spare's seq must
+ * stay above the newest file's, which a note may start meanwhile), as
+ * file_new's sync of a created file does; about once per file either way.
+ * A deletion syncs without it. Returns 0, or -1 with errno (logged).
  */
 static int
 file_retire(struct spoollog *log, uint32_t seq, uint64_t written)
@@ -837,6 +844,7 @@ file_retire(struct spoollog *log, uint32_t seq, uint64_t written)
 	char name[SPOOLLOG_NAME_LEN + 1], spare[SPOOLLOG_NAME_LEN + 1];
 	struct stat st;
 	uint32_t to = log->last_seq + 1;
+	int error;
 
 	file_name(seq, name, sizeof(name));
 	if (log->nspares < SPOOLLOG_SPARES &&
@@ -846,23 +854,27 @@ file_retire(struct spoollog *log, uint32_t seq, uint64_t written)
 		file_name(to, spare, sizeof(spare));
 		if (renameat(log->dir_fd, name, log->dir_fd, spare) == 0) {
 			log->last_seq = to;
-			if (fsync(log->dir_fd) == -1) {
-				/* It may come back under either name: as a
-				 * file with no valid record under the new
-				 * one, at the next start. */
+			if ((error = fsync(log->dir_fd)) == 0) {
+				log->spares[log->nspares].seq = to;
+				log->spares[log->nspares].written = written;
+				log->nspares++;
+			}
+			pthread_mutex_unlock(&log->wmtx);
+			if (error == -1) {
+				/* It may come back under either name: with
+				 * no valid record under the new one, retired
+				 * at the next start. */
 				log_warn("%s/log/%s: recycle", log->spool,
 				    name);
 				return -1;
 			}
-			log->spares[log->nspares].seq = to;
-			log->spares[log->nspares].written = written;
-			log->nspares++;
 			log_debug("%s/log/%s: kept as %s", log->spool, name,
 			    spare);
 			return 0;
 		}
 		log_warn("%s/log/%s: rename to %s", log->spool, name, spare);
 	}
+	pthread_mutex_unlock(&log->wmtx);
 	if (unlinkat(log->dir_fd, name, 0) == -1 ||
 	    fsync(log->dir_fd) == -1) {
 		log_warn("%s/log/%s: delete", log->spool, name);
@@ -879,7 +891,6 @@ reclaim(struct spoollog *log)
 {
 	struct logfile f;
 	size_t n = 0;
-	int error;
 
 	for (;;) {
 		pthread_mutex_lock(&log->wmtx);
@@ -910,11 +921,7 @@ reclaim(struct spoollog *log)
 			log->wfd = -1;
 			log->unsynced = 0;
 		}
-		/* Under the write mutex: a spare's seq must stay above the
-		 * newest file's, which a note may start meanwhile. */
-		error = file_retire(log, f.seq, f.written);
-		pthread_mutex_unlock(&log->wmtx);
-		if (error == -1)
+		if (file_retire(log, f.seq, f.written) == -1)
 			return n;
 		n++;
 	}
@@ -944,10 +951,11 @@ start_idle(struct spoollog *log)
 }
 
 /*
- * Retires the files that replay found no valid record in (a spare, a file
- * renamed or started just before a crash): they add nothing to the index
- * and bury nothing, so they may go in any order, and as spares they are
- * reused rather than left behind live files. Called by spoollog_recover.
+ * Retires the files that replay read through and found no valid record
+ * in (a spare, a file renamed or started just before a crash): they add
+ * nothing to the index and bury nothing, so they may go in any order, and
+ * as spares they are reused rather than left behind live files. Called by
+ * spoollog_recover.
  */
 static void
 retire_empty(struct spoollog *log)
@@ -955,14 +963,16 @@ retire_empty(struct spoollog *log)
 	struct logfile f;
 	size_t i = 0;
 
-	pthread_mutex_lock(&log->wmtx);
 	for (;;) {
+		pthread_mutex_lock(&log->wmtx);
 		pthread_mutex_lock(&log->mtx);
-		while (i < log->nfiles && log->files[i].end > 0)
+		while (i < log->nfiles && (log->files[i].end > 0 ||
+		    log->files[i].unread))
 			i++;
 		if (i == log->nfiles) {
 			pthread_mutex_unlock(&log->mtx);
-			break;
+			pthread_mutex_unlock(&log->wmtx);
+			return;
 		}
 		f = log->files[i];
 		memmove(log->files + i, log->files + i + 1,
@@ -970,9 +980,8 @@ retire_empty(struct spoollog *log)
 		log->nfiles--;
 		pthread_mutex_unlock(&log->mtx);
 		if (file_retire(log, f.seq, 0) == -1)
-			break;
+			return;
 	}
-	pthread_mutex_unlock(&log->wmtx);
 }
 
 size_t

@@ -2,7 +2,9 @@
 
 The daemon runs under strace while clients submit messages (the upstream
 down at first, so state records are appended, then up, so messages are
-delivered, removed and their files reused). crashfs.py turns the trace
+delivered, removed and their files reused, log files among them: small
+ones, so that some are emptied and renamed to be written again, their old
+records still after the new ones). crashfs.py turns the trace
 into file-system operations and constructs every crash state its model
 allows (persisted prefixes, only what was synced, each un-synced operation
 left out, the last un-synced write torn). Each state is written to a
@@ -105,9 +107,14 @@ def verdict(result, accepted):
     return intact | {c.split()[0] for c in corrupted}, corrupted, errors
 
 
+REUSE = 3  # messages submitted once the log's files emptied
+
+
 def run_traced(daemon, upstream, count, trace):
-    """Runs the daemon under strace through both phases; returns the
-    messages accepted (qid -> message)."""
+    """Runs the daemon under strace through both phases, and then once
+    everything was delivered, REUSE messages of 5 KB more (each fills a log
+    file of 4 KB, so they go into files reused); returns the messages
+    accepted (qid -> message)."""
     # LeakSanitizer cannot stop threads of a traced process (it uses
     # ptrace itself): no leak check for this one run (every other test
     # does it).
@@ -124,9 +131,19 @@ def run_traced(daemon, upstream, count, trace):
     accepted = {}
 
     def submit(i):
+        size = (200, 5000, 70000)[i % 3] if i < count else 5000
         message = make_message(f"cut m{i}-{os.urandom(3).hex()}",
-                               random_body((200, 5000, 70000)[i % 3]))
+                               random_body(size))
         accepted[send_message(daemon, message, timeout=60)] = message
+
+    queue = os.path.join(daemon.settings["spool"], "queue")
+
+    def drained(n):
+        wait_until(lambda: len(upstream.messages) >= n
+                   and not os.listdir(queue)
+                   and not live_ids(daemon.settings["spool"]), 120,
+                   "every message delivered, queue/ empty, nothing in "
+                   "the log")
 
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         # Upstream down: commits, then deferrals append state records.
@@ -139,12 +156,11 @@ def run_traced(daemon, upstream, count, trace):
         # Upstream up: deliveries, removals, file reuse, new commits.
         upstream.start()
         list(pool.map(submit, range(count // 2, count)))
-    os.kill(pid, signal.SIGUSR1)
-    queue = os.path.join(daemon.settings["spool"], "queue")
-    wait_until(lambda: len(upstream.messages) >= count
-               and not os.listdir(queue)
-               and not live_ids(daemon.settings["spool"]), 120,
-               "every message delivered, queue/ empty, nothing in the log")
+        os.kill(pid, signal.SIGUSR1)
+        drained(count)
+        # The emptied log files, two of them kept, take the next ones.
+        list(pool.map(submit, range(count, count + REUSE)))
+    drained(count + REUSE)
     os.kill(pid, signal.SIGTERM)
     assert daemon.proc.wait(60) == 0, "the traced daemon did not stop well"
     return accepted
@@ -155,9 +171,11 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
     count = scale(6, 30)
     binary = spoolcheck_binary()
     upstream = upstream_factory(tls=None, start=False)
+    # Log files of 4 KB: the run empties some and reuses them.
     daemon = daemon_factory(upstream.port,
                             relays={"upstream": {"tls": "none"}},
-                            queue={"retry_min": 1, "retry_max": 1})
+                            queue={"retry_min": 1, "retry_max": 1},
+                            spool_log_file_size="4k")
     # The spool's directories exist, durably, before the traced run, and
     # a log file with a message in it (the upstream is down): the traced
     # start goes on writing in that file (spoollog.c, file_continue), so
@@ -189,28 +207,41 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
     queued_at[first_qid] = -1       # answered before the trace
     assert set(queued_at) == set(accepted), "250 replies missing in trace"
     # Where each message's removal starts: its file leaves queue/, or a
-    # tombstone for it is written to the log.
+    # tombstone for it is written to the log. A log file's records are
+    # salted with its seq, its name, which changes when a dead file is
+    # renamed to be reused: each write is read with the name its file had
+    # then.
     removed_at = {}
-    log_files = {op.inode: int(op.name, 16) for op in ops
-                 if op.kind == "link" and op.dir == "log"}
-    first_files = {inode: int(os.path.basename(path), 16)
-                   for path, inode in tracer.initial_names.items()
-                   if os.path.dirname(path) == "log"}
-    log_files.update(first_files)
+    logged = set()
+    seq_of = {inode: int(os.path.basename(path), 16)
+              for path, inode in tracer.initial_names.items()
+              if os.path.dirname(path) == "log"}
+    first_files = set(seq_of)
+    reused = set()
     assert any(op.kind == "write" and op.inode in first_files
                for op in ops), "the start did not go on in the log file " \
         "it found"
     for i, op in enumerate(ops):
-        if op.kind == "unlink" and op.dir == "queue":
+        if op.kind == "link" and op.dir == "log":
+            seq_of[op.inode] = int(op.name, 16)
+        elif op.kind == "rename" and op.ddir == "log":
+            seq_of[op.inode] = int(op.dname, 16)
+            reused.add(op.inode)
+        elif op.kind == "unlink" and op.dir == "queue":
             removed_at.setdefault(op.name, i)
         elif op.kind == "rename" and op.sdir == "queue":
             removed_at.setdefault(op.sname, i)
-        elif op.kind == "write" and op.inode in log_files:
-            for qid in tombstones(op.data, log_files[op.inode]):
+        elif op.kind == "write" and op.inode in seq_of:
+            for qid in tombstones(op.data, seq_of[op.inode]):
                 removed_at.setdefault(qid, i)
-    logged = {qid for op in ops if op.kind == "write"
-              and op.inode in log_files
-              for qid in tombstones(op.data, log_files[op.inode])}
+                logged.add(qid)
+    # The run must have reused a log file: records written into one after
+    # it was renamed, its old records after them.
+    written_reused = {op.inode for op in ops[min(
+        (i for i, o in enumerate(ops) if o.kind == "rename"
+         and o.ddir == "log"), default=len(ops)):]
+        if op.kind == "write" and op.inode in reused}
+    assert written_reused, "no log file was reused in the run"
     made = durable_sets(ops)
 
     results = {}
@@ -246,6 +277,7 @@ def test_power_cut_states(daemon_factory, upstream_factory, tmp_path,
             break
     syncs = sum(op.kind in ("fsync", "dirsync", "syncfs") for op in ops)
     figures(messages=len(accepted), in_log=len(logged),
+            log_files_reused=len(written_reused),
             operations=len(ops), syncs=syncs,
             crash_states=states, distinct_states=len(results),
             lost=len(lost),

@@ -642,6 +642,22 @@ Test(config, spool_log_max)
 	    err);
 }
 
+Test(config, spool_log_file_size)
+{
+	struct config *c;
+
+	cr_assert_not_null(c = parse_top(""), "%s", err);
+	cr_assert_eq(c->spool_log_file_size, 8 * 1024 * 1024);
+	config_free(c);
+	cr_assert_not_null(c = parse_top("spool_log_file_size = \"8k\";"),
+	    "%s", err);
+	cr_assert_eq(c->spool_log_file_size, 8 * 1024);
+	config_free(c);
+	cr_assert_null(parse_top("spool_log_file_size = \"1k\";"));
+	cr_assert(strstr(err, "test.conf:2: spool_log_file_size") != NULL,
+	    "%s", err);
+}
+
 Test(config, session_limits)
 {
 	struct config *c;
