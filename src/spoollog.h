@@ -39,8 +39,8 @@
  * they were copied) and, once the copies are synced, the old file goes.
  * A file being drained is left alone: its messages are delivered from
  * where they are, rather than written twice. Disk use stays within a few
- * times the live data plus two files, once the mail that waits has
- * waited 30 seconds.
+ * times the live data plus four files (two of them spares), once the mail
+ * that waits has waited 30 seconds.
  *
  * Memory: a 28-byte entry per live message in open-addressing hash tables
  * (64 shards, each grown by a quarter when 7/8 full: 32 to 40 bytes a

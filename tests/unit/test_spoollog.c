@@ -3,7 +3,9 @@
  * deletions shift long runs of linear probing: every live message is found
  * (and read back, its envelope's length coming from the record header),
  * no dead one is, before and after a replay from disk; and the log's many
- * files hold no descriptor each.
+ * files hold no descriptor each. Compaction, the preallocation given back
+ * at a restart, and dead files reused: their old records never replayed,
+ * at most two kept.
  */
 #include <sys/stat.h>
 
