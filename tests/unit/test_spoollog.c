@@ -631,6 +631,66 @@ note_offset(const struct logrec *rec, const unsigned char *payload,
 }
 
 /*
+ * A reused file that is the newest at a start holds its new records and
+ * then its earlier life's: the start does not go on in it (stale records,
+ * not zeros, follow its records), so the next write starts another file,
+ * the reused one is left as it was, and neither its stale records nor the
+ * buried messages come back, then or after one more start.
+ */
+Test(spoollog, reused_newest_file_is_not_continued)
+{
+	struct spoollog *log;
+	struct spoollog_stats st;
+	unsigned char *before, *after;
+	char id[ENVELOPE_ID_MAX];
+	uint32_t seqs[16];
+	size_t i, k, len, len2, valid;
+
+	log = open_buried(200, &st);
+	cr_assert_eq(log_files(seqs), 3);
+	/* One message per group until both spares were taken, the second
+	 * then the newest file; three more into it. */
+	for (i = 1000; i < 1400; i++) {
+		add_message(log, i);
+		flush_commit(log);
+		spoollog_stats(log, &st);
+		if (st.recycled == 2)
+			break;
+	}
+	cr_assert_eq(st.recycled, 2, "spares not both reused");
+	for (k = 0; k < 3; k++) {
+		add_message(log, ++i);
+		flush_commit(log);
+	}
+	spoollog_free(log);
+	before = log_file_read(seqs[2], &len);
+	valid = logrec_scan(before, len, seqs[2], NULL, NULL);
+	cr_assert_lt(valid, len);
+	cr_assert_not_null(memmem(before + valid, len - valid, "SHLG", 4),
+	    "no stale record after the new ones");
+
+	log = open_log();
+	spoollog_file_size(log, RECYCLE_SIZE);
+	cr_assert_eq(spoollog_recover(log), i - 1000 + 1);
+	add_message(log, 5000);
+	flush_commit(log);
+	cr_assert_gt(log_files(seqs), 0);
+	after = log_file_read(seqs[2], &len2);
+	cr_assert(len2 == len && memcmp(before, after, len) == 0,
+	    "the reused file was written to after the start");
+	free(after);
+	free(before);
+	spoollog_free(log);
+
+	log = open_log();
+	cr_assert_eq(spoollog_recover(log), i - 1000 + 2);
+	assert_none_back(log, 200);
+	envelope_id_text(ID(5000), id, sizeof(id));
+	cr_assert(spoollog_has(log, id));
+	spoollog_free(log);
+}
+
+/*
  * A dead file is renamed to become a later newest file, its old records
  * left in place: new records go over them from the start, and a replay
  * reads only the new ones. With the second new record torn (what a power
