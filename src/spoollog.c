@@ -544,6 +544,15 @@ file_add(struct spoollog *log, uint32_t seq)
 	return f;
 }
 
+/* Bytes of the newest file known written: its records, or the zeros
+ * written ahead of them if those reach further. Write-locked. */
+static uint64_t
+newest_written(const struct spoollog *log)
+{
+	return log->wzero > (uint64_t)log->wend ? log->wzero :
+	    (uint64_t)log->wend;
+}
+
 /* Notes in the newest file's entry how much of it is written, for when it
  * is retired (file_retire). Write-locked and locked. */
 static void
@@ -552,8 +561,7 @@ file_keep_written(struct spoollog *log)
 	struct logfile *f;
 
 	if ((f = file_find(log, log->wseq)) != NULL)
-		f->written = log->wzero > (uint64_t)log->wend ? log->wzero :
-		    (uint64_t)log->wend;
+		f->written = newest_written(log);
 }
 
 /*
@@ -605,6 +613,20 @@ file_forget(struct spoollog *log, uint32_t seq)
 			close(log->readfds[i].fd);
 			log->readfds[i].fd = -1;
 		}
+}
+
+/* Takes entry i out of the file table and closes a reader's kept
+ * descriptor of it. Locked. */
+static struct logfile
+file_take(struct spoollog *log, size_t i)
+{
+	struct logfile f = log->files[i];
+
+	memmove(log->files + i, log->files + i + 1,
+	    (log->nfiles - i - 1) * sizeof(*log->files));
+	log->nfiles--;
+	file_forget(log, f.seq);
+	return f;
 }
 
 struct replay {
@@ -900,11 +922,7 @@ reclaim(struct spoollog *log)
 			pthread_mutex_unlock(&log->wmtx);
 			return n;
 		}
-		f = log->files[0];
-		memmove(log->files, log->files + 1,
-		    (log->nfiles - 1) * sizeof(*log->files));
-		log->nfiles--;
-		file_forget(log, f.seq);
+		f = file_take(log, 0);
 		/* A drain that emptied f goes on into the next file: from
 		 * its first delivery there it has SPOOLLOG_COPY_IDLE, not
 		 * from when it became the oldest. A file emptied by copies
@@ -915,8 +933,7 @@ reclaim(struct spoollog *log)
 		if (log->wfd != -1 && f.seq == log->wseq) {
 			/* Everything in it is dead, its tombstones too:
 			 * no sync needed before it goes. */
-			f.written = log->wzero > (uint64_t)log->wend ?
-			    log->wzero : (uint64_t)log->wend;
+			f.written = newest_written(log);
 			close(log->wfd);
 			log->wfd = -1;
 			log->unsynced = 0;
@@ -974,10 +991,7 @@ retire_empty(struct spoollog *log)
 			pthread_mutex_unlock(&log->wmtx);
 			return;
 		}
-		f = log->files[i];
-		memmove(log->files + i, log->files + i + 1,
-		    (log->nfiles - i - 1) * sizeof(*log->files));
-		log->nfiles--;
+		f = file_take(log, i);
 		pthread_mutex_unlock(&log->mtx);
 		if (file_retire(log, f.seq, 0) == -1)
 			return;
