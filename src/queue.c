@@ -1420,7 +1420,7 @@ open_subdir(int dirfd, const char *name, const char *spool, char *err,
 
 struct queue *
 queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
-    char *err, size_t errlen)
+    size_t log_file_size, char *err, size_t errlen)
 {
 	struct queue *q;
 	int error;
@@ -1467,6 +1467,8 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	    (q->log = spoollog_open(q->spool_fd, spool, err, errlen)) ==
 	    NULL)
 		goto fail;
+	if (log_file_size != 0)
+		spoollog_file_size(q->log, log_file_size);
 	/* Replayed now, before anything can append to the log. */
 	spoollog_recover(q->log);
 	q->log_max = QUEUE_LOG_MAX;

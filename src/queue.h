@@ -38,12 +38,14 @@ struct queue;
 struct queue_txn;
 
 /* Creates <spool>/{tmp,queue,corrupt,spare} as needed, opens them, takes
- * an exclusive flock(2) on the spool directory and starts the commit
- * thread. The lock is held until queue_close(), so a second queue on the
+ * an exclusive flock(2) on the spool directory, replays the spool log and
+ * starts the commit thread. log_file_size is the size at which a log file
+ * is full (spool_log_file_size; 0 for the default, 8 MB): the replay
+ * already uses it, since it may go on writing in the newest file. The lock is held until queue_close(), so a second queue on the
  * same spool, in this process or another, fails with "in use by another
  * process". Returns NULL with a message in err on failure. */
 struct queue *queue_open(struct event_base *base, const char *spool,
-    enum spool_sync sync, char *err, size_t errlen);
+    enum spool_sync sync, size_t log_file_size, char *err, size_t errlen);
 /* Waits for pending commits and updates, stops threads, frees. Accepts
  * NULL. Must be called on the loop thread. */
 void queue_close(struct queue *q);
@@ -188,9 +190,8 @@ void queue_remove(struct queue *q, const char *id, queue_done_cb cb,
  */
 void queue_log_max(struct queue *q, size_t max);
 
-/* The size at which a log file is full and the next is started (8 MB by
- * default; spool_log_file_size). Call before the first commit; tests use
- * small ones. */
+/* Changes the size given to queue_open() at which a log file is full and
+ * the next is started. Call before the first commit; tests use small ones. */
 void queue_log_file_size(struct queue *q, size_t size);
 /* The log's clock (spoollog_clock()): a log file's mail is copied forward
  * only when none of it was delivered for 30 s of it. For tests. */

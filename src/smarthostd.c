@@ -656,11 +656,10 @@ main(int argc, char *argv[])
 	if (pw != NULL)
 		drop_privileges(pw, maildrop_gid);
 	relays_check_tls(d.cfg);
-	if ((d.queue = queue_open(d.base, d.cfg->spool, d.cfg->spool_sync, err,
-	    sizeof(err))) == NULL)
+	if ((d.queue = queue_open(d.base, d.cfg->spool, d.cfg->spool_sync,
+	    d.cfg->spool_log_file_size, err, sizeof(err))) == NULL)
 		fatalx_code(EX_CANTCREAT, "%s", err);
 	queue_log_max(d.queue, d.cfg->spool_log_max);
-	queue_log_file_size(d.queue, d.cfg->spool_log_file_size);
 	d.dns = dns_open(d.base);
 	d.worker = worker_new(d.base, d.cfg->delivery_workers);
 	d.scheduler = scheduler_new(d.base, d.dns, d.queue, d.worker, d.cfg);

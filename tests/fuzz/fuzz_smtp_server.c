@@ -68,7 +68,7 @@ setup(void)
 	    spool, spool);
 	if ((cfg = config_parse_string(text, "fuzz.conf", err,
 	    sizeof(err))) == NULL ||
-	    (q = queue_open(base, spool, SPOOL_SYNC_FSYNC, err,
+	    (q = queue_open(base, spool, SPOOL_SYNC_FSYNC, 0, err,
 	    sizeof(err))) == NULL) {
 		fprintf(stderr, "fuzz_smtp_server: %s\n", err);
 		abort();

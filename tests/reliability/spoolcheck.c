@@ -96,7 +96,7 @@ main(int argc, char *argv[])
 		return 1;
 	}
 	memset(&c, 0, sizeof(c));
-	c.q = queue_open(base, argv[1], SPOOL_SYNC_FSYNC, err, sizeof(err));
+	c.q = queue_open(base, argv[1], SPOOL_SYNC_FSYNC, 0, err, sizeof(err));
 	if (c.q == NULL) {
 		fprintf(stderr, "spoolcheck: %s\n", err);
 		event_base_free(base);

@@ -133,7 +133,7 @@ setup(void)
 	cr_assert_eq(mkdir(spool, 0700), 0);
 	cr_assert_eq(evthread_use_pthreads(), 0);
 	cr_assert_not_null(base = event_base_new());
-	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
+	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, 0, err, sizeof(err));
 	cr_assert_not_null(q, "%s", err);
 	w = worker_new(base, 2);
 	snprintf(text, sizeof(text),

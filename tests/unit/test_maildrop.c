@@ -121,7 +121,7 @@ setup(void)
 	    spool, h.drop, h.top);
 	h.cfg = config_parse_string(text, "test.conf", err, sizeof(err));
 	cr_assert_not_null(h.cfg, "config: %s", err);
-	h.q = queue_open(h.base, spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
+	h.q = queue_open(h.base, spool, SPOOL_SYNC_FSYNC, 0, err, sizeof(err));
 	cr_assert_not_null(h.q, "queue_open: %s", err);
 	cr_assert_eq(stat(h.corrupt, &st), 0, "%s", h.corrupt);
 	corrupt_ino = st.st_ino;

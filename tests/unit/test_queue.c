@@ -342,7 +342,7 @@ open_queue(enum spool_sync sync)
 	struct queue *q;
 	char err[256];
 
-	q = queue_open(base, spool, sync, err, sizeof(err));
+	q = queue_open(base, spool, sync, 0, err, sizeof(err));
 	cr_assert_not_null(q, "queue_open: %s", err);
 	queue_log_max(q, 0);
 	return q;
@@ -370,7 +370,7 @@ open_log_queue(enum spool_sync sync)
 	struct queue *q;
 	char err[256];
 
-	q = queue_open(base, spool, sync, err, sizeof(err));
+	q = queue_open(base, spool, sync, 0, err, sizeof(err));
 	cr_assert_not_null(q, "queue_open: %s", err);
 	return q;
 }
@@ -1110,7 +1110,7 @@ Test(queue, second_writer_refused)
 	char err[256] = "";
 
 	q = open_queue(SPOOL_SYNC_FSYNC);
-	q2 = queue_open(base, spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
+	q2 = queue_open(base, spool, SPOOL_SYNC_FSYNC, 0, err, sizeof(err));
 	cr_assert_null(q2);
 	cr_assert_not_null(strstr(err, "in use"), "%s", err);
 	queue_close(q);
@@ -3076,6 +3076,40 @@ Test(queue, lone_commit_backoff_stops_at_five_minutes)
 	}
 	queue_close(q);
 	__atomic_store_n(&fake_mono_ms, 0, __ATOMIC_SEQ_CST);
+	envelope_free(env);
+	free(body);
+}
+
+/* The size given to queue_open() already holds for the replay at start: a
+ * restart goes on writing in the newest log file, and preallocates it to
+ * the configured size, not to the default 8 MB. */
+Test(queue, restart_keeps_the_configured_log_file_size)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c[3];
+	char *body = make_body(2000), err[256], path[512];
+	struct stat st;
+	size_t i;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	queue_log_file_size(q, 32 * 1024);
+	for (i = 0; i < 3; i++)
+		c[i] = log_commit_one(q, env, body, 2000);
+	queue_close(q);
+
+	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, 32 * 1024, err,
+	    sizeof(err));
+	cr_assert_not_null(q, "queue_open: %s", err);
+	cr_assert_eq(count_dir("log"), 1, "the newest file goes on");
+	newest_log_file(path, sizeof(path));
+	cr_assert_eq(stat(path, &st), 0, "%s", path);
+	cr_assert_leq(st.st_size, 32 * 1024, "%jd bytes",
+	    (intmax_t)st.st_size);
+	cr_assert_leq(st.st_blocks * 512, 64 * 1024, "%jd bytes allocated",
+	    (intmax_t)(st.st_blocks * 512));
+	queue_close(q);
+	for (i = 0; i < 3; i++)
+		envelope_free(c[i]);
 	envelope_free(env);
 	free(body);
 }

@@ -198,7 +198,7 @@ setup(void)
 	cr_assert_eq(mkdir(spool, 0700), 0);
 	cr_assert_eq(evthread_use_pthreads(), 0);
 	cr_assert_not_null(base = event_base_new());
-	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
+	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, 0, err, sizeof(err));
 	cr_assert_not_null(q, "%s", err);
 	/* Messages as files: the tests count them in queue/. (The daemon's
 	 * default, the spool log, is covered by test_queue and e2e.) */
@@ -456,7 +456,7 @@ reload_queue(void)
 	char err[256];
 
 	stop_all();
-	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
+	q = queue_open(base, spool, SPOOL_SYNC_FSYNC, 0, err, sizeof(err));
 	cr_assert_not_null(q, "%s", err);
 	queue_log_max(q, 0);
 	nloaded = 0;

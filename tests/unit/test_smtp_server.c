@@ -266,7 +266,8 @@ setup_with(const char *limits)
 	    h.spool, limits, h.spool, extra_conf);
 	h.cfg = config_parse_string(text, "test.conf", err, sizeof(err));
 	cr_assert_not_null(h.cfg, "config: %s", err);
-	h.q = queue_open(h.base, h.spool, SPOOL_SYNC_FSYNC, err, sizeof(err));
+	h.q = queue_open(h.base, h.spool, SPOOL_SYNC_FSYNC, 0, err,
+	    sizeof(err));
 	cr_assert_not_null(h.q, "queue_open: %s", err);
 	memset(&params, 0, sizeof(params));
 	params.cfg = h.cfg;
@@ -1341,7 +1342,7 @@ lsetup(const char *extra)
 	    h.spool, extra, h.spool);
 	h.cfg = config_parse_string(text, "test.conf", lerr, sizeof(lerr));
 	cr_assert_not_null(h.cfg, "config: %s", lerr);
-	h.q = queue_open(h.base, h.spool, SPOOL_SYNC_FSYNC, lerr,
+	h.q = queue_open(h.base, h.spool, SPOOL_SYNC_FSYNC, 0, lerr,
 	    sizeof(lerr));
 	cr_assert_not_null(h.q, "queue_open: %s", lerr);
 	memset(&params, 0, sizeof(params));
