@@ -234,6 +234,10 @@ struct smtp_server {
 	struct commit_list commits;
 	unsigned nsessions;
 	unsigned next_id;
+	/* The Received: header's date of the second date_time, formatted
+	 * once a second rather than per message. */
+	time_t date_time;
+	char date[64];
 	int shutting_down;
 	struct event *shutdown_ev;
 	void (*shutdown_done)(void *);
@@ -559,8 +563,8 @@ static int
 txn_start(struct session *s)
 {
 	struct txn *t = s->txn;
-	const char *id, *proto;
-	char date[64], addr[PEER_MAX + 8], rcpt[4 * SMTP_PATH_MAX], who[48];
+	const char *id, *proto, *date;
+	char addr[PEER_MAX + 8], rcpt[4 * SMTP_PATH_MAX], who[48];
 	char *hdr;
 	time_t now;
 
@@ -570,8 +574,13 @@ txn_start(struct session *s)
 		return -1;
 	id = queue_txn_id(t->qtxn);
 
-	/* Not strftime(): its tzset() rereads /etc/localtime each time. */
-	message_date(now, date, sizeof(date));
+	/* Not strftime(): its tzset() rereads /etc/localtime each time.
+	 * The zone's offset changes only at a second's start. */
+	if (now != s->srv->date_time) {
+		message_date(now, s->srv->date, sizeof(s->srv->date));
+		s->srv->date_time = now;
+	}
+	date = s->srv->date;
 	/* RFC 3848 / RFC 6531 protocol names; no TLS or AUTH here. */
 	if (t->utf8)
 		proto = "UTF8SMTP"; /* SMTPUTF8 implies EHLO */
@@ -696,6 +705,19 @@ commit_done(int error, struct envelope *env, void *arg)
 		s->commit = NULL;
 
 	if (error == 0) {
+		if (s != NULL) {
+			reply(s, "250 2.0.0 Ok: queued as %s", env->id);
+			/*
+			 * Out now, before the log lines below, the other
+			 * completions of this group and the resume pass: the
+			 * client waits for nothing else, and formats and
+			 * writes its next command while they run. With
+			 * pipelined commands waiting, their replies follow it
+			 * in one write instead.
+			 */
+			if (evbuffer_get_length(s->in) == 0)
+				(void)session_flush(s);
+		}
 		if (env->uid_known)
 			log_info("%s: client=%s, uid=%ju", env->id,
 			    env->client != NULL ? env->client : "unknown",
@@ -706,17 +728,7 @@ commit_done(int error, struct envelope *env, void *arg)
 		log_info("%s: from=<%s>, size=%lld, nrcpt=%zu (queued)",
 		    env->id, env->sender != NULL ? env->sender : "",
 		    (long long)env->body_size, env->nrcpts);
-		if (s != NULL) {
-			reply(s, "250 2.0.0 Ok: queued as %s", env->id);
-			/*
-			 * Out now, not after the other completions of this
-			 * group and the resume pass: the client waits for
-			 * nothing else. With pipelined commands waiting,
-			 * their replies follow it in one write instead.
-			 */
-			if (evbuffer_get_length(s->in) == 0)
-				(void)session_flush(s);
-		} else
+		if (s == NULL)
 			log_info("%s: client went away before the reply; "
 			    "delivering anyway", env->id);
 		/* The message is durable: even without a session to answer
@@ -1845,8 +1857,6 @@ session_peer(struct session *s, evutil_socket_t fd,
     const struct sockaddr *sa, socklen_t salen)
 {
 	const char *name = "unknown";
-	struct sockaddr_storage local;
-	socklen_t llen = sizeof(local);
 	uid_t uid;
 
 	s->peer_family = sa != NULL ? sa->sa_family : AF_UNSPEC;
@@ -1883,18 +1893,31 @@ session_peer(struct session *s, evutil_socket_t fd,
 	default:
 		break;
 	}
-	/* A loopback TCP client: its socket's owner, from the kernel. */
-	if (strcmp(name, "localhost") == 0 && s->peer_family != AF_UNIX &&
-	    getsockname(fd, (struct sockaddr *)&local, &llen) == 0) {
-		if (peercred_tcp((struct sockaddr *)&local, sa, &uid) == 0) {
-			s->uid = uid;
-			s->uid_known = 1;
-		} else
-			log_debug("smtp %u: no owner found for %s: %s", s->id,
-			    s->peer_addr, strerror(errno));
-	}
 	snprintf(s->peer_name, sizeof(s->peer_name), "%s", name);
 	s->client = xasprintf("%s[%s]", s->peer_name, s->peer_addr);
+}
+
+/* A loopback TCP client: its socket's owner, from the kernel (a
+ * getsockname and a sock_diag request and reply). */
+static void
+session_owner(struct session *s, evutil_socket_t fd,
+    const struct sockaddr *sa)
+{
+	struct sockaddr_storage local;
+	socklen_t llen = sizeof(local);
+	uid_t uid;
+
+	if (sa == NULL || s->peer_family == AF_UNIX ||
+	    strcmp(s->peer_name, "localhost") != 0)
+		return;
+	if (getsockname(fd, (struct sockaddr *)&local, &llen) == -1)
+		return;
+	if (peercred_tcp((struct sockaddr *)&local, sa, &uid) == 0) {
+		s->uid = uid;
+		s->uid_known = 1;
+	} else
+		log_debug("smtp %u: no owner found for %s: %s", s->id,
+		    s->peer_addr, strerror(errno));
 }
 
 /*
@@ -1940,6 +1963,7 @@ smtp_server_new(struct event_base *base,
 	srv->base = base;
 	srv->params = *params;
 	srv->cfg = params->cfg;
+	srv->date_time = (time_t)-1;
 	TAILQ_INIT(&srv->sessions);
 	TAILQ_INIT(&srv->commits);
 	return srv;
@@ -1980,7 +2004,7 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 	const struct config *cfg = srv->cfg;
 	struct session *s;
 	struct timeval tv;
-	int one = 1;
+	int one = 1, owner_later;
 
 	if (srv->shutting_down) {
 		refuse(fd, "421 4.3.2 Service shutting down\r\n");
@@ -1998,10 +2022,6 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 		evutil_closesocket(fd);
 		return;
 	}
-	if (sa != NULL && (sa->sa_family == AF_INET ||
-	    sa->sa_family == AF_INET6))
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
-		    sizeof(one));
 
 	s = xcalloc(1, sizeof(*s));
 	s->srv = srv;
@@ -2023,6 +2043,20 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 		s->uid_known = 1;
 	} else
 		session_peer(s, fd, sa, salen);
+	/*
+	 * A loopback TCP client's owner counts in the per-client limit, so
+	 * it is looked up before the greeting only when that limit could
+	 * refuse this session (the client's sessions are among the others).
+	 * Otherwise it is looked up just after the 220 is written, while the
+	 * client reads it and sends its first command: at one client each
+	 * connection's greeting no longer waits for a getsockname and a
+	 * sock_diag request and reply. The callback that writes the greeting
+	 * looks it up, so no command is read before it is known.
+	 */
+	owner_later = label == NULL &&
+	    srv->nsessions < cfg->max_sessions_per_client;
+	if (label == NULL && !owner_later)
+		session_owner(s, fd, sa);
 	snprintf(s->source, sizeof(s->source), "%s", label != NULL ? label :
 	    "smtp");
 	if (client_sessions(srv, s) >= cfg->max_sessions_per_client) {
@@ -2072,6 +2106,15 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 	reply(s, "220 %s ESMTP smarthostd", s->hostname);
 	session_update_read(s);
 	(void)session_flush(s);
+	if (owner_later)
+		session_owner(s, fd, sa);
+	/* Nagle's algorithm holds back a segment only while an earlier one
+	 * is unacknowledged, so the greeting, the first, left at once
+	 * without this. */
+	if (sa != NULL && (sa->sa_family == AF_INET ||
+	    sa->sa_family == AF_INET6))
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+		    sizeof(one));
 }
 
 void

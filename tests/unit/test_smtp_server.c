@@ -18,6 +18,7 @@
 #include <ifaddrs.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1182,6 +1183,9 @@ first_line(int fd)
 	return buf;
 }
 
+/* The client end the wrappers of the critical path look at (below). */
+static int peek_fd = -1;
+
 /* A session from a fake TCP peer (the server takes the address given). */
 static int
 connect_pair_from(const char *ip)
@@ -1194,8 +1198,10 @@ connect_pair_from(const char *ip)
 	cr_assert_eq(inet_pton(AF_INET, ip, &sin.sin_addr), 1);
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	cr_assert_neq(fcntl(sv[0], F_SETFL, O_NONBLOCK), -1);
+	peek_fd = sv[0];
 	smtp_server_accept(h.srv, sv[1], (struct sockaddr *)&sin,
 	    sizeof(sin));
+	peek_fd = -1;
 	return sv[0];
 }
 
@@ -1937,4 +1943,118 @@ Test(smtp_server, storage_failure)
 	expect("354");
 	expect_queued(id);
 	cr_assert(run_until(nqueued_is, &one, WAIT_SECS));
+}
+
+/*
+ * The critical path of one client (-Wl,--wrap=peercred_tcp,--wrap=log_info):
+ * what the server does before a reply the client waits for. The wrappers
+ * look at what the client end (peek_fd) could already read when they run:
+ * the greeting before a loopback client's owner lookup, the 250 before
+ * the message's log lines.
+ */
+int __real_peercred_tcp(const struct sockaddr *local,
+    const struct sockaddr *peer, uid_t *uid);
+int __wrap_peercred_tcp(const struct sockaddr *local,
+    const struct sockaddr *peer, uid_t *uid);
+void __real_log_info(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+void __wrap_log_info(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static int owner_lookups, owner_after_greeting;
+static int queued_lines, queued_lines_after_250;
+
+/* Whether the client end has bytes waiting that start with prefix (or,
+ * anywhere set, contain it). */
+static int
+peek_has(const char *text, int anywhere)
+{
+	char buf[512];
+	ssize_t n;
+
+	if (peek_fd == -1)
+		return 0;
+	n = recv(peek_fd, buf, sizeof(buf) - 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	return anywhere ? strstr(buf, text) != NULL :
+	    strncmp(buf, text, strlen(text)) == 0;
+}
+
+int
+__wrap_peercred_tcp(const struct sockaddr *local,
+    const struct sockaddr *peer, uid_t *uid)
+{
+	owner_lookups++;
+	if (peek_has("220 ", 0))
+		owner_after_greeting++;
+	return __real_peercred_tcp(local, peer, uid);
+}
+
+void
+__wrap_log_info(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (strstr(buf, "(queued)") != NULL || strstr(buf, ": client=") !=
+	    NULL) {
+		queued_lines++;
+		if (peek_has("250 2.0.0 Ok: queued as ", 1))
+			queued_lines_after_250++;
+	}
+	__real_log_info("%s", buf);
+}
+
+/* The greeting does not wait for the owner lookup of a loopback client,
+ * unless the per-client limit could refuse the session: then the owner
+ * is what the limit counts, and it is looked up first. */
+Test(smtp_server, owner_looked_up_after_greeting_unless_limit_could_refuse)
+{
+	int a, b, c;
+
+	teardown();
+	setup_with("max_sessions = 8; max_sessions_per_client = 3;");
+	/* The harness's own session (a Unix socket) is one; these two
+	 * leave the count below the limit. */
+	a = connect_pair_from("127.0.0.1");
+	b = connect_pair_from("127.0.0.1");
+	cr_assert_eq(owner_lookups, 2);
+	cr_assert_eq(owner_after_greeting, 2);
+	cr_assert_str_eq(first_line(a), "220 mx.test ESMTP smarthostd\r\n");
+	/* Three sessions: the next could be refused, so its owner is known
+	 * before anything is written. Here the lookup fails (a socketpair),
+	 * so the limit counts by address: two from 127.0.0.1, a third is
+	 * let in, a fourth refused. */
+	c = connect_pair_from("127.0.0.1");
+	cr_assert_eq(owner_lookups, 3);
+	cr_assert_eq(owner_after_greeting, 2);
+	cr_assert(strncmp(first_line(c), "220 ", 4) == 0);
+	close(connect_pair_from("127.0.0.1"));
+	cr_assert_eq(owner_lookups, 4);
+	cr_assert_eq(owner_after_greeting, 2);
+	cr_assert_eq(smtp_server_sessions(h.srv), 4);
+	close(a);
+	close(b);
+	close(c);
+}
+
+/* The 250 after a commit is on the wire before the message's log lines
+ * are formatted and written. */
+Test(smtp_server, queued_reply_before_log_lines)
+{
+	char id[ENVELOPE_ID_MAX];
+
+	ehlo();
+	data_begin();
+	peek_fd = h.cfd;
+	send_str("Subject: x\r\n\r\nbody\r\n.\r\n");
+	expect_queued(id);
+	peek_fd = -1;
+	cr_assert_eq(queued_lines, 2);
+	cr_assert_eq(queued_lines_after_250, 2);
 }
