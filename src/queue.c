@@ -369,6 +369,22 @@ struct queue {
 static pthread_mutex_t id_mtx = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t id_last_ms;
 static unsigned id_counter;
+/* The pid, read once per process (a system call per message otherwise:
+ * glibc no longer caches it); a fork's child reads its own. */
+static pid_t id_pid;
+static pthread_once_t id_once = PTHREAD_ONCE_INIT;
+
+static void
+id_pid_forget(void)
+{
+	id_pid = 0;
+}
+
+static void
+id_pid_init(void)
+{
+	(void)pthread_atfork(NULL, NULL, id_pid_forget);
+}
 
 static void
 queue_id_next(char *id, size_t idlen)
@@ -380,7 +396,10 @@ queue_id_next(char *id, size_t idlen)
 	ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	ms = ms > ID_EPOCH_MS ? ms - ID_EPOCH_MS : 0;
 
+	(void)pthread_once(&id_once, id_pid_init);
 	pthread_mutex_lock(&id_mtx);
+	if (id_pid == 0)
+		id_pid = getpid();
 	if (ms > id_last_ms) {
 		id_last_ms = ms;
 		id_counter = 0;
@@ -390,7 +409,7 @@ queue_id_next(char *id, size_t idlen)
 	}
 	v = (id_last_ms & ((1ULL << ID_TIME_BITS) - 1))
 	    << (ID_PID_BITS + ID_COUNTER_BITS);
-	v |= ((uint64_t)getpid() & ((1U << ID_PID_BITS) - 1))
+	v |= ((uint64_t)id_pid & ((1U << ID_PID_BITS) - 1))
 	    << ID_COUNTER_BITS;
 	v |= id_counter;
 	pthread_mutex_unlock(&id_mtx);
@@ -413,7 +432,10 @@ queue_id_seen(const char *id)
 	uint64_t ms;
 
 	ms = envelope_id_number(id) >> (ID_PID_BITS + ID_COUNTER_BITS);
+	(void)pthread_once(&id_once, id_pid_init);
 	pthread_mutex_lock(&id_mtx);
+	if (id_pid == 0)
+		id_pid = getpid();
 	if (ms > id_last_ms) {
 		id_last_ms = ms;
 		id_counter = (1U << ID_COUNTER_BITS) - 1; /* next is ms + 1 */
@@ -1290,44 +1312,68 @@ queue_thread(void *arg)
 	return NULL;
 }
 
-/* Runs the callbacks of finished operations on the calling thread. */
+/* Runs the callback of a finished operation and frees it. */
+static void
+qop_finish(struct qop *op)
+{
+	struct envelope *env;
+
+	switch (op->type) {
+	case QOP_COMMIT:
+		env = NULL;
+		if (op->error == 0) {
+			env = op->txn->env;
+			op->txn->env = NULL;
+			env->body_offset = op->logged ? op->log_body :
+			    op->txn->body_offset;
+			env->body_size = op->txn->size;
+			log_debug("%s: committed, size=%jd", op->id,
+			    (intmax_t)env->body_size);
+		}
+		if (op->commit_cb != NULL)
+			op->commit_cb(op->error, env, op->arg);
+		else
+			envelope_free(env);
+		break;
+	case QOP_UPDATE:
+	case QOP_REMOVE:
+		if (op->done_cb != NULL)
+			op->done_cb(op->error, op->arg);
+		break;
+	case QOP_ABORT:
+		break;
+	}
+	qop_free(op);
+}
+
+/*
+ * Runs the callbacks of finished operations on the calling thread: the
+ * commits' first, each kind in its order. A commit's callback owes a
+ * client its 250; the removals synced in the same group (at one client,
+ * the tombstone of the message relayed before, which waited for this
+ * commit's sync) only log and free, and need not run before it.
+ */
 static void
 queue_run_done(struct queue *q)
 {
-	struct qop *op, *next;
-	struct envelope *env;
+	struct qop *op, *next, *rest = NULL, **tail = &rest;
 
 	pthread_mutex_lock(&q->mtx);
 	op = qop_list_take(&q->done);
 	pthread_mutex_unlock(&q->mtx);
 	for (; op != NULL; op = next) {
 		next = op->next;
-		switch (op->type) {
-		case QOP_COMMIT:
-			env = NULL;
-			if (op->error == 0) {
-				env = op->txn->env;
-				op->txn->env = NULL;
-				env->body_offset = op->logged ? op->log_body :
-				    op->txn->body_offset;
-				env->body_size = op->txn->size;
-				log_debug("%s: committed, size=%jd", op->id,
-				    (intmax_t)env->body_size);
-			}
-			if (op->commit_cb != NULL)
-				op->commit_cb(op->error, env, op->arg);
-			else
-				envelope_free(env);
-			break;
-		case QOP_UPDATE:
-		case QOP_REMOVE:
-			if (op->done_cb != NULL)
-				op->done_cb(op->error, op->arg);
-			break;
-		case QOP_ABORT:
-			break;
+		if (op->type != QOP_COMMIT) {
+			op->next = NULL;
+			*tail = op;
+			tail = &op->next;
+			continue;
 		}
-		qop_free(op);
+		qop_finish(op);
+	}
+	for (op = rest; op != NULL; op = next) {
+		next = op->next;
+		qop_finish(op);
 	}
 }
 

@@ -2942,6 +2942,56 @@ Test(queue, lone_commit_carries_a_waiting_removal)
 	free(body);
 }
 
+static struct envelope *order_env;
+
+/* Records a commit's callback as 'c' in order[]. */
+static void
+order_commit_cb(int error, struct envelope *env, void *arg)
+{
+	cr_assert_eq(error, 0, "commit: %s", strerror(error));
+	order[norder++] = 'c';
+	order_env = env;
+	loop_tick();
+}
+
+/* A commit's callback (a client's 250) runs before those of the
+ * removals synced in its group, on the loop and on the thread alike. */
+Test(queue, commit_answered_before_the_removals_of_its_group)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *done[2];
+	struct result r1;
+	static char rm[] = "r";
+	char *body = make_body(2000);
+	int i;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	lone_wait(q, env, body, 2000, &r1);
+	for (i = 0; i < 2; i++) {
+		norder = 0;
+		queue_remove(q, i == 0 ? r1.env->id : done[0]->id, order_cb,
+		    rm);
+		if (i == 0)
+			queue_txn_commit_alone(txn_written(q, env, body, 1000),
+			    order_commit_cb, NULL);
+		else
+			queue_txn_commit(txn_written(q, env, body, 1000),
+			    order_commit_cb, NULL);
+		loop_counter = 0;
+		run_loop(2);
+		cr_assert_eq(norder, 2);
+		cr_assert_eq(order[0], 'c', "round %d: %.2s", i, order);
+		cr_assert_eq(order[1], 'r', "round %d: %.2s", i, order);
+		done[i] = order_env;
+	}
+	queue_close(q);
+	envelope_free(r1.env);
+	envelope_free(done[0]);
+	envelope_free(done[1]);
+	envelope_free(env);
+	free(body);
+}
+
 /* A message too large for the log needs its file renamed and the
  * directory synced: that stays on the commit thread. */
 Test(queue, lone_commit_of_a_file_goes_to_the_thread)
