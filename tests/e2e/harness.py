@@ -45,11 +45,19 @@ EX_CONFIG = 78
 TIMEOUT_SCALE = float(os.environ.get("SMARTHOSTD_TIMEOUT_SCALE", "1"))
 
 
+def scaled(seconds):
+    """seconds times SMARTHOSTD_TIMEOUT_SCALE: the bound of any wait for
+    the daemon or for what it does (a reply that follows an fsync, an exit,
+    a log line), which a checker such as valgrind slows down."""
+    return seconds * TIMEOUT_SCALE
+
+
 def check_config(binary, path):
     """smarthostd -t -c path: the configuration check, its output as
     text."""
     return subprocess.run([binary, "-t", "-c", str(path)],
-                          capture_output=True, text=True, timeout=15)
+                          capture_output=True, text=True,
+                          timeout=scaled(15))
 
 
 def wait_until(predicate, timeout, what, interval=0.05):
@@ -60,7 +68,7 @@ def wait_until(predicate, timeout, what, interval=0.05):
     SMARTHOSTD_TIMEOUT_SCALE (for a daemon under valgrind).
     """
     __tracebackhide__ = True
-    timeout *= TIMEOUT_SCALE
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -684,16 +692,17 @@ class Daemon:
         SIGKILL) if the daemon does not exit in time."""
         self.proc.terminate()
         try:
-            return self.proc.wait(timeout * TIMEOUT_SCALE)
+            return self.proc.wait(scaled(timeout))
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(
-                f"smarthostd still running {timeout} s after SIGTERM")
+                f"smarthostd still running {scaled(timeout):g} s after "
+                "SIGTERM")
 
     def kill(self):
         """SIGKILL, as a crash would."""
         self.proc.kill()
-        self.proc.wait(self.STOP_TIMEOUT)
+        self.proc.wait(scaled(self.STOP_TIMEOUT))
 
     def close(self):
         """Stops the daemon if it runs, keeps its log in memory, removes
@@ -827,7 +836,8 @@ class UnixSMTP(smtplib.SMTP):
 
     def __init__(self, path, timeout=10):
         self._path = path
-        super().__init__(local_hostname=CLIENT_HOSTNAME, timeout=timeout)
+        super().__init__(local_hostname=CLIENT_HOSTNAME,
+                         timeout=scaled(timeout))
 
     def connect(self, host=None, port=0, source_address=None):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -839,10 +849,11 @@ class UnixSMTP(smtplib.SMTP):
 
 def smtp_client(daemon, via="tcp", timeout=10):
     """An smtplib client connected to the daemon, greeting read, EHLO
-    done."""
+    done; timeout (scaled) bounds each reply."""
     if via == "tcp":
         client = smtplib.SMTP("127.0.0.1", daemon.port,
-                              local_hostname=CLIENT_HOSTNAME, timeout=timeout)
+                              local_hostname=CLIENT_HOSTNAME,
+                              timeout=scaled(timeout))
     else:
         client = UnixSMTP(daemon.unix_path, timeout=timeout)
         code, _ = client.connect()
@@ -899,6 +910,7 @@ class RawSMTP:
     MAX_LINE = 65536
 
     def __init__(self, port=None, path=None, timeout=10):
+        timeout = scaled(timeout)
         if path is not None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
@@ -968,7 +980,8 @@ class RawSMTP:
 
     def wait_closed(self, timeout=5):
         """Reads until the server closes the connection; returns what
-        came before the close, or fails after timeout seconds."""
+        came before the close, or fails after timeout seconds (scaled)."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         data, self._buf = self._buf, b""
         while True:
@@ -1135,7 +1148,8 @@ class NotifySocket:
         """Reads datagrams until one carries key=value; returns its
         fields. Fails after timeout seconds, listing what came."""
         __tracebackhide__ = True
-        deadline = time.monotonic() + timeout * TIMEOUT_SCALE
+        timeout = scaled(timeout)
+        deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             fields = self.next(remaining) if remaining > 0 else None

@@ -20,7 +20,7 @@ from harness import (CLIENT_HOSTNAME, EX_CONFIG, SOCKET_ACTIVATE, RawSMTP,
                      assert_relayed, daemon_spawn, daemon_wait_started,
                      delivery_line, ehlo_size, free_port, make_message,
                      merge_settings, random_body, render_config,
-                     rewrite_config, send_message, submit,
+                     rewrite_config, scaled, send_message, submit,
                      wait_until)
 
 SENDER = "a@example.org"
@@ -135,7 +135,7 @@ def test_sd_notify(upstream, daemon_factory, notify_socket):
 
     daemon.signal(signal.SIGTERM)
     notify_socket.wait_for("STOPPING", "1", timeout=10)
-    assert daemon.proc.wait(15) == 0
+    assert daemon.proc.wait(scaled(15)) == 0
     readies = [f for f in notify_socket.received if f.get("READY") == "1"]
     assert len(readies) == 2, (
         f"expected READY=1 at start and after reload only: "

@@ -9,7 +9,7 @@ import pytest
 
 from harness import (CLIENT_HOSTNAME, EX_CONFIG, RawSMTP, assert_relayed,
                      check_config, delivery_line, make_message, queue_id,
-                     render_config)
+                     render_config, scaled)
 
 BROKEN_CONFIGS = {
     "syntax": """\
@@ -135,7 +135,7 @@ def test_graceful_stop(daemon):
         daemon.signal(signal.SIGTERM)
         rest = smtp.wait_closed(timeout=10)
     assert rest.startswith(b"421"), f"idle session got {rest!r}"
-    assert daemon.proc.wait(15) == 0
+    assert daemon.proc.wait(scaled(15)) == 0
     stopping = daemon.wait_log(r"\bstopping\b")
     stopped = daemon.wait_log(r"\bstopped\b")
     assert stopping.start() < stopped.start()
@@ -155,7 +155,7 @@ def test_stop_finishes_open_transaction(daemon, upstream):
         assert reply.code == 250, reply
         qid = queue_id(reply.text)
         assert smtp.wait_closed(timeout=10).startswith(b"421")
-    assert daemon.proc.wait(15) == 0
+    assert daemon.proc.wait(scaled(15)) == 0
 
     # Whether or not it left before the stop, it arrives exactly once.
     daemon.start()
@@ -205,7 +205,7 @@ def test_helo_then_sigint(daemon, upstream):
     daemon.wait_log(delivery_line(qid, "b@example.net", "sent"))
 
     daemon.signal(signal.SIGINT)
-    assert daemon.proc.wait(15) == 0
+    assert daemon.proc.wait(scaled(15)) == 0
     stopping = daemon.wait_log(r"\bstopping\b")
     stopped = daemon.wait_log(r"\bstopped\b")
     assert stopping.start() < stopped.start()

@@ -17,8 +17,8 @@ import pytest
 
 from harness import (EX_CONFIG, HOSTNAME, RawSMTP, daemon_dropping_to,
                      daemon_spawn_in_netns, daemon_wait_started,
-                     delivery_line, make_message, netns_run, send_message,
-                     wait_until)
+                     delivery_line, make_message, netns_run, scaled,
+                     send_message, wait_until)
 from localuser import DROP_GROUP, ensure_group
 from test_observe import ctl_metrics, metrics_port, samples_of, scrape_http
 
@@ -145,7 +145,7 @@ def test_health_says_stopping_during_shutdown(upstream, daemon_factory):
         assert (status, body) == (503, b"stopping\n")
         # Metrics still answer while the daemon drains.
         assert get(port, "/metrics")[0] == 200
-    daemon.proc.wait(20)
+    daemon.proc.wait(scaled(20))
     assert daemon.proc.returncode == 0
 
 
