@@ -12,7 +12,8 @@ import time
 import pytest
 
 from authharness import ctl_fields, run_ctl, smarthostctl_binary
-from harness import delivery_line, make_message, send_message, wait_until
+from harness import (delivery_line, make_message, scaled, send_message,
+                     wait_until)
 
 PROGRAMS = ["smarthostd", "smarthostctl", "smarthost-sendmail",
             "smarthost-postdrop"]
@@ -248,6 +249,42 @@ def test_hold_release_flush(stuck):
     assert r.returncode == 0 and r.stdout == f"{held}: released\n", r
     daemon.wait_log(delivery_line(held, DEFER, "sent"), timeout=20)
     wait_until(lambda: queue_json(daemon) == {}, 10, "an empty queue")
+
+
+def control_pipelined(daemon, *requests):
+    """Sends requests on one control connection in one write; returns
+    each response as (status line, data lines). The daemon runs them one
+    after the other in one go, each before any state record the earlier
+    ones asked for is written."""
+    path = os.path.join(daemon.settings["spool"], "control.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(scaled(10))
+        sock.connect(path)
+        sock.sendall("".join(f"{r}\n" for r in requests).encode())
+        reader = sock.makefile("r", encoding="utf-8", newline="\n")
+        responses = []
+        for _ in requests:
+            status = reader.readline().rstrip("\n")
+            lines = []
+            while (line := reader.readline()) not in (".\n", ""):
+                lines.append(line.rstrip("\n"))
+            responses.append((status, lines))
+    return responses
+
+
+def test_flush_refuses_a_message_whose_hold_is_being_written(stuck):
+    """A flush of a message held a moment ago, its hold's state record not
+    written yet, is refused as for any held message: it stays held, so
+    "due now" would be false."""
+    upstream, daemon = stuck
+    qid = queue_deferred(daemon, "just held")
+    (hold, held), (flush, flushed) = control_pipelined(
+        daemon, f"hold {qid}", f"flush {qid}")
+    assert (hold, held) == ("ok", [f"{qid}: held"])
+    assert flush.startswith("error flush failed"), (flush, flushed)
+    assert flushed == [f"{qid}: held; release it first"]
+    wait_until(lambda: queue_json(daemon)[qid]["held"], 10, "the hold")
+    assert queue_json(daemon)[qid]["next_try"] is None
 
 
 def test_flush_one_message(stuck):
