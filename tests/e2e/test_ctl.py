@@ -256,7 +256,8 @@ def control_pipelined(daemon, *requests):
     each response as (status line, data lines). The daemon runs them one
     after the other in one go, each before any state record the earlier
     ones asked for is written."""
-    path = os.path.join(daemon.settings["spool"], "control.sock")
+    path = daemon.settings.get("control_socket") or os.path.join(
+        daemon.settings["spool"], "control.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(scaled(10))
         sock.connect(path)
