@@ -740,12 +740,20 @@ class Daemon:
             return b""
 
     def log_bytes(self, since=0):
-        """The log from byte offset since, as the daemon wrote it."""
-        return self._read_log()[since:]
+        """The log from byte offset since, as the daemon wrote it; while
+        it runs, whole lines only. Its write(2) of a line that crosses a
+        page of the file can be read half done (the first page's part
+        visible, the rest not yet), and a pattern that matches such a
+        head, or a pid or port cut short, must wait for the rest."""
+        data = self._read_log()[since:]
+        if self._final_log is None and self.running():
+            data = data[:data.rfind(b"\n") + 1]
+        return data
 
     def log(self, since=0):
-        """The log text from byte offset since."""
-        return self._read_log()[since:].decode("utf-8", errors="replace")
+        """The log text from byte offset since (whole lines only while
+        the daemon runs, as log_bytes())."""
+        return self.log_bytes(since).decode("utf-8", errors="replace")
 
     def wait_log(self, pattern, timeout=10, since=0):
         """Waits until pattern (a regex) matches a log line; returns the
