@@ -28,7 +28,8 @@ import time
 from collections import Counter
 
 from conftest import scale
-from harness import CLIENT_HOSTNAME, free_port, make_message, random_body
+from harness import (CLIENT_HOSTNAME, free_port, make_message, random_body,
+                     scaled)
 from spoolread import live_files, live_ids
 
 TOKEN_RE = re.compile(rb"^Subject: crash (\S+)\r$", re.MULTILINE)
@@ -128,7 +129,8 @@ def wait_while_delivering(predicate, arrivals, quiet, what):
     fails once quiet seconds have passed with no new message at the
     upstream. How long the whole takes is the machine's speed (under a
     load average of 18 a run took over 180 s to drain): only a drain that
-    stopped is a failure."""
+    stopped is a failure. quiet is scaled by SMARTHOSTD_TIMEOUT_SCALE."""
+    quiet = scaled(quiet)
     last, count = time.monotonic(), arrivals.seen
     while True:
         result = predicate()

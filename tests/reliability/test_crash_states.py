@@ -27,8 +27,8 @@ import time
 from conftest import scale
 from crashfs import Tracer, apply, crash_states, durable_sets
 from spoolread import live_ids, tombstones
-from harness import daemon_spawn, make_message, random_body, send_message, \
-    wait_until
+from harness import daemon_spawn, make_message, random_body, scaled, \
+    send_message, wait_until
 
 TRACED = ("openat,open,creat,close,dup,dup2,dup3,fcntl,write,writev,"
           "pwrite64,pwritev,pwritev2,sendto,sendmsg,ftruncate,fallocate,"
@@ -162,7 +162,8 @@ def run_traced(daemon, upstream, count, trace):
         list(pool.map(submit, range(count, count + REUSE)))
     drained(count + REUSE)
     os.kill(pid, signal.SIGTERM)
-    assert daemon.proc.wait(60) == 0, "the traced daemon did not stop well"
+    assert daemon.proc.wait(scaled(60)) == 0, \
+        "the traced daemon did not stop well"
     return accepted
 
 
