@@ -432,10 +432,7 @@ queue_id_seen(const char *id)
 	uint64_t ms;
 
 	ms = envelope_id_number(id) >> (ID_PID_BITS + ID_COUNTER_BITS);
-	(void)pthread_once(&id_once, id_pid_init);
 	pthread_mutex_lock(&id_mtx);
-	if (id_pid == 0)
-		id_pid = getpid();
 	if (ms > id_last_ms) {
 		id_last_ms = ms;
 		id_counter = (1U << ID_COUNTER_BITS) - 1; /* next is ms + 1 */
