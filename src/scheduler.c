@@ -3041,20 +3041,24 @@ scheduler_flush_one(struct scheduler *s, const char *id)
 		errno = ENOENT;
 		return -1;
 	}
-	/* Held in the schedule, or active with the flag set: its hold's
-	 * state record may still be on its way to disk, and msg_updated
-	 * then parks it held whatever m->flush says. */
-	if (msg_is_held(s, id) == 1) {
-		errno = EPERM;
-		return -1;
-	}
 	if ((m = msg_find(s, n)) != NULL) {
+		/* Active with the flag set: its hold's state record may
+		 * still be on its way to disk, and msg_updated then parks it
+		 * held whatever m->flush says. */
+		if (m->env != NULL && (m->env->flags & ENVELOPE_HOLD)) {
+			errno = EPERM;
+			return -1;
+		}
 		if (m->state == MSG_LOADING || m->state == MSG_FINISHING)
 			m->flush = 1;
 		return 0;
 	}
 	if ((i = rec_find(s, n)) == SIZE_MAX) {
 		errno = ENOENT;
+		return -1;
+	}
+	if (s->heap[i].flags & REC_HELD) {
+		errno = EPERM;
 		return -1;
 	}
 	s->heap[i].key = 0;
