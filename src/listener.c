@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 
 #include <errno.h>
@@ -54,6 +55,10 @@ struct listener {
 	int fd;                    /* -1 once an evconnlistener owns it */
 	int family;
 	char desc[DESC_MAX];       /* "127.0.0.1:25", "[::1]:25", "unix:/p" */
+	/* The bound address when it is one address, the local end of every
+	 * connection it accepts; unset (family 0) for a wildcard or Unix
+	 * socket. */
+	struct sockaddr_storage local;
 	char *path;                /* Unix socket file we created, or NULL */
 	dev_t dev;                 /* ... and its identity */
 	ino_t ino;
@@ -131,6 +136,34 @@ sockaddr_is_loopback(const struct sockaddr *sa)
 	return sa->sa_family == AF_UNIX;
 }
 
+/*
+ * A TCP listener: TCP_NODELAY is set on it once, since accepted sockets
+ * inherit it (one setsockopt less per connection). Replies leave one
+ * write per command, or one per batch of pipelined commands, so Nagle's
+ * algorithm could only hold a reply back for the client's delayed ACK.
+ * The bound address is kept when it is one address, so a connection's
+ * local end need not be asked for.
+ */
+static void
+tcp_prepare(struct listener *li)
+{
+	struct sockaddr_storage ss;
+	socklen_t slen = sizeof(ss);
+	int one = 1;
+
+	if (setsockopt(li->fd, IPPROTO_TCP, TCP_NODELAY, &one,
+	    sizeof(one)) == -1)
+		log_warn("%s: TCP_NODELAY", li->desc);
+	if (getsockname(li->fd, (struct sockaddr *)&ss, &slen) == -1)
+		return;
+	if ((ss.ss_family == AF_INET &&
+	    ((struct sockaddr_in *)&ss)->sin_addr.s_addr !=
+	    htonl(INADDR_ANY)) ||
+	    (ss.ss_family == AF_INET6 && !IN6_IS_ADDR_UNSPECIFIED(
+	    &((struct sockaddr_in6 *)&ss)->sin6_addr)))
+		li->local = ss;
+}
+
 static struct listener *
 listener_add(struct listeners *l, int fd, int family)
 {
@@ -143,6 +176,8 @@ listener_add(struct listeners *l, int fd, int family)
 	li->fd = fd;
 	li->family = family;
 	describe(fd, li->desc, sizeof(li->desc));
+	if (family == AF_INET || family == AF_INET6)
+		tcp_prepare(li);
 	return li;
 }
 
@@ -465,7 +500,8 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
 		evutil_closesocket(fd);
 		return;
 	}
-	smtp_server_accept(l->srv, fd, sa, (socklen_t)salen);
+	smtp_server_accept(l->srv, fd, sa, (socklen_t)salen,
+	    li->local.ss_family != 0 ? (struct sockaddr *)&li->local : NULL);
 }
 
 static void

@@ -751,15 +751,15 @@ import_start(struct import *im, uid_t uid)
 	struct timeval tv = { IMPORT_TIMEOUT, 0 };
 	int sv[2];
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+	    sv) == -1) {
 		log_warn("maildrop: socketpair");
 		if (md->cur == im)
 			md->cur = NULL;
 		import_free(im);
 		return -1;
 	}
-	if (evutil_make_socket_nonblocking(sv[0]) == -1 ||
-	    (im->bev = bufferevent_socket_new(md->base, sv[0],
+	if ((im->bev = bufferevent_socket_new(md->base, sv[0],
 	    BEV_OPT_CLOSE_ON_FREE)) == NULL)
 		fatalx("maildrop: cannot set up an import");
 	bufferevent_setcb(im->bev, import_read_cb, NULL, import_event_cb, im);

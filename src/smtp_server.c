@@ -37,7 +37,6 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <arpa/inet.h>
 
 #include <ctype.h>
@@ -1898,21 +1897,25 @@ session_peer(struct session *s, evutil_socket_t fd,
 }
 
 /* A loopback TCP client: its socket's owner, from the kernel (a
- * getsockname and a sock_diag request and reply). */
+ * sock_diag request and reply, and a getsockname first when the local
+ * address is not known). */
 static void
 session_owner(struct session *s, evutil_socket_t fd,
-    const struct sockaddr *sa)
+    const struct sockaddr *sa, const struct sockaddr *local)
 {
-	struct sockaddr_storage local;
-	socklen_t llen = sizeof(local);
+	struct sockaddr_storage ss;
+	socklen_t llen = sizeof(ss);
 	uid_t uid;
 
 	if (sa == NULL || s->peer_family == AF_UNIX ||
 	    strcmp(s->peer_name, "localhost") != 0)
 		return;
-	if (getsockname(fd, (struct sockaddr *)&local, &llen) == -1)
-		return;
-	if (peercred_tcp((struct sockaddr *)&local, sa, &uid) == 0) {
+	if (local == NULL) {
+		if (getsockname(fd, (struct sockaddr *)&ss, &llen) == -1)
+			return;
+		local = (struct sockaddr *)&ss;
+	}
+	if (peercred_tcp(local, sa, &uid) == 0) {
 		s->uid = uid;
 		s->uid_known = 1;
 	} else
@@ -1998,13 +2001,13 @@ smtp_server_free(struct smtp_server *srv)
  */
 static void
 session_start(struct smtp_server *srv, evutil_socket_t fd,
-    const struct sockaddr *sa, socklen_t salen, const char *label,
-    const uid_t *uid)
+    const struct sockaddr *sa, socklen_t salen, const struct sockaddr *local,
+    const char *label, const uid_t *uid)
 {
 	const struct config *cfg = srv->cfg;
 	struct session *s;
 	struct timeval tv;
-	int one = 1, owner_later;
+	int owner_later;
 
 	if (srv->shutting_down) {
 		refuse(fd, "421 4.3.2 Service shutting down\r\n");
@@ -2017,12 +2020,6 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 		    "later\r\n");
 		return;
 	}
-	if (evutil_make_socket_nonblocking(fd) == -1) {
-		log_warn("smtp: nonblocking");
-		evutil_closesocket(fd);
-		return;
-	}
-
 	s = xcalloc(1, sizeof(*s));
 	s->srv = srv;
 	s->id = ++srv->next_id;
@@ -2049,14 +2046,14 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 	 * refuse this session (the client's sessions are among the others).
 	 * Otherwise it is looked up just after the 220 is written, while the
 	 * client reads it and sends its first command: at one client each
-	 * connection's greeting no longer waits for a getsockname and a
-	 * sock_diag request and reply. The callback that writes the greeting
+	 * connection's greeting does not wait for the sock_diag request and
+	 * reply. The callback that writes the greeting
 	 * looks it up, so no command is read before it is known.
 	 */
 	owner_later = label == NULL &&
 	    srv->nsessions < cfg->max_sessions_per_client;
 	if (label == NULL && !owner_later)
-		session_owner(s, fd, sa);
+		session_owner(s, fd, sa, local);
 	snprintf(s->source, sizeof(s->source), "%s", label != NULL ? label :
 	    "smtp");
 	if (client_sessions(srv, s) >= cfg->max_sessions_per_client) {
@@ -2107,28 +2104,21 @@ session_start(struct smtp_server *srv, evutil_socket_t fd,
 	session_update_read(s);
 	(void)session_flush(s);
 	if (owner_later)
-		session_owner(s, fd, sa);
-	/* Nagle's algorithm holds back a segment only while an earlier one
-	 * is unacknowledged, so the greeting, the first, left at once
-	 * without this. */
-	if (sa != NULL && (sa->sa_family == AF_INET ||
-	    sa->sa_family == AF_INET6))
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
-		    sizeof(one));
+		session_owner(s, fd, sa, local);
 }
 
 void
 smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
-    const struct sockaddr *sa, socklen_t salen)
+    const struct sockaddr *sa, socklen_t salen, const struct sockaddr *local)
 {
-	session_start(srv, fd, sa, salen, NULL, NULL);
+	session_start(srv, fd, sa, salen, local, NULL, NULL);
 }
 
 void
 smtp_server_accept_local(struct smtp_server *srv, evutil_socket_t fd,
     const char *label, uid_t uid)
 {
-	session_start(srv, fd, NULL, 0, label, &uid);
+	session_start(srv, fd, NULL, 0, NULL, label, &uid);
 }
 
 void

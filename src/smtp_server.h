@@ -32,20 +32,26 @@ struct smtp_server *smtp_server_new(struct event_base *base,
 /* Closes every session at once. Accepts NULL. */
 void smtp_server_free(struct smtp_server *srv);
 /*
- * Starts a session on fd (which the server now owns). sa is the peer
- * (AF_UNIX for local sockets). Beyond max_sessions the client gets a 421
+ * Starts a session on fd (which the server now owns; it must already be
+ * non-blocking, as accept4 with SOCK_NONBLOCK makes it). sa is the peer
+ * (AF_UNIX for local sockets); local, when not NULL, is the socket's own
+ * address (a listener bound to one address knows it), else it is asked
+ * with getsockname when needed. Beyond max_sessions the client gets a 421
  * and the socket is closed. The local user behind the peer is recorded
  * when it can be known: SO_PEERCRED for a Unix socket, the kernel's socket
- * table for a loopback TCP client (see peercred.h).
+ * table for a loopback TCP client (see peercred.h). TCP_NODELAY is the
+ * listening socket's to set: accepted sockets inherit it.
  */
 void smtp_server_accept(struct smtp_server *srv, evutil_socket_t fd,
-    const struct sockaddr *sa, socklen_t salen);
+    const struct sockaddr *sa, socklen_t salen,
+    const struct sockaddr *local);
 /*
- * Starts a session on fd for a peer the caller vouches for: an in-process
- * client such as the maildrop importer. The session is the same as for a
- * socket client (limits, sender policy, Received: header) but its client
- * is "localhost[label]" and its local user is uid, and the messages it
- * commits count under source=label in the accepted metric (metrics.h).
+ * Starts a session on fd (non-blocking) for a peer the caller vouches
+ * for: an in-process client such as the maildrop importer. The session
+ * is the same as for a socket client (limits, sender policy, Received:
+ * header) but its client is "localhost[label]" and its local user is
+ * uid, and the messages it commits count under source=label in the
+ * accepted metric (metrics.h).
  */
 void smtp_server_accept_local(struct smtp_server *srv, evutil_socket_t fd,
     const char *label, uid_t uid);

@@ -126,10 +126,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		setup();
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1 ||
-	    fcntl(sv[0], F_SETFL, O_NONBLOCK) == -1)
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+	    sv) == -1)
 		abort();
-	smtp_server_accept(srv, sv[1], (struct sockaddr *)&sun, sizeof(sun));
+	smtp_server_accept(srv, sv[1], (struct sockaddr *)&sun, sizeof(sun),
+	    NULL);
 	out = evbuffer_new();
 	deadline = now() + INPUT_SECS;
 	while (!eof && now() < deadline) {

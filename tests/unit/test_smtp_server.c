@@ -9,6 +9,7 @@
 #include <sys/time.h>
 #include <sys/un.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 
 #include <dirent.h>
@@ -234,10 +235,10 @@ connect_pair(void)
 
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	cr_assert_neq(fcntl(sv[0], F_SETFL, O_NONBLOCK), -1);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
+	    SOCK_NONBLOCK, 0, sv), 0);
 	smtp_server_accept(h.srv, sv[1], (struct sockaddr *)&sun,
-	    sizeof(sun));
+	    sizeof(sun), NULL);
 	return sv[0];
 }
 
@@ -1196,11 +1197,11 @@ connect_pair_from(const char *ip)
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
 	cr_assert_eq(inet_pton(AF_INET, ip, &sin.sin_addr), 1);
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	cr_assert_neq(fcntl(sv[0], F_SETFL, O_NONBLOCK), -1);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
+	    SOCK_NONBLOCK, 0, sv), 0);
 	peek_fd = sv[0];
 	smtp_server_accept(h.srv, sv[1], (struct sockaddr *)&sin,
-	    sizeof(sin));
+	    sizeof(sin), NULL);
 	peek_fd = -1;
 	return sv[0];
 }
@@ -1962,6 +1963,7 @@ void __wrap_log_info(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
 
 static int owner_lookups, owner_after_greeting;
+static struct sockaddr_storage owner_local;	/* the last lookup's */
 static int queued_lines, queued_lines_after_250;
 
 /* Whether the client end has bytes waiting that start with prefix (or,
@@ -1987,6 +1989,9 @@ __wrap_peercred_tcp(const struct sockaddr *local,
     const struct sockaddr *peer, uid_t *uid)
 {
 	owner_lookups++;
+	memset(&owner_local, 0, sizeof(owner_local));
+	memcpy(&owner_local, local, local->sa_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 	if (peek_has("220 ", 0))
 		owner_after_greeting++;
 	return __real_peercred_tcp(local, peer, uid);
@@ -2057,4 +2062,77 @@ Test(smtp_server, queued_reply_before_log_lines)
 	peek_fd = -1;
 	cr_assert_eq(queued_lines, 2);
 	cr_assert_eq(queued_lines_after_250, 2);
+}
+
+/* Our own end of a loopback TCP connection whose other end is bound to
+ * client (the server runs in this process): found among our descriptors. */
+static int
+server_end(int client)
+{
+	struct sockaddr_storage mine, peer;
+	socklen_t len;
+	int fd;
+
+	len = sizeof(mine);
+	cr_assert_eq(getsockname(client, (struct sockaddr *)&mine, &len), 0);
+	for (fd = 3; fd < 1024; fd++) {
+		len = sizeof(peer);
+		if (fd == client ||
+		    getpeername(fd, (struct sockaddr *)&peer, &len) == -1)
+			continue;
+		if (peer.ss_family == AF_INET &&
+		    ((struct sockaddr_in *)&peer)->sin_port ==
+		    ((struct sockaddr_in *)&mine)->sin_port)
+			return fd;
+	}
+	return -1;
+}
+
+/*
+ * Accepted TCP sessions: TCP_NODELAY comes from the listening socket, and
+ * the owner lookup is given the connection's local address, from the
+ * listener when it is bound to one address, from getsockname when it
+ * listens on every address.
+ */
+static void
+accept_and_check(const char *listen, const char *extra)
+{
+	struct sockaddr_in sin, *local;
+	char conf[512], *line;
+	int fd, sfd, on = 0;
+	socklen_t len = sizeof(on);
+	unsigned port;
+
+	snprintf(conf, sizeof(conf), "listen = ( { address = \"%s\"; "
+	    "port = \"0\"; } );\n%s", listen, extra);
+	cr_assert_not_null(lsetup(conf), "%s", lerr);
+	port = desc_port(listeners_describe(lst, 0));
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons((uint16_t)port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	owner_lookups = 0;
+	fd = tcp_connect((struct sockaddr *)&sin, sizeof(sin), NULL, 0);
+	line = fd_read_line(fd);
+	cr_assert(strncmp(line, "220 ", 4) == 0, "got \"%s\"", line);
+	cr_assert_eq(owner_lookups, 1);
+	local = (struct sockaddr_in *)&owner_local;
+	cr_assert_eq(local->sin_family, AF_INET);
+	cr_assert_eq(local->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+	cr_assert_eq(ntohs(local->sin_port), port);
+	sfd = server_end(fd);
+	cr_assert_neq(sfd, -1, "the accepted socket was not found");
+	cr_assert_eq(getsockopt(sfd, IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+	cr_assert_eq(on, 1, "TCP_NODELAY is off on the accepted socket");
+	close(fd);
+}
+
+Test(listener, accepted_socket_bound_address)
+{
+	accept_and_check("127.0.0.1", "");
+}
+
+Test(listener, accepted_socket_wildcard_address)
+{
+	accept_and_check("0.0.0.0", "allow_networks = [ \"127.0.0.0/8\" ];");
 }
