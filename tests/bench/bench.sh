@@ -39,6 +39,14 @@
 # (the daemon's smarthostd_relay_connections_total, read through
 # smarthostctl before it stops), printed per phase as medians.
 #
+# Every phase also records the CPU per message of smtp-source and
+# smtp-sink, the STARTTLS phases that of the upstream Postfix instance;
+# from them each run computes what the cores allow at c=20 (bounds() has
+# the arithmetic): the share of smtp-source -> smtp-sink that a relay
+# costing what smtp-sink costs could accept, the daemon CPU per message
+# that 80 % would need, and the end-to-end rate through the STARTTLS
+# upstream with a relay that costs nothing, as a multiple of Postfix's.
+#
 # Postfix needs root (postfix start); without root its rows are skipped.
 # BENCH_PHASES=tls runs only the STARTTLS phases (with Postfix: root), and
 # no latency, big message or disk probes; BENCH_PHASES=relay only
@@ -181,10 +189,21 @@ EOF
 
 # ---- measuring ----
 
+# per_msg SECONDS0 SECONDS1: the CPU between two readings in ms per
+# message of the phase.
+per_msg() {
+	awk -v a="$1" -v b="$2" -v n="$msgs" \
+	    'BEGIN { printf "%.3f", (b - a) * 1000 / n }'
+}
+
 # measure CASE CLIENTS TARGET ROOT_PID: one phase of the load through a
-# relay whose processes are ROOT_PID and its descendants.
+# relay whose processes are ROOT_PID and its descendants. Besides the
+# relay's CPU per message it records smtp-source's (srccpu) and
+# smtp-sink's (sinkcpu, from the first connection until the sink had every
+# message), the inputs of the bounds in the report.
 measure() {
 	before=$(sink_count)
+	sinkcpu0=$($probe cpu "$sink_pid")
 	cpu0=$($probe cpu "$4")
 	rm -f "$work/stop"
 	$probe pss-peak "$4" "$work/stop" >"$work/pss" &
@@ -193,19 +212,27 @@ measure() {
 	wait_sink $((before + msgs)) "$drain_timeout" ||
 	    fail "$1 c=$2: not everything arrived"
 	cpu1=$($probe cpu "$4")
+	sinkcpu1=$($probe cpu "$sink_pid")
 	touch "$work/stop"
 	wait "$sampler_pid" || true
 	sampler_pid=
 	record "$1" "accept$2" "$(per_second "$msgs" "$t0" "$t1")"
 	record "$1" "e2e$2" "$(per_second "$msgs" "$t0" "$t2")"
-	record "$1" "cpu$2" "$(awk -v a="$cpu0" -v b="$cpu1" -v n="$msgs" \
-	    'BEGIN { printf "%.3f", (b - a) * 1000 / n }')"
+	record "$1" "cpu$2" "$(per_msg "$cpu0" "$cpu1")"
 	record "$1" "pss$2" "$(cat "$work/pss")"
+	record "$1" "srccpu$2" "$(per_msg 0 "$source_cpu")"
+	record "$1" "sinkcpu$2" "$(per_msg "$sinkcpu0" "$sinkcpu1")"
 }
 
+# ceiling CLIENTS: smtp-source -> smtp-sink, the load generator's limit,
+# with the CPU per message of each.
 ceiling() {
+	sinkcpu0=$($probe cpu "$sink_pid")
 	source_load "$1" "$msgs" "127.0.0.1:$sink_port"
+	sinkcpu1=$($probe cpu "$sink_pid")
 	record sink "accept$1" "$(per_second "$msgs" "$t0" "$t1")"
+	record sink "srccpu$1" "$(per_msg 0 "$source_cpu")"
+	record sink "sinkcpu$1" "$(per_msg "$sinkcpu0" "$sinkcpu1")"
 }
 
 # TLS connections the STARTTLS upstream logged so far.
@@ -215,11 +242,16 @@ upstream_tls() {
 	echo "${_n:-0}"
 }
 
-# measure_tls CASE CLIENTS TARGET ROOT_PID: measure, and the upstream's
-# TLS connections of the phase (postlogd writes them a little later).
+# measure_tls CASE CLIENTS TARGET ROOT_PID: measure, the CPU per message
+# of the upstream Postfix instance (upcpu: its master and every process
+# below it, smtpd with TLS and the proxy filter included, reaped ones too)
+# and its TLS connections of the phase (postlogd writes them a little
+# later).
 measure_tls() {
 	_up0=$(upstream_tls)
+	_upcpu0=$($probe cpu "$tlsup_pid")
 	measure "$@"
+	record "$1" "upcpu$2" "$(per_msg "$_upcpu0" "$($probe cpu "$tlsup_pid")")"
 	sleep 1
 	record "$1" "conns$2" $(($(upstream_tls) - _up0))
 }
@@ -283,11 +315,85 @@ target() {
 	}'
 }
 
+# last CASE METRIC: the value of the run under way (every run records the
+# same metrics in the same order), "-" if none.
+last() {
+	awk -v c="$1" -v m="$2" '$1 == c && $2 == m { x = $3 }
+	    END { print (x == "" ? "-" : x) }' "$results"
+}
+
+# calc FORMAT EXPR NAME=VALUE...: the awk expression EXPR over the named
+# values, printed with FORMAT; "-" when one of them was not measured.
+calc() {
+	_fmt=$1 _expr=$2
+	shift 2
+	_n=$#
+	for _a; do
+		[ "${_a#*=}" != - ] || { echo -; return 0; }
+		set -- "$@" -v "$_a"
+	done
+	shift "$_n"
+	awk "$@" "BEGIN { printf \"$_fmt\\n\", $_expr }"
+}
+
+# record_calc CASE METRIC FORMAT EXPR NAME=VALUE...: records calc's value
+# unless an input is missing.
+record_calc() {
+	_c=$1 _m=$2
+	shift 2
+	_val=$(calc "$@")
+	[ "$_val" = - ] || record "$_c" "$_m" "$_val"
+}
+
+# bounds: what this machine's cores allow at c=20, from the run under way.
+#
+# Accepting: smtp-source -> smtp-sink at c=20 fills the cores, so its rate
+# is cores / W, W = the CPU per message of smtp-source + smtp-sink there
+# (cores20 shows how much of the cores they used). A relay in between
+# serves the same inbound conversation, which costs at least what
+# smtp-sink spends on it (it stores, syncs and relays nothing), and makes
+# smtp-sink its upstream, which costs it S_up per message (sinkcpu20 of
+# smarthostd's phase: reused, pipelined connections). With the cores full
+# the relay's rate is cores / (source + relay + S_up), so no relay gets
+# more than W / (W + S_up) of the direct rate (ceil20, in %). For 80 %,
+# source + relay + S_up = W / 0.8, so the daemon may spend
+# W / 0.8 - S_up - smtp-source's CPU per message in its own phase
+# (need20; srcextra20 is what smtp-source spent there beyond its CPU
+# against smtp-sink); below zero, 80 % is out of reach for any relay here.
+#
+# STARTTLS upstream: a relay that costs nothing leaves the cores to
+# smtp-source, the upstream Postfix instance and smtp-sink, as they cost
+# in smarthostd's phase: cores / their sum is the end-to-end rate
+# (tlsrate20), tlsx20 that rate over Postfix's own end to end through the
+# same upstream.
+bounds() {
+	_sd=$(last sink srccpu20) _kd=$(last sink sinkcpu20)
+	_sr=$(last smarthostd srccpu20) _ku=$(last smarthostd sinkcpu20)
+	record_calc bound cores20 %.2f "(sd + kd) * r / 1000" sd="$_sd" \
+	    kd="$_kd" r="$(last sink accept20)"
+	record_calc bound smdcores20 %.2f "(sr + d + ku) * r / 1000" \
+	    sr="$_sr" d="$(last smarthostd cpu20)" ku="$_ku" \
+	    r="$(last smarthostd e2e20)"
+	record_calc bound ceil20 %.1f "100 * (sd + kd) / (sd + kd + ku)" \
+	    sd="$_sd" kd="$_kd" ku="$_ku"
+	record_calc bound need20 %.3f "(sd + kd) / 0.8 - sr - ku" sd="$_sd" \
+	    kd="$_kd" sr="$_sr" ku="$_ku"
+	record_calc bound srcextra20 %.3f "sr - sd" sr="$_sr" sd="$_sd"
+	_tls="s=$(last smarthostd-tls srccpu20)"
+	record_calc bound tlsrate20 %.0f "n * 1000 / (s + u + k)" n="$cores" \
+	    "$_tls" u="$(last smarthostd-tls upcpu20)" \
+	    k="$(last smarthostd-tls sinkcpu20)"
+	record_calc bound tlsx20 %.2f "n * 1000 / (s + u + k) / p" \
+	    n="$cores" "$_tls" u="$(last smarthostd-tls upcpu20)" \
+	    k="$(last smarthostd-tls sinkcpu20)" p="$(last postfix-tls e2e20)"
+}
+
 # ---- the run ----
 
+cores=$(nproc)
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 echo "smarthostd bench, $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "machine: $(nproc) cores ($cpu_model), kernel $(uname -r)," \
+echo "machine: $cores cores ($cpu_model), kernel $(uname -r)," \
     "$(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' \
     /proc/meminfo)"
 echo "spool disk: $(df -PT "$work" | awk 'NR == 2 { print $2 " on " $1 }')"
@@ -328,6 +434,7 @@ smtpd_tls_loglevel = 1
 smtpd_proxy_filter = 127.0.0.1:$sink_port
 relayhost = [127.0.0.1]:$sink_port
 EOF
+	tlsup_pid=$pf_master
 	pf_port=$(free_port)
 	postfix_instance pf "$pf_port" <<EOF
 relayhost = [127.0.0.1]:$sink_port
@@ -373,6 +480,7 @@ while [ $r -le "$runs" ]; do
 			    "$tls_port" "$smd_tls"
 		done
 	fi
+	bounds
 	if [ "$phases" != all ] && [ "$phases" != accept ]; then
 		r=$((r + 1))
 		continue
@@ -536,6 +644,44 @@ echo "  one client's bound (blocks written before) vs Postfix:" \
     "$(ratio "$b1" "$p1"), vs smtp-source -> smtp-sink:" \
     "$(ratio "$b1" "$(v sink accept1)"); accept c=1 vs that bound:" \
     "$(ratio "$s1" "$b1")"
+echo
+
+# reach VALUE LIMIT: whether a bound leaves room for a target.
+reach() {
+	awk -v v="$1" -v l="$2" 'BEGIN {
+		if (v == "-") print "not measured"
+		else if (v + 0 >= l + 0) print "reachable on this machine"
+		else print "out of reach on this machine"
+	}'
+}
+echo "what this machine's $cores cores allow at c=20 (CPU ms per message," \
+    "medians; bounds: medians of each run's):"
+printf '  %-28s %11s %10s %10s %10s\n' "" smtp-source smtp-sink relay \
+    upstream
+cpurow() {
+	printf '  %-28s %11s %10s %10s %10s\n' "$2" "$(v "$1" srccpu20)" \
+	    "$(v "$1" sinkcpu20)" "$(v "$1" cpu20)" "$(v "$1" upcpu20)"
+}
+cpurow sink "smtp-source -> smtp-sink"
+cpurow smarthostd "smarthostd (TCP)"
+cpurow postfix-tls "Postfix, STARTTLS upstream"
+cpurow smarthostd-tls "smarthostd, STARTTLS upst."
+echo "  cores used: smtp-source -> smtp-sink $(v bound cores20) of $cores;" \
+    "smarthostd (TCP), source + daemon + sink until the last delivery," \
+    "$(v bound smdcores20) of $cores"
+ceil20=$(v bound ceil20)
+echo "  c=20 ceiling for any relay on this machine: $ceil20 % of" \
+    "smtp-source -> smtp-sink (a relay costing what smtp-sink costs);" \
+    "measured: $(calc %.1f "100 * a / b" a="$s20" b="$(v sink accept20)") %" \
+    "(target 80 %: $(reach "$ceil20" 80))"
+echo "  daemon CPU/msg needed for 80 %: $(v bound need20) ms (smtp-source" \
+    "spent $(v bound srcextra20) ms more per message than against" \
+    "smtp-sink); measured: $(v smarthostd cpu20) ms"
+tlsx20=$(v bound tlsx20)
+echo "  STARTTLS upstream, e2e c=20 the cores allow with a relay that costs" \
+    "nothing: $(v bound tlsrate20)/s = ${tlsx20}x Postfix through it" \
+    "(target 8x: $(reach "$tlsx20" 8)); measured: $(ratio \
+    "$(v smarthostd-tls e2e20)" "$(v postfix-tls e2e20)")x"
 echo
 echo "every run (case metric: values in run order):"
 awk '{

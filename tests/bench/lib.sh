@@ -7,6 +7,7 @@ smtp_sink=/usr/sbin/smtp-sink
 python=/usr/bin/python3
 [ -x "$python" ] || python=python3
 bench_dir=$(cd "$(dirname "$0")" && pwd)
+clk_tck=$(getconf CLK_TCK)
 
 need_postfix_tools() {
 	for tool in "$smtp_source" "$smtp_sink"; do
@@ -172,12 +173,26 @@ stop_daemon() {
 }
 
 # source_load CLIENTS MSGS TARGET: smtp-source's load (one connection per
-# message, as cron jobs and scripts submit), timed into $t0 and $t1.
-# TARGET is 127.0.0.1:PORT or unix:PATH.
+# message, as cron jobs and scripts submit), timed into $t0 and $t1, its
+# CPU seconds (user + system) in $source_cpu. TARGET is 127.0.0.1:PORT or
+# unix:PATH.
+#
+# The CPU is the cutime + cstime of a shell whose only child is timeout,
+# read by that shell itself (the builtin read, no process of its own) once
+# timeout has reaped smtp-source: so it holds smtp-source and timeout
+# (which only waits) and nothing of the bench's other children, its probes
+# included. /proc counts in clock ticks (10 ms at 100 Hz).
 source_load() {
 	t0=$(now)
-	timeout 900 "$smtp_source" -s "$1" -m "$2" -l "$size" \
+	# shellcheck disable=SC2016
+	sh -c 'out=$1; shift; "$@" || exit; read -r s </proc/$$/stat
+	    echo "$s" >"$out"' sh "$work/source.stat" \
+	    timeout 900 "$smtp_source" -s "$1" -m "$2" -l "$size" \
 	    -f from@example.org -t to@example.net "$3" ||
 	    fail "smtp-source -s $1 -m $2 $3 failed"
 	t1=$(now)
+	# Fields 16 and 17 of proc(5), counted after the ")" that ends the
+	# command name: state is the first there, so they are $14 and $15.
+	source_cpu=$(sed 's/.*) //' "$work/source.stat" |
+	    awk -v hz="$clk_tck" '{ printf "%.3f", ($14 + $15) / hz }')
 }
