@@ -306,6 +306,21 @@ ratio() {
 }
 
 # target NAME VALUE OP LIMIT: one line of the issue's targets.
+# per_run CASE1 METRIC1 CASE2 METRIC2: the ratio of the two in each run,
+# in run order (every run records them in the same order).
+per_run() {
+	awk -v c1="$1" -v m1="$2" -v c2="$3" -v m2="$4" '
+		$1 == c1 && $2 == m1 { a[++na] = $3 }
+		$1 == c2 && $2 == m2 { b[++nb] = $3 }
+		END {
+			for (i = 1; i <= na && i <= nb; i++)
+				printf "%s%.2f", (i > 1 ? " " : ""), \
+				    (b[i] > 0 ? a[i] / b[i] : 0)
+			if (na == 0 || nb == 0)
+				printf "-"
+		}' "$results"
+}
+
 target() {
 	awk -v n="$1" -v v="$2" -v op="$3" -v l="$4" 'BEGIN {
 		if (v == "-") s = "not measured"
@@ -616,6 +631,10 @@ target "accept c=1 vs smtp-source -> smtp-sink" \
 target "accept c=20 vs Postfix" "$(ratio "$s20" "$p20")" ">=" 8
 target "accept c=20 vs smtp-source -> smtp-sink" \
     "$(ratio "$s20" "$(v sink accept20)")" ">=" 0.8
+echo "  accept c=20, run by run: vs Postfix $(per_run smarthostd accept20 \
+    postfix accept20); vs smtp-source -> smtp-sink $(per_run smarthostd \
+    accept20 sink accept20); smtp-source -> smtp-sink itself vs Postfix" \
+    "$(per_run sink accept20 postfix accept20)"
 target "end to end c=20 vs Postfix" \
     "$(ratio "$(v smarthostd e2e20)" "$(v postfix e2e20)")" ">=" 8
 target "CPU/msg c=1 vs Postfix" \
