@@ -211,17 +211,22 @@ log_vwrite(int priority, const struct log_fields *f, const char *fmt,
 		n = strftime(line, sizeof(line), "%H:%M:%S", &tm);
 		r = snprintf(line + n, sizeof(line) - n, ".%03ld %s: ",
 		    ts.tv_nsec / 1000000, log_ident);
-	} else
-		r = snprintf(line, sizeof(line), "<%d>", priority);
-	if (r > 0)
-		n += (size_t)r;
-	if (n < sizeof(line)) {
-		r = snprintf(line + n, sizeof(line) - n, "%s", text);
 		if (r > 0)
 			n += (size_t)r;
-	}
-	if (n >= sizeof(line) - 1)
-		n = sizeof(line) - 2;
+	} else if (priority >= 0 && priority <= 7) {
+		/* sd-daemon's prefix, without a printf per line */
+		line[n++] = '<';
+		line[n++] = (char)('0' + priority);
+		line[n++] = '>';
+	} else if ((r = snprintf(line, sizeof(line), "<%d>", priority)) > 0)
+		n += (size_t)r;
+	/* The prefix and the text, cut so that the newline still fits. */
+	if (n > sizeof(line) - 1)
+		n = sizeof(line) - 1;
+	if (tn > sizeof(line) - 1 - n)
+		tn = sizeof(line) - 1 - n;
+	memcpy(line + n, text, tn);
+	n += tn;
 	line[n++] = '\n';
 	/* A log line that cannot be written has nowhere else to go. */
 	if (write(STDERR_FILENO, line, n) < 0)

@@ -1,9 +1,13 @@
 /*
- * log.c: the journal entry's fields (log_journal_entry) and the
- * JOURNAL_STREAM match.
+ * log.c: the journal entry's fields (log_journal_entry), the
+ * JOURNAL_STREAM match, and the lines written to stderr when it is
+ * neither the journal nor a terminal.
  */
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -172,4 +176,76 @@ Test(log, journal_stream_match)
 	cr_assert_not(log_journal_stream_is("8:123456x", 8, 123456));
 	cr_assert_not(log_journal_stream_is("-8:123456", 8, 123456));
 	cr_assert_not(log_journal_stream_is("8:-5", 8, 0));
+}
+
+/* What the daemon wrote to stderr while fn ran, stderr being a pipe (no
+ * terminal, no journal): Criterion runs each test in a process of its own. */
+static char *
+stderr_of(void (*fn)(void))
+{
+	static char buf[16384];
+	size_t len = 0;
+	ssize_t n;
+	int p[2], saved;
+
+	unsetenv("JOURNAL_STREAM");
+	cr_assert_eq(pipe(p), 0);
+	saved = dup(STDERR_FILENO);
+	cr_assert_neq(dup2(p[1], STDERR_FILENO), -1);
+	close(p[1]);
+	log_init("test_log", 1);
+	fn();
+	cr_assert_neq(dup2(saved, STDERR_FILENO), -1);
+	close(saved);
+	while (len < sizeof(buf) - 1 &&
+	    (n = read(p[0], buf + len, sizeof(buf) - 1 - len)) > 0)
+		len += (size_t)n;
+	close(p[0]);
+	buf[len] = '\0';
+	return buf;
+}
+
+static void
+short_lines(void)
+{
+	log_info("a=1 b=%s", "x\ry");
+	log_warnx("careful");
+	errno = ENOENT;
+	log_warn("open %s", "f");
+	log_debug("detail %d", 7);
+}
+
+/* One line per call: the sd-daemon priority, the escaped text, errno's
+ * text for log_warn, a newline. */
+Test(log, stderr_lines_carry_priority_and_escaped_text)
+{
+	cr_assert_str_eq(stderr_of(short_lines),
+	    "<6>a=1 b=x\\x0dy\n"
+	    "<4>careful\n"
+	    "<4>open f: No such file or directory\n"
+	    "<7>detail 7\n");
+}
+
+static void
+long_line(void)
+{
+	char big[6000];
+
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	log_info("%s", big);
+	log_info("after");
+}
+
+/* A text longer than a line is cut, and the newline still ends it. */
+Test(log, stderr_long_line_is_cut_before_its_newline)
+{
+	const char *out = stderr_of(long_line), *nl;
+
+	cr_assert(strncmp(out, "<6>xxx", 6) == 0);
+	nl = strchr(out, '\n');
+	cr_assert_not_null(nl);
+	cr_assert_eq(nl - out + 1, 4096, "line of %td bytes", nl - out + 1);
+	cr_assert_eq(strspn(out + 3, "x"), 4092);
+	cr_assert_str_eq(nl + 1, "<6>after\n");
 }
