@@ -75,7 +75,12 @@ next_line(const char *buf, size_t len, size_t *pos, const char **line,
 	return 1;
 }
 
-/* "Name:" with a name of printable ASCII other than the colon. */
+/*
+ * "Name:" with a name of printable ASCII other than the colon, the name
+ * and its colon within one line's limit: a longer line is folded, and
+ * never inside the name (it holds no blank), so a longer name would come
+ * out broken across lines that a reader no longer takes for a field.
+ */
 static size_t
 field_name_len(const char *line, size_t n)
 {
@@ -85,7 +90,7 @@ field_name_len(const char *line, size_t n)
 		unsigned char c = (unsigned char)line[i];
 
 		if (c == ':')
-			return i;
+			return i < MESSAGE_LINE_MAX ? i : 0;
 		if (c < 33 || c > 126)
 			return 0;
 	}

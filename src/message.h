@@ -20,9 +20,10 @@
  *   and may cut a character; the relay folds only what is still too long
  *   when it sends, never inside a UTF-8 character either.)
  * - The header section ends at the first empty line; or at the first line
- *   that is neither a header field ("Name: value") nor a continuation of
- *   one, which starts the body (an empty line is put before it); or at
- *   the end of input. A leading mbox "From " line is dropped.
+ *   that is neither a header field ("Name: value", the name and its colon
+ *   within MESSAGE_LINE_MAX bytes) nor a continuation of one, which starts
+ *   the body (an empty line is put before it); or at the end of input. A
+ *   leading mbox "From " line is dropped.
  */
 #ifndef SMARTHOST_MESSAGE_H
 #define SMARTHOST_MESSAGE_H

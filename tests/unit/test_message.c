@@ -64,6 +64,45 @@ Test(message, no_separator_starts_body_at_first_non_field_line)
 	free(out);
 }
 
+/*
+ * A "name" too long for one line with its colon cannot be a field: folding
+ * would break it where a re-read finds no field. It starts the body, and
+ * the result reads back as itself (found by fuzz_message). 997 bytes and
+ * the colon are the longest name that fits.
+ */
+Test(message, overlong_field_name_starts_the_body)
+{
+	char in[1100], *out, *again;
+	struct message m;
+	char err[256];
+
+	memset(in, 'N', 998);
+	memcpy(in + 998, ": v\n", 5);
+	cr_assert_eq(message_parse(in, strlen(in), &m, err, sizeof(err)),
+	    MESSAGE_OK);
+	cr_assert_eq(m.nfields, 0);
+	message_clear(&m);
+	out = roundtrip(in, strlen(in));
+	again = roundtrip(out, strlen(out));
+	cr_assert_str_eq(out, again);
+	cr_assert(strncmp(out, "\r\nNNN", 5) == 0);
+	free(out);
+	free(again);
+
+	memset(in, 'N', 997);
+	memcpy(in + 997, ": v\n", 5);
+	cr_assert_eq(message_parse(in, strlen(in), &m, err, sizeof(err)),
+	    MESSAGE_OK);
+	cr_assert_eq(m.nfields, 1);
+	cr_assert_eq(strlen(m.fields[0].name), 997);
+	message_clear(&m);
+	out = roundtrip(in, strlen(in));
+	again = roundtrip(out, strlen(out));
+	cr_assert_str_eq(out, again);
+	free(out);
+	free(again);
+}
+
 Test(message, body_only_input_gets_an_empty_header)
 {
 	const char in[] = "just text\n\nmore\n";
