@@ -1655,10 +1655,9 @@ spoollog_note(struct spoollog *log, const char *id, const void *text,
 	at = log->wend;
 	logrec_header(rec, log->wseq, LOGREC_STATE, num, 0,
 	    rec + LOGREC_HEADER_LEN, (uint32_t)textlen);
-	/* write(2) at the file's end of records: in the page cache when it
+	/* Written at the file's end of records: in the page cache when it
 	 * returns, so it outlives the process without a sync. */
-	if (lseek(log->wfd, at, SEEK_SET) == -1 ||
-	    fileio_write_all(log->wfd, rec, len) == -1) {
+	if (fileio_pwrite_all(log->wfd, rec, len, at) == -1) {
 		error = errno;
 		/* Part of it may be there: nothing goes after it. */
 		log->broken = 1;

@@ -47,6 +47,8 @@
 
 ssize_t __real_write(int fd, const void *buf, size_t len);
 ssize_t __wrap_write(int fd, const void *buf, size_t len);
+ssize_t __real_pwrite(int fd, const void *buf, size_t len, off_t off);
+ssize_t __wrap_pwrite(int fd, const void *buf, size_t len, off_t off);
 int __real_fdatasync(int fd);
 int __wrap_fdatasync(int fd);
 int __real_syncfs(int fd);
@@ -107,23 +109,42 @@ file_was_synced(const char *id)
 	return 0;
 }
 
-ssize_t
-__wrap_write(int fd, const void *buf, size_t len)
+/* What the disk takes of a write of *len bytes to fd under
+ * fault_write_budget: -1 (ENOSPC) when full, else *len cut to the room
+ * left (a short write, then full). */
+static int
+fault_write(int fd, size_t *len)
 {
 	long budget;
 
 	budget = __atomic_load_n(&fault_write_budget, __ATOMIC_SEQ_CST);
-	if (fd > 2 && budget >= 0) {
-		if (budget == 0) {
-			errno = ENOSPC;
-			return -1;
-		}
-		if (len > (size_t)budget)
-			len = (size_t)budget;	/* a short write, then full */
-		__atomic_store_n(&fault_write_budget, budget - (long)len,
-		    __ATOMIC_SEQ_CST);
+	if (fd <= 2 || budget < 0)
+		return 0;
+	if (budget == 0) {
+		errno = ENOSPC;
+		return -1;
 	}
+	if (*len > (size_t)budget)
+		*len = (size_t)budget;
+	__atomic_store_n(&fault_write_budget, budget - (long)*len,
+	    __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+ssize_t
+__wrap_write(int fd, const void *buf, size_t len)
+{
+	if (fault_write(fd, &len) == -1)
+		return -1;
 	return __real_write(fd, buf, len);
+}
+
+ssize_t
+__wrap_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+	if (fault_write(fd, &len) == -1)
+		return -1;
+	return __real_pwrite(fd, buf, len, off);
 }
 
 static int
