@@ -125,6 +125,18 @@
  * log reclaim its oldest files (spoollog_maintain). Files in queue/ are
  * read as ever, so a spool of an earlier version loses nothing.
  *
+ * Bodies kept after the commit. A message of the log was in memory until
+ * its commit, and the relay usually asks for it a moment later: reading it
+ * back would cost a descriptor duplicated and closed, a pread of its
+ * record's header and a pread of the body, four system calls a message.
+ * So a committed log message's buffer is kept (qop_finish, on the loop)
+ * for queue_body_take(), which hands it over once; the relay then reads no
+ * file. Only the newest bodies are kept, QUEUE_HOT_MAX bytes of buffers in
+ * all (the oldest go first), and a removal drops its message's body. Loop
+ * thread only, so no lock. A body that was taken, dropped or never kept is
+ * read from the spool as ever: it is the same bytes, the buffer the
+ * commit's record was copied from.
+ *
  * The duplicate window: a message whose upstream said 250 is marked sent
  * durably only when its state record is synced. A crash in between, or a
  * failure to write the record, means the message is sent again after
@@ -223,6 +235,10 @@
 /* Messages up to this many bytes go to the spool log unless
  * queue_log_max() says otherwise. */
 #define QUEUE_LOG_MAX (64 * 1024)
+/* Bytes of message buffers kept after their commit for
+ * queue_body_take(): at twenty clients the relay takes each within a few
+ * messages, so this holds the window many times over. */
+#define QUEUE_HOT_MAX (512 * 1024)
 /* Sanity limits for the loader: far beyond anything we write. */
 #define ENVELOPE_MAX (64 * 1024 * 1024)
 #define RECORDS_MAX (256 * 1024 * 1024)
@@ -250,6 +266,15 @@ struct queue_txn {
 	int inmem;
 	unsigned char *mem;
 	size_t memcap;
+};
+
+/* A committed message's body kept for queue_body_take(). */
+struct hot {
+	struct hot *next;
+	char id[ENVELOPE_ID_MAX];
+	unsigned char *data;
+	size_t len;
+	size_t cap;		/* bytes allocated, what QUEUE_HOT_MAX counts */
 };
 
 /* An idle spare file, open for writing at offset 0. */
@@ -343,6 +368,12 @@ struct queue {
 	unsigned long lone_groups;
 	struct spare *spares;	/* idle spares, most recent first */
 	unsigned nspares;
+
+	/* Loop thread only: bodies kept after their commit, oldest first. */
+	struct hot *hot_head;
+	struct hot **hot_tailp;
+	size_t hot_bytes;
+	unsigned long hot_taken;
 };
 
 /*
@@ -1309,6 +1340,57 @@ queue_thread(void *arg)
 	return NULL;
 }
 
+/* Unlinks and returns the kept body of id, or NULL. */
+static struct hot *
+hot_unlink(struct queue *q, const char *id)
+{
+	struct hot **pp, *h;
+
+	for (pp = &q->hot_head; (h = *pp) != NULL; pp = &h->next) {
+		if (strcmp(h->id, id) != 0)
+			continue;
+		*pp = h->next;
+		if (q->hot_tailp == &h->next)
+			q->hot_tailp = pp;
+		q->hot_bytes -= h->cap;
+		return h;
+	}
+	return NULL;
+}
+
+static void
+hot_free(struct hot *h)
+{
+	if (h != NULL) {
+		free(h->data);
+		free(h);
+	}
+}
+
+/* Keeps the body of a message just committed to the log, taking txn's
+ * buffer, when it fits (see "Bodies kept after the commit" above). */
+static void
+hot_keep(struct queue *q, struct queue_txn *txn, const char *id)
+{
+	struct hot *h;
+
+	if (txn->mem == NULL || txn->memcap > QUEUE_HOT_MAX)
+		return;
+	while (q->hot_head != NULL && q->hot_bytes + txn->memcap >
+	    QUEUE_HOT_MAX)
+		hot_free(hot_unlink(q, q->hot_head->id));
+	h = xcalloc(1, sizeof(*h));
+	snprintf(h->id, sizeof(h->id), "%s", id);
+	h->data = txn->mem;
+	h->len = (size_t)txn->size;
+	h->cap = txn->memcap;
+	txn->mem = NULL;
+	txn->memcap = 0;
+	*q->hot_tailp = h;
+	q->hot_tailp = &h->next;
+	q->hot_bytes += h->cap;
+}
+
 /* Runs the callback of a finished operation and frees it. */
 static void
 qop_finish(struct qop *op)
@@ -1326,6 +1408,8 @@ qop_finish(struct qop *op)
 			env->body_size = op->txn->size;
 			log_debug("%s: committed, size=%jd", op->id,
 			    (intmax_t)env->body_size);
+			if (op->logged)
+				hot_keep(op->txn->q, op->txn, op->id);
 		}
 		if (op->commit_cb != NULL)
 			op->commit_cb(op->error, env, op->arg);
@@ -1518,6 +1602,7 @@ queue_open(struct event_base *base, const char *spool, enum spool_sync sync,
 	/* Spare names only need to be new within spare/; starting from the
 	 * clock keeps clear of any a previous run left there. */
 	q->spare_seq = (unsigned long)time(NULL) << 16;
+	q->hot_tailp = &q->hot_head;
 	q->group_max = QUEUE_GROUP_MAX;
 	q->backoff = QUEUE_INLINE_BACKOFF_MS;
 	if ((q->ev_done = event_new(base, -1, 0, queue_done_ev, q)) == NULL ||
@@ -1590,6 +1675,8 @@ queue_close(struct queue *q)
 			pthread_join(q->helpers[--q->nhelpers], NULL);
 	}
 	spares_free(q);
+	while (q->hot_head != NULL)
+		hot_free(hot_unlink(q, q->hot_head->id));
 	if (q->log != NULL) {
 		/* What compaction cost this run, for the backlog benchmark
 		 * and the administrator: a message copied is written twice,
@@ -2411,6 +2498,24 @@ queue_body_open(struct queue *q, const struct envelope *env)
 	return openat(q->queue_fd, env->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 }
 
+unsigned char *
+queue_body_take(struct queue *q, const struct envelope *env)
+{
+	struct hot *h;
+	unsigned char *data;
+
+	if ((h = hot_unlink(q, env->id)) == NULL)
+		return NULL;
+	data = NULL;
+	if ((off_t)h->len == env->body_size) {
+		data = h->data;
+		h->data = NULL;
+		q->hot_taken++;
+	}
+	hot_free(h);
+	return data;
+}
+
 void
 queue_update(struct queue *q, const struct envelope *env, queue_done_cb cb,
     void *arg)
@@ -2480,6 +2585,7 @@ queue_remove(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 
 	if (!queue_id_valid(id))
 		fatalx("%s: bad queue id", __func__);
+	hot_free(hot_unlink(q, id));
 	op = xcalloc(1, sizeof(*op));
 	op->type = QOP_REMOVE;
 	snprintf(op->id, sizeof(op->id), "%s", id);
@@ -2529,4 +2635,5 @@ queue_stats(const struct queue *q, struct queue_stats *out)
 	out->sync_groups = q->sync_groups;
 	out->lone_groups = q->lone_groups;
 	pthread_mutex_unlock(&mq->mtx);
+	out->bodies_taken = q->hot_taken;
 }

@@ -144,6 +144,14 @@ void queue_txn_abort(struct queue_txn *txn);
  * with errno.
  */
 int queue_body_open(struct queue *q, const struct envelope *env);
+/*
+ * The body of a message committed moments ago, if the queue still holds
+ * it in memory (messages of the spool log only; see "Bodies kept after the
+ * commit" in queue.c): env->body_size bytes, malloc'd, for the caller to
+ * free. Each body is handed out once; NULL means read it with
+ * queue_body_open(). Loop thread only.
+ */
+unsigned char *queue_body_take(struct queue *q, const struct envelope *env);
 
 typedef void (*queue_done_cb)(int error, void *arg);
 /*
@@ -204,6 +212,7 @@ struct queue_stats {
 	                               the mean group size */
 	unsigned long lone_groups;  /* of them, run on the caller's thread
 	                               by queue_txn_commit_alone() */
+	unsigned long bodies_taken; /* bodies queue_body_take() handed out */
 };
 void queue_stats(const struct queue *q, struct queue_stats *out);
 

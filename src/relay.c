@@ -228,8 +228,10 @@ struct relay_session {
 	char hostport[300];      /* relay= before a connection */
 	struct smtp_client *client;
 
-	/* the message in flight */
+	/* the message in flight: its body from the queue's memory
+	 * (queue_body_take), else from its spool file */
 	struct envelope *env;
+	unsigned char *mem;
 	int fd;
 	struct txn_rcpt *rcpts;
 	const char **addrs;
@@ -1051,6 +1053,8 @@ txn_clear(struct relay_session *rs)
 	if (rs->fd != -1)
 		close(rs->fd);
 	rs->fd = -1;
+	free(rs->mem);
+	rs->mem = NULL;
 	rs->env = NULL;
 }
 
@@ -1677,7 +1681,10 @@ relay_session_send(struct relay_session *rs, struct envelope *env)
 		errno = 0;
 		return -1;	/* nothing pending: nothing to log */
 	}
-	if ((rs->fd = queue_body_open(rs->relay->q, env)) == -1) {
+	if (rs->type == RELAY_TYPE_SMTP)
+		rs->mem = queue_body_take(rs->relay->q, env);
+	if (rs->mem == NULL &&
+	    (rs->fd = queue_body_open(rs->relay->q, env)) == -1) {
 		error = errno;
 		txn_clear(rs);
 		if (error != EMFILE && error != ENFILE) {
@@ -1696,6 +1703,7 @@ relay_session_send(struct relay_session *rs, struct envelope *env)
 	msg.rcpts = rs->addrs;
 	msg.nrcpts = rs->n;
 	msg.body_fd = rs->fd;
+	msg.body_mem = rs->mem;
 	msg.body_offset = env->body_offset;
 	msg.body_size = env->body_size;
 	msg.eightbit = (env->flags & ENVELOPE_8BITMIME) != 0;

@@ -1032,7 +1032,7 @@ client_body_start(struct smtp_client *c)
 	c->body_pos = c->msg.body_offset;
 	c->body_end = c->msg.body_offset + c->msg.body_size;
 	c->body_wire = 0;
-	if (c->rbuf == NULL)
+	if (c->rbuf == NULL && c->msg.body_mem == NULL)
 		c->rbuf = xmalloc(BODY_CHUNK);
 }
 
@@ -1079,6 +1079,7 @@ client_body_fill(struct smtp_client *c)
 	struct evbuffer *out;
 	struct evbuffer_iovec vec;
 	char why[OUTCOME_TEXT_MAX];
+	const char *in;
 	size_t got, enc;
 	int last;
 
@@ -1087,19 +1088,23 @@ client_body_fill(struct smtp_client *c)
 		got = BODY_CHUNK;
 		if ((off_t)got > c->body_end - c->body_pos)
 			got = (size_t)(c->body_end - c->body_pos);
-		/* A half-sent body cannot be taken back: drop the
-		 * connection so the server discards it. */
-		if (body_read(c->msg.body_fd, c->msg.body_size, c->rbuf, got,
-		    c->body_pos, why, sizeof(why)) == -1) {
+		if (c->msg.body_mem != NULL)
+			in = (const char *)c->msg.body_mem +
+			    (c->body_pos - c->msg.body_offset);
+		else if (body_read(c->msg.body_fd, c->msg.body_size, c->rbuf,
+		    got, c->body_pos, why, sizeof(why)) == -1) {
+			/* A half-sent body cannot be taken back: drop the
+			 * connection so the server discards it. */
 			client_close_msg(c, OC_LOCAL, "%s", why);
 			return;
-		}
+		} else
+			in = c->rbuf;
 		c->body_pos += (off_t)got;
 		last = c->body_pos == c->body_end;
 		if (evbuffer_reserve_space(out, smtp_body_encode_space(&c->enc,
 		    got) + SMTP_BODY_FINISH_MAX, &vec, 1) < 1)
 			fatalx("%s: evbuffer_reserve_space", __func__);
-		enc = smtp_body_encode(&c->enc, c->rbuf, got, vec.iov_base);
+		enc = smtp_body_encode(&c->enc, in, got, vec.iov_base);
 		if (last)
 			enc += smtp_body_encode_finish(&c->enc,
 			    (char *)vec.iov_base + enc);
@@ -1108,9 +1113,10 @@ client_body_fill(struct smtp_client *c)
 			fatalx("%s: evbuffer_commit_space", __func__);
 		c->body_wire += (off_t)enc;
 		if (last) {
-			log_debug("%s: >>> [body: %lld bytes from file, %lld "
+			log_debug("%s: >>> [body: %lld bytes from %s, %lld "
 			    "on the wire, \".\" included, %llu long line "
 			    "breaks]", c->peer, (long long)c->msg.body_size,
+			    c->msg.body_mem != NULL ? "memory" : "file",
 			    (long long)c->body_wire, c->enc.folds);
 			client_enter(c, CS_EOM);
 			return;
@@ -1163,10 +1169,14 @@ client_size_check(struct smtp_client *c)
  * reference on the client, so the session may be closed (a 421, a drop,
  * the command timeout, smtp_client_free) while it runs: back on the loop,
  * a result for a session no longer waiting for it is dropped. The worker
- * thread touches nothing but the job.
+ * thread touches nothing but the job. A body in memory (body_mem, a
+ * message of the spool log: 64 KB by default, a few hundred microseconds
+ * to encode) is counted on the loop: its owner frees it with the
+ * transaction, which a job outliving the session would still read.
  */
 struct size_job {
 	struct smtp_client *c;  /* read on the loop only */
+	const unsigned char *mem; /* the body in memory, or NULL: fd */
 	int fd;
 	off_t offset;
 	off_t size;
@@ -1193,6 +1203,11 @@ client_size_run(void *arg)
 		want = BODY_CHUNK;
 		if ((off_t)want > end - pos)
 			want = (size_t)(end - pos);
+		if (j->mem != NULL) {
+			smtp_body_encode(&e, (const char *)j->mem +
+			    (pos - j->offset), want, out);
+			continue;
+		}
 		if (body_read(j->fd, j->size, in, want, pos, j->why,
 		    sizeof(j->why)) == -1) {
 			j->failed = 1;
@@ -1213,7 +1228,8 @@ client_size_done(void *arg)
 	int current;
 
 	client_job_back(c);
-	close(j->fd);
+	if (j->fd != -1)
+		close(j->fd);
 	if ((current = c->size_job == j))
 		c->size_job = NULL;
 	if (!current || c->dying || c->state != CS_SIZE) {
@@ -1238,9 +1254,10 @@ static void
 client_size_start(struct smtp_client *c)
 {
 	struct size_job *j;
-	int fd;
+	int fd = -1;
 
-	if ((fd = fcntl(c->msg.body_fd, F_DUPFD_CLOEXEC, 0)) == -1) {
+	if (c->msg.body_mem == NULL &&
+	    (fd = fcntl(c->msg.body_fd, F_DUPFD_CLOEXEC, 0)) == -1) {
 		client_refuse(c, OUTCOME_TEMPORARY, errno == EMFILE ||
 		    errno == ENFILE ? OC_RESOURCE : OC_LOCAL, 0, "4.3.0",
 		    "count the message size: %s", strerror(errno));
@@ -1249,12 +1266,13 @@ client_size_start(struct smtp_client *c)
 	j = xcalloc(1, sizeof(*j));
 	j->c = c;
 	j->fd = fd;
+	j->mem = c->msg.body_mem;
 	j->offset = c->msg.body_offset;
 	j->size = c->msg.body_size;
 	j->limit = c->line_limit;
 	c->size_job = j;
 	client_job_start(c);
-	if (c->worker == NULL) {
+	if (c->worker == NULL || j->mem != NULL) {
 		client_size_run(j);
 		client_size_done(j);
 		return;

@@ -133,3 +133,21 @@ def test_large_message_is_streamed(daemon_factory, upstream):
     assert growth < 8 * 1024, (
         f"peak RSS grew by {growth} KiB for a {len(message) >> 20} MiB "
         "message: the body is held in memory")
+
+
+def test_kept_bodies_and_spool_files_relay_the_same_bytes(daemon_factory,
+                                                          upstream):
+    # A message of the spool log goes upstream from the buffer it was
+    # received into (kept after its commit); one over spool_log_max from
+    # its file. Both arrive exactly as submitted.
+    daemon = daemon_factory(upstream.port)
+    small = make_message("kept in memory",
+                         b".leading dot\r\n" + random_body(3000))
+    large = make_message("a file of its own", random_body(200 * 1024))
+    for n, message in enumerate((small, large), 1):
+        qid = send_message(daemon, message)
+        daemon.wait_log(delivery_line(qid, "b@example.net", "sent"))
+        assert_relayed(upstream.wait_messages(n, timeout=30)[-1], message)
+    sources = daemon.log_lines(r">>> \[body: \d+ bytes from (memory|file)")
+    assert [("from memory" in line) for line in sources] == [True, False], \
+        sources

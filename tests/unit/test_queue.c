@@ -2230,6 +2230,129 @@ Test(queue, log_large_message_gets_its_own_file)
 	free(body);
 }
 
+/* ---- bodies kept after their commit (queue_body_take) ---- */
+
+/* Takes the kept body of env: 1 when it was there and equal to body. */
+static int
+took_body(struct queue *q, const struct envelope *env, const char *body)
+{
+	unsigned char *got;
+	int same;
+
+	if ((got = queue_body_take(q, env)) == NULL)
+		return 0;
+	same = memcmp(got, body, (size_t)env->body_size) == 0;
+	free(got);
+	cr_assert(same, "%s: the kept body differs from the message", env->id);
+	return 1;
+}
+
+Test(queue, log_body_is_kept_for_one_take)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c;
+	struct queue_stats st;
+	char *body = make_body(3000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c = log_commit_one(q, env, body, 3000);
+	cr_assert(took_body(q, c, body), "the body was not kept");
+	/* Handed out once; the spool still has it. */
+	cr_assert_null(queue_body_take(q, c));
+	assert_body(q, c, body, 3000);
+	queue_stats(q, &st);
+	cr_assert_eq(st.bodies_taken, 1);
+	queue_close(q);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, file_message_body_is_not_kept)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *big;
+	char *body = make_body(200000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	queue_log_max(q, 65536);
+	big = commit_one(q, env, body, 200000);
+	cr_assert_null(queue_body_take(q, big));
+	assert_body(q, big, body, 200000);
+	queue_close(q);
+	envelope_free(big);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, removed_message_body_is_dropped)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c;
+	char *body = make_body(3000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c = log_commit_one(q, env, body, 3000);
+	cr_assert_eq(remove_wait(q, c->id), 0);
+	cr_assert_null(queue_body_take(q, c));
+	queue_close(q);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+Test(queue, kept_body_of_another_size_is_not_handed_out)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c;
+	char *body = make_body(3000);
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	c = log_commit_one(q, env, body, 3000);
+	c->body_size = 2999;
+	cr_assert_null(queue_body_take(q, c));
+	/* Dropped, not kept for a later caller either. */
+	c->body_size = 3000;
+	cr_assert_null(queue_body_take(q, c));
+	queue_close(q);
+	envelope_free(c);
+	envelope_free(env);
+	free(body);
+}
+
+/* 200 messages whose buffers (8 KB each) add up to three times the
+ * bound: only the newest are kept, and never more than the bound. */
+Test(queue, kept_bodies_stay_within_their_bound)
+{
+	struct queue *q;
+	struct envelope *env = make_env("a@b", 1), *c[200];
+	char *body = make_body(5000);
+	int i, kept = 0, first = -1;
+
+	q = open_log_queue(SPOOL_SYNC_FSYNC);
+	for (i = 0; i < 200; i++)
+		c[i] = log_commit_one(q, env, body, 5000);
+	for (i = 0; i < 200; i++) {
+		if (took_body(q, c[i], body)) {
+			kept++;
+			if (first == -1)
+				first = i;
+		} else
+			cr_assert_eq(first, -1, "message %d dropped after "
+			    "an older one was kept", i);
+	}
+	/* 512 KB of 8 KB buffers. */
+	cr_assert_eq(kept, 64, "%d bodies kept", kept);
+	cr_assert_eq(first, 200 - 64);
+	for (i = 0; i < 200; i++)
+		assert_body(q, c[i], body, 5000);
+	queue_close(q);
+	for (i = 0; i < 200; i++)
+		envelope_free(c[i]);
+	envelope_free(env);
+	free(body);
+}
+
 Test(queue, log_and_files_of_earlier_versions_load_together)
 {
 	struct queue *q;

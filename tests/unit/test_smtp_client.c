@@ -787,6 +787,32 @@ Test(smtp_client, simple_delivery)
 	run_fini(&r);
 }
 
+/* A body in memory goes out as the same bytes as from a file. */
+Test(smtp_client, simple_delivery_from_memory)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	char want[1024];
+
+	peer_start(&p, script_simple);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, -1,
+	    (off_t)strlen(simple_body));
+	r.msgs[0].body_mem = (const unsigned char *)simple_body;
+	r.nmsgs = 1;
+	session_go(&p, &r);
+
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
+	snprintf(want, sizeof(want), "EHLO client.example\r\n"
+	    "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
+	    "DATA\r\n%sQUIT\r\n", simple_wire);
+	cr_assert_str_eq(p.rx, want);
+	cr_assert_eq(p.data_reads, 1);
+	run_fini(&r);
+}
+
 static void
 script_pipelined(struct peer *p)
 {
@@ -2009,6 +2035,40 @@ big_body_run(enum tls_mode mode)
 Test(smtp_client, big_body_streams_plain)
 {
 	big_body_run(TLS_MODE_NONE);
+}
+
+/* 19 MB from memory: the output is refilled from the buffer as it
+ * drains, every line arrives, and nothing but the body is held. */
+Test(smtp_client, big_body_streams_from_memory)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	static const char line[] = BIG_LINE "\n";
+	const size_t ll = sizeof(line) - 1;
+	struct peer p = { 0 };
+	struct run r;
+	char *body;
+	size_t i;
+
+	body = malloc((size_t)BIG_LINES * ll);
+	cr_assert_not_null(body);
+	for (i = 0; i < BIG_LINES; i++)
+		memcpy(body + i * ll, line, ll);
+	peer_start(&p, script_big_body);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	r.params.timeout_command = 50;
+	r.params.timeout_data = 50;
+	r.loop_timeout = 50;
+	msg_init(&r.msgs[0], "a@example.org", rcpts, 1, -1,
+	    (off_t)BIG_LINES * (off_t)ll);
+	r.msgs[0].body_mem = (const unsigned char *)body;
+	r.nmsgs = 1;
+	session_go(&p, &r);
+
+	cr_assert_eq(p.body_lines, BIG_LINES);
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
+	free(body);
+	run_fini(&r);
 }
 
 Test(smtp_client, big_body_streams_over_starttls)
@@ -3805,6 +3865,30 @@ Test(smtp_client, size_counted_exactly_without_a_worker)
 	cr_assert_eq(r.ndone, 1);
 	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
 	close(fd);
+	run_fini(&r);
+}
+
+/* A body in memory is counted on the loop even with a pool: its owner
+ * frees it with the transaction, which a pool job could outlive. */
+Test(smtp_client, size_counted_exactly_from_memory)
+{
+	static const char *const rcpts[] = { "b@example.net" };
+	struct peer p = { 0 };
+	struct run r;
+	int fd;
+
+	peer_start(&p, script_counted);
+	run_init(&r, p.port, TLS_MODE_NONE);
+	fd = count_msg_init(&r, rcpts);
+	close(fd);
+	r.msgs[0].body_fd = -1;
+	r.msgs[0].body_mem = (const unsigned char *)count_body;
+	r.params.worker = worker_new(r.base, 1);
+	session_go(&p, &r);
+
+	cr_assert_eq(r.ndone, 1);
+	cr_assert_eq(r.done[0].status, OUTCOME_OK, "%s", r.done[0].text);
+	worker_free(r.params.worker);
 	run_fini(&r);
 }
 
