@@ -1800,8 +1800,20 @@ cmd_check(int argc, char **argv)
 	return nfailed == 0 ? EX_OK : EX_UNAVAILABLE;
 }
 
-static int
-cmd_login(int argc, char **argv)
+/* What "login" was given on its command line. */
+struct login_opts {
+	const char *target;       /* HOST, HOST:PORT or [ADDRESS]:PORT */
+	const char *user;         /* --user, or NULL */
+	const char *file;         /* --file, or NULL */
+	const char *tls;          /* --tls, or NULL */
+	const char *ca_file;      /* --ca-file, or NULL */
+	int no_verify;            /* --no-verify */
+};
+
+/* login's options into o; anything else, or not exactly one target, is a
+ * usage error. */
+static void
+login_options(int argc, char **argv, struct login_opts *o)
 {
 	static const struct option opts[] = {
 		{ "user", required_argument, NULL, 'u' },
@@ -1811,37 +1823,26 @@ cmd_login(int argc, char **argv)
 		{ "no-verify", no_argument, NULL, 'n' },
 		{ NULL, 0, NULL, 0 }
 	};
-	const struct relay_config *rc;
-	struct login_params lp;
-	struct input in;
-	const char *user_opt = NULL, *file = NULL, *tls_opt = NULL;
-	const char *ca_opt = NULL, *tls_name;
-	char *target = NULL, *host, *port_in, *mechs = NULL, *q;
-	const char *port;
-	char user[INPUT_MAX], password[INPUT_MAX], answer[INPUT_MAX];
-	char mech[64], portbuf[16];
-	FILE *tty = NULL;
-	unsigned line;
-	int ch, no_verify = 0, rc_exit, pn;
-	size_t i;
+	int ch;
 
+	memset(o, 0, sizeof(*o));
 	optind = 0;
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'u':
-			user_opt = optarg;
+			o->user = optarg;
 			break;
 		case 'f':
-			file = optarg;
+			o->file = optarg;
 			break;
 		case 't':
-			tls_opt = optarg;
+			o->tls = optarg;
 			break;
 		case 'C':
-			ca_opt = optarg;
+			o->ca_file = optarg;
 			break;
 		case 'n':
-			no_verify = 1;
+			o->no_verify = 1;
 			break;
 		default:
 			usage();
@@ -1849,149 +1850,210 @@ cmd_login(int argc, char **argv)
 	}
 	if (argc - optind != 1)
 		usage();
-	target = xstrdup(argv[optind]);
-	if (split_hostport(target, &host, &port_in) == -1) {
-		errmsg("login: \"%s\" is not HOST, HOST:PORT or [ADDRESS]:PORT",
-		    argv[optind]);
-		free(target);
-		return EX_USAGE;
-	}
-	port = port_in;
-	if (port != NULL && authinfo_port_number(port) == -1) {
-		errmsg("login: \"%s\" is not a port", port);
-		free(target);
-		return EX_USAGE;
-	}
+	o->target = argv[optind];
+}
 
-	rc = relay_for(host, port);
-	memset(&lp, 0, sizeof(lp));
-	lp.host = host;
-	lp.tls = rc != NULL ? rc->tls : TLS_MODE_STARTTLS;
-	if (tls_opt != NULL) {
-		if (strcmp(tls_opt, "starttls") == 0)
-			lp.tls = TLS_MODE_STARTTLS;
-		else if (strcmp(tls_opt, "implicit") == 0)
-			lp.tls = TLS_MODE_IMPLICIT;
-		else if (strcmp(tls_opt, "none") == 0)
-			lp.tls = TLS_MODE_NONE;
+/*
+ * Splits the target arg into host and port (NULL when it names none),
+ * both pointing into *target, a copy for the caller to free. Returns
+ * EX_OK, or EX_USAGE after saying what is wrong (and *target NULL).
+ */
+static int
+login_target(const char *arg, char **target, char **host, char **port)
+{
+	*target = xstrdup(arg);
+	if (split_hostport(*target, host, port) == -1) {
+		errmsg("login: \"%s\" is not HOST, HOST:PORT or [ADDRESS]:PORT",
+		    arg);
+		goto fail;
+	}
+	if (*port != NULL && authinfo_port_number(*port) == -1) {
+		errmsg("login: \"%s\" is not a port", *port);
+		goto fail;
+	}
+	return EX_OK;
+fail:
+	free(*target);
+	*target = NULL;
+	return EX_USAGE;
+}
+
+/*
+ * The session's parameters: the options first, then the relay configured
+ * for host (rc, or NULL), then the defaults. port is the one the target
+ * named, or NULL; where the port has a number it is written into portbuf,
+ * since that is how the daemon's lookup will see it. lp->mechanisms stays
+ * NULL for the caller. Returns EX_OK, or EX_USAGE after saying what is
+ * wrong with --tls.
+ */
+static int
+login_params_fill(struct login_params *lp, const struct login_opts *o,
+    const struct relay_config *rc, const char *host, const char *port,
+    char *portbuf, size_t portlen)
+{
+	int pn;
+
+	memset(lp, 0, sizeof(*lp));
+	lp->host = host;
+	lp->tls = rc != NULL ? rc->tls : TLS_MODE_STARTTLS;
+	if (o->tls != NULL) {
+		if (strcmp(o->tls, "starttls") == 0)
+			lp->tls = TLS_MODE_STARTTLS;
+		else if (strcmp(o->tls, "implicit") == 0)
+			lp->tls = TLS_MODE_IMPLICIT;
+		else if (strcmp(o->tls, "none") == 0)
+			lp->tls = TLS_MODE_NONE;
 		else {
 			errmsg("login: --tls must be starttls, implicit or "
 			    "none");
-			free(target);
 			return EX_USAGE;
 		}
 	}
 	/* The port as the daemon's lookup will see it: a number. */
 	if (port == NULL)
-		port = rc != NULL && tls_opt == NULL ? rc->port :
-		    lp.tls == TLS_MODE_IMPLICIT ? "465" :
-		    lp.tls == TLS_MODE_NONE ? "25" : "587";
+		port = rc != NULL && o->tls == NULL ? rc->port :
+		    lp->tls == TLS_MODE_IMPLICIT ? "465" :
+		    lp->tls == TLS_MODE_NONE ? "25" : "587";
 	if ((pn = authinfo_port_number(port)) != -1) {
-		snprintf(portbuf, sizeof(portbuf), "%d", pn);
+		snprintf(portbuf, portlen, "%d", pn);
 		port = portbuf;
 	}
-	lp.port = port;
-	lp.ca_file = ca_opt != NULL ? ca_opt : rc != NULL ? rc->ca_file : NULL;
-	lp.verify = no_verify ? 0 : rc != NULL ? rc->tls_verify : 1;
-	lp.helo = rc != NULL && rc->helo != NULL ? rc->helo : cfg->hostname;
-	mechs = join_mechanisms(rc);
-	lp.mechanisms = mechs;
-	lp.allow_plaintext = rc != NULL ? rc->allow_plaintext_auth : 0;
-	lp.timeout_connect = rc != NULL ? rc->timeout_connect :
+	lp->port = port;
+	lp->ca_file = o->ca_file != NULL ? o->ca_file : rc != NULL ?
+	    rc->ca_file : NULL;
+	lp->verify = o->no_verify ? 0 : rc != NULL ? rc->tls_verify : 1;
+	lp->helo = rc != NULL && rc->helo != NULL ? rc->helo : cfg->hostname;
+	lp->allow_plaintext = rc != NULL ? rc->allow_plaintext_auth : 0;
+	lp->timeout_connect = rc != NULL ? rc->timeout_connect :
 	    LOGIN_TIMEOUT_CONNECT;
-	lp.timeout_command = rc != NULL && rc->timeout_command <
+	lp->timeout_command = rc != NULL && rc->timeout_command <
 	    LOGIN_TIMEOUT_COMMAND ? rc->timeout_command :
 	    LOGIN_TIMEOUT_COMMAND;
-	if (user_opt == NULL && rc != NULL)
-		user_opt = rc->user;
+	return EX_OK;
+}
 
-	if ((rc_exit = become_daemon_user()) != EX_OK)
-		goto out;
-	if (file == NULL) {
-		for (i = 0; i < cfg->nauthinfo; i++)
-			if (!is_gpg(cfg->authinfo[i]))
-				break;
-		if (i == cfg->nauthinfo) {
-			errmsg("login: no unencrypted authinfo file in %s; "
-			    "name one with --file", cfg->file);
-			rc_exit = EX_CONFIG;
-			goto out;
-		}
-		file = cfg->authinfo[i];
-	}
+/* Where login saves without --file: the first configured authinfo file
+ * that gpg does not encrypt. NULL, after saying so, when there is none. */
+static const char *
+login_default_file(void)
+{
+	size_t i;
 
-	/* Answers come from the terminal, or one per line on stdin. */
-	memset(&in, 0, sizeof(in));
-	in.interactive = isatty(STDIN_FILENO);
-	if (in.interactive) {
-		if ((tty = fopen("/dev/tty", "r+e")) == NULL) {
+	for (i = 0; i < cfg->nauthinfo; i++)
+		if (!is_gpg(cfg->authinfo[i]))
+			return cfg->authinfo[i];
+	errmsg("login: no unencrypted authinfo file in %s; name one with "
+	    "--file", cfg->file);
+	return NULL;
+}
+
+/*
+ * Answers come from the terminal, or one per line on stdin (for scripts).
+ * *tty is the terminal opened for them, for the caller to close. Returns
+ * EX_OK, or EX_NOINPUT when the terminal cannot be opened.
+ */
+static int
+input_open(struct input *in, FILE **tty)
+{
+	memset(in, 0, sizeof(*in));
+	in->interactive = isatty(STDIN_FILENO);
+	if (in->interactive) {
+		if ((*tty = fopen("/dev/tty", "r+e")) == NULL) {
 			errmsg("/dev/tty: %s", strerror(errno));
-			rc_exit = EX_NOINPUT;
-			goto out;
+			return EX_NOINPUT;
 		}
-		in.in = fileno(tty);
-		in.prompt = tty;
+		in->in = fileno(*tty);
+		in->prompt = *tty;
 	} else {
-		in.in = STDIN_FILENO;
-		in.prompt = stderr;
+		in->in = STDIN_FILENO;
+		in->prompt = stderr;
 	}
-	tls_name = lp.tls == TLS_MODE_NONE ? "no TLS" :
-	    lp.tls == TLS_MODE_IMPLICIT ? "TLS" : "STARTTLS";
-	fprintf(in.prompt, "Logging in to %s port %s (%s%s%s)\n", host, port,
-	    tls_name, rc != NULL ? ", relay " : "", rc != NULL ? rc->name :
-	    "");
+	return EX_OK;
+}
+
+/*
+ * The user (user_opt, or asked when that is NULL) and the password for
+ * host, into the caller's buffers; the caller wipes the password. Returns
+ * EX_OK, or EX_DATAERR when an answer is missing or empty.
+ */
+static int
+login_ask(struct input *in, const char *host, const char *user_opt,
+    char *user, size_t userlen, char *password, size_t passwordlen)
+{
+	char *q;
 
 	if (user_opt != NULL)
-		snprintf(user, sizeof(user), "%s", user_opt);
+		snprintf(user, userlen, "%s", user_opt);
 	else {
 		q = xasprintf("User for %s: ", host);
-		if (ask(&in, q, 1, user, sizeof(user)) == -1 ||
-		    user[0] == '\0') {
+		if (ask(in, q, 1, user, userlen) == -1 || user[0] == '\0') {
 			free(q);
 			errmsg("login: no user given");
-			rc_exit = EX_DATAERR;
-			goto out;
+			return EX_DATAERR;
 		}
 		free(q);
 	}
 	q = xasprintf("Password for %s@%s: ", user, host);
-	if (ask(&in, q, 0, password, sizeof(password)) == -1 ||
+	if (ask(in, q, 0, password, passwordlen) == -1 ||
 	    password[0] == '\0') {
 		free(q);
 		errmsg("login: no password given");
-		rc_exit = EX_DATAERR;
-		goto out;
+		return EX_DATAERR;
 	}
 	free(q);
+	return EX_OK;
+}
 
-	if ((rc_exit = login_try(&lp, user, password, mech, sizeof(mech))) !=
-	    EX_OK)
-		goto out;
-	printf("authenticated with %s\n", mech);
-	fflush(stdout);
+/*
+ * After a successful login: appends user and password to file when the
+ * user says yes, unless the entry the daemon would use holds them
+ * already. Returns EX_OK (saved, already saved, or declined) or
+ * save_entry's code. *notify is 1 when the daemon has the credentials in
+ * a file now and should retry what waits for them, 0 when it was
+ * declined or failed.
+ */
+static int
+login_save(struct input *in, const char *file, const char *host,
+    const char *port, const struct relay_config *rc, const char *user,
+    const char *password, int *notify)
+{
+	char answer[INPUT_MAX], *q;
+	unsigned line;
+	int rc_exit;
 
+	*notify = 0;
 	if (already_saved(host, port, rc, user, password)) {
-		rc_exit = EX_OK;
-		goto notify;
+		*notify = 1;
+		return EX_OK;
 	}
 	q = xasprintf("Save to %s? [y/N] ", file);
-	if (ask(&in, q, 1, answer, sizeof(answer)) == -1 ||
+	if (ask(in, q, 1, answer, sizeof(answer)) == -1 ||
 	    (strcasecmp(answer, "y") != 0 && strcasecmp(answer, "yes") != 0)) {
 		free(q);
 		printf("not saved\n");
-		goto out;
+		return EX_OK;
 	}
 	free(q);
 	if ((rc_exit = save_entry(file, host, port, user, password, &line)) !=
 	    EX_OK)
-		goto out;
+		return rc_exit;
 	printf("saved to %s, line %u\n", file, line);
 	fflush(stdout);
 	save_check(file, line, host, port, rc);
+	*notify = 1;
+	return EX_OK;
+}
 
-notify:
-	/* The daemon re-reads changed files on its own, but mail already
-	 * deferred for credentials waits for its next try: wake it. */
+/*
+ * The daemon re-reads changed files on its own, but mail already deferred
+ * for credentials waits for its next try: wake it. Failing that only
+ * warns; file is named when the daemon is not running.
+ */
+static void
+login_notify(const char *file)
+{
+	char answer[INPUT_MAX];
+
 	switch (control_call(cfg->control_socket, "credentials-changed",
 	    CALL_TIMEOUT, NULL, NULL, answer, sizeof(answer))) {
 	case CONTROL_OK:
@@ -2010,6 +2072,59 @@ notify:
 		    "\"smarthostctl credentials-changed\" as root)", answer);
 		break;
 	}
+}
+
+static int
+cmd_login(int argc, char **argv)
+{
+	const struct relay_config *rc;
+	struct login_opts o;
+	struct login_params lp;
+	struct input in;
+	char *target = NULL, *host, *port, *mechs = NULL;
+	char user[INPUT_MAX], password[INPUT_MAX];
+	char mech[64], portbuf[16];
+	FILE *tty = NULL;
+	int rc_exit, notify;
+
+	login_options(argc, argv, &o);
+	if ((rc_exit = login_target(o.target, &target, &host, &port)) != EX_OK)
+		return rc_exit;
+	rc = relay_for(host, port);
+	if ((rc_exit = login_params_fill(&lp, &o, rc, host, port, portbuf,
+	    sizeof(portbuf))) != EX_OK) {
+		free(target);
+		return rc_exit;
+	}
+	mechs = join_mechanisms(rc);
+	lp.mechanisms = mechs;
+	if (o.user == NULL && rc != NULL)
+		o.user = rc->user;
+
+	if ((rc_exit = become_daemon_user()) != EX_OK)
+		goto out;
+	if (o.file == NULL && (o.file = login_default_file()) == NULL) {
+		rc_exit = EX_CONFIG;
+		goto out;
+	}
+	if ((rc_exit = input_open(&in, &tty)) != EX_OK)
+		goto out;
+	fprintf(in.prompt, "Logging in to %s port %s (%s%s%s)\n", host,
+	    lp.port, lp.tls == TLS_MODE_NONE ? "no TLS" :
+	    lp.tls == TLS_MODE_IMPLICIT ? "TLS" : "STARTTLS",
+	    rc != NULL ? ", relay " : "", rc != NULL ? rc->name : "");
+	if ((rc_exit = login_ask(&in, host, o.user, user, sizeof(user),
+	    password, sizeof(password))) != EX_OK)
+		goto out;
+	if ((rc_exit = login_try(&lp, user, password, mech, sizeof(mech))) !=
+	    EX_OK)
+		goto out;
+	printf("authenticated with %s\n", mech);
+	fflush(stdout);
+	rc_exit = login_save(&in, o.file, host, lp.port, rc, user, password,
+	    &notify);
+	if (rc_exit == EX_OK && notify)
+		login_notify(o.file);
 out:
 	OPENSSL_cleanse(password, sizeof(password));
 	tty_restore();
