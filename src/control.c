@@ -1718,29 +1718,32 @@ reply_take(struct reply_reader *rr, char *line)
 	return 0;
 }
 
-enum control_result
-control_call(const char *path, const char *request, unsigned timeout,
-    control_line_fn *each, void *arg, char *err, size_t errlen)
+/* The reason a poll, send or recv just failed (errno), in err. */
+static void
+call_fail(const char *path, char *err, size_t errlen)
 {
-	struct reply_reader rr = { 0, CONTROL_FAILED, each, arg, err,
-	    errlen };
-	struct sockaddr_un sun;
-	struct timespec deadline;
-	char *buf = NULL, *req = NULL, *nl;
-	size_t len = 0, cap = 0, off = 0, reqlen;
-	ssize_t n;
-	int fd = -1, saved, r, send_error = 0;
-	enum control_result result = CONTROL_FAILED;
+	snprintf(err, errlen, "%s: %s", path, errno == ETIMEDOUT ?
+	    "no response in time" : strerror(errno));
+}
 
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += timeout;
+/*
+ * A blocking connection to the control socket at path: the descriptor, or
+ * -1 with errno and the reason in err (a path too long for sun_path is
+ * ENAMETOOLONG).
+ */
+static int
+call_connect(const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sun;
+	int fd, saved;
+
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	if (strlen(path) >= sizeof(sun.sun_path)) {
 		snprintf(err, errlen, "cannot connect to %s: path too long",
 		    path);
 		errno = ENAMETOOLONG;
-		return CONTROL_UNAVAILABLE;
+		return -1;
 	}
 	memcpy(sun.sun_path, path, strlen(path));
 	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1 ||
@@ -1751,44 +1754,95 @@ control_call(const char *path, const char *request, unsigned timeout,
 		if (fd != -1)
 			close(fd);
 		errno = saved;
-		return CONTROL_UNAVAILABLE;
+		return -1;
 	}
+	return fd;
+}
 
-	req = xasprintf("%s\n", request);
-	reqlen = strlen(req);
+/*
+ * Sends the request line req (with its "\n") before the deadline. Returns
+ * 0 when it is sent, or when the daemon refused it at once by closing
+ * (EPIPE or ECONNRESET in *send_error: its reason may still wait to be
+ * read); -1 with errno on any other failure or the deadline.
+ */
+static int
+call_send(int fd, const char *req, const struct timespec *deadline,
+    int *send_error)
+{
+	size_t off = 0, reqlen = strlen(req);
+	ssize_t n;
+
 	while (off < reqlen) {
-		if (wait_fd(fd, POLLOUT, &deadline) == -1)
-			goto fail_errno;
+		if (wait_fd(fd, POLLOUT, deadline) == -1)
+			return -1;
 		n = send(fd, req + off, reqlen - off, MSG_NOSIGNAL |
 		    MSG_DONTWAIT);
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
 			continue;
 		if (n == -1 && (errno == EPIPE || errno == ECONNRESET)) {
 			/* Refused at once: the reason may wait unread. */
-			send_error = errno;
+			*send_error = errno;
 			break;
 		}
 		if (n == -1)
-			goto fail_errno;
+			return -1;
 		off += (size_t)n;
 	}
+	return 0;
+}
+
+/*
+ * Hands the complete lines at the start of buf (*len bytes) to rr and
+ * drops them from buf. Returns 1 after the response's final ".", 0 when
+ * more must be read, -1 (the reason in rr->err) for a malformed line.
+ */
+static int
+reply_lines(struct reply_reader *rr, const char *path, char *buf,
+    size_t *len)
+{
+	char *nl;
+	int r;
+
+	while (*len > 0 && (nl = memchr(buf, '\n', *len)) != NULL) {
+		*nl = '\0';
+		r = reply_take(rr, buf);
+		*len -= (size_t)(nl + 1 - buf);
+		memmove(buf, nl + 1, *len);
+		if (r == -1) {
+			snprintf(rr->err, rr->errlen, "%s: malformed response",
+			    path);
+			return -1;
+		}
+		if (r == 1)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Reads the response on fd through rr until its final "." and returns its
+ * result (an "error" status also when the close cuts it short), or
+ * CONTROL_FAILED with the reason in rr->err when it is malformed, too
+ * long, late or cut short. send_error is call_send's: a close before the
+ * status line is then reported as the refused send.
+ */
+static enum control_result
+reply_read(int fd, const char *path, unsigned timeout,
+    struct timespec *deadline, struct reply_reader *rr, int send_error)
+{
+	char *buf = NULL, *err = rr->err;
+	size_t len = 0, cap = 0, errlen = rr->errlen;
+	ssize_t n;
+	int r;
+	enum control_result result = CONTROL_FAILED;
 
 	for (;;) {
 		/* Complete lines first, then read more. */
-		while (len > 0 && (nl = memchr(buf, '\n', len)) != NULL) {
-			*nl = '\0';
-			r = reply_take(&rr, buf);
-			len -= (size_t)(nl + 1 - buf);
-			memmove(buf, nl + 1, len);
-			if (r == -1) {
-				snprintf(err, errlen, "%s: malformed response",
-				    path);
-				goto out;
-			}
-			if (r == 1) {
-				result = rr.result;
-				goto out;
-			}
+		if ((r = reply_lines(rr, path, buf, &len)) == -1)
+			goto out;
+		if (r == 1) {
+			result = rr->result;
+			goto out;
 		}
 		if (len > CONTROL_REPLY_LINE_MAX) {
 			snprintf(err, errlen, "%s: response line too long",
@@ -1799,7 +1853,7 @@ control_call(const char *path, const char *request, unsigned timeout,
 			cap = cap == 0 ? 8192 : cap * 2;
 			buf = xreallocarray(buf, cap, 1);
 		}
-		if (wait_fd(fd, POLLIN, &deadline) == -1)
+		if (wait_fd(fd, POLLIN, deadline) == -1)
 			goto fail_errno;
 		n = recv(fd, buf + len, cap - len, MSG_DONTWAIT);
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
@@ -1808,9 +1862,9 @@ control_call(const char *path, const char *request, unsigned timeout,
 			goto fail_errno;
 		if (n == 0) {
 			/* A refusal may end at the close without its ".". */
-			if (rr.result == CONTROL_ERROR)
+			if (rr->result == CONTROL_ERROR)
 				result = CONTROL_ERROR;
-			else if (send_error != 0 && rr.state == 0)
+			else if (send_error != 0 && rr->state == 0)
 				snprintf(err, errlen, "%s: %s", path,
 				    strerror(send_error));
 			else
@@ -1820,17 +1874,41 @@ control_call(const char *path, const char *request, unsigned timeout,
 		}
 		len += (size_t)n;
 		/* A long listing streams: the timeout is for silence. */
-		clock_gettime(CLOCK_MONOTONIC, &deadline);
-		deadline.tv_sec += timeout;
+		clock_gettime(CLOCK_MONOTONIC, deadline);
+		deadline->tv_sec += timeout;
 	}
 
 fail_errno:
-	snprintf(err, errlen, "%s: %s", path, errno == ETIMEDOUT ?
-	    "no response in time" : strerror(errno));
+	call_fail(path, err, errlen);
 out:
+	free(buf);
+	return result;
+}
+
+enum control_result
+control_call(const char *path, const char *request, unsigned timeout,
+    control_line_fn *each, void *arg, char *err, size_t errlen)
+{
+	struct reply_reader rr = { 0, CONTROL_FAILED, each, arg, err,
+	    errlen };
+	struct timespec deadline;
+	char *req;
+	int fd, send_error = 0;
+	enum control_result result;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += timeout;
+	if ((fd = call_connect(path, err, errlen)) == -1)
+		return CONTROL_UNAVAILABLE;
+	req = xasprintf("%s\n", request);
+	if (call_send(fd, req, &deadline, &send_error) == -1) {
+		call_fail(path, err, errlen);
+		result = CONTROL_FAILED;
+	} else
+		result = reply_read(fd, path, timeout, &deadline, &rr,
+		    send_error);
 	close(fd);
 	free(req);
-	free(buf);
 	return result;
 }
 

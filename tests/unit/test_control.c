@@ -824,6 +824,22 @@ Test(client, nobody_listening)
 	cr_assert_eq(errno, ECONNREFUSED);
 }
 
+/* A path that does not fit in sun_path is refused before any socket. */
+Test(client, path_too_long)
+{
+	char err[512], path[200];
+	enum control_result r;
+
+	memset(path, 'x', sizeof(path) - 1);
+	path[0] = '/';
+	path[sizeof(path) - 1] = '\0';
+	r = control_call(path, "status", 5, NULL, NULL, err, sizeof(err));
+	cr_assert_eq(r, CONTROL_UNAVAILABLE);
+	cr_assert_eq(errno, ENAMETOOLONG);
+	cr_assert(strncmp(err, "cannot connect to /xxx", 22) == 0, "%s", err);
+	cr_assert(strstr(err, ": path too long") != NULL, "%s", err);
+}
+
 struct script {
 	int lfd;
 	const char *reply;   /* sent after the request line; NULL: nothing */
