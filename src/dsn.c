@@ -168,121 +168,181 @@ dsn_header_length(const char *buf, size_t len)
 	return lastline > 0 ? lastline : limit;
 }
 
+/* What every part of one notification needs to know. */
+struct dsn_layout {
+	const char *hostname;
+	const char *boundary;
+	int text8;      /* the sender or a recipient address is not ASCII */
+	int hdr8;       /* the copied header section is not */
+	int delayed;    /* a delay warning, not a bounce */
+};
+
+/* The notification's own header section and the MIME preamble. */
+static void
+dsn_head(struct strbuf *b, const struct dsn_layout *l,
+    const struct envelope *orig, const char *id, time_t now)
+{
+	char date[64];
+
+	message_date(now, date, sizeof(date));
+	strbuf_addf(b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n",
+	    l->hostname);
+	strbuf_adds(b, "To: <");
+	buf_flat(b, orig->sender);
+	strbuf_adds(b, ">\r\n");
+	strbuf_adds(b, l->delayed ?
+	    "Subject: Delayed Mail (still being retried)\r\n" :
+	    "Subject: Undelivered Mail Returned to Sender\r\n");
+	strbuf_addf(b, "Date: %s\r\n", date);
+	strbuf_addf(b, "Message-ID: <%s.%lld@%s>\r\n", id, (long long)now,
+	    l->hostname);
+	strbuf_adds(b, "Auto-Submitted: auto-replied\r\n");
+	strbuf_adds(b, "MIME-Version: 1.0\r\n");
+	strbuf_adds(b, "Content-Type: multipart/report; "
+	    "report-type=delivery-status;\r\n");
+	strbuf_addf(b, "\tboundary=\"%s\"\r\n", l->boundary);
+	if (l->text8 || l->hdr8)
+		strbuf_adds(b, "Content-Transfer-Encoding: 8bit\r\n");
+	strbuf_adds(b, "\r\n");
+	strbuf_adds(b, "This is a MIME-encapsulated message.\r\n\r\n");
+}
+
+/* One recipient in the human-readable part: its address, "host H said:"
+ * when a remote server replied, and why (our reason, else the reply). */
+static void
+dsn_rcpt_text(struct strbuf *b, const struct dsn_rcpt *r)
+{
+	const char *why = r->reason != NULL ? r->reason : r->diagnostic;
+
+	strbuf_adds(b, "<");
+	buf_flat(b, r->addr);
+	strbuf_adds(b, ">: ");
+	if (r->remote_mta != NULL && r->diagnostic != NULL) {
+		strbuf_adds(b, "host ");
+		buf_flat(b, r->remote_mta);
+		strbuf_adds(b, " said: ");
+	}
+	buf_flat(b, why != NULL ? why : "delivery failed");
+	strbuf_adds(b, "\r\n\r\n");
+}
+
+/* The human-readable part: the warning or the apology, then every
+ * recipient. */
+static void
+dsn_text_part(struct strbuf *b, const struct dsn_layout *l,
+    const struct envelope *orig, const struct dsn_rcpt *rcpts, size_t n,
+    time_t now)
+{
+	size_t i;
+
+	strbuf_addf(b, "--%s\r\n", l->boundary);
+	strbuf_adds(b, "Content-Description: Notification\r\n");
+	strbuf_addf(b, "Content-Type: text/plain; charset=%s\r\n",
+	    l->text8 ? "utf-8" : "us-ascii");
+	if (l->text8)
+		strbuf_adds(b, "Content-Transfer-Encoding: 8bit\r\n");
+	strbuf_adds(b, "\r\n");
+	strbuf_addf(b, "This is the mail system at host %s.\r\n\r\n",
+	    l->hostname);
+	if (l->delayed)
+		dsn_delay_text(b, orig, rcpts[0].retry_until, now);
+	else
+		strbuf_adds(b, "I'm sorry to have to inform you that your "
+		    "message could not\r\nbe delivered to one or more "
+		    "recipients. It's attached below.\r\n\r\n");
+	strbuf_adds(b, "The mail system\r\n\r\n");
+	for (i = 0; i < n; i++)
+		dsn_rcpt_text(b, &rcpts[i]);
+}
+
+/* One recipient's fields in the machine-readable part (RFC 3464). */
+static void
+dsn_rcpt_fields(struct strbuf *b, const struct dsn_rcpt *r)
+{
+	strbuf_adds(b, "\r\nFinal-Recipient: rfc822; ");
+	buf_flat(b, r->addr);
+	dsn_action_fields(b, r);
+	if (r->remote_mta != NULL) {
+		strbuf_adds(b, "Remote-MTA: dns; ");
+		buf_flat(b, r->remote_mta);
+		strbuf_adds(b, "\r\n");
+	}
+	if (r->diagnostic != NULL) {
+		strbuf_adds(b, "Diagnostic-Code: smtp; ");
+		buf_flat(b, r->diagnostic);
+		strbuf_adds(b, "\r\n");
+	}
+}
+
+/* The machine-readable part: message/delivery-status, the per-message
+ * fields, then every recipient's. */
+static void
+dsn_status_part(struct strbuf *b, const struct dsn_layout *l,
+    const struct envelope *orig, const struct dsn_rcpt *rcpts, size_t n)
+{
+	char date[64];
+	size_t i;
+
+	strbuf_addf(b, "--%s\r\n", l->boundary);
+	strbuf_adds(b, "Content-Description: Delivery report\r\n");
+	strbuf_adds(b, "Content-Type: message/delivery-status\r\n\r\n");
+	strbuf_addf(b, "Reporting-MTA: dns; %s\r\n", l->hostname);
+	strbuf_adds(b, "X-Smarthostd-Queue-ID: ");
+	buf_flat(b, orig->id);
+	strbuf_adds(b, "\r\n");
+	message_date(orig->created, date, sizeof(date));
+	strbuf_addf(b, "Arrival-Date: %s\r\n", date);
+	for (i = 0; i < n; i++)
+		dsn_rcpt_fields(b, &rcpts[i]);
+	strbuf_adds(b, "\r\n");
+}
+
+/* The original message's header section as the last part, then the
+ * closing boundary. */
+static void
+dsn_headers_part(struct strbuf *b, const struct dsn_layout *l,
+    const char *headers, size_t hlen)
+{
+	strbuf_addf(b, "--%s\r\n", l->boundary);
+	strbuf_adds(b, l->delayed ?
+	    "Content-Description: Delayed Message Headers\r\n" :
+	    "Content-Description: Undelivered Message Headers\r\n");
+	strbuf_adds(b, "Content-Type: text/rfc822-headers\r\n");
+	if (l->hdr8)
+		strbuf_adds(b, "Content-Transfer-Encoding: 8bit\r\n");
+	strbuf_adds(b, "\r\n");
+	buf_crlf(b, headers, hlen);
+	strbuf_addf(b, "\r\n--%s--\r\n", l->boundary);
+}
+
 char *
 dsn_compose(const struct envelope *orig, const struct dsn_rcpt *rcpts,
     size_t n, const char *headers, size_t hlen, const char *hostname,
     const char *id, time_t now, size_t *len)
 {
 	struct strbuf b = STRBUF_INIT;
-	char date[64], boundary[256];
+	struct dsn_layout l;
+	char boundary[256];
 	size_t i;
-	int text8, hdr8, delayed;
 
-	text8 = message_has_8bit(orig->sender, strlen(orig->sender));
+	l.text8 = message_has_8bit(orig->sender, strlen(orig->sender));
 	for (i = 0; i < n; i++)
 		if (message_has_8bit(rcpts[i].addr, strlen(rcpts[i].addr)))
-			text8 = 1;
-	hdr8 = message_has_8bit(headers, hlen);
-	delayed = dsn_all_delayed(rcpts, n);
+			l.text8 = 1;
+	l.hdr8 = message_has_8bit(headers, hlen);
+	l.delayed = dsn_all_delayed(rcpts, n);
 
 	/* The new queue id and the time: the copied headers were written
 	 * before either existed, so they cannot contain the boundary. */
 	snprintf(boundary, sizeof(boundary), "%s.%lld/%s", id,
 	    (long long)now, hostname);
-	message_date(now, date, sizeof(date));
+	l.hostname = hostname;
+	l.boundary = boundary;
 
-	strbuf_addf(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n",
-	    hostname);
-	strbuf_adds(&b, "To: <");
-	buf_flat(&b, orig->sender);
-	strbuf_adds(&b, ">\r\n");
-	strbuf_adds(&b, delayed ? "Subject: Delayed Mail (still being retried)\r\n" :
-	    "Subject: Undelivered Mail Returned to Sender\r\n");
-	strbuf_addf(&b, "Date: %s\r\n", date);
-	strbuf_addf(&b, "Message-ID: <%s.%lld@%s>\r\n", id, (long long)now,
-	    hostname);
-	strbuf_adds(&b, "Auto-Submitted: auto-replied\r\n");
-	strbuf_adds(&b, "MIME-Version: 1.0\r\n");
-	strbuf_adds(&b, "Content-Type: multipart/report; "
-	    "report-type=delivery-status;\r\n");
-	strbuf_addf(&b, "\tboundary=\"%s\"\r\n", boundary);
-	if (text8 || hdr8)
-		strbuf_adds(&b, "Content-Transfer-Encoding: 8bit\r\n");
-	strbuf_adds(&b, "\r\n");
-	strbuf_adds(&b, "This is a MIME-encapsulated message.\r\n\r\n");
-
-	/* The human-readable part. */
-	strbuf_addf(&b, "--%s\r\n", boundary);
-	strbuf_adds(&b, "Content-Description: Notification\r\n");
-	strbuf_addf(&b, "Content-Type: text/plain; charset=%s\r\n",
-	    text8 ? "utf-8" : "us-ascii");
-	if (text8)
-		strbuf_adds(&b, "Content-Transfer-Encoding: 8bit\r\n");
-	strbuf_adds(&b, "\r\n");
-	strbuf_addf(&b, "This is the mail system at host %s.\r\n\r\n", hostname);
-	if (delayed)
-		dsn_delay_text(&b, orig, rcpts[0].retry_until, now);
-	else
-		strbuf_adds(&b, "I'm sorry to have to inform you that your "
-		    "message could not\r\nbe delivered to one or more "
-		    "recipients. It's attached below.\r\n\r\n");
-	strbuf_adds(&b, "The mail system\r\n\r\n");
-	for (i = 0; i < n; i++) {
-		const char *why = rcpts[i].reason != NULL ? rcpts[i].reason :
-		    rcpts[i].diagnostic;
-
-		strbuf_adds(&b, "<");
-		buf_flat(&b, rcpts[i].addr);
-		strbuf_adds(&b, ">: ");
-		if (rcpts[i].remote_mta != NULL &&
-		    rcpts[i].diagnostic != NULL) {
-			strbuf_adds(&b, "host ");
-			buf_flat(&b, rcpts[i].remote_mta);
-			strbuf_adds(&b, " said: ");
-		}
-		buf_flat(&b, why != NULL ? why : "delivery failed");
-		strbuf_adds(&b, "\r\n\r\n");
-	}
-
-	/* The machine-readable part. */
-	strbuf_addf(&b, "--%s\r\n", boundary);
-	strbuf_adds(&b, "Content-Description: Delivery report\r\n");
-	strbuf_adds(&b, "Content-Type: message/delivery-status\r\n\r\n");
-	strbuf_addf(&b, "Reporting-MTA: dns; %s\r\n", hostname);
-	strbuf_adds(&b, "X-Smarthostd-Queue-ID: ");
-	buf_flat(&b, orig->id);
-	strbuf_adds(&b, "\r\n");
-	message_date(orig->created, date, sizeof(date));
-	strbuf_addf(&b, "Arrival-Date: %s\r\n", date);
-	for (i = 0; i < n; i++) {
-		strbuf_adds(&b, "\r\nFinal-Recipient: rfc822; ");
-		buf_flat(&b, rcpts[i].addr);
-		dsn_action_fields(&b, &rcpts[i]);
-		if (rcpts[i].remote_mta != NULL) {
-			strbuf_adds(&b, "Remote-MTA: dns; ");
-			buf_flat(&b, rcpts[i].remote_mta);
-			strbuf_adds(&b, "\r\n");
-		}
-		if (rcpts[i].diagnostic != NULL) {
-			strbuf_adds(&b, "Diagnostic-Code: smtp; ");
-			buf_flat(&b, rcpts[i].diagnostic);
-			strbuf_adds(&b, "\r\n");
-		}
-	}
-	strbuf_adds(&b, "\r\n");
-
-	/* The original message's headers. */
-	strbuf_addf(&b, "--%s\r\n", boundary);
-	strbuf_adds(&b, delayed ?
-	    "Content-Description: Delayed Message Headers\r\n" :
-	    "Content-Description: Undelivered Message Headers\r\n");
-	strbuf_adds(&b, "Content-Type: text/rfc822-headers\r\n");
-	if (hdr8)
-		strbuf_adds(&b, "Content-Transfer-Encoding: 8bit\r\n");
-	strbuf_adds(&b, "\r\n");
-	buf_crlf(&b, headers, hlen);
-	strbuf_addf(&b, "\r\n--%s--\r\n", boundary);
-
+	dsn_head(&b, &l, orig, id, now);
+	dsn_text_part(&b, &l, orig, rcpts, n, now);
+	dsn_status_part(&b, &l, orig, rcpts, n);
+	dsn_headers_part(&b, &l, headers, hlen);
 	return strbuf_take(&b, len);
 }
 
