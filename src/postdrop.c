@@ -381,11 +381,14 @@ open_maildrop(const char *path)
 	return dfd;
 }
 
-int
-main(int argc, char *argv[])
+/*
+ * The options: -C into *file, -f into sender. Returns -1 to go on, with
+ * optind at the first recipient, or the exit code after printing what
+ * --help or --version asked for.
+ */
+static int
+options_parse(int argc, char *argv[], const char **file)
 {
-	struct config *cfg;
-	const char *file = DEFAULT_CONFIG;
 	static const struct option long_opts[] = {
 		{ "config", required_argument, NULL, 'C' },
 		{ "sender", required_argument, NULL, 'f' },
@@ -393,14 +396,8 @@ main(int argc, char *argv[])
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
-	char name[64], err[1024], trailer[DROPFILE_TRAILER_MAX];
-	char *hdr, *real = NULL;
-	struct out *o;
-	size_t hlen, tlen;
-	off_t size;
-	int ch, i, fd;
+	int ch;
 
-	sanitize();
 	while ((ch = getopt_long(argc, argv, "C:f:hV", long_opts, NULL)) !=
 	    -1) {
 		switch (ch) {
@@ -411,7 +408,7 @@ main(int argc, char *argv[])
 			printf("smarthost-postdrop %s\n", PACKAGE_VERSION);
 			return EX_OK;
 		case 'C':
-			file = optarg;
+			*file = optarg;
 			break;
 		case 'f':
 			free(sender);
@@ -421,18 +418,14 @@ main(int argc, char *argv[])
 			usage();
 		}
 	}
-	argc -= optind;
-	argv += optind;
-	if (argc < 1)
-		usage();
-	/* A config of the caller's choosing gets no more rights than the
-	 * caller has: the maildrop it names is written without the group. */
-	if (getegid() != getgid() && (real = config_trusted(file)) == NULL)
-		drop_group();
-	if ((cfg = config_load(real != NULL ? real : file, err,
-	    sizeof(err))) == NULL)
-		die(EX_CONFIG, "%s", err);
-	free(real);
+	return -1;
+}
+
+/* The envelope sender as the SMTP path needs it: -f's, or the caller's
+ * login, without angle brackets, and with "@mail_domain" when bare. */
+static void
+sender_qualify(const struct config *cfg)
+{
 	if (sender == NULL)
 		sender = default_sender();
 	/* Angle brackets are the caller's business, not part of the path. */
@@ -448,15 +441,35 @@ main(int argc, char *argv[])
 		free(sender);
 		sender = q;
 	}
+}
+
+/* Exits on a bad sender or recipient address, or on more recipients
+ * than max_recipients: the daemon would refuse the file. */
+static void
+addresses_check(const struct config *cfg, int nrcpts, char *rcpts[])
+{
+	int i;
+
 	check_address("sender", sender, 1);
-	for (i = 0; i < argc; i++)
-		check_address("recipient", argv[i], 0);
-	if ((unsigned)argc > cfg->max_recipients)
+	for (i = 0; i < nrcpts; i++)
+		check_address("recipient", rcpts[i], 0);
+	if ((unsigned)nrcpts > cfg->max_recipients)
 		die(EX_DATAERR, "too many recipients (%d, max_recipients is "
-		    "%u)", argc, cfg->max_recipients);
+		    "%u)", nrcpts, cfg->max_recipients);
+}
+
+/*
+ * Opens the maildrop (tmp_dirfd), picks the file's NAME (into name) and
+ * creates ".tmp.NAME" there; from then on die() and the signal handlers
+ * remove it. Returns its descriptor.
+ */
+static int
+tmp_create(const struct config *cfg, char *name, size_t namelen)
+{
+	int fd;
 
 	tmp_dirfd = open_maildrop(cfg->maildrop);
-	make_name(name, sizeof(name));
+	make_name(name, namelen);
 	snprintf(tmp_name, sizeof(tmp_name), ".tmp.%s", name);
 	fd = openat(tmp_dirfd, tmp_name, O_WRONLY | O_CREAT | O_EXCL |
 	    O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -469,17 +482,41 @@ main(int argc, char *argv[])
 	/* Readable by the maildrop group (the daemon), nobody else. */
 	if (fchmod(fd, 0640) == -1)
 		die(EX_IOERR, "fchmod: %s", strerror(errno));
+	return fd;
+}
+
+/* Writes the drop file to fd: the header (our uid, the sender and the
+ * recipients), the message from stdin, then the trailer with its size. */
+static void
+drop_write(int fd, const struct config *cfg, int nrcpts, char *rcpts[])
+{
+	char trailer[DROPFILE_TRAILER_MAX], *hdr;
+	struct out *o;
+	size_t hlen, tlen;
+	off_t size;
 
 	o = xcalloc(1, sizeof(*o));
 	o->fd = fd;
-	hdr = dropfile_header(getuid(), sender, (const char *const *)argv,
-	    (size_t)argc, &hlen);
+	hdr = dropfile_header(getuid(), sender, (const char *const *)rcpts,
+	    (size_t)nrcpts, &hlen);
 	out_add(o, hdr, hlen);
 	free(hdr);
 	size = copy_message(o, cfg->max_message_size);
 	tlen = dropfile_trailer(trailer, sizeof(trailer), size);
 	out_add(o, trailer, tlen);
 	out_flush(o);
+	free(o);
+}
+
+/*
+ * Makes the written file durable under its NAME: fsync, rename, then
+ * fsync the maildrop (or syncfs the file when the maildrop could not be
+ * opened for reading), and closes fd. Exits on any failure, leaving no
+ * file behind.
+ */
+static void
+drop_commit(int fd, const char *name)
+{
 	if (fsync(fd) == -1)
 		die(EX_IOERR, "cannot write to the maildrop: %s",
 		    strerror(errno));
@@ -494,8 +531,39 @@ main(int argc, char *argv[])
 		(void)unlinkat(tmp_dirfd, name, 0);
 		die(EX_IOERR, "cannot sync the maildrop: %s", strerror(errno));
 	}
+}
+
+int
+main(int argc, char *argv[])
+{
+	struct config *cfg;
+	const char *file = DEFAULT_CONFIG;
+	char name[64], err[1024];
+	char *real = NULL;
+	int rc, fd;
+
+	sanitize();
+	if ((rc = options_parse(argc, argv, &file)) != -1)
+		return rc;
+	argc -= optind;
+	argv += optind;
+	if (argc < 1)
+		usage();
+	/* A config of the caller's choosing gets no more rights than the
+	 * caller has: the maildrop it names is written without the group. */
+	if (getegid() != getgid() && (real = config_trusted(file)) == NULL)
+		drop_group();
+	if ((cfg = config_load(real != NULL ? real : file, err,
+	    sizeof(err))) == NULL)
+		die(EX_CONFIG, "%s", err);
+	free(real);
+	sender_qualify(cfg);
+	addresses_check(cfg, argc, argv);
+
+	fd = tmp_create(cfg, name, sizeof(name));
+	drop_write(fd, cfg, argc, argv);
+	drop_commit(fd, name);
 	close(tmp_dirfd);
-	free(o);
 	free(sender);
 	config_free(cfg);
 	return EX_OK;
