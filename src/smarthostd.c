@@ -556,40 +556,38 @@ dns_open(struct event_base *base)
 	return dns;
 }
 
-int
-main(int argc, char *argv[])
-{
-	static const int sigs[] = { SIGHUP, SIGUSR1, SIGTERM, SIGINT };
-	struct event *sigev[sizeof(sigs) / sizeof(*sigs)];
-	struct daemon_state d;
-	struct smtp_server_params sp;
-	struct control_params cp;
-	const char *file = NULL;
-	struct option *lo;
-	struct passwd *pw = NULL;
-	gid_t maildrop_gid, admin_gid, read_gid;
-	char err[1024];
-	int ch, debug = 0, check = 0;
-	size_t i, n;
+/* The signals signal_cb handles, on the loop. */
+static const int handled_signals[] = { SIGHUP, SIGUSR1, SIGTERM, SIGINT };
+#define NSIGNALS (sizeof(handled_signals) / sizeof(*handled_signals))
 
-	memset(&d, 0, sizeof(d));
-	if (daemon_disable_core_dumps() == -1)
-		perror("smarthostd: cannot disable core dumps");
+/*
+ * The command line: -c into *file, -d and -t into *debug and *check, and
+ * every setting flag into d's overrides. Returns -1 to go on, or the exit
+ * code after printing what --help or --version asked for or saying that
+ * there are too many setting flags.
+ */
+static int
+options_parse(int argc, char *argv[], struct daemon_state *d,
+    const char **file, int *debug, int *check)
+{
+	struct option *lo;
+	int ch;
+
 	lo = long_options();
 	while ((ch = getopt_long(argc, argv, "c:dhtV", lo, NULL)) != -1) {
-		if (ch >= 256 && d.nov == MAX_OVERRIDES) {
+		if (ch >= 256 && d->nov == MAX_OVERRIDES) {
 			fprintf(stderr, "smarthostd: more than %d setting "
 			    "flags\n", MAX_OVERRIDES);
 			free(lo);
 			return EX_USAGE;
 		}
 		if (ch >= 256) {
-			snprintf(d.origin[d.nov], sizeof(d.origin[d.nov]),
+			snprintf(d->origin[d->nov], sizeof(d->origin[d->nov]),
 			    "--%s", config_options[ch - 256].flag);
-			d.ov[d.nov].key = config_options[ch - 256].key;
-			d.ov[d.nov].value = optarg;
-			d.ov[d.nov].origin = d.origin[d.nov];
-			d.nov++;
+			d->ov[d->nov].key = config_options[ch - 256].key;
+			d->ov[d->nov].value = optarg;
+			d->ov[d->nov].origin = d->origin[d->nov];
+			d->nov++;
 			continue;
 		}
 		switch (ch) {
@@ -602,13 +600,13 @@ main(int argc, char *argv[])
 			free(lo);
 			return EX_OK;
 		case 'c':
-			file = optarg;
+			*file = optarg;
 			break;
 		case 'd':
-			debug = 1;
+			*debug = 1;
 			break;
 		case 't':
-			check = 1;
+			*check = 1;
 			break;
 		default:
 			usage();
@@ -616,28 +614,188 @@ main(int argc, char *argv[])
 	}
 	if (optind != argc)
 		usage();
-	log_init("smarthostd", debug);
-
 	free(lo);
-	if ((d.cfg = config_load_default(file, DEFAULT_CONFIG, d.ov, d.nov,
+	return -1;
+}
+
+/*
+ * Reads and checks the configuration (file or the default, the
+ * SMARTHOSTD_* variables, then d's overrides) into d->cfg, and looks up
+ * its user into *pw: NULL when none is set, or when we are not root and so
+ * have nothing to drop. Returns -1 to go on, or the exit code: EX_CONFIG
+ * after saying what is wrong, EX_OK after -t's "configuration OK".
+ */
+static int
+settings_load(struct daemon_state *d, const char *file, int check,
+    struct passwd **pw)
+{
+	char err[1024];
+
+	if ((d->cfg = config_load_default(file, DEFAULT_CONFIG, d->ov, d->nov,
 	    &file, err, sizeof(err))) == NULL) {
 		fprintf(stderr, "smarthostd: %s\n", err);
 		return EX_CONFIG;
 	}
-	if (d.cfg->user != NULL && (pw = getpwnam(d.cfg->user)) == NULL) {
+	if (d->cfg->user != NULL && (*pw = getpwnam(d->cfg->user)) == NULL) {
 		fprintf(stderr, "smarthostd: %s: user \"%s\" does not exist\n",
-		    file != NULL ? file : "user", d.cfg->user);
-		config_free(d.cfg);
+		    file != NULL ? file : "user", d->cfg->user);
+		config_free(d->cfg);
 		return EX_CONFIG;
 	}
 	if (check) {
 		printf("%s: configuration OK\n", file != NULL ? file :
 		    "settings");
-		config_free(d.cfg);
+		config_free(d->cfg);
 		return EX_OK;
 	}
-	if (pw != NULL && getuid() != 0)
-		pw = NULL; /* not root: nothing to drop */
+	if (*pw != NULL && getuid() != 0)
+		*pw = NULL; /* not root: nothing to drop */
+	return -1;
+}
+
+/* The SMTP server, handing every committed message to the scheduler. */
+static struct smtp_server *
+server_new(struct daemon_state *d)
+{
+	struct smtp_server_params sp;
+
+	memset(&sp, 0, sizeof(sp));
+	sp.cfg = d->cfg;
+	sp.queue = d->queue;
+	sp.queued = queued_cb;
+	sp.arg = d;
+	return smtp_server_new(d->base, &sp);
+}
+
+/* The control socket for smarthostctl: made after the privilege drop, so
+ * it belongs to the daemon user. Exits when it cannot be made. */
+static void
+control_open(struct daemon_state *d)
+{
+	struct control_params cp;
+	gid_t admin_gid, read_gid;
+	char err[1024];
+
+	memset(&cp, 0, sizeof(cp));
+	cp.path = d->cfg->control_socket;
+	cp.scheduler = d->scheduler;
+	cp.server = d->server;
+	cp.queue = d->queue;
+	cp.worker = d->worker;
+	cp.reload = reload;
+	cp.reload_arg = d;
+	cp.uid = geteuid();
+	/* control_new copies the gids: these locals may go after it. */
+	cp.admin_gid = control_gid(d->cfg, "control_admin_group",
+	    d->cfg->control_admin_group, &admin_gid);
+	cp.read_gid = control_gid(d->cfg, "control_read_group",
+	    d->cfg->control_read_group, &read_gid);
+	cp.started = time(NULL);
+	if ((d->control = control_new(d->base, &cp, err, sizeof(err))) == NULL)
+		fatalx_code(EX_CANTCREAT, "%s", err);
+}
+
+/* An event on the loop for each of handled_signals, into sigev. Exits
+ * when one cannot be added. */
+static void
+signals_install(struct daemon_state *d, struct event **sigev)
+{
+	size_t i;
+
+	for (i = 0; i < NSIGNALS; i++) {
+		sigev[i] = evsignal_new(d->base, handled_signals[i], signal_cb,
+		    d);
+		if (sigev[i] == NULL || event_add(sigev[i], NULL) == -1)
+			fatalx("cannot install signal handler");
+	}
+}
+
+/* The spool's messages into the scheduler, then the maildrop opened.
+ * Exits when the maildrop cannot be opened. */
+static void
+spool_load(struct daemon_state *d)
+{
+	char err[1024];
+	size_t n;
+
+	/* Names only: envelopes are read as messages become due. */
+	n = queue_scan(d->queue, found_cb, d);
+	if (n > 0)
+		log_info("found %zu queued message%s", n, n == 1 ? "" : "s");
+	/* After the queue is scanned: the first scan of the maildrop runs
+	 * from the loop and imports through the server. */
+	if ((d->maildrop = maildrop_open(d->base, d->worker, d->cfg, d->server,
+	    err, sizeof(err))) == NULL)
+		fatalx_code(EX_CANTCREAT, "%s", err);
+}
+
+/* Starts accepting: SMTP on every listener, then the metrics and health
+ * endpoint when there is one. Exits when the listeners cannot start. */
+static void
+accept_start(struct daemon_state *d)
+{
+	size_t i;
+
+	if (listeners_start(d->listeners, d->base, d->server) == -1)
+		fatalx("cannot start listeners");
+	for (i = 0; i < listeners_count(d->listeners); i++)
+		log_info("listening on %s",
+		    listeners_describe(d->listeners, i));
+	if (d->httpd != NULL) {
+		httpd_start(d->httpd, d->scheduler, d->server);
+		log_info("serving metrics and health on http://%s/",
+		    httpd_describe(d->httpd));
+	}
+}
+
+/*
+ * Frees everything main made. Teardown runs the other way round, and the
+ * scheduler goes last: pending worker jobs and queue updates call back
+ * into it and read its envelopes.
+ */
+static void
+teardown(struct daemon_state *d, struct event **sigev)
+{
+	size_t i;
+
+	control_free(d->control);
+	httpd_free(d->httpd);
+	maildrop_free(d->maildrop);
+	listeners_free(d->listeners);
+	smtp_server_free(d->server);
+	worker_free(d->worker);
+	queue_close(d->queue);
+	scheduler_free(d->scheduler);
+	for (i = 0; i < NSIGNALS; i++)
+		event_free(sigev[i]);
+	if (d->dns != NULL)
+		evdns_base_free(d->dns, 0);
+	event_base_free(d->base);
+	for (i = 0; i < d->nretired; i++)
+		config_free(d->retired[i]);
+	free(d->retired);
+	config_free(d->cfg);
+}
+
+int
+main(int argc, char *argv[])
+{
+	struct event *sigev[NSIGNALS];
+	struct daemon_state d;
+	const char *file = NULL;
+	struct passwd *pw = NULL;
+	gid_t maildrop_gid;
+	char err[1024];
+	int debug = 0, check = 0, rc;
+
+	memset(&d, 0, sizeof(d));
+	if (daemon_disable_core_dumps() == -1)
+		perror("smarthostd: cannot disable core dumps");
+	if ((rc = options_parse(argc, argv, &d, &file, &debug, &check)) != -1)
+		return rc;
+	log_init("smarthostd", debug);
+	if ((rc = settings_load(&d, file, check, &pw)) != -1)
+		return rc;
 
 	signal(SIGPIPE, SIG_IGN);
 	nofile_raise();
@@ -663,57 +821,12 @@ main(int argc, char *argv[])
 	d.dns = dns_open(d.base);
 	d.worker = worker_new(d.base, d.cfg->delivery_workers);
 	d.scheduler = scheduler_new(d.base, d.dns, d.queue, d.worker, d.cfg);
+	d.server = server_new(&d);
+	control_open(&d);
+	signals_install(&d, sigev);
 
-	memset(&sp, 0, sizeof(sp));
-	sp.cfg = d.cfg;
-	sp.queue = d.queue;
-	sp.queued = queued_cb;
-	sp.arg = &d;
-	d.server = smtp_server_new(d.base, &sp);
-
-	/* The control socket for smarthostctl: made after the privilege
-	 * drop, so it belongs to the daemon user. */
-	memset(&cp, 0, sizeof(cp));
-	cp.path = d.cfg->control_socket;
-	cp.scheduler = d.scheduler;
-	cp.server = d.server;
-	cp.queue = d.queue;
-	cp.worker = d.worker;
-	cp.reload = reload;
-	cp.reload_arg = &d;
-	cp.uid = geteuid();
-	cp.admin_gid = control_gid(d.cfg, "control_admin_group",
-	    d.cfg->control_admin_group, &admin_gid);
-	cp.read_gid = control_gid(d.cfg, "control_read_group",
-	    d.cfg->control_read_group, &read_gid);
-	cp.started = time(NULL);
-	if ((d.control = control_new(d.base, &cp, err, sizeof(err))) == NULL)
-		fatalx_code(EX_CANTCREAT, "%s", err);
-
-	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++) {
-		sigev[i] = evsignal_new(d.base, sigs[i], signal_cb, &d);
-		if (sigev[i] == NULL || event_add(sigev[i], NULL) == -1)
-			fatalx("cannot install signal handler");
-	}
-
-	/* Names only: envelopes are read as messages become due. */
-	n = queue_scan(d.queue, found_cb, &d);
-	if (n > 0)
-		log_info("found %zu queued message%s", n, n == 1 ? "" : "s");
-	/* After the queue is scanned: the first scan of the maildrop runs
-	 * from the loop and imports through the server. */
-	if ((d.maildrop = maildrop_open(d.base, d.worker, d.cfg, d.server, err,
-	    sizeof(err))) == NULL)
-		fatalx_code(EX_CANTCREAT, "%s", err);
-	if (listeners_start(d.listeners, d.base, d.server) == -1)
-		fatalx("cannot start listeners");
-	for (i = 0; i < listeners_count(d.listeners); i++)
-		log_info("listening on %s", listeners_describe(d.listeners, i));
-	if (d.httpd != NULL) {
-		httpd_start(d.httpd, d.scheduler, d.server);
-		log_info("serving metrics and health on http://%s/",
-		    httpd_describe(d.httpd));
-	}
+	spool_load(&d);
+	accept_start(&d);
 	log_info("started, pid=%ld", (long)getpid());
 	daemon_ready("accepting mail");
 	daemon_watchdog_start(d.base);
@@ -721,28 +834,7 @@ main(int argc, char *argv[])
 
 	event_base_dispatch(d.base);
 
-	/*
-	 * Teardown runs the other way round, and the scheduler goes last:
-	 * pending worker jobs and queue updates call back into it and read
-	 * its envelopes.
-	 */
-	control_free(d.control);
-	httpd_free(d.httpd);
-	maildrop_free(d.maildrop);
-	listeners_free(d.listeners);
-	smtp_server_free(d.server);
-	worker_free(d.worker);
-	queue_close(d.queue);
-	scheduler_free(d.scheduler);
-	for (i = 0; i < sizeof(sigs) / sizeof(*sigs); i++)
-		event_free(sigev[i]);
-	if (d.dns != NULL)
-		evdns_base_free(d.dns, 0);
-	event_base_free(d.base);
-	for (i = 0; i < d.nretired; i++)
-		config_free(d.retired[i]);
-	free(d.retired);
-	config_free(d.cfg);
+	teardown(&d, sigev);
 	log_info("stopped");
 	return EX_OK;
 }
