@@ -1036,16 +1036,21 @@ client_body_start(struct smtp_client *c)
 		c->rbuf = xmalloc(BODY_CHUNK);
 }
 
-/* Reads want bytes at pos of fd, a body file of size bytes, into buf.
- * Touches no session: the size count runs it on a pool thread. Returns 0,
- * or -1 with the reason in why. */
-static int
-body_read(int fd, off_t size, char *buf, size_t want, off_t pos, char *why,
-    size_t whylen)
+/*
+ * The want bytes at pos of a body of size bytes that starts at offset: in
+ * mem when the body is in memory, else read from fd into buf. Touches no
+ * session: the size count runs it on a pool thread. Returns the bytes, or
+ * NULL with the reason in why.
+ */
+static const char *
+body_chunk(const unsigned char *mem, int fd, off_t offset, off_t size,
+    char *buf, size_t want, off_t pos, char *why, size_t whylen)
 {
 	size_t got;
 	ssize_t n;
 
+	if (mem != NULL)
+		return (const char *)mem + (pos - offset);
 	for (got = 0; got < want; got += (size_t)n) {
 		n = pread(fd, buf + got, want - got, pos + (off_t)got);
 		if (n == -1 && errno == EINTR) {
@@ -1055,15 +1060,15 @@ body_read(int fd, off_t size, char *buf, size_t want, off_t pos, char *why,
 		if (n == -1) {
 			snprintf(why, whylen, "read message body: %s",
 			    strerror(errno));
-			return -1;
+			return NULL;
 		}
 		if (n == 0) {
 			snprintf(why, whylen, "read message body: file "
 			    "shorter than %lld bytes", (long long)size);
-			return -1;
+			return NULL;
 		}
 	}
-	return 0;
+	return buf;
 }
 
 /*
@@ -1088,17 +1093,14 @@ client_body_fill(struct smtp_client *c)
 		got = BODY_CHUNK;
 		if ((off_t)got > c->body_end - c->body_pos)
 			got = (size_t)(c->body_end - c->body_pos);
-		if (c->msg.body_mem != NULL)
-			in = (const char *)c->msg.body_mem +
-			    (c->body_pos - c->msg.body_offset);
-		else if (body_read(c->msg.body_fd, c->msg.body_size, c->rbuf,
-		    got, c->body_pos, why, sizeof(why)) == -1) {
-			/* A half-sent body cannot be taken back: drop the
-			 * connection so the server discards it. */
+		/* A half-sent body cannot be taken back: drop the
+		 * connection so the server discards it. */
+		if ((in = body_chunk(c->msg.body_mem, c->msg.body_fd,
+		    c->msg.body_offset, c->msg.body_size, c->rbuf, got,
+		    c->body_pos, why, sizeof(why))) == NULL) {
 			client_close_msg(c, OC_LOCAL, "%s", why);
 			return;
-		} else
-			in = c->rbuf;
+		}
 		c->body_pos += (off_t)got;
 		last = c->body_pos == c->body_end;
 		if (evbuffer_reserve_space(out, smtp_body_encode_space(&c->enc,
@@ -1193,6 +1195,7 @@ client_size_run(void *arg)
 	struct smtp_body_encoder e;
 	off_t pos, end = j->offset + j->size;
 	size_t want;
+	const char *p;
 	char *in, *out;
 
 	smtp_body_encoder_init(&e);
@@ -1203,17 +1206,12 @@ client_size_run(void *arg)
 		want = BODY_CHUNK;
 		if ((off_t)want > end - pos)
 			want = (size_t)(end - pos);
-		if (j->mem != NULL) {
-			smtp_body_encode(&e, (const char *)j->mem +
-			    (pos - j->offset), want, out);
-			continue;
-		}
-		if (body_read(j->fd, j->size, in, want, pos, j->why,
-		    sizeof(j->why)) == -1) {
+		if ((p = body_chunk(j->mem, j->fd, j->offset, j->size, in,
+		    want, pos, j->why, sizeof(j->why))) == NULL) {
 			j->failed = 1;
 			break;
 		}
-		smtp_body_encode(&e, in, want, out);
+		smtp_body_encode(&e, p, want, out);
 	}
 	j->folds = e.folds;
 	free(out);

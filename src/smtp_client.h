@@ -58,8 +58,9 @@ struct smtp_client_msg {
 	off_t body_offset;
 	off_t body_size;
 	/* The body_size bytes of the body in memory, borrowed until the
-	 * transaction's done() or the session's failed(): then body_fd and
-	 * body_offset are not used. NULL: read from body_fd. */
+	 * transaction's done() or the session's failed(): then body_fd is
+	 * not used (body_offset still names the body's first byte). NULL:
+	 * read from body_fd. */
 	const unsigned char *body_mem;
 	int eightbit;                 /* send BODY=8BITMIME */
 	int smtputf8;                 /* send SMTPUTF8 */
